@@ -1,0 +1,1 @@
+"""MobileI2V deployment toolchain."""
