@@ -99,7 +99,9 @@ PRESETS: dict[str, Preset] = {
                                 model_max_length=8),
         ltx_vae=LTXVAEConfig(block_out_channels=(8, 16, 32, 32), decoder_block_out_channels=(8, 16, 32, 32),
                              layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1)),
-        turbo_vaed=TurboVAEDConfig(decoder_block_out_channels=(16, 32, 32, 64), decoder_layers_per_block=(1, 1, 1, 1, 1)),
+        # last block 64 wide like the real one, so the two pixel_shuffle(2) stages end at 4 channels (64 → 16 → 4);
+        # with 16 they would end at 1 channel, where the final channel-RMS norm degenerates to sign(x)
+        turbo_vaed=TurboVAEDConfig(decoder_block_out_channels=(64, 32, 32, 64), decoder_layers_per_block=(1, 1, 1, 1, 1)),
         height=128,
         width=192,
         frames=9,
