@@ -1,0 +1,201 @@
+"""Host driver: time exported artifacts in this process.
+
+`.onnx` runs on onnxruntime (CPU execution provider), `.pte` on the ExecuTorch Python runtime (portable kernels plus
+the XNNPACK delegate, the backends this machine can execute). The timed region is one `InferenceSession.run` /
+`Method.execute` call; inputs (filled with ones, like the phone runners) are prepared outside it. Warm-up iterations
+run in the same process and are discarded, as on the phone.
+
+Peak memory: the process high-water mark (VmHWM) is reset before each component (`/proc/self/clear_refs`, Linux) and
+read after it, so each component gets its own peak. Where the reset is not allowed the value is the process peak so
+far, and `peak_rss_scope` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+from ..errors import BadInputError, MissingDependencyError
+from .report import RunResult
+from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte
+
+RUNTIMES = ("onnxruntime", "executorch")
+
+
+def runtime_for(path: str | os.PathLike[str], runtime: str = "auto") -> str:
+    """The runtime that executes this artifact: auto → by extension (.onnx → onnxruntime, .pte → executorch)."""
+    suffix = Path(path).suffix.lower()
+    wanted = {".onnx": "onnxruntime", ".pte": "executorch"}.get(suffix)
+    if wanted is None:
+        raise BadInputError(f"cannot benchmark {Path(path).name} on the host: only .onnx and .pte artifacts run here "
+                            "(.mlpackage needs a Mac)")
+    if runtime not in ("auto", *RUNTIMES):
+        raise BadInputError(f"unknown runtime {runtime!r}; use auto, onnxruntime or executorch")
+    if runtime != "auto" and runtime != wanted:
+        raise BadInputError(f"{Path(path).name} is a {suffix} artifact, which runs on {wanted}, not {runtime}")
+    return wanted
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_kb() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    except (ImportError, OSError):
+        return None
+
+
+def bench_artifact(
+    path: str | os.PathLike[str],
+    runtime: str = "auto",
+    warmup: int = 3,
+    iterations: int = 20,
+    threads: int | None = None,
+) -> RunResult:
+    """Load the artifact, run `warmup` discarded iterations then `iterations` timed ones, in this process."""
+    if iterations < 1 or warmup < 0:
+        raise BadInputError("iterations must be ≥ 1 and warm-up ≥ 0")
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"artifact {path} does not exist")
+    which = runtime_for(path, runtime)
+    scoped = _reset_peak_rss()
+    if which == "onnxruntime":
+        result = _bench_onnx(path, warmup, iterations, threads)
+    else:
+        result = _bench_pte(path, warmup, iterations, threads)
+    result.peak_rss_kb = _peak_rss_kb()
+    result.peak_rss_scope = "component" if scoped else "process"
+    return result
+
+
+def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None) -> RunResult:
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise MissingDependencyError(f"onnxruntime is not installed ({exc}): `pip install onnxruntime`") from None
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    t0 = time.perf_counter()
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BadInputError(f"onnxruntime cannot load {path.name}: {str(exc).splitlines()[0]}") from None
+    load_ms = (time.perf_counter() - t0) * 1000
+    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+    specs = [(i.name, [d if isinstance(d, int) else 1 for d in i.shape], types.get(i.type, np.float32))
+             for i in sess.get_inputs()]
+    warm, samples = [], []
+    for k in range(warmup + iterations):
+        feeds = {name: np.ones(shape, dtype=dt) for name, shape, dt in specs}
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
+    return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
+                     backend="cpu", threads=threads or so.intra_op_num_threads or None)
+
+
+def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) -> RunResult:
+    try:
+        import torch
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the ExecuTorch runtime is not installed ({exc}): `pip install executorch==1.5.1` next to torch"
+        ) from None
+    data = path.read_bytes()
+    delegates = backends_in_pte(data)
+    runtime = Runtime.get()
+    blocked = [b for b in delegates
+               if b not in HOST_RUNNABLE_BACKENDS or not runtime.backend_registry.is_available(b)]
+    if blocked:
+        raise MissingDependencyError(
+            f"{path.name} is delegated to {', '.join(blocked)}, which cannot run on this machine: "
+            "benchmark it on a phone (--device adb:SERIAL)"
+        )
+    if threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    t0 = time.perf_counter()
+    try:
+        program = runtime.load_program(data)
+        name = sorted(program.method_names)[0]
+        method = program.load_method(name)
+    except Exception as exc:
+        raise BadInputError(f"the ExecuTorch runtime cannot load {path.name}: {str(exc).splitlines()[0]}") from None
+    load_ms = (time.perf_counter() - t0) * 1000
+    meta = method.metadata
+    dtypes = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64, 5: torch.float16,
+              6: torch.float32, 7: torch.float64, 11: torch.bool, 15: torch.bfloat16}
+    specs = []
+    for i in range(meta.num_inputs()):
+        tmeta = meta.input_tensor_meta(i)
+        specs.append((tuple(tmeta.sizes()), dtypes.get(int(tmeta.dtype()), torch.float32)))
+    warm, samples = [], []
+    for k in range(warmup + iterations):
+        inputs = [torch.ones(shape, dtype=dt) for shape, dt in specs]
+        t0 = time.perf_counter()
+        method.execute(inputs)
+        (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
+    return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
+                     backend="xnnpack" if "XnnpackBackend" in delegates else "portable",
+                     threads=threads or portable_lib._threadpool_get_thread_count())
+
+
+def host_facts() -> dict[str, object]:
+    """What the host report says about this machine (the "device" when --device host)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    versions: dict[str, str] = {}
+    for mod in ("onnxruntime", "executorch", "torch"):
+        try:
+            from importlib.metadata import version
+
+            versions[mod] = version(mod)
+        except Exception:
+            pass
+    return {
+        "transport": "host",
+        "simulated_device": False,
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_total_kb": mem_kb,
+        "python": platform.python_version(),
+        "runtimes": versions,
+    }

@@ -1,0 +1,286 @@
+"""The benchmark report: schema `mi2v.bench/1`, statistics, the per-frame headline, save/load/compare.
+
+One JSON file per bench invocation:
+
+    {
+      "schema": "mi2v.bench/1",
+      "created_utc": "2026-…Z",
+      "status": "ok" | "partial" | "failed",
+      "tool": {"name": "mi2v", "version": …},
+      "host": {…},                                   # this machine (adb path/version when a phone is used)
+      "device": {"transport": "host"|"adb", "serial", "simulated_device": bool, "model", "soc_model", "os_version",
+                 "abi", "cpus": [{"id", "max_khz", "governor"}], …},
+      "protocol": {"warmup", "iterations", "runs", "threads", "affinity_mask", "percentile_method": "nearest-rank",
+                   "timed_region"},
+      "conditions": {"before": {"thermal_status", "temps_c", "battery"}, "after": {…}, "uncontrolled": [..]},
+      "frames": 17,                                 # video frames one encoder+denoiser+decoder pass produces
+      "components": [
+        {"component": "encoder"|"denoiser"|"decoder", "status": "ok"|"failed"|"skipped", "error": null|"…",
+         "artifact": {"path", "format", "sha256", "bytes", "target", "delegate", "precision"},
+         "runtime": {"name", "version", "runner", "runner_sha256", "backend", "log_channel"},
+         "runs": [{"load_ms", "samples_ms": [...], "warmup_ms": [...], "peak_rss_kb", "exit_code", …}],
+         "summary": {"latency_ms": {n, min, p10, p50, p90, p99, max, mean, stdev, trimmed_mean_10, run_medians},
+                     "load_ms": {"median"}, "peak_rss_kb"}}
+      ],
+      "per_frame_ms": {"1": …, "2": …},             # (encoder + steps × denoiser + decoder) p50s / frames
+      "warnings": [...]
+    }
+
+Percentiles are nearest-rank (the value at rank ⌈q·n⌉ of the sorted samples), so every reported percentile is a
+measured sample. stdev is the sample standard deviation (n−1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInputError
+
+SCHEMA = "mi2v.bench/1"
+PERCENTILE_METHOD = "nearest-rank"
+COMPONENTS = ("encoder", "denoiser", "decoder")
+STATUSES = ("ok", "failed", "skipped")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile, q in [0, 100]."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def trimmed_mean(samples: list[float], proportion: float = 0.1) -> float:
+    """Mean after dropping `proportion` of the samples at each end (10% → the middle 80%)."""
+    ordered = sorted(samples)
+    k = int(len(ordered) * proportion)
+    middle = ordered[k:len(ordered) - k] or ordered
+    return sum(middle) / len(middle)
+
+
+def latency_stats(samples: list[float]) -> dict[str, float | int]:
+    if not samples:
+        return {"n": 0}
+    return {
+        "n": len(samples),
+        "min": min(samples),
+        "p10": percentile(samples, 10),
+        "p50": percentile(samples, 50),
+        "p90": percentile(samples, 90),
+        "p99": percentile(samples, 99),
+        "max": max(samples),
+        "mean": statistics.fmean(samples),
+        "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
+        "trimmed_mean_10": trimmed_mean(samples, 0.1),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# report objects
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One runner process (or one in-process run on the host)."""
+
+    load_ms: float | None = None
+    samples_ms: list[float] = field(default_factory=list)  # timed iterations, warm-up removed
+    warmup_ms: list[float] = field(default_factory=list)  # discarded warm-up iterations (same process)
+    peak_rss_kb: int | None = None
+    peak_rss_scope: str | None = None  # component | process | runner
+    exit_code: int | None = None
+    first_iteration_ms: float | None = None
+    backend: str | None = None
+    threads: int | None = None
+    log: str | None = None  # path of the raw stdout+stderr, when kept
+
+
+@dataclass
+class ComponentResult:
+    component: str
+    status: str = "ok"
+    error: str | None = None
+    artifact: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    runs: list[RunResult] = field(default_factory=list)
+
+    def samples(self) -> list[float]:
+        return [s for r in self.runs for s in r.samples_ms]
+
+    def summary(self) -> dict[str, Any]:
+        samples = self.samples()
+        lat = latency_stats(samples)
+        if samples:
+            lat["run_medians"] = [percentile(r.samples_ms, 50) for r in self.runs if r.samples_ms]
+        loads = [r.load_ms for r in self.runs if r.load_ms is not None]
+        rss = [r.peak_rss_kb for r in self.runs if r.peak_rss_kb is not None]
+        return {
+            "latency_ms": lat,
+            "load_ms": {"median": statistics.median(loads)} if loads else {},
+            "peak_rss_kb": max(rss) if rss else None,
+        }
+
+    def median_ms(self) -> float | None:
+        samples = self.samples()
+        return percentile(samples, 50) if samples and self.status == "ok" else None
+
+
+@dataclass
+class BenchReport:
+    device: dict[str, Any]
+    components: list[ComponentResult] = field(default_factory=list)
+    frames: int | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    conditions: dict[str, Any] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    tool: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    created_utc: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    def component(self, name: str) -> ComponentResult | None:
+        return next((c for c in self.components if c.component == name), None)
+
+    @property
+    def status(self) -> str:
+        states = {c.status for c in self.components}
+        if not self.components or states == {"failed"}:
+            return "failed"
+        return "ok" if states == {"ok"} else "partial"
+
+    def per_frame_ms(self, steps: int) -> float | None:
+        """(encoder + steps × denoiser + decoder) / frames, from each component's median; None if any is missing."""
+        if not self.frames:
+            return None
+        parts = {name: (c.median_ms() if (c := self.component(name)) else None) for name in COMPONENTS}
+        if any(v is None for v in parts.values()):
+            return None
+        return (parts["encoder"] + steps * parts["denoiser"] + parts["decoder"]) / self.frames  # type: ignore[operator]
+
+    def to_dict(self) -> dict[str, Any]:
+        protocol = {"percentile_method": PERCENTILE_METHOD, **self.protocol}
+        comps = []
+        for c in self.components:
+            d = asdict(c)
+            d["summary"] = c.summary()
+            comps.append(d)
+        return {
+            "schema": SCHEMA,
+            "created_utc": self.created_utc,
+            "status": self.status,
+            "tool": self.tool or _tool_info(),
+            "host": self.host,
+            "device": self.device,
+            "protocol": protocol,
+            "conditions": self.conditions,
+            "frames": self.frames,
+            "components": comps,
+            "per_frame_ms": {str(s): self.per_frame_ms(s) for s in (1, 2)},
+            "warnings": list(self.warnings),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically (a partial report is still a complete JSON file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.to_dict(), fh, indent=2)
+                fh.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchReport:
+        validate(data)
+        comps = []
+        for c in data["components"]:
+            runs = [RunResult(**{k: v for k, v in r.items() if k in RunResult.__dataclass_fields__})
+                    for r in c.get("runs", [])]
+            comps.append(ComponentResult(component=c["component"], status=c.get("status", "ok"), error=c.get("error"),
+                                         artifact=c.get("artifact", {}), runtime=c.get("runtime", {}), runs=runs))
+        protocol = {k: v for k, v in data.get("protocol", {}).items() if k != "percentile_method"}
+        return cls(device=data["device"], components=comps, frames=data.get("frames"), protocol=protocol,
+                   conditions=data.get("conditions", {}), host=data.get("host", {}), tool=data.get("tool", {}),
+                   warnings=list(data.get("warnings", [])), created_utc=data.get("created_utc", ""))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> BenchReport:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise BadInputError(f"cannot read bench report {path}: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"{path} is not a bench report (invalid JSON: {exc})") from None
+        try:
+            return cls.from_dict(data)
+        except BadInputError as exc:
+            raise BadInputError(f"{path}: {exc}") from None
+
+
+def validate(data: Any) -> None:
+    """Raise BadInputError unless `data` is a report this version reads."""
+    if not isinstance(data, dict) or "schema" not in data:
+        raise BadInputError("not a mi2v bench report (no `schema` field)")
+    schema = str(data["schema"])
+    family, _, version = schema.partition("/")
+    if family != "mi2v.bench":
+        raise BadInputError(f"not a mi2v bench report (schema {schema!r})")
+    if version != SCHEMA.split("/")[1]:
+        raise BadInputError(f"bench report schema {schema!r} is not supported by this mi2v (reads {SCHEMA})")
+    for key in ("device", "components"):
+        if key not in data:
+            raise BadInputError(f"bench report lacks `{key}`")
+    if not isinstance(data["components"], list):
+        raise BadInputError("bench report `components` must be a list")
+    for c in data["components"]:
+        if not isinstance(c, dict) or c.get("component") not in COMPONENTS or c.get("status", "ok") not in STATUSES:
+            raise BadInputError(f"bench report has a malformed component entry: {str(c)[:80]}")
+
+
+def compare(a: BenchReport, b: BenchReport) -> list[dict[str, Any]]:
+    """Rows of (metric, a, b, b/a) for the per-frame headline and each component's median/p90/load."""
+    rows: list[dict[str, Any]] = []
+
+    def add(metric: str, va: float | None, vb: float | None) -> None:
+        ratio = (vb / va) if (va and vb is not None) else None
+        rows.append({"metric": metric, "a": va, "b": vb, "ratio": ratio})
+
+    for steps in (1, 2):
+        add(f"per-frame ms ({steps} step{'s' if steps > 1 else ''})", a.per_frame_ms(steps), b.per_frame_ms(steps))
+    for name in COMPONENTS:
+        ca, cb = a.component(name), b.component(name)
+        sa = ca.summary() if ca else {"latency_ms": {}, "load_ms": {}}
+        sb = cb.summary() if cb else {"latency_ms": {}, "load_ms": {}}
+        add(f"{name} p50 ms", sa["latency_ms"].get("p50"), sb["latency_ms"].get("p50"))
+        add(f"{name} p90 ms", sa["latency_ms"].get("p90"), sb["latency_ms"].get("p90"))
+        add(f"{name} load ms", sa["load_ms"].get("median"), sb["load_ms"].get("median"))
+    return rows
+
+
+def _tool_info() -> dict[str, Any]:
+    try:
+        from importlib.metadata import version
+
+        ver = version("mi2v-export")
+    except Exception:
+        ver = "unknown"
+    return {"name": "mi2v", "version": ver}
