@@ -1,0 +1,651 @@
+"""The phone benchmark apps (apps/android, apps/ios) as far as this Linux machine can check them.
+
+Real here: the prerequisite checks against fake JDK/SDK folders and PATHs, the exact command lines each path runs
+(dry run), the apps/android/gradlew script itself, the parsers and the merge of app-written reports (samples in
+tests/data/app_reports follow the schema; their values are synthetic), and one `--via app` run through the real adb
+client and server against the simulated phone. In that run the Android framework and the app are stand-ins: small
+`pm`, `am` and `run-as` scripts placed on the simulated phone answer as they would and write a sample report; no
+Kotlin runs. The iOS path is exercised with fake `xcode-select`/`xcodebuild`/`xcrun` on PATH (argv and parsing only).
+The slow test compiles the app's Android-free Kotlin core with a real kotlinc when one is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mi2v_export.devices import android_app as aa
+from mi2v_export.devices import ios
+from mi2v_export.devices.report import BenchReport, validate
+from mi2v_export.errors import BadInputError, DeviceError, MissingDependencyError
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data" / "app_reports"
+ANDROID = REPO / "apps" / "android"
+
+
+def _sample(name: str) -> dict:
+    return json.loads((DATA / name).read_text())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text, text
+    return text
+
+
+def _script(folder: Path, name: str, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def _env(path_dirs: list[Path], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAVA", "ANDROID_"))}
+    env["PATH"] = os.pathsep.join(str(p) for p in path_dirs)
+    env.update(extra)
+    return env
+
+
+def _fake_jdk(folder: Path, version: str, javac: bool = True) -> Path:
+    bin_dir = folder / "bin"
+    _script(bin_dir, "java", f"echo 'openjdk version \"{version}\" 2025-04-15' >&2\necho 'OpenJDK Runtime' >&2\n")
+    if javac:
+        _script(bin_dir, "javac", f"echo 'javac {version}'\n")
+    return bin_dir
+
+
+def _fake_sdk(folder: Path, platform: str = "android-35", build_tools: str | None = "35.0.0") -> Path:
+    (folder / "platforms" / platform).mkdir(parents=True)
+    (folder / "platforms" / platform / "android.jar").write_bytes(b"PK")
+    if build_tools:
+        (folder / "build-tools" / build_tools).mkdir(parents=True)
+    return folder
+
+
+def _fake_app_dir(folder: Path, jar: bool = True, apks: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ANDROID / "gradlew", folder / "gradlew")
+    (folder / "gradle" / "wrapper").mkdir(parents=True)
+    if jar:
+        (folder / "gradle" / "wrapper" / "gradle-wrapper.jar").write_bytes(b"PK")
+    if apks:
+        for rel, data in ((aa.APP_APK, b"fake app apk"), (aa.TEST_APK, b"fake test apk")):
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+    return folder
+
+
+# ---- Android prerequisites --------------------------------------------------------------------------------------
+
+
+def test_jdk_missing_says_how_to_get_one(tmp_path):
+    with pytest.raises(MissingDependencyError) as e:
+        aa.check_jdk(_env([tmp_path]))
+    msg = _one_line(e.value)
+    assert msg.startswith("no JDK: `java` is not on PATH and JAVA_HOME is unset")
+    assert "openjdk-17-jdk-headless" in msg and "JAVA_HOME" in msg
+
+
+def test_jdk_too_old_runtime_only_and_bad_java_home(tmp_path):
+    old = _fake_jdk(tmp_path / "jdk11", "11.0.2")
+    with pytest.raises(MissingDependencyError) as e:
+        aa.check_jdk(_env([old]))
+    assert "JDK 17+ is needed by the Android Gradle plugin, but `java -version` says 11.0.2" in _one_line(e.value)
+    legacy = _fake_jdk(tmp_path / "jdk8", "1.8.0_392")
+    with pytest.raises(MissingDependencyError, match=r"says 1\.8\.0_392"):
+        aa.check_jdk(_env([legacy]))
+    jre = _fake_jdk(tmp_path / "jre17", "17.0.15", javac=False)
+    with pytest.raises(MissingDependencyError) as e:
+        aa.check_jdk(_env([jre]))
+    assert "found a Java 17.0.15 runtime" in _one_line(e.value) and "`javac` is missing" in str(e.value)
+    with pytest.raises(MissingDependencyError) as e:
+        aa.check_jdk(_env([tmp_path], JAVA_HOME=str(tmp_path / "nowhere")))
+    assert "has no bin/java" in _one_line(e.value)
+
+
+def test_jdk_found_through_java_home_or_path(tmp_path):
+    good = _fake_jdk(tmp_path / "jdk17", "17.0.15")
+    facts = aa.check_jdk(_env([tmp_path], JAVA_HOME=str(tmp_path / "jdk17")))
+    assert facts["version"] == "17.0.15" and facts["javac"].endswith("javac")
+    assert aa.check_jdk(_env([good]))["version"] == "17.0.15"
+    assert aa._java_version('openjdk version "21" 2023-09-19') == (21, "21")
+
+
+def test_android_sdk_checks(tmp_path):
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    with pytest.raises(MissingDependencyError) as e:
+        aa.check_android_sdk({}, app_dir)
+    msg = _one_line(e.value)
+    assert msg.startswith("no Android SDK: ANDROID_HOME (or ANDROID_SDK_ROOT) is not set")
+    assert 'sdkmanager "platforms;android-35" "build-tools;35.0.0" "platform-tools"' in msg
+    with pytest.raises(MissingDependencyError, match=r"ANDROID_HOME=.*nowhere is not a folder"):
+        aa.check_android_sdk({"ANDROID_HOME": str(tmp_path / "nowhere")}, app_dir)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(MissingDependencyError) as e:
+        aa.check_android_sdk({"ANDROID_SDK_ROOT": str(bare)}, app_dir)
+    assert "lacks platform android-35: run `sdkmanager \"platforms;android-35\"`" in _one_line(e.value)
+    old_tools = _fake_sdk(tmp_path / "old", build_tools="30.0.3")
+    with pytest.raises(MissingDependencyError) as e:
+        aa.check_android_sdk({"ANDROID_HOME": str(old_tools)}, app_dir)
+    assert "no build-tools 34+ (has: 30.0.3)" in _one_line(e.value)
+    sdk = _fake_sdk(tmp_path / "sdk")
+    facts = aa.check_android_sdk({"ANDROID_HOME": str(sdk)}, app_dir)
+    assert facts == {"sdk": str(sdk), "source": "ANDROID_HOME", "platform": "android-35", "build_tools": "35.0.0"}
+    # Gradle's own fallback: sdk.dir in local.properties
+    (app_dir / "local.properties").write_text(f"sdk.dir={sdk}\n")
+    assert aa.check_android_sdk({}, app_dir)["sdk"] == str(sdk)
+
+
+def test_gradle_wrapper_checks_and_the_script_itself(tmp_path):
+    app_dir = _fake_app_dir(tmp_path / "app", jar=False)
+    with pytest.raises(MissingDependencyError) as e:
+        aa.check_gradlew(app_dir)
+    msg = _one_line(e.value)
+    assert "gradle-wrapper.jar is missing" in msg and "`gradle wrapper --gradle-version 8.11.1`" in msg
+    # the committed gradlew says the same, in one line, before touching Java
+    proc = subprocess.run([str(app_dir / "gradlew"), "assembleDebug"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "gradle wrapper --gradle-version 8.11.1" in proc.stderr
+    (app_dir / "gradlew").chmod(0o644)
+    with pytest.raises(MissingDependencyError, match="is not executable: run `chmod"):
+        aa.check_gradlew(app_dir)
+    # the pins agree with the files
+    props = (ANDROID / "gradle" / "wrapper" / "gradle-wrapper.properties").read_text()
+    assert f"gradle-{aa.GRADLE_VERSION}-bin.zip" in props
+    build = (ANDROID / "app" / "build.gradle.kts").read_text()
+    assert f"compileSdk = {aa.COMPILE_SDK}" in build and f'testApplicationId = "{aa.TEST_PACKAGE}"' in build
+    assert f'testInstrumentationRunner = "{aa.JUNIT_RUNNER}"' in build
+    assert "org.pytorch:$executorchArtifact:$executorchVersion" in build
+    gp = (ANDROID / "gradle.properties").read_text()
+    assert "mi2v.executorchVersion=1.5.1" in gp and "executorch==1.5.1" in (REPO / "pyproject.toml").read_text()
+
+
+def test_build_prereqs_fail_on_the_first_missing_thing(tmp_path):
+    jdk = _fake_jdk(tmp_path / "jdk", "17.0.15")
+    app_dir = _fake_app_dir(tmp_path / "app")
+    with pytest.raises(MissingDependencyError, match="^no Android SDK"):
+        aa.check_build_prereqs(_env([jdk]), app_dir)
+    sdk = _fake_sdk(tmp_path / "sdk")
+    facts = aa.check_build_prereqs(_env([jdk], ANDROID_HOME=str(sdk)), app_dir)
+    assert set(facts) == {"jdk", "android_sdk", "gradlew"}
+    with pytest.raises(MissingDependencyError) as e:
+        aa.check_apks(app_dir)
+    assert "is not built: run `make android` first" in _one_line(e.value)
+
+
+def test_cli_check_and_dry_runs():
+    py = sys.executable
+    env = _env([Path("/nonexistent")])
+    proc = subprocess.run([py, "-m", "mi2v_export.devices.android_app", "check"], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stderr.startswith("error: no JDK:") and proc.stderr.count("\n") == 1
+    proc = subprocess.run([py, "-m", "mi2v_export.devices.android_app", "build", "--dry-run"], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0
+    assert proc.stdout == "cd apps/android && ./gradlew assembleDebug assembleDebugAndroidTest\n"
+    proc = subprocess.run([py, "-m", "mi2v_export.devices.android_app", "install", "--serial", "R5CT1234",
+                           "--dry-run"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.stdout.splitlines() == [
+        "adb -s R5CT1234 install -r -t " + str(ANDROID / "app/build/outputs/apk/debug/app-debug.apk"),
+        "adb -s R5CT1234 install -r -t " + str(ANDROID / "app/build/outputs/apk/androidTest/debug/"
+                                               "app-debug-androidTest.apk"),
+    ]
+    vulkan = aa.build_commands(variant="vulkan", executorch_version="1.5.1")[0].render()
+    assert vulkan == ("cd apps/android && ./gradlew assembleDebug assembleDebugAndroidTest "
+                      "-Pmi2v.executorchVariant=vulkan -Pmi2v.executorchVersion=1.5.1")
+    with pytest.raises(BadInputError):
+        aa.build_commands(variant="qnn")
+
+
+# ---- --via app: commands, plan, parsing, merging ----------------------------------------------------------------
+
+
+def _pte_files(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, name in enumerate(("encoder", "denoiser", "decoder")):
+        p = folder / f"{name}.pte"
+        p.write_bytes(b"\0\0\0\0ET12" + bytes([i]) * 64)
+        out[name] = p
+    return out
+
+
+def test_via_app_dry_run_prints_each_command(tmp_path):
+    files = _pte_files(tmp_path / "art")
+    lines: list[str] = []
+    assert aa.run_via_app("R5CT1234", files, 30, 5, dry_run=True, runs=2, echo=lines.append) is None
+    d = "/data/local/tmp/mi2v/app"
+    instrument = ("adb -s R5CT1234 shell 'am instrument -w -r -e artifacts "
+                  f"encoder={d}/encoder.pte,denoiser={d}/denoiser.pte,decoder={d}/decoder.pte -e iterations 30 "
+                  f"-e warmup 5 -e runs 2 -e output mi2v-app-report.json -e plan {d}/plan.json "
+                  "-e class org.mi2v.bench.Mi2vBenchmarkTest org.mi2v.bench.test/androidx.test.runner.AndroidJUnitRunner'")
+    assert instrument in lines
+    assert lines[0] == "adb -s R5CT1234 shell 'pm path org.mi2v.bench'    # is the app installed? (then sha256sum of its base.apk)"
+    assert any(ln.startswith("adb -s R5CT1234 install -r -t ") and "app-debug.apk" in ln for ln in lines)
+    assert f"adb -s R5CT1234 push {files['denoiser']} {d}/denoiser.pte    # only if not already there" in lines
+    assert "adb -s R5CT1234 shell 'run-as org.mi2v.bench cat files/mi2v-app-report.json'" in lines[-2]
+    assert lines[-1] == f"adb -s R5CT1234 shell 'rm -rf {d}'"
+    # the remote string is one argument whose tokens the device shell splits back exactly
+    remote = shlex.split(instrument)[4]
+    assert shlex.split(remote) == aa.instrument_args(aa.coerce_artifacts(files)[0], 30, 5, 2)
+    with pytest.raises(BadInputError, match="runs ExecuTorch .pte artifacts only"):
+        aa.run_via_app("S", {"encoder": tmp_path / "encoder.onnx"}, dry_run=True, echo=lines.append)
+    with pytest.raises(BadInputError, match="unknown component 'vae'"):
+        aa.run_via_app("S", {"vae": files["encoder"]}, dry_run=True, echo=lines.append)
+
+
+def _write_manifest(folder: Path) -> Path:
+    from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo, file_digest
+
+    files = _pte_files(folder)
+    entries = []
+    for name, path in files.items():
+        sha, size = file_digest(path)
+        entries.append(ArtifactEntry(
+            component=name, model=f"{name}-model", target="executorch", delegate="xnnpack", dtype="fp32",
+            file=path.name, sha256=sha, bytes=size,
+            inputs=[TensorInfo("x", (1, 4, 3, 8, 8), "float32")], outputs=[TensorInfo("y", (1, 4), "float32")],
+            export={}, parity={}))
+    m = Manifest(preset="tiny", resolution=(64, 64), frames=9, latent_shape=(1, 4, 3, 8, 8),
+                 source={"weights": "seeded", "seed": 0}, components=entries)
+    (folder / MANIFEST_NAME).write_text(json.dumps(m.to_dict(), indent=2))
+    return folder
+
+
+def test_plan_from_a_manifest_carries_input_shapes(tmp_path):
+    folder = _write_manifest(tmp_path / "art")
+    items, frames = aa.coerce_artifacts(folder)
+    assert frames == 9 and [a.component for a in items] == ["encoder", "denoiser", "decoder"]
+    plan = aa.build_plan(items, frames)
+    assert plan["schema"] == "mi2v.app-plan/1" and plan["frames"] == 9
+    c = plan["components"][1]
+    assert c["path"] == "/data/local/tmp/mi2v/app/denoiser.pte"
+    assert c["inputs"] == [{"name": "x", "shape": [1, 4, 3, 8, 8], "dtype": "float32"}]
+    assert c["artifact"]["delegate"] == "xnnpack" and c["artifact"]["sha256"] == items[1].sha256
+    with pytest.raises(BadInputError, match="no ExecuTorch"):
+        aa.artifacts_from_manifest(folder, delegate="vulkan")
+
+
+def test_instrument_output_parsing():
+    ok = aa.parse_instrument_output((DATA / "instrument_ok.txt").read_text())
+    assert ok.ok and ok.tests_run == 1 and ok.message is None
+    assert ok.report_path == "/data/user/0/org.mi2v.bench/files/mi2v-app-report.json"
+    failed = aa.parse_instrument_output((DATA / "instrument_failed.txt").read_text())
+    assert not failed.ok
+    assert failed.message == ("java.lang.IllegalArgumentException: artifacts: unknown component 'vae' "
+                              "(use encoder, denoiser, decoder)")
+    err = aa.instrument_failure(failed, "R5CT1234")
+    assert isinstance(err, DeviceError) and "unknown component 'vae'" in _one_line(err)
+    missing = aa.parse_instrument_output((DATA / "instrument_not_installed.txt").read_text())
+    assert not missing.ok and missing.message.startswith("Unable to find instrumentation info")
+    err = aa.instrument_failure(missing, "R5CT1234")
+    assert isinstance(err, MissingDependencyError) and "make android-install SERIAL=R5CT1234" in _one_line(err)
+    crashed = aa.parse_instrument_output((DATA / "instrument_crashed.txt").read_text())
+    assert not crashed.ok and crashed.message == "Process crashed."
+    assert not aa.parse_instrument_output("").ok
+
+
+def test_app_reports_parse_and_round_trip():
+    for name in ("android_xnnpack_ok.json", "android_vulkan_partial.json", "ios_coreml.json"):
+        data = aa.load_app_report((DATA / name).read_text(), name)
+        again = BenchReport.from_dict(data).to_dict()
+        validate(again)
+        for a, b in zip(data["components"], again["components"]):
+            la, lb = a["summary"]["latency_ms"], b["summary"]["latency_ms"]
+            assert la.pop("run_medians", None) == lb.pop("run_medians", None)
+            assert la == pytest.approx(lb), (name, a["component"])
+    ok = _sample("android_xnnpack_ok.json")
+    assert BenchReport.from_dict(ok).per_frame_ms(2) == pytest.approx(ok["per_frame_ms"]["2"])
+    with pytest.raises(BadInputError, match="is not JSON"):
+        aa.load_app_report('{"schema": "mi2v.bench/1", "comp', "x")
+    bad = dict(ok, schema="mi2v.bench/2")
+    with pytest.raises(BadInputError, match=r"schema 'mi2v.bench/2' is not supported"):
+        aa.load_app_report(json.dumps(bad), "x")
+    broken = json.loads(json.dumps(ok))
+    broken["components"][0]["runs"][0]["samples_ms"][3] = -1.0
+    with pytest.raises(BadInputError, match="the encoder has invalid samples"):
+        aa.load_app_report(json.dumps(broken), "x")
+
+
+def test_merge_keeps_host_facts_app_numbers_and_the_simulated_flag(tmp_path):
+    app = _sample("android_xnnpack_ok.json")
+    props = {"ro.product.manufacturer": "Google", "ro.product.model": "Pixel 8", "ro.soc.model": "Tensor G3",
+             "ro.build.version.sdk": "35", "ro.product.cpu.abilist": "arm64-v8a"}
+    base = {"schema": "mi2v.bench/1", "device": aa.device_facts_from_props(props, "R5CT1234"), "components": [],
+            "conditions": {"before": {"thermal_status": 0}}, "protocol": {"cooldown_s": 30}}
+    files = _pte_files(tmp_path / "art")
+    items, _ = aa.coerce_artifacts(files)
+    merged = aa.merge_app_report(app, base, serial="R5CT1234", artifacts=items)
+    validate(merged)
+    assert merged["status"] == "ok" and merged["device"]["serial"] == "R5CT1234"
+    assert merged["device"]["simulated_device"] is False and merged["device"]["model"] == "Pixel 8"
+    assert merged["protocol"]["runner"] == "android-app" and merged["protocol"]["mode"] == "app"
+    assert merged["protocol"]["cooldown_s"] == 30 and merged["protocol"]["iterations"] == 20
+    assert merged["conditions"]["before"] == {"thermal_status": 0}
+    assert merged["conditions"]["app"]["after"]["thermal_status"] == 1
+    for c in merged["components"]:
+        assert c["runtime"]["runner"] == "android-app"
+        assert c["artifact"]["path"] == str(files[c["component"]])
+        assert c["artifact"]["device_path"].startswith("/data/local/tmp/mi2v/app/")
+    assert merged["per_frame_ms"]["2"] == pytest.approx(app["per_frame_ms"]["2"])
+    assert merged["tool"]["app"]["name"] == "mi2v-android-app"
+    # a simulated phone stays simulated even though the app says false
+    sim = dict(base, device=aa.device_facts_from_props({**props, "ro.mi2v.simulated": "1"}, "127.0.0.1:5555"))
+    merged = aa.merge_app_report(app, sim)
+    assert merged["device"]["simulated_device"] is True
+    assert any("simulated phone" in w for w in merged["warnings"])
+    # components the app measured replace the host's, others stay
+    partial = _sample("android_vulkan_partial.json")
+    host_only = {"schema": "mi2v.bench/1", "device": base["device"], "components": [
+        {"component": "denoiser", "status": "ok", "runtime": {"runner": "executor_runner"},
+         "runs": [{"samples_ms": [5.0, 6.0, 7.0]}]}]}
+    merged = aa.merge_app_report({**partial, "components": partial["components"][:1]}, host_only)
+    assert [(c["component"], c["runtime"]["runner"]) for c in merged["components"]] == [
+        ("encoder", "android-app"), ("denoiser", "executor_runner")]
+    merged = aa.merge_app_report(partial, None, serial="R5CT1234")
+    assert merged["status"] == "partial" and merged["per_frame_ms"]["2"] is None
+    assert "VulkanBackend is not registered" in merged["components"][1]["error"]
+
+
+# ---- --via app end to end: real adb, simulated phone, stand-in framework --------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_FAKE_AM = r'''
+# stand-in for `am instrument` + the benchmark app: checks the arguments, writes a sample report
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+root = Path(os.environ["MI2V_DEVICE_ROOT"])
+Path(root / "am-argv.json").write_text(json.dumps(args))
+assert args[:3] == ["instrument", "-w", "-r"] and args[-1] == "org.mi2v.bench.test/androidx.test.runner.AndroidJUnitRunner"
+extras = {args[i + 1]: args[i + 2] for i in range(len(args) - 1) if args[i] == "-e"}
+report = json.loads(Path(os.environ["MI2V_SAMPLE_REPORT"]).read_text())
+paths = dict(item.split("=", 1) for item in extras["artifacts"].split(","))
+plan = json.loads(Path(extras["plan"]).read_text())
+for c in report["components"]:
+    assert Path(paths[c["component"]]).read_bytes()[4:8] == b"ET12"
+    c["artifact"]["path"] = paths[c["component"]]
+report["protocol"]["iterations"] = int(extras["iterations"])
+report["frames"] = plan["frames"]
+out = root / "data/data/org.mi2v.bench/files" / extras["output"]
+out.parent.mkdir(parents=True, exist_ok=True)
+out.write_text(json.dumps(report))
+sys.stdout.write(Path(os.environ["MI2V_INSTRUMENT_OUT"]).read_text())
+'''
+
+
+def test_via_app_through_real_adb_and_the_simulated_phone(tmp_path, monkeypatch):
+    from mi2v_export.devices.adb import Adb, find_adb
+    from mi2v_export.devices.simulate import SimulatedPhone
+
+    try:
+        adb_path = find_adb()
+    except DeviceError as exc:
+        pytest.skip(f"no adb binary: {exc}")
+    home = tmp_path / "adb-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANDROID_", "ADB"))}
+    env.update(HOME=str(home), TMPDIR=str(home), ADB_MDNS="0", ADB_USB="0", ADB_EMU="0")
+    adb = Adb(adb_path, server_port=_free_port(), env=env, timeout=20)
+    adb.start_server()
+    monkeypatch.setenv("MI2V_SAMPLE_REPORT", str(DATA / "android_xnnpack_ok.json"))
+    monkeypatch.setenv("MI2V_INSTRUMENT_OUT", str(DATA / "instrument_ok.txt"))
+    try:
+        with SimulatedPhone() as phone:
+            adb.connect(phone.serial)
+            app_dir = _fake_app_dir(tmp_path / "android", apks=True)
+            # the phone already has these builds installed (so no `adb install`, which a simulated phone lacks)
+            bin_dir = phone.root / "system" / "bin"
+            bin_dir.chmod(0o755)
+            for pkg, apk in ((aa.PACKAGE, aa.APP_APK), (aa.TEST_PACKAGE, aa.TEST_APK)):
+                dst = phone.sandbox / "_apps" / pkg / "base.apk"
+                dst.parent.mkdir(parents=True)
+                shutil.copy2(app_dir / apk, dst)
+            _script(bin_dir, "pm", 'test "$1" = path || exit 1\n'
+                    'f="$MI2V_DEVICE_ROOT/data/local/tmp/_apps/$2/base.apk"\n'
+                    '[ -f "$f" ] || exit 1\necho "package:/data/local/tmp/_apps/$2/base.apk"\n')
+            _script(bin_dir, "run-as", 'pkg=$1; shift\nmkdir -p "$MI2V_DEVICE_ROOT/data/data/$pkg"\n'
+                    'cd "$MI2V_DEVICE_ROOT/data/data/$pkg" && exec "$@"\n')
+            (bin_dir / "am").write_text(f"#!{sys.executable}\n" + _FAKE_AM)
+            (bin_dir / "am").chmod(0o755)
+
+            dev = adb.pick_device(phone.serial)
+            folder = _write_manifest(tmp_path / "art")
+            said: list[str] = []
+            report = aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir, keep=True, say=said.append)
+            validate(report)
+            assert report["device"]["simulated_device"] is True and report["device"]["serial"] == phone.serial
+            assert report["protocol"]["iterations"] == 7 and report["frames"] == 9
+            assert [c["runtime"]["runner"] for c in report["components"]] == ["android-app"] * 3
+            assert report["components"][0]["artifact"]["path"] == str(folder / "encoder.pte")
+            assert sorted(report["staging"]["pushed"]) == ["decoder.pte", "denoiser.pte", "encoder.pte"]
+            assert report["staging"]["installed"] == []
+            argv = json.loads((phone.root / "am-argv.json").read_text())
+            assert argv[argv.index("iterations") + 1] == "7" and argv[argv.index("warmup") + 1] == "2"
+            assert not any(m.startswith("installing") for m in said)
+            # again: the artifacts are on the phone already, so nothing is pushed; then cleaned up
+            again = aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir)
+            assert again["staging"]["pushed"] == []
+            assert not (phone.sandbox / "mi2v" / "app").exists()
+            # the app failing: one line, with the instrumentation's reason
+            monkeypatch.setenv("MI2V_INSTRUMENT_OUT", str(DATA / "instrument_not_installed.txt"))
+            with pytest.raises(MissingDependencyError) as e:
+                aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir)
+            assert "make android-install SERIAL=" in _one_line(e.value)
+            adb.disconnect(phone.serial)
+    finally:
+        adb.kill_server()
+
+
+# ---- iOS ------------------------------------------------------------------------------------------------------------
+
+
+def test_ios_refuses_at_once_off_macos(tmp_path):
+    with pytest.raises(MissingDependencyError) as e:
+        ios.run_ios("00008130-0011223344556677", tmp_path / "does-not-exist", system="Linux")
+    assert _one_line(e.value) == ("`--device ios:UDID` needs macOS with Xcode 15+ (this machine runs Linux): run the "
+                                  "iOS benchmark on a Mac with the iPhone attached")
+    with pytest.raises(MissingDependencyError, match="needs macOS"):
+        ios.run_ios("UDID", tmp_path, dry_run=True, system="Linux")
+    with pytest.raises(MissingDependencyError, match="^`make ios` needs macOS with Xcode 15"):
+        ios.check_prereqs(system="Linux")
+    if sys.platform != "darwin":
+        for cmd in ("check", "build"):
+            proc = subprocess.run([sys.executable, "-m", "mi2v_export.devices.ios", cmd], capture_output=True,
+                                  text=True, cwd=REPO, timeout=60)
+            assert proc.returncode == 3
+            assert proc.stderr.startswith("error: `make ios` needs macOS") and proc.stderr.count("\n") == 1
+
+
+def _mlpackages(folder: Path) -> dict[str, Path]:
+    out = {}
+    for name in ("encoder", "denoiser", "decoder"):
+        pkg = folder / f"{name}.mlpackage"
+        (pkg / "Data" / "com.apple.CoreML").mkdir(parents=True)
+        (pkg / "Manifest.json").write_text("{}")
+        out[name] = pkg
+    return out
+
+
+def test_ios_dry_run_and_build_commands(tmp_path):
+    pkgs = _mlpackages(tmp_path / "art")
+    lines: list[str] = []
+    ios.run_ios("00008130-0011223344556677", pkgs, 25, 4, dry_run=True, team="ABCDE12345", out_dir=tmp_path,
+                system="Darwin", echo=lines.append)
+    xcresult = tmp_path / "mi2v-ios-00008130-0011223344556677.xcresult"
+    assert lines[0] == "xcodebuild -version"
+    assert lines[1].startswith("xcrun devicectl list devices --json-output")
+    assert ("cd apps/ios && xcodebuild test -scheme Mi2vBench -destination platform=iOS,id=00008130-0011223344556677 "
+            f"-derivedDataPath .build/xcode -resultBundlePath {xcresult} "
+            "-only-testing:Mi2vBenchTests/CoreMLBenchTests/testBenchmark -allowProvisioningUpdates "
+            "DEVELOPMENT_TEAM=ABCDE12345") in lines
+    assert lines[-1].startswith(f"xcrun xcresulttool export attachments --path {xcresult} --output-path ")
+    assert ios.build_commands()[0].render() == (
+        "cd apps/ios && xcodebuild build-for-testing -scheme Mi2vBench -destination generic/platform=iOS "
+        "-derivedDataPath .build/xcode -allowProvisioningUpdates")
+    with pytest.raises(BadInputError, match="unknown compute unit 'npu'"):
+        ios.run_ios("U", pkgs, dry_run=True, compute_units=["npu"], system="Darwin", echo=lines.append)
+    with pytest.raises(BadInputError, match="Core ML models"):
+        ios.run_ios("U", {"encoder": tmp_path / "encoder.pte"}, dry_run=True, system="Darwin", echo=lines.append)
+    # the scheme and test id the commands name exist in apps/ios
+    scheme = (REPO / "apps/ios/.swiftpm/xcode/xcshareddata/xcschemes/Mi2vBench.xcscheme").read_text()
+    assert 'BlueprintName = "Mi2vBenchTests"' in scheme
+    assert "func testBenchmark()" in (REPO / "apps/ios/Tests/Mi2vBenchTests/CoreMLBenchTests.swift").read_text()
+    assert ios.REPORT_MARKER in (REPO / "apps/ios/Tests/Mi2vBenchTests/CoreMLBenchTests.swift").read_text()
+
+
+def test_ios_stage_payload(tmp_path):
+    pkgs = _mlpackages(tmp_path / "art")
+    payload = tmp_path / "Payload"
+    payload.mkdir()
+    (payload / "README.md").write_text("keep")
+    (payload / "old.mlpackage").mkdir()
+    items, _ = ios.coreml_artifacts(pkgs)
+    plan = ios.build_plan(items, 10, 2, ["all", "cpuOnly"], frames=17)
+    path = ios.stage_payload(items, plan, payload)
+    assert sorted(p.name for p in payload.iterdir()) == ["README.md", "decoder.mlpackage", "denoiser.mlpackage",
+                                                        "encoder.mlpackage", "plan.json"]
+    staged = json.loads(path.read_text())
+    assert staged["schema"] == "mi2v.ios-plan/1" and staged["compute_units"] == ["all", "cpuOnly"]
+    assert staged["components"][0] == {"component": "encoder", "file": "encoder.mlpackage", "artifact": {
+        "file": "encoder.mlpackage", "format": "mlpackage", "target": "coreml"}}
+
+
+def test_ios_devices_output_and_report_parsing(tmp_path):
+    devices = ios.parse_devicectl_devices(_sample("devicectl_devices.json"))
+    phone = ios.find_device("00008130-0011223344556677", devices)
+    assert phone["model"] == "iPhone16,1" and phone["os_version"] == "18.3.1" and phone["paired"]
+    with pytest.raises(DeviceError, match="is not paired"):
+        ios.find_device("00008103-000A0B0C0D0E0F10", devices)
+    with pytest.raises(DeviceError, match="does not see an iPhone with UDID X"):
+        ios.find_device("X", devices)
+
+    app = _sample("ios_coreml.json")
+    log = ("Test Suite 'Selected tests' started\n"
+           "Test Case '-[Mi2vBenchTests.CoreMLBenchTests testBenchmark]' started.\n"
+           "MI2V_REPORT_JSON: " + json.dumps(app, separators=(",", ":")) + "\n"
+           "Test Case '-[Mi2vBenchTests.CoreMLBenchTests testBenchmark]' passed (84.210 seconds).\n** TEST SUCCEEDED **\n")
+    parsed = ios.parse_xcodebuild_output(log)
+    assert parsed == app and ios.parse_xcodebuild_output("** TEST SUCCEEDED **") is None
+    reports = ios.merge_ios_report(parsed, "00008130-0011223344556677", {"name": "Test iPhone", "model": "iPhone16,1"})
+    assert list(reports) == ["cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all"]
+    for unit, r in reports.items():
+        validate(r)
+        assert r["protocol"]["compute_unit"] == unit and r["device"]["udid"] == "00008130-0011223344556677"
+        assert r["device"]["transport"] == "ios" and r["device"]["simulated_device"] is False
+        assert {c["runtime"]["backend"] for c in r["components"]} == {unit}
+        assert all(c["runtime"]["compile_ms"] > 0 for c in r["components"])
+    assert reports["cpuAndGPU"]["status"] == "partial" and reports["cpuAndGPU"]["per_frame_ms"]["2"] is None
+    ane = reports["cpuAndNeuralEngine"]
+    assert ane["status"] == "ok" and ane["per_frame_ms"]["2"] > 0
+    assert ane["per_frame_ms"]["2"] < reports["cpuOnly"]["per_frame_ms"]["2"]
+    assert ane["components"][0]["runtime"]["cold_load_ms"] > ane["components"][0]["runtime"]["warm_load_ms"]
+
+    # fallback: the attachment exported from the .xcresult
+    folder = tmp_path / "attachments"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('[{"attachments": []}]')
+    (folder / "mi2v-report_1_0A1B2C.json").write_text(json.dumps(app))
+    assert ios.report_from_attachments(folder)["device"]["model"] == "iPhone16,1"
+    assert ios.report_from_attachments(tmp_path / "none") is None
+
+    err = ios._xcodebuild_failure((DATA / "xcodebuild_signing_failed.log").read_text(), "U", None)
+    assert isinstance(err, MissingDependencyError) and "--team TEAMID" in _one_line(err)
+
+
+def test_ios_run_with_fake_xcode_tools(tmp_path, monkeypatch):
+    """The macOS path end to end with stand-ins for xcode-select, xcodebuild and xcrun (argv and parsing only)."""
+    fake = tmp_path / "bin"
+    app = _sample("ios_coreml.json")
+    (tmp_path / "report.line").write_text("MI2V_REPORT_JSON: " + json.dumps(app, separators=(",", ":")) + "\n")
+    _script(fake, "xcode-select", 'echo /Applications/Xcode.app/Contents/Developer\n')
+    _script(fake, "xcodebuild", f'echo "$@" >> {tmp_path}/xcodebuild.argv\n'
+            'if [ "$1" = -version ]; then echo "Xcode 16.2"; echo "Build version 16C5032a"; exit 0; fi\n'
+            f'ls Tests/Mi2vBenchTests/Payload > {tmp_path}/payload.ls\n'
+            f'echo "Testing started"; cat {tmp_path}/report.line; echo "** TEST SUCCEEDED **"\n')
+    _script(fake, "xcrun", 'if [ "$1" = --find ]; then echo /usr/bin/devicectl; exit 0; fi\n'
+            'if [ "$1" = devicectl ]; then out=""; while [ $# -gt 0 ]; do '
+            '[ "$1" = --json-output ] && out=$2; shift; done; '
+            f'cp {DATA}/devicectl_devices.json "$out"; exit 0; fi\nexit 1\n')
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    app_dir = tmp_path / "ios"
+    (app_dir / "Tests" / "Mi2vBenchTests" / "Payload").mkdir(parents=True)
+    pkgs = _mlpackages(tmp_path / "art")
+    reports = ios.run_ios("00008130-0011223344556677", pkgs, 20, 3, system="Darwin", app_dir=app_dir,
+                          out_dir=tmp_path)
+    assert set(reports) == {"cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all"}
+    assert reports["all"]["device"]["name"] == "Test iPhone"
+    assert reports["all"]["components"][0]["artifact"]["path"] == str(pkgs["encoder"])
+    argv = (tmp_path / "xcodebuild.argv").read_text().splitlines()
+    assert argv[0] == "-version"
+    assert argv[1].startswith("test -scheme Mi2vBench -destination platform=iOS,id=00008130-0011223344556677")
+    assert (tmp_path / "payload.ls").read_text().split() == ["decoder.mlpackage", "denoiser.mlpackage",
+                                                             "encoder.mlpackage", "plan.json"]
+    with pytest.raises(DeviceError, match="does not see an iPhone with UDID NOPE"):
+        ios.run_ios("NOPE", pkgs, system="Darwin", app_dir=app_dir, out_dir=tmp_path)
+    _script(fake, "xcode-select", 'echo /Library/Developer/CommandLineTools\n')
+    with pytest.raises(MissingDependencyError, match="only the Command Line Tools are selected"):
+        ios.check_xcode(system="Darwin")
+
+
+# ---- the Kotlin core on a real compiler (slow; needs kotlinc) ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kotlin_core_writes_a_report_python_reads(tmp_path):
+    """Compile the app's Android-free Kotlin (BenchCore.kt, its JUnit tests, SampleReport.kt) with kotlinc, run the
+    JUnit tests, and check the report the Kotlin code writes against the Python schema and statistics."""
+    kotlinc = shutil.which("kotlinc")
+    if kotlinc is None or shutil.which("java") is None:
+        pytest.skip("kotlinc/java not installed (Debian: apt-get install kotlin junit4)")
+    src = ANDROID / "app" / "src"
+    out = tmp_path / "classes"
+    junit = [p for p in ("/usr/share/java/junit4.jar", "/usr/share/java/hamcrest-core.jar") if Path(p).is_file()]
+    sources = [src / "main/kotlin/org/mi2v/bench/BenchCore.kt", src / "test/kotlin/org/mi2v/bench/SampleReport.kt"]
+    if len(junit) == 2:
+        sources.append(src / "test/kotlin/org/mi2v/bench/BenchCoreTest.kt")
+    proc = subprocess.run([kotlinc, *map(str, sources), "-cp", os.pathsep.join(junit), "-d", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    stdlib = next((str(p) for p in (Path(kotlinc).resolve().parents[1] / "lib" / "kotlin-stdlib.jar",
+                                    Path("/usr/share/java/kotlin-stdlib.jar")) if p.is_file()), None)
+    assert stdlib, "kotlin-stdlib.jar not found next to kotlinc"
+    cp = os.pathsep.join([str(out), stdlib, *junit])
+    if len(junit) == 2:
+        proc = subprocess.run(["java", "-cp", cp, "org.junit.runner.JUnitCore", "org.mi2v.bench.BenchCoreTest"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "OK (6 tests)" in proc.stdout, proc.stdout + proc.stderr
+    report_path = tmp_path / "kotlin-report.json"
+    proc = subprocess.run(["java", "-cp", cp, "org.mi2v.bench.SampleReportKt", str(report_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = aa.load_app_report(report_path.read_text(), "kotlin report")
+    again = BenchReport.from_dict(data).to_dict()
+    for a, b in zip(data["components"], again["components"]):
+        la, lb = a["summary"]["latency_ms"], b["summary"]["latency_ms"]
+        assert la.pop("run_medians") == lb.pop("run_medians")
+        assert la == pytest.approx(lb, rel=1e-12)
+        assert a["summary"]["load_ms"] == b["summary"]["load_ms"]
+    assert data["per_frame_ms"] == pytest.approx(again["per_frame_ms"])
+    assert data["warnings"] == ['quote " and \\ survive']
+    assert aa.merge_app_report(data, None, serial="S")["status"] == "ok"
