@@ -40,3 +40,40 @@ android-install:
 # iOS Core ML benchmark (apps/ios): macOS with Xcode 15+ only; TEAM=<Apple development team id>.
 ios:
 	$(PY) -m mi2v_export.devices.ios build $(if $(TEAM),--team $(TEAM))
+
+# --- export, benchmarks, simulated phone ---------------------------------------------------------------------
+.PHONY: artifacts bench bench-device bench-attention simulate
+
+ARTIFACTS ?= artifacts
+EXPORT := $(VENV)/bin/mi2v export --preset tiny --component all
+
+# The tiny preset on every target that lowers here, one folder per target/delegate, then a manifest check.
+artifacts:
+	rm -rf $(ARTIFACTS)
+	$(EXPORT) --target onnx --out $(ARTIFACTS)/onnx
+	$(EXPORT) --target executorch --delegate xnnpack --bundle --out $(ARTIFACTS)/executorch-xnnpack
+	$(EXPORT) --target executorch --delegate vulkan --out $(ARTIFACTS)/executorch-vulkan
+	$(EXPORT) --target executorch --delegate coreml --out $(ARTIFACTS)/executorch-coreml
+	$(EXPORT) --target coreml --out $(ARTIFACTS)/coreml
+	$(PY) .ci/check_manifest.py $(ARTIFACTS)
+
+# Host benchmark of the tiny artifacts (exports them first when missing).
+bench:
+	@test -f $(ARTIFACTS)/executorch-xnnpack/manifest.json || $(EXPORT) --target executorch --delegate xnnpack --out $(ARTIFACTS)/executorch-xnnpack
+	@test -f $(ARTIFACTS)/onnx/manifest.json || $(EXPORT) --target onnx --out $(ARTIFACTS)/onnx
+	$(VENV)/bin/mi2v bench --artifacts $(ARTIFACTS)/onnx --device host --json $(ARTIFACTS)/bench-host-onnx.json
+	$(VENV)/bin/mi2v bench --artifacts $(ARTIFACTS)/executorch-xnnpack --device host --json $(ARTIFACTS)/bench-host-xnnpack.json
+
+# A phone: make bench-device SERIAL=<serial> [DIR=folder of artifacts] [RUNNER=path/to/executor_runner]
+bench-device:
+	@test -n "$(SERIAL)" || { echo "error: name the phone: make bench-device SERIAL=<serial from adb devices>"; exit 2; }
+	$(VENV)/bin/mi2v bench --artifacts $(or $(DIR),$(ARTIFACTS)/executorch-xnnpack) --device adb:$(SERIAL) \
+		$(if $(RUNNER),--runner $(RUNNER)) --json $(ARTIFACTS)/bench-$(SERIAL).json
+
+# Reference vs rewritten attention on onnxruntime and ExecuTorch XNNPACK (QUICK=1 for toy sizes).
+bench-attention:
+	$(PY) benchmarks/attention.py $(if $(QUICK),--quick) --json $(ARTIFACTS)/bench-attention.json
+
+# A simulated phone that the real adb lists after `adb connect 127.0.0.1:PORT`.
+simulate:
+	$(VENV)/bin/mi2v devices simulate --port $(or $(PORT),0)

@@ -92,6 +92,14 @@ def quote(args: str | Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class AdbTimeout(DeviceError):
+    """An adb call that did not finish within its timeout (the adb client was killed)."""
+
+    def __init__(self, message: str, limit: float):
+        super().__init__(message)
+        self.limit = limit
+
+
 class ShellResult(NamedTuple):
     rc: int
     out: str
@@ -260,9 +268,10 @@ class Adb:
         except subprocess.TimeoutExpired:
             what = " ".join(args[:2]) + (" …" if len(args) > 2 else "")
             where = f" on {serial}" if serial else ""
-            raise DeviceError(
+            raise AdbTimeout(
                 f"`adb {what}`{where} did not finish within {limit:.0f}s: the device may be hung or the command is "
-                "slower than its timeout; check the phone (`mi2v devices list`) or raise the timeout"
+                "slower than its timeout; check the phone (`mi2v devices list`) or raise the timeout",
+                limit,
             ) from None
         except OSError as exc:
             raise DeviceError(f"cannot run adb at {self.path} ({exc.strerror}): {ADB_INSTALL_HINT}") from None

@@ -110,7 +110,10 @@ def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None) -
     for k in range(warmup + iterations):
         feeds = {name: np.ones(shape, dtype=dt) for name, shape, dt in specs}
         t0 = time.perf_counter()
-        sess.run(None, feeds)
+        try:
+            sess.run(None, feeds)
+        except Exception as exc:
+            raise BadInputError(f"onnxruntime failed to run {path.name}: {_first_line(exc)}") from None
         (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
                      backend="cpu", threads=threads or so.intra_op_num_threads or None)
@@ -156,11 +159,19 @@ def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) ->
     for k in range(warmup + iterations):
         inputs = [torch.ones(shape, dtype=dt) for shape, dt in specs]
         t0 = time.perf_counter()
-        method.execute(inputs)
+        try:
+            method.execute(inputs)
+        except Exception as exc:
+            raise BadInputError(f"the ExecuTorch runtime failed to execute {path.name}: {_first_line(exc)}") from None
         (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
                      backend="xnnpack" if "XnnpackBackend" in delegates else "portable",
                      threads=threads or portable_lib._threadpool_get_thread_count())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def host_facts() -> dict[str, object]:

@@ -5,24 +5,40 @@ One JSON file per bench invocation:
     {
       "schema": "mi2v.bench/1",
       "created_utc": "2026-…Z",
-      "status": "ok" | "partial" | "failed",
+      "status": "ok" | "partial" | "failed",        # partial: some component failed/skipped or the run stopped early
+      "error": null | "one line: cause and fix",     # the first failure (what the CLI printed)
       "tool": {"name": "mi2v", "version": …},
-      "host": {…},                                   # this machine (adb path/version when a phone is used)
-      "device": {"transport": "host"|"adb", "serial", "simulated_device": bool, "model", "soc_model", "os_version",
-                 "abi", "cpus": [{"id", "max_khz", "governor"}], …},
-      "protocol": {"warmup", "iterations", "runs", "threads", "affinity_mask", "percentile_method": "nearest-rank",
-                   "timed_region"},
-      "conditions": {"before": {"thermal_status", "temps_c", "battery"}, "after": {…}, "uncontrolled": [..]},
+      "host": {"os", "python", "adb": {"path", "version", "server_port"}},   # adb only for --device adb
+      "device": {"transport": "host"|"adb", "serial", "simulated_device": bool,
+                 adb: "manufacturer", "brand", "model", "device", "soc_manufacturer", "soc_model", "board_platform",
+                      "hardware", "os": "android", "os_version", "sdk_int", "build_fingerprint", "build_type", "abi",
+                      "abilist", "mem_total_kb", "mem_available_kb", "cpus": [{"id", "max_khz", "governor",
+                      "cur_khz"}], "max_khz", "governors", "shell_v2", "toybox_time", "simulator";
+                 host: "os", "machine", "cpu", "cores", "mem_total_kb", "python", "runtimes", "governors", "max_khz"},
+      "artifacts": {"folder", "preset", "resolution": [H, W], "frames", "latent_shape", "weights", "runtime_choice"},
+      "protocol": {"warmup", "iterations", "runs", "warmup_in_timed_process": true, "inputs": "ones", "steps",
+                   "threads", "affinity_mask", "affinity_granted", "affinity_rule", "peak_rss_method",
+                   "cooldown_s", "thermal_wait_s", "timeout_s", "percentile_method": "nearest-rank"},
+      "conditions": {"before": {"time_utc", "thermal_status", "temps_c", "battery": {"level", "temp_c", "plugged"},
+                                "cur_khz"}, "after": {…}, "uncontrolled": ["what could not be controlled", …]},
+      "staging": {"remote_dir": "/data/local/tmp/mi2v/<hash>", "pushed": [...], "already_there": [...]},   # adb
       "frames": 17,                                 # video frames one encoder+denoiser+decoder pass produces
       "components": [
         {"component": "encoder"|"denoiser"|"decoder", "status": "ok"|"failed"|"skipped", "error": null|"…",
-         "artifact": {"path", "format", "sha256", "bytes", "target", "delegate", "precision"},
-         "runtime": {"name", "version", "runner", "runner_sha256", "backend", "log_channel"},
-         "runs": [{"load_ms", "samples_ms": [...], "warmup_ms": [...], "peak_rss_kb", "exit_code", …}],
+         "artifact": {"file", "path", "format", "model", "target", "delegate", "precision", "sha256", "bytes",
+                      "extra_files", "inputs", "parity": {"verified_on", "passed"}},
+         "runtime": {"name", "timed_region", "backend", "threads", "affinity_mask", "runner", "runner_path",
+                     "runner_sha256", "runner_source", "runner_file", "runner_libs", "log_channel", "etdump",
+                     "failure_log", "version"},
+         "conditions": {"before": {…snapshot…}, "after": {…}},
+         "runs": [{"load_ms", "samples_ms": [...], "warmup_ms": [...], "first_iteration_ms", "mean_only_ms",
+                   "peak_rss_kb", "peak_rss_scope", "peak_rss_method", "exit_code", "backend", "threads",
+                   "wall_s", "etdump", "log"}],
          "summary": {"latency_ms": {n, min, p10, p50, p90, p99, max, mean, stdev, trimmed_mean_10, run_medians},
                      "load_ms": {"median"}, "peak_rss_kb"}}
       ],
       "per_frame_ms": {"1": …, "2": …},             # (encoder + steps × denoiser + decoder) p50s / frames
+      "headline": {"steps", "per_frame_ms", "frames_per_s"},
       "warnings": [...]
     }
 
@@ -107,7 +123,11 @@ class RunResult:
     first_iteration_ms: float | None = None
     backend: str | None = None
     threads: int | None = None
-    log: str | None = None  # path of the raw stdout+stderr, when kept
+    log: str | None = None  # path of the raw stdout+stderr (kept for failed runs), relative to the report
+    peak_rss_method: str | None = None  # in-process-vmhwm | toybox-time | vmhwm-poll | runner
+    mean_only_ms: float | None = None  # runners older than ExecuTorch 1.3 print only a total (→ mean)
+    etdump: str | None = None  # pulled ETDump, relative to the report
+    wall_s: float | None = None  # the whole runner process, as seen from the host
 
 
 @dataclass
@@ -118,6 +138,7 @@ class ComponentResult:
     artifact: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
     runs: list[RunResult] = field(default_factory=list)
+    conditions: dict[str, Any] = field(default_factory=dict)  # device state before/after this component
 
     def samples(self) -> list[float]:
         return [s for r in self.runs for s in r.samples_ms]
@@ -151,6 +172,10 @@ class BenchReport:
     tool: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     created_utc: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    artifacts: dict[str, Any] = field(default_factory=dict)  # the manifest's folder, preset, resolution, weights
+    staging: dict[str, Any] = field(default_factory=dict)  # adb: remote folder, files pushed / already there
+    error: str | None = None  # the first error (one line), when a component failed or the run stopped early
+    steps: int = 2  # the denoising steps of the headline
 
     def component(self, name: str) -> ComponentResult | None:
         return next((c for c in self.components if c.component == name), None)
@@ -158,9 +183,9 @@ class BenchReport:
     @property
     def status(self) -> str:
         states = {c.status for c in self.components}
-        if not self.components or states == {"failed"}:
+        if "ok" not in states:
             return "failed"
-        return "ok" if states == {"ok"} else "partial"
+        return "ok" if states == {"ok"} and not self.error else "partial"
 
     def per_frame_ms(self, steps: int) -> float | None:
         """(encoder + steps × denoiser + decoder) / frames, from each component's median; None if any is missing."""
@@ -178,18 +203,24 @@ class BenchReport:
             d = asdict(c)
             d["summary"] = c.summary()
             comps.append(d)
+        headline = self.per_frame_ms(self.steps)
         return {
             "schema": SCHEMA,
             "created_utc": self.created_utc,
             "status": self.status,
+            "error": self.error,
             "tool": self.tool or _tool_info(),
             "host": self.host,
             "device": self.device,
+            "artifacts": self.artifacts,
             "protocol": protocol,
             "conditions": self.conditions,
+            "staging": self.staging,
             "frames": self.frames,
             "components": comps,
             "per_frame_ms": {str(s): self.per_frame_ms(s) for s in (1, 2)},
+            "headline": {"steps": self.steps, "per_frame_ms": headline,
+                         "frames_per_s": (1000.0 / headline) if headline else None},
             "warnings": list(self.warnings),
         }
 
@@ -216,11 +247,14 @@ class BenchReport:
             runs = [RunResult(**{k: v for k, v in r.items() if k in RunResult.__dataclass_fields__})
                     for r in c.get("runs", [])]
             comps.append(ComponentResult(component=c["component"], status=c.get("status", "ok"), error=c.get("error"),
-                                         artifact=c.get("artifact", {}), runtime=c.get("runtime", {}), runs=runs))
+                                         artifact=c.get("artifact", {}), runtime=c.get("runtime", {}), runs=runs,
+                                         conditions=c.get("conditions", {})))
         protocol = {k: v for k, v in data.get("protocol", {}).items() if k != "percentile_method"}
         return cls(device=data["device"], components=comps, frames=data.get("frames"), protocol=protocol,
                    conditions=data.get("conditions", {}), host=data.get("host", {}), tool=data.get("tool", {}),
-                   warnings=list(data.get("warnings", [])), created_utc=data.get("created_utc", ""))
+                   warnings=list(data.get("warnings", [])), created_utc=data.get("created_utc", ""),
+                   artifacts=data.get("artifacts", {}), staging=data.get("staging", {}), error=data.get("error"),
+                   steps=int((data.get("headline") or {}).get("steps", 2)))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BenchReport:

@@ -1,0 +1,238 @@
+"""The three exportable components, their fixed I/O contract, seeded example inputs and model loading.
+
+Contract (names are part of the artifact format; bench and generate rely on them):
+    encoder   image (B,3,1,H,W) in [-1,1]                                  → latent (B,128,t,h,w), posterior mean
+    denoiser  latent (B,128,t,h,w), timestep (B,) on 0-1000, flow_score (B,) → velocity (B,128,t,h,w)
+    decoder   latent (B,128,t,h,w)                                          → video (B,3,F,32h,32w), uncropped
+B = 1 and every shape is static (from --resolution / --frames).
+
+Models come from `mi2v_export.models.load_*` through `LOADERS` (one entry per component, replaceable in tests);
+`--attention mobile` goes through `apply_attention`, the single place that calls `mi2v_export.kernels.rewrite`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mi2v_export.errors import BadInputError, CheckpointError, MissingDependencyError
+from mi2v_export.shapes import VideoGeometry
+
+from .base import ComponentSpec
+
+COMPONENTS = ("encoder", "denoiser", "decoder")
+DECODER_KINDS = ("turbo-vaed", "ltx")
+ATTENTION = ("reference", "mobile")
+INPUT_SEED = 0
+
+IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "encoder": (("image",), ("latent",)),
+    "denoiser": (("latent", "timestep", "flow_score"), ("velocity",)),
+    "decoder": (("latent",), ("video",)),
+}
+
+
+def model_name(component: str, decoder_kind: str) -> str:
+    """The model part behind a component (checkpoint part names: denoiser, ltx-encoder, turbo-vaed, ltx-decoder)."""
+    if component == "encoder":
+        return "ltx-encoder"
+    if component == "denoiser":
+        return "denoiser"
+    return "turbo-vaed" if decoder_kind == "turbo-vaed" else "ltx-decoder"
+
+
+def parse_components(text: str) -> list[str]:
+    """'all' → every component; 'encoder,decoder' → those (contract order)."""
+    names = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if names == ["all"]:
+        return list(COMPONENTS)
+    bad = [n for n in names if n not in COMPONENTS]
+    if bad or not names:
+        raise BadInputError(f"unknown component {', '.join(map(repr, bad)) or repr(text)}; choose one of: "
+                            f"{', '.join(COMPONENTS)}, all")
+    return [c for c in COMPONENTS if c in names]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Example inputs
+
+
+def example_inputs(component: str, geo: VideoGeometry, seed: int = INPUT_SEED) -> dict[str, torch.Tensor]:
+    """Fixed seeded fp32 inputs of the contract's shapes (the parity input recorded in the manifest)."""
+    g = torch.Generator().manual_seed(seed)
+    if component == "encoder":
+        return {"image": torch.rand((1, 3, 1, geo.height, geo.width), generator=g) * 2.0 - 1.0}
+    if component == "denoiser":
+        return {"latent": torch.randn(geo.latent_shape, generator=g),
+                "timestep": torch.tensor([700.0]), "flow_score": torch.tensor([2.0])}
+    if component == "decoder":
+        return {"latent": torch.randn(geo.latent_shape, generator=g)}
+    raise BadInputError(f"unknown component {component!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Named-I/O wrappers: the forward signature carries the contract's input names (torch.export / Core ML use them)
+
+
+class EncoderIO(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+
+class DenoiserIO(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, latent: torch.Tensor, timestep: torch.Tensor, flow_score: torch.Tensor) -> torch.Tensor:
+        return self.model(latent, timestep, flow_score)
+
+
+class DecoderIO(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.model(latent)
+
+
+WRAPPERS: dict[str, type[nn.Module]] = {"encoder": EncoderIO, "denoiser": DenoiserIO, "decoder": DecoderIO}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _load_encoder(preset: str, decoder_kind: str, checkpoint: Path | None, seed: int) -> nn.Module:
+    from mi2v_export.models import load_encoder
+
+    return load_encoder(checkpoint=checkpoint, preset=preset, seed=seed)
+
+
+def _load_denoiser(preset: str, decoder_kind: str, checkpoint: Path | None, seed: int) -> nn.Module:
+    from mi2v_export.models import load_denoiser
+
+    return load_denoiser(checkpoint=checkpoint, preset=preset, seed=seed)
+
+
+def _load_decoder(preset: str, decoder_kind: str, checkpoint: Path | None, seed: int) -> nn.Module:
+    from mi2v_export.models import load_decoder
+
+    return load_decoder(kind=decoder_kind, checkpoint=checkpoint, preset=preset, seed=seed)
+
+
+# component → loader(preset, decoder_kind, checkpoint or None, seed) → fp32 eval module. Tests may swap entries.
+LOADERS: dict[str, Callable[[str, str, Path | None, int], nn.Module]] = {
+    "encoder": _load_encoder, "denoiser": _load_denoiser, "decoder": _load_decoder,
+}
+
+
+def apply_attention(model: nn.Module, attention: str, geo: VideoGeometry) -> tuple[nn.Module, dict | None]:
+    """The one place `--attention` takes effect: `reference` keeps the model, `mobile` applies
+    `mi2v_export.kernels.rewrite(model, plan="mobile", grid=latent grid)` (exact rewrites; no baked schedule, since
+    timestep and flow_score stay inputs). Returns the model to export and the manifest record of the rewrite."""
+    if attention not in ATTENTION:
+        raise BadInputError(f"unknown attention {attention!r}; choose one of: {', '.join(ATTENTION)}")
+    if attention == "reference":
+        return model, None
+    try:
+        from mi2v_export.kernels import describe_plan, rewrite
+    except ImportError as exc:
+        raise MissingDependencyError(f"--attention mobile needs mi2v_export.kernels.rewrite, which is not "
+                                     f"available ({exc})") from None
+    fast = rewrite(model, plan="mobile", grid=(geo.latent_t, geo.latent_h, geo.latent_w))
+    return fast, describe_plan(fast)
+
+
+def check_attention_available(attention: str) -> None:
+    """Fail before any work when `--attention mobile` cannot be honoured."""
+    if attention not in ATTENTION:
+        raise BadInputError(f"unknown attention {attention!r}; choose one of: {', '.join(ATTENTION)}")
+    if attention == "mobile":
+        try:
+            from mi2v_export.kernels import rewrite  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError(f"--attention mobile needs mi2v_export.kernels.rewrite, which is not "
+                                         f"available ({exc})") from None
+
+
+def load_component(component: str, *, preset: str, geo: VideoGeometry, decoder_kind: str = "turbo-vaed",
+                   checkpoint: Path | None = None, attention: str = "reference", seed: int = 0,
+                   reference: bool = True) -> ComponentSpec:
+    """Build the component (fp32, eval, wrapped with named I/O), its seeded example inputs and, when `reference`,
+    the PyTorch fp32 output of the model *before* any rewrite (the parity reference)."""
+    if component not in COMPONENTS:
+        raise BadInputError(f"unknown component {component!r}; choose one of: {', '.join(COMPONENTS)}")
+    t0 = time.perf_counter()
+    model = LOADERS[component](preset, decoder_kind, checkpoint, seed)
+    model = model.float().eval().requires_grad_(False)
+    inputs = example_inputs(component, geo)
+    outputs = IO[component][1]
+    stages = {"load": time.perf_counter() - t0}
+    ref = None
+    if reference:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model(*inputs.values())
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        ref = {n: o.detach().float() for n, o in zip(outputs, out)}
+        stages["reference"] = time.perf_counter() - t0
+    attention_record = None
+    if component == "denoiser":
+        model, attention_record = apply_attention(model, attention, geo)
+    return ComponentSpec(name=component, model=model_name(component, decoder_kind),
+                         module=WRAPPERS[component](model).eval(), inputs=inputs, output_names=outputs,
+                         attention=attention_record, reference=ref, stages_s=stages)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints → components
+
+
+def route_checkpoints(components: Sequence[str], decoder_kind: str,
+                      files: Sequence[str | Path]) -> tuple[dict[str, Path | None], dict]:
+    """Which checkpoint file feeds which component, and the manifest's `source` record.
+
+    No files → every component gets seeded weights. With files, every exported component must find its part in
+    exactly one file, and every file must feed at least one exported component (CheckpointError otherwise).
+    """
+    if not files:
+        return {c: None for c in components}, {"weights": "seeded", "seed": 0, "checkpoints": []}
+    from mi2v_export.checkpoints import read_checkpoint
+
+    parts = {}
+    records = []
+    for f in files:
+        path = Path(f)
+        ckpt = read_checkpoint(path)  # CheckpointError for missing / unsafe / unknown files
+        parts[path] = list(ckpt.parts)
+        records.append({"file": path.name, "sha256": ckpt.sha256, "bytes": path.stat().st_size,
+                        "parts": list(ckpt.parts)})
+        del ckpt
+    routing: dict[str, Path | None] = {}
+    for c in components:
+        need = model_name(c, decoder_kind)
+        hits = [p for p, held in parts.items() if need in held]
+        if not hits:
+            held = "; ".join(f"{p.name}: {', '.join(h)}" for p, h in parts.items())
+            raise CheckpointError(f"no checkpoint holds the {need} for the {c} ({held})")
+        if len(hits) > 1:
+            raise CheckpointError(f"several checkpoints hold the {need}: {', '.join(p.name for p in hits)}")
+        routing[c] = hits[0]
+    used = set(routing.values())
+    for p, held in parts.items():
+        if p not in used:
+            raise CheckpointError(f"{p.name} holds {', '.join(held)}, which matches none of the exported "
+                                  f"components ({', '.join(model_name(c, decoder_kind) for c in components)})")
+    for r in records:
+        r["components"] = [c for c in components if routing[c] is not None and routing[c].name == r["file"]]
+    return routing, {"weights": "checkpoint", "seed": None, "checkpoints": records}

@@ -1,0 +1,183 @@
+"""Core ML `.mlpackage`: torch.export → run_decompositions({}) → coremltools ML Program.
+
+fp16 compute precision by default (`--dtype fp32` for full precision), minimum deployment target iOS 17 (or 18,
+which keeps SDPA fused), compute units recorded in the manifest. Rewrites: pad + frms (rewrites.py), coremltools
+aliases for `concatenate` / `alias`, and the rank-≤5 RoPE trace for the denoiser (Core ML allows rank ≤ 5).
+
+Core ML runs only on macOS: elsewhere the artifact is checked structurally (it loads as a spec, the I/O names and
+shapes are the contract's, it is an ML Program of the expected spec version) and `verified_on` is null.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from mi2v_export.errors import BadInputError, MissingDependencyError, VerificationError
+
+from . import rewrites as rw
+from .base import (
+    Artifact,
+    ComponentSpec,
+    Exporter,
+    ExportOptions,
+    ProgressCallback,
+    ProgressEvent,
+    RunResult,
+    register,
+)
+
+COMPUTE_UNITS = {"all": "ALL", "cpu_and_ne": "CPU_AND_NE", "cpu_and_gpu": "CPU_AND_GPU", "cpu_only": "CPU_ONLY"}
+MIN_IOS = (17, 18)
+SPEC_VERSION = {17: 8, 18: 9}  # Core ML model spec version of each deployment target
+
+
+def compute_unit(name: str):
+    import coremltools as ct
+
+    if name not in COMPUTE_UNITS:
+        raise BadInputError(f"unknown compute units {name!r}; choose one of: {', '.join(COMPUTE_UNITS)}")
+    return getattr(ct.ComputeUnit, COMPUTE_UNITS[name])
+
+
+def deployment_target(min_ios: int):
+    import coremltools as ct
+
+    if min_ios not in MIN_IOS:
+        raise BadInputError(f"--min-ios {min_ios}: choose one of {', '.join(map(str, MIN_IOS))}")
+    return getattr(ct.target, f"iOS{min_ios}")
+
+
+def mil_op_histogram(spec) -> dict[str, int]:
+    ops: Counter = Counter()
+    try:
+        for fn in spec.mlProgram.functions.values():
+            for block in fn.block_specializations.values():
+                for op in block.operations:
+                    ops[op.type] += 1
+    except AttributeError:
+        return {}
+    return dict(ops.most_common())
+
+
+def _tensor_infos(features) -> list:
+    from coremltools.proto import FeatureTypes_pb2
+
+    from mi2v_export.manifest import TensorInfo
+
+    names = {FeatureTypes_pb2.ArrayFeatureType.FLOAT32: "float32", FeatureTypes_pb2.ArrayFeatureType.FLOAT16: "float16",
+             FeatureTypes_pb2.ArrayFeatureType.DOUBLE: "float64", FeatureTypes_pb2.ArrayFeatureType.INT32: "int32"}
+    out = []
+    for f in features:
+        arr = f.type.multiArrayType
+        out.append(TensorInfo(f.name, tuple(int(s) for s in arr.shape), names.get(arr.dataType, str(arr.dataType))))
+    return out
+
+
+@register
+class CoreMLExporter(Exporter):
+    name = "coreml"
+    extension = ".mlpackage"
+    summary = "Core ML ML Program (.mlpackage), fp16, iOS 17+"
+
+    def default_dtype(self, delegate: str | None) -> str:
+        return "fp16"
+
+    def resolve(self, options: ExportOptions) -> ExportOptions:
+        options = super().resolve(options)
+        if options.compute_units not in COMPUTE_UNITS:
+            raise BadInputError(f"unknown compute units {options.compute_units!r}; choose one of: "
+                                f"{', '.join(COMPUTE_UNITS)}")
+        if options.min_ios not in MIN_IOS:
+            raise BadInputError(f"--min-ios {options.min_ios}: choose one of {', '.join(map(str, MIN_IOS))}")
+        return options
+
+    def check_environment(self, options: ExportOptions) -> None:
+        try:
+            import coremltools  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("--target coreml needs coremltools (pip install coremltools)") from None
+
+    def export(self, spec: ComponentSpec, out_dir: Path, options: ExportOptions,
+               progress: ProgressCallback) -> Artifact:
+        import coremltools as ct
+        import torch
+
+        file = self.file_name(spec.name)
+        stages: dict[str, float] = {}
+        progress(ProgressEvent(spec.name, "rewrite", "start", ", ".join(rw.FOR_TARGET["coreml"])))
+        applied = rw.apply_rewrites(spec.module, rw.FOR_TARGET["coreml"])
+        rw.register_coreml_aliases()
+        progress(ProgressEvent(spec.name, "rewrite", "done", ", ".join(f"{n}×{c}" for n, c in applied.items() if c)))
+
+        progress(ProgressEvent(spec.name, "export", "start", "torch.export"))
+        t0 = time.perf_counter()
+        with rw.tracing(rw.TRACE_FOR_TARGET["coreml"]), torch.no_grad():
+            ep = torch.export.export(spec.module, spec.args, strict=False)
+        ep = ep.run_decompositions({})
+        stages["export"] = time.perf_counter() - t0
+        progress(ProgressEvent(spec.name, "export", "done", seconds=stages["export"]))
+
+        progress(ProgressEvent(spec.name, "lower", "start", "coremltools.convert (mlprogram)"))
+        t0 = time.perf_counter()
+        precision = ct.precision.FLOAT16 if options.dtype == "fp16" else ct.precision.FLOAT32
+        mlmodel = ct.convert(ep, convert_to="mlprogram", compute_precision=precision,
+                             minimum_deployment_target=deployment_target(options.min_ios),
+                             compute_units=compute_unit(options.compute_units),
+                             outputs=[ct.TensorType(name=n) for n in spec.output_names])
+        del ep
+        stages["lower"] = time.perf_counter() - t0
+        progress(ProgressEvent(spec.name, "lower", "done", seconds=stages["lower"]))
+
+        progress(ProgressEvent(spec.name, "serialize", "start", "save .mlpackage"))
+        t0 = time.perf_counter()
+        mlmodel.save(str(out_dir / file))
+        stages["serialize"] = time.perf_counter() - t0
+        progress(ProgressEvent(spec.name, "serialize", "done", seconds=stages["serialize"]))
+        mspec = mlmodel.get_spec()
+        info = {"format": "mlprogram", "compute_precision": options.dtype, "compute_units": options.compute_units,
+                "minimum_deployment_target": f"iOS{options.min_ios}",
+                "spec_version": int(mspec.specificationVersion), "rewrites": applied,
+                "trace_rewrites": list(rw.TRACE_FOR_TARGET["coreml"]),
+                "mil_ops": mil_op_histogram(mspec)}
+        return Artifact(file=file, inputs=_tensor_infos(mspec.description.input),
+                        outputs=_tensor_infos(mspec.description.output), target_info=info, stages_s=stages,
+                        rewrites=[n for n, c in applied.items() if c])
+
+    def inspect(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> list[str]:
+        import coremltools as ct
+
+        path = out_dir / artifact.file
+        try:
+            mspec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+        except Exception as exc:  # noqa: BLE001
+            raise VerificationError(f"{artifact.file}: does not load as a Core ML model spec ({exc})"[:400]) from None
+        checks = ["loads as a Core ML spec"]
+        if mspec.WhichOneof("Type") != "mlProgram":
+            raise VerificationError(f"{artifact.file}: is a {mspec.WhichOneof('Type')}, not an ML Program")
+        want_version = SPEC_VERSION[options.min_ios]
+        if mspec.specificationVersion < want_version:
+            raise VerificationError(f"{artifact.file}: spec version {mspec.specificationVersion} is below "
+                                    f"iOS{options.min_ios}'s {want_version}")
+        checks.append(f"ML Program, spec version {mspec.specificationVersion} (iOS{options.min_ios}+)")
+        ins = [(f.name, tuple(f.type.multiArrayType.shape)) for f in mspec.description.input]
+        outs = [f.name for f in mspec.description.output]
+        want_in = [(n, tuple(x.shape)) for n, x in spec.inputs.items()]
+        if ins != want_in or outs != list(spec.output_names):
+            raise VerificationError(f"{artifact.file}: I/O {ins} → {outs} differ from the contract {want_in} → "
+                                    f"{list(spec.output_names)}")
+        checks.append("I/O names and static shapes match the contract")
+        return checks
+
+    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> RunResult:
+        if sys.platform != "darwin":
+            return RunResult(outputs=None, verified_on=None,
+                             reason=f"Core ML prediction needs macOS (this host is {sys.platform})")
+        import coremltools as ct
+
+        model = ct.models.MLModel(str(out_dir / artifact.file), compute_units=compute_unit(options.compute_units))
+        feeds = {n: x.numpy() for n, x in spec.inputs.items()}
+        out = model.predict(feeds)
+        return RunResult(outputs={n: out[n] for n in spec.output_names}, verified_on=f"coreml-{options.compute_units}")

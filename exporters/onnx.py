@@ -1,0 +1,181 @@
+"""ONNX: `torch.onnx.export(dynamo=True)`, opset 18, simplified with onnxsim, verified on onnxruntime (CPU).
+
+- fp16: the module and its inputs are cast to half before export, so the graph's I/O are float16 (the models keep
+  their own fp32 islands, e.g. the denoiser's attention core).
+- Weights above protobuf's 2 GB limit go to external data (`<component>.onnx.data`, listed in the manifest);
+  onnxsim cannot load such models, so they are left unsimplified (recorded in target_info).
+- No rewrites are needed (shared/spec/vae-export.md: ONNX takes Conv3d and the rank-8 reshapes as they are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import time
+from pathlib import Path
+
+from mi2v_export.errors import MissingDependencyError, VerificationError
+
+from .base import (
+    TORCH_DTYPES,
+    Artifact,
+    ComponentSpec,
+    Exporter,
+    ExportOptions,
+    ProgressCallback,
+    ProgressEvent,
+    RunResult,
+    cast_inputs,
+    register,
+)
+
+PROTOBUF_LIMIT = 2 * 1024 ** 3
+EXTERNAL_DATA_MARGIN = 64 * 1024 ** 2  # graph + constants folded by the exporter on top of the parameters
+
+
+def _param_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints progress lines on stdout; keep them out of the CLI's output (and its --json)."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        yield
+
+
+def _onnx_tensor_infos(values) -> list:
+    import onnx
+    from onnx import helper
+
+    from mi2v_export.manifest import TensorInfo
+
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = tuple(int(d.dim_value) for d in t.shape.dim)
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type != onnx.TensorProto.UNDEFINED \
+            else "undefined"
+        out.append(TensorInfo(v.name, dims, dtype))
+    return out
+
+
+@register
+class OnnxExporter(Exporter):
+    name = "onnx"
+    extension = ".onnx"
+    summary = "ONNX opset 18 (torch.onnx dynamo exporter), checked on onnxruntime CPU"
+
+    def check_environment(self, options: ExportOptions) -> None:
+        for mod in ("onnx", "onnxscript", "onnxruntime"):
+            try:
+                __import__(mod)
+            except ImportError:
+                raise MissingDependencyError(f"--target onnx needs the {mod} package (pip install {mod})") from None
+
+    def export(self, spec: ComponentSpec, out_dir: Path, options: ExportOptions,
+               progress: ProgressCallback) -> Artifact:
+        import onnx
+        import torch
+
+        file = self.file_name(spec.name)
+        path = out_dir / file
+        module = spec.module
+        if options.dtype == "fp16":
+            module = copy.deepcopy(module).to(TORCH_DTYPES["fp16"])
+        args = cast_inputs(spec, options.dtype)
+        external = _param_bytes(module) + EXTERNAL_DATA_MARGIN > PROTOBUF_LIMIT
+        stages = {}
+        progress(ProgressEvent(spec.name, "export", "start", "torch.onnx.export (dynamo, opset 18)"))
+        t0 = time.perf_counter()
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(module, args, str(path), dynamo=True, opset_version=options.opset,
+                              input_names=list(spec.inputs), output_names=list(spec.output_names),
+                              external_data=external, verbose=False)
+        stages["export"] = time.perf_counter() - t0
+        progress(ProgressEvent(spec.name, "export", "done", seconds=stages["export"]))
+        del module
+
+        data_file = f"{file}.data"
+        has_data = (out_dir / data_file).exists()
+        info = {"opset": options.opset, "exporter": "torch.onnx dynamo", "external_data": has_data,
+                "simplifier": None}
+        if not has_data:
+            progress(ProgressEvent(spec.name, "serialize", "start", "onnxsim"))
+            t0 = time.perf_counter()
+            info["simplifier"] = self._simplify(path)
+            stages["simplify"] = time.perf_counter() - t0
+            progress(ProgressEvent(spec.name, "serialize", "done", info["simplifier"].get("result", ""),
+                                   seconds=stages["simplify"]))
+        else:
+            info["simplifier"] = {"tool": None, "result": "skipped: external data (weights above 2 GB)"}
+
+        model = onnx.load(str(path), load_external_data=False)
+        info["nodes"] = len(model.graph.node)
+        info["ir_version"] = int(model.ir_version)
+        return Artifact(file=file, inputs=_onnx_tensor_infos(model.graph.input),
+                        outputs=_onnx_tensor_infos(model.graph.output),
+                        extra_files={"external_data": data_file} if has_data else {},
+                        target_info=info, stages_s=stages)
+
+    @staticmethod
+    def _simplify(path: Path) -> dict:
+        """Run onnxsim; keep its result only when it validates (a failed simplification is recorded, not fatal)."""
+        import onnx
+
+        try:
+            import onnxsim
+        except ImportError:
+            return {"tool": None, "result": "skipped: onnxsim not installed"}
+        model = onnx.load(str(path))
+        before = len(model.graph.node)
+        try:
+            simplified, ok = onnxsim.simplify(model)
+        except Exception as exc:  # noqa: BLE001 - onnxsim raises plain Exceptions on graphs it cannot handle
+            return {"tool": f"onnxsim {onnxsim.__version__}", "result": f"failed, kept original ({exc})"[:300],
+                    "nodes_before": before}
+        if not ok:
+            return {"tool": f"onnxsim {onnxsim.__version__}", "result": "check failed, kept original",
+                    "nodes_before": before}
+        tmp = path.with_suffix(".sim.onnx")
+        onnx.save(simplified, str(tmp))
+        os.replace(tmp, path)
+        return {"tool": f"onnxsim {onnxsim.__version__}", "result": "ok", "nodes_before": before,
+                "nodes_after": len(simplified.graph.node)}
+
+    def inspect(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> list[str]:
+        import onnx
+
+        path = out_dir / artifact.file
+        try:
+            onnx.checker.check_model(str(path))
+        except Exception as exc:  # noqa: BLE001 - checker raises ValidationError and friends
+            raise VerificationError(f"{artifact.file}: onnx.checker rejects the model ({exc})"[:400]) from None
+        checks = ["onnx.checker.check_model"]
+        names_in = [t.name for t in artifact.inputs]
+        names_out = [t.name for t in artifact.outputs]
+        if names_in != list(spec.inputs) or names_out != list(spec.output_names):
+            raise VerificationError(f"{artifact.file}: I/O names {names_in} → {names_out} differ from the contract "
+                                    f"{list(spec.inputs)} → {list(spec.output_names)}")
+        checks.append("I/O names match the contract")
+        want = [tuple(x.shape) for x in spec.args]
+        if [t.shape for t in artifact.inputs] != want:
+            raise VerificationError(f"{artifact.file}: input shapes {[t.shape for t in artifact.inputs]} != {want}")
+        checks.append("static input shapes")
+        return checks
+
+    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> RunResult:
+        import onnxruntime as ort
+        import torch
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, torch.get_num_threads())
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(out_dir / artifact.file), sess_options=so, providers=["CPUExecutionProvider"])
+        feeds = {name: x.numpy() for name, x in zip(spec.inputs, cast_inputs(spec, options.dtype))}
+        outs = sess.run(list(spec.output_names), feeds)
+        del sess
+        return RunResult(outputs=dict(zip(spec.output_names, outs)), verified_on="onnxruntime")

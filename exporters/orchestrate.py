@@ -1,0 +1,286 @@
+"""`run_export`: validate everything, then for each component load → reference → export → inspect → verify,
+all inside a staging folder that is moved into place only when every component passed (manifest.Staging).
+
+Order of failure checks (cheap first, before any model is built): target / delegate / component / decoder /
+dtype / resolution / options, the target's environment (e.g. the QNN SDK), `--attention mobile` availability,
+the checkpoints (readable, each feeding one exported component), and the output folder (an existing manifest must
+describe the same preset, size and weights).
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mi2v_export import parity
+from mi2v_export.errors import BadInputError, Mi2vError, VerificationError
+from mi2v_export.manifest import (
+    ArtifactEntry,
+    FileInfo,
+    Manifest,
+    Staging,
+    now_iso,
+    read_manifest_if_any,
+    tool_version,
+    tree_digest,
+)
+from mi2v_export.presets import get_preset
+from mi2v_export.shapes import geometry, parse_resolution
+
+from . import components as comp
+from .base import DTYPES, ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
+
+
+@dataclass
+class ExportRequest:
+    """Everything `mi2v export` can be asked for (the CLI flags, unvalidated)."""
+
+    target: str
+    out_dir: Path
+    components: str = "all"
+    delegate: str | None = None
+    decoder: str = "turbo-vaed"
+    preset: str = "mobilei2v-270m"
+    checkpoints: list[Path] = field(default_factory=list)
+    resolution: str | None = None  # "HxW"; None → the preset's
+    frames: int | None = None  # None → the preset's
+    dtype: str | None = None  # None → the target's default (fp16 for Core ML, fp32 otherwise)
+    attention: str = "reference"
+    verify: bool = True
+    bundle: bool = False
+    etrecord: bool = False
+    compute_units: str = "all"
+    min_ios: int = 17
+    soc: str = "SM8650"
+
+
+@dataclass
+class ExportReport:
+    out_dir: Path
+    manifest: Manifest  # the merged manifest now in out_dir
+    entries: list[ArtifactEntry]  # this run's artifacts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Peak RSS per component
+
+
+def reset_peak_rss() -> str:
+    """Reset the kernel's high-water mark (VmHWM) so the next reading covers one component only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "vmhwm-reset"
+    except OSError:
+        return "ru_maxrss"  # process-lifetime peak
+
+
+def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if os.uname().sysname == "Darwin" else rss * 1024)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc)
+
+
+def resolve(request: ExportRequest):
+    """Validate a request without doing any work: (exporter, options, components, preset, geometry)."""
+    exporter = get_exporter(request.target)
+    components = comp.parse_components(request.components)
+    if request.decoder not in comp.DECODER_KINDS:
+        raise BadInputError(f"unknown decoder {request.decoder!r}; choose one of: {', '.join(comp.DECODER_KINDS)}")
+    preset = get_preset(request.preset)
+    if request.resolution:
+        h, w = parse_resolution(request.resolution)
+    else:
+        h, w = preset.height, preset.width
+    frames = request.frames if request.frames is not None else preset.frames
+    geo = geometry(h, w, frames)
+    options = ExportOptions(target=exporter.name, delegate=request.delegate, verify=request.verify,
+                            bundle=request.bundle, etrecord=request.etrecord, compute_units=request.compute_units,
+                            min_ios=request.min_ios, soc=request.soc)
+    options = exporter.resolve(options)
+    options.dtype = request.dtype or exporter.default_dtype(options.delegate)
+    if options.dtype not in DTYPES:
+        raise BadInputError(f"unknown dtype {options.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if (request.bundle or request.etrecord) and exporter.name != "executorch":
+        raise BadInputError("--bundle and --etrecord apply to --target executorch only")
+    if request.bundle and not request.verify:
+        raise BadInputError("--bundle needs the PyTorch reference output; drop --no-verify")
+    comp.check_attention_available(request.attention)
+    return exporter, options, components, preset, geo
+
+
+@dataclass
+class ExportPlan:
+    """A validated request: everything checked that can be checked before any model is built."""
+
+    request: ExportRequest
+    exporter: object
+    options: ExportOptions
+    components: list[str]
+    preset: str
+    geo: object
+    routing: dict
+    manifest: Manifest  # the new manifest's shared fields (components filled in by the run)
+
+
+def prepare(request: ExportRequest) -> ExportPlan:
+    """Validate flags, environment, checkpoints and the output folder (BadInputError / MissingDependencyError /
+    CheckpointError with one line) without exporting anything."""
+    exporter, options, components, preset, geo = resolve(request)
+    exporter.check_environment(options)
+    routing, source = comp.route_checkpoints(components, request.decoder, request.checkpoints)
+    out_dir = Path(request.out_dir)
+    manifest = Manifest(preset=preset.name, resolution=(geo.height, geo.width), frames=geo.frames,
+                        latent_shape=tuple(geo.latent_shape), source=source)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInputError(f"--out {out_dir}: exists and is not a folder")
+    existing = read_manifest_if_any(out_dir)  # BadInputError when unreadable: never overwrite what we can't read
+    if existing is not None:
+        why = existing.conflict_with(manifest)
+        if why:
+            raise BadInputError(f"--out {out_dir} already holds other artifacts ({why}); choose another folder")
+    return ExportPlan(request, exporter, options, components, preset.name, geo, routing, manifest)
+
+
+def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback = no_progress) -> ExportReport:
+    """Export every requested component into a staging folder, then move them into the output folder."""
+    plan = request if isinstance(request, ExportPlan) else prepare(request)
+    req = plan.request
+    out_dir = Path(req.out_dir)
+    entries: list[ArtifactEntry] = []
+    files: list[str] = []
+    try:
+        with Staging(out_dir) as staging:
+            for name in plan.components:
+                entry = _export_one(name, req, plan.exporter, plan.options, plan.preset, plan.geo,
+                                    plan.routing[name], staging.path, progress)
+                entries.append(entry)
+                files += entry.files()
+            plan.manifest.components = entries
+            merged = staging.commit(plan.manifest, files)
+    except Mi2vError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        if _is_disk_full(exc):
+            raise Mi2vError(f"no space left on the device holding {out_dir.absolute().parent}; nothing was written "
+                            "to the output folder") from None
+        raise
+    return ExportReport(out_dir=out_dir, manifest=merged, entries=entries)
+
+
+def _export_one(name: str, request: ExportRequest, exporter, options: ExportOptions, preset: str, geo,
+                checkpoint: Path | None, staging: Path, progress: ProgressCallback) -> ArtifactEntry:
+    rss_method = reset_peak_rss()
+    t_start = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def stage(label: str, detail: str = ""):
+        progress(ProgressEvent(name, label, "start", detail))
+        return time.perf_counter()
+
+    def done(label: str, t0: float, detail: str = ""):
+        stages[label] = time.perf_counter() - t0
+        progress(ProgressEvent(name, label, "done", detail, seconds=stages[label]))
+
+    progress(ProgressEvent(name, "load", "start", f"{comp.model_name(name, request.decoder)} ({preset}, "
+                                                  f"{'seeded weights' if checkpoint is None else checkpoint.name})"
+                                                  + (" + PyTorch fp32 reference" if request.verify else "")))
+    spec = comp.load_component(name, preset=preset, geo=geo, decoder_kind=request.decoder, checkpoint=checkpoint,
+                               attention=request.attention, reference=request.verify)
+    stages.update(spec.stages_s)
+    progress(ProgressEvent(name, "load", "done", seconds=spec.stages_s.get("load")))
+    if spec.reference is not None:
+        progress(ProgressEvent(name, "reference", "done", "PyTorch fp32 output on the seeded input",
+                               seconds=spec.stages_s.get("reference")))
+
+    t0 = time.perf_counter()
+    artifact = exporter.export(spec, staging, options, progress)
+    stages["export"] = time.perf_counter() - t0
+    for k, v in artifact.stages_s.items():
+        stages[f"export.{k}"] = v
+
+    t0 = stage("inspect")
+    checks = exporter.inspect(artifact, staging, spec, options)
+    done("inspect", t0, f"{len(checks)} checks")
+
+    gate = parity.gate_for(options.dtype)
+    parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
+                     "verified_on": None, "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
+    if not request.verify:
+        parity_record["reason"] = "not verified (--no-verify)"
+        progress(ProgressEvent(name, "verify", "skip", "--no-verify"))
+    else:
+        t0 = stage("verify")
+        try:
+            result = exporter.run(artifact, staging, spec, options)
+        except Mi2vError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot load/run the artifact fails the gate
+            raise VerificationError(f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, "
+                                    f"{options.dtype}): the runtime here could not run {artifact.file}: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:500]) from None
+        if result.outputs is None:
+            parity_record["reason"] = result.reason
+            done("verify", t0, f"no runtime here: {result.reason}")
+        else:
+            metrics = parity.compare(result.outputs, {n: r.numpy() for n, r in spec.reference.items()})
+            passed = gate.passes(metrics)
+            parity_record.update(metrics.to_dict())
+            parity_record.pop("finite", None)
+            parity_record.update(verified_on=result.verified_on,
+                                 gate=dict(gate.to_dict(), passed=passed, finite=metrics.finite))
+            done("verify", t0, f"{result.verified_on}: {gate.describe(metrics)}")
+            if not passed:
+                raise VerificationError(
+                    f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.dtype}) "
+                    f"fails the parity gate on {result.verified_on}: {gate.describe(metrics)} vs PyTorch fp32; "
+                    "no artifact was written")
+
+    sha, size = tree_digest(staging / artifact.file)
+    extra = []
+    for role, file in artifact.extra_files.items():
+        esha, esize = tree_digest(staging / file)
+        extra.append(FileInfo(role, file, esha, esize))
+    wall = time.perf_counter() - t_start
+    flags = {"preset": preset, "resolution": [geo.height, geo.width], "frames": geo.frames,
+             "attention": request.attention if name == "denoiser" else None,
+             "decoder": request.decoder if name == "decoder" else None, "verify": request.verify}
+    if exporter.name == "executorch":
+        flags.update(bundle=options.bundle, etrecord=options.etrecord)
+    if exporter.name == "coreml" or options.delegate == "coreml":
+        flags.update(compute_units=options.compute_units, min_ios=options.min_ios)
+    if options.delegate == "qnn":
+        flags["soc"] = options.soc
+    if exporter.name == "onnx":
+        flags["opset"] = options.opset
+    entry = ArtifactEntry(
+        component=name, model=spec.model, target=exporter.name, delegate=options.delegate, dtype=options.dtype,
+        file=artifact.file, sha256=sha, bytes=size, inputs=artifact.inputs, outputs=artifact.outputs,
+        export={"wall_s": round(wall, 3), "peak_rss_bytes": peak_rss_bytes(), "peak_rss_method": rss_method,
+                "stages_s": {k: round(v, 3) for k, v in stages.items()}},
+        parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
+        target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
+        exported_at=now_iso(), tool_version=tool_version())
+    del spec, artifact
+    gc.collect()
+    return entry

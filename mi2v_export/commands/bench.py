@@ -1,0 +1,213 @@
+"""`mi2v bench`: per-frame latency of the exported components on this machine or a phone; `mi2v bench compare`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+bench_app = typer.Typer(
+    name="bench",
+    help="Time the exported components on this machine (--device host) or on an Android phone over adb "
+    "(--device adb[:SERIAL]) and report the per-frame latency; `mi2v bench compare A.json B.json` puts two reports "
+    "side by side.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+_ADB_HELP = "adb binary (default: $MI2V_ADB, $ADB, adb on PATH, then the adb bundled in the adbutils wheel)"
+
+
+class Runtime(str, Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    executorch = "executorch"
+
+
+def _ms(v: float | None, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def render_report(report, path: Path | None = None) -> None:
+    """The rich table of a report (also used for a partial one)."""
+    from rich.table import Table
+
+    from ._render import console
+
+    dev = report.device or {}
+    if dev.get("transport") == "adb":
+        who = (f"{dev.get('manufacturer') or ''} {dev.get('model') or ''} ({dev.get('serial')}), SoC "
+               f"{dev.get('soc_model')}, Android {dev.get('os_version')}, {dev.get('abi')}")
+    else:
+        who = f"this machine: {dev.get('cpu', '?')}, {dev.get('cores', '?')} cores"
+    if dev.get("simulated_device"):
+        who += " [yellow](simulated phone: host timings)[/yellow]"
+    art = report.artifacts or {}
+    res = art.get("resolution") or ["?", "?"]
+    proto = report.protocol or {}
+    title = (f"{art.get('preset', '?')} {res[0]}x{res[1]}x{report.frames} on {who}\n"
+             f"{proto.get('warmup')} warm-up + {proto.get('iterations')} timed iterations × {proto.get('runs')} "
+             f"run(s), threads {proto.get('threads') or 'default'}, affinity {proto.get('affinity_mask') or 'none'}")
+    table = Table("component", "runtime", "artifact", "load ms", "n", "min", "p50", "p90", "max", "stdev",
+                  "peak RSS", "status", title=title, title_justify="left")
+    for c in report.components:
+        s = c.summary()
+        lat = s["latency_ms"]
+        rt = c.runtime.get("name") or "—"
+        if c.runtime.get("backend"):
+            rt += f"/{c.runtime['backend']}"
+        art_text = (f"{c.artifact.get('file')} ({c.artifact.get('precision')})" if c.artifact else "—")
+        rss = s.get("peak_rss_kb")
+        mean_only = [r.mean_only_ms for r in c.runs if r.mean_only_ms is not None]
+        status = c.status if c.status == "ok" else f"[red]{c.status}[/red]"
+        if mean_only and not lat.get("n"):
+            lat = {"n": 0, "p50": None}
+            status += " (mean only)"
+        table.add_row(c.component, rt, art_text, _ms(s["load_ms"].get("median"), 1), str(lat.get("n", 0)),
+                      _ms(lat.get("min")), _ms(lat.get("p50")), _ms(lat.get("p90")), _ms(lat.get("max")),
+                      _ms(lat.get("stdev")), f"{rss / 1024:.0f} MB" if rss else "—", status)
+    console.print(table)
+    for steps in (1, 2):
+        v = report.per_frame_ms(steps)
+        mark = " ◀" if steps == report.steps else ""
+        if v is None:
+            console.print(f"per-frame latency, {steps} step{'s' if steps > 1 else ''}: [red]incomplete[/red] "
+                          "(needs encoder, denoiser and decoder)")
+        else:
+            console.print(f"per-frame latency, {steps} step{'s' if steps > 1 else ''}: [bold]{v:.2f} ms[/bold] "
+                          f"({1000.0 / v:.1f} frames/s) = (encoder + {steps} × denoiser + decoder) p50 / "
+                          f"{report.frames} frames{mark}")
+    for c in report.components:
+        if c.status != "ok" and c.error:
+            console.print(f"[red]{c.component}[/red]: {c.error}")
+    unc = (report.conditions or {}).get("uncontrolled") or []
+    if unc:
+        console.print("not controlled: " + "; ".join(unc), style="dim")
+    for w in report.warnings:
+        console.print(f"warning: {w}", style="yellow")
+    if path is not None:
+        console.print(f"report: {path}")
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    artifacts: Path | None = typer.Option(None, "--artifacts", help="folder written by `mi2v export` "
+                                          "(manifest.json + <component>.onnx/.pte)"),
+    device: str = typer.Option("host", "--device", help="host (in this process), adb (the only phone) or "
+                               "adb:SERIAL (a HOST:PORT serial is `adb connect`ed first)"),
+    runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="auto: ExecuTorch when every component has a "
+                                    "runnable .pte, else onnxruntime, else per component"),
+    iterations: int | None = typer.Option(None, "--iterations", help="timed iterations per run "
+                                          "(default: 10 on host, 50 on a phone)"),
+    warmup: int | None = typer.Option(None, "--warmup", help="warm-up iterations inside the timed process, "
+                                      "discarded (default: 2 on host, 5 on a phone)"),
+    runs: int = typer.Option(1, "--runs", help="separate runner processes per component (their medians are "
+                             "reported as run_medians)"),
+    steps: int = typer.Option(2, "--steps", help="denoising steps of the headline (1 or 2; both are reported)"),
+    runner: list[Path] = typer.Option([], "--runner", help="executor_runner / onnxruntime_perf_test built for the "
+                                      "phone (repeatable; told apart by name). Not needed for a simulated phone"),
+    cpu_mask: str | None = typer.Option(None, "--cpu-mask", help="pin to these cores (hex, e.g. f0); default on a "
+                                        "phone: the big cores from cpuinfo_max_freq; on host: not pinned"),
+    threads: int | None = typer.Option(None, "--threads", help="host only: intra-op threads (default: the "
+                                       "runtime's, or the pinned core count)"),
+    adb: Path | None = typer.Option(None, "--adb", help=_ADB_HELP),
+    adb_port: int | None = typer.Option(None, "--adb-port", help="adb server port (default: "
+                                        "$ANDROID_ADB_SERVER_PORT or 5037)"),
+    json_out: Path | None = typer.Option(None, "--json", help="report file (default: "
+                                         "mi2v-bench/<time>-<device>.json); written even when a component fails"),
+    plot: Path | None = typer.Option(None, "--plot", help="draw the per-component breakdown into this PNG"),
+    cooldown: float | None = typer.Option(None, "--cooldown", help="pause between components, seconds "
+                                          "(default: 0 on host, 30 on a phone); then wait for thermal status 0"),
+    thermal_wait: float = typer.Option(120.0, "--thermal-wait", help="at most this long (s) waiting for a warm "
+                                       "phone to cool before a component"),
+    timeout: float = typer.Option(600.0, "--timeout", help="limit for one runner process on the phone, seconds"),
+    etdump: bool = typer.Option(False, "--etdump", help="phone, ExecuTorch: one extra profiling run per "
+                                "component with --etdump_path, pulled next to the report"),
+    components: str = typer.Option("all", "--components", help="encoder,denoiser,decoder or all"),
+) -> None:
+    """Time the exported encoder, denoiser and decoder and report the per-frame latency
+    (encoder + steps × denoiser + decoder) / frames, for 1 and 2 steps.
+
+    On a phone the runners are pushed to /data/local/tmp/mi2v/<content hash>/ (skipped when already there), warmed
+    up inside the timed process, pinned to the big cores and measured with `toybox time`; the device's identity,
+    clocks, thermal state and battery are recorded, with a list of what could not be controlled.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..devices.bench import BenchOptions, run_bench
+    from ..errors import BadInputError
+    from ._render import err_console
+
+    if artifacts is None:
+        raise BadInputError("--artifacts DIR is required (a folder written by `mi2v export`); "
+                            "or use `mi2v bench compare A.json B.json`")
+    names = ("encoder", "denoiser", "decoder")
+    chosen = names if components.strip() == "all" else tuple(
+        c for c in names if c in {t.strip() for t in components.split(",")})
+    unknown = {t.strip() for t in components.split(",")} - set(names) - {"all"}
+    if unknown or not chosen:
+        raise BadInputError(f"--components {components!r}: use encoder, denoiser, decoder (comma-separated) or all")
+    opts = BenchOptions(artifacts=artifacts, device=device, runtime=runtime.value, iterations=iterations,
+                        warmup=warmup, runs=runs, steps=steps, runners=list(runner), cpu_mask=cpu_mask,
+                        threads=threads, adb=adb, adb_port=adb_port, json_path=json_out, cooldown=cooldown,
+                        thermal_wait=thermal_wait, timeout=timeout, etdump=etdump, components=chosen)
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise BadInputError(f"--plot {plot}: use a .png file name")
+
+    def say(msg: str) -> None:
+        err_console.print(f"[dim]{msg}[/dim]")
+
+    report, path, error = run_bench(opts, say)
+    render_report(report, path)
+    if plot is not None and any(c.status == "ok" for c in report.components):
+        from ..devices.plot import plot_report
+
+        from ._render import console
+
+        console.print(f"plot: {plot_report(report, plot)}")
+    if error is not None:
+        from ..errors import DeviceError, MissingDependencyError
+
+        kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(error, k)), DeviceError)
+        raise kind(f"{error} (report: {path})")
+
+
+@bench_app.command("compare")
+def compare_cmd(
+    a: Path = typer.Argument(..., help="baseline report (JSON from `mi2v bench --json`)"),
+    b: Path = typer.Argument(..., help="report to compare against the baseline"),
+    json_flag: bool = typer.Option(False, "--json", help="print the rows as JSON"),
+) -> None:
+    """Two reports side by side: per-frame latency and each component's p50 / p90 / load time, with B/A ratios."""
+    from rich.table import Table
+
+    from ..devices.report import BenchReport, compare
+    from ._render import console, print_json
+
+    ra, rb = BenchReport.load(a), BenchReport.load(b)
+    rows = compare(ra, rb)
+    if json_flag:
+        print_json(rows)
+        return
+
+    def who(r: BenchReport) -> str:
+        d = r.device or {}
+        name = d.get("model") or d.get("cpu") or d.get("transport")
+        rts = sorted({c.runtime.get("name", "?") for c in r.components if c.runtime})
+        return f"{name}{' (simulated)' if d.get('simulated_device') else ''}, {'/'.join(rts)}"
+
+    table = Table("metric", f"A: {a.name}", f"B: {b.name}", "B/A",
+                  title=f"A = {who(ra)}\nB = {who(rb)}", title_justify="left")
+    for row in rows:
+        ratio = row["ratio"]
+        style = None if ratio is None else ("green" if ratio < 0.95 else "red" if ratio > 1.05 else None)
+        table.add_row(row["metric"], _ms(row["a"]), _ms(row["b"]), "—" if ratio is None else f"{ratio:.2f}×",
+                      style=style)
+    console.print(table)
+    console.print("B/A < 1: B is faster", style="dim")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

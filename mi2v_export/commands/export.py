@@ -1,0 +1,178 @@
+"""`mi2v export`: lower encoder / denoiser / decoder to ONNX, Core ML or ExecuTorch, verify, write manifest.json.
+
+All the work is in `mi2v_export.exporters` (`orchestrate.run_export`); this module parses flags, renders the
+progress callback with rich (on stderr) and prints a summary table (or, with --json, the run's manifest entries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import Mi2vError
+from ._render import console, err_console, human_bytes, print_json
+
+
+class ExportInterrupted(Mi2vError):
+    """Ctrl-C / SIGTERM during an export. Raised as a Mi2vError because Typer, run with standalone_mode=False,
+    turns a KeyboardInterrupt into a *returned* exit code that the CLI shell would otherwise drop."""
+
+    exit_code = 130
+
+
+def _fmt_parity(p: dict) -> str:
+    if p.get("verified_on") is None:
+        return "—"
+    gate = p.get("gate") or {}
+    if gate.get("metric") == "psnr_db":
+        return f"PSNR {float(p['psnr_db']):.1f} dB"
+    return f"rel_l2 {float(p['rel_l2']):.1e}"
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """With --json, native libraries' prints (ExecuTorch, onnxruntime) must not reach stdout: point fd 1 at fd 2
+    while the export runs."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _interrupts_clean_up():
+    """Ctrl-C (SIGINT, even when inherited as ignored, e.g. from a background job) and SIGTERM raise
+    KeyboardInterrupt, so the export unwinds: staging folder removed, output folder untouched."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _RichProgress:
+    """Renders exporter ProgressEvents: one spinner line per component, a log line per finished stage."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, event) -> None:
+        task = self.tasks.get(event.component)
+        if task is None:
+            task = self.tasks[event.component] = self.progress.add_task(event.component, total=None)
+        if event.state == "start":
+            detail = f" — {event.detail}" if event.detail else ""
+            self.progress.update(task, description=f"[bold]{event.component}[/] {event.stage}{detail}")
+        elif event.state in ("done", "skip", "info"):
+            secs = f" {event.seconds:.1f}s" if event.seconds is not None else ""
+            detail = f"  {event.detail}" if event.detail else ""
+            mark = {"done": "✓", "skip": "–", "info": "·"}[event.state]
+            self.progress.console.print(f"  {mark} {event.component} {event.stage}{secs}{detail}", highlight=False)
+            if event.stage == "verify":
+                self.progress.update(task, description=f"[bold]{event.component}[/] done", total=1, completed=1)
+
+
+def export(
+    target: str = typer.Option(..., "--target", help="onnx | coreml | executorch"),
+    delegate: str | None = typer.Option(None, "--delegate", help="executorch only: xnnpack (default) | vulkan | "
+                                        "qnn | coreml"),
+    component: str = typer.Option("all", "--component", help="encoder | denoiser | decoder | all "
+                                  "(or a comma list)"),
+    decoder: str = typer.Option("turbo-vaed", "--decoder", help="decoder model: turbo-vaed | ltx"),
+    preset: str = typer.Option("mobilei2v-270m", "--preset", help="model preset: mobilei2v-270m | tiny"),
+    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="weights file (repeat for several); each "
+                                          "feeds the component whose model it holds. None: seeded weights"),
+    resolution: str | None = typer.Option(None, "--resolution", help="HEIGHTxWIDTH, e.g. 720x1280 (default: "
+                                          "the preset's)"),
+    frames: int | None = typer.Option(None, "--frames", help="video frames, 8k+1 (default: the preset's)"),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32 | fp16 (default: fp16 for Core ML and the "
+                                     "coreml/qnn delegates, fp32 otherwise)"),
+    attention: str = typer.Option("reference", "--attention", help="denoiser attention: reference | mobile "
+                                  "(exact rewrites from mi2v_export.kernels)"),
+    out: Path = typer.Option(Path("artifacts"), "--out", help="output folder (artifacts + manifest.json)"),
+    no_verify: bool = typer.Option(False, "--no-verify", help="skip running the artifact against PyTorch "
+                                   "(recorded in the manifest)"),
+    bundle: bool = typer.Option(False, "--bundle", help="executorch: also write <component>.bpte with the test "
+                                "input and expected output (BundledProgram) for an on-device check"),
+    etrecord: bool = typer.Option(False, "--etrecord", help="executorch: also write <component>.etrecord for "
+                                  "per-op profiling"),
+    compute_units: str = typer.Option("all", "--compute-units", help="Core ML: all | cpu_and_ne | cpu_and_gpu | "
+                                      "cpu_only"),
+    min_ios: int = typer.Option(17, "--min-ios", help="Core ML minimum deployment target: 17 | 18"),
+    soc: str = typer.Option("SM8650", "--soc", help="QNN: Snapdragon SoC, e.g. SM8650 (8 Gen 3), SM8750"),
+    json_out: bool = typer.Option(False, "--json", help="print this run's manifest entries as JSON on stdout"),
+) -> None:
+    """Export MobileI2V components to ONNX / Core ML / ExecuTorch, check them against PyTorch fp32, and describe
+    them in OUT/manifest.json. Nothing is moved into OUT unless every component exported and passed its gate."""
+    from ..exporters.orchestrate import ExportRequest, prepare, run_export
+
+    request = ExportRequest(target=target, out_dir=out, components=component, delegate=delegate, decoder=decoder,
+                            preset=preset, checkpoints=list(checkpoint), resolution=resolution, frames=frames,
+                            dtype=dtype, attention=attention, verify=not no_verify, bundle=bundle,
+                            etrecord=etrecord, compute_units=compute_units, min_ios=min_ios, soc=soc)
+    plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    try:
+        with _interrupts_clean_up(), _stdout_to_stderr(json_out):
+            with Progress(*columns, console=err_console, transient=False) as progress:
+                report = run_export(plan, _RichProgress(progress))
+    except KeyboardInterrupt:
+        raise ExportInterrupted(f"interrupted; nothing was written to {out} (earlier artifacts there are "
+                                "untouched)") from None
+
+    if json_out:
+        print_json({"out_dir": str(report.out_dir), "manifest": str(report.out_dir / "manifest.json"),
+                    "artifacts": [e.to_dict() for e in report.entries]})
+        return
+    table = Table(title=f"exported to {report.out_dir}")
+    for col in ("component", "target", "dtype", "file", "size", "time", "peak RSS", "parity", "verified on"):
+        table.add_column(col, justify="right" if col in ("size", "time", "peak RSS") else "left", no_wrap=True)
+    notes = []
+    for e in report.entries:
+        tgt = e.target + (f"/{e.delegate}" if e.delegate else "")
+        verified = e.parity.get("verified_on") or "—"
+        table.add_row(e.component, tgt, e.dtype, e.file, human_bytes(e.bytes), f"{e.export['wall_s']:.1f}s",
+                      human_bytes(e.export["peak_rss_bytes"]), _fmt_parity(e.parity), verified)
+        if e.parity.get("reason"):
+            notes.append(f"{e.file}: not run here — {e.parity['reason']} (structural checks passed)")
+        if e.delegation:
+            d = e.delegation
+            share = d.get("flops_share_delegated")
+            notes.append(f"{e.file}: {d['ops_delegated']} ops delegated in {d['delegated_subgraphs']} subgraph(s), "
+                         f"{d['ops_portable']} on portable kernels"
+                         + (f"; {share * 100:.1f}% of conv/matmul FLOPs delegated" if share is not None else ""))
+        for f in e.extra_files:
+            notes.append(f"{f.file}: {f.role.replace('_', ' ')} ({human_bytes(f.bytes)})")
+    console.print(table, width=None if console.is_terminal else 160)
+    for n in notes:
+        console.print(f"[dim]note:[/] {n}", highlight=False, soft_wrap=True)
+    console.print(f"manifest: {report.out_dir / 'manifest.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

@@ -1,0 +1,495 @@
+"""The artifact manifest (`DIR/manifest.json`): its schema, atomic writing, and the one reader other tools use.
+
+`mi2v export` writes it; `mi2v bench` and `mi2v generate` read it back through `read_manifest` / `Manifest` —
+nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in the README):
+
+    {
+      "schema": "mi2v-export-manifest", "schema_version": 1,
+      "tool": {"name": "mi2v-export", "version": "0.1.0"},
+      "libraries": {"python": …, "torch": …, "executorch": …, "coremltools": …, "onnx": …, "onnxruntime": …, …},
+      "updated_at": ISO-8601 UTC,
+      "preset": "tiny", "resolution": [H, W], "frames": F, "latent_shape": [1, 128, t, h, w],
+      "source": {"weights": "seeded" | "checkpoint", "seed": 0 | null,
+                 "checkpoints": [{"file": name, "sha256": …, "bytes": …, "parts": ["denoiser", …],
+                                  "components": ["denoiser", …]}]},
+      "components": [                                   # one entry per artifact file
+        {"component": "denoiser", "model": "mobilei2v-denoiser" | "ltx-encoder" | "turbo-vaed" | "ltx-decoder",
+         "target": "onnx" | "executorch" | "coreml", "delegate": null | "xnnpack" | "vulkan" | "qnn" | "coreml",
+         "dtype": "fp32" | "fp16",
+         "file": "denoiser.onnx", "sha256": …, "bytes": …,    # sha256/bytes of a folder (.mlpackage): see tree_digest
+         "extra_files": [{"role": "external_data" | "bundled_program" | "etrecord", "file", "sha256", "bytes"}],
+         "inputs":  [{"name": "latent", "shape": […], "dtype": "float32"}, …],
+         "outputs": [{"name": "velocity", "shape": […], "dtype": "float32"}],
+         "export": {"wall_s": …, "peak_rss_bytes": …, "peak_rss_method": "vmhwm-reset" | "ru_maxrss",
+                    "stages_s": {"load": …, "reference": …, "export": …, "verify": …}},
+         "parity": {"reference": "pytorch-fp32", "max_abs", "rel_l2", "psnr_db",
+                    "verified_on": "onnxruntime" | "executorch-xnnpack" | "coreml-<units>" | null,
+                    "reason": null | "why it was not run here",
+                    "gate": {"metric", "op", "threshold", "passed", "finite"} | null, "input_seed": 0},
+         "structure": {"ok": true, "checks": ["…"]},
+         "delegation": {"backends": {id: subgraphs}, "delegated_subgraphs", "ops_delegated", "ops_portable",
+                        "ops_share_delegated", "flops_delegated", "flops_portable", "flops_share_delegated",
+                        "portable_ops": {op: n}, "delegated_ops": {op: n}} | null,   # ExecuTorch only
+         "target_info": {…per-target details: opset, simplifier, compute units, deployment target, backends…},
+         "flags": {"attention", "decoder", "verify", "bundle", "etrecord", …},
+         "attention": {…kernels.describe_plan record…} | null,
+         "exported_at": ISO-8601 UTC, "tool_version": "0.1.0"}
+      ]
+    }
+
+Artifacts in one folder share preset, video size and weights (the top-level fields); entries for different
+targets / delegates / precisions coexist, one per file name. Floats that JSON cannot hold are written as strings
+("inf", "-inf", "nan").
+
+Atomic writing: `Staging` is a temporary folder next to DIR (in DIR's parent, so renames stay on one file system).
+Exporters write there; `Staging.commit` moves every finished artifact into DIR, replacing same-named files, and
+writes the merged manifest last with a rename. Until then DIR is untouched; on any failure (`Staging.discard`,
+also run by the context manager) the temporary folder is removed and DIR is as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BadInputError
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA = "mi2v-export-manifest"
+SCHEMA_VERSION = 1
+STAGING_PREFIX = ".mi2v-export-"
+
+# Libraries whose versions go in the manifest (absent ones are recorded as null).
+LIBRARIES = ("torch", "executorch", "coremltools", "onnx", "onnxruntime", "onnxscript", "onnxsim", "numpy",
+             "diffusers", "torchao")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mi2v-export")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Digests
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def tree_digest(path: Path) -> tuple[str, int]:
+    """sha256 and total bytes of a file, or of a folder (.mlpackage): the hash of every file's relative POSIX path,
+    a NUL, its own sha256 and a newline, in sorted path order."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    h = hashlib.sha256()
+    total = 0
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        digest, size = file_digest(p)
+        h.update(p.relative_to(path).as_posix().encode() + b"\0" + digest.encode() + b"\n")
+        total += size
+    return h.hexdigest(), total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schema objects
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy-style name: float32, float16, int64 …
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorInfo:
+        return cls(str(d["name"]), tuple(int(s) for s in d.get("shape") or ()), str(d.get("dtype")))
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    role: str
+    file: str
+    sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return {"role": self.role, "file": self.file, "sha256": self.sha256, "bytes": self.bytes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FileInfo:
+        return cls(str(d["role"]), str(d["file"]), str(d["sha256"]), int(d["bytes"]))
+
+
+@dataclass
+class ArtifactEntry:
+    """One artifact file and everything known about it (see the module docstring for the JSON form)."""
+
+    component: str
+    model: str
+    target: str
+    delegate: str | None
+    dtype: str
+    file: str
+    sha256: str
+    bytes: int
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    export: dict
+    parity: dict
+    structure: dict = field(default_factory=dict)
+    delegation: dict | None = None
+    target_info: dict = field(default_factory=dict)
+    flags: dict = field(default_factory=dict)
+    attention: dict | None = None
+    extra_files: list[FileInfo] = field(default_factory=list)
+    exported_at: str = ""
+    tool_version: str = ""
+
+    @property
+    def verified(self) -> bool:
+        """Ran on a runtime here and passed its gate."""
+        gate = self.parity.get("gate") or {}
+        return bool(self.parity.get("verified_on")) and bool(gate.get("passed"))
+
+    def files(self) -> list[str]:
+        return [self.file] + [f.file for f in self.extra_files]
+
+    def input(self, name: str) -> TensorInfo:
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "component": self.component, "model": self.model, "target": self.target, "delegate": self.delegate,
+            "dtype": self.dtype, "file": self.file, "sha256": self.sha256, "bytes": self.bytes,
+            "extra_files": [f.to_dict() for f in self.extra_files],
+            "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+            "export": self.export, "parity": self.parity, "structure": self.structure,
+            "delegation": self.delegation, "target_info": self.target_info, "flags": self.flags,
+            "attention": self.attention, "exported_at": self.exported_at, "tool_version": self.tool_version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ArtifactEntry:
+        return cls(
+            component=str(d["component"]), model=str(d.get("model") or d["component"]), target=str(d["target"]),
+            delegate=d.get("delegate"), dtype=str(d.get("dtype") or "fp32"), file=str(d["file"]),
+            sha256=str(d.get("sha256") or ""), bytes=int(d.get("bytes") or 0),
+            inputs=[TensorInfo.from_dict(t) for t in d.get("inputs") or ()],
+            outputs=[TensorInfo.from_dict(t) for t in d.get("outputs") or ()],
+            export=dict(d.get("export") or {}), parity=dict(d.get("parity") or {}),
+            structure=dict(d.get("structure") or {}), delegation=d.get("delegation"),
+            target_info=dict(d.get("target_info") or {}), flags=dict(d.get("flags") or {}),
+            attention=d.get("attention"), extra_files=[FileInfo.from_dict(f) for f in d.get("extra_files") or ()],
+            exported_at=str(d.get("exported_at") or ""), tool_version=str(d.get("tool_version") or ""),
+        )
+
+
+@dataclass
+class Manifest:
+    """The whole manifest: shared configuration plus one `ArtifactEntry` per artifact file."""
+
+    preset: str
+    resolution: tuple[int, int]
+    frames: int
+    latent_shape: tuple[int, ...]
+    source: dict
+    components: list[ArtifactEntry] = field(default_factory=list)
+    tool: dict = field(default_factory=lambda: {"name": "mi2v-export", "version": tool_version()})
+    libraries: dict = field(default_factory=library_versions)
+    updated_at: str = field(default_factory=now_iso)
+    folder: Path | None = None  # where it was read from (not serialised)
+
+    # -- lookups -------------------------------------------------------------------------------------------
+    def find(self, component: str, target: str | None = None, delegate: str | None = None) -> ArtifactEntry:
+        """The entry of a component (optionally of one target / delegate); BadInputError when absent or ambiguous."""
+        hits = [e for e in self.components if e.component == component and (target is None or e.target == target)
+                and (delegate is None or e.delegate == delegate)]
+        if not hits:
+            what = component + (f" for target {target}" if target else "") + (f"/{delegate}" if delegate else "")
+            have = ", ".join(f"{e.component}:{e.target}" + (f"/{e.delegate}" if e.delegate else "")
+                             for e in self.components) or "nothing"
+            raise BadInputError(f"the manifest has no {what} (it lists {have})")
+        if len(hits) > 1:
+            raise BadInputError(f"the manifest has {len(hits)} artifacts for the {component} "
+                                f"({', '.join(e.file for e in hits)}); name the target")
+        return hits[0]
+
+    def path_of(self, entry: ArtifactEntry) -> Path:
+        if self.folder is None:
+            raise ValueError("manifest was not read from a folder")
+        return self.folder / entry.file
+
+    def check_files(self, *, digests: bool = True) -> None:
+        """Every listed file exists (and matches its sha256 when `digests`); BadInputError otherwise."""
+        if self.folder is None:
+            raise ValueError("manifest was not read from a folder")
+        for e in self.components:
+            for name, sha in [(e.file, e.sha256)] + [(f.file, f.sha256) for f in e.extra_files]:
+                p = self.folder / name
+                if not p.exists():
+                    raise BadInputError(f"{self.folder}: the manifest lists {name} but the file is missing")
+                if digests and sha and tree_digest(p)[0] != sha:
+                    raise BadInputError(f"{p}: sha256 does not match the manifest (file changed after export)")
+
+    # -- (de)serialisation ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "tool": self.tool, "libraries": self.libraries,
+            "updated_at": self.updated_at, "preset": self.preset, "resolution": list(self.resolution),
+            "frames": self.frames, "latent_shape": list(self.latent_shape), "source": self.source,
+            "components": [e.to_dict() for e in self.components],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, folder: Path | None = None) -> Manifest:
+        where = folder / MANIFEST_NAME if folder else "manifest"
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise BadInputError(f"{where}: not an mi2v export manifest")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BadInputError(f"{where}: schema version {version} is not supported (this mi2v reads version "
+                                f"{SCHEMA_VERSION}); re-export the artifacts")
+        try:
+            return cls(
+                preset=str(d["preset"]), resolution=(int(d["resolution"][0]), int(d["resolution"][1])),
+                frames=int(d["frames"]), latent_shape=tuple(int(s) for s in d["latent_shape"]),
+                source=dict(d.get("source") or {}),
+                components=[ArtifactEntry.from_dict(e) for e in d.get("components") or ()],
+                tool=dict(d.get("tool") or {}), libraries=dict(d.get("libraries") or {}),
+                updated_at=str(d.get("updated_at") or ""), folder=folder)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BadInputError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+    def conflict_with(self, other: Manifest) -> str | None:
+        """Why `other` (a new export) cannot share this folder, or None when it can: preset, video size and the
+        weights (seeded vs checkpoints, and the same file for any model part both use) must agree."""
+        if (self.preset, tuple(self.resolution), self.frames) != (other.preset, tuple(other.resolution),
+                                                                   other.frames):
+            return (f"it holds {self.describe_configuration()}, this export is "
+                    f"{other.describe_configuration()}")
+        a, b = self.source, other.source
+        if a.get("weights") != b.get("weights") or a.get("seed") != b.get("seed"):
+            return f"it holds {_describe_source(a)}, this export uses {_describe_source(b)}"
+        mine = {p: c.get("sha256") for c in a.get("checkpoints") or () for p in c.get("parts") or ()}
+        for c in b.get("checkpoints") or ():
+            for p in c.get("parts") or ():
+                if p in mine and mine[p] != c.get("sha256"):
+                    return f"its {p} comes from another checkpoint than {c.get('file')}"
+        return None
+
+    def describe_configuration(self) -> str:
+        return (f"preset {self.preset}, {self.resolution[0]}x{self.resolution[1]}x{self.frames}, "
+                f"{_describe_source(self.source)}")
+
+
+def _describe_source(source: dict) -> str:
+    if source.get("weights") == "seeded":
+        return f"seeded weights (seed {source.get('seed')})"
+    names = ", ".join(c.get("file", "?") for c in source.get("checkpoints") or ())
+    return f"checkpoints {names}"
+
+
+def _merge_source(old: dict, new: dict) -> dict:
+    if new.get("weights") != "checkpoint":
+        return new
+    seen = {c.get("sha256") for c in new.get("checkpoints") or ()}
+    extra = [c for c in old.get("checkpoints") or () if c.get("sha256") not in seen]
+    return dict(new, checkpoints=extra + list(new.get("checkpoints") or ()))
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    """Read `folder/manifest.json` (BadInputError with one line when missing, unreadable or another schema)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise BadInputError(f"{folder}: no such artifacts folder")
+    if not path.is_file():
+        raise BadInputError(f"{folder}: no {MANIFEST_NAME}; is this a folder written by `mi2v export`?")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{path}: not valid JSON ({exc})") from None
+    return Manifest.from_dict(raw, folder=folder)
+
+
+def read_manifest_if_any(folder: str | os.PathLike) -> Manifest | None:
+    """The manifest of `folder`, or None when the folder or its manifest does not exist."""
+    if not (Path(folder) / MANIFEST_NAME).is_file():
+        return None
+    return read_manifest(folder)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a manifest is as readable as the artifacts
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def merge(existing: Manifest | None, new: Manifest) -> Manifest:
+    """`new` plus the entries of `existing` for files that `new` does not replace (same configuration only)."""
+    if existing is None:
+        return new
+    replaced = set()
+    for e in new.components:
+        replaced.update(e.files())
+    kept = [e for e in existing.components if not (set(e.files()) & replaced)]
+    new.components = kept + list(new.components)
+    new.source = _merge_source(existing.source, new.source)
+    order = {"encoder": 0, "denoiser": 1, "decoder": 2}
+    new.components.sort(key=lambda e: (order.get(e.component, 9), e.target, e.delegate or ""))
+    return new
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Atomic staging
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(parent: Path) -> list[Path]:
+    """Remove staging folders in `parent` left by export processes that no longer run (e.g. killed with -9)."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for p in parent.glob(f"{STAGING_PREFIX}*"):
+        try:  # .mi2v-export-<out name>-<pid>-<mkdtemp suffix, no dashes>
+            pid = int(p.name[len(STAGING_PREFIX):].rsplit("-", 2)[-2])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+class Staging:
+    """A temporary folder next to the output folder; artifacts move into the output folder only on `commit`.
+
+    Use as a context manager: leaving the block without `commit()` (an error, Ctrl-C) removes the folder.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out_dir = Path(out_dir).absolute()
+        parent = self.out_dir.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInputError(f"cannot create {parent}: {exc.strerror or exc}") from None
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise BadInputError(f"--out {self.out_dir}: exists and is not a folder")
+        clean_stale_staging(parent)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{self.out_dir.name}-{os.getpid()}-",
+                                          dir=parent))
+        self.committed = False
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if not self.committed:
+            self.discard()
+        return False
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def commit(self, manifest: Manifest, files: Iterable[str]) -> Manifest:
+        """Move `files` (names inside the staging folder) into the output folder and write the merged manifest.
+
+        Same-named files already in the output folder are first moved into the staging folder (so a failure half
+        way can put them back), then the new ones are renamed in, then manifest.json is replaced atomically.
+        """
+        existing = read_manifest_if_any(self.out_dir) if self.out_dir.is_dir() else None
+        merged = merge(existing, manifest)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        backup = self.path / ".replaced"
+        backup.mkdir(exist_ok=True)
+        moved: list[tuple[Path, Path | None]] = []  # (installed path, its backup or None)
+        try:
+            for name in files:
+                src, dst = self.path / name, self.out_dir / name
+                old = None
+                if dst.exists() or dst.is_symlink():
+                    old = backup / name
+                    os.replace(dst, old)
+                os.replace(src, dst)
+                moved.append((dst, old))
+            # entries of the old manifest whose files vanished from disk are dropped rather than left dangling
+            merged.components = [e for e in merged.components if all((self.out_dir / f).exists()
+                                                                      for f in e.files())]
+            merged.updated_at = now_iso()
+            _write_json_atomic(self.out_dir / MANIFEST_NAME, merged.to_dict())
+        except BaseException:
+            for dst, old in reversed(moved):
+                if dst.is_dir() and not dst.is_symlink():
+                    shutil.rmtree(dst, ignore_errors=True)
+                else:
+                    dst.unlink(missing_ok=True)
+                if old is not None:
+                    os.replace(old, dst)
+            raise
+        self.committed = True
+        self.discard()
+        merged.folder = self.out_dir
+        return merged

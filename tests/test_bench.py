@@ -1,0 +1,771 @@
+"""`mi2v bench` end to end: host runs in process, and the adb flow through the real adb client and a private adb
+server talking to the simulated phone (real push of real artifacts, real execution by the host runners, parsed
+timings in the report), plus every error case of the issue reproduced through that stack.
+
+Artifacts: `standin_artifacts` are small modules with the tiny preset's I/O contract (names and shapes of
+`exporters.components`: image 1x3x1x128x192 → latent 1x128x1x4x6; latent 1x128x2x4x6 + timestep + flow_score →
+velocity; latent → video 1x3x9x128x192), exported here to ONNX (dynamo, opset 18, external data) and to ExecuTorch
+with XNNPACK, with a manifest written through `mi2v_export.manifest.Staging` — quick to build, and enough for
+everything bench does with a model. The slow test runs the real tiny preset exported by the project's exporters
+(`mi2v export`'s library: ONNX + ExecuTorch XNNPACK, ~6 min on 2 cores). Exports are cached under pytest's cache
+folder, keyed by the builder source (and the exporters' / models' source for the slow one) and the torch /
+executorch / onnx versions (delete .pytest_cache to rebuild).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mi2v_export.devices.android import (
+    big_core_mask,
+    check_runner,
+    diagnose_start,
+    format_list,
+    parse_cpu_loop,
+    parse_list,
+    parse_mask,
+    runner_failure,
+)
+from mi2v_export.devices.bench import BenchOptions, parse_device, run_bench, select_artifacts
+from mi2v_export.devices.elf import inspect_runner
+from mi2v_export.devices.report import BenchReport
+from mi2v_export.devices.simulate import SimulatedPhone, host_abi
+from mi2v_export.errors import BadInputError, DeviceError
+
+from .test_devices import _private_adb
+
+REPO = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------------------------------------------------
+# artifacts
+# --------------------------------------------------------------------------------------------------------------------
+
+TINY = {"resolution": (128, 192), "frames": 9, "latent": (1, 128, 2, 4, 6)}
+
+
+def _standin_specs():
+    """encoder / denoiser / decoder stand-ins with the tiny contract's names and shapes (small, fast to export)."""
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch = nn.Conv2d(3, 32, 8, stride=8)
+            self.down = nn.Conv2d(32, 128, 4, stride=4)
+
+        def forward(self, image):
+            x = image[:, :, 0]
+            return self.down(torch.relu(self.patch(x))).unsqueeze(2)
+
+    class Denoiser(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(128, 96)
+            self.qkv = nn.Linear(96, 288)
+            self.out = nn.Linear(96, 128)
+            self.t = nn.Linear(2, 96)
+
+        def forward(self, latent, timestep, flow_score):
+            b, c, t, h, w = latent.shape
+            x = self.inp(latent.flatten(2).transpose(1, 2))
+            x = x + self.t(torch.stack([timestep / 1000.0, flow_score], dim=-1)).unsqueeze(1)
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            att = torch.softmax(q @ k.transpose(1, 2) / 96 ** 0.5, dim=-1)
+            y = self.out(att @ v)
+            return y.transpose(1, 2).reshape(b, c, t, h, w)
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(128, 48)
+            self.up = nn.ConvTranspose2d(48, 3, 32, stride=32)
+
+        def forward(self, latent):
+            x = self.proj(latent.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)  # 1x48x2x4x6 → 9 frames (4 + 5) → 9x48x4x6 → 9x3x128x192 → 1x3x9x128x192
+            x = torch.cat([x[:, :, :1].expand(-1, -1, 4, -1, -1), x[:, :, 1:].expand(-1, -1, 5, -1, -1)], dim=2)
+            y = self.up(x[0].permute(1, 0, 2, 3))
+            return y.permute(1, 0, 2, 3).unsqueeze(0)
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    h, w = TINY["resolution"]
+    return {
+        "encoder": (Encoder().eval(), {"image": torch.rand((1, 3, 1, h, w), generator=g) * 2 - 1}, ("latent",)),
+        "denoiser": (Denoiser().eval(), {"latent": torch.randn(TINY["latent"], generator=g),
+                                         "timestep": torch.tensor([700.0]), "flow_score": torch.tensor([2.0])},
+                     ("velocity",)),
+        "decoder": (Decoder().eval(), {"latent": torch.randn(TINY["latent"], generator=g)}, ("video",)),
+    }
+
+
+def _tiny_preset_export(out: Path) -> Path:
+    """The real tiny preset, exported by the project's exporters (`mi2v export`'s library): ONNX and ExecuTorch
+    XNNPACK, seeded weights, parity checks off (they are the exporters' tests, not these)."""
+    from mi2v_export.exporters.orchestrate import ExportRequest, run_export
+
+    for target, delegate in (("onnx", None), ("executorch", "xnnpack")):
+        run_export(ExportRequest(target=target, delegate=delegate, out_dir=out, preset="tiny", verify=False))
+    return out
+
+
+def export_artifacts(specs: dict, out: Path, targets=("onnx", "executorch")) -> Path:
+    """Export each (module, named inputs, output names) to DIR/<component>.onnx / .pte and write the manifest."""
+    import torch
+
+    from mi2v_export.manifest import ArtifactEntry, FileInfo, Manifest, Staging, TensorInfo, file_digest
+
+    def infos(names, tensors):
+        return [TensorInfo(n, tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in zip(names, tensors)]
+
+    entries, files = [], []
+    with Staging(out) as staging:
+        for comp, (module, inputs, outputs) in specs.items():
+            args = tuple(inputs.values())
+            with torch.no_grad():
+                result = module(*args)
+            out_infos = infos(outputs, [result])
+            if "onnx" in targets:
+                name = f"{comp}.onnx"
+                torch.onnx.export(module, args, str(staging.path / name), dynamo=True, opset_version=18,
+                                  input_names=list(inputs), output_names=list(outputs), external_data=True)
+                extra = []
+                if (staging.path / f"{name}.data").exists():
+                    sha, size = file_digest(staging.path / f"{name}.data")
+                    extra.append(FileInfo("external_data", f"{name}.data", sha, size))
+                    files.append(f"{name}.data")
+                sha, size = file_digest(staging.path / name)
+                entries.append(ArtifactEntry(comp, comp, "onnx", None, "fp32", name, sha, size,
+                                             infos(inputs, args), out_infos, {}, {}, extra_files=extra))
+                files.append(name)
+            if "executorch" in targets:
+                from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+                from executorch.exir import to_edge_transform_and_lower
+
+                name = f"{comp}.pte"
+                program = to_edge_transform_and_lower(torch.export.export(module, args),
+                                                      partitioner=[XnnpackPartitioner()]).to_executorch()
+                (staging.path / name).write_bytes(program.buffer)
+                sha, size = file_digest(staging.path / name)
+                entries.append(ArtifactEntry(comp, comp, "executorch", "xnnpack", "fp32", name, sha, size,
+                                             infos(inputs, args), out_infos, {}, {}))
+                files.append(name)
+        manifest = Manifest(preset="tiny", resolution=TINY["resolution"], frames=TINY["frames"],
+                            latent_shape=TINY["latent"], source={"weights": "seeded", "seed": 0, "checkpoints": []},
+                            components=entries)
+        staging.commit(manifest, files)
+    return out
+
+
+def _cached_artifacts(request, name: str, build, sources: list[str]) -> Path:
+    """Build artifacts once per (builder source, library versions) into pytest's cache folder."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    text = "".join(sources)
+    for mod in ("torch", "executorch", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            text += f"{mod}={version(mod)};"
+        except PackageNotFoundError:
+            text += f"{mod}=-;"
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
+    root = Path(request.config.cache.mkdir("mi2v-bench-artifacts"))
+    folder = root / f"{name}-{key}"
+    if not (folder / "manifest.json").is_file():
+        tmp = root / f".{name}-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def standin(request) -> Path:
+    sources = [inspect.getsource(_standin_specs), inspect.getsource(export_artifacts)]
+    return _cached_artifacts(request, "standin", lambda out: export_artifacts(_standin_specs(), out), sources)
+
+
+def derive(src: Path, dst: Path, keep=lambda e: True, edit=None) -> Path:
+    """A copy of an artifacts folder with a filtered (and optionally edited) manifest."""
+    from mi2v_export.manifest import read_manifest
+
+    m = read_manifest(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    m.components = [e for e in m.components if keep(e)]
+    for e in m.components:
+        for f in e.files():
+            shutil.copyfile(src / f, dst / f)
+        if edit is not None:
+            edit(e, dst)
+    (dst / "manifest.json").write_text(json.dumps(m.to_dict(), indent=2))
+    return dst
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# running the CLI
+# --------------------------------------------------------------------------------------------------------------------
+
+_CLI = ("import sys, mi2v_export.cli as cli\n"
+        "if 'bench' not in cli.COMMAND_MODULES:\n"
+        "    import mi2v_export.commands.bench as b; b.register(cli.app)\n"
+        "sys.argv[0] = 'mi2v'\n"
+        "cli.main()\n")
+
+
+def mi2v(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
+    """`mi2v ARGS` as a user runs it (cli.main: one-line errors, exit codes), with `bench` registered."""
+    full_env = dict(os.environ if env is None else env)
+    full_env.update(COLUMNS="200", TERM="dumb", NO_COLOR="1")
+    return subprocess.run([sys.executable, "-c", _CLI, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd or REPO)
+
+
+def _adb_args(adb) -> list[str]:
+    return ["--adb", adb.path, "--adb-port", str(adb.server_port)]
+
+
+def _one_error_line(proc) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# units: device strings, selection, ELF checks, masks, failure messages
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_parse_device():
+    assert parse_device("host") == ("host", None)
+    assert parse_device("adb") == ("adb", None)
+    assert parse_device("adb:127.0.0.1:5555") == ("adb", "127.0.0.1:5555")
+    with pytest.raises(BadInputError, match="not host, adb or adb:SERIAL"):
+        parse_device("phone")
+
+
+def test_select_artifacts(standin, tmp_path):
+    from mi2v_export.manifest import read_manifest
+
+    m = read_manifest(standin)
+    auto = select_artifacts(m, "auto", "host")
+    assert [(s.component, s.runtime, s.entry.file) for s in auto] == [
+        ("encoder", "executorch", "encoder.pte"), ("denoiser", "executorch", "denoiser.pte"),
+        ("decoder", "executorch", "decoder.pte")]
+    ort = select_artifacts(m, "onnxruntime", "adb")
+    assert [s.entry.file for s in ort] == ["encoder.onnx", "denoiser.onnx", "decoder.onnx"]
+    # auto takes the runtime that covers every component; without one, each component takes what it has
+    no_enc_pte = read_manifest(derive(standin, tmp_path / "a", keep=lambda e: e.file != "encoder.pte"))
+    assert {s.runtime for s in select_artifacts(no_enc_pte, "auto", "host")} == {"onnxruntime"}
+    mixed = read_manifest(derive(standin, tmp_path / "mixed", keep=lambda e: e.file not in ("encoder.pte",
+                                                                                            "decoder.onnx")))
+    assert [s.runtime for s in select_artifacts(mixed, "auto", "host")] == ["onnxruntime", "executorch", "executorch"]
+    none = select_artifacts(mixed, "executorch", "host")[0]
+    assert none.entry is None and "no executorch artifact for the encoder" in none.reason
+
+    # a Vulkan .pte runs on a phone, not here; Core ML runs nowhere we bench
+    def vulkan(e, dst):
+        e.delegate = "vulkan"
+
+    vk = read_manifest(derive(standin, tmp_path / "vk", keep=lambda e: e.component == "decoder" and e.target ==
+                              "executorch", edit=vulkan))
+    sel = select_artifacts(vk, "auto", "host")
+    assert sel[0].entry is None and "the manifest has no encoder" in sel[0].reason
+    assert sel[2].entry is None and "vulkan, which this machine cannot execute" in sel[2].reason
+    assert select_artifacts(vk, "auto", "adb")[2].entry.delegate == "vulkan"
+    with pytest.raises(BadInputError, match="--runtime"):
+        select_artifacts(m, "tflite", "host")
+
+
+def _elf_stub(path: Path, machine: int = 183, bits: int = 64, interp: str | None = "/system/bin/linker64",
+              e_type: int = 3) -> Path:
+    """A minimal ELF header (+ a PT_INTERP program header) — enough for the architecture check."""
+    assert bits == 64
+    phoff, phnum = 64, 1 if interp else 0
+    head = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    head += struct.pack("<HHIQQQIHHHHHH", e_type, machine, 1, 0, phoff, 0, 0, 64, 56, phnum, 64, 0, 0)
+    body = b""
+    if interp:
+        data = interp.encode() + b"\0"
+        body = struct.pack("<IIQQQQQQ", 3, 4, 64 + 56, 0, 0, len(data), len(data), 1) + data
+    path.write_bytes(head + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_runner_checks(tmp_path):
+    arm = _elf_stub(tmp_path / "executor_runner")
+    info = inspect_runner(arm)
+    assert (info.kind, info.elf_class, info.machine, info.abi, info.interpreter) == (
+        "elf", 64, "aarch64", "arm64-v8a", "/system/bin/linker64")
+    assert check_runner(arm, "executor_runner", ["arm64-v8a", "armeabi-v7a"], simulated=False) == info
+    with pytest.raises(DeviceError, match=r"wrong architecture: it is 64-bit aarch64 \(arm64-v8a\) but the device "
+                                          r"runs x86_64, x86; rebuild"):
+        check_runner(arm, "executor_runner", ["x86_64", "x86"], simulated=False)
+    glibc = _elf_stub(tmp_path / "glibc_runner", interp="/lib/ld-linux-aarch64.so.1")
+    with pytest.raises(DeviceError, match="linked for desktop Linux .*Android NDK"):
+        check_runner(glibc, "executor_runner", ["arm64-v8a"], simulated=False)
+    lib = _elf_stub(tmp_path / "libonnxruntime.so", interp=None)
+    with pytest.raises(DeviceError, match="is a shared library, not an executable"):
+        check_runner(lib, "onnxruntime_perf_test", ["arm64-v8a"], simulated=False)
+    host_python = Path(os.path.realpath(sys.executable))
+    assert inspect_runner(host_python).abi == host_abi()  # this machine's own binaries
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    assert check_runner(script, "executor_runner", [host_abi()], simulated=True).kind == "script"
+    with pytest.raises(DeviceError, match="is a script, not a native binary"):
+        check_runner(script, "executor_runner", ["arm64-v8a"], simulated=False)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a program")
+    with pytest.raises(DeviceError, match=r"is not executable \(neither an ELF binary nor a #! script\)"):
+        check_runner(text, "executor_runner", ["arm64-v8a"], simulated=False)
+    with pytest.raises(DeviceError, match="does not exist: build executor_runner .*--runner PATH"):
+        check_runner(tmp_path / "missing", "executor_runner", ["arm64-v8a"], simulated=False)
+
+
+def test_runner_lookup_for_a_real_phone(tmp_path):
+    from mi2v_export.devices.android import AndroidSession
+
+    session = AndroidSession(adb=None, dev=None)  # find_runner only reads the facts below
+    session.props = {"ro.product.cpu.abilist": "arm64-v8a,armeabi-v7a,armeabi"}
+    with pytest.raises(DeviceError, match=r"no executor_runner for arm64-v8a: build it .*--runner PATH, or put it in "
+                                          r".*/runners/arm64-v8a/"):
+        session.find_runner("executor_runner", [], tmp_path)
+    folder = tmp_path / "runners" / "arm64-v8a"
+    folder.mkdir(parents=True)
+    _elf_stub(folder / "executor_runner")
+    _elf_stub(folder / "libqnn_executorch_backend.so", interp=None)
+    runner = session.find_runner("executor_runner", [], tmp_path)
+    assert runner.source == "artifacts folder" and [p.name for p in runner.libs] == ["libqnn_executorch_backend.so"]
+    (tmp_path / "build").mkdir()
+    ort = _elf_stub(tmp_path / "build" / "onnxruntime_perf_test")
+    _elf_stub(tmp_path / "build" / "libonnxruntime.so", interp=None)
+    r = session.find_runner("onnxruntime_perf_test", [folder / "executor_runner", ort], tmp_path)
+    assert r.local == ort and r.source == "--runner" and [p.name for p in r.libs] == ["libonnxruntime.so"]
+
+
+def test_cpu_masks_and_failure_messages():
+    cpus = parse_cpu_loop("cpu0 1800000 schedutil 300000\ncpu1 1800000 schedutil 300000\ncpu2 2400000 schedutil "
+                          "2400000\ncpu3 2400000 schedutil -\ncpu4 3000000 performance 3000000\nnoise\n")
+    assert [c["max_khz"] for c in cpus] == [1800000, 1800000, 2400000, 2400000, 3000000]
+    assert cpus[3]["cur_khz"] is None and cpus[4]["governor"] == "performance"
+    mask, rule = big_core_mask(cpus)  # three clusters: all but the little cores
+    assert mask == 0b11100 and "all but the slowest cluster" in rule
+    assert big_core_mask(cpus[:4])[0] == 0b1100  # two clusters: the fast one
+    assert big_core_mask(cpus[:2]) == (None, "all cores have the same max frequency: not pinned")
+    assert parse_mask("0xF0") == 0xF0 and format_list([0, 1, 2, 5]) == "0-2,5" and parse_list("0-2,5") == [0, 1, 2, 5]
+    with pytest.raises(ValueError, match="not a non-zero hex mask"):
+        parse_mask("zz")
+    assert "crashed with SIGSEGV (exit 139)" in diagnose_start(139, "", "executor_runner")
+    assert diagnose_start(255, "usage: ...", "onnxruntime_perf_test") is None  # exit(-1) is not a signal
+    assert "library libonnxruntime.so is missing" in diagnose_start(
+        1, 'CANNOT LINK EXECUTABLE "./onnxruntime_perf_test": library "libonnxruntime.so" not found', "ort")
+    assert "not executable on the device" in diagnose_start(126, "Permission denied", "executor_runner")
+    assert "ELF interpreter or a library is missing" in diagnose_start(127, "not found", "executor_runner")
+    msg = runner_failure("executor_runner", 134, "Backend VulkanBackend is not registered.", ["VulkanBackend"], [])
+    assert "SIGABRT" in msg and "rebuild executor_runner with -DEXECUTORCH_BUILD_VULKAN=ON" in msg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# host
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_host_bench_both_runtimes_table_plot_and_compare(standin, tmp_path):
+    reports = {}
+    for rt in ("onnxruntime", "executorch"):
+        out = tmp_path / f"{rt}.json"
+        args = ["bench", "--artifacts", standin, "--device", "host", "--runtime", rt, "--iterations", "5",
+                "--warmup", "2", "--json", out]
+        if rt == "executorch":
+            args += ["--plot", tmp_path / "host.png", "--steps", "1", "--runs", "2"]
+        proc = mi2v(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert "per-frame latency, 1 step:" in proc.stdout and "per-frame latency, 2 steps:" in proc.stdout
+        assert f"report: {out}" in proc.stdout
+        reports[rt] = json.loads(out.read_text())
+    ort, et = reports["onnxruntime"], reports["executorch"]
+    assert ort["schema"] == "mi2v.bench/1" and ort["status"] == "ok" and ort["error"] is None
+    assert ort["device"]["transport"] == "host" and ort["device"]["simulated_device"] is False
+    assert ort["artifacts"]["preset"] == "tiny" and ort["frames"] == 9
+    for r, runs, fmt, backend in ((ort, 1, "onnx", "cpu"), (et, 2, "pte", "xnnpack")):
+        for c in r["components"]:
+            assert c["status"] == "ok" and c["artifact"]["format"] == fmt and c["runtime"]["backend"] == backend
+            assert c["artifact"]["sha256"] and c["artifact"]["precision"] == "fp32"
+            assert len(c["runs"]) == runs and all(len(run["samples_ms"]) == 5 and len(run["warmup_ms"]) == 2
+                                                  for run in c["runs"])
+            lat = c["summary"]["latency_ms"]
+            assert lat["n"] == 5 * runs and lat["min"] <= lat["p50"] <= lat["p90"] <= lat["max"]
+            assert c["summary"]["load_ms"]["median"] > 0 and c["summary"]["peak_rss_kb"] > 0
+        med = {c["component"]: c["summary"]["latency_ms"]["p50"] for c in r["components"]}
+        for steps in (1, 2):
+            want = (med["encoder"] + steps * med["denoiser"] + med["decoder"]) / 9
+            assert r["per_frame_ms"][str(steps)] == pytest.approx(want)
+    assert et["headline"]["steps"] == 1 and et["headline"]["per_frame_ms"] == et["per_frame_ms"]["1"]
+    assert any("not pinned" in u for u in ort["conditions"]["uncontrolled"])
+    assert (tmp_path / "host.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    proc = mi2v("bench", "compare", tmp_path / "onnxruntime.json", tmp_path / "executorch.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "per-frame ms (2 steps)" in proc.stdout and "denoiser p50 ms" in proc.stdout and "×" in proc.stdout
+    rows = json.loads(mi2v("bench", "compare", tmp_path / "onnxruntime.json", tmp_path / "executorch.json",
+                           "--json").stdout)
+    row = next(r for r in rows if r["metric"] == "per-frame ms (2 steps)")
+    assert row["ratio"] == pytest.approx(et["per_frame_ms"]["2"] / ort["per_frame_ms"]["2"])
+
+
+def test_host_errors_are_one_line(standin, tmp_path):
+    proc = mi2v("bench", "--artifacts", tmp_path / "nowhere", "--device", "host")
+    assert proc.returncode == 2 and "no such artifacts folder" in _one_error_line(proc)
+    proc = mi2v("bench", "--artifacts", standin, "--device", "phone")
+    assert proc.returncode == 2 and "not host, adb or adb:SERIAL" in _one_error_line(proc)
+    proc = mi2v("bench", "--artifacts", standin, "--steps", "4")
+    assert proc.returncode == 2 and "1 or 2 denoising steps" in _one_error_line(proc)
+    # a file changed after export: that component fails, the others are measured, the report is partial
+    tampered = derive(standin, tmp_path / "tampered", keep=lambda e: e.target == "onnx")
+    with open(tampered / "decoder.onnx", "ab") as fh:
+        fh.write(b"\0")
+    out = tmp_path / "t.json"
+    proc = mi2v("bench", "--artifacts", tampered, "--iterations", "2", "--warmup", "0", "--json", out)
+    assert proc.returncode == 2
+    assert "decoder: " in _one_error_line(proc) and "changed after export" in proc.stderr
+    rep = json.loads(out.read_text())
+    assert rep["status"] == "partial" and [c["status"] for c in rep["components"]] == ["ok", "ok", "failed"]
+    assert rep["per_frame_ms"] == {"1": None, "2": None}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the simulated phone through the real adb client and server
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adb(tmp_path_factory):
+    client = _private_adb(tmp_path_factory.mktemp("adb-home"))
+    try:
+        yield client
+    finally:
+        client.kill_server()  # only the server on our private port
+
+
+@pytest.fixture(scope="module")
+def phone(adb):
+    with SimulatedPhone() as p:
+        assert adb.connect(p.serial).state == "device"
+        yield p
+        adb.disconnect(p.serial)
+
+
+def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
+    out = tmp_path / "phone.json"
+    args = ["bench", "--artifacts", standin, "--device", f"adb:{phone.serial}", *_adb_args(adb),
+            "--iterations", "4", "--warmup", "2", "--cooldown", "0"]
+    proc = mi2v(*args, "--runtime", "executorch", "--json", out, env=adb.env)
+    assert proc.returncode == 0, proc.stderr
+    assert "per-frame latency, 2 steps:" in proc.stdout and "simulated phone" in proc.stdout
+    rep = json.loads(out.read_text())
+    dev = rep["device"]
+    assert dev["simulated_device"] is True and dev["transport"] == "adb" and dev["serial"] == phone.serial
+    assert dev["model"] == "Simulated Phone" and dev["abi"] == host_abi() and dev["os_version"] == "15"
+    assert dev["cpus"] and dev["max_khz"] and dev["governors"] and dev["toybox_time"] is True
+    assert rep["conditions"]["before"]["thermal_status"] == 0 and rep["conditions"]["before"]["battery"]["temp_c"]
+    assert rep["conditions"]["after"]["temps_c"]["AP"] == 36.5
+    assert any("simulated phone" in u for u in rep["conditions"]["uncontrolled"])
+    assert rep["host"]["adb"]["version"].startswith("1.0.")
+    remote = rep["staging"]["remote_dir"]
+    assert remote.startswith("/data/local/tmp/mi2v/") and sorted(rep["staging"]["pushed"]) == sorted(
+        ["executor_runner", "encoder.pte", "denoiser.pte", "decoder.pte"])
+    local_remote = phone.root / remote.lstrip("/")
+    assert (local_remote / "denoiser.pte").read_bytes() == (standin / "denoiser.pte").read_bytes()
+    for c in rep["components"]:
+        assert c["status"] == "ok", c
+        assert c["runtime"]["runner"] == "executor_runner" and c["runtime"]["runner_source"].startswith("host runner")
+        assert len(c["runtime"]["runner_sha256"]) == 64 and c["runtime"]["backend"] == "xnnpack"
+        run = c["runs"][0]
+        assert len(run["samples_ms"]) == 4 and len(run["warmup_ms"]) == 2 and run["exit_code"] == 0
+        assert run["load_ms"] > 0 and run["peak_rss_kb"] > 10_000 and run["peak_rss_method"] == "toybox-time"
+        assert c["conditions"]["before"]["thermal_status"] == 0 and "after" in c["conditions"]
+    assert rep["per_frame_ms"]["1"] > 0 and rep["per_frame_ms"]["2"] > rep["per_frame_ms"]["1"]
+    if rep["protocol"]["affinity_mask"]:  # the phone has the host's cores: pinned only with frequency clusters
+        assert rep["protocol"]["affinity_granted"]
+    else:
+        assert any("CPU affinity" in u for u in rep["conditions"]["uncontrolled"])
+
+    # the encoder again, with an ETDump: runner and model are already there (same sha256), nothing is pushed
+    out2 = tmp_path / "again.json"
+    proc = mi2v(*args, "--runtime", "executorch", "--components", "encoder", "--etdump", "--json", out2,
+                env=adb.env)
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(out2.read_text())
+    assert again["staging"]["remote_dir"] == remote and again["staging"]["pushed"] == []
+    assert sorted(again["staging"]["already_there"]) == ["encoder.pte", "executor_runner"]
+    etdump = out2.parent / again["components"][0]["runtime"]["etdump"]
+    assert etdump.is_file() and etdump.stat().st_size > 0  # the separate profiling run's ETDump, pulled
+
+    # ONNX Runtime, pinned to core 0 with an explicit mask; the .onnx external-data files travel with the models
+    out3 = tmp_path / "ort.json"
+    proc = mi2v(*args, "--runtime", "onnxruntime", "--cpu-mask", "1", "--json", out3, env=adb.env)
+    assert proc.returncode == 0, proc.stderr
+    ort = json.loads(out3.read_text())
+    assert ort["protocol"]["affinity_mask"] == "1" and ort["protocol"]["affinity_granted"] == "0"
+    assert ort["protocol"]["threads"] == 1
+    assert {"onnxruntime_perf_test", "decoder.onnx", "decoder.onnx.data"} <= set(ort["staging"]["pushed"])
+    for c in ort["components"]:
+        assert c["status"] == "ok" and c["runtime"]["runner"] == "onnxruntime_perf_test"
+        run = c["runs"][0]
+        assert len(run["samples_ms"]) == 4 and len(run["warmup_ms"]) == 2 and run["first_iteration_ms"] is not None
+        assert run["threads"] == 1 and run["peak_rss_method"] == "toybox-time"
+
+
+def test_old_phone_without_shell_v2(adb, standin, tmp_path):
+    # adb loses exit codes and merges stderr there: the exit-code markers still tell success from failure
+    with SimulatedPhone(shell_v2=False) as old:
+        adb.connect(old.serial)
+        try:
+            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--components",
+                                     "encoder")
+            assert proc.returncode == 0, proc.stderr
+            assert rep["device"]["shell_v2"] is False and rep["components"][0]["summary"]["latency_ms"]["n"] == 2
+            bad = tmp_path / "onnxruntime_perf_test"
+            bad.write_text("#!/bin/sh\ncase \"$1\" in -h) echo usage; exit 1;; esac\necho boom >&2; exit 3\n")
+            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--components",
+                                     "encoder", "--runner", bad, name="bad.json")
+            assert proc.returncode == 5 and "onnxruntime_perf_test failed (exit 3): boom" in _one_error_line(proc)
+        finally:
+            adb.disconnect(old.serial)
+
+
+def test_without_toybox_time_vmhwm_is_polled(adb, phone, standin, tmp_path):
+    from mi2v_export.devices.android import AndroidSession, StagedFile, file_sha256
+
+    session = AndroidSession(adb, adb.pick_device(phone.serial))
+    try:
+        session.fingerprint()
+        assert session.simulated and session.has_toybox_time
+        session.has_toybox_time = False  # as on a phone whose toybox lacks `time`
+        runner = session.find_runner("executor_runner", [], standin)
+        session.set_remote_dir([StagedFile(runner.local, runner.name, runner.sha256)])
+        session.prepare_runner(runner)
+        model = standin / "encoder.pte"
+        session.stage([StagedFile(model, model.name, file_sha256(model))])
+        run, text = session.run_executorch(runner, "encoder.pte", None, 1, 3, timeout=120)
+        assert len(run.samples_ms) == 3 and run.peak_rss_method == "vmhwm-poll" and run.peak_rss_kb > 10_000
+        assert "Max RSS" not in text and "__MI2V" not in text
+    finally:
+        session.close()
+
+
+def test_no_device(tmp_path, standin):
+    empty = _private_adb(tmp_path / "home")
+    try:
+        out = tmp_path / "r.json"
+        proc = mi2v("bench", "--artifacts", standin, "--device", "adb", *_adb_args(empty), "--json", out,
+                    env=empty.env)
+        assert proc.returncode == 5
+        assert "no Android device is connected" in _one_error_line(proc) and f"report: {out}" in proc.stderr
+        rep = json.loads(out.read_text())
+        assert rep["status"] == "failed" and all(c["status"] == "skipped" and c["error"].startswith("not run: no "
+                                                                                                     "Android")
+                                                 for c in rep["components"])
+    finally:
+        empty.kill_server()
+
+
+@pytest.mark.parametrize("state", ["unauthorized", "offline"])
+def test_unauthorized_and_offline(adb, standin, tmp_path, state):
+    with SimulatedPhone(state=state) as p:
+        assert adb.connect(p.serial, timeout=2).state == state
+        try:
+            proc = mi2v("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb), "--json",
+                        tmp_path / "r.json", env=adb.env)
+            line = _one_error_line(proc)
+            assert proc.returncode == 5
+            if state == "unauthorized":
+                assert "unauthorized: unlock the phone and accept the 'Allow USB debugging?' dialog" in line
+            else:
+                assert "offline: reconnect the cable or run `adb reconnect`" in line
+            assert json.loads((tmp_path / "r.json").read_text())["status"] == "failed"
+        finally:
+            adb.disconnect(p.serial)
+
+
+def test_several_devices_need_a_serial(adb, phone, standin, tmp_path):
+    with SimulatedPhone() as other:
+        adb.connect(other.serial)
+        try:
+            proc = mi2v("bench", "--artifacts", standin, "--device", "adb", *_adb_args(adb), "--json",
+                        tmp_path / "r.json", env=adb.env)
+            assert proc.returncode == 5
+            assert "several devices are connected" in _one_error_line(proc) and "--device adb:SERIAL" in proc.stderr
+        finally:
+            adb.disconnect(other.serial)
+
+
+def test_full_storage_gives_a_partial_report(adb, standin, tmp_path):
+    # room for the runner and the encoder, not for the denoiser: the encoder is measured, the rest fails clearly
+    sizes = {n: (standin / n).stat().st_size for n in ("encoder.pte", "denoiser.pte", "decoder.pte")}
+    free = sizes["encoder.pte"] + 200_000
+    assert sizes["denoiser.pte"] > 200_000
+    with SimulatedPhone(storage_free_bytes=free) as p:
+        adb.connect(p.serial)
+        try:
+            out = tmp_path / "r.json"
+            proc = mi2v("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb),
+                        "--runtime", "executorch", "--iterations", "2", "--warmup", "1", "--cooldown", "0",
+                        "--json", out, env=adb.env)
+            assert proc.returncode == 5
+            line = _one_error_line(proc)
+            assert "denoiser: device" in line and "ran out of storage while pushing denoiser.pte" in line
+            assert "free space" in line and f"report: {out}" in line
+            rep = json.loads(out.read_text())
+            assert rep["status"] == "partial" and rep["error"] == line[len("error: "):].split(" (report:")[0]
+            status = {c["component"]: c["status"] for c in rep["components"]}
+            assert status["encoder"] == "ok" and status["denoiser"] == "failed"
+            assert rep["components"][0]["summary"]["latency_ms"]["n"] == 2
+        finally:
+            adb.disconnect(p.serial)
+
+
+def _bench_phone(adb, phone, artifacts, tmp_path, *extra, name="r.json"):
+    out = tmp_path / name
+    proc = mi2v("bench", "--artifacts", artifacts, "--device", f"adb:{phone.serial}", *_adb_args(adb),
+                "--iterations", "2", "--warmup", "1", "--cooldown", "0", "--json", out, *extra, env=adb.env)
+    rep = json.loads(out.read_text()) if out.exists() else None
+    return proc, rep
+
+
+def test_runner_missing_not_executable_wrong_architecture(adb, phone, standin, tmp_path):
+    pte = derive(standin, tmp_path / "pte", keep=lambda e: e.target == "executorch" and e.component == "encoder")
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", tmp_path / "nope" / "executor_runner")
+    assert proc.returncode == 5 and "does not exist: build executor_runner" in _one_error_line(proc)
+    assert rep["components"][0]["status"] == "failed"
+    notes = tmp_path / "executor_runner"
+    notes.write_text("this is a README, not a program\n")
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", notes)
+    assert proc.returncode == 5 and "is not executable (neither an ELF binary nor a #! script)" in _one_error_line(
+        proc)
+    (tmp_path / "arm").mkdir()
+    arm = _elf_stub(tmp_path / "arm" / "executor_runner", machine=183 if host_abi() != "arm64-v8a" else 62)
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", arm)
+    line = _one_error_line(proc)
+    assert proc.returncode == 5 and "has the wrong architecture" in line and f"the device runs {host_abi()}" in line
+    assert rep["staging"] == {} or rep["staging"].get("pushed") == []  # refused before anything was pushed
+
+
+def test_simulated_phone_with_a_foreign_abi_needs_a_matching_runner(adb, standin, tmp_path):
+    # a profile can make the simulated phone an arm64 one: then the host runner is not pushed, and a real binary of
+    # this machine (the Python interpreter, renamed) is refused by its ELF header
+    from mi2v_export.devices.simulate import DeviceProfile
+
+    foreign = "arm64-v8a" if host_abi() != "arm64-v8a" else "x86_64"
+    with SimulatedPhone(profile=DeviceProfile(abi=foreign)) as p:
+        adb.connect(p.serial)
+        try:
+            pte = derive(standin, tmp_path / "pte", keep=lambda e: e.file == "encoder.pte")
+            proc, rep = _bench_phone(adb, p, pte, tmp_path)
+            assert proc.returncode == 5 and f"no executor_runner for {foreign}: build it" in _one_error_line(proc)
+            host_binary = tmp_path / "bin" / "executor_runner"
+            host_binary.parent.mkdir()
+            shutil.copyfile(os.path.realpath(sys.executable), host_binary)
+            proc, rep = _bench_phone(adb, p, pte, tmp_path, "--runner", host_binary)
+            line = _one_error_line(proc)
+            assert proc.returncode == 5 and "has the wrong architecture: it is 64-bit" in line
+            assert f"but the device runs {foreign}" in line and rep["device"]["abi"] == foreign
+        finally:
+            adb.disconnect(p.serial)
+
+
+def test_runner_crash_and_missing_delegate(adb, phone, standin, tmp_path):
+    # a runner that starts (its --help works) and dies with SIGSEGV on the real run
+    crash = tmp_path / "crash" / "executor_runner"
+    crash.parent.mkdir()
+    crash.write_text("#!/bin/sh\n"
+                     "for a; do if [ \"$a\" = --help ]; then\n"
+                     "  printf '    -model_path (m) type: string\\n    -num_executions (n) type: uint32\\n'\n"
+                     "  printf '    -print_output (p) type: string\\n'; exit 1; fi; done\n"
+                     "echo 'I 00:00:00.000100 executorch:executor_runner.cpp:383] Model file m is loaded.' >&2\n"
+                     "kill -SEGV $$\n")
+    pte = derive(standin, tmp_path / "pte", keep=lambda e: e.target == "executorch")
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", crash, "--components", "encoder")
+    line = _one_error_line(proc)
+    assert proc.returncode == 5 and "encoder: executor_runner crashed with SIGSEGV (exit 139)" in line
+    enc = rep["components"][0]
+    assert enc["status"] == "failed" and (tmp_path / enc["runtime"]["failure_log"]).read_text().count("loaded")
+
+    # a .pte delegated to Vulkan on a runner built without it: the real runner logs and aborts (ET_CHECK_MSG)
+    def vulkan(e, dst):
+        with open(dst / e.file, "ab") as fh:
+            fh.write(b"VulkanBackend")  # the delegate id the runner scans for; the program still loads
+        from mi2v_export.manifest import file_digest
+
+        e.delegate = "vulkan"
+        e.sha256, e.bytes = file_digest(dst / e.file)
+
+    vk = derive(standin, tmp_path / "vk", keep=lambda e: e.target == "executorch", edit=lambda e, d: vulkan(e, d)
+                if e.component == "decoder" else None)
+    proc, rep = _bench_phone(adb, phone, vk, tmp_path, name="vk.json")
+    line = _one_error_line(proc)
+    assert proc.returncode == 5 and "decoder: executor_runner crashed with SIGABRT (exit 134)" in line
+    assert "delegated to VulkanBackend" in line and "-DEXECUTORCH_BUILD_VULKAN=ON" in line
+    assert rep["status"] == "partial"
+    assert [c["status"] for c in rep["components"]] == ["ok", "ok", "failed"]
+    assert rep["per_frame_ms"]["2"] is None
+
+
+def test_timeout_kills_the_run_and_goes_on(adb, phone, standin, tmp_path):
+    pte = derive(standin, tmp_path / "pte", keep=lambda e: e.target == "executorch" and e.component != "decoder")
+    t0 = time.monotonic()
+    out = tmp_path / "r.json"
+    proc = mi2v("bench", "--artifacts", pte, "--device", f"adb:{phone.serial}", *_adb_args(adb), "--iterations",
+                "1000000", "--warmup", "0", "--timeout", "4", "--cooldown", "0", "--json", out, env=adb.env)
+    assert time.monotonic() - t0 < 120
+    line = _one_error_line(proc)
+    assert proc.returncode == 5 and "encoder: timeout: executor_runner did not finish the encoder within 4 s" in line
+    assert "raise --timeout or lower --iterations" in line
+    rep = json.loads(out.read_text())
+    assert [c["status"] for c in rep["components"]][:2] == ["failed", "failed"]  # both hit the limit
+    assert rep["components"][2]["status"] == "skipped" and "no decoder" in rep["components"][2]["error"]
+    deadline = time.monotonic() + 15
+    while phone._procs and time.monotonic() < deadline:  # adb hung up: the phone killed the runner
+        time.sleep(0.2)
+    assert not phone._procs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the real tiny preset (slow: XNNPACK lowering of the real components takes minutes on 2 cores)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tiny_preset_host_and_simulated_phone(request, adb, phone, tmp_path):
+    pytest.importorskip("mi2v_export.exporters.orchestrate")
+    code = sorted((REPO / "exporters").glob("*.py")) + sorted((REPO / "mi2v_export" / "models").glob("*.py"))
+    sources = [inspect.getsource(_tiny_preset_export)] + [p.read_text() for p in code]
+    tiny = _cached_artifacts(request, "tiny-preset", _tiny_preset_export, sources)
+    for device in ("host", f"adb:{phone.serial}"):
+        for rt in ("onnxruntime", "executorch"):
+            out = tmp_path / f"{rt}-{device.replace(':', '_')}.json"
+            proc = mi2v("bench", "--artifacts", tiny, "--device", device, *_adb_args(adb), "--runtime", rt,
+                        "--iterations", "5", "--warmup", "2", "--cooldown", "0", "--json", out, env=adb.env)
+            assert proc.returncode == 0, proc.stderr
+            rep = json.loads(out.read_text())
+            assert rep["status"] == "ok" and rep["per_frame_ms"]["2"] > 0
+            assert rep["device"]["simulated_device"] is (device != "host")
+
+
+def test_report_reads_back(standin, tmp_path):
+    report, path, error = run_bench(BenchOptions(artifacts=standin, runtime="onnxruntime", iterations=2, warmup=0,
+                                                 components=("encoder",), json_path=tmp_path / "e.json"))
+    assert error is None and report.per_frame_ms(2) is None  # only the encoder was asked for: no headline
+    again = BenchReport.load(path)
+    assert again.component("encoder").status == "ok" and again.artifacts["preset"] == "tiny"
