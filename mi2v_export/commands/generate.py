@@ -122,7 +122,7 @@ def generate(
             warnings.simplefilter("always")
             stages = pl.build_stages(p.name, decoder_kind, geo, arts, fallback=fallback, parts=parts, use=use_map,
                                      progress=report("" if not compare_to else "artifacts · "))
-        load_s = {"run": time.perf_counter() - t0}
+        host_s = {"run": time.perf_counter() - t0}
         precision = pl.precision_of(stages)
         result = pl.Pipeline(stages).generate(img, config, report("" if not compare_to else "artifacts · "))
         reference = None
@@ -138,20 +138,24 @@ def generate(
                 ref_stages = {c: reuse.get(c) or pl.torch_stage(c, p.name, decoder_kind, parts)
                               for c in pl.COMPONENTS}
             caught += more
-            load_s["reference"] = time.perf_counter() - t0
+            host_s["reference"] = time.perf_counter() - t0
             # the reference uses the posterior mode the artifact run ended up with, so both start alike
             reference = pl.Pipeline(ref_stages).generate(img, config, report("reference · "),
                                                          posterior=result.posterior)
             del ref_stages, reuse
         notes += _seeded_notes(caught)
 
+        comparison = None
+        if reference is not None:
+            compare_task = progress.add_task("compare (PSNR, SSIM)", total=1)
+            t0 = time.perf_counter()
+            threshold = min_psnr if min_psnr is not None else pl.VIDEO_PSNR_MIN_DB[precision]
+            comparison = pl.compare_runs(result, reference, threshold)
+            host_s["compare"] = time.perf_counter() - t0
+            progress.update(compare_task, completed=1)
         write_task = progress.add_task("write video", total=1)
         t0 = time.perf_counter()
         sheet = pl.contact_sheet_path(out)
-        comparison = None
-        if reference is not None:
-            threshold = min_psnr if min_psnr is not None else pl.VIDEO_PSNR_MIN_DB[precision]
-            comparison = pl.compare_runs(result, reference, threshold)
         pl.write_video(result.frames, out, fps=fps)
         pl.write_contact_sheet(result.frames, sheet)
         if comparison is not None and json_out is not None:
@@ -161,7 +165,7 @@ def generate(
         progress.update(write_task, completed=1)
 
     notes += result.notes
-    _print_summary(result, reference, load_s, write_s)
+    _print_summary(result, reference, host_s, write_s)
     for note in dict.fromkeys(notes):
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"wrote {out} and {sheet}" + (f" and {json_out}" if comparison and json_out else ""))
@@ -183,7 +187,7 @@ def _seeded_notes(caught) -> list[str]:
             "noise (reproducible, fine for testing)"]
 
 
-def _print_summary(result, reference, load_s: dict, write_s: float) -> None:
+def _print_summary(result, reference, host_s: dict, write_s: float) -> None:
     table = Table(title="per-stage timings (host)")
     table.add_column("stage")
     table.add_column("back-end")
@@ -200,7 +204,7 @@ def _print_summary(result, reference, load_s: dict, write_s: float) -> None:
     def ref(key):
         return reference.timings[key] if reference is not None else None
 
-    row("load models", "", load_s["run"], load_s.get("reference"))
+    row("load models", "", host_s["run"], host_s.get("reference"))
     row("preprocess", "", result.timings["preprocess"], ref("preprocess"))
     row("encode", result.backends["encoder"], result.timings["encode"], ref("encode"))
     n = len(result.step_times)
@@ -209,6 +213,8 @@ def _print_summary(result, reference, load_s: dict, write_s: float) -> None:
         result.timings["denoise"], ref("denoise"))
     row("decode", result.backends["decoder"], result.timings["decode"], ref("decode"))
     row("postprocess", "", result.timings["postprocess"], ref("postprocess"))
+    if "compare" in host_s:
+        row("compare (latents, PSNR, SSIM)", "", host_s["compare"])
     row("write mp4 + contact sheet", "", write_s)
     console.print(table)
 
