@@ -76,7 +76,7 @@ def render_report(report, path: Path | None = None) -> None:
                           "(needs encoder, denoiser and decoder)")
         else:
             console.print(f"per-frame latency, {steps} step{'s' if steps > 1 else ''}: [bold]{v:.2f} ms[/bold] "
-                          f"({1000.0 / v:.1f} frames/s) = (encoder + {steps} × denoiser + decoder) p50 / "
+                          f"({1000.0 / v:.3g} frames/s) = (encoder + {steps} × denoiser + decoder) p50 / "
                           f"{report.frames} frames{mark}")
     for c in report.components:
         if c.status != "ok" and c.error:
