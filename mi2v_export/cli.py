@@ -41,7 +41,9 @@ def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except Mi2vError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
