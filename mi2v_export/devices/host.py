@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import BadInputError, MissingDependencyError
 from .report import RunResult
-from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte
+from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte, pte_input_specs
 
 RUNTIMES = ("onnxruntime", "executorch")
 
@@ -149,12 +149,7 @@ def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) ->
         raise BadInputError(f"the ExecuTorch runtime cannot load {path.name}: {str(exc).splitlines()[0]}") from None
     load_ms = (time.perf_counter() - t0) * 1000
     meta = method.metadata
-    dtypes = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64, 5: torch.float16,
-              6: torch.float32, 7: torch.float64, 11: torch.bool, 15: torch.bfloat16}
-    specs = []
-    for i in range(meta.num_inputs()):
-        tmeta = meta.input_tensor_meta(i)
-        specs.append((tuple(tmeta.sizes()), dtypes.get(int(tmeta.dtype()), torch.float32)))
+    specs = pte_input_specs(meta)
     warm, samples = [], []
     for k in range(warmup + iterations):
         inputs = [torch.ones(shape, dtype=dt) for shape, dt in specs]

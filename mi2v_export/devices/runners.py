@@ -214,6 +214,19 @@ def backends_in_pte(data: bytes) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def pte_input_specs(meta) -> list[tuple[tuple[int, ...], object]]:
+    """(shape, torch dtype) of each input of an ExecuTorch method, from its metadata (ScalarType codes)."""
+    import torch
+
+    dtypes = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64, 5: torch.float16,
+              6: torch.float32, 7: torch.float64, 11: torch.bool, 15: torch.bfloat16}
+    specs = []
+    for i in range(meta.num_inputs()):
+        tmeta = meta.input_tensor_meta(i)
+        specs.append((tuple(tmeta.sizes()), dtypes.get(int(tmeta.dtype()), torch.float32)))
+    return specs
+
+
 def write_host_runner(name: str, folder: str | os.PathLike[str], python: str | None = None) -> Path:
     """Write an executable `folder/<name>` that stands in for the real runner on this machine's ABI."""
     if name not in _HOST_RUNNERS:
@@ -423,12 +436,7 @@ def _executor_runner(argv: list[str]) -> int:
     after_load = time.perf_counter_ns()
     log(f"Model loaded in {(after_load - before_load) / 1e6:f} ms.", line=530)
 
-    dtypes = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64, 5: torch.float16,
-              6: torch.float32, 7: torch.float64, 11: torch.bool, 15: torch.bfloat16}
-    specs = []
-    for i in range(meta.num_inputs()):
-        tmeta = meta.input_tensor_meta(i)
-        specs.append((tuple(tmeta.sizes()), dtypes.get(int(tmeta.dtype()), torch.float32)))
+    specs = pte_input_specs(meta)
     spent = 0
     outputs = []
     for i in range(n):
