@@ -55,10 +55,13 @@ def _stdout_to_stderr(enabled: bool):
 
 
 @contextlib.contextmanager
-def _interrupts_clean_up():
+def _interrupts_clean_up(seen: dict):
     """Ctrl-C (SIGINT, even when inherited as ignored, e.g. from a background job) and SIGTERM raise
-    KeyboardInterrupt, so the export unwinds: staging folder removed, output folder untouched."""
+    KeyboardInterrupt, so the export unwinds: staging folder removed, output folder untouched. `seen["signal"]`
+    records the signal, because a library may catch the KeyboardInterrupt and re-raise it as its own error
+    (torch.export does)."""
     def handler(signum, frame):
+        seen["signal"] = True
         raise KeyboardInterrupt
 
     try:
@@ -137,11 +140,14 @@ def export(
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    seen = {"signal": False}
     try:
-        with _interrupts_clean_up(), _stdout_to_stderr(json_out):
+        with _interrupts_clean_up(seen), _stdout_to_stderr(json_out):
             with Progress(*columns, console=err_console, transient=False) as progress:
                 report = run_export(plan, _RichProgress(progress))
-    except KeyboardInterrupt:
+    except BaseException:  # whatever the signal surfaced as
+        if not seen["signal"]:
+            raise
         raise ExportInterrupted(f"interrupted; nothing was written to {out} (earlier artifacts there are "
                                 "untouched)") from None
 
