@@ -11,6 +11,7 @@ The slow test compiles the app's Android-free Kotlin core with a real kotlinc wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -394,7 +395,11 @@ sys.stdout.write(Path(os.environ["MI2V_INSTRUMENT_OUT"]).read_text())
 '''
 
 
-def test_via_app_through_real_adb_and_the_simulated_phone(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def _app_phone(tmp_path: Path, monkeypatch):
+    """The real adb client and server on a private port, a simulated phone connected to it, and stand-ins for
+    `pm`, `run-as` and `am instrument` on that phone (the app's builds already installed). Yields
+    (adb, phone, app_dir)."""
     from mi2v_export.devices.adb import Adb, find_adb
     from mi2v_export.devices.simulate import SimulatedPhone
 
@@ -428,33 +433,134 @@ def test_via_app_through_real_adb_and_the_simulated_phone(tmp_path, monkeypatch)
                     'cd "$MI2V_DEVICE_ROOT/data/data/$pkg" && exec "$@"\n')
             (bin_dir / "am").write_text(f"#!{sys.executable}\n" + _FAKE_AM)
             (bin_dir / "am").chmod(0o755)
-
-            dev = adb.pick_device(phone.serial)
-            folder = _write_manifest(tmp_path / "art")
-            said: list[str] = []
-            report = aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir, keep=True, say=said.append)
-            validate(report)
-            assert report["device"]["simulated_device"] is True and report["device"]["serial"] == phone.serial
-            assert report["protocol"]["iterations"] == 7 and report["frames"] == 9
-            assert [c["runtime"]["runner"] for c in report["components"]] == ["android-app"] * 3
-            assert report["components"][0]["artifact"]["path"] == str(folder / "encoder.pte")
-            assert sorted(report["staging"]["pushed"]) == ["decoder.pte", "denoiser.pte", "encoder.pte"]
-            assert report["staging"]["installed"] == []
-            argv = json.loads((phone.root / "am-argv.json").read_text())
-            assert argv[argv.index("iterations") + 1] == "7" and argv[argv.index("warmup") + 1] == "2"
-            assert not any(m.startswith("installing") for m in said)
-            # again: the artifacts are on the phone already, so nothing is pushed; then cleaned up
-            again = aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir)
-            assert again["staging"]["pushed"] == []
-            assert not (phone.sandbox / "mi2v" / "app").exists()
-            # the app failing: one line, with the instrumentation's reason
-            monkeypatch.setenv("MI2V_INSTRUMENT_OUT", str(DATA / "instrument_not_installed.txt"))
-            with pytest.raises(MissingDependencyError) as e:
-                aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir)
-            assert "make android-install SERIAL=" in _one_line(e.value)
+            yield adb, phone, app_dir
             adb.disconnect(phone.serial)
     finally:
         adb.kill_server()
+
+
+def test_via_app_through_real_adb_and_the_simulated_phone(tmp_path, monkeypatch):
+    with _app_phone(tmp_path, monkeypatch) as (adb, phone, app_dir):
+        dev = adb.pick_device(phone.serial)
+        folder = _write_manifest(tmp_path / "art")
+        said: list[str] = []
+        report = aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir, keep=True, say=said.append)
+        validate(report)
+        assert report["device"]["simulated_device"] is True and report["device"]["serial"] == phone.serial
+        assert report["protocol"]["iterations"] == 7 and report["frames"] == 9
+        assert [c["runtime"]["runner"] for c in report["components"]] == ["android-app"] * 3
+        assert report["components"][0]["artifact"]["path"] == str(folder / "encoder.pte")
+        assert sorted(report["staging"]["pushed"]) == ["decoder.pte", "denoiser.pte", "encoder.pte"]
+        assert report["staging"]["installed"] == []
+        argv = json.loads((phone.root / "am-argv.json").read_text())
+        assert argv[argv.index("iterations") + 1] == "7" and argv[argv.index("warmup") + 1] == "2"
+        assert not any(m.startswith("installing") for m in said)
+        # again: the artifacts are on the phone already, so nothing is pushed; then cleaned up
+        again = aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir)
+        assert again["staging"]["pushed"] == []
+        assert not (phone.sandbox / "mi2v" / "app").exists()
+        # the app failing: one line, with the instrumentation's reason
+        monkeypatch.setenv("MI2V_INSTRUMENT_OUT", str(DATA / "instrument_not_installed.txt"))
+        with pytest.raises(MissingDependencyError) as e:
+            aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir)
+        assert "make android-install SERIAL=" in _one_line(e.value)
+
+
+def _mi2v(*args, env=None) -> subprocess.CompletedProcess:
+    full = dict(os.environ if env is None else env)
+    full.update(COLUMNS="200", TERM="dumb", NO_COLOR="1")
+    return subprocess.run([sys.executable, "-m", "mi2v_export.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env=full, cwd=REPO)
+
+
+def test_bench_via_app_from_the_cli(tmp_path, monkeypatch):
+    """`mi2v bench --device adb:SERIAL --via app`: device facts from adb, the app's numbers, one saved report."""
+    folder = _write_manifest(tmp_path / "art")
+    with _app_phone(tmp_path, monkeypatch) as (adb, phone, app_dir):
+        common = ["bench", "--artifacts", folder, "--device", f"adb:{phone.serial}", "--via", "app",
+                  "--adb", adb.path, "--adb-port", adb.server_port, "--app-dir", app_dir]
+        out = tmp_path / "app.json"
+        proc = _mi2v(*common, "--iterations", 6, "--warmup", 1, "--json", out, env=adb.env)
+        assert proc.returncode == 0, proc.stderr
+        assert "measured by the Android app" in proc.stdout and "per-frame latency, 2 steps:" in proc.stdout
+        rep = json.loads(out.read_text())
+        validate(rep)
+        assert rep["device"]["model"] == "Simulated Phone" and rep["device"]["simulated_device"] is True
+        assert rep["device"]["cpus"] and rep["conditions"]["before"]["thermal_status"] == 0
+        assert rep["protocol"]["mode"] == "app" and rep["protocol"]["iterations"] == 6
+        assert [c["runtime"]["runner"] for c in rep["components"]] == ["android-app"] * 3
+        assert rep["artifacts"]["preset"] == "tiny" and rep["headline"]["per_frame_ms"] > 0
+        sample = _sample("android_xnnpack_ok.json")
+        want = {c["component"]: c["runs"][0]["samples_ms"] for c in sample["components"]}
+        assert {c["component"]: c["runs"][0]["samples_ms"] for c in rep["components"]} == want
+        argv = json.loads((phone.root / "am-argv.json").read_text())
+        assert argv[argv.index("warmup") + 1] == "1"
+        # the app failing on the phone: one error line, non-zero exit, and the report still written
+        monkeypatch.setenv("MI2V_INSTRUMENT_OUT", str(DATA / "instrument_failed.txt"))
+        failed = tmp_path / "failed.json"
+        proc = _mi2v(*common, "--json", failed, env=adb.env)
+        assert proc.returncode != 0
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        assert len(errors) == 1 and "unknown component 'vae'" in errors[0], proc.stderr
+        assert json.loads(failed.read_text())["status"] == "failed"
+        # the APKs not built: says how to build them
+        proc = _mi2v(*common, "--app-dir", tmp_path / "not-built", env=adb.env)
+        assert proc.returncode == 3 and "run `make android` first" in proc.stderr
+
+
+def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
+    folder = _write_manifest(tmp_path / "art")
+    proc = _mi2v("bench", "--artifacts", folder, "--device", "adb:R5CT1234", "--via", "app", "--dry-run",
+                 "--iterations", 30, "--components", "encoder,decoder")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("adb -s R5CT1234 shell 'pm path org.mi2v.bench'")
+    assert any(ln.startswith("adb -s R5CT1234 shell 'am instrument -w -r -e artifacts "
+                             "encoder=/data/local/tmp/mi2v/app/encoder.pte,decoder=/data/local/tmp/mi2v/app/decoder.pte"
+                             " -e iterations 30 -e warmup 5 ") for ln in lines), proc.stdout
+    assert not any("denoiser" in ln for ln in lines)
+    # refusals: one line each, before any device is touched
+    cases = [
+        (["--device", "host", "--via", "app"], "--via app runs the Android benchmark app"),
+        (["--device", "adb", "--via", "app", "--runtime", "onnxruntime"], "ExecuTorch .pte artifacts only"),
+        (["--device", "host", "--dry-run"], "--dry-run prints the commands of --via app"),
+        (["--device", "adb", "--compute-units", "cpuOnly"], "use it with --device ios:UDID"),
+        (["--device", "ios"], "needs the iPhone's UDID"),
+    ]
+    if sys.platform != "darwin":
+        cases.append((["--device", "ios:00008130-0011223344556677"], "needs macOS with Xcode 15+"))
+        cases.append((["--device", "ios:00008130-0011223344556677", "--dry-run"], "needs macOS with Xcode 15+"))
+    for extra, message in cases:
+        proc = _mi2v("bench", "--artifacts", folder, *extra)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        assert proc.returncode in (2, 3) and len(errors) == 1 and message in errors[0], (extra, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_bench_ios_entry_dry_run_on_macos(tmp_path):
+    """run_bench_ios as macOS would run it (system="Darwin"): the commands for the chosen components only."""
+    from mi2v_export.devices.bench import BenchOptions, run_bench_ios
+    from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo
+
+    folder = tmp_path / "art"
+    pkgs = _mlpackages(folder)
+    entries = [ArtifactEntry(component=n, model=f"{n}-model", target="coreml", delegate=None, dtype="fp16",
+                             file=p.name, sha256="0" * 64, bytes=1, inputs=[TensorInfo("x", (1, 4), "float32")],
+                             outputs=[TensorInfo("y", (1, 4), "float32")], export={}, parity={})
+               for n, p in pkgs.items()]
+    m = Manifest(preset="tiny", resolution=(64, 64), frames=9, latent_shape=(1, 4, 3, 8, 8),
+                 source={"weights": "seeded"}, components=entries)
+    (folder / MANIFEST_NAME).write_text(json.dumps(m.to_dict(), indent=2))
+    lines: list[str] = []
+    opts = BenchOptions(artifacts=folder, device="ios:00008130-0011223344556677", dry_run=True, iterations=12,
+                        components=("denoiser",), compute_units=("cpuAndNeuralEngine",), json_path=tmp_path / "r.json")
+    assert run_bench_ios(opts, echo=lines.append, system="Darwin") == ([], None)
+    staged = [ln for ln in lines if ln.startswith("cp -R ")]
+    assert len(staged) == 1 and "denoiser.mlpackage" in staged[0]
+    assert any("xcodebuild test -scheme Mi2vBench -destination platform=iOS,id=00008130-0011223344556677" in ln
+               and f"-resultBundlePath {tmp_path}/mi2v-ios-00008130-0011223344556677.xcresult" in ln for ln in lines)
+    with pytest.raises(MissingDependencyError, match="needs macOS"):
+        run_bench_ios(opts, echo=lines.append, system="Linux")
 
 
 # ---- iOS ------------------------------------------------------------------------------------------------------------

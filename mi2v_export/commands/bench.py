@@ -19,6 +19,11 @@ bench_app = typer.Typer(
 _ADB_HELP = "adb binary (default: $MI2V_ADB, $ADB, adb on PATH, then the adb bundled in the adbutils wheel)"
 
 
+class Via(str, Enum):
+    runner = "runner"
+    app = "app"
+
+
 class Runtime(str, Enum):
     auto = "auto"
     onnxruntime = "onnxruntime"
@@ -39,6 +44,12 @@ def render_report(report, path: Path | None = None) -> None:
     if dev.get("transport") == "adb":
         who = (f"{dev.get('manufacturer') or ''} {dev.get('model') or ''} ({dev.get('serial')}), SoC "
                f"{dev.get('soc_model')}, Android {dev.get('os_version')}, {dev.get('abi')}")
+        if (report.protocol or {}).get("mode") == "app":
+            who += ", measured by the Android app"
+    elif dev.get("transport") == "ios":
+        unit = (report.protocol or {}).get("compute_unit")
+        who = (f"{dev.get('marketing_name') or dev.get('model') or dev.get('name') or 'iPhone'} ({dev.get('udid')}), "
+               f"iOS {dev.get('os_version')}" + (f", Core ML compute units {unit}" if unit else ""))
     else:
         who = f"this machine: {dev.get('cpu', '?')}, {dev.get('cores', '?')} cores"
     if dev.get("simulated_device"):
@@ -95,8 +106,22 @@ def bench(
     ctx: typer.Context,
     artifacts: Path | None = typer.Option(None, "--artifacts", help="folder written by `mi2v export` "
                                           "(manifest.json + <component>.onnx/.pte)"),
-    device: str = typer.Option("host", "--device", help="host (in this process), adb (the only phone) or "
-                               "adb:SERIAL (a HOST:PORT serial is `adb connect`ed first)"),
+    device: str = typer.Option("host", "--device", help="host (in this process), adb (the only phone), "
+                               "adb:SERIAL (a HOST:PORT serial is `adb connect`ed first) or ios:UDID (macOS with "
+                               "Xcode: the Core ML XCTest in apps/ios)"),
+    via: Via = typer.Option(Via.runner, "--via", help="phone: runner = the native executor_runner / "
+                            "onnxruntime_perf_test (default); app = the Android benchmark app (apps/android, "
+                            "installed when needed; .pte only)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="--via app / ios:UDID: print the exact commands and "
+                                 "touch no device"),
+    app_dir: Path | None = typer.Option(None, "--app-dir", help="--via app: the Android app folder whose build "
+                                        "outputs hold the APKs (default: apps/android of this checkout, built by "
+                                        "`make android`)"),
+    team: str | None = typer.Option(None, "--team", envvar="DEVELOPMENT_TEAM", help="ios: Apple development team "
+                                    "that signs the test bundle"),
+    compute_units: str | None = typer.Option(None, "--compute-units", help="ios: Core ML compute units to time, "
+                                             "comma-separated from cpuOnly, cpuAndGPU, cpuAndNeuralEngine, all "
+                                             "(default: each of the four)"),
     runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="auto: ExecuTorch when every component has a "
                                     "runnable .pte, else onnxruntime, else per component"),
     iterations: int | None = typer.Option(None, "--iterations", help="timed iterations per run "
@@ -136,7 +161,7 @@ def bench(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..devices.bench import BenchOptions, run_bench
+    from ..devices.bench import BenchOptions, parse_device, run_bench, run_bench_app, run_bench_ios
     from ..errors import BadInputError
     from ._render import err_console
 
@@ -149,25 +174,41 @@ def bench(
     unknown = {t.strip() for t in components.split(",")} - set(names) - {"all"}
     if unknown or not chosen:
         raise BadInputError(f"--components {components!r}: use encoder, denoiser, decoder (comma-separated) or all")
+    units = tuple(u.strip() for u in (compute_units or "").split(",") if u.strip())
     opts = BenchOptions(artifacts=artifacts, device=device, runtime=runtime.value, iterations=iterations,
                         warmup=warmup, runs=runs, steps=steps, runners=list(runner), cpu_mask=cpu_mask,
                         threads=threads, adb=adb, adb_port=adb_port, json_path=json_out, cooldown=cooldown,
-                        thermal_wait=thermal_wait, timeout=timeout, etdump=etdump, components=chosen)
+                        thermal_wait=thermal_wait, timeout=timeout, etdump=etdump, components=chosen,
+                        via=via.value, dry_run=dry_run, team=team, app_dir=app_dir,
+                        compute_units=units)
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise BadInputError(f"--plot {plot}: use a .png file name")
 
     def say(msg: str) -> None:
         err_console.print(f"[dim]{msg}[/dim]")
 
-    report, path, error = run_bench(opts, say)
-    render_report(report, path)
-    if plot is not None and any(c.status == "ok" for c in report.components):
+    transport, _ = parse_device(device)
+    if transport == "ios":
+        reports, error = run_bench_ios(opts, say, echo=typer.echo)
+        for report, path in reports:
+            render_report(report, path)
+    elif via is Via.app:
+        report, path, error = run_bench_app(opts, say, echo=typer.echo)
+        reports = [] if report is None else [(report, path)]
+        if report is not None:
+            render_report(report, path)
+    else:
+        report, path, error = run_bench(opts, say)
+        reports = [(report, path)]
+        render_report(report, path)
+    if plot is not None and reports and any(c.status == "ok" for c in reports[0][0].components):
         from ..devices.plot import plot_report
 
         from ._render import console
 
-        console.print(f"plot: {plot_report(report, plot)}")
+        console.print(f"plot: {plot_report(reports[0][0], plot)}")
     if error is not None:
+        path = reports[0][1] if reports else None
         from ..errors import DeviceError, MissingDependencyError
 
         kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(error, k)), DeviceError)

@@ -34,6 +34,7 @@ from .report import COMPONENTS, BenchReport, ComponentResult
 Say = Callable[[str], None]
 
 RUNTIMES = ("auto", "onnxruntime", "executorch")
+VIAS = ("runner", "app")
 RUNTIME_OF_TARGET = {"onnx": "onnxruntime", "executorch": "executorch", "coreml": "coreml"}
 HOST_DELEGATES = (None, "xnnpack")  # what this machine's ExecuTorch runtime executes
 PHONE_UNSUPPORTED_DELEGATES = ("coreml", "mps")
@@ -67,10 +68,15 @@ class BenchOptions:
     timeout: float = 600.0
     etdump: bool = False
     components: tuple[str, ...] = COMPONENTS
+    via: str = "runner"  # adb: the native runners (default) or the Android benchmark app (apps/android)
+    dry_run: bool = False  # --via app / ios: print the exact commands, touch no device
+    team: str | None = None  # ios: Apple development team for signing the test bundle
+    compute_units: tuple[str, ...] = ()  # ios: Core ML compute units to time (default: all four)
+    app_dir: Path | None = None  # --via app: the apps/android folder with the built APKs (default: this checkout's)
 
 
 def parse_device(text: str) -> tuple[str, str | None]:
-    """"host" → ("host", None); "adb" → ("adb", None); "adb:SERIAL" → ("adb", SERIAL)."""
+    """"host" → ("host", None); "adb" → ("adb", None); "adb:SERIAL" → ("adb", SERIAL); "ios:UDID" → ("ios", UDID)."""
     t = (text or "").strip()
     if t == "host":
         return "host", None
@@ -78,7 +84,12 @@ def parse_device(text: str) -> tuple[str, str | None]:
         return "adb", None
     if t.startswith("adb:") and t[4:].strip():
         return "adb", t[4:].strip()
-    raise BadInputError(f"--device {text!r} is not host, adb or adb:SERIAL (see `mi2v devices list`)")
+    if t.startswith("ios:") and t[4:].strip():
+        return "ios", t[4:].strip()
+    if t in ("ios", "ios:"):
+        raise BadInputError("--device ios needs the iPhone's UDID: --device ios:UDID (`xcrun devicectl list devices` "
+                            "shows it)")
+    raise BadInputError(f"--device {text!r} is not host, adb, adb:SERIAL or ios:UDID (see `mi2v devices list`)")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -209,16 +220,13 @@ def verify_files(files: list[tuple[Path, str, str]]) -> list[tuple[Path, str, st
 
 def default_report_path(transport: str, serial: str | None) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    tag = "host" if transport == "host" else "adb-" + re.sub(r"[^\w.-]+", "_", serial or "device")
+    tag = "host" if transport == "host" else f"{transport}-" + re.sub(r"[^\w.-]+", "_", serial or "device")
     return Path("mi2v-bench") / f"{stamp}-{tag}.json"
 
 
-def run_bench(opts: BenchOptions, say: Say = _quiet) -> tuple[BenchReport, Path, Mi2vError | None]:
-    """Run the benchmark; always save the report. Returns (report, where it was saved, first error or None)."""
-    from ..manifest import read_manifest
-
-    transport, serial = parse_device(opts.device)
-    d = DEFAULTS[transport]
+def _checked_protocol(opts: BenchOptions, transport: str) -> tuple[int, int, float]:
+    """(iterations, warm-up, cool-down) with the transport's defaults; BadInputError for impossible values."""
+    d = DEFAULTS["host" if transport == "host" else "adb"]
     iterations = d["iterations"] if opts.iterations is None else opts.iterations
     warmup = d["warmup"] if opts.warmup is None else opts.warmup
     cooldown = d["cooldown"] if opts.cooldown is None else opts.cooldown
@@ -228,6 +236,18 @@ def run_bench(opts: BenchOptions, say: Say = _quiet) -> tuple[BenchReport, Path,
         raise BadInputError(f"--steps {opts.steps}: the model is distilled for 1 or 2 denoising steps")
     if opts.timeout <= 0 or cooldown < 0 or opts.thermal_wait < 0:
         raise BadInputError("--timeout must be > 0 and --cooldown ≥ 0")
+    if opts.via not in VIAS:
+        raise BadInputError(f"--via {opts.via!r}: use {' or '.join(VIAS)}")
+    if opts.via == "app" and transport != "adb":
+        raise BadInputError("--via app runs the Android benchmark app: use it with --device adb[:SERIAL]")
+    if opts.via == "app" and opts.runtime == "onnxruntime":
+        raise BadInputError("--via app runs ExecuTorch .pte artifacts only: drop --runtime onnxruntime, or use the "
+                            "native runners (--via runner)")
+    if opts.compute_units and transport != "ios":
+        raise BadInputError("--compute-units chooses Core ML compute units: use it with --device ios:UDID")
+    if opts.dry_run and not (opts.via == "app" or transport == "ios"):
+        raise BadInputError("--dry-run prints the commands of --via app and --device ios:UDID; the host and native-"
+                            "runner benchmarks have nothing to print without running")
     if opts.cpu_mask:
         from .android import parse_mask
 
@@ -235,10 +255,10 @@ def run_bench(opts: BenchOptions, say: Say = _quiet) -> tuple[BenchReport, Path,
             parse_mask(opts.cpu_mask)
         except ValueError as exc:
             raise BadInputError(str(exc)) from None
-    manifest = read_manifest(opts.artifacts)
-    selections = select_artifacts(manifest, opts.runtime, transport, opts.components)
-    json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, serial)
+    return iterations, warmup, cooldown
 
+
+def _new_report(opts: BenchOptions, manifest: Any, transport: str, serial: str | None) -> BenchReport:
     report = BenchReport(device={"transport": transport, "serial": serial}, frames=manifest.frames,
                          steps=opts.steps)
     report.artifacts = {
@@ -250,6 +270,25 @@ def run_bench(opts: BenchOptions, say: Say = _quiet) -> tuple[BenchReport, Path,
         "weights": (manifest.source or {}).get("weights"),
         "runtime_choice": opts.runtime,
     }
+    return report
+
+
+def run_bench(opts: BenchOptions, say: Say = _quiet) -> tuple[BenchReport, Path, Mi2vError | None]:
+    """Run the benchmark; always save the report. Returns (report, where it was saved, first error or None).
+    `--via app` goes through the Android app (`run_bench_app`); iOS has its own entry (`run_bench_ios`)."""
+    from ..manifest import read_manifest
+
+    transport, serial = parse_device(opts.device)
+    if transport == "ios":
+        raise BadInputError("--device ios:UDID writes one report per compute unit: call run_bench_ios")
+    iterations, warmup, cooldown = _checked_protocol(opts, transport)
+    if opts.via == "app":
+        return run_bench_app(opts, say)
+    manifest = read_manifest(opts.artifacts)
+    selections = select_artifacts(manifest, opts.runtime, transport, opts.components)
+    json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, serial)
+
+    report = _new_report(opts, manifest, transport, serial)
     report.protocol = {
         "warmup": warmup, "iterations": iterations, "runs": opts.runs, "warmup_in_timed_process": True,
         "inputs": "ones", "cooldown_s": cooldown, "thermal_wait_s": opts.thermal_wait, "timeout_s": opts.timeout,
@@ -587,4 +626,134 @@ def _run_adb(opts: BenchOptions, serial: str | None, manifest: Any, selections: 
         session.close()
 
 
-__all__ = ["BenchOptions", "MissingDependencyError", "parse_device", "run_bench", "select_artifacts"]
+# --------------------------------------------------------------------------------------------------------------------
+# --via app (the Android benchmark app) and --device ios:UDID (the Core ML XCTest)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _app_artifacts(opts: BenchOptions, manifest: Any) -> tuple[list[Any], list[str]]:
+    """The .pte per chosen component (manifest sha256 checked), and the chosen components that have none."""
+    from .android_app import AppArtifact, artifacts_from_manifest
+
+    have = {e.component for e in manifest.components if e.target == "executorch"}
+    missing = [c for c in opts.components if c not in have]
+    if len(missing) == len(opts.components):
+        raise BadInputError(f"{opts.artifacts}: no ExecuTorch (.pte) artifact for {', '.join(missing)}; the app "
+                            "runs .pte only: export with `--target executorch`")
+    items, _ = artifacts_from_manifest(opts.artifacts, [c for c in opts.components if c in have])
+    for a in items:
+        if not a.path.is_file():
+            raise BadInputError(f"{a.path} is listed in the manifest but missing: export again")
+        if a.sha256 and AppArtifact(a.component, a.path).digest() != a.sha256:
+            raise BadInputError(f"{a.path.name} does not match the sha256 in manifest.json (changed after the "
+                                "export): export again")
+    return items, missing
+
+
+def run_bench_app(opts: BenchOptions, say: Say = _quiet,
+                  echo: Say = print) -> tuple[BenchReport | None, Path | None, Mi2vError | None]:
+    """`--device adb[:SERIAL] --via app`: the host reads the phone's facts over adb, `android_app.run_via_app`
+    installs the app when needed, pushes the .pte files, runs the instrumentation test and collects its report,
+    which is merged into the normal report and saved. With dry_run the exact commands are printed through `echo`,
+    nothing touches a device, and (None, None, None) is returned."""
+    from ..manifest import read_manifest
+    from . import android_app as aa
+
+    transport, serial = parse_device(opts.device)
+    iterations, warmup, _ = _checked_protocol(opts, transport)
+    manifest = read_manifest(opts.artifacts)
+    items, missing = _app_artifacts(opts, manifest)
+    app_dir = Path(opts.app_dir) if opts.app_dir else aa.APP_DIR
+    if opts.dry_run:
+        from types import SimpleNamespace
+
+        adb_name = SimpleNamespace(path=str(opts.adb)) if opts.adb else None
+        aa.run_via_app(serial or "SERIAL", items, iterations, warmup, dry_run=True, runs=opts.runs,
+                       frames=manifest.frames, adb=adb_name, app_dir=app_dir, echo=echo)
+        return None, None, None
+
+    from .adb import Adb
+    from .android import AndroidSession
+
+    json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, serial)
+    report = _new_report(opts, manifest, transport, serial)
+    report.protocol = {"warmup": warmup, "iterations": iterations, "runs": opts.runs, "warmup_in_timed_process": True,
+                       "inputs": "ones", "timeout_s": opts.timeout, "steps": opts.steps, "mode": "app",
+                       "runner": aa.APP_RUNNER}
+    for comp in opts.components:
+        why = ("no ExecuTorch artifact in the manifest (the app runs .pte only)" if comp in missing
+               else "not measured: the app did not report it")
+        report.components.append(ComponentResult(comp, status="skipped", error=why))
+    adb = Adb(opts.adb, server_port=opts.adb_port)
+    report.host = {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+                   "adb": {"path": adb.path, "version": adb.version(), "server_port": opts.adb_port}}
+    try:
+        dev = _pick_device(adb, serial)
+        session = AndroidSession(adb, dev, say)
+        try:
+            say(f"reading device facts of {dev.serial}")
+            report.device = session.fingerprint()
+            uncontrolled = list(session.uncontrolled)
+            if session.simulated:
+                uncontrolled.append("simulated phone: whatever answers `am instrument` there is not the Android app "
+                                    "on a phone")
+            uncontrolled += ["the app process is not pinned to cores and CPU clocks are not locked",
+                             "screen state, charging and background apps are not controlled"]
+            report.conditions = {"before": session.snapshot(), "uncontrolled": uncontrolled}
+            merged = aa.run_via_app(dev, items, iterations, warmup, runs=opts.runs, frames=manifest.frames,
+                                    base_report=report.to_dict(), adb=adb, app_dir=app_dir, timeout=opts.timeout,
+                                    say=say)
+            final = BenchReport.from_dict(merged)
+            try:
+                final.conditions["after"] = session.snapshot()
+            except DeviceError:
+                pass
+        finally:
+            session.close()
+    except Mi2vError as exc:
+        for c in report.components:
+            if c.status == "skipped" and c.component not in missing:
+                c.error = f"not run: {exc}"
+        report.error = str(exc)
+        report.save(json_path)
+        return report, json_path, exc
+    first = _first_failure(final)
+    if first is not None and not final.error:
+        final.error = str(first)
+    final.save(json_path)
+    return final, json_path, first
+
+
+def run_bench_ios(opts: BenchOptions, say: Say = _quiet, echo: Say = print, system: str | None = None
+                  ) -> tuple[list[tuple[BenchReport, Path]], Mi2vError | None]:
+    """`--device ios:UDID` (macOS with Xcode only: anywhere else this fails at once, before reading anything).
+    Runs the Core ML XCTest (apps/ios) on the iPhone and saves one report per compute unit next to the --json path
+    (`NAME-<unit>.json`). With dry_run prints the commands and returns ([], None)."""
+    from . import ios
+
+    transport, udid = parse_device(opts.device)
+    if transport != "ios":
+        raise BadInputError(f"--device {opts.device!r} is not ios:UDID")
+    ios.require_macos(system)
+    iterations, warmup, _ = _checked_protocol(opts, transport)
+    units = list(opts.compute_units or ios.COMPUTE_UNITS)
+    json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, udid)
+    reports = ios.run_ios(udid, opts.artifacts, iterations, warmup, opts.dry_run, compute_units=units, team=opts.team,
+                          out_dir=json_path.parent if opts.json_path else None, components=opts.components,
+                          timeout=opts.timeout, system=system, say=say, echo=echo)
+    if reports is None:
+        return [], None
+    out, first = [], None
+    for unit, data in reports.items():
+        rep = BenchReport.from_dict(data)
+        rep.steps = opts.steps
+        path = json_path.with_name(f"{json_path.stem}-{unit}{json_path.suffix or '.json'}")
+        rep.save(path)
+        out.append((rep, path))
+        if first is None and rep.status != "ok":
+            first = _first_failure(rep) or DeviceError(f"{unit}: {rep.error or 'no component measured'}")
+    return out, first
+
+
+__all__ = ["BenchOptions", "MissingDependencyError", "parse_device", "run_bench", "run_bench_app", "run_bench_ios",
+           "select_artifacts"]

@@ -161,8 +161,10 @@ def list_devices() -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def coreml_artifacts(artifacts: Any) -> tuple[list[dict[str, Any]], int | None]:
-    """A manifest folder or {component: .mlpackage path} → ([{component, path, artifact}], frames)."""
+def coreml_artifacts(artifacts: Any, components: Sequence[str] | None = None
+                     ) -> tuple[list[dict[str, Any]], int | None]:
+    """A manifest folder or {component: .mlpackage path} → ([{component, path, artifact}], frames); `components`
+    keeps only those (manifest folders)."""
     from .report import COMPONENTS
 
     frames = None
@@ -172,7 +174,7 @@ def coreml_artifacts(artifacts: Any) -> tuple[list[dict[str, Any]], int | None]:
 
         manifest = read_manifest(artifacts)
         frames = manifest.frames
-        for comp in COMPONENTS:
+        for comp in components or COMPONENTS:
             entries = [e for e in manifest.components if e.component == comp and e.target == "coreml"]
             if entries:
                 e = entries[0]
@@ -362,6 +364,7 @@ def _xcodebuild_failure(text: str, udid: str, team: str | None) -> Mi2vError:
 
 def run_ios(udid: str, artifacts: Any, iterations: int = 20, warmup: int = 3, dry_run: bool = False, *,
             compute_units: Sequence[str] = COMPUTE_UNITS, team: str | None = None, out_dir: Path | None = None,
+            components: Sequence[str] | None = None,
             timeout: float = 7200.0, system: str | None = None, app_dir: Path = APP_DIR,
             say: Say = _quiet, echo: Say = print) -> dict[str, dict[str, Any]] | None:
     """`mi2v bench --device ios:UDID`. Off macOS: MissingDependencyError at once (also for a dry run). With
@@ -369,7 +372,7 @@ def run_ios(udid: str, artifacts: Any, iterations: int = 20, warmup: int = 3, dr
     require_macos(system)
     if not udid:
         raise BadInputError("--device ios:UDID needs the phone's UDID (`xcrun devicectl list devices` shows it)")
-    items, frames = coreml_artifacts(artifacts)
+    items, frames = coreml_artifacts(artifacts, components)
     plan = build_plan(items, iterations, warmup, compute_units, frames)
     safe = re.sub(r"[^\w.-]+", "_", udid)
     result_bundle = (out_dir or Path(tempfile.gettempdir())) / f"mi2v-ios-{safe}.xcresult"
