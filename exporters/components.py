@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,15 @@ from .base import ComponentSpec
 
 COMPONENTS = ("encoder", "denoiser", "decoder")
 DECODER_KINDS = ("turbo-vaed", "ltx")
-ATTENTION = ("reference", "mobile")
+ATTENTION = ("reference", "mobile", "ane")  # the plans of mi2v_export.kernels.PLANS
+# `--rewrite NAME=VALUE`: the RewritePlan switches and knobs a user may change on top of --attention. Not grid
+# (always the export's latent grid) and not step_constants/schedule (timestep and flow_score stay inputs).
+REWRITE_OPTIONS: dict[str, type | tuple[str, ...]] = {
+    "linear_attention": bool, "softmax_attention": bool, "channels_first": bool, "rope_tables": bool,
+    "fp32_accumulate": bool, "linear_heads_per_group": int, "softmax_heads_per_group": int, "query_chunk": int,
+    "softmax": ("native", "split"),
+}
+_TRUE, _FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
 INPUT_SEED = 0
 
 IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -136,28 +145,57 @@ LOADERS: dict[str, Callable[[str, str, Path | None, int], nn.Module]] = {
 }
 
 
-def apply_attention(model: nn.Module, attention: str, geo: VideoGeometry) -> tuple[nn.Module, dict | None]:
-    """The one place `--attention` takes effect: `reference` keeps the model, `mobile` applies
-    `mi2v_export.kernels.rewrite(model, plan="mobile", grid=latent grid)` (exact rewrites; no baked schedule, since
-    timestep and flow_score stay inputs). Returns the model to export and the manifest record of the rewrite."""
+def parse_rewrite_options(items: Sequence[str]) -> dict[str, Any]:
+    """`["softmax=split", "query_chunk=512", "linear_attention=off"]` → typed RewritePlan overrides."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name, raw = name.strip().replace("-", "_"), raw.strip()
+        if not sep or not name or not raw:
+            raise BadInputError(f"--rewrite {item!r}: use NAME=VALUE, e.g. --rewrite softmax=split")
+        kind = REWRITE_OPTIONS.get(name)
+        if kind is None:
+            raise BadInputError(f"--rewrite {item!r}: unknown option {name!r}; choose from "
+                                f"{', '.join(REWRITE_OPTIONS)}")
+        if kind is bool:
+            if raw.lower() not in _TRUE + _FALSE:
+                raise BadInputError(f"--rewrite {item!r}: {name} takes true or false")
+            out[name] = raw.lower() in _TRUE
+        elif kind is int:
+            if not raw.isdigit():
+                raise BadInputError(f"--rewrite {item!r}: {name} takes a whole number ≥ 0")
+            out[name] = int(raw)
+        else:
+            if raw not in kind:
+                raise BadInputError(f"--rewrite {item!r}: {name} takes {' or '.join(kind)}")
+            out[name] = raw
+    return out
+
+
+def apply_attention(model: nn.Module, attention: str, geo: VideoGeometry,
+                    overrides: dict[str, Any] | None = None) -> tuple[nn.Module, dict | None]:
+    """The one place `--attention` / `--rewrite` take effect: `reference` without overrides keeps the model;
+    otherwise `mi2v_export.kernels.rewrite(model, plan=attention, grid=latent grid, **overrides)` (exact rewrites;
+    no baked schedule, since timestep and flow_score stay inputs). Returns the model to export and the manifest
+    record of the rewrite."""
     if attention not in ATTENTION:
         raise BadInputError(f"unknown attention {attention!r}; choose one of: {', '.join(ATTENTION)}")
-    if attention == "reference":
+    if attention == "reference" and not overrides:
         return model, None
     try:
         from mi2v_export.kernels import describe_plan, rewrite
     except ImportError as exc:
         raise MissingDependencyError(f"--attention mobile needs mi2v_export.kernels.rewrite, which is not "
                                      f"available ({exc})") from None
-    fast = rewrite(model, plan="mobile", grid=(geo.latent_t, geo.latent_h, geo.latent_w))
+    fast = rewrite(model, plan=attention, grid=(geo.latent_t, geo.latent_h, geo.latent_w), **(overrides or {}))
     return fast, describe_plan(fast)
 
 
-def check_attention_available(attention: str) -> None:
-    """Fail before any work when `--attention mobile` cannot be honoured."""
+def check_attention_available(attention: str, overrides: dict[str, Any] | None = None) -> None:
+    """Fail before any work when `--attention` / `--rewrite` cannot be honoured."""
     if attention not in ATTENTION:
         raise BadInputError(f"unknown attention {attention!r}; choose one of: {', '.join(ATTENTION)}")
-    if attention == "mobile":
+    if attention != "reference" or overrides:
         try:
             from mi2v_export.kernels import rewrite  # noqa: F401
         except ImportError as exc:
@@ -167,7 +205,7 @@ def check_attention_available(attention: str) -> None:
 
 def load_component(component: str, *, preset: str, geo: VideoGeometry, decoder_kind: str = "turbo-vaed",
                    checkpoint: Path | None = None, attention: str = "reference", seed: int = 0,
-                   reference: bool = True) -> ComponentSpec:
+                   reference: bool = True, rewrite_options: dict[str, Any] | None = None) -> ComponentSpec:
     """Build the component (fp32, eval, wrapped with named I/O), its seeded example inputs and, when `reference`,
     the PyTorch fp32 output of the model *before* any rewrite (the parity reference)."""
     if component not in COMPONENTS:
@@ -188,7 +226,7 @@ def load_component(component: str, *, preset: str, geo: VideoGeometry, decoder_k
         stages["reference"] = time.perf_counter() - t0
     attention_record = None
     if component == "denoiser":
-        model, attention_record = apply_attention(model, attention, geo)
+        model, attention_record = apply_attention(model, attention, geo, rewrite_options)
     return ComponentSpec(name=component, model=model_name(component, decoder_kind),
                          module=WRAPPERS[component](model).eval(), inputs=inputs, output_names=outputs,
                          attention=attention_record, reference=ref, stages_s=stages)

@@ -51,6 +51,7 @@ class ExportRequest:
     frames: int | None = None  # None → the preset's
     dtype: str | None = None  # None → the target's default (fp16 for Core ML, fp32 otherwise)
     attention: str = "reference"
+    rewrite: list[str] = field(default_factory=list)  # `--rewrite NAME=VALUE` on top of the attention plan
     verify: bool = True
     bundle: bool = False
     etrecord: bool = False
@@ -125,7 +126,7 @@ def resolve(request: ExportRequest):
         raise BadInputError("--bundle and --etrecord apply to --target executorch only")
     if request.bundle and not request.verify:
         raise BadInputError("--bundle needs the PyTorch reference output; drop --no-verify")
-    comp.check_attention_available(request.attention)
+    comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
     return exporter, options, components, preset, geo
 
 
@@ -206,7 +207,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                                                   f"{'seeded weights' if checkpoint is None else checkpoint.name})"
                                                   + (" + PyTorch fp32 reference" if request.verify else "")))
     spec = comp.load_component(name, preset=preset, geo=geo, decoder_kind=request.decoder, checkpoint=checkpoint,
-                               attention=request.attention, reference=request.verify)
+                               attention=request.attention, reference=request.verify,
+                               rewrite_options=comp.parse_rewrite_options(request.rewrite))
     stages.update(spec.stages_s)
     progress(ProgressEvent(name, "load", "done", seconds=spec.stages_s.get("load")))
     if spec.reference is not None:
@@ -264,6 +266,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     wall = time.perf_counter() - t_start
     flags = {"preset": preset, "resolution": [geo.height, geo.width], "frames": geo.frames,
              "attention": request.attention if name == "denoiser" else None,
+             "rewrite": comp.parse_rewrite_options(request.rewrite) if name == "denoiser" else None,
              "decoder": request.decoder if name == "decoder" else None, "verify": request.verify}
     if exporter.name == "executorch":
         flags.update(bundle=options.bundle, etrecord=options.etrecord)

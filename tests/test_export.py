@@ -286,6 +286,11 @@ def test_executorch_and_coreml_rewrites_keep_the_vae_function(part):
     ({"target": "onnx", "resolution": "720p"}, "is not HEIGHTxWIDTH"),
     ({"target": "onnx", "frames": 16}, "frames 16 is not 8k\\+1"),
     ({"target": "onnx", "attention": "flash"}, "unknown attention 'flash'"),
+    ({"target": "onnx", "rewrite": ["softmax"]}, "use NAME=VALUE"),
+    ({"target": "onnx", "rewrite": ["grid=1"]}, "unknown option 'grid'"),
+    ({"target": "onnx", "rewrite": ["query_chunk=-4"]}, "query_chunk takes a whole number"),
+    ({"target": "onnx", "rewrite": ["linear_attention=maybe"]}, "linear_attention takes true or false"),
+    ({"target": "onnx", "rewrite": ["softmax=flash"]}, "softmax takes native or split"),
     ({"target": "onnx", "bundle": True}, "--bundle and --etrecord apply to --target executorch only"),
     ({"target": "coreml", "compute_units": "npu"}, "unknown compute units 'npu'"),
     ({"target": "executorch", "bundle": True, "verify": False}, "--bundle needs the PyTorch reference"),
@@ -587,6 +592,23 @@ def test_tiny_mobile_attention(tmp_path, target):
     (e,) = run_export(ExportRequest(target=target, out_dir=tmp_path / "art", preset="tiny", components="denoiser",
                                     attention="mobile")).entries
     assert e.parity["gate"]["passed"] and e.attention["plan"].startswith("mobile") and e.attention["applied"]
+
+
+def test_cli_attention_plan_with_rewrite_overrides(tmp_path):
+    """`--attention ane --rewrite channels_first=false --rewrite softmax=split`: the plan minus one rewrite plus one
+    knob, exported to ONNX, verified on onnxruntime against the unrewritten PyTorch model, recorded in the manifest."""
+    out = tmp_path / "art"
+    proc = mi2v("export", "--target", "onnx", "--preset", "tiny", "--component", "denoiser", "--attention", "ane",
+                "--rewrite", "channels_first=false", "--rewrite", "softmax=split", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    (e,) = read_manifest(out).components
+    assert e.verified and e.parity["verified_on"] == "onnxruntime" and e.parity["rel_l2"] <= 1e-4
+    rec = e.attention
+    assert rec["plan"].startswith("ane+") and "channels_first=False" in rec["plan"] and "softmax=split" in rec["plan"]
+    assert "channels_first" not in rec["applied"]
+    assert {"linear_attention", "softmax_attention", "rope_tables"} <= set(rec["applied"])
+    assert rec["settings"]["softmax"] == "split" and rec["settings"]["query_chunk"] == 512
+    assert e.flags["attention"] == "ane" and e.flags["rewrite"] == {"channels_first": False, "softmax": "split"}
 
 
 def _golden_denoiser():

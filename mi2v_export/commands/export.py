@@ -114,8 +114,13 @@ def export(
     frames: int | None = typer.Option(None, "--frames", help="video frames, 8k+1 (default: the preset's)"),
     dtype: str | None = typer.Option(None, "--dtype", help="fp32 | fp16 (default: fp16 for Core ML and the "
                                      "coreml/qnn delegates, fp32 otherwise)"),
-    attention: str = typer.Option("reference", "--attention", help="denoiser attention: reference | mobile "
-                                  "(exact rewrites from mi2v_export.kernels)"),
+    attention: str = typer.Option("reference", "--attention", help="denoiser attention plan: reference | mobile "
+                                  "(exact rewrites for CPU runtimes) | ane (mobile + channels-first layout and "
+                                  "Apple's split-einsum tiles, for Core ML)"),
+    rewrite: list[str] = typer.Option([], "--rewrite", help="change one rewrite of the plan, NAME=VALUE "
+                                      "(repeatable): linear_attention, softmax_attention, channels_first, "
+                                      "rope_tables, fp32_accumulate = true|false; linear_heads_per_group, "
+                                      "softmax_heads_per_group, query_chunk = N; softmax = native|split"),
     out: Path = typer.Option(Path("artifacts"), "--out", help="output folder (artifacts + manifest.json)"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip running the artifact against PyTorch "
                                    "(recorded in the manifest)"),
@@ -135,7 +140,7 @@ def export(
 
     request = ExportRequest(target=target, out_dir=out, components=component, delegate=delegate, decoder=decoder,
                             preset=preset, checkpoints=list(checkpoint), resolution=resolution, frames=frames,
-                            dtype=dtype, attention=attention, verify=not no_verify, bundle=bundle,
+                            dtype=dtype, attention=attention, rewrite=list(rewrite), verify=not no_verify, bundle=bundle,
                             etrecord=etrecord, compute_units=compute_units, min_ios=min_ios, soc=soc)
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 
