@@ -832,7 +832,7 @@ def ssim(frame, reference, data_range: float = 1.0) -> float:
     var_a, var_r = blur(a * a) - mu_a ** 2, blur(r * r) - mu_r ** 2
     cov = blur(a * r) - mu_a * mu_r
     s = ((2 * mu_a * mu_r + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_r ** 2 + c1) * (var_a + var_r + c2))
-    return float(s.double().mean())
+    return min(1.0, float(s.double().mean()))  # ≤ 1 by definition; float32 rounding can overshoot by ~1e-7
 
 
 def _f64(x) -> torch.Tensor:

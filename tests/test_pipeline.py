@@ -723,3 +723,20 @@ def test_executorch_xnnpack_pipeline_matches_pytorch(image, reference_runs, tmp_
     assert {s.backend for s in stages.values()} == {"executorch"}
     run = pl.Pipeline(stages).generate(image, _config())
     _check_against_reference(run, reference_runs, "executorch-xnnpack")
+
+
+def test_ssim_properties():
+    """SSIM is 1 for identical frames (never above, despite float32 rounding), symmetric, and falls with noise."""
+    from mi2v_export.pipeline import ssim
+
+    g = torch.Generator().manual_seed(3)
+    frame = torch.rand(48, 64, 3, generator=g)
+    assert ssim(frame, frame) == pytest.approx(1.0, abs=1e-6) and ssim(frame, frame) <= 1.0
+    bright = (frame * 0.999 + 0.0005).clamp(0, 1)
+    assert ssim(bright, frame) <= 1.0
+    noisy = (frame + 0.05 * torch.randn(48, 64, 3, generator=g)).clamp(0, 1)
+    very = (frame + 0.3 * torch.randn(48, 64, 3, generator=g)).clamp(0, 1)
+    assert ssim(noisy, frame) == pytest.approx(ssim(frame, noisy), abs=1e-6)
+    assert 1.0 > ssim(noisy, frame) > ssim(very, frame) > 0.0
+    tiny = torch.rand(5, 7, 3, generator=g)  # smaller than the 11x11 window
+    assert ssim(tiny, tiny) == pytest.approx(1.0, abs=1e-6)
