@@ -75,8 +75,8 @@ def gate_for(dtype: str) -> Gate:
 
 
 def _as_f64(x) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().float().cpu().numpy()
+    if hasattr(x, "detach"):  # torch tensor (any float dtype; float64 stays exact)
+        x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
 
 
@@ -197,7 +197,7 @@ def ssim(y, ref, data_range: float = 1.0) -> float:
     syy = _filter2(ref * ref, g) - mu_y ** 2
     sxy = _filter2(y * ref, g) - mu_x * mu_y
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
+    return min(1.0, float(s.mean()))  # ≤ 1 by definition; rounding can overshoot by an ulp
 
 
 def frame_metrics(y, ref, data_range: float = 1.0) -> list[dict]:

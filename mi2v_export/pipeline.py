@@ -803,56 +803,10 @@ def precision_of(stages: dict[str, Stage]) -> str:
     return "fp16" if any(s.precision == "fp16" for s in stages.values()) else "fp32"
 
 
-def video_psnr_db(frame, reference, data_range: float = 1.0) -> float:
-    """Standard image PSNR, 10·log10(range² / MSE) (+inf when identical). Frames here are in [0, 1]."""
-    a, r = _f64(frame), _f64(reference)
-    mse = float(((a - r) ** 2).mean())
-    return math.inf if mse == 0.0 else 10.0 * math.log10(data_range ** 2 / mse)
-
-
-def ssim(frame, reference, data_range: float = 1.0) -> float:
-    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, σ 1.5, K1 0.01, K2 0.03, 'valid' borders) of one
-    (H, W, C) frame, averaged over channels; frames smaller than the window use a window of their own size.
-    The Gaussian blur is separable (two 1-D passes, float32): a 720p frame takes well under a second."""
-    a = _f64(frame).float().movedim(-1, 0)[None]  # (1, C, H, W)
-    r = _f64(reference).float().movedim(-1, 0)[None]
-    size = min(11, a.shape[-1], a.shape[-2])
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * (1.5 * size / 11) ** 2))
-    g = (g / g.sum()).float()
-    channels = a.shape[1]
-    gh = g.view(1, 1, size, 1).expand(channels, 1, size, 1)
-    gw = g.view(1, 1, 1, size).expand(channels, 1, 1, size)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.conv2d(torch.nn.functional.conv2d(t, gh, groups=channels), gw, groups=channels)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_r = blur(a), blur(r)
-    var_a, var_r = blur(a * a) - mu_a ** 2, blur(r * r) - mu_r ** 2
-    cov = blur(a * r) - mu_a * mu_r
-    s = ((2 * mu_a * mu_r + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_r ** 2 + c1) * (var_a + var_r + c2))
-    return min(1.0, float(s.double().mean()))  # ≤ 1 by definition; float32 rounding can overshoot by ~1e-7
-
-
-def _f64(x) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    return x.detach().to("cpu", torch.float64)
-
-
-def frame_metrics(video, reference, data_range: float = 1.0) -> list[dict]:
-    """Per-frame `psnr_db` and `ssim` of two (F, H, W, C) videos."""
-    if tuple(video.shape) != tuple(reference.shape):
-        raise ValueError(f"videos differ in shape: {tuple(video.shape)} vs {tuple(reference.shape)}")
-    return [{"frame": i, "psnr_db": video_psnr_db(video[i], reference[i], data_range),
-             "ssim": ssim(video[i], reference[i], data_range)} for i in range(video.shape[0])]
-
-
 def compare_runs(result: GenerateResult, reference: GenerateResult, min_psnr_db: float) -> dict:
     """Per-step latent relative error and per-frame PSNR / SSIM (video mapped to [0, 1], data range 1, before
     uint8 rounding) of a run against the PyTorch reference run; `passed` when every frame reaches `min_psnr_db`."""
-    from .parity import max_abs, rel_l2
+    from .parity import frame_metrics, max_abs, rel_l2
 
     steps = []
     sched = result.schedule
@@ -1037,7 +991,7 @@ __all__ = [
     "read_artifacts", "decoder_kind_of", "runnable_here", "parse_use", "select_entry", "check_artifacts",
     "expected_io_shapes", "check_stage_shapes", "artifact_stage", "TARGET_PREFERENCE",
     "checkpoint_parts", "decoder_from_checkpoints", "torch_stage", "build_stages",
-    "GenerateConfig", "GenerateResult", "Pipeline", "precision_of", "video_psnr_db", "ssim", "frame_metrics",
+    "GenerateConfig", "GenerateResult", "Pipeline", "precision_of",
     "compare_runs", "json_safe", "build_report", "VIDEO_PSNR_MIN_DB",
     "atomic_path", "write_video", "contact_sheet", "write_contact_sheet", "write_json", "contact_sheet_path",
     "read_video", "check_psnr_gate",

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from mi2v_export import pipeline as pl
+from mi2v_export.parity import psnr_with_range
 from mi2v_export.errors import BadInputError, CheckpointError, MissingDependencyError
 from mi2v_export.models import build_part, load_decoder, load_denoiser, load_encoder, seed_part
 
@@ -421,10 +422,10 @@ def test_first_frame_reproduces_the_image_as_closely_as_the_vae_round_trip(model
     round_trip = pl.to_uint8_frames(BlockDecoder()(BlockEncoder()(x)))[0]
     original = pl.to_uint8_frames(x)[0]
     assert np.array_equal(result.frames[0], round_trip)
-    psnr_first = pl.video_psnr_db(result.frames[0] / 255.0, original / 255.0)
-    psnr_round_trip = pl.video_psnr_db(round_trip / 255.0, original / 255.0)
+    psnr_first = psnr_with_range(result.frames[0] / 255.0, original / 255.0, 1.0)
+    psnr_round_trip = psnr_with_range(round_trip / 255.0, original / 255.0, 1.0)
     assert psnr_first == psnr_round_trip and psnr_first > 14.0
-    later = [pl.video_psnr_db(f / 255.0, original / 255.0) for f in result.frames[1:]]
+    later = [psnr_with_range(f / 255.0, original / 255.0, 1.0) for f in result.frames[1:]]
     assert max(later) < psnr_round_trip - 3.0  # the seeded denoiser moved frames 1-8 away from the image
 
 
@@ -727,7 +728,7 @@ def test_executorch_xnnpack_pipeline_matches_pytorch(image, reference_runs, tmp_
 
 def test_ssim_properties():
     """SSIM is 1 for identical frames (never above, despite float32 rounding), symmetric, and falls with noise."""
-    from mi2v_export.pipeline import ssim
+    from mi2v_export.parity import ssim
 
     g = torch.Generator().manual_seed(3)
     frame = torch.rand(48, 64, 3, generator=g)
