@@ -169,7 +169,7 @@ DELEGATES: dict[str, Delegate] = {d.name: d for d in (
              lower=_generic_lower(_xnnpack_partitioners)),
     Delegate("vulkan", "VulkanBackend", "Vulkan (Android GPU)", host_runtime=False,
              no_runtime_reason="the ExecuTorch runtime on this host has no VulkanBackend; run it on the device "
-                               "(mi2v bench)", lower=_generic_lower(_vulkan_partitioners)),
+                               "(mi2v bench)", lower=_generic_lower(_vulkan_partitioners), extra_trace=("conv1b",)),
     Delegate("qnn", "QnnBackend", "Qualcomm AI Engine Direct (Hexagon HTP)", host_runtime=False,
              default_dtype="fp16", half_graph=False,
              no_runtime_reason="QNN .pte files run only on a Snapdragon device", lower=_qnn_lower),

@@ -18,6 +18,7 @@ managers (`rope_rank5`) that restore the original on exit.
 Trace-time substitutions (context managers, active only while torch.export traces):
 | crms   | Turbo-VAED's channel RMS (5-D mean over dim 1, portable) → (N,1,C,1) mean | models.turbo_vaed.channel_rms_norm |
 | rope5  | the denoiser's rank-6 RoPE rotate-half → rank ≤ 5 (Core ML)              | models.rope.rotate_half_per_axis   |
+| conv1b | Vulkan takes only batch-1 2-D convs; c2d and GLUMBConv put frames in the batch → one conv per frame | F.conv2d |
 """
 
 from __future__ import annotations
@@ -363,6 +364,28 @@ def turbo_channel_rms() -> Iterator[None]:
         turbo_vaed.channel_rms_norm = original
 
 
+def _conv2d_batch_one(conv2d: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # F.conv2d's signature
+        if input.dim() != 4 or input.shape[0] == 1:
+            return conv2d(input, weight, bias, stride, padding, dilation, groups)
+        return torch.cat([conv2d(x, weight, bias, stride, padding, dilation, groups) for x in input.split(1)])
+    return conv
+
+
+@contextlib.contextmanager
+def conv2d_batch_one() -> Iterator[None]:
+    """While exporting for Vulkan: every 2-D convolution over a batch of frames is traced as one batch-1
+    convolution per frame (the same weight) joined with cat. ExecuTorch's Vulkan partitioner skips a conv whose
+    batch is not 1 ("op args not supported"), and the c2d rewrite and the denoiser's GLUMBConv put the frames in
+    the batch, so without this every VAE conv stays on the portable CPU kernels."""
+    original = F.conv2d
+    F.conv2d = _conv2d_batch_one(original)
+    try:
+        yield
+    finally:
+        F.conv2d = original
+
+
 @contextlib.contextmanager
 def rope_rank5() -> Iterator[None]:
     """While exporting for Core ML: trace the denoiser's RoPE rotate-half through a rank-≤5 form."""
@@ -417,6 +440,7 @@ REWRITES: dict[str, ExportRewrite] = {r.name: r for r in (
 TRACE_REWRITES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "crms": turbo_channel_rms,
     "rope5": rope_rank5,
+    "conv1b": conv2d_batch_one,
 }
 
 # What each target (and ExecuTorch delegate) applies, in order.

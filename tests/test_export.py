@@ -238,6 +238,30 @@ def test_conv3d_as_conv2d_is_exact(groups, stride, pad_t, kt):
     assert (got - want).abs().max() < 1e-5
 
 
+def test_conv2d_batch_one_for_vulkan_is_exact_and_restored():
+    """conv1b: a batch of frames becomes one batch-1 conv per frame (what Vulkan takes), with the same values;
+    F.conv2d is restored afterwards, also when the traced code raises."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    original = F.conv2d
+    for conv in (nn.Conv2d(6, 8, 3, padding=1), nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False),
+                 nn.Conv2d(6, 4, 3, stride=2)):
+        x = torch.randn(5, conv.in_channels, 9, 11)
+        with torch.no_grad():
+            want = conv(x)
+            with rewrites.conv2d_batch_one():
+                got = conv(x)
+                gm = torch.export.export(conv, (x,)).graph_module
+        assert torch.allclose(got, want, atol=1e-6) and got.shape == want.shape
+        convs = [n for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+        assert len(convs) == 5 and all(n.args[0].meta["val"].shape[0] == 1 for n in convs)
+    assert F.conv2d is original
+    with pytest.raises(RuntimeError, match="boom"), rewrites.conv2d_batch_one():
+        raise RuntimeError("boom")
+    assert F.conv2d is original
+
+
 def test_depth_to_space_roundtrip():
     x = torch.randn(1, 3 * 8, 2, 5, 6)
     factors = [(2, 2), (2, 4), (2, 3)]
@@ -260,10 +284,12 @@ def test_executorch_and_coreml_rewrites_keep_the_vae_function(part):
         model, x = models.load_decoder(kind, preset="tiny"), components.example_inputs("decoder", TINY_GEO)["latent"]
     with torch.no_grad():
         ref = model(x)
-    for target in ("executorch", "coreml"):
+    from mi2v_export.exporters.executorch import DELEGATES
+
+    for target, trace in (("executorch", ()), ("executorch", DELEGATES["vulkan"].extra_trace), ("coreml", ())):
         m = copy.deepcopy(model)
         counts = rewrites.apply_rewrites(m, rewrites.FOR_TARGET[target])
-        with rewrites.tracing(rewrites.TRACE_FOR_TARGET[target]), torch.no_grad():
+        with rewrites.tracing(rewrites.TRACE_FOR_TARGET[target] + trace), torch.no_grad():
             out = m(x)
         assert sum(counts.values()) > 0 or target == "coreml"
         assert parity.rel_l2(out, ref) < 1e-5, (part, target, counts)
@@ -439,6 +465,8 @@ def test_vulkan_pte_is_structurally_checked_and_merges_into_an_existing_folder(t
     assert "VulkanBackend" in e.parity["reason"]
     assert any("VulkanBackend" in c for c in e.structure["checks"])
     assert e.delegation["backends"].get("VulkanBackend", 0) >= 1
+    # the toy's Conv3d runs over 2 frames: only the per-frame batch-1 form (conv1b) lets Vulkan take it
+    assert "conv1b" in e.target_info["trace_rewrites"] and e.delegation["flops_share_delegated"] == 1.0
     m = read_manifest(out)
     assert sorted(x.file for x in m.components) == ["decoder.onnx", "denoiser.onnx", "denoiser.pte", "encoder.onnx"]
     assert m.find("denoiser", target="executorch").delegate == "vulkan"
