@@ -153,6 +153,11 @@ class Exporter(ABC):
         """Fail at once (MissingDependencyError) when something this export needs is missing on this host."""
         return None
 
+    def runs_here(self, options: ExportOptions) -> bool:
+        """Whether `run` can execute artifacts of these options on this host (else the PyTorch reference output is
+        only computed when something else needs it, e.g. a BundledProgram)."""
+        return True
+
     def file_name(self, component: str) -> str:
         return f"{component}{self.extension}"
 

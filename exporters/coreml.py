@@ -94,6 +94,9 @@ class CoreMLExporter(Exporter):
             raise BadInputError(f"--min-ios {options.min_ios}: choose one of {', '.join(map(str, MIN_IOS))}")
         return options
 
+    def runs_here(self, options: ExportOptions) -> bool:
+        return sys.platform == "darwin"
+
     def check_environment(self, options: ExportOptions) -> None:
         try:
             import coremltools  # noqa: F401

@@ -333,6 +333,9 @@ class ExecuTorchExporter(Exporter):
     def default_dtype(self, delegate: str | None) -> str:
         return DELEGATES[delegate or "xnnpack"].default_dtype
 
+    def runs_here(self, options: ExportOptions) -> bool:
+        return DELEGATES[options.delegate].host_runtime
+
     def check_environment(self, options: ExportOptions) -> None:
         try:
             import executorch.exir  # noqa: F401

@@ -203,11 +203,13 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         stages[label] = time.perf_counter() - t0
         progress(ProgressEvent(name, label, "done", detail, seconds=stages[label]))
 
+    # the PyTorch reference is computed only when something will compare against it
+    need_reference = request.verify and (exporter.runs_here(options) or options.bundle)
     progress(ProgressEvent(name, "load", "start", f"{comp.model_name(name, request.decoder)} ({preset}, "
                                                   f"{'seeded weights' if checkpoint is None else checkpoint.name})"
-                                                  + (" + PyTorch fp32 reference" if request.verify else "")))
+                                                  + (" + PyTorch fp32 reference" if need_reference else "")))
     spec = comp.load_component(name, preset=preset, geo=geo, decoder_kind=request.decoder, checkpoint=checkpoint,
-                               attention=request.attention, reference=request.verify,
+                               attention=request.attention, reference=need_reference,
                                rewrite_options=comp.parse_rewrite_options(request.rewrite))
     stages.update(spec.stages_s)
     progress(ProgressEvent(name, "load", "done", seconds=spec.stages_s.get("load")))
@@ -245,6 +247,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
             parity_record["reason"] = result.reason
             done("verify", t0, f"no runtime here: {result.reason}")
         else:
+            if spec.reference is None:
+                raise RuntimeError(f"{type(exporter).__name__}.runs_here() said no, but run() produced outputs")
             metrics = parity.compare(result.outputs, {n: r.numpy() for n, r in spec.reference.items()})
             passed = gate.passes(metrics)
             parity_record.update(metrics.to_dict())

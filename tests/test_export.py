@@ -422,6 +422,7 @@ def test_onnx_tiny_end_to_end(onnx_dir):
         assert ([t.name for t in e.inputs], [t.name for t in e.outputs]) == tuple(contract[e.component])
         assert e.parity["verified_on"] == "onnxruntime" and e.parity["gate"]["passed"]
         assert e.parity["reference"] == "pytorch-fp32" and e.parity["rel_l2"] <= 1e-4
+        assert e.export["stages_s"]["reference"] > 0
         assert e.export["wall_s"] > 0 and e.export["peak_rss_bytes"] > 100 * 2 ** 20
         assert e.target_info["opset"] == 18 and e.verified
         # independent check: onnxruntime on the artifact vs the PyTorch model, nothing shared with the exporter
@@ -478,6 +479,7 @@ def test_coreml_delegate_pte_is_structurally_checked(tmp_path, toy):
     assert e.target_info["compute_units"] == "all" and e.target_info["minimum_deployment_target"] == "iOS17"
     assert e.parity["verified_on"] is None and "CoreMLBackend" in e.parity["reason"]
     assert e.delegation["backends"] == {"CoreMLBackend": 1} and e.delegation["ops_portable"] == 0
+    assert "reference" not in e.export["stages_s"]  # nothing here compares against it: not computed
 
 
 def test_coreml_mlpackage_of_the_tiny_denoiser_loads_as_a_spec(tmp_path):
