@@ -9,9 +9,9 @@ import typer
 
 bench_app = typer.Typer(
     name="bench",
-    help="Time the exported components on this machine (--device host) or on an Android phone over adb "
-    "(--device adb[:SERIAL]) and report the per-frame latency; `mi2v bench compare A.json B.json` puts two reports "
-    "side by side.",
+    help="Time the exported components on this machine (--device host), on an Android phone over adb "
+    "(--device adb[:SERIAL], native runners or --via app) or on an iPhone (--device ios:UDID, macOS) and report the "
+    "per-frame latency; `mi2v bench compare A.json B.json` puts two reports side by side.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
