@@ -250,8 +250,12 @@ def test_parse_device():
     assert parse_device("host") == ("host", None)
     assert parse_device("adb") == ("adb", None)
     assert parse_device("adb:127.0.0.1:5555") == ("adb", "127.0.0.1:5555")
-    with pytest.raises(BadInputError, match="not host, adb or adb:SERIAL"):
+    assert parse_device("ios:00008130-0011223344556677") == ("ios", "00008130-0011223344556677")
+    with pytest.raises(BadInputError, match="not host, adb, adb:SERIAL or ios:UDID"):
         parse_device("phone")
+    for bare in ("ios", "ios:"):
+        with pytest.raises(BadInputError, match="needs the iPhone's UDID"):
+            parse_device(bare)
 
 
 def test_select_artifacts(standin, tmp_path):
@@ -428,7 +432,7 @@ def test_host_errors_are_one_line(standin, tmp_path):
     proc = mi2v("bench", "--artifacts", tmp_path / "nowhere", "--device", "host")
     assert proc.returncode == 2 and "no such artifacts folder" in _one_error_line(proc)
     proc = mi2v("bench", "--artifacts", standin, "--device", "phone")
-    assert proc.returncode == 2 and "not host, adb or adb:SERIAL" in _one_error_line(proc)
+    assert proc.returncode == 2 and "not host, adb, adb:SERIAL or ios:UDID" in _one_error_line(proc)
     proc = mi2v("bench", "--artifacts", standin, "--steps", "4")
     assert proc.returncode == 2 and "1 or 2 denoising steps" in _one_error_line(proc)
     # a file changed after export: that component fails, the others are measured, the report is partial
