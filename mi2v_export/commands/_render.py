@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+LOG_WIDTH = 160  # pipes and CI logs: rich would assume 80 columns and cut every table cell to an ellipsis
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty())
+    return Console(stderr=stderr, width=LOG_WIDTH if piped and "COLUMNS" not in os.environ else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def print_json(data) -> None:
