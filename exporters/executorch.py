@@ -166,7 +166,7 @@ def _qnn_lower(module, args, options: ExportOptions, etrecord: bool):
 
 DELEGATES: dict[str, Delegate] = {d.name: d for d in (
     Delegate("xnnpack", "XnnpackBackend", "XNNPACK (CPU, Android/iOS/desktop)", host_runtime=True,
-             lower=_generic_lower(_xnnpack_partitioners), extra_trace=("fln",)),
+             lower=_generic_lower(_xnnpack_partitioners)),
     Delegate("vulkan", "VulkanBackend", "Vulkan (Android GPU)", host_runtime=False,
              no_runtime_reason="the ExecuTorch runtime on this host has no VulkanBackend; run it on the device "
                                "(mi2v bench)", lower=_generic_lower(_vulkan_partitioners), extra_trace=("conv1b",)),

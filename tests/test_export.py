@@ -262,34 +262,6 @@ def test_conv2d_batch_one_for_vulkan_is_exact_and_restored():
     assert F.conv2d is original
 
 
-def test_layer_norm_for_xnnpack_is_exact_and_leaves_no_native_layer_norm():
-    """fln: the denoiser's functional LayerNorm traced as delegable reductions; same output, no layer_norm node."""
-    import torch.nn.functional as F
-
-    from mi2v_export import models
-    from mi2v_export.exporters.executorch import DELEGATES
-
-    original = F.layer_norm
-    x = torch.randn(3, 7, 16)
-    w, b = torch.randn(16), torch.randn(16)
-    with rewrites.layer_norm_delegable():
-        for args in ((), (w,), (w, b)):
-            assert torch.allclose(F.layer_norm(x, (16,), *args, eps=1e-6), original(x, (16,), *args, eps=1e-6),
-                                  atol=1e-5)
-        assert torch.equal(F.layer_norm(x, (7, 16)), original(x, (7, 16)))  # not one axis: untouched
-    assert F.layer_norm is original
-    model = models.load_denoiser(preset="tiny")
-    inputs = tuple(components.example_inputs("denoiser", TINY_GEO).values())
-    with torch.no_grad():
-        want = model(*inputs)
-        with rewrites.tracing(["fln"]):
-            ep = torch.export.export(model, inputs, strict=False)
-    names = {str(n.target) for n in ep.run_decompositions({}).graph.nodes}
-    assert not any("layer_norm" in t for t in names), sorted(t for t in names if "norm" in t)
-    assert parity.rel_l2(ep.module()(*inputs), want) < 1e-5
-    assert "fln" in DELEGATES["xnnpack"].extra_trace
-
-
 def test_depth_to_space_roundtrip():
     x = torch.randn(1, 3 * 8, 2, 5, 6)
     factors = [(2, 2), (2, 4), (2, 3)]
