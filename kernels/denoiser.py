@@ -118,13 +118,9 @@ class MobileDenoiser(MobileI2VDenoiser):
 
     def forward(self, latent: torch.Tensor, timestep: torch.Tensor, flow_score: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        dtype = self.x_embedder.proj.weight.dtype
         b, cin, t, h, w = latent.shape
         s, c = h * w, cfg.hidden_size
-        x = latent.to(dtype).transpose(1, 2).reshape(b * t, cin, h, w)
-        x = self.x_embedder.proj(x)  # (B·T, C, H, W): already channels-first
-        timestep = timestep.reshape(-1).expand(b) if timestep.numel() == 1 else timestep
-        flow_score = flow_score.reshape(-1).expand(b) if flow_score.numel() == 1 else flow_score
+        x, timestep, flow_score = self.embed_inputs(latent, timestep, flow_score)  # x (B·T, C, H, W): channels-first
         t_emb, mod = self.conditioning(timestep, flow_score, t)
         mod = mod.view(b, t, 6, c)
         rope = self.rope_for((t, h, w), latent.device)

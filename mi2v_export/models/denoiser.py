@@ -257,15 +257,21 @@ class MobileI2VDenoiser(nn.Module):
         pick = torch.tensor([0] + [1] * (frames - 1), device=mod.device)
         return t_emb[:, pick], mod[:, pick]
 
-    def forward(self, latent: torch.Tensor, timestep: torch.Tensor, flow_score: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        dtype = self.x_embedder.proj.weight.dtype
+    def embed_inputs(self, latent: torch.Tensor, timestep: torch.Tensor, flow_score: torch.Tensor):
+        """The forward's prologue, shared with the rewritten denoiser: the patch embedding per frame as
+        (B·T, C, H, W), and a scalar timestep / flow_score broadcast over the batch."""
         b, cin, t, h, w = latent.shape
-        s, c = h * w, cfg.hidden_size
-        x = latent.to(dtype).transpose(1, 2).reshape(b * t, cin, h, w)
-        x = self.x_embedder.proj(x).flatten(2).transpose(1, 2).reshape(b, t, s, c)
+        x = latent.to(self.x_embedder.proj.weight.dtype).transpose(1, 2).reshape(b * t, cin, h, w)
         timestep = timestep.reshape(-1).expand(b) if timestep.numel() == 1 else timestep
         flow_score = flow_score.reshape(-1).expand(b) if flow_score.numel() == 1 else flow_score
+        return self.x_embedder.proj(x), timestep, flow_score
+
+    def forward(self, latent: torch.Tensor, timestep: torch.Tensor, flow_score: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        b, cin, t, h, w = latent.shape
+        s, c = h * w, cfg.hidden_size
+        x, timestep, flow_score = self.embed_inputs(latent, timestep, flow_score)
+        x = x.flatten(2).transpose(1, 2).reshape(b, t, s, c)
         t_emb, mod = self.frame_conditioning(timestep, flow_score, t)
         mod = mod.view(b, t, 6, c)
         rope = rope_angles((t, h, w), cfg.head_dim, cfg.rope_scales, cfg.rope_theta, device=latent.device)
