@@ -203,6 +203,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         stages[label] = time.perf_counter() - t0
         progress(ProgressEvent(name, label, "done", detail, seconds=stages[label]))
 
+    rewrite_options = comp.parse_rewrite_options(request.rewrite)
     # the PyTorch reference is computed only when something will compare against it
     need_reference = request.verify and (exporter.runs_here(options) or options.bundle)
     progress(ProgressEvent(name, "load", "start", f"{comp.model_name(name, request.decoder)} ({preset}, "
@@ -210,7 +211,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                                                   + (" + PyTorch fp32 reference" if need_reference else "")))
     spec = comp.load_component(name, preset=preset, geo=geo, decoder_kind=request.decoder, checkpoint=checkpoint,
                                attention=request.attention, reference=need_reference,
-                               rewrite_options=comp.parse_rewrite_options(request.rewrite))
+                               rewrite_options=rewrite_options)
     stages.update(spec.stages_s)
     progress(ProgressEvent(name, "load", "done", seconds=spec.stages_s.get("load")))
     if spec.reference is not None:
@@ -270,7 +271,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     wall = time.perf_counter() - t_start
     flags = {"preset": preset, "resolution": [geo.height, geo.width], "frames": geo.frames,
              "attention": request.attention if name == "denoiser" else None,
-             "rewrite": comp.parse_rewrite_options(request.rewrite) if name == "denoiser" else None,
+             "rewrite": rewrite_options if name == "denoiser" else None,
              "decoder": request.decoder if name == "decoder" else None, "verify": request.verify}
     if exporter.name == "executorch":
         flags.update(bundle=options.bundle, etrecord=options.etrecord)

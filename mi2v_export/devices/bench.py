@@ -281,9 +281,9 @@ def run_bench(opts: BenchOptions, say: Say = _quiet) -> tuple[BenchReport, Path,
     transport, serial = parse_device(opts.device)
     if transport == "ios":
         raise BadInputError("--device ios:UDID writes one report per compute unit: call run_bench_ios")
-    iterations, warmup, cooldown = _checked_protocol(opts, transport)
     if opts.via == "app":
         return run_bench_app(opts, say)
+    iterations, warmup, cooldown = _checked_protocol(opts, transport)
     manifest = read_manifest(opts.artifacts)
     selections = select_artifacts(manifest, opts.runtime, transport, opts.components)
     json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, serial)
@@ -632,8 +632,9 @@ def _run_adb(opts: BenchOptions, serial: str | None, manifest: Any, selections: 
 
 
 def _app_artifacts(opts: BenchOptions, manifest: Any) -> tuple[list[Any], list[str]]:
-    """The .pte per chosen component (manifest sha256 checked), and the chosen components that have none."""
-    from .android_app import AppArtifact, artifacts_from_manifest
+    """The .pte per chosen component (files checked against the manifest), and the chosen components that have
+    none."""
+    from .android_app import artifacts_from_manifest
 
     have = {e.component for e in manifest.components if e.target == "executorch"}
     missing = [c for c in opts.components if c not in have]
@@ -641,12 +642,7 @@ def _app_artifacts(opts: BenchOptions, manifest: Any) -> tuple[list[Any], list[s
         raise BadInputError(f"{opts.artifacts}: no ExecuTorch (.pte) artifact for {', '.join(missing)}; the app "
                             "runs .pte only: export with `--target executorch`")
     items, _ = artifacts_from_manifest(opts.artifacts, [c for c in opts.components if c in have])
-    for a in items:
-        if not a.path.is_file():
-            raise BadInputError(f"{a.path} is listed in the manifest but missing: export again")
-        if a.sha256 and AppArtifact(a.component, a.path).digest() != a.sha256:
-            raise BadInputError(f"{a.path.name} does not match the sha256 in manifest.json (changed after the "
-                                "export): export again")
+    verify_files([(a.path, a.remote_name, a.sha256 or "") for a in items])
     return items, missing
 
 
