@@ -1,9 +1,11 @@
-"""Shared fixtures: where the golden references live, and writers for upstream-style checkpoint files."""
+"""Shared fixtures: where the golden references live, writers for upstream-style checkpoint files, the CLI as a
+user runs it, and a private adb server with a simulated phone."""
 
 from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +40,64 @@ def save_upstream_pth(state_dict: dict, path: Path, *, unused_buffers: dict | No
     return path
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the installed `mi2v` console script as a user would."""
-    exe = Path(sys.executable).with_name("mi2v")
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+MI2V_EXE = Path(sys.executable).with_name("mi2v")  # the installed console script
+
+
+def run_cli(*args, timeout: float = 900, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run the installed `mi2v` console script as a user would, in a wide terminal without colours (`env`, when
+    given, is the whole environment)."""
+    full = dict(os.environ if env is None else env)
+    full.update(COLUMNS="200", TERM="dumb", NO_COLOR="1")
+    return subprocess.run([str(MI2V_EXE), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=full, cwd=cwd)
+
+
+# ---- a private adb server (real client and server, loopback only) and the simulated phone -------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def adb_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANDROID_", "ADB"))}
+    env.pop("MI2V_ADB", None)
+    # HOME: the server's adbkey goes there. No mDNS, USB or emulator scanning: loopback only, nothing of the host's.
+    env.update(HOME=str(home), TMPDIR=str(home), ADB_MDNS="0", ADB_USB="0", ADB_EMU="0")
+    return env
+
+
+def private_adb(home: Path):
+    """An adb server of our own on a free port (skips the test when no adb binary exists)."""
+    from mi2v_export.devices.adb import Adb, find_adb
+    from mi2v_export.errors import DeviceError
+
+    try:
+        path = find_adb()
+    except DeviceError as exc:
+        pytest.skip(f"no adb binary: {exc}")
+    home.mkdir(parents=True, exist_ok=True)
+    adb = Adb(path, server_port=free_port(), env=adb_env(home), timeout=20)
+    adb.start_server()
+    return adb
+
+
+@pytest.fixture(scope="module")
+def adb(tmp_path_factory):
+    client = private_adb(tmp_path_factory.mktemp("adb-home"))
+    try:
+        yield client
+    finally:
+        client.kill_server()  # only the server on our private port
+
+
+@pytest.fixture(scope="module")
+def phone(adb):
+    from mi2v_export.devices.simulate import SimulatedPhone
+
+    with SimulatedPhone() as p:
+        assert adb.connect(p.serial).state == "device"
+        yield p
+        adb.disconnect(p.serial)

@@ -16,7 +16,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,8 @@ from mi2v_export.devices import android_app as aa
 from mi2v_export.devices import ios
 from mi2v_export.devices.report import BenchReport, validate
 from mi2v_export.errors import BadInputError, DeviceError, MissingDependencyError
+
+from .conftest import private_adb, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "app_reports"
@@ -365,12 +366,6 @@ def test_merge_keeps_host_facts_app_numbers_and_the_simulated_flag(tmp_path):
 # ---- --via app end to end: real adb, simulated phone, stand-in framework --------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _FAKE_AM = r'''
 # stand-in for `am instrument` + the benchmark app: checks the arguments, writes a sample report
 import json, os, sys
@@ -400,19 +395,9 @@ def _app_phone(tmp_path: Path, monkeypatch):
     """The real adb client and server on a private port, a simulated phone connected to it, and stand-ins for
     `pm`, `run-as` and `am instrument` on that phone (the app's builds already installed). Yields
     (adb, phone, app_dir)."""
-    from mi2v_export.devices.adb import Adb, find_adb
     from mi2v_export.devices.simulate import SimulatedPhone
 
-    try:
-        adb_path = find_adb()
-    except DeviceError as exc:
-        pytest.skip(f"no adb binary: {exc}")
-    home = tmp_path / "adb-home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANDROID_", "ADB"))}
-    env.update(HOME=str(home), TMPDIR=str(home), ADB_MDNS="0", ADB_USB="0", ADB_EMU="0")
-    adb = Adb(adb_path, server_port=_free_port(), env=env, timeout=20)
-    adb.start_server()
+    adb = private_adb(tmp_path / "adb-home")
     monkeypatch.setenv("MI2V_SAMPLE_REPORT", str(DATA / "android_xnnpack_ok.json"))
     monkeypatch.setenv("MI2V_INSTRUMENT_OUT", str(DATA / "instrument_ok.txt"))
     try:
@@ -466,13 +451,6 @@ def test_via_app_through_real_adb_and_the_simulated_phone(tmp_path, monkeypatch)
         assert "make android-install SERIAL=" in _one_line(e.value)
 
 
-def _mi2v(*args, env=None) -> subprocess.CompletedProcess:
-    full = dict(os.environ if env is None else env)
-    full.update(COLUMNS="200", TERM="dumb", NO_COLOR="1")
-    return subprocess.run([sys.executable, "-m", "mi2v_export.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env=full, cwd=REPO)
-
-
 def test_bench_via_app_from_the_cli(tmp_path, monkeypatch):
     """`mi2v bench --device adb:SERIAL --via app`: device facts from adb, the app's numbers, one saved report."""
     folder = _write_manifest(tmp_path / "art")
@@ -480,7 +458,7 @@ def test_bench_via_app_from_the_cli(tmp_path, monkeypatch):
         common = ["bench", "--artifacts", folder, "--device", f"adb:{phone.serial}", "--via", "app",
                   "--adb", adb.path, "--adb-port", adb.server_port, "--app-dir", app_dir]
         out = tmp_path / "app.json"
-        proc = _mi2v(*common, "--iterations", 6, "--warmup", 1, "--json", out, env=adb.env)
+        proc = run_cli(*common, "--iterations", 6, "--warmup", 1, "--json", out, env=adb.env)
         assert proc.returncode == 0, proc.stderr
         assert "measured by the Android app" in proc.stdout and "per-frame latency, 2 steps:" in proc.stdout
         rep = json.loads(out.read_text())
@@ -498,19 +476,19 @@ def test_bench_via_app_from_the_cli(tmp_path, monkeypatch):
         # the app failing on the phone: one error line, non-zero exit, and the report still written
         monkeypatch.setenv("MI2V_INSTRUMENT_OUT", str(DATA / "instrument_failed.txt"))
         failed = tmp_path / "failed.json"
-        proc = _mi2v(*common, "--json", failed, env=adb.env)
+        proc = run_cli(*common, "--json", failed, env=adb.env)
         assert proc.returncode != 0
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
         assert len(errors) == 1 and "unknown component 'vae'" in errors[0], proc.stderr
         assert json.loads(failed.read_text())["status"] == "failed"
         # the APKs not built: says how to build them
-        proc = _mi2v(*common, "--app-dir", tmp_path / "not-built", env=adb.env)
+        proc = run_cli(*common, "--app-dir", tmp_path / "not-built", env=adb.env)
         assert proc.returncode == 3 and "run `make android` first" in proc.stderr
 
 
 def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
     folder = _write_manifest(tmp_path / "art")
-    proc = _mi2v("bench", "--artifacts", folder, "--device", "adb:R5CT1234", "--via", "app", "--dry-run",
+    proc = run_cli("bench", "--artifacts", folder, "--device", "adb:R5CT1234", "--via", "app", "--dry-run",
                  "--iterations", 30, "--components", "encoder,decoder")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -531,7 +509,7 @@ def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
         cases.append((["--device", "ios:00008130-0011223344556677"], "needs macOS with Xcode 15+"))
         cases.append((["--device", "ios:00008130-0011223344556677", "--dry-run"], "needs macOS with Xcode 15+"))
     for extra, message in cases:
-        proc = _mi2v("bench", "--artifacts", folder, *extra)
+        proc = run_cli("bench", "--artifacts", folder, *extra)
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
         assert proc.returncode in (2, 3) and len(errors) == 1 and message in errors[0], (extra, proc.stderr)
         assert "Traceback" not in proc.stderr

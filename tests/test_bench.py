@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,9 +42,8 @@ from mi2v_export.devices.report import BenchReport
 from mi2v_export.devices.simulate import SimulatedPhone, host_abi
 from mi2v_export.errors import BadInputError, DeviceError
 
-from .test_devices import _private_adb
+from .conftest import REPO, private_adb, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------------------------------
 # artifacts
@@ -216,21 +214,6 @@ def derive(src: Path, dst: Path, keep=lambda e: True, edit=None) -> Path:
 # running the CLI
 # --------------------------------------------------------------------------------------------------------------------
 
-_CLI = ("import sys, mi2v_export.cli as cli\n"
-        "if 'bench' not in cli.COMMAND_MODULES:\n"
-        "    import mi2v_export.commands.bench as b; b.register(cli.app)\n"
-        "sys.argv[0] = 'mi2v'\n"
-        "cli.main()\n")
-
-
-def mi2v(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
-    """`mi2v ARGS` as a user runs it (cli.main: one-line errors, exit codes), with `bench` registered."""
-    full_env = dict(os.environ if env is None else env)
-    full_env.update(COLUMNS="200", TERM="dumb", NO_COLOR="1")
-    return subprocess.run([sys.executable, "-c", _CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=cwd or REPO)
-
-
 def _adb_args(adb) -> list[str]:
     return ["--adb", adb.path, "--adb-port", str(adb.server_port)]
 
@@ -393,7 +376,7 @@ def test_host_bench_both_runtimes_table_plot_and_compare(standin, tmp_path):
                 "--warmup", "2", "--json", out]
         if rt == "executorch":
             args += ["--plot", tmp_path / "host.png", "--steps", "1", "--runs", "2"]
-        proc = mi2v(*args)
+        proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
         assert "per-frame latency, 1 step:" in proc.stdout and "per-frame latency, 2 steps:" in proc.stdout
         assert f"report: {out}" in proc.stdout
@@ -419,28 +402,28 @@ def test_host_bench_both_runtimes_table_plot_and_compare(standin, tmp_path):
     assert any("not pinned" in u for u in ort["conditions"]["uncontrolled"])
     assert (tmp_path / "host.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    proc = mi2v("bench", "compare", tmp_path / "onnxruntime.json", tmp_path / "executorch.json")
+    proc = run_cli("bench", "compare", tmp_path / "onnxruntime.json", tmp_path / "executorch.json")
     assert proc.returncode == 0, proc.stderr
     assert "per-frame ms (2 steps)" in proc.stdout and "denoiser p50 ms" in proc.stdout and "×" in proc.stdout
-    rows = json.loads(mi2v("bench", "compare", tmp_path / "onnxruntime.json", tmp_path / "executorch.json",
-                           "--json").stdout)
+    rows = json.loads(run_cli("bench", "compare", tmp_path / "onnxruntime.json", tmp_path / "executorch.json",
+                              "--json").stdout)
     row = next(r for r in rows if r["metric"] == "per-frame ms (2 steps)")
     assert row["ratio"] == pytest.approx(et["per_frame_ms"]["2"] / ort["per_frame_ms"]["2"])
 
 
 def test_host_errors_are_one_line(standin, tmp_path):
-    proc = mi2v("bench", "--artifacts", tmp_path / "nowhere", "--device", "host")
+    proc = run_cli("bench", "--artifacts", tmp_path / "nowhere", "--device", "host")
     assert proc.returncode == 2 and "no such artifacts folder" in _one_error_line(proc)
-    proc = mi2v("bench", "--artifacts", standin, "--device", "phone")
+    proc = run_cli("bench", "--artifacts", standin, "--device", "phone")
     assert proc.returncode == 2 and "not host, adb, adb:SERIAL or ios:UDID" in _one_error_line(proc)
-    proc = mi2v("bench", "--artifacts", standin, "--steps", "4")
+    proc = run_cli("bench", "--artifacts", standin, "--steps", "4")
     assert proc.returncode == 2 and "1 or 2 denoising steps" in _one_error_line(proc)
     # a file changed after export: that component fails, the others are measured, the report is partial
     tampered = derive(standin, tmp_path / "tampered", keep=lambda e: e.target == "onnx")
     with open(tampered / "decoder.onnx", "ab") as fh:
         fh.write(b"\0")
     out = tmp_path / "t.json"
-    proc = mi2v("bench", "--artifacts", tampered, "--iterations", "2", "--warmup", "0", "--json", out)
+    proc = run_cli("bench", "--artifacts", tampered, "--iterations", "2", "--warmup", "0", "--json", out)
     assert proc.returncode == 2
     assert "decoder: " in _one_error_line(proc) and "changed after export" in proc.stderr
     rep = json.loads(out.read_text())
@@ -453,28 +436,11 @@ def test_host_errors_are_one_line(standin, tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def adb(tmp_path_factory):
-    client = _private_adb(tmp_path_factory.mktemp("adb-home"))
-    try:
-        yield client
-    finally:
-        client.kill_server()  # only the server on our private port
-
-
-@pytest.fixture(scope="module")
-def phone(adb):
-    with SimulatedPhone() as p:
-        assert adb.connect(p.serial).state == "device"
-        yield p
-        adb.disconnect(p.serial)
-
-
 def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
     out = tmp_path / "phone.json"
     args = ["bench", "--artifacts", standin, "--device", f"adb:{phone.serial}", *_adb_args(adb),
             "--iterations", "4", "--warmup", "2", "--cooldown", "0"]
-    proc = mi2v(*args, "--runtime", "executorch", "--json", out, env=adb.env)
+    proc = run_cli(*args, "--runtime", "executorch", "--json", out, env=adb.env)
     assert proc.returncode == 0, proc.stderr
     assert "per-frame latency, 2 steps:" in proc.stdout and "simulated phone" in proc.stdout
     rep = json.loads(out.read_text())
@@ -507,7 +473,7 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
 
     # the encoder again, with an ETDump: runner and model are already there (same sha256), nothing is pushed
     out2 = tmp_path / "again.json"
-    proc = mi2v(*args, "--runtime", "executorch", "--components", "encoder", "--etdump", "--json", out2,
+    proc = run_cli(*args, "--runtime", "executorch", "--components", "encoder", "--etdump", "--json", out2,
                 env=adb.env)
     assert proc.returncode == 0, proc.stderr
     again = json.loads(out2.read_text())
@@ -518,7 +484,7 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
 
     # ONNX Runtime, pinned to core 0 with an explicit mask; the .onnx external-data files travel with the models
     out3 = tmp_path / "ort.json"
-    proc = mi2v(*args, "--runtime", "onnxruntime", "--cpu-mask", "1", "--json", out3, env=adb.env)
+    proc = run_cli(*args, "--runtime", "onnxruntime", "--cpu-mask", "1", "--json", out3, env=adb.env)
     assert proc.returncode == 0, proc.stderr
     ort = json.loads(out3.read_text())
     assert ort["protocol"]["affinity_mask"] == "1" and ort["protocol"]["affinity_granted"] == "0"
@@ -570,10 +536,10 @@ def test_without_toybox_time_vmhwm_is_polled(adb, phone, standin, tmp_path):
 
 
 def test_no_device(tmp_path, standin):
-    empty = _private_adb(tmp_path / "home")
+    empty = private_adb(tmp_path / "home")
     try:
         out = tmp_path / "r.json"
-        proc = mi2v("bench", "--artifacts", standin, "--device", "adb", *_adb_args(empty), "--json", out,
+        proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(empty), "--json", out,
                     env=empty.env)
         assert proc.returncode == 5
         assert "no Android device is connected" in _one_error_line(proc) and f"report: {out}" in proc.stderr
@@ -590,7 +556,7 @@ def test_unauthorized_and_offline(adb, standin, tmp_path, state):
     with SimulatedPhone(state=state) as p:
         assert adb.connect(p.serial, timeout=2).state == state
         try:
-            proc = mi2v("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb), "--json",
+            proc = run_cli("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb), "--json",
                         tmp_path / "r.json", env=adb.env)
             line = _one_error_line(proc)
             assert proc.returncode == 5
@@ -607,7 +573,7 @@ def test_several_devices_need_a_serial(adb, phone, standin, tmp_path):
     with SimulatedPhone() as other:
         adb.connect(other.serial)
         try:
-            proc = mi2v("bench", "--artifacts", standin, "--device", "adb", *_adb_args(adb), "--json",
+            proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(adb), "--json",
                         tmp_path / "r.json", env=adb.env)
             assert proc.returncode == 5
             assert "several devices are connected" in _one_error_line(proc) and "--device adb:SERIAL" in proc.stderr
@@ -624,7 +590,7 @@ def test_full_storage_gives_a_partial_report(adb, standin, tmp_path):
         adb.connect(p.serial)
         try:
             out = tmp_path / "r.json"
-            proc = mi2v("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb),
+            proc = run_cli("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb),
                         "--runtime", "executorch", "--iterations", "2", "--warmup", "1", "--cooldown", "0",
                         "--json", out, env=adb.env)
             assert proc.returncode == 5
@@ -642,7 +608,7 @@ def test_full_storage_gives_a_partial_report(adb, standin, tmp_path):
 
 def _bench_phone(adb, phone, artifacts, tmp_path, *extra, name="r.json"):
     out = tmp_path / name
-    proc = mi2v("bench", "--artifacts", artifacts, "--device", f"adb:{phone.serial}", *_adb_args(adb),
+    proc = run_cli("bench", "--artifacts", artifacts, "--device", f"adb:{phone.serial}", *_adb_args(adb),
                 "--iterations", "2", "--warmup", "1", "--cooldown", "0", "--json", out, *extra, env=adb.env)
     rep = json.loads(out.read_text()) if out.exists() else None
     return proc, rep
@@ -730,7 +696,7 @@ def test_timeout_kills_the_run_and_goes_on(adb, phone, standin, tmp_path):
     pte = derive(standin, tmp_path / "pte", keep=lambda e: e.target == "executorch" and e.component != "decoder")
     t0 = time.monotonic()
     out = tmp_path / "r.json"
-    proc = mi2v("bench", "--artifacts", pte, "--device", f"adb:{phone.serial}", *_adb_args(adb), "--iterations",
+    proc = run_cli("bench", "--artifacts", pte, "--device", f"adb:{phone.serial}", *_adb_args(adb), "--iterations",
                 "1000000", "--warmup", "0", "--timeout", "4", "--cooldown", "0", "--json", out, env=adb.env)
     assert time.monotonic() - t0 < 120
     line = _one_error_line(proc)
@@ -759,7 +725,7 @@ def test_tiny_preset_host_and_simulated_phone(request, adb, phone, tmp_path):
     for device in ("host", f"adb:{phone.serial}"):
         for rt in ("onnxruntime", "executorch"):
             out = tmp_path / f"{rt}-{device.replace(':', '_')}.json"
-            proc = mi2v("bench", "--artifacts", tiny, "--device", device, *_adb_args(adb), "--runtime", rt,
+            proc = run_cli("bench", "--artifacts", tiny, "--device", device, *_adb_args(adb), "--runtime", rt,
                         "--iterations", "5", "--warmup", "2", "--cooldown", "0", "--json", out, env=adb.env)
             assert proc.returncode == 0, proc.stderr
             rep = json.loads(out.read_text())

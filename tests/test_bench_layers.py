@@ -42,7 +42,6 @@ from mi2v_export.devices.runners import (
 from mi2v_export.devices.simulate import SimulatedPhone, is_simulated_props
 from mi2v_export.errors import BadInputError, DeviceError
 
-from .test_devices import _private_adb
 
 # ---- parsers (SYNTHETIC values, upstream formats) ------------------------------------------------------------------
 
@@ -251,15 +250,8 @@ def test_host_runners_print_the_real_formats(tiny_artifacts, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    adb = _private_adb(tmp_path_factory.mktemp("adb-home"))
-    try:
-        with SimulatedPhone() as phone:
-            adb.connect(phone.serial)
-            yield adb.pick_device(phone.serial)
-            adb.disconnect(phone.serial)
-    finally:
-        adb.kill_server()
+def sim(adb, phone):
+    return adb.pick_device(phone.serial)
 
 
 def test_executor_runner_flow_on_the_simulated_phone(sim, tiny_artifacts, tmp_path):

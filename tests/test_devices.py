@@ -14,11 +14,9 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -26,48 +24,7 @@ from mi2v_export.devices.adb import Adb, AdbDevice, find_adb, parse_devices, par
 from mi2v_export.devices.simulate import DeviceProfile, SimulatedPhone, host_abi, is_simulated_props
 from mi2v_export.errors import BadInputError, DeviceError
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _adb_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANDROID_", "ADB"))}
-    env.pop("MI2V_ADB", None)
-    # HOME: the server's adbkey goes there. No mDNS, USB or emulator scanning: loopback only, nothing of the host's.
-    env.update(HOME=str(home), TMPDIR=str(home), ADB_MDNS="0", ADB_USB="0", ADB_EMU="0")
-    return env
-
-
-def _private_adb(home: Path) -> Adb:
-    try:
-        path = find_adb()
-    except DeviceError as exc:
-        pytest.skip(f"no adb binary: {exc}")
-    home.mkdir(parents=True, exist_ok=True)
-    adb = Adb(path, server_port=_free_port(), env=_adb_env(home), timeout=20)
-    adb.start_server()
-    return adb
-
-
-@pytest.fixture(scope="module")
-def adb(tmp_path_factory):
-    client = _private_adb(tmp_path_factory.mktemp("adb-home"))
-    try:
-        yield client
-    finally:
-        client.kill_server()  # only the server on our private port
-
-
-@pytest.fixture(scope="module")
-def phone(adb):
-    with SimulatedPhone() as p:
-        info = adb.connect(p.serial)
-        assert info.state == "device"
-        yield p
-        adb.disconnect(p.serial)
+from .conftest import free_port, private_adb
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +237,7 @@ def test_several_devices_need_a_serial(adb):
 
 
 def test_no_device_and_unknown_serial(tmp_path):
-    empty = _private_adb(tmp_path / "home")
+    empty = private_adb(tmp_path / "home")
     try:
         assert empty.devices() == []
         with pytest.raises(DeviceError, match="no Android device is connected"):
@@ -292,7 +249,7 @@ def test_no_device_and_unknown_serial(tmp_path):
         with pytest.raises(DeviceError, match="not known to adb"):
             empty.device("nope").shell(["true"])
         with pytest.raises(DeviceError, match="could not connect to 127.0.0.1"):
-            empty.connect(f"127.0.0.1:{_free_port()}")
+            empty.connect(f"127.0.0.1:{free_port()}")
     finally:
         empty.kill_server()
 

@@ -43,21 +43,12 @@ from mi2v_export.manifest import (
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry
 
-from .conftest import GOLDEN
+from .conftest import GOLDEN, MI2V_EXE, run_cli
 
 TINY = get_preset("tiny")
 TINY_GEO = geometry(TINY.height, TINY.width, TINY.frames)
 
 # The real `mi2v` entry point, with the export command registered even before cli.COMMAND_MODULES lists it.
-CLI_BOOT = ("import sys; from mi2v_export import cli; from mi2v_export.commands import export as e; "
-            "'export' in cli.COMMAND_MODULES or e.register(cli.app); sys.argv[0] = 'mi2v'; cli.main()")
-
-
-def mi2v(*args, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CLI_BOOT, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
 def error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, proc.stderr[-2000:]
@@ -329,12 +320,11 @@ def test_bad_flags_fail_before_any_work(tmp_path, kw, match):
 
 
 def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
-    proc = mi2v("export", "--target", "tflite", "--preset", "tiny", "--out", tmp_path / "o")
+    proc = run_cli("export", "--target", "tflite", "--preset", "tiny", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "unknown target 'tflite'" in error_line(proc)
     env = {k: v for k, v in os.environ.items() if k != "QNN_SDK_ROOT"}
-    proc = subprocess.run([sys.executable, "-c", CLI_BOOT, "export", "--target", "executorch", "--delegate", "qnn",
-                           "--preset", "tiny", "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                          timeout=300, env=env)
+    proc = run_cli("export", "--target", "executorch", "--delegate", "qnn", "--preset", "tiny",
+                   "--out", tmp_path / "o", timeout=300, env=env)
     assert proc.returncode == 3 and "QNN_SDK_ROOT" in error_line(proc)
     assert "Downloading" not in proc.stderr and "softwarecenter.qualcomm.com" not in proc.stderr
     assert not (tmp_path / "o").exists() and not staging_left(tmp_path)
@@ -400,7 +390,7 @@ def test_output_folder_of_another_configuration_is_refused(tmp_path, toy):
 def onnx_dir(tmp_path_factory) -> Path:
     """`mi2v export --target onnx --preset tiny` through the real CLI (all three components)."""
     out = tmp_path_factory.mktemp("onnx") / "artifacts"
-    proc = mi2v("export", "--target", "onnx", "--preset", "tiny", "--out", out, "--json")
+    proc = run_cli("export", "--target", "onnx", "--preset", "tiny", "--out", out, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)  # --json: nothing but JSON on stdout
     assert [a["file"] for a in data["artifacts"]] == ["encoder.onnx", "denoiser.onnx", "decoder.onnx"]
@@ -588,7 +578,7 @@ def test_ctrl_c_on_the_cli_cleans_up(tmp_path, onnx_dir):
     out = tmp_path / "art"
     shutil.copytree(onnx_dir, out)
     before = digests(out)
-    proc = subprocess.Popen([sys.executable, "-c", CLI_BOOT, "export", "--target", "onnx", "--component", "decoder",
+    proc = subprocess.Popen([str(MI2V_EXE), "export", "--target", "onnx", "--component", "decoder",
                              "--preset", "tiny", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 180
@@ -653,7 +643,7 @@ def test_cli_attention_plan_with_rewrite_overrides(tmp_path):
     """`--attention ane --rewrite channels_first=false --rewrite softmax=split`: the plan minus one rewrite plus one
     knob, exported to ONNX, verified on onnxruntime against the unrewritten PyTorch model, recorded in the manifest."""
     out = tmp_path / "art"
-    proc = mi2v("export", "--target", "onnx", "--preset", "tiny", "--component", "denoiser", "--attention", "ane",
+    proc = run_cli("export", "--target", "onnx", "--preset", "tiny", "--component", "denoiser", "--attention", "ane",
                 "--rewrite", "channels_first=false", "--rewrite", "softmax=split", "--out", out)
     assert proc.returncode == 0, proc.stderr
     (e,) = read_manifest(out).components

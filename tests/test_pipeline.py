@@ -235,18 +235,6 @@ def reference_runs(eager_stages, image):
     return {mode: pipe.generate(image, _config(posterior=mode)) for mode in ("sample", "mean")}
 
 
-def mi2v(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it (registers `generate` itself until cli.COMMAND_MODULES lists it)."""
-    from mi2v_export import cli
-
-    if "generate" in cli.COMMAND_MODULES:
-        return run_cli(*args, timeout=timeout)
-    code = ("import sys; from mi2v_export import cli; import mi2v_export.commands.generate as g; "
-            "g.register(cli.app); cli.main()")
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode != 0, proc.stdout + proc.stderr
@@ -650,7 +638,7 @@ def test_cli_output_must_be_mp4(tmp_path):
 def test_cli_bad_input_is_one_line_and_leaves_no_output(onnx_dir, tmp_path):
     """Through the installed console script: one `error:` line, exit 2, nothing under the output name."""
     out = tmp_path / "clip.mp4"
-    proc = mi2v("generate", "--image", TEST_IMAGE, "--out", out, "--artifacts", onnx_dir, "--resolution", "64x96")
+    proc = run_cli("generate", "--image", TEST_IMAGE, "--out", out, "--artifacts", onnx_dir, "--resolution", "64x96")
     assert proc.returncode == 2
     assert "exported for 32x40, not 64x96" in _one_error_line(proc)
     _no_video_left(tmp_path)
