@@ -31,6 +31,7 @@ from mi2v_export.manifest import (
 )
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry, parse_resolution
+from mi2v_export.verify import run_record
 
 from . import components as comp
 from .base import DTYPES, ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
@@ -53,7 +54,7 @@ class ExportRequest:
     attention: str = "reference"
     rewrite: list[str] = field(default_factory=list)  # `--rewrite NAME=VALUE` on top of the attention plan
     verify: bool = True
-    bundle: bool = False
+    test_vectors: bool = True  # write the sampler inputs and PyTorch outputs beside each artifact (testvectors.py)
     etrecord: bool = False
     compute_units: str = "all"
     min_ios: int = 17
@@ -116,16 +117,14 @@ def resolve(request: ExportRequest):
     frames = request.frames if request.frames is not None else preset.frames
     geo = geometry(h, w, frames)
     options = ExportOptions(target=exporter.name, delegate=request.delegate, verify=request.verify,
-                            bundle=request.bundle, etrecord=request.etrecord, compute_units=request.compute_units,
+                            test_vectors=request.test_vectors, etrecord=request.etrecord, compute_units=request.compute_units,
                             min_ios=request.min_ios, soc=request.soc)
     options = exporter.resolve(options)
     options.dtype = request.dtype or exporter.default_dtype(options.delegate)
     if options.dtype not in DTYPES:
         raise BadInputError(f"unknown dtype {options.dtype!r}; choose one of: {', '.join(DTYPES)}")
-    if (request.bundle or request.etrecord) and exporter.name != "executorch":
-        raise BadInputError("--bundle and --etrecord apply to --target executorch only")
-    if request.bundle and not request.verify:
-        raise BadInputError("--bundle needs the PyTorch reference output; drop --no-verify")
+    if request.etrecord and exporter.name != "executorch":
+        raise BadInputError("--etrecord applies to --target executorch only")
     comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
     return exporter, options, components, preset, geo
 
@@ -204,8 +203,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         progress(ProgressEvent(name, label, "done", detail, seconds=stages[label]))
 
     rewrite_options = comp.parse_rewrite_options(request.rewrite)
-    # the PyTorch reference is computed only when something will compare against it
-    need_reference = request.verify and (exporter.runs_here(options) or options.bundle)
+    # the PyTorch reference is computed only when something will compare against it (test vectors always do)
+    need_reference = (request.verify and exporter.runs_here(options)) or options.test_vectors
     progress(ProgressEvent(name, "load", "start", f"{comp.model_name(name, request.decoder)} ({preset}, "
                                                   f"{'seeded weights' if checkpoint is None else checkpoint.name})"
                                                   + (" + PyTorch fp32 reference" if need_reference else "")))
@@ -223,6 +222,10 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     stages["export"] = time.perf_counter() - t0
     for k, v in artifact.stages_s.items():
         stages[f"export.{k}"] = v
+    if options.test_vectors:
+        t0 = stage("vectors", f"{len(spec.vectors)} set(s)")
+        _write_test_vectors(exporter.name, artifact, spec, options, staging)
+        done("vectors", t0, f"{artifact.test_vectors['format']}, {artifact.test_vectors['bytes']} bytes")
 
     t0 = stage("inspect")
     checks = exporter.inspect(artifact, staging, spec, options)
@@ -230,7 +233,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
 
     gate = parity.gate_for(options.dtype)
     parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
-                     "verified_on": None, "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
+                     "verified_on": [], "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
     if not request.verify:
         parity_record["reason"] = "not verified (--no-verify)"
         progress(ProgressEvent(name, "verify", "skip", "--no-verify"))
@@ -254,7 +257,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
             passed = gate.passes(metrics)
             parity_record.update(metrics.to_dict())
             parity_record.pop("finite", None)
-            parity_record.update(verified_on=result.verified_on,
+            parity_record.update(verified_on=[run_record(result.verified_on, _runtime_version(result.verified_on),
+                                                         metrics, gate, "export", 1)],
                                  gate=dict(gate.to_dict(), passed=passed, finite=metrics.finite))
             done("verify", t0, f"{result.verified_on}: {gate.describe(metrics)}")
             if not passed:
@@ -273,8 +277,9 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
              "attention": request.attention if name == "denoiser" else None,
              "rewrite": rewrite_options if name == "denoiser" else None,
              "decoder": request.decoder if name == "decoder" else None, "verify": request.verify}
+    flags["test_vectors"] = options.test_vectors
     if exporter.name == "executorch":
-        flags.update(bundle=options.bundle, etrecord=options.etrecord)
+        flags["etrecord"] = options.etrecord
     if exporter.name == "coreml" or options.delegate == "coreml":
         flags.update(compute_units=options.compute_units, min_ios=options.min_ios)
     if options.delegate == "qnn":
@@ -288,7 +293,31 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                 "stages_s": {k: round(v, 3) for k, v in stages.items()}},
         parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
         target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
+        test_vectors=artifact.test_vectors,
         exported_at=now_iso(), tool_version=tool_version())
     del spec, artifact
     gc.collect()
     return entry
+
+
+def _write_test_vectors(target: str, artifact, spec, options: ExportOptions, staging: Path) -> None:
+    """The sampler inputs and PyTorch outputs of `spec.vectors`, in the artifact's dtypes and its runtime's format,
+    added to the artifact's extra files."""
+    from mi2v_export import testvectors
+
+    sets = testvectors.to_artifact_dtypes(spec.vectors, artifact.inputs, artifact.outputs)
+    record, files = testvectors.write(target, spec.name, artifact.file, options.dtype, sets, staging)
+    artifact.test_vectors = record
+    artifact.extra_files.update(files)
+
+
+def _runtime_version(runtime: str) -> str | None:
+    """The version of the package behind an export-time runtime name (onnxruntime, executorch-*, coreml-*)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}.get(
+        runtime.split("-", 1)[0])
+    try:
+        return version(package) if package else None
+    except PackageNotFoundError:
+        return None

@@ -17,13 +17,17 @@ nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in the
          "target": "onnx" | "executorch" | "coreml", "delegate": null | "xnnpack" | "vulkan" | "qnn" | "coreml",
          "dtype": "fp32" | "fp16",
          "file": "denoiser.onnx", "sha256": …, "bytes": …,    # sha256/bytes of a folder (.mlpackage): see tree_digest
-         "extra_files": [{"role": "external_data" | "bundled_program" | "etrecord", "file", "sha256", "bytes"}],
+         "extra_files": [{"role": "external_data" | "bundled_program" | "test_vectors" | "etrecord", "file", "sha256",
+                          "bytes"}],                  # test_vectors: testdata/<component> (ONNX) or a .npz
          "inputs":  [{"name": "latent", "shape": […], "dtype": "float32"}, …],
          "outputs": [{"name": "velocity", "shape": […], "dtype": "float32"}],
          "export": {"wall_s": …, "peak_rss_bytes": …, "peak_rss_method": "vmhwm-reset" | "ru_maxrss",
                     "stages_s": {"load": …, "reference": …, "export": …, "verify": …}},
          "parity": {"reference": "pytorch-fp32", "max_abs", "rel_l2", "psnr_db",
-                    "verified_on": "onnxruntime" | "executorch-xnnpack" | "coreml-<units>" | null,
+                    "verified_on": [{"where": {"host", "os", "machine", "cpu", "cores", "python"}, "when": ISO-8601,
+                                     "runtime": "onnxruntime" | "executorch-xnnpack" | "coreml-<units>" | …,
+                                     "runtime_version", "psnr_db", "rel_l2", "max_abs", "passed",
+                                     "by": "export" | "verify", "sets": n}, …],   # [] = never run anywhere
                     "reason": null | "why it was not run here",
                     "gate": {"metric", "op", "threshold", "passed", "finite"} | null, "input_seed": 0},
          "structure": {"ok": true, "checks": ["…"]},
@@ -31,7 +35,9 @@ nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in the
                         "ops_share_delegated", "flops_delegated", "flops_portable", "flops_share_delegated",
                         "portable_ops": {op: n}, "delegated_ops": {op: n}} | null,   # ExecuTorch only
          "target_info": {…per-target details: opset, simplifier, compute units, deployment target, backends…},
-         "flags": {"attention", "decoder", "verify", "bundle", "etrecord", …},
+         "flags": {"attention", "decoder", "verify", "test_vectors", "etrecord", …},
+         "test_vectors": {"format": "onnx-testdata" | "bundled-program" | "npz", "file", "sets", "bytes",
+                          "inputs": "what the sampler feeds", "expected": "pytorch-fp32", "rtol", "atol"} | null,
          "attention": {…kernels.describe_plan record…} | null,
          "exported_at": ISO-8601 UTC, "tool_version": "0.1.0"}
       ]
@@ -183,12 +189,18 @@ class ArtifactEntry:
     extra_files: list[FileInfo] = field(default_factory=list)
     exported_at: str = ""
     tool_version: str = ""
+    test_vectors: dict | None = None  # mi2v_export.testvectors record; None when exported without them
+
+    @property
+    def verified_on(self) -> list[dict]:
+        """Every run of the artifact against its stored outputs (export time and `mi2v verify`), oldest first."""
+        return verifications(self.parity)
 
     @property
     def verified(self) -> bool:
-        """Ran on a runtime here and passed its gate."""
-        gate = self.parity.get("gate") or {}
-        return bool(self.parity.get("verified_on")) and bool(gate.get("passed"))
+        """Ran on at least one runtime and passed its gate on every runtime it ran on."""
+        runs = self.verified_on
+        return bool(runs) and all(r.get("passed") for r in runs)
 
     def files(self) -> list[str]:
         return [self.file] + [f.file for f in self.extra_files]
@@ -208,6 +220,7 @@ class ArtifactEntry:
             "export": self.export, "parity": self.parity, "structure": self.structure,
             "delegation": self.delegation, "target_info": self.target_info, "flags": self.flags,
             "attention": self.attention, "exported_at": self.exported_at, "tool_version": self.tool_version,
+            "test_vectors": self.test_vectors,
         }
 
     @classmethod
@@ -223,7 +236,34 @@ class ArtifactEntry:
             target_info=dict(d.get("target_info") or {}), flags=dict(d.get("flags") or {}),
             attention=d.get("attention"), extra_files=[FileInfo.from_dict(f) for f in d.get("extra_files") or ()],
             exported_at=str(d.get("exported_at") or ""), tool_version=str(d.get("tool_version") or ""),
+            test_vectors=d.get("test_vectors"),
         )
+
+
+def verifications(parity: dict) -> list[dict]:
+    """`parity.verified_on` as a list of run records; a pre-list manifest's runtime name (or null) is read as one
+    record (or none)."""
+    value = (parity or {}).get("verified_on")
+    if not value:
+        return []
+    if isinstance(value, str):
+        gate = parity.get("gate") or {}
+        return [{"runtime": value, "passed": bool(gate.get("passed")), "psnr_db": parity.get("psnr_db"),
+                 "rel_l2": parity.get("rel_l2"), "by": "export"}]
+    return [dict(r) for r in value]
+
+
+def append_verifications(folder: str | os.PathLike, runs: dict[str, list[dict]]) -> None:
+    """Add run records to `parity.verified_on` of the entries whose file is a key of `runs`, and rewrite the
+    manifest atomically. Works on the raw JSON so fields this version does not know are kept."""
+    path = Path(folder) / MANIFEST_NAME
+    raw = json.loads(path.read_text())
+    for entry in raw.get("components") or ():
+        if entry.get("file") in runs:
+            parity = entry.setdefault("parity", {})
+            parity["verified_on"] = verifications(parity) + list(runs[entry["file"]])
+    raw["updated_at"] = now_iso()
+    _write_json_atomic(path, raw)
 
 
 @dataclass
@@ -469,9 +509,11 @@ class Staging:
         try:
             for name in files:
                 src, dst = self.path / name, self.out_dir / name
+                dst.parent.mkdir(parents=True, exist_ok=True)  # e.g. testdata/<component>
                 old = None
                 if dst.exists() or dst.is_symlink():
                     old = backup / name
+                    old.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(dst, old)
                 os.replace(src, dst)
                 moved.append((dst, old))
