@@ -75,7 +75,7 @@ def sampler_inputs(component: str, geo, seed: int = 0) -> dict:
     from mi2v_export.pipeline import DEFAULT_FLOW_SCORE, DEFAULT_STEPS, flow_schedule, load_image, preprocess_image
 
     if component == "encoder":
-        return {"image": preprocess_image(load_image(IMAGE), geo.height, geo.width, fit="cover")}
+        return {"image": preprocess_image(load_image(IMAGE), geo.height, geo.width, fit="cover").contiguous()}
     noise = torch.randn(geo.latent_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     if component == "denoiser":
         return {"latent": noise, "timestep": flow_schedule(DEFAULT_STEPS).timesteps[:1].clone(),

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..errors import VerificationError
 from ._render import console, print_json
+from .export import _stdout_to_stderr
 
 
 def _fmt(run: dict) -> str:
@@ -34,7 +35,8 @@ def verify(
     Needs no model or checkpoint. Results are appended to the manifest's parity.verified_on; exit 4 on a failure."""
     from ..verify import verify_folder
 
-    checks = verify_folder(folder, component=component, runtimes=list(runtime) or None, record=not no_record)
+    with _stdout_to_stderr(json_out):  # native runtimes' prints must not reach --json's stdout
+        checks = verify_folder(folder, component=component, runtimes=list(runtime) or None, record=not no_record)
     failed = [c for c in checks if c.failed]
     if json_out:
         print_json({"folder": str(folder), "passed": not failed, "ran": sum(len(c.runs) for c in checks),

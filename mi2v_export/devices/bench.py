@@ -182,16 +182,17 @@ def describe_artifact(manifest: Any, e: Any) -> dict[str, Any]:
         "extra_files": [{"role": f.role, "file": f.file, "sha256": f.sha256, "bytes": f.bytes}
                         for f in e.extra_files],
         "inputs": [t.to_dict() for t in e.inputs],
-        "parity": {"verified_on": (e.parity or {}).get("verified_on"), "passed": gate.get("passed")},
+        "parity": {"verified_on": sorted({r.get("runtime") for r in e.verified_on if r.get("passed")}),
+                   "passed": gate.get("passed")},
     }
 
 
 def artifact_files(manifest: Any, e: Any) -> list[tuple[Path, str, str]]:
     """(local path, name, manifest sha256) of the artifact's files: the primary one, then its extra files.
-    Files that are not needed to run it (bundled programs, ETRecords) are left out."""
+    Files that are not needed to run it (test vectors, bundled programs, ETRecords) are left out."""
     files = [(manifest.path_of(e), e.file, e.sha256)]
     for f in e.extra_files:
-        if f.role in ("bundled_program", "etrecord"):
+        if f.role in ("bundled_program", "test_vectors", "etrecord"):
             continue
         files.append((manifest.folder / f.file, f.file, f.sha256))
     return files

@@ -26,7 +26,7 @@ One JSON file per bench invocation:
       "components": [
         {"component": "encoder"|"denoiser"|"decoder", "status": "ok"|"failed"|"skipped", "error": null|"…",
          "artifact": {"file", "path", "format", "model", "target", "delegate", "precision", "sha256", "bytes",
-                      "extra_files", "inputs", "parity": {"verified_on", "passed"}},
+                      "extra_files", "inputs", "parity": {"verified_on": [runtimes it passed on], "passed"}},
          "runtime": {"name", "timed_region", "backend", "threads", "affinity_mask", "runner", "runner_path",
                      "runner_sha256", "runner_source", "runner_file", "runner_libs", "log_channel", "etdump",
                      "failure_log", "version"},
