@@ -218,17 +218,23 @@ def check_artifact(folder: Path, entry: ArtifactEntry, runtimes: list[Runtime]) 
     path = folder / entry.file
     check = ArtifactCheck(entry.component, entry.file, entry.target, entry.delegate, entry.dtype,
                           sha256_ok=bool(entry.sha256) and path.exists() and tree_digest(path)[0] == entry.sha256)
-    sets = testvectors.read(folder, entry)
-    if not sets:
-        check.skipped["vectors"] = "no test vectors (exported with --no-test-vectors or by an older mi2v)"
-        return check
-    gate = gate_of(entry)
-    expected = [a for s in sets for a in s.outputs.values()]
-    for rt in (r for r in runtimes if r.accepts(entry)):
+    accepting = [r for r in runtimes if r.accepts(entry)]
+    if not accepting:
+        check.skipped["runtime"] = f"no runtime in mi2v's registry runs {entry.target} artifacts"
+    usable = []
+    for rt in accepting:
         why = rt.available()
         if why:
             check.skipped[rt.name] = why
-            continue
+        else:
+            usable.append(rt)
+    sets = testvectors.read(folder, entry) if usable else None  # a .bpte needs ExecuTorch to be read
+    if usable and not sets:
+        check.skipped["vectors"] = "no test vectors (exported with --no-test-vectors or by an older mi2v)"
+        return check
+    gate = gate_of(entry)
+    expected = [a for s in sets for a in s.outputs.values()] if sets else []
+    for rt in usable:
         try:
             outs = rt.run(path, entry, [s.inputs for s in sets])
             got = [o[name] for o, s in zip(outs, sets) for name in s.outputs]
@@ -237,8 +243,6 @@ def check_artifact(folder: Path, entry: ArtifactEntry, runtimes: list[Runtime]) 
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             rec = run_record(rt.name, rt.version(), None, gate, "verify", len(sets), error=first)
         check.runs.append(rec)
-    if not any(r.accepts(entry) for r in runtimes):
-        check.skipped["runtime"] = f"no runtime in mi2v's registry runs {entry.target} artifacts"
     return check
 
 

@@ -511,8 +511,9 @@ def test_onnx_weights_above_the_protobuf_limit_go_to_external_data(tmp_path, toy
     out = tmp_path / "art"
     (e,) = run_export(toy_request(out, "onnx")).entries
     assert e.target_info["external_data"] is True and "external data" in e.target_info["simplifier"]["result"]
-    (extra,) = e.extra_files
+    extra, vectors = e.extra_files
     assert extra.role == "external_data" and extra.file == "denoiser.onnx.data"
+    assert vectors.role == "test_vectors" and vectors.file == "testdata/denoiser"
     assert (out / "denoiser.onnx.data").stat().st_size == extra.bytes > 0
     assert (out / "denoiser.onnx").stat().st_size < extra.bytes  # the graph file holds no weights
     assert [r["runtime"] for r in e.verified_on] == ["onnxruntime"] and e.parity["rel_l2"] <= 1e-4

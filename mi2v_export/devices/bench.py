@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, DeviceError, MissingDependencyError, Mi2vError
+from ..errors import BadInputError, DeviceError, MissingDependencyError, Mi2vError, VerificationError
 from .report import COMPONENTS, BenchReport, ComponentResult
 
 Say = Callable[[str], None]
@@ -345,10 +345,12 @@ def _first_failure(report: BenchReport) -> Mi2vError | None:
 
 
 def _fail(comp: ComponentResult, exc: Mi2vError) -> None:
-    """Mark a component failed; the CLI's exit code follows the error's kind (input, dependency, device)."""
+    """Mark a component failed; the CLI's exit code follows the error's kind (input, dependency, wrong output,
+    device)."""
     comp.status = "failed"
     comp.error = str(exc)
-    kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(exc, k)), DeviceError)
+    kind = next((k for k in (BadInputError, MissingDependencyError, VerificationError) if isinstance(exc, k)),
+                DeviceError)
     comp._error_class = kind  # type: ignore[attr-defined]
 
 
@@ -393,6 +395,30 @@ def _host_device() -> dict[str, Any]:
                     if (v := _read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/cpuinfo_max_freq")) and v.isdigit()})
     facts.update(governors=governors, max_khz=maxes, abi=platform.machine())
     return facts
+
+
+def _host_output_check(manifest: Any, sel: Selection) -> dict[str, Any]:
+    """The artifact's outputs on the host runtime vs its test vectors; VerificationError when the gate fails (the
+    check is kept in the report either way)."""
+    from .output_check import host_outputs, output_check
+
+    try:
+        sets, outputs, runtime = host_outputs(manifest.folder, sel.entry, sel.runtime)
+    except LookupError as exc:
+        raise BadInputError(str(exc)) from None
+    check = output_check(sel.entry, sets, outputs, runtime)
+    if not check["passed"]:
+        raise OutputCheckFailed(check, f"output check failed on {runtime}: {check['gate']} not met "
+                                f"(PSNR {check['psnr_db']} dB, rel_l2 {check['rel_l2']}) against the test vectors")
+    return check
+
+
+class OutputCheckFailed(VerificationError):
+    """A component ran but computed something else than its test vectors (the report keeps the check)."""
+
+    def __init__(self, check: dict[str, Any], message: str):
+        super().__init__(message)
+        self.check = check
 
 
 def _run_host(opts: BenchOptions, manifest: Any, selections: list[Selection], report: BenchReport,
@@ -452,8 +478,11 @@ def _run_host(opts: BenchOptions, manifest: Any, selections: list[Selection], re
                     run.peak_rss_method = "in-process-vmhwm"
                     comp.runs.append(run)
                 comp.runtime["backend"] = comp.runs[-1].backend
+                say(f"{sel.component}: checking the outputs against the test vectors")
+                comp.output_check = _host_output_check(manifest, sel)
                 comp.status, comp.error = "ok", None
             except Mi2vError as exc:
+                comp.output_check = getattr(exc, "check", comp.output_check)
                 _fail(comp, exc)
             comp.conditions["after"] = host_snapshot()
     finally:

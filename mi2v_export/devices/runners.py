@@ -227,6 +227,14 @@ def pte_input_specs(meta) -> list[tuple[tuple[int, ...], object]]:
     return specs
 
 
+def _raw_tensor(path: str, shape: tuple[int, ...], dtype):
+    """An --inputs file: the tensor's raw bytes in the method's dtype (what executor_runner reads)."""
+    import torch
+
+    data = bytearray(Path(path).read_bytes())
+    return torch.frombuffer(data, dtype=dtype).reshape(shape).clone()
+
+
 def write_host_runner(name: str, folder: str | os.PathLike[str], python: str | None = None) -> Path:
     """Write an executable `folder/<name>` that stands in for the real runner on this machine's ABI."""
     if name not in _HOST_RUNNERS:
@@ -437,10 +445,16 @@ def _executor_runner(argv: list[str]) -> int:
     log(f"Model loaded in {(after_load - before_load) / 1e6:f} ms.", line=530)
 
     specs = pte_input_specs(meta)
+    files = [f for f in flags["inputs"].split(",") if f]
+    if files and len(files) != len(specs):
+        log(f"Expected {len(specs)} input files, got {len(files)}", "E", 0)
+        return 1
     spent = 0
     outputs = []
     for i in range(n):
-        inputs = [torch.ones(shape, dtype=dt) for shape, dt in specs]  # prepared outside the timed region
+        # prepared outside the timed region: the --inputs files' raw bytes, or ones
+        inputs = [_raw_tensor(f, shape, dt) for f, (shape, dt) in zip(files, specs)] if files else \
+            [torch.ones(shape, dtype=dt) for shape, dt in specs]
         t0 = time.perf_counter_ns()
         try:
             outputs = method.execute(inputs)
@@ -459,6 +473,11 @@ def _executor_runner(argv: list[str]) -> int:
                 flat = flat[:100] + ["..."] + flat[-100:]
             shape = list(value.shape) if hasattr(value, "shape") else []
             sys.stdout.write(f"Output {i}: tensor(sizes={shape}, {flat})\n")
+    if flags["output_file"]:  # upstream: each tensor output's raw bytes in <output_file>-<i>.bin
+        for i, value in enumerate(outputs):
+            name = f"{flags['output_file']}-{i}.bin"
+            log(f"Writing output to file: {name}", line=735)
+            Path(name).write_bytes(value.detach().contiguous().numpy().tobytes())
     if "etdump_path" in flags["__given__"].split(","):
         try:
             program.write_etdump_result_to_file(flags["etdump_path"], "")
