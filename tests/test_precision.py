@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from .conftest import run_cli
 from mi2v_export import precision as P
 from mi2v_export.errors import BadInputError
 from mi2v_export.exporters.orchestrate import ExportRequest, prepare
