@@ -15,8 +15,9 @@ import typer
 
 from .errors import Mi2vError
 
-# One entry per command module; adding a command is adding a file and a name here.
-COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices"]
+# One entry per command module; adding a command is adding a file and a name here. A dotted name is a module
+# outside mi2v_export/commands: the simulator's `devices simulate|profile` (the simulator package stays apart).
+COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices", "mi2v_export.simulator.cli"]
 
 app = typer.Typer(
     name="mi2v",
@@ -30,7 +31,7 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"mi2v_export.commands.{name}")
+        module = importlib.import_module(name if "." in name else f"mi2v_export.commands.{name}")
         module.register(app)
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
+from .android import device_facts
 
 Say = Callable[[str], None]
 
@@ -517,25 +518,6 @@ def load_app_report(text: str | bytes, where: str = "the app's report") -> dict[
     return data
 
 
-def device_facts_from_props(props: Mapping[str, str], serial: str) -> dict[str, Any]:
-    """The report's device block from `getprop` (when the caller has no richer facts)."""
-    from .simulate import is_simulated_props
-
-    sdk = props.get("ro.build.version.sdk", "")
-    abilist = [a for a in (props.get("ro.product.cpu.abilist") or "").split(",") if a]
-    return {
-        "transport": "adb", "serial": serial, "simulated_device": is_simulated_props(dict(props)),
-        "manufacturer": props.get("ro.product.manufacturer"), "brand": props.get("ro.product.brand"),
-        "model": props.get("ro.product.model"), "device": props.get("ro.product.device"),
-        "soc_manufacturer": props.get("ro.soc.manufacturer"),
-        "soc_model": props.get("ro.soc.model") or props.get("ro.board.platform") or props.get("ro.hardware"),
-        "board_platform": props.get("ro.board.platform"), "os": "android",
-        "os_version": props.get("ro.build.version.release"), "sdk_int": int(sdk) if sdk.isdigit() else None,
-        "build_fingerprint": props.get("ro.build.fingerprint"), "build_type": props.get("ro.build.type"),
-        "abi": props.get("ro.product.cpu.abi") or (abilist[0] if abilist else None),
-    }
-
-
 def merge_app_report(app: Mapping[str, Any], base: Mapping[str, Any] | None = None, *, serial: str | None = None,
                      artifacts: Sequence[AppArtifact] = (), host: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The normal report with the app's measurements: `base` (the host's report: device facts from adb,
@@ -689,7 +671,7 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
         app = load_app_report(text, f"the report from {dev.serial}")
         if base_report is None:
             props = parse_getprop(dev.check_output(["getprop"]))
-            base = {"schema": app["schema"], "device": device_facts_from_props(props, dev.serial), "components": []}
+            base = {"schema": app["schema"], "device": device_facts(props, dev.serial), "components": []}
         else:
             base = base_report
         host = {"adb": {"path": dev.adb.path}} if getattr(dev, "adb", None) is not None else None

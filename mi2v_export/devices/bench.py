@@ -498,7 +498,7 @@ def _run_adb(opts: BenchOptions, serial: str | None, manifest: Any, selections: 
         say(f"reading device facts of {dev.serial}")
         report.device = session.fingerprint()
         report.conditions = {"before": session.snapshot(), "uncontrolled": session.uncontrolled}
-        if session.simulated:
+        if report.device["simulated_device"]:
             session.uncontrolled.append("simulated phone: the runners execute on this host, so timings, memory and "
                                         "temperatures are the host's and the profile's, not a phone's")
         session.uncontrolled.append("CPU clocks are not locked (needs root); governors are recorded only")
@@ -533,7 +533,7 @@ def _run_adb(opts: BenchOptions, serial: str | None, manifest: Any, selections: 
                           "already_there": session.already_there}
         for rt, runner in list(runners.items()):
             try:
-                say(f"checking {runner.name} ({runner.info.describe()}) on the device")
+                say(f"checking {runner.name} ({runner.describe()['runner_path']}) on the device")
                 session.prepare_runner(runner)
             except DeviceError as exc:
                 if not _device_ok(dev):
@@ -623,7 +623,6 @@ def _run_adb(opts: BenchOptions, serial: str | None, manifest: Any, selections: 
                 report.conditions["after"] = session.snapshot()
         except DeviceError:
             pass
-        session.close()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -686,26 +685,23 @@ def run_bench_app(opts: BenchOptions, say: Say = _quiet,
     try:
         dev = _pick_device(adb, serial)
         session = AndroidSession(adb, dev, say)
+        say(f"reading device facts of {dev.serial}")
+        report.device = session.fingerprint()
+        uncontrolled = list(session.uncontrolled)
+        if report.device["simulated_device"]:
+            uncontrolled.append("simulated phone: whatever answers `am instrument` there is not the Android app "
+                                "on a phone")
+        uncontrolled += ["the app process is not pinned to cores and CPU clocks are not locked",
+                         "screen state, charging and background apps are not controlled"]
+        report.conditions = {"before": session.snapshot(), "uncontrolled": uncontrolled}
+        merged = aa.run_via_app(dev, items, iterations, warmup, runs=opts.runs, frames=manifest.frames,
+                                base_report=report.to_dict(), adb=adb, app_dir=app_dir, timeout=opts.timeout,
+                                say=say)
+        final = BenchReport.from_dict(merged)
         try:
-            say(f"reading device facts of {dev.serial}")
-            report.device = session.fingerprint()
-            uncontrolled = list(session.uncontrolled)
-            if session.simulated:
-                uncontrolled.append("simulated phone: whatever answers `am instrument` there is not the Android app "
-                                    "on a phone")
-            uncontrolled += ["the app process is not pinned to cores and CPU clocks are not locked",
-                             "screen state, charging and background apps are not controlled"]
-            report.conditions = {"before": session.snapshot(), "uncontrolled": uncontrolled}
-            merged = aa.run_via_app(dev, items, iterations, warmup, runs=opts.runs, frames=manifest.frames,
-                                    base_report=report.to_dict(), adb=adb, app_dir=app_dir, timeout=opts.timeout,
-                                    say=say)
-            final = BenchReport.from_dict(merged)
-            try:
-                final.conditions["after"] = session.snapshot()
-            except DeviceError:
-                pass
-        finally:
-            session.close()
+            final.conditions["after"] = session.snapshot()
+        except DeviceError:
+            pass
     except Mi2vError as exc:
         for c in report.components:
             if c.status == "skipped" and c.component not in missing:
