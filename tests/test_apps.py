@@ -517,8 +517,8 @@ def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
 
 
 def test_bench_ios_entry_dry_run_on_macos(tmp_path):
-    """run_bench_ios as macOS would run it (system="Darwin"): the commands for the chosen components only."""
-    from mi2v_export.devices.bench import BenchOptions, run_bench_ios
+    """run_bench as macOS would run it (system="Darwin"): the commands for the chosen components only."""
+    from mi2v_export.devices.bench import BenchOptions, run_bench
     from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo
 
     folder = tmp_path / "art"
@@ -533,13 +533,14 @@ def test_bench_ios_entry_dry_run_on_macos(tmp_path):
     lines: list[str] = []
     opts = BenchOptions(artifacts=folder, device="ios:00008130-0011223344556677", dry_run=True, iterations=12,
                         components=("denoiser",), compute_units=("cpuAndNeuralEngine",), json_path=tmp_path / "r.json")
-    assert run_bench_ios(opts, echo=lines.append, system="Darwin") == ([], None)
+    outcome = run_bench(opts, echo=lines.append, system="Darwin")
+    assert outcome.reports == [] and outcome.error is None
     staged = [ln for ln in lines if ln.startswith("cp -R ")]
     assert len(staged) == 1 and "denoiser.mlpackage" in staged[0]
     assert any("xcodebuild test -scheme Mi2vBench -destination platform=iOS,id=00008130-0011223344556677" in ln
                and f"-resultBundlePath {tmp_path}/mi2v-ios-00008130-0011223344556677.xcresult" in ln for ln in lines)
     with pytest.raises(MissingDependencyError, match="needs macOS"):
-        run_bench_ios(opts, echo=lines.append, system="Linux")
+        run_bench(opts, echo=lines.append, system="Linux")
 
 
 # ---- iOS ------------------------------------------------------------------------------------------------------------

@@ -745,8 +745,9 @@ def test_tiny_preset_host_and_simulated_phone(request, adb, phone, tmp_path):
 
 
 def test_report_reads_back(standin, tmp_path):
-    report, path, error = run_bench(BenchOptions(artifacts=standin, runtime="onnxruntime", iterations=2, warmup=0,
-                                                 components=("encoder",), json_path=tmp_path / "e.json"))
-    assert error is None and report.per_frame_ms(2) is None  # only the encoder was asked for: no headline
+    outcome = run_bench(BenchOptions(artifacts=standin, runtime="onnxruntime", iterations=2, warmup=0,
+                                     components=("encoder",), json_path=tmp_path / "e.json"))
+    [(report, path)] = outcome.reports
+    assert outcome.error is None and report.per_frame_ms(2) is None  # only the encoder was asked for: no headline
     again = BenchReport.load(path)
     assert again.component("encoder").status == "ok" and again.artifacts["preset"] == "tiny"

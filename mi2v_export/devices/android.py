@@ -23,6 +23,7 @@ Every device is driven the same way; whether it is simulated is read from its pr
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import signal
@@ -34,8 +35,9 @@ from typing import Any
 
 from ..errors import DeviceError
 from .adb import Adb, AdbDevice, AdbTimeout, parse_getprop, quote
+from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
 from .elf import RunnerFile, inspect_runner, is_shared_library, runs_on
-from .report import RunResult
+from .report import BenchReport, ComponentResult, RunResult
 from .runners import (
     EXECUTOR_RUNNER,
     ORT_PERF_TEST,
@@ -60,9 +62,6 @@ COMPANION_LIBS = {
 }
 README_RUNNERS = "see the README section 'Android runners'"
 SIMULATED_PROP = "ro.mi2v.simulated"  # a device that answers 1 is a simulated phone (`mi2v devices simulate`)
-
-Say = Callable[[str], None]
-
 
 def _quiet(_: str) -> None:
     return None
@@ -663,3 +662,177 @@ def runner_kind(path: Path) -> str:
 __all__ = ["AndroidSession", "AdbTimeout", "Runner", "RunnerFailure", "StagedFile", "big_core_mask",
            "check_runner", "device_facts", "diagnose_start", "local_runner", "parse_cpu_loop", "parse_mask",
            "runner_kind"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# --device adb (native runners) in the bench loop
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def pick_device(adb: Adb, serial: str | None) -> AdbDevice:
+    """The device; a HOST:PORT serial that adb does not know yet is `adb connect`ed first."""
+    if serial and re.fullmatch(r"[\w.-]+:\d+", serial) and serial not in {d.serial for d in adb.devices()}:
+        adb.connect(serial)
+    return adb.pick_device(serial)
+
+
+def adb_host_facts(adb: Adb, port: int | None) -> dict[str, Any]:
+    """The report's host block for a phone over adb: this machine and the adb it talks through."""
+    import platform
+
+    return {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "adb": {"path": adb.path, "version": adb.version(), "server_port": port}}
+
+
+class AdbRunnerDevice(BenchDevice):
+    """A phone over adb timed with its native runners: executor_runner for .pte, onnxruntime_perf_test for .onnx."""
+
+    transport = "adb"
+
+    def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, json_path: Path, say: Say):
+        self.opts, self.manifest, self.serial, self.say = opts, manifest, serial, say
+        self.extras = json_path.with_name(json_path.stem + ".files")  # ETDumps, CSVs, failure logs
+        self.json_dir = json_path.parent
+        self.session: AndroidSession | None = None
+        self.files: dict[str, list[StagedFile]] = {}
+        self.found: dict[str, Runner | DeviceError] = {}  # per runtime: the runner, or why there is none
+        self.prepared: dict[str, Runner | DeviceError] = {}  # per runtime: pushed and probed, or why not
+
+    def facts(self) -> DeviceFacts:
+        adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
+        host = adb_host_facts(adb, self.opts.adb_port)
+        dev = pick_device(adb, self.serial)
+        self.session = s = AndroidSession(adb, dev, self.say)
+        self.say(f"reading device facts of {dev.serial}")
+        device = s.fingerprint()
+        s.uncontrolled += ["CPU clocks are not locked (needs root); governors are recorded only",
+                           "screen state, charging and background apps are not controlled (battery: see conditions)"]
+        s.plan_pinning(self.opts.cpu_mask)
+        protocol = {"threads": s.threads, "affinity_mask": f"{s.mask:x}" if s.mask else None,
+                    "affinity_granted": s.granted, "affinity_rule": s.mask_rule,
+                    "peak_rss_method": "toybox-time" if s.has_toybox_time else "vmhwm-poll"}
+        return DeviceFacts(device, host, protocol, s.uncontrolled)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.session.snapshot() if self.session else {}
+
+    def cool_down(self, pause_s: float, label: str) -> dict[str, Any]:
+        assert self.session is not None
+        return self.session.cool_down(pause_s, self.opts.thermal_wait, label)
+
+    def alive(self) -> bool:
+        try:
+            return self.session is not None and self.session.dev.get_state() == "device"
+        except DeviceError:
+            return False
+
+    def prepare(self, sel: Selection) -> None:
+        """Check the artifact's files against the manifest and find the runner of its runtime (once per runtime)."""
+        from .bench import artifact_files, verify_files
+
+        assert self.session is not None and sel.runtime is not None
+        self.files[sel.component] = [StagedFile(p, n, sha) for p, n, sha in
+                                     verify_files(artifact_files(self.manifest, sel.entry))]
+        if sel.runtime not in self.found:
+            try:
+                self.found[sel.runtime] = self.session.find_runner(RUNNER_FOR_RUNTIME[sel.runtime],
+                                                                   self.opts.runners, Path(self.opts.artifacts))
+            except DeviceError as exc:
+                self.found[sel.runtime] = exc
+        if isinstance(self.found[sel.runtime], DeviceError):
+            raise self.found[sel.runtime]
+
+    def _runner(self, runtime: str) -> Runner:
+        """The runner pushed and probed (the staging folder is named after every runner found, once)."""
+        s = self.session
+        assert s is not None
+        if not s.remote_dir:
+            s.set_remote_dir([StagedFile(r.local, r.name, r.sha256) for r in self.found.values()
+                              if isinstance(r, Runner)])
+        if runtime not in self.prepared:
+            runner = self.found[runtime]
+            assert isinstance(runner, Runner)
+            try:
+                self.say(f"checking {runner.name} ({runner.describe()['runner_path']}) on the device")
+                s.prepare_runner(runner)
+                self.prepared[runtime] = runner
+            except DeviceError as exc:
+                self.prepared[runtime] = exc
+        if isinstance(self.prepared[runtime], DeviceError):
+            raise self.prepared[runtime]
+        return self.prepared[runtime]  # type: ignore[return-value]
+
+    def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
+        s, opts = self.session, self.opts
+        assert s is not None and sel.runtime is not None
+        runner = self._runner(sel.runtime)
+        comp.runtime.update(runner.describe(), threads=s.threads, affinity_mask=f"{s.mask:x}" if s.mask else None,
+                            backend=(sel.entry.delegate or "portable") if sel.runtime == "executorch" else "cpu",
+                            log_channel="stdout+stderr")
+        try:
+            s.stage(self.files[sel.component])
+            for r in range(opts.runs):
+                self.say(f"{sel.component}: {sel.entry.file} with {runner.name}, run {r + 1}/{opts.runs}: "
+                         f"{opts.warmup} warm-up + {opts.iterations} timed iterations")
+                comp.runs.append(self._run_once(sel, comp, runner, r))
+            if opts.etdump and sel.runtime == "executorch":
+                comp.runtime["etdump"] = self._profile(sel, runner)
+        except AdbTimeout:
+            raise DeviceError(f"timeout: {runner.name} did not finish the {sel.component} within {opts.timeout:g} s "
+                              f"({opts.warmup}+{opts.iterations} iterations): raise --timeout or lower --iterations"
+                              ) from None
+        except RunnerFailure as exc:
+            log = self.extras / f"{sel.component}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(exc.log)
+            comp.runtime["failure_log"] = os.path.relpath(log, self.json_dir)
+            raise
+        comp.status, comp.error = "ok", None
+        return comp
+
+    def _run_once(self, sel: Selection, comp: ComponentResult, runner: Runner, r: int) -> RunResult:
+        """One runner process (warm-up inside it); its ETDump or result CSV pulled next to the report."""
+        s, opts = self.session, self.opts
+        assert s is not None
+        if sel.runtime == "executorch":
+            data = next((f.file for f in sel.entry.extra_files if f.role == "external_data"), None)
+            run, text = s.run_executorch(runner, sel.entry.file, data, opts.warmup, opts.iterations, opts.timeout)
+            run.backend = comp.runtime["backend"]
+            if "--- logcat ---" in text:
+                comp.runtime["log_channel"] = "logcat"
+            dump = s.pull_if_exists("model.etdump", self.extras / f"{sel.component}.run{r}.etdump")
+            if dump is not None:
+                run.etdump = os.path.relpath(dump, self.json_dir)
+                s.warnings.append(f"{runner.name} wrote an ETDump in the timed run (built with the event tracer): "
+                                  "its timings include profiling overhead")
+            return run
+        csv = self.extras / f"{sel.component}.run{r}.csv"
+        self.extras.mkdir(parents=True, exist_ok=True)
+        run, _ = s.run_ort(runner, sel.entry.file, opts.warmup, opts.iterations, opts.timeout,
+                           f"runs_{sel.component}_{r}.csv", csv)
+        run.backend = "cpu"
+        csv.unlink(missing_ok=True)
+        return run
+
+    def _profile(self, sel: Selection, runner: Runner) -> str | None:
+        """--etdump: a separate one-iteration run with --etdump_path; the pulled file, relative to the report."""
+        s = self.session
+        assert s is not None
+        if "etdump_path" not in runner.flags:
+            s.warnings.append(f"--etdump: {runner.name} has no --etdump_path (build it with "
+                              "-DEXECUTORCH_ENABLE_EVENT_TRACER=ON)")
+            return None
+        self.say(f"{sel.component}: a separate profiling run for the ETDump")
+        name = f"{sel.component}.etdump"
+        s.run_executorch(runner, sel.entry.file, None, 0, 1, self.opts.timeout, etdump=name)
+        dump = s.pull_if_exists(name, self.extras / name)
+        return os.path.relpath(dump, self.json_dir) if dump else None
+
+    def finish(self, report: BenchReport) -> None:
+        if self.session is None:
+            return
+        s = self.session
+        if s.remote_dir:
+            report.staging = {"remote_dir": s.remote_dir, "pushed": s.pushed, "already_there": s.already_there,
+                              "kept": True}
+        report.warnings.extend(s.warnings)
