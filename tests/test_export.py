@@ -320,7 +320,7 @@ def test_bad_flags_fail_before_any_work(tmp_path, kw, match):
 
 def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
     proc = run_cli("export", "--target", "tflite", "--preset", "tiny", "--out", tmp_path / "o")
-    assert proc.returncode == 2 and "unknown target 'tflite'" in error_line(proc)
+    assert proc.returncode == 2 and "'--target': 'tflite' is not one of 'onnx', 'coreml', 'executorch'" in error_line(proc)
     env = {k: v for k, v in os.environ.items() if k != "QNN_SDK_ROOT"}
     proc = run_cli("export", "--target", "executorch", "--delegate", "qnn", "--preset", "tiny",
                    "--out", tmp_path / "o", timeout=300, env=env)

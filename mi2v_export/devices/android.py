@@ -847,6 +847,7 @@ class AdbRunnerDevice(BenchDevice):
         if "print_output" in runner.flags:
             args.append("--print_output=none")
         rc, out, err, _, _ = s.run_runner(runner, args, self.opts.timeout)
+        s.dev.shell(["rm", "-f", *remote])  # the inputs are not kept on the phone
         if rc != 0:
             raise RunnerFailure(runner_failure(runner.name, rc, out + err, [], []), out + err)
         files = [s.pull_if_exists(f"{base}-{k}.bin", local / f"{base}-{k}.bin") for k in range(len(sel.entry.outputs))]
