@@ -108,7 +108,8 @@ def _run(the_plan, jobs, executor: Executor, workers: int, budget: int | None, a
     progress = executors.PlanProgress(jobs, stream=err_console.file)
     the_plan.out.mkdir(parents=True, exist_ok=True)
     todo = executors.skip_finished(jobs, the_plan.out, progress)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cancels like Ctrl-C
+    # Ctrl-C (even when inherited as ignored, e.g. from a background job) and SIGTERM cancel the plan
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     cancelled = False
     try:
         if executor is Executor.local:
@@ -118,7 +119,8 @@ def _run(the_plan, jobs, executor: Executor, workers: int, budget: int | None, a
     except executors.PlanCancelled:
         cancelled = True
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     results = progress.summary()
     _write_run_record(the_plan, executor.value, results, _now())
     _render_summary(the_plan, results)

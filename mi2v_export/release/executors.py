@@ -162,7 +162,7 @@ def _cancel_local(queue, running, progress: PlanProgress) -> None:
     """SIGTERM every running export (each removes its staging folder and exits 130), wait for the job threads,
     SIGKILL what is still alive after a minute; queued jobs are marked cancelled."""
     for job, _ in queue:
-        progress.set(job.id, "cancelled", note="not started")
+        progress.set(job.id, "cancelled", {"id": job.id, "name": job.name, "reason": "not started", "wall_s": 0.0})
     queue.clear()
     _signal_children(running.values(), signal.SIGTERM)
     done, _ = wait(list(running), timeout=60)
@@ -216,7 +216,7 @@ def _submit_ray(ray, jobs: list[Job], out_root: Path, progress: PlanProgress) ->
     table = memory.load_table()
     largest = max((float(n.get("Resources", {}).get("memory", 0)) for n in ray.nodes() if n.get("Alive")),
                   default=0.0)
-    task = ray.remote(run_job).options(num_cpus=1, max_retries=0)
+    task = ray.remote(num_cpus=1, max_retries=0)(run_job)
     refs = {}
     for job in jobs:
         need, source = memory.estimate(job, table)

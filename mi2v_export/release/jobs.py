@@ -137,8 +137,9 @@ def _export(job: Job, partial: Path, on_start) -> dict:
     peak = usage.ru_maxrss * 1024  # kB on Linux
     if child.returncode == 0:
         return {"status": "done", "wall_s": wall, "peak_rss_bytes": max(peak, _manifest_peak(partial))}
-    state = "cancelled" if child.returncode in (130, -signal.SIGINT, -signal.SIGTERM) else "failed"
-    return {"status": state, "wall_s": wall, "peak_rss_bytes": peak,
+    if child.returncode in (130, -signal.SIGINT, -signal.SIGTERM):
+        return {"status": "cancelled", "wall_s": wall, "peak_rss_bytes": peak, "reason": "interrupted"}
+    return {"status": "failed", "wall_s": wall, "peak_rss_bytes": peak,
             "reason": _last_error(partial / LOG_FILE, child.returncode)}
 
 
