@@ -22,7 +22,7 @@ import yaml
 from safetensors.torch import save_file
 
 from mi2v_export.release import memory
-from mi2v_export.release.jobs import verify_job_folder
+from mi2v_export.release.jobs import finished, verify_job_folder
 from mi2v_export.release.plan import Job, jobs_from_matrix, load_plan
 from tests.conftest import MI2V_EXE, REPO, free_port, run_cli
 
@@ -210,47 +210,70 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_and_local_build_byte_identical_artifacts_and_reruns_skip(tmp_path, ray_cluster, table):
-    plan = write(tmp_path / "two.toml", TWO_JOBS)
-    proc = run_cli("plan", plan, "--executor", "ray", "--address", ray_cluster, "--out", tmp_path / "ray")
+@pytest.fixture(scope="module")
+def local_build(tmp_path_factory):
+    """The two-job plan built once by the local executor (2 at once), with its own memory table."""
+    root = tmp_path_factory.mktemp("local-build")
+    plan = write(root / "two.toml", TWO_JOBS)
+    env = dict(os.environ, MI2V_MEMORY_TABLE=str(root / "memory-table.json"))
+    proc = run_cli("plan", plan, "--executor", "local", "--jobs", "2", "--out", root / "jobs", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "done 2" in proc.stderr
-    proc = run_cli("plan", plan, "--executor", "local", "--jobs", "2", "--out", tmp_path / "local")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ray_files, local_files = artifact_digests(tmp_path / "ray"), artifact_digests(tmp_path / "local")
-    assert len(ray_files) == 2 and ray_files == local_files
-    for folder in (tmp_path / "ray").iterdir():
-        if folder.is_dir():
-            assert verify_job_folder(folder) == []
-            record = json.loads((folder / "job.json").read_text())
-            assert record["id"] in folder.name and record["peak_rss_bytes"] > 0
-    assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]  # no partial / staging left
-    learned = memory.load_table(table)
-    assert {k.split("/")[0] for k in learned} == {"encoder", "decoder"}
+    return {"plan": plan, "jobs": root / "jobs", "table": root / "memory-table.json", "stderr": proc.stderr}
+
+
+def test_local_executor_builds_verified_job_folders_learns_memory_and_reruns_skip(local_build, table):
+    jobs = local_build["jobs"]
+    assert "done 2" in local_build["stderr"] and "expects 1.50 GiB" in local_build["stderr"]  # fresh table: default
+    for folder in (p for p in jobs.iterdir() if p.is_dir()):
+        assert verify_job_folder(folder) == []
+        record = json.loads((folder / "job.json").read_text())
+        assert record["id"] in folder.name and record["peak_rss_bytes"] > 100 << 20
+    assert not [p for p in jobs.iterdir() if p.name.startswith(".")]  # no partial / staging folder left
+    learned = memory.load_table(local_build["table"])
+    assert sorted(k.split("/")[0] for k in learned) == ["decoder", "encoder"]
+    assert all(e["samples"] == 1 and e["peak_rss_bytes"] > 100 << 20 for e in learned.values())
     # a re-run builds nothing: every job is skipped and the artifacts are untouched
-    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "local").rglob("*.onnx")}
-    t0 = time.perf_counter()
-    proc = run_cli("plan", plan, "--out", tmp_path / "local", "--jobs", "2")
+    mtimes = {p: p.stat().st_mtime_ns for p in jobs.rglob("*.onnx")}
+    proc = run_cli("plan", local_build["plan"], "--out", jobs, "--jobs", "2")
     assert proc.returncode == 0 and proc.stderr.count("skipped") >= 2, proc.stderr
-    assert time.perf_counter() - t0 < 25
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "local").rglob("*.onnx")} == mtimes
-    run = json.loads((tmp_path / "local" / "plan-run.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in jobs.rglob("*.onnx")} == mtimes
+    run = json.loads((jobs / "plan-run.json").read_text())
     assert [j["status"] for j in run["jobs"]] == ["skipped", "skipped"]
+    assert memory.load_table(table) == {}  # nothing was built, nothing learned
+
+
+def test_ray_cluster_builds_the_same_bytes_as_the_local_executor(tmp_path, ray_cluster, local_build, table):
+    proc = run_cli("plan", local_build["plan"], "--executor", "ray", "--address", ray_cluster,
+                   "--out", tmp_path / "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done 2" in proc.stderr and "submitted, memory 1.50 GiB (default)" in proc.stderr
+    ray_files = artifact_digests(tmp_path / "ray")
+    assert len(ray_files) == 2 and ray_files == artifact_digests(local_build["jobs"])
+    assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]
+    assert len(memory.load_table(table)) == 2  # the driver learned from the Ray jobs too
     # the merged release of the Ray build
     proc = run_cli("release", "merge", tmp_path / "ray", "--out", tmp_path / "release", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert json.loads((tmp_path / "release" / "release.json").read_text()) == doc
-    assert len(doc["artifacts"]) == 2 and not doc["mixed"]
+    assert len(doc["artifacts"]) == 2 and len(doc["jobs"]) == 2 and not doc["mixed"]
     for a in doc["artifacts"]:
         assert a["file"].startswith("onnx/") and (tmp_path / "release" / a["file"]).is_file()
         assert a["sha256"] == ray_files[a["file"].split("/", 1)[1]]
-        assert a["gates"]["parity"]["passed"] and a["precision"] == "fp32"
+        assert a["gates"]["parity"]["passed"] and a["precision"] == "fp32" and a["job_id"] in a["file"]
         assert [v["check"] for v in a["verification"]] == ["parity", "sha256"]
         assert all(v["passed"] for v in a["verification"])
 
 
-def test_a_failing_job_is_reported_and_the_others_complete(tmp_path, table):
+def test_ray_executor_needs_a_reachable_cluster(tmp_path):
+    plan = write(tmp_path / "two.toml", TWO_JOBS)
+    proc = run_cli("plan", plan, "--executor", "ray")
+    assert proc.returncode == 2 and "needs --address" in proc.stderr
+    proc = run_cli("plan", plan, "--executor", "ray", "--address", f"127.0.0.1:{free_port()}", timeout=300)
+    assert proc.returncode == 2 and "cannot connect to a Ray cluster" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_failing_job_is_reported_and_the_others_complete(tmp_path, local_build, table):
     tiny_vae_checkpoint(tmp_path / "vae.safetensors", seed=3)
     plan = write(tmp_path / "mixed.toml", """
 schema_version = 1
@@ -275,11 +298,8 @@ frames = 10
     assert f"failed {by_frames[10]['name']}" in proc.stderr
     good = tmp_path / "jobs" / by_frames[9]["name"]
     assert verify_job_folder(good) == [] and not (tmp_path / "jobs" / by_frames[10]["name"]).exists()
-    # merge: weights other than the seeded ones of another build are refused unless --allow-mixed
-    seeded = tmp_path / "seeded"
-    proc = run_cli("plan", write(tmp_path / "s.toml", TWO_JOBS.replace('"encoder", "decoder"', '"encoder"')),
-                   "--out", seeded)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # merge: these weights and the seeded ones of the other build are refused together unless --allow-mixed
+    seeded = next(p for p in local_build["jobs"].iterdir() if p.name.startswith("encoder-"))
     proc = run_cli("release", "merge", good, seeded, "--out", tmp_path / "rel")
     assert proc.returncode == 2 and "different weights" in proc.stderr and "--allow-mixed" in proc.stderr
     assert not (tmp_path / "rel").exists() and not list(tmp_path.glob(".mi2v-release-*"))
@@ -288,26 +308,27 @@ frames = 10
     assert json.loads(proc.stdout)["mixed"] is True
 
 
-def test_merge_refuses_unverified_folders_and_leaves_the_old_release(tmp_path, table):
-    proc = run_cli("plan", write(tmp_path / "s.toml", TWO_JOBS.replace('"encoder", "decoder"', '"encoder"')),
-                   "--out", tmp_path / "jobs")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert run_cli("release", "merge", tmp_path / "jobs", "--out", tmp_path / "rel").returncode == 0
+def test_merge_refuses_unverified_folders_and_leaves_the_old_release(tmp_path, local_build):
+    jobs = tmp_path / "jobs"
+    shutil.copytree(local_build["jobs"], jobs)
+    assert run_cli("release", "merge", jobs, "--out", tmp_path / "rel").returncode == 0
     before = (tmp_path / "rel" / "release.json").read_bytes()
-    folder = next(p for p in (tmp_path / "jobs").iterdir() if p.is_dir())
+    folder = next(p for p in jobs.iterdir() if p.name.startswith("encoder-"))
     with open(folder / "encoder.onnx", "ab") as f:
         f.write(b"tampered")
-    proc = run_cli("release", "merge", tmp_path / "jobs", "--out", tmp_path / "rel")
+    proc = run_cli("release", "merge", jobs, "--out", tmp_path / "rel")
     assert proc.returncode == 2 and "does not verify" in proc.stderr and "sha256" in proc.stderr
     assert (tmp_path / "rel" / "release.json").read_bytes() == before
-    assert not list(tmp_path.glob(".mi2v-release-*"))
+    assert not list(tmp_path.glob(".mi2v-release-*")) and not list(tmp_path.glob(".rel.*"))
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "x").write_text("x")
     proc = run_cli("release", "merge", tmp_path / "rel" / "onnx", "--out", tmp_path / "plain")
     assert proc.returncode == 2 and "not a release folder" in proc.stderr
-    # the tampered job is rebuilt on the next run (it no longer verifies), not skipped
-    proc = run_cli("plan", tmp_path / "s.toml", "--out", tmp_path / "jobs")
-    assert proc.returncode == 0 and "done 1" in proc.stderr and verify_job_folder(folder) == []
+    # the tampered job no longer counts as finished: the next run rebuilds it instead of skipping it
+    job = next(j for j in load_plan(local_build["plan"], jobs).jobs if j.component == "encoder")
+    assert not finished(job, folder)
+    assert finished(next(j for j in load_plan(local_build["plan"], jobs).jobs if j.component == "decoder"),
+                    jobs / next(p.name for p in jobs.iterdir() if p.name.startswith("decoder-")))
 
 
 def test_ctrl_c_stops_running_exports_and_leaves_no_partial_folders(tmp_path, table):
@@ -333,7 +354,8 @@ def test_pte_jobs_are_byte_identical_across_executors(tmp_path, ray_cluster, tab
     plan = write(tmp_path / "pte.toml", TWO_JOBS.replace('target = "onnx"', 'target = "executorch"\n'
                                                          'delegate = "xnnpack"'))
     for executor in ("ray", "local"):
-        proc = run_cli("plan", plan, "--executor", executor, "--address", ray_cluster, "--out", tmp_path / executor)
+        proc = run_cli("plan", plan, "--executor", executor, "--address", ray_cluster, "--out", tmp_path / executor,
+                       "--jobs", "2")
         assert proc.returncode == 0, proc.stderr[-3000:]
     ray_files = artifact_digests(tmp_path / "ray")
     assert len(ray_files) == 2 and ray_files == artifact_digests(tmp_path / "local")

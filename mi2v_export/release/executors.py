@@ -196,6 +196,7 @@ def run_ray(jobs: list[Job], out_root: Path, progress: PlanProgress, address: st
 
     from ..errors import BadInputError
 
+    _check_reachable(address)
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -210,6 +211,22 @@ def run_ray(jobs: list[Job], out_root: Path, progress: PlanProgress, address: st
             raise PlanCancelled from None
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT nobody listens on makes ray.init retry for minutes: fail at once with one line instead."""
+    import socket
+
+    from ..errors import BadInputError
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", ray://… : left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise BadInputError(f"--address {address}: cannot connect to a Ray cluster ({exc.strerror or exc}); "
+                            "is `ray start --head` running there?") from None
 
 
 def _submit_ray(ray, jobs: list[Job], out_root: Path, progress: PlanProgress) -> dict:

@@ -120,22 +120,16 @@ def _artifact_record(job: dict, entry, rel_folder: str) -> dict:
 
 
 def _copy_job(job: dict, dest: Path) -> None:
-    """Hard-link (same file system) or copy the job's artifacts, manifest and job record into `dest`."""
+    """Copy the job's artifacts, manifest and job record into `dest` (copies, not hard links: editing a job folder
+    later must not change a release)."""
     dest.mkdir(parents=True)
     names = [f for e in job["manifest"].components for f in e.files()] + [MANIFEST_NAME, JOB_FILE]
     for name in names:
         src = job["folder"] / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, copy_function=_link_or_copy)
+            shutil.copytree(src, dest / name)
         else:
-            _link_or_copy(src, dest / name)
-
-
-def _link_or_copy(src, dst) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+            shutil.copy2(src, dest / name)
 
 
 def _recheck(staging: Path, artifacts: list[dict]) -> None:
