@@ -196,7 +196,8 @@ def ray_cluster():
     ray_exe = Path(os.sys.executable).with_name("ray")
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     port = free_port()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # Ray starts its workers at nice 15; on this shared test machine they would crawl behind everything else
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_worker_niceness="0")
     start = [str(ray_exe), "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
              "--num-cpus", "2", "--memory", str(6 << 30), "--object-store-memory", str(200 << 20),
              "--temp-dir", str(temp), "--include-dashboard", "false", "--disable-usage-stats"]

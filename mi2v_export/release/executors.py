@@ -52,7 +52,7 @@ class PlanProgress:
 
     def set(self, job_id: str, state: str, result: dict | None = None, note: str = "") -> None:
         with self.lock:
-            if self.state.get(job_id) == state and result is None:
+            if self.state.get(job_id) == state and result is None and not note:
                 return
             self.state[job_id] = state
             if result is not None:
