@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceError
+from ..files import sha256_file
 from .adb import Adb, AdbDevice, AdbTimeout, parse_getprop, quote
 from .elf import RunnerFile, inspect_runner, is_shared_library, runs_on
 from .report import RunResult
@@ -68,14 +69,6 @@ Say = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def signal_name(number: int) -> str:
@@ -438,7 +431,7 @@ class AndroidSession:
         info = check_runner(path, name, self.abilist, self.host_like)
         libs = sorted({q for pattern in COMPANION_LIBS.get(name, ()) for q in path.parent.glob(pattern)
                        if q.is_file() and q != path})
-        return Runner(name, path, file_sha256(path), info, source, libs)
+        return Runner(name, path, sha256_file(path), info, source, libs)
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -472,7 +465,7 @@ class AndroidSession:
     def prepare_runner(self, runner: Runner) -> None:
         """Push the runner (and its libraries), make it executable, and probe that it starts."""
         self.stage([StagedFile(runner.local, runner.name, runner.sha256),
-                    *[StagedFile(lib, lib.name, file_sha256(lib)) for lib in runner.libs]])
+                    *[StagedFile(lib, lib.name, sha256_file(lib)) for lib in runner.libs]])
         rpath = f"{self.remote_dir}/{runner.name}"
         self.dev.shell(["chmod", "755", rpath], check=True)
         if self.dev.shell(["test", "-x", rpath]).rc != 0:

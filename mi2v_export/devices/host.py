@@ -17,7 +17,7 @@ import platform
 import time
 from pathlib import Path
 
-from ..errors import BadInputError, MissingDependencyError
+from ..errors import BadInputError, MissingDependencyError, first_line
 from .report import RunResult
 from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte, pte_input_specs
 
@@ -113,7 +113,7 @@ def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None) -
         try:
             sess.run(None, feeds)
         except Exception as exc:
-            raise BadInputError(f"onnxruntime failed to run {path.name}: {_first_line(exc)}") from None
+            raise BadInputError(f"onnxruntime failed to run {path.name}: {first_line(exc)}") from None
         (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
                      backend="cpu", threads=threads or so.intra_op_num_threads or None)
@@ -157,16 +157,11 @@ def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) ->
         try:
             method.execute(inputs)
         except Exception as exc:
-            raise BadInputError(f"the ExecuTorch runtime failed to execute {path.name}: {_first_line(exc)}") from None
+            raise BadInputError(f"the ExecuTorch runtime failed to execute {path.name}: {first_line(exc)}") from None
         (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
                      backend="xnnpack" if "XnnpackBackend" in delegates else "portable",
                      threads=threads or portable_lib._threadpool_get_thread_count())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def host_facts() -> dict[str, object]:
