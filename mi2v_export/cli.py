@@ -18,8 +18,9 @@ import typer
 
 from .errors import Mi2vError
 
-# One entry per command module; adding a command is adding a file and a name here.
-COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices"]
+# One entry per command module; adding a command is adding a file and a name here. A dotted name is a module
+# outside mi2v_export/commands: the simulator's `devices simulate|profile` (the simulator package stays apart).
+COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices", "mi2v_export.simulator.cli"]
 
 app = typer.Typer(
     name="mi2v",
@@ -77,7 +78,7 @@ def root(
 
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"mi2v_export.commands.{name}")
+        module = importlib.import_module(name if "." in name else f"mi2v_export.commands.{name}")
         module.register(app)
 
 

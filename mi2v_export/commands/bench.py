@@ -187,7 +187,7 @@ def bench(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..devices.bench import BenchOptions, parse_device, run_bench, run_bench_app, run_bench_ios
+    from ..devices.bench import BenchOptions, run_bench
     from ..errors import BadInputError
     from ._render import print_json
 
@@ -206,34 +206,23 @@ def bench(
 
     say = logging.getLogger("mi2v.bench").info
     show = (lambda report, path: None) if json_out else render_report
-    transport, _ = parse_device(device)
-    if transport == "ios":
-        reports, error = run_bench_ios(opts, say, echo=typer.echo)
-        for report, path in reports:
-            show(report, path)
-    elif via is Via.app:
-        report, path, error = run_bench_app(opts, say, echo=typer.echo)
-        reports = [] if report is None else [(report, path)]
-        if report is not None:
-            show(report, path)
-    else:
-        report, path, error = run_bench(opts, say)
-        reports = [(report, path)]
+    outcome = run_bench(opts, say, echo=typer.echo)
+    for report, path in outcome.reports:
         show(report, path)
     if json_out:
-        print_json([r.to_dict() for r, _ in reports])
-    if plot is not None and reports and any(c.status == "ok" for c in reports[0][0].components):
+        print_json([r.to_dict() for r, _ in outcome.reports])
+    first = outcome.reports[0][0] if outcome.reports else None
+    if plot is not None and first is not None and any(c.status == "ok" for c in first.components):
         from ..devices.plot import plot_report
 
         from ._render import console
 
-        console.print(f"plot: {plot_report(reports[0][0], plot)}")
-    if error is not None:
-        path = reports[0][1] if reports else None
+        console.print(f"plot: {plot_report(first, plot)}")
+    if outcome.error is not None:
         from ..errors import DeviceError, MissingDependencyError
 
-        kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(error, k)), DeviceError)
-        raise kind(f"{error} (report: {path})")
+        kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(outcome.error, k)), DeviceError)
+        raise kind(f"{outcome.error} (report: {outcome.reports[0][1] if outcome.reports else None})")
 
 
 @bench_app.command("compare")

@@ -112,8 +112,16 @@ def export(
     resolution: str | None = typer.Option(None, "--resolution", help="HEIGHTxWIDTH, e.g. 720x1280 (default: "
                                           "the preset's)"),
     frames: int | None = typer.Option(None, "--frames", help="video frames, 8k+1 (default: the preset's)"),
-    dtype: ExportDtype | None = typer.Option(None, "--dtype", help="default: fp16 for Core ML and the "
-                                             "coreml/qnn delegates, fp32 otherwise"),
+    dtype: ExportDtype | None = typer.Option(None, "--dtype", help="fp32 | fp16: alias of --precision fp32|fp16"),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16 | w8a8 | w8 | w4 | w8a16, or per "
+                                         "component: denoiser=w8a8,decoder=fp16,encoder=fp16 (default: fp16 for "
+                                         "Core ML and the coreml/qnn delegates, fp32 otherwise)"),
+    calibration: Path | None = typer.Option(None, "--calibration", help="folder of images to calibrate 8-bit "
+                                            "activations on (default: the photos shipped with mi2v)"),
+    min_psnr: float | None = typer.Option(None, "--min-psnr", help="trajectory gate: per-frame PSNR floor in dB "
+                                          "(default: the precision's, see README)"),
+    recipe: Path | None = typer.Option(None, "--recipe", help="mixed precision: a recipe JSON (unit → precision) "
+                                       "from `mi2v quantize analyze`"),
     attention: AttentionPlan = typer.Option("reference", "--attention", help="denoiser attention plan: reference "
                                             "| mobile (exact rewrites for CPU runtimes) | ane (mobile + "
                                             "channels-first layout and Apple's split-einsum tiles, for Core ML)"),
@@ -140,7 +148,8 @@ def export(
     request = ExportRequest(target=target.value, out_dir=out, components=component,
                             delegate=delegate.value if delegate else None, decoder=decoder.value,
                             preset=preset.value, checkpoints=list(checkpoint), resolution=resolution, frames=frames,
-                            dtype=dtype.value if dtype else None, attention=attention.value, rewrite=list(rewrite),
+                            dtype=dtype.value if dtype else None, precision=precision, calibration=calibration,
+                            min_psnr=min_psnr, recipe=recipe, attention=attention.value, rewrite=list(rewrite),
                             verify=not no_verify, bundle=bundle, etrecord=etrecord, compute_units=compute_units.value,
                             min_ios=min_ios, soc=soc)
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
@@ -162,13 +171,13 @@ def export(
                     "artifacts": [e.to_dict() for e in report.entries]})
         return
     table = Table(title=f"exported to {report.out_dir}")
-    for col in ("component", "target", "dtype", "file", "size", "time", "peak RSS", "parity", "verified on"):
+    for col in ("component", "target", "precision", "file", "size", "time", "peak RSS", "parity", "verified on"):
         table.add_column(col, justify="right" if col in ("size", "time", "peak RSS") else "left", no_wrap=True)
     notes = []
     for e in report.entries:
         tgt = e.target + (f"/{e.delegate}" if e.delegate else "")
         verified = e.parity.get("verified_on") or "—"
-        table.add_row(e.component, tgt, e.dtype, e.file, human_bytes(e.bytes), f"{e.export['wall_s']:.1f}s",
+        table.add_row(e.component, tgt, e.precision or e.dtype, e.file, human_bytes(e.bytes), f"{e.export['wall_s']:.1f}s",
                       human_bytes(e.export["peak_rss_bytes"]), _fmt_parity(e.parity), verified)
         if e.parity.get("reason"):
             notes.append(f"{e.file}: not run here — {e.parity['reason']} (structural checks passed)")
