@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import BadInputError
+
 FILE_MODE = 0o644
 CHUNK = 1 << 22
 
@@ -77,6 +79,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
     return path
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Parse a JSON file; BadInputError in one line naming `what` when it is unreadable or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise BadInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{what} {path} is not valid JSON ({exc})") from None
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, *, allow_nan: bool = True) -> Path:

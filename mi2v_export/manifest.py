@@ -55,7 +55,6 @@ also run by the context manager) the temporary folder is removed and DIR is as i
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import shutil
@@ -65,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import schemas
-from .files import tree_digest, write_json_atomic
+from .files import read_json, tree_digest, write_json_atomic
 from .errors import BadInputError
 
 MANIFEST_NAME = "manifest.json"
@@ -358,11 +357,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise BadInputError(f"{folder}: no such artifacts folder")
     if not path.is_file():
         raise BadInputError(f"{folder}: no {MANIFEST_NAME}; is this a folder written by `mi2v export`?")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: not valid JSON ({exc})") from None
-    return Manifest.from_dict(raw, folder=folder)
+    return Manifest.from_dict(read_json(path, "manifest"), folder=folder)
 
 
 def read_manifest_if_any(folder: str | os.PathLike) -> Manifest | None:

@@ -177,7 +177,7 @@ def test_report_headline_partial_status_roundtrip_and_compare(tmp_path):
     with pytest.raises(BadInputError, match="not a mi2v bench report"):
         validate({"schema": "mi2v.manifest/1"})
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(BadInputError, match="invalid JSON"):
+    with pytest.raises(BadInputError, match="not valid JSON"):
         BenchReport.load(tmp_path / "bad.json")
 
 

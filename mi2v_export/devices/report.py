@@ -48,7 +48,6 @@ measured sample. stdev is the sample standard deviation (n−1).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -59,7 +58,7 @@ from typing import Any
 
 from .. import schemas
 from ..contract import COMPONENTS
-from ..files import write_json_atomic
+from ..files import read_json, write_json_atomic
 from ..errors import BadInputError
 
 SCHEMA = "mi2v.bench/1"
@@ -247,12 +246,7 @@ class BenchReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BenchReport:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise BadInputError(f"cannot read bench report {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"{path} is not a bench report (invalid JSON: {exc})") from None
+        data = read_json(path, "bench report")
         try:
             return cls.from_dict(data)
         except BadInputError as exc:
