@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from mi2v_export import app_build as ab
-from mi2v_export.devices import android_app as aa
-from mi2v_export.devices import ios
+from mi2v_export.apps import android_app as aa
+from mi2v_export.apps import build as ab
+from mi2v_export.apps import ios
 from mi2v_export.devices.android import device_facts
 from mi2v_export.devices.report import BenchReport, validate
 from mi2v_export.errors import BadInputError, DeviceError, MissingDependencyError

@@ -49,7 +49,7 @@ def build(
 ) -> None:
     """Android: `./gradlew assembleDebug assembleDebugAndroidTest` in apps/android (JDK 17, ANDROID_HOME).
     iOS: `xcodebuild build-for-testing` in apps/ios (macOS with Xcode 15+)."""
-    from .. import app_build as ab
+    from ..apps import build as ab
 
     if platform is Platform.ios:
         ab.require_macos(what="`mi2v app build ios`")
@@ -74,7 +74,7 @@ def install(
     check: bool = typer.Option(False, "--check", help="check adb and the built APKs only"),
 ) -> None:
     """`adb -s SERIAL install -r -t` of the Android app and its test APK (built by `mi2v app build`)."""
-    from .. import app_build as ab
+    from ..apps import build as ab
 
     if dry_run:
         ab.print_commands(ab.install_commands(serial), typer.echo)
@@ -95,8 +95,8 @@ def stage(
                                       help="comma-separated Core ML compute units"),
 ) -> None:
     """iOS: copy the Core ML artifacts and a plan into the test bundle's Payload folder (for a run from Xcode)."""
-    from ..app_build import _shown_path
-    from ..devices import ios
+    from ..apps import ios
+    from ..apps.build import _shown_path
 
     units = [u.strip() for u in compute_units.split(",") if u.strip()]
     items, frames = ios.coreml_artifacts(artifacts)

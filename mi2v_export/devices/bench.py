@@ -352,11 +352,11 @@ def open_device(opts: BenchOptions, manifest: Any, json_path: Path, say: Say = _
 
         return [HostDevice(opts, manifest, say)]
     if transport == "ios":
-        from .ios import ios_devices
+        from ..apps.ios import ios_devices
 
         return ios_devices(opts, manifest, serial or "", json_path, say, system)
     if opts.via == "app":
-        from .android_app import AppDevice
+        from ..apps.android_app import AppDevice
 
         return [AppDevice(opts, manifest, serial, say)]
     from .android import AdbRunnerDevice
@@ -370,7 +370,7 @@ def run_bench(opts: BenchOptions, say: Say = _quiet, echo: Say = print, system: 
 
     transport, serial = parse_device(opts.device)
     if transport == "ios":
-        from .ios import require_macos
+        from ..apps.build import require_macos
 
         require_macos(system)
     iterations, warmup, cooldown = _checked_protocol(opts, transport)

@@ -20,7 +20,7 @@ debuggable; `adb pull` cannot read an app's private folder), checks it against t
 normal report (the host's device facts win; a simulated phone stays marked as simulated).
 
 A dry run prints the exact commands without touching a device (`echo`), so it works on a machine with no SDK and
-no phone. Building and installing the app (`mi2v app build|install`, `make android`) is `mi2v_export.app_build`.
+no phone. Building and installing the app (`mi2v app build|install`, `make android`) is `apps.build`.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..app_build import ANDROID_DIR, Command, apk_paths, check_apks, print_commands
+from .build import ANDROID_DIR, Command, apk_paths, check_apks, print_commands
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
-from .android import device_facts
-from .bench import BenchDevice, BenchOptions, DeviceFacts, Selection, select_artifacts, verify_files
-from .report import SCHEMA, BenchReport, ComponentResult
+from ..devices.android import device_facts
+from ..devices.bench import BenchDevice, BenchOptions, DeviceFacts, Selection, select_artifacts, verify_files
+from ..devices.report import SCHEMA, BenchReport, ComponentResult
 
 Say = Callable[[str], None]
 
@@ -106,7 +106,7 @@ def artifacts_from_manifest(folder: str | os.PathLike[str], components: Sequence
     """The ExecuTorch artifacts of a manifest folder (one per component; `delegate` picks among several).
     Returns (artifacts, frames)."""
     from ..manifest import read_manifest
-    from .report import COMPONENTS
+    from ..devices.report import COMPONENTS
 
     manifest = read_manifest(folder)
     out = []
@@ -130,7 +130,7 @@ def artifacts_from_manifest(folder: str | os.PathLike[str], components: Sequence
 
 def coerce_artifacts(artifacts: Any) -> tuple[list[AppArtifact], int | None]:
     """A manifest folder, {component: path}, or a list of AppArtifact → (artifacts, frames or None)."""
-    from .report import COMPONENTS
+    from ..devices.report import COMPONENTS
 
     if isinstance(artifacts, (str, os.PathLike)) and Path(artifacts).is_dir():
         return artifacts_from_manifest(artifacts)
@@ -181,7 +181,7 @@ def via_app_commands(serial: str, artifacts: Sequence[AppArtifact], iterations: 
                      app_dir: Path = APP_DIR, adb: str = "adb", device_dir: str = DEVICE_DIR,
                      keep: bool = False) -> list[Command]:
     """What `--via app` runs, in order (notes say which steps are conditional)."""
-    from .adb import quote
+    from ..devices.adb import quote
 
     def sh(remote: Sequence[str], note: str = "") -> Command:
         return Command((adb, "-s", serial, "shell", quote(list(remote))), note=note)
@@ -289,7 +289,7 @@ def instrument_failure(result: InstrumentResult, serial: str) -> DeviceError | M
 
 def load_app_report(text: str | bytes, where: str = "the app's report") -> dict[str, Any]:
     """Parse and check an app-written report (schema `mi2v.bench/1`); BadInputError with one line otherwise."""
-    from .report import validate
+    from ..devices.report import validate
 
     try:
         data = json.loads(text)
@@ -313,7 +313,7 @@ def merge_app_report(app: Mapping[str, Any], base: Mapping[str, Any] | None = No
     conditions, protocol; may be None) plus the app's components. Components the app measured replace same-named
     ones in base; the others stay. The host's device facts win over the app's; if either says the device is
     simulated, the merged report says so. Returns a dict in the current report schema (BenchReport round trip)."""
-    from .report import SCHEMA, BenchReport
+    from ..devices.report import SCHEMA, BenchReport
 
     app_report = BenchReport.from_dict(dict(app))
     merged = BenchReport.from_dict({"schema": SCHEMA, "components": [], **base}) if base else BenchReport(device={})
@@ -419,7 +419,7 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
         print_commands(via_app_commands(str(serial), items, iterations, warmup, runs, app_dir, adb_name,
                                         keep=keep), echo)
         return None
-    from .adb import Adb, parse_getprop
+    from ..devices.adb import Adb, parse_getprop
 
     if isinstance(device, str) or device is None:
         client = adb if adb is not None else Adb()
@@ -528,8 +528,8 @@ class AppDevice(BenchDevice):
                     runs=self.opts.runs, frames=self.manifest.frames, adb=adb, app_dir=self.app_dir, echo=echo)
 
     def facts(self) -> DeviceFacts:
-        from .adb import Adb
-        from .android import AndroidSession, adb_host_facts, pick_device
+        from ..devices.adb import Adb
+        from ..devices.android import AndroidSession, adb_host_facts, pick_device
 
         adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
         host = adb_host_facts(adb, self.opts.adb_port)

@@ -20,7 +20,7 @@ turns it into one ordinary report per compute unit (each with its own per-frame 
 returns. Signing is the user's: pass the development team (`--team` / DEVELOPMENT_TEAM); nothing here manages
 provisioning beyond `-allowProvisioningUpdates`.
 
-Building the test bundle (`mi2v app build --platform ios`, `make ios`) is `mi2v_export.app_build`.
+Building the test bundle (`mi2v app build ios`, `make ios`) is `apps.build`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..app_build import DERIVED_DATA, IOS_DIR, SCHEME, Command, _run, _shown_path, _signing, check_xcode, print_commands, require_macos
+from .build import DERIVED_DATA, IOS_DIR, SCHEME, Command, _run, _shown_path, _signing, check_xcode, print_commands, require_macos
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
-from .bench import BenchDevice, BenchOptions, DeviceFacts, Selection
-from .report import BenchReport, ComponentResult
+from ..devices.bench import BenchDevice, BenchOptions, DeviceFacts, Selection
+from ..devices.report import BenchReport, ComponentResult
 
 Say = Callable[[str], None]
 
@@ -108,7 +108,7 @@ def coreml_artifacts(artifacts: Any, components: Sequence[str] | None = None
                      ) -> tuple[list[dict[str, Any]], int | None]:
     """A manifest folder or {component: .mlpackage path} → ([{component, path, artifact}], frames); `components`
     keeps only those (manifest folders)."""
-    from .report import COMPONENTS
+    from ..devices.report import COMPONENTS
 
     frames = None
     items: list[dict[str, Any]] = []
@@ -244,7 +244,7 @@ def report_from_attachments(folder: Path) -> dict[str, Any] | None:
 
 def split_by_compute_unit(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """One ordinary report per compute unit (runtime.backend), each with its own status and per-frame headline."""
-    from .report import BenchReport
+    from ..devices.report import BenchReport
 
     units: dict[str, list[dict[str, Any]]] = {}
     for c in report["components"]:
