@@ -513,12 +513,9 @@ def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
-def test_bench_ios_entry_dry_run_on_macos(tmp_path):
-    """run_bench as macOS would run it (system="Darwin"): the commands for the chosen components only."""
-    from mi2v_export.devices.bench import BenchOptions, run_bench
+def _coreml_manifest(folder: Path) -> dict[str, Path]:
     from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo
 
-    folder = tmp_path / "art"
     pkgs = _mlpackages(folder)
     entries = [ArtifactEntry(component=n, model=f"{n}-model", target="coreml", delegate=None, dtype="fp16",
                              file=p.name, sha256="0" * 64, bytes=1, inputs=[TensorInfo("x", (1, 4), "float32")],
@@ -527,6 +524,15 @@ def test_bench_ios_entry_dry_run_on_macos(tmp_path):
     m = Manifest(preset="tiny", resolution=(64, 64), frames=9, latent_shape=(1, 4, 3, 8, 8),
                  source={"weights": "seeded"}, components=entries)
     (folder / MANIFEST_NAME).write_text(json.dumps(m.to_dict(), indent=2))
+    return pkgs
+
+
+def test_bench_ios_entry_dry_run_on_macos(tmp_path):
+    """run_bench as macOS would run it (system="Darwin"): the commands for the chosen components only."""
+    from mi2v_export.devices.bench import BenchOptions, run_bench
+
+    folder = tmp_path / "art"
+    _coreml_manifest(folder)
     lines: list[str] = []
     opts = BenchOptions(artifacts=folder, device="ios:00008130-0011223344556677", dry_run=True, iterations=12,
                         components=("denoiser",), compute_units=("cpuAndNeuralEngine",), json_path=tmp_path / "r.json")
@@ -685,6 +691,26 @@ def test_ios_run_with_fake_xcode_tools(tmp_path, monkeypatch):
                                                              "encoder.mlpackage", "plan.json"]
     with pytest.raises(DeviceError, match="does not see an iPhone with UDID NOPE"):
         ios.run_ios("NOPE", pkgs, system="Darwin", app_dir=app_dir, out_dir=tmp_path)
+
+    # the same through the one bench loop: one XCTest run, one report per compute unit beside --json
+    from mi2v_export.devices.bench import BenchOptions, run_bench
+
+    folder = tmp_path / "manifest-art"
+    _coreml_manifest(folder)
+    (tmp_path / "xcodebuild.argv").unlink()
+    outcome = run_bench(BenchOptions(artifacts=folder, device="ios:00008130-0011223344556677", app_dir=app_dir,
+                                     json_path=tmp_path / "iphone.json"), system="Darwin")
+    paths = {p.name: r for r, p in outcome.reports}
+    assert sorted(paths) == ["iphone-all.json", "iphone-cpuAndGPU.json", "iphone-cpuAndNeuralEngine.json",
+                             "iphone-cpuOnly.json"]
+    assert [ln.split()[0] for ln in (tmp_path / "xcodebuild.argv").read_text().splitlines()].count("test") == 1
+    gpu = json.loads((tmp_path / "iphone-cpuAndGPU.json").read_text())
+    assert gpu["status"] == "partial" and gpu["protocol"]["compute_unit"] == "cpuAndGPU"
+    assert [c["status"] for c in gpu["components"]] == ["ok", "ok", "failed"]
+    assert isinstance(outcome.error, DeviceError) and outcome.error.args[0].startswith("decoder: ")
+    ane = paths["iphone-cpuAndNeuralEngine.json"]
+    assert ane.status == "ok" and ane.device["name"] == "Test iPhone" and ane.device["transport"] == "ios"
+    assert {c.runtime["runner"] for c in ane.components} == {"ios-xctest"} and ane.per_frame_ms(2) > 0
     _script(fake, "xcode-select", 'echo /Library/Developer/CommandLineTools\n')
     with pytest.raises(MissingDependencyError, match="only the Command Line Tools are selected"):
         ios.check_xcode(system="Darwin")

@@ -258,24 +258,27 @@ def parse_instrument_output(text: str) -> InstrumentResult:
     failed = [s for s in statuses if s.get("__code__") in ("-1", "-2")]
     errors = [s for s in statuses if "Error" in s]
     ok = code == -1 and m is not None and not failed and not errors
-    message = None
-    if not ok:
-        if errors:
-            message = errors[0]["Error"].strip().splitlines()[0]
-        elif failed:
-            stack = failed[0].get("stack", "").strip().splitlines()
-            message = stack[0] if stack else f"test {failed[0].get('test', '?')} failed"
-        elif "shortMsg" in result:
-            message = result["shortMsg"].strip().splitlines()[0]
-            if "longMsg" in result:
-                message += ": " + result["longMsg"].strip().splitlines()[0]
-        elif code is None:
-            message = "the instrumentation ended without a result (the test process died or was killed)"
-        elif tests_run == 0 or "OK (0 tests)" in stream:
-            message = f"no test ran: is {TEST_CLASS} in the installed test APK?"
-        else:
-            message = (stream.strip().splitlines() or [f"instrumentation code {code}"])[-1]
+    message = None if ok else _instrument_message(errors, failed, result, code, tests_run)
     return InstrumentResult(ok=ok, report_path=report, tests_run=tests_run, message=message, statuses=statuses)
+
+
+def _instrument_message(errors: list[dict[str, str]], failed: list[dict[str, str]], result: dict[str, str],
+                        code: int | None, tests_run: int | None) -> str:
+    """Why an instrumentation run did not pass, in one line."""
+    stream = result.get("stream", "")
+    if errors:
+        return errors[0]["Error"].strip().splitlines()[0]
+    if failed:
+        stack = failed[0].get("stack", "").strip().splitlines()
+        return stack[0] if stack else f"test {failed[0].get('test', '?')} failed"
+    if "shortMsg" in result:
+        message = result["shortMsg"].strip().splitlines()[0]
+        return message + (": " + result["longMsg"].strip().splitlines()[0] if "longMsg" in result else "")
+    if code is None:
+        return "the instrumentation ended without a result (the test process died or was killed)"
+    if tests_run == 0 or "OK (0 tests)" in stream:
+        return f"no test ran: is {TEST_CLASS} in the installed test APK?"
+    return (stream.strip().splitlines() or [f"instrumentation code {code}"])[-1]
 
 
 def instrument_failure(result: InstrumentResult, serial: str) -> DeviceError | MissingDependencyError:
@@ -430,34 +433,11 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
         if not a.path.is_file():
             raise BadInputError(f"artifact {a.path} does not exist")
     installed = ensure_installed(dev, app_dir, say, reinstall)
-    dev.mkdirs(DEVICE_DIR)
-    remote = {f"{DEVICE_DIR}/{a.remote_name}": a for a in items}
-    present = dev.sha256_many(list(remote))
-    pushed = []
-    for rpath, a in remote.items():
-        if present.get(rpath) == a.digest():
-            continue
-        say(f"pushing {a.path.name} ({a.path.stat().st_size / 1e6:.1f} MB) to {rpath}")
-        dev.push(a.path, rpath)
-        pushed.append(a.remote_name)
-    with tempfile.TemporaryDirectory(prefix="mi2v-app-") as tmp:
-        plan_path = Path(tmp) / PLAN_NAME
-        plan_path.write_text(json.dumps(build_plan(items, frames), indent=2) + "\n")
-        dev.push(plan_path, f"{DEVICE_DIR}/{PLAN_NAME}")
+    pushed = _push_artifacts(dev, items, frames, say)
     try:
-        dev.shell(["run-as", PACKAGE, "rm", "-f", f"files/{REPORT_NAME}"])
         say(f"running the benchmark app on {dev.serial}: {warmup} warm-up + {iterations} timed iterations × "
             f"{runs} run(s) for {', '.join(a.component for a in items)}")
-        rc, out, err = dev.shell(instrument_args(items, iterations, warmup, runs), timeout=timeout)
-        result = parse_instrument_output(out + "\n" + err)
-        if not result.ok:
-            raise instrument_failure(result, dev.serial)
-        rc, text, err = dev.shell(["run-as", PACKAGE, "cat", f"files/{REPORT_NAME}"])
-        if rc != 0:
-            detail = (err.strip() or text.strip() or "no output").splitlines()[-1]
-            raise DeviceError(f"cannot read the app's report on {dev.serial} with run-as ({detail}): the debug APK "
-                              "must be installed (release builds are not debuggable)")
-        app = load_app_report(text, f"the report from {dev.serial}")
+        app = _instrument(dev, items, iterations, warmup, runs, timeout)
         if base_report is None:
             props = parse_getprop(dev.check_output(["getprop"]))
             base = {"schema": app["schema"], "device": device_facts(props, dev.serial), "components": []}
@@ -480,6 +460,41 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
 # CLI for the Makefile
 # --------------------------------------------------------------------------------------------------------------------
 
+
+
+def _push_artifacts(dev: Any, items: Sequence[AppArtifact], frames: int | None, say: Say) -> list[str]:
+    """Push the .pte files the phone does not have with the same sha256, and the plan; returns those pushed."""
+    dev.mkdirs(DEVICE_DIR)
+    remote = {f"{DEVICE_DIR}/{a.remote_name}": a for a in items}
+    present = dev.sha256_many(list(remote))
+    pushed = []
+    for rpath, a in remote.items():
+        if present.get(rpath) == a.digest():
+            continue
+        say(f"pushing {a.path.name} ({a.path.stat().st_size / 1e6:.1f} MB) to {rpath}")
+        dev.push(a.path, rpath)
+        pushed.append(a.remote_name)
+    with tempfile.TemporaryDirectory(prefix="mi2v-app-") as tmp:
+        plan_path = Path(tmp) / PLAN_NAME
+        plan_path.write_text(json.dumps(build_plan(items, frames), indent=2) + "\n")
+        dev.push(plan_path, f"{DEVICE_DIR}/{PLAN_NAME}")
+    return pushed
+
+
+def _instrument(dev: Any, items: Sequence[AppArtifact], iterations: int, warmup: int, runs: int,
+                timeout: float) -> dict[str, Any]:
+    """`am instrument` the benchmark test, then read and check the report the app wrote (run-as)."""
+    dev.shell(["run-as", PACKAGE, "rm", "-f", f"files/{REPORT_NAME}"])
+    _, out, err = dev.shell(instrument_args(items, iterations, warmup, runs), timeout=timeout)
+    result = parse_instrument_output(out + "\n" + err)
+    if not result.ok:
+        raise instrument_failure(result, dev.serial)
+    rc, text, err = dev.shell(["run-as", PACKAGE, "cat", f"files/{REPORT_NAME}"])
+    if rc != 0:
+        detail = (err.strip() or text.strip() or "no output").splitlines()[-1]
+        raise DeviceError(f"cannot read the app's report on {dev.serial} with run-as ({detail}): the debug APK "
+                          "must be installed (release builds are not debuggable)")
+    return load_app_report(text, f"the report from {dev.serial}")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -374,7 +374,8 @@ class IOSBatch:
         try:
             reports = run_ios(self.udid, o.artifacts, o.iterations, o.warmup, dry_run, compute_units=self.units,
                               team=o.team, out_dir=self.out_dir, components=self.components or o.components,
-                              timeout=o.timeout, system=self.system, say=self.say, echo=echo)
+                              timeout=o.timeout, system=self.system, app_dir=Path(o.app_dir or APP_DIR),
+                              say=self.say, echo=echo)
             self.result = {unit: BenchReport.from_dict(data) for unit, data in (reports or {}).items()}
         except Mi2vError as exc:
             self.result = exc

@@ -70,7 +70,8 @@ class BenchOptions:
     dry_run: bool = False  # --via app / ios: print the exact commands, touch no device
     team: str | None = None  # ios: Apple development team for signing the test bundle
     compute_units: tuple[str, ...] = ()  # ios: Core ML compute units to time (default: all four)
-    app_dir: Path | None = None  # --via app: the apps/android folder with the built APKs (default: this checkout's)
+    app_dir: Path | None = None  # --via app / ios: the apps/android (built APKs) or apps/ios folder (default: this
+    # checkout's)
 
 
 def parse_device(text: str) -> tuple[str, str | None]:
