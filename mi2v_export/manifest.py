@@ -65,6 +65,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import schemas
 from .errors import BadInputError
 
 MANIFEST_NAME = "manifest.json"
@@ -308,6 +309,7 @@ class Manifest:
         if version != SCHEMA_VERSION:
             raise BadInputError(f"{where}: schema version {version} is not supported (this mi2v reads version "
                                 f"{SCHEMA_VERSION}); re-export the artifacts")
+        schemas.validate(d, schemas.MANIFEST, f"{where}: malformed manifest")  # mi2v_export/schemas/manifest
         try:
             return cls(
                 preset=str(d["preset"]), resolution=(int(d["resolution"][0]), int(d["resolution"][1])),

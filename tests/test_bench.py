@@ -386,14 +386,19 @@ def test_host_bench_both_runtimes_table_plot_and_compare(standin, tmp_path):
     for rt in ("onnxruntime", "executorch"):
         out = tmp_path / f"{rt}.json"
         args = ["bench", "--artifacts", standin, "--device", "host", "--runtime", rt, "--iterations", "5",
-                "--warmup", "2", "--json", out]
+                "--warmup", "2", "--report", out]
         if rt == "executorch":
             args += ["--plot", tmp_path / "host.png", "--steps", "1", "--runs", "2"]
+        else:
+            args += ["--json"]  # the report on stdout instead of the table
         proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
-        assert "per-frame latency, 1 step:" in proc.stdout and "per-frame latency, 2 steps:" in proc.stdout
-        assert f"report: {out}" in proc.stdout
         reports[rt] = json.loads(out.read_text())
+        if rt == "executorch":
+            assert "per-frame latency, 1 step:" in proc.stdout and "per-frame latency, 2 steps:" in proc.stdout
+            assert f"report: {out}" in proc.stdout
+        else:
+            assert json.loads(proc.stdout) == [reports[rt]]
     ort, et = reports["onnxruntime"], reports["executorch"]
     assert ort["schema"] == "mi2v.bench/1" and ort["status"] == "ok" and ort["error"] is None
     assert ort["device"]["transport"] == "host" and ort["device"]["simulated_device"] is False
@@ -430,13 +435,13 @@ def test_host_errors_are_one_line(standin, tmp_path):
     proc = run_cli("bench", "--artifacts", standin, "--device", "phone")
     assert proc.returncode == 2 and "not host, adb, adb:SERIAL or ios:UDID" in _one_error_line(proc)
     proc = run_cli("bench", "--artifacts", standin, "--steps", "4")
-    assert proc.returncode == 2 and "1 or 2 denoising steps" in _one_error_line(proc)
+    assert proc.returncode == 2 and "'--steps': Input should be less than or equal to 2" in _one_error_line(proc)
     # a file changed after export: that component fails, the others are measured, the report is partial
     tampered = derive(standin, tmp_path / "tampered", keep=lambda e: e.target == "onnx")
     with open(tampered / "decoder.onnx", "ab") as fh:
         fh.write(b"\0")
     out = tmp_path / "t.json"
-    proc = run_cli("bench", "--artifacts", tampered, "--iterations", "2", "--warmup", "0", "--json", out)
+    proc = run_cli("bench", "--artifacts", tampered, "--iterations", "2", "--warmup", "0", "--report", out)
     assert proc.returncode == 2
     assert "decoder: " in _one_error_line(proc) and "changed after export" in proc.stderr
     rep = json.loads(out.read_text())
@@ -453,7 +458,7 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
     out = tmp_path / "phone.json"
     args = ["bench", "--artifacts", standin, "--device", f"adb:{phone.serial}", *_adb_args(adb),
             "--iterations", "4", "--warmup", "2", "--cooldown", "0"]
-    proc = run_cli(*args, "--runtime", "executorch", "--json", out, env=adb.env)
+    proc = run_cli(*args, "--runtime", "executorch", "--report", out, env=adb.env)
     assert proc.returncode == 0, proc.stderr
     assert "per-frame latency, 2 steps:" in proc.stdout and "simulated phone" in proc.stdout
     rep = json.loads(out.read_text())
@@ -487,7 +492,7 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
 
     # the encoder again, with an ETDump: runner and model are already there (same sha256), nothing is pushed
     out2 = tmp_path / "again.json"
-    proc = run_cli(*args, "--runtime", "executorch", "--components", "encoder", "--etdump", "--json", out2,
+    proc = run_cli(*args, "--runtime", "executorch", "--component", "encoder", "--etdump", "--report", out2,
                 env=adb.env)
     assert proc.returncode == 0, proc.stderr
     again = json.loads(out2.read_text())
@@ -498,7 +503,7 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
 
     # ONNX Runtime, pinned to core 0 with an explicit mask; the .onnx external-data files travel with the models
     out3 = tmp_path / "ort.json"
-    proc = run_cli(*args, "--runtime", "onnxruntime", "--cpu-mask", "1", "--json", out3, env=adb.env)
+    proc = run_cli(*args, "--runtime", "onnxruntime", "--cpu-mask", "1", "--report", out3, env=adb.env)
     assert proc.returncode == 0, proc.stderr
     ort = json.loads(out3.read_text())
     assert ort["protocol"]["affinity_mask"] == "1" and ort["protocol"]["affinity_granted"] == "0"
@@ -516,13 +521,13 @@ def test_old_phone_without_shell_v2(adb, standin, tmp_path):
     with SimulatedPhone(shell_v2=False) as old:
         adb.connect(old.serial)
         try:
-            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--components",
+            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--component",
                                      "encoder")
             assert proc.returncode == 0, proc.stderr
             assert rep["device"]["shell_v2"] is False and rep["components"][0]["summary"]["latency_ms"]["n"] == 2
             bad = tmp_path / "onnxruntime_perf_test"
             bad.write_text("#!/bin/sh\ncase \"$1\" in -h) echo usage; exit 1;; esac\necho boom >&2; exit 3\n")
-            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--components",
+            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--component",
                                      "encoder", "--runner", bad, name="bad.json")
             assert proc.returncode == 5 and "onnxruntime_perf_test failed (exit 3): boom" in _one_error_line(proc)
         finally:
@@ -550,7 +555,7 @@ def test_no_device(tmp_path, standin):
     empty = private_adb(tmp_path / "home")
     try:
         out = tmp_path / "r.json"
-        proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(empty), "--json", out,
+        proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(empty), "--report", out,
                     env=empty.env)
         assert proc.returncode == 5
         assert "no Android device is connected" in _one_error_line(proc) and f"report: {out}" in proc.stderr
@@ -567,7 +572,7 @@ def test_unauthorized_and_offline(adb, standin, tmp_path, state):
     with SimulatedPhone(state=state) as p:
         assert adb.connect(p.serial, timeout=2).state == state
         try:
-            proc = run_cli("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb), "--json",
+            proc = run_cli("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb), "--report",
                         tmp_path / "r.json", env=adb.env)
             line = _one_error_line(proc)
             assert proc.returncode == 5
@@ -584,7 +589,7 @@ def test_several_devices_need_a_serial(adb, phone, standin, tmp_path):
     with SimulatedPhone() as other:
         adb.connect(other.serial)
         try:
-            proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(adb), "--json",
+            proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(adb), "--report",
                         tmp_path / "r.json", env=adb.env)
             assert proc.returncode == 5
             assert "several devices are connected" in _one_error_line(proc) and "--device adb:SERIAL" in proc.stderr
@@ -603,7 +608,7 @@ def test_full_storage_gives_a_partial_report(adb, standin, tmp_path):
             out = tmp_path / "r.json"
             proc = run_cli("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb),
                         "--runtime", "executorch", "--iterations", "2", "--warmup", "1", "--cooldown", "0",
-                        "--json", out, env=adb.env)
+                        "--report", out, env=adb.env)
             assert proc.returncode == 5
             line = _one_error_line(proc)
             assert "denoiser: device" in line and "ran out of storage while pushing denoiser.pte" in line
@@ -620,7 +625,7 @@ def test_full_storage_gives_a_partial_report(adb, standin, tmp_path):
 def _bench_phone(adb, phone, artifacts, tmp_path, *extra, name="r.json"):
     out = tmp_path / name
     proc = run_cli("bench", "--artifacts", artifacts, "--device", f"adb:{phone.serial}", *_adb_args(adb),
-                "--iterations", "2", "--warmup", "1", "--cooldown", "0", "--json", out, *extra, env=adb.env)
+                "--iterations", "2", "--warmup", "1", "--cooldown", "0", "--report", out, *extra, env=adb.env)
     rep = json.loads(out.read_text()) if out.exists() else None
     return proc, rep
 
@@ -677,7 +682,7 @@ def test_runner_crash_and_missing_delegate(adb, phone, standin, tmp_path):
                      "echo 'I 00:00:00.000100 executorch:executor_runner.cpp:383] Model file m is loaded.' >&2\n"
                      "kill -SEGV $$\n")
     pte = derive(standin, tmp_path / "pte", keep=lambda e: e.target == "executorch")
-    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", crash, "--components", "encoder")
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", crash, "--component", "encoder")
     line = _one_error_line(proc)
     assert proc.returncode == 5 and "encoder: executor_runner crashed with SIGSEGV (exit 139)" in line
     enc = rep["components"][0]
@@ -708,7 +713,7 @@ def test_timeout_kills_the_run_and_goes_on(adb, phone, standin, tmp_path):
     t0 = time.monotonic()
     out = tmp_path / "r.json"
     proc = run_cli("bench", "--artifacts", pte, "--device", f"adb:{phone.serial}", *_adb_args(adb), "--iterations",
-                "1000000", "--warmup", "0", "--timeout", "4", "--cooldown", "0", "--json", out, env=adb.env)
+                "1000000", "--warmup", "0", "--timeout", "4", "--cooldown", "0", "--report", out, env=adb.env)
     assert time.monotonic() - t0 < 120
     line = _one_error_line(proc)
     assert proc.returncode == 5 and "encoder: timeout: executor_runner did not finish the encoder within 4 s" in line
@@ -737,7 +742,7 @@ def test_tiny_preset_host_and_simulated_phone(request, adb, phone, tmp_path):
         for rt in ("onnxruntime", "executorch"):
             out = tmp_path / f"{rt}-{device.replace(':', '_')}.json"
             proc = run_cli("bench", "--artifacts", tiny, "--device", device, *_adb_args(adb), "--runtime", rt,
-                        "--iterations", "5", "--warmup", "2", "--cooldown", "0", "--json", out, env=adb.env)
+                        "--iterations", "5", "--warmup", "2", "--cooldown", "0", "--report", out, env=adb.env)
             assert proc.returncode == 0, proc.stderr
             rep = json.loads(out.read_text())
             assert rep["status"] == "ok" and rep["per_frame_ms"]["2"] > 0
