@@ -38,8 +38,8 @@ from typing import Any
 
 from .build import ANDROID_DIR, Command, apk_paths, check_apks, print_commands
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
-from ..devices.android import device_facts
-from ..devices.bench import BenchDevice, BenchOptions, DeviceFacts, Selection, select_artifacts, verify_files
+from ..devices.android import AdbPhone, device_facts
+from ..devices.bench import BenchOptions, DeviceFacts, Selection, select_artifacts, verify_files
 from ..devices.report import SCHEMA, BenchReport, ComponentResult
 
 Say = Callable[[str], None]
@@ -502,17 +502,15 @@ def _instrument(dev: Any, items: Sequence[AppArtifact], iterations: int, warmup:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class AppDevice(BenchDevice):
+class AppDevice(AdbPhone):
     """A phone over adb timed inside the Android benchmark app: the host reads the phone's facts and thermals over
     adb; one instrumentation run (at the first run()) times every prepared component in the app's process."""
 
-    transport = "adb"
     together = True
 
     def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, say: Say):
-        self.opts, self.manifest, self.serial, self.say = opts, manifest, serial, say
+        super().__init__(opts, manifest, serial, say)
         self.items: list[AppArtifact] = []
-        self.session: Any = None
         self.batch: BenchReport | Mi2vError | None = None
         self.device: dict[str, Any] = {}
         self.app_dir = Path(opts.app_dir) if opts.app_dir else APP_DIR
@@ -543,26 +541,11 @@ class AppDevice(BenchDevice):
                     runs=self.opts.runs, frames=self.manifest.frames, adb=adb, app_dir=self.app_dir, echo=echo)
 
     def facts(self) -> DeviceFacts:
-        from ..devices.adb import Adb
-        from ..devices.android import AndroidSession, adb_host_facts, pick_device
-
-        adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
-        host = adb_host_facts(adb, self.opts.adb_port)
-        self.session = AndroidSession(adb, pick_device(adb, self.serial), self.say)
-        self.say(f"reading device facts of {self.session.dev.serial}")
-        self.device = device = self.session.fingerprint()
+        self.device, host = self.connect()
+        assert self.session is not None
         uncontrolled = [*self.session.uncontrolled, "the app process is not pinned to cores and CPU clocks are not "
                         "locked", "screen state, charging and background apps are not controlled"]
-        return DeviceFacts(device, host, {"mode": "app", "runner": APP_RUNNER}, uncontrolled)
-
-    def snapshot(self) -> dict[str, Any]:
-        return self.session.snapshot() if self.session else {}
-
-    def alive(self) -> bool:
-        try:
-            return self.session is not None and self.session.dev.get_state() == "device"
-        except DeviceError:
-            return False
+        return DeviceFacts(self.device, host, {"mode": "app", "runner": APP_RUNNER}, uncontrolled)
 
     def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
         if self.batch is None:
