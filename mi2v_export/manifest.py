@@ -15,7 +15,12 @@ nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in the
       "components": [                                   # one entry per artifact file
         {"component": "denoiser", "model": "mobilei2v-denoiser" | "ltx-encoder" | "turbo-vaed" | "ltx-decoder",
          "target": "onnx" | "executorch" | "coreml", "delegate": null | "xnnpack" | "vulkan" | "qnn" | "coreml",
-         "dtype": "fp32" | "fp16",
+         "dtype": "fp32" | "fp16",                        # the graph's floating dtype
+         "precision": "fp32" | "fp16" | "w8a8" | "w8" | "w4" | "w8a16" | "mixed",   # mi2v_export.precision
+         "compression": bytes / fp32 bytes | null, "recipe": {unit: precision} | null (mixed only),
+         "calibration": {"digest", "size", …} | null,       # calibrated precisions
+         "trajectory": {"image", "steps", "seed", "psnr_db_min", "psnr_db", "ssim_min", "gate_db", "passed"} | null,
+         "runtime_memory_bytes": ExecuTorch planned memory | onnxruntime session peak | null,
          "file": "denoiser.onnx", "sha256": …, "bytes": …,    # sha256/bytes of a folder (.mlpackage): see tree_digest
          "extra_files": [{"role": "external_data" | "bundled_program" | "etrecord", "file", "sha256", "bytes"}],
          "inputs":  [{"name": "latent", "shape": […], "dtype": "float32"}, …],
@@ -50,16 +55,16 @@ also run by the context manager) the temporary folder is removed and DIR is as i
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import schemas
+from .files import read_json, tree_digest, write_json_atomic
 from .errors import BadInputError
 
 MANIFEST_NAME = "manifest.json"
@@ -95,35 +100,6 @@ def library_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Digests
-
-
-def file_digest(path: Path, chunk: int = 1 << 22) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
-
-
-def tree_digest(path: Path) -> tuple[str, int]:
-    """sha256 and total bytes of a file, or of a folder (.mlpackage): the hash of every file's relative POSIX path,
-    a NUL, its own sha256 and a newline, in sorted path order."""
-    path = Path(path)
-    if path.is_file():
-        return file_digest(path)
-    h = hashlib.sha256()
-    total = 0
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        digest, size = file_digest(p)
-        h.update(p.relative_to(path).as_posix().encode() + b"\0" + digest.encode() + b"\n")
-        total += size
-    return h.hexdigest(), total
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,6 +159,12 @@ class ArtifactEntry:
     extra_files: list[FileInfo] = field(default_factory=list)
     exported_at: str = ""
     tool_version: str = ""
+    precision: str | None = None  # mi2v_export.precision name; None in manifests written before it existed
+    compression: float | None = None  # bytes / bytes of the same component exported in fp32
+    calibration: dict | None = None  # {"digest", "size", ...} of the calibration set (calibrated precisions)
+    trajectory: dict | None = None  # the whole-pipeline gate {image, steps, seed, psnr_db_min, psnr_db, ...}
+    runtime_memory_bytes: int | None = None  # ExecuTorch: planned memory; onnxruntime: measured session peak
+    recipe: dict | None = None  # unit → precision when precision == "mixed"
 
     @property
     def verified(self) -> bool:
@@ -208,6 +190,9 @@ class ArtifactEntry:
             "export": self.export, "parity": self.parity, "structure": self.structure,
             "delegation": self.delegation, "target_info": self.target_info, "flags": self.flags,
             "attention": self.attention, "exported_at": self.exported_at, "tool_version": self.tool_version,
+            "precision": self.precision or self.dtype, "compression": self.compression,
+            "calibration": self.calibration, "trajectory": self.trajectory,
+            "runtime_memory_bytes": self.runtime_memory_bytes, "recipe": self.recipe,
         }
 
     @classmethod
@@ -223,7 +208,23 @@ class ArtifactEntry:
             target_info=dict(d.get("target_info") or {}), flags=dict(d.get("flags") or {}),
             attention=d.get("attention"), extra_files=[FileInfo.from_dict(f) for f in d.get("extra_files") or ()],
             exported_at=str(d.get("exported_at") or ""), tool_version=str(d.get("tool_version") or ""),
+            precision=d.get("precision") or d.get("dtype") or "fp32", compression=d.get("compression"),
+            calibration=d.get("calibration"), trajectory=d.get("trajectory"),
+            runtime_memory_bytes=d.get("runtime_memory_bytes"), recipe=d.get("recipe"),
         )
+
+
+# When several artifacts of one component could run: this target order, then this delegate order, fp32 before
+# lower precisions, then the file name.
+TARGET_PREFERENCE = ("onnx", "executorch", "coreml")
+DELEGATE_PREFERENCE = ("xnnpack", None, "vulkan", "qnn")
+
+
+def entry_preference(e: ArtifactEntry) -> tuple:
+    def rank(order: tuple, value) -> int:
+        return order.index(value) if value in order else len(order)
+
+    return rank(TARGET_PREFERENCE, e.target), rank(DELEGATE_PREFERENCE, e.delegate), e.dtype != "fp32", e.file
 
 
 @dataclass
@@ -242,6 +243,14 @@ class Manifest:
     folder: Path | None = None  # where it was read from (not serialised)
 
     # -- lookups -------------------------------------------------------------------------------------------
+    def candidates(self, component: str, refusal: Callable[[ArtifactEntry], str | None]
+                   ) -> tuple[list[ArtifactEntry], list[tuple[ArtifactEntry, str]]]:
+        """The artifact selection of `generate` and `bench`: the component's entries that can run where they are
+        wanted (`refusal(entry)` is None), most preferred first (ENTRY_PREFERENCE), and the others with the reason."""
+        entries = sorted((e for e in self.components if e.component == component), key=entry_preference)
+        reasons = [(e, refusal(e)) for e in entries]
+        return [e for e, why in reasons if why is None], [(e, why) for e, why in reasons if why is not None]
+
     def find(self, component: str, target: str | None = None, delegate: str | None = None) -> ArtifactEntry:
         """The entry of a component (optionally of one target / delegate); BadInputError when absent or ambiguous."""
         hits = [e for e in self.components if e.component == component and (target is None or e.target == target)
@@ -291,6 +300,7 @@ class Manifest:
         if version != SCHEMA_VERSION:
             raise BadInputError(f"{where}: schema version {version} is not supported (this mi2v reads version "
                                 f"{SCHEMA_VERSION}); re-export the artifacts")
+        schemas.validate(d, schemas.MANIFEST, f"{where}: malformed manifest")  # mi2v_export/schemas/manifest
         try:
             return cls(
                 preset=str(d["preset"]), resolution=(int(d["resolution"][0]), int(d["resolution"][1])),
@@ -347,11 +357,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise BadInputError(f"{folder}: no such artifacts folder")
     if not path.is_file():
         raise BadInputError(f"{folder}: no {MANIFEST_NAME}; is this a folder written by `mi2v export`?")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: not valid JSON ({exc})") from None
-    return Manifest.from_dict(raw, folder=folder)
+    return Manifest.from_dict(read_json(path, "manifest"), folder=folder)
 
 
 def read_manifest_if_any(folder: str | os.PathLike) -> Manifest | None:
@@ -359,23 +365,6 @@ def read_manifest_if_any(folder: str | os.PathLike) -> Manifest | None:
     if not (Path(folder) / MANIFEST_NAME).is_file():
         return None
     return read_manifest(folder)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a manifest is as readable as the artifacts
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def merge(existing: Manifest | None, new: Manifest) -> Manifest:
@@ -479,7 +468,7 @@ class Staging:
             merged.components = [e for e in merged.components if all((self.out_dir / f).exists()
                                                                       for f in e.files())]
             merged.updated_at = now_iso()
-            _write_json_atomic(self.out_dir / MANIFEST_NAME, merged.to_dict())
+            write_json_atomic(self.out_dir / MANIFEST_NAME, merged.to_dict(), allow_nan=False)
         except BaseException:
             for dst, old in reversed(moved):
                 if dst.is_dir() and not dst.is_symlink():

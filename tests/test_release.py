@@ -125,7 +125,7 @@ def test_checkpoints_go_to_the_jobs_whose_model_they_hold(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("schema_version = 1\n", "'cells' is a required property"),
-    ("schema_version = 1\n[[cells]]\ncomponent = 'encoder'\ntarget = 'onnx'\nframes = 'nine'\n", "cells.0.frames"),
+    ("schema_version = 1\n[[cells]]\ncomponent = 'encoder'\ntarget = 'onnx'\nframes = 'nine'\n", "cells[0].frames"),
     ("schema_version = 1\n[[cells]]\ncomponent = 'encoder'\ntarget = 'onnx'\ncolour = 'red'\n", "colour"),
     ("schema_version = 1\n[[cells]]\ncomponent = 'encoder'\n", "no target"),
     ("schema_version = [\n", "not valid TOML"),

@@ -29,7 +29,8 @@ class Matrix(str, Enum):
 
 
 def plan(
-    file: Path = typer.Argument(..., help="release plan (TOML; schema: mi2v_export/release/plan.schema.json)"),
+    file: Path = typer.Argument(..., help="release plan (TOML; schema: "
+                                "mi2v_export/schemas/release-plan.schema.json)"),
     list_jobs: bool = typer.Option(False, "--list", help="print the jobs the plan expands into and exit"),
     json_out: bool = typer.Option(False, "--json", help="with --list: the jobs as JSON on stdout"),
     executor: Executor = typer.Option(Executor.local, "--executor", help="local (a process pool here) | ray"),
@@ -131,9 +132,9 @@ def _run(the_plan, jobs, executor: Executor, workers: int, budget: int | None, a
 
 
 def _write_run_record(the_plan, executor: str, results: list[dict], at: str) -> None:
-    from ..manifest import _write_json_atomic
+    from ..files import write_json_atomic
 
-    _write_json_atomic(the_plan.out / "plan-run.json", {"schema": "mi2v-plan-run", "schema_version": 1,
+    write_json_atomic(the_plan.out / "plan-run.json", {"schema": "mi2v-plan-run", "schema_version": 1,
                                                         "plan": str(the_plan.path), "executor": executor,
                                                         "finished_at": at, "jobs": results})
 

@@ -105,13 +105,13 @@ def run_job(spec: dict, out_root: str, on_start: Callable[[subprocess.Popen], No
 
 def _checkpoints_changed(job: Job) -> str | None:
     """Jobs read checkpoints from a path every node sees; a file there that is not the one planned fails early."""
-    from ..manifest import file_digest
+    from ..files import sha256_file
 
     for path, sha in job.checkpoints:
         p = Path(path)
         if not p.is_file():
             return f"checkpoint {path} not found on {socket.gethostname()}"
-        if file_digest(p)[0] != sha:
+        if sha256_file(p) != sha:
             return f"checkpoint {path} on {socket.gethostname()} is not the file the plan was made from (sha256)"
     return None
 
@@ -176,12 +176,12 @@ def _last_error(log: Path, code: int) -> str:
 
 
 def _write_record(job: Job, folder: Path, result: dict) -> None:
-    from ..manifest import _write_json_atomic
+    from ..files import write_json_atomic
 
     record = {"schema": JOB_SCHEMA, "schema_version": 1, "id": job.id, "name": job.name, "spec": job.to_dict(),
               "argv": ["mi2v", *job.export_args(job.name)], "host": result["host"], "finished_at": _now(),
               "wall_s": round(result["wall_s"], 3), "peak_rss_bytes": result["peak_rss_bytes"]}
-    _write_json_atomic(folder / JOB_FILE, record)
+    write_json_atomic(folder / JOB_FILE, record)
 
 
 def _install(partial: Path, final: Path) -> None:

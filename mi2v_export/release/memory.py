@@ -72,7 +72,8 @@ def estimate(job: Job, table: dict) -> tuple[int, str]:
 
 def record(job: Job, peak_bytes: int, path: Path | None = None) -> None:
     """Add one measured peak to the table (read-modify-write under an exclusive lock: several plans may run)."""
-    from ..manifest import _write_json_atomic, now_iso
+    from ..files import write_json_atomic
+    from ..manifest import now_iso
 
     path = path or table_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,7 @@ def record(job: Job, peak_bytes: int, path: Path | None = None) -> None:
         entries[job_key(job)] = {"peak_rss_bytes": max(int(peak_bytes), int(old.get("peak_rss_bytes") or 0)),
                                  "last_rss_bytes": int(peak_bytes), "samples": int(old.get("samples") or 0) + 1,
                                  "updated_at": now_iso()}
-        _write_json_atomic(path, {"schema": SCHEMA, "schema_version": 1, "entries": dict(sorted(entries.items()))})
+        write_json_atomic(path, {"schema": SCHEMA, "schema_version": 1, "entries": dict(sorted(entries.items()))})
 
 
 def available_memory() -> int:

@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import BadInputError
-from ..manifest import MANIFEST_NAME, _write_json_atomic, now_iso, read_manifest, tool_version, tree_digest
+from ..files import tree_digest, write_json_atomic
+from ..manifest import MANIFEST_NAME, now_iso, read_manifest, tool_version
 from .jobs import JOB_FILE, PARTIAL_PREFIX, read_job_record, verify_job_folder
 
 RELEASE_FILE = "release.json"
@@ -158,7 +159,7 @@ def merge_release(dirs: list[Path], out: Path, allow_mixed: bool = False) -> dic
     staging = Path(tempfile.mkdtemp(prefix=f".mi2v-release-{out.name}-", dir=out.parent))
     try:
         doc = _assemble(jobs, staging, versions, parts, problems)
-        _write_json_atomic(staging / RELEASE_FILE, doc)
+        write_json_atomic(staging / RELEASE_FILE, doc)
         _swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Release plans: a TOML file (schema: plan.schema.json next to this module) expanded into independent export jobs.
+"""Release plans: a TOML file (schema: mi2v_export/schemas/release-plan.schema.json) expanded into independent
+export jobs.
 
 A job is one `mi2v export` invocation for one component on one target with its own output folder. Its id is a
 content hash of everything that decides its bytes: the export flags, the sha256 of every checkpoint it reads and
@@ -17,8 +18,9 @@ from functools import cache
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..schemas import validate
 
-SCHEMA_PATH = Path(__file__).with_name("plan.schema.json")
+PLAN_SCHEMA = "release-plan"  # mi2v_export/schemas/release-plan.schema.json
 # Axes a cell (or the defaults) may give as a list; the cross product of all of them is expanded into jobs.
 AXES = ("component", "target", "delegate", "precision", "dtype", "soc", "preset", "resolution", "frames")
 SCALARS = ("decoder", "attention", "rewrite", "args")
@@ -122,22 +124,6 @@ class Plan:
 # Reading and validating
 
 
-@cache
-def plan_schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())
-
-
-def validate_plan_data(data: dict, where: str) -> None:
-    """Check the parsed TOML against plan.schema.json; BadInputError naming the first problem's location."""
-    import jsonschema
-
-    errors = sorted(jsonschema.Draft202012Validator(plan_schema()).iter_errors(data), key=lambda e: list(e.path))
-    if errors:
-        err = errors[0]
-        loc = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise BadInputError(f"{where}: {loc}: {err.message}")
-
-
 def read_plan_file(path: Path) -> dict:
     if not path.is_file():
         raise BadInputError(f"{path}: no such plan file")
@@ -147,7 +133,7 @@ def read_plan_file(path: Path) -> dict:
         raise BadInputError(f"{path}: cannot read ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"{path}: not valid TOML ({exc})") from None
-    validate_plan_data(data, str(path))
+    validate(data, PLAN_SCHEMA, str(path))  # BadInputError naming the first offending key
     return data
 
 
