@@ -758,3 +758,41 @@ def test_report_reads_back(standin, tmp_path):
     assert outcome.error is None and report.per_frame_ms(2) is None  # only the encoder was asked for: no headline
     again = BenchReport.load(path)
     assert again.component("encoder").status == "ok" and again.artifacts["preset"] == "tiny"
+
+
+def test_two_phones_on_two_adb_servers_are_benched_at_once(standin, tmp_path):
+    """`--device adb:all` over two adb servers (as if on two lab machines, reached with -H/-P), then the same two
+    phones named by serial: one report per phone, a comparison, and the two benches overlapping in time."""
+    from tests.conftest import private_adb
+
+    servers = [private_adb(tmp_path / "home-a"), private_adb(tmp_path / "home-b")]
+    try:
+        with SimulatedPhone() as pa, SimulatedPhone() as pb:
+            for server, p in zip(servers, (pa, pb)):
+                assert server.connect(p.serial).state == "device"
+            where = [a for s in servers for a in ("--adb-server", f"127.0.0.1:{s.server_port}")]
+            common = ["--artifacts", standin, "--adb", servers[0].path, *where, "--runtime", "onnxruntime",
+                      "--iterations", "3", "--warmup", "1", "--cooldown", "0"]
+            proc = run_cli("bench", "--device", "adb:all", *common, "--report", tmp_path / "all.json", "--json",
+                           env=servers[0].env)
+            assert proc.returncode == 0, proc.stderr
+            rows = json.loads(proc.stdout)["phones"]
+            labels = [f"{p.serial}@127.0.0.1:{s.server_port}" for s, p in zip(servers, (pa, pb))]
+            assert sorted(r["phone"] for r in rows) == sorted(labels)
+            for r in rows:
+                rep = json.loads(Path(r["report"]).read_text())
+                assert r["phone"].startswith(rep["device"]["serial"]) and rep["device"]["simulated_device"]
+                assert all(c["status"] == "ok" for c in rep["components"])
+                assert r["per_frame_ms_2_step"] > 0 and r["status"] == "ok"
+            assert len({r["report"] for r in rows}) == 2
+            assert max(r["started_at"] for r in rows) < min(r["finished_at"] for r in rows)  # concurrently
+            proc = run_cli("bench", "--device", f"adb:{pa.serial},{pb.serial}", *common,
+                           "--report", tmp_path / "two.json", env=servers[0].env)
+            assert proc.returncode == 0, proc.stderr
+            assert "phones side by side" in proc.stdout and proc.stdout.count("simulated phone") >= 2
+            assert len(list(tmp_path.glob("two-*.json"))) == 2
+            proc = run_cli("bench", "--device", f"adb:{pa.serial},nosuchphone", *common, env=servers[0].env)
+            assert proc.returncode == 5 and "nosuchphone is not attached" in _one_error_line(proc)
+    finally:
+        for s in servers:
+            s.kill_server()

@@ -129,8 +129,9 @@ def bench(
     artifacts: Path | None = typer.Option(None, "--artifacts", help="folder written by `mi2v export` "
                                           "(manifest.json + <component>.onnx/.pte)"),
     device: str = typer.Option("host", "--device", help="host (in this process), adb (the only phone), "
-                               "adb:SERIAL (a HOST:PORT serial is `adb connect`ed first) or ios:UDID (macOS with "
-                               "Xcode: the Core ML XCTest in apps/ios)"),
+                               "adb:SERIAL (a HOST:PORT serial is `adb connect`ed first), adb:all or "
+                               "adb:SERIAL1,SERIAL2 (several phones at once, one report each plus a comparison) or "
+                               "ios:UDID (macOS with Xcode: the Core ML XCTest in apps/ios)"),
     via: Via = typer.Option(Via.runner, "--via", help="phone: runner = the native executor_runner / "
                             "onnxruntime_perf_test (default); app = the Android benchmark app (apps/android, "
                             "installed when needed; .pte only)"),
@@ -162,6 +163,9 @@ def bench(
     adb: Path | None = typer.Option(None, "--adb", help=_ADB_HELP),
     adb_port: int | None = typer.Option(None, "--adb-port", help="adb server port (default: "
                                         "$ANDROID_ADB_SERVER_PORT or 5037)"),
+    adb_server: list[str] = typer.Option([], "--adb-server", help="adb:all / a serial list: look for the phones "
+                                         "on the adb server at HOST:PORT (repeatable: a lab of several machines; "
+                                         "like adb -H HOST -P PORT) instead of this machine's"),
     report_path: Path | None = typer.Option(None, "--report", help="report file (default: "
                                             "mi2v-bench/<time>-<device>.json); written even when a component "
                                             "fails"),
@@ -205,6 +209,11 @@ def bench(
         raise BadInputError(f"--plot {plot}: use a .png file name")
 
     say = logging.getLogger("mi2v.bench").info
+    from ..devices.fleet import is_fleet
+
+    if is_fleet(device) or adb_server:
+        _bench_fleet(opts, adb_server, json_out, say)
+        return
     show = (lambda report, path: None) if json_out else render_report
     outcome = run_bench(opts, say, echo=typer.echo)
     for report, path in outcome.reports:
@@ -223,6 +232,51 @@ def bench(
 
         kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(outcome.error, k)), DeviceError)
         raise kind(f"{outcome.error} (report: {outcome.reports[0][1] if outcome.reports else None})")
+
+
+def _bench_fleet(opts, servers: list[str], json_out: bool, say) -> None:
+    """Several phones at once (devices/fleet.py): a report per phone, then one comparison table."""
+    from ..devices import fleet
+    from ..errors import BadInputError, DeviceError
+    from ._render import err_console, print_json
+
+    if not opts.device.startswith("adb"):
+        raise BadInputError("--adb-server needs an adb device: --device adb:all or adb:SERIAL1,SERIAL2")
+    if opts.dry_run or opts.via != "runner":
+        raise BadInputError("several phones at once use the native runners (--via runner) and no --dry-run; "
+                            "name one phone (adb:SERIAL) for those")
+    phones = fleet.find_phones(opts.device, [fleet.parse_server(s) for s in servers], opts.adb, opts.adb_port)
+    err_console.print(f"benchmarking {len(phones)} phone(s) at once: {', '.join(p.label for p in phones)}")
+    results = fleet.bench_phones(opts, phones, say)
+    rows = fleet.comparison(results)
+    if json_out:
+        print_json({"phones": rows, "reports": [r.to_dict() for res in results for r, _ in res.reports]})
+    else:
+        for res in results:
+            for report, path in res.reports:
+                render_report(report, path)
+        _render_comparison(rows)
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise DeviceError(f"{len(failed)} of {len(results)} phone(s) failed: " + "; ".join(
+            f"{r.phone.label}: {str(r.error).splitlines()[0]}" for r in failed))
+
+
+def _render_comparison(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    from ._render import console
+
+    table = Table("phone", "model", "SoC", "encoder p50", "denoiser p50", "decoder p50", "per frame (1 step)",
+                  "per frame (2 steps)", "status", "started", "finished", title="phones side by side (ms)",
+                  title_justify="left")
+    for r in rows:
+        table.add_row(r["phone"] + (" (simulated)" if r["simulated"] else ""), r["model"] or "—", r["soc"] or "—",
+                      _ms(r["encoder_p50_ms"]), _ms(r["denoiser_p50_ms"]), _ms(r["decoder_p50_ms"]),
+                      _ms(r["per_frame_ms_1_step"]), _ms(r["per_frame_ms_2_step"]),
+                      r["status"] if r["status"] == "ok" else f"[red]{r['error']}[/red]", r["started_at"] or "—",
+                      r["finished_at"] or "—")
+    console.print(table)
 
 
 @bench_app.command("compare")

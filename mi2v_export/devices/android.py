@@ -683,9 +683,10 @@ class AdbPhone(BenchDevice):
         """Pick the phone and read its facts: (the report's device block, its host block)."""
         import platform
 
-        adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
+        adb = Adb(self.opts.adb, server_port=self.opts.adb_port, server_host=self.opts.adb_host)
         host = {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-                "adb": {"path": adb.path, "version": adb.version(), "server_port": self.opts.adb_port}}
+                "adb": {"path": adb.path, "version": adb.version(), "server_port": self.opts.adb_port,
+                        "server_host": self.opts.adb_host}}
         self.session = AndroidSession(adb, pick_device(adb, self.serial), self.say)
         self.say(f"reading device facts of {self.session.dev.serial}")
         return self.session.fingerprint(), host

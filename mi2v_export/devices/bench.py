@@ -63,6 +63,7 @@ class BenchOptions:
     threads: int | None = None
     adb: Path | None = None
     adb_port: int | None = None
+    adb_host: str | None = None  # an adb server on another machine (adb -H); None: this machine's
     json_path: Path | None = None
     cooldown: float | None = None
     thermal_wait: float = 120.0

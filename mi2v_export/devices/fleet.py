@@ -33,6 +33,8 @@ class PhoneResult:
     phone: Phone
     reports: list  # [(BenchReport, Path)]
     error: Mi2vError | None
+    started_at: str = ""  # UTC, millisecond resolution: shows the phones ran at the same time
+    finished_at: str = ""
 
 
 def is_fleet(device: str) -> bool:
@@ -95,11 +97,14 @@ def bench_phones(opts: Any, phones: list[Phone], say=None) -> list[PhoneResult]:
         host, port = phone.server if phone.server else (None, opts.adb_port)
         mine = replace(opts, device=f"adb:{phone.serial}", adb_host=host, adb_port=port,
                        json_path=report_path_for(opts.json_path, phone))
+        started = _now()
         try:
             outcome = run_bench(mine, say or (lambda _: None))
-            results[phone] = PhoneResult(phone, outcome.reports, outcome.error)
+            results[phone] = PhoneResult(phone, outcome.reports, outcome.error, started, _now())
         except Mi2vError as exc:
-            results[phone] = PhoneResult(phone, [], exc)
+            results[phone] = PhoneResult(phone, [], exc, started, _now())
+        except Exception as exc:  # a bug on one phone's path must not lose the others' results
+            results[phone] = PhoneResult(phone, [], DeviceError(f"{type(exc).__name__}: {exc}"), started, _now())
 
     # daemon threads: a Ctrl-C ends the command at once (the adb clients get the terminal's SIGINT too)
     threads = [threading.Thread(target=one, args=(p,), name=f"bench-{p.label}", daemon=True) for p in phones]
@@ -109,6 +114,12 @@ def bench_phones(opts: Any, phones: list[Phone], say=None) -> list[PhoneResult]:
         while t.is_alive():
             t.join(0.5)
     return [results[p] for p in phones]
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def comparison(results: list[PhoneResult]) -> list[dict[str, Any]]:
@@ -121,6 +132,7 @@ def comparison(results: list[PhoneResult]) -> list[dict[str, Any]]:
                                "simulated": bool(dev.get("simulated_device")),
                                "report": str(r.reports[0][1]) if r.reports else None,
                                "status": "ok" if r.error is None else "failed",
+                               "started_at": r.started_at, "finished_at": r.finished_at,
                                "error": None if r.error is None else str(r.error).splitlines()[0]}
         for comp in ("encoder", "denoiser", "decoder"):
             c = report.component(comp) if report else None
