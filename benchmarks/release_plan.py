@@ -24,15 +24,16 @@ from pathlib import Path
 
 
 def _children(pid: int) -> list[int]:
+    """`pid` and all its descendants (children of every thread: the plan starts exports from worker threads)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            kids = []
         out.append(p)
-        todo += [int(k) for k in kids]
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(k) for k in children.read_text().split()]
+            except OSError:
+                pass
     return out
 
 

@@ -350,6 +350,23 @@ def test_ctrl_c_stops_running_exports_and_leaves_no_partial_folders(tmp_path, ta
     assert all(j["status"] == "cancelled" for j in json.loads((out / "plan-run.json").read_text())["jobs"])
 
 
+def test_ctrl_c_cancels_the_ray_tasks_and_leaves_no_partial_folders(tmp_path, ray_cluster, table):
+    plan = write(tmp_path / "two.toml", TWO_JOBS)
+    out = tmp_path / "jobs"
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
+    proc = subprocess.Popen([str(MI2V_EXE), "plan", str(plan), "--executor", "ray", "--address", ray_cluster,
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob(".mi2v-export-*"))) < 2:
+        time.sleep(0.2)  # both Ray tasks run their export
+    assert len(list(out.glob(".mi2v-export-*"))) == 2
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    assert "cancelled 2" in err
+    assert not [p for p in out.iterdir() if p.name != "plan-run.json"]  # ray.cancel stopped the exports cleanly
+
+
 @pytest.mark.slow
 def test_pte_jobs_are_byte_identical_across_executors(tmp_path, ray_cluster, table):
     plan = write(tmp_path / "pte.toml", TWO_JOBS.replace('target = "onnx"', 'target = "executorch"\n'
