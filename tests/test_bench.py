@@ -694,7 +694,7 @@ def test_runner_crash_and_missing_delegate(adb, phone, standin, tmp_path):
     def vulkan(e, dst):
         with open(dst / e.file, "ab") as fh:
             fh.write(b"VulkanBackend")  # the delegate id the runner scans for; the program still loads
-        from mi2v_export.manifest import file_digest
+        from mi2v_export.files import file_digest
 
         e.delegate = "vulkan"
         e.sha256, e.bytes = file_digest(dst / e.file)

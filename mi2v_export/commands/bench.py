@@ -215,9 +215,9 @@ def bench(
     if plot is not None and first is not None and any(c.status == "ok" for c in first.components):
         from ..devices.plot import plot_report
 
-        from ._render import console
+        from ._render import console, err_console
 
-        console.print(f"plot: {plot_report(first, plot)}")
+        (err_console if json_out else console).print(f"plot: {plot_report(first, plot)}")  # stdout: JSON only
     if outcome.error is not None:
         from ..errors import DeviceError, MissingDependencyError
 
