@@ -35,15 +35,15 @@ clean:
 
 # Android benchmark app (apps/android): JDK 17 + Android SDK (ANDROID_HOME); VARIANT=vulkan for the Vulkan AAR.
 android:
-	$(PY) -m mi2v_export.devices.android_app build $(if $(VARIANT),--variant $(VARIANT))
+	$(VENV)/bin/mi2v app build android $(if $(VARIANT),--variant $(VARIANT))
 
 android-install:
 	@test -n "$(SERIAL)" || { echo "error: name the phone: make android-install SERIAL=<serial from adb devices>"; exit 2; }
-	$(PY) -m mi2v_export.devices.android_app install --serial $(SERIAL)
+	$(VENV)/bin/mi2v app install --serial $(SERIAL)
 
 # iOS Core ML benchmark (apps/ios): macOS with Xcode 15+ only; TEAM=<Apple development team id>.
 ios:
-	$(PY) -m mi2v_export.devices.ios build $(if $(TEAM),--team $(TEAM))
+	$(VENV)/bin/mi2v app build ios $(if $(TEAM),--team $(TEAM))
 
 # --- export, benchmarks, simulated phone ---------------------------------------------------------------------
 .PHONY: artifacts bench bench-device bench-attention simulate

@@ -138,7 +138,7 @@ def bench(
                                  "touch no device"),
     app_dir: Path | None = typer.Option(None, "--app-dir", help="--via app: the Android app folder whose build "
                                         "outputs hold the APKs (default: apps/android of this checkout, built by "
-                                        "`make android`)"),
+                                        "`make android`); ios: the apps/ios package to stage and test"),
     team: str | None = typer.Option(None, "--team", envvar="DEVELOPMENT_TEAM", help="ios: Apple development team "
                                     "that signs the test bundle"),
     compute_units: str | None = typer.Option(None, "--compute-units", callback=_unit_list, help="ios: Core ML "

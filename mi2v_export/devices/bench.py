@@ -1,19 +1,24 @@
-"""`mi2v bench`: time the exported components on this machine or on a phone over adb, and write the report.
+"""`mi2v bench`: time the exported components on any device with one loop, and write the report.
 
-    report, path, error = run_bench(BenchOptions(artifacts=Path("artifacts/tiny"), device="adb:127.0.0.1:5555"))
+    outcome = run_bench(BenchOptions(artifacts=Path("artifacts/tiny"), device="adb:127.0.0.1:5555"))
+    for report, path in outcome.reports: ...        # iOS: one report per compute unit; a dry run: none
+    outcome.error                                  # the first failure (None when every component ran)
 
-The artifacts come from `DIR/manifest.json` (read through `mi2v_export.manifest`): for each component
-(encoder, denoiser, decoder) one artifact is chosen for the runtime (`--runtime auto` prefers ExecuTorch when every
-component has a `.pte` the device can run, then onnxruntime, else whatever each component has), its files are
-checked against the manifest's sha256, and it is timed:
+The artifacts come from `DIR/manifest.json`: for each component (encoder, denoiser, decoder) one artifact is chosen
+for the runtime (`--runtime auto` prefers ExecuTorch when every component has a `.pte` the device can run, then
+onnxruntime, else whatever each component has), its files are checked against the manifest's sha256, and it is
+timed by a `BenchDevice`:
 
-* host: in this process (`devices.host.bench_artifact`), warm-up discarded in the same process;
-* adb: with the phone runners (`devices.android.AndroidSession`): `executor_runner` for `.pte`,
-  `onnxruntime_perf_test` for `.onnx`.
+* `host.HostDevice`: in this process (`host.bench_artifact`), warm-up discarded in the same process;
+* `android.AdbRunnerDevice`: a phone over adb with its native runners (`executor_runner` for `.pte`,
+  `onnxruntime_perf_test` for `.onnx`), pinned, thermally gated;
+* `apps.android_app.AppDevice` (`--via app`) and `apps.ios.IOSDevice` (`--device ios:UDID`, one per compute unit):
+  the benchmark apps, which time every component in one process.
 
-A failure is recorded on its component (status "failed" with a one-line error) and the others still run unless the
-device itself is gone; the report is always saved (atomically) and the first error is returned for the CLI to
-print. The headline is the per-frame latency (encoder + steps × denoiser + decoder medians) / frames.
+`bench_device` is the one loop: device facts, every component prepared, then per component a cool-down (and the
+device's thermal gate), the run, the heat check; a failure is recorded on its component (status "failed", one line)
+and the others still run unless the device itself is gone; the report is always saved (atomically, a Ctrl-C too).
+The headline is the per-frame latency (encoder + steps × denoiser + decoder medians) / frames.
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ class BenchOptions:
     dry_run: bool = False  # --via app / ios: print the exact commands, touch no device
     team: str | None = None  # ios: Apple development team for signing the test bundle
     compute_units: tuple[str, ...] = ()  # ios: Core ML compute units to time (default: all four)
-    app_dir: Path | None = None  # --via app: the apps/android folder with the built APKs (default: this checkout's)
+    app_dir: Path | None = None  # --via app / ios: the apps/android (built APKs) or apps/ios folder (default: this
+    # checkout's)
 
 
 def parse_device(text: str) -> tuple[str, str | None]:
@@ -344,11 +350,11 @@ def open_device(opts: BenchOptions, manifest: Any, json_path: Path, say: Say = _
 
         return [HostDevice(opts, manifest, say)]
     if transport == "ios":
-        from .ios import ios_devices
+        from ..apps.ios import ios_devices
 
         return ios_devices(opts, manifest, serial or "", json_path, say, system)
     if opts.via == "app":
-        from .android_app import AppDevice
+        from ..apps.android_app import AppDevice
 
         return [AppDevice(opts, manifest, serial, say)]
     from .android import AdbRunnerDevice
@@ -362,7 +368,7 @@ def run_bench(opts: BenchOptions, say: Say = _quiet, echo: Say = print, system: 
 
     transport, serial = parse_device(opts.device)
     if transport == "ios":
-        from .ios import require_macos
+        from ..apps.build import require_macos
 
         require_macos(system)
     iterations, warmup, cooldown = _checked_protocol(opts, transport)
