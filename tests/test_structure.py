@@ -51,3 +51,17 @@ def test_no_function_body_over_60_lines():
     assert not new, f"function bodies over {MAX_BODY_LINES} lines: {new}"
     fixed = NOT_YET_SPLIT - set(found)
     assert not fixed, f"no longer over the limit, remove from NOT_YET_SPLIT: {sorted(fixed)}"
+
+
+def test_every_subpackage_is_installed():
+    """A non-editable install ships only the packages pyproject lists: each folder with an __init__.py is one
+    (a missing one breaks `mi2v` itself, which imports every command module)."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    where = {name: REPO / path for name, path in config["package-dir"].items()}
+    listed = set(config["packages"])
+    for name, root in where.items():
+        found = {name + "." + ".".join(p.parent.relative_to(root).parts) if p.parent != root else name
+                 for p in root.rglob("__init__.py") if "__pycache__" not in p.parts}
+        assert found <= listed, f"not in [tool.setuptools] packages: {sorted(found - listed)}"
