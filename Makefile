@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup test test-slow lint clean
+.PHONY: setup test test-unit test-slow lint clean
 
 # One command installs everything (editable package + pinned deployment stack + test tools).
 setup:
@@ -15,6 +15,10 @@ setup:
 
 test:
 	$(VENV)/bin/pytest -q
+
+# In-process tests only (no subprocess, no adb, no export): under a minute.
+test-unit:
+	$(VENV)/bin/pytest -q -m unit
 
 test-slow:
 	$(VENV)/bin/pytest -q -m slow

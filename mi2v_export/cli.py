@@ -92,7 +92,8 @@ def _usage_error(exc: typer._click.exceptions.UsageError) -> int:
     if ctx is not None:
         print(ctx.get_usage(), file=sys.stderr)
         print(f"Try '{ctx.command_path} --help' for help.", file=sys.stderr)
-    print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)  # one line, even for a choice list
+    message = " ".join(exc.format_message().split()).replace("Value error, ", "")  # one line, even for a choice list
+    print(f"error: {message}", file=sys.stderr)
     return 2
 
 

@@ -249,7 +249,8 @@ def test_via_app_dry_run_prints_each_command(tmp_path):
 
 
 def _write_manifest(folder: Path) -> Path:
-    from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo, file_digest
+    from mi2v_export.files import file_digest
+    from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo
 
     files = _pte_files(folder)
     entries = []
@@ -266,6 +267,7 @@ def _write_manifest(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.unit
 def test_plan_from_a_manifest_carries_input_shapes(tmp_path):
     folder = _write_manifest(tmp_path / "art")
     items, frames = aa.coerce_artifacts(folder)
@@ -280,6 +282,7 @@ def test_plan_from_a_manifest_carries_input_shapes(tmp_path):
         aa.artifacts_from_manifest(folder, delegate="vulkan")
 
 
+@pytest.mark.unit
 def test_instrument_output_parsing():
     ok = aa.parse_instrument_output((DATA / "instrument_ok.txt").read_text())
     assert ok.ok and ok.tests_run == 1 and ok.message is None
@@ -299,6 +302,7 @@ def test_instrument_output_parsing():
     assert not aa.parse_instrument_output("").ok
 
 
+@pytest.mark.unit
 def test_app_reports_parse_and_round_trip():
     for name in ("android_xnnpack_ok.json", "android_vulkan_partial.json", "ios_coreml.json"):
         data = aa.load_app_report((DATA / name).read_text(), name)
@@ -317,10 +321,12 @@ def test_app_reports_parse_and_round_trip():
         aa.load_app_report(json.dumps(bad), "x")
     broken = json.loads(json.dumps(ok))
     broken["components"][0]["runs"][0]["samples_ms"][3] = -1.0
-    with pytest.raises(BadInputError, match=r"components\[0\]\.runs\[0\]\.samples_ms\[3\]"):
+    with pytest.raises(BadInputError, match=r"x: malformed bench report: components\[0\]\.runs\[0\]\.samples_ms\[3\]: "
+                       "-1.0 is less than the minimum of 0"):
         aa.load_app_report(json.dumps(broken), "x")
 
 
+@pytest.mark.unit
 def test_merge_keeps_host_facts_app_numbers_and_the_simulated_flag(tmp_path):
     app = _sample("android_xnnpack_ok.json")
     props = {"ro.product.manufacturer": "Google", "ro.product.model": "Pixel 8", "ro.soc.model": "Tensor G3",
@@ -602,6 +608,7 @@ def test_ios_dry_run_and_build_commands(tmp_path):
     assert ios.REPORT_MARKER in (REPO / "apps/ios/Tests/Mi2vBenchTests/CoreMLBenchTests.swift").read_text()
 
 
+@pytest.mark.unit
 def test_ios_stage_payload(tmp_path):
     pkgs = _mlpackages(tmp_path / "art")
     payload = tmp_path / "Payload"
@@ -619,6 +626,7 @@ def test_ios_stage_payload(tmp_path):
         "file": "encoder.mlpackage", "format": "mlpackage", "target": "coreml"}}
 
 
+@pytest.mark.unit
 def test_ios_devices_output_and_report_parsing(tmp_path):
     devices = ios.parse_devicectl_devices(_sample("devicectl_devices.json"))
     phone = ios.find_device("00008130-0011223344556677", devices)

@@ -108,7 +108,7 @@ def coreml_artifacts(artifacts: Any, components: Sequence[str] | None = None
                      ) -> tuple[list[dict[str, Any]], int | None]:
     """A manifest folder or {component: .mlpackage path} → ([{component, path, artifact}], frames); `components`
     keeps only those (manifest folders)."""
-    from ..devices.report import COMPONENTS
+    from ..contract import COMPONENTS
 
     frames = None
     items: list[dict[str, Any]] = []

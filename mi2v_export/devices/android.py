@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceError
+from ..files import sha256_file
 from .adb import Adb, AdbDevice, AdbTimeout, parse_getprop, quote
 from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
 from .elf import RunnerFile, inspect_runner, is_shared_library, runs_on
@@ -65,14 +66,6 @@ SIMULATED_PROP = "ro.mi2v.simulated"  # a device that answers 1 is a simulated p
 
 def _quiet(_: str) -> None:
     return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def signal_name(number: int) -> str:
@@ -415,7 +408,7 @@ class AndroidSession:
             info = check_runner(path, name, self.abilist, self.dev.exists)
             libs = sorted({q for pattern in COMPANION_LIBS.get(name, ()) for q in path.parent.glob(pattern)
                            if q.is_file() and q != path})
-            return Runner(name, path, file_sha256(path), info, source, libs)
+            return Runner(name, path, sha256_file(path), info, source, libs)
         rc, out, _ = self.dev.shell(f"command -v {name}")
         installed = out.strip().splitlines()[-1] if rc == 0 and out.strip() else ""
         if installed.startswith("/"):
@@ -454,7 +447,7 @@ class AndroidSession:
         rpath = self.runner_path(runner)
         if runner.local is not None:
             self.stage([StagedFile(runner.local, runner.name, runner.sha256),
-                        *[StagedFile(lib, lib.name, file_sha256(lib)) for lib in runner.libs]])
+                        *[StagedFile(lib, lib.name, sha256_file(lib)) for lib in runner.libs]])
             self.dev.shell(["chmod", "755", rpath], check=True)
         if self.dev.shell(["test", "-x", rpath]).rc != 0:
             raise DeviceError(f"{runner.name} is not executable on the device after chmod 755 ({rpath}): "

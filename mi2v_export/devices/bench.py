@@ -32,16 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, DeviceError, MissingDependencyError, Mi2vError
-from .report import COMPONENTS, BenchReport, ComponentResult
+from ..contract import COMPONENTS, RUNTIME_OF_TARGET, runs_on_host
+from .report import BenchReport, ComponentResult
 
 Say = Callable[[str], None]
 
 RUNTIMES = ("auto", "onnxruntime", "executorch")
 VIAS = ("runner", "app")
-RUNTIME_OF_TARGET = {"onnx": "onnxruntime", "executorch": "executorch", "coreml": "coreml"}
-HOST_DELEGATES = (None, "xnnpack")  # what this machine's ExecuTorch runtime executes
 PHONE_UNSUPPORTED_DELEGATES = ("coreml", "mps")
-DELEGATE_RANK = {"xnnpack": 0, None: 1, "vulkan": 2, "qnn": 3}
 DEFAULTS = {"host": {"iterations": 10, "warmup": 2, "cooldown": 0.0},
             "adb": {"iterations": 50, "warmup": 5, "cooldown": 30.0}}
 TIMED_REGION = {"onnxruntime": "InferenceSession.Run", "executorch": "Method::execute"}
@@ -117,7 +115,7 @@ def _runnable(entry: Any, transport: str) -> str | None:
     if runtime is None:
         return f"{entry.file} has target {entry.target!r}, which mi2v bench does not run"
     if runtime == "executorch":
-        if transport == "host" and entry.delegate not in HOST_DELEGATES:
+        if transport == "host" and not runs_on_host(entry.target, entry.delegate):
             return (f"{entry.file} is delegated to {entry.delegate}, which this machine cannot execute "
                     "(benchmark it on a phone with --device adb:SERIAL)")
         if transport == "adb" and entry.delegate in PHONE_UNSUPPORTED_DELEGATES:
@@ -134,16 +132,10 @@ def select_artifacts(manifest: Any, runtime: str, transport: str,
     for c in components:
         options[c] = {"executorch": [], "onnxruntime": []}
         unrunnable[c] = []
-        for e in manifest.components:
-            if e.component != c:
-                continue
-            why = _runnable(e, transport)
-            if why:
-                unrunnable[c].append(why)
-            else:
-                options[c][RUNTIME_OF_TARGET[e.target]].append(e)
-        for rt in options[c]:
-            options[c][rt].sort(key=lambda e: (DELEGATE_RANK.get(e.delegate, 9), e.dtype != "fp32", e.file))
+        runnable, refused = manifest.candidates(c, lambda e: _runnable(e, transport))
+        unrunnable[c] = [why for _, why in refused]
+        for e in runnable:
+            options[c][RUNTIME_OF_TARGET[e.target]].append(e)
     present = [c for c in components if any(options[c].values()) or unrunnable[c]]
     if runtime == "auto":
         order = ["executorch", "onnxruntime"]
@@ -203,13 +195,13 @@ def artifact_files(manifest: Any, e: Any) -> list[tuple[Path, str, str]]:
 
 def verify_files(files: list[tuple[Path, str, str]]) -> list[tuple[Path, str, str]]:
     """Check each file exists and matches the manifest; returns (path, name, actual sha256)."""
-    from .android import file_sha256
+    from ..files import sha256_file
 
     out = []
     for path, name, expected in files:
         if not path.is_file():
             raise BadInputError(f"{path} is listed in the manifest but missing: re-run `mi2v export`")
-        actual = file_sha256(path)
+        actual = sha256_file(path)
         if expected and actual != expected:
             raise BadInputError(f"{path} does not match the manifest's sha256 (changed after export): re-run "
                                 "`mi2v export`")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, MissingDependencyError
-from .report import COMPONENTS, BenchReport
+from ..contract import COMPONENTS
+from .report import BenchReport
 
 COLORS = {"encoder": "#4c72b0", "denoiser": "#dd8452", "decoder": "#55a868"}
 

@@ -28,7 +28,6 @@ stand-in, not a security boundary: it listens on 127.0.0.1 only and runs what a 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -53,6 +52,7 @@ from typing import Any
 from ..devices.android import SIMULATED_PROP
 from ..devices.runners import EXECUTOR_RUNNER, ORT_PERF_TEST
 from ..errors import BadInputError, DeviceError
+from ..files import read_json, write_json_atomic
 from .host_runners import write_host_runner
 
 log = logging.getLogger("mi2v.simulate")
@@ -215,16 +215,10 @@ class DeviceProfile:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DeviceProfile:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise BadInputError(f"cannot read device profile {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"device profile {path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "device profile"))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
 
     # ---- derived facts ---------------------------------------------------------------------------------------
     @property
