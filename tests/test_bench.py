@@ -642,6 +642,11 @@ def test_runner_missing_not_executable_wrong_architecture(adb, phone, standin, t
     proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", notes)
     assert proc.returncode == 5 and "is not executable (neither an ELF binary nor a #! script)" in _one_error_line(
         proc)
+    (tmp_path / "script").mkdir()
+    script = tmp_path / "script" / "executor_runner"
+    script.write_text("#!/no/such/interpreter\n")  # the phone is asked whether it has the interpreter: it has not
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", script)
+    assert proc.returncode == 5 and "the device has no /no/such/interpreter" in _one_error_line(proc)
     (tmp_path / "arm").mkdir()
     arm = _elf_stub(tmp_path / "arm" / "executor_runner", machine=183 if host_abi() != "arm64-v8a" else 62)
     proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", arm)
