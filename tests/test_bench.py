@@ -642,6 +642,11 @@ def test_runner_missing_not_executable_wrong_architecture(adb, phone, standin, t
     proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", notes)
     assert proc.returncode == 5 and "is not executable (neither an ELF binary nor a #! script)" in _one_error_line(
         proc)
+    (tmp_path / "script").mkdir()
+    script = tmp_path / "script" / "executor_runner"
+    script.write_text("#!/no/such/interpreter\n")  # the phone is asked whether it has the interpreter: it has not
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", script)
+    assert proc.returncode == 5 and "the device has no /no/such/interpreter" in _one_error_line(proc)
     (tmp_path / "arm").mkdir()
     arm = _elf_stub(tmp_path / "arm" / "executor_runner", machine=183 if host_abi() != "arm64-v8a" else 62)
     proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", arm)
@@ -694,7 +699,7 @@ def test_runner_crash_and_missing_delegate(adb, phone, standin, tmp_path):
     def vulkan(e, dst):
         with open(dst / e.file, "ab") as fh:
             fh.write(b"VulkanBackend")  # the delegate id the runner scans for; the program still loads
-        from mi2v_export.manifest import file_digest
+        from mi2v_export.files import file_digest
 
         e.delegate = "vulkan"
         e.sha256, e.bytes = file_digest(dst / e.file)

@@ -155,7 +155,8 @@ def bench(
                              "reported as run_medians)"),
     steps: int = typer.Option(2, "--steps", min=1, max=2, help="denoising steps of the headline (1 or 2; both are reported)"),
     runner: list[Path] = typer.Option([], "--runner", help="executor_runner / onnxruntime_perf_test built for the "
-                                      "phone (repeatable; told apart by name). Not needed for a simulated phone"),
+                                      "phone (repeatable; told apart by name). Default: DIR/runners/<abi>/, else "
+                                      "the one on the phone's PATH"),
     cpu_mask: str | None = typer.Option(None, "--cpu-mask", help="pin to these cores (hex, e.g. f0); default on a "
                                         "phone: the big cores from cpuinfo_max_freq; on host: not pinned"),
     threads: int | None = typer.Option(None, "--threads", min=1, help="host only: intra-op threads (default: the "
@@ -224,9 +225,9 @@ def bench(
     if plot is not None and first is not None and any(c.status == "ok" for c in first.components):
         from ..devices.plot import plot_report
 
-        from ._render import console
+        from ._render import console, err_console
 
-        console.print(f"plot: {plot_report(first, plot)}")
+        (err_console if json_out else console).print(f"plot: {plot_report(first, plot)}")  # stdout: JSON only
     if outcome.error is not None:
         from ..errors import DeviceError, MissingDependencyError
 

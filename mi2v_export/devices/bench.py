@@ -431,8 +431,7 @@ def _components(device: BenchDevice, manifest: Any, opts: BenchOptions,
         if sel.entry is not None:
             comp.artifact = describe_artifact(manifest, sel.entry)
             comp.runtime = {"name": sel.runtime, "timed_region": TIMED_REGION.get(sel.runtime)}
-            comp.error = "not run"
-            pending.append((sel, comp))
+            pending.append((sel, comp))  # "skipped" until it has run or failed
         report.components.append(comp)
     return pending
 
@@ -504,8 +503,9 @@ def _finish(device: BenchDevice, report: BenchReport) -> None:
 
 
 def _not_run(pending: list[tuple[Selection, ComponentResult]], why: str) -> None:
+    """The runnable components the loop did not reach keep status "skipped", with the reason."""
     for _, comp in pending:
-        if comp.status == "skipped" and comp.error == "not run":
+        if comp.status == "skipped":
             comp.error = f"not run: {why}"
 
 
