@@ -7,9 +7,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mi2v_export.manifest import file_digest, read_manifest, tree_digest
-
-RUNNABLE = {("onnx", None), ("executorch", "xnnpack")}
+from mi2v_export.contract import runs_on_host
+from mi2v_export.files import tree_digest
+from mi2v_export.manifest import read_manifest
 
 
 def main(root: str) -> int:
@@ -25,10 +25,10 @@ def main(root: str) -> int:
             if not path.exists():
                 problems.append(f"{path}: missing")
                 continue
-            sha, _ = tree_digest(path) if path.is_dir() else file_digest(path)
+            sha, _ = tree_digest(path)
             if sha != entry.sha256:
                 problems.append(f"{path}: sha256 differs from the manifest")
-            if (entry.target, entry.delegate) in RUNNABLE and not entry.verified:
+            if runs_on_host(entry.target, entry.delegate) and not entry.verified:
                 problems.append(f"{path}: not verified ({entry.parity})")
             for extra in entry.extra_files:
                 xp = folder / extra.file

@@ -123,7 +123,8 @@ def export_artifacts(specs: dict, out: Path, targets=("onnx", "executorch")) -> 
     import torch
 
     from mi2v_export import testvectors
-    from mi2v_export.manifest import ArtifactEntry, FileInfo, Manifest, Staging, TensorInfo, file_digest, tree_digest
+    from mi2v_export.files import file_digest, tree_digest
+    from mi2v_export.manifest import ArtifactEntry, FileInfo, Manifest, Staging, TensorInfo
 
     def infos(names, tensors):
         return [TensorInfo(n, tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in zip(names, tensors)]
@@ -586,7 +587,8 @@ def test_old_phone_without_shell_v2(adb, standin, tmp_path):
 
 
 def test_without_toybox_time_vmhwm_is_polled(adb, phone, standin, tmp_path):
-    from mi2v_export.devices.android import AndroidSession, StagedFile, file_sha256
+    from mi2v_export.devices.android import AndroidSession, StagedFile
+    from mi2v_export.files import sha256_file
 
     session = AndroidSession(adb, adb.pick_device(phone.serial))
     session.fingerprint()
@@ -596,7 +598,7 @@ def test_without_toybox_time_vmhwm_is_polled(adb, phone, standin, tmp_path):
     session.set_remote_dir([StagedFile(runner.local, runner.name, runner.sha256)])
     session.prepare_runner(runner)
     model = standin / "encoder.pte"
-    session.stage([StagedFile(model, model.name, file_sha256(model))])
+    session.stage([StagedFile(model, model.name, sha256_file(model))])
     run, text = session.run_executorch(runner, "encoder.pte", None, 1, 3, timeout=120)
     assert len(run.samples_ms) == 3 and run.peak_rss_method == "vmhwm-poll" and run.peak_rss_kb > 10_000
     assert "Max RSS" not in text and "__MI2V" not in text
@@ -697,6 +699,11 @@ def test_runner_missing_not_executable_wrong_architecture(adb, phone, standin, t
     proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", notes)
     assert proc.returncode == 5 and "is not executable (neither an ELF binary nor a #! script)" in _one_error_line(
         proc)
+    (tmp_path / "script").mkdir()
+    script = tmp_path / "script" / "executor_runner"
+    script.write_text("#!/no/such/interpreter\n")  # the phone is asked whether it has the interpreter: it has not
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", script)
+    assert proc.returncode == 5 and "the device has no /no/such/interpreter" in _one_error_line(proc)
     (tmp_path / "arm").mkdir()
     arm = _elf_stub(tmp_path / "arm" / "executor_runner", machine=183 if host_abi() != "arm64-v8a" else 62)
     proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", arm)
@@ -749,7 +756,7 @@ def test_runner_crash_and_missing_delegate(adb, phone, standin, tmp_path):
     def vulkan(e, dst):
         with open(dst / e.file, "ab") as fh:
             fh.write(b"VulkanBackend")  # the delegate id the runner scans for; the program still loads
-        from mi2v_export.manifest import file_digest
+        from mi2v_export.files import file_digest
 
         e.delegate = "vulkan"
         e.sha256, e.bytes = file_digest(dst / e.file)
@@ -833,3 +840,41 @@ def test_report_reads_back(standin, tmp_path):
     assert outcome.error is None and report.per_frame_ms(2) is None  # only the encoder was asked for: no headline
     again = BenchReport.load(path)
     assert again.component("encoder").status == "ok" and again.artifacts["preset"] == "tiny"
+
+
+def test_two_phones_on_two_adb_servers_are_benched_at_once(standin, tmp_path):
+    """`--device adb:all` over two adb servers (as if on two lab machines, reached with -H/-P), then the same two
+    phones named by serial: one report per phone, a comparison, and the two benches overlapping in time."""
+    from tests.conftest import private_adb
+
+    servers = [private_adb(tmp_path / "home-a"), private_adb(tmp_path / "home-b")]
+    try:
+        with SimulatedPhone() as pa, SimulatedPhone() as pb:
+            for server, p in zip(servers, (pa, pb)):
+                assert server.connect(p.serial).state == "device"
+            where = [a for s in servers for a in ("--adb-server", f"127.0.0.1:{s.server_port}")]
+            common = ["--artifacts", standin, "--adb", servers[0].path, *where, "--runtime", "onnxruntime",
+                      "--iterations", "3", "--warmup", "1", "--cooldown", "0"]
+            proc = run_cli("bench", "--device", "adb:all", *common, "--report", tmp_path / "all.json", "--json",
+                           env=servers[0].env)
+            assert proc.returncode == 0, proc.stderr
+            rows = json.loads(proc.stdout)["phones"]
+            labels = [f"{p.serial}@127.0.0.1:{s.server_port}" for s, p in zip(servers, (pa, pb))]
+            assert sorted(r["phone"] for r in rows) == sorted(labels)
+            for r in rows:
+                rep = json.loads(Path(r["report"]).read_text())
+                assert r["phone"].startswith(rep["device"]["serial"]) and rep["device"]["simulated_device"]
+                assert all(c["status"] == "ok" for c in rep["components"])
+                assert r["per_frame_ms_2_step"] > 0 and r["status"] == "ok"
+            assert len({r["report"] for r in rows}) == 2
+            assert max(r["started_at"] for r in rows) < min(r["finished_at"] for r in rows)  # concurrently
+            proc = run_cli("bench", "--device", f"adb:{pa.serial},{pb.serial}", *common,
+                           "--report", tmp_path / "two.json", env=servers[0].env)
+            assert proc.returncode == 0, proc.stderr
+            assert "phones side by side" in proc.stdout and proc.stdout.count("simulated phone") >= 2
+            assert len(list(tmp_path.glob("two-*.json"))) == 2
+            proc = run_cli("bench", "--device", f"adb:{pa.serial},nosuchphone", *common, env=servers[0].env)
+            assert proc.returncode == 5 and "nosuchphone is not attached" in _one_error_line(proc)
+    finally:
+        for s in servers:
+            s.kill_server()
