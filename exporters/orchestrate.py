@@ -228,7 +228,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     stages.update(spec.stages_s)
     progress(ProgressEvent(name, "load", "done", seconds=spec.stages_s.get("load")))
     if spec.reference is not None:
-        progress(ProgressEvent(name, "reference", "done", "PyTorch fp32 output on the seeded input",
+        progress(ProgressEvent(name, "reference", "done", "PyTorch fp32 output on the test-vector input",
                                seconds=spec.stages_s.get("reference")))
 
     t0 = time.perf_counter()
@@ -237,9 +237,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     for k, v in artifact.stages_s.items():
         stages[f"export.{k}"] = v
     if options.test_vectors:
-        t0 = stage("vectors", f"{len(spec.vectors)} set(s)")
-        _write_test_vectors(exporter.name, artifact, spec, options, staging)
-        done("vectors", t0, f"{artifact.test_vectors['format']}, {artifact.test_vectors['bytes']} bytes")
+        _write_test_vectors(exporter.name, artifact, spec, options, staging, stage, done)
 
     t0 = stage("inspect")
     checks = exporter.inspect(artifact, staging, spec, options)
@@ -248,10 +246,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     parity_record = _verify(name, request, exporter, options, spec, artifact, staging, stage, done, progress)
 
     sha, size = tree_digest(staging / artifact.file)
-    extra = []
-    for role, file in artifact.extra_files.items():
-        esha, esize = tree_digest(staging / file)
-        extra.append(FileInfo(role, file, esha, esize))
+    extra = [FileInfo(role, file, *tree_digest(staging / file)) for role, file in artifact.extra_files.items()]
     wall = time.perf_counter() - t_start
     flags = _flags(name, request, exporter, options, preset, geo, rewrite_options)
     entry = ArtifactEntry(
@@ -329,15 +324,17 @@ def _flags(name: str, request: ExportRequest, exporter, options: ExportOptions, 
     return flags
 
 
-def _write_test_vectors(target: str, artifact, spec, options: ExportOptions, staging: Path) -> None:
+def _write_test_vectors(target: str, artifact, spec, options: ExportOptions, staging: Path, stage, done) -> None:
     """The sampler inputs and PyTorch outputs of `spec.vectors`, in the artifact's dtypes and its runtime's format,
-    added to the artifact's extra files."""
+    added to the artifact's extra files (the "vectors" stage)."""
     from mi2v_export import testvectors
 
+    t0 = stage("vectors", f"{len(spec.vectors)} set(s)")
     sets = testvectors.to_artifact_dtypes(spec.vectors, artifact.inputs, artifact.outputs)
     record, files = testvectors.write(target, spec.name, artifact.file, options.dtype, sets, staging)
     artifact.test_vectors = record
     artifact.extra_files.update(files)
+    done("vectors", t0, f"{record['format']}, {record['bytes']} bytes")
 
 
 def _runtime_version(runtime: str) -> str | None:
