@@ -2,8 +2,8 @@
 the format the artifact's own runtime tools read, so the artifact can be checked wherever it is copied.
 
 Inputs (`sampler_inputs`, the first set; the same tensors the export traces and verifies with):
-    encoder   a real photo (mi2v_export/data/testvector_image.png, scikit-image's CC0 "chelsea") through the
-              generate pipeline's `preprocess_image(fit="cover")`
+    encoder   a real photo (mi2v_export/data/validation/chelsea.png, the held-out image, never a calibration one)
+              through the generate pipeline's `preprocess_image(fit="cover")`
     denoiser  the sampler's seeded initial noise latent, the first timestep of the default schedule
               (`flow_schedule(DEFAULT_STEPS)`, t = 1000) and DEFAULT_FLOW_SCORE; when the latent is small
               (≤ MULTI_SET_MAX_BYTES) one more set per schedule step: the latent after the Euler step with the
@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 
 TESTDATA_DIR = "testdata"
-IMAGE = Path(__file__).parent / "data" / "testvector_image.png"
+IMAGE = Path(__file__).parent / "data" / "validation" / "chelsea.png"
 MULTI_SET_MAX_BYTES = 1 << 20  # below this latent size the denoiser gets one set per default sampler step
 ROLE = "test_vectors"  # manifest extra_files role of the ONNX folder and the .npz (the .bpte is "bundled_program")
 BUNDLE_ROLE = "bundled_program"
 FORMATS = {"onnx": "onnx-testdata", "executorch": "bundled-program"}
 DEFAULT_FORMAT = "npz"
 INPUTS_DESCRIPTION = {
-    "encoder": "photo testvector_image.png, preprocess_image(fit=cover)",
+    "encoder": "photo data/validation/chelsea.png, preprocess_image(fit=cover)",
     "denoiser": "sampler noise latent (seed 0), default-schedule timesteps, default flow_score",
     "decoder": "sampler noise latent (seed 0)",
 }
