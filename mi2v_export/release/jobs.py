@@ -189,9 +189,6 @@ def _write_record(job: Job, folder: Path, result: dict) -> None:
 
 def _install(partial: Path, final: Path) -> None:
     """Rename the finished folder into place; an older (stale or unverifiable) folder of that name goes away."""
-    if final.exists():
-        trash = final.with_name(f"{PARTIAL_PREFIX}{final.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    os.replace(partial, final)
+    from ..files import replace_folder
+
+    replace_folder(partial, final, aside_prefix=PARTIAL_PREFIX)

@@ -18,14 +18,12 @@ release.json:
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..errors import BadInputError
-from ..files import tree_digest, write_json_atomic
+from ..files import read_json, replace_folder, tree_digest, write_json_atomic
 from ..manifest import MANIFEST_NAME, now_iso, read_manifest, tool_version
 from .jobs import JOB_FILE, PARTIAL_PREFIX, read_job_record, verify_job_folder
 
@@ -58,7 +56,7 @@ def _load_job(folder: Path) -> dict:
     record = read_job_record(folder)
     if record is None:
         raise BadInputError(f"{folder}: {JOB_FILE} is missing or not a release job record")
-    raw = json.loads((folder / MANIFEST_NAME).read_text())
+    raw = read_json(folder / MANIFEST_NAME, "manifest")
     return {"folder": folder, "record": record, "manifest": read_manifest(folder), "raw": raw}
 
 
@@ -188,15 +186,4 @@ def _assemble(jobs: list[dict], staging: Path, versions, parts, problems) -> dic
 
 def _swap_into_place(staging: Path, out: Path) -> None:
     """Rename the finished release into place; an older release of that name is replaced only after that."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(staging, out)
