@@ -31,6 +31,7 @@ from pathlib import Path
 
 from mi2v_export.errors import MissingDependencyError, VerificationError
 
+from . import quantize
 from . import rewrites as rw
 from .base import (
     Artifact,
@@ -343,6 +344,12 @@ def read_program(path: Path):
     return _flatbuffer_to_program(data)
 
 
+def planned_memory_bytes(program) -> int:
+    """Activation memory the program's memory plan reserves for `forward` (sum of its non-constant buffers)."""
+    plan = next(p for p in program.executorch_program.execution_plan if p.name == "forward")
+    return int(sum(plan.non_const_buffer_sizes))
+
+
 def bundle_tolerances(dtype: str, reference) -> tuple[float, float]:
     """(rtol, atol) for the BundledProgram check: about the gates' precision, scaled by the output's peak."""
     import numpy as np
@@ -409,6 +416,17 @@ class ExecuTorchExporter(Exporter):
             module = module.half()
         progress(ProgressEvent(spec.name, "rewrite", "done", ", ".join(f"{n}×{c}" for n, c in applied.items() if c)))
         args = cast_inputs(spec, options.dtype if delegate.half_graph else "fp32")
+        quantization = None
+        if options.precision not in ("fp32", "fp16"):
+            progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
+            t0 = time.perf_counter()
+            records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
+            with torch.no_grad():
+                module = quantize.executorch_quantize(module, args, options.precision, records)
+            stages["quantize"] = time.perf_counter() - t0
+            quantization = {"precision": options.precision, "calibration_records": len(records),
+                            "tool": "torchao 8da4w" if options.precision == "w4" else "PT2E XNNPACKQuantizer"}
+            progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
 
         progress(ProgressEvent(spec.name, "lower", "start", f"torch.export + {delegate.name} partitioner"))
         t0 = time.perf_counter()
@@ -433,6 +451,9 @@ class ExecuTorchExporter(Exporter):
                       "graph_dtype": "float16" if options.dtype == "fp16" and delegate.half_graph else "float32"}
         if options.dtype == "fp16" and not delegate.half_graph:
             info["backend_precision"] = "fp16"
+        if quantization:
+            info["quantization"] = quantization
+        info["planned_memory_bytes"] = planned_memory_bytes(program)
         if delegate.name == "coreml":
             info.update(compute_units=options.compute_units, minimum_deployment_target=f"iOS{options.min_ios}")
         if delegate.name == "qnn":

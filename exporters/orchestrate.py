@@ -34,6 +34,7 @@ from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry, parse_resolution
 
 from . import components as comp
+from . import quality
 from .base import ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
 
 
@@ -183,11 +184,13 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
     files: list[str] = []
     try:
         with Staging(out_dir) as staging:
+            ctx = quality.QualityContext(req, plan)
             for name in plan.components:
                 entry = _export_one(name, req, plan.exporter, plan.options, plan.preset, plan.geo,
-                                    plan.routing[name], staging.path, progress)
+                                    plan.routing[name], staging.path, progress, ctx)
                 entries.append(entry)
                 files += entry.files()
+            _trajectory_gate(entries, plan, staging.path, ctx, progress)
             plan.manifest.components = entries
             merged = staging.commit(plan.manifest, files)
     except Mi2vError:
@@ -200,8 +203,56 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
     return ExportReport(out_dir=out_dir, manifest=merged, entries=entries)
 
 
+def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Path, ctx, progress) -> None:
+    """The whole sampler on this run's reduced-precision artifacts vs PyTorch fp32 (quality.trajectory); recorded in
+    every such entry. fp32 artifacts pass an exact gate already; artifacts no runtime here runs are skipped."""
+    gated = [e for e in entries if (e.precision or "fp32") != "fp32" and e.parity.get("verified_on")]
+    if not gated or not plan.request.verify:
+        return
+    progress(ProgressEvent("video", "trajectory", "start", f"2-step video on {quality.calibration.VALIDATION_IMAGE.name}"))
+    t0 = time.perf_counter()
+    record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr)
+    for e in gated:
+        e.trajectory = record
+    progress(ProgressEvent("video", "trajectory", "done", f"worst frame {record['psnr_db_min']:.1f} dB "
+                           f"(gate {record['gate_db']:g} dB)", seconds=time.perf_counter() - t0))
+
+
+def _runtime_memory(exporter, artifact, staging: Path, spec, options: ExportOptions) -> int | None:
+    """ExecuTorch: the memory plan's activation buffers; onnxruntime: a session's measured peak (fp16 / integer
+    artifacts only, to keep fp32 exports as fast as before)."""
+    if exporter.name == "executorch":
+        return artifact.target_info.get("planned_memory_bytes")
+    if exporter.name == "onnx" and options.precision != "fp32" and options.verify:
+        from .base import cast_inputs
+
+        feeds = {n: x.numpy() for n, x in zip(spec.inputs, cast_inputs(spec, options.dtype))}
+        return quality.onnx_session_peak_bytes(staging / artifact.file, feeds)
+    return None
+
+
+def _measure(exporter, artifact, staging: Path, spec, options: ExportOptions, ctx):
+    """(metrics, verified_on, reason, inputs) of the component gate. Integer precisions are measured on the held-out
+    records of the real sampler (a seeded random input says little about int8 ranges); fp32/fp16 on the seeded
+    input, as always."""
+    if options.precision in precision.INTEGER and ctx is not None:
+        held = quality.held_out_parity(exporter, artifact, staging, spec, options, ctx)
+        if held is None:
+            return None, None, exporter.run(artifact, staging, spec, options).reason, None
+        metrics, verified_on, n = held
+        return metrics, verified_on, None, f"held-out: {n} record(s) of the sampler on the validation image"
+    result = exporter.run(artifact, staging, spec, options)
+    if result.outputs is None:
+        return None, None, result.reason, None
+    if spec.reference is None:
+        raise RuntimeError(f"{type(exporter).__name__}.runs_here() said no, but run() produced outputs")
+    metrics = parity.compare(result.outputs, {n: r.numpy() for n, r in spec.reference.items()})
+    return metrics, result.verified_on, None, f"seeded (seed {comp.INPUT_SEED})"
+
+
 def _export_one(name: str, request: ExportRequest, exporter, options: ExportOptions, preset: str, geo,
-                checkpoint: Path | None, staging: Path, progress: ProgressCallback) -> ArtifactEntry:
+                checkpoint: Path | None, staging: Path, progress: ProgressCallback,
+                ctx: quality.QualityContext | None = None) -> ArtifactEntry:
     rss_method = reset_peak_rss()
     chosen = options.precisions.get(name, precision.Precision(options.dtype))
     options = dataclasses.replace(options, precision=chosen.value, dtype=chosen.float_dtype)
@@ -231,6 +282,13 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         progress(ProgressEvent(name, "reference", "done", "PyTorch fp32 output on the seeded input",
                                seconds=spec.stages_s.get("reference")))
 
+    fp32_bytes = sum(t.numel() * 4 for t in list(spec.module.parameters()) + list(spec.module.buffers()))
+    if options.precision in precision.INTEGER and ctx is not None:
+        progress(ProgressEvent(name, "calibrate", "start", "recording the sampler's inputs"))
+        t0 = time.perf_counter()
+        options.calibration = ctx.calibration().samples[name]
+        done("calibrate", t0, f"{len(options.calibration)} records" + (" (cached)" if ctx.calibration().cached
+                                                                      else ""))
     t0 = time.perf_counter()
     artifact = exporter.export(spec, staging, options, progress)
     stages["export"] = time.perf_counter() - t0
@@ -241,40 +299,35 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     checks = exporter.inspect(artifact, staging, spec, options)
     done("inspect", t0, f"{len(checks)} checks")
 
-    gate = parity.gate_for(options.dtype)
+    gate = parity.gate_for(options.precision)
     parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
                      "verified_on": None, "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
+    label = f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.precision})"
     if not request.verify:
         parity_record["reason"] = "not verified (--no-verify)"
         progress(ProgressEvent(name, "verify", "skip", "--no-verify"))
     else:
         t0 = stage("verify")
         try:
-            result = exporter.run(artifact, staging, spec, options)
+            metrics, verified_on, reason, inputs = _measure(exporter, artifact, staging, spec, options, ctx)
         except Mi2vError:
             raise
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot load/run the artifact fails the gate
-            raise VerificationError(f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, "
-                                    f"{options.dtype}): the runtime here could not run {artifact.file}: "
+            raise VerificationError(f"{label}: the runtime here could not run {artifact.file}: "
                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:500]) from None
-        if result.outputs is None:
-            parity_record["reason"] = result.reason
-            done("verify", t0, f"no runtime here: {result.reason}")
+        if metrics is None:
+            parity_record["reason"] = reason
+            done("verify", t0, f"no runtime here: {reason}")
         else:
-            if spec.reference is None:
-                raise RuntimeError(f"{type(exporter).__name__}.runs_here() said no, but run() produced outputs")
-            metrics = parity.compare(result.outputs, {n: r.numpy() for n, r in spec.reference.items()})
             passed = gate.passes(metrics)
             parity_record.update(metrics.to_dict())
             parity_record.pop("finite", None)
-            parity_record.update(verified_on=result.verified_on,
+            parity_record.update(verified_on=verified_on, inputs=inputs,
                                  gate=dict(gate.to_dict(), passed=passed, finite=metrics.finite))
-            done("verify", t0, f"{result.verified_on}: {gate.describe(metrics)}")
+            done("verify", t0, f"{verified_on}: {gate.describe(metrics)}")
             if not passed:
-                raise VerificationError(
-                    f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.dtype}) "
-                    f"fails the parity gate on {result.verified_on}: {gate.describe(metrics)} vs PyTorch fp32; "
-                    "no artifact was written")
+                raise VerificationError(f"{label} fails the parity gate on {verified_on}: {gate.describe(metrics)} "
+                                        "vs PyTorch fp32; no artifact was written")
 
     sha, size = tree_digest(staging / artifact.file)
     extra = []
@@ -302,7 +355,11 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                 "stages_s": {k: round(v, 3) for k, v in stages.items()}},
         parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
         target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
-        exported_at=now_iso(), tool_version=tool_version())
+        exported_at=now_iso(), tool_version=tool_version(),
+        compression=round(size / fp32_bytes, 4) if fp32_bytes else None,
+        calibration=ctx.calibration().record() if options.calibration is not None and ctx is not None else None,
+        runtime_memory_bytes=_runtime_memory(exporter, artifact, staging, spec, options))
+    entry.export["fp32_bytes"] = fp32_bytes  # compression = bytes / fp32_bytes (the fp32 weights' size)
     del spec, artifact
     gc.collect()
     return entry

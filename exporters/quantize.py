@@ -1,0 +1,142 @@
+"""Integer precisions (w8a8, w8, w4, w8a16) for the exporters: one function per runtime, the APIs of our pins.
+
+ExecuTorch XNNPACK (on the module, after the export rewrites, before lowering):
+    w8a8  PT2E `XNNPACKQuantizer`, int8 symmetric per-channel weights, static int8 activations, observers fed with
+          the calibration records (what the component sees in the real sampler)
+    w8    the same quantizer with dynamic int8 activations (8da8w: per-token ranges at run time, no calibration)
+    w4    torchao `Int8DynamicActivationIntxWeightConfig(int4, PerGroup(32))` on nn.Linear (8da4w); XNNPACK lowers
+          it. Convolutions stay float (the config's conv support is not lowered by ExecuTorch 1.5.1).
+
+ONNX (on the exported fp32 .onnx file, in place):
+    w8a8  `quantize_static`, QDQ, S8S8, per-channel weights, calibrated (min-max) on the calibration records
+    w8a16 `quantize_static`, QDQ, uint16 activations + uint8 weights (the QNN HTP choice); `qdq_config` can be
+          replaced (the QNN path passes `get_qnn_qdq_config`)
+    w8    `quantize_dynamic`, int8 per-channel weights, dynamic activations
+    w4    `MatMulNBitsQuantizer`, 4-bit symmetric blocks of 32 on every MatMul (Gemm/Conv stay float)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+W4_GROUP = 32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ExecuTorch
+
+
+def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
+                        calibration: Sequence[tuple] | None) -> torch.nn.Module:
+    """The module to lower for `precision` (a quantized GraphModule or the torchao-quantized module)."""
+    if precision in ("w8a8", "w8"):
+        return _pt2e(module, args, dynamic=precision == "w8", calibration=calibration or [args])
+    if precision == "w4":
+        return _torchao_8da4w(module)
+    raise ValueError(f"no ExecuTorch quantization for {precision!r}")
+
+
+def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple]):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = torch.export.export(module, args, strict=False).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                is_dynamic=dynamic))
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for sample in (calibration if not dynamic else calibration[:1]):
+            prepared(*sample)
+    return convert_pt2e(prepared)
+
+
+def _torchao_8da4w(module):
+    from torchao.quantization import quantize_
+    from torchao.quantization.granularity import PerGroup
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig
+
+    def linear_with_groups(m, fqn) -> bool:
+        return isinstance(m, torch.nn.Linear) and m.in_features % W4_GROUP == 0
+
+    quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                            weight_granularity=PerGroup(W4_GROUP)),
+              filter_fn=linear_with_groups)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over recorded inputs (name → numpy array per record)."""
+
+    def __init__(self, records: Sequence[dict]):
+        self.records = list(records)
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.records):
+            return None
+        self.i += 1
+        return self.records[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+
+def qdq_config(precision: str, records: Sequence[dict]) -> dict:
+    """quantize_static keyword arguments of a QDQ precision (w8a8 or w8a16)."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    if precision == "w8a8":
+        return {"quant_format": QuantFormat.QDQ, "activation_type": QuantType.QInt8,
+                "weight_type": QuantType.QInt8, "per_channel": True, "calibration_data_reader": _Reader(records)}
+    if precision == "w8a16":
+        return {"quant_format": QuantFormat.QDQ, "activation_type": QuantType.QUInt16,
+                "weight_type": QuantType.QUInt8, "per_channel": True, "calibration_data_reader": _Reader(records),
+                "extra_options": {"UseQDQContribOps": True}}
+    raise ValueError(f"no QDQ configuration for {precision!r}")
+
+
+def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None,
+                  config: Callable[[str, Sequence[dict]], dict] = qdq_config) -> dict:
+    """Quantize the .onnx file at `path` in place; returns what was done (for target_info)."""
+    import logging
+
+    import onnxruntime.quantization as oq
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice lines would reach the CLI's output
+    tmp = path.with_suffix(".q.onnx")
+    if precision in ("w8a8", "w8a16"):
+        kwargs = config(precision, records or [])
+        oq.quantize_static(str(path), str(tmp), **kwargs)
+        info = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                "calibration_records": len(records or [])}
+    elif precision == "w8":
+        oq.quantize_dynamic(str(path), str(tmp), weight_type=oq.QuantType.QInt8, per_channel=True)
+        info = {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel"}
+    elif precision == "w4":
+        info = _matmul_nbits(path, tmp)
+    else:
+        raise ValueError(f"no ONNX quantization for {precision!r}")
+    tmp.replace(path)
+    return info
+
+
+def _matmul_nbits(path: Path, out: Path) -> dict:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=W4_GROUP, is_symmetric=True, bits=4)
+    q = MatMulNBitsQuantizer(onnx.load(str(path)), algo_config=config)
+    q.process()
+    q.model.save_model_to_file(str(out), use_external_data_format=False)
+    nodes = sum(1 for n in q.model.model.graph.node if n.op_type == "MatMulNBits")
+    return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 4, "block_size": W4_GROUP, "matmul_nbits": nodes}
