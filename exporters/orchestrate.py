@@ -206,7 +206,12 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
 def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Path, ctx, progress) -> None:
     """The whole sampler on this run's reduced-precision artifacts vs PyTorch fp32 (quality.trajectory); recorded in
     every such entry. fp32 artifacts pass an exact gate already; artifacts no runtime here runs are skipped."""
-    gated = [e for e in entries if (e.precision or "fp32") != "fp32" and e.parity.get("verified_on")]
+    reduced = [e for e in entries if (e.precision or "fp32") != "fp32" and e.parity.get("verified_on")]
+    gated = [e for e in reduced if e.parity["verified_on"] != "pytorch-simulated"]
+    for e in reduced:
+        if e not in gated:
+            e.trajectory = {"passed": None, "reason": "the artifact's runtime is not on this host; its weights were "
+                                                      "checked in PyTorch (parity verified_on pytorch-simulated)"}
     if not gated or not plan.request.verify:
         return
     progress(ProgressEvent("video", "trajectory", "start", f"2-step video on {quality.calibration.VALIDATION_IMAGE.name}"))

@@ -140,3 +140,56 @@ def _matmul_nbits(path: Path, out: Path) -> dict:
     q.model.save_model_to_file(str(out), use_external_data_format=False)
     nodes = sum(1 for n in q.model.model.graph.node if n.op_type == "MatMulNBits")
     return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 4, "block_size": W4_GROUP, "matmul_nbits": nodes}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Core ML (weights only: activation quantization needs Core ML predictions, i.e. macOS)
+
+COREML_W4_GROUP = 16
+COREML_WEIGHT_THRESHOLD = 2048  # coremltools' default: smaller tensors stay fp16
+
+
+def coreml_compress(mlmodel, precision: str):
+    """w8: `linear_quantize_weights` (int8, linear symmetric, per output channel); w4: `palettize_weights` (4-bit
+    k-means palettes per grouped channel, groups of 16; iOS 18)."""
+    import coremltools.optimize.coreml as cto
+
+    if precision == "w8":
+        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", granularity="per_channel",
+                                         weight_threshold=COREML_WEIGHT_THRESHOLD)
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    if precision == "w4":
+        op = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_grouped_channel",
+                                    group_size=COREML_W4_GROUP, weight_threshold=COREML_WEIGHT_THRESHOLD)
+        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    raise ValueError(f"no Core ML compression for {precision!r}")
+
+
+def coreml_simulated(module: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """A copy of `module` whose conv / linear weights went through the same coremltools compression and back
+    (fp16 first, as in the converted model): the PyTorch stand-in for a compressed .mlpackage off macOS."""
+    import copy
+
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights, palettize_weights
+
+    sim = copy.deepcopy(module)
+    for m in sim.modules():
+        if not isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                              torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
+            continue
+        w = m.weight.detach().half().float().numpy()
+        if w.size <= COREML_WEIGHT_THRESHOLD:
+            continue
+        axis = 1 if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)) else 0
+        blocks = [0] * w.ndim
+        if precision == "w8":
+            blocks[axis] = 1
+            params = linear_quantize_weights.blockwise_compress(w, 8, "LINEAR_SYMMETRIC", True, blocks)
+            dense = None if params is None else linear_quantize_weights.decompress(params)
+        else:
+            blocks[axis] = COREML_W4_GROUP
+            params = palettize_weights.blockwise_compress(w, "KMEANS", 4, blocks)
+            dense = None if params is None else palettize_weights.decompress(params)
+        if dense is not None:
+            m.weight.data = torch.from_numpy(dense.astype("float32")).reshape(m.weight.shape)
+    return sim

@@ -63,7 +63,7 @@ SUPPORT: dict[tuple[str, str | None], tuple[Precision, ...]] = {
     ("executorch", "vulkan"): (Precision.FP32, Precision.FP16),
     ("executorch", "qnn"): (Precision.FP16,),
     ("executorch", "coreml"): (Precision.FP32, Precision.FP16),
-    ("coreml", None): (Precision.FP32, Precision.FP16),
+    ("coreml", None): (Precision.FP32, Precision.FP16, Precision.W8, Precision.W4),
 }
 
 

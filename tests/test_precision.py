@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from .conftest import run_cli
+from mi2v_export import parity
 from mi2v_export import precision as P
 from mi2v_export.errors import BadInputError
-from mi2v_export.exporters.orchestrate import ExportRequest, prepare
+from mi2v_export.exporters.orchestrate import ExportRequest, prepare, run_export
+from mi2v_export.manifest import read_manifest
+
+from .conftest import run_cli
 
 
 def error_line(proc) -> str:
@@ -67,3 +72,62 @@ def test_cli_precision_errors_exit_2(tmp_path):
                    "--precision", "fp16", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "--calibration" in error_line(proc)
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every supported (target, precision) cell that runs here: export the tiny denoiser, gate it on the real runtime,
+# and check the manifest tells the truth about it.
+
+RUNS_HERE = [(t, d, p.value) for (t, d), cells in P.SUPPORT.items() for p in cells
+             if (t, d) in (("onnx", None), ("executorch", "xnnpack")) and p is not P.Precision.FP32]
+
+
+@pytest.fixture(scope="module")
+def calibration_cache(tmp_path_factory):
+    """One calibration cache for the module: the first integer cell records the sampler, the others reuse it."""
+    path = tmp_path_factory.mktemp("mi2v-cache")
+    old = os.environ.get("MI2V_CACHE")
+    os.environ["MI2V_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MI2V_CACHE", None)
+    else:
+        os.environ["MI2V_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def fp32_denoisers(tmp_path_factory):
+    """The fp32 tiny denoiser per target: the size every other precision is compared with."""
+    out = {}
+    for target, delegate in (("onnx", None), ("executorch", "xnnpack")):
+        folder = tmp_path_factory.mktemp(f"fp32-{target}")
+        report = run_export(ExportRequest(target=target, delegate=delegate, out_dir=folder, preset="tiny",
+                                          components="denoiser", precision="fp32", verify=False))
+        out[target] = report.entries[0].bytes
+    return out
+
+
+@pytest.mark.parametrize("target,delegate,prec", RUNS_HERE, ids=[f"{t}-{p}" for t, _, p in RUNS_HERE])
+def test_cell_exports_gates_and_records(tmp_path, calibration_cache, fp32_denoisers, target, delegate, prec):
+    report = run_export(ExportRequest(target=target, delegate=delegate, out_dir=tmp_path / "a", preset="tiny",
+                                      components="denoiser", precision=prec))
+    e = read_manifest(tmp_path / "a").find("denoiser")
+    assert e.precision == prec and e.dtype == P.Precision(prec).float_dtype
+    assert e.bytes == (tmp_path / "a" / e.file).stat().st_size
+    assert e.bytes < fp32_denoisers[target]  # every reduced precision is smaller than fp32 here
+    assert e.compression == pytest.approx(e.bytes / e.export["fp32_bytes"], rel=1e-3)
+    gate = e.parity["gate"]
+    assert e.parity["verified_on"] in ("onnxruntime", "executorch-xnnpack") and gate["passed"]
+    assert gate["threshold"] == parity.gate_for(prec).threshold
+    traj = e.trajectory
+    assert traj["image"] == "chelsea.png" and traj["steps"] == 2 and traj["passed"]
+    assert float(traj["psnr_db_min"]) >= traj["gate_db"] == parity.TRAJECTORY_PSNR_MIN_DB[prec]
+    assert 0 < traj["ssim_min"] <= 1
+    assert isinstance(e.runtime_memory_bytes, int) and e.runtime_memory_bytes > 0
+    if P.Precision(prec).quantized:
+        assert e.calibration["digest"] and e.calibration["size"] > 0
+        assert e.parity["inputs"].startswith("held-out")
+        assert e.target_info["quantization"]["precision"] == prec
+    else:
+        assert e.calibration is None
+    assert report.entries[0].precision == prec

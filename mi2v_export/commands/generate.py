@@ -124,6 +124,7 @@ def generate(
                                      progress=report("" if not compare_to else "artifacts · "))
         host_s = {"run": time.perf_counter() - t0}
         precision = pl.precision_of(stages)
+        manifest_gate = pl.gate_of(stages)  # the trajectory gate the artifacts passed at export, if any
         result = pl.Pipeline(stages).generate(img, config, report("" if not compare_to else "artifacts · "))
         reference = None
         if compare_to:
@@ -149,7 +150,7 @@ def generate(
         if reference is not None:
             compare_task = progress.add_task("compare (PSNR, SSIM)", total=1)
             t0 = time.perf_counter()
-            threshold = min_psnr if min_psnr is not None else pl.VIDEO_PSNR_MIN_DB[precision]
+            threshold = min_psnr if min_psnr is not None else manifest_gate
             comparison = pl.compare_runs(result, reference, threshold)
             host_s["compare"] = time.perf_counter() - t0
             progress.update(compare_task, completed=1)
