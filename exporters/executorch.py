@@ -421,11 +421,13 @@ class ExecuTorchExporter(Exporter):
             progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
             t0 = time.perf_counter()
             records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
+            applied_precision, keep = quantize.plan_of(options)
             with torch.no_grad():
-                module = quantize.executorch_quantize(module, args, options.precision, records)
+                module = quantize.executorch_quantize(module, args, applied_precision, records, keep)
             stages["quantize"] = time.perf_counter() - t0
             quantization = {"precision": options.precision, "calibration_records": len(records),
-                            "tool": "torchao 8da4w" if options.precision == "w4" else "PT2E XNNPACKQuantizer"}
+                            "applied": applied_precision, "kept_float": keep,
+                            "tool": "torchao 8da4w" if applied_precision == "w4" else "PT2E XNNPACKQuantizer"}
             progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
 
         progress(ProgressEvent(spec.name, "lower", "start", f"torch.export + {delegate.name} partitioner"))

@@ -118,8 +118,9 @@ class OnnxExporter(Exporter):
             progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
             t0 = time.perf_counter()
             records = [{n: t.numpy() for n, t in r.items()} for r in (options.calibration or [])]
-            info["quantization"] = dict(quantize.onnx_quantize(path, options.precision, records),
-                                        precision=options.precision)
+            applied_precision, keep = quantize.plan_of(options)
+            info["quantization"] = dict(quantize.onnx_quantize(path, applied_precision, records, keep=keep),
+                                        precision=options.precision, applied=applied_precision, kept_float=keep)
             stages["quantize"] = time.perf_counter() - t0
             progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
         model = onnx.load(str(path), load_external_data=False)

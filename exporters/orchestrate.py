@@ -127,11 +127,11 @@ def resolve(request: ExportRequest):
     options = exporter.resolve(options)
     options.precisions = precision.resolve(request.precision, request.dtype, components, exporter.name,
                                            options.delegate, exporter.default_dtype(options.delegate))
+    if request.recipe is not None:
+        options.recipe = _apply_recipe(request, options, components, exporter.name)
     options.dtype = options.precisions[components[0]].float_dtype
     if request.calibration is not None and not Path(request.calibration).is_dir():
         raise BadInputError(f"--calibration {request.calibration}: not a folder of images")
-    if request.recipe is not None and not Path(request.recipe).is_file():
-        raise BadInputError(f"--recipe {request.recipe}: no such file")
     if request.min_psnr is not None and not (0 < request.min_psnr < 200):
         raise BadInputError(f"--min-psnr {request.min_psnr:g}: expected a PSNR in dB between 0 and 200")
     if (request.bundle or request.etrecord) and exporter.name != "executorch":
@@ -140,6 +140,23 @@ def resolve(request: ExportRequest):
         raise BadInputError("--bundle needs the PyTorch reference output; drop --no-verify")
     comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
     return exporter, options, components, preset, geo
+
+
+def _apply_recipe(request: ExportRequest, options: ExportOptions, components: list[str], target: str) -> dict:
+    """Load `--recipe`, check its component is exported and its precision is a cell of this target, and make that
+    component "mixed"."""
+    from mi2v_export import recipe as rc
+
+    data = rc.load(Path(request.recipe))
+    name = data.get("component")
+    if name not in components:
+        raise BadInputError(f"--recipe {request.recipe} is for the {name}, which this export does not include "
+                            f"(--component {','.join(components)})")
+    if request.precision and "=" in request.precision and f"{name}=" in request.precision:
+        raise BadInputError(f"--recipe sets the {name}'s precision; drop {name}=... from --precision")
+    precision.check_supported(target, options.delegate, precision.Precision(data["precision"]), name)
+    options.precisions[name] = precision.Precision.MIXED
+    return data
 
 
 @dataclass
@@ -240,7 +257,7 @@ def _measure(exporter, artifact, staging: Path, spec, options: ExportOptions, ct
     """(metrics, verified_on, reason, inputs) of the component gate. Integer precisions are measured on the held-out
     records of the real sampler (a seeded random input says little about int8 ranges); fp32/fp16 on the seeded
     input, as always."""
-    if options.precision in precision.INTEGER and ctx is not None:
+    if (options.precision in precision.INTEGER or options.recipe) and ctx is not None:
         held = quality.held_out_parity(exporter, artifact, staging, spec, options, ctx)
         if held is None:
             return None, None, exporter.run(artifact, staging, spec, options).reason, None
@@ -260,7 +277,9 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                 ctx: quality.QualityContext | None = None) -> ArtifactEntry:
     rss_method = reset_peak_rss()
     chosen = options.precisions.get(name, precision.Precision(options.dtype))
-    options = dataclasses.replace(options, precision=chosen.value, dtype=chosen.float_dtype)
+    options = dataclasses.replace(options, precision=chosen.value, dtype=chosen.float_dtype,
+                                  recipe=options.recipe if chosen is precision.Precision.MIXED else None)
+    quantized = chosen.value in precision.INTEGER or options.recipe is not None
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -288,7 +307,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                                seconds=spec.stages_s.get("reference")))
 
     fp32_bytes = sum(t.numel() * 4 for t in list(spec.module.parameters()) + list(spec.module.buffers()))
-    if options.precision in precision.INTEGER and ctx is not None:
+    if quantized and ctx is not None:
         progress(ProgressEvent(name, "calibrate", "start", "recording the sampler's inputs"))
         t0 = time.perf_counter()
         options.calibration = ctx.calibration().samples[name]
@@ -304,7 +323,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     checks = exporter.inspect(artifact, staging, spec, options)
     done("inspect", t0, f"{len(checks)} checks")
 
-    gate = parity.gate_for(options.precision)
+    gate = parity.gate_for(options.recipe["precision"] if options.recipe else options.precision)
     parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
                      "verified_on": None, "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
     label = f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.precision})"
@@ -363,7 +382,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         exported_at=now_iso(), tool_version=tool_version(),
         compression=round(size / fp32_bytes, 4) if fp32_bytes else None,
         calibration=ctx.calibration().record() if options.calibration is not None and ctx is not None else None,
-        runtime_memory_bytes=_runtime_memory(exporter, artifact, staging, spec, options))
+        runtime_memory_bytes=_runtime_memory(exporter, artifact, staging, spec, options), recipe=options.recipe)
     entry.export["fp32_bytes"] = fp32_bytes  # compression = bytes / fp32_bytes (the fp32 weights' size)
     del spec, artifact
     gc.collect()

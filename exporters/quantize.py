@@ -25,21 +25,32 @@ import torch
 W4_GROUP = 32
 
 
+def plan_of(options) -> tuple[str, list[str]]:
+    """(integer precision to apply, submodule names kept float) of a component: its precision, or for "mixed" the
+    recipe's precision and its fp32/fp16 units (names under the export wrapper's `model`)."""
+    if options.precision != "mixed":
+        return options.precision, []
+    from mi2v_export.recipe import kept_units
+
+    return options.recipe["precision"], [f"model.{u}" for u in kept_units(options.recipe)]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # ExecuTorch
 
 
 def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
-                        calibration: Sequence[tuple] | None) -> torch.nn.Module:
-    """The module to lower for `precision` (a quantized GraphModule or the torchao-quantized module)."""
+                        calibration: Sequence[tuple] | None, keep: Sequence[str] = ()) -> torch.nn.Module:
+    """The module to lower for `precision` (a quantized GraphModule or the torchao-quantized module). `keep`:
+    submodule names (of `module`) left in float (a recipe's fp32 units)."""
     if precision in ("w8a8", "w8"):
-        return _pt2e(module, args, dynamic=precision == "w8", calibration=calibration or [args])
+        return _pt2e(module, args, dynamic=precision == "w8", calibration=calibration or [args], keep=keep)
     if precision == "w4":
-        return _torchao_8da4w(module)
+        return _torchao_8da4w(module, keep)
     raise ValueError(f"no ExecuTorch quantization for {precision!r}")
 
 
-def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple]):
+def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Sequence[str] = ()):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -49,6 +60,8 @@ def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple]):
     graph = torch.export.export(module, args, strict=False).module()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
                                                                                 is_dynamic=dynamic))
+    for name in keep:
+        quantizer.set_module_name(name, None)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for sample in (calibration if not dynamic else calibration[:1]):
@@ -56,13 +69,14 @@ def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple]):
     return convert_pt2e(prepared)
 
 
-def _torchao_8da4w(module):
+def _torchao_8da4w(module, keep: Sequence[str] = ()):
     from torchao.quantization import quantize_
     from torchao.quantization.granularity import PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig
 
     def linear_with_groups(m, fqn) -> bool:
-        return isinstance(m, torch.nn.Linear) and m.in_features % W4_GROUP == 0
+        kept = any(fqn == k or fqn.startswith(k + ".") for k in keep)
+        return isinstance(m, torch.nn.Linear) and m.in_features % W4_GROUP == 0 and not kept
 
     quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                             weight_granularity=PerGroup(W4_GROUP)),
@@ -105,37 +119,54 @@ def qdq_config(precision: str, records: Sequence[dict]) -> dict:
     raise ValueError(f"no QDQ configuration for {precision!r}")
 
 
+def nodes_of_units(path: Path, keep: Sequence[str]) -> list[str]:
+    """ONNX nodes that belong to the `keep` submodules: those with a weight or bias initializer named after one
+    (the dynamo exporter names initializers by parameter path)."""
+    import onnx
+
+    if not keep:
+        return []
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if any(i in inits and any(i.startswith(k + ".") for k in keep) for i in n.input)]
+
+
 def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None,
-                  config: Callable[[str, Sequence[dict]], dict] = qdq_config) -> dict:
-    """Quantize the .onnx file at `path` in place; returns what was done (for target_info)."""
+                  config: Callable[[str, Sequence[dict]], dict] = qdq_config, keep: Sequence[str] = ()) -> dict:
+    """Quantize the .onnx file at `path` in place; returns what was done (for target_info). `keep`: submodule
+    names whose nodes stay float (a recipe's fp32 units)."""
     import logging
 
     import onnxruntime.quantization as oq
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice lines would reach the CLI's output
     tmp = path.with_suffix(".q.onnx")
+    excluded = nodes_of_units(path, keep)
     if precision in ("w8a8", "w8a16"):
         kwargs = config(precision, records or [])
-        oq.quantize_static(str(path), str(tmp), **kwargs)
+        oq.quantize_static(str(path), str(tmp), nodes_to_exclude=excluded, **kwargs)
         info = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                 "calibration_records": len(records or [])}
     elif precision == "w8":
-        oq.quantize_dynamic(str(path), str(tmp), weight_type=oq.QuantType.QInt8, per_channel=True)
+        oq.quantize_dynamic(str(path), str(tmp), weight_type=oq.QuantType.QInt8, per_channel=True,
+                            nodes_to_exclude=excluded)
         info = {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel"}
     elif precision == "w4":
-        info = _matmul_nbits(path, tmp)
+        info = _matmul_nbits(path, tmp, excluded)
     else:
         raise ValueError(f"no ONNX quantization for {precision!r}")
     tmp.replace(path)
+    info["nodes_kept_float"] = len(excluded)
     return info
 
 
-def _matmul_nbits(path: Path, out: Path) -> dict:
+def _matmul_nbits(path: Path, out: Path, excluded: Sequence[str] = ()) -> dict:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     config = DefaultWeightOnlyQuantConfig(block_size=W4_GROUP, is_symmetric=True, bits=4)
-    q = MatMulNBitsQuantizer(onnx.load(str(path)), algo_config=config)
+    q = MatMulNBitsQuantizer(onnx.load(str(path)), algo_config=config, nodes_to_exclude=list(excluded))
     q.process()
     q.model.save_model_to_file(str(out), use_external_data_format=False)
     nodes = sum(1 for n in q.model.model.graph.node if n.op_type == "MatMulNBits")

@@ -16,7 +16,7 @@ import typer
 from .errors import Mi2vError
 
 # One entry per command module; adding a command is adding a file and a name here.
-COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices"]
+COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices", "quantize"]
 
 app = typer.Typer(
     name="mi2v",

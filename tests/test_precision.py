@@ -131,3 +131,58 @@ def test_cell_exports_gates_and_records(tmp_path, calibration_cache, fp32_denois
     else:
         assert e.calibration is None
     assert report.entries[0].precision == prec
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mixed precision: analyze writes a recipe, export applies it, the manifest carries it
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipe") / "denoiser.json"
+    proc = run_cli("quantize", "analyze", "--preset", "tiny", "--component", "denoiser", "--precision", "w8a8",
+                   "--unit-psnr", "30", "--out", out, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_analyze_measures_every_unit(tiny_recipe):
+    from mi2v_export import recipe as rc
+
+    data = rc.load(tiny_recipe, "denoiser")
+    assert data["precision"] == "w8a8" and data["validation"]["image"] == "chelsea.png"
+    assert set(data["units"]) == set(data["analysis"]) >= {"t_embedder", "final_layer", "blocks.0", "blocks.1"}
+    for unit, a in data["analysis"].items():  # the rule: below the unit threshold keeps fp32
+        assert data["units"][unit] == ("w8a8" if a["psnr_db_min"] >= 30 else "fp32")
+    assert data["simulated_psnr_db_min"]["recipe"] >= data["simulated_psnr_db_min"]["all_units"] - 1e-6
+
+
+def test_recipe_round_trip_through_export(tmp_path, calibration_cache, tiny_recipe):
+    import json
+
+    data = json.loads(tiny_recipe.read_text())
+    for unit in ("t_embedder", "t_block", "final_layer"):  # a user keeps the sensitive units by hand too
+        data["units"][unit] = "fp32"
+    data["units"]["blocks.0"] = "w8a8"
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(data))
+    run_export(ExportRequest(target="onnx", out_dir=tmp_path / "a", preset="tiny", components="denoiser",
+                             recipe=path))
+    e = read_manifest(tmp_path / "a").find("denoiser")
+    assert e.precision == "mixed" and e.recipe == data
+    q = e.target_info["quantization"]
+    assert q["applied"] == "w8a8" and set(q["kept_float"]) >= {"model.t_embedder", "model.final_layer"}
+    assert q["nodes_kept_float"] > 0 and e.parity["gate"]["passed"] and e.trajectory["passed"]
+
+
+def test_recipe_errors_are_one_line(tmp_path, tiny_recipe):
+    with pytest.raises(BadInputError, match="not the encoder|does not include"):
+        prepare(ExportRequest(target="onnx", out_dir=tmp_path / "o", preset="tiny", components="encoder",
+                              recipe=tiny_recipe))
+    with pytest.raises(BadInputError, match="does not support --precision w8a8"):
+        prepare(ExportRequest(target="coreml", out_dir=tmp_path / "o", preset="tiny", components="denoiser",
+                              recipe=tiny_recipe))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something-else"}')
+    with pytest.raises(BadInputError, match="not a mi2v-precision-recipe"):
+        prepare(ExportRequest(target="onnx", out_dir=tmp_path / "o", preset="tiny", recipe=bad))
