@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mi2v_export.contract import COREMLTOOLS_UNIT, runs_on_host
 from mi2v_export.errors import BadInputError, MissingDependencyError, VerificationError
 
 from . import quantize
@@ -26,11 +27,11 @@ from .base import (
     ExportOptions,
     ProgressCallback,
     ProgressEvent,
-    RunResult,
+    ArtifactRun,
     register,
 )
 
-COMPUTE_UNITS = {"all": "ALL", "cpu_and_ne": "CPU_AND_NE", "cpu_and_gpu": "CPU_AND_GPU", "cpu_only": "CPU_ONLY"}
+COMPUTE_UNITS = COREMLTOOLS_UNIT  # mi2v spelling → coremltools.ComputeUnit member (mi2v_export.contract)
 MIN_IOS = (17, 18)
 SPEC_VERSION = {17: 8, 18: 9}  # Core ML model spec version of each deployment target
 
@@ -97,7 +98,7 @@ class CoreMLExporter(Exporter):
 
 
     def runs_here(self, options: ExportOptions) -> bool:
-        return sys.platform == "darwin" or options.precision in ("w8", "w4")
+        return runs_on_host("coreml") or options.precision in ("w8", "w4")  # compressed: simulated in PyTorch
 
     def check_environment(self, options: ExportOptions) -> None:
         try:
@@ -163,7 +164,7 @@ class CoreMLExporter(Exporter):
                         outputs=_tensor_infos(mspec.description.output), target_info=info, stages_s=stages,
                         rewrites=[n for n, c in applied.items() if c])
 
-    def _run_simulated(self, spec: ComponentSpec, options: ExportOptions) -> RunResult:
+    def _run_simulated(self, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         """Off macOS, compressed weights are checked by running their decompressed values in PyTorch (the same
         coremltools compression, fp32 compute): recorded as verified_on "pytorch-simulated"."""
         import torch
@@ -173,7 +174,7 @@ class CoreMLExporter(Exporter):
             self._simulated = {"key": key, "module": quantize.coreml_simulated(spec.module, options.precision)}
         with torch.no_grad():
             out = self._simulated["module"](*spec.args)
-        return RunResult(outputs={spec.output_names[0]: out.float().numpy()}, verified_on="pytorch-simulated")
+        return ArtifactRun(outputs={spec.output_names[0]: out.float().numpy()}, verified_on="pytorch-simulated")
 
     _simulated: dict = {}
 
@@ -202,15 +203,15 @@ class CoreMLExporter(Exporter):
         checks.append("I/O names and static shapes match the contract")
         return checks
 
-    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> RunResult:
-        if sys.platform != "darwin" and options.precision in ("w8", "w4"):
+    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
+        if not runs_on_host("coreml") and options.precision in ("w8", "w4"):
             return self._run_simulated(spec, options)
-        if sys.platform != "darwin":
-            return RunResult(outputs=None, verified_on=None,
+        if not runs_on_host("coreml"):
+            return ArtifactRun(outputs=None, verified_on=None,
                              reason=f"Core ML prediction needs macOS (this host is {sys.platform})")
         import coremltools as ct
 
         model = ct.models.MLModel(str(out_dir / artifact.file), compute_units=compute_unit(options.compute_units))
         feeds = {n: x.numpy() for n, x in spec.inputs.items()}
         out = model.predict(feeds)
-        return RunResult(outputs={n: out[n] for n in spec.output_names}, verified_on=f"coreml-{options.compute_units}")
+        return ArtifactRun(outputs={n: out[n] for n in spec.output_names}, verified_on=f"coreml-{options.compute_units}")

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mi2v_export import parity, precision
-from mi2v_export.errors import BadInputError, Mi2vError, VerificationError
+from mi2v_export.contract import DECODER_KINDS, parse_components
+from mi2v_export.errors import BadInputError, Mi2vError, VerificationError, first_line
+from mi2v_export.files import tree_digest
 from mi2v_export.manifest import (
     ArtifactEntry,
     FileInfo,
@@ -28,7 +30,6 @@ from mi2v_export.manifest import (
     now_iso,
     read_manifest_if_any,
     tool_version,
-    tree_digest,
 )
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry, parse_resolution
@@ -111,9 +112,9 @@ def _is_disk_full(exc: BaseException) -> bool:
 def resolve(request: ExportRequest):
     """Validate a request without doing any work: (exporter, options, components, preset, geometry)."""
     exporter = get_exporter(request.target)
-    components = comp.parse_components(request.components)
-    if request.decoder not in comp.DECODER_KINDS:
-        raise BadInputError(f"unknown decoder {request.decoder!r}; choose one of: {', '.join(comp.DECODER_KINDS)}")
+    components = parse_components(request.components)
+    if request.decoder not in DECODER_KINDS:
+        raise BadInputError(f"unknown decoder {request.decoder!r}; choose one of: {', '.join(DECODER_KINDS)}")
     preset = get_preset(request.preset)
     if request.resolution:
         h, w = parse_resolution(request.resolution)
@@ -323,35 +324,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     checks = exporter.inspect(artifact, staging, spec, options)
     done("inspect", t0, f"{len(checks)} checks")
 
-    gate = parity.gate_for(options.recipe["precision"] if options.recipe else options.precision)
-    parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
-                     "verified_on": None, "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
-    label = f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.precision})"
-    if not request.verify:
-        parity_record["reason"] = "not verified (--no-verify)"
-        progress(ProgressEvent(name, "verify", "skip", "--no-verify"))
-    else:
-        t0 = stage("verify")
-        try:
-            metrics, verified_on, reason, inputs = _measure(exporter, artifact, staging, spec, options, ctx)
-        except Mi2vError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a runtime that cannot load/run the artifact fails the gate
-            raise VerificationError(f"{label}: the runtime here could not run {artifact.file}: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:500]) from None
-        if metrics is None:
-            parity_record["reason"] = reason
-            done("verify", t0, f"no runtime here: {reason}")
-        else:
-            passed = gate.passes(metrics)
-            parity_record.update(metrics.to_dict())
-            parity_record.pop("finite", None)
-            parity_record.update(verified_on=verified_on, inputs=inputs,
-                                 gate=dict(gate.to_dict(), passed=passed, finite=metrics.finite))
-            done("verify", t0, f"{verified_on}: {gate.describe(metrics)}")
-            if not passed:
-                raise VerificationError(f"{label} fails the parity gate on {verified_on}: {gate.describe(metrics)} "
-                                        "vs PyTorch fp32; no artifact was written")
+    parity_record = _verify(name, request, exporter, options, spec, artifact, staging, stage, done, progress, ctx)
 
     sha, size = tree_digest(staging / artifact.file)
     extra = []
@@ -359,18 +332,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         esha, esize = tree_digest(staging / file)
         extra.append(FileInfo(role, file, esha, esize))
     wall = time.perf_counter() - t_start
-    flags = {"preset": preset, "resolution": [geo.height, geo.width], "frames": geo.frames,
-             "attention": request.attention if name == "denoiser" else None,
-             "rewrite": rewrite_options if name == "denoiser" else None,
-             "decoder": request.decoder if name == "decoder" else None, "verify": request.verify}
-    if exporter.name == "executorch":
-        flags.update(bundle=options.bundle, etrecord=options.etrecord)
-    if exporter.name == "coreml" or options.delegate == "coreml":
-        flags.update(compute_units=options.compute_units, min_ios=options.min_ios)
-    if options.delegate == "qnn":
-        flags["soc"] = options.soc
-    if exporter.name == "onnx":
-        flags["opset"] = options.opset
+    flags = _flags(name, request, exporter, options, preset, geo, rewrite_options)
     entry = ArtifactEntry(
         component=name, model=spec.model, target=exporter.name, delegate=options.delegate, dtype=options.dtype,
         precision=options.precision,
@@ -387,3 +349,57 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     del spec, artifact
     gc.collect()
     return entry
+
+
+def _verify(name: str, request: ExportRequest, exporter, options: ExportOptions, spec, artifact, staging: Path,
+            stage, done, progress: ProgressCallback, ctx=None) -> dict:
+    """Run the artifact here against the PyTorch fp32 reference and apply the parity gate; the manifest's
+    `parity` record (with the reason when it cannot run here). VerificationError when the gate fails."""
+    gate = parity.gate_for(options.recipe["precision"] if options.recipe else options.precision)
+    parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
+                     "verified_on": None, "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
+    label = f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.precision})"
+    if not request.verify:
+        parity_record["reason"] = "not verified (--no-verify)"
+        progress(ProgressEvent(name, "verify", "skip", "--no-verify"))
+    else:
+        t0 = stage("verify")
+        try:
+            metrics, verified_on, reason, inputs = _measure(exporter, artifact, staging, spec, options, ctx)
+        except Mi2vError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot load/run the artifact fails the gate
+            raise VerificationError(f"{label}: the runtime here could not run {artifact.file}: "
+                                    f"{first_line(exc, 500)}") from None
+        if metrics is None:
+            parity_record["reason"] = reason
+            done("verify", t0, f"no runtime here: {reason}")
+        else:
+            passed = gate.passes(metrics)
+            parity_record.update(metrics.to_dict())
+            parity_record.pop("finite", None)
+            parity_record.update(verified_on=verified_on, inputs=inputs,
+                                 gate=dict(gate.to_dict(), passed=passed, finite=metrics.finite))
+            done("verify", t0, f"{verified_on}: {gate.describe(metrics)}")
+            if not passed:
+                raise VerificationError(f"{label} fails the parity gate on {verified_on}: {gate.describe(metrics)} "
+                                        "vs PyTorch fp32; no artifact was written")
+    return parity_record
+
+
+def _flags(name: str, request: ExportRequest, exporter, options: ExportOptions, preset: str, geo,
+           rewrite_options: dict) -> dict:
+    """The manifest's `flags`: the options that shaped this artifact."""
+    flags = {"preset": preset, "resolution": [geo.height, geo.width], "frames": geo.frames,
+             "attention": request.attention if name == "denoiser" else None,
+             "rewrite": rewrite_options if name == "denoiser" else None,
+             "decoder": request.decoder if name == "decoder" else None, "verify": request.verify}
+    if exporter.name == "executorch":
+        flags.update(bundle=options.bundle, etrecord=options.etrecord)
+    if exporter.name == "coreml" or options.delegate == "coreml":
+        flags.update(compute_units=options.compute_units, min_ios=options.min_ios)
+    if options.delegate == "qnn":
+        flags["soc"] = options.soc
+    if exporter.name == "onnx":
+        flags["opset"] = options.opset
+    return flags

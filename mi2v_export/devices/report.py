@@ -48,22 +48,21 @@ measured sample. stdev is the sample standard deviation (n−1).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import schemas
+from ..contract import COMPONENTS
+from ..files import read_json, write_json_atomic
 from ..errors import BadInputError
 
 SCHEMA = "mi2v.bench/1"
 PERCENTILE_METHOD = "nearest-rank"
-COMPONENTS = ("encoder", "denoiser", "decoder")
-STATUSES = ("ok", "failed", "skipped")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -226,18 +225,7 @@ class BenchReport:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a partial report is still a complete JSON file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh, indent=2)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchReport:
@@ -258,12 +246,7 @@ class BenchReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BenchReport:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise BadInputError(f"cannot read bench report {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"{path} is not a bench report (invalid JSON: {exc})") from None
+        data = read_json(path, "bench report")
         try:
             return cls.from_dict(data)
         except BadInputError as exc:
@@ -280,14 +263,7 @@ def validate(data: Any) -> None:
         raise BadInputError(f"not a mi2v bench report (schema {schema!r})")
     if version != SCHEMA.split("/")[1]:
         raise BadInputError(f"bench report schema {schema!r} is not supported by this mi2v (reads {SCHEMA})")
-    for key in ("device", "components"):
-        if key not in data:
-            raise BadInputError(f"bench report lacks `{key}`")
-    if not isinstance(data["components"], list):
-        raise BadInputError("bench report `components` must be a list")
-    for c in data["components"]:
-        if not isinstance(c, dict) or c.get("component") not in COMPONENTS or c.get("status", "ok") not in STATUSES:
-            raise BadInputError(f"bench report has a malformed component entry: {str(c)[:80]}")
+    schemas.validate(data, schemas.BENCH_REPORT, "malformed bench report")  # mi2v_export/schemas/bench-report
 
 
 def compare(a: BenchReport, b: BenchReport) -> list[dict[str, Any]]:
