@@ -86,9 +86,13 @@ def time_side_by_side(stages: dict, inputs: dict, runs: int) -> dict:
 def memory_of(entry, manifest, inputs) -> int | None:
     if entry.target == "executorch":
         return entry.runtime_memory_bytes
+    import numpy as np
+
     from mi2v_export.exporters.quality import onnx_session_peak_bytes
 
-    return onnx_session_peak_bytes(manifest.path_of(entry), {k: v.numpy() for k, v in inputs.items()})
+    dtypes = {t.name: t.dtype for t in entry.inputs}  # an fp16 graph takes float16 inputs
+    feeds = {k: v.numpy().astype(np.dtype(dtypes.get(k, str(v.numpy().dtype)))) for k, v in inputs.items()}
+    return onnx_session_peak_bytes(manifest.path_of(entry), feeds)
 
 
 def quality_of(component: str, stage, torch_stages: dict, reference, config, image) -> dict:

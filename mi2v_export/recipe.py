@@ -105,6 +105,11 @@ def simulate_unit(model: nn.Module, unit: str, precision: str) -> list:
     return hooks
 
 
+def _json_db(value: float) -> float | str:
+    """A PSNR for JSON: rounded, "inf" when the unit changed nothing (e.g. its weights are unused)."""
+    return round(value, 3) if value != float("inf") else "inf"
+
+
 def analyze(stages: dict, component: str, precision: str, geo, unit_psnr_db: float, progress=None) -> dict:
     """Quantize one unit at a time (simulated), run the 2-step sampler on the validation image, and build the
     recipe: units at or above `unit_psnr_db` get `precision`, the others stay fp32."""
@@ -132,12 +137,12 @@ def analyze(stages: dict, component: str, precision: str, geo, unit_psnr_db: flo
     for i, unit in enumerate(units):
         if progress:
             progress(unit, i, len(units))
-        analysis[unit] = {"psnr_db_min": round(psnr_with([unit]), 3)}
-    chosen = {u: precision if a["psnr_db_min"] >= unit_psnr_db else "fp32" for u, a in analysis.items()}
+        analysis[unit] = {"psnr_db_min": _json_db(psnr_with([unit]))}
+    chosen = {u: precision if float(a["psnr_db_min"]) >= unit_psnr_db else "fp32" for u, a in analysis.items()}
     quantized = [u for u, p in chosen.items() if p == precision]
     return {"format": FORMAT, "version": VERSION, "component": component, "precision": precision,
             "unit_psnr_db": unit_psnr_db, "units": chosen, "analysis": analysis,
-            "simulated_psnr_db_min": {"all_units": round(psnr_with(units), 3),
-                                      "recipe": round(psnr_with(quantized), 3)},
+            "simulated_psnr_db_min": {"all_units": _json_db(psnr_with(units)),
+                                      "recipe": _json_db(psnr_with(quantized))},
             "validation": {"image": VALIDATION_IMAGE.name, "steps": 2, "seed": 0,
                            "resolution": [geo.height, geo.width], "frames": geo.frames}}

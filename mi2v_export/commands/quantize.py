@@ -61,10 +61,11 @@ def analyze(
         return
     table = Table("unit", "worst-frame PSNR (dB)", "recipe", title=f"{component} at {precision}, one unit at a time")
     for unit, a in data["analysis"].items():
-        table.add_row(unit, f"{a['psnr_db_min']:.1f}", data["units"][unit])
+        table.add_row(unit, f"{float(a['psnr_db_min']):.1f}", data["units"][unit])
     console.print(table)
     s = data["simulated_psnr_db_min"]
-    console.print(f"all units {precision}: {s['all_units']:.1f} dB; recipe: {s['recipe']:.1f} dB; wrote {out}")
+    console.print(f"all units {precision}: {float(s['all_units']):.1f} dB; recipe: {float(s['recipe']):.1f} dB; "
+                  f"wrote {out}")
 
 
 def register(root: typer.Typer) -> None:
