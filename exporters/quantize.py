@@ -140,7 +140,8 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None,
 
     import onnxruntime.quantization as oq
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice lines would reach the CLI's output
+    for name in ("", "onnxruntime.quantization.matmul_nbits_quantizer"):  # advice/INFO lines, not for the CLI
+        logging.getLogger(name).setLevel(logging.ERROR)
     tmp = path.with_suffix(".q.onnx")
     excluded = nodes_of_units(path, keep)
     if precision in ("w8a8", "w8a16"):
@@ -165,12 +166,90 @@ def _matmul_nbits(path: Path, out: Path, excluded: Sequence[str] = ()) -> dict:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    model = onnx.load(str(path))
+    rewritten = as_matmuls(model, set(excluded))
     config = DefaultWeightOnlyQuantConfig(block_size=W4_GROUP, is_symmetric=True, bits=4)
-    q = MatMulNBitsQuantizer(onnx.load(str(path)), algo_config=config, nodes_to_exclude=list(excluded))
+    q = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=list(excluded))
     q.process()
     q.model.save_model_to_file(str(out), use_external_data_format=False)
     nodes = sum(1 for n in q.model.model.graph.node if n.op_type == "MatMulNBits")
-    return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 4, "block_size": W4_GROUP, "matmul_nbits": nodes}
+    return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 4, "block_size": W4_GROUP, "matmul_nbits": nodes,
+            "rewritten_as_matmul": rewritten}
+
+
+def as_matmuls(model, excluded: set[str]) -> dict:
+    """MatMulNBits quantizes MatMul only: rewrite, in place, every Gemm with a constant B and every 1x1 Conv
+    (group 1, stride 1, no padding) into MatMul (+ Add for the bias; a 1x1 conv between two Transposes that move
+    the channels last and back). Exact up to float rounding."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    counts = {"Gemm": 0, "Conv": 0}
+    new_nodes = []
+    for node in graph.node:
+        repl = None
+        if node.name not in excluded and node.op_type in counts and len(node.input) > 1 and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            repl = (_gemm_as_matmul(node, w, attrs, graph) if node.op_type == "Gemm"
+                    else _conv1x1_as_matmul(node, w, attrs, graph))
+        if repl is None:
+            new_nodes.append(node)
+        else:
+            counts[node.op_type] += 1
+            new_nodes.extend(repl)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in used]  # the replaced weights' old copies go
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return counts
+
+
+def _const(graph, name: str, value) -> str:
+    from onnx import numpy_helper
+
+    graph.initializer.append(numpy_helper.from_array(value, name))
+    return name
+
+
+def _gemm_as_matmul(node, w, attrs, graph):
+    from onnx import helper
+
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+        return None
+    b = w.T.copy() if attrs.get("transB", 0) else w
+    name = node.name or node.output[0]
+    weight = _const(graph, f"{name}_matmul_weight", b)
+    if len(node.input) < 3 or not node.input[2]:
+        return [helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=f"{name}_matmul")]
+    mid = f"{name}_matmul_out"
+    return [helper.make_node("MatMul", [node.input[0], weight], [mid], name=f"{name}_matmul"),
+            helper.make_node("Add", [mid, node.input[2]], list(node.output), name=f"{name}_bias")]
+
+
+def _conv1x1_as_matmul(node, w, attrs, graph):
+    from onnx import helper
+
+    rank = w.ndim
+    if any(k != 1 for k in w.shape[2:]) or attrs.get("group", 1) != 1 or any(s != 1 for s in attrs.get(
+            "strides", [1])) or any(p for p in attrs.get("pads", [0])) or any(d != 1 for d in attrs.get(
+            "dilations", [1])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    name = node.name or node.output[0]
+    weight = _const(graph, f"{name}_matmul_weight", w.reshape(w.shape[0], w.shape[1]).T.copy())
+    last = [0] + list(range(2, rank)) + [1]
+    back = [0, rank - 1] + list(range(1, rank - 1))
+    nodes = [helper.make_node("Transpose", [node.input[0]], [f"{name}_cl"], perm=last, name=f"{name}_to_cl"),
+             helper.make_node("MatMul", [f"{name}_cl", weight], [f"{name}_mm"], name=f"{name}_matmul")]
+    out = f"{name}_mm"
+    if len(node.input) > 2 and node.input[2]:
+        nodes.append(helper.make_node("Add", [out, node.input[2]], [f"{name}_add"], name=f"{name}_bias"))
+        out = f"{name}_add"
+    nodes.append(helper.make_node("Transpose", [out], list(node.output), perm=back, name=f"{name}_to_cf"))
+    return nodes
 
 
 # ---------------------------------------------------------------------------------------------------------------
