@@ -95,13 +95,17 @@ def memory_of(entry, manifest, inputs) -> int | None:
     return onnx_session_peak_bytes(manifest.path_of(entry), feeds)
 
 
-def quality_of(component: str, stage, torch_stages: dict, reference, config, image) -> dict:
+def quality_of(component: str, stage, torch_stages: dict, references: dict, config, image) -> dict:
+    """Trajectory PSNR/SSIM against the fp32 run with the same posterior mode (an exported encoder gives no
+    log-variance, so its run uses the posterior mean; `references` caches the fp32 run per mode)."""
     from mi2v_export.pipeline import Pipeline, compare_runs
 
     stages = dict(torch_stages)
     stages[component] = stage
     result = Pipeline(stages).generate(image, config)
-    s = compare_runs(result, reference, 0.0)["summary"]
+    if result.posterior not in references:
+        references[result.posterior] = Pipeline(torch_stages).generate(image, config, posterior=result.posterior)
+    s = compare_runs(result, references[result.posterior], 0.0)["summary"]
     return {"psnr_db_min": s["min_psnr_db"], "psnr_db_mean": s["mean_psnr_db"], "ssim_min": s["min_ssim"]}
 
 
@@ -126,7 +130,7 @@ def run(args) -> dict:
         torch_stages = {c: torch_stage(c, preset.name) for c in ("encoder", "denoiser", "decoder")}
     config = GenerateConfig(h, w, args.frames, steps=2, seed=0)
     image = load_image(calibration.VALIDATION_IMAGE)
-    reference = Pipeline(torch_stages).generate(image, config)
+    references = {"sample": Pipeline(torch_stages).generate(image, config)}
     work = Path(args.work)
     for component in args.components:
         inputs = example_inputs(component, geo)
@@ -139,7 +143,7 @@ def run(args) -> dict:
                     row.update(bytes=entry.bytes, compression=entry.compression,
                                runtime_memory_bytes=memory_of(entry, manifest, inputs))
                     stages[precision] = stage_of(manifest, entry)
-                    row.update(quality_of(component, stages[precision], torch_stages, reference, config, image))
+                    row.update(quality_of(component, stages[precision], torch_stages, references, config, image))
                 except Exception as exc:  # noqa: BLE001 - a cell that fails is a row with its error
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                     traceback.print_exc()
@@ -166,6 +170,27 @@ def write(path: str, result: dict) -> None:
     tmp.replace(path)
 
 
+def _fmt(value, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    return "–" if value is None else f"{float(value) * scale:{spec}}{unit}"
+
+
+def markdown(paths: list[str]) -> str:
+    """The README table of one or more result files."""
+    lines = ["| component | target | precision | size | x fp32 bytes | time per call (median) | speed-up vs fp32 | "
+             "video PSNR min / mean (dB) | SSIM min | runtime memory |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        for c in json.loads(Path(path).read_text())["cells"]:
+            head = f"| {c['component']} | {c['target']} | {c['precision']} |"
+            if c.get("error"):
+                lines.append(f"{head} error: {c['error'][:80]} | | | | | | |")
+                continue
+            lines.append(f"{head} {_fmt(c.get('bytes'), '.2f', 1e-6, ' MB')} | {_fmt(c.get('compression'), '.2f')} | "
+                         f"{_fmt(c.get('median_s'), '.1f', 1e3, ' ms')} | {_fmt(c.get('speedup_vs_fp32'), '.2f', 1, 'x')} | "
+                         f"{_fmt(c.get('psnr_db_min'), '.1f')} / {_fmt(c.get('psnr_db_mean'), '.1f')} | "
+                         f"{_fmt(c.get('ssim_min'), '.4f')} | {_fmt(c.get('runtime_memory_bytes'), '.1f', 1e-6, ' MB')} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="mobilei2v-270m")
@@ -178,7 +203,11 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration", default=None, help="calibration images folder (default: the packaged set)")
     ap.add_argument("--work", default="/tmp/mi2v-precision-bench")
     ap.add_argument("--json", default="benchmarks/results/precision.json")
+    ap.add_argument("--markdown", nargs="+", default=None, help="print the README table of result files and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.markdown))
+        return 0
     args.targets = args.targets.split(",")
     args.components = args.components.split(",")
     args.precisions = args.precisions.split(",")

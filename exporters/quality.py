@@ -85,8 +85,9 @@ def trajectory(entries: list, staging: Path, ctx: QualityContext, min_psnr: floa
     geo = ctx.plan.geo
     config = GenerateConfig(geo.height, geo.width, geo.frames, steps=TRAJECTORY_STEPS, seed=TRAJECTORY_SEED)
     image = load_image(calibration.VALIDATION_IMAGE)
-    reference = Pipeline(torch_stages).generate(image, config)
     result = Pipeline(stages).generate(image, config)
+    # an exported encoder gives no log-variance, so its run conditions on the posterior mean: the reference does too
+    reference = Pipeline(torch_stages).generate(image, config, posterior=result.posterior)
     summary = compare_runs(result, reference, gate_db)["summary"]
     record = {"image": calibration.VALIDATION_IMAGE.name, "steps": TRAJECTORY_STEPS, "seed": TRAJECTORY_SEED,
               "psnr_db_min": parity._json_float(float(summary["min_psnr_db"])),
