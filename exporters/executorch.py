@@ -413,19 +413,8 @@ class ExecuTorchExporter(Exporter):
             module = module.half()
         progress(ProgressEvent(spec.name, "rewrite", "done", ", ".join(f"{n}×{c}" for n, c in applied.items() if c)))
         args = cast_inputs(spec, options.dtype if delegate.half_graph else "fp32")
-        quantization = None
-        if options.precision not in ("fp32", "fp16"):
-            progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
-            t0 = time.perf_counter()
-            records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
-            applied_precision, keep = quantize.plan_of(options)
-            with torch.no_grad():
-                module = quantize.executorch_quantize(module, args, applied_precision, records, keep)
-            stages["quantize"] = time.perf_counter() - t0
-            quantization = {"precision": options.precision, "calibration_records": len(records),
-                            "applied": applied_precision, "kept_float": keep,
-                            "tool": "torchao 8da4w" if applied_precision == "w4" else "PT2E XNNPACKQuantizer"}
-            progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
+        module, quantization = (_quantize(module, args, spec, options, progress, stages)  # integer precisions
+                                if options.precision not in ("fp32", "fp16") else (module, None))
 
         progress(ProgressEvent(spec.name, "lower", "start", f"torch.export + {delegate.name} partitioner"))
         t0 = time.perf_counter()
@@ -450,9 +439,8 @@ class ExecuTorchExporter(Exporter):
                       "graph_dtype": "float16" if options.dtype == "fp16" and delegate.half_graph else "float32"}
         if options.dtype == "fp16" and not delegate.half_graph:
             info["backend_precision"] = "fp16"
-        if quantization:
-            info["quantization"] = quantization
-        info["planned_memory_bytes"] = planned_memory_bytes(program)
+        info.update(planned_memory_bytes=planned_memory_bytes(program), **({"quantization": quantization}
+                                                                            if quantization else {}))
         if delegate.name == "coreml":
             info.update(compute_units=options.compute_units, minimum_deployment_target=f"iOS{options.min_ios}")
         if delegate.name == "qnn":
@@ -556,6 +544,24 @@ class ExecuTorchExporter(Exporter):
             raise VerificationError(f"{path.name}: the bundled expected output does not match on this host's "
                                     f"runtime ({exc})"[:400]) from None
         bundle["verified_on_host"] = True
+
+
+def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, progress: ProgressCallback,
+              stages: dict) -> tuple:
+    """The integer precision's module to lower (exporters/quantize.py) and its target_info record."""
+    import torch
+
+    progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
+    t0 = time.perf_counter()
+    records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
+    applied_precision, keep = quantize.plan_of(options)
+    with torch.no_grad():
+        module = quantize.executorch_quantize(module, args, applied_precision, records, keep)
+    stages["quantize"] = time.perf_counter() - t0
+    progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
+    return module, {"precision": options.precision, "calibration_records": len(records), "applied": applied_precision,
+                    "kept_float": keep,
+                    "tool": "torchao 8da4w" if applied_precision == "w4" else "PT2E XNNPACKQuantizer"}
 
 
 def _output_meta(edge_manager) -> list:

@@ -221,6 +221,30 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
     return ExportReport(out_dir=out_dir, manifest=merged, entries=entries)
 
 
+def _component_options(name: str, options: ExportOptions) -> ExportOptions:
+    """The run's options with this component's precision (and recipe, when it is the mixed one)."""
+    chosen = options.precisions.get(name, precision.Precision(options.dtype))
+    return dataclasses.replace(options, precision=chosen.value, dtype=chosen.float_dtype,
+                               recipe=options.recipe if chosen is precision.Precision.MIXED else None)
+
+
+def _calibrate(name: str, ctx, stage, done) -> list:
+    """This component's calibration records (recorded once per run, or read from the cache)."""
+    t0 = stage("calibrate", "recording the sampler's inputs")
+    records = ctx.calibration().samples[name]
+    done("calibrate", t0, f"{len(records)} records" + (" (cached)" if ctx.calibration().cached else ""))
+    return records
+
+
+def _precision_fields(entry: ArtifactEntry, fp32_bytes: int, ctx, memory: int | None, options: ExportOptions):
+    """The manifest's precision fields of one entry (the trajectory is added once every component is done)."""
+    entry.compression = round(entry.bytes / fp32_bytes, 4) if fp32_bytes else None
+    entry.export["fp32_bytes"] = fp32_bytes  # compression = bytes / fp32_bytes (the fp32 weights' size)
+    entry.calibration = ctx.calibration().record() if options.calibration is not None and ctx is not None else None
+    entry.runtime_memory_bytes = memory
+    entry.recipe = options.recipe
+
+
 def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Path, ctx, progress) -> None:
     """The whole sampler on this run's reduced-precision artifacts vs PyTorch fp32 (quality.trajectory); recorded in
     every such entry. fp32 artifacts pass an exact gate already; artifacts no runtime here runs are skipped."""
@@ -277,10 +301,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                 checkpoint: Path | None, staging: Path, progress: ProgressCallback,
                 ctx: quality.QualityContext | None = None) -> ArtifactEntry:
     rss_method = reset_peak_rss()
-    chosen = options.precisions.get(name, precision.Precision(options.dtype))
-    options = dataclasses.replace(options, precision=chosen.value, dtype=chosen.float_dtype,
-                                  recipe=options.recipe if chosen is precision.Precision.MIXED else None)
-    quantized = chosen.value in precision.INTEGER or options.recipe is not None
+    options = _component_options(name, options)
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -308,12 +329,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                                seconds=spec.stages_s.get("reference")))
 
     fp32_bytes = sum(t.numel() * 4 for t in list(spec.module.parameters()) + list(spec.module.buffers()))
-    if quantized and ctx is not None:
-        progress(ProgressEvent(name, "calibrate", "start", "recording the sampler's inputs"))
-        t0 = time.perf_counter()
-        options.calibration = ctx.calibration().samples[name]
-        done("calibrate", t0, f"{len(options.calibration)} records" + (" (cached)" if ctx.calibration().cached
-                                                                      else ""))
+    if (options.precision in precision.INTEGER or options.recipe) and ctx is not None:
+        options.calibration = _calibrate(name, ctx, stage, done)
     t0 = time.perf_counter()
     artifact = exporter.export(spec, staging, options, progress)
     stages["export"] = time.perf_counter() - t0
@@ -327,10 +344,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     parity_record = _verify(name, request, exporter, options, spec, artifact, staging, stage, done, progress, ctx)
 
     sha, size = tree_digest(staging / artifact.file)
-    extra = []
-    for role, file in artifact.extra_files.items():
-        esha, esize = tree_digest(staging / file)
-        extra.append(FileInfo(role, file, esha, esize))
+    extra = [FileInfo(role, file, *tree_digest(staging / file)) for role, file in artifact.extra_files.items()]
     wall = time.perf_counter() - t_start
     flags = _flags(name, request, exporter, options, preset, geo, rewrite_options)
     entry = ArtifactEntry(
@@ -341,11 +355,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                 "stages_s": {k: round(v, 3) for k, v in stages.items()}},
         parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
         target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
-        exported_at=now_iso(), tool_version=tool_version(),
-        compression=round(size / fp32_bytes, 4) if fp32_bytes else None,
-        calibration=ctx.calibration().record() if options.calibration is not None and ctx is not None else None,
-        runtime_memory_bytes=_runtime_memory(exporter, artifact, staging, spec, options), recipe=options.recipe)
-    entry.export["fp32_bytes"] = fp32_bytes  # compression = bytes / fp32_bytes (the fp32 weights' size)
+        exported_at=now_iso(), tool_version=tool_version())
+    _precision_fields(entry, fp32_bytes, ctx, _runtime_memory(exporter, artifact, staging, spec, options), options)
     del spec, artifact
     gc.collect()
     return entry
