@@ -309,6 +309,12 @@ class HostDevice(BenchDevice):
         comp.status, comp.error = "ok", None
         return comp
 
+    def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
+        """The test-vector inputs run in this process on the runtime that was timed."""
+        from .output_check import host_outputs
+
+        return host_outputs(self.manifest.folder, sel.entry, sel.runtime, sets)
+
     def finish(self, report: BenchReport) -> None:
         if self.opts.runners:
             report.warnings.append("--runner is for phones: on the host the artifacts run in this process")
