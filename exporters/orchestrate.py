@@ -227,12 +227,15 @@ def _component_options(name: str, options: ExportOptions) -> ExportOptions:
                                recipe=options.recipe if chosen is precision.Precision.MIXED else None)
 
 
-def _calibrate(name: str, ctx, stage, done) -> list:
-    """This component's calibration records (recorded once per run, or read from the cache)."""
-    t0 = stage("calibrate", "recording the sampler's inputs")
-    records = ctx.calibration().samples[name]
-    done("calibrate", t0, f"{len(records)} records" + (" (cached)" if ctx.calibration().cached else ""))
-    return records
+def _calibrate(name: str, spec, options: ExportOptions, ctx, stage, done) -> int:
+    """Set this component's calibration records when its precision is an integer one (recorded once per run, or
+    read from the cache); returns the fp32 weight bytes (the basis of `compression`)."""
+    if (options.precision in precision.INTEGER or options.recipe) and ctx is not None:
+        t0 = stage("calibrate", "recording the sampler's inputs")
+        options.calibration = ctx.calibration().samples[name]
+        done("calibrate", t0, f"{len(options.calibration)} records" + (" (cached)" if ctx.calibration().cached
+                                                                      else ""))
+    return sum(t.numel() * 4 for t in list(spec.module.parameters()) + list(spec.module.buffers()))
 
 
 def _precision_fields(entry: ArtifactEntry, fp32_bytes: int, ctx, memory: int | None, options: ExportOptions):
@@ -327,9 +330,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         progress(ProgressEvent(name, "reference", "done", "PyTorch fp32 output on the test-vector input",
                                seconds=spec.stages_s.get("reference")))
 
-    fp32_bytes = sum(t.numel() * 4 for t in list(spec.module.parameters()) + list(spec.module.buffers()))
-    if (options.precision in precision.INTEGER or options.recipe) and ctx is not None:
-        options.calibration = _calibrate(name, ctx, stage, done)
+    fp32_bytes = _calibrate(name, spec, options, ctx, stage, done)
     t0 = time.perf_counter()
     artifact = exporter.export(spec, staging, options, progress)
     stages["export"] = time.perf_counter() - t0

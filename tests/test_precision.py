@@ -123,7 +123,8 @@ def test_cell_exports_gates_and_records(tmp_path, calibration_cache, fp32_denois
     assert e.bytes < fp32_denoisers[target]  # every reduced precision is smaller than fp32 here
     assert e.compression == pytest.approx(e.bytes / e.export["fp32_bytes"], rel=1e-3)
     gate = e.parity["gate"]
-    assert e.parity["verified_on"] in ("onnxruntime", "executorch-xnnpack") and gate["passed"]
+    run = e.parity["verified_on"][-1]
+    assert run["runtime"] in ("onnxruntime", "executorch-xnnpack") and run["passed"] and gate["passed"]
     assert gate["threshold"] == parity.gate_for(prec).threshold
     traj = e.trajectory
     assert traj["image"] == "chelsea.png" and traj["steps"] == 2 and traj["passed"]
@@ -204,7 +205,9 @@ def test_coreml_w8_is_verified_honestly_as_pytorch_simulated(tmp_path, calibrati
     run_export(ExportRequest(target="coreml", out_dir=tmp_path / "a", preset="tiny", components="denoiser",
                              precision="w8"))
     e = read_manifest(tmp_path / "a").find("denoiser")
-    assert e.precision == "w8" and e.parity["verified_on"] == "pytorch-simulated" and e.parity["gate"]["passed"]
+    run = e.parity["verified_on"][-1]
+    assert e.precision == "w8" and run["runtime"] == "pytorch-simulated" and run["runtime_version"]
+    assert e.parity["gate"]["passed"]
     assert "linear_quantize_weights" in e.target_info["quantization"]["tool"]
     assert e.trajectory["passed"] is None and "pytorch-simulated" in e.trajectory["reason"]
     assert e.compression < 0.35  # int8 weights: about a quarter of the fp32 bytes, plus what stays fp16
