@@ -67,7 +67,8 @@ class ExportOptions:
     dtype: str = "fp32"  # the graph's floating dtype: "fp16" for precision fp16, "fp32" otherwise
     precision: str = "fp32"  # this component's mi2v_export.precision name (set per component by the orchestrator)
     precisions: dict = field(default_factory=dict)  # component → Precision of the whole run
-    calibration: object = None  # calibration.CalibrationSet for calibrated precisions (set by the orchestrator)
+    calibration: object = None  # this component's calibration records (set by the orchestrator for integer ones)
+    recipe: dict | None = None  # the mixed-precision recipe (mi2v_export.recipe), for the component it names
     verify: bool = True
     test_vectors: bool = True  # write the sampler inputs and PyTorch outputs beside the artifact (testvectors.py)
     etrecord: bool = False  # ExecuTorch: also write <component>.etrecord for per-op profiling

@@ -173,7 +173,7 @@ def describe_artifact(manifest: Any, e: Any) -> dict[str, Any]:
         "model": e.model,
         "target": e.target,
         "delegate": e.delegate,
-        "precision": e.dtype,
+        "precision": e.precision or e.dtype,
         "sha256": e.sha256,
         "bytes": e.bytes,
         "extra_files": [{"role": f.role, "file": f.file, "sha256": f.sha256, "bytes": f.bytes}
