@@ -58,6 +58,8 @@ class ExportRequest:
     compute_units: str = "all"
     min_ios: int = 17
     soc: str = "SM8650"
+    allow_cpu_fallback: bool = False
+    precision: str | None = None  # QNN only until --precision lands: fp16 | w8a16 | w8a8
 
 
 @dataclass
@@ -104,7 +106,7 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 def resolve(request: ExportRequest):
     """Validate a request without doing any work: (exporter, options, components, preset, geometry)."""
-    exporter = get_exporter(request.target)
+    exporter = get_exporter(request.target, request.delegate)
     components = comp.parse_components(request.components)
     if request.decoder not in comp.DECODER_KINDS:
         raise BadInputError(f"unknown decoder {request.decoder!r}; choose one of: {', '.join(comp.DECODER_KINDS)}")
@@ -117,7 +119,8 @@ def resolve(request: ExportRequest):
     geo = geometry(h, w, frames)
     options = ExportOptions(target=exporter.name, delegate=request.delegate, verify=request.verify,
                             bundle=request.bundle, etrecord=request.etrecord, compute_units=request.compute_units,
-                            min_ios=request.min_ios, soc=request.soc)
+                            min_ios=request.min_ios, soc=request.soc,
+                            allow_cpu_fallback=request.allow_cpu_fallback, precision=request.precision)
     options = exporter.resolve(options)
     options.dtype = request.dtype or exporter.default_dtype(options.delegate)
     if options.dtype not in DTYPES:
@@ -228,7 +231,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     checks = exporter.inspect(artifact, staging, spec, options)
     done("inspect", t0, f"{len(checks)} checks")
 
-    gate = parity.gate_for(options.dtype)
+    gate = exporter.gate(options)
     parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
                      "verified_on": None, "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
     if not request.verify:
@@ -279,6 +282,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         flags.update(compute_units=options.compute_units, min_ios=options.min_ios)
     if options.delegate == "qnn":
         flags["soc"] = options.soc
+    if exporter.delegate == "qnn":
+        flags.update(allow_cpu_fallback=options.allow_cpu_fallback, precision=options.precision)
     if exporter.name == "onnx":
         flags["opset"] = options.opset
     entry = ArtifactEntry(

@@ -421,6 +421,112 @@ def register_coreml_aliases() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# QNN HTP: the HTP refuses Sqrt and LayerNormalization on 5-D tensors, and its GatherND returns wrong values
+# (measured on the QNN 2.51 simulator: the denoiser's per-frame conditioning came out at 2 dB). Each form below
+# computes the same function with every norm on a rank-4 view and no gather.
+
+
+def _rms_over_last_axis_rank4(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x², last axis) + eps) with every op on an (N, 1, C, 1) view."""
+    shape = x.shape
+    y = x.reshape(-1, 1, shape[-1], 1)
+    v = y.to(torch.float32).pow(2).mean(dim=(-2, -1), keepdim=True)
+    return (y * torch.rsqrt(v + eps)).to(x.dtype).reshape(shape)
+
+
+def _rank4_rms_class():
+    from diffusers.models.normalization import RMSNorm
+
+    class RankFourRMSNorm(RMSNorm):
+        """diffusers RMSNorm (no affine) with the mean, rsqrt and scaling on an (N, 1, C, 1) view."""
+
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            return _rms_over_last_axis_rank4(hidden_states, self.eps)
+
+    return RMSNorm, RankFourRMSNorm
+
+
+def apply_rms_norm_rank4(model: nn.Module) -> int:
+    try:
+        base, new = _rank4_rms_class()
+    except ImportError:
+        return 0
+    count = 0
+    for m in model.modules():
+        if type(m) is base and m.weight is None:
+            m.__class__ = new
+            count += 1
+    return count
+
+
+class RankFourLayerNorm(nn.Module):
+    """nn.LayerNorm over the last axis with every op on an (N, 1, C, 1) view (weight and bias too)."""
+
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__()
+        self.eps = ln.eps
+        self.weight = ln.weight
+        self.bias = ln.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        c = shape[-1]
+        y = x.reshape(-1, 1, c, 1)
+        d = y - y.mean(dim=(-2, -1), keepdim=True)
+        out = d * torch.rsqrt((d * d).mean(dim=(-2, -1), keepdim=True) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight.reshape(1, 1, c, 1)
+        if self.bias is not None:
+            out = out + self.bias.reshape(1, 1, c, 1)
+        return out.reshape(shape)
+
+
+def apply_layer_norm_rank4(model: nn.Module) -> int:
+    return _swap_children(model, lambda m: type(m) is nn.LayerNorm and len(m.normalized_shape) == 1,
+                          RankFourLayerNorm)
+
+
+def _channel_rms_rank4(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Turbo-VAED's `channel_rms_norm` (over dim 1 of (B, C, T, H, W)) with the norm on an (N, 1, C, 1) view."""
+    return _rms_over_last_axis_rank4(x.movedim(1, -1), eps).movedim(-1, 1)
+
+
+@contextlib.contextmanager
+def channel_rms_rank4() -> Iterator[None]:
+    """While exporting for QNN: trace Turbo-VAED's channel RMS norm with its Sqrt on a rank-4 view."""
+    from mi2v_export.models import turbo_vaed
+
+    original = turbo_vaed.channel_rms_norm
+    eps = turbo_vaed.RMS_EPS
+    turbo_vaed.channel_rms_norm = lambda x, eps=eps: _channel_rms_rank4(x, eps)
+    try:
+        yield
+    finally:
+        turbo_vaed.channel_rms_norm = original
+
+
+def _spread_over_frames_by_slices(values: torch.Tensor, frames: int) -> torch.Tensor:
+    """`models.denoiser.spread_over_frames` as slice + expand + cat instead of an index gather; same values."""
+    b, _, d = values.shape
+    if frames == 1:
+        return values[:, :1]
+    return torch.cat([values[:, :1], values[:, 1:2].expand(b, frames - 1, d)], dim=1)
+
+
+@contextlib.contextmanager
+def frame_conditioning_without_gather() -> Iterator[None]:
+    """While exporting for QNN: spread the denoiser's two conditioning rows over the frames without GatherND."""
+    from mi2v_export.models import denoiser
+
+    original = denoiser.spread_over_frames
+    denoiser.spread_over_frames = _spread_over_frames_by_slices
+    try:
+        yield
+    finally:
+        denoiser.spread_over_frames = original
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Registry
 
 
@@ -438,6 +544,10 @@ REWRITES: dict[str, ExportRewrite] = {r.name: r for r in (
     ExportRewrite("rms", "RMSNorm mean over an (N,1,C,1) view (delegable)", apply_rms),
     ExportRewrite("frms", "RMSNorm as F.rms_norm (fp16-safe on Core ML)", apply_frms),
     ExportRewrite("ln", "LayerNorm as mean/variance over an (N,1,C,1) view (delegable)", apply_ln),
+    ExportRewrite("rms_norm_rank4", "RMSNorm with mean, rsqrt and scaling on an (N,1,C,1) view (QNN HTP: no "
+                  "5-D Sqrt)", apply_rms_norm_rank4),
+    ExportRewrite("layer_norm_rank4", "LayerNorm as mean/variance/affine on an (N,1,C,1) view (QNN HTP: no 5-D "
+                  "LayerNormalization or Sqrt)", apply_layer_norm_rank4),
 )}
 
 # name → context manager factory, entered around torch.export
@@ -445,6 +555,8 @@ TRACE_REWRITES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "crms": turbo_channel_rms,
     "rope5": rope_rank5,
     "conv1b": conv2d_batch_one,
+    "channel_rms_rank4": channel_rms_rank4,
+    "frame_conditioning_without_gather": frame_conditioning_without_gather,
 }
 
 # What each target (and ExecuTorch delegate) applies, in order.
@@ -452,11 +564,13 @@ FOR_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": (),
     "executorch": ("pad", "r5", "c2d", "rms", "ln"),
     "coreml": ("pad", "frms"),
+    "qnn": ("rms_norm_rank4", "layer_norm_rank4"),
 }
 TRACE_FOR_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": (),
     "executorch": ("crms",),
     "coreml": ("rope5",),
+    "qnn": ("channel_rms_rank4", "frame_conditioning_without_gather"),
 }
 
 
