@@ -89,7 +89,7 @@ class QnnExporter(OnnxExporter):
     def _lower(self, spec: ComponentSpec, progress: ProgressCallback) -> list[str]:
         """The QNN rewrites on spec.module (and the mobile attention plan on a reference denoiser)."""
         applied = [name for name, n in rw.apply_rewrites(spec.module, rw.FOR_TARGET["qnn"]).items() if n]
-        if spec.name == "denoiser" and spec.attention is None:
+        if spec.name == "denoiser" and spec.attention is None and _is_reference_denoiser(spec.module.model):
             from .components import apply_attention
 
             t, h, w = spec.inputs["latent"].shape[2:]
@@ -162,6 +162,12 @@ class QnnExporter(OnnxExporter):
         outs = qnn.run(out_dir / artifact.file, feeds, options.soc, fp16=precision_of(options) == "fp16",
                        allow_cpu_fallback=options.allow_cpu_fallback, output_names=list(spec.output_names))
         return RunResult(outputs=outs, verified_on=qnn.RUNTIME)
+
+
+def _is_reference_denoiser(model) -> bool:
+    from mi2v_export.models.denoiser import MobileI2VDenoiser
+
+    return type(model) is MobileI2VDenoiser
 
 
 class _Grid:

@@ -426,19 +426,23 @@ def register_coreml_aliases() -> None:
 # computes the same function with every norm on a rank-4 view and no gather.
 
 
+def as_rank4(x: torch.Tensor) -> torch.Tensor:
+    """A 5-D (or higher) tensor as 4-D with its leading axes merged: (B, T, H, W, C) → (B·T, H, W, C)."""
+    return x if x.dim() <= 4 else x.reshape(-1, *x.shape[-3:])
+
+
 def _rms_over_last_axis_rank4(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / sqrt(mean(x², last axis) + eps) with every op on an (N, 1, C, 1) view."""
-    shape = x.shape
-    y = x.reshape(-1, 1, shape[-1], 1)
-    v = y.to(torch.float32).pow(2).mean(dim=(-2, -1), keepdim=True)
-    return (y * torch.rsqrt(v + eps)).to(x.dtype).reshape(shape)
+    """x / sqrt(mean(x², last axis) + eps) on a rank-4 view (the HTP's channel axis is the last one)."""
+    y = as_rank4(x)
+    v = y.to(torch.float32).pow(2).mean(dim=-1, keepdim=True)
+    return (y * torch.rsqrt(v + eps)).to(x.dtype).reshape(x.shape)
 
 
 def _rank4_rms_class():
     from diffusers.models.normalization import RMSNorm
 
     class RankFourRMSNorm(RMSNorm):
-        """diffusers RMSNorm (no affine) with the mean, rsqrt and scaling on an (N, 1, C, 1) view."""
+        """diffusers RMSNorm (no affine) on a rank-4 view (leading axes merged)."""
 
         def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
             return _rms_over_last_axis_rank4(hidden_states, self.eps)
@@ -460,25 +464,18 @@ def apply_rms_norm_rank4(model: nn.Module) -> int:
 
 
 class RankFourLayerNorm(nn.Module):
-    """nn.LayerNorm over the last axis with every op on an (N, 1, C, 1) view (weight and bias too)."""
+    """nn.LayerNorm over the last axis, applied to a rank-4 view (one LayerNormalization the HTP takes)."""
 
     def __init__(self, ln: nn.LayerNorm):
         super().__init__()
+        self.normalized_shape = tuple(ln.normalized_shape)
         self.eps = ln.eps
         self.weight = ln.weight
         self.bias = ln.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        c = shape[-1]
-        y = x.reshape(-1, 1, c, 1)
-        d = y - y.mean(dim=(-2, -1), keepdim=True)
-        out = d * torch.rsqrt((d * d).mean(dim=(-2, -1), keepdim=True) + self.eps)
-        if self.weight is not None:
-            out = out * self.weight.reshape(1, 1, c, 1)
-        if self.bias is not None:
-            out = out + self.bias.reshape(1, 1, c, 1)
-        return out.reshape(shape)
+        y = F.layer_norm(as_rank4(x), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.reshape(x.shape)
 
 
 def apply_layer_norm_rank4(model: nn.Module) -> int:
@@ -487,8 +484,10 @@ def apply_layer_norm_rank4(model: nn.Module) -> int:
 
 
 def _channel_rms_rank4(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Turbo-VAED's `channel_rms_norm` (over dim 1 of (B, C, T, H, W)) with the norm on an (N, 1, C, 1) view."""
-    return _rms_over_last_axis_rank4(x.movedim(1, -1), eps).movedim(-1, 1)
+    """Turbo-VAED's `channel_rms_norm` (over dim 1 of (B, C, T, H, W)) on the rank-4 view (B, C, T·H, W)."""
+    b, c, t, h, w = x.shape
+    y = x.reshape(b, c, t * h, w)
+    return (y * torch.rsqrt(y.pow(2).mean(dim=1, keepdim=True) + eps)).reshape(x.shape)
 
 
 @contextlib.contextmanager
@@ -544,10 +543,10 @@ REWRITES: dict[str, ExportRewrite] = {r.name: r for r in (
     ExportRewrite("rms", "RMSNorm mean over an (N,1,C,1) view (delegable)", apply_rms),
     ExportRewrite("frms", "RMSNorm as F.rms_norm (fp16-safe on Core ML)", apply_frms),
     ExportRewrite("ln", "LayerNorm as mean/variance over an (N,1,C,1) view (delegable)", apply_ln),
-    ExportRewrite("rms_norm_rank4", "RMSNorm with mean, rsqrt and scaling on an (N,1,C,1) view (QNN HTP: no "
-                  "5-D Sqrt)", apply_rms_norm_rank4),
-    ExportRewrite("layer_norm_rank4", "LayerNorm as mean/variance/affine on an (N,1,C,1) view (QNN HTP: no 5-D "
-                  "LayerNormalization or Sqrt)", apply_layer_norm_rank4),
+    ExportRewrite("rms_norm_rank4", "RMSNorm on a rank-4 view with leading axes merged (QNN HTP: no 5-D Sqrt)",
+                  apply_rms_norm_rank4),
+    ExportRewrite("layer_norm_rank4", "LayerNorm on a rank-4 view with leading axes merged (QNN HTP: no 5-D "
+                  "LayerNormalization)", apply_layer_norm_rank4),
 )}
 
 # name → context manager factory, entered around torch.export
@@ -564,7 +563,7 @@ FOR_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": (),
     "executorch": ("pad", "r5", "c2d", "rms", "ln"),
     "coreml": ("pad", "frms"),
-    "qnn": ("rms_norm_rank4", "layer_norm_rank4"),
+    "qnn": ("r5", "rms_norm_rank4", "layer_norm_rank4"),
 }
 TRACE_FOR_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": (),
