@@ -61,14 +61,14 @@ artifacts:
 bench:
 	@test -f $(ARTIFACTS)/executorch-xnnpack/manifest.json || $(EXPORT) --target executorch --delegate xnnpack --out $(ARTIFACTS)/executorch-xnnpack
 	@test -f $(ARTIFACTS)/onnx/manifest.json || $(EXPORT) --target onnx --out $(ARTIFACTS)/onnx
-	$(VENV)/bin/mi2v bench --artifacts $(ARTIFACTS)/onnx --device host --json $(ARTIFACTS)/bench-host-onnx.json
-	$(VENV)/bin/mi2v bench --artifacts $(ARTIFACTS)/executorch-xnnpack --device host --json $(ARTIFACTS)/bench-host-xnnpack.json
+	$(VENV)/bin/mi2v bench --artifacts $(ARTIFACTS)/onnx --device host --report $(ARTIFACTS)/bench-host-onnx.json
+	$(VENV)/bin/mi2v bench --artifacts $(ARTIFACTS)/executorch-xnnpack --device host --report $(ARTIFACTS)/bench-host-xnnpack.json
 
 # A phone: make bench-device SERIAL=<serial> [DIR=folder of artifacts] [RUNNER=path/to/executor_runner]
 bench-device:
 	@test -n "$(SERIAL)" || { echo "error: name the phone: make bench-device SERIAL=<serial from adb devices>"; exit 2; }
 	$(VENV)/bin/mi2v bench --artifacts $(or $(DIR),$(ARTIFACTS)/executorch-xnnpack) --device adb:$(SERIAL) \
-		$(if $(RUNNER),--runner $(RUNNER)) --json $(ARTIFACTS)/bench-$(SERIAL).json
+		$(if $(RUNNER),--runner $(RUNNER)) --report $(ARTIFACTS)/bench-$(SERIAL).json
 
 # Reference vs rewritten attention on onnxruntime and ExecuTorch XNNPACK (QUICK=1 for toy sizes).
 bench-attention:

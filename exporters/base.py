@@ -63,7 +63,10 @@ class ExportOptions:
 
     target: str
     delegate: str | None = None
-    dtype: str = "fp32"
+    dtype: str = "fp32"  # the graph's floating dtype: "fp16" for precision fp16, "fp32" otherwise
+    precision: str = "fp32"  # this component's mi2v_export.precision name (set per component by the orchestrator)
+    precisions: dict = field(default_factory=dict)  # component → Precision of the whole run
+    calibration: object = None  # calibration.CalibrationSet for calibrated precisions (set by the orchestrator)
     verify: bool = True
     bundle: bool = False  # ExecuTorch: also write <component>.bpte with test inputs and expected outputs
     etrecord: bool = False  # ExecuTorch: also write <component>.etrecord for per-op profiling

@@ -9,6 +9,7 @@ describe the same preset, size and weights).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import os
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mi2v_export import parity
+from mi2v_export import parity, precision
 from mi2v_export.errors import BadInputError, Mi2vError, VerificationError
 from mi2v_export.manifest import (
     ArtifactEntry,
@@ -33,7 +34,7 @@ from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry, parse_resolution
 
 from . import components as comp
-from .base import DTYPES, ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
+from .base import ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
 
 
 @dataclass
@@ -49,7 +50,11 @@ class ExportRequest:
     checkpoints: list[Path] = field(default_factory=list)
     resolution: str | None = None  # "HxW"; None → the preset's
     frames: int | None = None  # None → the preset's
-    dtype: str | None = None  # None → the target's default (fp16 for Core ML, fp32 otherwise)
+    dtype: str | None = None  # alias of precision fp32|fp16; None → the target's default (fp16 Core ML, else fp32)
+    precision: str | None = None  # `--precision`: one name or COMPONENT=NAME pairs (mi2v_export.precision)
+    calibration: Path | None = None  # `--calibration DIR`: images; None → the packaged default set
+    min_psnr: float | None = None  # `--min-psnr DB`: overrides the trajectory gate's per-frame PSNR floor
+    recipe: Path | None = None  # `--recipe FILE`: unit → precision (mixed precision, `mi2v quantize analyze`)
     attention: str = "reference"
     rewrite: list[str] = field(default_factory=list)  # `--rewrite NAME=VALUE` on top of the attention plan
     verify: bool = True
@@ -122,9 +127,15 @@ def resolve(request: ExportRequest):
                             min_ios=request.min_ios, soc=request.soc,
                             allow_cpu_fallback=request.allow_cpu_fallback, precision=request.precision)
     options = exporter.resolve(options)
-    options.dtype = request.dtype or exporter.default_dtype(options.delegate)
-    if options.dtype not in DTYPES:
-        raise BadInputError(f"unknown dtype {options.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    options.precisions = precision.resolve(request.precision, request.dtype, components, exporter.name,
+                                           options.delegate, exporter.default_dtype(options.delegate))
+    options.dtype = options.precisions[components[0]].float_dtype
+    if request.calibration is not None and not Path(request.calibration).is_dir():
+        raise BadInputError(f"--calibration {request.calibration}: not a folder of images")
+    if request.recipe is not None and not Path(request.recipe).is_file():
+        raise BadInputError(f"--recipe {request.recipe}: no such file")
+    if request.min_psnr is not None and not (0 < request.min_psnr < 200):
+        raise BadInputError(f"--min-psnr {request.min_psnr:g}: expected a PSNR in dB between 0 and 200")
     if (request.bundle or request.etrecord) and exporter.name != "executorch":
         raise BadInputError("--bundle and --etrecord apply to --target executorch only")
     if request.bundle and not request.verify:
@@ -195,6 +206,8 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
 def _export_one(name: str, request: ExportRequest, exporter, options: ExportOptions, preset: str, geo,
                 checkpoint: Path | None, staging: Path, progress: ProgressCallback) -> ArtifactEntry:
     rss_method = reset_peak_rss()
+    chosen = options.precisions.get(name, precision.Precision(options.dtype))
+    options = dataclasses.replace(options, precision=chosen.value, dtype=chosen.float_dtype)
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -288,6 +301,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         flags["opset"] = options.opset
     entry = ArtifactEntry(
         component=name, model=spec.model, target=exporter.name, delegate=options.delegate, dtype=options.dtype,
+        precision=options.precision,
         file=artifact.file, sha256=sha, bytes=size, inputs=artifact.inputs, outputs=artifact.outputs,
         export={"wall_s": round(wall, 3), "peak_rss_bytes": peak_rss_bytes(), "peak_rss_method": rss_method,
                 "stages_s": {k: round(v, 3) for k, v in stages.items()}},

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .contract import LTX_DECODER, LTX_ENCODER
+from .contract import PART_DENOISER as DENOISER
+from .contract import PART_TURBO_VAED as TURBO_VAED
 from .errors import CheckpointError
 
 # Parts a checkpoint can hold (names used in messages, `mi2v inspect` and manifests).
-DENOISER, LTX_ENCODER, LTX_DECODER, TURBO_VAED = "denoiser", "ltx-encoder", "ltx-decoder", "turbo-vaed"
-PARTS = (DENOISER, LTX_ENCODER, LTX_DECODER, TURBO_VAED)
 
 # Upstream buffers that the forward never reads; their shape depends on how the model was built.
 IGNORED_DENOISER_KEYS = ("pos_embed", "pos_embed_temporal")

@@ -1,13 +1,16 @@
 """The `mi2v` command line: a thin Typer shell over the library.
 
 Each command group lives in `mi2v_export/commands/<name>.py` and registers itself on `app` through `register(app)`;
-this module only builds the app, wires the modules listed in COMMAND_MODULES, and turns user-facing errors
-(`Mi2vError`) into one line on stderr and a non-zero exit code.
+this module only builds the app, wires the modules listed in COMMAND_MODULES, sets the log level (-v / -q), and
+turns every error a user can cause into one `error:` line on stderr and a non-zero exit code: usage errors (bad
+option, bad value, missing argument, unknown command) exit 2 after the usage line, `Mi2vError`s exit with their
+own code. A traceback means a bug.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -15,8 +18,9 @@ import typer
 
 from .errors import Mi2vError
 
-# One entry per command module; adding a command is adding a file and a name here.
-COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices"]
+# One entry per command module; adding a command is adding a file and a name here. A dotted name is a module
+# outside mi2v_export/commands: the simulator's `devices simulate|profile` (the simulator package stays apart).
+COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices", "mi2v_export.simulator.cli"]
 
 app = typer.Typer(
     name="mi2v",
@@ -24,22 +28,90 @@ app = typer.Typer(
     "verify numerics, benchmark on phones.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+class _ConsoleLogHandler(logging.Handler):
+    """Log records as plain lines on stderr: progress notes dim, warnings and errors prefixed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from .commands._render import err_console
+
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            err_console.print(f"{record.levelname.lower()}: {msg}", style="yellow", highlight=False, markup=False)
+        else:
+            err_console.print(msg, style="dim", highlight=False, markup=False)
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """-v: debug (native libraries' output is no longer silenced); default: progress notes; -q: warnings only."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    log = logging.getLogger("mi2v")
+    log.handlers[:] = [_ConsoleLogHandler()]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .manifest import tool_version
+
+        typer.echo(f"mi2v {tool_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging, and native libraries' own output"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only (no progress notes)"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """MobileI2V deployment toolchain: inspect checkpoints, export to ONNX / Core ML / ExecuTorch, verify
+    numerics, benchmark on phones."""
+    if verbose and quiet:
+        raise typer.BadParameter("use either --verbose or --quiet", param_hint="'-v' / '-q'")
+    configure_logging(verbose, quiet)
 
 
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"mi2v_export.commands.{name}")
+        module = importlib.import_module(name if "." in name else f"mi2v_export.commands.{name}")
         module.register(app)
 
 
 _register_commands()
 
 
+def _usage_error(exc: typer._click.exceptions.UsageError) -> int:
+    """The usage line of the command, then one `error:` line; exit 2."""
+    ctx = exc.ctx
+    if ctx is not None:
+        print(ctx.get_usage(), file=sys.stderr)
+        print(f"Try '{ctx.command_path} --help' for help.", file=sys.stderr)
+    print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)  # one line, even for a choice list
+    return 2
+
+
+def _click_error(exc: Exception) -> int:
+    """Typer's bundled click exceptions: help asked for by giving no arguments, usage errors, file errors."""
+    from typer._click import exceptions as click_exc
+
+    if isinstance(exc, click_exc.NoArgsIsHelpError):
+        print(exc.format_message())  # `mi2v` or `mi2v devices` alone: the help, on stdout
+        return 0
+    if isinstance(exc, click_exc.UsageError):
+        return _usage_error(exc)
+    print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+    return getattr(exc, "exit_code", 1)
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TQDM_DISABLE", "1")
+    configure_logging(verbose=False, quiet=False)
     try:
         rc = app(standalone_mode=False)
         if isinstance(rc, int) and rc:
@@ -55,13 +127,8 @@ def main() -> None:
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         sys.exit(1)
-    except Exception as exc:  # click usage errors come through here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:  # typer 0.29's bundled click exceptions
+        sys.exit(_click_error(exc))
 
 
 if __name__ == "__main__":

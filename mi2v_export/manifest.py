@@ -15,7 +15,12 @@ nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in the
       "components": [                                   # one entry per artifact file
         {"component": "denoiser", "model": "mobilei2v-denoiser" | "ltx-encoder" | "turbo-vaed" | "ltx-decoder",
          "target": "onnx" | "executorch" | "coreml", "delegate": null | "xnnpack" | "vulkan" | "qnn" | "coreml",
-         "dtype": "fp32" | "fp16",
+         "dtype": "fp32" | "fp16",                        # the graph's floating dtype
+         "precision": "fp32" | "fp16" | "w8a8" | "w8" | "w4" | "w8a16" | "mixed",   # mi2v_export.precision
+         "compression": bytes / fp32 bytes | null, "recipe": {unit: precision} | null (mixed only),
+         "calibration": {"digest", "size", …} | null,       # calibrated precisions
+         "trajectory": {"image", "steps", "seed", "psnr_db_min", "psnr_db", "ssim_min", "gate_db", "passed"} | null,
+         "runtime_memory_bytes": ExecuTorch planned memory | onnxruntime session peak | null,
          "file": "denoiser.onnx", "sha256": …, "bytes": …,    # sha256/bytes of a folder (.mlpackage): see tree_digest
          "extra_files": [{"role": "external_data" | "bundled_program" | "etrecord", "file", "sha256", "bytes"}],
          "inputs":  [{"name": "latent", "shape": […], "dtype": "float32"}, …],
@@ -60,6 +65,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import schemas
 from .errors import BadInputError
 
 MANIFEST_NAME = "manifest.json"
@@ -183,6 +189,12 @@ class ArtifactEntry:
     extra_files: list[FileInfo] = field(default_factory=list)
     exported_at: str = ""
     tool_version: str = ""
+    precision: str | None = None  # mi2v_export.precision name; None in manifests written before it existed
+    compression: float | None = None  # bytes / bytes of the same component exported in fp32
+    calibration: dict | None = None  # {"digest", "size", ...} of the calibration set (calibrated precisions)
+    trajectory: dict | None = None  # the whole-pipeline gate {image, steps, seed, psnr_db_min, psnr_db, ...}
+    runtime_memory_bytes: int | None = None  # ExecuTorch: planned memory; onnxruntime: measured session peak
+    recipe: dict | None = None  # unit → precision when precision == "mixed"
 
     @property
     def verified(self) -> bool:
@@ -208,6 +220,9 @@ class ArtifactEntry:
             "export": self.export, "parity": self.parity, "structure": self.structure,
             "delegation": self.delegation, "target_info": self.target_info, "flags": self.flags,
             "attention": self.attention, "exported_at": self.exported_at, "tool_version": self.tool_version,
+            "precision": self.precision or self.dtype, "compression": self.compression,
+            "calibration": self.calibration, "trajectory": self.trajectory,
+            "runtime_memory_bytes": self.runtime_memory_bytes, "recipe": self.recipe,
         }
 
     @classmethod
@@ -223,6 +238,9 @@ class ArtifactEntry:
             target_info=dict(d.get("target_info") or {}), flags=dict(d.get("flags") or {}),
             attention=d.get("attention"), extra_files=[FileInfo.from_dict(f) for f in d.get("extra_files") or ()],
             exported_at=str(d.get("exported_at") or ""), tool_version=str(d.get("tool_version") or ""),
+            precision=d.get("precision") or d.get("dtype") or "fp32", compression=d.get("compression"),
+            calibration=d.get("calibration"), trajectory=d.get("trajectory"),
+            runtime_memory_bytes=d.get("runtime_memory_bytes"), recipe=d.get("recipe"),
         )
 
 
@@ -291,6 +309,7 @@ class Manifest:
         if version != SCHEMA_VERSION:
             raise BadInputError(f"{where}: schema version {version} is not supported (this mi2v reads version "
                                 f"{SCHEMA_VERSION}); re-export the artifacts")
+        schemas.validate(d, schemas.MANIFEST, f"{where}: malformed manifest")  # mi2v_export/schemas/manifest
         try:
             return cls(
                 preset=str(d["preset"]), resolution=(int(d["resolution"][0]), int(d["resolution"][1])),

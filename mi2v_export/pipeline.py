@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
@@ -409,7 +410,7 @@ def _first_line(exc: BaseException) -> str:
 @contextlib.contextmanager
 def _quiet_fd(fd: int) -> Iterator[None]:
     """Silence a native library's writes to a file descriptor (ExecuTorch's cpuinfo chatter on stderr)."""
-    if os.environ.get("MI2V_DEBUG"):
+    if logging.getLogger("mi2v").isEnabledFor(logging.DEBUG):  # `mi2v -v`
         yield
         return
     try:

@@ -95,7 +95,7 @@ def adb(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def phone(adb):
-    from mi2v_export.devices.simulate import SimulatedPhone
+    from mi2v_export.simulator.phone import SimulatedPhone
 
     with SimulatedPhone() as p:
         assert adb.connect(p.serial).state == "device"

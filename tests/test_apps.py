@@ -24,6 +24,7 @@ import pytest
 
 from mi2v_export.devices import android_app as aa
 from mi2v_export.devices import ios
+from mi2v_export.devices.android import device_facts
 from mi2v_export.devices.report import BenchReport, validate
 from mi2v_export.errors import BadInputError, DeviceError, MissingDependencyError
 
@@ -319,7 +320,7 @@ def test_app_reports_parse_and_round_trip():
         aa.load_app_report(json.dumps(bad), "x")
     broken = json.loads(json.dumps(ok))
     broken["components"][0]["runs"][0]["samples_ms"][3] = -1.0
-    with pytest.raises(BadInputError, match="the encoder has invalid samples"):
+    with pytest.raises(BadInputError, match=r"components\[0\]\.runs\[0\]\.samples_ms\[3\]"):
         aa.load_app_report(json.dumps(broken), "x")
 
 
@@ -327,7 +328,7 @@ def test_merge_keeps_host_facts_app_numbers_and_the_simulated_flag(tmp_path):
     app = _sample("android_xnnpack_ok.json")
     props = {"ro.product.manufacturer": "Google", "ro.product.model": "Pixel 8", "ro.soc.model": "Tensor G3",
              "ro.build.version.sdk": "35", "ro.product.cpu.abilist": "arm64-v8a"}
-    base = {"schema": "mi2v.bench/1", "device": aa.device_facts_from_props(props, "R5CT1234"), "components": [],
+    base = {"schema": "mi2v.bench/1", "device": device_facts(props, "R5CT1234"), "components": [],
             "conditions": {"before": {"thermal_status": 0}}, "protocol": {"cooldown_s": 30}}
     files = _pte_files(tmp_path / "art")
     items, _ = aa.coerce_artifacts(files)
@@ -346,7 +347,7 @@ def test_merge_keeps_host_facts_app_numbers_and_the_simulated_flag(tmp_path):
     assert merged["per_frame_ms"]["2"] == pytest.approx(app["per_frame_ms"]["2"])
     assert merged["tool"]["app"]["name"] == "mi2v-android-app"
     # a simulated phone stays simulated even though the app says false
-    sim = dict(base, device=aa.device_facts_from_props({**props, "ro.mi2v.simulated": "1"}, "127.0.0.1:5555"))
+    sim = dict(base, device=device_facts({**props, "ro.mi2v.simulated": "1"}, "127.0.0.1:5555"))
     merged = aa.merge_app_report(app, sim)
     assert merged["device"]["simulated_device"] is True
     assert any("simulated phone" in w for w in merged["warnings"])
@@ -395,7 +396,7 @@ def _app_phone(tmp_path: Path, monkeypatch):
     """The real adb client and server on a private port, a simulated phone connected to it, and stand-ins for
     `pm`, `run-as` and `am instrument` on that phone (the app's builds already installed). Yields
     (adb, phone, app_dir)."""
-    from mi2v_export.devices.simulate import SimulatedPhone
+    from mi2v_export.simulator.phone import SimulatedPhone
 
     adb = private_adb(tmp_path / "adb-home")
     monkeypatch.setenv("MI2V_SAMPLE_REPORT", str(DATA / "android_xnnpack_ok.json"))
@@ -458,7 +459,7 @@ def test_bench_via_app_from_the_cli(tmp_path, monkeypatch):
         common = ["bench", "--artifacts", folder, "--device", f"adb:{phone.serial}", "--via", "app",
                   "--adb", adb.path, "--adb-port", adb.server_port, "--app-dir", app_dir]
         out = tmp_path / "app.json"
-        proc = run_cli(*common, "--iterations", 6, "--warmup", 1, "--json", out, env=adb.env)
+        proc = run_cli(*common, "--iterations", 6, "--warmup", 1, "--report", out, env=adb.env)
         assert proc.returncode == 0, proc.stderr
         assert "measured by the Android app" in proc.stdout and "per-frame latency, 2 steps:" in proc.stdout
         rep = json.loads(out.read_text())
@@ -476,7 +477,7 @@ def test_bench_via_app_from_the_cli(tmp_path, monkeypatch):
         # the app failing on the phone: one error line, non-zero exit, and the report still written
         monkeypatch.setenv("MI2V_INSTRUMENT_OUT", str(DATA / "instrument_failed.txt"))
         failed = tmp_path / "failed.json"
-        proc = run_cli(*common, "--json", failed, env=adb.env)
+        proc = run_cli(*common, "--report", failed, env=adb.env)
         assert proc.returncode != 0
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
         assert len(errors) == 1 and "unknown component 'vae'" in errors[0], proc.stderr
@@ -489,7 +490,7 @@ def test_bench_via_app_from_the_cli(tmp_path, monkeypatch):
 def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
     folder = _write_manifest(tmp_path / "art")
     proc = run_cli("bench", "--artifacts", folder, "--device", "adb:R5CT1234", "--via", "app", "--dry-run",
-                 "--iterations", 30, "--components", "encoder,decoder")
+                 "--iterations", 30, "--component", "encoder,decoder")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("adb -s R5CT1234 shell 'pm path org.mi2v.bench'")
@@ -502,7 +503,7 @@ def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
         (["--device", "host", "--via", "app"], "--via app runs the Android benchmark app"),
         (["--device", "adb", "--via", "app", "--runtime", "onnxruntime"], "ExecuTorch .pte artifacts only"),
         (["--device", "host", "--dry-run"], "--dry-run prints the commands of --via app"),
-        (["--device", "adb", "--compute-units", "cpuOnly"], "use it with --device ios:UDID"),
+        (["--device", "adb", "--compute-units", "cpu_only"], "use it with --device ios:UDID"),
         (["--device", "ios"], "needs the iPhone's UDID"),
     ]
     if sys.platform != "darwin":
@@ -516,8 +517,8 @@ def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
 
 
 def test_bench_ios_entry_dry_run_on_macos(tmp_path):
-    """run_bench_ios as macOS would run it (system="Darwin"): the commands for the chosen components only."""
-    from mi2v_export.devices.bench import BenchOptions, run_bench_ios
+    """run_bench as macOS would run it (system="Darwin"): the commands for the chosen components only."""
+    from mi2v_export.devices.bench import BenchOptions, run_bench
     from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo
 
     folder = tmp_path / "art"
@@ -532,13 +533,14 @@ def test_bench_ios_entry_dry_run_on_macos(tmp_path):
     lines: list[str] = []
     opts = BenchOptions(artifacts=folder, device="ios:00008130-0011223344556677", dry_run=True, iterations=12,
                         components=("denoiser",), compute_units=("cpuAndNeuralEngine",), json_path=tmp_path / "r.json")
-    assert run_bench_ios(opts, echo=lines.append, system="Darwin") == ([], None)
+    outcome = run_bench(opts, echo=lines.append, system="Darwin")
+    assert outcome.reports == [] and outcome.error is None
     staged = [ln for ln in lines if ln.startswith("cp -R ")]
     assert len(staged) == 1 and "denoiser.mlpackage" in staged[0]
     assert any("xcodebuild test -scheme Mi2vBench -destination platform=iOS,id=00008130-0011223344556677" in ln
                and f"-resultBundlePath {tmp_path}/mi2v-ios-00008130-0011223344556677.xcresult" in ln for ln in lines)
     with pytest.raises(MissingDependencyError, match="needs macOS"):
-        run_bench_ios(opts, echo=lines.append, system="Linux")
+        run_bench(opts, echo=lines.append, system="Linux")
 
 
 # ---- iOS ------------------------------------------------------------------------------------------------------------

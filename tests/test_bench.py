@@ -39,7 +39,7 @@ from mi2v_export.devices.android import (
 from mi2v_export.devices.bench import BenchOptions, parse_device, run_bench, select_artifacts
 from mi2v_export.devices.elf import inspect_runner
 from mi2v_export.devices.report import BenchReport
-from mi2v_export.devices.simulate import SimulatedPhone, host_abi
+from mi2v_export.simulator.phone import SimulatedPhone, host_abi
 from mi2v_export.errors import BadInputError, DeviceError
 
 from .conftest import REPO, private_adb, run_cli
@@ -295,50 +295,63 @@ def test_runner_checks(tmp_path):
     info = inspect_runner(arm)
     assert (info.kind, info.elf_class, info.machine, info.abi, info.interpreter) == (
         "elf", 64, "aarch64", "arm64-v8a", "/system/bin/linker64")
-    assert check_runner(arm, "executor_runner", ["arm64-v8a", "armeabi-v7a"], simulated=False) == info
+    # what a phone has: bionic's linker and the toolbox shell, no desktop loader, no /bin/sh
+    phone_has = {"/system/bin/linker64", "/system/bin/sh"}.__contains__
+    assert check_runner(arm, "executor_runner", ["arm64-v8a", "armeabi-v7a"], phone_has) == info
     with pytest.raises(DeviceError, match=r"wrong architecture: it is 64-bit aarch64 \(arm64-v8a\) but the device "
                                           r"runs x86_64, x86; rebuild"):
-        check_runner(arm, "executor_runner", ["x86_64", "x86"], simulated=False)
+        check_runner(arm, "executor_runner", ["x86_64", "x86"], phone_has)
     glibc = _elf_stub(tmp_path / "glibc_runner", interp="/lib/ld-linux-aarch64.so.1")
-    with pytest.raises(DeviceError, match="linked for desktop Linux .*Android NDK"):
-        check_runner(glibc, "executor_runner", ["arm64-v8a"], simulated=False)
+    with pytest.raises(DeviceError, match="linked for desktop Linux .*which the device does not have.*Android NDK"):
+        check_runner(glibc, "executor_runner", ["arm64-v8a"], phone_has)
+    # a device that has that loader (an arm64 Linux board over adb) runs it
+    assert check_runner(glibc, "executor_runner", ["arm64-v8a"], {"/lib/ld-linux-aarch64.so.1"}.__contains__)
     lib = _elf_stub(tmp_path / "libonnxruntime.so", interp=None)
     with pytest.raises(DeviceError, match="is a shared library, not an executable"):
-        check_runner(lib, "onnxruntime_perf_test", ["arm64-v8a"], simulated=False)
+        check_runner(lib, "onnxruntime_perf_test", ["arm64-v8a"], phone_has)
     host_python = Path(os.path.realpath(sys.executable))
     assert inspect_runner(host_python).abi == host_abi()  # this machine's own binaries
     script = tmp_path / "run.sh"
     script.write_text("#!/bin/sh\necho hi\n")
-    assert check_runner(script, "executor_runner", [host_abi()], simulated=True).kind == "script"
-    with pytest.raises(DeviceError, match="is a script, not a native binary"):
-        check_runner(script, "executor_runner", ["arm64-v8a"], simulated=False)
+    assert check_runner(script, "executor_runner", [host_abi()], os.path.exists).kind == "script"
+    with pytest.raises(DeviceError, match="is a script, not a native binary, and the device has no /bin/sh"):
+        check_runner(script, "executor_runner", ["arm64-v8a"], phone_has)
     text = tmp_path / "notes.txt"
     text.write_text("not a program")
     with pytest.raises(DeviceError, match=r"is not executable \(neither an ELF binary nor a #! script\)"):
-        check_runner(text, "executor_runner", ["arm64-v8a"], simulated=False)
+        check_runner(text, "executor_runner", ["arm64-v8a"], phone_has)
     with pytest.raises(DeviceError, match="does not exist: build executor_runner .*--runner PATH"):
-        check_runner(tmp_path / "missing", "executor_runner", ["arm64-v8a"], simulated=False)
+        check_runner(tmp_path / "missing", "executor_runner", ["arm64-v8a"], phone_has)
 
 
-def test_runner_lookup_for_a_real_phone(tmp_path):
+def test_runner_lookup_for_a_real_phone(adb, tmp_path):
+    # an arm64 phone (a simulated one with an arm64 profile: it has no runner on its PATH)
     from mi2v_export.devices.android import AndroidSession
+    from mi2v_export.simulator.phone import DeviceProfile
 
-    session = AndroidSession(adb=None, dev=None)  # find_runner only reads the facts below
-    session.props = {"ro.product.cpu.abilist": "arm64-v8a,armeabi-v7a,armeabi"}
-    with pytest.raises(DeviceError, match=r"no executor_runner for arm64-v8a: build it .*--runner PATH, or put it in "
-                                          r".*/runners/arm64-v8a/"):
-        session.find_runner("executor_runner", [], tmp_path)
-    folder = tmp_path / "runners" / "arm64-v8a"
-    folder.mkdir(parents=True)
-    _elf_stub(folder / "executor_runner")
-    _elf_stub(folder / "libqnn_executorch_backend.so", interp=None)
-    runner = session.find_runner("executor_runner", [], tmp_path)
-    assert runner.source == "artifacts folder" and [p.name for p in runner.libs] == ["libqnn_executorch_backend.so"]
-    (tmp_path / "build").mkdir()
-    ort = _elf_stub(tmp_path / "build" / "onnxruntime_perf_test")
-    _elf_stub(tmp_path / "build" / "libonnxruntime.so", interp=None)
-    r = session.find_runner("onnxruntime_perf_test", [folder / "executor_runner", ort], tmp_path)
-    assert r.local == ort and r.source == "--runner" and [p.name for p in r.libs] == ["libonnxruntime.so"]
+    with SimulatedPhone(profile=DeviceProfile(abi="arm64-v8a")) as arm_phone:
+        adb.connect(arm_phone.serial)
+        try:
+            session = AndroidSession(adb, adb.pick_device(arm_phone.serial))
+            session.fingerprint()
+            assert session.abilist == ["arm64-v8a", "armeabi-v7a", "armeabi"]
+            with pytest.raises(DeviceError, match=r"no executor_runner for arm64-v8a: build it .*--runner PATH, or "
+                                                  r"put it in .*/runners/arm64-v8a/"):
+                session.find_runner("executor_runner", [], tmp_path)
+            folder = tmp_path / "runners" / "arm64-v8a"
+            folder.mkdir(parents=True)
+            _elf_stub(folder / "executor_runner")
+            _elf_stub(folder / "libqnn_executorch_backend.so", interp=None)
+            runner = session.find_runner("executor_runner", [], tmp_path)
+            assert runner.source == "artifacts folder" and runner.installed is None
+            assert [p.name for p in runner.libs] == ["libqnn_executorch_backend.so"]
+            (tmp_path / "build").mkdir()
+            ort = _elf_stub(tmp_path / "build" / "onnxruntime_perf_test")
+            _elf_stub(tmp_path / "build" / "libonnxruntime.so", interp=None)
+            r = session.find_runner("onnxruntime_perf_test", [folder / "executor_runner", ort], tmp_path)
+            assert r.local == ort and r.source == "--runner" and [p.name for p in r.libs] == ["libonnxruntime.so"]
+        finally:
+            adb.disconnect(arm_phone.serial)
 
 
 def test_cpu_masks_and_failure_messages():
@@ -373,14 +386,19 @@ def test_host_bench_both_runtimes_table_plot_and_compare(standin, tmp_path):
     for rt in ("onnxruntime", "executorch"):
         out = tmp_path / f"{rt}.json"
         args = ["bench", "--artifacts", standin, "--device", "host", "--runtime", rt, "--iterations", "5",
-                "--warmup", "2", "--json", out]
+                "--warmup", "2", "--report", out]
         if rt == "executorch":
             args += ["--plot", tmp_path / "host.png", "--steps", "1", "--runs", "2"]
+        else:
+            args += ["--json"]  # the report on stdout instead of the table
         proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
-        assert "per-frame latency, 1 step:" in proc.stdout and "per-frame latency, 2 steps:" in proc.stdout
-        assert f"report: {out}" in proc.stdout
         reports[rt] = json.loads(out.read_text())
+        if rt == "executorch":
+            assert "per-frame latency, 1 step:" in proc.stdout and "per-frame latency, 2 steps:" in proc.stdout
+            assert f"report: {out}" in proc.stdout
+        else:
+            assert json.loads(proc.stdout) == [reports[rt]]
     ort, et = reports["onnxruntime"], reports["executorch"]
     assert ort["schema"] == "mi2v.bench/1" and ort["status"] == "ok" and ort["error"] is None
     assert ort["device"]["transport"] == "host" and ort["device"]["simulated_device"] is False
@@ -417,13 +435,13 @@ def test_host_errors_are_one_line(standin, tmp_path):
     proc = run_cli("bench", "--artifacts", standin, "--device", "phone")
     assert proc.returncode == 2 and "not host, adb, adb:SERIAL or ios:UDID" in _one_error_line(proc)
     proc = run_cli("bench", "--artifacts", standin, "--steps", "4")
-    assert proc.returncode == 2 and "1 or 2 denoising steps" in _one_error_line(proc)
+    assert proc.returncode == 2 and "'--steps': Input should be less than or equal to 2" in _one_error_line(proc)
     # a file changed after export: that component fails, the others are measured, the report is partial
     tampered = derive(standin, tmp_path / "tampered", keep=lambda e: e.target == "onnx")
     with open(tampered / "decoder.onnx", "ab") as fh:
         fh.write(b"\0")
     out = tmp_path / "t.json"
-    proc = run_cli("bench", "--artifacts", tampered, "--iterations", "2", "--warmup", "0", "--json", out)
+    proc = run_cli("bench", "--artifacts", tampered, "--iterations", "2", "--warmup", "0", "--report", out)
     assert proc.returncode == 2
     assert "decoder: " in _one_error_line(proc) and "changed after export" in proc.stderr
     rep = json.loads(out.read_text())
@@ -440,7 +458,7 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
     out = tmp_path / "phone.json"
     args = ["bench", "--artifacts", standin, "--device", f"adb:{phone.serial}", *_adb_args(adb),
             "--iterations", "4", "--warmup", "2", "--cooldown", "0"]
-    proc = run_cli(*args, "--runtime", "executorch", "--json", out, env=adb.env)
+    proc = run_cli(*args, "--runtime", "executorch", "--report", out, env=adb.env)
     assert proc.returncode == 0, proc.stderr
     assert "per-frame latency, 2 steps:" in proc.stdout and "simulated phone" in proc.stdout
     rep = json.loads(out.read_text())
@@ -454,12 +472,13 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
     assert rep["host"]["adb"]["version"].startswith("1.0.")
     remote = rep["staging"]["remote_dir"]
     assert remote.startswith("/data/local/tmp/mi2v/") and sorted(rep["staging"]["pushed"]) == sorted(
-        ["executor_runner", "encoder.pte", "denoiser.pte", "decoder.pte"])
+        ["encoder.pte", "denoiser.pte", "decoder.pte"])  # the runner is the one the phone has on its PATH
     local_remote = phone.root / remote.lstrip("/")
     assert (local_remote / "denoiser.pte").read_bytes() == (standin / "denoiser.pte").read_bytes()
     for c in rep["components"]:
         assert c["status"] == "ok", c
-        assert c["runtime"]["runner"] == "executor_runner" and c["runtime"]["runner_source"].startswith("host runner")
+        assert c["runtime"]["runner"] == "executor_runner" and c["runtime"]["runner_source"] == "device PATH"
+        assert c["runtime"]["runner_path"] == "/system/bin/executor_runner"
         assert len(c["runtime"]["runner_sha256"]) == 64 and c["runtime"]["backend"] == "xnnpack"
         run = c["runs"][0]
         assert len(run["samples_ms"]) == 4 and len(run["warmup_ms"]) == 2 and run["exit_code"] == 0
@@ -473,23 +492,23 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
 
     # the encoder again, with an ETDump: runner and model are already there (same sha256), nothing is pushed
     out2 = tmp_path / "again.json"
-    proc = run_cli(*args, "--runtime", "executorch", "--components", "encoder", "--etdump", "--json", out2,
+    proc = run_cli(*args, "--runtime", "executorch", "--component", "encoder", "--etdump", "--report", out2,
                 env=adb.env)
     assert proc.returncode == 0, proc.stderr
     again = json.loads(out2.read_text())
     assert again["staging"]["remote_dir"] == remote and again["staging"]["pushed"] == []
-    assert sorted(again["staging"]["already_there"]) == ["encoder.pte", "executor_runner"]
+    assert again["staging"]["already_there"] == ["encoder.pte"]
     etdump = out2.parent / again["components"][0]["runtime"]["etdump"]
     assert etdump.is_file() and etdump.stat().st_size > 0  # the separate profiling run's ETDump, pulled
 
     # ONNX Runtime, pinned to core 0 with an explicit mask; the .onnx external-data files travel with the models
     out3 = tmp_path / "ort.json"
-    proc = run_cli(*args, "--runtime", "onnxruntime", "--cpu-mask", "1", "--json", out3, env=adb.env)
+    proc = run_cli(*args, "--runtime", "onnxruntime", "--cpu-mask", "1", "--report", out3, env=adb.env)
     assert proc.returncode == 0, proc.stderr
     ort = json.loads(out3.read_text())
     assert ort["protocol"]["affinity_mask"] == "1" and ort["protocol"]["affinity_granted"] == "0"
     assert ort["protocol"]["threads"] == 1
-    assert {"onnxruntime_perf_test", "decoder.onnx", "decoder.onnx.data"} <= set(ort["staging"]["pushed"])
+    assert {"decoder.onnx", "decoder.onnx.data"} <= set(ort["staging"]["pushed"])
     for c in ort["components"]:
         assert c["status"] == "ok" and c["runtime"]["runner"] == "onnxruntime_perf_test"
         run = c["runs"][0]
@@ -502,13 +521,13 @@ def test_old_phone_without_shell_v2(adb, standin, tmp_path):
     with SimulatedPhone(shell_v2=False) as old:
         adb.connect(old.serial)
         try:
-            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--components",
+            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--component",
                                      "encoder")
             assert proc.returncode == 0, proc.stderr
             assert rep["device"]["shell_v2"] is False and rep["components"][0]["summary"]["latency_ms"]["n"] == 2
             bad = tmp_path / "onnxruntime_perf_test"
             bad.write_text("#!/bin/sh\ncase \"$1\" in -h) echo usage; exit 1;; esac\necho boom >&2; exit 3\n")
-            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--components",
+            proc, rep = _bench_phone(adb, old, standin, tmp_path, "--runtime", "onnxruntime", "--component",
                                      "encoder", "--runner", bad, name="bad.json")
             assert proc.returncode == 5 and "onnxruntime_perf_test failed (exit 3): boom" in _one_error_line(proc)
         finally:
@@ -519,27 +538,24 @@ def test_without_toybox_time_vmhwm_is_polled(adb, phone, standin, tmp_path):
     from mi2v_export.devices.android import AndroidSession, StagedFile, file_sha256
 
     session = AndroidSession(adb, adb.pick_device(phone.serial))
-    try:
-        session.fingerprint()
-        assert session.simulated and session.has_toybox_time
-        session.has_toybox_time = False  # as on a phone whose toybox lacks `time`
-        runner = session.find_runner("executor_runner", [], standin)
-        session.set_remote_dir([StagedFile(runner.local, runner.name, runner.sha256)])
-        session.prepare_runner(runner)
-        model = standin / "encoder.pte"
-        session.stage([StagedFile(model, model.name, file_sha256(model))])
-        run, text = session.run_executorch(runner, "encoder.pte", None, 1, 3, timeout=120)
-        assert len(run.samples_ms) == 3 and run.peak_rss_method == "vmhwm-poll" and run.peak_rss_kb > 10_000
-        assert "Max RSS" not in text and "__MI2V" not in text
-    finally:
-        session.close()
+    session.fingerprint()
+    assert session.has_toybox_time
+    session.has_toybox_time = False  # as on a phone whose toybox lacks `time`
+    runner = session.find_runner("executor_runner", [], standin)
+    session.set_remote_dir([StagedFile(runner.local, runner.name, runner.sha256)])
+    session.prepare_runner(runner)
+    model = standin / "encoder.pte"
+    session.stage([StagedFile(model, model.name, file_sha256(model))])
+    run, text = session.run_executorch(runner, "encoder.pte", None, 1, 3, timeout=120)
+    assert len(run.samples_ms) == 3 and run.peak_rss_method == "vmhwm-poll" and run.peak_rss_kb > 10_000
+    assert "Max RSS" not in text and "__MI2V" not in text
 
 
 def test_no_device(tmp_path, standin):
     empty = private_adb(tmp_path / "home")
     try:
         out = tmp_path / "r.json"
-        proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(empty), "--json", out,
+        proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(empty), "--report", out,
                     env=empty.env)
         assert proc.returncode == 5
         assert "no Android device is connected" in _one_error_line(proc) and f"report: {out}" in proc.stderr
@@ -556,7 +572,7 @@ def test_unauthorized_and_offline(adb, standin, tmp_path, state):
     with SimulatedPhone(state=state) as p:
         assert adb.connect(p.serial, timeout=2).state == state
         try:
-            proc = run_cli("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb), "--json",
+            proc = run_cli("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb), "--report",
                         tmp_path / "r.json", env=adb.env)
             line = _one_error_line(proc)
             assert proc.returncode == 5
@@ -573,7 +589,7 @@ def test_several_devices_need_a_serial(adb, phone, standin, tmp_path):
     with SimulatedPhone() as other:
         adb.connect(other.serial)
         try:
-            proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(adb), "--json",
+            proc = run_cli("bench", "--artifacts", standin, "--device", "adb", *_adb_args(adb), "--report",
                         tmp_path / "r.json", env=adb.env)
             assert proc.returncode == 5
             assert "several devices are connected" in _one_error_line(proc) and "--device adb:SERIAL" in proc.stderr
@@ -592,7 +608,7 @@ def test_full_storage_gives_a_partial_report(adb, standin, tmp_path):
             out = tmp_path / "r.json"
             proc = run_cli("bench", "--artifacts", standin, "--device", f"adb:{p.serial}", *_adb_args(adb),
                         "--runtime", "executorch", "--iterations", "2", "--warmup", "1", "--cooldown", "0",
-                        "--json", out, env=adb.env)
+                        "--report", out, env=adb.env)
             assert proc.returncode == 5
             line = _one_error_line(proc)
             assert "denoiser: device" in line and "ran out of storage while pushing denoiser.pte" in line
@@ -609,7 +625,7 @@ def test_full_storage_gives_a_partial_report(adb, standin, tmp_path):
 def _bench_phone(adb, phone, artifacts, tmp_path, *extra, name="r.json"):
     out = tmp_path / name
     proc = run_cli("bench", "--artifacts", artifacts, "--device", f"adb:{phone.serial}", *_adb_args(adb),
-                "--iterations", "2", "--warmup", "1", "--cooldown", "0", "--json", out, *extra, env=adb.env)
+                "--iterations", "2", "--warmup", "1", "--cooldown", "0", "--report", out, *extra, env=adb.env)
     rep = json.loads(out.read_text()) if out.exists() else None
     return proc, rep
 
@@ -633,9 +649,9 @@ def test_runner_missing_not_executable_wrong_architecture(adb, phone, standin, t
 
 
 def test_simulated_phone_with_a_foreign_abi_needs_a_matching_runner(adb, standin, tmp_path):
-    # a profile can make the simulated phone an arm64 one: then the host runner is not pushed, and a real binary of
+    # a profile can make the simulated phone an arm64 one: then it has no runner on its PATH, and a real binary of
     # this machine (the Python interpreter, renamed) is refused by its ELF header
-    from mi2v_export.devices.simulate import DeviceProfile
+    from mi2v_export.simulator.phone import DeviceProfile
 
     foreign = "arm64-v8a" if host_abi() != "arm64-v8a" else "x86_64"
     with SimulatedPhone(profile=DeviceProfile(abi=foreign)) as p:
@@ -666,7 +682,7 @@ def test_runner_crash_and_missing_delegate(adb, phone, standin, tmp_path):
                      "echo 'I 00:00:00.000100 executorch:executor_runner.cpp:383] Model file m is loaded.' >&2\n"
                      "kill -SEGV $$\n")
     pte = derive(standin, tmp_path / "pte", keep=lambda e: e.target == "executorch")
-    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", crash, "--components", "encoder")
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", crash, "--component", "encoder")
     line = _one_error_line(proc)
     assert proc.returncode == 5 and "encoder: executor_runner crashed with SIGSEGV (exit 139)" in line
     enc = rep["components"][0]
@@ -697,7 +713,7 @@ def test_timeout_kills_the_run_and_goes_on(adb, phone, standin, tmp_path):
     t0 = time.monotonic()
     out = tmp_path / "r.json"
     proc = run_cli("bench", "--artifacts", pte, "--device", f"adb:{phone.serial}", *_adb_args(adb), "--iterations",
-                "1000000", "--warmup", "0", "--timeout", "4", "--cooldown", "0", "--json", out, env=adb.env)
+                "1000000", "--warmup", "0", "--timeout", "4", "--cooldown", "0", "--report", out, env=adb.env)
     assert time.monotonic() - t0 < 120
     line = _one_error_line(proc)
     assert proc.returncode == 5 and "encoder: timeout: executor_runner did not finish the encoder within 4 s" in line
@@ -726,7 +742,7 @@ def test_tiny_preset_host_and_simulated_phone(request, adb, phone, tmp_path):
         for rt in ("onnxruntime", "executorch"):
             out = tmp_path / f"{rt}-{device.replace(':', '_')}.json"
             proc = run_cli("bench", "--artifacts", tiny, "--device", device, *_adb_args(adb), "--runtime", rt,
-                        "--iterations", "5", "--warmup", "2", "--cooldown", "0", "--json", out, env=adb.env)
+                        "--iterations", "5", "--warmup", "2", "--cooldown", "0", "--report", out, env=adb.env)
             assert proc.returncode == 0, proc.stderr
             rep = json.loads(out.read_text())
             assert rep["status"] == "ok" and rep["per_frame_ms"]["2"] > 0
@@ -734,8 +750,9 @@ def test_tiny_preset_host_and_simulated_phone(request, adb, phone, tmp_path):
 
 
 def test_report_reads_back(standin, tmp_path):
-    report, path, error = run_bench(BenchOptions(artifacts=standin, runtime="onnxruntime", iterations=2, warmup=0,
-                                                 components=("encoder",), json_path=tmp_path / "e.json"))
-    assert error is None and report.per_frame_ms(2) is None  # only the encoder was asked for: no headline
+    outcome = run_bench(BenchOptions(artifacts=standin, runtime="onnxruntime", iterations=2, warmup=0,
+                                     components=("encoder",), json_path=tmp_path / "e.json"))
+    [(report, path)] = outcome.reports
+    assert outcome.error is None and report.per_frame_ms(2) is None  # only the encoder was asked for: no headline
     again = BenchReport.load(path)
     assert again.component("encoder").status == "ok" and again.artifacts["preset"] == "tiny"

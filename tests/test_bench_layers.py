@@ -25,11 +25,11 @@ from mi2v_export.devices.report import (
     percentile,
     validate,
 )
+from mi2v_export.devices.android import device_facts
 from mi2v_export.devices.runners import (
     EXECUTOR_RUNNER,
     ORT_PERF_TEST,
     backends_in_pte,
-    is_host_runner,
     parse_battery,
     parse_executor_runner,
     parse_meminfo,
@@ -37,9 +37,9 @@ from mi2v_export.devices.runners import (
     parse_ort_perf_test,
     parse_thermalservice,
     parse_toybox_time,
-    write_host_runner,
 )
-from mi2v_export.devices.simulate import SimulatedPhone, is_simulated_props
+from mi2v_export.simulator.host_runners import is_host_runner, write_host_runner
+from mi2v_export.simulator.phone import SimulatedPhone
 from mi2v_export.errors import BadInputError, DeviceError
 
 
@@ -256,7 +256,7 @@ def sim(adb, phone):
 
 def test_executor_runner_flow_on_the_simulated_phone(sim, tiny_artifacts, tmp_path):
     props = sim.getprop()
-    assert is_simulated_props(props)
+    assert device_facts(props, sim.serial)["simulated_device"] is True
     runner = write_host_runner(EXECUTOR_RUNNER, tmp_path)
     model = tiny_artifacts / "tiny.pte"
     d = "/data/local/tmp/mi2v/" + hashlib.sha256(runner.read_bytes() + model.read_bytes()).hexdigest()[:8]

@@ -1,7 +1,7 @@
 """The device layer end to end: the real adb client and a private adb server talking to the simulated phone.
 
 Real here: the adb binary (the one bundled in the adbutils wheel, or $ADB / PATH), its server, the transport, shell v2,
-the sync protocol, file bytes and device states. Simulated: the phone (mi2v_export.devices.simulate).
+the sync protocol, file bytes and device states. Simulated: the phone (mi2v_export.simulator).
 
 Every test starts what it needs and stops only that: a private adb server on a free loopback port (`adb -P PORT`,
 HOME/TMPDIR in a temporary folder, mDNS/USB/emulator scanning off), stopped with `adb -P PORT kill-server`; simulated
@@ -21,7 +21,8 @@ import time
 import pytest
 
 from mi2v_export.devices.adb import Adb, AdbDevice, find_adb, parse_devices, parse_getprop, quote
-from mi2v_export.devices.simulate import DeviceProfile, SimulatedPhone, host_abi, is_simulated_props
+from mi2v_export.devices.android import device_facts
+from mi2v_export.simulator.phone import DeviceProfile, SimulatedPhone, host_abi
 from mi2v_export.errors import BadInputError, DeviceError
 
 from .conftest import free_port, private_adb
@@ -51,7 +52,7 @@ def test_getprop_single_all_and_simulated_marker(dev):
     assert dev.getprop("ro.product.model") == "Simulated Phone"
     assert dev.getprop("ro.no.such.key") == ""
     props = dev.getprop()
-    assert is_simulated_props(props)
+    assert device_facts(props, dev.serial)["simulated_device"] is True
     assert props["ro.product.cpu.abi"] == host_abi()
     assert props["ro.build.version.release"] == "15" and props["ro.build.version.sdk"] == "35"
     assert props["ro.build.fingerprint"].startswith("mi2v/mi2v_sim/mi2v_sim:15/")
@@ -255,8 +256,19 @@ def test_no_device_and_unknown_serial(tmp_path):
 
 
 def test_android_serial_selects_the_device(adb, phone):
-    env_adb = Adb(adb.path, server_port=adb.server_port, env={**adb.env, "ANDROID_SERIAL": phone.serial})
-    assert env_adb.pick_device(None).serial == phone.serial
+    # two phones connected: without a serial the choice is refused; $ANDROID_SERIAL picks either one, and the
+    # commands reach that phone (its own model), not the first one adb lists
+    with SimulatedPhone(profile=DeviceProfile(model="Second Phone")) as second:
+        adb.connect(second.serial)
+        try:
+            with pytest.raises(DeviceError, match="several devices are connected"):
+                adb.pick_device(None)
+            for target, model in ((second, "Second Phone"), (phone, "Simulated Phone")):
+                env_adb = Adb(adb.path, server_port=adb.server_port, env={**adb.env, "ANDROID_SERIAL": target.serial})
+                picked = env_adb.pick_device(None)
+                assert picked.serial == target.serial and picked.getprop("ro.product.model") == model
+        finally:
+            adb.disconnect(second.serial)
 
 
 # ---- the binary, parsing, profile, CLI ----------------------------------------------------------------------------
@@ -328,7 +340,7 @@ def test_profile_drives_what_adb_sees(adb, tmp_path):
 
 def test_cli_simulate_serves_until_sigterm(adb, tmp_path):
     port_file = tmp_path / "port"
-    code = "from mi2v_export.commands.devices import devices_app; devices_app(prog_name='mi2v devices')"
+    code = "import mi2v_export.simulator.cli; from mi2v_export.commands.devices import devices_app; devices_app(prog_name='mi2v devices')"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "simulate", "--port-file", str(port_file)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -353,6 +365,7 @@ def test_cli_simulate_serves_until_sigterm(adb, tmp_path):
 def test_cli_devices_list_and_profile(adb, phone, tmp_path):
     from typer.testing import CliRunner
 
+    import mi2v_export.simulator.cli  # noqa: F401  (registers `devices profile`)
     from mi2v_export.commands.devices import devices_app
 
     runner = CliRunner(env={"PATH": os.environ.get("PATH", ""), **{k: v for k, v in adb.env.items()}})
@@ -361,3 +374,47 @@ def test_cli_devices_list_and_profile(adb, phone, tmp_path):
     assert any(d["serial"] == phone.serial and d["state"] == "device" for d in json.loads(res.output))
     res = runner.invoke(devices_app, ["profile", "--out", str(tmp_path / "prof.json")])
     assert res.exit_code == 0 and DeviceProfile.load(tmp_path / "prof.json").abi == host_abi()
+
+
+# ---- the simulator stays apart from the production path ------------------------------------------------------------
+
+
+def _production_modules():
+    from .conftest import REPO
+
+    for pkg in ("mi2v_export", "exporters", "kernels"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            if "simulator" not in path.relative_to(REPO).parts:
+                yield path.relative_to(REPO), path.read_text()
+
+
+def test_production_modules_never_import_the_simulator():
+    import ast
+    import re
+
+    imports, mentions = [], []
+    for rel, text in _production_modules():
+        module = ".".join(rel.with_suffix("").parts)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom):
+                base = module.rsplit(".", node.level)[0] + "." + (node.module or "") if node.level else node.module
+                names = [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(
+                        r"mi2v_export\.simulator(\.\w+)*|simulator(\.\w+)+", node.value):  # a module name for importlib
+                    mentions.append(f"{rel}: {node.value}")
+                continue
+            imports += [f"{rel}: {n}" for n in names if ".simulator" in n or n.startswith("simulator")]
+        # the one property that says "simulated" is read in one place (devices/android.py device_facts)
+        if "ro.mi2v.simulated" in text and rel.as_posix() != "mi2v_export/devices/android.py":
+            mentions.append(f"{rel}: reads ro.mi2v.simulated")
+        for name in ("host_abi", "host_like", "write_host_runner", "is_host_runner"):
+            if name in text:
+                mentions.append(f"{rel}: {name}")
+    assert imports == []
+    # the CLI loads the simulator's commands by name (COMMAND_MODULES) and nothing else names it
+    assert mentions == ["mi2v_export/cli.py: mi2v_export.simulator.cli"]
+    assert sum(text.count("simulated_device") for rel, text in _production_modules()
+               if rel.parts[:2] == ("mi2v_export", "devices") and rel.name == "android.py") == 1

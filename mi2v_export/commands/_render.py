@@ -36,3 +36,17 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def component_list(value: str) -> str:
+    """Typer callback of `--component`: 'all' or a comma list of components, checked as a usage error."""
+    import typer
+
+    from ..contract import parse_components
+    from ..errors import BadInputError
+
+    try:
+        names = parse_components(value)
+    except BadInputError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return ",".join(names)

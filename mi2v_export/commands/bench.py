@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from pathlib import Path
 
 import typer
+
+from ..contract import SWIFT_UNIT, ComputeUnit, unit_from_swift
+from ._render import component_list
 
 bench_app = typer.Typer(
     name="bench",
@@ -15,6 +19,18 @@ bench_app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
 )
+
+def _unit_list(value: str | None) -> str | None:
+    """Typer callback of `--compute-units`: a comma list of mi2v's compute-unit names, checked as a usage error."""
+    if value is None:
+        return None
+    units = [u.strip() for u in value.split(",") if u.strip()]
+    bad = [u for u in units if u not in ComputeUnit.__members__]
+    if bad or not units:
+        raise typer.BadParameter(f"{', '.join(bad) or repr(value)}: use {', '.join(ComputeUnit.__members__)} "
+                                 "(comma-separated)")
+    return ",".join(units)
+
 
 _ADB_HELP = "adb binary (default: $MI2V_ADB, $ADB, adb on PATH, then the adb bundled in the adbutils wheel)"
 
@@ -47,7 +63,7 @@ def render_report(report, path: Path | None = None) -> None:
         if (report.protocol or {}).get("mode") == "app":
             who += ", measured by the Android app"
     elif dev.get("transport") == "ios":
-        unit = (report.protocol or {}).get("compute_unit")
+        unit = unit_from_swift((report.protocol or {}).get("compute_unit") or "") or None
         who = (f"{dev.get('marketing_name') or dev.get('model') or dev.get('name') or 'iPhone'} ({dev.get('udid')}), "
                f"iOS {dev.get('os_version')}" + (f", Core ML compute units {unit}" if unit else ""))
     else:
@@ -119,38 +135,42 @@ def bench(
                                         "`make android`)"),
     team: str | None = typer.Option(None, "--team", envvar="DEVELOPMENT_TEAM", help="ios: Apple development team "
                                     "that signs the test bundle"),
-    compute_units: str | None = typer.Option(None, "--compute-units", help="ios: Core ML compute units to time, "
-                                             "comma-separated from cpuOnly, cpuAndGPU, cpuAndNeuralEngine, all "
-                                             "(default: each of the four)"),
+    compute_units: str | None = typer.Option(None, "--compute-units", callback=_unit_list, help="ios: Core ML "
+                                             "compute units to time, comma-separated from all, cpu_and_ne, "
+                                             "cpu_and_gpu, cpu_only (default: each of the four)"),
     runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="auto: ExecuTorch when every component has a "
                                     "runnable .pte, else onnxruntime, else per component"),
-    iterations: int | None = typer.Option(None, "--iterations", help="timed iterations per run "
+    iterations: int | None = typer.Option(None, "--iterations", min=1, help="timed iterations per run "
                                           "(default: 10 on host, 50 on a phone)"),
-    warmup: int | None = typer.Option(None, "--warmup", help="warm-up iterations inside the timed process, "
+    warmup: int | None = typer.Option(None, "--warmup", min=0, help="warm-up iterations inside the timed process, "
                                       "discarded (default: 2 on host, 5 on a phone)"),
-    runs: int = typer.Option(1, "--runs", help="separate runner processes per component (their medians are "
+    runs: int = typer.Option(1, "--runs", min=1, help="separate runner processes per component (their medians are "
                              "reported as run_medians)"),
-    steps: int = typer.Option(2, "--steps", help="denoising steps of the headline (1 or 2; both are reported)"),
+    steps: int = typer.Option(2, "--steps", min=1, max=2, help="denoising steps of the headline (1 or 2; both are reported)"),
     runner: list[Path] = typer.Option([], "--runner", help="executor_runner / onnxruntime_perf_test built for the "
                                       "phone (repeatable; told apart by name). Not needed for a simulated phone"),
     cpu_mask: str | None = typer.Option(None, "--cpu-mask", help="pin to these cores (hex, e.g. f0); default on a "
                                         "phone: the big cores from cpuinfo_max_freq; on host: not pinned"),
-    threads: int | None = typer.Option(None, "--threads", help="host only: intra-op threads (default: the "
+    threads: int | None = typer.Option(None, "--threads", min=1, help="host only: intra-op threads (default: the "
                                        "runtime's, or the pinned core count)"),
     adb: Path | None = typer.Option(None, "--adb", help=_ADB_HELP),
     adb_port: int | None = typer.Option(None, "--adb-port", help="adb server port (default: "
                                         "$ANDROID_ADB_SERVER_PORT or 5037)"),
-    json_out: Path | None = typer.Option(None, "--json", help="report file (default: "
-                                         "mi2v-bench/<time>-<device>.json); written even when a component fails"),
+    report_path: Path | None = typer.Option(None, "--report", help="report file (default: "
+                                            "mi2v-bench/<time>-<device>.json); written even when a component "
+                                            "fails"),
+    json_out: bool = typer.Option(False, "--json", help="print the report(s) as JSON on stdout instead of "
+                                  "the table (progress stays on stderr)"),
     plot: Path | None = typer.Option(None, "--plot", help="draw the per-component breakdown into this PNG"),
-    cooldown: float | None = typer.Option(None, "--cooldown", help="pause between components, seconds "
+    cooldown: float | None = typer.Option(None, "--cooldown", min=0, help="pause between components, seconds "
                                           "(default: 0 on host, 30 on a phone); then wait for thermal status 0"),
-    thermal_wait: float = typer.Option(120.0, "--thermal-wait", help="at most this long (s) waiting for a warm "
+    thermal_wait: float = typer.Option(120.0, "--thermal-wait", min=0, help="at most this long (s) waiting for a warm "
                                        "phone to cool before a component"),
-    timeout: float = typer.Option(600.0, "--timeout", help="limit for one runner process on the phone, seconds"),
+    timeout: float = typer.Option(600.0, "--timeout", min=0, help="limit for one runner process on the phone, seconds"),
     etdump: bool = typer.Option(False, "--etdump", help="phone, ExecuTorch: one extra profiling run per "
                                 "component with --etdump_path, pulled next to the report"),
-    components: str = typer.Option("all", "--components", help="encoder,denoiser,decoder or all"),
+    component: str = typer.Option("all", "--component", callback=component_list, help="encoder | denoiser | "
+                                  "decoder | all (or a comma list)"),
 ) -> None:
     """Time the exported encoder, denoiser and decoder and report the per-frame latency
     (encoder + steps × denoiser + decoder) / frames, for 1 and 2 steps.
@@ -161,65 +181,49 @@ def bench(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..devices.bench import BenchOptions, parse_device, run_bench, run_bench_app, run_bench_ios
+    from ..devices.bench import BenchOptions, run_bench
     from ..errors import BadInputError
-    from ._render import err_console
+    from ._render import print_json
 
     if artifacts is None:
         raise BadInputError("--artifacts DIR is required (a folder written by `mi2v export`); "
                             "or use `mi2v bench compare A.json B.json`")
-    names = ("encoder", "denoiser", "decoder")
-    chosen = names if components.strip() == "all" else tuple(
-        c for c in names if c in {t.strip() for t in components.split(",")})
-    unknown = {t.strip() for t in components.split(",")} - set(names) - {"all"}
-    if unknown or not chosen:
-        raise BadInputError(f"--components {components!r}: use encoder, denoiser, decoder (comma-separated) or all")
-    units = tuple(u.strip() for u in (compute_units or "").split(",") if u.strip())
+    units = tuple(SWIFT_UNIT[u] for u in (compute_units or "").split(",") if u)
     opts = BenchOptions(artifacts=artifacts, device=device, runtime=runtime.value, iterations=iterations,
                         warmup=warmup, runs=runs, steps=steps, runners=list(runner), cpu_mask=cpu_mask,
-                        threads=threads, adb=adb, adb_port=adb_port, json_path=json_out, cooldown=cooldown,
-                        thermal_wait=thermal_wait, timeout=timeout, etdump=etdump, components=chosen,
+                        threads=threads, adb=adb, adb_port=adb_port, json_path=report_path, cooldown=cooldown,
+                        thermal_wait=thermal_wait, timeout=timeout, etdump=etdump, components=tuple(component.split(",")),
                         via=via.value, dry_run=dry_run, team=team, app_dir=app_dir,
                         compute_units=units)
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise BadInputError(f"--plot {plot}: use a .png file name")
 
-    def say(msg: str) -> None:
-        err_console.print(f"[dim]{msg}[/dim]")
-
-    transport, _ = parse_device(device)
-    if transport == "ios":
-        reports, error = run_bench_ios(opts, say, echo=typer.echo)
-        for report, path in reports:
-            render_report(report, path)
-    elif via is Via.app:
-        report, path, error = run_bench_app(opts, say, echo=typer.echo)
-        reports = [] if report is None else [(report, path)]
-        if report is not None:
-            render_report(report, path)
-    else:
-        report, path, error = run_bench(opts, say)
-        reports = [(report, path)]
-        render_report(report, path)
-    if plot is not None and reports and any(c.status == "ok" for c in reports[0][0].components):
+    say = logging.getLogger("mi2v.bench").info
+    show = (lambda report, path: None) if json_out else render_report
+    outcome = run_bench(opts, say, echo=typer.echo)
+    for report, path in outcome.reports:
+        show(report, path)
+    if json_out:
+        print_json([r.to_dict() for r, _ in outcome.reports])
+    first = outcome.reports[0][0] if outcome.reports else None
+    if plot is not None and first is not None and any(c.status == "ok" for c in first.components):
         from ..devices.plot import plot_report
 
         from ._render import console
 
-        console.print(f"plot: {plot_report(reports[0][0], plot)}")
-    if error is not None:
-        path = reports[0][1] if reports else None
+        console.print(f"plot: {plot_report(first, plot)}")
+    if outcome.error is not None:
         from ..errors import DeviceError, MissingDependencyError
 
-        kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(error, k)), DeviceError)
-        raise kind(f"{error} (report: {path})")
+        kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(outcome.error, k)), DeviceError)
+        raise kind(f"{outcome.error} (report: {outcome.reports[0][1] if outcome.reports else None})")
 
 
 @bench_app.command("compare")
 def compare_cmd(
-    a: Path = typer.Argument(..., help="baseline report (JSON from `mi2v bench --json`)"),
-    b: Path = typer.Argument(..., help="report to compare against the baseline"),
-    json_flag: bool = typer.Option(False, "--json", help="print the rows as JSON"),
+    a: Path = typer.Argument(..., metavar="A.json", help="baseline report (written by `mi2v bench --report`)"),
+    b: Path = typer.Argument(..., metavar="B.json", help="report to compare against the baseline"),
+    json_flag: bool = typer.Option(False, "--json", help="print the rows as JSON on stdout instead of the table"),
 ) -> None:
     """Two reports side by side: per-frame latency and each component's p50 / p90 / load time, with B/A ratios."""
     from rich.table import Table

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from ..contract import Part
 from ._render import console, human_bytes, human_count, print_json
+
+
+WeightDtype = Enum("WeightDtype", {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}, type=str)
 
 
 def _preset_matches(ckpt, part: str) -> list[str]:
@@ -76,26 +81,23 @@ def inspect(
 def convert(
     file: Path = typer.Argument(..., help="checkpoint to convert"),
     out: Path = typer.Option(..., "--out", help="output .safetensors file"),
-    dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (floating tensors only)"),
-    part: str | None = typer.Option(None, help="keep only this part (denoiser, ltx-encoder, ltx-decoder, turbo-vaed)"),
+    dtype: WeightDtype = typer.Option("fp32", help="dtype of the floating tensors"),
+    part: Part | None = typer.Option(None, help="keep only this part"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Write a clean weights-only .safetensors file (no pickle, no optimizer/RNG state)."""
     import torch
 
-    from ..checkpoints import PARTS, read_checkpoint, write_safetensors
+    from ..checkpoints import read_checkpoint, write_safetensors
     from ..errors import BadInputError
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if dtype not in dtypes:
-        raise BadInputError(f"unknown dtype {dtype!r}; choose fp32, fp16 or bf16")
+    dtype, part = dtype.value, part and part.value
     if out.suffix != ".safetensors":
         raise BadInputError(f"--out {out} must end in .safetensors")
     ckpt = read_checkpoint(file)
     parts = ckpt.parts
     if part is not None:
-        if part not in PARTS:
-            raise BadInputError(f"unknown part {part!r}; choose one of: {', '.join(PARTS)}")
         if part not in ckpt.parts:
             raise BadInputError(f"{file.name} holds {', '.join(ckpt.parts)}, not {part}")
         parts = [part]

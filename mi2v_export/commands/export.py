@@ -16,8 +16,9 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..contract import AttentionPlan, ComputeUnit, DecoderKind, Delegate, ExportDtype, PresetName, Target
 from ..errors import Mi2vError
-from ._render import console, err_console, human_bytes, print_json
+from ._render import component_list, console, err_console, human_bytes, print_json
 
 
 class ExportInterrupted(Mi2vError):
@@ -100,23 +101,30 @@ class _RichProgress:
 
 
 def export(
-    target: str = typer.Option(..., "--target", help="onnx | coreml | executorch"),
-    delegate: str | None = typer.Option(None, "--delegate", help="executorch only: xnnpack (default) | vulkan | "
-                                        "qnn | coreml"),
-    component: str = typer.Option("all", "--component", help="encoder | denoiser | decoder | all "
-                                  "(or a comma list)"),
-    decoder: str = typer.Option("turbo-vaed", "--decoder", help="decoder model: turbo-vaed | ltx"),
-    preset: str = typer.Option("mobilei2v-270m", "--preset", help="model preset: mobilei2v-270m | tiny"),
+    target: Target = typer.Option(..., "--target", help="export format"),
+    delegate: Delegate | None = typer.Option(None, "--delegate", help="executorch only (default: xnnpack)"),
+    component: str = typer.Option("all", "--component", callback=component_list, help="encoder | denoiser | "
+                                  "decoder | all (or a comma list)"),
+    decoder: DecoderKind = typer.Option("turbo-vaed", "--decoder", help="decoder model"),
+    preset: PresetName = typer.Option("mobilei2v-270m", "--preset", help="model preset"),
     checkpoint: list[Path] = typer.Option([], "--checkpoint", help="weights file (repeat for several); each "
                                           "feeds the component whose model it holds. None: seeded weights"),
     resolution: str | None = typer.Option(None, "--resolution", help="HEIGHTxWIDTH, e.g. 720x1280 (default: "
                                           "the preset's)"),
     frames: int | None = typer.Option(None, "--frames", help="video frames, 8k+1 (default: the preset's)"),
-    dtype: str | None = typer.Option(None, "--dtype", help="fp32 | fp16 (default: fp16 for Core ML and the "
-                                     "coreml/qnn delegates, fp32 otherwise)"),
-    attention: str = typer.Option("reference", "--attention", help="denoiser attention plan: reference | mobile "
-                                  "(exact rewrites for CPU runtimes) | ane (mobile + channels-first layout and "
-                                  "Apple's split-einsum tiles, for Core ML)"),
+    dtype: ExportDtype | None = typer.Option(None, "--dtype", help="fp32 | fp16: alias of --precision fp32|fp16"),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16 | w8a8 | w8 | w4 | w8a16, or per "
+                                         "component: denoiser=w8a8,decoder=fp16,encoder=fp16 (default: fp16 for "
+                                         "Core ML and the coreml/qnn delegates, fp32 otherwise)"),
+    calibration: Path | None = typer.Option(None, "--calibration", help="folder of images to calibrate 8-bit "
+                                            "activations on (default: the photos shipped with mi2v)"),
+    min_psnr: float | None = typer.Option(None, "--min-psnr", help="trajectory gate: per-frame PSNR floor in dB "
+                                          "(default: the precision's, see README)"),
+    recipe: Path | None = typer.Option(None, "--recipe", help="mixed precision: a recipe JSON (unit → precision) "
+                                       "from `mi2v quantize analyze`"),
+    attention: AttentionPlan = typer.Option("reference", "--attention", help="denoiser attention plan: reference "
+                                            "| mobile (exact rewrites for CPU runtimes) | ane (mobile + "
+                                            "channels-first layout and Apple's split-einsum tiles, for Core ML)"),
     rewrite: list[str] = typer.Option([], "--rewrite", help="change one rewrite of the plan, NAME=VALUE "
                                       "(repeatable): linear_attention, softmax_attention, channels_first, "
                                       "rope_tables, fp32_accumulate = true|false; linear_heads_per_group, "
@@ -128,9 +136,8 @@ def export(
                                 "input and expected output (BundledProgram) for an on-device check"),
     etrecord: bool = typer.Option(False, "--etrecord", help="executorch: also write <component>.etrecord for "
                                   "per-op profiling"),
-    compute_units: str = typer.Option("all", "--compute-units", help="Core ML: all | cpu_and_ne | cpu_and_gpu | "
-                                      "cpu_only"),
-    min_ios: int = typer.Option(17, "--min-ios", help="Core ML minimum deployment target: 17 | 18"),
+    compute_units: ComputeUnit = typer.Option("all", "--compute-units", help="Core ML compute units"),
+    min_ios: int = typer.Option(17, "--min-ios", min=17, max=18, help="Core ML minimum deployment target: 17 | 18"),
     soc: str = typer.Option("SM8650", "--soc", help="QNN: Snapdragon SoC, e.g. SM8650 (8 Gen 3), SM8750"),
     json_out: bool = typer.Option(False, "--json", help="print this run's manifest entries as JSON on stdout"),
 ) -> None:
@@ -138,10 +145,13 @@ def export(
     them in OUT/manifest.json. Nothing is moved into OUT unless every component exported and passed its gate."""
     from ..exporters.orchestrate import ExportRequest, prepare, run_export
 
-    request = ExportRequest(target=target, out_dir=out, components=component, delegate=delegate, decoder=decoder,
-                            preset=preset, checkpoints=list(checkpoint), resolution=resolution, frames=frames,
-                            dtype=dtype, attention=attention, rewrite=list(rewrite), verify=not no_verify, bundle=bundle,
-                            etrecord=etrecord, compute_units=compute_units, min_ios=min_ios, soc=soc)
+    request = ExportRequest(target=target.value, out_dir=out, components=component,
+                            delegate=delegate.value if delegate else None, decoder=decoder.value,
+                            preset=preset.value, checkpoints=list(checkpoint), resolution=resolution, frames=frames,
+                            dtype=dtype.value if dtype else None, precision=precision, calibration=calibration,
+                            min_psnr=min_psnr, recipe=recipe, attention=attention.value, rewrite=list(rewrite),
+                            verify=not no_verify, bundle=bundle, etrecord=etrecord, compute_units=compute_units.value,
+                            min_ios=min_ios, soc=soc)
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
@@ -161,13 +171,13 @@ def export(
                     "artifacts": [e.to_dict() for e in report.entries]})
         return
     table = Table(title=f"exported to {report.out_dir}")
-    for col in ("component", "target", "dtype", "file", "size", "time", "peak RSS", "parity", "verified on"):
+    for col in ("component", "target", "precision", "file", "size", "time", "peak RSS", "parity", "verified on"):
         table.add_column(col, justify="right" if col in ("size", "time", "peak RSS") else "left", no_wrap=True)
     notes = []
     for e in report.entries:
         tgt = e.target + (f"/{e.delegate}" if e.delegate else "")
         verified = e.parity.get("verified_on") or "—"
-        table.add_row(e.component, tgt, e.dtype, e.file, human_bytes(e.bytes), f"{e.export['wall_s']:.1f}s",
+        table.add_row(e.component, tgt, e.precision or e.dtype, e.file, human_bytes(e.bytes), f"{e.export['wall_s']:.1f}s",
                       human_bytes(e.export["peak_rss_bytes"]), _fmt_parity(e.parity), verified)
         if e.parity.get("reason"):
             notes.append(f"{e.file}: not run here — {e.parity['reason']} (structural checks passed)")

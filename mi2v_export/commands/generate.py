@@ -1,18 +1,25 @@
 """`mi2v generate`: image → video with MobileI2V, in PyTorch or on exported artifacts, optionally checked against
-the PyTorch fp32 reference (`--compare-to reference --json REPORT.json`)."""
+the PyTorch fp32 reference (`--compare-to reference --report REPORT.json`)."""
 
 from __future__ import annotations
 
 import gc
 import time
 import warnings
+from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..contract import DecoderKind, PresetName
 from ._render import console
+
+Fallback = Enum("Fallback", {"none": "none", "pytorch": "pytorch"}, type=str)
+Posterior = Enum("Posterior", {"sample": "sample", "mean": "mean"}, type=str)
+Fit = Enum("Fit", {"stretch": "stretch", "cover": "cover"}, type=str)
+CompareTo = Enum("CompareTo", {"reference": "reference"}, type=str)
 
 STAGE_LABELS = {"load": "load models", "encode": "encode image", "denoise": "denoise", "decode": "decode video"}
 
@@ -30,12 +37,12 @@ def generate(
     use: list[str] = typer.Option([], "--use", help="which artifact runs when a folder holds several for a "
                                   "component: 'executorch' (all) or 'denoiser=executorch' (repeatable); default: "
                                   "the first this host can run, in the order onnx, executorch, coreml"),
-    fallback: str = typer.Option("none", help="component missing from --artifacts: 'none' (error) or 'pytorch'"),
-    preset: str | None = typer.Option(None, help="model preset: mobilei2v-270m | tiny (default: the artifacts' "
-                                      "or mobilei2v-270m)"),
-    decoder: str | None = typer.Option(None, help="turbo-vaed | ltx (default: the artifacts', the checkpoints', "
-                                       "else turbo-vaed)"),
-    steps: int = typer.Option(2, help="flow-matching Euler steps (shift 3): 1 → t=[1000], 2 → [1000, 8.929], "
+    fallback: Fallback = typer.Option("none", help="component missing from --artifacts: none (error) or pytorch"),
+    preset: PresetName | None = typer.Option(None, help="model preset (default: the artifacts' or "
+                                             "mobilei2v-270m)"),
+    decoder: DecoderKind | None = typer.Option(None, help="default: the artifacts', the checkpoints', else "
+                                               "turbo-vaed"),
+    steps: int = typer.Option(2, min=1, help="flow-matching Euler steps (shift 3): 1 → t=[1000], 2 → [1000, 8.929], "
                               "N → the shifted grid; upstream's multi-step default is 30"),
     seed: int = typer.Option(0, help="seed of the CPU noise generator"),
     resolution: str | None = typer.Option(None, help="HEIGHTxWIDTH, multiples of 4 (default: the artifacts' or "
@@ -43,15 +50,15 @@ def generate(
     frames: int | None = typer.Option(None, help="video frames, 8k+1 (default: the artifacts' or the preset's)"),
     flow_score: float = typer.Option(2.0, "--flow-score", help="motion amount (mean optical-flow score the model "
                                      "was trained on; higher = more motion)"),
-    posterior: str = typer.Option("sample", help="reference latent: 'sample' the LTX posterior like upstream "
-                                  "(falls back to the mean when an encoder artifact has no logvar) or 'mean'"),
-    fit: str = typer.Option("stretch", help="image → video size: 'stretch' (upstream) or 'cover' (scale, "
+    posterior: Posterior = typer.Option("sample", help="reference latent: sample the LTX posterior like upstream "
+                                        "(falls back to the mean when an encoder artifact has no logvar) or mean"),
+    fit: Fit = typer.Option("stretch", help="image → video size: stretch (upstream) or cover (scale, "
                             "centre-crop)"),
-    fps: int = typer.Option(17, help="frames per second of the MP4"),
-    compare_to: str | None = typer.Option(None, "--compare-to", help="'reference': also run PyTorch fp32 with the "
-                                          "same seed and compare (needs --artifacts)"),
-    json_out: Path | None = typer.Option(None, "--json", help="with --compare-to: write the report (latent_rel_err "
-                                         "per step, psnr_db and ssim per frame) here"),
+    fps: int = typer.Option(17, min=1, help="frames per second of the MP4"),
+    compare_to: CompareTo | None = typer.Option(None, "--compare-to", help="reference: also run PyTorch fp32 "
+                                                "with the same seed and compare (needs --artifacts)"),
+    json_out: Path | None = typer.Option(None, "--report", help="with --compare-to: write the report "
+                                         "(latent_rel_err per step, psnr_db and ssim per frame) here"),
     min_psnr: float | None = typer.Option(None, "--min-psnr", help="with --compare-to: per-frame PSNR gate in dB "
                                           "(default 40 for fp32 artifacts, 30 for fp16)"),
 ) -> None:
@@ -70,16 +77,13 @@ def generate(
         raise BadInputError(f"--out {out}: the video must be an .mp4 file")
     if out.exists() and out.is_dir():
         raise BadInputError(f"--out {out}: is a folder")
-    if compare_to not in (None, "reference"):
-        raise BadInputError(f"--compare-to {compare_to!r}: only 'reference' (PyTorch fp32) is supported")
+    fallback, posterior, fit = fallback.value, posterior.value, fit.value
+    preset, decoder = preset and preset.value, decoder and decoder.value
+    compare_to = compare_to and compare_to.value
     if json_out is not None and compare_to is None:
-        raise BadInputError("--json writes the comparison report: use it with --compare-to reference")
+        raise BadInputError("--report writes the comparison report: use it with --compare-to reference")
     if compare_to and not artifacts:
         raise BadInputError("--compare-to reference compares exported artifacts with PyTorch: pass --artifacts DIR")
-    if fps < 1:
-        raise BadInputError(f"--fps must be positive, got {fps}")
-    if fallback not in ("none", "pytorch"):
-        raise BadInputError(f"--fallback must be 'none' or 'pytorch', got {fallback!r}")
     pl.flow_schedule(steps)  # validates --steps
 
     img = pl.load_image(image)

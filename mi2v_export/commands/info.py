@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from ..contract import PresetName
 from ._render import console, human_count, print_json
 
 
@@ -13,9 +14,9 @@ def _shape(shape) -> str:
 
 
 def info(
-    preset: str = typer.Option("mobilei2v-270m", help="model preset: mobilei2v-270m | tiny"),
+    preset: PresetName = typer.Option("mobilei2v-270m", help="model preset"),
     resolution: str | None = typer.Option(None, help="HEIGHTxWIDTH, e.g. 720x1280 (default: the preset's)"),
-    frames: int | None = typer.Option(None, help="video frames, 8k+1 (default: the preset's)"),
+    frames: int | None = typer.Option(None, min=1, help="video frames, 8k+1 (default: the preset's)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Latent shape, token count, parameters and GFLOP per component (one denoiser step)."""
@@ -23,7 +24,7 @@ def info(
     from ..presets import get_preset
     from ..shapes import geometry, parse_resolution
 
-    p = get_preset(preset)
+    p = get_preset(preset.value)
     h, w = parse_resolution(resolution) if resolution else (p.height, p.width)
     geo = geometry(h, w, frames if frames is not None else p.frames)
     stats = component_stats(p, geo)

@@ -5,27 +5,28 @@ timeouts, quoted remote arguments, exit-code marker on phones without shell_v2):
 
 1. facts: `getprop`, the cpufreq loop, `/proc/meminfo`, `dumpsys thermalservice`, `dumpsys battery`, probes for
    `toybox time` and `taskset`;
-2. runner checks on this machine (exists, ELF class/machine against the device ABI list, Android linker, not a
-   shared library; a `#!` script only on a simulated phone), then push into `/data/local/tmp/mi2v/<hash of the
-   runner files>/` (files already there with the same sha256 are not pushed again, models included), `chmod 755`, `test -x`, and a `--help` probe
-   that tells a runner that cannot start (missing library, wrong interpreter, crash) from one that can, and which
-   flags it has (`print_output` and per-iteration lines: ExecuTorch ≥ 1.3);
+2. the runner: `--runner`, else one in the artifacts folder, else one the device has on its PATH. A local one is
+   checked on this machine (exists, ELF class/machine against the device ABI list, not a shared library, and its
+   ELF interpreter or `#!` interpreter present on the device), then pushed into `/data/local/tmp/mi2v/<hash of the
+   runner files>/` (files already there with the same sha256 are not pushed again, models included), `chmod 755`;
+   then `test -x` and a `--help` probe that tells a runner that cannot start (missing library, wrong interpreter,
+   crash) from one that can, and which flags it has (`print_output` and per-iteration lines: ExecuTorch ≥ 1.3);
 3. per component: cool-down and thermal gate, one runner process per run with warm-up inside it
    (`--num_executions=W+N` / `-r W+N`, the first W samples dropped), pinned with `taskset MASK` and measured with
    `toybox time -v` (peak RSS; without toybox, VmHWM is polled), the runner's own exit status kept by a marker;
    the ORT result CSV and any ETDump are pulled.
 
-Against a simulated phone (ro.mi2v.simulated=1, host ABI) no runner is needed: the project's host runners, which
-execute the model on this machine and print the real runners' formats, are pushed instead.
+Every device is driven the same way; whether it is simulated is read from its properties in one place
+(`device_facts`), for the report only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,20 +35,18 @@ from typing import Any
 
 from ..errors import DeviceError
 from .adb import Adb, AdbDevice, AdbTimeout, parse_getprop, quote
+from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
 from .elf import RunnerFile, inspect_runner, is_shared_library, runs_on
-from .report import RunResult
+from .report import BenchReport, ComponentResult, RunResult
 from .runners import (
     EXECUTOR_RUNNER,
     ORT_PERF_TEST,
-    is_host_runner,
     parse_battery,
     parse_executor_runner,
     parse_meminfo,
     parse_ort_perf_test,
     parse_thermalservice,
-    write_host_runner,
 )
-from .simulate import host_abi, is_simulated_props
 
 REMOTE_ROOT = "/data/local/tmp/mi2v"
 RUNNER_RC = "__MI2V_RUNNER_RC="
@@ -62,9 +61,7 @@ COMPANION_LIBS = {
     EXECUTOR_RUNNER: ("libQnn*.so", "libqnn_executorch_backend.so", "libvulkan_*.so"),
 }
 README_RUNNERS = "see the README section 'Android runners'"
-
-Say = Callable[[str], None]
-
+SIMULATED_PROP = "ro.mi2v.simulated"  # a device that answers 1 is a simulated phone (`mi2v devices simulate`)
 
 def _quiet(_: str) -> None:
     return None
@@ -166,6 +163,29 @@ def parse_list(text: str) -> list[int]:
     return ids
 
 
+def device_facts(props: dict[str, str], serial: str) -> dict[str, Any]:
+    """The report's device identity from `getprop`. The one place that reads whether the device says it is
+    simulated (`ro.mi2v.simulated=1`); nothing else treats a simulated phone differently."""
+    p = props
+    sdk = p.get("ro.build.version.sdk", "")
+    text = p.get("ro.product.cpu.abilist") or p.get("ro.product.cpu.abi", "")
+    abilist = [a for a in text.split(",") if a]
+    simulated = p.get(SIMULATED_PROP, "") == "1"
+    return {
+        "transport": "adb", "serial": serial, "simulated_device": simulated,
+        "manufacturer": p.get("ro.product.manufacturer"), "brand": p.get("ro.product.brand"),
+        "model": p.get("ro.product.model"), "device": p.get("ro.product.device"),
+        "soc_manufacturer": p.get("ro.soc.manufacturer"),
+        "soc_model": p.get("ro.soc.model") or p.get("ro.board.platform") or p.get("ro.hardware"),
+        "board_platform": p.get("ro.board.platform"), "hardware": p.get("ro.hardware"), "os": "android",
+        "os_version": p.get("ro.build.version.release"), "sdk_int": int(sdk) if sdk.isdigit() else None,
+        "build_fingerprint": p.get("ro.build.fingerprint"), "build_type": p.get("ro.build.type"),
+        "abi": p.get("ro.product.cpu.abi") or (abilist[0] if abilist else None), "abilist": abilist,
+        "simulator": ({"version": p.get("ro.mi2v.simulator.version"), "host": p.get("ro.mi2v.simulator.host")}
+                      if simulated else None),
+    }
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # runners
 # --------------------------------------------------------------------------------------------------------------------
@@ -176,25 +196,26 @@ class Runner:
     """A runner file on this machine, checked against the device, and where it lives on the device."""
 
     name: str  # executor_runner | onnxruntime_perf_test (its name on the device)
-    local: Path
+    local: Path | None  # None: the device already has it (on its PATH)
     sha256: str
-    info: RunnerFile
-    source: str  # --runner | artifacts folder | host runner (simulated phone)
+    info: RunnerFile | None
+    source: str  # --runner | artifacts folder | device PATH
     libs: list[Path] = field(default_factory=list)
     flags: set[str] = field(default_factory=set)  # executor_runner flags seen in --help
     per_iteration: bool = True
+    installed: str | None = None  # its path on the device when it was found there
 
     def describe(self) -> dict[str, Any]:
-        return {"runner": self.name, "runner_path": str(self.local), "runner_sha256": self.sha256,
-                "runner_source": self.source, "runner_file": self.info.describe(),
+        return {"runner": self.name, "runner_path": str(self.local or self.installed), "runner_sha256": self.sha256,
+                "runner_source": self.source, "runner_file": self.info.describe() if self.info else None,
                 "runner_libs": [p.name for p in self.libs]}
 
 
-def check_runner(path: Path, name: str, abilist: list[str], simulated: bool) -> RunnerFile:
+def check_runner(path: Path, name: str, abilist: list[str], device_has: Callable[[str], bool]) -> RunnerFile:
     """Refuse a runner that cannot run on the device, with the cause and the fix in one line.
 
-    `simulated`: the device is a simulated phone with this machine's ABI, which runs on this machine — there a
-    `#!` script (the project's host runner) and a host-linked binary are fine."""
+    `device_has(path)`: whether the device has that file; a `#!` script or an ELF binary runs there only when its
+    interpreter does (a phone has bionic's linker and /system/bin/sh, not a desktop's loader)."""
     if not path.exists():
         raise DeviceError(f"runner {path} does not exist: build {name} for the phone ({README_RUNNERS}) and pass "
                           "--runner PATH")
@@ -206,10 +227,12 @@ def check_runner(path: Path, name: str, abilist: list[str], simulated: bool) -> 
         raise DeviceError(f"cannot read runner {path} ({exc.strerror}): check its permissions") from None
     abis = ", ".join(abilist) or "unknown"
     if info.kind == "script":
-        if simulated:
+        interpreter = (info.shebang or "").removeprefix("#!").split(maxsplit=1)[:1]
+        if interpreter and device_has(interpreter[0]):
             return info
-        raise DeviceError(f"runner {path} is a script, not a native binary: a phone needs {name} cross-compiled "
-                          f"for {abilist[0] if abilist else 'its ABI'} ({README_RUNNERS})")
+        raise DeviceError(f"runner {path} is a script, not a native binary, and the device has no "
+                          f"{interpreter[0] if interpreter else 'interpreter'} to run it: a phone needs {name} "
+                          f"cross-compiled for {abilist[0] if abilist else 'its ABI'} ({README_RUNNERS})")
     if info.kind != "elf":
         raise DeviceError(f"runner {path} is not executable (neither an ELF binary nor a #! script): pass the "
                           f"{name} binary from the build folder with --runner")
@@ -221,9 +244,10 @@ def check_runner(path: Path, name: str, abilist: list[str], simulated: bool) -> 
         raise DeviceError(f"runner {path} has the wrong architecture: it is {info.elf_class}-bit {info.machine}"
                           f"{f' ({info.abi})' if info.abi else ''} but the device runs {abis}; rebuild it for "
                           f"{abilist[0] if abilist else 'the device ABI'} ({README_RUNNERS})")
-    if not simulated and not info.android_linked:
-        raise DeviceError(f"runner {path} is linked for desktop Linux (interpreter {info.interpreter}), not Android: "
-                          f"build it with the Android NDK toolchain ({README_RUNNERS})")
+    if not info.android_linked and not device_has(str(info.interpreter)):
+        raise DeviceError(f"runner {path} is linked for desktop Linux (interpreter {info.interpreter}, which the "
+                          f"device does not have), not Android: build it with the Android NDK toolchain "
+                          f"({README_RUNNERS})")
     return info
 
 
@@ -271,7 +295,6 @@ class AndroidSession:
         self.say = say
         self.props: dict[str, str] = {}
         self.cpus: list[dict[str, Any]] = []
-        self.simulated = False
         self.has_toybox_time = False
         self.has_taskset = False
         self.remote_dir = ""
@@ -279,7 +302,6 @@ class AndroidSession:
         self.already_there: list[str] = []
         self.uncontrolled: list[str] = []
         self.warnings: list[str] = []
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.mask: int | None = None
         self.mask_rule = ""
         self.granted: str | None = None
@@ -291,42 +313,17 @@ class AndroidSession:
         text = self.props.get("ro.product.cpu.abilist") or self.props.get("ro.product.cpu.abi", "")
         return [a for a in text.split(",") if a]
 
-    @property
-    def host_like(self) -> bool:
-        """A simulated phone that reports this machine's ABI: it can run the project's host runners."""
-        return self.simulated and host_abi() in self.abilist
-
     def fingerprint(self) -> dict[str, Any]:
         """Identity, CPUs, memory, and the first thermal/battery snapshot; probes toybox time and taskset."""
         d = self.dev
         self.props = parse_getprop(d.check_output(["getprop"]))
-        self.simulated = is_simulated_props(self.props)
         self.cpus = parse_cpu_loop(d.shell(_CPU_LOOP).out)
         mem = parse_meminfo(d.shell(["cat", "/proc/meminfo"]).out)
         rc, _, err = d.shell("toybox time -v true")
         self.has_toybox_time = rc == 0 and "Max RSS" in err
         self.has_taskset = d.shell("taskset -p $$ >/dev/null 2>&1").rc == 0
-        p = self.props
-        sdk = p.get("ro.build.version.sdk", "")
         return {
-            "transport": "adb",
-            "serial": d.serial,
-            "simulated_device": self.simulated,
-            "manufacturer": p.get("ro.product.manufacturer"),
-            "brand": p.get("ro.product.brand"),
-            "model": p.get("ro.product.model"),
-            "device": p.get("ro.product.device"),
-            "soc_manufacturer": p.get("ro.soc.manufacturer"),
-            "soc_model": p.get("ro.soc.model") or p.get("ro.board.platform") or p.get("ro.hardware"),
-            "board_platform": p.get("ro.board.platform"),
-            "hardware": p.get("ro.hardware"),
-            "os": "android",
-            "os_version": p.get("ro.build.version.release"),
-            "sdk_int": int(sdk) if sdk.isdigit() else None,
-            "build_fingerprint": p.get("ro.build.fingerprint"),
-            "build_type": p.get("ro.build.type"),
-            "abi": p.get("ro.product.cpu.abi") or (self.abilist[0] if self.abilist else None),
-            "abilist": self.abilist,
+            **device_facts(self.props, d.serial),
             "mem_total_kb": mem.get("MemTotal"),
             "mem_available_kb": mem.get("MemAvailable"),
             "cpus": self.cpus,
@@ -334,8 +331,6 @@ class AndroidSession:
             "governors": sorted({c["governor"] for c in self.cpus if c.get("governor")}),
             "shell_v2": d.shell_v2,
             "toybox_time": self.has_toybox_time,
-            "simulator": ({"version": p.get("ro.mi2v.simulator.version"), "host": p.get("ro.mi2v.simulator.host")}
-                          if self.simulated else None),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -412,38 +407,23 @@ class AndroidSession:
 
     # ---- runners ---------------------------------------------------------------------------------------------
     def find_runner(self, name: str, given: Sequence[Path], artifacts_dir: Path) -> Runner:
-        """--runner, else DIR/runners/<abi>/NAME or DIR/NAME, else (simulated phone) the project's host runner."""
-        path: Path | None = None
-        source = ""
-        matching = [p for p in given if _runner_kind(p) == name]
-        if matching:
-            path, source = matching[0], "--runner"
-        else:
-            for abi in self.abilist:
-                for cand in (artifacts_dir / "runners" / abi / name, artifacts_dir / name):
-                    if cand.is_file() and (cand.parent.name == abi or runs_on(inspect_runner(cand), [abi])):
-                        path, source = cand, "artifacts folder"
-                        break
-                if path:
-                    break
-        if path is None:
-            if not self.host_like:
-                abi = self.abilist[0] if self.abilist else "the device ABI"
-                raise DeviceError(f"no {name} for {abi}: build it ({README_RUNNERS}) and pass --runner PATH, or put "
-                                  f"it in {artifacts_dir}/runners/{abi}/")
-            if self._tmp is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="mi2v-runners-")
-            path, source = write_host_runner(name, self._tmp.name), "host runner (simulated phone)"
-        path = Path(path)
-        info = check_runner(path, name, self.abilist, self.host_like)
-        libs = sorted({q for pattern in COMPANION_LIBS.get(name, ()) for q in path.parent.glob(pattern)
-                       if q.is_file() and q != path})
-        return Runner(name, path, file_sha256(path), info, source, libs)
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        """--runner, else DIR/runners/<abi>/NAME or DIR/NAME (checked here, pushed later), else the runner the
+        device already has on its PATH (used where it is)."""
+        found = local_runner(name, given, artifacts_dir, self.abilist)
+        if found is not None:
+            path, source = found
+            info = check_runner(path, name, self.abilist, self.dev.exists)
+            libs = sorted({q for pattern in COMPANION_LIBS.get(name, ()) for q in path.parent.glob(pattern)
+                           if q.is_file() and q != path})
+            return Runner(name, path, file_sha256(path), info, source, libs)
+        rc, out, _ = self.dev.shell(f"command -v {name}")
+        installed = out.strip().splitlines()[-1] if rc == 0 and out.strip() else ""
+        if installed.startswith("/"):
+            sha = self.dev.sha256_many([installed]).get(installed, "")
+            return Runner(name, None, sha, None, "device PATH", installed=installed)
+        abi = self.abilist[0] if self.abilist else "the device ABI"
+        raise DeviceError(f"no {name} for {abi}: build it ({README_RUNNERS}) and pass --runner PATH, or put it in "
+                          f"{artifacts_dir}/runners/{abi}/")
 
     # ---- staging ---------------------------------------------------------------------------------------------
     def set_remote_dir(self, runners: Sequence[StagedFile]) -> str:
@@ -470,16 +450,17 @@ class AndroidSession:
             self.pushed.append(f.remote_name)
 
     def prepare_runner(self, runner: Runner) -> None:
-        """Push the runner (and its libraries), make it executable, and probe that it starts."""
-        self.stage([StagedFile(runner.local, runner.name, runner.sha256),
-                    *[StagedFile(lib, lib.name, file_sha256(lib)) for lib in runner.libs]])
-        rpath = f"{self.remote_dir}/{runner.name}"
-        self.dev.shell(["chmod", "755", rpath], check=True)
+        """Push a local runner (and its libraries) and make it executable; probe that the runner starts."""
+        rpath = self.runner_path(runner)
+        if runner.local is not None:
+            self.stage([StagedFile(runner.local, runner.name, runner.sha256),
+                        *[StagedFile(lib, lib.name, file_sha256(lib)) for lib in runner.libs]])
+            self.dev.shell(["chmod", "755", rpath], check=True)
         if self.dev.shell(["test", "-x", rpath]).rc != 0:
             raise DeviceError(f"{runner.name} is not executable on the device after chmod 755 ({rpath}): "
                               "/data/local/tmp should allow it; check the device's storage mounts")
         help_flag = "--help" if runner.name == EXECUTOR_RUNNER else "-h"
-        cmd = f"cd {shlex.quote(self.remote_dir)} && LD_LIBRARY_PATH=. ./{runner.name} {help_flag}"
+        cmd = f"cd {shlex.quote(self.remote_dir)} && LD_LIBRARY_PATH=. {shlex.quote(rpath)} {help_flag}"
         rc, out, err = self.dev.shell(cmd, timeout=60)
         problem = diagnose_start(rc, out + err, runner.name)
         if problem:
@@ -495,11 +476,15 @@ class AndroidSession:
                 self.warnings.append(f"{runner.name} predates ExecuTorch 1.3 (no --print_output): it prints only a "
                                      "total, so the report has the mean per component, no distribution")
 
+    def runner_path(self, runner: Runner) -> str:
+        """Where the runner is on the device: in the staging folder, or where the device had it."""
+        return runner.installed or f"{self.remote_dir}/{runner.name}"
+
     # ---- runs ------------------------------------------------------------------------------------------------
-    def _wrap(self, runner: str, args: list[str]) -> str:
+    def _wrap(self, runner: Runner, args: list[str]) -> str:
         d = shlex.quote(self.remote_dir)
         pin = f"taskset {self.mask:x} " if self.mask is not None else ""
-        inner = f"{pin}./{runner} {quote(args)}"
+        inner = f"{pin}{shlex.quote(self.runner_path(runner))} {quote(args)}"
         if self.has_toybox_time:
             body = f"toybox time -v sh -c {shlex.quote(f'{inner}; echo {RUNNER_RC}$? >&2')}"
         else:
@@ -511,7 +496,7 @@ class AndroidSession:
     def run_runner(self, runner: Runner, args: list[str], timeout: float) -> tuple[int, str, str, float, int | None]:
         """(runner exit status, stdout, stderr, wall s, VmHWM KiB when polled), markers removed."""
         t0 = time.monotonic()
-        rc, out, err = self.dev.shell(self._wrap(runner.name, args), timeout=timeout)
+        rc, out, err = self.dev.shell(self._wrap(runner, args), timeout=timeout)
         wall = time.monotonic() - t0
         both = out + "\n" + err  # phones without shell_v2 merge stderr into stdout
         m = re.search(re.escape(RUNNER_RC) + r"(\d+)", both)
@@ -651,6 +636,20 @@ def _last_meaningful(text: str, errors: list[str]) -> str:
     return lines[-1][:200] if lines else ""
 
 
+def local_runner(name: str, given: Sequence[Path], artifacts_dir: Path, abilist: Sequence[str]
+                 ) -> tuple[Path, str] | None:
+    """(path, source) of the runner on this machine: the --runner file of that name, else
+    DIR/runners/<abi>/NAME or DIR/NAME built for one of the device's ABIs; None when there is none."""
+    matching = [p for p in given if _runner_kind(p) == name]
+    if matching:
+        return Path(matching[0]), "--runner"
+    for abi in abilist:
+        for cand in (artifacts_dir / "runners" / abi / name, artifacts_dir / name):
+            if cand.is_file() and (cand.parent.name == abi or runs_on(inspect_runner(cand), [abi])):
+                return cand, "artifacts folder"
+    return None
+
+
 def _runner_kind(path: Path) -> str:
     return ORT_PERF_TEST if "onnxruntime_perf_test" in path.name or "perf_test" in path.name else EXECUTOR_RUNNER
 
@@ -661,4 +660,179 @@ def runner_kind(path: Path) -> str:
 
 
 __all__ = ["AndroidSession", "AdbTimeout", "Runner", "RunnerFailure", "StagedFile", "big_core_mask",
-           "check_runner", "diagnose_start", "is_host_runner", "parse_cpu_loop", "parse_mask", "runner_kind"]
+           "check_runner", "device_facts", "diagnose_start", "local_runner", "parse_cpu_loop", "parse_mask",
+           "runner_kind"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# --device adb (native runners) in the bench loop
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def pick_device(adb: Adb, serial: str | None) -> AdbDevice:
+    """The device; a HOST:PORT serial that adb does not know yet is `adb connect`ed first."""
+    if serial and re.fullmatch(r"[\w.-]+:\d+", serial) and serial not in {d.serial for d in adb.devices()}:
+        adb.connect(serial)
+    return adb.pick_device(serial)
+
+
+def adb_host_facts(adb: Adb, port: int | None) -> dict[str, Any]:
+    """The report's host block for a phone over adb: this machine and the adb it talks through."""
+    import platform
+
+    return {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "adb": {"path": adb.path, "version": adb.version(), "server_port": port}}
+
+
+class AdbRunnerDevice(BenchDevice):
+    """A phone over adb timed with its native runners: executor_runner for .pte, onnxruntime_perf_test for .onnx."""
+
+    transport = "adb"
+
+    def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, json_path: Path, say: Say):
+        self.opts, self.manifest, self.serial, self.say = opts, manifest, serial, say
+        self.extras = json_path.with_name(json_path.stem + ".files")  # ETDumps, CSVs, failure logs
+        self.json_dir = json_path.parent
+        self.session: AndroidSession | None = None
+        self.files: dict[str, list[StagedFile]] = {}
+        self.found: dict[str, Runner | DeviceError] = {}  # per runtime: the runner, or why there is none
+        self.prepared: dict[str, Runner | DeviceError] = {}  # per runtime: pushed and probed, or why not
+
+    def facts(self) -> DeviceFacts:
+        adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
+        host = adb_host_facts(adb, self.opts.adb_port)
+        dev = pick_device(adb, self.serial)
+        self.session = s = AndroidSession(adb, dev, self.say)
+        self.say(f"reading device facts of {dev.serial}")
+        device = s.fingerprint()
+        s.uncontrolled += ["CPU clocks are not locked (needs root); governors are recorded only",
+                           "screen state, charging and background apps are not controlled (battery: see conditions)"]
+        s.plan_pinning(self.opts.cpu_mask)
+        protocol = {"threads": s.threads, "affinity_mask": f"{s.mask:x}" if s.mask else None,
+                    "affinity_granted": s.granted, "affinity_rule": s.mask_rule,
+                    "peak_rss_method": "toybox-time" if s.has_toybox_time else "vmhwm-poll"}
+        return DeviceFacts(device, host, protocol, s.uncontrolled)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.session.snapshot() if self.session else {}
+
+    def cool_down(self, pause_s: float, label: str) -> dict[str, Any]:
+        assert self.session is not None
+        return self.session.cool_down(pause_s, self.opts.thermal_wait, label)
+
+    def alive(self) -> bool:
+        try:
+            return self.session is not None and self.session.dev.get_state() == "device"
+        except DeviceError:
+            return False
+
+    def prepare(self, sel: Selection) -> None:
+        """Check the artifact's files against the manifest and find the runner of its runtime (once per runtime)."""
+        from .bench import artifact_files, verify_files
+
+        assert self.session is not None and sel.runtime is not None
+        self.files[sel.component] = [StagedFile(p, n, sha) for p, n, sha in
+                                     verify_files(artifact_files(self.manifest, sel.entry))]
+        if sel.runtime not in self.found:
+            try:
+                self.found[sel.runtime] = self.session.find_runner(RUNNER_FOR_RUNTIME[sel.runtime],
+                                                                   self.opts.runners, Path(self.opts.artifacts))
+            except DeviceError as exc:
+                self.found[sel.runtime] = exc
+        if isinstance(self.found[sel.runtime], DeviceError):
+            raise self.found[sel.runtime]
+
+    def _runner(self, runtime: str) -> Runner:
+        """The runner pushed and probed (the staging folder is named after every runner found, once)."""
+        s = self.session
+        assert s is not None
+        if not s.remote_dir:
+            s.set_remote_dir([StagedFile(r.local, r.name, r.sha256) for r in self.found.values()
+                              if isinstance(r, Runner)])
+        if runtime not in self.prepared:
+            runner = self.found[runtime]
+            assert isinstance(runner, Runner)
+            try:
+                self.say(f"checking {runner.name} ({runner.describe()['runner_path']}) on the device")
+                s.prepare_runner(runner)
+                self.prepared[runtime] = runner
+            except DeviceError as exc:
+                self.prepared[runtime] = exc
+        if isinstance(self.prepared[runtime], DeviceError):
+            raise self.prepared[runtime]
+        return self.prepared[runtime]  # type: ignore[return-value]
+
+    def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
+        s, opts = self.session, self.opts
+        assert s is not None and sel.runtime is not None
+        runner = self._runner(sel.runtime)
+        comp.runtime.update(runner.describe(), threads=s.threads, affinity_mask=f"{s.mask:x}" if s.mask else None,
+                            backend=(sel.entry.delegate or "portable") if sel.runtime == "executorch" else "cpu",
+                            log_channel="stdout+stderr")
+        try:
+            s.stage(self.files[sel.component])
+            for r in range(opts.runs):
+                self.say(f"{sel.component}: {sel.entry.file} with {runner.name}, run {r + 1}/{opts.runs}: "
+                         f"{opts.warmup} warm-up + {opts.iterations} timed iterations")
+                comp.runs.append(self._run_once(sel, comp, runner, r))
+            if opts.etdump and sel.runtime == "executorch":
+                comp.runtime["etdump"] = self._profile(sel, runner)
+        except AdbTimeout:
+            raise DeviceError(f"timeout: {runner.name} did not finish the {sel.component} within {opts.timeout:g} s "
+                              f"({opts.warmup}+{opts.iterations} iterations): raise --timeout or lower --iterations"
+                              ) from None
+        except RunnerFailure as exc:
+            log = self.extras / f"{sel.component}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(exc.log)
+            comp.runtime["failure_log"] = os.path.relpath(log, self.json_dir)
+            raise
+        comp.status, comp.error = "ok", None
+        return comp
+
+    def _run_once(self, sel: Selection, comp: ComponentResult, runner: Runner, r: int) -> RunResult:
+        """One runner process (warm-up inside it); its ETDump or result CSV pulled next to the report."""
+        s, opts = self.session, self.opts
+        assert s is not None
+        if sel.runtime == "executorch":
+            data = next((f.file for f in sel.entry.extra_files if f.role == "external_data"), None)
+            run, text = s.run_executorch(runner, sel.entry.file, data, opts.warmup, opts.iterations, opts.timeout)
+            run.backend = comp.runtime["backend"]
+            if "--- logcat ---" in text:
+                comp.runtime["log_channel"] = "logcat"
+            dump = s.pull_if_exists("model.etdump", self.extras / f"{sel.component}.run{r}.etdump")
+            if dump is not None:
+                run.etdump = os.path.relpath(dump, self.json_dir)
+                s.warnings.append(f"{runner.name} wrote an ETDump in the timed run (built with the event tracer): "
+                                  "its timings include profiling overhead")
+            return run
+        csv = self.extras / f"{sel.component}.run{r}.csv"
+        self.extras.mkdir(parents=True, exist_ok=True)
+        run, _ = s.run_ort(runner, sel.entry.file, opts.warmup, opts.iterations, opts.timeout,
+                           f"runs_{sel.component}_{r}.csv", csv)
+        run.backend = "cpu"
+        csv.unlink(missing_ok=True)
+        return run
+
+    def _profile(self, sel: Selection, runner: Runner) -> str | None:
+        """--etdump: a separate one-iteration run with --etdump_path; the pulled file, relative to the report."""
+        s = self.session
+        assert s is not None
+        if "etdump_path" not in runner.flags:
+            s.warnings.append(f"--etdump: {runner.name} has no --etdump_path (build it with "
+                              "-DEXECUTORCH_ENABLE_EVENT_TRACER=ON)")
+            return None
+        self.say(f"{sel.component}: a separate profiling run for the ETDump")
+        name = f"{sel.component}.etdump"
+        s.run_executorch(runner, sel.entry.file, None, 0, 1, self.opts.timeout, etdump=name)
+        dump = s.pull_if_exists(name, self.extras / name)
+        return os.path.relpath(dump, self.json_dir) if dump else None
+
+    def finish(self, report: BenchReport) -> None:
+        if self.session is None:
+            return
+        s = self.session
+        if s.remote_dir:
+            report.staging = {"remote_dir": s.remote_dir, "pushed": s.pushed, "already_there": s.already_there,
+                              "kept": True}
+        report.warnings.extend(s.warnings)

@@ -42,9 +42,13 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
+from .android import device_facts
+from .bench import BenchDevice, BenchOptions, DeviceFacts, Selection, select_artifacts, verify_files
+from .report import SCHEMA, BenchReport, ComponentResult
 
 Say = Callable[[str], None]
 
@@ -517,25 +521,6 @@ def load_app_report(text: str | bytes, where: str = "the app's report") -> dict[
     return data
 
 
-def device_facts_from_props(props: Mapping[str, str], serial: str) -> dict[str, Any]:
-    """The report's device block from `getprop` (when the caller has no richer facts)."""
-    from .simulate import is_simulated_props
-
-    sdk = props.get("ro.build.version.sdk", "")
-    abilist = [a for a in (props.get("ro.product.cpu.abilist") or "").split(",") if a]
-    return {
-        "transport": "adb", "serial": serial, "simulated_device": is_simulated_props(dict(props)),
-        "manufacturer": props.get("ro.product.manufacturer"), "brand": props.get("ro.product.brand"),
-        "model": props.get("ro.product.model"), "device": props.get("ro.product.device"),
-        "soc_manufacturer": props.get("ro.soc.manufacturer"),
-        "soc_model": props.get("ro.soc.model") or props.get("ro.board.platform") or props.get("ro.hardware"),
-        "board_platform": props.get("ro.board.platform"), "os": "android",
-        "os_version": props.get("ro.build.version.release"), "sdk_int": int(sdk) if sdk.isdigit() else None,
-        "build_fingerprint": props.get("ro.build.fingerprint"), "build_type": props.get("ro.build.type"),
-        "abi": props.get("ro.product.cpu.abi") or (abilist[0] if abilist else None),
-    }
-
-
 def merge_app_report(app: Mapping[str, Any], base: Mapping[str, Any] | None = None, *, serial: str | None = None,
                      artifacts: Sequence[AppArtifact] = (), host: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The normal report with the app's measurements: `base` (the host's report: device facts from adb,
@@ -689,7 +674,7 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
         app = load_app_report(text, f"the report from {dev.serial}")
         if base_report is None:
             props = parse_getprop(dev.check_output(["getprop"]))
-            base = {"schema": app["schema"], "device": device_facts_from_props(props, dev.serial), "components": []}
+            base = {"schema": app["schema"], "device": device_facts(props, dev.serial), "components": []}
         else:
             base = base_report
         host = {"adb": {"path": dev.adb.path}} if getattr(dev, "adb", None) is not None else None
@@ -783,3 +768,104 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# --device adb --via app in the bench loop
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class AppDevice(BenchDevice):
+    """A phone over adb timed inside the Android benchmark app: the host reads the phone's facts and thermals over
+    adb; one instrumentation run (at the first run()) times every prepared component in the app's process."""
+
+    transport = "adb"
+    together = True
+
+    def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, say: Say):
+        self.opts, self.manifest, self.serial, self.say = opts, manifest, serial, say
+        self.items: list[AppArtifact] = []
+        self.session: Any = None
+        self.batch: BenchReport | Mi2vError | None = None
+        self.device: dict[str, Any] = {}
+        self.app_dir = Path(opts.app_dir) if opts.app_dir else APP_DIR
+
+    def select(self, manifest: Any, opts: BenchOptions) -> list[Selection]:
+        """The .pte of each component (the app runs ExecuTorch only)."""
+        sels = select_artifacts(manifest, "executorch", "adb", opts.components)
+        if all(s.entry is None for s in sels):
+            raise BadInputError(f"{opts.artifacts}: no ExecuTorch (.pte) artifact for {', '.join(opts.components)}; "
+                                "the app runs .pte only: export with `--target executorch`")
+        for s in sels:
+            if s.entry is None and not any(e.component == s.component and e.target == "executorch"
+                                           for e in manifest.components):
+                s.reason = "no ExecuTorch artifact in the manifest (the app runs .pte only)"
+        return sels
+
+    def prepare(self, sel: Selection) -> None:
+        item = artifacts_from_manifest(self.opts.artifacts, [sel.component])[0][0]
+        verify_files([(item.path, item.remote_name, item.sha256 or "")])
+        self.items.append(item)
+
+    def print_commands(self, echo: Say) -> None:
+        for sel in self.select(self.manifest, self.opts):
+            if sel.entry is not None:
+                self.prepare(sel)
+        adb = SimpleNamespace(path=str(self.opts.adb)) if self.opts.adb else None
+        run_via_app(self.serial or "SERIAL", self.items, self.opts.iterations, self.opts.warmup, dry_run=True,
+                    runs=self.opts.runs, frames=self.manifest.frames, adb=adb, app_dir=self.app_dir, echo=echo)
+
+    def facts(self) -> DeviceFacts:
+        from .adb import Adb
+        from .android import AndroidSession, adb_host_facts, pick_device
+
+        adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
+        host = adb_host_facts(adb, self.opts.adb_port)
+        self.session = AndroidSession(adb, pick_device(adb, self.serial), self.say)
+        self.say(f"reading device facts of {self.session.dev.serial}")
+        self.device = device = self.session.fingerprint()
+        uncontrolled = [*self.session.uncontrolled, "the app process is not pinned to cores and CPU clocks are not "
+                        "locked", "screen state, charging and background apps are not controlled"]
+        return DeviceFacts(device, host, {"mode": "app", "runner": APP_RUNNER}, uncontrolled)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.session.snapshot() if self.session else {}
+
+    def alive(self) -> bool:
+        try:
+            return self.session is not None and self.session.dev.get_state() == "device"
+        except DeviceError:
+            return False
+
+    def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
+        if self.batch is None:
+            self.batch = self._run_app()
+        if isinstance(self.batch, Mi2vError):
+            raise self.batch
+        measured = self.batch.component(sel.component)
+        if measured is None:
+            raise DeviceError("not measured: the app did not report it")
+        return measured
+
+    def _run_app(self) -> BenchReport | Mi2vError:
+        """Install when needed, push, instrument once for every prepared component, read the app's report."""
+        o = self.opts
+        base = {"schema": SCHEMA, "device": self.device, "components": []}
+        try:
+            merged = run_via_app(self.session.dev, self.items, o.iterations, o.warmup, runs=o.runs,
+                                 frames=self.manifest.frames, base_report=base, adb=self.session.adb,
+                                 app_dir=self.app_dir, timeout=o.timeout, say=self.say)
+        except Mi2vError as exc:
+            return exc
+        return BenchReport.from_dict(merged)
+
+    def finish(self, report: BenchReport) -> None:
+        """The app's view joins the host's: device facts as merged, its protocol and conditions, its warnings."""
+        b = self.batch
+        if not isinstance(b, BenchReport):
+            return
+        report.device, report.tool, report.staging = b.device, b.tool, b.staging
+        report.protocol.update({k: v for k, v in b.protocol.items() if k not in report.protocol
+                                or k in ("warmup", "iterations", "runs", "timed_region")})
+        report.conditions["app"] = b.conditions
+        report.warnings += [w for w in b.warnings if w not in report.warnings]

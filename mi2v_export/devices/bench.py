@@ -18,12 +18,10 @@ print. The headline is the per-frame latency (encoder + steps × denoiser + deco
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -273,483 +271,261 @@ def _new_report(opts: BenchOptions, manifest: Any, transport: str, serial: str |
     return report
 
 
-def run_bench(opts: BenchOptions, say: Say = _quiet) -> tuple[BenchReport, Path, Mi2vError | None]:
-    """Run the benchmark; always save the report. Returns (report, where it was saved, first error or None).
-    `--via app` goes through the Android app (`run_bench_app`); iOS has its own entry (`run_bench_ios`)."""
+# --------------------------------------------------------------------------------------------------------------------
+# the device interface and the one loop
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceFacts:
+    """What a device says about itself before the first component (the report's device, host and protocol)."""
+
+    device: dict[str, Any]
+    host: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)  # threads, affinity, how memory is measured, mode
+    uncontrolled: list[str] = field(default_factory=list)
+
+
+class BenchDevice:
+    """A place where components are timed: this machine, a phone's native runners, the Android app, the iOS XCTest.
+
+    The loop (`bench_device`) calls facts() once, prepare(sel) for every component, then per component
+    cool_down() and run(); finish() at the end, whatever happened. A device that measures every component in one
+    process (the apps) sets `together` and does its work at the first run()."""
+
+    transport = "host"
+    together = False
+
+    def select(self, manifest: Any, opts: BenchOptions) -> list[Selection]:
+        return select_artifacts(manifest, opts.runtime, self.transport, opts.components)
+
+    def report_path(self, json_path: Path) -> Path:
+        """Where this device's report goes (iOS: one file per compute unit beside --json)."""
+        return json_path
+
+    def facts(self) -> DeviceFacts:
+        raise NotImplementedError
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, sel: Selection) -> None:
+        """Check (and stage) what the component needs; raise Mi2vError when it cannot run."""
+
+    def cool_down(self, pause_s: float, label: str) -> dict[str, Any]:
+        """Pause before a component; returns the snapshot it starts from."""
+        if pause_s > 0:
+            time.sleep(pause_s)
+        return self.snapshot()
+
+    def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        """False when the device is gone (the remaining components are not run)."""
+        return True
+
+    def finish(self, report: BenchReport) -> None:
+        """Record what the device staged and warned about; release what it holds."""
+
+    def print_commands(self, echo: Say) -> None:
+        raise BadInputError("--dry-run prints the commands of --via app and --device ios:UDID; the host and native-"
+                            "runner benchmarks have nothing to print without running")
+
+
+@dataclass
+class BenchOutcome:
+    """What `run_bench` returns for every device: the saved reports (iOS: one per compute unit; none for a dry
+    run) and the first error (None when every component ran)."""
+
+    reports: list[tuple[BenchReport, Path]] = field(default_factory=list)
+    error: Mi2vError | None = None
+
+
+def open_device(opts: BenchOptions, manifest: Any, json_path: Path, say: Say = _quiet, system: str | None = None
+                ) -> list[BenchDevice]:
+    """The device(s) --device / --via name (opts with the protocol resolved); iOS gives one per compute unit
+    (they share one XCTest run). Nothing is contacted before facts()."""
+    transport, serial = parse_device(opts.device)
+    if transport == "host":
+        from .host import HostDevice
+
+        return [HostDevice(opts, manifest, say)]
+    if transport == "ios":
+        from .ios import ios_devices
+
+        return ios_devices(opts, manifest, serial or "", json_path, say, system)
+    if opts.via == "app":
+        from .android_app import AppDevice
+
+        return [AppDevice(opts, manifest, serial, say)]
+    from .android import AdbRunnerDevice
+
+    return [AdbRunnerDevice(opts, manifest, serial, json_path, say)]
+
+
+def run_bench(opts: BenchOptions, say: Say = _quiet, echo: Say = print, system: str | None = None) -> BenchOutcome:
+    """Run the benchmark on the device --device names; every report is saved, even a partial one."""
     from ..manifest import read_manifest
 
     transport, serial = parse_device(opts.device)
     if transport == "ios":
-        raise BadInputError("--device ios:UDID writes one report per compute unit: call run_bench_ios")
-    if opts.via == "app":
-        return run_bench_app(opts, say)
+        from .ios import require_macos
+
+        require_macos(system)
     iterations, warmup, cooldown = _checked_protocol(opts, transport)
+    opts = replace(opts, iterations=iterations, warmup=warmup, cooldown=cooldown)
     manifest = read_manifest(opts.artifacts)
-    selections = select_artifacts(manifest, opts.runtime, transport, opts.components)
     json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, serial)
+    devices = open_device(opts, manifest, json_path, say, system)
+    if opts.dry_run:
+        devices[0].print_commands(echo)
+        return BenchOutcome()
+    outcome = BenchOutcome()
+    for device in devices:
+        path = device.report_path(json_path)
+        report, error = bench_device(device, opts, manifest, path)
+        outcome.reports.append((report, path))
+        outcome.error = outcome.error or error
+    return outcome
 
-    report = _new_report(opts, manifest, transport, serial)
-    report.protocol = {
-        "warmup": warmup, "iterations": iterations, "runs": opts.runs, "warmup_in_timed_process": True,
-        "inputs": "ones", "cooldown_s": cooldown, "thermal_wait_s": opts.thermal_wait, "timeout_s": opts.timeout,
-        "steps": opts.steps,
-    }
-    for sel in selections:
-        comp = ComponentResult(sel.component, status="skipped", error=sel.reason)
-        if sel.entry is not None:
-            comp.artifact = describe_artifact(manifest, sel.entry)
-            comp.runtime = {"name": sel.runtime, "timed_region": TIMED_REGION[sel.runtime]}
-        report.components.append(comp)
 
+def bench_device(device: BenchDevice, opts: BenchOptions, manifest: Any,
+                 path: Path) -> tuple[BenchReport, Mi2vError | None]:
+    """The loop: facts, then each component prepared, cooled down, run, checked for heat and recorded; the report
+    is saved whatever happens (a Ctrl-C too). Returns it with the first error."""
+    report = _new_report(opts, manifest, device.transport, parse_device(opts.device)[1])
+    report.protocol = {"warmup": opts.warmup, "iterations": opts.iterations, "runs": opts.runs,
+                       "warmup_in_timed_process": True, "inputs": "ones", "cooldown_s": opts.cooldown,
+                       "thermal_wait_s": opts.thermal_wait, "timeout_s": opts.timeout, "steps": opts.steps}
+    pending = _components(device, manifest, opts, report)
+    kinds: dict[str, type[Mi2vError]] = {}
     stop: Mi2vError | None = None
     try:
-        if transport == "host":
-            _run_host(opts, manifest, selections, report, iterations, warmup, cooldown, say)
-        else:
-            _run_adb(opts, serial, manifest, selections, report, iterations, warmup, cooldown, json_path, say)
+        _start(device, report)
+        _run_all(device, _prepare_all(device, pending, kinds), report, kinds, 0 if device.together else opts.cooldown)
     except Mi2vError as exc:
         stop = exc
     except KeyboardInterrupt:
+        _not_run(pending, "interrupted (Ctrl-C)")
         report.error = "interrupted (Ctrl-C)"
-        _mark_not_run(report, "interrupted (Ctrl-C)")
-        report.save(json_path)
+        _finish(device, report)
+        report.save(path)
         raise
+    _finish(device, report)
     if stop is not None:
-        _mark_not_run(report, str(stop))
-    first = stop or _first_failure(report)
-    if first is not None:
+        _not_run(pending, str(stop))
+    first = stop or _first_failure(report, kinds)
+    if first is not None and not report.error:
         report.error = str(first)
-    report.save(json_path)
-    return report, json_path, first
+    report.save(path)
+    return report, first
 
 
-_PENDING = "__pending__"
+def _components(device: BenchDevice, manifest: Any, opts: BenchOptions,
+                report: BenchReport) -> list[tuple[Selection, ComponentResult]]:
+    """One result per chosen component in the report (skipped with the reason when nothing runs); the runnable
+    ones come back as the work list."""
+    pending = []
+    for sel in device.select(manifest, opts):
+        comp = ComponentResult(sel.component, status="skipped", error=sel.reason)
+        if sel.entry is not None:
+            comp.artifact = describe_artifact(manifest, sel.entry)
+            comp.runtime = {"name": sel.runtime, "timed_region": TIMED_REGION.get(sel.runtime)}
+            comp.error = "not run"
+            pending.append((sel, comp))
+        report.components.append(comp)
+    return pending
 
 
-def _mark_not_run(report: BenchReport, why: str) -> None:
-    for c in report.components:
-        if c.error == _PENDING:
-            c.status, c.error = "skipped", f"not run: {why}"
+def _start(device: BenchDevice, report: BenchReport) -> None:
+    facts = device.facts()
+    report.device, report.host = facts.device, facts.host
+    report.protocol.update(facts.protocol)
+    report.conditions = {"before": device.snapshot(), "uncontrolled": facts.uncontrolled}
+    if report.device.get("simulated_device"):
+        facts.uncontrolled.append("simulated phone: what runs there runs on this host, so timings, memory and "
+                                  "temperatures are the host's and the profile's, not a phone's")
 
 
-def _first_failure(report: BenchReport) -> Mi2vError | None:
+def _prepare_all(device: BenchDevice, pending: list[tuple[Selection, ComponentResult]],
+                 kinds: dict[str, type[Mi2vError]]) -> list[tuple[Selection, ComponentResult]]:
+    """Prepare every component before the first runs (files checked, runners found and pushed); those that
+    cannot run are failed here."""
+    ready = []
+    for sel, comp in pending:
+        try:
+            device.prepare(sel)
+            ready.append((sel, comp))
+        except Mi2vError as exc:
+            _fail(comp, exc, kinds)
+            if not device.alive():
+                raise
+    return ready
+
+
+def _run_all(device: BenchDevice, ready: list[tuple[Selection, ComponentResult]], report: BenchReport,
+             kinds: dict[str, type[Mi2vError]], cooldown: float) -> None:
+    """Each prepared component in turn: cool down, run, record the result or the failure, check the heat. A device
+    that went away stops the loop (its error is raised)."""
+    for i, (sel, comp) in enumerate(ready):
+        before = device.cool_down(0 if i == 0 else cooldown, sel.component)
+        comp.conditions["before"] = before
+        try:
+            done = device.run(sel, comp)
+            report.components[report.components.index(comp)] = comp = done
+            if done.status == "failed":
+                kinds[done.component] = DeviceError
+        except Mi2vError as exc:
+            _fail(comp, exc, kinds)
+            if not device.alive():
+                raise
+        after = _snapshot_or_none(device)
+        if after is not None:
+            comp.conditions["after"] = after
+            was, now = before.get("thermal_status"), after.get("thermal_status")
+            if was is not None and now is not None and now > was:
+                report.warnings.append(f"thermal status rose from {was} to {now} during the {sel.component}")
+
+
+def _snapshot_or_none(device: BenchDevice) -> dict[str, Any] | None:
+    try:
+        return device.snapshot() or None
+    except DeviceError:
+        return None
+
+
+def _finish(device: BenchDevice, report: BenchReport) -> None:
+    try:
+        device.finish(report)
+    finally:
+        after = _snapshot_or_none(device) if device.alive() else None
+        if after is not None and report.conditions:
+            report.conditions["after"] = after
+
+
+def _not_run(pending: list[tuple[Selection, ComponentResult]], why: str) -> None:
+    for _, comp in pending:
+        if comp.status == "skipped" and comp.error == "not run":
+            comp.error = f"not run: {why}"
+
+
+def _first_failure(report: BenchReport, kinds: dict[str, type[Mi2vError]]) -> Mi2vError | None:
     for c in report.components:
         if c.status == "failed":
-            cls = getattr(c, "_error_class", DeviceError)
-            return cls(f"{c.component}: {c.error}")
+            return kinds.get(c.component, DeviceError)(f"{c.component}: {c.error}")
     if not any(c.status == "ok" for c in report.components):
         reasons = "; ".join(f"{c.component}: {c.error}" for c in report.components if c.error)
         return BadInputError(f"nothing to benchmark ({reasons or 'no components'})")
     return None
 
 
-def _fail(comp: ComponentResult, exc: Mi2vError) -> None:
+def _fail(comp: ComponentResult, exc: Mi2vError, kinds: dict[str, type[Mi2vError]]) -> None:
     """Mark a component failed; the CLI's exit code follows the error's kind (input, dependency, device)."""
-    comp.status = "failed"
-    comp.error = str(exc)
-    kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(exc, k)), DeviceError)
-    comp._error_class = kind  # type: ignore[attr-defined]
+    comp.status, comp.error = "failed", str(exc)
+    kinds[comp.component] = next((k for k in (BadInputError, MissingDependencyError) if isinstance(exc, k)),
+                                 DeviceError)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# host
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return None
-
-
-def host_snapshot() -> dict[str, Any]:
-    temps: dict[str, float] = {}
-    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
-        kind, temp = _read(str(zone / "type")), _read(str(zone / "temp"))
-        if kind and temp and temp.lstrip("-").isdigit():
-            temps[f"{kind}#{zone.name[12:]}"] = int(temp) / 1000.0
-    cur = {}
-    for i in range(os.cpu_count() or 1):
-        v = _read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/scaling_cur_freq")
-        if v and v.isdigit():
-            cur[str(i)] = int(v)
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
-    return {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "thermal_status": None,
-            "temps_c": temps, "cur_khz": cur, "load_avg": load}
-
-
-def _host_device() -> dict[str, Any]:
-    from .host import host_facts
-
-    facts = host_facts()
-    governors = sorted({g for i in range(os.cpu_count() or 1)
-                        if (g := _read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/scaling_governor"))})
-    maxes = sorted({int(v) for i in range(os.cpu_count() or 1)
-                    if (v := _read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/cpuinfo_max_freq")) and v.isdigit()})
-    facts.update(governors=governors, max_khz=maxes, abi=platform.machine())
-    return facts
-
-
-def _run_host(opts: BenchOptions, manifest: Any, selections: list[Selection], report: BenchReport,
-              iterations: int, warmup: int, cooldown: float, say: Say) -> None:
-    from .android import cpu_list, parse_mask
-    from .host import bench_artifact
-
-    report.device = _host_device()
-    report.host = {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
-    if opts.runners:
-        report.warnings.append("--runner is for phones: on the host the artifacts run in this process")
-    if opts.etdump:
-        report.warnings.append("--etdump is for phone runners: not collected on the host")
-    uncontrolled = []
-    gov = report.device.get("governors") or []
-    uncontrolled.append("CPU clocks are not locked (governor " + (", ".join(gov) if gov else "not exposed")
-                        + "); turbo and frequency scaling vary")
-    uncontrolled.append("other processes share this machine (see load_avg in the snapshots)")
-    threads = opts.threads
-    old_affinity = None
-    mask_text = None
-    if opts.cpu_mask:
-        cores = cpu_list(parse_mask(opts.cpu_mask))
-        allowed = os.sched_getaffinity(0)
-        if not set(cores) <= allowed:
-            raise BadInputError(f"--cpu-mask {opts.cpu_mask} names cores {sorted(set(cores) - allowed)} this process "
-                                f"may not use (allowed: {sorted(allowed)})")
-        old_affinity = allowed
-        os.sched_setaffinity(0, cores)
-        mask_text = f"{parse_mask(opts.cpu_mask):x}"
-        threads = threads or len(cores)
-    else:
-        uncontrolled.append("not pinned (no --cpu-mask): the OS scheduler places the threads")
-    report.protocol.update(threads=threads, affinity_mask=mask_text)
-    before = host_snapshot()
-    if not before["temps_c"]:
-        uncontrolled.append("thermal state: no readable thermal zones on this machine")
-    report.conditions = {"before": before, "uncontrolled": uncontrolled}
-    try:
-        todo = [(s, c) for s, c in zip(selections, report.components) if s.entry is not None]
-        for _, comp in todo:
-            comp.error = _PENDING
-        for i, (sel, comp) in enumerate(todo):
-            if i and cooldown > 0:
-                say(f"cooling down {cooldown:g} s before the {sel.component}")
-                time.sleep(cooldown)
-            comp.conditions["before"] = host_snapshot()
-            versions = report.device.get("runtimes", {})
-            comp.runtime.update(version=versions.get("onnxruntime" if sel.runtime == "onnxruntime" else "executorch"),
-                                runner="in-process", threads=threads, affinity_mask=mask_text)
-            try:
-                verify_files(artifact_files(manifest, sel.entry))
-                for r in range(opts.runs):
-                    say(f"{sel.component}: {sel.entry.file} on {sel.runtime}, run {r + 1}/{opts.runs}: "
-                        f"{warmup} warm-up + {iterations} timed iterations")
-                    run = bench_artifact(manifest.path_of(sel.entry), sel.runtime, warmup, iterations, threads)
-                    run.peak_rss_method = "in-process-vmhwm"
-                    comp.runs.append(run)
-                comp.runtime["backend"] = comp.runs[-1].backend
-                comp.status, comp.error = "ok", None
-            except Mi2vError as exc:
-                _fail(comp, exc)
-            comp.conditions["after"] = host_snapshot()
-    finally:
-        if old_affinity is not None:
-            os.sched_setaffinity(0, old_affinity)
-        report.conditions["after"] = host_snapshot()
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# adb
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _pick_device(adb: Any, serial: str | None) -> Any:
-    """The device; a HOST:PORT serial that adb does not know yet is `adb connect`ed first."""
-    if serial and re.fullmatch(r"[\w.-]+:\d+", serial) and serial not in {d.serial for d in adb.devices()}:
-        adb.connect(serial)
-    return adb.pick_device(serial)
-
-
-def _device_ok(dev: Any) -> bool:
-    try:
-        return dev.get_state() == "device"
-    except DeviceError:
-        return False
-
-
-def _run_adb(opts: BenchOptions, serial: str | None, manifest: Any, selections: list[Selection],
-             report: BenchReport, iterations: int, warmup: int, cooldown: float, json_path: Path, say: Say) -> None:
-    from .adb import Adb, AdbTimeout
-    from .android import RUNNER_FOR_RUNTIME, AndroidSession, RunnerFailure, StagedFile
-
-    adb = Adb(opts.adb, server_port=opts.adb_port)
-    report.host = {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-                   "adb": {"path": adb.path, "version": adb.version(), "server_port": opts.adb_port}}
-    todo = [(s, c) for s, c in zip(selections, report.components) if s.entry is not None]
-    for _, comp in todo:
-        comp.error = _PENDING
-    dev = _pick_device(adb, serial)
-    session = AndroidSession(adb, dev, say)
-    extras = json_path.with_name(json_path.stem + ".files")
-    try:
-        say(f"reading device facts of {dev.serial}")
-        report.device = session.fingerprint()
-        report.conditions = {"before": session.snapshot(), "uncontrolled": session.uncontrolled}
-        if session.simulated:
-            session.uncontrolled.append("simulated phone: the runners execute on this host, so timings, memory and "
-                                        "temperatures are the host's and the profile's, not a phone's")
-        session.uncontrolled.append("CPU clocks are not locked (needs root); governors are recorded only")
-        session.uncontrolled.append("screen state, charging and background apps are not controlled "
-                                    f"(battery: {report.conditions['before'].get('battery') or 'unknown'})")
-        session.plan_pinning(opts.cpu_mask)
-        report.protocol.update(threads=session.threads, affinity_mask=(f"{session.mask:x}" if session.mask else None),
-                               affinity_granted=session.granted, affinity_rule=session.mask_rule,
-                               peak_rss_method="toybox-time" if session.has_toybox_time else "vmhwm-poll")
-
-        # the artifacts' files (checked against the manifest), then the runners
-        files: dict[str, list[StagedFile]] = {}
-        for sel, comp in todo:
-            try:
-                files[sel.component] = [StagedFile(p, n, sha) for p, n, sha in
-                                        verify_files(artifact_files(manifest, sel.entry))]
-            except Mi2vError as exc:
-                _fail(comp, exc)
-        runners: dict[str, Any] = {}
-        for rt in sorted({s.runtime for s, c in todo if c.error == _PENDING}):
-            name = RUNNER_FOR_RUNTIME[rt]
-            try:
-                runners[rt] = session.find_runner(name, opts.runners, Path(opts.artifacts))
-            except DeviceError as exc:
-                for sel, comp in todo:
-                    if sel.runtime == rt and comp.error == _PENDING:
-                        _fail(comp, exc)
-        if not runners:
-            return
-        session.set_remote_dir([StagedFile(r.local, r.name, r.sha256) for r in runners.values()])
-        report.staging = {"remote_dir": session.remote_dir, "pushed": session.pushed,
-                          "already_there": session.already_there}
-        for rt, runner in list(runners.items()):
-            try:
-                say(f"checking {runner.name} ({runner.info.describe()}) on the device")
-                session.prepare_runner(runner)
-            except DeviceError as exc:
-                if not _device_ok(dev):
-                    raise
-                del runners[rt]
-                for sel, comp in todo:
-                    if sel.runtime == rt and comp.error == _PENDING:
-                        _fail(comp, exc)
-        first = True
-        for sel, comp in todo:
-            if comp.error != _PENDING:
-                continue
-            runner = runners[sel.runtime]
-            comp.runtime.update(runner.describe(), threads=session.threads,
-                                affinity_mask=(f"{session.mask:x}" if session.mask else None),
-                                backend=(sel.entry.delegate or "portable") if sel.runtime == "executorch" else "cpu",
-                                log_channel="stdout+stderr")
-            comp.conditions["before"] = session.cool_down(0 if first else cooldown, opts.thermal_wait, sel.component)
-            first = False
-            try:
-                session.stage(files[sel.component])
-                for r in range(opts.runs):
-                    say(f"{sel.component}: {sel.entry.file} with {runner.name}, run {r + 1}/{opts.runs}: "
-                        f"{warmup} warm-up + {iterations} timed iterations")
-                    if sel.runtime == "executorch":
-                        data = next((f.file for f in sel.entry.extra_files if f.role == "external_data"), None)
-                        run, text = session.run_executorch(runner, sel.entry.file, data, warmup, iterations,
-                                                           opts.timeout)
-                        run.backend = comp.runtime["backend"]
-                        if "--- logcat ---" in text:
-                            comp.runtime["log_channel"] = "logcat"
-                        dump = session.pull_if_exists("model.etdump", extras / f"{sel.component}.run{r}.etdump")
-                        if dump is not None:
-                            run.etdump = os.path.relpath(dump, json_path.parent)
-                            report.warnings.append(f"{runner.name} wrote an ETDump in the timed run (built with the "
-                                                   "event tracer): its timings include profiling overhead")
-                    else:
-                        csv = extras / f"{sel.component}.run{r}.csv"
-                        extras.mkdir(parents=True, exist_ok=True)
-                        run, text = session.run_ort(runner, sel.entry.file, warmup, iterations, opts.timeout,
-                                                    f"runs_{sel.component}_{r}.csv", csv)
-                        run.backend = "cpu"
-                        csv.unlink(missing_ok=True)
-                    comp.runs.append(run)
-                if opts.etdump and sel.runtime == "executorch":
-                    if "etdump_path" in runner.flags:
-                        say(f"{sel.component}: a separate profiling run for the ETDump")
-                        name = f"{sel.component}.etdump"
-                        session.run_executorch(runner, sel.entry.file, None, 0, 1, opts.timeout, etdump=name)
-                        dump = session.pull_if_exists(name, extras / name)
-                        comp.runtime["etdump"] = os.path.relpath(dump, json_path.parent) if dump else None
-                    else:
-                        report.warnings.append(f"--etdump: {runner.name} has no --etdump_path (build it with "
-                                               "-DEXECUTORCH_ENABLE_EVENT_TRACER=ON)")
-                comp.status, comp.error = "ok", None
-            except AdbTimeout:
-                _fail(comp, DeviceError(
-                    f"timeout: {runner.name} did not finish the {sel.component} within {opts.timeout:g} s "
-                    f"({warmup}+{iterations} iterations): raise --timeout or lower --iterations"))
-                if not _device_ok(dev):
-                    raise
-            except RunnerFailure as exc:
-                log = extras / f"{sel.component}.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                log.write_text(exc.log)
-                comp.runtime["failure_log"] = os.path.relpath(log, json_path.parent)
-                _fail(comp, exc)
-            except DeviceError as exc:
-                _fail(comp, exc)
-                if not _device_ok(dev):
-                    raise
-            try:
-                comp.conditions["after"] = session.snapshot()
-            except DeviceError:
-                pass
-            if comp.conditions.get("after") and comp.conditions.get("before"):
-                a = comp.conditions["after"].get("thermal_status")
-                b = comp.conditions["before"].get("thermal_status")
-                if a is not None and b is not None and a > b:
-                    report.warnings.append(f"thermal status rose from {b} to {a} during the {sel.component}")
-    finally:
-        report.staging = {"remote_dir": session.remote_dir, "pushed": session.pushed,
-                          "already_there": session.already_there, "kept": True}
-        report.warnings.extend(session.warnings)
-        try:
-            if _device_ok(dev):
-                report.conditions["after"] = session.snapshot()
-        except DeviceError:
-            pass
-        session.close()
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# --via app (the Android benchmark app) and --device ios:UDID (the Core ML XCTest)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _app_artifacts(opts: BenchOptions, manifest: Any) -> tuple[list[Any], list[str]]:
-    """The .pte per chosen component (files checked against the manifest), and the chosen components that have
-    none."""
-    from .android_app import artifacts_from_manifest
-
-    have = {e.component for e in manifest.components if e.target == "executorch"}
-    missing = [c for c in opts.components if c not in have]
-    if len(missing) == len(opts.components):
-        raise BadInputError(f"{opts.artifacts}: no ExecuTorch (.pte) artifact for {', '.join(missing)}; the app "
-                            "runs .pte only: export with `--target executorch`")
-    items, _ = artifacts_from_manifest(opts.artifacts, [c for c in opts.components if c in have])
-    verify_files([(a.path, a.remote_name, a.sha256 or "") for a in items])
-    return items, missing
-
-
-def run_bench_app(opts: BenchOptions, say: Say = _quiet,
-                  echo: Say = print) -> tuple[BenchReport | None, Path | None, Mi2vError | None]:
-    """`--device adb[:SERIAL] --via app`: the host reads the phone's facts over adb, `android_app.run_via_app`
-    installs the app when needed, pushes the .pte files, runs the instrumentation test and collects its report,
-    which is merged into the normal report and saved. With dry_run the exact commands are printed through `echo`,
-    nothing touches a device, and (None, None, None) is returned."""
-    from ..manifest import read_manifest
-    from . import android_app as aa
-
-    transport, serial = parse_device(opts.device)
-    iterations, warmup, _ = _checked_protocol(opts, transport)
-    manifest = read_manifest(opts.artifacts)
-    items, missing = _app_artifacts(opts, manifest)
-    app_dir = Path(opts.app_dir) if opts.app_dir else aa.APP_DIR
-    if opts.dry_run:
-        from types import SimpleNamespace
-
-        adb_name = SimpleNamespace(path=str(opts.adb)) if opts.adb else None
-        aa.run_via_app(serial or "SERIAL", items, iterations, warmup, dry_run=True, runs=opts.runs,
-                       frames=manifest.frames, adb=adb_name, app_dir=app_dir, echo=echo)
-        return None, None, None
-
-    from .adb import Adb
-    from .android import AndroidSession
-
-    json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, serial)
-    report = _new_report(opts, manifest, transport, serial)
-    report.protocol = {"warmup": warmup, "iterations": iterations, "runs": opts.runs, "warmup_in_timed_process": True,
-                       "inputs": "ones", "timeout_s": opts.timeout, "steps": opts.steps, "mode": "app",
-                       "runner": aa.APP_RUNNER}
-    for comp in opts.components:
-        why = ("no ExecuTorch artifact in the manifest (the app runs .pte only)" if comp in missing
-               else "not measured: the app did not report it")
-        report.components.append(ComponentResult(comp, status="skipped", error=why))
-    adb = Adb(opts.adb, server_port=opts.adb_port)
-    report.host = {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-                   "adb": {"path": adb.path, "version": adb.version(), "server_port": opts.adb_port}}
-    try:
-        dev = _pick_device(adb, serial)
-        session = AndroidSession(adb, dev, say)
-        try:
-            say(f"reading device facts of {dev.serial}")
-            report.device = session.fingerprint()
-            uncontrolled = list(session.uncontrolled)
-            if session.simulated:
-                uncontrolled.append("simulated phone: whatever answers `am instrument` there is not the Android app "
-                                    "on a phone")
-            uncontrolled += ["the app process is not pinned to cores and CPU clocks are not locked",
-                             "screen state, charging and background apps are not controlled"]
-            report.conditions = {"before": session.snapshot(), "uncontrolled": uncontrolled}
-            merged = aa.run_via_app(dev, items, iterations, warmup, runs=opts.runs, frames=manifest.frames,
-                                    base_report=report.to_dict(), adb=adb, app_dir=app_dir, timeout=opts.timeout,
-                                    say=say)
-            final = BenchReport.from_dict(merged)
-            try:
-                final.conditions["after"] = session.snapshot()
-            except DeviceError:
-                pass
-        finally:
-            session.close()
-    except Mi2vError as exc:
-        for c in report.components:
-            if c.status == "skipped" and c.component not in missing:
-                c.error = f"not run: {exc}"
-        report.error = str(exc)
-        report.save(json_path)
-        return report, json_path, exc
-    first = _first_failure(final)
-    if first is not None and not final.error:
-        final.error = str(first)
-    final.save(json_path)
-    return final, json_path, first
-
-
-def run_bench_ios(opts: BenchOptions, say: Say = _quiet, echo: Say = print, system: str | None = None
-                  ) -> tuple[list[tuple[BenchReport, Path]], Mi2vError | None]:
-    """`--device ios:UDID` (macOS with Xcode only: anywhere else this fails at once, before reading anything).
-    Runs the Core ML XCTest (apps/ios) on the iPhone and saves one report per compute unit next to the --json path
-    (`NAME-<unit>.json`). With dry_run prints the commands and returns ([], None)."""
-    from . import ios
-
-    transport, udid = parse_device(opts.device)
-    if transport != "ios":
-        raise BadInputError(f"--device {opts.device!r} is not ios:UDID")
-    ios.require_macos(system)
-    iterations, warmup, _ = _checked_protocol(opts, transport)
-    units = list(opts.compute_units or ios.COMPUTE_UNITS)
-    json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, udid)
-    reports = ios.run_ios(udid, opts.artifacts, iterations, warmup, opts.dry_run, compute_units=units, team=opts.team,
-                          out_dir=json_path.parent if opts.json_path else None, components=opts.components,
-                          timeout=opts.timeout, system=system, say=say, echo=echo)
-    if reports is None:
-        return [], None
-    out, first = [], None
-    for unit, data in reports.items():
-        rep = BenchReport.from_dict(data)
-        rep.steps = opts.steps
-        path = json_path.with_name(f"{json_path.stem}-{unit}{json_path.suffix or '.json'}")
-        rep.save(path)
-        out.append((rep, path))
-        if first is None and rep.status != "ok":
-            first = _first_failure(rep) or DeviceError(f"{unit}: {rep.error or 'no component measured'}")
-    return out, first
-
-
-__all__ = ["BenchOptions", "MissingDependencyError", "parse_device", "run_bench", "run_bench_app", "run_bench_ios",
-           "select_artifacts"]
+__all__ = ["BenchDevice", "BenchOptions", "BenchOutcome", "DeviceFacts", "MissingDependencyError", "parse_device",
+           "run_bench", "select_artifacts"]

@@ -16,9 +16,11 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import BadInputError, MissingDependencyError
-from .report import RunResult
+from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection, artifact_files, verify_files
+from .report import BenchReport, ComponentResult, RunResult
 from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte, pte_input_specs
 
 RUNTIMES = ("onnxruntime", "executorch")
@@ -205,3 +207,118 @@ def host_facts() -> dict[str, object]:
         "python": platform.python_version(),
         "runtimes": versions,
     }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# --device host in the bench loop
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _read(path: str | Path) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def host_snapshot() -> dict[str, Any]:
+    """Thermal zones, current CPU frequencies and the load average of this machine (each best effort)."""
+    temps: dict[str, float] = {}
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        kind, temp = _read(zone / "type"), _read(zone / "temp")
+        if kind and temp and temp.lstrip("-").isdigit():
+            temps[f"{kind}#{zone.name[12:]}"] = int(temp) / 1000.0
+    cur = {}
+    for i in range(os.cpu_count() or 1):
+        v = _read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/scaling_cur_freq")
+        if v and v.isdigit():
+            cur[str(i)] = int(v)
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    return {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "thermal_status": None,
+            "temps_c": temps, "cur_khz": cur, "load_avg": load}
+
+
+class HostDevice(BenchDevice):
+    """This machine: each component runs in this process (`bench_artifact`), optionally pinned with --cpu-mask."""
+
+    transport = "host"
+
+    def __init__(self, opts: BenchOptions, manifest: Any, say: Say):
+        self.opts, self.manifest, self.say = opts, manifest, say
+        self.threads = opts.threads
+        self.mask: str | None = None
+        self.old_affinity: set[int] | None = None
+        self.versions: dict[str, str] = {}
+
+    def facts(self) -> DeviceFacts:
+        facts = host_facts()
+        cores = range(os.cpu_count() or 1)
+        governors = sorted({g for i in cores if (g := _read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/scaling_governor"))})
+        maxes = sorted({int(v) for i in cores
+                        if (v := _read(f"/sys/devices/system/cpu/cpu{i}/cpufreq/cpuinfo_max_freq")) and v.isdigit()})
+        facts.update(governors=governors, max_khz=maxes, abi=platform.machine())
+        self.versions = dict(facts["runtimes"])  # type: ignore[arg-type]
+        uncontrolled = ["CPU clocks are not locked (governor " + (", ".join(governors) or "not exposed")
+                        + "); turbo and frequency scaling vary",
+                        "other processes share this machine (see load_avg in the snapshots)"]
+        uncontrolled += self._pin()
+        if not host_snapshot()["temps_c"]:
+            uncontrolled.append("thermal state: no readable thermal zones on this machine")
+        return DeviceFacts(facts, {"os": f"{platform.system()} {platform.release()}",
+                                   "python": platform.python_version()},
+                           {"threads": self.threads, "affinity_mask": self.mask}, uncontrolled)
+
+    def _pin(self) -> list[str]:
+        """Pin this process to --cpu-mask (restored in finish); what could not be controlled otherwise."""
+        from .android import cpu_list, parse_mask
+
+        if not self.opts.cpu_mask:
+            return ["not pinned (no --cpu-mask): the OS scheduler places the threads"]
+        cores = cpu_list(parse_mask(self.opts.cpu_mask))
+        allowed = os.sched_getaffinity(0)
+        if not set(cores) <= allowed:
+            raise BadInputError(f"--cpu-mask {self.opts.cpu_mask} names cores {sorted(set(cores) - allowed)} this "
+                                f"process may not use (allowed: {sorted(allowed)})")
+        self.old_affinity = allowed
+        os.sched_setaffinity(0, cores)
+        self.mask = f"{parse_mask(self.opts.cpu_mask):x}"
+        self.threads = self.threads or len(cores)
+        return []
+
+    def snapshot(self) -> dict[str, Any]:
+        return host_snapshot()
+
+    def cool_down(self, pause_s: float, label: str) -> dict[str, Any]:
+        if pause_s > 0:
+            self.say(f"cooling down {pause_s:g} s before the {label}")
+        return super().cool_down(pause_s, label)
+
+    def prepare(self, sel: Selection) -> None:
+        verify_files(artifact_files(self.manifest, sel.entry))
+
+    def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
+        opts, iterations, warmup = self.opts, self.opts.iterations, self.opts.warmup
+        comp.runtime.update(version=self.versions.get("onnxruntime" if sel.runtime == "onnxruntime" else "executorch"),
+                            runner="in-process", threads=self.threads, affinity_mask=self.mask)
+        path = self.manifest.path_of(sel.entry)
+        for r in range(opts.runs):
+            self.say(f"{sel.component}: {sel.entry.file} on {sel.runtime}, run {r + 1}/{opts.runs}: "
+                     f"{warmup} warm-up + {iterations} timed iterations")
+            run = bench_artifact(path, sel.runtime, warmup, iterations, self.threads)
+            run.peak_rss_method = "in-process-vmhwm"
+            comp.runs.append(run)
+        comp.runtime["backend"] = comp.runs[-1].backend
+        comp.status, comp.error = "ok", None
+        return comp
+
+    def finish(self, report: BenchReport) -> None:
+        if self.opts.runners:
+            report.warnings.append("--runner is for phones: on the host the artifacts run in this process")
+        if self.opts.etdump:
+            report.warnings.append("--etdump is for phone runners: not collected on the host")
+        if self.old_affinity is not None:
+            os.sched_setaffinity(0, self.old_affinity)
+            self.old_affinity = None

@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
+from .bench import BenchDevice, BenchOptions, DeviceFacts, Selection
+from .report import BenchReport, ComponentResult
 from .android_app import REPO, Command, _shown_path, print_commands
 
 Say = Callable[[str], None]
@@ -485,3 +487,93 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# --device ios:UDID in the bench loop
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class IOSBatch:
+    """One XCTest run on the iPhone for every compute unit; its reports are shared by the units' devices."""
+
+    def __init__(self, opts: BenchOptions, udid: str, json_path: Path, say: Say, system: str | None):
+        self.opts, self.udid, self.say, self.system = opts, udid, say, system
+        self.out_dir = json_path.parent if opts.json_path else None
+        self.units = list(opts.compute_units or COMPUTE_UNITS)
+        self.components: list[str] = []
+        self.result: dict[str, BenchReport] | Mi2vError | None = None
+
+    def run_ios(self, dry_run: bool = False, echo: Say = print) -> dict[str, BenchReport] | Mi2vError:
+        if self.result is not None:
+            return self.result
+        o = self.opts
+        try:
+            reports = run_ios(self.udid, o.artifacts, o.iterations, o.warmup, dry_run, compute_units=self.units,
+                              team=o.team, out_dir=self.out_dir, components=self.components or o.components,
+                              timeout=o.timeout, system=self.system, say=self.say, echo=echo)
+            self.result = {unit: BenchReport.from_dict(data) for unit, data in (reports or {}).items()}
+        except Mi2vError as exc:
+            self.result = exc
+        return self.result
+
+
+class IOSDevice(BenchDevice):
+    """One compute unit of an iPhone: its numbers come from the shared XCTest run (the first run() starts it)."""
+
+    transport = "ios"
+    together = True
+
+    def __init__(self, batch: IOSBatch, unit: str, json_path: Path):
+        self.batch, self.unit, self.json_path = batch, unit, json_path
+
+    def select(self, manifest: Any, opts: BenchOptions) -> list[Selection]:
+        sels = []
+        for c in opts.components:
+            entry = next((e for e in manifest.components if e.component == c and e.target == "coreml"), None)
+            sels.append(Selection(c, entry, "coreml" if entry else None,
+                                  None if entry else f"no Core ML artifact for the {c} in the manifest"))
+        return sels
+
+    def report_path(self, json_path: Path) -> Path:
+        return json_path.with_name(f"{json_path.stem}-{self.unit}{json_path.suffix or '.json'}")
+
+    def print_commands(self, echo: Say) -> None:
+        self.batch.run_ios(dry_run=True, echo=echo)
+
+    def facts(self) -> DeviceFacts:
+        check_xcode(self.batch.system)
+        udid = self.batch.udid
+        return DeviceFacts({"transport": "ios", "udid": udid, "serial": udid, "os": "ios", "simulated_device": False},
+                           {"os": f"{platform.system()} {platform.release()}"}, {"compute_unit": self.unit})
+
+    def prepare(self, sel: Selection) -> None:
+        if sel.component not in self.batch.components:
+            self.batch.components.append(sel.component)
+
+    def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
+        result = self.batch.run_ios()
+        if isinstance(result, Mi2vError):
+            raise result
+        measured = result[self.unit].component(sel.component) if self.unit in result else None
+        if measured is None:
+            raise DeviceError(f"not measured: the iOS test reported no {sel.component} on {self.unit}")
+        return measured
+
+    def finish(self, report: BenchReport) -> None:
+        result = self.batch.result
+        if not isinstance(result, dict) or self.unit not in result:
+            return
+        r = result[self.unit]
+        report.device, report.tool, report.conditions = r.device, r.tool, r.conditions or report.conditions
+        report.host.update(r.host)
+        report.protocol.update({k: v for k, v in r.protocol.items() if k not in report.protocol
+                                or k in ("warmup", "iterations", "runs", "timed_region")})
+        report.warnings += [w for w in r.warnings if w not in report.warnings]
+
+
+def ios_devices(opts: BenchOptions, manifest: Any, udid: str, json_path: Path, say: Say,
+                system: str | None) -> list[BenchDevice]:
+    """One device per compute unit to time, all fed by one XCTest run."""
+    batch = IOSBatch(opts, udid, json_path, say, system)
+    return [IOSDevice(batch, unit, json_path) for unit in batch.units]

@@ -58,12 +58,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import schemas
 from ..errors import BadInputError
 
 SCHEMA = "mi2v.bench/1"
 PERCENTILE_METHOD = "nearest-rank"
 COMPONENTS = ("encoder", "denoiser", "decoder")
-STATUSES = ("ok", "failed", "skipped")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -280,14 +280,7 @@ def validate(data: Any) -> None:
         raise BadInputError(f"not a mi2v bench report (schema {schema!r})")
     if version != SCHEMA.split("/")[1]:
         raise BadInputError(f"bench report schema {schema!r} is not supported by this mi2v (reads {SCHEMA})")
-    for key in ("device", "components"):
-        if key not in data:
-            raise BadInputError(f"bench report lacks `{key}`")
-    if not isinstance(data["components"], list):
-        raise BadInputError("bench report `components` must be a list")
-    for c in data["components"]:
-        if not isinstance(c, dict) or c.get("component") not in COMPONENTS or c.get("status", "ok") not in STATUSES:
-            raise BadInputError(f"bench report has a malformed component entry: {str(c)[:80]}")
+    schemas.validate(data, schemas.BENCH_REPORT, "malformed bench report")  # mi2v_export/schemas/bench-report
 
 
 def compare(a: BenchReport, b: BenchReport) -> list[dict[str, Any]]:

@@ -12,7 +12,9 @@ never answers CNXN), and the execution of whatever is pushed and run (on this ma
 
 What is simulated: the phone. Its properties, CPU frequencies, thermal zones and battery come from a
 `DeviceProfile`; the device advertises the *host's* ABI (e.g. x86_64) so host binaries and scripts can be pushed
-and run; every report built against it can tell by `ro.mi2v.simulated=1` (see `is_simulated_props`).
+and run; it answers `ro.mi2v.simulated=1`, which the bench report records (`devices.android.device_facts`).
+When it reports this machine's ABI, the host stand-ins of `executor_runner` and `onnxruntime_perf_test`
+(`host_runners`) are on its PATH (`/system/bin`), as runners installed on a phone would be.
 
 Filesystem: the phone's `/` is a folder (`root`); `/data/local/tmp` (and `/sdcard`) are writable folders under it,
 the fake `/sys/devices/system/cpu`, `/sys/class/thermal`, `/proc/meminfo`, `/proc/cpuinfo` and the device tools in
@@ -48,12 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..devices.android import SIMULATED_PROP
+from ..devices.runners import EXECUTOR_RUNNER, ORT_PERF_TEST
 from ..errors import BadInputError, DeviceError
+from .host_runners import write_host_runner
 
 log = logging.getLogger("mi2v.simulate")
 
 SIMULATOR_VERSION = "1"
-SIMULATED_PROP = "ro.mi2v.simulated"
 STATES = ("device", "unauthorized", "offline")
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -270,11 +274,6 @@ class DeviceProfile:
         props.update(self.extra_props)
         props[SIMULATED_PROP] = "1"  # a profile cannot hide that the phone is simulated
         return dict(sorted(props.items()))
-
-
-def is_simulated_props(props: dict[str, str]) -> bool:
-    """True when getprop output comes from a simulated phone (`ro.mi2v.simulated=1`)."""
-    return props.get(SIMULATED_PROP, "") == "1"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -858,6 +857,9 @@ exec "$@"
             path = bin_dir / name
             path.write_text(text)
             path.chmod(0o755)
+        if self.profile.abi == host_abi():  # the phone runs this machine's code: the runners are "installed"
+            for runner in (EXECUTOR_RUNNER, ORT_PERF_TEST):
+                write_host_runner(runner, bin_dir)
         (root / ".mi2v" / "toybox_time.py").write_text(_TOYBOX_TIME)
 
     def _usage(self) -> int:

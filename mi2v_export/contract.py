@@ -1,0 +1,94 @@
+"""The one home of the names every part of mi2v agrees on: components and their I/O tensors, decoder kinds,
+export targets and delegates, attention plans, Core ML compute units, and which artifacts this host can run.
+
+Torch-free on purpose: the CLI builds its option Enums from here without importing a model or a runtime.
+"""
+
+from __future__ import annotations
+
+import platform
+from enum import Enum
+
+from .errors import BadInputError
+from .presets import PRESETS
+
+# ---- components and their tensors -----------------------------------------------------------------------------
+
+ENCODER, DENOISER, DECODER = "encoder", "denoiser", "decoder"
+COMPONENTS: tuple[str, ...] = (ENCODER, DENOISER, DECODER)
+
+# component → (input names, output names), in call order: the names of the ONNX / Core ML / .pte signatures
+IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    ENCODER: (("image",), ("latent",)),
+    DENOISER: (("latent", "timestep", "flow_score"), ("velocity",)),
+    DECODER: (("latent",), ("video",)),
+}
+
+TURBO_VAED, LTX = "turbo-vaed", "ltx"
+DECODER_KINDS: tuple[str, ...] = (TURBO_VAED, LTX)
+
+# the model parts a checkpoint can hold (the Turbo-VAED part shares its name with its decoder kind)
+PART_DENOISER, LTX_ENCODER, LTX_DECODER, PART_TURBO_VAED = "denoiser", "ltx-encoder", "ltx-decoder", "turbo-vaed"
+PARTS: tuple[str, ...] = (PART_DENOISER, LTX_ENCODER, LTX_DECODER, PART_TURBO_VAED)
+
+
+def parse_components(text: str | None) -> list[str]:
+    """'all' → every component; 'encoder,decoder' → those, in contract order (BadInputError otherwise)."""
+    names = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if names == ["all"]:
+        return list(COMPONENTS)
+    bad = [n for n in names if n not in COMPONENTS]
+    if bad or not names:
+        raise BadInputError(f"unknown component {', '.join(map(repr, bad)) or repr(text)}; choose one of: "
+                            f"{', '.join(COMPONENTS)}, all")
+    return [c for c in COMPONENTS if c in names]
+
+
+# ---- export targets ---------------------------------------------------------------------------------------------
+
+TARGETS: tuple[str, ...] = ("onnx", "coreml", "executorch")
+DELEGATES: tuple[str, ...] = ("xnnpack", "vulkan", "qnn", "coreml")  # ExecuTorch back-ends (exporters/executorch)
+ATTENTION_PLANS: tuple[str, ...] = ("reference", "mobile", "ane")  # the presets of kernels.plan.PLANS
+EXPORT_DTYPES: tuple[str, ...] = ("fp32", "fp16")
+
+# Core ML compute units: the one spelling mi2v uses (flags, manifest), and the names of coremltools and of Swift's
+# MLComputeUnits (what the iOS app writes in its reports)
+COMPUTE_UNITS: tuple[str, ...] = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
+COREMLTOOLS_UNIT = {"all": "ALL", "cpu_and_ne": "CPU_AND_NE", "cpu_and_gpu": "CPU_AND_GPU", "cpu_only": "CPU_ONLY"}
+SWIFT_UNIT = {"all": "all", "cpu_and_ne": "cpuAndNeuralEngine", "cpu_and_gpu": "cpuAndGPU", "cpu_only": "cpuOnly"}
+
+
+def unit_from_swift(name: str) -> str:
+    """An MLComputeUnits name from an iOS report → mi2v's spelling (unknown names pass through)."""
+    return {v: k for k, v in SWIFT_UNIT.items()}.get(name, name)
+
+
+# ---- what this host runs ----------------------------------------------------------------------------------------
+
+# artifact suffix → runtime name, in the order `generate` and `bench` prefer them
+RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".pte": "executorch", ".mlpackage": "coreml"}
+
+
+def host_runs(suffix: str) -> bool:
+    """Whether this machine can execute an artifact with this suffix (Core ML needs macOS)."""
+    if suffix == ".mlpackage":
+        return platform.system() == "Darwin"
+    return suffix in RUNTIME_OF_SUFFIX
+
+
+# ---- CLI choices (Typer shows and checks them; values are the strings above) -----------------------------------
+
+
+def _choices(name: str, values) -> type[Enum]:
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+Component = _choices("Component", COMPONENTS)
+DecoderKind = _choices("DecoderKind", DECODER_KINDS)
+Target = _choices("Target", TARGETS)
+Delegate = _choices("Delegate", DELEGATES)
+AttentionPlan = _choices("AttentionPlan", ATTENTION_PLANS)
+ExportDtype = _choices("ExportDtype", EXPORT_DTYPES)
+ComputeUnit = _choices("ComputeUnit", COMPUTE_UNITS)
+PresetName = _choices("PresetName", PRESETS)
+Part = _choices("Part", PARTS)

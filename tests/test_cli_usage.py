@@ -1,0 +1,127 @@
+"""Usage errors: every command and subcommand of the Typer app (discovered, so new commands are covered) answers a
+bad option, a bad value and a missing argument with the usage line and one `error:` line, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import sys
+import typing
+from enum import Enum
+
+import pytest
+import typer
+from typer.core import TyperOption
+
+from mi2v_export import cli
+
+pytestmark = pytest.mark.unit  # in-process: no subprocess, no device, no export
+
+
+def _commands(group, path=()):
+    """(command path, click command) for every leaf command, and the groups themselves."""
+    for name, cmd in sorted(getattr(group, "commands", {}).items()):
+        yield (*path, name), cmd
+        yield from _commands(cmd, (*path, name))
+
+
+COMMANDS = list(_commands(typer.main.get_command(cli.app)))
+LEAVES = [(p, c) for p, c in COMMANDS if not getattr(c, "commands", None)]
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    """`mi2v ARGV` in this process (usage errors happen before any command body runs)."""
+    old = sys.argv
+    sys.argv = ["mi2v", *argv]
+    try:
+        cli.main()
+        rc = 0
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _assert_usage_error(rc: int, err: str, mentions: str | None = None) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert err.strip().splitlines()[-1] == errors[0]  # the error line comes last, after the usage block
+    if mentions is not None:
+        assert mentions in errors[0], err
+
+
+def test_every_command_is_discovered():
+    names = {" ".join(p) for p, _ in COMMANDS}
+    assert {"export", "bench", "bench compare", "generate", "devices list", "info", "inspect"} <= names
+
+
+@pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=" ".join)
+def test_unknown_option(path, capsys):
+    rc, _, err = _run([*path, "--no-such-option"], capsys)
+    _assert_usage_error(rc, err, "--no-such-option")
+
+
+def _bad_value(param) -> str | None:
+    """A value the option's type refuses, or None when it takes any text."""
+    kind = param.type_descriptor.annotation
+    kinds = [k for k in (typing.get_args(kind) or (kind,)) if k is not type(None)]
+    if any(isinstance(k, type) and issubclass(k, Enum) for k in kinds):
+        return "no-such-choice"
+    if any(k in (int, float) for k in kinds):
+        return "x"
+    return None
+
+
+BAD_VALUES = [(p, param) for p, cmd in LEAVES for param in cmd.params
+              if isinstance(param, TyperOption) and not param.is_flag and _bad_value(param) is not None]
+
+
+@pytest.mark.parametrize("path,param", BAD_VALUES, ids=[f"{' '.join(p)} {q.opts[0]}" for p, q in BAD_VALUES])
+def test_bad_value(path, param, capsys):
+    rc, _, err = _run([*path, param.opts[0], _bad_value(param)], capsys)
+    required = [q for q in LEAVES_BY_PATH[path].params if q.required]
+    # a required option given earlier in the command's signature may be reported first; either is one line
+    _assert_usage_error(rc, err, None if required else param.opts[0])
+
+
+LEAVES_BY_PATH = dict(LEAVES)
+
+
+@pytest.mark.parametrize("path", [p for p, c in LEAVES if any(q.required for q in c.params)], ids=" ".join)
+def test_missing_required(path, capsys):
+    rc, _, err = _run([*path], capsys)
+    _assert_usage_error(rc, err, "Missing")
+
+
+def test_missing_option_value(capsys):
+    rc, _, err = _run(["export", "--target"], capsys)
+    _assert_usage_error(rc, err, "--target")
+
+
+def test_unknown_command(capsys):
+    rc, _, err = _run(["nosuchcommand"], capsys)
+    _assert_usage_error(rc, err, "nosuchcommand")
+    rc, _, err = _run(["devices", "nosuchcommand"], capsys)
+    _assert_usage_error(rc, err, "nosuchcommand")
+
+
+@pytest.mark.parametrize("argv", [[], ["devices"]])
+def test_no_arguments_prints_help(argv, capsys):
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0 and "Usage:" in out and "Traceback" not in err
+
+
+def test_bad_choice_names_the_choices(capsys):
+    rc, _, err = _run(["export", "--target", "tflite"], capsys)
+    _assert_usage_error(rc, err, "'onnx', 'coreml', 'executorch'")
+    rc, _, err = _run(["bench", "--artifacts", ".", "--component", "vae"], capsys)
+    _assert_usage_error(rc, err, "--component")
+    rc, _, err = _run(["bench", "--artifacts", ".", "--compute-units", "cpuOnly"], capsys)
+    _assert_usage_error(rc, err, "cpu_only")
+
+
+def test_verbose_and_quiet_exclude_each_other(capsys):
+    rc, _, err = _run(["-v", "-q", "info"], capsys)
+    _assert_usage_error(rc, err, "--quiet")
