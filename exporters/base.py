@@ -74,7 +74,6 @@ class ExportOptions:
     min_ios: int = 17  # Core ML minimum deployment target
     soc: str = "SM8650"  # QNN chipset
     allow_cpu_fallback: bool = False  # QNN: accept nodes the HTP refuses (run by onnxruntime's CPU EP)
-    precision: str | None = None  # QNN: fp16 (default) | w8a16 | w8a8
     opset: int = 18  # ONNX
 
 

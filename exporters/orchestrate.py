@@ -63,8 +63,7 @@ class ExportRequest:
     compute_units: str = "all"
     min_ios: int = 17
     soc: str = "SM8650"
-    allow_cpu_fallback: bool = False
-    precision: str | None = None  # QNN only until --precision lands: fp16 | w8a16 | w8a8
+    allow_cpu_fallback: bool = False  # QNN: accept nodes the HTP refuses (recorded node / FLOP shares)
 
 
 @dataclass
@@ -125,7 +124,7 @@ def resolve(request: ExportRequest):
     options = ExportOptions(target=exporter.name, delegate=request.delegate, verify=request.verify,
                             bundle=request.bundle, etrecord=request.etrecord, compute_units=request.compute_units,
                             min_ios=request.min_ios, soc=request.soc,
-                            allow_cpu_fallback=request.allow_cpu_fallback, precision=request.precision)
+                            allow_cpu_fallback=request.allow_cpu_fallback)
     options = exporter.resolve(options)
     options.precisions = precision.resolve(request.precision, request.dtype, components, exporter.name,
                                            options.delegate, exporter.default_dtype(options.delegate))

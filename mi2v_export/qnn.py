@@ -14,7 +14,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 from .errors import BadInputError, MissingDependencyError, VerificationError
@@ -41,8 +40,6 @@ SOCS: dict[str, SocInfo] = {s.name: s for s in (
     SocInfo("SM8750", "Snapdragon 8 Elite", 69, 79),
 )}
 DEFAULT_SOC = "SM8650"
-
-Soc = Enum("Soc", {name: name for name in SOCS}, type=str)  # the --soc choices
 
 
 def soc_info(name: str) -> SocInfo:
