@@ -145,7 +145,7 @@ class Exporter(ABC):
         """Validate the target-specific options and fill defaults; BadInputError with one line otherwise."""
         delegates = self.delegates()
         if options.delegate is not None and not delegates:
-            raise BadInputError(f"--delegate does not apply to --target {self.name} (only executorch takes one)")
+            raise BadInputError(f"--delegate does not apply to --target {self.name} (executorch and onnx take one)")
         if delegates:
             if options.delegate is None:
                 options.delegate = self.default_delegate()

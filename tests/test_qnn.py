@@ -190,3 +190,13 @@ def test_placement_counts_shares():
     assert placement.htp_node_share == 0.75
     assert placement.describe_cpu() == "1 node(s) the HTP refuses: Sqrt x1; e.g. d"
     assert np.isclose(qnn.Placement([], []).htp_node_share, 1.0)
+
+
+def test_executorch_qnn_guard_names_the_sdk_it_needs_and_the_onnx_path(monkeypatch):
+    from mi2v_export.errors import MissingDependencyError
+    from mi2v_export.exporters.executorch import check_qnn_sdk
+
+    monkeypatch.delenv("QNN_SDK_ROOT", raising=False)
+    with pytest.raises(MissingDependencyError) as err:
+        check_qnn_sdk()
+    assert "SDK 2.37" in str(err.value) and "--target onnx --delegate qnn" in str(err.value)

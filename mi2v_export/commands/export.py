@@ -102,7 +102,8 @@ class _RichProgress:
 
 def export(
     target: Target = typer.Option(..., "--target", help="export format"),
-    delegate: Delegate | None = typer.Option(None, "--delegate", help="executorch only (default: xnnpack)"),
+    delegate: Delegate | None = typer.Option(None, "--delegate", help="executorch: xnnpack (default) | vulkan | qnn | "
+                                            "coreml; onnx: qnn (onnxruntime's QNN EP, needs --soc)"),
     component: str = typer.Option("all", "--component", callback=component_list, help="encoder | denoiser | "
                                   "decoder | all (or a comma list)"),
     decoder: DecoderKind = typer.Option("turbo-vaed", "--decoder", help="decoder model"),
