@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup test test-slow lint clean
+.PHONY: setup test test-unit test-slow lint clean
 
 # One command installs everything (editable package + pinned deployment stack + test tools).
 setup:
@@ -15,6 +15,10 @@ setup:
 
 test:
 	$(VENV)/bin/pytest -q
+
+# In-process tests only (no subprocess, no adb, no export): under a minute.
+test-unit:
+	$(VENV)/bin/pytest -q -m unit
 
 test-slow:
 	$(VENV)/bin/pytest -q -m slow
@@ -31,15 +35,15 @@ clean:
 
 # Android benchmark app (apps/android): JDK 17 + Android SDK (ANDROID_HOME); VARIANT=vulkan for the Vulkan AAR.
 android:
-	$(PY) -m mi2v_export.devices.android_app build $(if $(VARIANT),--variant $(VARIANT))
+	$(VENV)/bin/mi2v app build android $(if $(VARIANT),--variant $(VARIANT))
 
 android-install:
 	@test -n "$(SERIAL)" || { echo "error: name the phone: make android-install SERIAL=<serial from adb devices>"; exit 2; }
-	$(PY) -m mi2v_export.devices.android_app install --serial $(SERIAL)
+	$(VENV)/bin/mi2v app install --serial $(SERIAL)
 
 # iOS Core ML benchmark (apps/ios): macOS with Xcode 15+ only; TEAM=<Apple development team id>.
 ios:
-	$(PY) -m mi2v_export.devices.ios build $(if $(TEAM),--team $(TEAM))
+	$(VENV)/bin/mi2v app build ios $(if $(TEAM),--team $(TEAM))
 
 # --- export, benchmarks, simulated phone ---------------------------------------------------------------------
 .PHONY: artifacts bench bench-device bench-attention simulate

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mi2v_export.contract import runs_on_host
 from mi2v_export.errors import BadInputError
 from mi2v_export.manifest import TensorInfo
 
@@ -112,7 +113,7 @@ class Artifact:
 
 
 @dataclass
-class RunResult:
+class ArtifactRun:
     """Outputs of executing the artifact on a runtime here (None when no runtime exists, with the reason)."""
 
     outputs: dict[str, np.ndarray] | None
@@ -161,7 +162,7 @@ class Exporter(ABC):
     def runs_here(self, options: ExportOptions) -> bool:
         """Whether `run` can execute artifacts of these options on this host (else the PyTorch reference output is
         only computed when something else needs it, e.g. a BundledProgram)."""
-        return True
+        return runs_on_host(self.name, options.delegate)
 
     def file_name(self, component: str) -> str:
         return f"{component}{self.extension}"
@@ -183,7 +184,7 @@ class Exporter(ABC):
         """Structural checks that need no runtime; returns what was checked, raises VerificationError on a fault."""
 
     @abstractmethod
-    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> RunResult:
+    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         """Execute the artifact on this host's runtime with `spec.inputs` (cast to the artifact's input dtypes)."""
 
 

@@ -20,14 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mi2v_export.contract import ATTENTION_PLANS as ATTENTION
+from mi2v_export.contract import COMPONENTS, IO
 from mi2v_export.errors import BadInputError, CheckpointError, MissingDependencyError
 from mi2v_export.shapes import VideoGeometry
 
 from .base import ComponentSpec
 
-COMPONENTS = ("encoder", "denoiser", "decoder")
-DECODER_KINDS = ("turbo-vaed", "ltx")
-ATTENTION = ("reference", "mobile", "ane")  # the plans of mi2v_export.kernels.PLANS
 # `--rewrite NAME=VALUE`: the RewritePlan switches and knobs a user may change on top of --attention. Not grid
 # (always the export's latent grid) and not step_constants/schedule (timestep and flow_score stay inputs).
 REWRITE_OPTIONS: dict[str, type | tuple[str, ...]] = {
@@ -38,12 +37,6 @@ REWRITE_OPTIONS: dict[str, type | tuple[str, ...]] = {
 _TRUE, _FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
 INPUT_SEED = 0
 
-IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "encoder": (("image",), ("latent",)),
-    "denoiser": (("latent", "timestep", "flow_score"), ("velocity",)),
-    "decoder": (("latent",), ("video",)),
-}
-
 
 def model_name(component: str, decoder_kind: str) -> str:
     """The model part behind a component (checkpoint part names: denoiser, ltx-encoder, turbo-vaed, ltx-decoder)."""
@@ -52,18 +45,6 @@ def model_name(component: str, decoder_kind: str) -> str:
     if component == "denoiser":
         return "denoiser"
     return "turbo-vaed" if decoder_kind == "turbo-vaed" else "ltx-decoder"
-
-
-def parse_components(text: str) -> list[str]:
-    """'all' → every component; 'encoder,decoder' → those (contract order)."""
-    names = [t.strip() for t in (text or "").split(",") if t.strip()]
-    if names == ["all"]:
-        return list(COMPONENTS)
-    bad = [n for n in names if n not in COMPONENTS]
-    if bad or not names:
-        raise BadInputError(f"unknown component {', '.join(map(repr, bad)) or repr(text)}; choose one of: "
-                            f"{', '.join(COMPONENTS)}, all")
-    return [c for c in COMPONENTS if c in names]
 
 
 # ---------------------------------------------------------------------------------------------------------------

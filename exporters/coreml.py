@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mi2v_export.contract import COREMLTOOLS_UNIT, runs_on_host
 from mi2v_export.errors import BadInputError, MissingDependencyError, VerificationError
 
 from . import rewrites as rw
@@ -25,11 +26,11 @@ from .base import (
     ExportOptions,
     ProgressCallback,
     ProgressEvent,
-    RunResult,
+    ArtifactRun,
     register,
 )
 
-COMPUTE_UNITS = {"all": "ALL", "cpu_and_ne": "CPU_AND_NE", "cpu_and_gpu": "CPU_AND_GPU", "cpu_only": "CPU_ONLY"}
+COMPUTE_UNITS = COREMLTOOLS_UNIT  # mi2v spelling → coremltools.ComputeUnit member (mi2v_export.contract)
 MIN_IOS = (17, 18)
 SPEC_VERSION = {17: 8, 18: 9}  # Core ML model spec version of each deployment target
 
@@ -93,9 +94,6 @@ class CoreMLExporter(Exporter):
         if options.min_ios not in MIN_IOS:
             raise BadInputError(f"--min-ios {options.min_ios}: choose one of {', '.join(map(str, MIN_IOS))}")
         return options
-
-    def runs_here(self, options: ExportOptions) -> bool:
-        return sys.platform == "darwin"
 
     def check_environment(self, options: ExportOptions) -> None:
         try:
@@ -174,13 +172,13 @@ class CoreMLExporter(Exporter):
         checks.append("I/O names and static shapes match the contract")
         return checks
 
-    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> RunResult:
-        if sys.platform != "darwin":
-            return RunResult(outputs=None, verified_on=None,
+    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
+        if not runs_on_host("coreml"):
+            return ArtifactRun(outputs=None, verified_on=None,
                              reason=f"Core ML prediction needs macOS (this host is {sys.platform})")
         import coremltools as ct
 
         model = ct.models.MLModel(str(out_dir / artifact.file), compute_units=compute_unit(options.compute_units))
         feeds = {n: x.numpy() for n, x in spec.inputs.items()}
         out = model.predict(feeds)
-        return RunResult(outputs={n: out[n] for n in spec.output_names}, verified_on=f"coreml-{options.compute_units}")
+        return ArtifactRun(outputs={n: out[n] for n in spec.output_names}, verified_on=f"coreml-{options.compute_units}")

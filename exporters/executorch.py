@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mi2v_export.contract import runs_on_host
 from mi2v_export.errors import MissingDependencyError, VerificationError
 
 from . import rewrites as rw
@@ -38,7 +39,7 @@ from .base import (
     ExportOptions,
     ProgressCallback,
     ProgressEvent,
-    RunResult,
+    ArtifactRun,
     cast_inputs,
     register,
     tensor_infos,
@@ -53,11 +54,10 @@ class Delegate:
     name: str
     backend_id: str  # the id recorded in the .pte
     description: str
-    host_runtime: bool  # the pip runtime on this host can execute it
     default_dtype: str = "fp32"
     half_graph: bool = True  # fp16 = cast the module to half (False: fp32 graph, backend computes in fp16)
     extra_rewrites: tuple[str, ...] = ()
-    extra_trace: tuple[str, ...] = ()  # trace-time substitutions (rewrites.TRACE_REWRITES) on top of ExecuTorch's
+    extra_trace: tuple[str, ...] = ()  # trace-time substitutions (rewrites.LOWERING_REWRITES) on top of ExecuTorch's
     no_runtime_reason: str = ""
     lower: Callable | None = field(default=None, compare=False)  # (module, args, options, etrecord) → edge manager
 
@@ -165,16 +165,16 @@ def _qnn_lower(module, args, options: ExportOptions, etrecord: bool):
 
 
 DELEGATES: dict[str, Delegate] = {d.name: d for d in (
-    Delegate("xnnpack", "XnnpackBackend", "XNNPACK (CPU, Android/iOS/desktop)", host_runtime=True,
+    Delegate("xnnpack", "XnnpackBackend", "XNNPACK (CPU, Android/iOS/desktop)",
              lower=_generic_lower(_xnnpack_partitioners)),
-    Delegate("vulkan", "VulkanBackend", "Vulkan (Android GPU)", host_runtime=False,
+    Delegate("vulkan", "VulkanBackend", "Vulkan (Android GPU)",
              no_runtime_reason="the ExecuTorch runtime on this host has no VulkanBackend; run it on the device "
-                               "(mi2v bench)", lower=_generic_lower(_vulkan_partitioners), extra_trace=("conv1b",)),
-    Delegate("qnn", "QnnBackend", "Qualcomm AI Engine Direct (Hexagon HTP)", host_runtime=False,
+                               "(mi2v bench)", lower=_generic_lower(_vulkan_partitioners), extra_trace=("conv2d_batch1",)),
+    Delegate("qnn", "QnnBackend", "Qualcomm AI Engine Direct (Hexagon HTP)",
              default_dtype="fp16", half_graph=False,
              no_runtime_reason="QNN .pte files run only on a Snapdragon device", lower=_qnn_lower),
-    Delegate("coreml", "CoreMLBackend", "Core ML (Apple CPU/GPU/ANE)", host_runtime=False, default_dtype="fp16",
-             half_graph=False, extra_trace=("rope5",),
+    Delegate("coreml", "CoreMLBackend", "Core ML (Apple CPU/GPU/ANE)", default_dtype="fp16",
+             half_graph=False, extra_trace=("rope_rank5",),
              no_runtime_reason="the ExecuTorch runtime on this host has no CoreMLBackend (Core ML needs macOS/iOS)",
              lower=_generic_lower(_coreml_partitioners)),
 )}
@@ -338,9 +338,6 @@ class ExecuTorchExporter(Exporter):
     def default_dtype(self, delegate: str | None) -> str:
         return DELEGATES[delegate or "xnnpack"].default_dtype
 
-    def runs_here(self, options: ExportOptions) -> bool:
-        return DELEGATES[options.delegate].host_runtime
-
     def check_environment(self, options: ExportOptions) -> None:
         try:
             import executorch.exir  # noqa: F401
@@ -470,15 +467,15 @@ class ExecuTorchExporter(Exporter):
             checks.append("bundled program deserializes")
         return checks
 
-    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> RunResult:
+    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         delegate = DELEGATES[options.delegate]
-        if not delegate.host_runtime:
-            return RunResult(outputs=None, verified_on=None, reason=delegate.no_runtime_reason)
+        if not runs_on_host(self.name, delegate.name):
+            return ArtifactRun(outputs=None, verified_on=None, reason=delegate.no_runtime_reason)
         from executorch.runtime import Runtime
 
         runtime = Runtime.get()
         if not runtime.backend_registry.is_available(delegate.backend_id):
-            return RunResult(outputs=None, verified_on=None,
+            return ArtifactRun(outputs=None, verified_on=None,
                              reason=f"this executorch build has no {delegate.backend_id}")
         args = cast_inputs(spec, options.dtype if delegate.half_graph else "fp32")
         program = runtime.load_program(out_dir / artifact.file)
@@ -489,7 +486,7 @@ class ExecuTorchExporter(Exporter):
         del method, program
         if "bundled_program" in artifact.extra_files:
             self._check_bundle(out_dir / artifact.extra_files["bundled_program"], artifact.target_info["bundle"])
-        return RunResult(outputs=outputs, verified_on=f"executorch-{delegate.name}")
+        return ArtifactRun(outputs=outputs, verified_on=f"executorch-{delegate.name}")
 
     @staticmethod
     def _check_bundle(path: Path, bundle: dict) -> None:

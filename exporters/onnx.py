@@ -26,7 +26,7 @@ from .base import (
     ExportOptions,
     ProgressCallback,
     ProgressEvent,
-    RunResult,
+    ArtifactRun,
     cast_inputs,
     register,
 )
@@ -177,7 +177,7 @@ class OnnxExporter(Exporter):
         checks.append("static input shapes")
         return checks
 
-    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> RunResult:
+    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         import onnxruntime as ort
         import torch
 
@@ -188,4 +188,4 @@ class OnnxExporter(Exporter):
         feeds = {name: x.numpy() for name, x in zip(spec.inputs, cast_inputs(spec, options.dtype))}
         outs = sess.run(list(spec.output_names), feeds)
         del sess
-        return RunResult(outputs=dict(zip(spec.output_names, outs)), verified_on="onnxruntime")
+        return ArtifactRun(outputs=dict(zip(spec.output_names, outs)), verified_on="onnxruntime")

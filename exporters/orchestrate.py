@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mi2v_export import parity, precision
-from mi2v_export.errors import BadInputError, Mi2vError, VerificationError
+from mi2v_export.contract import DECODER_KINDS, parse_components
+from mi2v_export.errors import BadInputError, Mi2vError, VerificationError, first_line
+from mi2v_export.files import tree_digest
 from mi2v_export.manifest import (
     ArtifactEntry,
     FileInfo,
@@ -28,7 +30,6 @@ from mi2v_export.manifest import (
     now_iso,
     read_manifest_if_any,
     tool_version,
-    tree_digest,
 )
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry, parse_resolution
@@ -63,7 +64,7 @@ class ExportRequest:
     compute_units: str = "all"
     min_ios: int = 17
     soc: str = "SM8650"
-    allow_cpu_fallback: bool = False  # QNN: accept nodes the HTP refuses (recorded node / FLOP shares)
+    allow_cpu_fallback: bool = False  # onnx/qnn: accept nodes the HTP refuses (node / FLOP shares recorded)
 
 
 @dataclass
@@ -111,9 +112,9 @@ def _is_disk_full(exc: BaseException) -> bool:
 def resolve(request: ExportRequest):
     """Validate a request without doing any work: (exporter, options, components, preset, geometry)."""
     exporter = get_exporter(request.target, request.delegate)
-    components = comp.parse_components(request.components)
-    if request.decoder not in comp.DECODER_KINDS:
-        raise BadInputError(f"unknown decoder {request.decoder!r}; choose one of: {', '.join(comp.DECODER_KINDS)}")
+    components = parse_components(request.components)
+    if request.decoder not in DECODER_KINDS:
+        raise BadInputError(f"unknown decoder {request.decoder!r}; choose one of: {', '.join(DECODER_KINDS)}")
     preset = get_preset(request.preset)
     if request.resolution:
         h, w = parse_resolution(request.resolution)
@@ -243,6 +244,33 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     checks = exporter.inspect(artifact, staging, spec, options)
     done("inspect", t0, f"{len(checks)} checks")
 
+    parity_record = _verify(name, request, exporter, options, spec, artifact, staging, stage, done, progress)
+
+    sha, size = tree_digest(staging / artifact.file)
+    extra = []
+    for role, file in artifact.extra_files.items():
+        esha, esize = tree_digest(staging / file)
+        extra.append(FileInfo(role, file, esha, esize))
+    wall = time.perf_counter() - t_start
+    flags = _flags(name, request, exporter, options, preset, geo, rewrite_options)
+    entry = ArtifactEntry(
+        component=name, model=spec.model, target=exporter.name, delegate=options.delegate, dtype=options.dtype,
+        precision=options.precision,
+        file=artifact.file, sha256=sha, bytes=size, inputs=artifact.inputs, outputs=artifact.outputs,
+        export={"wall_s": round(wall, 3), "peak_rss_bytes": peak_rss_bytes(), "peak_rss_method": rss_method,
+                "stages_s": {k: round(v, 3) for k, v in stages.items()}},
+        parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
+        target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
+        exported_at=now_iso(), tool_version=tool_version())
+    del spec, artifact
+    gc.collect()
+    return entry
+
+
+def _verify(name: str, request: ExportRequest, exporter, options: ExportOptions, spec, artifact, staging: Path,
+            stage, done, progress: ProgressCallback) -> dict:
+    """Run the artifact here against the PyTorch fp32 reference and apply the parity gate; the manifest's
+    `parity` record (with the reason when it cannot run here). VerificationError when the gate fails."""
     gate = exporter.gate(options)
     parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
                      "verified_on": None, "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
@@ -258,7 +286,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot load/run the artifact fails the gate
             raise VerificationError(f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, "
                                     f"{options.dtype}): the runtime here could not run {artifact.file}: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:500]) from None
+                                    f"{first_line(exc, 500)}") from None
         if result.outputs is None:
             parity_record["reason"] = result.reason
             done("verify", t0, f"no runtime here: {result.reason}")
@@ -277,13 +305,12 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                     f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.dtype}) "
                     f"fails the parity gate on {result.verified_on}: {gate.describe(metrics)} vs PyTorch fp32; "
                     "no artifact was written")
+    return parity_record
 
-    sha, size = tree_digest(staging / artifact.file)
-    extra = []
-    for role, file in artifact.extra_files.items():
-        esha, esize = tree_digest(staging / file)
-        extra.append(FileInfo(role, file, esha, esize))
-    wall = time.perf_counter() - t_start
+
+def _flags(name: str, request: ExportRequest, exporter, options: ExportOptions, preset: str, geo,
+           rewrite_options: dict) -> dict:
+    """The manifest's `flags`: the options that shaped this artifact."""
     flags = {"preset": preset, "resolution": [geo.height, geo.width], "frames": geo.frames,
              "attention": request.attention if name == "denoiser" else None,
              "rewrite": rewrite_options if name == "denoiser" else None,
@@ -295,18 +322,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     if options.delegate == "qnn":
         flags["soc"] = options.soc
     if exporter.delegate == "qnn":
-        flags.update(allow_cpu_fallback=options.allow_cpu_fallback, precision=options.precision)
+        flags["allow_cpu_fallback"] = options.allow_cpu_fallback
     if exporter.name == "onnx":
         flags["opset"] = options.opset
-    entry = ArtifactEntry(
-        component=name, model=spec.model, target=exporter.name, delegate=options.delegate, dtype=options.dtype,
-        precision=options.precision,
-        file=artifact.file, sha256=sha, bytes=size, inputs=artifact.inputs, outputs=artifact.outputs,
-        export={"wall_s": round(wall, 3), "peak_rss_bytes": peak_rss_bytes(), "peak_rss_method": rss_method,
-                "stages_s": {k: round(v, 3) for k, v in stages.items()}},
-        parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
-        target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
-        exported_at=now_iso(), tool_version=tool_version())
-    del spec, artifact
-    gc.collect()
-    return entry
+    return flags

@@ -2,27 +2,27 @@
 
 Each rewrite swaps modules of an already-loaded model for small modules built from the *same weights* (or switches
 a module's class to a subclass whose forward is written differently), so the result computes the same function;
-nothing in the model files changes. Which rewrites a target applies is listed in `FOR_TARGET`; each can be
-switched off on its own. Trace-time substitutions for code that is a function rather than a module are context
+nothing in the model files changes. All of them are in one registry, `LOWERING_REWRITES`; which a target applies
+is listed in `FOR_TARGET` (module swaps) and `TRACE_FOR_TARGET`; each can be switched off on its own. Trace-time substitutions for code that is a function rather than a module are context
 managers (`rope_rank5`) that restore the original on exit.
 
 | name  | fixes                                                                   | where                              |
 |-------|-------------------------------------------------------------------------|------------------------------------|
-| c2d   | B2: nn.Conv3d has no XNNPACK / portable 5-D kernel → Conv2d over frames | every nn.Conv3d (LTX, Turbo-VAED)  |
-| r5    | B1: rank-8 depth-to-space / space-to-depth → chains of rank-≤5 reshapes | LTX upsampler, (un)patchify        |
-| pad   | B3/B4: `concatenate` + repeat-by-0 temporal padding → `cat` of edge slices | LTXVideoCausalConv3d            |
-| rms   | RMSNorm's last-axis mean of a 5-D tensor stays portable → (N,1,C,1) mean | diffusers RMSNorm (no affine)     |
-| frms  | RMSNorm on Core ML fp16 overflows for |x| > 256 → F.rms_norm             | diffusers RMSNorm (no affine)      |
-| ln    | native_layer_norm is never delegated to XNNPACK → mean/var over (N,1,C,1) | nn.LayerNorm over one axis        |
+| conv3d_as_conv2d | B2: nn.Conv3d has no XNNPACK / portable 5-D kernel → Conv2d over frames | every nn.Conv3d (LTX, Turbo-VAED)  |
+| shuffle_rank5 | B1: rank-8 depth-to-space / space-to-depth → chains of rank-≤5 reshapes | LTX upsampler, (un)patchify        |
+| causal_pad_cat | B3/B4: `concatenate` + repeat-by-0 temporal padding → `cat` of edge slices | LTXVideoCausalConv3d            |
+| rms_norm_view | RMSNorm's last-axis mean of a 5-D tensor stays portable → (N,1,C,1) mean | diffusers RMSNorm (no affine)     |
+| rms_norm_fp16 | RMSNorm on Core ML fp16 overflows for |x| > 256 → F.rms_norm             | diffusers RMSNorm (no affine)      |
+| layer_norm_view | native_layer_norm is never delegated to XNNPACK → mean/var over (N,1,C,1) | nn.LayerNorm over one axis        |
 
 Left alone on purpose: the denoiser's functional LayerNorm stays `native_layer_norm` (portable) on XNNPACK. Traced
 as delegable mean/variance reductions it cut the 720p graph from 132 to 100 delegate subgraphs but ran 8 % slower
 (13.95 vs 12.86 s median per forward, both .pte files timed side by side on this host).
 
 Trace-time substitutions (context managers, active only while torch.export traces):
-| crms   | Turbo-VAED's channel RMS (5-D mean over dim 1, portable) → (N,1,C,1) mean | models.turbo_vaed.channel_rms_norm |
-| rope5  | the denoiser's rank-6 RoPE rotate-half → rank ≤ 5 (Core ML)              | models.rope.rotate_half_per_axis   |
-| conv1b | Vulkan takes only batch-1 2-D convs; c2d and GLUMBConv put frames in the batch → one conv per frame | F.conv2d |
+| channel_rms_view | Turbo-VAED's channel RMS (5-D mean over dim 1, portable) → (N,1,C,1) mean | models.turbo_vaed.channel_rms_norm |
+| rope_rank5 | the denoiser's rank-6 RoPE rotate-half → rank ≤ 5 (Core ML)              | models.rope.rotate_half_per_axis   |
+| conv2d_batch1 | Vulkan takes only batch-1 2-D convs; conv3d_as_conv2d and GLUMBConv put frames in the batch → one conv per frame | F.conv2d |
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------------------------
-# c2d — Conv3d as Conv2d over (B·T_out) frames
+# conv3d_as_conv2d — Conv3d as Conv2d over (B·T_out) frames
 
 
 class Conv3dAsConv2d(nn.Module):
@@ -108,12 +108,12 @@ def _swap_children(model: nn.Module, match: Callable[[nn.Module], bool], build: 
     return count
 
 
-def apply_c2d(model: nn.Module) -> int:
+def apply_conv3d_as_conv2d(model: nn.Module) -> int:
     return _swap_children(model, lambda m: type(m) is nn.Conv3d, Conv3dAsConv2d)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# r5 — rank-≤5 depth-to-space / space-to-depth
+# shuffle_rank5 — rank-≤5 depth-to-space / space-to-depth
 
 # factors are (size, axis) from the outermost channel sub-index to the innermost; axis 2/3/4 = T/H/W
 
@@ -198,7 +198,7 @@ def _make_r5_classes():
     return R5Upsampler3d, R5Encoder3d, R5Decoder3d
 
 
-def apply_r5(model: nn.Module) -> int:
+def apply_shuffle_rank5(model: nn.Module) -> int:
     try:
         ltx = _ltx_classes()
     except ImportError:
@@ -222,7 +222,7 @@ def apply_r5(model: nn.Module) -> int:
 # pad — temporal replicate padding without repeat / concatenate
 
 
-def apply_pad(model: nn.Module) -> int:
+def apply_causal_pad_cat(model: nn.Module) -> int:
     try:
         ltx = _ltx_classes()
     except ImportError:
@@ -253,7 +253,7 @@ def apply_pad(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# rms / frms — diffusers RMSNorm without affine weights
+# rms_norm_view / rms_norm_fp16 — diffusers RMSNorm without affine weights
 
 
 def _rms_classes():
@@ -292,11 +292,11 @@ def _apply_rms(model: nn.Module, which: int) -> int:
     return count
 
 
-def apply_rms(model: nn.Module) -> int:
+def apply_rms_norm_view(model: nn.Module) -> int:
     return _apply_rms(model, 1)
 
 
-def apply_frms(model: nn.Module) -> int:
+def apply_rms_norm_fp16(model: nn.Module) -> int:
     return _apply_rms(model, 2)
 
 
@@ -329,7 +329,7 @@ class DelegableLayerNorm(nn.Module):
         return out
 
 
-def apply_ln(model: nn.Module) -> int:
+def apply_layer_norm_view(model: nn.Module) -> int:
     return _swap_children(model, lambda m: type(m) is nn.LayerNorm and len(m.normalized_shape) == 1,
                           DelegableLayerNorm)
 
@@ -380,7 +380,7 @@ def _conv2d_batch_one(conv2d: Callable[..., torch.Tensor]) -> Callable[..., torc
 def conv2d_batch_one() -> Iterator[None]:
     """While exporting for Vulkan: every 2-D convolution over a batch of frames is traced as one batch-1
     convolution per frame (the same weight) joined with cat. ExecuTorch's Vulkan partitioner skips a conv whose
-    batch is not 1 ("op args not supported"), and the c2d rewrite and the denoiser's GLUMBConv put the frames in
+    batch is not 1 ("op args not supported"), and the conv3d_as_conv2d rewrite and the denoiser's GLUMBConv put the frames in
     the batch, so without this every VAE conv stays on the portable CPU kernels."""
     original = F.conv2d
     F.conv2d = _conv2d_batch_one(original)
@@ -530,45 +530,53 @@ def frame_conditioning_without_gather() -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class ExportRewrite:
+class LoweringRewrite:
+    """One lowering rewrite: a module swap (`apply`, returns how many modules it swapped) or a trace-time
+    substitution (`trace`, a context manager entered around torch.export)."""
+
     name: str
     summary: str
-    apply: Callable[[nn.Module], int]
+    apply: Callable[[nn.Module], int] | None = None
+    trace: Callable[[], contextlib.AbstractContextManager] | None = None
 
 
-REWRITES: dict[str, ExportRewrite] = {r.name: r for r in (
-    ExportRewrite("c2d", "nn.Conv3d → Conv2d over frames (temporal taps folded into channels)", apply_c2d),
-    ExportRewrite("r5", "rank-8 pixel (un)shuffle → rank-≤5 reshape/permute chains", apply_r5),
-    ExportRewrite("pad", "temporal edge padding with cat of slices (no repeat, no concatenate)", apply_pad),
-    ExportRewrite("rms", "RMSNorm mean over an (N,1,C,1) view (delegable)", apply_rms),
-    ExportRewrite("frms", "RMSNorm as F.rms_norm (fp16-safe on Core ML)", apply_frms),
-    ExportRewrite("ln", "LayerNorm as mean/variance over an (N,1,C,1) view (delegable)", apply_ln),
-    ExportRewrite("rms_norm_rank4", "RMSNorm on a rank-4 view with leading axes merged (QNN HTP: no 5-D Sqrt)",
-                  apply_rms_norm_rank4),
-    ExportRewrite("layer_norm_rank4", "LayerNorm on a rank-4 view with leading axes merged (QNN HTP: no 5-D "
-                  "LayerNormalization)", apply_layer_norm_rank4),
+LOWERING_REWRITES: dict[str, LoweringRewrite] = {r.name: r for r in (
+    LoweringRewrite("conv3d_as_conv2d", "nn.Conv3d → Conv2d over frames (temporal taps folded into channels)",
+                    apply=apply_conv3d_as_conv2d),
+    LoweringRewrite("shuffle_rank5", "rank-8 pixel (un)shuffle → rank-≤5 reshape/permute chains", apply=apply_shuffle_rank5),
+    LoweringRewrite("causal_pad_cat", "temporal edge padding with cat of slices (no repeat, no concatenate)",
+                    apply=apply_causal_pad_cat),
+    LoweringRewrite("rms_norm_view", "RMSNorm mean over an (N,1,C,1) view (delegable)", apply=apply_rms_norm_view),
+    LoweringRewrite("rms_norm_fp16", "RMSNorm as F.rms_norm (fp16-safe on Core ML)", apply=apply_rms_norm_fp16),
+    LoweringRewrite("layer_norm_view", "LayerNorm as mean/variance over an (N,1,C,1) view (delegable)",
+                    apply=apply_layer_norm_view),
+    LoweringRewrite("channel_rms_view", "Turbo-VAED channel RMS as an (N,1,C,1) mean (while tracing)",
+                    trace=turbo_channel_rms),
+    LoweringRewrite("rope_rank5", "rank-6 RoPE rotate-half as rank ≤ 5 (while tracing)", trace=rope_rank5),
+    LoweringRewrite("conv2d_batch1", "a batch of frames as one batch-1 conv per frame (while tracing)",
+                    trace=conv2d_batch_one),
+    LoweringRewrite("rms_norm_rank4", "RMSNorm on a rank-4 view with leading axes merged (QNN HTP: no 5-D Sqrt)",
+                    apply=apply_rms_norm_rank4),
+    LoweringRewrite("layer_norm_rank4", "LayerNorm on a rank-4 view with leading axes merged (QNN HTP: no 5-D "
+                    "LayerNormalization)", apply=apply_layer_norm_rank4),
+    LoweringRewrite("channel_rms_rank4", "Turbo-VAED channel RMS on the rank-4 view (B, C, T·H, W) (while tracing)",
+                    trace=channel_rms_rank4),
+    LoweringRewrite("frame_conditioning_without_gather", "the denoiser's per-frame conditioning as slice + expand "
+                    "+ cat, no GatherND (wrong on the QNN HTP) (while tracing)",
+                    trace=frame_conditioning_without_gather),
 )}
 
-# name → context manager factory, entered around torch.export
-TRACE_REWRITES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
-    "crms": turbo_channel_rms,
-    "rope5": rope_rank5,
-    "conv1b": conv2d_batch_one,
-    "channel_rms_rank4": channel_rms_rank4,
-    "frame_conditioning_without_gather": frame_conditioning_without_gather,
-}
-
-# What each target (and ExecuTorch delegate) applies, in order.
+# What each target (and ExecuTorch delegate) applies, in order: module swaps, then trace-time substitutions.
 FOR_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": (),
-    "executorch": ("pad", "r5", "c2d", "rms", "ln"),
-    "coreml": ("pad", "frms"),
-    "qnn": ("r5", "rms_norm_rank4", "layer_norm_rank4"),
+    "executorch": ("causal_pad_cat", "shuffle_rank5", "conv3d_as_conv2d", "rms_norm_view", "layer_norm_view"),
+    "coreml": ("causal_pad_cat", "rms_norm_fp16"),
+    "qnn": ("shuffle_rank5", "rms_norm_rank4", "layer_norm_rank4"),  # onnx --delegate qnn (exporters/qnn.py)
 }
 TRACE_FOR_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": (),
-    "executorch": ("crms",),
-    "coreml": ("rope5",),
+    "executorch": ("channel_rms_view",),
+    "coreml": ("rope_rank5",),
     "qnn": ("channel_rms_rank4", "frame_conditioning_without_gather"),
 }
 
@@ -578,7 +586,7 @@ def tracing(names: tuple[str, ...] | list[str]) -> Iterator[None]:
     """Enter the named trace-time substitutions (restored on exit, also on errors)."""
     with contextlib.ExitStack() as stack:
         for name in names:
-            stack.enter_context(TRACE_REWRITES[name]())
+            stack.enter_context(LOWERING_REWRITES[name].trace())
         yield
 
 
@@ -586,5 +594,5 @@ def apply_rewrites(model: nn.Module, names: tuple[str, ...] | list[str]) -> dict
     """Apply the named rewrites in place; returns name → number of modules swapped (0 = nothing to rewrite)."""
     done = {}
     for name in names:
-        done[name] = REWRITES[name].apply(model)
+        done[name] = LOWERING_REWRITES[name].apply(model)
     return done

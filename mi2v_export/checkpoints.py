@@ -12,11 +12,9 @@ modules use the prefixed form, so plain keys are mapped on load).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +26,8 @@ import torch
 from .contract import LTX_DECODER, LTX_ENCODER
 from .contract import PART_DENOISER as DENOISER
 from .contract import PART_TURBO_VAED as TURBO_VAED
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
+from .files import atomic_path, sha256_file
 
 # Parts a checkpoint can hold (names used in messages, `mi2v inspect` and manifests).
 
@@ -81,14 +80,6 @@ class Checkpoint:
         return {k: v for k, v in self.state_dict.items() if k.startswith(prefix)}
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sniff_format(path: Path) -> str:
     """Identify the container from its first bytes."""
     with open(path, "rb") as f:
@@ -132,8 +123,7 @@ def _torch_load_safely(path: Path, fmt: str):
             "it could run code when loaded. Re-save it as weights only (mi2v convert on a trusted machine) or "
             "use .safetensors") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path.name}: truncated or corrupt PyTorch checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"{path.name}: truncated or corrupt PyTorch checkpoint ({first_line(exc, 160)})") from None
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -147,8 +137,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
                 tensors[k] = f.get_tensor(k)
         return tensors, meta
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError variants
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path.name}: truncated or corrupt safetensors file ({first[:160]})") from None
+        raise CheckpointError(f"{path.name}: truncated or corrupt safetensors file ({first_line(exc, 160)})") from None
 
 
 def _unwrap(obj, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -289,15 +278,9 @@ def write_safetensors(state_dict: dict[str, torch.Tensor], out: str | os.PathLik
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().clone() if v.is_shared() or not v.is_contiguous() else v.detach()
                for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata or {})
-        back = load_file(tmp)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata or {})
+        back = load_file(str(tmp))
         if set(back) != set(tensors) or any(back[k].shape != tensors[k].shape for k in tensors):
             raise CheckpointError(f"{out.name}: written file did not read back identically")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out

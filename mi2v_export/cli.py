@@ -20,7 +20,8 @@ from .errors import Mi2vError
 
 # One entry per command module; adding a command is adding a file and a name here. A dotted name is a module
 # outside mi2v_export/commands: the simulator's `devices simulate|profile` (the simulator package stays apart).
-COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices", "mi2v_export.simulator.cli"]
+COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices", "app",
+                   "mi2v_export.simulator.cli"]
 
 app = typer.Typer(
     name="mi2v",
@@ -91,7 +92,8 @@ def _usage_error(exc: typer._click.exceptions.UsageError) -> int:
     if ctx is not None:
         print(ctx.get_usage(), file=sys.stderr)
         print(f"Try '{ctx.command_path} --help' for help.", file=sys.stderr)
-    print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)  # one line, even for a choice list
+    message = " ".join(exc.format_message().split()).replace("Value error, ", "")  # one line, even for a choice list
+    print(f"error: {message}", file=sys.stderr)
     return 2
 
 

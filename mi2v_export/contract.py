@@ -65,17 +65,21 @@ def unit_from_swift(name: str) -> str:
     return {v: k for k, v in SWIFT_UNIT.items()}.get(name, name)
 
 
-# ---- what this host runs ----------------------------------------------------------------------------------------
+# ---- what runs where --------------------------------------------------------------------------------------------
 
-# artifact suffix → runtime name, in the order `generate` and `bench` prefer them
-RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".pte": "executorch", ".mlpackage": "coreml"}
+RUNTIME_OF_TARGET = {"onnx": "onnxruntime", "executorch": "executorch", "coreml": "coreml"}
+# the ExecuTorch delegates the pip runtime on this machine executes (None: the portable kernels only)
+HOST_ET_DELEGATES: tuple[str | None, ...] = (None, "xnnpack")
 
 
-def host_runs(suffix: str) -> bool:
-    """Whether this machine can execute an artifact with this suffix (Core ML needs macOS)."""
-    if suffix == ".mlpackage":
-        return platform.system() == "Darwin"
-    return suffix in RUNTIME_OF_SUFFIX
+def runs_on_host(target: str, delegate: str | None = None) -> bool:
+    """Whether this machine can execute an artifact: onnxruntime always, ExecuTorch portable/XNNPACK, Core ML only
+    on macOS. Export's verification, `generate` and `bench --device host` all ask this."""
+    if target == "onnx":
+        return True
+    if target == "executorch":
+        return delegate in HOST_ET_DELEGATES
+    return target == "coreml" and platform.system() == "Darwin"
 
 
 # ---- CLI choices (Typer shows and checks them; values are the strings above) -----------------------------------

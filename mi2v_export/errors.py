@@ -31,3 +31,9 @@ class DeviceError(Mi2vError):
     """A phone / adb / runner problem."""
 
     exit_code = 5
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (libraries append stack dumps and hints), or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

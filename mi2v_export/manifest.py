@@ -55,17 +55,16 @@ also run by the context manager) the temporary folder is removed and DIR is as i
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import schemas
+from .files import read_json, tree_digest, write_json_atomic
 from .errors import BadInputError
 
 MANIFEST_NAME = "manifest.json"
@@ -101,35 +100,6 @@ def library_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Digests
-
-
-def file_digest(path: Path, chunk: int = 1 << 22) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
-
-
-def tree_digest(path: Path) -> tuple[str, int]:
-    """sha256 and total bytes of a file, or of a folder (.mlpackage): the hash of every file's relative POSIX path,
-    a NUL, its own sha256 and a newline, in sorted path order."""
-    path = Path(path)
-    if path.is_file():
-        return file_digest(path)
-    h = hashlib.sha256()
-    total = 0
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        digest, size = file_digest(p)
-        h.update(p.relative_to(path).as_posix().encode() + b"\0" + digest.encode() + b"\n")
-        total += size
-    return h.hexdigest(), total
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,6 +214,19 @@ class ArtifactEntry:
         )
 
 
+# When several artifacts of one component could run: this target order, then this delegate order, fp32 before
+# lower precisions, then the file name.
+TARGET_PREFERENCE = ("onnx", "executorch", "coreml")
+DELEGATE_PREFERENCE = ("xnnpack", None, "vulkan", "qnn")
+
+
+def entry_preference(e: ArtifactEntry) -> tuple:
+    def rank(order: tuple, value) -> int:
+        return order.index(value) if value in order else len(order)
+
+    return rank(TARGET_PREFERENCE, e.target), rank(DELEGATE_PREFERENCE, e.delegate), e.dtype != "fp32", e.file
+
+
 @dataclass
 class Manifest:
     """The whole manifest: shared configuration plus one `ArtifactEntry` per artifact file."""
@@ -260,6 +243,14 @@ class Manifest:
     folder: Path | None = None  # where it was read from (not serialised)
 
     # -- lookups -------------------------------------------------------------------------------------------
+    def candidates(self, component: str, refusal: Callable[[ArtifactEntry], str | None]
+                   ) -> tuple[list[ArtifactEntry], list[tuple[ArtifactEntry, str]]]:
+        """The artifact selection of `generate` and `bench`: the component's entries that can run where they are
+        wanted (`refusal(entry)` is None), most preferred first (ENTRY_PREFERENCE), and the others with the reason."""
+        entries = sorted((e for e in self.components if e.component == component), key=entry_preference)
+        reasons = [(e, refusal(e)) for e in entries]
+        return [e for e, why in reasons if why is None], [(e, why) for e, why in reasons if why is not None]
+
     def find(self, component: str, target: str | None = None, delegate: str | None = None) -> ArtifactEntry:
         """The entry of a component (optionally of one target / delegate); BadInputError when absent or ambiguous."""
         hits = [e for e in self.components if e.component == component and (target is None or e.target == target)
@@ -366,11 +357,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise BadInputError(f"{folder}: no such artifacts folder")
     if not path.is_file():
         raise BadInputError(f"{folder}: no {MANIFEST_NAME}; is this a folder written by `mi2v export`?")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: not valid JSON ({exc})") from None
-    return Manifest.from_dict(raw, folder=folder)
+    return Manifest.from_dict(read_json(path, "manifest"), folder=folder)
 
 
 def read_manifest_if_any(folder: str | os.PathLike) -> Manifest | None:
@@ -378,23 +365,6 @@ def read_manifest_if_any(folder: str | os.PathLike) -> Manifest | None:
     if not (Path(folder) / MANIFEST_NAME).is_file():
         return None
     return read_manifest(folder)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a manifest is as readable as the artifacts
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def merge(existing: Manifest | None, new: Manifest) -> Manifest:
@@ -498,7 +468,7 @@ class Staging:
             merged.components = [e for e in merged.components if all((self.out_dir / f).exists()
                                                                       for f in e.files())]
             merged.updated_at = now_iso()
-            _write_json_atomic(self.out_dir / MANIFEST_NAME, merged.to_dict())
+            write_json_atomic(self.out_dir / MANIFEST_NAME, merged.to_dict(), allow_nan=False)
         except BaseException:
             for dst, old in reversed(moved):
                 if dst.is_dir() and not dst.is_symlink():

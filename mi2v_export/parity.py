@@ -136,12 +136,6 @@ def _json_float(v: float) -> float | str:
     return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
 
 
-def float_from_json(v) -> float | None:
-    if v is None:
-        return None
-    return float(v)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Video metrics
 

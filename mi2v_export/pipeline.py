@@ -47,24 +47,25 @@ Side effects stay at the edges: nothing here prints; progress goes through a cal
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import platform
-import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import BadInputError, CheckpointError, MissingDependencyError, Mi2vError, VerificationError
+from .contract import COMPONENTS, DECODER, DENOISER, ENCODER, IO, runs_on_host
+from .errors import BadInputError, CheckpointError, MissingDependencyError, Mi2vError, VerificationError, first_line
+from .files import atomic_path, write_json_atomic
+from .manifest import TARGET_PREFERENCE
 from .shapes import VideoGeometry, geometry
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -78,14 +79,7 @@ DEFAULT_FPS = 17  # upstream save_sample(fps=17)
 MIN_IMAGE_SIDE = 32
 LOGVAR_CLAMP = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution
 
-ENCODER, DENOISER, DECODER = "encoder", "denoiser", "decoder"
-COMPONENTS = (ENCODER, DENOISER, DECODER)
-# name → (input names in call order, output names); an encoder may add the optional output `logvar`.
-CONTRACT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    ENCODER: (("image",), ("latent",)),
-    DENOISER: (("latent", "timestep", "flow_score"), ("velocity",)),
-    DECODER: (("latent",), ("video",)),
-}
+# component names and their I/O (contract.IO; an encoder may add the optional output `logvar`)
 REPORT_SCHEMA_VERSION = 1
 # `--compare-to reference` gate: every output frame's PSNR against PyTorch fp32, by artifact precision.
 VIDEO_PSNR_MIN_DB = {"fp32": 40.0, "fp16": 30.0}
@@ -248,7 +242,7 @@ class TorchStage(Stage):
 
     @torch.inference_mode()
     def run(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        names, (out_name, *_) = CONTRACT_IO[self.component]
+        names, (out_name, *_) = IO[self.component]
         args = [inputs[n] for n in names]
         dtype = _module_dtype(self.module)
         args = [a.to(dtype) if a.is_floating_point() else a for a in args]
@@ -288,10 +282,10 @@ class OnnxStage(Stage):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
-            raise BadInputError(f"{path.name}: onnxruntime cannot load it ({_first_line(exc)})") from None
+            raise BadInputError(f"{path.name}: onnxruntime cannot load it ({first_line(exc)})") from None
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
-        names, outs = CONTRACT_IO[component]
+        names, outs = IO[component]
         missing = [n for n in names if n not in self.inputs] + [n for n in outs if n not in self.outputs]
         if missing:
             raise BadInputError(f"{path.name}: does not follow the artifact contract for the {component} (missing "
@@ -343,12 +337,12 @@ class ExecuTorchStage(Stage):
                 program = Runtime.get().load_program(str(path))
                 self.method = program.load_method("forward")
         except Exception as exc:
-            raise BadInputError(f"{path.name}: the ExecuTorch runtime cannot load it ({_first_line(exc)}): a corrupt "
+            raise BadInputError(f"{path.name}: the ExecuTorch runtime cannot load it ({first_line(exc)}): a corrupt "
                                 "file, or a program lowered for a delegate this host lacks (Vulkan, QNN, Core ML)"
                                 ) from None
         self._program = program  # keep the program alive as long as the method
         meta = self.method.metadata
-        names, outs = CONTRACT_IO[component]
+        names, outs = IO[component]
         self.input_names = list(input_names or names)
         self.output_names = list(output_names or outs)
         if meta.num_inputs() != len(self.input_names):
@@ -378,7 +372,7 @@ class CoreMLStage(Stage):
 
     def __init__(self, component: str, path: Path):
         _check_component(component)
-        if platform.system() != "Darwin":
+        if not runs_on_host("coreml"):
             raise MissingDependencyError(f"{path.name}: Core ML models run only on macOS; export this component to "
                                          "ONNX or ExecuTorch, or pass --fallback pytorch")
         import coremltools as ct  # pragma: no cover - macOS only
@@ -388,7 +382,7 @@ class CoreMLStage(Stage):
         self.precision = "fp16"  # pragma: no cover
 
     def run(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - macOS only
-        names, outs = CONTRACT_IO[self.component]
+        names, outs = IO[self.component]
         out = self.model.predict({n: inputs[n].detach().cpu().numpy().astype(np.float32) for n in names})
         return {n: torch.from_numpy(np.asarray(out[n])).float() for n in out}
 
@@ -400,11 +394,6 @@ STAGE_BACKENDS: dict[str, type[Stage]] = {".onnx": OnnxStage, ".pte": ExecuTorch
 def _check_component(component: str) -> None:
     if component not in COMPONENTS:
         raise BadInputError(f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1][:300] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -430,10 +419,6 @@ def _quiet_fd(fd: int) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------------------
 # Artifacts folder and manifest (read through mi2v_export.manifest, the one reader of manifest.json)
 
-# Target order when a folder holds several artifacts of one component and no --use choice is given.
-TARGET_PREFERENCE = ("onnx", "executorch", "coreml")
-# ExecuTorch delegates whose programs the Python runtime here can run (None: portable kernels only).
-HOST_ET_DELEGATES = (None, "xnnpack")
 DECODER_MODELS = {"turbo-vaed": "turbo-vaed", "ltx-decoder": "ltx"}
 
 
@@ -461,11 +446,7 @@ def decoder_kind_of(manifest) -> str | None:
 
 def runnable_here(entry) -> bool:
     """Whether this host has a runtime for the artifact (onnxruntime; ExecuTorch portable/XNNPACK; Core ML on a Mac)."""
-    if entry.target == "onnx":
-        return True
-    if entry.target == "executorch":
-        return entry.delegate in HOST_ET_DELEGATES
-    return entry.target == "coreml" and platform.system() == "Darwin"
+    return runs_on_host(entry.target, entry.delegate)
 
 
 def parse_use(values: Sequence[str]) -> dict[str, str]:
@@ -484,20 +465,21 @@ def parse_use(values: Sequence[str]) -> dict[str, str]:
 
 
 def select_entry(manifests: Sequence, component: str, target: str | None = None):
-    """(manifest, entry) for a component: the first folder that has it; inside it `target` if given, else the
-    first runnable here in TARGET_PREFERENCE order. None when no folder has the component."""
+    """(manifest, entry) for a component: the first folder that has it (of `target` if given); inside it the
+    most preferred artifact this host runs (Manifest.candidates), else the most preferred one (its stage then says
+    why it cannot run). None when no folder has the component."""
     for m in manifests:
-        entries = [e for e in m.components if e.component == component]
-        if not entries:
-            continue
-        if target is not None:
-            entries = [e for e in entries if e.target == target]
-            if not entries:
-                continue
-        rank = {t: i for i, t in enumerate(TARGET_PREFERENCE)}
-        entries.sort(key=lambda e: (not runnable_here(e), rank.get(e.target, 9)))
-        return m, entries[0]
+        runnable, refused = m.candidates(component, lambda e: _refusal(e, target))
+        wanted = [e for e, why in refused if why == "not here"]
+        if runnable or wanted:
+            return m, (runnable or wanted)[0]
     return None
+
+
+def _refusal(entry, target: str | None) -> str | None:
+    if target is not None and entry.target != target:
+        return "other target"
+    return None if runs_on_host(entry.target, entry.delegate) else "not here"
 
 
 def check_artifacts(manifest, geo: VideoGeometry, preset: str, decoder: str) -> None:
@@ -646,7 +628,7 @@ def artifact_stage(component: str, path: Path, entry=None) -> Stage:
     cls = STAGE_BACKENDS.get(path.suffix)
     if cls is None:
         raise BadInputError(f"{path.name}: unknown artifact type (expected {', '.join(STAGE_BACKENDS)})")
-    if entry is not None and entry.target == "executorch" and entry.delegate not in HOST_ET_DELEGATES:
+    if entry is not None and entry.target == "executorch" and not runs_on_host(entry.target, entry.delegate):
         raise MissingDependencyError(f"{path.name} is lowered for the {entry.delegate} delegate, which runs only on "
                                      "the device; use an XNNPACK or ONNX artifact here, or --fallback pytorch")
     if cls is ExecuTorchStage and entry is not None:
@@ -720,18 +702,12 @@ class Pipeline:
     def generate(self, image, config: GenerateConfig, progress: ProgressFn = _no_progress,
                  posterior: str | None = None) -> GenerateResult:
         """`image`: a PIL image, or an already preprocessed (1,3,1,H,W) tensor in [-1, 1]."""
-        geo, sched = config.geometry, config.schedule
+        geo = config.geometry
         timings: dict[str, float] = {}
         notes: list[str] = []
 
         t0 = time.perf_counter()
-        if isinstance(image, torch.Tensor):
-            x = image.float()
-            if tuple(x.shape) != (1, 3, 1, geo.height, geo.width):
-                raise BadInputError(f"image tensor must be (1, 3, 1, {geo.height}, {geo.width}), got "
-                                    f"{tuple(x.shape)}")
-        else:
-            x = preprocess_image(image, geo.height, geo.width, config.fit)
+        x = self._input(image, config)
         timings["preprocess"] = time.perf_counter() - t0
 
         generator = torch.Generator(device="cpu").manual_seed(int(config.seed))
@@ -739,25 +715,58 @@ class Pipeline:
 
         progress("encode", 0, 1)
         t0 = time.perf_counter()
+        z_ref, mode = self._encode(x, geo, posterior or config.posterior, generator, notes)
+        timings["encode"] = time.perf_counter() - t0
+        progress("encode", 1, 1)
+
+        latents, step_times = self._denoise(noise, z_ref, config, progress)
+        timings["denoise"] = sum(step_times)
+
+        progress("decode", 0, 1)
+        t0 = time.perf_counter()
+        video = self._decode(latents[-1], geo)
+        timings["decode"] = time.perf_counter() - t0
+        progress("decode", 1, 1)
+
+        t0 = time.perf_counter()
+        video = video[:, :, : geo.frames, : geo.height, : geo.width].clamp(-1.0, 1.0).contiguous()
+        frames = to_uint8_frames(video)
+        timings["postprocess"] = time.perf_counter() - t0
+        return GenerateResult(frames=frames, video=video, cond_latent=z_ref, latents=latents, schedule=config.schedule,
+                              posterior=mode, timings=timings, step_times=step_times,
+                              backends={c: s.describe() for c, s in self.stages.items()}, notes=notes)
+
+    @staticmethod
+    def _input(image, config: GenerateConfig) -> torch.Tensor:
+        geo = config.geometry
+        if not isinstance(image, torch.Tensor):
+            return preprocess_image(image, geo.height, geo.width, config.fit)
+        if tuple(image.shape) != (1, 3, 1, geo.height, geo.width):
+            raise BadInputError(f"image tensor must be (1, 3, 1, {geo.height}, {geo.width}), got "
+                                f"{tuple(image.shape)}")
+        return image.float()
+
+    def _encode(self, x: torch.Tensor, geo: VideoGeometry, mode: str, generator: torch.Generator,
+                notes: list[str]) -> tuple[torch.Tensor, str]:
+        """The conditioning latent: a posterior sample (upstream) or its mean; returns it and the mode used."""
         enc = self.stages[ENCODER].run(image=x)
         mean = enc["latent"].float()
         want_ref = (1, geo.latent_shape[1], 1, geo.latent_h, geo.latent_w)
         if tuple(mean.shape) != want_ref:
             raise Mi2vError(f"the encoder returned {tuple(mean.shape)}, expected {want_ref}")
-        mode = posterior or config.posterior
         if mode == "sample" and "logvar" in enc:
             eps = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
             logvar = enc["logvar"].float().clamp(*LOGVAR_CLAMP)
-            z_ref = mean + torch.exp(0.5 * logvar) * eps
-        else:
-            if mode == "sample":
-                notes.append("posterior mean used as the reference latent: the encoder stage "
-                             f"({self.stages[ENCODER].backend}) gives no log-variance")
-            mode = "mean"
-            z_ref = mean
-        timings["encode"] = time.perf_counter() - t0
-        progress("encode", 1, 1)
+            return mean + torch.exp(0.5 * logvar) * eps, mode
+        if mode == "sample":
+            notes.append("posterior mean used as the reference latent: the encoder stage "
+                         f"({self.stages[ENCODER].backend}) gives no log-variance")
+        return mean, "mean"
 
+    def _denoise(self, noise: torch.Tensor, z_ref: torch.Tensor, config: GenerateConfig,
+                 progress: ProgressFn) -> tuple[list[torch.Tensor], list[float]]:
+        """Flow-matching Euler steps with latent frame 0 re-imposed after each; the latents and seconds per step."""
+        sched = config.schedule
         latent = noise.clone()
         latent[:, :, :1] = z_ref
         flow = torch.tensor([float(config.flow_score)], dtype=torch.float32)
@@ -776,24 +785,14 @@ class Pipeline:
             latents.append(latent.clone())
             step_times.append(time.perf_counter() - t0)
             progress("denoise", i + 1, n)
-        timings["denoise"] = sum(step_times)
+        return latents, step_times
 
-        progress("decode", 0, 1)
-        t0 = time.perf_counter()
+    def _decode(self, latent: torch.Tensor, geo: VideoGeometry) -> torch.Tensor:
         video = self.stages[DECODER].run(latent=latent)["video"].float()
         want = (1, 3, geo.frames, geo.decoded_height, geo.decoded_width)
         if tuple(video.shape) != want:
             raise Mi2vError(f"the decoder returned {tuple(video.shape)}, expected {want}")
-        timings["decode"] = time.perf_counter() - t0
-        progress("decode", 1, 1)
-
-        t0 = time.perf_counter()
-        video = video[:, :, : geo.frames, : geo.height, : geo.width].clamp(-1.0, 1.0).contiguous()
-        frames = to_uint8_frames(video)
-        timings["postprocess"] = time.perf_counter() - t0
-        return GenerateResult(frames=frames, video=video, cond_latent=z_ref, latents=latents, schedule=sched,
-                              posterior=mode, timings=timings, step_times=step_times,
-                              backends={c: s.describe() for c, s in self.stages.items()}, notes=notes)
+        return video
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -884,25 +883,6 @@ def _timing_record(r: GenerateResult) -> dict:
 # Outputs (atomic: temp file in the destination folder, renamed into place when complete)
 
 
-@contextlib.contextmanager
-def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path next to `out` (same suffix, so writers pick the right format); rename on success,
-    delete on any failure (including Ctrl-C), so `out` is never left half-written."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_video(frames: np.ndarray, out: str | os.PathLike, fps: int = DEFAULT_FPS) -> Path:
     """(F, H, W, 3) uint8 → H.264 MP4 (yuv420p) with the ffmpeg bundled by imageio-ffmpeg."""
     import imageio.v2 as imageio
@@ -923,7 +903,7 @@ def write_video(frames: np.ndarray, out: str | os.PathLike, fps: int = DEFAULT_F
             finally:
                 writer.close()
         except (OSError, RuntimeError) as exc:
-            raise Mi2vError(f"could not write {out.name}: {_first_line(exc)}") from None
+            raise Mi2vError(f"could not write {out.name}: {first_line(exc)}") from None
     return out
 
 
@@ -955,10 +935,7 @@ def write_contact_sheet(frames: np.ndarray, out: str | os.PathLike) -> Path:
 
 
 def write_json(data: dict, out: str | os.PathLike) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
-    return out
+    return write_json_atomic(out, json_safe(data), allow_nan=False)
 
 
 def contact_sheet_path(video_out: str | os.PathLike) -> Path:
@@ -986,6 +963,178 @@ def check_psnr_gate(comparison: dict, what: str = "artifact pipeline") -> None:
             f"{s['threshold_psnr_db']:.0f} dB on frame(s) {', '.join(map(str, s['failing_frames']))}")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# `mi2v generate` as one call: GenerateRequest (the flags) → plan_generate (checks, no model) → run_generate
+
+
+@dataclass
+class GenerateRequest:
+    """What `mi2v generate` is asked for; None means: from the artifacts, else the checkpoints, else the preset."""
+
+    image: Path
+    out: Path
+    checkpoints: list[Path] = field(default_factory=list)
+    artifacts: list[Path] = field(default_factory=list)
+    use: list[str] = field(default_factory=list)  # `--use` values
+    fallback: str = "none"  # component missing from the artifacts: "none" (error) or "pytorch"
+    preset: str | None = None
+    decoder: str | None = None
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    resolution: str | None = None  # "HxW"
+    frames: int | None = None
+    flow_score: float = DEFAULT_FLOW_SCORE
+    posterior: str = "sample"
+    fit: str = "stretch"
+    fps: int = DEFAULT_FPS
+    compare_to: str | None = None  # "reference": also run PyTorch fp32 and compare
+    report: Path | None = None  # the comparison report (JSON)
+    min_psnr: float | None = None  # the comparison gate; None: VIDEO_PSNR_MIN_DB of the artifacts' precision
+
+
+@dataclass
+class GeneratePlan:
+    """A checked request with everything resolved that needs no model."""
+
+    request: GenerateRequest
+    image: Any  # PIL image
+    manifests: list
+    use: dict[str, str]
+    preset: str
+    config: GenerateConfig
+    parts: dict
+    decoder: str
+
+
+@dataclass
+class GenerateRun:
+    plan: GeneratePlan
+    result: GenerateResult
+    reference: GenerateResult | None
+    comparison: dict | None
+    seconds: dict[str, float]  # host seconds: run (load models), reference, compare, write
+    notes: list[str]
+    sheet: Path  # the contact sheet written beside the video
+
+
+def plan_generate(request: GenerateRequest) -> GeneratePlan:
+    """Check the request and resolve preset, size and decoder (explicit option > artifacts' manifest >
+    checkpoints > preset default); BadInputError before any model is built."""
+    from .presets import get_preset
+    from .shapes import parse_resolution
+
+    r = request
+    out = Path(r.out)
+    if out.suffix.lower() != ".mp4":
+        raise BadInputError(f"--out {out}: the video must be an .mp4 file")
+    if out.is_dir():
+        raise BadInputError(f"--out {out}: is a folder")
+    if r.compare_to not in (None, "reference"):
+        raise BadInputError(f"--compare-to {r.compare_to!r}: only 'reference' (PyTorch fp32) is supported")
+    if r.report is not None and r.compare_to is None:
+        raise BadInputError("--report writes the comparison report: use it with --compare-to reference")
+    if r.compare_to and not r.artifacts:
+        raise BadInputError("--compare-to reference compares exported artifacts with PyTorch: pass --artifacts DIR")
+    if r.fps < 1:
+        raise BadInputError(f"--fps must be positive, got {r.fps}")
+    if r.fallback not in ("none", "pytorch"):
+        raise BadInputError(f"--fallback must be 'none' or 'pytorch', got {r.fallback!r}")
+    flow_schedule(r.steps)  # validates the step count
+    image = load_image(r.image)
+    use = parse_use(r.use)
+    arts = [read_artifacts(a) for a in r.artifacts]
+    preset = get_preset(r.preset or (arts[0].preset if arts else "mobilei2v-270m"))
+    if r.resolution is not None:
+        height, width = parse_resolution(r.resolution)
+    else:
+        height, width = tuple(arts[0].resolution) if arts else (preset.height, preset.width)
+    frames = r.frames if r.frames is not None else (arts[0].frames if arts else preset.frames)
+    config = GenerateConfig(height=height, width=width, frames=frames, steps=r.steps, seed=r.seed,
+                            flow_score=r.flow_score, posterior=r.posterior, fit=r.fit)
+    parts = checkpoint_parts(r.checkpoints)
+    decoder = r.decoder or next((k for k in map(decoder_kind_of, arts) if k), None) \
+        or decoder_from_checkpoints(parts) or "turbo-vaed"
+    return GeneratePlan(request=r, image=image, manifests=arts, use=use, preset=preset.name, config=config,
+                        parts=parts, decoder=decoder)
+
+
+def run_generate(request: GenerateRequest, progress: ProgressFn = _no_progress,
+                 plan: GeneratePlan | None = None) -> GenerateRun:
+    """The whole `mi2v generate`: build the stages, generate, optionally re-run PyTorch fp32 and compare, write
+    the video, contact sheet and report. `progress(stage, done, total)` gets stages prefixed "artifacts · " /
+    "reference · " when comparing, then "compare" and "write". The caller applies `check_psnr_gate` to
+    `run.comparison` once it has shown the run (everything is written by then)."""
+    plan = plan or plan_generate(request)
+    prefix = "artifacts · " if request.compare_to else ""
+    seconds: dict[str, float] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        stages = build_stages(plan.preset, plan.decoder, plan.config.geometry, plan.manifests,
+                              fallback=request.fallback, parts=plan.parts, use=plan.use,
+                              progress=_prefixed(progress, prefix))
+        seconds["run"] = time.perf_counter() - t0
+        precision = precision_of(stages)
+        result = Pipeline(stages).generate(plan.image, plan.config, _prefixed(progress, prefix))
+        reference = _reference_run(plan, stages, result, progress, seconds) if request.compare_to else None
+    comparison = None
+    if reference is not None:
+        progress("compare", 0, 1)
+        t0 = time.perf_counter()
+        threshold = request.min_psnr if request.min_psnr is not None else VIDEO_PSNR_MIN_DB[precision]
+        comparison = compare_runs(result, reference, threshold)
+        seconds["compare"] = time.perf_counter() - t0
+        progress("compare", 1, 1)
+    sheet = _write_outputs(plan, result, reference, comparison, precision, progress, seconds)
+    notes = list(dict.fromkeys(_seeded_notes(caught) + result.notes))
+    return GenerateRun(plan=plan, result=result, reference=reference, comparison=comparison, seconds=seconds,
+                       notes=notes, sheet=sheet)
+
+
+def _prefixed(progress: ProgressFn, prefix: str) -> ProgressFn:
+    return lambda stage, done, total: progress(f"{prefix}{stage}", done, total)
+
+
+def _reference_run(plan: GeneratePlan, stages: dict[str, Stage], result: GenerateResult, progress: ProgressFn,
+                   seconds: dict[str, float]) -> GenerateResult:
+    """PyTorch fp32 with the same seed and the posterior mode the artifact run ended up with. The artifact
+    sessions are released first: peak memory is the larger of the two runs, not their sum."""
+    import gc
+
+    reuse = {c: s for c, s in stages.items() if isinstance(s, TorchStage)}
+    stages.clear()
+    gc.collect()
+    t0 = time.perf_counter()
+    ref_stages = {c: reuse.get(c) or torch_stage(c, plan.preset, plan.decoder, plan.parts) for c in COMPONENTS}
+    seconds["reference"] = time.perf_counter() - t0
+    return Pipeline(ref_stages).generate(plan.image, plan.config, _prefixed(progress, "reference · "),
+                                         posterior=result.posterior)
+
+
+def _write_outputs(plan: GeneratePlan, result: GenerateResult, reference: GenerateResult | None,
+                   comparison: dict | None, precision: str, progress: ProgressFn, seconds: dict[str, float]) -> Path:
+    request = plan.request
+    progress("write", 0, 1)
+    t0 = time.perf_counter()
+    sheet = contact_sheet_path(request.out)
+    write_video(result.frames, request.out, fps=request.fps)
+    write_contact_sheet(result.frames, sheet)
+    if comparison is not None and request.report is not None:
+        write_json(build_report(plan.config, result, reference, comparison, image=str(request.image),
+                                preset=plan.preset, decoder=plan.decoder, precision=precision), request.report)
+    seconds["write"] = time.perf_counter() - t0
+    progress("write", 1, 1)
+    return sheet
+
+
+def _seeded_notes(caught) -> list[str]:
+    seeded = [str(w.message).split(":")[0] for w in caught if "seeded random weights" in str(w.message)]
+    if not seeded:
+        return []
+    return [f"no checkpoint for the {', '.join(dict.fromkeys(seeded))}: seeded random weights, so the video is "
+            "noise (reproducible, fine for testing)"]
+
+
 __all__ = [
     "FlowSchedule", "flow_schedule", "load_image", "to_rgb", "preprocess_image", "to_uint8_frames",
     "Stage", "TorchStage", "OnnxStage", "ExecuTorchStage", "CoreMLStage", "STAGE_BACKENDS",
@@ -995,6 +1144,7 @@ __all__ = [
     "GenerateConfig", "GenerateResult", "Pipeline", "precision_of",
     "compare_runs", "json_safe", "build_report", "VIDEO_PSNR_MIN_DB",
     "atomic_path", "write_video", "contact_sheet", "write_contact_sheet", "write_json", "contact_sheet_path",
-    "read_video", "check_psnr_gate",
-    "COMPONENTS", "CONTRACT_IO", "DEFAULT_STEPS", "DEFAULT_FLOW_SCORE", "DEFAULT_FPS", "FLOW_SHIFT",
+    "read_video", "check_psnr_gate", "GenerateRequest", "GeneratePlan", "GenerateRun", "plan_generate",
+    "run_generate",
+    "COMPONENTS", "IO", "DEFAULT_STEPS", "DEFAULT_FLOW_SCORE", "DEFAULT_FPS", "FLOW_SHIFT",
 ]

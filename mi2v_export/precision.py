@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from .contract import COMPONENTS
 from .errors import BadInputError
-
-COMPONENTS = ("encoder", "denoiser", "decoder")
 
 
 class Precision(str, Enum):

@@ -76,8 +76,3 @@ def geometry(height: int, width: int, frames: int) -> VideoGeometry:
         k = max(0, round((frames - 1) / TEMPORAL_FACTOR))
         raise BadInputError(f"frames {frames} is not 8k+1 (the VAE compresses time 8x causally); try {8 * k + 1}")
     return VideoGeometry(height, width, frames)
-
-
-def geometry_from_text(resolution: str, frames: int) -> VideoGeometry:
-    h, w = parse_resolution(resolution)
-    return geometry(h, w, frames)

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from mi2v_export.devices import android_app as aa
-from mi2v_export.devices import ios
+from mi2v_export.apps import android_app as aa
+from mi2v_export.apps import build as ab
+from mi2v_export.apps import ios
 from mi2v_export.devices.android import device_facts
 from mi2v_export.devices.report import BenchReport, validate
 from mi2v_export.errors import BadInputError, DeviceError, MissingDependencyError
@@ -83,7 +84,7 @@ def _fake_app_dir(folder: Path, jar: bool = True, apks: bool = False) -> Path:
     if jar:
         (folder / "gradle" / "wrapper" / "gradle-wrapper.jar").write_bytes(b"PK")
     if apks:
-        for rel, data in ((aa.APP_APK, b"fake app apk"), (aa.TEST_APK, b"fake test apk")):
+        for rel, data in ((ab.APP_APK, b"fake app apk"), (ab.TEST_APK, b"fake test apk")):
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(data)
     return folder
@@ -94,7 +95,7 @@ def _fake_app_dir(folder: Path, jar: bool = True, apks: bool = False) -> Path:
 
 def test_jdk_missing_says_how_to_get_one(tmp_path):
     with pytest.raises(MissingDependencyError) as e:
-        aa.check_jdk(_env([tmp_path]))
+        ab.check_jdk(_env([tmp_path]))
     msg = _one_line(e.value)
     assert msg.startswith("no JDK: `java` is not on PATH and JAVA_HOME is unset")
     assert "openjdk-17-jdk-headless" in msg and "JAVA_HOME" in msg
@@ -103,59 +104,59 @@ def test_jdk_missing_says_how_to_get_one(tmp_path):
 def test_jdk_too_old_runtime_only_and_bad_java_home(tmp_path):
     old = _fake_jdk(tmp_path / "jdk11", "11.0.2")
     with pytest.raises(MissingDependencyError) as e:
-        aa.check_jdk(_env([old]))
+        ab.check_jdk(_env([old]))
     assert "JDK 17+ is needed by the Android Gradle plugin, but `java -version` says 11.0.2" in _one_line(e.value)
     legacy = _fake_jdk(tmp_path / "jdk8", "1.8.0_392")
     with pytest.raises(MissingDependencyError, match=r"says 1\.8\.0_392"):
-        aa.check_jdk(_env([legacy]))
+        ab.check_jdk(_env([legacy]))
     jre = _fake_jdk(tmp_path / "jre17", "17.0.15", javac=False)
     with pytest.raises(MissingDependencyError) as e:
-        aa.check_jdk(_env([jre]))
+        ab.check_jdk(_env([jre]))
     assert "found a Java 17.0.15 runtime" in _one_line(e.value) and "`javac` is missing" in str(e.value)
     with pytest.raises(MissingDependencyError) as e:
-        aa.check_jdk(_env([tmp_path], JAVA_HOME=str(tmp_path / "nowhere")))
+        ab.check_jdk(_env([tmp_path], JAVA_HOME=str(tmp_path / "nowhere")))
     assert "has no bin/java" in _one_line(e.value)
 
 
 def test_jdk_found_through_java_home_or_path(tmp_path):
     good = _fake_jdk(tmp_path / "jdk17", "17.0.15")
-    facts = aa.check_jdk(_env([tmp_path], JAVA_HOME=str(tmp_path / "jdk17")))
+    facts = ab.check_jdk(_env([tmp_path], JAVA_HOME=str(tmp_path / "jdk17")))
     assert facts["version"] == "17.0.15" and facts["javac"].endswith("javac")
-    assert aa.check_jdk(_env([good]))["version"] == "17.0.15"
-    assert aa._java_version('openjdk version "21" 2023-09-19') == (21, "21")
+    assert ab.check_jdk(_env([good]))["version"] == "17.0.15"
+    assert ab._java_version('openjdk version "21" 2023-09-19') == (21, "21")
 
 
 def test_android_sdk_checks(tmp_path):
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     with pytest.raises(MissingDependencyError) as e:
-        aa.check_android_sdk({}, app_dir)
+        ab.check_android_sdk({}, app_dir)
     msg = _one_line(e.value)
     assert msg.startswith("no Android SDK: ANDROID_HOME (or ANDROID_SDK_ROOT) is not set")
     assert 'sdkmanager "platforms;android-35" "build-tools;35.0.0" "platform-tools"' in msg
     with pytest.raises(MissingDependencyError, match=r"ANDROID_HOME=.*nowhere is not a folder"):
-        aa.check_android_sdk({"ANDROID_HOME": str(tmp_path / "nowhere")}, app_dir)
+        ab.check_android_sdk({"ANDROID_HOME": str(tmp_path / "nowhere")}, app_dir)
     bare = tmp_path / "bare"
     bare.mkdir()
     with pytest.raises(MissingDependencyError) as e:
-        aa.check_android_sdk({"ANDROID_SDK_ROOT": str(bare)}, app_dir)
+        ab.check_android_sdk({"ANDROID_SDK_ROOT": str(bare)}, app_dir)
     assert "lacks platform android-35: run `sdkmanager \"platforms;android-35\"`" in _one_line(e.value)
     old_tools = _fake_sdk(tmp_path / "old", build_tools="30.0.3")
     with pytest.raises(MissingDependencyError) as e:
-        aa.check_android_sdk({"ANDROID_HOME": str(old_tools)}, app_dir)
+        ab.check_android_sdk({"ANDROID_HOME": str(old_tools)}, app_dir)
     assert "no build-tools 34+ (has: 30.0.3)" in _one_line(e.value)
     sdk = _fake_sdk(tmp_path / "sdk")
-    facts = aa.check_android_sdk({"ANDROID_HOME": str(sdk)}, app_dir)
+    facts = ab.check_android_sdk({"ANDROID_HOME": str(sdk)}, app_dir)
     assert facts == {"sdk": str(sdk), "source": "ANDROID_HOME", "platform": "android-35", "build_tools": "35.0.0"}
     # Gradle's own fallback: sdk.dir in local.properties
     (app_dir / "local.properties").write_text(f"sdk.dir={sdk}\n")
-    assert aa.check_android_sdk({}, app_dir)["sdk"] == str(sdk)
+    assert ab.check_android_sdk({}, app_dir)["sdk"] == str(sdk)
 
 
 def test_gradle_wrapper_checks_and_the_script_itself(tmp_path):
     app_dir = _fake_app_dir(tmp_path / "app", jar=False)
     with pytest.raises(MissingDependencyError) as e:
-        aa.check_gradlew(app_dir)
+        ab.check_gradlew(app_dir)
     msg = _one_line(e.value)
     assert "gradle-wrapper.jar is missing" in msg and "`gradle wrapper --gradle-version 8.11.1`" in msg
     # the committed gradlew says the same, in one line, before touching Java
@@ -164,12 +165,12 @@ def test_gradle_wrapper_checks_and_the_script_itself(tmp_path):
     assert proc.stderr.count("\n") == 1 and "gradle wrapper --gradle-version 8.11.1" in proc.stderr
     (app_dir / "gradlew").chmod(0o644)
     with pytest.raises(MissingDependencyError, match="is not executable: run `chmod"):
-        aa.check_gradlew(app_dir)
+        ab.check_gradlew(app_dir)
     # the pins agree with the files
     props = (ANDROID / "gradle" / "wrapper" / "gradle-wrapper.properties").read_text()
-    assert f"gradle-{aa.GRADLE_VERSION}-bin.zip" in props
+    assert f"gradle-{ab.GRADLE_VERSION}-bin.zip" in props
     build = (ANDROID / "app" / "build.gradle.kts").read_text()
-    assert f"compileSdk = {aa.COMPILE_SDK}" in build and f'testApplicationId = "{aa.TEST_PACKAGE}"' in build
+    assert f"compileSdk = {ab.COMPILE_SDK}" in build and f'testApplicationId = "{aa.TEST_PACKAGE}"' in build
     assert f'testInstrumentationRunner = "{aa.JUNIT_RUNNER}"' in build
     assert "org.pytorch:$executorchArtifact:$executorchVersion" in build
     gp = (ANDROID / "gradle.properties").read_text()
@@ -180,38 +181,34 @@ def test_build_prereqs_fail_on_the_first_missing_thing(tmp_path):
     jdk = _fake_jdk(tmp_path / "jdk", "17.0.15")
     app_dir = _fake_app_dir(tmp_path / "app")
     with pytest.raises(MissingDependencyError, match="^no Android SDK"):
-        aa.check_build_prereqs(_env([jdk]), app_dir)
+        ab.check_build_prereqs(_env([jdk]), app_dir)
     sdk = _fake_sdk(tmp_path / "sdk")
-    facts = aa.check_build_prereqs(_env([jdk], ANDROID_HOME=str(sdk)), app_dir)
+    facts = ab.check_build_prereqs(_env([jdk], ANDROID_HOME=str(sdk)), app_dir)
     assert set(facts) == {"jdk", "android_sdk", "gradlew"}
     with pytest.raises(MissingDependencyError) as e:
-        aa.check_apks(app_dir)
+        ab.check_apks(app_dir)
     assert "is not built: run `make android` first" in _one_line(e.value)
 
 
 def test_cli_check_and_dry_runs():
-    py = sys.executable
     env = _env([Path("/nonexistent")])
-    proc = subprocess.run([py, "-m", "mi2v_export.devices.android_app", "check"], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=60)
+    proc = run_cli("app", "build", "--check", env=env)
     assert proc.returncode == 3
     assert proc.stderr.startswith("error: no JDK:") and proc.stderr.count("\n") == 1
-    proc = subprocess.run([py, "-m", "mi2v_export.devices.android_app", "build", "--dry-run"], capture_output=True,
-                          text=True, cwd=REPO, timeout=60)
+    proc = run_cli("app", "build", "android", "--dry-run")
     assert proc.returncode == 0
     assert proc.stdout == "cd apps/android && ./gradlew assembleDebug assembleDebugAndroidTest\n"
-    proc = subprocess.run([py, "-m", "mi2v_export.devices.android_app", "install", "--serial", "R5CT1234",
-                           "--dry-run"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    proc = run_cli("app", "install", "--serial", "R5CT1234", "--dry-run")
     assert proc.stdout.splitlines() == [
         "adb -s R5CT1234 install -r -t " + str(ANDROID / "app/build/outputs/apk/debug/app-debug.apk"),
         "adb -s R5CT1234 install -r -t " + str(ANDROID / "app/build/outputs/apk/androidTest/debug/"
                                                "app-debug-androidTest.apk"),
     ]
-    vulkan = aa.build_commands(variant="vulkan", executorch_version="1.5.1")[0].render()
+    vulkan = ab.build_commands(variant="vulkan", executorch_version="1.5.1")[0].render()
     assert vulkan == ("cd apps/android && ./gradlew assembleDebug assembleDebugAndroidTest "
                       "-Pmi2v.executorchVariant=vulkan -Pmi2v.executorchVersion=1.5.1")
     with pytest.raises(BadInputError):
-        aa.build_commands(variant="qnn")
+        ab.build_commands(variant="qnn")
 
 
 # ---- --via app: commands, plan, parsing, merging ----------------------------------------------------------------
@@ -252,7 +249,8 @@ def test_via_app_dry_run_prints_each_command(tmp_path):
 
 
 def _write_manifest(folder: Path) -> Path:
-    from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo, file_digest
+    from mi2v_export.files import file_digest
+    from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo
 
     files = _pte_files(folder)
     entries = []
@@ -269,6 +267,7 @@ def _write_manifest(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.unit
 def test_plan_from_a_manifest_carries_input_shapes(tmp_path):
     folder = _write_manifest(tmp_path / "art")
     items, frames = aa.coerce_artifacts(folder)
@@ -283,6 +282,7 @@ def test_plan_from_a_manifest_carries_input_shapes(tmp_path):
         aa.artifacts_from_manifest(folder, delegate="vulkan")
 
 
+@pytest.mark.unit
 def test_instrument_output_parsing():
     ok = aa.parse_instrument_output((DATA / "instrument_ok.txt").read_text())
     assert ok.ok and ok.tests_run == 1 and ok.message is None
@@ -302,6 +302,7 @@ def test_instrument_output_parsing():
     assert not aa.parse_instrument_output("").ok
 
 
+@pytest.mark.unit
 def test_app_reports_parse_and_round_trip():
     for name in ("android_xnnpack_ok.json", "android_vulkan_partial.json", "ios_coreml.json"):
         data = aa.load_app_report((DATA / name).read_text(), name)
@@ -320,10 +321,12 @@ def test_app_reports_parse_and_round_trip():
         aa.load_app_report(json.dumps(bad), "x")
     broken = json.loads(json.dumps(ok))
     broken["components"][0]["runs"][0]["samples_ms"][3] = -1.0
-    with pytest.raises(BadInputError, match=r"components\[0\]\.runs\[0\]\.samples_ms\[3\]"):
+    with pytest.raises(BadInputError, match=r"x: malformed bench report: components\[0\]\.runs\[0\]\.samples_ms\[3\]: "
+                       "-1.0 is less than the minimum of 0"):
         aa.load_app_report(json.dumps(broken), "x")
 
 
+@pytest.mark.unit
 def test_merge_keeps_host_facts_app_numbers_and_the_simulated_flag(tmp_path):
     app = _sample("android_xnnpack_ok.json")
     props = {"ro.product.manufacturer": "Google", "ro.product.model": "Pixel 8", "ro.soc.model": "Tensor G3",
@@ -408,7 +411,7 @@ def _app_phone(tmp_path: Path, monkeypatch):
             # the phone already has these builds installed (so no `adb install`, which a simulated phone lacks)
             bin_dir = phone.root / "system" / "bin"
             bin_dir.chmod(0o755)
-            for pkg, apk in ((aa.PACKAGE, aa.APP_APK), (aa.TEST_PACKAGE, aa.TEST_APK)):
+            for pkg, apk in ((aa.PACKAGE, ab.APP_APK), (aa.TEST_PACKAGE, ab.TEST_APK)):
                 dst = phone.sandbox / "_apps" / pkg / "base.apk"
                 dst.parent.mkdir(parents=True)
                 shutil.copy2(app_dir / apk, dst)
@@ -516,12 +519,9 @@ def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
-def test_bench_ios_entry_dry_run_on_macos(tmp_path):
-    """run_bench as macOS would run it (system="Darwin"): the commands for the chosen components only."""
-    from mi2v_export.devices.bench import BenchOptions, run_bench
+def _coreml_manifest(folder: Path) -> dict[str, Path]:
     from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo
 
-    folder = tmp_path / "art"
     pkgs = _mlpackages(folder)
     entries = [ArtifactEntry(component=n, model=f"{n}-model", target="coreml", delegate=None, dtype="fp16",
                              file=p.name, sha256="0" * 64, bytes=1, inputs=[TensorInfo("x", (1, 4), "float32")],
@@ -530,6 +530,15 @@ def test_bench_ios_entry_dry_run_on_macos(tmp_path):
     m = Manifest(preset="tiny", resolution=(64, 64), frames=9, latent_shape=(1, 4, 3, 8, 8),
                  source={"weights": "seeded"}, components=entries)
     (folder / MANIFEST_NAME).write_text(json.dumps(m.to_dict(), indent=2))
+    return pkgs
+
+
+def test_bench_ios_entry_dry_run_on_macos(tmp_path):
+    """run_bench as macOS would run it (system="Darwin"): the commands for the chosen components only."""
+    from mi2v_export.devices.bench import BenchOptions, run_bench
+
+    folder = tmp_path / "art"
+    _coreml_manifest(folder)
     lines: list[str] = []
     opts = BenchOptions(artifacts=folder, device="ios:00008130-0011223344556677", dry_run=True, iterations=12,
                         components=("denoiser",), compute_units=("cpuAndNeuralEngine",), json_path=tmp_path / "r.json")
@@ -554,13 +563,12 @@ def test_ios_refuses_at_once_off_macos(tmp_path):
     with pytest.raises(MissingDependencyError, match="needs macOS"):
         ios.run_ios("UDID", tmp_path, dry_run=True, system="Linux")
     with pytest.raises(MissingDependencyError, match="^`make ios` needs macOS with Xcode 15"):
-        ios.check_prereqs(system="Linux")
+        ab.check_ios_prereqs(system="Linux")
     if sys.platform != "darwin":
-        for cmd in ("check", "build"):
-            proc = subprocess.run([sys.executable, "-m", "mi2v_export.devices.ios", cmd], capture_output=True,
-                                  text=True, cwd=REPO, timeout=60)
+        for extra in (["--check"], [], ["--dry-run"]):
+            proc = run_cli("app", "build", "ios", *extra)
             assert proc.returncode == 3
-            assert proc.stderr.startswith("error: `make ios` needs macOS") and proc.stderr.count("\n") == 1
+            assert proc.stderr.startswith("error: `mi2v app build ios` needs macOS") and proc.stderr.count("\n") == 1
 
 
 def _mlpackages(folder: Path) -> dict[str, Path]:
@@ -586,7 +594,7 @@ def test_ios_dry_run_and_build_commands(tmp_path):
             "-only-testing:Mi2vBenchTests/CoreMLBenchTests/testBenchmark -allowProvisioningUpdates "
             "DEVELOPMENT_TEAM=ABCDE12345") in lines
     assert lines[-1].startswith(f"xcrun xcresulttool export attachments --path {xcresult} --output-path ")
-    assert ios.build_commands()[0].render() == (
+    assert ab.ios_build_commands()[0].render() == (
         "cd apps/ios && xcodebuild build-for-testing -scheme Mi2vBench -destination generic/platform=iOS "
         "-derivedDataPath .build/xcode -allowProvisioningUpdates")
     with pytest.raises(BadInputError, match="unknown compute unit 'npu'"):
@@ -600,6 +608,7 @@ def test_ios_dry_run_and_build_commands(tmp_path):
     assert ios.REPORT_MARKER in (REPO / "apps/ios/Tests/Mi2vBenchTests/CoreMLBenchTests.swift").read_text()
 
 
+@pytest.mark.unit
 def test_ios_stage_payload(tmp_path):
     pkgs = _mlpackages(tmp_path / "art")
     payload = tmp_path / "Payload"
@@ -617,6 +626,7 @@ def test_ios_stage_payload(tmp_path):
         "file": "encoder.mlpackage", "format": "mlpackage", "target": "coreml"}}
 
 
+@pytest.mark.unit
 def test_ios_devices_output_and_report_parsing(tmp_path):
     devices = ios.parse_devicectl_devices(_sample("devicectl_devices.json"))
     phone = ios.find_device("00008130-0011223344556677", devices)
@@ -689,6 +699,26 @@ def test_ios_run_with_fake_xcode_tools(tmp_path, monkeypatch):
                                                              "encoder.mlpackage", "plan.json"]
     with pytest.raises(DeviceError, match="does not see an iPhone with UDID NOPE"):
         ios.run_ios("NOPE", pkgs, system="Darwin", app_dir=app_dir, out_dir=tmp_path)
+
+    # the same through the one bench loop: one XCTest run, one report per compute unit beside --json
+    from mi2v_export.devices.bench import BenchOptions, run_bench
+
+    folder = tmp_path / "manifest-art"
+    _coreml_manifest(folder)
+    (tmp_path / "xcodebuild.argv").unlink()
+    outcome = run_bench(BenchOptions(artifacts=folder, device="ios:00008130-0011223344556677", app_dir=app_dir,
+                                     json_path=tmp_path / "iphone.json"), system="Darwin")
+    paths = {p.name: r for r, p in outcome.reports}
+    assert sorted(paths) == ["iphone-all.json", "iphone-cpuAndGPU.json", "iphone-cpuAndNeuralEngine.json",
+                             "iphone-cpuOnly.json"]
+    assert [ln.split()[0] for ln in (tmp_path / "xcodebuild.argv").read_text().splitlines()].count("test") == 1
+    gpu = json.loads((tmp_path / "iphone-cpuAndGPU.json").read_text())
+    assert gpu["status"] == "partial" and gpu["protocol"]["compute_unit"] == "cpuAndGPU"
+    assert [c["status"] for c in gpu["components"]] == ["ok", "ok", "failed"]
+    assert isinstance(outcome.error, DeviceError) and outcome.error.args[0].startswith("decoder: ")
+    ane = paths["iphone-cpuAndNeuralEngine.json"]
+    assert ane.status == "ok" and ane.device["name"] == "Test iPhone" and ane.device["transport"] == "ios"
+    assert {c.runtime["runner"] for c in ane.components} == {"ios-xctest"} and ane.per_frame_ms(2) > 0
     _script(fake, "xcode-select", 'echo /Library/Developer/CommandLineTools\n')
     with pytest.raises(MissingDependencyError, match="only the Command Line Tools are selected"):
         ios.check_xcode(system="Darwin")

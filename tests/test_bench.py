@@ -122,7 +122,8 @@ def export_artifacts(specs: dict, out: Path, targets=("onnx", "executorch")) -> 
     """Export each (module, named inputs, output names) to DIR/<component>.onnx / .pte and write the manifest."""
     import torch
 
-    from mi2v_export.manifest import ArtifactEntry, FileInfo, Manifest, Staging, TensorInfo, file_digest
+    from mi2v_export.files import file_digest
+    from mi2v_export.manifest import ArtifactEntry, FileInfo, Manifest, Staging, TensorInfo
 
     def infos(names, tensors):
         return [TensorInfo(n, tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in zip(names, tensors)]
@@ -535,7 +536,8 @@ def test_old_phone_without_shell_v2(adb, standin, tmp_path):
 
 
 def test_without_toybox_time_vmhwm_is_polled(adb, phone, standin, tmp_path):
-    from mi2v_export.devices.android import AndroidSession, StagedFile, file_sha256
+    from mi2v_export.devices.android import AndroidSession, StagedFile
+    from mi2v_export.files import sha256_file
 
     session = AndroidSession(adb, adb.pick_device(phone.serial))
     session.fingerprint()
@@ -545,7 +547,7 @@ def test_without_toybox_time_vmhwm_is_polled(adb, phone, standin, tmp_path):
     session.set_remote_dir([StagedFile(runner.local, runner.name, runner.sha256)])
     session.prepare_runner(runner)
     model = standin / "encoder.pte"
-    session.stage([StagedFile(model, model.name, file_sha256(model))])
+    session.stage([StagedFile(model, model.name, sha256_file(model))])
     run, text = session.run_executorch(runner, "encoder.pte", None, 1, 3, timeout=120)
     assert len(run.samples_ms) == 3 and run.peak_rss_method == "vmhwm-poll" and run.peak_rss_kb > 10_000
     assert "Max RSS" not in text and "__MI2V" not in text

@@ -92,6 +92,7 @@ P90 Latency: 0.022 s
 ORT_LEGACY = "Session creation time cost:0.05 s\nAverage inference time cost:20.5 ms\nP50 Latency is 0.0201sec\n"
 
 
+@pytest.mark.unit
 def test_parse_executor_runner_posix_and_logcat():
     r = parse_executor_runner(ET_POSIX)
     assert r.samples_ms == [12.5, 11.0, 11.25] and r.load_ms == 39.3 and r.total_ms == 34.75
@@ -103,6 +104,7 @@ def test_parse_executor_runner_posix_and_logcat():
     assert bad.missing_backends == ["VulkanBackend"] and "failed with status 0x14" in bad.errors[0]
 
 
+@pytest.mark.unit
 def test_parse_ort_outputs():
     r = parse_ort_perf_test(ORT_STDOUT, "m,0.020,1,97,0\nm,0.0185,1,97,1\nm,0.021,1,97,2\n")
     assert r.load_ms == pytest.approx(51.2) and r.first_iteration_ms == 23 and r.mean_ms == 20
@@ -116,6 +118,7 @@ def test_parse_ort_outputs():
     assert parse_ort_perf_test("QNN is not supported in this build.\n").errors
 
 
+@pytest.mark.unit
 def test_parse_device_facts_from_the_simulated_phone_files(tmp_path):
     with SimulatedPhone(root=tmp_path / "root") as p:
         meta = p.root / ".mi2v"
@@ -131,6 +134,7 @@ def test_parse_device_facts_from_the_simulated_phone_files(tmp_path):
 # ---- statistics and report -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_nearest_rank_stats():
     samples = [float(x) for x in range(1, 11)]  # 1..10
     assert percentile(samples, 50) == 5 and percentile(samples, 90) == 9 and percentile(samples, 99) == 10
@@ -145,6 +149,7 @@ def _component(name: str, samples: list[float], status: str = "ok") -> Component
                            runs=[RunResult(load_ms=5.0, samples_ms=samples, exit_code=0)] if samples else [])
 
 
+@pytest.mark.unit
 def test_report_headline_partial_status_roundtrip_and_compare(tmp_path):
     rep = BenchReport(device={"transport": "host", "simulated_device": False}, frames=17,
                       components=[_component("encoder", [34.0, 34.0]), _component("denoiser", [170.0, 170.0]),
@@ -172,7 +177,7 @@ def test_report_headline_partial_status_roundtrip_and_compare(tmp_path):
     with pytest.raises(BadInputError, match="not a mi2v bench report"):
         validate({"schema": "mi2v.manifest/1"})
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(BadInputError, match="invalid JSON"):
+    with pytest.raises(BadInputError, match="not valid JSON"):
         BenchReport.load(tmp_path / "bad.json")
 
 

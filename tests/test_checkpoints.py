@@ -39,6 +39,7 @@ def _forward(model):
         return model(x, torch.tensor([1000.0]), torch.tensor([2.0]))
 
 
+@pytest.mark.unit
 def test_upstream_pth_with_rng_state_loads_safely(upstream_tiny_pth, tiny_denoiser_sd):
     ckpt = read_checkpoint(upstream_tiny_pth)
     assert ckpt.format == "pytorch-zip" and ckpt.parts == ["denoiser"]
@@ -163,6 +164,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.unit
 def test_bad_files_library(tmp_path, upstream_tiny_pth):
     files, marker = _bad_files(tmp_path, upstream_tiny_pth)
     for name, path in files.items():

@@ -125,3 +125,18 @@ def test_bad_choice_names_the_choices(capsys):
 def test_verbose_and_quiet_exclude_each_other(capsys):
     rc, _, err = _run(["-v", "-q", "info"], capsys)
     _assert_usage_error(rc, err, "--quiet")
+
+
+@pytest.mark.parametrize("flag,level", [("-v", "DEBUG"), ("--quiet", "WARNING"), (None, "INFO")])
+def test_verbosity_sets_the_log_level(flag, level, capsys):
+    """-v / -q are logging levels of the `mi2v` logger (progress notes are INFO, shown by default)."""
+    import logging
+
+    rc, out, _ = _run([*([flag] if flag else []), "devices", "profile"], capsys)
+    assert rc == 0 and out.lstrip().startswith("{")
+    log = logging.getLogger("mi2v")
+    assert logging.getLevelName(log.level) == level
+    logging.getLogger("mi2v.bench").info("a progress note")
+    logging.getLogger("mi2v.bench").warning("a warning")
+    err = capsys.readouterr().err
+    assert ("a progress note" in err) == (level != "WARNING") and "warning: a warning" in err

@@ -21,6 +21,7 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+@pytest.mark.unit
 def test_state_dict_keys_are_upstream(golden_dir):
     upstream = {k: tuple(v) for k, v in json.loads((golden_dir / "denoiser_keys.json").read_text()).items()}
     ours = expected_shapes("denoiser", "mobilei2v-270m")
@@ -72,6 +73,7 @@ def test_any_latent_grid(tiny, grid):
     assert v.shape == x.shape and torch.isfinite(v).all()
 
 
+@pytest.mark.unit
 def test_batch_rows_are_independent(tiny):
     x = torch.randn(2, 128, 2, 4, 6, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

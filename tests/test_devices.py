@@ -290,6 +290,7 @@ def test_find_adb_order(tmp_path, monkeypatch):
         find_adb(None, {"PATH": str(tmp_path / "empty")})
 
 
+@pytest.mark.unit
 def test_parsers():
     text = (
         "List of devices attached\n"
@@ -306,6 +307,7 @@ def test_parsers():
     assert parse_getprop("[a.b]: [1]\n[multi]: [x\ny]\n[empty]: []\n") == {"a.b": "1", "multi": "x\ny", "empty": ""}
 
 
+@pytest.mark.unit
 def test_profile_json_roundtrip_and_validation(tmp_path):
     prof = DeviceProfile(model="Pixel 8 (simulated)", soc_model="Tensor G3", extra_props={"ro.soc.model": "GS301"})
     path = tmp_path / "p.json"

@@ -230,7 +230,7 @@ def test_conv3d_as_conv2d_is_exact(groups, stride, pad_t, kt):
 
 
 def test_conv2d_batch_one_for_vulkan_is_exact_and_restored():
-    """conv1b: a batch of frames becomes one batch-1 conv per frame (what Vulkan takes), with the same values;
+    """conv2d_batch1: a batch of frames becomes one batch-1 conv per frame (what Vulkan takes), with the same values;
     F.conv2d is restored afterwards, also when the traced code raises."""
     import torch.nn.functional as F
 
@@ -285,7 +285,7 @@ def test_executorch_and_coreml_rewrites_keep_the_vae_function(part):
         assert sum(counts.values()) > 0 or target == "coreml"
         assert parity.rel_l2(out, ref) < 1e-5, (part, target, counts)
     if part != "turbo-vaed":
-        assert counts["pad"] > 0  # the LTX causal convs were swapped for the cat-padded form
+        assert counts["causal_pad_cat"] > 0  # the LTX causal convs were swapped for the cat-padded form
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def test_bad_flags_fail_before_any_work(tmp_path, kw, match):
 
 def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
     proc = run_cli("export", "--target", "tflite", "--preset", "tiny", "--out", tmp_path / "o")
-    assert proc.returncode == 2 and "unknown target 'tflite'" in error_line(proc)
+    assert proc.returncode == 2 and "'--target': 'tflite' is not one of 'onnx', 'coreml', 'executorch'" in error_line(proc)
     env = {k: v for k, v in os.environ.items() if k != "QNN_SDK_ROOT"}
     proc = run_cli("export", "--target", "executorch", "--delegate", "qnn", "--preset", "tiny",
                    "--out", tmp_path / "o", timeout=300, env=env)
@@ -439,9 +439,9 @@ def test_executorch_xnnpack_tiny_encoder_runs_on_the_executorch_runtime(tmp_path
     assert e.target_info["bundle"]["verified_on_host"] is True
     d = e.delegation
     assert d["backends"] == {"XnnpackBackend": d["delegated_subgraphs"]} and d["ops_delegated"] > 100
-    assert d["flops_share_delegated"] == 1.0  # every convolution runs in XNNPACK (c2d rewrite)
+    assert d["flops_share_delegated"] == 1.0  # every convolution runs in XNNPACK (conv3d_as_conv2d rewrite)
     assert "aten.convolution" not in d["portable_ops"] and "aten.alias_copy" not in d["portable_ops"]
-    assert {"c2d", "r5", "pad"} <= {k for k, v in e.target_info["rewrites"].items() if v}
+    assert {"conv3d_as_conv2d", "shuffle_rank5", "causal_pad_cat"} <= {k for k, v in e.target_info["rewrites"].items() if v}
     feeds, want = reference_outputs("encoder")
     method = Runtime.get().load_program(out / "encoder.pte").load_method("forward")
     got = method.execute([torch.from_numpy(feeds["image"])])[0].numpy()
@@ -457,8 +457,8 @@ def test_vulkan_pte_is_structurally_checked_and_merges_into_an_existing_folder(t
     assert "VulkanBackend" in e.parity["reason"]
     assert any("VulkanBackend" in c for c in e.structure["checks"])
     assert e.delegation["backends"].get("VulkanBackend", 0) >= 1
-    # the toy's Conv3d runs over 2 frames: only the per-frame batch-1 form (conv1b) lets Vulkan take it
-    assert "conv1b" in e.target_info["trace_rewrites"] and e.delegation["flops_share_delegated"] == 1.0
+    # the toy's Conv3d runs over 2 frames: only the per-frame batch-1 form (conv2d_batch1) lets Vulkan take it
+    assert "conv2d_batch1" in e.target_info["trace_rewrites"] and e.delegation["flops_share_delegated"] == 1.0
     m = read_manifest(out)
     assert sorted(x.file for x in m.components) == ["decoder.onnx", "denoiser.onnx", "denoiser.pte", "encoder.onnx"]
     assert m.find("denoiser", target="executorch").delegate == "vulkan"

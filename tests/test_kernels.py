@@ -79,12 +79,14 @@ def test_full_plan_is_exact_tiny(tiny, tiny_io, plan, knobs):
     _check_state_dict(model, tiny)
 
 
+@pytest.mark.unit
 def test_reference_plan_is_the_reference_op_for_op(tiny, tiny_io):
     x, t, f, ref = tiny_io
     with torch.no_grad():
         assert torch.equal(rewrite(tiny, "reference")(x, t, f), ref)
 
 
+@pytest.mark.unit
 def test_rewrite_leaves_the_model_alone_and_shares_weights(tiny, tiny_io):
     x, t, f, ref = tiny_io
     types = [type(m) for m in tiny.modules()]
@@ -114,6 +116,7 @@ def test_rope_tables_fall_back_on_another_grid(tiny):
         assert rel_l2(model(*args), tiny(*args)) <= 1e-6
 
 
+@pytest.mark.unit
 def test_step_constants_reject_an_unbaked_step(tiny, tiny_io):
     x, t, f, _ = tiny_io
     model = rewrite(tiny, "mobile", schedule=[STEP])
@@ -125,6 +128,7 @@ def test_step_constants_reject_an_unbaked_step(tiny, tiny_io):
             model(x, t, f)  # row 1 (500, 1.0) is not in the schedule
 
 
+@pytest.mark.unit
 def test_plan_api_and_description(tiny):
     assert set(PLANS) >= {"reference", "mobile"}
     assert PLANS["reference"].enabled() == []

@@ -93,7 +93,8 @@ def export_pte_portable(folder: Path) -> Path:
     from executorch.exir import EdgeCompileConfig, to_edge
 
     from mi2v_export.exporters.rewrites import Conv3dAsConv2d
-    from mi2v_export.manifest import ArtifactEntry, Manifest, TensorInfo, file_digest
+    from mi2v_export.files import file_digest
+    from mi2v_export.manifest import ArtifactEntry, Manifest, TensorInfo
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -251,6 +252,7 @@ def _no_video_left(folder: Path) -> None:
 # schedule
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 7, 30, 50])
 def test_flow_schedule_is_diffusers_shift3_bit_for_bit(steps):
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -261,6 +263,7 @@ def test_flow_schedule_is_diffusers_shift3_bit_for_bit(steps):
     assert torch.equal(ours.timesteps, ref.timesteps) and torch.equal(ours.sigmas, ref.sigmas)
 
 
+@pytest.mark.unit
 def test_flow_schedule_known_values():
     assert pl.flow_schedule(1).timesteps.tolist() == [1000.0]
     assert pl.flow_schedule(1).sigmas.tolist() == [1.0, 0.0]
@@ -274,16 +277,19 @@ def test_flow_schedule_known_values():
             pl.flow_schedule(bad)
 
 
-def test_io_contract_is_the_exporters():
-    from mi2v_export.exporters.components import IO
+@pytest.mark.unit
+def test_io_contract_has_one_home():
+    from mi2v_export import contract
+    from mi2v_export.exporters import components
 
-    assert pl.CONTRACT_IO == IO and tuple(IO) == pl.COMPONENTS
+    assert pl.IO is contract.IO is components.IO and pl.COMPONENTS is contract.COMPONENTS is components.COMPONENTS
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # input image
 
 
+@pytest.mark.unit
 def test_image_modes_are_converted(tmp_path):
     rgb = np.asarray(Image.open(TEST_IMAGE).convert("RGB").resize((96, 64)))
     variants = {
@@ -310,6 +316,7 @@ def test_image_modes_are_converted(tmp_path):
     assert np.abs(gray16[..., 0].astype(int) - rgb[..., 0]).max() <= 1
 
 
+@pytest.mark.unit
 def test_preprocess_stretch_and_cover():
     img = Image.new("RGB", (200, 100), (255, 0, 0))
     img.paste((0, 0, 255), (0, 0, 50, 100))  # blue left quarter
@@ -319,6 +326,7 @@ def test_preprocess_stretch_and_cover():
     assert cover[0, 0].min() > 0.9 and cover[0, 2].max() < -0.9
 
 
+@pytest.mark.unit
 def test_bad_images(tmp_path):
     (tmp_path / "notes.png").write_text("this is not an image")
     Image.new("RGB", (64, 64)).save(tmp_path / "ok.png")
@@ -332,6 +340,7 @@ def test_bad_images(tmp_path):
         pl.preprocess_image(pl.load_image(tmp_path / "tiny.png"), 48, 80)
 
 
+@pytest.mark.unit
 def test_bad_generate_settings():
     for kw, msg in [(dict(height=50, width=80, frames=9), "multiple of 4"), (dict(height=16, width=80, frames=9),
                     "too small"), (dict(height=48, width=80, frames=10), "8k\\+1"),
@@ -580,6 +589,7 @@ def _invoke(*args: str):
         return CliRunner().invoke(app, list(map(str, args)), terminal_width=200)
 
 
+@pytest.mark.unit
 def test_cli_help_says_cfg_is_a_no_op():
     res = _invoke("generate", "--help")
     text = " ".join(res.output.split())
@@ -614,6 +624,7 @@ def test_cli_compare_gate_failure_still_writes_the_report(onnx_dir, tmp_path):
     assert out.is_file() and data["summary"]["passed"] is False and data["num_steps"] == 1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("args,msg", [
     (["--resolution", "50x80"], "not a multiple of 4"),
     (["--resolution", "32x40", "--frames", "10"], "not 8k\\+1"),
@@ -628,6 +639,7 @@ def test_cli_bad_options(args, msg, tmp_path):
     _no_video_left(tmp_path)
 
 
+@pytest.mark.unit
 def test_cli_output_must_be_mp4(tmp_path):
     res = _invoke("generate", "--image", TEST_IMAGE, "--out", tmp_path / "clip.avi", "--preset", "tiny")
     assert isinstance(res.exception, BadInputError) and ".mp4" in str(res.exception)

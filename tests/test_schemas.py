@@ -74,12 +74,16 @@ def test_a_written_report_passes():
     (lambda d: d["per_frame_ms"].__setitem__("2", "fast"), "per_frame_ms['2']"),
 ])
 def test_malformed_report_is_one_line_naming_the_field(edit, field):
-    data = _report()
+    _assert_refused(BenchReport.from_dict, _report(), edit, f"malformed bench report: {field}: ")
+
+
+def _assert_refused(read, data: dict, edit, expected: str) -> None:
+    read(copy.deepcopy(data))  # the unedited file reads
     edit(data)
     with pytest.raises(BadInputError) as exc:
-        BenchReport.from_dict(data)
+        read(data)
     message = str(exc.value)
-    assert "\n" not in message and f": {field}: " in message, message
+    assert "\n" not in message and expected in message, message
 
 
 def test_other_schema_versions_are_named():
@@ -99,13 +103,7 @@ def test_other_schema_versions_are_named():
     (lambda d: d["components"][0].__setitem__("component", "vae"), "components[0].component"),
 ])
 def test_malformed_manifest_is_one_line_naming_the_field(edit, field):
-    Manifest.from_dict(copy.deepcopy(_manifest()))  # the unedited one reads
-    data = _manifest()
-    edit(data)
-    with pytest.raises(BadInputError) as exc:
-        Manifest.from_dict(data)
-    message = str(exc.value)
-    assert "\n" not in message and f"malformed manifest: {field}: " in message, message
+    _assert_refused(Manifest.from_dict, _manifest(), edit, f"malformed manifest: {field}: ")
 
 
 def test_bench_compare_refuses_a_malformed_report(tmp_path, capsys):

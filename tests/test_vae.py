@@ -32,6 +32,7 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------- seeded weights
 
+@pytest.mark.unit
 def test_seeded_weights_are_deterministic_and_per_key():
     shapes = {"a.conv.weight": (8, 4, 3, 3), "a.conv.bias": (8,), "b.norm3.weight": (16,), "b.norm3.bias": (16,)}
     first = seeded_state_dict(shapes, seed=0)
@@ -82,6 +83,7 @@ def test_tiny_turbo_vaed_shapes(video, latent):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.unit
 def test_turbo_vaed_720p_geometry_on_meta():
     with torch.device("meta"):
         model = TurboVAED(REAL.turbo_vaed)
@@ -89,6 +91,7 @@ def test_turbo_vaed_720p_geometry_on_meta():
     assert tuple(out.shape) == (1, 3, 17, 736, 1280)
 
 
+@pytest.mark.unit
 def test_turbo_vaed_rejects_wrong_latent():
     with pytest.raises(BadInputError):
         TurboVAED(TINY.turbo_vaed)(torch.zeros(1, 64, 2, 4, 6))
@@ -139,6 +142,7 @@ def test_ltx_encoder_mean_vs_sample(tiny_ltx):
     assert torch.allclose(noise, _randn(mean.shape, 8), atol=1e-4)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("height", "width", "frames"), [(130, 192, 9), (128, 190, 9), (128, 192, 8)])
 def test_ltx_encoder_rejects_bad_geometry(tiny_ltx, height, width, frames):
     encoder = tiny_ltx[0]
@@ -146,6 +150,7 @@ def test_ltx_encoder_rejects_bad_geometry(tiny_ltx, height, width, frames):
         encoder(torch.zeros(1, 3, frames, height, width))
 
 
+@pytest.mark.unit
 def test_ltx_720p_geometry_and_real_key_shapes():
     cfg = REAL.ltx_vae
     encoder_shapes, decoder_shapes = LTXEncoder.expected_shapes(cfg), LTXDecoder.expected_shapes(cfg)

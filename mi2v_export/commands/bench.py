@@ -50,12 +50,8 @@ def _ms(v: float | None, digits: int = 2) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def render_report(report, path: Path | None = None) -> None:
-    """The rich table of a report (also used for a partial one)."""
-    from rich.table import Table
-
-    from ._render import console
-
+def _title(report) -> str:
+    """Preset, size and frames, the device it ran on, and the protocol: the heading of the table."""
     dev = report.device or {}
     if dev.get("transport") == "adb":
         who = (f"{dev.get('manufacturer') or ''} {dev.get('model') or ''} ({dev.get('serial')}), SoC "
@@ -76,6 +72,16 @@ def render_report(report, path: Path | None = None) -> None:
     title = (f"{art.get('preset', '?')} {res[0]}x{res[1]}x{report.frames} on {who}\n"
              f"{proto.get('warmup')} warm-up + {proto.get('iterations')} timed iterations × {proto.get('runs')} "
              f"run(s), threads {proto.get('threads') or 'default'}, affinity {proto.get('affinity_mask') or 'none'}")
+    return title
+
+
+def render_report(report, path: Path | None = None) -> None:
+    """The rich table of a report (also used for a partial one)."""
+    from rich.table import Table
+
+    from ._render import console
+
+    title = _title(report)
     table = Table("component", "runtime", "artifact", "load ms", "n", "min", "p50", "p90", "max", "stdev",
                   "peak RSS", "status", title=title, title_justify="left")
     for c in report.components:
@@ -132,7 +138,7 @@ def bench(
                                  "touch no device"),
     app_dir: Path | None = typer.Option(None, "--app-dir", help="--via app: the Android app folder whose build "
                                         "outputs hold the APKs (default: apps/android of this checkout, built by "
-                                        "`make android`)"),
+                                        "`make android`); ios: the apps/ios package to stage and test"),
     team: str | None = typer.Option(None, "--team", envvar="DEVELOPMENT_TEAM", help="ios: Apple development team "
                                     "that signs the test bundle"),
     compute_units: str | None = typer.Option(None, "--compute-units", callback=_unit_list, help="ios: Core ML "

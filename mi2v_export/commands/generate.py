@@ -3,9 +3,6 @@ the PyTorch fp32 reference (`--compare-to reference --report REPORT.json`)."""
 
 from __future__ import annotations
 
-import gc
-import time
-import warnings
 from enum import Enum
 from pathlib import Path
 
@@ -21,7 +18,8 @@ Posterior = Enum("Posterior", {"sample": "sample", "mean": "mean"}, type=str)
 Fit = Enum("Fit", {"stretch": "stretch", "cover": "cover"}, type=str)
 CompareTo = Enum("CompareTo", {"reference": "reference"}, type=str)
 
-STAGE_LABELS = {"load": "load models", "encode": "encode image", "denoise": "denoise", "decode": "decode video"}
+STAGE_LABELS = {"load": "load models", "encode": "encode image", "denoise": "denoise", "decode": "decode video",
+                "compare": "compare (PSNR, SSIM)", "write": "write video"}
 
 
 def generate(
@@ -68,114 +66,40 @@ def generate(
     is no prompt or --cfg-scale option. Motion is set with --flow-score.
     """
     from .. import pipeline as pl
-    from ..errors import BadInputError
-    from ..presets import get_preset
-    from ..shapes import geometry, parse_resolution
 
-    # -- arguments that need no model ------------------------------------------------------------------------
-    if out.suffix.lower() != ".mp4":
-        raise BadInputError(f"--out {out}: the video must be an .mp4 file")
-    if out.exists() and out.is_dir():
-        raise BadInputError(f"--out {out}: is a folder")
-    fallback, posterior, fit = fallback.value, posterior.value, fit.value
-    preset, decoder = preset and preset.value, decoder and decoder.value
-    compare_to = compare_to and compare_to.value
-    if json_out is not None and compare_to is None:
-        raise BadInputError("--report writes the comparison report: use it with --compare-to reference")
-    if compare_to and not artifacts:
-        raise BadInputError("--compare-to reference compares exported artifacts with PyTorch: pass --artifacts DIR")
-    pl.flow_schedule(steps)  # validates --steps
-
-    img = pl.load_image(image)
-    use_map = pl.parse_use(use)
-    arts = [pl.read_artifacts(a) for a in artifacts]
-
-    # -- resolve preset / size / decoder: explicit option > artifacts manifest > checkpoints > preset default ----
-    preset_name = preset or (arts[0].preset if arts else "mobilei2v-270m")
-    p = get_preset(preset_name)
-    if resolution is not None:
-        height, width = parse_resolution(resolution)
-    else:
-        height, width = tuple(arts[0].resolution) if arts else (p.height, p.width)
-    n_frames = frames if frames is not None else (arts[0].frames if arts else p.frames)
-    geo = geometry(height, width, n_frames)
-    config = pl.GenerateConfig(height=height, width=width, frames=n_frames, steps=steps, seed=seed,
-                               flow_score=flow_score, posterior=posterior, fit=fit)
-    parts = pl.checkpoint_parts(checkpoint)
-    decoder_kind = decoder or next((k for k in map(pl.decoder_kind_of, arts) if k), None) \
-        or pl.decoder_from_checkpoints(parts) or "turbo-vaed"
-
-    console.print(f"[bold]mi2v generate[/] {image.name} → {out.name}: {p.name}, {geo.height}x{geo.width}x{geo.frames}"
-                  f" (latent {'x'.join(map(str, geo.latent_shape[1:]))}), {steps} step(s), seed {seed}, "
-                  f"flow score {flow_score:g}, decoder {decoder_kind}")
-
-    notes: list[str] = []
+    request = pl.GenerateRequest(
+        image=image, out=out, checkpoints=list(checkpoint), artifacts=list(artifacts), use=list(use),
+        fallback=fallback.value, preset=preset and preset.value, decoder=decoder and decoder.value, steps=steps,
+        seed=seed, resolution=resolution, frames=frames, flow_score=flow_score, posterior=posterior.value,
+        fit=fit.value, fps=fps, compare_to=compare_to and compare_to.value, report=json_out, min_psnr=min_psnr)
+    plan = pl.plan_generate(request)  # bad flags, images, folders fail here, before any model is built
+    geo = plan.config.geometry
+    console.print(f"[bold]mi2v generate[/] {image.name} → {out.name}: {plan.preset}, {geo.height}x{geo.width}x"
+                  f"{geo.frames} (latent {'x'.join(map(str, geo.latent_shape[1:]))}), {steps} step(s), seed {seed}, "
+                  f"flow score {flow_score:g}, decoder {plan.decoder}")
     with _progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def report(prefix: str):
-            def cb(stage: str, done: int, total: int) -> None:
-                key = f"{prefix}{stage}"
-                if key not in tasks:
-                    tasks[key] = progress.add_task(f"{prefix}{STAGE_LABELS.get(stage, stage)}", total=total)
-                progress.update(tasks[key], completed=done, total=total)
-            return cb
-
-        t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            stages = pl.build_stages(p.name, decoder_kind, geo, arts, fallback=fallback, parts=parts, use=use_map,
-                                     progress=report("" if not compare_to else "artifacts · "))
-        host_s = {"run": time.perf_counter() - t0}
-        precision = pl.precision_of(stages)
-        result = pl.Pipeline(stages).generate(img, config, report("" if not compare_to else "artifacts · "))
-        reference = None
-        if compare_to:
-            # release the artifact sessions before building the PyTorch models: peak memory is the larger of the
-            # two, not their sum (at 720p each holds several GB)
-            reuse = {c: s for c, s in stages.items() if isinstance(s, pl.TorchStage)}
-            del stages
-            gc.collect()
-            t0 = time.perf_counter()
-            with warnings.catch_warnings(record=True) as more:
-                warnings.simplefilter("always")
-                ref_stages = {c: reuse.get(c) or pl.torch_stage(c, p.name, decoder_kind, parts)
-                              for c in pl.COMPONENTS}
-            caught += more
-            host_s["reference"] = time.perf_counter() - t0
-            # the reference uses the posterior mode the artifact run ended up with, so both start alike
-            reference = pl.Pipeline(ref_stages).generate(img, config, report("reference · "),
-                                                         posterior=result.posterior)
-            del ref_stages, reuse
-        notes += _seeded_notes(caught)
-
-        comparison = None
-        if reference is not None:
-            compare_task = progress.add_task("compare (PSNR, SSIM)", total=1)
-            t0 = time.perf_counter()
-            threshold = min_psnr if min_psnr is not None else pl.VIDEO_PSNR_MIN_DB[precision]
-            comparison = pl.compare_runs(result, reference, threshold)
-            host_s["compare"] = time.perf_counter() - t0
-            progress.update(compare_task, completed=1)
-        write_task = progress.add_task("write video", total=1)
-        t0 = time.perf_counter()
-        sheet = pl.contact_sheet_path(out)
-        pl.write_video(result.frames, out, fps=fps)
-        pl.write_contact_sheet(result.frames, sheet)
-        if comparison is not None and json_out is not None:
-            pl.write_json(pl.build_report(config, result, reference, comparison, image=str(image),
-                                          preset=p.name, decoder=decoder_kind, precision=precision), json_out)
-        write_s = time.perf_counter() - t0
-        progress.update(write_task, completed=1)
-
-    notes += result.notes
-    _print_summary(result, reference, host_s, write_s)
-    for note in dict.fromkeys(notes):
+        run = pl.run_generate(request, _progress_callback(progress), plan=plan)
+    _print_summary(run.result, run.reference, run.seconds)
+    for note in run.notes:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"wrote {out} and {sheet}" + (f" and {json_out}" if comparison and json_out else ""))
-    if comparison is not None:
-        _print_comparison(comparison)
-        pl.check_psnr_gate(comparison)
+    wrote_report = run.comparison is not None and json_out is not None
+    console.print(f"wrote {out} and {run.sheet}" + (f" and {json_out}" if wrote_report else ""))
+    if run.comparison is not None:
+        _print_comparison(run.comparison)
+        pl.check_psnr_gate(run.comparison)
+
+
+def _progress_callback(progress: Progress):
+    """pipeline progress (stage, done, total) → one rich task per (prefixed) stage."""
+    tasks: dict[str, int] = {}
+
+    def callback(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            prefix, _, name = stage.rpartition(" · ")
+            label = STAGE_LABELS.get(name, name)
+            tasks[stage] = progress.add_task(f"{prefix} · {label}" if prefix else label, total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+    return callback
 
 
 def _progress() -> Progress:
@@ -183,15 +107,7 @@ def _progress() -> Progress:
                     console=console, transient=False)
 
 
-def _seeded_notes(caught) -> list[str]:
-    seeded = [str(w.message).split(":")[0] for w in caught if "seeded random weights" in str(w.message)]
-    if not seeded:
-        return []
-    return [f"no checkpoint for the {', '.join(dict.fromkeys(seeded))}: seeded random weights, so the video is "
-            "noise (reproducible, fine for testing)"]
-
-
-def _print_summary(result, reference, host_s: dict, write_s: float) -> None:
+def _print_summary(result, reference, host_s: dict) -> None:
     table = Table(title="per-stage timings (host)")
     table.add_column("stage")
     table.add_column("back-end")
@@ -219,7 +135,7 @@ def _print_summary(result, reference, host_s: dict, write_s: float) -> None:
     row("postprocess", "", result.timings["postprocess"], ref("postprocess"))
     if "compare" in host_s:
         row("compare (latents, PSNR, SSIM)", "", host_s["compare"])
-    row("write mp4 + contact sheet", "", write_s)
+    row("write mp4 + contact sheet", "", host_s["write"])
     console.print(table)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceError
+from ..files import sha256_file
 from .adb import Adb, AdbDevice, AdbTimeout, parse_getprop, quote
 from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
 from .elf import RunnerFile, inspect_runner, is_shared_library, runs_on
@@ -65,14 +66,6 @@ SIMULATED_PROP = "ro.mi2v.simulated"  # a device that answers 1 is a simulated p
 
 def _quiet(_: str) -> None:
     return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def signal_name(number: int) -> str:
@@ -415,7 +408,7 @@ class AndroidSession:
             info = check_runner(path, name, self.abilist, self.dev.exists)
             libs = sorted({q for pattern in COMPANION_LIBS.get(name, ()) for q in path.parent.glob(pattern)
                            if q.is_file() and q != path})
-            return Runner(name, path, file_sha256(path), info, source, libs)
+            return Runner(name, path, sha256_file(path), info, source, libs)
         rc, out, _ = self.dev.shell(f"command -v {name}")
         installed = out.strip().splitlines()[-1] if rc == 0 and out.strip() else ""
         if installed.startswith("/"):
@@ -454,7 +447,7 @@ class AndroidSession:
         rpath = self.runner_path(runner)
         if runner.local is not None:
             self.stage([StagedFile(runner.local, runner.name, runner.sha256),
-                        *[StagedFile(lib, lib.name, file_sha256(lib)) for lib in runner.libs]])
+                        *[StagedFile(lib, lib.name, sha256_file(lib)) for lib in runner.libs]])
             self.dev.shell(["chmod", "755", rpath], check=True)
         if self.dev.shell(["test", "-x", rpath]).rc != 0:
             raise DeviceError(f"{runner.name} is not executable on the device after chmod 755 ({rpath}): "
@@ -676,35 +669,52 @@ def pick_device(adb: Adb, serial: str | None) -> AdbDevice:
     return adb.pick_device(serial)
 
 
-def adb_host_facts(adb: Adb, port: int | None) -> dict[str, Any]:
-    """The report's host block for a phone over adb: this machine and the adb it talks through."""
-    import platform
-
-    return {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "adb": {"path": adb.path, "version": adb.version(), "server_port": port}}
-
-
-class AdbRunnerDevice(BenchDevice):
-    """A phone over adb timed with its native runners: executor_runner for .pte, onnxruntime_perf_test for .onnx."""
+class AdbPhone(BenchDevice):
+    """A phone over adb as a bench device: connected at facts(), its thermals read between components, gone when
+    adb no longer lists it as `device`. The native runners and the Android app both build on it."""
 
     transport = "adb"
 
-    def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, json_path: Path, say: Say):
+    def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, say: Say):
         self.opts, self.manifest, self.serial, self.say = opts, manifest, serial, say
+        self.session: AndroidSession | None = None
+
+    def connect(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Pick the phone and read its facts: (the report's device block, its host block)."""
+        import platform
+
+        adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
+        host = {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+                "adb": {"path": adb.path, "version": adb.version(), "server_port": self.opts.adb_port}}
+        self.session = AndroidSession(adb, pick_device(adb, self.serial), self.say)
+        self.say(f"reading device facts of {self.session.dev.serial}")
+        return self.session.fingerprint(), host
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.session.snapshot() if self.session else {}
+
+    def alive(self) -> bool:
+        try:
+            return self.session is not None and self.session.dev.get_state() == "device"
+        except DeviceError:
+            return False
+
+
+class AdbRunnerDevice(AdbPhone):
+    """A phone over adb timed with its native runners: executor_runner for .pte, onnxruntime_perf_test for .onnx."""
+
+    def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, json_path: Path, say: Say):
+        super().__init__(opts, manifest, serial, say)
         self.extras = json_path.with_name(json_path.stem + ".files")  # ETDumps, CSVs, failure logs
         self.json_dir = json_path.parent
-        self.session: AndroidSession | None = None
         self.files: dict[str, list[StagedFile]] = {}
         self.found: dict[str, Runner | DeviceError] = {}  # per runtime: the runner, or why there is none
         self.prepared: dict[str, Runner | DeviceError] = {}  # per runtime: pushed and probed, or why not
 
     def facts(self) -> DeviceFacts:
-        adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
-        host = adb_host_facts(adb, self.opts.adb_port)
-        dev = pick_device(adb, self.serial)
-        self.session = s = AndroidSession(adb, dev, self.say)
-        self.say(f"reading device facts of {dev.serial}")
-        device = s.fingerprint()
+        device, host = self.connect()
+        s = self.session
+        assert s is not None
         s.uncontrolled += ["CPU clocks are not locked (needs root); governors are recorded only",
                            "screen state, charging and background apps are not controlled (battery: see conditions)"]
         s.plan_pinning(self.opts.cpu_mask)
@@ -713,18 +723,9 @@ class AdbRunnerDevice(BenchDevice):
                     "peak_rss_method": "toybox-time" if s.has_toybox_time else "vmhwm-poll"}
         return DeviceFacts(device, host, protocol, s.uncontrolled)
 
-    def snapshot(self) -> dict[str, Any]:
-        return self.session.snapshot() if self.session else {}
-
     def cool_down(self, pause_s: float, label: str) -> dict[str, Any]:
         assert self.session is not None
         return self.session.cool_down(pause_s, self.opts.thermal_wait, label)
-
-    def alive(self) -> bool:
-        try:
-            return self.session is not None and self.session.dev.get_state() == "device"
-        except DeviceError:
-            return False
 
     def prepare(self, sel: Selection) -> None:
         """Check the artifact's files against the manifest and find the runner of its runtime (once per runtime)."""

@@ -1,19 +1,24 @@
-"""`mi2v bench`: time the exported components on this machine or on a phone over adb, and write the report.
+"""`mi2v bench`: time the exported components on any device with one loop, and write the report.
 
-    report, path, error = run_bench(BenchOptions(artifacts=Path("artifacts/tiny"), device="adb:127.0.0.1:5555"))
+    outcome = run_bench(BenchOptions(artifacts=Path("artifacts/tiny"), device="adb:127.0.0.1:5555"))
+    for report, path in outcome.reports: ...        # iOS: one report per compute unit; a dry run: none
+    outcome.error                                  # the first failure (None when every component ran)
 
-The artifacts come from `DIR/manifest.json` (read through `mi2v_export.manifest`): for each component
-(encoder, denoiser, decoder) one artifact is chosen for the runtime (`--runtime auto` prefers ExecuTorch when every
-component has a `.pte` the device can run, then onnxruntime, else whatever each component has), its files are
-checked against the manifest's sha256, and it is timed:
+The artifacts come from `DIR/manifest.json`: for each component (encoder, denoiser, decoder) one artifact is chosen
+for the runtime (`--runtime auto` prefers ExecuTorch when every component has a `.pte` the device can run, then
+onnxruntime, else whatever each component has), its files are checked against the manifest's sha256, and it is
+timed by a `BenchDevice`:
 
-* host: in this process (`devices.host.bench_artifact`), warm-up discarded in the same process;
-* adb: with the phone runners (`devices.android.AndroidSession`): `executor_runner` for `.pte`,
-  `onnxruntime_perf_test` for `.onnx`.
+* `host.HostDevice`: in this process (`host.bench_artifact`), warm-up discarded in the same process;
+* `android.AdbRunnerDevice`: a phone over adb with its native runners (`executor_runner` for `.pte`,
+  `onnxruntime_perf_test` for `.onnx`), pinned, thermally gated;
+* `apps.android_app.AppDevice` (`--via app`) and `apps.ios.IOSDevice` (`--device ios:UDID`, one per compute unit):
+  the benchmark apps, which time every component in one process.
 
-A failure is recorded on its component (status "failed" with a one-line error) and the others still run unless the
-device itself is gone; the report is always saved (atomically) and the first error is returned for the CLI to
-print. The headline is the per-frame latency (encoder + steps × denoiser + decoder medians) / frames.
+`bench_device` is the one loop: device facts, every component prepared, then per component a cool-down (and the
+device's thermal gate), the run, the heat check; a failure is recorded on its component (status "failed", one line)
+and the others still run unless the device itself is gone; the report is always saved (atomically, a Ctrl-C too).
+The headline is the per-frame latency (encoder + steps × denoiser + decoder medians) / frames.
 """
 
 from __future__ import annotations
@@ -27,16 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, DeviceError, MissingDependencyError, Mi2vError
-from .report import COMPONENTS, BenchReport, ComponentResult
+from ..contract import COMPONENTS, RUNTIME_OF_TARGET, runs_on_host
+from .report import BenchReport, ComponentResult
 
 Say = Callable[[str], None]
 
 RUNTIMES = ("auto", "onnxruntime", "executorch")
 VIAS = ("runner", "app")
-RUNTIME_OF_TARGET = {"onnx": "onnxruntime", "executorch": "executorch", "coreml": "coreml"}
-HOST_DELEGATES = (None, "xnnpack")  # what this machine's ExecuTorch runtime executes
 PHONE_UNSUPPORTED_DELEGATES = ("coreml", "mps")
-DELEGATE_RANK = {"xnnpack": 0, None: 1, "vulkan": 2, "qnn": 3}
 DEFAULTS = {"host": {"iterations": 10, "warmup": 2, "cooldown": 0.0},
             "adb": {"iterations": 50, "warmup": 5, "cooldown": 30.0}}
 TIMED_REGION = {"onnxruntime": "InferenceSession.Run", "executorch": "Method::execute"}
@@ -70,7 +73,8 @@ class BenchOptions:
     dry_run: bool = False  # --via app / ios: print the exact commands, touch no device
     team: str | None = None  # ios: Apple development team for signing the test bundle
     compute_units: tuple[str, ...] = ()  # ios: Core ML compute units to time (default: all four)
-    app_dir: Path | None = None  # --via app: the apps/android folder with the built APKs (default: this checkout's)
+    app_dir: Path | None = None  # --via app / ios: the apps/android (built APKs) or apps/ios folder (default: this
+    # checkout's)
 
 
 def parse_device(text: str) -> tuple[str, str | None]:
@@ -111,7 +115,7 @@ def _runnable(entry: Any, transport: str) -> str | None:
     if runtime is None:
         return f"{entry.file} has target {entry.target!r}, which mi2v bench does not run"
     if runtime == "executorch":
-        if transport == "host" and entry.delegate not in HOST_DELEGATES:
+        if transport == "host" and not runs_on_host(entry.target, entry.delegate):
             return (f"{entry.file} is delegated to {entry.delegate}, which this machine cannot execute "
                     "(benchmark it on a phone with --device adb:SERIAL)")
         if transport == "adb" and entry.delegate in PHONE_UNSUPPORTED_DELEGATES:
@@ -128,16 +132,10 @@ def select_artifacts(manifest: Any, runtime: str, transport: str,
     for c in components:
         options[c] = {"executorch": [], "onnxruntime": []}
         unrunnable[c] = []
-        for e in manifest.components:
-            if e.component != c:
-                continue
-            why = _runnable(e, transport)
-            if why:
-                unrunnable[c].append(why)
-            else:
-                options[c][RUNTIME_OF_TARGET[e.target]].append(e)
-        for rt in options[c]:
-            options[c][rt].sort(key=lambda e: (DELEGATE_RANK.get(e.delegate, 9), e.dtype != "fp32", e.file))
+        runnable, refused = manifest.candidates(c, lambda e: _runnable(e, transport))
+        unrunnable[c] = [why for _, why in refused]
+        for e in runnable:
+            options[c][RUNTIME_OF_TARGET[e.target]].append(e)
     present = [c for c in components if any(options[c].values()) or unrunnable[c]]
     if runtime == "auto":
         order = ["executorch", "onnxruntime"]
@@ -197,13 +195,13 @@ def artifact_files(manifest: Any, e: Any) -> list[tuple[Path, str, str]]:
 
 def verify_files(files: list[tuple[Path, str, str]]) -> list[tuple[Path, str, str]]:
     """Check each file exists and matches the manifest; returns (path, name, actual sha256)."""
-    from .android import file_sha256
+    from ..files import sha256_file
 
     out = []
     for path, name, expected in files:
         if not path.is_file():
             raise BadInputError(f"{path} is listed in the manifest but missing: re-run `mi2v export`")
-        actual = file_sha256(path)
+        actual = sha256_file(path)
         if expected and actual != expected:
             raise BadInputError(f"{path} does not match the manifest's sha256 (changed after export): re-run "
                                 "`mi2v export`")
@@ -352,11 +350,11 @@ def open_device(opts: BenchOptions, manifest: Any, json_path: Path, say: Say = _
 
         return [HostDevice(opts, manifest, say)]
     if transport == "ios":
-        from .ios import ios_devices
+        from ..apps.ios import ios_devices
 
         return ios_devices(opts, manifest, serial or "", json_path, say, system)
     if opts.via == "app":
-        from .android_app import AppDevice
+        from ..apps.android_app import AppDevice
 
         return [AppDevice(opts, manifest, serial, say)]
     from .android import AdbRunnerDevice
@@ -370,7 +368,7 @@ def run_bench(opts: BenchOptions, say: Say = _quiet, echo: Say = print, system: 
 
     transport, serial = parse_device(opts.device)
     if transport == "ios":
-        from .ios import require_macos
+        from ..apps.build import require_macos
 
         require_macos(system)
     iterations, warmup, cooldown = _checked_protocol(opts, transport)

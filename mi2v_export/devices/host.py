@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, MissingDependencyError
+from ..errors import BadInputError, MissingDependencyError, first_line
 from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection, artifact_files, verify_files
 from .report import BenchReport, ComponentResult, RunResult
 from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte, pte_input_specs
@@ -102,7 +102,7 @@ def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None) -
     try:
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise BadInputError(f"onnxruntime cannot load {path.name}: {str(exc).splitlines()[0]}") from None
+        raise BadInputError(f"onnxruntime cannot load {path.name}: {first_line(exc)}") from None
     load_ms = (time.perf_counter() - t0) * 1000
     types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
@@ -115,7 +115,7 @@ def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None) -
         try:
             sess.run(None, feeds)
         except Exception as exc:
-            raise BadInputError(f"onnxruntime failed to run {path.name}: {_first_line(exc)}") from None
+            raise BadInputError(f"onnxruntime failed to run {path.name}: {first_line(exc)}") from None
         (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
                      backend="cpu", threads=threads or so.intra_op_num_threads or None)
@@ -148,7 +148,7 @@ def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) ->
         name = sorted(program.method_names)[0]
         method = program.load_method(name)
     except Exception as exc:
-        raise BadInputError(f"the ExecuTorch runtime cannot load {path.name}: {str(exc).splitlines()[0]}") from None
+        raise BadInputError(f"the ExecuTorch runtime cannot load {path.name}: {first_line(exc)}") from None
     load_ms = (time.perf_counter() - t0) * 1000
     meta = method.metadata
     specs = pte_input_specs(meta)
@@ -159,16 +159,11 @@ def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) ->
         try:
             method.execute(inputs)
         except Exception as exc:
-            raise BadInputError(f"the ExecuTorch runtime failed to execute {path.name}: {_first_line(exc)}") from None
+            raise BadInputError(f"the ExecuTorch runtime failed to execute {path.name}: {first_line(exc)}") from None
         (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
                      backend="xnnpack" if "XnnpackBackend" in delegates else "portable",
                      threads=threads or portable_lib._threadpool_get_thread_count())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def host_facts() -> dict[str, object]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import BadInputError, MissingDependencyError
-from .report import COMPONENTS, BenchReport
+from ..contract import COMPONENTS
+from .report import BenchReport
 
 COLORS = {"encoder": "#4c72b0", "denoiser": "#dd8452", "decoder": "#55a868"}
 
@@ -27,9 +29,6 @@ def plot_report(report: BenchReport, path: str | os.PathLike[str]) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise MissingDependencyError(f"--plot needs matplotlib ({exc}): `pip install matplotlib`") from None
-
-    medians = {c: (comp.median_ms() if (comp := report.component(c)) else None) for c in COMPONENTS}
-    frames = report.frames or 1
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.4]})
     device = report.device or {}
     who = device.get("model") or device.get("cpu") or device.get("transport", "")
@@ -37,55 +36,62 @@ def plot_report(report: BenchReport, path: str | os.PathLike[str]) -> Path:
         who = f"{who} (simulated)"
     preset = (report.artifacts or {}).get("preset", "")
     res = (report.artifacts or {}).get("resolution")
+    frames = report.frames or 1
     size = f"{res[0]}x{res[1]}x{frames}" if res else f"{frames} frames"
     fig.suptitle(f"mi2v bench — {preset} {size} on {who}".strip(), fontsize=11)
+    _per_frame_bars(left, report)
+    _distributions(right, report)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
-    # per-frame stacked bars
+
+def _per_frame_bars(ax: Any, report: BenchReport) -> None:
+    """Stacked bars of encoder / frames, steps × denoiser / frames and decoder / frames, for 1 and 2 steps."""
+    frames = report.frames or 1
     labels = ["1 step", "2 steps"]
     bottoms = [0.0, 0.0]
     for c in COMPONENTS:
-        m = medians[c]
+        comp = report.component(c)
+        m = comp.median_ms() if comp else None
         if m is None:
             continue
         heights = [m * (s if c == "denoiser" else 1) / frames for s in (1, 2)]
-        left.bar(labels, heights, bottom=bottoms, color=COLORS[c],
-                 label=f"{c}{' × steps' if c == 'denoiser' else ''}")
+        ax.bar(labels, heights, bottom=bottoms, color=COLORS[c], label=f"{c}{' × steps' if c == 'denoiser' else ''}")
         bottoms = [b + h for b, h in zip(bottoms, heights)]
     for i, s in enumerate((1, 2)):
         total = report.per_frame_ms(s)
-        text = f"{total:.1f} ms" if total is not None else "incomplete"
-        left.text(i, bottoms[i], text, ha="center", va="bottom", fontsize=9)
-    left.set_ylabel("ms per frame (component medians / frames)")
-    left.set_title("per-frame latency", fontsize=10)
-    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
-    left.margins(y=0.15)
+        ax.text(i, bottoms[i], f"{total:.1f} ms" if total is not None else "incomplete", ha="center", va="bottom",
+                fontsize=9)
+    ax.set_ylabel("ms per frame (component medians / frames)")
+    ax.set_title("per-frame latency", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
+    ax.margins(y=0.15)
 
-    # per-component distributions
+
+def _distributions(ax: Any, report: BenchReport) -> None:
+    """Each component's per-iteration samples as a box plot (whiskers at min/max) with its median beside it."""
     data, names, colors = [], [], []
     for c in COMPONENTS:
         comp = report.component(c)
         if comp is None or not comp.samples():
             continue
         data.append(comp.samples())
-        rt = comp.runtime.get("name", "")
-        names.append(f"{c}\n{rt}")
+        names.append(f"{c}\n{comp.runtime.get('name', '')}")
         colors.append(COLORS[c])
     if data:
-        box = right.boxplot(data, vert=False, whis=(0, 100), patch_artist=True)
-        right.set_yticks(range(1, len(names) + 1), names)
+        box = ax.boxplot(data, vert=False, whis=(0, 100), patch_artist=True)
+        ax.set_yticks(range(1, len(names) + 1), names)
         for patch, color in zip(box["boxes"], colors):
             patch.set_facecolor(color)
             patch.set_alpha(0.6)
         for i, samples in enumerate(data, start=1):
             med = sorted(samples)[(len(samples) + 1) // 2 - 1]
-            right.text(max(samples), i + 0.25, f"p50 {med:.1f} ms (n={len(samples)})", ha="right", fontsize=8)
-        right.set_xscale("log")
+            ax.text(max(samples), i + 0.25, f"p50 {med:.1f} ms (n={len(samples)})", ha="right", fontsize=8)
+        ax.set_xscale("log")
     else:
-        right.text(0.5, 0.5, "no samples", ha="center", va="center", transform=right.transAxes)
-    right.set_xlabel("ms per call (log scale)")
-    right.set_title("per-component latency", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("ms per call (log scale)")
+    ax.set_title("per-component latency", fontsize=10)

@@ -48,22 +48,21 @@ measured sample. stdev is the sample standard deviation (n−1).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .. import schemas
+from ..contract import COMPONENTS
+from ..files import read_json, write_json_atomic
 from ..errors import BadInputError
 
 SCHEMA = "mi2v.bench/1"
 PERCENTILE_METHOD = "nearest-rank"
-COMPONENTS = ("encoder", "denoiser", "decoder")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -226,18 +225,7 @@ class BenchReport:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a partial report is still a complete JSON file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh, indent=2)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchReport:
@@ -258,12 +246,7 @@ class BenchReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BenchReport:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise BadInputError(f"cannot read bench report {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"{path} is not a bench report (invalid JSON: {exc})") from None
+        data = read_json(path, "bench report")
         try:
             return cls.from_dict(data)
         except BadInputError as exc:

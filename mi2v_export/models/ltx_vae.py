@@ -11,17 +11,17 @@ Key layout: `LTXEncoder` holds `self.encoder` and `LTXDecoder` holds `self.decod
 
 Lowering notes (shared/spec/vae-export.md; the exporters handle these, nothing is rewritten here):
   * B1 — the patchify / unpatchify and the 0.9.0 depth-to-space upsampler use rank-8 `reshape`/`permute`; the
-    XNNPACK runtime allows at most 6 dims → rewrite as rank-≤5 chains ("r5"; Core ML lowers them itself).
+    XNNPACK runtime allows at most 6 dims → rewrite as rank-≤5 chains ("shuffle_rank5"; Core ML lowers them itself).
   * B2 — `nn.Conv3d` has no XNNPACK and no portable ExecuTorch kernel for 5-D inputs → fold into Conv2d over
-    frames with the temporal taps in the input channels ("c2d").
+    frames with the temporal taps in the input channels ("conv3d_as_conv2d").
   * B3 — `LTXVideoCausalConv3d` pads time with `torch.concatenate`, left as `aten.concatenate` by `torch.export`;
-    coremltools has no converter → use `torch.cat` ("pad") or alias it to `cat`.
+    coremltools has no converter → use `torch.cat` ("causal_pad_cat") or alias it to `cat`.
   * B4 — temporal replicate padding is `x[:, :, :1].repeat(...)`, a repeat by 0 for the 1³ shortcut conv, which
-    Core ML rejects → build the padding with `cat` of edge slices and skip it when kt = 1 ("pad").
+    Core ML rejects → build the padding with `cat` of edge slices and skip it when kt = 1 ("causal_pad_cat").
   * B5 — encoding a single image (T = 1) turns no-op slices into `aten.alias`, unknown to coremltools → register
     `alias` as `noop`.
-  * RMSNorm (eps 1e-8, `pow(2).mean(-1)` + `rsqrt`) stays on portable kernels in ExecuTorch ("rms") and can
-    overflow fp16 on Core ML for |x| > 256 ("frms": use `F.rms_norm`).
+  * RMSNorm (eps 1e-8, `pow(2).mean(-1)` + `rsqrt`) stays on portable kernels in ExecuTorch ("rms_norm_view") and can
+    overflow fp16 on Core ML for |x| > 256 ("rms_norm_fp16": use `F.rms_norm`).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def profile_template(
     if out is None:
         typer.echo(text)
     else:
-        out.write_text(text + "\n")
+        DeviceProfile().save(out)
         typer.echo(f"wrote {out}")
 
 

@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..devices.runners import EXECUTOR_RUNNER, HOST_RUNNABLE_BACKENDS, ORT_PERF_TEST, backends_in_pte, pte_input_specs
 
@@ -169,6 +170,7 @@ def _light_executorch_import() -> None:
 
 
 def _executor_runner(argv: list[str]) -> int:
+    """executor_runner's flags, log lines, exit statuses and aborts, with the model executed by ExecuTorch here."""
     flags, rest, err = _parse_gflags(argv, _ET_FLAGS)
     if err == "help":
         sys.stdout.write(_executor_runner_help())
@@ -183,21 +185,38 @@ def _executor_runner(argv: list[str]) -> int:
     if flags["print_output"] not in ("none", "summary", "all"):
         log(f"Unknown --print_output mode '{flags['print_output']}'. Expected 'none', 'summary', or 'all'.", "E")
         return 1
-    model_path = flags["model_path"]
-    n = int(flags["num_executions"])
-    threads = int(flags["cpu_threads"])
     try:
         _light_executorch_import()
-        import torch
         from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime, Verification
     except ImportError as exc:
         log(f"host runner: the ExecuTorch Python runtime is not installed ({exc})", "E")
         return 1
     log.t0 = time.monotonic()  # the real runner's clock starts at runtime_init(), after process start
+    threads = int(flags["cpu_threads"])
     performant = threads if threads > 0 else max(1, (os.cpu_count() or 2) // 2)
     log(f"Resetting threadpool with num threads = {performant}")
     portable_lib._unsafe_reset_threadpool(performant)
+    etdump = "etdump_path" in flags["__given__"].split(",")
+    loaded = _et_load(flags["model_path"], flags["method_name"], etdump, log)
+    if loaded is None:
+        return 1
+    program, method, name = loaded
+    outputs = _et_execute(method, name, int(flags["num_executions"]), log)
+    _et_print_outputs(outputs, flags["print_output"])
+    if etdump:
+        try:
+            program.write_etdump_result_to_file(flags["etdump_path"], "")
+            log(f"ETDump written to file '{flags['etdump_path']}'.")
+        except Exception as exc:
+            log(f"Failed to save ETDump file ({exc}).", "E")
+    return 0
+
+
+def _et_load(model_path: str, method_name: str, etdump: bool, log: _EtLog) -> tuple[Any, Any, str] | None:
+    """(program, method, method name) as the runner loads them; None after "Failed to parse"; aborts (134) where
+    the real runner's ET_CHECK does (unreadable file, a delegate this build lacks, a method that does not load)."""
+    from executorch.runtime import Runtime, Verification
+
     try:
         data = Path(model_path).read_bytes()
     except OSError:
@@ -206,60 +225,62 @@ def _executor_runner(argv: list[str]) -> int:
     runtime = Runtime.get()
     before_load = time.perf_counter_ns()
     try:
-        program = runtime.load_program(model_path, verification=Verification.Minimal,
-                                       enable_etdump="etdump_path" in flags["__given__"].split(","))
+        program = runtime.load_program(model_path, verification=Verification.Minimal, enable_etdump=etdump)
     except Exception:
         log(f"Failed to parse model file {model_path}", "E")
-        return 1
+        return None
     log(f"Model file {model_path} is loaded.")
-    method_name = flags["method_name"] or sorted(program.method_names)[0]
-    log(f"Using method {method_name}")
+    name = method_name or sorted(program.method_names)[0]
+    log(f"Using method {name}")
     missing = [b for b in backends_in_pte(data)
                if b not in HOST_RUNNABLE_BACKENDS or not runtime.backend_registry.is_available(b)]
+    for b in missing:
+        log(f"Backend {b} is not registered.", "E")
     if missing:
-        for b in missing:
-            log(f"Backend {b} is not registered.", "E")
-        log(f"Loading of method {method_name} failed with status 0x{0x14:x}", "F")
+        log(f"Loading of method {name} failed with status 0x{0x14:x}", "F")
         os.abort()  # ET_CHECK_MSG aborts: the shell sees 134
     try:
-        method = program.load_method(method_name)
-        meta = method.metadata
+        method = program.load_method(name)
     except Exception:
-        log(f"Loading of method {method_name} failed with status 0x{0x1:x}", "F")
+        log(f"Loading of method {name} failed with status 0x{0x1:x}", "F")
         os.abort()
-    after_load = time.perf_counter_ns()
-    log(f"Model loaded in {(after_load - before_load) / 1e6:f} ms.")
+    log(f"Model loaded in {(time.perf_counter_ns() - before_load) / 1e6:f} ms.")
+    return program, method, name
 
-    specs = pte_input_specs(meta)
+
+def _et_execute(method: Any, name: str, n: int, log: _EtLog) -> list[Any]:
+    """n timed executions with inputs of ones (made outside the timed region), one log line each."""
+    import torch
+
+    specs = pte_input_specs(method.metadata)
     spent = 0
-    outputs = []
+    outputs: list[Any] = []
     for i in range(n):
-        inputs = [torch.ones(shape, dtype=dt) for shape, dt in specs]  # prepared outside the timed region
+        inputs = [torch.ones(shape, dtype=dt) for shape, dt in specs]
         t0 = time.perf_counter_ns()
         try:
             outputs = method.execute(inputs)
         except Exception:
-            log(f"Execution of method {method_name} failed with status 0x{0x1:x}", "F")
+            log(f"Execution of method {name} failed with status 0x{0x1:x}", "F")
             os.abort()
         elapsed = time.perf_counter_ns() - t0
         spent += elapsed
         log(f"Iteration {i + 1} of {n}: {elapsed / 1e6:f} ms")
     log(f"Model executed successfully {n} time(s) in {spent / 1e6:f} ms.")
     log(f"{len(outputs)} outputs: ")
-    if flags["print_output"] != "none":
-        for i, value in enumerate(outputs):
-            flat = value.flatten().tolist() if hasattr(value, "flatten") else [value]
-            if flags["print_output"] == "summary" and len(flat) > 200:
-                flat = flat[:100] + ["..."] + flat[-100:]
-            shape = list(value.shape) if hasattr(value, "shape") else []
-            sys.stdout.write(f"Output {i}: tensor(sizes={shape}, {flat})\n")
-    if "etdump_path" in flags["__given__"].split(","):
-        try:
-            program.write_etdump_result_to_file(flags["etdump_path"], "")
-            log(f"ETDump written to file '{flags['etdump_path']}'.")
-        except Exception as exc:
-            log(f"Failed to save ETDump file ({exc}).", "E")
-    return 0
+    return outputs
+
+
+def _et_print_outputs(outputs: list[Any], mode: str) -> None:
+    """--print_output summary (first and last 100 values) or all; none prints nothing."""
+    if mode == "none":
+        return
+    for i, value in enumerate(outputs):
+        flat = value.flatten().tolist() if hasattr(value, "flatten") else [value]
+        if mode == "summary" and len(flat) > 200:
+            flat = flat[:100] + ["..."] + flat[-100:]
+        shape = list(value.shape) if hasattr(value, "shape") else []
+        sys.stdout.write(f"Output {i}: tensor(sizes={shape}, {flat})\n")
 
 
 _ORT_EPS = {
@@ -276,42 +297,60 @@ def _nearest_index(n: int, q: float) -> int:
     return min(n - 1, max(0, int(math.floor(n * q))))
 
 
+_ORT_USAGE = ("usage: onnxruntime_perf_test [options...] model_path [result_file]\n"
+              "  -e [cpu|xnnpack|nnapi|qnn]: execution provider. -m [times|duration]. -r repeated times. "
+              "-t seconds. -I: generate inputs. -x/-y threads. -s: statistics. -Z: no spinning. -p profile file.\n")
+
+
 def _ort_perf_test(argv: list[str]) -> int:
+    """onnxruntime_perf_test's options, summary lines, percentiles and result CSV, with the model run here."""
     import getopt
 
-    usage = ("usage: onnxruntime_perf_test [options...] model_path [result_file]\n"
-             "  -e [cpu|xnnpack|nnapi|qnn]: execution provider. -m [times|duration]. -r repeated times. "
-             "-t seconds. -I: generate inputs. -x/-y threads. -s: statistics. -Z: no spinning. -p profile file.\n")
+    import onnxruntime as ort
+
     try:
         opts, args = getopt.getopt(argv, "e:m:r:t:Ix:y:sZp:o:vi:P", [])
     except getopt.GetoptError as exc:
-        sys.stderr.write(f"{exc}\n{usage}")
+        sys.stderr.write(f"{exc}\n{_ORT_USAGE}")
         return 1
     o = dict(opts)
-    if len(args) not in (1, 2):
-        sys.stderr.write(usage)
+    if len(args) not in (1, 2) or o.get("-e", "cpu") not in _ORT_EPS:
+        sys.stderr.write(_ORT_USAGE)
         return 1
     ep = o.get("-e", "cpu")
-    if ep not in _ORT_EPS:
-        sys.stderr.write(f"{usage}")
-        return 1
-    import numpy as np
-    import onnxruntime as ort
-
-    provider = _ORT_EPS[ep]
-    if provider not in ort.get_available_providers():
+    if _ORT_EPS[ep] not in ort.get_available_providers():
         sys.stderr.write(f"{ep.upper() if ep != 'xnnpack' else 'XNNPACK'} is not supported in this build.\n")
         return 1
-    model_path = args[0]
-    result_file = args[1] if len(args) == 2 else None
-    mode = o.get("-m", "duration")
-    repeats = int(o.get("-r", "1000"))
-    duration = float(o.get("-t", "10"))
-    model_dir = Path(model_path).resolve().parent
+    model_dir = Path(args[0]).resolve().parent
     model_name = model_dir.name[5:] if model_dir.name.startswith("test_") else model_dir.name
     if "-I" not in o and not any(model_dir.glob("test_data_set_*")):
         sys.stdout.write(f"there is no test data for model {model_name}\n")
         return 1
+    t0 = time.perf_counter()
+    try:
+        sess = ort.InferenceSession(args[0], _ort_session_options(o), providers=[_ORT_EPS[ep]])
+    except Exception as exc:
+        sys.stdout.write(f"Load model from {args[0]} failed:{exc}\n")
+        return 1
+    session_s = time.perf_counter() - t0
+    costs, first_ms, wall, cpu_pct = _ort_timed_runs(sess, o)
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    _ort_print_summary(costs, session_s, first_ms, wall, cpu_pct, peak, "-s" in o)
+    if len(args) == 2:
+        with open(args[1], "a") as fh:
+            for idx, c in enumerate(costs):
+                fh.write(f"{model_name},{c:.9f},{peak},{cpu_pct},{idx}\n")
+    if "-p" in o:
+        sess.end_profiling()
+    sys.stdout.flush()
+    return 0
+
+
+def _ort_session_options(o: dict[str, str]) -> Any:
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     if "-x" in o:
         so.intra_op_num_threads = int(o["-x"])
@@ -322,29 +361,26 @@ def _ort_perf_test(argv: list[str]) -> int:
     if "-p" in o:
         so.enable_profiling = True
         so.profile_file_prefix = o["-p"]
-    t0 = time.perf_counter()
-    try:
-        sess = ort.InferenceSession(model_path, so, providers=[provider])
-    except Exception as exc:
-        sys.stdout.write(f"Load model from {model_path} failed:{exc}\n")
-        return 1
-    session_s = time.perf_counter() - t0
+    return so
+
+
+def _ort_timed_runs(sess: Any, o: dict[str, str]) -> tuple[list[float], int, float, int]:
+    """ORT's one built-in warm-up, then `-m times -r N` runs or `-m duration -t S` seconds of runs, inputs of ones.
+    Returns (seconds per run, first run ms, wall s, CPU %)."""
+    import numpy as np
+
     types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
              "tensor(bool)": np.bool_}
     feeds = {i.name: np.ones([d if isinstance(d, int) else 1 for d in i.shape], dtype=types.get(i.type, np.float32))
              for i in sess.get_inputs()}
     t0 = time.perf_counter()
-    sess.run(None, feeds)  # ORT's single built-in warm-up
+    sess.run(None, feeds)
     first_ms = int((time.perf_counter() - t0) * 1000)
-    cpu0 = os.times()
-    wall0 = time.perf_counter()
+    times_mode, repeats, duration = o.get("-m", "duration") == "times", int(o.get("-r", "1000")), float(o.get("-t", "10"))
+    cpu0, wall0 = os.times(), time.perf_counter()
     costs: list[float] = []
-    while True:
-        if mode == "times" and len(costs) >= repeats:
-            break
-        if mode != "times" and time.perf_counter() - wall0 >= duration:
-            break
+    while (len(costs) < repeats) if times_mode else (time.perf_counter() - wall0 < duration):
         t0 = time.perf_counter()
         sess.run(None, feeds)
         costs.append(time.perf_counter() - t0)
@@ -352,11 +388,12 @@ def _ort_perf_test(argv: list[str]) -> int:
     cpu1 = os.times()
     cpu_pct = int(100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / max(wall, 1e-9)
                   / (os.cpu_count() or 1))
-    import resource
+    return costs, first_ms, wall, cpu_pct
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    total = sum(costs)
-    n = len(costs)
+
+def _ort_print_summary(costs: list[float], session_s: float, first_ms: int, wall: float, cpu_pct: int, peak: int,
+                       stats: bool) -> None:
+    total, n = sum(costs), len(costs)
     print(f"Session creation time cost: {session_s:g} s")
     print(f"First inference time cost: {first_ms} ms")
     print(f"Total inference time cost: {total:g} s")
@@ -366,20 +403,12 @@ def _ort_perf_test(argv: list[str]) -> int:
     print(f"Number of inferences per second: {n / max(wall, 1e-9):g}")
     print(f"Avg CPU usage: {cpu_pct} %")
     print(f"Peak working set size: {peak} bytes")
-    if "-s" in o and n:
+    if stats and n:
         ordered = sorted(costs)
         print(f"Min Latency: {ordered[0]:g} s")
         print(f"Max Latency: {ordered[-1]:g} s")
         for label, q in (("P50", 0.5), ("P90", 0.9), ("P95", 0.95), ("P99", 0.99), ("P999", 0.999)):
             print(f"{label} Latency: {ordered[_nearest_index(n, q)]:g} s")
-    if result_file:
-        with open(result_file, "a") as fh:
-            for idx, c in enumerate(costs):
-                fh.write(f"{model_name},{c:.9f},{peak},{cpu_pct},{idx}\n")
-    if "-p" in o:
-        sess.end_profiling()
-    sys.stdout.flush()
-    return 0
 
 
 _HOST_RUNNERS = {EXECUTOR_RUNNER: _executor_runner, ORT_PERF_TEST: _ort_perf_test}

@@ -28,7 +28,6 @@ stand-in, not a security boundary: it listens on 127.0.0.1 only and runs what a 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -53,6 +52,7 @@ from typing import Any
 from ..devices.android import SIMULATED_PROP
 from ..devices.runners import EXECUTOR_RUNNER, ORT_PERF_TEST
 from ..errors import BadInputError, DeviceError
+from ..files import read_json, write_json_atomic
 from .host_runners import write_host_runner
 
 log = logging.getLogger("mi2v.simulate")
@@ -215,16 +215,10 @@ class DeviceProfile:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DeviceProfile:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise BadInputError(f"cannot read device profile {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"device profile {path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "device profile"))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
 
     # ---- derived facts ---------------------------------------------------------------------------------------
     @property
@@ -764,8 +758,39 @@ class SimulatedPhone:
         (root / "proc").mkdir(exist_ok=True)
         meta = root / ".mi2v"
         meta.mkdir(exist_ok=True)
-        # cpufreq
-        cpu_root = root / "sys/devices/system/cpu"
+        self._write_cpufreq(root / "sys/devices/system/cpu")
+        # thermal zones
+        th_root = root / "sys/class/thermal"
+        for i, zone in enumerate(p.thermal):
+            d = th_root / f"thermal_zone{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "type").write_text(zone.name + "\n")
+            (d / "temp").write_text(f"{round(zone.temp_c * 1000)}\n")
+        # /proc
+        mem = p.mem_total_kb
+        (root / "proc/meminfo").write_text(
+            f"MemTotal:       {mem:>8} kB\nMemFree:        {mem // 4:>8} kB\nMemAvailable:   {mem // 2:>8} kB\n"
+            f"Buffers:        {0:>8} kB\nCached:         {mem // 8:>8} kB\n"
+        )
+        cpuinfo = "".join(f"processor\t: {i}\nBogoMIPS\t: 38.40\n\n" for i in range(len(p.cpus)))
+        (root / "proc/cpuinfo").write_text(cpuinfo + f"Hardware\t: {p.hardware}\n")
+        # properties
+        props = self.props()
+        pdir = meta / "props"
+        pdir.mkdir(exist_ok=True)
+        for k, v in props.items():
+            if "/" in k or k.startswith("."):
+                continue
+            (pdir / k).write_text(v + "\n")
+        (meta / "getprop.txt").write_text("".join(f"[{k}]: [{v}]\n" for k, v in props.items()))
+        (meta / "battery.txt").write_text(_dumpsys_battery(p.battery))
+        (meta / "thermalservice.txt").write_text(_dumpsys_thermal(p))
+        (meta / "logcat.txt").touch()
+        self._write_tools()
+
+    def _write_cpufreq(self, cpu_root: Path) -> None:
+        """/sys/devices/system/cpu: online/possible/present and each core's cpufreq files, from the profile."""
+        p = self.profile
         n = len(p.cpus)
         span = "0" if n == 1 else f"0-{n - 1}"
         for fname in ("online", "possible", "present"):
@@ -782,34 +807,6 @@ class SimulatedPhone:
             stats = d / "stats"
             stats.mkdir(exist_ok=True)
             (stats / "time_in_state").write_text(f"{core.min_khz} 0\n{core.max_khz} 0\n")
-        # thermal zones
-        th_root = root / "sys/class/thermal"
-        for i, zone in enumerate(p.thermal):
-            d = th_root / f"thermal_zone{i}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "type").write_text(zone.name + "\n")
-            (d / "temp").write_text(f"{round(zone.temp_c * 1000)}\n")
-        # /proc
-        mem = p.mem_total_kb
-        (root / "proc/meminfo").write_text(
-            f"MemTotal:       {mem:>8} kB\nMemFree:        {mem // 4:>8} kB\nMemAvailable:   {mem // 2:>8} kB\n"
-            f"Buffers:        {0:>8} kB\nCached:         {mem // 8:>8} kB\n"
-        )
-        cpuinfo = "".join(f"processor\t: {i}\nBogoMIPS\t: 38.40\n\n" for i in range(n))
-        (root / "proc/cpuinfo").write_text(cpuinfo + f"Hardware\t: {p.hardware}\n")
-        # properties
-        props = self.props()
-        pdir = meta / "props"
-        pdir.mkdir(exist_ok=True)
-        for k, v in props.items():
-            if "/" in k or k.startswith("."):
-                continue
-            (pdir / k).write_text(v + "\n")
-        (meta / "getprop.txt").write_text("".join(f"[{k}]: [{v}]\n" for k, v in props.items()))
-        (meta / "battery.txt").write_text(_dumpsys_battery(p.battery))
-        (meta / "thermalservice.txt").write_text(_dumpsys_thermal(p))
-        (meta / "logcat.txt").touch()
-        self._write_tools()
 
     def _write_tools(self) -> None:
         root = self.root
@@ -981,7 +978,8 @@ exec "$@"
         out += b"DONE" + struct.pack("<IIII", 0, 0, 0, 0)
         s.write(bytes(out))
 
-    def _sync_send(self, s: _Stream, spec: str) -> bool:
+    def _send_target(self, spec: str) -> tuple[Path | None, str, int]:
+        """SEND's "path,mode": (the file to write or None, why not, the permissions it gets)."""
         remote, _, mode_text = spec.rpartition(",")
         if not remote:
             remote, mode_text = spec, "33188"
@@ -998,10 +996,10 @@ exec "$@"
             posixpath.normpath("/" + remote.lstrip("/")).startswith(p) for p, _, _, ex in _MOUNTS if ex
         )
         perm = (mode & 0o777) or 0o644
-        if not allow_exec:
-            perm &= 0o666
-        free = self.free_bytes()
-        received = 0
+        return host, reason, perm if allow_exec else perm & 0o666
+
+    def _sync_send(self, s: _Stream, spec: str) -> bool:
+        host, reason, perm = self._send_target(spec)
         failure = "" if host is not None else f"couldn't create file: {reason}"
         fh = None
         if host is not None:
@@ -1010,36 +1008,13 @@ exec "$@"
                 fh = open(host, "wb")  # noqa: SIM115 - closed below on every path
             except OSError as exc:
                 failure = f"couldn't create file: {exc.strerror}"
-        # Consume DATA until DONE even after a failure so the client reads a clean FAIL.
         try:
-            while True:
-                header = s.read_exact(8)
-                ident, length = header[:4], struct.unpack("<I", header[4:])[0]
-                if ident == b"DATA":
-                    if length > SYNC_DATA_MAX:
-                        failure = failure or "data chunk too large"
-                        self._sync_fail(s, failure)
-                        return False
-                    chunk = s.read_exact(length)
-                    received += length
-                    if fh is not None and not failure:
-                        if free is not None and received > free:
-                            failure = "write failed: No space left on device"
-                            continue
-                        try:
-                            fh.write(chunk)
-                        except OSError as exc:
-                            failure = f"write failed: {exc.strerror}"
-                elif ident == b"DONE":
-                    mtime = length
-                    break
-                else:
-                    failure = failure or f"invalid data message {ident!r}"
-                    self._sync_fail(s, failure)
-                    return False
+            failure, mtime = self._receive_data(s, fh, failure)
         finally:
             if fh is not None:
                 fh.close()
+        if mtime is None:
+            return False
         if failure:
             if fh is not None and host is not None:
                 try:
@@ -1056,6 +1031,32 @@ exec "$@"
             pass
         s.write(b"OKAY" + struct.pack("<I", 0))
         return True
+
+    def _receive_data(self, s: _Stream, fh: Any, failure: str) -> tuple[str, int | None]:
+        """Consume DATA chunks until DONE (even after a failure, so the client reads a clean FAIL), writing them to
+        fh while nothing failed. Returns (failure, DONE's mtime); mtime None: a protocol error was already sent."""
+        free = self.free_bytes()
+        received = 0
+        while True:
+            header = s.read_exact(8)
+            ident, length = header[:4], struct.unpack("<I", header[4:])[0]
+            if ident == b"DONE":
+                return failure, length
+            if ident != b"DATA" or length > SYNC_DATA_MAX:
+                self._sync_fail(s, failure or ("data chunk too large" if ident == b"DATA"
+                                               else f"invalid data message {ident!r}"))
+                return failure, None
+            chunk = s.read_exact(length)
+            received += length
+            if fh is None or failure:
+                continue
+            if free is not None and received > free:
+                failure = "write failed: No space left on device"
+                continue
+            try:
+                fh.write(chunk)
+            except OSError as exc:
+                failure = f"write failed: {exc.strerror}"
 
     def _sync_recv(self, s: _Stream, remote: str) -> bool:
         host, reason = self.resolve(remote)

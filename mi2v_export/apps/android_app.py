@@ -1,13 +1,11 @@
-"""The Android benchmark app (`apps/android/`): prerequisite checks, build/install commands, and `--via app` runs.
+"""The Android benchmark app (`apps/android/`) on a phone: `--via app` runs and the reports the app writes.
 
 The app loads `.pte` artifacts through ExecuTorch's published Android library (`org.pytorch:executorch-android`,
 or `executorch-android-vulkan` with `-Pmi2v.executorchVariant=vulkan`), times each component inside the app process
 (warm-up discarded in the same process) and writes a `mi2v.bench/1` report with `simulated_device: false` and
 `runtime.runner: "android-app"`. This module drives it from the host:
 
-    make android                    → check_build_prereqs(), then `./gradlew assembleDebug assembleDebugAndroidTest`
-    make android-install SERIAL=S   → check_install_prereqs(), then `adb -s S install -r -t` of both APKs
-    mi2v bench --device adb:S --via app → run_via_app(dev, artifacts, iterations, warmup, dry_run)
+    mi2v bench --device adb:S --via app → AppDevice in the bench loop → run_via_app(dev, artifacts, iterations, …)
 
 `run_via_app` installs the APKs when the phone lacks them or has other builds (sha256 of the installed base.apk),
 pushes the artifacts (only those not already there with the same sha256) and a plan file (input shapes from the
@@ -21,23 +19,15 @@ reads the report the app wrote into its files folder (`run-as org.mi2v.bench cat
 debuggable; `adb pull` cannot read an app's private folder), checks it against the schema and merges it into the
 normal report (the host's device facts win; a simulated phone stays marked as simulated).
 
-Every prerequisite failure is one line naming what is missing and how to get it (MissingDependencyError). A dry run
-prints the exact commands without touching a device (`echo`), so it works on a machine with no SDK and no phone.
-
-CLI for the Makefile: `python -m mi2v_export.devices.android_app build|install|check|run …` (see `main`).
+A dry run prints the exact commands without touching a device (`echo`), so it works on a machine with no SDK and
+no phone. Building and installing the app (`mi2v app build|install`, `make android`) is `apps.build`.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
 import re
-import shlex
-import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,15 +35,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from .build import ANDROID_DIR, Command, apk_paths, check_apks, print_commands
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
-from .android import device_facts
-from .bench import BenchDevice, BenchOptions, DeviceFacts, Selection, select_artifacts, verify_files
-from .report import SCHEMA, BenchReport, ComponentResult
+from ..files import sha256_file
+from ..devices.android import AdbPhone, device_facts
+from ..devices.bench import BenchOptions, DeviceFacts, Selection, select_artifacts, verify_files
+from ..devices.report import SCHEMA, BenchReport, ComponentResult
 
 Say = Callable[[str], None]
 
-REPO = Path(__file__).resolve().parents[2]
-APP_DIR = REPO / "apps" / "android"
+APP_DIR = ANDROID_DIR
 
 PACKAGE = "org.mi2v.bench"
 TEST_PACKAGE = "org.mi2v.bench.test"
@@ -61,27 +52,11 @@ JUNIT_RUNNER = "androidx.test.runner.AndroidJUnitRunner"
 APP_RUNNER = "android-app"  # runtime.runner / protocol.runner in the reports the app writes
 TEST_CLASS = "org.mi2v.bench.Mi2vBenchmarkTest"
 INSTRUMENTATION = f"{TEST_PACKAGE}/{JUNIT_RUNNER}"
-APP_APK = Path("app/build/outputs/apk/debug/app-debug.apk")
-TEST_APK = Path("app/build/outputs/apk/androidTest/debug/app-debug-androidTest.apk")
 DEVICE_DIR = "/data/local/tmp/mi2v/app"
 REPORT_NAME = "mi2v-app-report.json"  # relative: inside the app's files folder
 PLAN_NAME = "plan.json"
 PLAN_SCHEMA = "mi2v.app-plan/1"
 REPORT_STATUS_KEY = "mi2v_report"  # the instrumentation status key the test sends with the report's path
-
-# Pins (apps/android/gradle/wrapper/gradle-wrapper.properties and app/build.gradle.kts say the same).
-GRADLE_VERSION = "8.11.1"
-MIN_JDK = 17
-COMPILE_SDK = 35
-MIN_BUILD_TOOLS = 34
-VARIANTS = {"xnnpack": "executorch-android", "vulkan": "executorch-android-vulkan"}
-GRADLE_TASKS = ("assembleDebug", "assembleDebugAndroidTest")
-
-JDK_HINT = ("install JDK 17 (e.g. `apt-get install openjdk-17-jdk-headless`, `brew install openjdk@17`, or Android "
-            "Studio's bundled JBR) and set JAVA_HOME to it")
-SDK_HINT = ("install the Android SDK (Android Studio, or the command-line tools) and set ANDROID_HOME to it, then "
-            f'`sdkmanager "platforms;android-{COMPILE_SDK}" "build-tools;{COMPILE_SDK}.0.0" "platform-tools"`')
-
 
 def _quiet(_: str) -> None:
     return None
@@ -92,198 +67,9 @@ def _quiet(_: str) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Command:
-    """One command line: argv, the folder it runs in, and (for a dry run) when it runs."""
-
-    argv: tuple[str, ...]
-    cwd: Path | None = None
-    note: str = ""
-    env: tuple[tuple[str, str], ...] = ()
-
-    def render(self) -> str:
-        text = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env)
-        text = (text + " " if text else "") + shlex.join(self.argv)
-        if self.cwd is not None:
-            text = f"cd {shlex.quote(_shown_path(self.cwd))} && {text}"
-        return text + (f"    # {self.note}" if self.note else "")
-
-
-def _shown_path(path: Path) -> str:
-    """A path relative to the repository when it is inside it (what a user types from the repo root)."""
-    try:
-        return str(path.resolve().relative_to(REPO)) or "."
-    except ValueError:
-        return str(path)
-
-
-def print_commands(commands: Sequence[Command], echo: Say = print) -> None:
-    for c in commands:
-        echo(c.render())
-
-
-def build_commands(app_dir: Path = APP_DIR, variant: str = "xnnpack",
-                   executorch_version: str | None = None) -> list[Command]:
-    """`make android`: the Gradle wrapper builds the app APK and the instrumentation-test APK."""
-    if variant not in VARIANTS:
-        raise BadInputError(f"unknown ExecuTorch variant {variant!r}: choose {' or '.join(VARIANTS)}")
-    argv = ["./gradlew", *GRADLE_TASKS]
-    if variant != "xnnpack":
-        argv.append(f"-Pmi2v.executorchVariant={variant}")
-    if executorch_version:
-        argv.append(f"-Pmi2v.executorchVersion={executorch_version}")
-    return [Command(tuple(argv), cwd=app_dir)]
-
-
-def apk_paths(app_dir: Path = APP_DIR) -> tuple[Path, Path]:
-    return app_dir / APP_APK, app_dir / TEST_APK
-
-
-def install_commands(serial: str, app_dir: Path = APP_DIR, adb: str = "adb") -> list[Command]:
-    """`make android-install SERIAL=…`: install (or replace) both APKs; -t allows test-only builds."""
-    return [Command((adb, "-s", serial, "install", "-r", "-t", str(apk))) for apk in apk_paths(app_dir)]
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # prerequisites (each failure is one line: what is missing and how to get it)
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _java_version(text: str) -> tuple[int, str] | None:
-    """`java -version` output → (major, full): `openjdk version "17.0.15"` → 17; `"1.8.0_392"` → 8."""
-    m = re.search(r'version "([^"]+)"', text) or re.search(r"^\S+ (\d[\w.+-]*)", text, re.M)
-    if not m:
-        return None
-    full = m.group(1)
-    parts = re.findall(r"\d+", full)
-    if not parts:
-        return None
-    major = int(parts[1]) if parts[0] == "1" and len(parts) > 1 else int(parts[0])
-    return major, full
-
-
-def check_jdk(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A JDK ≥ 17 (the Android Gradle plugin's floor): JAVA_HOME/bin/java, else java on PATH, plus javac."""
-    env = dict(os.environ if env is None else env)
-    java_home = env.get("JAVA_HOME")
-    if java_home:
-        java = Path(java_home) / "bin" / "java"
-        if not (java.is_file() and os.access(java, os.X_OK)):
-            raise MissingDependencyError(f"JAVA_HOME={java_home} has no bin/java: point JAVA_HOME at a JDK 17 "
-                                         f"folder, or unset it and {JDK_HINT}")
-        javac = Path(java_home) / "bin" / "javac"
-        javac_path = str(javac) if javac.is_file() else None
-        java_path = str(java)
-    else:
-        found = shutil.which("java", path=env.get("PATH"))
-        if not found:
-            raise MissingDependencyError(f"no JDK: `java` is not on PATH and JAVA_HOME is unset; {JDK_HINT}")
-        java_path = found
-        javac_path = shutil.which("javac", path=env.get("PATH"))
-    try:
-        proc = subprocess.run([java_path, "-version"], capture_output=True, text=True, timeout=30, env=env)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise MissingDependencyError(f"`{java_path} -version` failed ({exc}); {JDK_HINT}") from None
-    parsed = _java_version(proc.stderr + proc.stdout)
-    if proc.returncode != 0 or parsed is None:
-        raise MissingDependencyError(f"`{java_path} -version` did not report a version; {JDK_HINT}")
-    major, full = parsed
-    if major < MIN_JDK:
-        raise MissingDependencyError(f"JDK {MIN_JDK}+ is needed by the Android Gradle plugin, but `java -version` "
-                                     f"says {full} ({java_path}); {JDK_HINT}")
-    if not javac_path:
-        raise MissingDependencyError(f"found a Java {full} runtime ({java_path}) but no JDK (`javac` is missing); "
-                                     f"{JDK_HINT}")
-    return {"java": java_path, "javac": javac_path, "version": full}
-
-
-def _local_properties_sdk(app_dir: Path) -> str | None:
-    props = app_dir / "local.properties"
-    if not props.is_file():
-        return None
-    for line in props.read_text(errors="replace").splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip() == "sdk.dir":
-            return value.strip().replace("\\:", ":").replace("\\\\", "\\")
-    return None
-
-
-def check_android_sdk(env: Mapping[str, str] | None = None, app_dir: Path = APP_DIR) -> dict[str, str]:
-    """The SDK from ANDROID_HOME (else ANDROID_SDK_ROOT, else local.properties sdk.dir) with the platform and
-    build-tools the app compiles against."""
-    env = os.environ if env is None else env
-    source, sdk = None, None
-    for var in ("ANDROID_HOME", "ANDROID_SDK_ROOT"):
-        if env.get(var):
-            source, sdk = var, env[var]
-            break
-    if sdk is None and (local := _local_properties_sdk(app_dir)):
-        source, sdk = "sdk.dir in apps/android/local.properties", local
-    if sdk is None:
-        raise MissingDependencyError(f"no Android SDK: ANDROID_HOME (or ANDROID_SDK_ROOT) is not set; {SDK_HINT}")
-    root = Path(sdk).expanduser()
-    if not root.is_dir():
-        raise MissingDependencyError(f"{source}={sdk} is not a folder: point it at the Android SDK "
-                                     "(Android Studio → Settings → Android SDK shows the path)")
-    platform_dir = root / "platforms" / f"android-{COMPILE_SDK}"
-    if not (platform_dir / "android.jar").is_file():
-        raise MissingDependencyError(f"the Android SDK at {root} lacks platform android-{COMPILE_SDK}: run "
-                                     f'`sdkmanager "platforms;android-{COMPILE_SDK}"`')
-    tools = []
-    for d in (root / "build-tools").glob("*") if (root / "build-tools").is_dir() else ():
-        m = re.match(r"(\d+)\.", d.name)
-        if m and d.is_dir():
-            tools.append((int(m.group(1)), d.name))
-    usable = sorted(t for t in tools if t[0] >= MIN_BUILD_TOOLS)
-    if not usable:
-        have = ", ".join(name for _, name in sorted(tools)) or "none"
-        raise MissingDependencyError(f"the Android SDK at {root} has no build-tools {MIN_BUILD_TOOLS}+ (has: {have}): "
-                                     f'run `sdkmanager "build-tools;{COMPILE_SDK}.0.0"`')
-    return {"sdk": str(root), "source": source or "", "platform": f"android-{COMPILE_SDK}",
-            "build_tools": usable[-1][1]}
-
-
-def check_gradlew(app_dir: Path = APP_DIR) -> dict[str, str]:
-    """The wrapper script and its jar (the jar is a binary the repository does not carry)."""
-    gradlew = app_dir / "gradlew"
-    if not gradlew.is_file():
-        raise MissingDependencyError(f"{_shown_path(gradlew)} is missing: restore it from git "
-                                     f"(`git checkout -- {_shown_path(gradlew)}`)")
-    if not os.access(gradlew, os.X_OK):
-        raise MissingDependencyError(f"{_shown_path(gradlew)} is not executable: run `chmod +x "
-                                     f"{_shown_path(gradlew)}`")
-    jar = app_dir / "gradle" / "wrapper" / "gradle-wrapper.jar"
-    if not jar.is_file():
-        raise MissingDependencyError(
-            f"{_shown_path(jar)} is missing (the repository does not carry it): run `gradle wrapper --gradle-version "
-            f"{GRADLE_VERSION}` in {_shown_path(app_dir)} with any installed Gradle 8, or copy the jar from another "
-            f"project's Gradle {GRADLE_VERSION} wrapper")
-    return {"gradlew": str(gradlew), "wrapper_jar": str(jar), "gradle": GRADLE_VERSION}
-
-
-def check_build_prereqs(env: Mapping[str, str] | None = None, app_dir: Path = APP_DIR) -> dict[str, Any]:
-    """Everything `make android` needs, checked in order; raises on the first thing missing."""
-    return {"jdk": check_jdk(env), "android_sdk": check_android_sdk(env, app_dir), "gradlew": check_gradlew(app_dir)}
-
-
-def check_apks(app_dir: Path = APP_DIR) -> tuple[Path, Path]:
-    app, test = apk_paths(app_dir)
-    for apk, what in ((app, "app"), (test, "instrumentation-test")):
-        if not apk.is_file():
-            raise MissingDependencyError(f"the {what} APK {_shown_path(apk)} is not built: run `make android` first")
-    return app, test
-
-
-def check_install_prereqs(env: Mapping[str, str] | None = None, app_dir: Path = APP_DIR) -> dict[str, Any]:
-    """`make android-install`: an adb binary and both APKs."""
-    from .adb import find_adb
-
-    try:
-        adb = find_adb(env=env)
-    except DeviceError as exc:
-        raise MissingDependencyError(str(exc)) from None
-    app, test = check_apks(app_dir)
-    return {"adb": adb, "app_apk": str(app), "test_apk": str(test)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -307,11 +93,7 @@ class AppArtifact:
 
     def digest(self) -> str:
         if self.sha256 is None:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            self.sha256 = h.hexdigest()
+            self.sha256 = sha256_file(self.path)
         return self.sha256
 
 
@@ -320,7 +102,7 @@ def artifacts_from_manifest(folder: str | os.PathLike[str], components: Sequence
     """The ExecuTorch artifacts of a manifest folder (one per component; `delegate` picks among several).
     Returns (artifacts, frames)."""
     from ..manifest import read_manifest
-    from .report import COMPONENTS
+    from ..contract import COMPONENTS
 
     manifest = read_manifest(folder)
     out = []
@@ -344,7 +126,7 @@ def artifacts_from_manifest(folder: str | os.PathLike[str], components: Sequence
 
 def coerce_artifacts(artifacts: Any) -> tuple[list[AppArtifact], int | None]:
     """A manifest folder, {component: path}, or a list of AppArtifact → (artifacts, frames or None)."""
-    from .report import COMPONENTS
+    from ..contract import COMPONENTS
 
     if isinstance(artifacts, (str, os.PathLike)) and Path(artifacts).is_dir():
         return artifacts_from_manifest(artifacts)
@@ -395,7 +177,7 @@ def via_app_commands(serial: str, artifacts: Sequence[AppArtifact], iterations: 
                      app_dir: Path = APP_DIR, adb: str = "adb", device_dir: str = DEVICE_DIR,
                      keep: bool = False) -> list[Command]:
     """What `--via app` runs, in order (notes say which steps are conditional)."""
-    from .adb import quote
+    from ..devices.adb import quote
 
     def sh(remote: Sequence[str], note: str = "") -> Command:
         return Command((adb, "-s", serial, "shell", quote(list(remote))), note=note)
@@ -472,24 +254,27 @@ def parse_instrument_output(text: str) -> InstrumentResult:
     failed = [s for s in statuses if s.get("__code__") in ("-1", "-2")]
     errors = [s for s in statuses if "Error" in s]
     ok = code == -1 and m is not None and not failed and not errors
-    message = None
-    if not ok:
-        if errors:
-            message = errors[0]["Error"].strip().splitlines()[0]
-        elif failed:
-            stack = failed[0].get("stack", "").strip().splitlines()
-            message = stack[0] if stack else f"test {failed[0].get('test', '?')} failed"
-        elif "shortMsg" in result:
-            message = result["shortMsg"].strip().splitlines()[0]
-            if "longMsg" in result:
-                message += ": " + result["longMsg"].strip().splitlines()[0]
-        elif code is None:
-            message = "the instrumentation ended without a result (the test process died or was killed)"
-        elif tests_run == 0 or "OK (0 tests)" in stream:
-            message = f"no test ran: is {TEST_CLASS} in the installed test APK?"
-        else:
-            message = (stream.strip().splitlines() or [f"instrumentation code {code}"])[-1]
+    message = None if ok else _instrument_message(errors, failed, result, code, tests_run)
     return InstrumentResult(ok=ok, report_path=report, tests_run=tests_run, message=message, statuses=statuses)
+
+
+def _instrument_message(errors: list[dict[str, str]], failed: list[dict[str, str]], result: dict[str, str],
+                        code: int | None, tests_run: int | None) -> str:
+    """Why an instrumentation run did not pass, in one line."""
+    stream = result.get("stream", "")
+    if errors:
+        return errors[0]["Error"].strip().splitlines()[0]
+    if failed:
+        stack = failed[0].get("stack", "").strip().splitlines()
+        return stack[0] if stack else f"test {failed[0].get('test', '?')} failed"
+    if "shortMsg" in result:
+        message = result["shortMsg"].strip().splitlines()[0]
+        return message + (": " + result["longMsg"].strip().splitlines()[0] if "longMsg" in result else "")
+    if code is None:
+        return "the instrumentation ended without a result (the test process died or was killed)"
+    if tests_run == 0 or "OK (0 tests)" in stream:
+        return f"no test ran: is {TEST_CLASS} in the installed test APK?"
+    return (stream.strip().splitlines() or [f"instrumentation code {code}"])[-1]
 
 
 def instrument_failure(result: InstrumentResult, serial: str) -> DeviceError | MissingDependencyError:
@@ -503,7 +288,7 @@ def instrument_failure(result: InstrumentResult, serial: str) -> DeviceError | M
 
 def load_app_report(text: str | bytes, where: str = "the app's report") -> dict[str, Any]:
     """Parse and check an app-written report (schema `mi2v.bench/1`); BadInputError with one line otherwise."""
-    from .report import validate
+    from ..devices.report import validate
 
     try:
         data = json.loads(text)
@@ -512,12 +297,7 @@ def load_app_report(text: str | bytes, where: str = "the app's report") -> dict[
     try:
         validate(data)
     except BadInputError as exc:
-        raise BadInputError(f"{where}: {exc}") from None
-    for c in data["components"]:
-        for r in c.get("runs") or []:
-            bad = [s for s in r.get("samples_ms") or [] if not isinstance(s, (int, float)) or s < 0]
-            if bad:
-                raise BadInputError(f"{where}: the {c['component']} has invalid samples ({bad[:3]})")
+        raise BadInputError(f"{where}: {exc}") from None  # the schema also refuses negative or non-number samples
     return data
 
 
@@ -527,7 +307,7 @@ def merge_app_report(app: Mapping[str, Any], base: Mapping[str, Any] | None = No
     conditions, protocol; may be None) plus the app's components. Components the app measured replace same-named
     ones in base; the others stay. The host's device facts win over the app's; if either says the device is
     simulated, the merged report says so. Returns a dict in the current report schema (BenchReport round trip)."""
-    from .report import SCHEMA, BenchReport
+    from ..devices.report import SCHEMA, BenchReport
 
     app_report = BenchReport.from_dict(dict(app))
     merged = BenchReport.from_dict({"schema": SCHEMA, "components": [], **base}) if base else BenchReport(device={})
@@ -586,17 +366,13 @@ def _installed_apk_sha(dev: Any, package: str) -> str | None:
     return dev.sha256(base) or "unknown"
 
 
-def _file_sha(path: Path) -> str:
-    return AppArtifact("encoder", path).digest()
-
-
 def ensure_installed(dev: Any, app_dir: Path = APP_DIR, say: Say = _quiet, reinstall: bool = False) -> list[str]:
     """Install each APK the phone lacks or has in another build; returns the packages (re)installed."""
     app, test = check_apks(app_dir)
     done = []
     for package, apk in ((PACKAGE, app), (TEST_PACKAGE, test)):
         have = None if reinstall else _installed_apk_sha(dev, package)
-        if have is not None and have == _file_sha(apk):
+        if have is not None and have == sha256_file(apk):
             continue
         say(f"installing {apk.name} ({'not installed' if have is None else 'another build is installed'})")
         proc = dev.run(["install", "-r", "-t", str(apk)], timeout=300, check=False)
@@ -633,7 +409,7 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
         print_commands(via_app_commands(str(serial), items, iterations, warmup, runs, app_dir, adb_name,
                                         keep=keep), echo)
         return None
-    from .adb import Adb, parse_getprop
+    from ..devices.adb import Adb, parse_getprop
 
     if isinstance(device, str) or device is None:
         client = adb if adb is not None else Adb()
@@ -644,34 +420,11 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
         if not a.path.is_file():
             raise BadInputError(f"artifact {a.path} does not exist")
     installed = ensure_installed(dev, app_dir, say, reinstall)
-    dev.mkdirs(DEVICE_DIR)
-    remote = {f"{DEVICE_DIR}/{a.remote_name}": a for a in items}
-    present = dev.sha256_many(list(remote))
-    pushed = []
-    for rpath, a in remote.items():
-        if present.get(rpath) == a.digest():
-            continue
-        say(f"pushing {a.path.name} ({a.path.stat().st_size / 1e6:.1f} MB) to {rpath}")
-        dev.push(a.path, rpath)
-        pushed.append(a.remote_name)
-    with tempfile.TemporaryDirectory(prefix="mi2v-app-") as tmp:
-        plan_path = Path(tmp) / PLAN_NAME
-        plan_path.write_text(json.dumps(build_plan(items, frames), indent=2) + "\n")
-        dev.push(plan_path, f"{DEVICE_DIR}/{PLAN_NAME}")
+    pushed = _push_artifacts(dev, items, frames, say)
     try:
-        dev.shell(["run-as", PACKAGE, "rm", "-f", f"files/{REPORT_NAME}"])
         say(f"running the benchmark app on {dev.serial}: {warmup} warm-up + {iterations} timed iterations × "
             f"{runs} run(s) for {', '.join(a.component for a in items)}")
-        rc, out, err = dev.shell(instrument_args(items, iterations, warmup, runs), timeout=timeout)
-        result = parse_instrument_output(out + "\n" + err)
-        if not result.ok:
-            raise instrument_failure(result, dev.serial)
-        rc, text, err = dev.shell(["run-as", PACKAGE, "cat", f"files/{REPORT_NAME}"])
-        if rc != 0:
-            detail = (err.strip() or text.strip() or "no output").splitlines()[-1]
-            raise DeviceError(f"cannot read the app's report on {dev.serial} with run-as ({detail}): the debug APK "
-                              "must be installed (release builds are not debuggable)")
-        app = load_app_report(text, f"the report from {dev.serial}")
+        app = _instrument(dev, items, iterations, warmup, runs, timeout)
         if base_report is None:
             props = parse_getprop(dev.check_output(["getprop"]))
             base = {"schema": app["schema"], "device": device_facts(props, dev.serial), "components": []}
@@ -695,79 +448,40 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _run_commands(commands: Sequence[Command], echo: Say = print) -> int:
-    for c in commands:
-        echo(c.render())
-        rc = subprocess.run(list(c.argv), cwd=c.cwd, env={**os.environ, **dict(c.env)}).returncode
-        if rc != 0:
-            raise Mi2vError(f"`{shlex.join(c.argv)}` failed with exit code {rc}")
-    return 0
+
+def _push_artifacts(dev: Any, items: Sequence[AppArtifact], frames: int | None, say: Say) -> list[str]:
+    """Push the .pte files the phone does not have with the same sha256, and the plan; returns those pushed."""
+    dev.mkdirs(DEVICE_DIR)
+    remote = {f"{DEVICE_DIR}/{a.remote_name}": a for a in items}
+    present = dev.sha256_many(list(remote))
+    pushed = []
+    for rpath, a in remote.items():
+        if present.get(rpath) == a.digest():
+            continue
+        say(f"pushing {a.path.name} ({a.path.stat().st_size / 1e6:.1f} MB) to {rpath}")
+        dev.push(a.path, rpath)
+        pushed.append(a.remote_name)
+    with tempfile.TemporaryDirectory(prefix="mi2v-app-") as tmp:
+        plan_path = Path(tmp) / PLAN_NAME
+        plan_path.write_text(json.dumps(build_plan(items, frames), indent=2) + "\n")
+        dev.push(plan_path, f"{DEVICE_DIR}/{PLAN_NAME}")
+    return pushed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mi2v_export.devices.android_app",
-                                description="Build, install and run the mi2v Android benchmark app (apps/android).")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="check the JDK/SDK/wrapper, then ./gradlew assembleDebug assembleDebugAndroidTest")
-    b.add_argument("--variant", choices=sorted(VARIANTS), default="xnnpack",
-                   help="ExecuTorch AAR: executorch-android (xnnpack) or executorch-android-vulkan")
-    b.add_argument("--executorch-version", default=None, help="override the pinned AAR version")
-    b.add_argument("--dry-run", action="store_true", help="print the command only")
-    i = sub.add_parser("install", help="adb install -r both APKs on SERIAL")
-    i.add_argument("--serial", required=True)
-    i.add_argument("--dry-run", action="store_true")
-    c = sub.add_parser("check", help="check the prerequisites only")
-    c.add_argument("what", nargs="?", choices=("build", "install"), default="build")
-    r = sub.add_parser("run", help="--via app: install if needed, push, am instrument, pull, merge")
-    r.add_argument("--serial", default=None)
-    r.add_argument("--artifacts", required=True, type=Path, help="a folder written by `mi2v export`")
-    r.add_argument("--iterations", type=int, default=20)
-    r.add_argument("--warmup", type=int, default=3)
-    r.add_argument("--runs", type=int, default=1)
-    r.add_argument("--out", type=Path, default=None, help="report JSON (default: print it)")
-    r.add_argument("--keep", action="store_true", help="leave the artifacts on the phone")
-    r.add_argument("--dry-run", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        if a.cmd == "build":
-            cmds = build_commands(variant=a.variant, executorch_version=a.executorch_version)
-            if a.dry_run:
-                print_commands(cmds)
-                return 0
-            check_build_prereqs()
-            return _run_commands(cmds)
-        if a.cmd == "install":
-            if a.dry_run:
-                print_commands(install_commands(a.serial))
-                return 0
-            facts = check_install_prereqs()
-            return _run_commands(install_commands(a.serial, adb=facts["adb"]))
-        if a.cmd == "check":
-            facts = check_build_prereqs() if a.what == "build" else check_install_prereqs()
-            for k, v in facts.items():
-                print(f"{k}: {v}")
-            return 0
-        if a.cmd == "run":
-            report = run_via_app(a.serial, a.artifacts, a.iterations, a.warmup, a.dry_run, runs=a.runs, keep=a.keep,
-                                 say=lambda s: print(s, file=sys.stderr))
-            if report is None:
-                return 0
-            from .report import BenchReport
-
-            if a.out:
-                BenchReport.from_dict(report).save(a.out)
-                print(f"wrote {a.out}")
-            else:
-                print(json.dumps(report, indent=2))
-            return 0 if report.get("status") == "ok" else 1
-    except Mi2vError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _instrument(dev: Any, items: Sequence[AppArtifact], iterations: int, warmup: int, runs: int,
+                timeout: float) -> dict[str, Any]:
+    """`am instrument` the benchmark test, then read and check the report the app wrote (run-as)."""
+    dev.shell(["run-as", PACKAGE, "rm", "-f", f"files/{REPORT_NAME}"])
+    _, out, err = dev.shell(instrument_args(items, iterations, warmup, runs), timeout=timeout)
+    result = parse_instrument_output(out + "\n" + err)
+    if not result.ok:
+        raise instrument_failure(result, dev.serial)
+    rc, text, err = dev.shell(["run-as", PACKAGE, "cat", f"files/{REPORT_NAME}"])
+    if rc != 0:
+        detail = (err.strip() or text.strip() or "no output").splitlines()[-1]
+        raise DeviceError(f"cannot read the app's report on {dev.serial} with run-as ({detail}): the debug APK "
+                          "must be installed (release builds are not debuggable)")
+    return load_app_report(text, f"the report from {dev.serial}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -775,17 +489,15 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class AppDevice(BenchDevice):
+class AppDevice(AdbPhone):
     """A phone over adb timed inside the Android benchmark app: the host reads the phone's facts and thermals over
     adb; one instrumentation run (at the first run()) times every prepared component in the app's process."""
 
-    transport = "adb"
     together = True
 
     def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, say: Say):
-        self.opts, self.manifest, self.serial, self.say = opts, manifest, serial, say
+        super().__init__(opts, manifest, serial, say)
         self.items: list[AppArtifact] = []
-        self.session: Any = None
         self.batch: BenchReport | Mi2vError | None = None
         self.device: dict[str, Any] = {}
         self.app_dir = Path(opts.app_dir) if opts.app_dir else APP_DIR
@@ -816,26 +528,11 @@ class AppDevice(BenchDevice):
                     runs=self.opts.runs, frames=self.manifest.frames, adb=adb, app_dir=self.app_dir, echo=echo)
 
     def facts(self) -> DeviceFacts:
-        from .adb import Adb
-        from .android import AndroidSession, adb_host_facts, pick_device
-
-        adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
-        host = adb_host_facts(adb, self.opts.adb_port)
-        self.session = AndroidSession(adb, pick_device(adb, self.serial), self.say)
-        self.say(f"reading device facts of {self.session.dev.serial}")
-        self.device = device = self.session.fingerprint()
+        self.device, host = self.connect()
+        assert self.session is not None
         uncontrolled = [*self.session.uncontrolled, "the app process is not pinned to cores and CPU clocks are not "
                         "locked", "screen state, charging and background apps are not controlled"]
-        return DeviceFacts(device, host, {"mode": "app", "runner": APP_RUNNER}, uncontrolled)
-
-    def snapshot(self) -> dict[str, Any]:
-        return self.session.snapshot() if self.session else {}
-
-    def alive(self) -> bool:
-        try:
-            return self.session is not None and self.session.dev.get_state() == "device"
-        except DeviceError:
-            return False
+        return DeviceFacts(self.device, host, {"mode": "app", "runner": APP_RUNNER}, uncontrolled)
 
     def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
         if self.batch is None:

@@ -1,13 +1,11 @@
-"""The iOS benchmark (`apps/ios/`, a Swift package with an XCTest target): checks, commands, and `--device ios:UDID`.
+"""The iOS benchmark (`apps/ios/`, a Swift package with an XCTest target) on an iPhone: `--device ios:UDID`.
 
 Only a Mac with Xcode can build for or talk to an iPhone. On any other system every entry point says so at once, in
 one line (MissingDependencyError), before reading artifacts or starting anything.
 
 On macOS:
 
-    make ios                        → check_prereqs(), then `xcodebuild build-for-testing -scheme Mi2vBench
-                                      -destination generic/platform=iOS …` in apps/ios
-    mi2v bench --device ios:UDID    → run_ios(udid, artifacts, iterations, warmup, dry_run): checks that Xcode
+    mi2v bench --device ios:UDID    → IOSDevice (one per compute unit) in the bench loop → run_ios(udid, artifacts, iterations, warmup, dry_run): checks that Xcode
                                       sees the phone (`xcrun devicectl list devices`), copies the `.mlpackage`
                                       artifacts and a plan.json into the test bundle's Payload folder, runs
                                       `xcodebuild test -destination platform=iOS,id=UDID -only-testing:…` (the test
@@ -22,96 +20,39 @@ turns it into one ordinary report per compute unit (each with its own per-frame 
 returns. Signing is the user's: pass the development team (`--team` / DEVELOPMENT_TEAM); nothing here manages
 provisioning beyond `-allowProvisioningUpdates`.
 
-CLI for the Makefile: `python -m mi2v_export.devices.ios build|check|stage|run …` (see `main`).
+Building the test bundle (`mi2v app build ios`, `make ios`) is `apps.build`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .build import DERIVED_DATA, IOS_DIR, SCHEME, Command, _run, _shown_path, _signing, check_xcode, print_commands, require_macos
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
-from .bench import BenchDevice, BenchOptions, DeviceFacts, Selection
-from .report import BenchReport, ComponentResult
-from .android_app import REPO, Command, _shown_path, print_commands
+from ..devices.bench import BenchDevice, BenchOptions, DeviceFacts, Selection
+from ..devices.report import BenchReport, ComponentResult
 
 Say = Callable[[str], None]
 
-APP_DIR = REPO / "apps" / "ios"
+APP_DIR = IOS_DIR
 PAYLOAD_DIR = APP_DIR / "Tests" / "Mi2vBenchTests" / "Payload"
-DERIVED_DATA = Path(".build") / "xcode"  # relative to apps/ios
-SCHEME = "Mi2vBench"
 TEST_ID = "Mi2vBenchTests/CoreMLBenchTests/testBenchmark"
 PLAN_NAME = "plan.json"
 PLAN_SCHEMA = "mi2v.ios-plan/1"
 REPORT_MARKER = "MI2V_REPORT_JSON:"
 ATTACHMENT_NAME = "mi2v-report"
 COMPUTE_UNITS = ("cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all")
-MIN_XCODE = 15  # devicectl and MLModel.compileModel(at:) async
-
-MACOS_ONLY = ("{what} needs macOS with Xcode {min}+ (this machine runs {system}): run the iOS benchmark on a Mac "
-              "with the iPhone attached")
-
-
 def _quiet(_: str) -> None:
     return None
-
-
-def _system(system: str | None) -> str:
-    return system or platform.system()
-
-
-def require_macos(system: str | None = None, what: str = "`--device ios:UDID`") -> None:
-    """Refuse at once, in one line, anywhere but macOS."""
-    name = _system(system)
-    if name != "Darwin":
-        raise MissingDependencyError(MACOS_ONLY.format(what=what, min=MIN_XCODE, system=name or "an unknown system"))
-
-
-def _run(argv: Sequence[str], timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          stdin=subprocess.DEVNULL, errors="replace")
-
-
-def check_xcode(system: str | None = None, what: str = "`--device ios:UDID`") -> dict[str, str]:
-    """macOS, a full Xcode (not only the Command Line Tools) selected, version ≥ 15, and devicectl."""
-    require_macos(system, what)
-    if not shutil.which("xcode-select") or not shutil.which("xcodebuild") or not shutil.which("xcrun"):
-        raise MissingDependencyError("Xcode is not installed (no xcodebuild/xcrun): install Xcode from the App Store, "
-                                     "then `sudo xcode-select -s /Applications/Xcode.app/Contents/Developer`")
-    developer = _run(["xcode-select", "-p"]).stdout.strip()
-    if not developer or "CommandLineTools" in developer:
-        raise MissingDependencyError(
-            f"only the Command Line Tools are selected ({developer or 'nothing'}): install Xcode and run "
-            "`sudo xcode-select -s /Applications/Xcode.app/Contents/Developer`")
-    proc = _run(["xcodebuild", "-version"])
-    m = re.search(r"Xcode (\d+)(?:\.(\d+))?(?:\.(\d+))?", proc.stdout)
-    if proc.returncode != 0 or not m:
-        detail = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        raise MissingDependencyError(f"`xcodebuild -version` failed ({detail}): open Xcode once to accept its license "
-                                     "(`sudo xcodebuild -license accept`) and install its components")
-    if int(m.group(1)) < MIN_XCODE:
-        raise MissingDependencyError(f"Xcode {m.group(0)[6:]} is too old: the iOS benchmark needs Xcode {MIN_XCODE}+ "
-                                     "(devicectl); update Xcode")
-    if _run(["xcrun", "--find", "devicectl"]).returncode != 0:
-        raise MissingDependencyError("`xcrun devicectl` is not available: install Xcode 15+ and select it with "
-                                     "`sudo xcode-select -s …`")
-    return {"developer_dir": developer, "xcode": m.group(0)}
-
-
-def check_prereqs(system: str | None = None, what: str = "`make ios`") -> dict[str, str]:
-    """Everything `make ios` needs (one line on the first thing missing)."""
-    return check_xcode(system, what)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -167,7 +108,7 @@ def coreml_artifacts(artifacts: Any, components: Sequence[str] | None = None
                      ) -> tuple[list[dict[str, Any]], int | None]:
     """A manifest folder or {component: .mlpackage path} → ([{component, path, artifact}], frames); `components`
     keeps only those (manifest folders)."""
-    from .report import COMPONENTS
+    from ..contract import COMPONENTS
 
     frames = None
     items: list[dict[str, Any]] = []
@@ -239,16 +180,6 @@ def stage_payload(items: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], p
     return plan_path
 
 
-def _signing(team: str | None) -> list[str]:
-    return ["-allowProvisioningUpdates"] + ([f"DEVELOPMENT_TEAM={team}"] if team else [])
-
-
-def build_commands(team: str | None = None, app_dir: Path = APP_DIR) -> list[Command]:
-    """`make ios`: build the package and its test bundle for iOS devices."""
-    return [Command(("xcodebuild", "build-for-testing", "-scheme", SCHEME, "-destination", "generic/platform=iOS",
-                     "-derivedDataPath", str(DERIVED_DATA), *_signing(team)), cwd=app_dir)]
-
-
 def test_command(udid: str, result_bundle: Path, team: str | None = None, app_dir: Path = APP_DIR) -> Command:
     return Command(("xcodebuild", "test", "-scheme", SCHEME, "-destination", f"platform=iOS,id={udid}",
                     "-derivedDataPath", str(DERIVED_DATA), "-resultBundlePath", str(result_bundle),
@@ -313,7 +244,7 @@ def report_from_attachments(folder: Path) -> dict[str, Any] | None:
 
 def split_by_compute_unit(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """One ordinary report per compute unit (runtime.backend), each with its own status and per-frame headline."""
-    from .report import BenchReport
+    from ..devices.report import BenchReport
 
     units: dict[str, list[dict[str, Any]]] = {}
     for c in report["components"]:
@@ -420,74 +351,6 @@ def run_ios(udid: str, artifacts: Any, iterations: int = 20, warmup: int = 3, dr
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mi2v_export.devices.ios",
-                                description="Build and run the mi2v iOS Core ML benchmark (apps/ios; macOS only).")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="check Xcode, then xcodebuild build-for-testing for iOS devices")
-    b.add_argument("--team", default=os.environ.get("DEVELOPMENT_TEAM"), help="Apple development team id")
-    b.add_argument("--dry-run", action="store_true", help="print the command only")
-    sub.add_parser("check", help="check macOS / Xcode only")
-    s = sub.add_parser("stage", help="copy the Core ML artifacts and a plan into the test bundle's Payload folder")
-    r = sub.add_parser("run", help="--device ios:UDID: stage, xcodebuild test on the phone, collect the report")
-    for q in (s, r):
-        q.add_argument("--artifacts", required=True, type=Path, help="a folder written by `mi2v export`")
-        q.add_argument("--iterations", type=int, default=20)
-        q.add_argument("--warmup", type=int, default=3)
-        q.add_argument("--compute-units", default=",".join(COMPUTE_UNITS))
-    r.add_argument("--udid", required=True)
-    r.add_argument("--team", default=os.environ.get("DEVELOPMENT_TEAM"))
-    r.add_argument("--out", type=Path, default=None, help="write REPORT-<unit>.json per compute unit")
-    r.add_argument("--dry-run", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        if a.cmd == "build":
-            require_macos(what="`make ios`")
-            cmds = build_commands(a.team)
-            if a.dry_run:
-                print_commands(cmds)
-                return 0
-            check_prereqs()
-            for c in cmds:
-                print(c.render())
-                rc = subprocess.run(list(c.argv), cwd=c.cwd).returncode
-                if rc != 0:
-                    raise Mi2vError(f"`{' '.join(c.argv)}` failed with exit code {rc}")
-            return 0
-        if a.cmd == "check":
-            for k, v in check_prereqs().items():
-                print(f"{k}: {v}")
-            return 0
-        units = [u.strip() for u in a.compute_units.split(",") if u.strip()]
-        if a.cmd == "stage":
-            items, frames = coreml_artifacts(a.artifacts)
-            path = stage_payload(items, build_plan(items, a.iterations, a.warmup, units, frames))
-            print(f"wrote {_shown_path(path)}")
-            return 0
-        if a.cmd == "run":
-            reports = run_ios(a.udid, a.artifacts, a.iterations, a.warmup, a.dry_run, compute_units=units,
-                              team=a.team, say=lambda m: print(m, file=sys.stderr))
-            if reports is None:
-                return 0
-            from .report import BenchReport
-
-            for unit, data in reports.items():
-                if a.out:
-                    path = a.out.with_name(f"{a.out.stem}-{unit}{a.out.suffix or '.json'}")
-                    BenchReport.from_dict(data).save(path)
-                    print(f"wrote {path}")
-                else:
-                    print(json.dumps(data, indent=2))
-            return 0 if all(d.get("status") == "ok" for d in reports.values()) else 1
-    except Mi2vError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # --device ios:UDID in the bench loop
@@ -511,7 +374,8 @@ class IOSBatch:
         try:
             reports = run_ios(self.udid, o.artifacts, o.iterations, o.warmup, dry_run, compute_units=self.units,
                               team=o.team, out_dir=self.out_dir, components=self.components or o.components,
-                              timeout=o.timeout, system=self.system, say=self.say, echo=echo)
+                              timeout=o.timeout, system=self.system, app_dir=Path(o.app_dir or APP_DIR),
+                              say=self.say, echo=echo)
             self.result = {unit: BenchReport.from_dict(data) for unit, data in (reports or {}).items()}
         except Mi2vError as exc:
             self.result = exc
