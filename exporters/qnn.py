@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from mi2v_export import parity, qnn
-from mi2v_export.errors import VerificationError
+from mi2v_export.errors import BadInputError, VerificationError
 
 from . import rewrites as rw
-from .base import Artifact, ComponentSpec, ExportOptions, ProgressCallback, ProgressEvent, RunResult, register
+from .base import Artifact, ComponentSpec, ExportOptions, ProgressCallback, ProgressEvent, ArtifactRun, register
 from .onnx import OnnxExporter, _onnx_tensor_infos
 
 # PSNR gates against PyTorch fp32 per precision (fp16: the project's fp16 gate; w8a16: set from measurement)
@@ -70,7 +70,7 @@ class QnnExporter(OnnxExporter):
             source = OnnxExporter().export(spec, out_dir, fp32, progress)  # <component>.onnx
         source_file = source.file
         if precision != "fp16":
-            source_file = self._quantize(spec, out_dir, source.file, precision, progress)
+            source_file = self._quantize(spec, out_dir, source, precision, options.calibration, progress)
         ctx_file = self.file_name(spec.name)
         progress(ProgressEvent(spec.name, "lower", "start", f"QNN EP → HTP context for {options.soc} ({precision})"))
         found, compile_s = qnn.compile_context(out_dir / source_file, out_dir / ctx_file, options.soc,
@@ -92,15 +92,21 @@ class QnnExporter(OnnxExporter):
             progress(ProgressEvent(spec.name, "rewrite", "info", "QNN: " + ", ".join(applied)))
         return applied + list(rw.TRACE_FOR_TARGET["qnn"])
 
-    def _quantize(self, spec: ComponentSpec, out_dir: Path, fp32_file: str, precision: str,
+    def _quantize(self, spec: ComponentSpec, out_dir: Path, source: Artifact, precision: str, records,
                   progress: ProgressCallback) -> str:
+        """The QDQ model `<component>.qdq.onnx` of the fp32 source, calibrated on `records` (the inputs the
+        component sees inside the real sampler, from the orchestrator's calibration step)."""
         from .qnn_quantize import quantize_qdq
 
+        if not records:
+            raise BadInputError(f"--precision {precision} on QNN needs calibration records for the {spec.name} "
+                                "(recorded from the real sampler by mi2v export)")
+        feeds = [{k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in r.items()} for r in records]
         progress(ProgressEvent(spec.name, "lower", "start", f"QDQ {precision} (onnxruntime.quantization, QNN config)"))
         t0 = time.perf_counter()
         qdq_file = f"{spec.name}.qdq.onnx"
-        quantize_qdq(spec, out_dir / fp32_file, out_dir / qdq_file, precision)
-        os.remove(out_dir / fp32_file)
+        source.target_info["quantization"] = quantize_qdq(out_dir / source.file, out_dir / qdq_file, precision, feeds)
+        os.remove(out_dir / source.file)
         progress(ProgressEvent(spec.name, "lower", "done", "QDQ model", seconds=time.perf_counter() - t0))
         return qdq_file
 
@@ -150,11 +156,11 @@ class QnnExporter(OnnxExporter):
             raise VerificationError(f"{artifact.file}: files it needs are missing: {', '.join(missing)}")
         return checks + ["I/O names match the contract", "static input shapes", "context binary beside it"]
 
-    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> RunResult:
+    def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         feeds = {name: x.float().numpy() for name, x in spec.inputs.items()}
         outs = qnn.run(out_dir / artifact.file, feeds, options.soc, fp16=precision_of(options) == "fp16",
                        allow_cpu_fallback=options.allow_cpu_fallback, output_names=list(spec.output_names))
-        return RunResult(outputs=outs, verified_on=qnn.RUNTIME)
+        return ArtifactRun(outputs=outs, verified_on=qnn.RUNTIME)
 
 
 def _is_reference_denoiser(model) -> bool:

@@ -106,7 +106,8 @@ def register() -> list:
 def provider_options(soc: str, fp16: bool) -> dict[str, str]:
     info = soc_info(soc)
     return {"backend_type": "htp", "soc_model": str(info.soc_model), "htp_arch": str(info.htp_arch),
-            "enable_htp_fp16_precision": "1" if fp16 else "0"}
+            "enable_htp_fp16_precision": "1" if fp16 else "0",
+            "offload_graph_io_quantization": "0"}  # a QDQ model's input Q / output DQ on the HTP too
 
 
 def session_options(soc: str, *, fp16: bool, allow_cpu_fallback: bool = False, context_file: Path | None = None):
