@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mi2v_export.manifest import file_digest, read_manifest, tree_digest
 
-RUNNABLE = {("onnx", None), ("executorch", "xnnpack")}
+RUNNABLE = {("onnx", None), ("onnx", "qnn"), ("executorch", "xnnpack")}  # qnn: on the HTP simulator
 
 
 def main(root: str) -> int:
