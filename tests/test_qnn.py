@@ -200,3 +200,18 @@ def test_executorch_qnn_guard_names_the_sdk_it_needs_and_the_onnx_path(monkeypat
     with pytest.raises(MissingDependencyError) as err:
         check_qnn_sdk()
     assert "SDK 2.37" in str(err.value) and "--target onnx --delegate qnn" in str(err.value)
+
+
+def test_host_bench_runs_qnn_artifacts_on_the_simulator_and_marks_them_simulated(fp16_export, tmp_path):
+    out, _ = fp16_export
+    report = tmp_path / "bench.json"
+    proc = run_cli("bench", "--artifacts", str(out), "--device", "host", "--component", "encoder",
+                   "--iterations", "1", "--warmup", "0", "--report", str(report))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    data = json.loads(report.read_text())
+    comp = data["components"][0]
+    assert comp["status"] == "ok" and comp["runtime"]["simulated"] is True and comp["runtime"]["soc"] == "SM8650"
+    assert comp["runs"][0]["backend"] == qnn.RUNTIME and len(comp["runs"][0]["samples_ms"]) == 1
+    assert any("simulated timings" in w for w in data["warnings"])
