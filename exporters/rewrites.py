@@ -14,6 +14,8 @@ managers (`rope_rank5`) that restore the original on exit.
 | rms_norm_view | RMSNorm's last-axis mean of a 5-D tensor stays portable → (N,1,C,1) mean | diffusers RMSNorm (no affine)     |
 | rms_norm_fp16 | RMSNorm on Core ML fp16 overflows for |x| > 256 → F.rms_norm             | diffusers RMSNorm (no affine)      |
 | layer_norm_view | native_layer_norm is never delegated to XNNPACK → mean/var over (N,1,C,1) | nn.LayerNorm over one axis        |
+| rms_norm_rank4 | QNN HTP refuses Sqrt on 5-D tensors → RMSNorm on a rank-4 view (leading axes merged) | diffusers RMSNorm (no affine) |
+| layer_norm_rank4 | QNN HTP refuses 5-D LayerNormalization → LayerNorm on a rank-4 view | nn.LayerNorm over one axis |
 
 Left alone on purpose: the denoiser's functional LayerNorm stays `native_layer_norm` (portable) on XNNPACK. Traced
 as delegable mean/variance reductions it cut the 720p graph from 132 to 100 delegate subgraphs but ran 8 % slower
@@ -23,6 +25,8 @@ Trace-time substitutions (context managers, active only while torch.export trace
 | channel_rms_view | Turbo-VAED's channel RMS (5-D mean over dim 1, portable) → (N,1,C,1) mean | models.turbo_vaed.channel_rms_norm |
 | rope_rank5 | the denoiser's rank-6 RoPE rotate-half → rank ≤ 5 (Core ML)              | models.rope.rotate_half_per_axis   |
 | conv2d_batch1 | Vulkan takes only batch-1 2-D convs; conv3d_as_conv2d and GLUMBConv put frames in the batch → one conv per frame | F.conv2d |
+| channel_rms_rank4 | QNN HTP: Turbo-VAED's channel RMS on the rank-4 view (B, C, T·H, W) | models.turbo_vaed.channel_rms_norm |
+| frame_conditioning_without_gather | QNN HTP's GatherND gives wrong values (denoiser at 19 dB) → slice+expand+cat | models.denoiser.spread_over_frames |
 """
 
 from __future__ import annotations
