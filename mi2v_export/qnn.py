@@ -197,19 +197,21 @@ def find_placement(model: Path, soc: str, *, fp16: bool) -> Placement:
 
 def compile_context(source: Path, context_file: Path, soc: str, *, fp16: bool,
                     allow_cpu_fallback: bool = False) -> tuple[Placement, float]:
-    """Compile `source` for the HTP of `soc` into the EPContext model `context_file` (+ its context binary).
-    Raises VerificationError naming the refused nodes unless every node runs on the HTP or fallback is allowed."""
-    found = find_placement(source, soc, fp16=fp16)
-    if found.cpu_nodes and not allow_cpu_fallback:
-        raise VerificationError(f"{source.name}: not all on the HTP of {soc}: {found.describe_cpu()}; "
-                                "--allow-cpu-fallback accepts a split graph")
+    """Compile `source` for the HTP of `soc` into the EPContext model `context_file` (+ its context binary), in one
+    session (compiling is the slow part). Raises VerificationError naming the refused nodes, and removes what it
+    wrote, unless every node runs on the HTP or fallback is allowed."""
     t0 = time.perf_counter()
-    session = create_session(source, soc, fp16=fp16, allow_cpu_fallback=allow_cpu_fallback,
-                             context_file=context_file)
+    session = create_session(source, soc, fp16=fp16, allow_cpu_fallback=True, context_file=context_file)
     seconds = time.perf_counter() - t0
+    found = placement(session)
     del session
     if not context_file.is_file():
         raise VerificationError(f"{source.name}: the QNN EP wrote no EPContext model at {context_file}")
+    if found.cpu_nodes and not allow_cpu_fallback:
+        for f in [*context_binaries(context_file), context_file]:
+            f.unlink(missing_ok=True)
+        raise VerificationError(f"{source.name}: not all on the HTP of {soc}: {found.describe_cpu()}; "
+                                "--allow-cpu-fallback accepts a split graph")
     return found, seconds
 
 
