@@ -55,7 +55,7 @@ EXPORT := $(VENV)/bin/mi2v export --preset tiny --component all
 artifacts:
 	rm -rf $(ARTIFACTS)
 	$(EXPORT) --target onnx --out $(ARTIFACTS)/onnx
-	$(EXPORT) --target executorch --delegate xnnpack --bundle --out $(ARTIFACTS)/executorch-xnnpack
+	$(EXPORT) --target executorch --delegate xnnpack --out $(ARTIFACTS)/executorch-xnnpack
 	$(EXPORT) --target executorch --delegate vulkan --out $(ARTIFACTS)/executorch-vulkan
 	$(EXPORT) --target executorch --delegate coreml --out $(ARTIFACTS)/executorch-coreml
 	$(EXPORT) --target coreml --out $(ARTIFACTS)/coreml
@@ -82,3 +82,24 @@ bench-attention:
 # A simulated phone that the real adb lists after `adb connect 127.0.0.1:PORT`.
 simulate:
 	$(VENV)/bin/mi2v devices simulate --port $(or $(PORT),0)
+
+# --- test vectors: check artifacts on this machine's runtimes (no model, no checkpoint) ---------------------------
+.PHONY: verify verify-setup
+
+# Every artifacts folder under DIR (a folder with manifest.json, or a tree of them) on every runtime available here;
+# RUNTIME=onnxruntime (or executorch-xnnpack, coreml-cpu_only, …) limits it to one. Exit 4 when one fails.
+verify:
+	@test -n "$(DIR)" || { echo "error: name the folder: make verify DIR=artifacts (or artifacts/onnx)"; exit 2; }
+	@test -d "$(DIR)" || { echo "error: $(DIR): no such folder"; exit 2; }
+	@rc=0; found=0; for m in $$(find $(DIR) -name manifest.json | sort); do found=1; \
+		echo "== $$(dirname $$m)"; $(VENV)/bin/mi2v verify $$(dirname $$m) $(if $(RUNTIME),--runtime $(RUNTIME)) || rc=$$?; \
+	done; test $$found = 1 || { echo "error: no manifest.json under $(DIR)"; exit 2; }; exit $$rc
+
+# A torch-free install for `mi2v verify` of ONNX artifacts (the pins of pyproject's `verify` extra).
+verify-setup:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (mi2v needs Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip==26.3
+	$(PIP) install --quiet --no-deps -e .
+	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['verify']))" > $(VENV)/verify-requirements.txt
+	$(PIP) install --quiet -r $(VENV)/verify-requirements.txt

@@ -47,7 +47,7 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
-STAGES = ("load", "reference", "rewrite", "export", "lower", "serialize", "inspect", "verify")
+STAGES = ("load", "reference", "rewrite", "export", "lower", "serialize", "vectors", "inspect", "verify")
 
 
 def no_progress(event: ProgressEvent) -> None:
@@ -69,7 +69,7 @@ class ExportOptions:
     precisions: dict = field(default_factory=dict)  # component → Precision of the whole run
     calibration: object = None  # calibration.CalibrationSet for calibrated precisions (set by the orchestrator)
     verify: bool = True
-    bundle: bool = False  # ExecuTorch: also write <component>.bpte with test inputs and expected outputs
+    test_vectors: bool = True  # write the sampler inputs and PyTorch outputs beside the artifact (testvectors.py)
     etrecord: bool = False  # ExecuTorch: also write <component>.etrecord for per-op profiling
     compute_units: str = "all"  # Core ML (target coreml, delegate coreml)
     min_ios: int = 17  # Core ML minimum deployment target
@@ -90,7 +90,8 @@ class ComponentSpec:
     inputs: dict[str, torch.Tensor]  # contract names → seeded example tensors (fp32)
     output_names: tuple[str, ...]
     attention: dict | None = None  # kernels.describe_plan record when an attention rewrite was applied
-    reference: dict[str, torch.Tensor] | None = None  # PyTorch fp32 outputs on `inputs` (None with --no-verify)
+    reference: dict[str, torch.Tensor] | None = None  # PyTorch fp32 outputs on `inputs` (None when not needed)
+    vectors: list[tuple[dict, dict]] = field(default_factory=list)  # (inputs, reference outputs) test-vector sets
     stages_s: dict[str, float] = field(default_factory=dict)  # time spent building it ("load", "reference")
 
     @property
@@ -110,6 +111,7 @@ class Artifact:
     delegation: dict | None = None
     stages_s: dict[str, float] = field(default_factory=dict)
     rewrites: list[str] = field(default_factory=list)
+    test_vectors: dict | None = None  # the manifest's test_vectors record once they are written
 
 
 @dataclass

@@ -52,16 +52,14 @@ def model_name(component: str, decoder_kind: str) -> str:
 
 
 def example_inputs(component: str, geo: VideoGeometry, seed: int = INPUT_SEED) -> dict[str, torch.Tensor]:
-    """Fixed seeded fp32 inputs of the contract's shapes (the parity input recorded in the manifest)."""
-    g = torch.Generator().manual_seed(seed)
-    if component == "encoder":
-        return {"image": torch.rand((1, 3, 1, geo.height, geo.width), generator=g) * 2.0 - 1.0}
-    if component == "denoiser":
-        return {"latent": torch.randn(geo.latent_shape, generator=g),
-                "timestep": torch.tensor([700.0]), "flow_score": torch.tensor([2.0])}
-    if component == "decoder":
-        return {"latent": torch.randn(geo.latent_shape, generator=g)}
-    raise BadInputError(f"unknown component {component!r}")
+    """The fixed fp32 inputs of the contract's shapes that the export traces, verifies with and stores as the first
+    test-vector set: what the sampler really feeds (a photo, the sampler's seeded noise, real timesteps; see
+    mi2v_export.testvectors)."""
+    if component not in COMPONENTS:
+        raise BadInputError(f"unknown component {component!r}")
+    from mi2v_export.testvectors import sampler_inputs
+
+    return sampler_inputs(component, geo, seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,20 +195,34 @@ def load_component(component: str, *, preset: str, geo: VideoGeometry, decoder_k
     inputs = example_inputs(component, geo)
     outputs = IO[component][1]
     stages = {"load": time.perf_counter() - t0}
-    ref = None
+    ref, vectors = None, []
     if reference:
         t0 = time.perf_counter()
-        with torch.no_grad():
-            out = model(*inputs.values())
-        out = out if isinstance(out, (tuple, list)) else (out,)
-        ref = {n: o.detach().float() for n, o in zip(outputs, out)}
+        vectors = reference_sets(component, model, inputs, outputs)
+        ref = vectors[0][1]
         stages["reference"] = time.perf_counter() - t0
     attention_record = None
     if component == "denoiser":
         model, attention_record = apply_attention(model, attention, geo, rewrite_options)
     return ComponentSpec(name=component, model=model_name(component, decoder_kind),
                          module=WRAPPERS[component](model).eval(), inputs=inputs, output_names=outputs,
-                         attention=attention_record, reference=ref, stages_s=stages)
+                         attention=attention_record, reference=ref, vectors=vectors, stages_s=stages)
+
+
+def reference_sets(component: str, model: nn.Module, inputs: dict, output_names: Sequence[str]) -> list[tuple]:
+    """PyTorch fp32 (inputs, outputs) of the first input set and of the sampler steps that follow it (the test
+    vectors; the first pair is also the parity reference)."""
+    from mi2v_export.testvectors import next_sampler_inputs
+
+    sets = []
+    step_inputs = inputs
+    while step_inputs is not None:
+        with torch.no_grad():
+            out = model(*step_inputs.values())
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        sets.append((step_inputs, {n: o.detach().float() for n, o in zip(output_names, out)}))
+        step_inputs = next_sampler_inputs(component, len(sets), step_inputs, sets[-1][1])
+    return sets
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ Delegates (`DELEGATES`, a registry like the targets'):
     coreml   Core ML inside ExecuTorch (Apple); structural check only on Linux.
 
 Every delegate gets the export rewrites for ExecuTorch (c2d, r5, pad, rms; see rewrites.py), Core ML additionally
-the rank-≤5 RoPE trace and coremltools' op aliases. Options: `bundle` writes `<component>.bpte` (BundledProgram:
-the seeded input and the PyTorch fp32 output, with tolerances, for an on-device check); `etrecord` writes
+the rank-≤5 RoPE trace and coremltools' op aliases. The test vectors (`<component>.bpte`, a BundledProgram
+with the sampler inputs and the PyTorch fp32 outputs, with tolerances) are written by mi2v_export.testvectors after
+export and, where the runtime here can run them, checked by `run`; `etrecord` writes
 `<component>.etrecord` for per-op profiling with the Inspector.
 
 The delegation summary counts operator nodes inside delegate subgraphs vs left on portable kernels, and the share
@@ -309,16 +310,6 @@ def read_program(path: Path):
     return _flatbuffer_to_program(data)
 
 
-def bundle_tolerances(dtype: str, reference) -> tuple[float, float]:
-    """(rtol, atol) for the BundledProgram check: about the gates' precision, scaled by the output's peak."""
-    import numpy as np
-
-    peak = max(float(np.max(np.abs(r))) for r in reference) if reference else 1.0
-    if dtype == "fp16":
-        return 1e-2, 5e-2 * max(peak, 1e-6)
-    return 1e-3, 1e-3 * max(peak, 1e-6)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The exporter
 
@@ -400,9 +391,6 @@ class ExecuTorchExporter(Exporter):
             info.update(compute_units=options.compute_units, minimum_deployment_target=f"iOS{options.min_ios}")
         if delegate.name == "qnn":
             info["soc"] = options.soc
-        if options.bundle:
-            extra["bundled_program"] = f"{spec.name}.bpte"
-            info["bundle"] = self._write_bundle(program, spec, args, out_dir / extra["bundled_program"], options)
         if options.etrecord:
             extra["etrecord"] = f"{spec.name}.etrecord"
             program.get_etrecord().save(str(out_dir / extra["etrecord"]))
@@ -413,24 +401,6 @@ class ExecuTorchExporter(Exporter):
         return Artifact(file=file, inputs=tensor_infos(spec.inputs, args),
                         outputs=tensor_infos(spec.output_names, out_meta), extra_files=extra, target_info=info,
                         delegation=delegation, stages_s=stages, rewrites=applied_names + list(trace))
-
-    @staticmethod
-    def _write_bundle(program, spec: ComponentSpec, args, path: Path, options: ExportOptions) -> dict:
-        from executorch.devtools import BundledProgram
-        from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
-        from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
-
-        if spec.reference is None:
-            raise VerificationError("--bundle needs the PyTorch reference output (it is computed unless --no-verify)")
-        half_out = options.dtype == "fp16" and DELEGATES[options.delegate].half_graph
-        expected = [r.half() if half_out else r.float() for r in spec.reference.values()]
-        rtol, atol = bundle_tolerances(options.dtype, [r.float().numpy() for r in spec.reference.values()])
-        suite = MethodTestSuite(method_name="forward",
-                                test_cases=[MethodTestCase(inputs=list(args), expected_outputs=expected)])
-        data = serialize_from_bundled_program_to_flatbuffer(BundledProgram(program, [suite]))
-        with open(path, "wb") as f:
-            f.write(data)
-        return {"file": path.name, "rtol": rtol, "atol": atol, "expected": "pytorch-fp32", "test_cases": 1}
 
     def inspect(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> list[str]:
         delegate = DELEGATES[options.delegate]
@@ -485,7 +455,7 @@ class ExecuTorchExporter(Exporter):
                    for n, o in zip(spec.output_names, outs)}
         del method, program
         if "bundled_program" in artifact.extra_files:
-            self._check_bundle(out_dir / artifact.extra_files["bundled_program"], artifact.target_info["bundle"])
+            self._check_bundle(out_dir / artifact.extra_files["bundled_program"], artifact.test_vectors)
         return ArtifactRun(outputs=outputs, verified_on=f"executorch-{delegate.name}")
 
     @staticmethod
@@ -493,8 +463,9 @@ class ExecuTorchExporter(Exporter):
         from executorch.extension.pybindings import portable_lib
 
         bp = portable_lib._load_bundled_program_from_buffer(path.read_bytes())
-        try:  # runs the bundled input through the bundled program and compares with the expected output
-            bp.verify_result_with_bundled_expected_output("forward", 0, bundle["rtol"], bundle["atol"])
+        try:  # runs each bundled input through the bundled program and compares with the expected output
+            for n in range(bundle["sets"]):
+                bp.verify_result_with_bundled_expected_output("forward", n, bundle["rtol"], bundle["atol"])
         except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError on a mismatch
             raise VerificationError(f"{path.name}: the bundled expected output does not match on this host's "
                                     f"runtime ({exc})"[:400]) from None

@@ -33,6 +33,7 @@ from mi2v_export.manifest import (
 )
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry, parse_resolution
+from mi2v_export.verify import run_record
 
 from . import components as comp
 from .base import ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
@@ -59,7 +60,7 @@ class ExportRequest:
     attention: str = "reference"
     rewrite: list[str] = field(default_factory=list)  # `--rewrite NAME=VALUE` on top of the attention plan
     verify: bool = True
-    bundle: bool = False
+    test_vectors: bool = True  # write the sampler inputs and PyTorch outputs beside each artifact (testvectors.py)
     etrecord: bool = False
     compute_units: str = "all"
     min_ios: int = 17
@@ -123,7 +124,7 @@ def resolve(request: ExportRequest):
     frames = request.frames if request.frames is not None else preset.frames
     geo = geometry(h, w, frames)
     options = ExportOptions(target=exporter.name, delegate=request.delegate, verify=request.verify,
-                            bundle=request.bundle, etrecord=request.etrecord, compute_units=request.compute_units,
+                            test_vectors=request.test_vectors, etrecord=request.etrecord, compute_units=request.compute_units,
                             min_ios=request.min_ios, soc=request.soc,
                             allow_cpu_fallback=request.allow_cpu_fallback)
     options = exporter.resolve(options)
@@ -136,10 +137,8 @@ def resolve(request: ExportRequest):
         raise BadInputError(f"--recipe {request.recipe}: no such file")
     if request.min_psnr is not None and not (0 < request.min_psnr < 200):
         raise BadInputError(f"--min-psnr {request.min_psnr:g}: expected a PSNR in dB between 0 and 200")
-    if (request.bundle or request.etrecord) and exporter.name != "executorch":
-        raise BadInputError("--bundle and --etrecord apply to --target executorch only")
-    if request.bundle and not request.verify:
-        raise BadInputError("--bundle needs the PyTorch reference output; drop --no-verify")
+    if request.etrecord and exporter.name != "executorch":
+        raise BadInputError("--etrecord applies to --target executorch only")
     comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
     return exporter, options, components, preset, geo
 
@@ -220,8 +219,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         progress(ProgressEvent(name, label, "done", detail, seconds=stages[label]))
 
     rewrite_options = comp.parse_rewrite_options(request.rewrite)
-    # the PyTorch reference is computed only when something will compare against it
-    need_reference = request.verify and (exporter.runs_here(options) or options.bundle)
+    # the PyTorch reference is computed only when something will compare against it (test vectors always do)
+    need_reference = (request.verify and exporter.runs_here(options)) or options.test_vectors
     progress(ProgressEvent(name, "load", "start", f"{comp.model_name(name, request.decoder)} ({preset}, "
                                                   f"{'seeded weights' if checkpoint is None else checkpoint.name})"
                                                   + (" + PyTorch fp32 reference" if need_reference else "")))
@@ -231,7 +230,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     stages.update(spec.stages_s)
     progress(ProgressEvent(name, "load", "done", seconds=spec.stages_s.get("load")))
     if spec.reference is not None:
-        progress(ProgressEvent(name, "reference", "done", "PyTorch fp32 output on the seeded input",
+        progress(ProgressEvent(name, "reference", "done", "PyTorch fp32 output on the test-vector input",
                                seconds=spec.stages_s.get("reference")))
 
     t0 = time.perf_counter()
@@ -239,6 +238,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     stages["export"] = time.perf_counter() - t0
     for k, v in artifact.stages_s.items():
         stages[f"export.{k}"] = v
+    if options.test_vectors:
+        _write_test_vectors(exporter.name, artifact, spec, options, staging, stage, done)
 
     t0 = stage("inspect")
     checks = exporter.inspect(artifact, staging, spec, options)
@@ -247,10 +248,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     parity_record = _verify(name, request, exporter, options, spec, artifact, staging, stage, done, progress)
 
     sha, size = tree_digest(staging / artifact.file)
-    extra = []
-    for role, file in artifact.extra_files.items():
-        esha, esize = tree_digest(staging / file)
-        extra.append(FileInfo(role, file, esha, esize))
+    extra = [FileInfo(role, file, *tree_digest(staging / file)) for role, file in artifact.extra_files.items()]
     wall = time.perf_counter() - t_start
     flags = _flags(name, request, exporter, options, preset, geo, rewrite_options)
     entry = ArtifactEntry(
@@ -261,7 +259,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                 "stages_s": {k: round(v, 3) for k, v in stages.items()}},
         parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
         target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
-        exported_at=now_iso(), tool_version=tool_version())
+        test_vectors=artifact.test_vectors, exported_at=now_iso(), tool_version=tool_version())
     del spec, artifact
     gc.collect()
     return entry
@@ -273,7 +271,7 @@ def _verify(name: str, request: ExportRequest, exporter, options: ExportOptions,
     `parity` record (with the reason when it cannot run here). VerificationError when the gate fails."""
     gate = exporter.gate(options)
     parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
-                     "verified_on": None, "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
+                     "verified_on": [], "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
     if not request.verify:
         parity_record["reason"] = "not verified (--no-verify)"
         progress(ProgressEvent(name, "verify", "skip", "--no-verify"))
@@ -297,7 +295,8 @@ def _verify(name: str, request: ExportRequest, exporter, options: ExportOptions,
             passed = gate.passes(metrics)
             parity_record.update(metrics.to_dict())
             parity_record.pop("finite", None)
-            parity_record.update(verified_on=result.verified_on,
+            parity_record.update(verified_on=[run_record(result.verified_on, _runtime_version(result.verified_on),
+                                                         metrics, gate, "export", 1)],
                                  gate=dict(gate.to_dict(), passed=passed, finite=metrics.finite))
             done("verify", t0, f"{result.verified_on}: {gate.describe(metrics)}")
             if not passed:
@@ -315,8 +314,9 @@ def _flags(name: str, request: ExportRequest, exporter, options: ExportOptions, 
              "attention": request.attention if name == "denoiser" else None,
              "rewrite": rewrite_options if name == "denoiser" else None,
              "decoder": request.decoder if name == "decoder" else None, "verify": request.verify}
+    flags["test_vectors"] = options.test_vectors
     if exporter.name == "executorch":
-        flags.update(bundle=options.bundle, etrecord=options.etrecord)
+        flags["etrecord"] = options.etrecord
     if exporter.name == "coreml" or options.delegate == "coreml":
         flags.update(compute_units=options.compute_units, min_ios=options.min_ios)
     if options.delegate == "qnn":
@@ -326,3 +326,28 @@ def _flags(name: str, request: ExportRequest, exporter, options: ExportOptions, 
     if exporter.name == "onnx":
         flags["opset"] = options.opset
     return flags
+
+
+def _write_test_vectors(target: str, artifact, spec, options: ExportOptions, staging: Path, stage, done) -> None:
+    """The sampler inputs and PyTorch outputs of `spec.vectors`, in the artifact's dtypes and its runtime's format,
+    added to the artifact's extra files (the "vectors" stage)."""
+    from mi2v_export import testvectors
+
+    t0 = stage("vectors", f"{len(spec.vectors)} set(s)")
+    sets = testvectors.to_artifact_dtypes(spec.vectors, artifact.inputs, artifact.outputs)
+    record, files = testvectors.write(target, spec.name, artifact.file, options.dtype, sets, staging)
+    artifact.test_vectors = record
+    artifact.extra_files.update(files)
+    done("vectors", t0, f"{record['format']}, {record['bytes']} bytes")
+
+
+def _runtime_version(runtime: str) -> str | None:
+    """The version of the package behind an export-time runtime name (onnxruntime, executorch-*, coreml-*)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}.get(
+        runtime.split("-", 1)[0])
+    try:
+        return version(package) if package else None
+    except PackageNotFoundError:
+        return None

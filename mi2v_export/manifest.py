@@ -22,13 +22,17 @@ nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in the
          "trajectory": {"image", "steps", "seed", "psnr_db_min", "psnr_db", "ssim_min", "gate_db", "passed"} | null,
          "runtime_memory_bytes": ExecuTorch planned memory | onnxruntime session peak | null,
          "file": "denoiser.onnx", "sha256": …, "bytes": …,    # sha256/bytes of a folder (.mlpackage): see tree_digest
-         "extra_files": [{"role": "external_data" | "bundled_program" | "etrecord", "file", "sha256", "bytes"}],
+         "extra_files": [{"role": "external_data" | "bundled_program" | "test_vectors" | "etrecord", "file", "sha256",
+                          "bytes"}],                  # test_vectors: testdata/<component> (ONNX) or a .npz
          "inputs":  [{"name": "latent", "shape": […], "dtype": "float32"}, …],
          "outputs": [{"name": "velocity", "shape": […], "dtype": "float32"}],
          "export": {"wall_s": …, "peak_rss_bytes": …, "peak_rss_method": "vmhwm-reset" | "ru_maxrss",
                     "stages_s": {"load": …, "reference": …, "export": …, "verify": …}},
          "parity": {"reference": "pytorch-fp32", "max_abs", "rel_l2", "psnr_db",
-                    "verified_on": "onnxruntime" | "executorch-xnnpack" | "coreml-<units>" | null,
+                    "verified_on": [{"where": {"host", "os", "machine", "cpu", "cores", "python"}, "when": ISO-8601,
+                                     "runtime": "onnxruntime" | "executorch-xnnpack" | "coreml-<units>" | …,
+                                     "runtime_version", "psnr_db", "rel_l2", "max_abs", "passed",
+                                     "by": "export" | "verify", "sets": n}, …],   # [] = never run anywhere
                     "reason": null | "why it was not run here",
                     "gate": {"metric", "op", "threshold", "passed", "finite"} | null, "input_seed": 0},
          "structure": {"ok": true, "checks": ["…"]},
@@ -36,7 +40,9 @@ nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in the
                         "ops_share_delegated", "flops_delegated", "flops_portable", "flops_share_delegated",
                         "portable_ops": {op: n}, "delegated_ops": {op: n}} | null,   # ExecuTorch only
          "target_info": {…per-target details: opset, simplifier, compute units, deployment target, backends…},
-         "flags": {"attention", "decoder", "verify", "bundle", "etrecord", …},
+         "flags": {"attention", "decoder", "verify", "test_vectors", "etrecord", …},
+         "test_vectors": {"format": "onnx-testdata" | "bundled-program" | "npz", "file", "sets", "bytes",
+                          "inputs": "what the sampler feeds", "expected": "pytorch-fp32", "rtol", "atol"} | null,
          "attention": {…kernels.describe_plan record…} | null,
          "exported_at": ISO-8601 UTC, "tool_version": "0.1.0"}
       ]
@@ -165,12 +171,18 @@ class ArtifactEntry:
     trajectory: dict | None = None  # the whole-pipeline gate {image, steps, seed, psnr_db_min, psnr_db, ...}
     runtime_memory_bytes: int | None = None  # ExecuTorch: planned memory; onnxruntime: measured session peak
     recipe: dict | None = None  # unit → precision when precision == "mixed"
+    test_vectors: dict | None = None  # mi2v_export.testvectors record; None when exported without them
+
+    @property
+    def verified_on(self) -> list[dict]:
+        """Every run of the artifact against its stored outputs (export time and `mi2v verify`), oldest first."""
+        return verifications(self.parity)
 
     @property
     def verified(self) -> bool:
-        """Ran on a runtime here and passed its gate."""
-        gate = self.parity.get("gate") or {}
-        return bool(self.parity.get("verified_on")) and bool(gate.get("passed"))
+        """Ran on at least one runtime and passed its gate on every runtime it ran on."""
+        runs = self.verified_on
+        return bool(runs) and all(r.get("passed") for r in runs)
 
     def files(self) -> list[str]:
         return [self.file] + [f.file for f in self.extra_files]
@@ -193,6 +205,7 @@ class ArtifactEntry:
             "precision": self.precision or self.dtype, "compression": self.compression,
             "calibration": self.calibration, "trajectory": self.trajectory,
             "runtime_memory_bytes": self.runtime_memory_bytes, "recipe": self.recipe,
+            "test_vectors": self.test_vectors,
         }
 
     @classmethod
@@ -211,7 +224,34 @@ class ArtifactEntry:
             precision=d.get("precision") or d.get("dtype") or "fp32", compression=d.get("compression"),
             calibration=d.get("calibration"), trajectory=d.get("trajectory"),
             runtime_memory_bytes=d.get("runtime_memory_bytes"), recipe=d.get("recipe"),
+            test_vectors=d.get("test_vectors"),
         )
+
+
+def verifications(parity: dict) -> list[dict]:
+    """`parity.verified_on` as a list of run records; a pre-list manifest's runtime name (or null) is read as one
+    record (or none)."""
+    value = (parity or {}).get("verified_on")
+    if not value:
+        return []
+    if isinstance(value, str):
+        gate = parity.get("gate") or {}
+        return [{"runtime": value, "passed": bool(gate.get("passed")), "psnr_db": parity.get("psnr_db"),
+                 "rel_l2": parity.get("rel_l2"), "by": "export"}]
+    return [dict(r) for r in value]
+
+
+def append_verifications(folder: str | os.PathLike, runs: dict[str, list[dict]]) -> None:
+    """Add run records to `parity.verified_on` of the entries whose file is a key of `runs`, and rewrite the
+    manifest atomically. Works on the raw JSON so fields this version does not know are kept."""
+    path = Path(folder) / MANIFEST_NAME
+    raw = read_json(path, "manifest")
+    for entry in raw.get("components") or ():
+        if entry.get("file") in runs:
+            parity = entry.setdefault("parity", {})
+            parity["verified_on"] = verifications(parity) + list(runs[entry["file"]])
+    raw["updated_at"] = now_iso()
+    write_json_atomic(path, raw, allow_nan=False)
 
 
 # When several artifacts of one component could run: this target order, then this delegate order, fp32 before
@@ -458,9 +498,11 @@ class Staging:
         try:
             for name in files:
                 src, dst = self.path / name, self.out_dir / name
+                dst.parent.mkdir(parents=True, exist_ok=True)  # e.g. testdata/<component>
                 old = None
                 if dst.exists() or dst.is_symlink():
                     old = backup / name
+                    old.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(dst, old)
                 os.replace(src, dst)
                 moved.append((dst, old))

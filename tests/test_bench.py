@@ -122,13 +122,25 @@ def export_artifacts(specs: dict, out: Path, targets=("onnx", "executorch")) -> 
     """Export each (module, named inputs, output names) to DIR/<component>.onnx / .pte and write the manifest."""
     import torch
 
-    from mi2v_export.files import file_digest
+    from mi2v_export import testvectors
+    from mi2v_export.files import file_digest, tree_digest
     from mi2v_export.manifest import ArtifactEntry, FileInfo, Manifest, Staging, TensorInfo
 
     def infos(names, tensors):
         return [TensorInfo(n, tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in zip(names, tensors)]
 
     entries, files = [], []
+
+    def add_test_vectors(entry, staging, inputs, result):
+        """The toy's own inputs and PyTorch output as the artifact's test vectors (as `mi2v export` writes them)."""
+        sets = testvectors.to_artifact_dtypes([(inputs, {entry.outputs[0].name: result})], entry.inputs,
+                                              entry.outputs)
+        entry.test_vectors, written = testvectors.write(entry.target, entry.component, entry.file, "fp32", sets,
+                                                        staging.path)
+        for role, file in written.items():
+            entry.extra_files.append(FileInfo(role, file, *tree_digest(staging.path / file)))
+            files.append(file)
+
     with Staging(out) as staging:
         for comp, (module, inputs, outputs) in specs.items():
             args = tuple(inputs.values())
@@ -148,6 +160,7 @@ def export_artifacts(specs: dict, out: Path, targets=("onnx", "executorch")) -> 
                 entries.append(ArtifactEntry(comp, comp, "onnx", None, "fp32", name, sha, size,
                                              infos(inputs, args), out_infos, {}, {}, extra_files=extra))
                 files.append(name)
+                add_test_vectors(entries[-1], staging, inputs, result)
             if "executorch" in targets:
                 from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
                 from executorch.exir import to_edge_transform_and_lower
@@ -160,6 +173,7 @@ def export_artifacts(specs: dict, out: Path, targets=("onnx", "executorch")) -> 
                 entries.append(ArtifactEntry(comp, comp, "executorch", "xnnpack", "fp32", name, sha, size,
                                              infos(inputs, args), out_infos, {}, {}))
                 files.append(name)
+                add_test_vectors(entries[-1], staging, inputs, result)
         manifest = Manifest(preset="tiny", resolution=TINY["resolution"], frames=TINY["frames"],
                             latent_shape=TINY["latent"], source={"weights": "seeded", "seed": 0, "checkpoints": []},
                             components=entries)
@@ -203,8 +217,12 @@ def derive(src: Path, dst: Path, keep=lambda e: True, edit=None) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     m.components = [e for e in m.components if keep(e)]
     for e in m.components:
-        for f in e.files():
-            shutil.copyfile(src / f, dst / f)
+        for f in e.files():  # files, and folders such as testdata/<component>
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            if (src / f).is_dir():
+                shutil.copytree(src / f, dst / f, dirs_exist_ok=True)
+            else:
+                shutil.copyfile(src / f, dst / f)
         if edit is not None:
             edit(e, dst)
     (dst / "manifest.json").write_text(json.dumps(m.to_dict(), indent=2))
@@ -485,6 +503,9 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
         assert len(run["samples_ms"]) == 4 and len(run["warmup_ms"]) == 2 and run["exit_code"] == 0
         assert run["load_ms"] > 0 and run["peak_rss_kb"] > 10_000 and run["peak_rss_method"] == "toybox-time"
         assert c["conditions"]["before"]["thermal_status"] == 0 and "after" in c["conditions"]
+        # the test vectors' inputs went through the phone's runner (--inputs / --output_file) and came back right
+        check = c["output_check"]
+        assert check["passed"] is True and check["runtime"] == "executor_runner/xnnpack" and check["rel_l2"] <= 1e-4
     assert rep["per_frame_ms"]["1"] > 0 and rep["per_frame_ms"]["2"] > rep["per_frame_ms"]["1"]
     if rep["protocol"]["affinity_mask"]:  # the phone has the host's cores: pinned only with frequency clusters
         assert rep["protocol"]["affinity_granted"]
@@ -515,6 +536,36 @@ def test_adb_flow_on_the_simulated_phone(adb, phone, standin, tmp_path):
         run = c["runs"][0]
         assert len(run["samples_ms"]) == 4 and len(run["warmup_ms"]) == 2 and run["first_iteration_ms"] is not None
         assert run["threads"] == 1 and run["peak_rss_method"] == "toybox-time"
+
+
+def _tamper_weights(folder: Path, name: str) -> None:
+    """Overwrite 4 KiB in the middle of an artifact (its weights) and record the new file in the manifest, so only
+    the output check can tell."""
+    path = folder / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = b"\x7f" * 4096
+    path.write_bytes(bytes(data))
+    raw = json.loads((folder / "manifest.json").read_text())
+    for e in raw["components"]:
+        if e["file"] == name:
+            e["sha256"], e["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    (folder / "manifest.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("where", ["host", "phone"])
+def test_a_tampered_artifact_fails_the_output_check(adb, phone, standin, tmp_path, where):
+    folder = derive(standin, tmp_path / "art", keep=lambda e: e.target == "executorch")
+    _tamper_weights(folder, "denoiser.pte")
+    device = "host" if where == "host" else f"adb:{phone.serial}"
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "--artifacts", folder, "--device", device, *_adb_args(adb), "--runtime", "executorch",
+                   "--iterations", "2", "--warmup", "0", "--cooldown", "0", "--report", out, env=adb.env)
+    assert proc.returncode == 4, proc.stderr
+    assert _one_error_line(proc).startswith("error: denoiser: output check failed on ")
+    rep = json.loads(out.read_text())  # written all the same
+    checks = {c["component"]: (c["status"], c["output_check"]["passed"]) for c in rep["components"]}
+    assert checks == {"encoder": ("ok", True), "denoiser": ("failed", False), "decoder": ("ok", True)}
+    assert rep["status"] != "ok" and "denoiser" in rep["error"]
 
 
 def test_old_phone_without_shell_v2(adb, standin, tmp_path):
@@ -600,10 +651,16 @@ def test_several_devices_need_a_serial(adb, phone, standin, tmp_path):
 
 
 def test_full_storage_gives_a_partial_report(adb, standin, tmp_path):
-    # room for the runner and the encoder, not for the denoiser: the encoder is measured, the rest fails clearly
+    # room for the encoder and the denoiser (and, for a while, the encoder's test-vector inputs, pushed for the
+    # output check and removed after it), not for the decoder: two are measured, the decoder fails clearly
+    from mi2v_export import testvectors
+    from mi2v_export.manifest import read_manifest
+
     sizes = {n: (standin / n).stat().st_size for n in ("encoder.pte", "denoiser.pte", "decoder.pte")}
-    free = sizes["encoder.pte"] + 200_000
-    assert sizes["denoiser.pte"] > 200_000
+    vectors = testvectors.read(standin, read_manifest(standin).find("encoder", target="executorch"))
+    slack = sum(a.nbytes for a in vectors[0].inputs.values()) + 50_000
+    free = sizes["encoder.pte"] + sizes["denoiser.pte"] + slack
+    assert sizes["decoder.pte"] > slack
     with SimulatedPhone(storage_free_bytes=free) as p:
         adb.connect(p.serial)
         try:
@@ -613,12 +670,12 @@ def test_full_storage_gives_a_partial_report(adb, standin, tmp_path):
                         "--report", out, env=adb.env)
             assert proc.returncode == 5
             line = _one_error_line(proc)
-            assert "denoiser: device" in line and "ran out of storage while pushing denoiser.pte" in line
+            assert "decoder: device" in line and "ran out of storage while pushing decoder.pte" in line
             assert "free space" in line and f"report: {out}" in line
             rep = json.loads(out.read_text())
             assert rep["status"] == "partial" and rep["error"] == line[len("error: "):].split(" (report:")[0]
             status = {c["component"]: c["status"] for c in rep["components"]}
-            assert status["encoder"] == "ok" and status["denoiser"] == "failed"
+            assert status == {"encoder": "ok", "denoiser": "ok", "decoder": "failed"}
             assert rep["components"][0]["summary"]["latency_ms"]["n"] == 2
         finally:
             adb.disconnect(p.serial)
@@ -642,6 +699,11 @@ def test_runner_missing_not_executable_wrong_architecture(adb, phone, standin, t
     proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", notes)
     assert proc.returncode == 5 and "is not executable (neither an ELF binary nor a #! script)" in _one_error_line(
         proc)
+    (tmp_path / "script").mkdir()
+    script = tmp_path / "script" / "executor_runner"
+    script.write_text("#!/no/such/interpreter\n")  # the phone is asked whether it has the interpreter: it has not
+    proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", script)
+    assert proc.returncode == 5 and "the device has no /no/such/interpreter" in _one_error_line(proc)
     (tmp_path / "arm").mkdir()
     arm = _elf_stub(tmp_path / "arm" / "executor_runner", machine=183 if host_abi() != "arm64-v8a" else 62)
     proc, rep = _bench_phone(adb, phone, pte, tmp_path, "--runner", arm)
@@ -694,7 +756,7 @@ def test_runner_crash_and_missing_delegate(adb, phone, standin, tmp_path):
     def vulkan(e, dst):
         with open(dst / e.file, "ab") as fh:
             fh.write(b"VulkanBackend")  # the delegate id the runner scans for; the program still loads
-        from mi2v_export.manifest import file_digest
+        from mi2v_export.files import file_digest
 
         e.delegate = "vulkan"
         e.sha256, e.bytes = file_digest(dst / e.file)
@@ -749,6 +811,26 @@ def test_tiny_preset_host_and_simulated_phone(request, adb, phone, tmp_path):
             rep = json.loads(out.read_text())
             assert rep["status"] == "ok" and rep["per_frame_ms"]["2"] > 0
             assert rep["device"]["simulated_device"] is (device != "host")
+            for c in rep["components"]:  # outputs on the test vectors, where they were timed
+                check = c["output_check"]
+                if device != "host" and rt == "onnxruntime":  # onnxruntime_perf_test returns no outputs
+                    assert check["passed"] is None and "onnxruntime_perf_test" in check["reason"]
+                else:
+                    assert check["passed"] is True and check["rel_l2"] <= 1e-4 and check["sets"] >= 1, c
+                    assert check["runtime"] == ("executor_runner/xnnpack" if device != "host" and rt == "executorch"
+                                                else {"onnxruntime": "onnxruntime",
+                                                      "executorch": "executorch-xnnpack"}[rt])
+    # the .pte the phone gets computes something else than its test vectors say: the run fails on that component
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny, tampered)
+    _tamper_weights(tampered, "denoiser.pte")
+    out = tmp_path / "tampered.json"
+    proc = run_cli("bench", "--artifacts", tampered, "--device", f"adb:{phone.serial}", *_adb_args(adb), "--runtime",
+                   "executorch", "--iterations", "2", "--warmup", "0", "--cooldown", "0", "--report", out, env=adb.env)
+    assert proc.returncode == 4 and "denoiser: output check failed on executor_runner/xnnpack" in proc.stderr
+    rep = json.loads(out.read_text())  # the report is still written
+    checks = {c["component"]: c["output_check"]["passed"] for c in rep["components"]}
+    assert checks == {"encoder": True, "denoiser": False, "decoder": True} and rep["status"] != "ok"
 
 
 def test_report_reads_back(standin, tmp_path):
@@ -758,3 +840,41 @@ def test_report_reads_back(standin, tmp_path):
     assert outcome.error is None and report.per_frame_ms(2) is None  # only the encoder was asked for: no headline
     again = BenchReport.load(path)
     assert again.component("encoder").status == "ok" and again.artifacts["preset"] == "tiny"
+
+
+def test_two_phones_on_two_adb_servers_are_benched_at_once(standin, tmp_path):
+    """`--device adb:all` over two adb servers (as if on two lab machines, reached with -H/-P), then the same two
+    phones named by serial: one report per phone, a comparison, and the two benches overlapping in time."""
+    from tests.conftest import private_adb
+
+    servers = [private_adb(tmp_path / "home-a"), private_adb(tmp_path / "home-b")]
+    try:
+        with SimulatedPhone() as pa, SimulatedPhone() as pb:
+            for server, p in zip(servers, (pa, pb)):
+                assert server.connect(p.serial).state == "device"
+            where = [a for s in servers for a in ("--adb-server", f"127.0.0.1:{s.server_port}")]
+            common = ["--artifacts", standin, "--adb", servers[0].path, *where, "--runtime", "onnxruntime",
+                      "--iterations", "3", "--warmup", "1", "--cooldown", "0"]
+            proc = run_cli("bench", "--device", "adb:all", *common, "--report", tmp_path / "all.json", "--json",
+                           env=servers[0].env)
+            assert proc.returncode == 0, proc.stderr
+            rows = json.loads(proc.stdout)["phones"]
+            labels = [f"{p.serial}@127.0.0.1:{s.server_port}" for s, p in zip(servers, (pa, pb))]
+            assert sorted(r["phone"] for r in rows) == sorted(labels)
+            for r in rows:
+                rep = json.loads(Path(r["report"]).read_text())
+                assert r["phone"].startswith(rep["device"]["serial"]) and rep["device"]["simulated_device"]
+                assert all(c["status"] == "ok" for c in rep["components"])
+                assert r["per_frame_ms_2_step"] > 0 and r["status"] == "ok"
+            assert len({r["report"] for r in rows}) == 2
+            assert max(r["started_at"] for r in rows) < min(r["finished_at"] for r in rows)  # concurrently
+            proc = run_cli("bench", "--device", f"adb:{pa.serial},{pb.serial}", *common,
+                           "--report", tmp_path / "two.json", env=servers[0].env)
+            assert proc.returncode == 0, proc.stderr
+            assert "phones side by side" in proc.stdout and proc.stdout.count("simulated phone") >= 2
+            assert len(list(tmp_path.glob("two-*.json"))) == 2
+            proc = run_cli("bench", "--device", f"adb:{pa.serial},nosuchphone", *common, env=servers[0].env)
+            assert proc.returncode == 5 and "nosuchphone is not attached" in _one_error_line(proc)
+    finally:
+        for s in servers:
+            s.kill_server()

@@ -390,6 +390,7 @@ def _production_modules():
                 yield path.relative_to(REPO), path.read_text()
 
 
+@pytest.mark.unit
 def test_production_modules_never_import_the_simulator():
     import ast
     import re

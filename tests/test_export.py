@@ -309,9 +309,8 @@ def test_executorch_and_coreml_rewrites_keep_the_vae_function(part):
     ({"target": "onnx", "rewrite": ["query_chunk=-4"]}, "query_chunk takes a whole number"),
     ({"target": "onnx", "rewrite": ["linear_attention=maybe"]}, "linear_attention takes true or false"),
     ({"target": "onnx", "rewrite": ["softmax=flash"]}, "softmax takes native or split"),
-    ({"target": "onnx", "bundle": True}, "--bundle and --etrecord apply to --target executorch only"),
+    ({"target": "onnx", "etrecord": True}, "--etrecord applies to --target executorch only"),
     ({"target": "coreml", "compute_units": "npu"}, "unknown compute units 'npu'"),
-    ({"target": "executorch", "bundle": True, "verify": False}, "--bundle needs the PyTorch reference"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, kw, match):
     kw.setdefault("preset", "tiny")
@@ -411,7 +410,7 @@ def test_onnx_tiny_end_to_end(onnx_dir):
     for e in m.components:
         assert e.target == "onnx" and e.delegate is None and e.dtype == "fp32"
         assert ([t.name for t in e.inputs], [t.name for t in e.outputs]) == tuple(contract[e.component])
-        assert e.parity["verified_on"] == "onnxruntime" and e.parity["gate"]["passed"]
+        assert [r["runtime"] for r in e.verified_on] == ["onnxruntime"] and e.parity["gate"]["passed"]
         assert e.parity["reference"] == "pytorch-fp32" and e.parity["rel_l2"] <= 1e-4
         assert e.export["stages_s"]["reference"] > 0
         assert e.export["wall_s"] > 0 and e.export["peak_rss_bytes"] > 100 * 2 ** 20
@@ -431,12 +430,12 @@ def test_executorch_xnnpack_tiny_encoder_runs_on_the_executorch_runtime(tmp_path
 
     out = tmp_path / "pte"
     report = run_export(ExportRequest(target="executorch", out_dir=out, components="encoder", preset="tiny",
-                                      bundle=True, etrecord=True))
+                                      etrecord=True))
     (e,) = report.entries
     assert e.file == "encoder.pte" and e.delegate == "xnnpack"
-    assert e.parity["verified_on"] == "executorch-xnnpack" and e.parity["gate"]["passed"]
+    assert [r["runtime"] for r in e.verified_on] == ["executorch-xnnpack"] and e.parity["gate"]["passed"]
     assert {f.role for f in e.extra_files} == {"bundled_program", "etrecord"}
-    assert e.target_info["bundle"]["verified_on_host"] is True
+    assert e.test_vectors["verified_on_host"] is True and e.test_vectors["format"] == "bundled-program"
     d = e.delegation
     assert d["backends"] == {"XnnpackBackend": d["delegated_subgraphs"]} and d["ops_delegated"] > 100
     assert d["flops_share_delegated"] == 1.0  # every convolution runs in XNNPACK (conv3d_as_conv2d rewrite)
@@ -453,7 +452,7 @@ def test_vulkan_pte_is_structurally_checked_and_merges_into_an_existing_folder(t
     out = tmp_path / "art"
     shutil.copytree(onnx_dir, out)
     (e,) = run_export(toy_request(out, "executorch", delegate="vulkan")).entries
-    assert e.file == "denoiser.pte" and e.parity["verified_on"] is None
+    assert e.file == "denoiser.pte" and e.parity["verified_on"] == []
     assert "VulkanBackend" in e.parity["reason"]
     assert any("VulkanBackend" in c for c in e.structure["checks"])
     assert e.delegation["backends"].get("VulkanBackend", 0) >= 1
@@ -468,9 +467,13 @@ def test_coreml_delegate_pte_is_structurally_checked(tmp_path, toy):
     (e,) = run_export(toy_request(tmp_path / "art", "executorch", delegate="coreml")).entries
     assert e.dtype == "fp16" and e.target_info["backend_precision"] == "fp16"
     assert e.target_info["compute_units"] == "all" and e.target_info["minimum_deployment_target"] == "iOS17"
-    assert e.parity["verified_on"] is None and "CoreMLBackend" in e.parity["reason"]
+    assert e.parity["verified_on"] == [] and "CoreMLBackend" in e.parity["reason"]
     assert e.delegation["backends"] == {"CoreMLBackend": 1} and e.delegation["ops_portable"] == 0
+    # not runnable here, but its test vectors (a BundledProgram) travel with it for a Mac to check
+    assert e.test_vectors["format"] == "bundled-program" and (tmp_path / "art" / "denoiser.bpte").is_file()
+    (e,) = run_export(toy_request(tmp_path / "bare", "executorch", delegate="coreml", test_vectors=False)).entries
     assert "reference" not in e.export["stages_s"]  # nothing here compares against it: not computed
+    assert e.test_vectors is None and e.extra_files == [] and not (tmp_path / "bare" / "denoiser.bpte").exists()
 
 
 def test_coreml_mlpackage_of_the_tiny_denoiser_loads_as_a_spec(tmp_path):
@@ -483,11 +486,19 @@ def test_coreml_mlpackage_of_the_tiny_denoiser_loads_as_a_spec(tmp_path):
     assert info["minimum_deployment_target"] == "iOS17" and info["spec_version"] >= 8
     assert info["compute_units"] == "cpu_and_ne" and info["format"] == "mlprogram" and info["mil_ops"]
     if sys.platform != "darwin":
-        assert e.parity["verified_on"] is None and "macOS" in e.parity["reason"]
+        assert e.parity["verified_on"] == [] and "macOS" in e.parity["reason"]
     spec = ct.models.MLModel(str(tmp_path / "art" / e.file), skip_model_load=True).get_spec()
     assert [i.name for i in spec.description.input] == ["latent", "timestep", "flow_score"]
     assert [o.name for o in spec.description.output] == ["velocity"]
     assert e.sha256 == tree_digest(tmp_path / "art" / e.file)[0]
+    # Core ML's test vectors: an .npz in the model's I/O dtypes, read back with numpy alone
+    from mi2v_export import testvectors
+
+    assert e.test_vectors["format"] == "npz" and e.test_vectors["file"] == "testdata/denoiser.mlpackage.npz"
+    sets = testvectors.read(tmp_path / "art", e)
+    assert len(sets) == e.test_vectors["sets"] == 2
+    assert {n: a.shape for n, a in sets[0].inputs.items()} == {t.name: t.shape for t in e.inputs}
+    assert sets[0].outputs["velocity"].shape == e.outputs[0].shape
 
 
 def test_onnx_weights_above_the_protobuf_limit_go_to_external_data(tmp_path, toy, monkeypatch):
@@ -501,11 +512,12 @@ def test_onnx_weights_above_the_protobuf_limit_go_to_external_data(tmp_path, toy
     out = tmp_path / "art"
     (e,) = run_export(toy_request(out, "onnx")).entries
     assert e.target_info["external_data"] is True and "external data" in e.target_info["simplifier"]["result"]
-    (extra,) = e.extra_files
+    extra, vectors = e.extra_files
     assert extra.role == "external_data" and extra.file == "denoiser.onnx.data"
+    assert vectors.role == "test_vectors" and vectors.file == "testdata/denoiser"
     assert (out / "denoiser.onnx.data").stat().st_size == extra.bytes > 0
     assert (out / "denoiser.onnx").stat().st_size < extra.bytes  # the graph file holds no weights
-    assert e.parity["verified_on"] == "onnxruntime" and e.parity["rel_l2"] <= 1e-4
+    assert [r["runtime"] for r in e.verified_on] == ["onnxruntime"] and e.parity["rel_l2"] <= 1e-4
     read_manifest(out).check_files()
     feeds = {n: x.numpy() for n, x in components.example_inputs("denoiser", TINY_GEO).items()}
     got = ort.InferenceSession(str(out / "denoiser.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
@@ -517,7 +529,7 @@ def test_onnx_weights_above_the_protobuf_limit_go_to_external_data(tmp_path, toy
 
 def test_no_verify_is_recorded(tmp_path, toy):
     (e,) = run_export(toy_request(tmp_path / "art", verify=False)).entries
-    assert e.parity["verified_on"] is None and "--no-verify" in e.parity["reason"] and e.parity["gate"] is None
+    assert e.parity["verified_on"] == [] and "--no-verify" in e.parity["reason"] and e.parity["gate"] is None
     assert e.flags["verify"] is False and not e.verified
 
 
@@ -610,7 +622,7 @@ def test_tiny_preset_on_every_target(tmp_path, target, delegate):
             assert e.parity["gate"]["passed"]
             assert e.delegation["flops_share_delegated"] > 0.99
         else:
-            assert e.parity["verified_on"] is None and e.parity["reason"]
+            assert e.parity["verified_on"] == [] and e.parity["reason"]
     read_manifest(tmp_path / "art").check_files()
 
 
@@ -648,7 +660,7 @@ def test_cli_attention_plan_with_rewrite_overrides(tmp_path):
                 "--rewrite", "channels_first=false", "--rewrite", "softmax=split", "--out", out)
     assert proc.returncode == 0, proc.stderr
     (e,) = read_manifest(out).components
-    assert e.verified and e.parity["verified_on"] == "onnxruntime" and e.parity["rel_l2"] <= 1e-4
+    assert e.verified and [r["runtime"] for r in e.verified_on] == ["onnxruntime"] and e.parity["rel_l2"] <= 1e-4
     rec = e.attention
     assert rec["plan"].startswith("ane+") and "channels_first=False" in rec["plan"] and "softmax=split" in rec["plan"]
     assert "channels_first" not in rec["applied"]

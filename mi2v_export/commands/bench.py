@@ -112,6 +112,15 @@ def render_report(report, path: Path | None = None) -> None:
                           f"({1000.0 / v:.3g} frames/s) = (encoder + {steps} × denoiser + decoder) p50 / "
                           f"{report.frames} frames{mark}")
     for c in report.components:
+        check = c.output_check or {}
+        if check.get("passed") is None:
+            why = check.get("reason") or "not checked"
+            console.print(f"output check, {c.component}: — ({why})", style="dim", highlight=False)
+        else:
+            verdict = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
+            console.print(f"output check, {c.component}: {verdict} on {check['runtime']}: PSNR {check['psnr_db']} dB, "
+                          f"rel_l2 {check['rel_l2']} ({check['gate']}, {check['sets']} set(s))", highlight=False)
+    for c in report.components:
         if c.status != "ok" and c.error:
             console.print(f"[red]{c.component}[/red]: {c.error}")
     unc = (report.conditions or {}).get("uncontrolled") or []
@@ -129,8 +138,9 @@ def bench(
     artifacts: Path | None = typer.Option(None, "--artifacts", help="folder written by `mi2v export` "
                                           "(manifest.json + <component>.onnx/.pte)"),
     device: str = typer.Option("host", "--device", help="host (in this process), adb (the only phone), "
-                               "adb:SERIAL (a HOST:PORT serial is `adb connect`ed first) or ios:UDID (macOS with "
-                               "Xcode: the Core ML XCTest in apps/ios)"),
+                               "adb:SERIAL (a HOST:PORT serial is `adb connect`ed first), adb:all or "
+                               "adb:SERIAL1,SERIAL2 (several phones at once, one report each plus a comparison) or "
+                               "ios:UDID (macOS with Xcode: the Core ML XCTest in apps/ios)"),
     via: Via = typer.Option(Via.runner, "--via", help="phone: runner = the native executor_runner / "
                             "onnxruntime_perf_test (default); app = the Android benchmark app (apps/android, "
                             "installed when needed; .pte only)"),
@@ -154,7 +164,8 @@ def bench(
                              "reported as run_medians)"),
     steps: int = typer.Option(2, "--steps", min=1, max=2, help="denoising steps of the headline (1 or 2; both are reported)"),
     runner: list[Path] = typer.Option([], "--runner", help="executor_runner / onnxruntime_perf_test built for the "
-                                      "phone (repeatable; told apart by name). Not needed for a simulated phone"),
+                                      "phone (repeatable; told apart by name). Default: DIR/runners/<abi>/, else "
+                                      "the one on the phone's PATH"),
     cpu_mask: str | None = typer.Option(None, "--cpu-mask", help="pin to these cores (hex, e.g. f0); default on a "
                                         "phone: the big cores from cpuinfo_max_freq; on host: not pinned"),
     threads: int | None = typer.Option(None, "--threads", min=1, help="host only: intra-op threads (default: the "
@@ -162,6 +173,9 @@ def bench(
     adb: Path | None = typer.Option(None, "--adb", help=_ADB_HELP),
     adb_port: int | None = typer.Option(None, "--adb-port", help="adb server port (default: "
                                         "$ANDROID_ADB_SERVER_PORT or 5037)"),
+    adb_server: list[str] = typer.Option([], "--adb-server", help="adb:all / a serial list: look for the phones "
+                                         "on the adb server at HOST:PORT (repeatable: a lab of several machines; "
+                                         "like adb -H HOST -P PORT) instead of this machine's"),
     report_path: Path | None = typer.Option(None, "--report", help="report file (default: "
                                             "mi2v-bench/<time>-<device>.json); written even when a component "
                                             "fails"),
@@ -205,6 +219,11 @@ def bench(
         raise BadInputError(f"--plot {plot}: use a .png file name")
 
     say = logging.getLogger("mi2v.bench").info
+    from ..devices.fleet import is_fleet
+
+    if is_fleet(device) or adb_server:
+        _bench_fleet(opts, adb_server, json_out, say)
+        return
     show = (lambda report, path: None) if json_out else render_report
     outcome = run_bench(opts, say, echo=typer.echo)
     for report, path in outcome.reports:
@@ -215,14 +234,60 @@ def bench(
     if plot is not None and first is not None and any(c.status == "ok" for c in first.components):
         from ..devices.plot import plot_report
 
-        from ._render import console
+        from ._render import console, err_console
 
-        console.print(f"plot: {plot_report(first, plot)}")
+        (err_console if json_out else console).print(f"plot: {plot_report(first, plot)}")  # stdout: JSON only
     if outcome.error is not None:
-        from ..errors import DeviceError, MissingDependencyError
+        from ..errors import DeviceError, MissingDependencyError, VerificationError
 
-        kind = next((k for k in (BadInputError, MissingDependencyError) if isinstance(outcome.error, k)), DeviceError)
+        kind = next((k for k in (BadInputError, MissingDependencyError, VerificationError)
+                     if isinstance(outcome.error, k)), DeviceError)
         raise kind(f"{outcome.error} (report: {outcome.reports[0][1] if outcome.reports else None})")
+
+
+def _bench_fleet(opts, servers: list[str], json_out: bool, say) -> None:
+    """Several phones at once (devices/fleet.py): a report per phone, then one comparison table."""
+    from ..devices import fleet
+    from ..errors import BadInputError, DeviceError
+    from ._render import err_console, print_json
+
+    if not opts.device.startswith("adb"):
+        raise BadInputError("--adb-server needs an adb device: --device adb:all or adb:SERIAL1,SERIAL2")
+    if opts.dry_run or opts.via != "runner":
+        raise BadInputError("several phones at once use the native runners (--via runner) and no --dry-run; "
+                            "name one phone (adb:SERIAL) for those")
+    phones = fleet.find_phones(opts.device, [fleet.parse_server(s) for s in servers], opts.adb, opts.adb_port)
+    err_console.print(f"benchmarking {len(phones)} phone(s) at once: {', '.join(p.label for p in phones)}")
+    results = fleet.bench_phones(opts, phones, say)
+    rows = fleet.comparison(results)
+    if json_out:
+        print_json({"phones": rows, "reports": [r.to_dict() for res in results for r, _ in res.reports]})
+    else:
+        for res in results:
+            for report, path in res.reports:
+                render_report(report, path)
+        _render_comparison(rows)
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise DeviceError(f"{len(failed)} of {len(results)} phone(s) failed: " + "; ".join(
+            f"{r.phone.label}: {str(r.error).splitlines()[0]}" for r in failed))
+
+
+def _render_comparison(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    from ._render import console
+
+    table = Table("phone", "model", "SoC", "encoder p50", "denoiser p50", "decoder p50", "per frame (1 step)",
+                  "per frame (2 steps)", "status", "started", "finished", title="phones side by side (ms)",
+                  title_justify="left")
+    for r in rows:
+        table.add_row(r["phone"] + (" (simulated)" if r["simulated"] else ""), r["model"] or "—", r["soc"] or "—",
+                      _ms(r["encoder_p50_ms"]), _ms(r["denoiser_p50_ms"]), _ms(r["decoder_p50_ms"]),
+                      _ms(r["per_frame_ms_1_step"]), _ms(r["per_frame_ms_2_step"]),
+                      r["status"] if r["status"] == "ok" else f"[red]{r['error']}[/red]", r["started_at"] or "—",
+                      r["finished_at"] or "—")
+    console.print(table)
 
 
 @bench_app.command("compare")

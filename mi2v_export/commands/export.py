@@ -17,7 +17,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..contract import AttentionPlan, ComputeUnit, DecoderKind, Delegate, ExportDtype, PresetName, Soc, Target
-from ..errors import Mi2vError
+from ..errors import BadInputError, Mi2vError
 from ._render import component_list, console, err_console, human_bytes, print_json
 
 
@@ -29,7 +29,7 @@ class ExportInterrupted(Mi2vError):
 
 
 def _fmt_parity(p: dict) -> str:
-    if p.get("verified_on") is None:
+    if not p.get("verified_on"):
         return "—"
     gate = p.get("gate") or {}
     if gate.get("metric") == "psnr_db":
@@ -133,8 +133,12 @@ def export(
     out: Path = typer.Option(Path("artifacts"), "--out", help="output folder (artifacts + manifest.json)"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip running the artifact against PyTorch "
                                    "(recorded in the manifest)"),
-    bundle: bool = typer.Option(False, "--bundle", help="executorch: also write <component>.bpte with the test "
-                                "input and expected output (BundledProgram) for an on-device check"),
+    no_test_vectors: bool = typer.Option(False, "--no-test-vectors", help="do not write the test vectors (sampler "
+                                         "inputs + PyTorch outputs: testdata/<component>/ for ONNX, "
+                                         "<component>.bpte for ExecuTorch, testdata/<file>.npz for Core ML) that "
+                                         "`mi2v verify` and `mi2v bench` check the artifact with"),
+    bundle: bool = typer.Option(False, "--bundle", hidden=True, help="kept for old scripts: the .bpte is now "
+                                "written by default"),
     etrecord: bool = typer.Option(False, "--etrecord", help="executorch: also write <component>.etrecord for "
                                   "per-op profiling"),
     compute_units: ComputeUnit = typer.Option("all", "--compute-units", help="Core ML compute units"),
@@ -154,8 +158,10 @@ def export(
                             preset=preset.value, checkpoints=list(checkpoint), resolution=resolution, frames=frames,
                             dtype=dtype.value if dtype else None, precision=precision, calibration=calibration,
                             min_psnr=min_psnr, recipe=recipe, attention=attention.value, rewrite=list(rewrite),
-                            verify=not no_verify, bundle=bundle, etrecord=etrecord, compute_units=compute_units.value,
+                            verify=not no_verify, test_vectors=not no_test_vectors, etrecord=etrecord, compute_units=compute_units.value,
                             min_ios=min_ios, soc=soc.value, allow_cpu_fallback=allow_cpu_fallback)
+    if bundle and no_test_vectors:
+        raise BadInputError("--bundle and --no-test-vectors contradict each other (the .bpte is the test vectors)")
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
@@ -180,7 +186,7 @@ def export(
     notes = []
     for e in report.entries:
         tgt = e.target + (f"/{e.delegate}" if e.delegate else "")
-        verified = e.parity.get("verified_on") or "—"
+        verified = ", ".join(r.get("runtime", "?") for r in e.verified_on) or "—"
         table.add_row(e.component, tgt, e.precision or e.dtype, e.file, human_bytes(e.bytes), f"{e.export['wall_s']:.1f}s",
                       human_bytes(e.export["peak_rss_bytes"]), _fmt_parity(e.parity), verified)
         if e.parity.get("reason"):

@@ -223,7 +223,8 @@ def map_adb_error(err: str, serial: str | None, available: Sequence[str] = ()) -
 
 
 class Adb:
-    """The adb binary plus how to reach its server. `server_port` adds `-P PORT` (a private server)."""
+    """The adb binary plus how to reach its server. `server_port` adds `-P PORT` (a private server),
+    `server_host` adds `-H HOST` (an adb server on another machine, started there with `adb -a … server`)."""
 
     def __init__(
         self,
@@ -231,14 +232,18 @@ class Adb:
         server_port: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         env: Mapping[str, str] | None = None,
+        server_host: str | None = None,
     ):
         self.env = dict(os.environ if env is None else env)
         self.path = find_adb(path, self.env)
         self.server_port = server_port
+        self.server_host = server_host
         self.timeout = timeout
 
     def argv(self, args: Sequence[str], serial: str | None = None) -> list[str]:
         argv = [self.path]
+        if self.server_host is not None:
+            argv += ["-H", self.server_host]
         if self.server_port is not None:
             argv += ["-P", str(self.server_port)]
         if serial is not None:

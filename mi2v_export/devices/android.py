@@ -686,9 +686,10 @@ class AdbPhone(BenchDevice):
         """Pick the phone and read its facts: (the report's device block, its host block)."""
         import platform
 
-        adb = Adb(self.opts.adb, server_port=self.opts.adb_port)
+        adb = Adb(self.opts.adb, server_port=self.opts.adb_port, server_host=self.opts.adb_host)
         host = {"os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-                "adb": {"path": adb.path, "version": adb.version(), "server_port": self.opts.adb_port}}
+                "adb": {"path": adb.path, "version": adb.version(), "server_port": self.opts.adb_port,
+                        "server_host": self.opts.adb_host}}
         self.session = AndroidSession(adb, pick_device(adb, self.serial), self.say)
         self.say(f"reading device facts of {self.session.dev.serial}")
         return self.session.fingerprint(), host
@@ -818,6 +819,47 @@ class AdbRunnerDevice(AdbPhone):
         run.backend = "qnn-htp" if qnn else "cpu"
         csv.unlink(missing_ok=True)
         return run
+
+    def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
+        """executor_runner once per test-vector set: the inputs pushed as raw files (--inputs), the outputs written
+        with --output_file and pulled back. onnxruntime_perf_test has no way to return outputs."""
+        if sel.runtime != "executorch":
+            return "onnxruntime_perf_test returns no outputs: check the .onnx with `mi2v verify` on the target"
+        runner = self._runner(sel.runtime)
+        if not {"inputs", "output_file"} <= runner.flags:
+            return f"{runner.name} on the device has no --inputs / --output_file flags"
+        local = self.extras / "vectors" / sel.component
+        outputs = [self._outputs_of_set(sel, runner, local, n, vs) for n, vs in enumerate(sets)]
+        return outputs, f"{runner.name}/{sel.entry.delegate or 'portable'}"
+
+    def _outputs_of_set(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any) -> dict[str, Any]:
+        from .output_check import raw_outputs
+
+        s = self.session
+        assert s is not None
+        local.mkdir(parents=True, exist_ok=True)
+        d, base = s.remote_dir, f"{sel.component}.set{n}.out"
+        remote = []
+        for k, array in enumerate(vs.inputs.values()):  # pushed beside the artifact, not part of its staging
+            path = local / f"{sel.component}.set{n}.in{k}.bin"
+            path.write_bytes(array.tobytes())
+            remote.append(f"{d}/{path.name}")
+            s.dev.push(path, remote[-1])
+        args = [f"--model_path={d}/{sel.entry.file}", "--num_executions=1", "--inputs=" + ",".join(remote),
+                f"--output_file={d}/{base}"]
+        data = next((f.file for f in sel.entry.extra_files if f.role == "external_data"), None)
+        if data and "data_path" in runner.flags:
+            args.append(f"--data_path={d}/{data}")
+        if "print_output" in runner.flags:
+            args.append("--print_output=none")
+        rc, out, err, _, _ = s.run_runner(runner, args, self.opts.timeout)
+        s.dev.shell(["rm", "-f", *remote])  # the inputs are not kept on the phone
+        if rc != 0:
+            raise RunnerFailure(runner_failure(runner.name, rc, out + err, [], []), out + err)
+        files = [s.pull_if_exists(f"{base}-{k}.bin", local / f"{base}-{k}.bin") for k in range(len(sel.entry.outputs))]
+        if any(f is None for f in files):
+            raise DeviceError(f"{runner.name} wrote no {base}-<i>.bin output files for the {sel.component}")
+        return raw_outputs(files, sel.entry)
 
     def _profile(self, sel: Selection, runner: Runner) -> str | None:
         """--etdump: a separate one-iteration run with --etdump_path; the pulled file, relative to the report."""

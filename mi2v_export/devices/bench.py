@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, DeviceError, MissingDependencyError, Mi2vError
+from ..errors import BadInputError, DeviceError, MissingDependencyError, Mi2vError, VerificationError
 from ..contract import COMPONENTS, RUNTIME_OF_TARGET, runs_on_host
 from .report import BenchReport, ComponentResult
 
@@ -63,6 +63,7 @@ class BenchOptions:
     threads: int | None = None
     adb: Path | None = None
     adb_port: int | None = None
+    adb_host: str | None = None  # an adb server on another machine (adb -H); None: this machine's
     json_path: Path | None = None
     cooldown: float | None = None
     thermal_wait: float = 120.0
@@ -178,16 +179,18 @@ def describe_artifact(manifest: Any, e: Any) -> dict[str, Any]:
         "extra_files": [{"role": f.role, "file": f.file, "sha256": f.sha256, "bytes": f.bytes}
                         for f in e.extra_files],
         "inputs": [t.to_dict() for t in e.inputs],
-        "parity": {"verified_on": (e.parity or {}).get("verified_on"), "passed": gate.get("passed")},
+        "parity": {"verified_on": sorted({r.get("runtime") for r in e.verified_on if r.get("passed")}),
+                   "passed": gate.get("passed")},
     }
 
 
 def artifact_files(manifest: Any, e: Any) -> list[tuple[Path, str, str]]:
     """(local path, name, manifest sha256) of the artifact's files: the primary one, then its extra files.
-    Files that are not needed to run it (bundled programs, ETRecords, a QNN context's source model) are left out."""
+    Files that are not needed to run it (test vectors, bundled programs, ETRecords, a QNN context's source model)
+    are left out."""
     files = [(manifest.path_of(e), e.file, e.sha256)]
     for f in e.extra_files:
-        if f.role in ("bundled_program", "etrecord", "qnn_source"):
+        if f.role in ("bundled_program", "test_vectors", "etrecord", "qnn_source"):
             continue
         files.append((manifest.folder / f.file, f.file, f.sha256))
     return files
@@ -323,6 +326,11 @@ class BenchDevice:
         """False when the device is gone (the remaining components are not run)."""
         return True
 
+    def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
+        """Run the artifact once per stored test-vector input set (testvectors.VectorSet) where it was timed:
+        (one output dict per set, the runtime's name), or why this device cannot return outputs."""
+        return "this device returns no outputs"
+
     def finish(self, report: BenchReport) -> None:
         """Record what the device staged and warned about; release what it holds."""
 
@@ -401,7 +409,8 @@ def bench_device(device: BenchDevice, opts: BenchOptions, manifest: Any,
     stop: Mi2vError | None = None
     try:
         _start(device, report)
-        _run_all(device, _prepare_all(device, pending, kinds), report, kinds, 0 if device.together else opts.cooldown)
+        _run_all(device, _prepare_all(device, pending, kinds), report, kinds, 0 if device.together else opts.cooldown,
+                 manifest.folder)
     except Mi2vError as exc:
         stop = exc
     except KeyboardInterrupt:
@@ -430,8 +439,7 @@ def _components(device: BenchDevice, manifest: Any, opts: BenchOptions,
         if sel.entry is not None:
             comp.artifact = describe_artifact(manifest, sel.entry)
             comp.runtime = {"name": sel.runtime, "timed_region": TIMED_REGION.get(sel.runtime)}
-            comp.error = "not run"
-            pending.append((sel, comp))
+            pending.append((sel, comp))  # "skipped" until it has run or failed
         report.components.append(comp)
     return pending
 
@@ -463,9 +471,11 @@ def _prepare_all(device: BenchDevice, pending: list[tuple[Selection, ComponentRe
 
 
 def _run_all(device: BenchDevice, ready: list[tuple[Selection, ComponentResult]], report: BenchReport,
-             kinds: dict[str, type[Mi2vError]], cooldown: float) -> None:
-    """Each prepared component in turn: cool down, run, record the result or the failure, check the heat. A device
-    that went away stops the loop (its error is raised)."""
+             kinds: dict[str, type[Mi2vError]], cooldown: float, folder: Path) -> None:
+    """Each prepared component in turn: cool down, run, check its outputs against the test vectors, record the
+    result or the failure, check the heat. A device that went away stops the loop (its error is raised)."""
+    from .output_check import check_outputs
+
     for i, (sel, comp) in enumerate(ready):
         before = device.cool_down(0 if i == 0 else cooldown, sel.component)
         comp.conditions["before"] = before
@@ -474,6 +484,8 @@ def _run_all(device: BenchDevice, ready: list[tuple[Selection, ComponentResult]]
             report.components[report.components.index(comp)] = comp = done
             if done.status == "failed":
                 kinds[done.component] = DeviceError
+            else:
+                check_outputs(device, folder, sel, done)
         except Mi2vError as exc:
             _fail(comp, exc, kinds)
             if not device.alive():
@@ -503,8 +515,9 @@ def _finish(device: BenchDevice, report: BenchReport) -> None:
 
 
 def _not_run(pending: list[tuple[Selection, ComponentResult]], why: str) -> None:
+    """The runnable components the loop did not reach keep status "skipped", with the reason."""
     for _, comp in pending:
-        if comp.status == "skipped" and comp.error == "not run":
+        if comp.status == "skipped":
             comp.error = f"not run: {why}"
 
 
@@ -519,10 +532,11 @@ def _first_failure(report: BenchReport, kinds: dict[str, type[Mi2vError]]) -> Mi
 
 
 def _fail(comp: ComponentResult, exc: Mi2vError, kinds: dict[str, type[Mi2vError]]) -> None:
-    """Mark a component failed; the CLI's exit code follows the error's kind (input, dependency, device)."""
+    """Mark a component failed; the CLI's exit code follows the error's kind (input, dependency, wrong output,
+    device)."""
     comp.status, comp.error = "failed", str(exc)
-    kinds[comp.component] = next((k for k in (BadInputError, MissingDependencyError) if isinstance(exc, k)),
-                                 DeviceError)
+    kinds[comp.component] = next((k for k in (BadInputError, MissingDependencyError, VerificationError)
+                                  if isinstance(exc, k)), DeviceError)
 
 
 __all__ = ["BenchDevice", "BenchOptions", "BenchOutcome", "DeviceFacts", "MissingDependencyError", "parse_device",

@@ -340,6 +340,12 @@ class HostDevice(BenchDevice):
         self.simulated.append(entry.file)
         return {"qnn_soc": entry.target_info.get("soc"), "qnn_fp16": entry.precision == "fp16"}
 
+    def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
+        """The test-vector inputs run in this process on the runtime that was timed."""
+        from .output_check import host_outputs
+
+        return host_outputs(self.manifest.folder, sel.entry, sel.runtime, sets)
+
     def finish(self, report: BenchReport) -> None:
         if self.simulated:
             report.warnings.append(f"{', '.join(self.simulated)}: timed on the QNN HTP simulator (x86_64), simulated "

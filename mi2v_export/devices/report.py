@@ -26,11 +26,13 @@ One JSON file per bench invocation:
       "components": [
         {"component": "encoder"|"denoiser"|"decoder", "status": "ok"|"failed"|"skipped", "error": null|"…",
          "artifact": {"file", "path", "format", "model", "target", "delegate", "precision", "sha256", "bytes",
-                      "extra_files", "inputs", "parity": {"verified_on", "passed"}},
+                      "extra_files", "inputs", "parity": {"verified_on": [runtimes it passed on], "passed"}},
          "runtime": {"name", "timed_region", "backend", "threads", "affinity_mask", "runner", "runner_path",
                      "runner_sha256", "runner_source", "runner_file", "runner_libs", "log_channel", "etdump",
                      "failure_log", "version"},
          "conditions": {"before": {…snapshot…}, "after": {…}},
+         "output_check": {"psnr_db", "rel_l2", "max_abs", "passed", "finite", "sets", "gate", "runtime"} | null,
+                                                  # outputs on the test vectors' inputs vs the stored PyTorch outputs
          "runs": [{"load_ms", "samples_ms": [...], "warmup_ms": [...], "first_iteration_ms", "mean_only_ms",
                    "peak_rss_kb", "peak_rss_scope", "peak_rss_method", "exit_code", "backend", "threads",
                    "wall_s", "etdump", "log"}],
@@ -138,6 +140,8 @@ class ComponentResult:
     runtime: dict[str, Any] = field(default_factory=dict)
     runs: list[RunResult] = field(default_factory=list)
     conditions: dict[str, Any] = field(default_factory=dict)  # device state before/after this component
+    # the artifact's outputs on the benchmarked runtime vs its test vectors (devices/output_check.py), or None
+    output_check: dict[str, Any] | None = None
 
     def samples(self) -> list[float]:
         return [s for r in self.runs for s in r.samples_ms]
@@ -236,7 +240,7 @@ class BenchReport:
                     for r in c.get("runs", [])]
             comps.append(ComponentResult(component=c["component"], status=c.get("status", "ok"), error=c.get("error"),
                                          artifact=c.get("artifact", {}), runtime=c.get("runtime", {}), runs=runs,
-                                         conditions=c.get("conditions", {})))
+                                         conditions=c.get("conditions", {}), output_check=c.get("output_check")))
         protocol = {k: v for k, v in data.get("protocol", {}).items() if k != "percentile_method"}
         return cls(device=data["device"], components=comps, frames=data.get("frames"), protocol=protocol,
                    conditions=data.get("conditions", {}), host=data.get("host", {}), tool=data.get("tool", {}),

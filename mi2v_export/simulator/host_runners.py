@@ -201,8 +201,16 @@ def _executor_runner(argv: list[str]) -> int:
     if loaded is None:
         return 1
     program, method, name = loaded
-    outputs = _et_execute(method, name, int(flags["num_executions"]), log)
+    files = [f for f in flags["inputs"].split(",") if f]
+    outputs = _et_execute(method, name, int(flags["num_executions"]), log, files)
+    if outputs is None:
+        return 1
     _et_print_outputs(outputs, flags["print_output"])
+    if flags["output_file"]:  # upstream: each tensor output's raw bytes in <output_file>-<i>.bin
+        for i, value in enumerate(outputs):
+            out_name = f"{flags['output_file']}-{i}.bin"
+            log(f"Writing output to file: {out_name}")
+            Path(out_name).write_bytes(value.detach().contiguous().numpy().tobytes())
     if etdump:
         try:
             program.write_etdump_result_to_file(flags["etdump_path"], "")
@@ -248,15 +256,20 @@ def _et_load(model_path: str, method_name: str, etdump: bool, log: _EtLog) -> tu
     return program, method, name
 
 
-def _et_execute(method: Any, name: str, n: int, log: _EtLog) -> list[Any]:
-    """n timed executions with inputs of ones (made outside the timed region), one log line each."""
+def _et_execute(method: Any, name: str, n: int, log: _EtLog, files: list[str]) -> list[Any] | None:
+    """n timed executions, one log line each, with inputs (made outside the timed region) of ones or, with
+    --inputs, the files' raw bytes; None when the files do not match the method."""
     import torch
 
     specs = pte_input_specs(method.metadata)
+    if files and len(files) != len(specs):
+        log(f"Expected {len(specs)} input files, got {len(files)}", "E")
+        return None
     spent = 0
     outputs: list[Any] = []
     for i in range(n):
-        inputs = [torch.ones(shape, dtype=dt) for shape, dt in specs]
+        inputs = [_raw_tensor(f, shape, dt) for f, (shape, dt) in zip(files, specs)] if files else \
+            [torch.ones(shape, dtype=dt) for shape, dt in specs]
         t0 = time.perf_counter_ns()
         try:
             outputs = method.execute(inputs)
@@ -269,6 +282,13 @@ def _et_execute(method: Any, name: str, n: int, log: _EtLog) -> list[Any]:
     log(f"Model executed successfully {n} time(s) in {spent / 1e6:f} ms.")
     log(f"{len(outputs)} outputs: ")
     return outputs
+
+
+def _raw_tensor(path: str, shape: tuple[int, ...], dtype):
+    """An --inputs file: the tensor's raw bytes in the method's dtype (what executor_runner reads)."""
+    import torch
+
+    return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=dtype).reshape(shape).clone()
 
 
 def _et_print_outputs(outputs: list[Any], mode: str) -> None:

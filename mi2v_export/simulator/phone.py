@@ -651,7 +651,7 @@ class SimulatedPhone:
         sock.settimeout(0.5)
         self._listener = sock
         self.port = sock.getsockname()[1]
-        self._build_filesystem()
+        _FileSystem(self).build()
         self._used_at_start = self._usage()
         self._accept_thread = threading.Thread(target=self._accept_loop, name="adbd-accept", daemon=True)
         self._accept_thread.start()
@@ -739,126 +739,15 @@ class SimulatedPhone:
     def service_handler(self, service: str) -> Any:
         name, _, rest = service.partition(":")
         if name == "sync" and rest == "":
-            return self._sync_service
+            return _SyncSession(self).serve
         if name == "exec":
-            return lambda s: self._shell_service(s, rest, v2=False, merge_stderr=False)
+            return lambda s: _ShellSession(self).serve(s, rest, v2=False, merge_stderr=False)
         if name.split(",")[0] == "shell":
             args = name.split(",")[1:]
-            return lambda s: self._shell_service(s, rest, v2="v2" in args, merge_stderr=True)
+            return lambda s: _ShellSession(self).serve(s, rest, v2="v2" in args, merge_stderr=True)
         return None
 
     # ---- filesystem ------------------------------------------------------------------------------------------
-    def _build_filesystem(self) -> None:
-        root = self.root
-        assert root is not None
-        p = self.profile
-        for _, sub, _, _ in _MOUNTS:
-            if not sub.startswith("proc/"):
-                (root / sub).mkdir(parents=True, exist_ok=True)
-        (root / "proc").mkdir(exist_ok=True)
-        meta = root / ".mi2v"
-        meta.mkdir(exist_ok=True)
-        self._write_cpufreq(root / "sys/devices/system/cpu")
-        # thermal zones
-        th_root = root / "sys/class/thermal"
-        for i, zone in enumerate(p.thermal):
-            d = th_root / f"thermal_zone{i}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "type").write_text(zone.name + "\n")
-            (d / "temp").write_text(f"{round(zone.temp_c * 1000)}\n")
-        # /proc
-        mem = p.mem_total_kb
-        (root / "proc/meminfo").write_text(
-            f"MemTotal:       {mem:>8} kB\nMemFree:        {mem // 4:>8} kB\nMemAvailable:   {mem // 2:>8} kB\n"
-            f"Buffers:        {0:>8} kB\nCached:         {mem // 8:>8} kB\n"
-        )
-        cpuinfo = "".join(f"processor\t: {i}\nBogoMIPS\t: 38.40\n\n" for i in range(len(p.cpus)))
-        (root / "proc/cpuinfo").write_text(cpuinfo + f"Hardware\t: {p.hardware}\n")
-        # properties
-        props = self.props()
-        pdir = meta / "props"
-        pdir.mkdir(exist_ok=True)
-        for k, v in props.items():
-            if "/" in k or k.startswith("."):
-                continue
-            (pdir / k).write_text(v + "\n")
-        (meta / "getprop.txt").write_text("".join(f"[{k}]: [{v}]\n" for k, v in props.items()))
-        (meta / "battery.txt").write_text(_dumpsys_battery(p.battery))
-        (meta / "thermalservice.txt").write_text(_dumpsys_thermal(p))
-        (meta / "logcat.txt").touch()
-        self._write_tools()
-
-    def _write_cpufreq(self, cpu_root: Path) -> None:
-        """/sys/devices/system/cpu: online/possible/present and each core's cpufreq files, from the profile."""
-        p = self.profile
-        n = len(p.cpus)
-        span = "0" if n == 1 else f"0-{n - 1}"
-        for fname in ("online", "possible", "present"):
-            (cpu_root / fname).write_text(span + "\n")
-        for i, core in enumerate(p.cpus):
-            d = cpu_root / f"cpu{i}" / "cpufreq"
-            d.mkdir(parents=True, exist_ok=True)
-            cur = core.cur_khz if core.cur_khz is not None else core.max_khz
-            (d / "cpuinfo_max_freq").write_text(f"{core.max_khz}\n")
-            (d / "cpuinfo_min_freq").write_text(f"{core.min_khz}\n")
-            (d / "scaling_max_freq").write_text(f"{core.max_khz}\n")
-            (d / "scaling_cur_freq").write_text(f"{cur}\n")
-            (d / "scaling_governor").write_text(f"{core.governor}\n")
-            stats = d / "stats"
-            stats.mkdir(exist_ok=True)
-            (stats / "time_in_state").write_text(f"{core.min_khz} 0\n{core.max_khz} 0\n")
-
-    def _write_tools(self) -> None:
-        root = self.root
-        assert root is not None
-        meta = shlex.quote(str(root / ".mi2v"))
-        timer = f"{shlex.quote(sys.executable)} {shlex.quote(str(root / '.mi2v' / 'toybox_time.py'))}"
-        bin_dir = root / "system/bin"
-        tools = {
-            "getprop": f"""#!/bin/sh
-# simulated getprop: values from the device profile
-M={meta}
-if [ $# -eq 0 ]; then exec cat "$M/getprop.txt"; fi
-case "$1" in */*|.*|'') echo "${{2:-}}"; exit 0;; esac
-if [ -f "$M/props/$1" ]; then cat "$M/props/$1"; else echo "${{2:-}}"; fi
-""",
-            "setprop": """#!/bin/sh
-echo "setprop: properties are read-only on the simulated phone" >&2
-exit 1
-""",
-            "dumpsys": f"""#!/bin/sh
-# simulated dumpsys: battery and thermalservice from the device profile
-M={meta}
-case "$1" in
-  battery) exec cat "$M/battery.txt";;
-  thermalservice) exec cat "$M/thermalservice.txt";;
-  -l) printf 'Currently running services:\\n  battery\\n  thermalservice\\n';;
-  *) echo "Can't find service: $1";;
-esac
-""",
-            "logcat": f"""#!/bin/sh
-# simulated logcat: a plain text buffer (runners may append to $M/logcat.txt); -c clears it
-M={meta}
-for a in "$@"; do case "$a" in -c) : > "$M/logcat.txt"; exit 0;; esac; done
-echo '--------- beginning of main'
-exec cat "$M/logcat.txt"
-""",
-            "toybox": f"""#!/bin/sh
-# simulated toybox: `toybox time [-v] CMD...` is measured like toybox's time.c; other applets run the host tool
-if [ $# -eq 0 ]; then echo "toybox (simulated): time, and the host's tools"; exit 0; fi
-if [ "$1" = time ]; then shift; exec {timer} "$@"; fi
-exec "$@"
-""",
-        }
-        for name, text in tools.items():
-            path = bin_dir / name
-            path.write_text(text)
-            path.chmod(0o755)
-        if self.profile.abi == host_abi():  # the phone runs this machine's code: the runners are "installed"
-            for runner in (EXECUTOR_RUNNER, ORT_PERF_TEST):
-                write_host_runner(runner, bin_dir)
-        (root / ".mi2v" / "toybox_time.py").write_text(_TOYBOX_TIME)
-
     def _usage(self) -> int:
         total = 0
         for sub in ("data", "sdcard"):
@@ -910,8 +799,28 @@ exec "$@"
         norm = posixpath.normpath("/" + remote.lstrip("/"))
         return norm == "/" or any(prefix.startswith(norm.rstrip("/") + "/") for prefix, *_ in _MOUNTS)
 
-    # ---- sync: service ---------------------------------------------------------------------------------------
-    def _sync_service(self, s: _Stream) -> None:
+    # ---- device paths in shell commands ----------------------------------------------------------------------
+    def _path_maps(self) -> tuple[re.Pattern[str], dict[str, str]]:
+        root = self.root
+        assert root is not None
+        forward = {prefix: str(root / sub) for prefix, sub, _, _ in _MOUNTS}
+        alternatives = "|".join(re.escape(p) for p in sorted(forward, key=len, reverse=True))
+        pattern = re.compile(rf"(?<![{_PATH_CHARS}/])({alternatives})(?![{_PATH_CHARS}])")
+        return pattern, forward
+
+    def to_host_command(self, command: str) -> str:
+        """Rewrite the device paths in a shell command to their folders under root."""
+        pattern, forward = self._path_maps()
+        return pattern.sub(lambda m: forward[m.group(1)], command)
+
+
+class _SyncSession:
+    """adb's sync protocol on one stream (STAT, LIST, SEND, RECV, QUIT), confined to the phone's folders."""
+
+    def __init__(self, phone: SimulatedPhone):
+        self.phone = phone
+
+    def serve(self, s: _Stream) -> None:
         while True:
             header = s.read_exact(8)
             ident, length = header[:4], struct.unpack("<I", header[4:])[0]
@@ -942,14 +851,14 @@ exec "$@"
         s.write(b"FAIL" + struct.pack("<I", len(data)) + data)
 
     def _stat_tuple(self, remote: str) -> tuple[int, int, int]:
-        host, _ = self.resolve(remote)
+        host, _ = self.phone.resolve(remote)
         if host is not None:
             try:
                 st = os.stat(host)
                 return st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime)
             except OSError:
                 return 0, 0, 0
-        if self._virtual_dir(remote):
+        if self.phone._virtual_dir(remote):
             return stat_mod.S_IFDIR | 0o771, 4096, int(time.time())
         return 0, 0, 0
 
@@ -958,7 +867,7 @@ exec "$@"
         return b"STAT" + struct.pack("<III", mode, size, mtime)
 
     def _sync_list(self, s: _Stream, remote: str) -> None:
-        host, _ = self.resolve(remote)
+        host, _ = self.phone.resolve(remote)
         entries: list[tuple[str, int, int, int]] = []
         if host is not None and host.is_dir():
             for name in sorted(os.listdir(host)):
@@ -967,7 +876,7 @@ exec "$@"
                 except OSError:
                     continue
                 entries.append((name, st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime)))
-        elif host is None and self._virtual_dir(remote):
+        elif host is None and self.phone._virtual_dir(remote):
             norm = posixpath.normpath("/" + remote.lstrip("/")).rstrip("/") + "/"
             names = sorted({p[len(norm):].split("/")[0] for p, *_ in _MOUNTS if p.startswith(norm)})
             entries = [(n, stat_mod.S_IFDIR | 0o771, 4096, int(time.time())) for n in names]
@@ -987,7 +896,7 @@ exec "$@"
             mode = int(mode_text)
         except ValueError:
             mode = 0o100644
-        host, reason = self.resolve(remote, write=True)
+        host, reason = self.phone.resolve(remote, write=True)
         if host is not None and stat_mod.S_ISLNK(mode):
             host, reason = None, "Operation not permitted"  # symlinks could point out of the sandbox
         if host is not None and host.is_dir():
@@ -1035,7 +944,7 @@ exec "$@"
     def _receive_data(self, s: _Stream, fh: Any, failure: str) -> tuple[str, int | None]:
         """Consume DATA chunks until DONE (even after a failure, so the client reads a clean FAIL), writing them to
         fh while nothing failed. Returns (failure, DONE's mtime); mtime None: a protocol error was already sent."""
-        free = self.free_bytes()
+        free = self.phone.free_bytes()
         received = 0
         while True:
             header = s.read_exact(8)
@@ -1059,7 +968,7 @@ exec "$@"
                 failure = f"write failed: {exc.strerror}"
 
     def _sync_recv(self, s: _Stream, remote: str) -> bool:
-        host, reason = self.resolve(remote)
+        host, reason = self.phone.resolve(remote)
         if host is None:
             self._sync_fail(s, f"open failed: {reason}")
             return False
@@ -1090,40 +999,34 @@ exec "$@"
         s.write(b"DONE" + struct.pack("<I", 0))
         return True
 
-    # ---- shell -----------------------------------------------------------------------------------------------
-    def _path_maps(self) -> tuple[re.Pattern[str], dict[str, str]]:
-        root = self.root
-        assert root is not None
-        forward = {prefix: str(root / sub) for prefix, sub, _, _ in _MOUNTS}
-        alternatives = "|".join(re.escape(p) for p in sorted(forward, key=len, reverse=True))
-        pattern = re.compile(rf"(?<![{_PATH_CHARS}/])({alternatives})(?![{_PATH_CHARS}])")
-        return pattern, forward
 
-    def to_host_command(self, command: str) -> str:
-        """Rewrite the device paths in a shell command to their folders under root."""
-        pattern, forward = self._path_maps()
-        return pattern.sub(lambda m: forward[m.group(1)], command)
+class _ShellSession:
+    """One `shell:` / `exec:` stream: /bin/sh on this machine in the phone's root, device paths mapped both ways,
+    shell v2 packets (separate stderr, exit code) when the host asked for them."""
+
+    def __init__(self, phone: SimulatedPhone):
+        self.phone = phone
 
     def _shell_env(self) -> dict[str, str]:
-        root = self.root
+        root = self.phone.root
         assert root is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANDROID_", "ADB_"))}
         env.update(
             PATH=f"{root / 'system/bin'}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             HOME=str(root),
-            TMPDIR=str(self.sandbox),
+            TMPDIR=str(self.phone.sandbox),
             ANDROID_DATA="/data",
             ANDROID_ROOT="/system",
             MI2V_SIMULATED_DEVICE="1",
             MI2V_DEVICE_ROOT=str(root),
-            MI2V_DEVICE_SERIAL=self.serial,
+            MI2V_DEVICE_SERIAL=self.phone.serial,
         )
         return env
 
-    def _shell_service(self, s: _Stream, command: str, v2: bool, merge_stderr: bool) -> None:
-        root = self.root
+    def serve(self, s: _Stream, command: str, v2: bool, merge_stderr: bool) -> None:
+        root = self.phone.root
         assert root is not None
-        argv = ["/bin/sh", "-c", self.to_host_command(command)] if command.strip() else ["/bin/sh"]
+        argv = ["/bin/sh", "-c", self.phone.to_host_command(command)] if command.strip() else ["/bin/sh"]
         try:
             proc = subprocess.Popen(
                 argv,
@@ -1138,9 +1041,9 @@ exec "$@"
             msg = f"/system/bin/sh: {exc.strerror}\n".encode()
             s.write(_shell_packet(SHELL_STDERR, msg) + _shell_packet(SHELL_EXIT, b"\x7f") if v2 else msg)
             return
-        with self._lock:
-            self._procs.add(proc)
-        unmap = _Unmapper(self)
+        with self.phone._lock:
+            self.phone._procs.add(proc)
+        unmap = _Unmapper(self.phone)
         try:
             readers = []
             for pipe, ident in ((proc.stdout, SHELL_STDOUT), (proc.stderr, SHELL_STDERR)):
@@ -1156,7 +1059,7 @@ exec "$@"
                     rc = proc.wait(timeout=0.5)
                     break
                 except subprocess.TimeoutExpired:
-                    if s.closed.is_set() or self.stopping.is_set():  # the host hung up: like SIGHUP on a phone
+                    if s.closed.is_set() or self.phone.stopping.is_set():  # the host hung up: like SIGHUP on a phone
                         _kill_group(proc)
             for t in readers:
                 t.join(timeout=10 if not s.closed.is_set() else 1)
@@ -1165,8 +1068,8 @@ exec "$@"
                 s.write(_shell_packet(SHELL_EXIT, bytes([code & 0xFF])))
         finally:
             _kill_group(proc)
-            with self._lock:
-                self._procs.discard(proc)
+            with self.phone._lock:
+                self.phone._procs.discard(proc)
 
     @staticmethod
     def _pump_out(s: _Stream, pipe: Any, ident: int, v2: bool, unmap: _Unmapper) -> None:
@@ -1220,6 +1123,124 @@ exec "$@"
                 stdin.close()
             except OSError:
                 pass
+
+
+class _FileSystem:
+    """The phone's generated, read-only files: cpufreq, thermal zones, /proc, properties and the device tools."""
+
+    def __init__(self, phone: SimulatedPhone):
+        self.phone = phone
+
+    def build(self) -> None:
+        root = self.phone.root
+        assert root is not None
+        p = self.phone.profile
+        for _, sub, _, _ in _MOUNTS:
+            if not sub.startswith("proc/"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "proc").mkdir(exist_ok=True)
+        meta = root / ".mi2v"
+        meta.mkdir(exist_ok=True)
+        self._write_cpufreq(root / "sys/devices/system/cpu")
+        # thermal zones
+        th_root = root / "sys/class/thermal"
+        for i, zone in enumerate(p.thermal):
+            d = th_root / f"thermal_zone{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "type").write_text(zone.name + "\n")
+            (d / "temp").write_text(f"{round(zone.temp_c * 1000)}\n")
+        # /proc
+        mem = p.mem_total_kb
+        (root / "proc/meminfo").write_text(
+            f"MemTotal:       {mem:>8} kB\nMemFree:        {mem // 4:>8} kB\nMemAvailable:   {mem // 2:>8} kB\n"
+            f"Buffers:        {0:>8} kB\nCached:         {mem // 8:>8} kB\n"
+        )
+        cpuinfo = "".join(f"processor\t: {i}\nBogoMIPS\t: 38.40\n\n" for i in range(len(p.cpus)))
+        (root / "proc/cpuinfo").write_text(cpuinfo + f"Hardware\t: {p.hardware}\n")
+        # properties
+        props = self.phone.props()
+        pdir = meta / "props"
+        pdir.mkdir(exist_ok=True)
+        for k, v in props.items():
+            if "/" in k or k.startswith("."):
+                continue
+            (pdir / k).write_text(v + "\n")
+        (meta / "getprop.txt").write_text("".join(f"[{k}]: [{v}]\n" for k, v in props.items()))
+        (meta / "battery.txt").write_text(_dumpsys_battery(p.battery))
+        (meta / "thermalservice.txt").write_text(_dumpsys_thermal(p))
+        (meta / "logcat.txt").touch()
+        self._write_tools()
+
+    def _write_cpufreq(self, cpu_root: Path) -> None:
+        """/sys/devices/system/cpu: online/possible/present and each core's cpufreq files, from the profile."""
+        p = self.phone.profile
+        n = len(p.cpus)
+        span = "0" if n == 1 else f"0-{n - 1}"
+        for fname in ("online", "possible", "present"):
+            (cpu_root / fname).write_text(span + "\n")
+        for i, core in enumerate(p.cpus):
+            d = cpu_root / f"cpu{i}" / "cpufreq"
+            d.mkdir(parents=True, exist_ok=True)
+            cur = core.cur_khz if core.cur_khz is not None else core.max_khz
+            (d / "cpuinfo_max_freq").write_text(f"{core.max_khz}\n")
+            (d / "cpuinfo_min_freq").write_text(f"{core.min_khz}\n")
+            (d / "scaling_max_freq").write_text(f"{core.max_khz}\n")
+            (d / "scaling_cur_freq").write_text(f"{cur}\n")
+            (d / "scaling_governor").write_text(f"{core.governor}\n")
+            stats = d / "stats"
+            stats.mkdir(exist_ok=True)
+            (stats / "time_in_state").write_text(f"{core.min_khz} 0\n{core.max_khz} 0\n")
+
+    def _write_tools(self) -> None:
+        root = self.phone.root
+        assert root is not None
+        meta = shlex.quote(str(root / ".mi2v"))
+        timer = f"{shlex.quote(sys.executable)} {shlex.quote(str(root / '.mi2v' / 'toybox_time.py'))}"
+        bin_dir = root / "system/bin"
+        tools = {
+            "getprop": f"""#!/bin/sh
+# simulated getprop: values from the device profile
+M={meta}
+if [ $# -eq 0 ]; then exec cat "$M/getprop.txt"; fi
+case "$1" in */*|.*|'') echo "${{2:-}}"; exit 0;; esac
+if [ -f "$M/props/$1" ]; then cat "$M/props/$1"; else echo "${{2:-}}"; fi
+""",
+            "setprop": """#!/bin/sh
+echo "setprop: properties are read-only on the simulated phone" >&2
+exit 1
+""",
+            "dumpsys": f"""#!/bin/sh
+# simulated dumpsys: battery and thermalservice from the device profile
+M={meta}
+case "$1" in
+  battery) exec cat "$M/battery.txt";;
+  thermalservice) exec cat "$M/thermalservice.txt";;
+  -l) printf 'Currently running services:\\n  battery\\n  thermalservice\\n';;
+  *) echo "Can't find service: $1";;
+esac
+""",
+            "logcat": f"""#!/bin/sh
+# simulated logcat: a plain text buffer (runners may append to $M/logcat.txt); -c clears it
+M={meta}
+for a in "$@"; do case "$a" in -c) : > "$M/logcat.txt"; exit 0;; esac; done
+echo '--------- beginning of main'
+exec cat "$M/logcat.txt"
+""",
+            "toybox": f"""#!/bin/sh
+# simulated toybox: `toybox time [-v] CMD...` is measured like toybox's time.c; other applets run the host tool
+if [ $# -eq 0 ]; then echo "toybox (simulated): time, and the host's tools"; exit 0; fi
+if [ "$1" = time ]; then shift; exec {timer} "$@"; fi
+exec "$@"
+""",
+        }
+        for name, text in tools.items():
+            path = bin_dir / name
+            path.write_text(text)
+            path.chmod(0o755)
+        if self.phone.profile.abi == host_abi():  # the phone runs this machine's code: the runners are "installed"
+            for runner in (EXECUTOR_RUNNER, ORT_PERF_TEST):
+                write_host_runner(runner, bin_dir)
+        (root / ".mi2v" / "toybox_time.py").write_text(_TOYBOX_TIME)
 
 
 class _Unmapper:

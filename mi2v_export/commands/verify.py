@@ -1,0 +1,72 @@
+"""`mi2v verify DIR`: run the artifacts of a folder on every runtime this machine has against their test vectors,
+record the results in DIR/manifest.json (`parity.verified_on`), exit 4 when one fails. The work is in
+mi2v_export.verify; this module parses flags and prints a table (or, with --json, the checks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..errors import VerificationError
+from ._render import console, print_json
+from .export import _stdout_to_stderr
+
+
+def _fmt(run: dict) -> str:
+    if run.get("error"):
+        return f"error: {run['error']}"[:80]
+    psnr, rel = run.get("psnr_db"), run.get("rel_l2")
+    psnr_text = psnr if isinstance(psnr, str) else f"{psnr:.1f}"
+    return f"PSNR {psnr_text} dB, rel_l2 {float(rel):.1e}"
+
+
+def verify(
+    folder: Path = typer.Argument(..., help="artifacts folder written by `mi2v export` (with manifest.json)"),
+    component: str | None = typer.Option(None, "--component", help="encoder | denoiser | decoder (default: all)"),
+    runtime: list[str] = typer.Option([], "--runtime", help="only this runtime (repeatable), e.g. onnxruntime, "
+                                      "executorch-xnnpack, coreml-cpu_only (default: every one available here)"),
+    no_record: bool = typer.Option(False, "--no-record", help="do not write the results into manifest.json"),
+    json_out: bool = typer.Option(False, "--json", help="print the checks as JSON on stdout"),
+) -> None:
+    """Run every artifact in FOLDER on each runtime this machine has (onnxruntime CPU, ExecuTorch XNNPACK /
+    portable, Core ML per compute unit on macOS) against its stored test vectors, with the component's gate.
+    Needs no model or checkpoint. Results are appended to the manifest's parity.verified_on; exit 4 on a failure."""
+    from ..verify import verify_folder
+
+    with _stdout_to_stderr(json_out):  # native runtimes' prints must not reach --json's stdout
+        checks = verify_folder(folder, component=component, runtimes=list(runtime) or None, record=not no_record)
+    failed = [c for c in checks if c.failed]
+    if json_out:
+        print_json({"folder": str(folder), "passed": not failed, "ran": sum(len(c.runs) for c in checks),
+                    "artifacts": [c.to_dict() for c in checks]})
+    else:
+        _print_table(folder, checks)
+    if failed:
+        names = ", ".join(f"{c.component} ({c.file} on {', '.join(r['runtime'] for r in c.runs if not r['passed'])})"
+                          for c in failed)
+        raise VerificationError(f"{names}: output differs from the stored PyTorch fp32 output beyond the gate")
+
+
+def _print_table(folder: Path, checks) -> None:
+    table = Table(title=f"verify {folder}")
+    for col in ("component", "file", "dtype", "runtime", "result", "gate", ""):
+        table.add_column(col, no_wrap=True)
+    notes = []
+    for c in checks:
+        for r in c.runs:
+            table.add_row(c.component, c.file, c.dtype, f"{r['runtime']} {r.get('runtime_version') or ''}",
+                          _fmt(r), r["gate"], "[green]pass[/]" if r["passed"] else "[red]FAIL[/]")
+        notes += [f"{c.file}: {name} not run — {why}" for name, why in c.skipped.items()]
+        if not c.sha256_ok:
+            notes.append(f"{c.file}: sha256 differs from the manifest (the file changed after export)")
+    console.print(table)
+    for n in notes:
+        console.print(f"[dim]note:[/] {n}", highlight=False, soft_wrap=True)
+    if not any(c.runs for c in checks):
+        console.print("nothing could be run on this machine (see the notes)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)

@@ -1,0 +1,76 @@
+"""The bench's output check: what an artifact computed where it was timed, compared with its test vectors.
+
+`check_outputs` (called by the bench loop after each component ran) asks the device for the artifact's outputs on
+the stored test-vector inputs (`BenchDevice.outputs`: in this process on the host, through the native runner's
+`--inputs` / `--output_file` on a phone, simulated or real) and records the report's per-component
+`output_check: {psnr_db, rel_l2, max_abs, passed, finite, sets, gate, runtime}` — or `{passed: null, reason}` when
+the device cannot return outputs. A failed check raises VerificationError: the component is failed, the run exits
+non-zero and names it, the report is still written. The comparison and the gate are `mi2v verify`'s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import parity, testvectors
+from ..errors import VerificationError
+from ..verify import RUNTIMES, gate_of
+
+# the bench's runtime name → mi2v verify's runtime for an artifact of that delegate
+_VERIFY_RUNTIME = {"onnxruntime": lambda e: "onnxruntime",
+                   "executorch": lambda e: f"executorch-{e.delegate or 'portable'}"}
+
+
+def check_outputs(device: Any, folder: Path, sel: Any, comp: Any) -> None:
+    """Set `comp.output_check`; VerificationError (naming the component) when the outputs miss the gate."""
+    sets = testvectors.read(folder, sel.entry)
+    if not sets:
+        comp.output_check = {"passed": None, "reason": "no test vectors (exported with --no-test-vectors)"}
+        return
+    got = device.outputs(sel, sets)
+    if isinstance(got, str):
+        comp.output_check = {"passed": None, "reason": got}
+        return
+    outputs, runtime = got
+    comp.output_check = check = output_check(sel.entry, sets, outputs, runtime)
+    if not check["passed"]:
+        raise VerificationError(f"output check failed on {runtime}: {check['gate']} not met (PSNR {check['psnr_db']} "
+                                f"dB, rel_l2 {check['rel_l2']}) against the stored PyTorch outputs")
+
+
+def output_check(entry: Any, sets: list[testvectors.VectorSet], outputs: list[dict[str, np.ndarray]],
+                 runtime: str) -> dict:
+    """{psnr_db, rel_l2, max_abs, passed, finite, sets, gate, runtime} of `outputs` (one dict per set) against the
+    stored expected outputs, with the artifact's gate."""
+    if len(outputs) != len(sets):
+        raise VerificationError(f"{len(outputs)} output sets came back for {len(sets)} stored input sets")
+    gate = gate_of(entry)
+    expected = [a for s in sets for a in s.outputs.values()]
+    got = [np.asarray(o[name]) for o, s in zip(outputs, sets) for name in s.outputs]
+    metrics = parity.compare(got, expected)
+    record = {k: v for k, v in metrics.to_dict().items() if k != "finite"}
+    record.update(passed=gate.passes(metrics), finite=metrics.finite, sets=len(sets), gate=gate.describe(),
+                  runtime=runtime)
+    return record
+
+
+def host_outputs(folder: Path, entry: Any, bench_runtime: str,
+                 sets: list[testvectors.VectorSet]) -> tuple[list[dict], str] | str:
+    """The input sets run in this process on `mi2v verify`'s runtime for the artifact, or why not."""
+    name = _VERIFY_RUNTIME[bench_runtime](entry)
+    runtime = next(r for r in RUNTIMES if r.name == name)
+    why = runtime.available()
+    if why:
+        return why
+    return runtime.run(folder / entry.file, entry, [s.inputs for s in sets]), name
+
+
+def raw_outputs(files: list[Path], entry: Any) -> dict[str, np.ndarray]:
+    """executor_runner's `--output_file` files (<base>-<i>.bin: raw bytes) as the entry's named outputs."""
+    out = {}
+    for path, info in zip(files, entry.outputs):
+        out[info.name] = np.frombuffer(path.read_bytes(), dtype=np.dtype(info.dtype)).reshape(info.shape)
+    return out

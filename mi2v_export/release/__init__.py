@@ -1,0 +1,1 @@
+"""Release plans: plan files expanded into export jobs, executors (local pool, Ray), release merge."""

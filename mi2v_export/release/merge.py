@@ -1,0 +1,202 @@
+"""`mi2v release merge`: finished job folders → one release folder with `release.json` and artifacts per target.
+
+Layout: RELEASE/release.json and RELEASE/<target>[-<delegate>]/<job name>/ (the job's artifacts, manifest.json and
+job.json, so `mi2v bench --artifacts` works on any of them). Every input folder must verify first; jobs built from
+different checkpoints (for the same model part) or by different tool versions are refused unless `allow_mixed`.
+The release is assembled in a temporary folder next to RELEASE, re-hashed there, and renamed into place.
+
+release.json:
+
+    {"schema": "mi2v-release", "schema_version": 1, "created_at", "tool": {"name", "version"},
+     "tool_versions": […], "checkpoints": {part: [sha256, …]}, "mixed": false,
+     "jobs": [{"id", "name", "folder", "spec", "argv", "host", "wall_s", "peak_rss_bytes"}],
+     "artifacts": [{"job_id", "component", "model", "target", "delegate", "precision", "dtype", "soc", "preset",
+                    "resolution", "frames", "file", "sha256", "bytes", "extra_files",
+                    "gates": {"parity": {…} | null, "trajectory": {…} | null}, "parity": {…},
+                    "verification": [{"check", "by", "at", "passed", …}]}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import BadInputError
+from ..files import tree_digest, write_json_atomic
+from ..manifest import MANIFEST_NAME, now_iso, read_manifest, tool_version
+from .jobs import JOB_FILE, PARTIAL_PREFIX, read_job_record, verify_job_folder
+
+RELEASE_FILE = "release.json"
+SCHEMA = "mi2v-release"
+
+
+def find_job_folders(dirs: list[Path]) -> list[Path]:
+    """Each argument is a job folder (has job.json) or a folder of job folders (a plan's output, a CI download)."""
+    found: list[Path] = []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise BadInputError(f"{d}: no such folder")
+        if (d / JOB_FILE).is_file():
+            found.append(d)
+            continue
+        inner = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(PARTIAL_PREFIX)
+                       and (p / JOB_FILE).is_file())
+        if not inner:
+            raise BadInputError(f"{d}: neither a job folder (no {JOB_FILE}) nor a folder of job folders")
+        found += inner
+    return found
+
+
+def _load_job(folder: Path) -> dict:
+    problems = verify_job_folder(folder)
+    if problems:
+        raise BadInputError(f"{folder}: does not verify ({problems[0]}); rebuild it before merging")
+    record = read_job_record(folder)
+    if record is None:
+        raise BadInputError(f"{folder}: {JOB_FILE} is missing or not a release job record")
+    raw = json.loads((folder / MANIFEST_NAME).read_text())
+    return {"folder": folder, "record": record, "manifest": read_manifest(folder), "raw": raw}
+
+
+def _dedupe(jobs: list[dict]) -> list[dict]:
+    """The same job id twice (two downloads of one build) is merged once, if the artifacts are the same bytes."""
+    by_id: dict[str, dict] = {}
+    for j in jobs:
+        jid = j["record"]["id"]
+        if jid in by_id:
+            mine = sorted(e.sha256 for e in by_id[jid]["manifest"].components)
+            if mine != sorted(e.sha256 for e in j["manifest"].components):
+                raise BadInputError(f"job {jid} appears twice with different artifacts ({by_id[jid]['folder']}, "
+                                    f"{j['folder']}); builds are not reproducible or a folder was edited")
+            continue
+        by_id[jid] = j
+    return list(by_id.values())
+
+
+def consistency(jobs: list[dict]) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """Tool versions, checkpoint sha256 per model part, and the problems that make the set a mixed release."""
+    versions = sorted({j["manifest"].tool.get("version") or "?" for j in jobs})
+    parts: dict[str, set[str]] = {}
+    for j in jobs:
+        src = j["manifest"].source
+        if src.get("weights") != "checkpoint":
+            for e in j["manifest"].components:
+                parts.setdefault(e.model, set()).add(f"seeded:{src.get('seed')}")
+        for c in src.get("checkpoints") or ():
+            for p in c.get("parts") or ():
+                parts.setdefault(p, set()).add(c.get("sha256"))
+    problems = []
+    if len(versions) > 1:
+        problems.append(f"built by different tool versions ({', '.join(versions)})")
+    for part, shas in sorted(parts.items()):
+        if len(shas) > 1:
+            problems.append(f"the {part} comes from different weights ({', '.join(s[:12] for s in sorted(shas))})")
+    return versions, {p: sorted(s) for p, s in sorted(parts.items())}, problems
+
+
+def _artifact_record(job: dict, entry, rel_folder: str) -> dict:
+    """One release.json artifact: the manifest entry's identity, digests, gates and how it was verified."""
+    raw = next((c for c in job["raw"].get("components") or () if c.get("file") == entry.file), {})
+    spec = job["record"].get("spec") or {}
+    gate = entry.parity.get("gate")
+    runs = entry.verified_on  # export-time and `mi2v verify` runs against the test vectors
+    records = [{"check": "parity", "by": "mi2v export", "at": entry.exported_at,
+                "on": [r.get("runtime") for r in runs if r.get("by", "export") == "export"] or None,
+                "passed": bool(gate and gate.get("passed")), "reason": entry.parity.get("reason")}]
+    records += [{"check": "test-vectors", "by": "mi2v verify", "at": r.get("when"), "on": r.get("runtime"),
+                 "where": r.get("where"), "passed": bool(r.get("passed"))} for r in runs if r.get("by") == "verify"]
+    records += list(raw.get("verification") or ())  # richer checks recorded by later exporters, kept as written
+    return {
+        "job_id": job["record"]["id"], "component": entry.component, "model": entry.model, "target": entry.target,
+        "delegate": entry.delegate, "precision": raw.get("precision") or spec.get("precision") or entry.dtype,
+        "dtype": entry.dtype, "soc": raw.get("soc") or entry.target_info.get("soc") or spec.get("soc"),
+        "preset": job["manifest"].preset, "resolution": list(job["manifest"].resolution),
+        "frames": job["manifest"].frames, "file": f"{rel_folder}/{entry.file}", "sha256": entry.sha256,
+        "bytes": entry.bytes, "extra_files": [dict(f.to_dict(), file=f"{rel_folder}/{f.file}")
+                                              for f in entry.extra_files],
+        "gates": {"parity": gate, "trajectory": raw.get("trajectory")}, "parity": entry.parity,
+        "verification": records,
+    }
+
+
+def _copy_job(job: dict, dest: Path) -> None:
+    """Copy the job's artifacts, manifest and job record into `dest` (copies, not hard links: editing a job folder
+    later must not change a release)."""
+    dest.mkdir(parents=True)
+    names = [f for e in job["manifest"].components for f in e.files()] + [MANIFEST_NAME, JOB_FILE]
+    for name in names:
+        src = job["folder"] / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def _recheck(staging: Path, artifacts: list[dict]) -> None:
+    """Hash every file again where it now lies; add the record (a mismatch aborts the merge)."""
+    at = now_iso()
+    for a in artifacts:
+        for name, sha in [(a["file"], a["sha256"])] + [(f["file"], f["sha256"]) for f in a["extra_files"]]:
+            if tree_digest(staging / name)[0] != sha:
+                raise BadInputError(f"{name}: sha256 changed while copying into the release")
+        a["verification"].append({"check": "sha256", "by": "mi2v release merge", "at": at, "passed": True,
+                                  "files": 1 + len(a["extra_files"])})
+
+
+def merge_release(dirs: list[Path], out: Path, allow_mixed: bool = False) -> dict:
+    """Build RELEASE from job folders (see the module docstring); returns the release.json document."""
+    jobs = _dedupe([_load_job(f) for f in find_job_folders(dirs)])
+    versions, parts, problems = consistency(jobs)
+    if problems and not allow_mixed:
+        raise BadInputError(f"refusing to merge: the jobs were {problems[0]}" + (
+            f" (and {len(problems) - 1} more difference(s))" if len(problems) > 1 else "")
+            + "; pass --allow-mixed to merge them anyway")
+    out = Path(out).absolute()
+    if out.exists() and not (out / RELEASE_FILE).is_file():
+        raise BadInputError(f"--out {out}: exists and is not a release folder (no {RELEASE_FILE}); choose another")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".mi2v-release-{out.name}-", dir=out.parent))
+    try:
+        doc = _assemble(jobs, staging, versions, parts, problems)
+        write_json_atomic(staging / RELEASE_FILE, doc)
+        _swap_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return doc
+
+
+def _assemble(jobs: list[dict], staging: Path, versions, parts, problems) -> dict:
+    job_rows, artifacts = [], []
+    for job in sorted(jobs, key=lambda j: j["record"]["name"]):
+        spec = job["record"].get("spec") or {}
+        rel = f"{spec.get('target')}" + (f"-{spec['delegate']}" if spec.get("delegate") else "")
+        rel += f"/{job['record']['name']}"
+        _copy_job(job, staging / rel)
+        job_rows.append({k: job["record"].get(k) for k in ("id", "name", "spec", "argv", "host", "wall_s",
+                                                           "peak_rss_bytes")} | {"folder": rel})
+        artifacts += [_artifact_record(job, e, rel) for e in job["manifest"].components]
+    _recheck(staging, artifacts)
+    return {"schema": SCHEMA, "schema_version": 1, "created_at": now_iso(),
+            "tool": {"name": "mi2v-export", "version": tool_version()}, "tool_versions": versions,
+            "checkpoints": parts, "mixed": bool(problems), "mixed_reasons": problems, "jobs": job_rows,
+            "artifacts": artifacts}
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished release into place; an older release of that name is replaced only after that."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

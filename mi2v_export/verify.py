@@ -1,0 +1,272 @@
+"""`mi2v verify`: run every artifact of a folder on each runtime this machine has, against its stored test vectors.
+
+No model, no checkpoint: the inputs and the PyTorch fp32 outputs travel with the artifacts (mi2v_export.testvectors),
+so the folder can be copied to a Mac or an ARM board and checked there. ONNX and Core ML never import torch here;
+the ExecuTorch runtime does (its pybindings link libtorch).
+
+Runtimes are a registry (`RUNTIMES`): one `Runtime` per way of running an artifact, each with `accepts` (which
+manifest entries it can run), `available` (None when usable on this machine, else why not), `version` and `run`.
+Adding a runtime (e.g. the QNN HTP simulator through onnxruntime-qnn) is one `register(Runtime(...))`.
+
+Each run's result is a record appended to the entry's `parity.verified_on` list (manifest.append_verifications):
+{where, when, runtime, runtime_version, psnr_db, rel_l2, max_abs, passed, by: "verify", sets, gate[, error]}.
+The gate is the one the export recorded for the entry, else the precision's (parity.gate_for).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from . import parity, testvectors
+from .errors import BadInputError
+from .manifest import ArtifactEntry, append_verifications, now_iso, read_manifest, tree_digest
+
+# ---------------------------------------------------------------------------------------------------------------
+# The runtime registry
+
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str  # recorded as verified_on[].runtime
+    accepts: Callable[[ArtifactEntry], bool]
+    available: Callable[[], str | None]  # None when it can run here, else the reason it cannot
+    version: Callable[[], str | None]
+    run: Callable[[Path, ArtifactEntry, list[Inputs]], list[Inputs]]  # one output dict per input set
+
+
+RUNTIMES: list[Runtime] = []
+
+
+def register(runtime: Runtime) -> Runtime:
+    RUNTIMES.append(runtime)
+    return runtime
+
+
+def _package_version(name: str) -> Callable[[], str | None]:
+    def get() -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+    return get
+
+
+def _importable(module: str, hint: str) -> str | None:
+    try:
+        __import__(module)
+    except ImportError:
+        return f"{module} is not installed ({hint})"
+    return None
+
+
+# -- onnxruntime, CPU execution provider ---------------------------------------------------------------------------
+
+
+def _run_onnx(path: Path, entry: ArtifactEntry, sets: list[Inputs]) -> list[Inputs]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return [dict(zip(names, sess.run(names, feeds))) for feeds in sets]
+
+
+register(Runtime("onnxruntime", accepts=lambda e: e.target == "onnx",
+                 available=lambda: _importable("onnxruntime", "pip install onnxruntime"),
+                 version=_package_version("onnxruntime"), run=_run_onnx))
+
+
+# -- ExecuTorch runtime (pybindings), one entry per backend the .pte may be delegated to ------------------------
+
+
+def _executorch_available(backend_id: str | None) -> Callable[[], str | None]:
+    def available() -> str | None:
+        missing = _importable("executorch.runtime", "pip install executorch")
+        if missing or backend_id is None:
+            return missing
+        from executorch.runtime import Runtime as EtRuntime
+
+        if not EtRuntime.get().backend_registry.is_available(backend_id):
+            return f"this executorch build has no {backend_id}"
+        return None
+    return available
+
+
+def _run_executorch(path: Path, entry: ArtifactEntry, sets: list[Inputs]) -> list[Inputs]:
+    import torch
+    from executorch.runtime import Runtime as EtRuntime
+
+    method = EtRuntime.get().load_program(path).load_method("forward")
+    names = [t.name for t in entry.outputs]
+    out = []
+    for feeds in sets:
+        values = method.execute([torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in entry.inputs])
+        out.append({n: v.detach().numpy() if hasattr(v, "detach") else np.asarray(v) for n, v in zip(names, values)})
+    return out
+
+
+for _delegate, _backend in (("xnnpack", "XnnpackBackend"), ("portable", None), ("vulkan", "VulkanBackend"),
+                            ("coreml", "CoreMLBackend"), ("qnn", "QnnBackend")):
+    register(Runtime(f"executorch-{_delegate}",
+                     accepts=lambda e, d=_delegate: e.target == "executorch" and (e.delegate or "portable") == d,
+                     available=_executorch_available(_backend), version=_package_version("executorch"),
+                     run=_run_executorch))
+
+
+# -- Core ML predict (macOS), one entry per compute unit --------------------------------------------------------
+
+COREML_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
+
+
+def _coreml_available() -> str | None:
+    if sys.platform != "darwin":
+        return f"Core ML prediction needs macOS (this machine is {sys.platform})"
+    return _importable("coremltools", "pip install coremltools")
+
+
+def _run_coreml(units: str) -> Callable[[Path, ArtifactEntry, list[Inputs]], list[Inputs]]:
+    def run(path: Path, entry: ArtifactEntry, sets: list[Inputs]) -> list[Inputs]:
+        import coremltools as ct
+
+        model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units.upper()))
+        names = [t.name for t in entry.outputs]
+        return [{n: np.asarray(out[n]) for n in names} for out in (model.predict(feeds) for feeds in sets)]
+    return run
+
+
+for _units in COREML_UNITS:
+    register(Runtime(f"coreml-{_units}", accepts=lambda e: e.target == "coreml", available=_coreml_available,
+                     version=_package_version("coremltools"), run=_run_coreml(_units)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running a folder
+
+
+def where() -> dict:
+    """The machine a run happened on (recorded with each verified_on entry)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(),
+            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def run_record(runtime: str, runtime_version: str | None, metrics: parity.Metrics | None, gate: parity.Gate,
+               by: str, sets: int, error: str | None = None) -> dict:
+    """One verified_on entry (JSON-safe)."""
+    rec = {"where": where(), "when": now_iso(), "runtime": runtime, "runtime_version": runtime_version,
+           "psnr_db": None, "rel_l2": None, "max_abs": None, "passed": False, "by": by, "sets": sets,
+           "gate": gate.describe()}
+    if metrics is not None:
+        rec.update({k: v for k, v in metrics.to_dict().items() if k != "finite"})
+        rec["passed"] = gate.passes(metrics)
+    if error:
+        rec["error"] = error
+    return rec
+
+
+def gate_of(entry: ArtifactEntry) -> parity.Gate:
+    """The gate the export recorded for the entry, else the one of its precision."""
+    g = (entry.parity or {}).get("gate") or {}
+    if g.get("metric") and g.get("op") and g.get("threshold") is not None:
+        return parity.Gate(str(g["metric"]), str(g["op"]), float(g["threshold"]))
+    return parity.gate_for(entry.dtype)
+
+
+@dataclass
+class ArtifactCheck:
+    """What `mi2v verify` did with one artifact: the run records it added, and the runtimes it skipped and why."""
+
+    component: str
+    file: str
+    target: str
+    delegate: str | None
+    dtype: str
+    sha256_ok: bool
+    runs: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # runtime (or "vectors") → reason
+
+    @property
+    def failed(self) -> bool:
+        return any(not r["passed"] for r in self.runs)
+
+    def to_dict(self) -> dict:
+        return {"component": self.component, "file": self.file, "target": self.target, "delegate": self.delegate,
+                "dtype": self.dtype, "sha256_ok": self.sha256_ok, "passed": not self.failed if self.runs else None,
+                "runs": self.runs, "skipped": self.skipped}
+
+
+def check_artifact(folder: Path, entry: ArtifactEntry, runtimes: list[Runtime]) -> ArtifactCheck:
+    """Run one artifact on every accepting runtime available here against its stored vectors."""
+    path = folder / entry.file
+    check = ArtifactCheck(entry.component, entry.file, entry.target, entry.delegate, entry.dtype,
+                          sha256_ok=bool(entry.sha256) and path.exists() and tree_digest(path)[0] == entry.sha256)
+    accepting = [r for r in runtimes if r.accepts(entry)]
+    if not accepting:
+        check.skipped["runtime"] = f"no runtime in mi2v's registry runs {entry.target} artifacts"
+    usable = []
+    for rt in accepting:
+        why = rt.available()
+        if why:
+            check.skipped[rt.name] = why
+        else:
+            usable.append(rt)
+    sets = testvectors.read(folder, entry) if usable else None  # a .bpte needs ExecuTorch to be read
+    if usable and not sets:
+        check.skipped["vectors"] = "no test vectors (exported with --no-test-vectors or by an older mi2v)"
+        return check
+    gate = gate_of(entry)
+    expected = [a for s in sets for a in s.outputs.values()] if sets else []
+    for rt in usable:
+        try:
+            outs = rt.run(path, entry, [s.inputs for s in sets])
+            got = [o[name] for o, s in zip(outs, sets) for name in s.outputs]
+            rec = run_record(rt.name, rt.version(), parity.compare(got, expected), gate, "verify", len(sets))
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot load or run the artifact fails it
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            rec = run_record(rt.name, rt.version(), None, gate, "verify", len(sets), error=first)
+        check.runs.append(rec)
+    return check
+
+
+def select_runtimes(names: list[str] | None) -> list[Runtime]:
+    if not names:
+        return list(RUNTIMES)
+    known = {r.name: r for r in RUNTIMES}
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise BadInputError(f"unknown runtime {', '.join(bad)}; choose from {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def verify_folder(folder: str | os.PathLike, component: str | None = None,
+                  runtimes: list[str] | None = None, record: bool = True) -> list[ArtifactCheck]:
+    """Check every artifact (of `component`) in `folder`; append the run records to its manifest atomically."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    entries = [e for e in manifest.components if component is None or e.component == component]
+    if not entries:
+        have = ", ".join(sorted({e.component for e in manifest.components})) or "nothing"
+        raise BadInputError(f"{folder}: the manifest has no {component} artifact (it has {have})")
+    chosen = select_runtimes(runtimes)
+    checks = [check_artifact(folder, e, chosen) for e in entries]
+    if record and any(c.runs for c in checks):
+        append_verifications(folder, {c.file: c.runs for c in checks if c.runs})
+    return checks
