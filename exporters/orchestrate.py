@@ -345,7 +345,8 @@ def _runtime_version(runtime: str) -> str | None:
     """The version of the package behind an export-time runtime name (onnxruntime, executorch-*, coreml-*)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}.get(
+    package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools",
+               "qnn": "onnxruntime-qnn"}.get(
         runtime.split("-", 1)[0])
     try:
         return version(package) if package else None
