@@ -221,13 +221,18 @@ DELEGATES: dict[str, Delegate] = {d.name: d for d in (
 )}
 
 
+QNN_SDK_FOR_EXECUTORCH = "2.37"  # what executorch 1.5.1's PyQnnManagerAdaptor is built against
+
+
 def check_qnn_sdk() -> Path:
     """QNN needs the Qualcomm SDK. Without QNN_SDK_ROOT executorch would try to download it: fail first."""
     root = os.environ.get("QNN_SDK_ROOT", "")
     if not root:
         raise MissingDependencyError(
-            "--delegate qnn needs the Qualcomm AI Engine Direct SDK: set QNN_SDK_ROOT to its folder and add "
-            "$QNN_SDK_ROOT/lib/x86_64-linux-clang to LD_LIBRARY_PATH (it cannot be downloaded from here)")
+            f"--target executorch --delegate qnn needs the Qualcomm AI Engine Direct SDK {QNN_SDK_FOR_EXECUTORCH} "
+            "(ExecuTorch 1.5.1's QNN adaptor is built for it; the onnxruntime-qnn wheel's libraries do not fit it): "
+            "set QNN_SDK_ROOT to its folder and add $QNN_SDK_ROOT/lib/x86_64-linux-clang to LD_LIBRARY_PATH. "
+            "Without it, --target onnx --delegate qnn lowers to the same HTP through onnxruntime's QNN EP")
     lib = Path(root) / "lib" / "x86_64-linux-clang"
     if not (lib / "libQnnHtp.so").is_file():
         raise MissingDependencyError(f"QNN_SDK_ROOT={root} has no lib/x86_64-linux-clang/libQnnHtp.so; point it at "

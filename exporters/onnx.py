@@ -70,6 +70,16 @@ class OnnxExporter(Exporter):
     extension = ".onnx"
     summary = "ONNX opset 18 (torch.onnx dynamo exporter), checked on onnxruntime CPU"
 
+    def delegates(self):
+        from .base import delegated_exporters
+
+        return {name: e.summary for name, e in delegated_exporters(self.name).items()}
+
+    def resolve(self, options: ExportOptions) -> ExportOptions:
+        if options.delegate is None:  # plain ONNX; a delegate has an exporter of its own (base.DELEGATED)
+            return options
+        return super().resolve(options)
+
     def check_environment(self, options: ExportOptions) -> None:
         for mod in ("onnx", "onnxscript", "onnxruntime"):
             try:

@@ -66,6 +66,7 @@ class ExportRequest:
     compute_units: str = "all"
     min_ios: int = 17
     soc: str = "SM8650"
+    allow_cpu_fallback: bool = False  # onnx/qnn: accept nodes the HTP refuses (node / FLOP shares recorded)
 
 
 @dataclass
@@ -112,7 +113,7 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 def resolve(request: ExportRequest):
     """Validate a request without doing any work: (exporter, options, components, preset, geometry)."""
-    exporter = get_exporter(request.target)
+    exporter = get_exporter(request.target, request.delegate)
     components = parse_components(request.components)
     if request.decoder not in DECODER_KINDS:
         raise BadInputError(f"unknown decoder {request.decoder!r}; choose one of: {', '.join(DECODER_KINDS)}")
@@ -125,7 +126,8 @@ def resolve(request: ExportRequest):
     geo = geometry(h, w, frames)
     options = ExportOptions(target=exporter.name, delegate=request.delegate, verify=request.verify,
                             test_vectors=request.test_vectors, etrecord=request.etrecord, compute_units=request.compute_units,
-                            min_ios=request.min_ios, soc=request.soc)
+                            min_ios=request.min_ios, soc=request.soc,
+                            allow_cpu_fallback=request.allow_cpu_fallback)
     options = exporter.resolve(options)
     options.precisions = precision.resolve(request.precision, request.dtype, components, exporter.name,
                                            options.delegate, exporter.default_dtype(options.delegate))
@@ -368,7 +370,7 @@ def _verify(name: str, request: ExportRequest, exporter, options: ExportOptions,
             stage, done, progress: ProgressCallback, ctx=None) -> dict:
     """Run the artifact here against the PyTorch fp32 reference and apply the parity gate; the manifest's
     `parity` record (with the reason when it cannot run here). VerificationError when the gate fails."""
-    gate = parity.gate_for(options.recipe["precision"] if options.recipe else options.precision)
+    gate = exporter.gate(options)
     parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
                      "verified_on": [], "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
     label = f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.precision})"
@@ -415,6 +417,8 @@ def _flags(name: str, request: ExportRequest, exporter, options: ExportOptions, 
         flags.update(compute_units=options.compute_units, min_ios=options.min_ios)
     if options.delegate == "qnn":
         flags["soc"] = options.soc
+    if exporter.delegate == "qnn":
+        flags["allow_cpu_fallback"] = options.allow_cpu_fallback
     if exporter.name == "onnx":
         flags["opset"] = options.opset
     return flags
@@ -438,7 +442,7 @@ def _runtime_version(runtime: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
     package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools",
-               "pytorch": "torch"}.get(
+               "pytorch": "torch", "qnn": "onnxruntime-qnn"}.get(
         runtime.split("-", 1)[0])
     try:
         return version(package) if package else None
