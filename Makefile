@@ -59,6 +59,7 @@ artifacts:
 	$(EXPORT) --target executorch --delegate vulkan --out $(ARTIFACTS)/executorch-vulkan
 	$(EXPORT) --target executorch --delegate coreml --out $(ARTIFACTS)/executorch-coreml
 	$(EXPORT) --target coreml --out $(ARTIFACTS)/coreml
+	$(EXPORT) --target onnx --delegate qnn --soc SM8650 --out $(ARTIFACTS)/onnx-qnn
 	$(PY) .ci/check_manifest.py $(ARTIFACTS)
 
 # Host benchmark of the tiny artifacts (exports them first when missing).

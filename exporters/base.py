@@ -67,13 +67,15 @@ class ExportOptions:
     dtype: str = "fp32"  # the graph's floating dtype: "fp16" for precision fp16, "fp32" otherwise
     precision: str = "fp32"  # this component's mi2v_export.precision name (set per component by the orchestrator)
     precisions: dict = field(default_factory=dict)  # component → Precision of the whole run
-    calibration: object = None  # calibration.CalibrationSet for calibrated precisions (set by the orchestrator)
+    calibration: object = None  # this component's calibration records (set by the orchestrator for integer ones)
+    recipe: dict | None = None  # the mixed-precision recipe (mi2v_export.recipe), for the component it names
     verify: bool = True
     test_vectors: bool = True  # write the sampler inputs and PyTorch outputs beside the artifact (testvectors.py)
     etrecord: bool = False  # ExecuTorch: also write <component>.etrecord for per-op profiling
     compute_units: str = "all"  # Core ML (target coreml, delegate coreml)
     min_ios: int = 17  # Core ML minimum deployment target
     soc: str = "SM8650"  # QNN chipset
+    allow_cpu_fallback: bool = False  # QNN: accept nodes the HTP refuses (run by onnxruntime's CPU EP)
     opset: int = 18  # ONNX
 
 
@@ -128,6 +130,7 @@ class ArtifactRun:
 
 class Exporter(ABC):
     name: ClassVar[str]  # the --target value
+    delegate: ClassVar[str | None] = None  # set: this class handles `--target name --delegate delegate` only
     extension: ClassVar[str]  # artifact suffix, e.g. ".onnx"
     summary: ClassVar[str] = ""
 
@@ -146,7 +149,7 @@ class Exporter(ABC):
         """Validate the target-specific options and fill defaults; BadInputError with one line otherwise."""
         delegates = self.delegates()
         if options.delegate is not None and not delegates:
-            raise BadInputError(f"--delegate does not apply to --target {self.name} (only executorch takes one)")
+            raise BadInputError(f"--delegate does not apply to --target {self.name} (executorch and onnx take one)")
         if delegates:
             if options.delegate is None:
                 options.delegate = self.default_delegate()
@@ -167,6 +170,12 @@ class Exporter(ABC):
     def file_name(self, component: str) -> str:
         return f"{component}{self.extension}"
 
+    def gate(self, options: ExportOptions):
+        """The parity gate against PyTorch fp32 for artifacts of these options."""
+        from mi2v_export import parity
+
+        return parity.gate_for(options.recipe["precision"] if options.recipe else options.precision)
+
     # -- work ------------------------------------------------------------------------------------------------
     @abstractmethod
     def export(self, spec: ComponentSpec, out_dir: Path, options: ExportOptions,
@@ -186,11 +195,16 @@ class Exporter(ABC):
 # Registry
 
 EXPORTERS: dict[str, Exporter] = {}
+DELEGATED: dict[tuple[str, str], Exporter] = {}  # (target, delegate) → an exporter of its own (e.g. onnx + qnn)
 _discovered = False
 
 
 def register(cls: type[Exporter]) -> type[Exporter]:
-    """Class decorator: make `cls` available as `--target cls.name`."""
+    """Class decorator: make `cls` available as `--target cls.name` (with `cls.delegate` set: as
+    `--target cls.name --delegate cls.delegate`)."""
+    if cls.delegate is not None:
+        DELEGATED[(cls.name, cls.delegate)] = cls()
+        return cls
     if cls.name in EXPORTERS and type(EXPORTERS[cls.name]) is not cls:
         raise RuntimeError(f"two exporters named {cls.name!r}: {type(EXPORTERS[cls.name]).__name__} and "
                            f"{cls.__name__}")
@@ -214,11 +228,18 @@ def targets() -> list[str]:
     return list(discover())
 
 
-def get_exporter(target: str) -> Exporter:
+def get_exporter(target: str, delegate: str | None = None) -> Exporter:
+    """The exporter of a target, or the one registered for this target and delegate when there is one."""
     exporters = discover()
     if target not in exporters:
         raise BadInputError(f"unknown target {target!r}; choose one of: {', '.join(exporters)}")
-    return exporters[target]
+    return DELEGATED.get((target, delegate), exporters[target])
+
+
+def delegated_exporters(target: str) -> dict[str, Exporter]:
+    """delegate → exporter of the delegates registered with their own class for `target`."""
+    discover()
+    return {d: e for (t, d), e in DELEGATED.items() if t == target}
 
 
 # ---------------------------------------------------------------------------------------------------------------

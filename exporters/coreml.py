@@ -18,6 +18,7 @@ from pathlib import Path
 from mi2v_export.contract import COREMLTOOLS_UNIT, runs_on_host
 from mi2v_export.errors import BadInputError, MissingDependencyError, VerificationError
 
+from . import quantize
 from . import rewrites as rw
 from .base import (
     Artifact,
@@ -95,11 +96,17 @@ class CoreMLExporter(Exporter):
             raise BadInputError(f"--min-ios {options.min_ios}: choose one of {', '.join(map(str, MIN_IOS))}")
         return options
 
+
+    def runs_here(self, options: ExportOptions) -> bool:
+        return runs_on_host("coreml") or options.precision in ("w8", "w4")  # compressed: simulated in PyTorch
+
     def check_environment(self, options: ExportOptions) -> None:
         try:
             import coremltools  # noqa: F401
         except ImportError:
             raise MissingDependencyError("--target coreml needs coremltools (pip install coremltools)") from None
+        if "w4" in {str(p) for p in options.precisions.values()} and options.min_ios < 18:
+            raise BadInputError("--precision w4 on Core ML (4-bit palettes per grouped channel) needs --min-ios 18")
 
     def export(self, spec: ComponentSpec, out_dir: Path, options: ExportOptions,
                progress: ProgressCallback) -> Artifact:
@@ -131,6 +138,12 @@ class CoreMLExporter(Exporter):
         del ep
         stages["lower"] = time.perf_counter() - t0
         progress(ProgressEvent(spec.name, "lower", "done", seconds=stages["lower"]))
+        if options.precision in ("w8", "w4"):
+            progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
+            t0 = time.perf_counter()
+            mlmodel = quantize.coreml_compress(mlmodel, options.precision)
+            stages["quantize"] = time.perf_counter() - t0
+            progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
 
         progress(ProgressEvent(spec.name, "serialize", "start", "save .mlpackage"))
         t0 = time.perf_counter()
@@ -143,9 +156,27 @@ class CoreMLExporter(Exporter):
                 "spec_version": int(mspec.specificationVersion), "rewrites": applied,
                 "trace_rewrites": list(rw.TRACE_FOR_TARGET["coreml"]),
                 "mil_ops": mil_op_histogram(mspec)}
+        if options.precision in ("w8", "w4"):
+            info["quantization"] = {"precision": options.precision, "tool": "coremltools.optimize.coreml." + (
+                "linear_quantize_weights (int8 linear symmetric, per channel)" if options.precision == "w8" else
+                f"palettize_weights (4-bit k-means, per grouped channel of {quantize.COREML_W4_GROUP})")}
         return Artifact(file=file, inputs=_tensor_infos(mspec.description.input),
                         outputs=_tensor_infos(mspec.description.output), target_info=info, stages_s=stages,
                         rewrites=[n for n, c in applied.items() if c])
+
+    def _run_simulated(self, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
+        """Off macOS, compressed weights are checked by running their decompressed values in PyTorch (the same
+        coremltools compression, fp32 compute): recorded as verified_on "pytorch-simulated"."""
+        import torch
+
+        key = (id(spec.module), options.precision)
+        if self._simulated.get("key") != key:
+            self._simulated = {"key": key, "module": quantize.coreml_simulated(spec.module, options.precision)}
+        with torch.no_grad():
+            out = self._simulated["module"](*spec.args)
+        return ArtifactRun(outputs={spec.output_names[0]: out.float().numpy()}, verified_on="pytorch-simulated")
+
+    _simulated: dict = {}
 
     def inspect(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> list[str]:
         import coremltools as ct
@@ -173,6 +204,8 @@ class CoreMLExporter(Exporter):
         return checks
 
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
+        if not runs_on_host("coreml") and options.precision in ("w8", "w4"):
+            return self._run_simulated(spec, options)
         if not runs_on_host("coreml"):
             return ArtifactRun(outputs=None, verified_on=None,
                              reason=f"Core ML prediction needs macOS (this host is {sys.platform})")

@@ -19,6 +19,7 @@ of FLOPs (2·MAC of convolutions and matmuls, as mi2v_export.flops counts them) 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
@@ -32,6 +33,7 @@ from pathlib import Path
 from mi2v_export.contract import runs_on_host
 from mi2v_export.errors import MissingDependencyError, VerificationError
 
+from . import quantize
 from . import rewrites as rw
 from .base import (
     Artifact,
@@ -134,6 +136,42 @@ def drop_noop_views(ep) -> int:
     return removed
 
 
+@contextlib.contextmanager
+def fp16_conv_weights():
+    """Serialize fp16 convolution weights as fp16. ExecuTorch 1.5.1's XNNPACK conv visitor forces every static
+    conv weight and bias to fp32 (`force_fp32=True`, XNNPACK converts them when it builds the operator): an fp16
+    decoder .pte was as large as the fp32 one (tiny Turbo-VAED: 9.04 vs 9.00 MB). XNNPACK's fp16 convolution
+    takes fp16 static weights itself, so fp16 constants of a float (unquantized) conv keep their dtype."""
+    import executorch.backends.xnnpack.operators  # noqa: F401 - registers the visitors
+    from executorch.backends.xnnpack.operators.node_visitor import _node_visitor_dict
+
+    conv = _node_visitor_dict["aten.convolution.default"]  # register_node_visitor leaves the module name None
+    original = conv.define_node
+
+    def define_node(self, node, xnn_graph, vals_to_ids, debug_handle):
+        plain = self.define_tensor
+
+        def define_tensor(tensor, *a, quant_params=None, force_fp32=False, **kw):
+            val = tensor.meta.get("val") if hasattr(tensor, "meta") else None
+            if quant_params is None and val is not None and val.dtype == torch.float16:
+                force_fp32 = False
+            return plain(tensor, *a, quant_params=quant_params, force_fp32=force_fp32, **kw)
+
+        self.define_tensor = define_tensor
+        try:
+            return original(self, node, xnn_graph, vals_to_ids, debug_handle)
+        finally:
+            del self.define_tensor
+
+    import torch
+
+    conv.define_node = define_node
+    try:
+        yield
+    finally:
+        conv.define_node = original
+
+
 def _generic_lower(partitioners: Callable[[ExportOptions], list]):
     def lower(module, args, options: ExportOptions, etrecord: bool):
         import torch
@@ -141,7 +179,9 @@ def _generic_lower(partitioners: Callable[[ExportOptions], list]):
 
         ep = torch.export.export(module, args, strict=False)
         drop_noop_views(ep)
-        return to_edge_transform_and_lower(ep, partitioner=partitioners(options), generate_etrecord=etrecord)
+        half = options.dtype == "fp16" and options.delegate == "xnnpack"
+        with fp16_conv_weights() if half else contextlib.nullcontext():
+            return to_edge_transform_and_lower(ep, partitioner=partitioners(options), generate_etrecord=etrecord)
 
     return lower
 
@@ -181,13 +221,18 @@ DELEGATES: dict[str, Delegate] = {d.name: d for d in (
 )}
 
 
+QNN_SDK_FOR_EXECUTORCH = "2.37"  # what executorch 1.5.1's PyQnnManagerAdaptor is built against
+
+
 def check_qnn_sdk() -> Path:
     """QNN needs the Qualcomm SDK. Without QNN_SDK_ROOT executorch would try to download it: fail first."""
     root = os.environ.get("QNN_SDK_ROOT", "")
     if not root:
         raise MissingDependencyError(
-            "--delegate qnn needs the Qualcomm AI Engine Direct SDK: set QNN_SDK_ROOT to its folder and add "
-            "$QNN_SDK_ROOT/lib/x86_64-linux-clang to LD_LIBRARY_PATH (it cannot be downloaded from here)")
+            f"--target executorch --delegate qnn needs the Qualcomm AI Engine Direct SDK {QNN_SDK_FOR_EXECUTORCH} "
+            "(ExecuTorch 1.5.1's QNN adaptor is built for it; the onnxruntime-qnn wheel's libraries do not fit it): "
+            "set QNN_SDK_ROOT to its folder and add $QNN_SDK_ROOT/lib/x86_64-linux-clang to LD_LIBRARY_PATH. "
+            "Without it, --target onnx --delegate qnn lowers to the same HTP through onnxruntime's QNN EP")
     lib = Path(root) / "lib" / "x86_64-linux-clang"
     if not (lib / "libQnnHtp.so").is_file():
         raise MissingDependencyError(f"QNN_SDK_ROOT={root} has no lib/x86_64-linux-clang/libQnnHtp.so; point it at "
@@ -305,6 +350,12 @@ def read_program(path: Path):
     return _flatbuffer_to_program(data)
 
 
+def planned_memory_bytes(program) -> int:
+    """Activation memory the program's memory plan reserves for `forward` (sum of its non-constant buffers)."""
+    plan = next(p for p in program.executorch_program.execution_plan if p.name == "forward")
+    return int(sum(plan.non_const_buffer_sizes))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The exporter
 
@@ -358,6 +409,8 @@ class ExecuTorchExporter(Exporter):
             module = module.half()
         progress(ProgressEvent(spec.name, "rewrite", "done", ", ".join(f"{n}×{c}" for n, c in applied.items() if c)))
         args = cast_inputs(spec, options.dtype if delegate.half_graph else "fp32")
+        module, quantization = (_quantize(module, args, spec, options, progress, stages)  # integer precisions
+                                if options.precision not in ("fp32", "fp16") else (module, None))
 
         progress(ProgressEvent(spec.name, "lower", "start", f"torch.export + {delegate.name} partitioner"))
         t0 = time.perf_counter()
@@ -382,6 +435,8 @@ class ExecuTorchExporter(Exporter):
                       "graph_dtype": "float16" if options.dtype == "fp16" and delegate.half_graph else "float32"}
         if options.dtype == "fp16" and not delegate.half_graph:
             info["backend_precision"] = "fp16"
+        info.update(planned_memory_bytes=planned_memory_bytes(program), **({"quantization": quantization}
+                                                                            if quantization else {}))
         if delegate.name == "coreml":
             info.update(compute_units=options.compute_units, minimum_deployment_target=f"iOS{options.min_ios}")
         if delegate.name == "qnn":
@@ -465,6 +520,24 @@ class ExecuTorchExporter(Exporter):
             raise VerificationError(f"{path.name}: the bundled expected output does not match on this host's "
                                     f"runtime ({exc})"[:400]) from None
         bundle["verified_on_host"] = True
+
+
+def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, progress: ProgressCallback,
+              stages: dict) -> tuple:
+    """The integer precision's module to lower (exporters/quantize.py) and its target_info record."""
+    import torch
+
+    progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
+    t0 = time.perf_counter()
+    records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
+    applied_precision, keep = quantize.plan_of(options)
+    with torch.no_grad():
+        module = quantize.executorch_quantize(module, args, applied_precision, records, keep)
+    stages["quantize"] = time.perf_counter() - t0
+    progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
+    return module, {"precision": options.precision, "calibration_records": len(records), "applied": applied_precision,
+                    "kept_float": keep,
+                    "tool": "torchao 8da4w" if applied_precision == "w4" else "PT2E XNNPACKQuantizer"}
 
 
 def _output_meta(edge_manager) -> list:

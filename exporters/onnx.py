@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mi2v_export.errors import MissingDependencyError, VerificationError
 
+from . import quantize
 from .base import (
     TORCH_DTYPES,
     Artifact,
@@ -69,6 +70,16 @@ class OnnxExporter(Exporter):
     extension = ".onnx"
     summary = "ONNX opset 18 (torch.onnx dynamo exporter), checked on onnxruntime CPU"
 
+    def delegates(self):
+        from .base import delegated_exporters
+
+        return {name: e.summary for name, e in delegated_exporters(self.name).items()}
+
+    def resolve(self, options: ExportOptions) -> ExportOptions:
+        if options.delegate is None:  # plain ONNX; a delegate has an exporter of its own (base.DELEGATED)
+            return options
+        return super().resolve(options)
+
     def check_environment(self, options: ExportOptions) -> None:
         for mod in ("onnx", "onnxscript", "onnxruntime"):
             try:
@@ -113,6 +124,15 @@ class OnnxExporter(Exporter):
         else:
             info["simplifier"] = {"tool": None, "result": "skipped: external data (weights above 2 GB)"}
 
+        if options.precision not in ("fp32", "fp16"):
+            progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
+            t0 = time.perf_counter()
+            records = [{n: t.numpy() for n, t in r.items()} for r in (options.calibration or [])]
+            applied_precision, keep = quantize.plan_of(options)
+            info["quantization"] = dict(quantize.onnx_quantize(path, applied_precision, records, keep=keep),
+                                        precision=options.precision, applied=applied_precision, kept_float=keep)
+            stages["quantize"] = time.perf_counter() - t0
+            progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
         model = onnx.load(str(path), load_external_data=False)
         info["nodes"] = len(model.graph.node)
         info["ir_version"] = int(model.ir_version)

@@ -36,6 +36,7 @@ from mi2v_export.shapes import geometry, parse_resolution
 from mi2v_export.verify import run_record
 
 from . import components as comp
+from . import quality
 from .base import ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
 
 
@@ -65,6 +66,7 @@ class ExportRequest:
     compute_units: str = "all"
     min_ios: int = 17
     soc: str = "SM8650"
+    allow_cpu_fallback: bool = False  # onnx/qnn: accept nodes the HTP refuses (node / FLOP shares recorded)
 
 
 @dataclass
@@ -111,7 +113,7 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 def resolve(request: ExportRequest):
     """Validate a request without doing any work: (exporter, options, components, preset, geometry)."""
-    exporter = get_exporter(request.target)
+    exporter = get_exporter(request.target, request.delegate)
     components = parse_components(request.components)
     if request.decoder not in DECODER_KINDS:
         raise BadInputError(f"unknown decoder {request.decoder!r}; choose one of: {', '.join(DECODER_KINDS)}")
@@ -124,21 +126,39 @@ def resolve(request: ExportRequest):
     geo = geometry(h, w, frames)
     options = ExportOptions(target=exporter.name, delegate=request.delegate, verify=request.verify,
                             test_vectors=request.test_vectors, etrecord=request.etrecord, compute_units=request.compute_units,
-                            min_ios=request.min_ios, soc=request.soc)
+                            min_ios=request.min_ios, soc=request.soc,
+                            allow_cpu_fallback=request.allow_cpu_fallback)
     options = exporter.resolve(options)
     options.precisions = precision.resolve(request.precision, request.dtype, components, exporter.name,
                                            options.delegate, exporter.default_dtype(options.delegate))
+    if request.recipe is not None:
+        options.recipe = _apply_recipe(request, options, components, exporter.name)
     options.dtype = options.precisions[components[0]].float_dtype
     if request.calibration is not None and not Path(request.calibration).is_dir():
         raise BadInputError(f"--calibration {request.calibration}: not a folder of images")
-    if request.recipe is not None and not Path(request.recipe).is_file():
-        raise BadInputError(f"--recipe {request.recipe}: no such file")
     if request.min_psnr is not None and not (0 < request.min_psnr < 200):
         raise BadInputError(f"--min-psnr {request.min_psnr:g}: expected a PSNR in dB between 0 and 200")
     if request.etrecord and exporter.name != "executorch":
         raise BadInputError("--etrecord applies to --target executorch only")
     comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
     return exporter, options, components, preset, geo
+
+
+def _apply_recipe(request: ExportRequest, options: ExportOptions, components: list[str], target: str) -> dict:
+    """Load `--recipe`, check its component is exported and its precision is a cell of this target, and make that
+    component "mixed"."""
+    from mi2v_export import recipe as rc
+
+    data = rc.load(Path(request.recipe))
+    name = data.get("component")
+    if name not in components:
+        raise BadInputError(f"--recipe {request.recipe} is for the {name}, which this export does not include "
+                            f"(--component {','.join(components)})")
+    if request.precision and "=" in request.precision and f"{name}=" in request.precision:
+        raise BadInputError(f"--recipe sets the {name}'s precision; drop {name}=... from --precision")
+    precision.check_supported(target, options.delegate, precision.Precision(data["precision"]), name)
+    options.precisions[name] = precision.Precision.MIXED
+    return data
 
 
 @dataclass
@@ -183,11 +203,13 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
     files: list[str] = []
     try:
         with Staging(out_dir) as staging:
+            ctx = quality.QualityContext(req, plan)
             for name in plan.components:
                 entry = _export_one(name, req, plan.exporter, plan.options, plan.preset, plan.geo,
-                                    plan.routing[name], staging.path, progress)
+                                    plan.routing[name], staging.path, progress, ctx)
                 entries.append(entry)
                 files += entry.files()
+            _trajectory_gate(entries, plan, staging.path, ctx, progress)
             plan.manifest.components = entries
             merged = staging.commit(plan.manifest, files)
     except Mi2vError:
@@ -200,11 +222,90 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
     return ExportReport(out_dir=out_dir, manifest=merged, entries=entries)
 
 
-def _export_one(name: str, request: ExportRequest, exporter, options: ExportOptions, preset: str, geo,
-                checkpoint: Path | None, staging: Path, progress: ProgressCallback) -> ArtifactEntry:
-    rss_method = reset_peak_rss()
+def _component_options(name: str, options: ExportOptions) -> ExportOptions:
+    """The run's options with this component's precision (and recipe, when it is the mixed one)."""
     chosen = options.precisions.get(name, precision.Precision(options.dtype))
-    options = dataclasses.replace(options, precision=chosen.value, dtype=chosen.float_dtype)
+    return dataclasses.replace(options, precision=chosen.value, dtype=chosen.float_dtype,
+                               recipe=options.recipe if chosen is precision.Precision.MIXED else None)
+
+
+def _calibrate(name: str, spec, options: ExportOptions, ctx, stage, done) -> int:
+    """Set this component's calibration records when its precision is an integer one (recorded once per run, or
+    read from the cache); returns the fp32 weight bytes (the basis of `compression`)."""
+    if (options.precision in precision.INTEGER or options.recipe) and ctx is not None:
+        t0 = stage("calibrate", "recording the sampler's inputs")
+        options.calibration = ctx.calibration().samples[name]
+        done("calibrate", t0, f"{len(options.calibration)} records" + (" (cached)" if ctx.calibration().cached
+                                                                      else ""))
+    return sum(t.numel() * 4 for t in list(spec.module.parameters()) + list(spec.module.buffers()))
+
+
+def _precision_fields(entry: ArtifactEntry, fp32_bytes: int, ctx, memory: int | None, options: ExportOptions):
+    """The manifest's precision fields of one entry (the trajectory is added once every component is done)."""
+    entry.compression = round(entry.bytes / fp32_bytes, 4) if fp32_bytes else None
+    entry.export["fp32_bytes"] = fp32_bytes  # compression = bytes / fp32_bytes (the fp32 weights' size)
+    entry.calibration = ctx.calibration().record() if options.calibration is not None and ctx is not None else None
+    entry.runtime_memory_bytes = memory
+    entry.recipe = options.recipe
+
+
+def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Path, ctx, progress) -> None:
+    """The whole sampler on this run's reduced-precision artifacts vs PyTorch fp32 (quality.trajectory); recorded in
+    every such entry. fp32 artifacts pass an exact gate already; artifacts no runtime here runs are skipped."""
+    reduced = [e for e in entries if (e.precision or "fp32") != "fp32" and e.parity.get("verified_on")]
+    gated = [e for e in reduced if e.parity["verified_on"][-1]["runtime"] != "pytorch-simulated"]
+    for e in reduced:
+        if e not in gated:
+            e.trajectory = {"passed": None, "reason": "the artifact's runtime is not on this host; its weights were "
+                                                      "checked in PyTorch (parity verified_on pytorch-simulated)"}
+    if not gated or not plan.request.verify:
+        return
+    progress(ProgressEvent("video", "trajectory", "start", f"2-step video on {quality.calibration.VALIDATION_IMAGE.name}"))
+    t0 = time.perf_counter()
+    record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr)
+    for e in gated:
+        e.trajectory = record
+    progress(ProgressEvent("video", "trajectory", "done", f"worst frame {record['psnr_db_min']:.1f} dB "
+                           f"(gate {record['gate_db']:g} dB)", seconds=time.perf_counter() - t0))
+
+
+def _runtime_memory(exporter, artifact, staging: Path, spec, options: ExportOptions) -> int | None:
+    """ExecuTorch: the memory plan's activation buffers; onnxruntime: a session's measured peak (fp16 / integer
+    artifacts only, to keep fp32 exports as fast as before)."""
+    if exporter.name == "executorch":
+        return artifact.target_info.get("planned_memory_bytes")
+    if exporter.name == "onnx" and options.precision != "fp32" and options.verify:
+        from .base import cast_inputs
+
+        feeds = {n: x.numpy() for n, x in zip(spec.inputs, cast_inputs(spec, options.dtype))}
+        return quality.onnx_session_peak_bytes(staging / artifact.file, feeds)
+    return None
+
+
+def _measure(exporter, artifact, staging: Path, spec, options: ExportOptions, ctx):
+    """(metrics, verified_on, reason, inputs) of the component gate. Integer precisions are measured on the held-out
+    records of the real sampler (a seeded random input says little about int8 ranges); fp32/fp16 on the seeded
+    input, as always."""
+    if (options.precision in precision.INTEGER or options.recipe) and ctx is not None:
+        held = quality.held_out_parity(exporter, artifact, staging, spec, options, ctx)
+        if held is None:
+            return None, None, exporter.run(artifact, staging, spec, options).reason, None
+        metrics, verified_on, n = held
+        return metrics, verified_on, None, f"held-out: {n} record(s) of the sampler on the validation image"
+    result = exporter.run(artifact, staging, spec, options)
+    if result.outputs is None:
+        return None, None, result.reason, None
+    if spec.reference is None:
+        raise RuntimeError(f"{type(exporter).__name__}.runs_here() said no, but run() produced outputs")
+    metrics = parity.compare(result.outputs, {n: r.numpy() for n, r in spec.reference.items()})
+    return metrics, result.verified_on, None, f"seeded (seed {comp.INPUT_SEED})"
+
+
+def _export_one(name: str, request: ExportRequest, exporter, options: ExportOptions, preset: str, geo,
+                checkpoint: Path | None, staging: Path, progress: ProgressCallback,
+                ctx: quality.QualityContext | None = None) -> ArtifactEntry:
+    rss_method = reset_peak_rss()
+    options = _component_options(name, options)
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -231,6 +332,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         progress(ProgressEvent(name, "reference", "done", "PyTorch fp32 output on the test-vector input",
                                seconds=spec.stages_s.get("reference")))
 
+    fp32_bytes = _calibrate(name, spec, options, ctx, stage, done)
     t0 = time.perf_counter()
     artifact = exporter.export(spec, staging, options, progress)
     stages["export"] = time.perf_counter() - t0
@@ -243,7 +345,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     checks = exporter.inspect(artifact, staging, spec, options)
     done("inspect", t0, f"{len(checks)} checks")
 
-    parity_record = _verify(name, request, exporter, options, spec, artifact, staging, stage, done, progress)
+    parity_record = _verify(name, request, exporter, options, spec, artifact, staging, stage, done, progress, ctx)
 
     sha, size = tree_digest(staging / artifact.file)
     extra = [FileInfo(role, file, *tree_digest(staging / file)) for role, file in artifact.extra_files.items()]
@@ -258,50 +360,46 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
         target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
         test_vectors=artifact.test_vectors, exported_at=now_iso(), tool_version=tool_version())
+    _precision_fields(entry, fp32_bytes, ctx, _runtime_memory(exporter, artifact, staging, spec, options), options)
     del spec, artifact
     gc.collect()
     return entry
 
 
 def _verify(name: str, request: ExportRequest, exporter, options: ExportOptions, spec, artifact, staging: Path,
-            stage, done, progress: ProgressCallback) -> dict:
+            stage, done, progress: ProgressCallback, ctx=None) -> dict:
     """Run the artifact here against the PyTorch fp32 reference and apply the parity gate; the manifest's
     `parity` record (with the reason when it cannot run here). VerificationError when the gate fails."""
-    gate = parity.gate_for(options.dtype)
+    gate = exporter.gate(options)
     parity_record = {"reference": parity.REFERENCE, "max_abs": None, "rel_l2": None, "psnr_db": None,
                      "verified_on": [], "reason": None, "gate": None, "input_seed": comp.INPUT_SEED}
+    label = f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.precision})"
     if not request.verify:
         parity_record["reason"] = "not verified (--no-verify)"
         progress(ProgressEvent(name, "verify", "skip", "--no-verify"))
     else:
         t0 = stage("verify")
         try:
-            result = exporter.run(artifact, staging, spec, options)
+            metrics, verified_on, reason, inputs = _measure(exporter, artifact, staging, spec, options, ctx)
         except Mi2vError:
             raise
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot load/run the artifact fails the gate
-            raise VerificationError(f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, "
-                                    f"{options.dtype}): the runtime here could not run {artifact.file}: "
+            raise VerificationError(f"{label}: the runtime here could not run {artifact.file}: "
                                     f"{first_line(exc, 500)}") from None
-        if result.outputs is None:
-            parity_record["reason"] = result.reason
-            done("verify", t0, f"no runtime here: {result.reason}")
+        if metrics is None:
+            parity_record["reason"] = reason
+            done("verify", t0, f"no runtime here: {reason}")
         else:
-            if spec.reference is None:
-                raise RuntimeError(f"{type(exporter).__name__}.runs_here() said no, but run() produced outputs")
-            metrics = parity.compare(result.outputs, {n: r.numpy() for n, r in spec.reference.items()})
             passed = gate.passes(metrics)
             parity_record.update(metrics.to_dict())
             parity_record.pop("finite", None)
-            parity_record.update(verified_on=[run_record(result.verified_on, _runtime_version(result.verified_on),
-                                                         metrics, gate, "export", 1)],
+            parity_record.update(verified_on=[run_record(verified_on, _runtime_version(verified_on), metrics, gate,
+                                                         "export", 1)], inputs=inputs,
                                  gate=dict(gate.to_dict(), passed=passed, finite=metrics.finite))
-            done("verify", t0, f"{result.verified_on}: {gate.describe(metrics)}")
+            done("verify", t0, f"{verified_on}: {gate.describe(metrics)}")
             if not passed:
-                raise VerificationError(
-                    f"{name} ({exporter.name}{'/' + options.delegate if options.delegate else ''}, {options.dtype}) "
-                    f"fails the parity gate on {result.verified_on}: {gate.describe(metrics)} vs PyTorch fp32; "
-                    "no artifact was written")
+                raise VerificationError(f"{label} fails the parity gate on {verified_on}: {gate.describe(metrics)} "
+                                        "vs PyTorch fp32; no artifact was written")
     return parity_record
 
 
@@ -319,6 +417,8 @@ def _flags(name: str, request: ExportRequest, exporter, options: ExportOptions, 
         flags.update(compute_units=options.compute_units, min_ios=options.min_ios)
     if options.delegate == "qnn":
         flags["soc"] = options.soc
+    if exporter.delegate == "qnn":
+        flags["allow_cpu_fallback"] = options.allow_cpu_fallback
     if exporter.name == "onnx":
         flags["opset"] = options.opset
     return flags
@@ -341,7 +441,8 @@ def _runtime_version(runtime: str) -> str | None:
     """The version of the package behind an export-time runtime name (onnxruntime, executorch-*, coreml-*)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}.get(
+    package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools",
+               "pytorch": "torch", "qnn": "onnxruntime-qnn"}.get(
         runtime.split("-", 1)[0])
     try:
         return version(package) if package else None

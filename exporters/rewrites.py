@@ -14,6 +14,8 @@ managers (`rope_rank5`) that restore the original on exit.
 | rms_norm_view | RMSNorm's last-axis mean of a 5-D tensor stays portable → (N,1,C,1) mean | diffusers RMSNorm (no affine)     |
 | rms_norm_fp16 | RMSNorm on Core ML fp16 overflows for |x| > 256 → F.rms_norm             | diffusers RMSNorm (no affine)      |
 | layer_norm_view | native_layer_norm is never delegated to XNNPACK → mean/var over (N,1,C,1) | nn.LayerNorm over one axis        |
+| rms_norm_rank4 | QNN HTP refuses Sqrt on 5-D tensors → RMSNorm on a rank-4 view (leading axes merged) | diffusers RMSNorm (no affine) |
+| layer_norm_rank4 | QNN HTP refuses 5-D LayerNormalization → LayerNorm on a rank-4 view | nn.LayerNorm over one axis |
 
 Left alone on purpose: the denoiser's functional LayerNorm stays `native_layer_norm` (portable) on XNNPACK. Traced
 as delegable mean/variance reductions it cut the 720p graph from 132 to 100 delegate subgraphs but ran 8 % slower
@@ -23,6 +25,8 @@ Trace-time substitutions (context managers, active only while torch.export trace
 | channel_rms_view | Turbo-VAED's channel RMS (5-D mean over dim 1, portable) → (N,1,C,1) mean | models.turbo_vaed.channel_rms_norm |
 | rope_rank5 | the denoiser's rank-6 RoPE rotate-half → rank ≤ 5 (Core ML)              | models.rope.rotate_half_per_axis   |
 | conv2d_batch1 | Vulkan takes only batch-1 2-D convs; conv3d_as_conv2d and GLUMBConv put frames in the batch → one conv per frame | F.conv2d |
+| channel_rms_rank4 | QNN HTP: Turbo-VAED's channel RMS on the rank-4 view (B, C, T·H, W) | models.turbo_vaed.channel_rms_norm |
+| frame_conditioning_without_gather | QNN HTP's GatherND gives wrong values (denoiser at 19 dB) → slice+expand+cat | models.denoiser.spread_over_frames |
 """
 
 from __future__ import annotations
@@ -421,6 +425,111 @@ def register_coreml_aliases() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# QNN HTP: the HTP refuses Sqrt and LayerNormalization on 5-D tensors, and its GatherND returns wrong values
+# (measured on the QNN 2.51 simulator: the denoiser's per-frame conditioning came out at 2 dB). Each form below
+# computes the same function with every norm on a rank-4 view and no gather.
+
+
+def as_rank4(x: torch.Tensor) -> torch.Tensor:
+    """A 5-D (or higher) tensor as 4-D with its leading axes merged: (B, T, H, W, C) → (B·T, H, W, C)."""
+    return x if x.dim() <= 4 else x.reshape(-1, *x.shape[-3:])
+
+
+def _rms_over_last_axis_rank4(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x², last axis) + eps) on a rank-4 view (the HTP's channel axis is the last one)."""
+    y = as_rank4(x)
+    v = y.to(torch.float32).pow(2).mean(dim=-1, keepdim=True)
+    return (y * torch.rsqrt(v + eps)).to(x.dtype).reshape(x.shape)
+
+
+def _rank4_rms_class():
+    from diffusers.models.normalization import RMSNorm
+
+    class RankFourRMSNorm(RMSNorm):
+        """diffusers RMSNorm (no affine) on a rank-4 view (leading axes merged)."""
+
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            return _rms_over_last_axis_rank4(hidden_states, self.eps)
+
+    return RMSNorm, RankFourRMSNorm
+
+
+def apply_rms_norm_rank4(model: nn.Module) -> int:
+    try:
+        base, new = _rank4_rms_class()
+    except ImportError:
+        return 0
+    count = 0
+    for m in model.modules():
+        if type(m) is base and m.weight is None:
+            m.__class__ = new
+            count += 1
+    return count
+
+
+class RankFourLayerNorm(nn.Module):
+    """nn.LayerNorm over the last axis, applied to a rank-4 view (one LayerNormalization the HTP takes)."""
+
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__()
+        self.normalized_shape = tuple(ln.normalized_shape)
+        self.eps = ln.eps
+        self.weight = ln.weight
+        self.bias = ln.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(as_rank4(x), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.reshape(x.shape)
+
+
+def apply_layer_norm_rank4(model: nn.Module) -> int:
+    return _swap_children(model, lambda m: type(m) is nn.LayerNorm and len(m.normalized_shape) == 1,
+                          RankFourLayerNorm)
+
+
+def _channel_rms_rank4(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Turbo-VAED's `channel_rms_norm` (over dim 1 of (B, C, T, H, W)) on the rank-4 view (B, C, T·H, W)."""
+    b, c, t, h, w = x.shape
+    y = x.reshape(b, c, t * h, w)
+    return (y * torch.rsqrt(y.pow(2).mean(dim=1, keepdim=True) + eps)).reshape(x.shape)
+
+
+@contextlib.contextmanager
+def channel_rms_rank4() -> Iterator[None]:
+    """While exporting for QNN: trace Turbo-VAED's channel RMS norm with its Sqrt on a rank-4 view."""
+    from mi2v_export.models import turbo_vaed
+
+    original = turbo_vaed.channel_rms_norm
+    eps = turbo_vaed.RMS_EPS
+    turbo_vaed.channel_rms_norm = lambda x, eps=eps: _channel_rms_rank4(x, eps)
+    try:
+        yield
+    finally:
+        turbo_vaed.channel_rms_norm = original
+
+
+def _spread_over_frames_by_slices(values: torch.Tensor, frames: int) -> torch.Tensor:
+    """`models.denoiser.spread_over_frames` as slice + expand + cat instead of an index gather; same values."""
+    b, _, d = values.shape
+    if frames == 1:
+        return values[:, :1]
+    return torch.cat([values[:, :1], values[:, 1:2].expand(b, frames - 1, d)], dim=1)
+
+
+@contextlib.contextmanager
+def frame_conditioning_without_gather() -> Iterator[None]:
+    """While exporting for QNN: spread the denoiser's two conditioning rows over the frames without GatherND."""
+    from mi2v_export.models import denoiser
+
+    original = denoiser.spread_over_frames
+    denoiser.spread_over_frames = _spread_over_frames_by_slices
+    try:
+        yield
+    finally:
+        denoiser.spread_over_frames = original
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Registry
 
 
@@ -450,6 +559,15 @@ LOWERING_REWRITES: dict[str, LoweringRewrite] = {r.name: r for r in (
     LoweringRewrite("rope_rank5", "rank-6 RoPE rotate-half as rank ≤ 5 (while tracing)", trace=rope_rank5),
     LoweringRewrite("conv2d_batch1", "a batch of frames as one batch-1 conv per frame (while tracing)",
                     trace=conv2d_batch_one),
+    LoweringRewrite("rms_norm_rank4", "RMSNorm on a rank-4 view with leading axes merged (QNN HTP: no 5-D Sqrt)",
+                    apply=apply_rms_norm_rank4),
+    LoweringRewrite("layer_norm_rank4", "LayerNorm on a rank-4 view with leading axes merged (QNN HTP: no 5-D "
+                    "LayerNormalization)", apply=apply_layer_norm_rank4),
+    LoweringRewrite("channel_rms_rank4", "Turbo-VAED channel RMS on the rank-4 view (B, C, T·H, W) (while tracing)",
+                    trace=channel_rms_rank4),
+    LoweringRewrite("frame_conditioning_without_gather", "the denoiser's per-frame conditioning as slice + expand "
+                    "+ cat, no GatherND (wrong on the QNN HTP) (while tracing)",
+                    trace=frame_conditioning_without_gather),
 )}
 
 # What each target (and ExecuTorch delegate) applies, in order: module swaps, then trace-time substitutions.
@@ -457,11 +575,13 @@ FOR_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": (),
     "executorch": ("causal_pad_cat", "shuffle_rank5", "conv3d_as_conv2d", "rms_norm_view", "layer_norm_view"),
     "coreml": ("causal_pad_cat", "rms_norm_fp16"),
+    "qnn": ("shuffle_rank5", "rms_norm_rank4", "layer_norm_rank4"),  # onnx --delegate qnn (exporters/qnn.py)
 }
 TRACE_FOR_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": (),
     "executorch": ("channel_rms_view",),
     "coreml": ("rope_rank5",),
+    "qnn": ("channel_rms_rank4", "frame_conditioning_without_gather"),
 }
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mi2v_export.errors import BadInputError
+from mi2v_export.models import denoiser
 
 
 class BakedScheduleError(BadInputError):
@@ -78,5 +79,4 @@ class StepConstants(nn.Module):
                    & (flow_score.float()[:, None] == sched[None, :, 1])).to(self.mod.dtype)  # (B, K) one-hot
             t_emb = (sel @ self.t_emb.reshape(k, -1)).view(b, 2, -1)
             mod = (sel @ self.mod.reshape(k, -1)).view(b, 2, -1)
-        pick = torch.tensor([0] + [1] * (frames - 1), device=mod.device)
-        return t_emb[:, pick], mod[:, pick]
+        return denoiser.spread_over_frames(t_emb, frames), denoiser.spread_over_frames(mod, frames)

@@ -20,7 +20,7 @@ from .errors import Mi2vError
 
 # One entry per command module; adding a command is adding a file and a name here. A dotted name is a module
 # outside mi2v_export/commands: the simulator's `devices simulate|profile` (the simulator package stays apart).
-COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices", "app", "release",
+COMMAND_MODULES = ["info", "checkpoint", "export", "bench", "generate", "devices", "app", "release", "quantize",
                    "mi2v_export.simulator.cli",
                    "verify"]
 

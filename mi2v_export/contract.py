@@ -11,6 +11,7 @@ from enum import Enum
 
 from .errors import BadInputError
 from .presets import PRESETS
+from .qnn import SOCS
 
 # ---- components and their tensors -----------------------------------------------------------------------------
 
@@ -47,7 +48,8 @@ def parse_components(text: str | None) -> list[str]:
 # ---- export targets ---------------------------------------------------------------------------------------------
 
 TARGETS: tuple[str, ...] = ("onnx", "coreml", "executorch")
-DELEGATES: tuple[str, ...] = ("xnnpack", "vulkan", "qnn", "coreml")  # ExecuTorch back-ends (exporters/executorch)
+DELEGATES: tuple[str, ...] = ("xnnpack", "vulkan", "qnn", "coreml")  # ExecuTorch back-ends (exporters/executorch);
+# qnn also with --target onnx (onnxruntime's QNN EP, exporters/qnn.py), for the SoCs of qnn.SOCS
 ATTENTION_PLANS: tuple[str, ...] = ("reference", "mobile", "ane")  # the presets of kernels.plan.PLANS
 EXPORT_DTYPES: tuple[str, ...] = ("fp32", "fp16")
 
@@ -96,3 +98,4 @@ ExportDtype = _choices("ExportDtype", EXPORT_DTYPES)
 ComputeUnit = _choices("ComputeUnit", COMPUTE_UNITS)
 PresetName = _choices("PresetName", PRESETS)
 Part = _choices("Part", PARTS)
+Soc = _choices("Soc", SOCS)  # Snapdragon SoCs a QNN export compiles for (the table: mi2v_export/qnn.py)

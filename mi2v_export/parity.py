@@ -69,9 +69,20 @@ FP32_GATE = Gate("rel_l2", "<=", 1e-4)
 FP16_GATE = Gate("psnr_db", ">=", 40.0)
 
 
-def gate_for(dtype: str) -> Gate:
-    """The gate of an artifact's precision ("fp32" or "fp16")."""
-    return FP16_GATE if dtype == "fp16" else FP32_GATE
+# Component gate of integer precisions: PSNR of the artifact's output against PyTorch fp32 on the held-out records
+# (what the component sees in the sampler on the validation image). Set from measurement: README "Precision".
+COMPONENT_PSNR_MIN_DB = {"w8a16": 30.0, "w8a8": 25.0, "w8": 25.0, "w4": 20.0}
+
+# Trajectory gate: per-frame PSNR of the 2-step video on the validation image, artifacts vs PyTorch fp32.
+TRAJECTORY_PSNR_MIN_DB = {"fp32": 40.0, "fp16": 40.0, "w8a16": 30.0, "w8a8": 30.0, "w8": 30.0, "w4": 25.0,
+                          "mixed": 25.0}
+
+
+def gate_for(precision: str) -> Gate:
+    """The component gate of an artifact's precision (fp32: rel L2; fp16 and integer precisions: PSNR)."""
+    if precision in COMPONENT_PSNR_MIN_DB:
+        return Gate("psnr_db", ">=", COMPONENT_PSNR_MIN_DB[precision])
+    return FP16_GATE if precision == "fp16" else FP32_GATE
 
 
 def _as_f64(x) -> np.ndarray:

@@ -212,6 +212,7 @@ class Stage(ABC):
     backend: str  # "pytorch" | "onnxruntime" | "executorch" | "coreml"
     source: str  # what runs: a file path or a description of the PyTorch weights
     precision: str = "fp32"
+    gate_db: float | None = None  # per-frame PSNR gate from the manifest (trajectory), artifacts only
 
     @abstractmethod
     def run(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -635,8 +636,9 @@ def artifact_stage(component: str, path: Path, entry=None) -> Stage:
         stage = cls(component, path, [t.name for t in entry.inputs] or None, [t.name for t in entry.outputs] or None)
     else:
         stage = cls(component, path)
-    if entry is not None and entry.dtype in ("fp16", "fp32"):
-        stage.precision = entry.dtype  # the exported precision, even where the program keeps fp32 I/O
+    if entry is not None:
+        stage.precision = entry.precision or entry.dtype  # the exported precision, even with fp32 program I/O
+        stage.gate_db = (entry.trajectory or {}).get("gate_db")  # the trajectory gate it passed at export
     return stage
 
 
@@ -800,7 +802,23 @@ class Pipeline:
 
 
 def precision_of(stages: dict[str, Stage]) -> str:
-    return "fp16" if any(s.precision == "fp16" for s in stages.values()) else "fp32"
+    """fp32 when every stage is; the one reduced precision otherwise, or "mixed" when they differ."""
+    reduced = {s.precision for s in stages.values()} - {"fp32"}
+    if not reduced:
+        return "fp32"
+    return reduced.pop() if len(reduced) == 1 else "mixed"
+
+
+def gate_of(stages: dict[str, Stage]) -> float:
+    """Per-frame PSNR gate of a run: the strictest trajectory gate the artifacts' manifest entries carry, else the
+    default of the run's precision."""
+    from .parity import TRAJECTORY_PSNR_MIN_DB
+
+    gates = [s.gate_db for s in stages.values() if getattr(s, "gate_db", None) is not None]
+    if gates:
+        return max(float(g) for g in gates)
+    precision = precision_of(stages)
+    return VIDEO_PSNR_MIN_DB.get(precision, TRAJECTORY_PSNR_MIN_DB.get(precision, 25.0))
 
 
 def compare_runs(result: GenerateResult, reference: GenerateResult, min_psnr_db: float) -> dict:
@@ -989,7 +1007,7 @@ class GenerateRequest:
     fps: int = DEFAULT_FPS
     compare_to: str | None = None  # "reference": also run PyTorch fp32 and compare
     report: Path | None = None  # the comparison report (JSON)
-    min_psnr: float | None = None  # the comparison gate; None: VIDEO_PSNR_MIN_DB of the artifacts' precision
+    min_psnr: float | None = None  # the comparison gate; None: the artifacts' manifest gate (pipeline.gate_of)
 
 
 @dataclass
@@ -1075,13 +1093,14 @@ def run_generate(request: GenerateRequest, progress: ProgressFn = _no_progress,
                               progress=_prefixed(progress, prefix))
         seconds["run"] = time.perf_counter() - t0
         precision = precision_of(stages)
+        manifest_gate = gate_of(stages)  # the trajectory gate the artifacts passed at export, if any
         result = Pipeline(stages).generate(plan.image, plan.config, _prefixed(progress, prefix))
         reference = _reference_run(plan, stages, result, progress, seconds) if request.compare_to else None
     comparison = None
     if reference is not None:
         progress("compare", 0, 1)
         t0 = time.perf_counter()
-        threshold = request.min_psnr if request.min_psnr is not None else VIDEO_PSNR_MIN_DB[precision]
+        threshold = request.min_psnr if request.min_psnr is not None else manifest_gate
         comparison = compare_runs(result, reference, threshold)
         seconds["compare"] = time.perf_counter() - t0
         progress("compare", 1, 1)
@@ -1141,7 +1160,7 @@ __all__ = [
     "read_artifacts", "decoder_kind_of", "runnable_here", "parse_use", "select_entry", "check_artifacts",
     "expected_io_shapes", "check_stage_shapes", "artifact_stage", "TARGET_PREFERENCE",
     "checkpoint_parts", "decoder_from_checkpoints", "torch_stage", "build_stages",
-    "GenerateConfig", "GenerateResult", "Pipeline", "precision_of",
+    "GenerateConfig", "GenerateResult", "Pipeline", "precision_of", "gate_of",
     "compare_runs", "json_safe", "build_report", "VIDEO_PSNR_MIN_DB",
     "atomic_path", "write_video", "contact_sheet", "write_contact_sheet", "write_json", "contact_sheet_path",
     "read_video", "check_psnr_gate", "GenerateRequest", "GeneratePlan", "GenerateRun", "plan_generate",

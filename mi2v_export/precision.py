@@ -52,15 +52,18 @@ class Precision(str, Enum):
         return self in (Precision.W8A8, Precision.W8A16)
 
 
+INTEGER = frozenset(p.value for p in Precision if p.quantized and p is not Precision.MIXED)
+
 # (target, delegate) -> the precisions that target produces and gates here, in the order shown in errors.
 # One place: the exporters, the CLI and the tests read this table. Add a cell only with its exporter path.
 SUPPORT: dict[tuple[str, str | None], tuple[Precision, ...]] = {
-    ("onnx", None): (Precision.FP32, Precision.FP16),
-    ("executorch", "xnnpack"): (Precision.FP32, Precision.FP16),
+    ("onnx", None): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4, Precision.W8A16),
+    ("executorch", "xnnpack"): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4),
     ("executorch", "vulkan"): (Precision.FP32, Precision.FP16),
     ("executorch", "qnn"): (Precision.FP16,),
+    ("onnx", "qnn"): (Precision.FP16, Precision.W8A16, Precision.W8A8),  # QNN EP: fp16 on the HTP, QDQ ints
     ("executorch", "coreml"): (Precision.FP32, Precision.FP16),
-    ("coreml", None): (Precision.FP32, Precision.FP16),
+    ("coreml", None): (Precision.FP32, Precision.FP16, Precision.W8, Precision.W4),
 }
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from . import parity, testvectors
 from .errors import BadInputError
 from .manifest import ArtifactEntry, append_verifications, now_iso, read_manifest, tree_digest
+from .qnn import RUNTIME as QNN_RUNTIME
 
 # ---------------------------------------------------------------------------------------------------------------
 # The runtime registry
@@ -82,9 +83,34 @@ def _run_onnx(path: Path, entry: ArtifactEntry, sets: list[Inputs]) -> list[Inpu
     return [dict(zip(names, sess.run(names, feeds))) for feeds in sets]
 
 
-register(Runtime("onnxruntime", accepts=lambda e: e.target == "onnx",
+register(Runtime("onnxruntime", accepts=lambda e: e.target == "onnx" and e.delegate != "qnn",
                  available=lambda: _importable("onnxruntime", "pip install onnxruntime"),
                  version=_package_version("onnxruntime"), run=_run_onnx))
+
+
+# -- the Qualcomm HTP simulator of the onnxruntime-qnn wheel (QNN EPContext models, CPU fallback disabled) -------
+
+
+def _qnn_available() -> str | None:
+    from . import qnn
+    from .errors import MissingDependencyError
+
+    try:
+        qnn.check_available()
+    except MissingDependencyError as exc:
+        return str(exc)
+    return None
+
+
+def _run_qnn(path: Path, entry: ArtifactEntry, sets: list[Inputs]) -> list[Inputs]:
+    from . import qnn
+
+    soc, fp16 = entry.target_info.get("soc", qnn.DEFAULT_SOC), entry.precision == "fp16"
+    return [qnn.run(path, feeds, soc, fp16=fp16) for feeds in sets]
+
+
+register(Runtime(QNN_RUNTIME, accepts=lambda e: e.target == "onnx" and e.delegate == "qnn",
+                 available=_qnn_available, version=_package_version("onnxruntime-qnn"), run=_run_qnn))
 
 
 # -- ExecuTorch runtime (pybindings), one entry per backend the .pte may be delegated to ------------------------

@@ -295,7 +295,8 @@ def test_executorch_and_coreml_rewrites_keep_the_vae_function(part):
 @pytest.mark.parametrize("kw,match", [
     ({"target": "tflite"}, "unknown target 'tflite'; choose one of: "),
     ({"target": "executorch", "delegate": "metal"}, "unknown delegate 'metal'"),
-    ({"target": "onnx", "delegate": "xnnpack"}, "--delegate does not apply to --target onnx"),
+    ({"target": "onnx", "delegate": "xnnpack"}, "unknown delegate .xnnpack. for --target onnx; choose one of: qnn"),
+    ({"target": "coreml", "delegate": "qnn"}, "--delegate does not apply to --target coreml"),
     ({"target": "onnx", "components": "vae"}, "unknown component 'vae'"),
     ({"target": "onnx", "decoder": "taesd"}, "unknown decoder 'taesd'"),
     ({"target": "onnx", "dtype": "int8"}, "unknown dtype 'int8'"),

@@ -82,7 +82,7 @@ def render_report(report, path: Path | None = None) -> None:
     from ._render import console
 
     title = _title(report)
-    table = Table("component", "runtime", "artifact", "load ms", "n", "min", "p50", "p90", "max", "stdev",
+    table = Table("component", "runtime", "artifact", "precision", "load ms", "n", "min", "p50", "p90", "max", "stdev",
                   "peak RSS", "status", title=title, title_justify="left")
     for c in report.components:
         s = c.summary()
@@ -90,14 +90,15 @@ def render_report(report, path: Path | None = None) -> None:
         rt = c.runtime.get("name") or "—"
         if c.runtime.get("backend"):
             rt += f"/{c.runtime['backend']}"
-        art_text = (f"{c.artifact.get('file')} ({c.artifact.get('precision')})" if c.artifact else "—")
+        art_text = c.artifact.get("file") if c.artifact else "—"
+        precision = (c.artifact or {}).get("precision") or "—"
         rss = s.get("peak_rss_kb")
         mean_only = [r.mean_only_ms for r in c.runs if r.mean_only_ms is not None]
         status = c.status if c.status == "ok" else f"[red]{c.status}[/red]"
         if mean_only and not lat.get("n"):
             lat = {"n": 0, "p50": None}
             status += " (mean only)"
-        table.add_row(c.component, rt, art_text, _ms(s["load_ms"].get("median"), 1), str(lat.get("n", 0)),
+        table.add_row(c.component, rt, art_text, precision, _ms(s["load_ms"].get("median"), 1), str(lat.get("n", 0)),
                       _ms(lat.get("min")), _ms(lat.get("p50")), _ms(lat.get("p90")), _ms(lat.get("max")),
                       _ms(lat.get("stdev")), f"{rss / 1024:.0f} MB" if rss else "—", status)
     console.print(table)

@@ -16,7 +16,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..contract import AttentionPlan, ComputeUnit, DecoderKind, Delegate, ExportDtype, PresetName, Target
+from ..contract import AttentionPlan, ComputeUnit, DecoderKind, Delegate, ExportDtype, PresetName, Soc, Target
 from ..errors import BadInputError, Mi2vError
 from ._render import component_list, console, err_console, human_bytes, print_json
 
@@ -102,7 +102,8 @@ class _RichProgress:
 
 def export(
     target: Target = typer.Option(..., "--target", help="export format"),
-    delegate: Delegate | None = typer.Option(None, "--delegate", help="executorch only (default: xnnpack)"),
+    delegate: Delegate | None = typer.Option(None, "--delegate", help="executorch: xnnpack (default) | vulkan | qnn | "
+                                            "coreml; onnx: qnn (onnxruntime's QNN EP, needs --soc)"),
     component: str = typer.Option("all", "--component", callback=component_list, help="encoder | denoiser | "
                                   "decoder | all (or a comma list)"),
     decoder: DecoderKind = typer.Option("turbo-vaed", "--decoder", help="decoder model"),
@@ -142,7 +143,10 @@ def export(
                                   "per-op profiling"),
     compute_units: ComputeUnit = typer.Option("all", "--compute-units", help="Core ML compute units"),
     min_ios: int = typer.Option(17, "--min-ios", min=17, max=18, help="Core ML minimum deployment target: 17 | 18"),
-    soc: str = typer.Option("SM8650", "--soc", help="QNN: Snapdragon SoC, e.g. SM8650 (8 Gen 3), SM8750"),
+    soc: Soc = typer.Option("SM8650", "--soc", help="QNN: the Snapdragon SoC to compile for (README: SoC table)"),
+    allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="onnx/qnn: accept nodes the HTP "
+                                            "refuses (onnxruntime runs them on the CPU; node and FLOP shares on "
+                                            "the HTP are recorded). Default: every node on the HTP or exit 4"),
     json_out: bool = typer.Option(False, "--json", help="print this run's manifest entries as JSON on stdout"),
 ) -> None:
     """Export MobileI2V components to ONNX / Core ML / ExecuTorch, check them against PyTorch fp32, and describe
@@ -155,7 +159,7 @@ def export(
                             dtype=dtype.value if dtype else None, precision=precision, calibration=calibration,
                             min_psnr=min_psnr, recipe=recipe, attention=attention.value, rewrite=list(rewrite),
                             verify=not no_verify, test_vectors=not no_test_vectors, etrecord=etrecord, compute_units=compute_units.value,
-                            min_ios=min_ios, soc=soc)
+                            min_ios=min_ios, soc=soc.value, allow_cpu_fallback=allow_cpu_fallback)
     if bundle and no_test_vectors:
         raise BadInputError("--bundle and --no-test-vectors contradict each other (the .bpte is the test vectors)")
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built

@@ -546,10 +546,13 @@ class AndroidSession:
         return run, text
 
     def run_ort(self, runner: Runner, model: str, warmup: int, iterations: int, timeout: float,
-                csv_name: str, local_csv: Path) -> tuple[RunResult, str]:
+                csv_name: str, local_csv: Path, qnn: bool = False) -> tuple[RunResult, str]:
+        """onnxruntime_perf_test on the CPU EP, or (`qnn`, a QNN EPContext model) on the HTP through the QNN EP
+        (the QNN runtime libraries pushed beside the runner)."""
         d = self.remote_dir
         self.dev.shell(["rm", "-f", f"{d}/{csv_name}"])
-        args = ["-e", "cpu", "-m", "times", "-r", str(warmup + iterations), "-I", "-s"]
+        ep = ["-e", "qnn", "-i", "backend_type|htp"] if qnn else ["-e", "cpu"]
+        args = ep + ["-m", "times", "-r", str(warmup + iterations), "-I", "-s"]
         if self.threads:
             args += ["-x", str(self.threads)]
         args += [model, f"{d}/{csv_name}"]
@@ -810,9 +813,10 @@ class AdbRunnerDevice(AdbPhone):
             return run
         csv = self.extras / f"{sel.component}.run{r}.csv"
         self.extras.mkdir(parents=True, exist_ok=True)
+        qnn = sel.entry.delegate == "qnn"
         run, _ = s.run_ort(runner, sel.entry.file, opts.warmup, opts.iterations, opts.timeout,
-                           f"runs_{sel.component}_{r}.csv", csv)
-        run.backend = "cpu"
+                           f"runs_{sel.component}_{r}.csv", csv, qnn=qnn)
+        run.backend = "qnn-htp" if qnn else "cpu"
         csv.unlink(missing_ok=True)
         return run
 

@@ -173,7 +173,7 @@ def describe_artifact(manifest: Any, e: Any) -> dict[str, Any]:
         "model": e.model,
         "target": e.target,
         "delegate": e.delegate,
-        "precision": e.dtype,
+        "precision": e.precision or e.dtype,
         "sha256": e.sha256,
         "bytes": e.bytes,
         "extra_files": [{"role": f.role, "file": f.file, "sha256": f.sha256, "bytes": f.bytes}
@@ -186,10 +186,11 @@ def describe_artifact(manifest: Any, e: Any) -> dict[str, Any]:
 
 def artifact_files(manifest: Any, e: Any) -> list[tuple[Path, str, str]]:
     """(local path, name, manifest sha256) of the artifact's files: the primary one, then its extra files.
-    Files that are not needed to run it (test vectors, bundled programs, ETRecords) are left out."""
+    Files that are not needed to run it (test vectors, bundled programs, ETRecords, a QNN context's source model)
+    are left out."""
     files = [(manifest.path_of(e), e.file, e.sha256)]
     for f in e.extra_files:
-        if f.role in ("bundled_program", "test_vectors", "etrecord"):
+        if f.role in ("bundled_program", "test_vectors", "etrecord", "qnn_source"):
             continue
         files.append((manifest.folder / f.file, f.file, f.sha256))
     return files

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, MissingDependencyError, first_line
+from ..errors import BadInputError, Mi2vError, MissingDependencyError, first_line
 from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection, artifact_files, verify_files
 from .report import BenchReport, ComponentResult, RunResult
 from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte, pte_input_specs
@@ -70,8 +70,11 @@ def bench_artifact(
     warmup: int = 3,
     iterations: int = 20,
     threads: int | None = None,
+    qnn_soc: str | None = None,
+    qnn_fp16: bool = True,
 ) -> RunResult:
-    """Load the artifact, run `warmup` discarded iterations then `iterations` timed ones, in this process."""
+    """Load the artifact, run `warmup` discarded iterations then `iterations` timed ones, in this process.
+    `qnn_soc`: an EPContext model compiled for that SoC's HTP, run on the HTP simulator (simulated timings)."""
     if iterations < 1 or warmup < 0:
         raise BadInputError("iterations must be ≥ 1 and warm-up ≥ 0")
     path = Path(path)
@@ -80,7 +83,7 @@ def bench_artifact(
     which = runtime_for(path, runtime)
     scoped = _reset_peak_rss()
     if which == "onnxruntime":
-        result = _bench_onnx(path, warmup, iterations, threads)
+        result = _bench_onnx(path, warmup, iterations, threads, qnn_soc, qnn_fp16)
     else:
         result = _bench_pte(path, warmup, iterations, threads)
     result.peak_rss_kb = _peak_rss_kb()
@@ -88,7 +91,19 @@ def bench_artifact(
     return result
 
 
-def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None) -> RunResult:
+def _onnx_session(path: Path, so, qnn_soc: str | None, qnn_fp16: bool):
+    """(session, backend): onnxruntime's CPU EP, or the QNN EP's HTP simulator for a QNN EPContext model."""
+    import onnxruntime as ort
+
+    if qnn_soc:
+        from .. import qnn
+
+        return qnn.create_session(path, qnn_soc, fp16=qnn_fp16), qnn.RUNTIME
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), "cpu"
+
+
+def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None, qnn_soc: str | None = None,
+                qnn_fp16: bool = True) -> RunResult:
     try:
         import numpy as np
         import onnxruntime as ort
@@ -100,7 +115,9 @@ def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None) -
     so.log_severity_level = 3
     t0 = time.perf_counter()
     try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess, backend = _onnx_session(path, so, qnn_soc, qnn_fp16)
+    except Mi2vError:
+        raise
     except Exception as exc:
         raise BadInputError(f"onnxruntime cannot load {path.name}: {first_line(exc)}") from None
     load_ms = (time.perf_counter() - t0) * 1000
@@ -118,7 +135,7 @@ def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None) -
             raise BadInputError(f"onnxruntime failed to run {path.name}: {first_line(exc)}") from None
         (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
-                     backend="cpu", threads=threads or so.intra_op_num_threads or None)
+                     backend=backend, threads=threads or so.intra_op_num_threads or None)
 
 
 def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) -> RunResult:
@@ -247,6 +264,7 @@ class HostDevice(BenchDevice):
         self.mask: str | None = None
         self.old_affinity: set[int] | None = None
         self.versions: dict[str, str] = {}
+        self.simulated: list[str] = []  # QNN artifacts timed on the HTP simulator
 
     def facts(self) -> DeviceFacts:
         facts = host_facts()
@@ -299,15 +317,28 @@ class HostDevice(BenchDevice):
         comp.runtime.update(version=self.versions.get("onnxruntime" if sel.runtime == "onnxruntime" else "executorch"),
                             runner="in-process", threads=self.threads, affinity_mask=self.mask)
         path = self.manifest.path_of(sel.entry)
+        qnn_target = self._qnn_target(sel.entry, comp)
         for r in range(opts.runs):
             self.say(f"{sel.component}: {sel.entry.file} on {sel.runtime}, run {r + 1}/{opts.runs}: "
                      f"{warmup} warm-up + {iterations} timed iterations")
-            run = bench_artifact(path, sel.runtime, warmup, iterations, self.threads)
+            run = bench_artifact(path, sel.runtime, warmup, iterations, self.threads, **qnn_target)
             run.peak_rss_method = "in-process-vmhwm"
             comp.runs.append(run)
         comp.runtime["backend"] = comp.runs[-1].backend
         comp.status, comp.error = "ok", None
         return comp
+
+    def _qnn_target(self, entry, comp: ComponentResult) -> dict:
+        """A QNN EPContext model runs on the wheel's HTP simulator: its timings are simulated, not a speed figure."""
+        if entry.delegate != "qnn" or entry.target != "onnx":
+            return {}
+        from .. import qnn
+
+        comp.runtime.update(version=qnn.versions()["onnxruntime_qnn"], simulated=True,
+                            qnn_sdk_version=qnn.versions()["qnn_sdk_version"], soc=entry.target_info.get("soc"),
+                            note="QNN HTP simulator on this CPU: simulated timings, not a speed figure")
+        self.simulated.append(entry.file)
+        return {"qnn_soc": entry.target_info.get("soc"), "qnn_fp16": entry.precision == "fp16"}
 
     def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
         """The test-vector inputs run in this process on the runtime that was timed."""
@@ -316,6 +347,9 @@ class HostDevice(BenchDevice):
         return host_outputs(self.manifest.folder, sel.entry, sel.runtime, sets)
 
     def finish(self, report: BenchReport) -> None:
+        if self.simulated:
+            report.warnings.append(f"{', '.join(self.simulated)}: timed on the QNN HTP simulator (x86_64), simulated "
+                                   "timings that say nothing about a phone's speed")
         if self.opts.runners:
             report.warnings.append("--runner is for phones: on the host the artifacts run in this process")
         if self.opts.etdump:

@@ -17,10 +17,11 @@ import numpy as np
 
 from .. import parity, testvectors
 from ..errors import VerificationError
+from ..qnn import RUNTIME as QNN_RUNTIME
 from ..verify import RUNTIMES, gate_of
 
 # the bench's runtime name → mi2v verify's runtime for an artifact of that delegate
-_VERIFY_RUNTIME = {"onnxruntime": lambda e: "onnxruntime",
+_VERIFY_RUNTIME = {"onnxruntime": lambda e: QNN_RUNTIME if e.delegate == "qnn" else "onnxruntime",
                    "executorch": lambda e: f"executorch-{e.delegate or 'portable'}"}
 
 

@@ -53,6 +53,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+def spread_over_frames(values: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, 2, D) → (B, frames, D): value 0 on the conditioning frame 0, value 1 on every other frame."""
+    pick = torch.tensor([0] + [1] * (frames - 1), device=values.device)
+    return values[:, pick]
+
+
 def timestep_embedding(s: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding [cos, sin] of a 1-D tensor of scalars, computed in fp32."""
     half = dim // 2
@@ -254,8 +260,7 @@ class MobileI2VDenoiser(nn.Module):
         t_mod = self.t_block(t_emb)  # (B,2,6C)
         f_mod = self.flow_block(self.flow_embedder(flow_score.float().reshape(-1)))[:, None]  # (B,1,6C); raw score
         mod = t_mod + f_mod  # (B,2,6C)
-        pick = torch.tensor([0] + [1] * (frames - 1), device=mod.device)
-        return t_emb[:, pick], mod[:, pick]
+        return spread_over_frames(t_emb, frames), spread_over_frames(mod, frames)
 
     def embed_inputs(self, latent: torch.Tensor, timestep: torch.Tensor, flow_score: torch.Tensor):
         """The forward's prologue, shared with the rewritten denoiser: the patch embedding per frame as

@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -57,7 +57,7 @@ class Job:
 
     def with_id(self) -> Job:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":")).encode()
-        return _replace(self, id=hashlib.sha256(blob).hexdigest()[:16])
+        return replace(self, id=hashlib.sha256(blob).hexdigest()[:16])
 
     @property
     def precision_label(self) -> str:
@@ -104,12 +104,6 @@ class Job:
         if d.get("id") and d["id"] != job.id:
             raise BadInputError(f"job spec {d['id']}: its fields hash to {job.id} (edited, or another mi2v version)")
         return job
-
-
-def _replace(job: Job, **changes) -> Job:
-    from dataclasses import replace
-
-    return replace(job, **changes)
 
 
 @dataclass

@@ -1,0 +1,100 @@
+"""QNN figures for one component at one size: node share on the HTP, context-binary size, compile time, and the
+HTP simulator's output against PyTorch fp32 (PSNR), with a time limit on the simulator run.
+
+    python benchmarks/qnn.py --component denoiser --resolution 720x1280 --frames 17 --precision fp16 \
+        --json artifacts/qnn-denoiser-720p-fp16.json [--soc SM8650] [--sim-timeout 3600]
+
+The export runs without its own verification (`--no-verify`), so a simulator run that does not finish within
+--sim-timeout is recorded as such (with the seconds it ran) instead of blocking the export. Heavy at 720p: wrap it
+in `flock /tmp/mi2v-heavy.lock`. Seeded weights; the CPU model and load are recorded (the simulator's speed is no
+phone figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RUN_ON_SIMULATOR = """
+import sys, numpy as np
+from pathlib import Path
+from mi2v_export import qnn
+feeds = dict(np.load(sys.argv[1]))
+out = qnn.run(Path(sys.argv[2]), feeds, sys.argv[3], fp16=sys.argv[4] == 'fp16')
+np.save(sys.argv[5], next(iter(out.values())))
+"""
+
+
+def cpu_record() -> dict:
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "loadavg_1_5_15": os.getloadavg()}
+
+
+def simulate(ctx: Path, feeds: dict, soc: str, precision: str, timeout: float) -> dict:
+    """The EPContext model on the simulator in a child process (killed after `timeout` seconds)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "feeds.npz", **feeds)
+        out = Path(tmp) / "out.npy"
+        t0 = time.perf_counter()
+        try:
+            subprocess.run([sys.executable, "-c", RUN_ON_SIMULATOR, str(Path(tmp) / "feeds.npz"), str(ctx), soc,
+                            precision, str(out)], check=True, timeout=timeout, capture_output=True)
+        except subprocess.TimeoutExpired:
+            return {"finished": False, "seconds": round(time.perf_counter() - t0, 1), "output": None}
+        return {"finished": True, "seconds": round(time.perf_counter() - t0, 1), "output": np.load(out)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--component", required=True, choices=("encoder", "denoiser", "decoder"))
+    ap.add_argument("--resolution", default=None)
+    ap.add_argument("--frames", type=int, default=None)
+    ap.add_argument("--preset", default="mobilei2v-270m")
+    ap.add_argument("--precision", default="fp16")
+    ap.add_argument("--soc", default="SM8650")
+    ap.add_argument("--sim-timeout", type=float, default=3600.0)
+    ap.add_argument("--out", type=Path, default=None, help="artifact folder (default: a temporary one)")
+    ap.add_argument("--json", type=Path, required=True)
+    args = ap.parse_args()
+
+    from mi2v_export import parity
+    from mi2v_export.exporters import components
+    from mi2v_export.exporters.orchestrate import ExportRequest, run_export
+
+    out = args.out or Path(tempfile.mkdtemp(prefix="mi2v-qnn-"))
+    t0 = time.perf_counter()
+    report = run_export(ExportRequest(target="onnx", delegate="qnn", out_dir=out, components=args.component,
+                                      preset=args.preset, resolution=args.resolution, frames=args.frames,
+                                      precision=args.precision, soc=args.soc, verify=False))
+    entry = report.entries[0]
+    record = {"component": args.component, "preset": args.preset, "resolution": args.resolution,
+              "frames": args.frames, "precision": args.precision, "soc": args.soc, "export_s": time.perf_counter() - t0,
+              "target_info": entry.target_info, "files": {f.role: f.bytes for f in entry.extra_files},
+              "host": cpu_record()}
+    geo = report.manifest.resolution, report.manifest.frames
+    from mi2v_export.shapes import geometry
+
+    spec = components.load_component(args.component, preset=args.preset, geo=geometry(*geo[0], geo[1]))
+    feeds = {k: v.numpy() for k, v in spec.inputs.items()}
+    sim = simulate(out / entry.file, feeds, args.soc, args.precision, args.sim_timeout)
+    ref = next(iter(spec.reference.values())).numpy()
+    record["simulator"] = {"finished": sim["finished"], "seconds": sim["seconds"], "timeout_s": args.sim_timeout}
+    if sim["finished"]:
+        record["simulator"].update(psnr_db=parity.psnr_db(sim["output"], ref), rel_l2=parity.rel_l2(sim["output"], ref))
+    record["host_after"] = cpu_record()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=1, default=str))
+    print(json.dumps(record, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""QDQ models for the QNN HTP (onnxruntime.quantization with its QNN configuration) and ONNX FLOP counts.
+
+w8a16: int8 symmetric weights, uint16 activations (the 16-bit activation type the HTP takes); w8a8: int8
+weights, uint8 activations. Calibrated on the inputs the component sees inside the real sampler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+# precision → (activation QuantType name, weight QuantType name)
+QDQ_TYPES = {"w8a16": ("QUInt16", "QUInt8"), "w8a8": ("QUInt8", "QUInt8")}  # the HTP's LayerNorm takes no int8
+
+
+def scalar_only_nodes(model) -> list[str]:
+    """Nodes computed only from single-element graph inputs and constants (the denoiser's timestep / flow-score
+    conditioning): they stay float (fp16 on the HTP). Quantizing them would quantize the timestep itself, and a
+    constant they share with a quantized node (1000 in clamp(t, max=1000) and t / 1000) would reach a float Clip
+    as a dequantized value, a mix the HTP refuses."""
+    scalars = {i.name for i in model.graph.input
+               if int(np.prod([d.dim_value for d in i.type.tensor_type.shape.dim])) == 1}
+    constants = {t.name for t in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        live = [i for i in node.input if i and i not in constants]
+        if node.op_type == "Constant" or (live and all(i in scalars for i in live)):
+            if node.op_type != "Constant":
+                out.append(node.name)
+            scalars.update(node.output)
+    return out
+
+
+def node_flops(path: Path) -> dict[str, int]:
+    """node name → FLOPs (2·MAC) of its Conv / ConvTranspose / MatMul / Gemm, from ONNX shape inference."""
+    import onnx
+    from onnx import shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {}
+    for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        shapes[v.name] = [d.dim_value for d in v.type.tensor_type.shape.dim]
+    for t in model.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    out = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            continue
+        ins = [shapes.get(n) for n in node.input[:2]]
+        y = shapes.get(node.output[0])
+        if not y or any(s is None for s in ins):
+            continue
+        if node.op_type in ("Conv", "ConvTranspose"):
+            w = ins[1]  # (O, C/G, k...) or (C, O/G, k...)
+            per_out = int(np.prod(w[1:])) if node.op_type == "Conv" else int(np.prod(w[2:])) * w[0] // max(y[1], 1)
+            out[node.name] = 2 * int(np.prod(y)) * per_out
+        else:
+            k = ins[0][-1]
+            out[node.name] = 2 * int(np.prod(y)) * int(k)
+    return out
+
+
+class _Feeds:
+    """onnxruntime.quantization CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = feeds
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self.feeds)
+
+
+def quantize_qdq(fp32_model: Path, qdq_model: Path, precision: str, feeds: list[dict[str, np.ndarray]]) -> dict:
+    """Write the QDQ model of `fp32_model` calibrated on `feeds`; returns what was done (for the manifest)."""
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    import onnx
+
+    act, weight = (getattr(QuantType, n) for n in QDQ_TYPES[precision])
+    # qnn_preprocess_model (onnxruntime 1.32) fails on models with metadata_props (torch.onnx writes some)
+    plain = qdq_model.with_suffix(".plain.onnx")
+    model = onnx.load(str(fp32_model))
+    del model.metadata_props[:]
+    onnx.save(model, str(plain))
+    pre = qdq_model.with_suffix(".pre.onnx")
+    changed = qnn_preprocess_model(str(plain), str(pre))
+    src = pre if changed else plain
+    keep_float = scalar_only_nodes(onnx.load(str(src)))
+    config = get_qnn_qdq_config(str(src), _Feeds(feeds), activation_type=act, weight_type=weight,
+                                per_channel=True, activation_symmetric=False, weight_symmetric=True,
+                                nodes_to_exclude=keep_float)
+    quantize(str(src), str(qdq_model), config)
+    for tmp in (plain, pre):
+        tmp.unlink(missing_ok=True)
+    return {"tool": "onnxruntime.quantization (QNN config)", "activations": QDQ_TYPES[precision][0],
+            "weights": QDQ_TYPES[precision][1] + " per-channel symmetric", "calibration_samples": len(feeds),
+            "preprocessed": bool(changed), "float_nodes": len(keep_float)}

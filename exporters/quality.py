@@ -1,0 +1,142 @@
+"""Quality of reduced-precision artifacts: calibration data, the component gate on held-out inputs and the
+trajectory gate (the whole sampler on the artifacts against PyTorch fp32), plus runtime memory.
+
+`QualityContext` is built once per export run and lazily: the fp32 PyTorch stages of all three components (the
+same weights as the export) and the calibration set are made only when a component needs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mi2v_export import calibration, parity
+from mi2v_export.errors import VerificationError
+
+TRAJECTORY_STEPS = 2
+TRAJECTORY_SEED = 0
+
+
+class QualityContext:
+    """What the quality gates of one export share: fp32 stages and the calibration set, built on first use."""
+
+    def __init__(self, request, plan):
+        self.request, self.plan = request, plan
+        self._stages: dict | None = None
+        self._calibration = None
+
+    def stages(self) -> dict:
+        if self._stages is None:
+            from mi2v_export.pipeline import checkpoint_parts, torch_stage
+
+            parts = checkpoint_parts(self.request.checkpoints)
+            with warnings.catch_warnings():  # "seeded weights" is already said by the export itself
+                warnings.simplefilter("ignore")
+                self._stages = {c: torch_stage(c, self.plan.preset, self.request.decoder, parts)
+                                for c in ("encoder", "denoiser", "decoder")}
+        return self._stages
+
+    def calibration(self) -> calibration.CalibrationSet:
+        if self._calibration is None:
+            self._calibration = calibration.build(
+                self.stages(), self.plan.geo, folder=self.request.calibration, weights=self.plan.manifest.source,
+                decoder=self.request.decoder, preset=self.plan.preset)
+        return self._calibration
+
+
+def held_out_parity(exporter, artifact, staging: Path, spec, options, ctx: QualityContext):
+    """The component gate's metrics on the held-out records (the validation image through the real sampler):
+    (Metrics, verified_on, records) or None when no runtime here runs the artifact."""
+    records = ctx.calibration().held_out[spec.name]
+    module = ctx.stages()[spec.name].module
+    outs, refs, verified_on = [], [], None
+    for rec in records:
+        inputs = {n: rec[n] for n in spec.inputs}
+        result = exporter.run(artifact, staging, dataclasses.replace(spec, inputs=inputs), options)
+        if result.outputs is None:
+            return None
+        verified_on = result.verified_on
+        with torch.no_grad():
+            ref = module(*inputs.values()).float().numpy()
+        outs.append(result.outputs[spec.output_names[0]])
+        refs.append(ref)
+    return parity.compare(outs, refs), verified_on, len(records)
+
+
+def trajectory(entries: list, staging: Path, ctx: QualityContext, min_psnr: float | None) -> dict:
+    """Generate on the validation image with this run's artifacts (PyTorch fp32 for the other components) and
+    compare every frame with the all-fp32 PyTorch run. Raises VerificationError when a frame is below the gate."""
+    from mi2v_export.pipeline import GenerateConfig, Pipeline, artifact_stage, compare_runs, load_image
+
+    torch_stages = ctx.stages()
+    stages = dict(torch_stages)
+    for e in entries:
+        stages[e.component] = artifact_stage(e.component, staging / e.file, e)
+    gate_db = min_psnr if min_psnr is not None else min(
+        parity.TRAJECTORY_PSNR_MIN_DB[e.precision] for e in entries)
+    geo = ctx.plan.geo
+    config = GenerateConfig(geo.height, geo.width, geo.frames, steps=TRAJECTORY_STEPS, seed=TRAJECTORY_SEED)
+    image = load_image(calibration.VALIDATION_IMAGE)
+    result = Pipeline(stages).generate(image, config)
+    # an exported encoder gives no log-variance, so its run conditions on the posterior mean: the reference does too
+    reference = Pipeline(torch_stages).generate(image, config, posterior=result.posterior)
+    summary = compare_runs(result, reference, gate_db)["summary"]
+    record = {"image": calibration.VALIDATION_IMAGE.name, "steps": TRAJECTORY_STEPS, "seed": TRAJECTORY_SEED,
+              "psnr_db_min": parity._json_float(float(summary["min_psnr_db"])),
+              "psnr_db": parity._json_float(float(summary["mean_psnr_db"])), "ssim_min": summary["min_ssim"],
+              "gate_db": gate_db, "passed": bool(summary["passed"]),
+              "artifacts": {e.component: e.precision for e in entries}, "reference": parity.REFERENCE}
+    if not record["passed"]:
+        which = ", ".join(f"{e.component} {e.precision}" for e in entries)
+        raise VerificationError(f"trajectory gate: the 2-step video on {record['image']} with {which} reaches "
+                                f"{summary['min_psnr_db']:.1f} dB on its worst frame, below {gate_db:g} dB vs "
+                                "PyTorch fp32; no artifact was written (--min-psnr overrides the gate)")
+    return record
+
+
+_PEAK_SCRIPT = r"""
+import sys, numpy as np, onnxruntime as ort
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) * 1024
+    return 0
+feeds = dict(np.load(sys.argv[2]))
+open('/proc/self/clear_refs', 'w').write('5')
+base = hwm()
+so = ort.SessionOptions(); so.log_severity_level = 3
+s = ort.InferenceSession(sys.argv[1], sess_options=so, providers=['CPUExecutionProvider'])
+s.run(None, feeds)
+print(hwm() - base)
+"""
+
+
+def onnx_session_peak_bytes(path: Path, inputs: dict[str, np.ndarray]) -> int | None:
+    """Peak memory of one onnxruntime session (load + one run), measured alone in a child process: the rise of
+    the kernel's high-water mark (VmHWM) over the process after its inputs are loaded. None where /proc is
+    missing."""
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        feeds = Path(tmp) / "feeds.npz"
+        np.savez(feeds, **inputs)
+        proc = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path), str(feeds)], capture_output=True,
+                              text=True, timeout=1800)
+    if proc.returncode != 0:
+        return None
+    try:
+        return int(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def calibration_record(ctx: QualityContext) -> dict:
+    return json.loads(json.dumps(ctx.calibration().record()))

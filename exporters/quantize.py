@@ -1,0 +1,305 @@
+"""Integer precisions (w8a8, w8, w4, w8a16) for the exporters: one function per runtime, the APIs of our pins.
+
+ExecuTorch XNNPACK (on the module, after the export rewrites, before lowering):
+    w8a8  PT2E `XNNPACKQuantizer`, int8 symmetric per-channel weights, static int8 activations, observers fed with
+          the calibration records (what the component sees in the real sampler)
+    w8    the same quantizer with dynamic int8 activations (8da8w: per-token ranges at run time, no calibration)
+    w4    torchao `Int8DynamicActivationIntxWeightConfig(int4, PerGroup(32))` on nn.Linear (8da4w); XNNPACK lowers
+          it. Convolutions stay float (the config's conv support is not lowered by ExecuTorch 1.5.1).
+
+ONNX (on the exported fp32 .onnx file, in place):
+    w8a8  `quantize_static`, QDQ, S8S8, per-channel weights, calibrated (min-max) on the calibration records
+    w8a16 `quantize_static`, QDQ, uint16 activations + uint8 weights (the QNN HTP choice); `qdq_config` can be
+          replaced (the QNN path passes `get_qnn_qdq_config`)
+    w8    `quantize_dynamic`, int8 per-channel weights, dynamic activations
+    w4    `MatMulNBitsQuantizer`, 4-bit symmetric blocks of 32 on every MatMul (Gemm/Conv stay float)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+W4_GROUP = 32
+
+
+def plan_of(options) -> tuple[str, list[str]]:
+    """(integer precision to apply, submodule names kept float) of a component: its precision, or for "mixed" the
+    recipe's precision and its fp32/fp16 units (names under the export wrapper's `model`)."""
+    if options.precision != "mixed":
+        return options.precision, []
+    from mi2v_export.recipe import kept_units
+
+    return options.recipe["precision"], [f"model.{u}" for u in kept_units(options.recipe)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ExecuTorch
+
+
+def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
+                        calibration: Sequence[tuple] | None, keep: Sequence[str] = ()) -> torch.nn.Module:
+    """The module to lower for `precision` (a quantized GraphModule or the torchao-quantized module). `keep`:
+    submodule names (of `module`) left in float (a recipe's fp32 units)."""
+    if precision in ("w8a8", "w8"):
+        return _pt2e(module, args, dynamic=precision == "w8", calibration=calibration or [args], keep=keep)
+    if precision == "w4":
+        return _torchao_8da4w(module, keep)
+    raise ValueError(f"no ExecuTorch quantization for {precision!r}")
+
+
+def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Sequence[str] = ()):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = torch.export.export(module, args, strict=False).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                is_dynamic=dynamic))
+    for name in keep:
+        quantizer.set_module_name(name, None)
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for sample in (calibration if not dynamic else calibration[:1]):
+            prepared(*sample)
+    return convert_pt2e(prepared)
+
+
+def _torchao_8da4w(module, keep: Sequence[str] = ()):
+    from torchao.quantization import quantize_
+    from torchao.quantization.granularity import PerGroup
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig
+
+    def linear_with_groups(m, fqn) -> bool:
+        kept = any(fqn == k or fqn.startswith(k + ".") for k in keep)
+        return isinstance(m, torch.nn.Linear) and m.in_features % W4_GROUP == 0 and not kept
+
+    quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                            weight_granularity=PerGroup(W4_GROUP)),
+              filter_fn=linear_with_groups)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over recorded inputs (name → numpy array per record)."""
+
+    def __init__(self, records: Sequence[dict]):
+        self.records = list(records)
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.records):
+            return None
+        self.i += 1
+        return self.records[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+
+def qdq_config(precision: str, records: Sequence[dict]) -> dict:
+    """quantize_static keyword arguments of a QDQ precision (w8a8 or w8a16)."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    if precision == "w8a8":
+        return {"quant_format": QuantFormat.QDQ, "activation_type": QuantType.QInt8,
+                "weight_type": QuantType.QInt8, "per_channel": True, "calibration_data_reader": _Reader(records)}
+    if precision == "w8a16":
+        return {"quant_format": QuantFormat.QDQ, "activation_type": QuantType.QUInt16,
+                "weight_type": QuantType.QUInt8, "per_channel": True, "calibration_data_reader": _Reader(records),
+                "extra_options": {"UseQDQContribOps": True}}
+    raise ValueError(f"no QDQ configuration for {precision!r}")
+
+
+def nodes_of_units(path: Path, keep: Sequence[str]) -> list[str]:
+    """ONNX nodes that belong to the `keep` submodules: those with a weight or bias initializer named after one
+    (the dynamo exporter names initializers by parameter path)."""
+    import onnx
+
+    if not keep:
+        return []
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if any(i in inits and any(i.startswith(k + ".") for k in keep) for i in n.input)]
+
+
+def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None,
+                  config: Callable[[str, Sequence[dict]], dict] = qdq_config, keep: Sequence[str] = ()) -> dict:
+    """Quantize the .onnx file at `path` in place; returns what was done (for target_info). `keep`: submodule
+    names whose nodes stay float (a recipe's fp32 units)."""
+    import logging
+
+    import onnxruntime.quantization as oq
+
+    for name in ("", "onnxruntime.quantization.matmul_nbits_quantizer"):  # advice/INFO lines, not for the CLI
+        logging.getLogger(name).setLevel(logging.ERROR)
+    tmp = path.with_suffix(".q.onnx")
+    excluded = nodes_of_units(path, keep)
+    if precision in ("w8a8", "w8a16"):
+        kwargs = config(precision, records or [])
+        oq.quantize_static(str(path), str(tmp), nodes_to_exclude=excluded, **kwargs)
+        info = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                "calibration_records": len(records or [])}
+    elif precision == "w8":
+        oq.quantize_dynamic(str(path), str(tmp), weight_type=oq.QuantType.QInt8, per_channel=True,
+                            nodes_to_exclude=excluded)
+        info = {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel"}
+    elif precision == "w4":
+        info = _matmul_nbits(path, tmp, excluded)
+    else:
+        raise ValueError(f"no ONNX quantization for {precision!r}")
+    tmp.replace(path)
+    info["nodes_kept_float"] = len(excluded)
+    return info
+
+
+def _matmul_nbits(path: Path, out: Path, excluded: Sequence[str] = ()) -> dict:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(path))
+    rewritten = as_matmuls(model, set(excluded))
+    config = DefaultWeightOnlyQuantConfig(block_size=W4_GROUP, is_symmetric=True, bits=4)
+    q = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=list(excluded))
+    q.process()
+    q.model.save_model_to_file(str(out), use_external_data_format=False)
+    nodes = sum(1 for n in q.model.model.graph.node if n.op_type == "MatMulNBits")
+    return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 4, "block_size": W4_GROUP, "matmul_nbits": nodes,
+            "rewritten_as_matmul": rewritten}
+
+
+def as_matmuls(model, excluded: set[str]) -> dict:
+    """MatMulNBits quantizes MatMul only: rewrite, in place, every Gemm with a constant B and every 1x1 Conv
+    (group 1, stride 1, no padding) into MatMul (+ Add for the bias; a 1x1 conv between two Transposes that move
+    the channels last and back). Exact up to float rounding."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    counts = {"Gemm": 0, "Conv": 0}
+    new_nodes = []
+    for node in graph.node:
+        repl = None
+        if node.name not in excluded and node.op_type in counts and len(node.input) > 1 and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            repl = (_gemm_as_matmul(node, w, attrs, graph) if node.op_type == "Gemm"
+                    else _conv1x1_as_matmul(node, w, attrs, graph))
+        if repl is None:
+            new_nodes.append(node)
+        else:
+            counts[node.op_type] += 1
+            new_nodes.extend(repl)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in used]  # the replaced weights' old copies go
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return counts
+
+
+def _const(graph, name: str, value) -> str:
+    from onnx import numpy_helper
+
+    graph.initializer.append(numpy_helper.from_array(value, name))
+    return name
+
+
+def _gemm_as_matmul(node, w, attrs, graph):
+    from onnx import helper
+
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+        return None
+    b = w.T.copy() if attrs.get("transB", 0) else w
+    name = node.name or node.output[0]
+    weight = _const(graph, f"{name}_matmul_weight", b)
+    if len(node.input) < 3 or not node.input[2]:
+        return [helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=f"{name}_matmul")]
+    mid = f"{name}_matmul_out"
+    return [helper.make_node("MatMul", [node.input[0], weight], [mid], name=f"{name}_matmul"),
+            helper.make_node("Add", [mid, node.input[2]], list(node.output), name=f"{name}_bias")]
+
+
+def _conv1x1_as_matmul(node, w, attrs, graph):
+    from onnx import helper
+
+    rank = w.ndim
+    if any(k != 1 for k in w.shape[2:]) or attrs.get("group", 1) != 1 or any(s != 1 for s in attrs.get(
+            "strides", [1])) or any(p for p in attrs.get("pads", [0])) or any(d != 1 for d in attrs.get(
+            "dilations", [1])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    name = node.name or node.output[0]
+    weight = _const(graph, f"{name}_matmul_weight", w.reshape(w.shape[0], w.shape[1]).T.copy())
+    last = [0] + list(range(2, rank)) + [1]
+    back = [0, rank - 1] + list(range(1, rank - 1))
+    nodes = [helper.make_node("Transpose", [node.input[0]], [f"{name}_cl"], perm=last, name=f"{name}_to_cl"),
+             helper.make_node("MatMul", [f"{name}_cl", weight], [f"{name}_mm"], name=f"{name}_matmul")]
+    out = f"{name}_mm"
+    if len(node.input) > 2 and node.input[2]:
+        nodes.append(helper.make_node("Add", [out, node.input[2]], [f"{name}_add"], name=f"{name}_bias"))
+        out = f"{name}_add"
+    nodes.append(helper.make_node("Transpose", [out], list(node.output), perm=back, name=f"{name}_to_cf"))
+    return nodes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Core ML (weights only: activation quantization needs Core ML predictions, i.e. macOS)
+
+COREML_W4_GROUP = 16
+COREML_WEIGHT_THRESHOLD = 2048  # coremltools' default: smaller tensors stay fp16
+
+
+def coreml_compress(mlmodel, precision: str):
+    """w8: `linear_quantize_weights` (int8, linear symmetric, per output channel); w4: `palettize_weights` (4-bit
+    k-means palettes per grouped channel, groups of 16; iOS 18)."""
+    import coremltools.optimize.coreml as cto
+
+    if precision == "w8":
+        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", granularity="per_channel",
+                                         weight_threshold=COREML_WEIGHT_THRESHOLD)
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    if precision == "w4":
+        op = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_grouped_channel",
+                                    group_size=COREML_W4_GROUP, weight_threshold=COREML_WEIGHT_THRESHOLD)
+        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    raise ValueError(f"no Core ML compression for {precision!r}")
+
+
+def coreml_simulated(module: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """A copy of `module` whose conv / linear weights went through the same coremltools compression and back
+    (fp16 first, as in the converted model): the PyTorch stand-in for a compressed .mlpackage off macOS."""
+    import copy
+
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights, palettize_weights
+
+    sim = copy.deepcopy(module)
+    for m in sim.modules():
+        if not isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                              torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
+            continue
+        w = m.weight.detach().half().float().numpy()
+        if w.size <= COREML_WEIGHT_THRESHOLD:
+            continue
+        axis = 1 if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)) else 0
+        blocks = [0] * w.ndim
+        if precision == "w8":
+            blocks[axis] = 1
+            params = linear_quantize_weights.blockwise_compress(w, 8, "LINEAR_SYMMETRIC", True, blocks)
+            dense = None if params is None else linear_quantize_weights.decompress(params)
+        else:
+            blocks[axis] = COREML_W4_GROUP
+            params = palettize_weights.blockwise_compress(w, "KMEANS", 4, blocks)
+            dense = None if params is None else palettize_weights.decompress(params)
+        if dense is not None:
+            m.weight.data = torch.from_numpy(dense.astype("float32")).reshape(m.weight.shape)
+    return sim
