@@ -269,8 +269,9 @@ class OnnxStage(Stage):
     backend = "onnxruntime"
 
     def __init__(self, component: str, path: Path, threads: int | None = None, qnn_soc: str | None = None,
-                 qnn_fp16: bool = True):
-        """`qnn_soc`: a QNN EPContext model compiled for that SoC, run on the onnxruntime-qnn HTP (simulator)."""
+                 qnn_fp16: bool = True, qnn_cpu_fallback: bool = False):
+        """`qnn_soc`: a QNN EPContext model compiled for that SoC, run on the onnxruntime-qnn HTP (simulator);
+        `qnn_cpu_fallback` when it was exported with --allow-cpu-fallback."""
         _check_component(component)
         try:
             import onnxruntime as ort
@@ -286,7 +287,8 @@ class OnnxStage(Stage):
             if qnn_soc:
                 from . import qnn
 
-                self.session, self.backend = qnn.create_session(path, qnn_soc, fp16=qnn_fp16), qnn.RUNTIME
+                self.session = qnn.create_session(path, qnn_soc, fp16=qnn_fp16, allow_cpu_fallback=qnn_cpu_fallback)
+                self.backend = qnn.RUNTIME
             else:
                 self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         except MissingDependencyError:
@@ -644,7 +646,8 @@ def artifact_stage(component: str, path: Path, entry=None) -> Stage:
     if cls is ExecuTorchStage and entry is not None:
         stage = cls(component, path, [t.name for t in entry.inputs] or None, [t.name for t in entry.outputs] or None)
     elif entry is not None and entry.delegate == "qnn":
-        stage = cls(component, path, qnn_soc=entry.target_info.get("soc"), qnn_fp16=entry.precision == "fp16")
+        stage = cls(component, path, qnn_soc=entry.target_info.get("soc"), qnn_fp16=entry.precision == "fp16",
+                    qnn_cpu_fallback=bool((entry.flags or {}).get("allow_cpu_fallback")))
     else:
         stage = cls(component, path)
     if entry is not None:
