@@ -170,6 +170,7 @@ def test_a_node_the_htp_refuses_fails_the_export_unless_fallback_is_allowed(tmp_
     assert err.value.exit_code == 4 and "\n" not in str(err.value) and not out.exists()
 
     request.allow_cpu_fallback = True
+    request.min_psnr = 1.0  # the toy is no denoiser: its 2-step video diverges in any precision (not under test here)
     entry = run_export(request).entries[0]
     info = entry.target_info
     assert 0 < info["htp_node_share"] < 1 and [c.split(" ")[1] for c in info["cpu_nodes"]] == ["(Sqrt)"]
