@@ -36,9 +36,9 @@ def _now() -> str:
 
 def verify_job_folder(folder: Path) -> list[str]:
     """Why `folder` is not a finished, verified build (empty list: it is): manifest.json present, every artifact
-    file present with the sha256 the manifest records, and no artifact whose parity gate failed.
-
-    The one place that decides "finished and verified"; it moves to `mi2v verify` (issue 12) when that lands."""
+    file present with the sha256 the manifest records, no artifact whose parity gate failed, and no recorded run
+    against its test vectors (export time, `mi2v verify`) that failed. The one place that decides "finished and
+    verified" for skipping; `mi2v release merge` also runs the vectors again (`mi2v verify`)."""
     from ..errors import Mi2vError
     from ..manifest import read_manifest
 
