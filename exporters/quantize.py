@@ -58,8 +58,11 @@ def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Se
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     graph = torch.export.export(module, args, strict=False).module()
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                                is_dynamic=dynamic))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+    # dynamic (w8): nn.Linear only, as torchao's 8da8w. XNNPACK's dynamic conv is 2-D only, and a dynamically
+    # quantized patch-embedding conv made the channels-last pass cast the rank-5 latent (lowering fails)
+    quantizer = XNNPACKQuantizer().set_module_type(torch.nn.Linear, config) if dynamic else \
+        XNNPACKQuantizer().set_global(config)
     for name in keep:
         quantizer.set_module_name(name, None)
     prepared = prepare_pt2e(graph, quantizer)
