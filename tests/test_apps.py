@@ -20,11 +20,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mi2v_export.apps import android_app as aa
 from mi2v_export.apps import build as ab
 from mi2v_export.apps import ios
+from mi2v_export.apps.check_files import read_raw
 from mi2v_export.devices.android import device_facts
 from mi2v_export.devices.report import BenchReport, validate
 from mi2v_export.errors import BadInputError, DeviceError, MissingDependencyError
@@ -248,7 +250,8 @@ def test_via_app_dry_run_prints_each_command(tmp_path):
         aa.run_via_app("S", {"vae": files["encoder"]}, dry_run=True, echo=lines.append)
 
 
-def _write_manifest(folder: Path) -> Path:
+def _write_manifest(folder: Path, vectors: bool = False) -> Path:
+    """Fake .pte files and their manifest; with `vectors`, the decoder has stored test vectors (an .npz)."""
     from mi2v_export.files import file_digest
     from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo
 
@@ -261,6 +264,12 @@ def _write_manifest(folder: Path) -> Path:
             file=path.name, sha256=sha, bytes=size,
             inputs=[TensorInfo("x", (1, 4, 3, 8, 8), "float32")], outputs=[TensorInfo("y", (1, 4), "float32")],
             export={}, parity={}))
+    if vectors:
+        (folder / "testdata").mkdir()
+        rng = np.random.default_rng(5)
+        np.savez(folder / "testdata/decoder.pte.npz", **{"set0.in.x": rng.standard_normal((1, 4, 3, 8, 8), np.float32),
+                                                           "set0.out.y": rng.standard_normal((1, 4), np.float32)})
+        entries[-1].test_vectors = {"format": "npz", "file": "testdata/decoder.pte.npz", "sets": 1, "bytes": 400}
     m = Manifest(preset="tiny", resolution=(64, 64), frames=9, latent_shape=(1, 4, 3, 8, 8),
                  source={"weights": "seeded", "seed": 0}, components=entries)
     (folder / MANIFEST_NAME).write_text(json.dumps(m.to_dict(), indent=2))
@@ -385,6 +394,14 @@ plan = json.loads(Path(extras["plan"]).read_text())
 for c in report["components"]:
     assert Path(paths[c["component"]]).read_bytes()[4:8] == b"ET12"
     c["artifact"]["path"] = paths[c["component"]]
+for c in plan["components"]:  # the output-check files the host staged: where the plan says, of the planned size
+    for spec in (c["check"] or {}).get("inputs", []) + (c["check"] or {}).get("expected", []):
+        size = (root / spec["path"].lstrip("/")).stat().st_size  # the phone's / is MI2V_DEVICE_ROOT
+        n = 1
+        for d in spec["shape"]:
+            n *= d
+        assert size == n * {"float32": 4, "int64": 8}[spec["dtype"]], (spec, size)
+Path(root / "am-plan.json").write_text(json.dumps(plan))
 report["protocol"]["iterations"] = int(extras["iterations"])
 report["frames"] = plan["frames"]
 out = root / "data/data/org.mi2v.bench/files" / extras["output"]
@@ -431,7 +448,7 @@ def _app_phone(tmp_path: Path, monkeypatch):
 def test_via_app_through_real_adb_and_the_simulated_phone(tmp_path, monkeypatch):
     with _app_phone(tmp_path, monkeypatch) as (adb, phone, app_dir):
         dev = adb.pick_device(phone.serial)
-        folder = _write_manifest(tmp_path / "art")
+        folder = _write_manifest(tmp_path / "art", vectors=True)
         said: list[str] = []
         report = aa.run_via_app(dev, folder, 7, 2, app_dir=app_dir, keep=True, say=said.append)
         validate(report)
@@ -439,7 +456,19 @@ def test_via_app_through_real_adb_and_the_simulated_phone(tmp_path, monkeypatch)
         assert report["protocol"]["iterations"] == 7 and report["frames"] == 9
         assert [c["runtime"]["runner"] for c in report["components"]] == ["android-app"] * 3
         assert report["components"][0]["artifact"]["path"] == str(folder / "encoder.pte")
-        assert sorted(report["staging"]["pushed"]) == ["decoder.pte", "denoiser.pte", "encoder.pte"]
+        assert sorted(report["staging"]["pushed"]) == ["check/decoder.in0.bin", "check/decoder.out0.bin",
+                                                       "decoder.pte", "denoiser.pte", "encoder.pte"]
+        # the decoder's output check: its first test-vector set as raw files on the phone, the gate in the plan
+        plan = json.loads((phone.root / "am-plan.json").read_text())
+        check = plan["components"][2]["check"]
+        assert [c["check"] for c in plan["components"][:2]] == [None, None]
+        assert check["gate"] == {"metric": "rel_l2", "op": "<=", "threshold": 1e-4} and check["sets"] == 1
+        with np.load(folder / "testdata/decoder.pte.npz") as npz:
+            staged = phone.sandbox / "mi2v/app/check/decoder.out0.bin"
+            assert np.array_equal(read_raw(staged, check["expected"][0]), npz["set0.out.y"])
+            assert np.array_equal(read_raw(phone.sandbox / "mi2v/app/check/decoder.in0.bin", check["inputs"][0]),
+                                  npz["set0.in.x"])
+        assert [c["output_check"]["passed"] for c in report["components"]] == [True] * 3
         assert report["staging"]["installed"] == []
         argv = json.loads((phone.root / "am-argv.json").read_text())
         assert argv[argv.index("iterations") + 1] == "7" and argv[argv.index("warmup") + 1] == "2"
@@ -477,6 +506,18 @@ def test_bench_via_app_from_the_cli(tmp_path, monkeypatch):
         assert {c["component"]: c["runs"][0]["samples_ms"] for c in rep["components"]} == want
         argv = json.loads((phone.root / "am-argv.json").read_text())
         assert argv[argv.index("warmup") + 1] == "1"
+        # the app's output check failed for the decoder: the run fails (exit 4) naming it, the report says why
+        monkeypatch.setenv("MI2V_SAMPLE_REPORT", str(DATA / "android_output_check_failed.json"))
+        checked = tmp_path / "checked.json"
+        proc = run_cli(*common, "--report", checked, env=adb.env)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        assert proc.returncode == 4 and len(errors) == 1 and "decoder" in errors[0], proc.stderr
+        assert "output check failed" in errors[0] and "Traceback" not in proc.stderr
+        rep = json.loads(checked.read_text())
+        validate(rep)
+        decoder = next(c for c in rep["components"] if c["component"] == "decoder")
+        assert decoder["status"] == "failed" and decoder["output_check"]["psnr_db"] == 21.3
+        monkeypatch.setenv("MI2V_SAMPLE_REPORT", str(DATA / "android_xnnpack_ok.json"))
         # the app failing on the phone: one error line, non-zero exit, and the report still written
         monkeypatch.setenv("MI2V_INSTRUMENT_OUT", str(DATA / "instrument_failed.txt"))
         failed = tmp_path / "failed.json"

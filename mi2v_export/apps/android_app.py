@@ -86,6 +86,10 @@ class AppArtifact:
     inputs: list[dict[str, Any]] | None = None  # [{"name", "shape", "dtype"}]; None → ExecuTorch fills ones itself
     info: dict[str, Any] = field(default_factory=dict)  # the report's artifact block (file, target, delegate, …)
     sha256: str | None = None
+    folder: Path | None = None  # the manifest folder and entry: where the test vectors come from
+    entry: Any = None
+    check: dict[str, Any] | None = None  # the plan's output-check block once staged (apps/check_files.py)
+    check_reason: str | None = None  # why there is none
 
     @property
     def remote_name(self) -> str:
@@ -116,6 +120,7 @@ def artifacts_from_manifest(folder: str | os.PathLike[str], components: Sequence
         path = manifest.path_of(e)
         out.append(AppArtifact(
             component=comp, path=path, inputs=[t.to_dict() for t in e.inputs] or None, sha256=e.sha256 or None,
+            folder=Path(folder), entry=e,
             info={"file": e.file, "path": str(path), "format": "pte", "model": e.model, "target": e.target,
                   "delegate": e.delegate, "precision": e.dtype, "sha256": e.sha256, "bytes": e.bytes}))
     if not out:
@@ -156,7 +161,7 @@ def build_plan(artifacts: Sequence[AppArtifact], frames: int | None, device_dir:
         "frames": frames,
         "components": [
             {"component": a.component, "path": f"{device_dir}/{a.remote_name}", "method": "forward",
-             "inputs": a.inputs, "artifact": {k: v for k, v in a.info.items() if k != "path"}}
+             "inputs": a.inputs, "artifact": {k: v for k, v in a.info.items() if k != "path"}, "check": a.check}
             for a in artifacts
         ],
     }
@@ -450,22 +455,48 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
 
 
 def _push_artifacts(dev: Any, items: Sequence[AppArtifact], frames: int | None, say: Say) -> list[str]:
-    """Push the .pte files the phone does not have with the same sha256, and the plan; returns those pushed."""
+    """Push the .pte files and output-check files the phone does not have with the same sha256, and the plan;
+    returns the names pushed."""
     dev.mkdirs(DEVICE_DIR)
-    remote = {f"{DEVICE_DIR}/{a.remote_name}": a for a in items}
-    present = dev.sha256_many(list(remote))
-    pushed = []
-    for rpath, a in remote.items():
-        if present.get(rpath) == a.digest():
-            continue
-        say(f"pushing {a.path.name} ({a.path.stat().st_size / 1e6:.1f} MB) to {rpath}")
-        dev.push(a.path, rpath)
-        pushed.append(a.remote_name)
     with tempfile.TemporaryDirectory(prefix="mi2v-app-") as tmp:
+        remote = {f"{DEVICE_DIR}/{a.remote_name}": (a.path, a.digest()) for a in items}
+        checks = _stage_checks(items, Path(tmp))
+        if checks:
+            dev.mkdirs(f"{DEVICE_DIR}/check")
+        remote.update(checks)
+        present = dev.sha256_many(list(remote))
+        pushed = []
+        for rpath, (local, digest) in remote.items():
+            if present.get(rpath) == digest:
+                continue
+            say(f"pushing {local.name} ({local.stat().st_size / 1e6:.1f} MB) to {rpath}")
+            dev.push(local, rpath)
+            pushed.append(rpath[len(DEVICE_DIR) + 1:])
         plan_path = Path(tmp) / PLAN_NAME
         plan_path.write_text(json.dumps(build_plan(items, frames), indent=2) + "\n")
         dev.push(plan_path, f"{DEVICE_DIR}/{PLAN_NAME}")
     return pushed
+
+
+def _stage_checks(items: Sequence[AppArtifact], tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Write each artifact's output-check files (first test-vector set, raw) into tmp/check and set `a.check`;
+    returns {remote path: (local file, sha256)}."""
+    from .check_files import CHECK_DIR, read_sets, write_check
+
+    files: dict[str, tuple[Path, str]] = {}
+    for a in items:
+        if a.entry is None or a.folder is None:
+            a.check_reason = "no manifest entry (artifacts given by path): no test vectors to check against"
+            continue
+        sets = read_sets(a.folder, a.entry)
+        if isinstance(sets, str):
+            a.check_reason = sets
+            continue
+        a.check = write_check(a.component, a.entry, sets, tmp / CHECK_DIR, f"{DEVICE_DIR}/{CHECK_DIR}")
+        for spec in (*a.check["inputs"], *a.check["expected"]):
+            local = tmp / CHECK_DIR / Path(spec["path"]).name
+            files[spec["path"]] = (local, sha256_file(local))
+    return files
 
 
 def _instrument(dev: Any, items: Sequence[AppArtifact], iterations: int, warmup: int, runs: int,
@@ -543,6 +574,12 @@ class AppDevice(AdbPhone):
         if measured is None:
             raise DeviceError("not measured: the app did not report it")
         return measured
+
+    def outputs(self, sel: Selection, sets: list[Any]) -> str:
+        """The app checks the outputs itself (its report's output_check); reached only when it did not."""
+        item = next((a for a in self.items if a.component == sel.component), None)
+        why = item.check_reason if item is not None and item.check_reason else "the app's report has no output_check"
+        return f"the app did not check the outputs: {why}"
 
     def _run_app(self) -> BenchReport | Mi2vError:
         """Install when needed, push, instrument once for every prepared component, read the app's report."""

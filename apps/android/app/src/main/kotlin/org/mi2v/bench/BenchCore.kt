@@ -95,7 +95,8 @@ class ComponentData(
     val error: String?,
     val artifact: Map<String, Any?>,
     val runtime: Map<String, Any?>,
-    val runs: List<RunData>
+    val runs: List<RunData>,
+    val outputCheck: Map<String, Any?>? = null
 ) {
     fun samples(): List<Double> {
         val all = ArrayList<Double>()
@@ -140,6 +141,7 @@ class ComponentData(
         for (r in runs) rs.add(r.toMap())
         m["runs"] = rs
         m["summary"] = summary()
+        if (outputCheck != null) m["output_check"] = outputCheck
         return m
     }
 
@@ -240,13 +242,114 @@ object Report {
 
 class InputSpec(val name: String, val shape: List<Long>, val dtype: String)
 
+/** A raw little-endian tensor file the host staged (apps/check_files.py). */
+class TensorFile(val name: String, val path: String, val shape: List<Long>, val dtype: String) {
+    fun count(): Int {
+        var n = 1L
+        for (d in shape) n *= d
+        return n.toInt()
+    }
+}
+
+/** The gate of mi2v verify (parity.Gate): metric "psnr_db" or "rel_l2", op ">=" or "<=". */
+class Gate(val metric: String, val op: String, val threshold: Double) {
+    fun passes(psnrDb: Double, relL2: Double, finite: Boolean): Boolean {
+        val value = if (metric == "psnr_db") psnrDb else relL2
+        if (!finite || value.isNaN()) return false
+        return if (op == "<=") value <= threshold else value >= threshold
+    }
+
+    fun describe(): String = "$metric $op " + (if (threshold == Math.floor(threshold) && Math.abs(threshold) < 1e15)
+        threshold.toLong().toString() else threshold.toString())
+}
+
+/** The plan's output check: the first test-vector set's inputs and expected outputs, and the gate. */
+class CheckSpec(val inputs: List<TensorFile>, val expected: List<TensorFile>, val gate: Gate, val sets: Int)
+
 class ComponentSpec(
     val component: String,
     val path: String,
     val method: String = "forward",
     val inputs: List<InputSpec>? = null,
-    val artifact: Map<String, Any?> = LinkedHashMap()
+    val artifact: Map<String, Any?> = LinkedHashMap(),
+    val check: CheckSpec? = null
 )
+
+/** The output check's numbers, as parity.py computes them: PSNR = 20·log10(max|ref| / RMSE), rel L2 =
+ *  ||y - ref|| / ||ref||, over all outputs together; NaN/Inf in the outputs counted as 0 and fail the gate. */
+object OutputCheck {
+    fun readFloats(file: File, count: Int): FloatArray {
+        val buf = java.nio.ByteBuffer.wrap(file.readBytes()).order(java.nio.ByteOrder.LITTLE_ENDIAN)
+        if (buf.remaining() != count * 4) {
+            throw IllegalArgumentException("${file.name}: ${buf.remaining()} bytes, expected ${count * 4} (float32)")
+        }
+        val out = FloatArray(count)
+        buf.asFloatBuffer().get(out)
+        return out
+    }
+
+    fun compare(outputs: List<FloatArray>, expected: List<FloatArray>, gate: Gate, runtime: String,
+                sets: Int): LinkedHashMap<String, Any?> {
+        if (outputs.size != expected.size) {
+            throw IllegalArgumentException("${outputs.size} outputs against ${expected.size} expected outputs")
+        }
+        var sq = 0.0
+        var refSq = 0.0
+        var peak = 0.0
+        var maxAbs = 0.0
+        var n = 0L
+        var finite = true
+        for (k in outputs.indices) {
+            val y = outputs[k]
+            val r = expected[k]
+            if (y.size != r.size) throw IllegalArgumentException("output $k has ${y.size} values, expected ${r.size}")
+            for (i in y.indices) {
+                var v = y[i].toDouble()
+                if (v.isNaN() || v.isInfinite()) {
+                    finite = false
+                    v = 0.0
+                }
+                val ref = r[i].toDouble()
+                val d = v - ref
+                sq += d * d
+                refSq += ref * ref
+                peak = Math.max(peak, Math.abs(ref))
+                maxAbs = Math.max(maxAbs, Math.abs(d))
+            }
+            n += y.size
+        }
+        val rms = if (n > 0) Math.sqrt(sq / n) else 0.0
+        val psnr = if (rms == 0.0) Double.POSITIVE_INFINITY
+            else if (peak == 0.0) Double.NEGATIVE_INFINITY else 20.0 * Math.log10(peak / rms)
+        val relL2 = if (refSq == 0.0) (if (sq == 0.0) 0.0 else Double.POSITIVE_INFINITY) else Math.sqrt(sq / refSq)
+        val m = LinkedHashMap<String, Any?>()
+        m["psnr_db"] = jsonNumber(psnr)
+        m["rel_l2"] = jsonNumber(relL2)
+        m["max_abs"] = jsonNumber(maxAbs)
+        m["passed"] = gate.passes(psnr, relL2, finite)
+        m["finite"] = finite
+        m["sets"] = sets
+        m["gate"] = gate.describe()
+        m["runtime"] = runtime
+        return m
+    }
+
+    /** Not-checked record: `{passed: null, reason}`. */
+    fun notChecked(reason: String): LinkedHashMap<String, Any?> {
+        val m = LinkedHashMap<String, Any?>()
+        m["passed"] = null
+        m["reason"] = reason
+        return m
+    }
+
+    /** JSON has no inf/nan: as parity.py, write them as strings. */
+    fun jsonNumber(v: Double): Any = when {
+        v.isNaN() -> "nan"
+        v == Double.POSITIVE_INFINITY -> "inf"
+        v == Double.NEGATIVE_INFINITY -> "-inf"
+        else -> v
+    }
+}
 
 class Plan(val frames: Int?, val components: List<ComponentSpec>)
 
@@ -325,9 +428,29 @@ object Args {
             val artifact = LinkedHashMap<String, Any?>()
             val rawArtifact = c["artifact"] as? Map<*, *>
             if (rawArtifact != null) for ((k, v) in rawArtifact) artifact[k.toString()] = v
-            comps.add(ComponentSpec(name, path, method, inputs, artifact))
+            comps.add(ComponentSpec(name, path, method, inputs, artifact, parseCheck(c["check"] as? Map<*, *>, name)))
         }
         return Plan(frames, comps)
+    }
+
+    /** The plan's `check` block (apps/check_files.py), or null when the host staged none. */
+    fun parseCheck(c: Map<*, *>?, name: String): CheckSpec? {
+        if (c == null) return null
+        fun files(key: String): List<TensorFile> {
+            val out = ArrayList<TensorFile>()
+            for (i in c[key] as? List<*> ?: throw IllegalArgumentException("plan: $name check has no $key")) {
+                val t = i as? Map<*, *> ?: throw IllegalArgumentException("plan: $name check has a bad $key entry")
+                val shape = ArrayList<Long>()
+                for (d in (t["shape"] as? List<*> ?: emptyList<Any>())) shape.add((d as Number).toLong())
+                val path = t["path"] as? String ?: throw IllegalArgumentException("plan: $name check $key has no path")
+                out.add(TensorFile(t["name"] as? String ?: "tensor", path, shape, t["dtype"] as? String ?: "float32"))
+            }
+            return out
+        }
+        val g = c["gate"] as? Map<*, *> ?: throw IllegalArgumentException("plan: $name check has no gate")
+        val gate = Gate(g["metric"] as? String ?: "psnr_db", g["op"] as? String ?: ">=",
+            (g["threshold"] as? Number ?: throw IllegalArgumentException("plan: $name gate has no threshold")).toDouble())
+        return CheckSpec(files("inputs"), files("expected"), gate, (c["sets"] as? Number)?.toInt() ?: 1)
     }
 
     /** The components to time: the `artifacts` argument decides which and where; the plan adds input specs.
@@ -343,7 +466,7 @@ object Args {
         for ((component, path) in parseArtifacts(artifacts)) {
             val fromPlan = plan?.components?.firstOrNull { it.component == component }
             out.add(ComponentSpec(component, path, fromPlan?.method ?: "forward", fromPlan?.inputs,
-                fromPlan?.artifact ?: LinkedHashMap()))
+                fromPlan?.artifact ?: LinkedHashMap(), fromPlan?.check))
         }
         return out
     }

@@ -46,7 +46,48 @@ object EtBench {
                 return ComponentData(spec.component, "failed", describe(t), artifact, runtime, done)
             }
         }
-        return ComponentData(spec.component, "ok", null, artifact, runtime, done)
+        val check = if (spec.check == null) null else outputCheck(spec, spec.check, runtime)
+        return ComponentData(spec.component, "ok", null, artifact, runtime, done, check)
+    }
+
+    /** Run once more, untimed, on the host's test-vector inputs and compare with the expected outputs
+     *  (OutputCheck in BenchCore.kt); a failure to run or read is `{passed: null, reason}`. */
+    fun outputCheck(spec: ComponentSpec, check: CheckSpec, runtime: Map<String, Any?>): Map<String, Any?> {
+        val name = "executorch-app/" + (runtime["backend"] ?: "portable")
+        return try {
+            val inputs = ArrayList<EValue>()
+            for (t in check.inputs) inputs.add(EValue.from(rawTensor(t) ?: return OutputCheck.notChecked(
+                "input ${t.name} is ${t.dtype}: the ExecuTorch Java Tensor API cannot build it")))
+            val module = Module.load(spec.path, Module.LOAD_MODE_MMAP)
+            val outputs = try {
+                module.execute(spec.method, *inputs.toTypedArray())
+            } finally {
+                module.destroy()
+            }
+            if (outputs.size < check.expected.size) {
+                return OutputCheck.notChecked("${outputs.size} outputs, ${check.expected.size} expected")
+            }
+            val got = ArrayList<FloatArray>()
+            for (k in check.expected.indices) got.add(outputs[k].toTensor().dataAsFloatArray)
+            val want = check.expected.map { OutputCheck.readFloats(File(it.path), it.count()) }
+            OutputCheck.compare(got, want, check.gate, name, check.sets)
+        } catch (t: Throwable) {
+            OutputCheck.notChecked("the check run failed: " + describe(t))
+        }
+    }
+
+    /** A staged raw little-endian input file as a Tensor of its dtype; null for a dtype Java cannot build. */
+    private fun rawTensor(t: TensorFile): Tensor? {
+        val buf = java.nio.ByteBuffer.wrap(File(t.path).readBytes()).order(java.nio.ByteOrder.LITTLE_ENDIAN)
+        val shape = t.shape.toLongArray()
+        val n = t.count()
+        return when (t.dtype) {
+            "float32" -> { val a = FloatArray(n); buf.asFloatBuffer().get(a); Tensor.fromBlob(a, shape) }
+            "float64" -> { val a = DoubleArray(n); buf.asDoubleBuffer().get(a); Tensor.fromBlob(a, shape) }
+            "int64" -> { val a = LongArray(n); buf.asLongBuffer().get(a); Tensor.fromBlob(a, shape) }
+            "int32" -> { val a = IntArray(n); buf.asIntBuffer().get(a); Tensor.fromBlob(a, shape) }
+            else -> null
+        }
     }
 
     private fun oneRun(spec: ComponentSpec, warmup: Int, iterations: Int, inputs: Array<EValue>,

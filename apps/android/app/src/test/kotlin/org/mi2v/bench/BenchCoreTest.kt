@@ -5,6 +5,7 @@ import org.junit.Assert.assertNull
 import org.junit.Assert.assertTrue
 import org.junit.Assert.fail
 import org.junit.Test
+import java.io.File
 
 // JVM tests of the Android-free part of the app (./gradlew testDebugUnitTest).
 class BenchCoreTest {
@@ -83,5 +84,47 @@ class BenchCoreTest {
         assertEquals("partial", Report.status(listOf(ok("encoder"), failed)))
         assertEquals("failed", Report.status(listOf(failed)))
         assertNull(Report.perFrameMs(listOf(ok("encoder"), ok("denoiser"), failed), 6, 2))
+    }
+
+    @Test
+    fun outputCheckMatchesParity() {
+        val ref = floatArrayOf(1f, -2f, 3f, 4f)
+        val psnrGate = Gate("psnr_db", ">=", 40.0)
+        val off = OutputCheck.compare(listOf(floatArrayOf(1f, -2f, 3f, 5f)), listOf(ref), psnrGate, "rt", 1)
+        assertEquals(20.0 * Math.log10(4.0 / 0.5), off["psnr_db"] as Double, 1e-12)
+        assertEquals(1.0 / Math.sqrt(30.0), off["rel_l2"] as Double, 1e-12)
+        assertEquals(false, off["passed"])
+        assertEquals("psnr_db >= 40", off["gate"])
+        val relGate = Gate("rel_l2", "<=", 0.2)
+        assertEquals(true, OutputCheck.compare(listOf(floatArrayOf(1f, -2f, 3f, 5f)), listOf(ref), relGate, "rt", 1)["passed"])
+        val same = OutputCheck.compare(listOf(ref.copyOf()), listOf(ref), psnrGate, "rt", 1)
+        assertEquals("inf", same["psnr_db"])
+        assertEquals(true, same["passed"])
+        val nan = OutputCheck.compare(listOf(floatArrayOf(1f, Float.NaN, 3f, 4f)), listOf(ref), relGate, "rt", 1)
+        assertEquals(false, nan["finite"])
+        assertEquals(false, nan["passed"])
+        // the raw little-endian float32 file the host stages, and the plan's check block
+        val f = File.createTempFile("mi2v-check", ".bin")
+        val buf = java.nio.ByteBuffer.allocate(16).order(java.nio.ByteOrder.LITTLE_ENDIAN)
+        for (v in ref) buf.putFloat(v)
+        f.writeBytes(buf.array())
+        assertEquals(ref.toList(), OutputCheck.readFloats(f, 4).toList())
+        try {
+            OutputCheck.readFloats(f, 5)
+            fail("accepted a short file")
+        } catch (expected: IllegalArgumentException) {
+        }
+        f.delete()
+        val plan = Args.parsePlan("""{"schema": "mi2v.app-plan/1", "components": [{"component": "decoder",
+            "path": "/d/decoder.pte", "check": {"set": 0, "sets": 2, "gate": {"metric": "rel_l2", "op": "<=",
+            "threshold": 0.0001}, "inputs": [{"name": "latent", "path": "/d/check/decoder.in0.bin", "shape": [1, 4],
+            "dtype": "float32"}], "expected": [{"name": "video", "path": "/d/check/decoder.out0.bin",
+            "shape": [2, 3], "dtype": "float32"}]}}]}""")
+        val check = plan.components[0].check!!
+        assertEquals(6, check.expected[0].count())
+        assertEquals("rel_l2 <= 0.0001", check.gate.describe())
+        assertEquals(2, check.sets)
+        assertNull(Args.parsePlan("""{"schema": "mi2v.app-plan/1", "components": [{"component": "encoder",
+            "path": "/e.pte"}]}""").components[0].check)
     }
 }
