@@ -791,12 +791,35 @@ def test_kotlin_core_writes_a_report_python_reads(tmp_path):
     if len(junit) == 2:
         proc = subprocess.run(["java", "-cp", cp, "org.junit.runner.JUnitCore", "org.mi2v.bench.BenchCoreTest"],
                               capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0 and "OK (6 tests)" in proc.stdout, proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "OK (7 tests)" in proc.stdout, proc.stdout + proc.stderr
+    # the output check: files staged by the host code, a perturbed "output", metrics as parity.py computes them
+    from types import SimpleNamespace
+
+    from mi2v_export import parity
+    from mi2v_export.apps.check_files import write_check
+    from mi2v_export.testvectors import VectorSet
+
+    rng = np.random.default_rng(11)
+    want = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    got = want + np.float32(0.02) * rng.standard_normal(want.shape).astype(np.float32)
+    sets = [VectorSet({"latent": np.ones((1, 4), np.float32)}, {"video": want.astype(np.float16)})]
+    check = write_check("decoder", SimpleNamespace(parity={}, dtype="fp16"), sets, tmp_path / "check",
+                        str(tmp_path / "check"))
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"schema": "mi2v.app-plan/1", "components": [
+        {"component": "decoder", "path": "/d/decoder.pte", "check": check}]}))
+    (tmp_path / "got.bin").write_bytes(got.astype("<f4").tobytes())
     report_path = tmp_path / "kotlin-report.json"
-    proc = subprocess.run(["java", "-cp", cp, "org.mi2v.bench.SampleReportKt", str(report_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["java", "-cp", cp, "org.mi2v.bench.SampleReportKt", str(report_path), str(plan),
+                           str(tmp_path / "got.bin")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = aa.load_app_report(report_path.read_text(), "kotlin report")
+    metrics = parity.compare([got], [want.astype(np.float16)])
+    kotlin = data["components"][2]["output_check"]
+    assert kotlin["psnr_db"] == pytest.approx(metrics.psnr_db, rel=1e-9)
+    assert kotlin["rel_l2"] == pytest.approx(metrics.rel_l2, rel=1e-9)
+    assert kotlin["passed"] is parity.FP16_GATE.passes(metrics) and kotlin["gate"] == "psnr_db >= 40"
+    assert "output_check" not in data["components"][0]
     again = BenchReport.from_dict(data).to_dict()
     for a, b in zip(data["components"], again["components"]):
         la, lb = a["summary"]["latency_ms"], b["summary"]["latency_ms"]

@@ -259,8 +259,8 @@ class Gate(val metric: String, val op: String, val threshold: Double) {
         return if (op == "<=") value <= threshold else value >= threshold
     }
 
-    fun describe(): String = "$metric $op " + (if (threshold == Math.floor(threshold) && Math.abs(threshold) < 1e15)
-        threshold.toLong().toString() else threshold.toString())
+    fun describe(): String =
+        "$metric $op " + java.math.BigDecimal(threshold.toString()).stripTrailingZeros().toPlainString()
 }
 
 /** The plan's output check: the first test-vector set's inputs and expected outputs, and the gate. */
