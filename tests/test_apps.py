@@ -664,7 +664,25 @@ def test_ios_stage_payload(tmp_path):
     staged = json.loads(path.read_text())
     assert staged["schema"] == "mi2v.ios-plan/1" and staged["compute_units"] == ["all", "cpuOnly"]
     assert staged["components"][0] == {"component": "encoder", "file": "encoder.mlpackage", "artifact": {
-        "file": "encoder.mlpackage", "format": "mlpackage", "target": "coreml"}}
+        "file": "encoder.mlpackage", "format": "mlpackage", "target": "coreml"}, "check": None}
+    # from a manifest whose encoder has test vectors (.npz): its first set as raw files for the XCTest's check
+    folder = tmp_path / "exported"
+    _coreml_manifest(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    x, y = np.arange(4, dtype=np.float32).reshape(1, 4), np.full((1, 4), 0.5, np.float16)
+    (folder / "testdata").mkdir()
+    np.savez(folder / "testdata/encoder.mlpackage.npz", **{"set0.in.x": x, "set0.out.y": y})
+    manifest["components"][0]["test_vectors"] = {"format": "npz", "file": "testdata/encoder.mlpackage.npz",
+                                                 "sets": 1, "bytes": 24}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    items, _ = ios.coreml_artifacts(folder)
+    staged = json.loads(ios.stage_payload(items, ios.build_plan(items, 10, 2), payload).read_text())
+    check = staged["components"][0]["check"]
+    assert check["gate"] == {"metric": "psnr_db", "op": ">=", "threshold": 40.0}
+    assert [c["check"] for c in staged["components"][1:]] == [None, None]
+    assert check["expected"][0] == {"name": "y", "path": "check/encoder.out0.bin", "shape": [1, 4], "dtype": "float32"}
+    assert np.array_equal(read_raw(payload / check["inputs"][0]["path"], check["inputs"][0]), x)
+    assert read_raw(payload / check["expected"][0]["path"], check["expected"][0]).tolist() == [[0.5] * 4]
 
 
 @pytest.mark.unit
@@ -755,6 +773,12 @@ def test_ios_run_with_fake_xcode_tools(tmp_path, monkeypatch):
     assert [ln.split()[0] for ln in (tmp_path / "xcodebuild.argv").read_text().splitlines()].count("test") == 1
     gpu = json.loads((tmp_path / "iphone-cpuAndGPU.json").read_text())
     assert gpu["status"] == "partial" and gpu["protocol"]["compute_unit"] == "cpuAndGPU"
+    # the XCTest's output checks: kept per compute unit; the failed one (encoder on `all`) fails that component
+    every = json.loads((tmp_path / "iphone-all.json").read_text())
+    encoder = next(c for c in every["components"] if c["component"] == "encoder")
+    assert every["status"] == "partial" and encoder["status"] == "failed" and encoder["output_check"]["passed"] is False
+    assert "output check failed on coreml-xctest/all" in encoder["error"] and "27.9" in encoder["error"]
+    assert [c["output_check"]["passed"] for c in gpu["components"] if c["status"] == "ok"] == [True, True]
     assert [c["status"] for c in gpu["components"]] == ["ok", "ok", "failed"]
     assert isinstance(outcome.error, DeviceError) and outcome.error.args[0].startswith("decoder: ")
     ane = paths["iphone-cpuAndNeuralEngine.json"]

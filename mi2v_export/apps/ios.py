@@ -121,7 +121,8 @@ def coreml_artifacts(artifacts: Any, components: Sequence[str] | None = None
             entries = [e for e in manifest.components if e.component == comp and e.target == "coreml"]
             if entries:
                 e = entries[0]
-                items.append({"component": comp, "path": manifest.path_of(e), "artifact": {
+                items.append({"component": comp, "path": manifest.path_of(e), "folder": Path(artifacts), "entry": e,
+                              "artifact": {
                     "file": e.file, "path": str(manifest.path_of(e)), "format": Path(e.file).suffix.lstrip("."),
                     "model": e.model, "target": e.target, "delegate": e.delegate, "precision": e.dtype,
                     "sha256": e.sha256, "bytes": e.bytes}})
@@ -175,9 +176,25 @@ def stage_payload(items: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], p
             shutil.copytree(src, dst)
         else:
             shutil.copy2(src, dst)
+    plan = {**plan, "components": [{**c, "check": _stage_check(it, payload)}
+                                   for c, it in zip(plan["components"], items)]}
     plan_path = payload / PLAN_NAME
     plan_path.write_text(json.dumps(plan, indent=2) + "\n")
     return plan_path
+
+
+def _stage_check(item: Mapping[str, Any], payload: Path) -> dict[str, Any] | None:
+    """The XCTest's output-check files for a manifest artifact (first test-vector set, raw; apps/check_files.py)
+    under Payload/check, paths relative to the Payload folder; None when there are none (then the XCTest records
+    `output_check: {passed: null, reason}`)."""
+    from .check_files import CHECK_DIR, read_sets, write_check
+
+    if item.get("entry") is None:
+        return None
+    sets = read_sets(item["folder"], item["entry"])
+    if isinstance(sets, str):
+        return None
+    return write_check(item["component"], item["entry"], sets, payload / CHECK_DIR, CHECK_DIR)
 
 
 def test_command(udid: str, result_bundle: Path, team: str | None = None, app_dir: Path = APP_DIR) -> Command:
@@ -423,6 +440,10 @@ class IOSDevice(BenchDevice):
         if measured is None:
             raise DeviceError(f"not measured: the iOS test reported no {sel.component} on {self.unit}")
         return measured
+
+    def outputs(self, sel: Selection, sets: list[Any]) -> str:
+        """The XCTest checks the outputs itself (its report's output_check); reached only when it did not."""
+        return "the iOS XCTest did not check the outputs (its report has no output_check for this component)"
 
     def finish(self, report: BenchReport) -> None:
         result = self.batch.result

@@ -72,6 +72,116 @@ public struct PlanComponent {
     public let component: String
     public let file: String  // a .mlpackage (or .mlmodel / .mlmodelc) inside the Payload folder
     public let artifact: [String: Any]
+    public var check: CheckSpec? = nil  // the output check the host staged (mi2v_export/apps/check_files.py)
+}
+
+/// A raw little-endian tensor file in the Payload folder (path relative to it).
+public struct TensorFile {
+    public let name: String
+    public let path: String
+    public let shape: [Int]
+    public let dtype: String
+    public var count: Int { shape.reduce(1, *) }
+}
+
+/// The gate of mi2v verify (parity.Gate): metric "psnr_db" or "rel_l2", op ">=" or "<=".
+public struct Gate {
+    public let metric: String
+    public let op: String
+    public let threshold: Double
+
+    public init(metric: String, op: String, threshold: Double) {
+        self.metric = metric
+        self.op = op
+        self.threshold = threshold
+    }
+
+    public func passes(psnrDb: Double, relL2: Double, finite: Bool) -> Bool {
+        let value = metric == "psnr_db" ? psnrDb : relL2
+        if !finite || value.isNaN { return false }
+        return op == "<=" ? value <= threshold : value >= threshold
+    }
+
+    public var text: String { "\(metric) \(op) \(Decimal(string: String(threshold)) ?? Decimal(threshold))" }
+}
+
+/// The first test-vector set's inputs and expected outputs (raw files), and the gate.
+public struct CheckSpec {
+    public let inputs: [TensorFile]
+    public let expected: [TensorFile]
+    public let gate: Gate
+    public let sets: Int
+
+    static func parse(_ c: [String: Any]?, _ name: String) throws -> CheckSpec? {
+        guard let c = c else { return nil }
+        func files(_ key: String) throws -> [TensorFile] {
+            guard let list = c[key] as? [[String: Any]] else { throw BenchError.badPlan("\(name) check has no \(key)") }
+            return try list.map { t in
+                guard let path = t["path"] as? String else { throw BenchError.badPlan("\(name) check \(key) has no path") }
+                return TensorFile(name: t["name"] as? String ?? "tensor", path: path,
+                                  shape: (t["shape"] as? [NSNumber] ?? []).map { $0.intValue },
+                                  dtype: t["dtype"] as? String ?? "float32")
+            }
+        }
+        guard let g = c["gate"] as? [String: Any], let threshold = (g["threshold"] as? NSNumber)?.doubleValue else {
+            throw BenchError.badPlan("\(name) check has no gate")
+        }
+        let gate = Gate(metric: g["metric"] as? String ?? "psnr_db", op: g["op"] as? String ?? ">=", threshold: threshold)
+        return CheckSpec(inputs: try files("inputs"), expected: try files("expected"), gate: gate,
+                         sets: (c["sets"] as? NSNumber)?.intValue ?? 1)
+    }
+}
+
+/// The output check's numbers, as parity.py computes them: PSNR = 20·log10(max|ref| / RMSE), rel L2 =
+/// ||y - ref|| / ||ref||, over all outputs together; NaN/Inf in the outputs count as 0 and fail the gate.
+public enum OutputCheck {
+    /// A raw little-endian float32 file of `count` values.
+    public static func readFloats(_ url: URL, count: Int) throws -> [Float] {
+        let data = try Data(contentsOf: url)
+        guard data.count == count * 4 else {
+            throw BenchError.failed("\(url.lastPathComponent): \(data.count) bytes, expected \(count * 4) (float32)")
+        }
+        return data.withUnsafeBytes { raw in
+            (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+        }
+    }
+
+    public static func compare(_ outputs: [[Float]], _ expected: [[Float]], gate: Gate, runtime: String,
+                               sets: Int) throws -> [String: Any] {
+        guard outputs.count == expected.count else {
+            throw BenchError.failed("\(outputs.count) outputs against \(expected.count) expected outputs")
+        }
+        var sq = 0.0, refSq = 0.0, peak = 0.0, maxAbs = 0.0, n = 0, finite = true
+        for (y, r) in zip(outputs, expected) {
+            guard y.count == r.count else { throw BenchError.failed("an output has \(y.count) values, expected \(r.count)") }
+            for i in 0..<y.count {
+                var v = Double(y[i])
+                if !v.isFinite { finite = false; v = 0 }
+                let ref = Double(r[i])
+                let d = v - ref
+                sq += d * d
+                refSq += ref * ref
+                peak = max(peak, abs(ref))
+                maxAbs = max(maxAbs, abs(d))
+            }
+            n += y.count
+        }
+        let rms = n > 0 ? (sq / Double(n)).squareRoot() : 0
+        let psnr = rms == 0 ? Double.infinity : (peak == 0 ? -Double.infinity : 20 * log10(peak / rms))
+        let relL2 = refSq == 0 ? (sq == 0 ? 0 : Double.infinity) : (sq / refSq).squareRoot()
+        return ["psnr_db": jsonNumber(psnr), "rel_l2": jsonNumber(relL2), "max_abs": jsonNumber(maxAbs),
+                "passed": gate.passes(psnrDb: psnr, relL2: relL2, finite: finite), "finite": finite, "sets": sets,
+                "gate": gate.text, "runtime": runtime]
+    }
+
+    public static func notChecked(_ reason: String) -> [String: Any] { ["passed": NSNull(), "reason": reason] }
+
+    /// JSON has no inf/nan: as parity.py, write them as strings.
+    public static func jsonNumber(_ v: Double) -> Any {
+        if v.isNaN { return "nan" }
+        if v.isInfinite { return v > 0 ? "inf" : "-inf" }
+        return v
+    }
 }
 
 public struct Plan {
@@ -96,7 +206,8 @@ public struct Plan {
                 throw BenchError.badPlan("a component has no valid name (encoder, denoiser or decoder)")
             }
             guard let file = item["file"] as? String else { throw BenchError.badPlan("\(name) has no file") }
-            comps.append(PlanComponent(component: name, file: file, artifact: item["artifact"] as? [String: Any] ?? [:]))
+            comps.append(PlanComponent(component: name, file: file, artifact: item["artifact"] as? [String: Any] ?? [:],
+                                       check: try CheckSpec.parse(item["check"] as? [String: Any], name)))
         }
         if comps.isEmpty { throw BenchError.badPlan("no components") }
         var plan = Plan(frames: root["frames"] as? Int, warmup: root["warmup"] as? Int ?? 3,
@@ -150,15 +261,17 @@ public struct ComponentData {
     public var artifact: [String: Any]
     public var runtime: [String: Any]
     public var runs: [RunData]
+    public var outputCheck: [String: Any]? = nil
 
     public init(component: String, status: String, error: String?, artifact: [String: Any], runtime: [String: Any],
-                runs: [RunData]) {
+                runs: [RunData], outputCheck: [String: Any]? = nil) {
         self.component = component
         self.status = status
         self.error = error
         self.artifact = artifact
         self.runtime = runtime
         self.runs = runs
+        self.outputCheck = outputCheck
     }
 
     public var samples: [Double] { runs.flatMap { $0.samplesMs } }
@@ -173,8 +286,10 @@ public struct ComponentData {
     }
 
     func dictionary() -> [String: Any] {
-        ["component": component, "status": status, "error": orNull(error), "artifact": artifact,
-         "runtime": runtime, "runs": runs.map { $0.dictionary() }, "summary": summary()]
+        var d: [String: Any] = ["component": component, "status": status, "error": orNull(error), "artifact": artifact,
+                                "runtime": runtime, "runs": runs.map { $0.dictionary() }, "summary": summary()]
+        if let check = outputCheck { d["output_check"] = check }
+        return d
     }
 }
 

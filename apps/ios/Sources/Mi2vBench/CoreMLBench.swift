@@ -72,7 +72,8 @@ public enum CoreMLBench {
     /// process: includes the GPU/ANE specialisation), warm load (the same again), then `warmup` discarded and
     /// `iterations` timed predictions on one loaded model.
     public static func measure(component: String, compiledURL: URL, compileMs: Double?, unit: String, warmup: Int,
-                               iterations: Int, artifact: [String: Any]) -> ComponentData {
+                               iterations: Int, artifact: [String: Any], check: CheckSpec? = nil,
+                               payload: URL? = nil) -> ComponentData {
         var runtime: [String: Any] = ["name": "coreml", "runner": runnerName, "mode": "app", "backend": unit,
                                       "compute_units": unit, "compile_ms": orNull(compileMs),
                                       "log_channel": "xctest", "inputs": "ones"]
@@ -98,13 +99,59 @@ public enum CoreMLBench {
             }
             let run = RunData(loadMs: coldLoad, samplesMs: samples, warmupMs: warm, peakRssKb: peakFootprintKb(),
                               backend: unit)
+            var outputCheck: [String: Any]? = nil
+            if let check = check, let payload = payload {
+                outputCheck = checkOutputs(model, check, payload: payload, runtime: "coreml-xctest/\(unit)")
+            }
             return ComponentData(component: component, status: "ok", error: nil, artifact: artifact,
-                                 runtime: runtime, runs: [run])
+                                 runtime: runtime, runs: [run], outputCheck: outputCheck)
         } catch {
             return ComponentData(component: component, status: "failed",
                                  error: "\(unit): \(error.localizedDescription)", artifact: artifact,
                                  runtime: runtime, runs: [])
         }
+    }
+}
+
+extension CoreMLBench {
+    /// One untimed prediction on the host's test-vector inputs, compared with the expected outputs (OutputCheck in
+    /// BenchCore.swift); a failure to read or run is `{passed: null, reason}`.
+    static func checkOutputs(_ model: MLModel, _ check: CheckSpec, payload: URL, runtime: String) -> [String: Any] {
+        do {
+            var feeds: [String: MLFeatureValue] = [:]
+            for t in check.inputs {
+                feeds[t.name] = MLFeatureValue(multiArray: try rawArray(t, payload.appendingPathComponent(t.path)))
+            }
+            let result = try model.prediction(from: try MLDictionaryFeatureProvider(dictionary: feeds))
+            var got: [[Float]] = []
+            var want: [[Float]] = []
+            for e in check.expected {
+                guard let array = result.featureValue(for: e.name)?.multiArrayValue else {
+                    return OutputCheck.notChecked("the model has no multi-array output named \(e.name)")
+                }
+                got.append(MLShapedArray<Float>(converting: array).scalars)
+                want.append(try OutputCheck.readFloats(payload.appendingPathComponent(e.path), count: e.count))
+            }
+            return try OutputCheck.compare(got, want, gate: check.gate, runtime: runtime, sets: check.sets)
+        } catch {
+            return OutputCheck.notChecked("the check prediction failed: \(error.localizedDescription)")
+        }
+    }
+
+    /// A staged raw little-endian input file as an MLMultiArray of its dtype (float32, float16, float64, int32).
+    static func rawArray(_ t: TensorFile, _ url: URL) throws -> MLMultiArray {
+        let types: [String: (MLMultiArrayDataType, Int)] = ["float32": (.float32, 4), "float16": (.float16, 2),
+                                                            "float64": (.double, 8), "int32": (.int32, 4)]
+        guard let (type, size) = types[t.dtype] else {
+            throw BenchError.unsupportedInput("input \(t.name) is \(t.dtype): the check feeds float32/16/64 and int32")
+        }
+        let data = try Data(contentsOf: url)
+        guard data.count == t.count * size else {
+            throw BenchError.failed("\(url.lastPathComponent): \(data.count) bytes, expected \(t.count * size)")
+        }
+        let array = try MLMultiArray(shape: t.shape.map { NSNumber(value: $0) }, dataType: type)
+        data.withUnsafeBytes { raw in array.dataPointer.copyMemory(from: raw.baseAddress!, byteCount: data.count) }
+        return array
     }
 }
 
@@ -142,7 +189,7 @@ public enum BenchRunner {
                 log("\(c.component) on \(unit): \(plan.warmup) warm-up + \(plan.iterations) timed predictions")
                 comps.append(CoreMLBench.measure(component: c.component, compiledURL: compiled, compileMs: compileMs,
                                                  unit: unit, warmup: plan.warmup, iterations: plan.iterations,
-                                                 artifact: artifact))
+                                                 artifact: artifact, check: c.check, payload: payload))
             }
             if compiled != url { try? FileManager.default.removeItem(at: compiled) }
         }
