@@ -64,8 +64,8 @@ class QnnExporter(OnnxExporter):
                progress: ProgressCallback) -> Artifact:
         precision = precision_of(options)
         applied = self._lower(spec, progress)
-        fp32 = copy.copy(options)
-        fp32.dtype = "fp32"
+        fp32 = copy.copy(options)  # the plain fp32 source; the QNN path quantizes it itself (QNN config)
+        fp32.dtype, fp32.precision, fp32.recipe = "fp32", "fp32", None
         with rw.tracing(rw.TRACE_FOR_TARGET["qnn"]):
             source = OnnxExporter().export(spec, out_dir, fp32, progress)  # <component>.onnx
         source_file = source.file

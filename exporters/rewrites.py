@@ -359,17 +359,22 @@ def _channel_rms_delegable(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def turbo_channel_rms() -> Iterator[None]:
-    """While exporting for ExecuTorch: trace Turbo-VAED's channel RMS norm through a delegable form."""
+def _channel_rms_as(form: Callable[[torch.Tensor, float], torch.Tensor]) -> Iterator[None]:
+    """Trace Turbo-VAED's channel RMS norm through `form(x, eps)`; the original is restored on exit."""
     from mi2v_export.models import turbo_vaed
 
     original = turbo_vaed.channel_rms_norm
     eps = turbo_vaed.RMS_EPS
-    turbo_vaed.channel_rms_norm = lambda x, eps=eps: _channel_rms_delegable(x, eps)
+    turbo_vaed.channel_rms_norm = lambda x, eps=eps: form(x, eps)
     try:
         yield
     finally:
         turbo_vaed.channel_rms_norm = original
+
+
+def turbo_channel_rms() -> contextlib.AbstractContextManager:
+    """While exporting for ExecuTorch: trace Turbo-VAED's channel RMS norm through a delegable form."""
+    return _channel_rms_as(_channel_rms_delegable)
 
 
 def _conv2d_batch_one(conv2d: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -494,18 +499,9 @@ def _channel_rms_rank4(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return (y * torch.rsqrt(y.pow(2).mean(dim=1, keepdim=True) + eps)).reshape(x.shape)
 
 
-@contextlib.contextmanager
-def channel_rms_rank4() -> Iterator[None]:
+def channel_rms_rank4() -> contextlib.AbstractContextManager:
     """While exporting for QNN: trace Turbo-VAED's channel RMS norm with its Sqrt on a rank-4 view."""
-    from mi2v_export.models import turbo_vaed
-
-    original = turbo_vaed.channel_rms_norm
-    eps = turbo_vaed.RMS_EPS
-    turbo_vaed.channel_rms_norm = lambda x, eps=eps: _channel_rms_rank4(x, eps)
-    try:
-        yield
-    finally:
-        turbo_vaed.channel_rms_norm = original
+    return _channel_rms_as(_channel_rms_rank4)
 
 
 def _spread_over_frames_by_slices(values: torch.Tensor, frames: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import BadInputError
+from .files import sha256_file
 
 CALIBRATION_VERSION = 1
 DATA = Path(__file__).parent / "data"
@@ -78,7 +79,7 @@ def cache_dir() -> Path:
 def set_digest(images: list[Path], weights: dict, geo, decoder: str, preset: str) -> str:
     h = hashlib.sha256()
     for p in images + [VALIDATION_IMAGE]:
-        h.update(p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+        h.update(p.name.encode() + b"\0" + bytes.fromhex(sha256_file(p)))
     meta = {"weights": weights, "geometry": [geo.height, geo.width, geo.frames], "decoder": decoder,
             "preset": preset, "seeds": SEEDS, "steps": STEPS, "version": CALIBRATION_VERSION}
     h.update(json.dumps(meta, sort_keys=True).encode())

@@ -1,4 +1,4 @@
-"""File utilities with one policy each: sha256 of a file or folder, and atomic writes.
+"""File utilities with one policy each: sha256 of a file or folder, atomic writes, atomic folder replacement.
 
 Atomic writes go to a temporary file in the destination's folder (same file system) and are renamed over the
 destination only when complete, so a reader never sees half a file and Ctrl-C or a full disk leave the old one.
@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,27 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
     return path
+
+
+def replace_folder(new: str | os.PathLike, dst: str | os.PathLike, aside_prefix: str = ".") -> Path:
+    """Move a finished folder `new` to `dst` (same file system) by renames: an existing `dst` is set aside first
+    (as `<aside_prefix><name>.replaced-<pid>`, a name scans of the parent skip), put back if the move fails, and
+    deleted only once `new` is in place."""
+    new, dst = Path(new), Path(dst)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f"{aside_prefix}{dst.name}.replaced-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    try:
+        os.replace(new, dst)
+    except BaseException:
+        if old is not None:
+            os.replace(old, dst)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:

@@ -268,7 +268,10 @@ class OnnxStage(Stage):
 
     backend = "onnxruntime"
 
-    def __init__(self, component: str, path: Path, threads: int | None = None):
+    def __init__(self, component: str, path: Path, threads: int | None = None, qnn_soc: str | None = None,
+                 qnn_fp16: bool = True, qnn_cpu_fallback: bool = False):
+        """`qnn_soc`: a QNN EPContext model compiled for that SoC, run on the onnxruntime-qnn HTP (simulator);
+        `qnn_cpu_fallback` when it was exported with --allow-cpu-fallback."""
         _check_component(component)
         try:
             import onnxruntime as ort
@@ -281,7 +284,15 @@ class OnnxStage(Stage):
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            if qnn_soc:
+                from . import qnn
+
+                self.session = qnn.create_session(path, qnn_soc, fp16=qnn_fp16, allow_cpu_fallback=qnn_cpu_fallback)
+                self.backend = qnn.RUNTIME
+            else:
+                self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except MissingDependencyError:
+            raise
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise BadInputError(f"{path.name}: onnxruntime cannot load it ({first_line(exc)})") from None
         self.inputs = {i.name: i for i in self.session.get_inputs()}
@@ -634,6 +645,9 @@ def artifact_stage(component: str, path: Path, entry=None) -> Stage:
                                      "the device; use an XNNPACK or ONNX artifact here, or --fallback pytorch")
     if cls is ExecuTorchStage and entry is not None:
         stage = cls(component, path, [t.name for t in entry.inputs] or None, [t.name for t in entry.outputs] or None)
+    elif entry is not None and entry.delegate == "qnn":
+        stage = cls(component, path, qnn_soc=entry.target_info.get("soc"), qnn_fp16=entry.precision == "fp16",
+                    qnn_cpu_fallback=bool((entry.flags or {}).get("allow_cpu_fallback")))
     else:
         stage = cls(component, path)
     if entry is not None:

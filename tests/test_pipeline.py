@@ -440,8 +440,12 @@ def subset_folder(dst: Path, picks: list[tuple[Path, str, str]]) -> Path:
     for folder, component, target in picks:
         m = read_manifest(folder)
         entry = m.find(component, target)
-        for name in entry.files():
-            shutil.copy2(folder / name, dst / name)
+        for name in entry.files():  # files, and folders (.mlpackage, test vectors)
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            if (folder / name).is_dir():
+                shutil.copytree(folder / name, dst / name, dirs_exist_ok=True)
+            else:
+                shutil.copy2(folder / name, dst / name)
         if merged is None:
             merged, m.components = m, []
         merged.components.append(entry)

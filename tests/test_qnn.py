@@ -170,6 +170,7 @@ def test_a_node_the_htp_refuses_fails_the_export_unless_fallback_is_allowed(tmp_
     assert err.value.exit_code == 4 and "\n" not in str(err.value) and not out.exists()
 
     request.allow_cpu_fallback = True
+    request.min_psnr = 1.0  # the toy is no denoiser: its 2-step video diverges in any precision (not under test here)
     entry = run_export(request).entries[0]
     info = entry.target_info
     assert 0 < info["htp_node_share"] < 1 and [c.split(" ")[1] for c in info["cpu_nodes"]] == ["(Sqrt)"]
@@ -219,70 +220,33 @@ def test_host_bench_runs_qnn_artifacts_on_the_simulator_and_marks_them_simulated
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# w8a16: QDQ calibrated on what each component sees in the real sampler
-
-
-def sampler_records(geo) -> dict[str, list[dict]]:
-    """The inputs of each component inside the real PyTorch sampler over the packaged calibration photos."""
-    from pathlib import Path
-
-    from mi2v_export import pipeline
-
-    records: dict[str, list[dict]] = {c: [] for c in components.COMPONENTS}
-
-    class Recording:
-        def __init__(self, inner, component):
-            self.inner, self.component = inner, component
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def run(self, **inputs):
-            records[self.component].append({k: v.detach().float().clone() for k, v in inputs.items()})
-            return self.inner.run(**inputs)
-
-    stages = pipeline.build_stages("tiny", geo=geo)
-    pipe = pipeline.Pipeline({c: Recording(s, c) for c, s in stages.items()})
-    for image in sorted((Path(pipeline.__file__).parent / "data" / "calibration").glob("*.png")):
-        for seed in (0, 1):
-            for steps in (1, 2):
-                pipe.generate(pipeline.load_image(image), pipeline.GenerateConfig(geo.height, geo.width, geo.frames,
-                                                                                  steps=steps, seed=seed))
-    return records
+# w8a16: QDQ calibrated on what each component sees in the real sampler (mi2v_export.calibration), gated on the
+# held-out records of the validation image
 
 
 @pytest.fixture(scope="module")
 def w8a16_export(tmp_path_factory):
-    from mi2v_export.exporters.base import ExportOptions, get_exporter, no_progress
-
-    records = sampler_records(TINY_GEO)
-    exporter = get_exporter("onnx", "qnn")
     results = {}
 
     def export(name: str):
-        if name in results:
-            return results[name]
-        out = tmp_path_factory.mktemp(f"w8a16-{name}")
-        spec = components.load_component(name, preset="tiny", geo=TINY_GEO)
-        options = exporter.resolve(ExportOptions(target="onnx", delegate="qnn", precision="w8a16", soc="SM8650",
-                                                 calibration=records[name]))
-        artifact = exporter.export(spec, out, options, no_progress)
-        exporter.inspect(artifact, out, spec, options)
-        run = exporter.run(artifact, out, spec, options)
-        results[name] = (artifact, parity.compare(run.outputs, {k: v.numpy() for k, v in spec.reference.items()}),
-                         exporter.gate(options), len(records[name]))
+        if name not in results:
+            out = tmp_path_factory.mktemp(f"w8a16-{name}") / "out"
+            report = run_export(ExportRequest(target="onnx", delegate="qnn", out_dir=out, components=name,
+                                              preset="tiny", precision="w8a16", soc="SM8650"))
+            results[name] = (out, report.entries[0])
         return results[name]
 
     return export
 
 
-# The encoder is left out: calibrated on photos, it reaches 23 dB on the gate's seeded uniform-noise image (below
-# the 30 dB gate, which stays); the decoder is slow on the simulator (minutes under load).
-@pytest.mark.parametrize("name", ["denoiser", pytest.param("decoder", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["denoiser", pytest.param("encoder", marks=pytest.mark.slow),
+                                  pytest.param("decoder", marks=pytest.mark.slow)])
 def test_tiny_w8a16_all_on_the_htp_and_gated_on_the_simulator(w8a16_export, name):
-    artifact, metrics, gate, n_records = w8a16_export(name)
-    info = artifact.target_info
-    assert info["htp_node_share"] == 1.0 and info["precision"] == "w8a16" and n_records > 0
-    assert artifact.extra_files["qnn_source"] == f"{name}.qdq.onnx"
-    assert info["source"]["quantization"]["calibration_samples"] == n_records
-    assert (gate.metric, gate.threshold) == ("psnr_db", 30.0) and gate.passes(metrics), (name, metrics)
+    out, entry = w8a16_export(name)
+    info = entry.target_info
+    assert info["htp_node_share"] == 1.0 and info["precision"] == "w8a16" and entry.precision == "w8a16"
+    assert {f.role: f.file for f in entry.extra_files}["qnn_source"] == f"{name}.qdq.onnx"
+    assert info["source"]["quantization"]["calibration_samples"] > 0
+    gate = entry.parity["gate"]
+    assert (gate["metric"], gate["threshold"], gate["passed"]) == ("psnr_db", 30.0, True), entry.parity
+    assert [r["runtime"] for r in entry.parity["verified_on"]] == [qnn.RUNTIME]

@@ -262,7 +262,8 @@ def test_ray_cluster_builds_the_same_bytes_as_the_local_executor(tmp_path, ray_c
         assert a["file"].startswith("onnx/") and (tmp_path / "release" / a["file"]).is_file()
         assert a["sha256"] == ray_files[a["file"].split("/", 1)[1]]
         assert a["gates"]["parity"]["passed"] and a["precision"] == "fp32" and a["job_id"] in a["file"]
-        assert [v["check"] for v in a["verification"]] == ["parity", "sha256"]
+        assert [v["check"] for v in a["verification"]] == ["parity", "test-vectors", "sha256"]
+        assert a["verification"][1]["by"] == "mi2v release merge" and a["verification"][1]["on"] == "onnxruntime"
         assert all(v["passed"] for v in a["verification"])
 
 

@@ -156,13 +156,15 @@ def merge(
     out: Path = typer.Option(..., "--out", help="the release folder to write (release.json + <target>/<job>/)"),
     allow_mixed: bool = typer.Option(False, "--allow-mixed", help="merge jobs built from different checkpoints "
                                      "or tool versions (recorded in release.json)"),
+    no_vectors: bool = typer.Option(False, "--no-vectors", help="do not run the artifacts against their test "
+                                    "vectors here (only sha256 and the recorded gates are checked)"),
     json_out: bool = typer.Option(False, "--json", help="print release.json on stdout"),
 ) -> None:
     """Merge finished, verified job folders into one release: release.json lists every artifact with its job id,
     target, precision, SoC, sha256, gates and verification records. Written to a temporary folder and renamed."""
     from ..release.merge import merge_release
 
-    doc = merge_release(dirs, out, allow_mixed=allow_mixed)
+    doc = merge_release(dirs, out, allow_mixed=allow_mixed, run_vectors=not no_vectors)
     if json_out:
         print_json(doc)
         return

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, DeviceError, Mi2vError
+from ..contract import COMPONENTS
+from ..errors import BadInputError, DeviceError, Mi2vError, first_line
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,8 @@ def comparison(results: list[PhoneResult]) -> list[dict[str, Any]]:
                                "report": str(r.reports[0][1]) if r.reports else None,
                                "status": "ok" if r.error is None else "failed",
                                "started_at": r.started_at, "finished_at": r.finished_at,
-                               "error": None if r.error is None else str(r.error).splitlines()[0]}
-        for comp in ("encoder", "denoiser", "decoder"):
+                               "error": None if r.error is None else first_line(r.error)}
+        for comp in COMPONENTS:
             c = report.component(comp) if report else None
             row[f"{comp}_p50_ms"] = c.median_ms() if c is not None else None
         for steps in (1, 2):

@@ -36,9 +36,9 @@ def _now() -> str:
 
 def verify_job_folder(folder: Path) -> list[str]:
     """Why `folder` is not a finished, verified build (empty list: it is): manifest.json present, every artifact
-    file present with the sha256 the manifest records, and no artifact whose parity gate failed.
-
-    The one place that decides "finished and verified"; it moves to `mi2v verify` (issue 12) when that lands."""
+    file present with the sha256 the manifest records, no artifact whose parity gate failed, and no recorded run
+    against its test vectors (export time, `mi2v verify`) that failed. The one place that decides "finished and
+    verified" for skipping; `mi2v release merge` also runs the vectors again (`mi2v verify`)."""
     from ..errors import Mi2vError
     from ..manifest import read_manifest
 
@@ -189,9 +189,6 @@ def _write_record(job: Job, folder: Path, result: dict) -> None:
 
 def _install(partial: Path, final: Path) -> None:
     """Rename the finished folder into place; an older (stale or unverifiable) folder of that name goes away."""
-    if final.exists():
-        trash = final.with_name(f"{PARTIAL_PREFIX}{final.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    os.replace(partial, final)
+    from ..files import replace_folder
+
+    replace_folder(partial, final, aside_prefix=PARTIAL_PREFIX)

@@ -18,14 +18,12 @@ release.json:
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..errors import BadInputError
-from ..files import tree_digest, write_json_atomic
+from ..files import replace_folder, tree_digest, write_json_atomic
 from ..manifest import MANIFEST_NAME, now_iso, read_manifest, tool_version
 from .jobs import JOB_FILE, PARTIAL_PREFIX, read_job_record, verify_job_folder
 
@@ -58,8 +56,7 @@ def _load_job(folder: Path) -> dict:
     record = read_job_record(folder)
     if record is None:
         raise BadInputError(f"{folder}: {JOB_FILE} is missing or not a release job record")
-    raw = json.loads((folder / MANIFEST_NAME).read_text())
-    return {"folder": folder, "record": record, "manifest": read_manifest(folder), "raw": raw}
+    return {"folder": folder, "record": record, "manifest": read_manifest(folder)}
 
 
 def _dedupe(jobs: list[dict]) -> list[dict]:
@@ -98,9 +95,9 @@ def consistency(jobs: list[dict]) -> tuple[list[str], dict[str, list[str]], list
     return versions, {p: sorted(s) for p, s in sorted(parts.items())}, problems
 
 
-def _artifact_record(job: dict, entry, rel_folder: str) -> dict:
-    """One release.json artifact: the manifest entry's identity, digests, gates and how it was verified."""
-    raw = next((c for c in job["raw"].get("components") or () if c.get("file") == entry.file), {})
+def _artifact_record(job: dict, entry, rel_folder: str, here: list[dict]) -> dict:
+    """One release.json artifact: the manifest entry's identity, digests, gates and how it was verified (`here`:
+    this merge's own runs against the test vectors)."""
     spec = job["record"].get("spec") or {}
     gate = entry.parity.get("gate")
     runs = entry.verified_on  # export-time and `mi2v verify` runs against the test vectors
@@ -109,16 +106,17 @@ def _artifact_record(job: dict, entry, rel_folder: str) -> dict:
                 "passed": bool(gate and gate.get("passed")), "reason": entry.parity.get("reason")}]
     records += [{"check": "test-vectors", "by": "mi2v verify", "at": r.get("when"), "on": r.get("runtime"),
                  "where": r.get("where"), "passed": bool(r.get("passed"))} for r in runs if r.get("by") == "verify"]
-    records += list(raw.get("verification") or ())  # richer checks recorded by later exporters, kept as written
+    records += [{"check": "test-vectors", "by": "mi2v release merge", "at": r.get("when"), "on": r.get("runtime"),
+                 "where": r.get("where"), "passed": bool(r.get("passed"))} for r in here]
     return {
         "job_id": job["record"]["id"], "component": entry.component, "model": entry.model, "target": entry.target,
-        "delegate": entry.delegate, "precision": raw.get("precision") or spec.get("precision") or entry.dtype,
-        "dtype": entry.dtype, "soc": raw.get("soc") or entry.target_info.get("soc") or spec.get("soc"),
+        "delegate": entry.delegate, "precision": entry.precision or spec.get("precision") or entry.dtype,
+        "dtype": entry.dtype, "soc": entry.target_info.get("soc") or spec.get("soc"),
         "preset": job["manifest"].preset, "resolution": list(job["manifest"].resolution),
         "frames": job["manifest"].frames, "file": f"{rel_folder}/{entry.file}", "sha256": entry.sha256,
         "bytes": entry.bytes, "extra_files": [dict(f.to_dict(), file=f"{rel_folder}/{f.file}")
                                               for f in entry.extra_files],
-        "gates": {"parity": gate, "trajectory": raw.get("trajectory")}, "parity": entry.parity,
+        "gates": {"parity": gate, "trajectory": entry.trajectory}, "parity": entry.parity,
         "verification": records,
     }
 
@@ -147,8 +145,10 @@ def _recheck(staging: Path, artifacts: list[dict]) -> None:
                                   "files": 1 + len(a["extra_files"])})
 
 
-def merge_release(dirs: list[Path], out: Path, allow_mixed: bool = False) -> dict:
-    """Build RELEASE from job folders (see the module docstring); returns the release.json document."""
+def merge_release(dirs: list[Path], out: Path, allow_mixed: bool = False, run_vectors: bool = True) -> dict:
+    """Build RELEASE from job folders (see the module docstring); returns the release.json document. With
+    `run_vectors`, every artifact is run here against its stored test vectors (`mi2v verify`, on each runtime this
+    machine has) and a failure refuses the merge."""
     jobs = _dedupe([_load_job(f) for f in find_job_folders(dirs)])
     versions, parts, problems = consistency(jobs)
     if problems and not allow_mixed:
@@ -161,7 +161,7 @@ def merge_release(dirs: list[Path], out: Path, allow_mixed: bool = False) -> dic
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".mi2v-release-{out.name}-", dir=out.parent))
     try:
-        doc = _assemble(jobs, staging, versions, parts, problems)
+        doc = _assemble(jobs, staging, versions, parts, problems, run_vectors)
         write_json_atomic(staging / RELEASE_FILE, doc)
         _swap_into_place(staging, out)
     finally:
@@ -169,16 +169,30 @@ def merge_release(dirs: list[Path], out: Path, allow_mixed: bool = False) -> dic
     return doc
 
 
-def _assemble(jobs: list[dict], staging: Path, versions, parts, problems) -> dict:
+def _vector_runs(folder: Path) -> dict[str, list[dict]]:
+    """`mi2v verify` on a copied job folder, nothing recorded in it: file → run records; a failure refuses."""
+    from ..verify import verify_folder
+
+    checks = verify_folder(folder, record=False)
+    for c in checks:
+        bad = [r for r in c.runs if not r["passed"]]
+        if bad:
+            raise BadInputError(f"{folder.name}/{c.file}: fails its test vectors on {bad[0]['runtime']} here "
+                                f"({bad[0].get('error') or 'outputs outside the gate'}); not merged")
+    return {c.file: c.runs for c in checks}
+
+
+def _assemble(jobs: list[dict], staging: Path, versions, parts, problems, run_vectors: bool) -> dict:
     job_rows, artifacts = [], []
     for job in sorted(jobs, key=lambda j: j["record"]["name"]):
         spec = job["record"].get("spec") or {}
         rel = f"{spec.get('target')}" + (f"-{spec['delegate']}" if spec.get("delegate") else "")
         rel += f"/{job['record']['name']}"
         _copy_job(job, staging / rel)
+        here = _vector_runs(staging / rel) if run_vectors else {}
         job_rows.append({k: job["record"].get(k) for k in ("id", "name", "spec", "argv", "host", "wall_s",
                                                            "peak_rss_bytes")} | {"folder": rel})
-        artifacts += [_artifact_record(job, e, rel) for e in job["manifest"].components]
+        artifacts += [_artifact_record(job, e, rel, here.get(e.file, [])) for e in job["manifest"].components]
     _recheck(staging, artifacts)
     return {"schema": SCHEMA, "schema_version": 1, "created_at": now_iso(),
             "tool": {"name": "mi2v-export", "version": tool_version()}, "tool_versions": versions,
@@ -188,15 +202,4 @@ def _assemble(jobs: list[dict], staging: Path, versions, parts, problems) -> dic
 
 def _swap_into_place(staging: Path, out: Path) -> None:
     """Rename the finished release into place; an older release of that name is replaced only after that."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(staging, out)
