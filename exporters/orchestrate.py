@@ -431,7 +431,8 @@ def _write_test_vectors(target: str, artifact, spec, options: ExportOptions, sta
 
     t0 = stage("vectors", f"{len(spec.vectors)} set(s)")
     sets = testvectors.to_artifact_dtypes(spec.vectors, artifact.inputs, artifact.outputs)
-    record, files = testvectors.write(target, spec.name, artifact.file, options.dtype, sets, staging)
+    tolerance_of = options.precision if options.precision not in ("fp32", "fp16") else options.dtype
+    record, files = testvectors.write(target, spec.name, artifact.file, tolerance_of, sets, staging)
     artifact.test_vectors = record
     artifact.extra_files.update(files)
     done("vectors", t0, f"{record['format']}, {record['bytes']} bytes")
