@@ -8,8 +8,9 @@ or `executorch-android-vulkan` with `-Pmi2v.executorchVariant=vulkan`), times ea
     mi2v bench --device adb:S --via app → AppDevice in the bench loop → run_via_app(dev, artifacts, iterations, …)
 
 `run_via_app` installs the APKs when the phone lacks them or has other builds (sha256 of the installed base.apk),
-pushes the artifacts (only those not already there with the same sha256) and a plan file (input shapes from the
-manifest) to /data/local/tmp/mi2v/app/, runs
+pushes the artifacts and the output-check files (the first test-vector set as raw files, apps/check_files.py; only
+files not already there with the same sha256) and a plan file (input shapes and each component's `check` block
+from the manifest) to /data/local/tmp/mi2v/app/, runs
 
     adb -s S shell 'am instrument -w -r -e artifacts encoder=/data/local/tmp/mi2v/app/encoder.pte,… \
         -e iterations N -e warmup W -e runs R -e output mi2v-app-report.json -e plan …/plan.json \
@@ -197,6 +198,9 @@ def via_app_commands(serial: str, artifacts: Sequence[AppArtifact], iterations: 
     cmds.append(sh(["sha256sum", *names], "files already there with the same sha256 are not pushed again"))
     cmds += [Command((adb, "-s", serial, "push", str(a.path), f"{device_dir}/{a.remote_name}"),
                      note="only if not already there") for a in artifacts]
+    cmds.append(Command((adb, "-s", serial, "push", "<temporary>/check/<component>.<in|out><k>.bin",
+                         f"{device_dir}/check/"), note="output-check files of components with test vectors, "
+                        "only if not already there"))
     cmds.append(Command((adb, "-s", serial, "push", f"<temporary>/{PLAN_NAME}", f"{device_dir}/{PLAN_NAME}"),
                         note="input shapes and artifact facts for the app"))
     cmds.append(sh(["run-as", PACKAGE, "rm", "-f", f"files/{REPORT_NAME}"], "no stale report"))
