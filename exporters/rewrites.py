@@ -400,16 +400,23 @@ def conv2d_batch_one() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _swapped(owner, name: str, replacement) -> Iterator[None]:
+    """Trace-time substitution: `owner.name` is `replacement` inside the block, the original again after."""
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@contextlib.contextmanager
 def rope_rank5() -> Iterator[None]:
     """While exporting for Core ML: trace the denoiser's RoPE rotate-half through a rank-≤5 form."""
     from mi2v_export.models import rope
 
-    original = rope.rotate_half_per_axis
-    rope.rotate_half_per_axis = _rotate_half_rank5
-    try:
+    with _swapped(rope, "rotate_half_per_axis", _rotate_half_rank5):
         yield
-    finally:
-        rope.rotate_half_per_axis = original
 
 
 _coreml_registered = False
@@ -517,12 +524,8 @@ def frame_conditioning_without_gather() -> Iterator[None]:
     """While exporting for QNN: spread the denoiser's two conditioning rows over the frames without GatherND."""
     from mi2v_export.models import denoiser
 
-    original = denoiser.spread_over_frames
-    denoiser.spread_over_frames = _spread_over_frames_by_slices
-    try:
+    with _swapped(denoiser, "spread_over_frames", _spread_over_frames_by_slices):
         yield
-    finally:
-        denoiser.spread_over_frames = original
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -99,3 +99,16 @@ ComputeUnit = _choices("ComputeUnit", COMPUTE_UNITS)
 PresetName = _choices("PresetName", PRESETS)
 Part = _choices("Part", PARTS)
 Soc = _choices("Soc", SOCS)  # Snapdragon SoCs a QNN export compiles for (the table: mi2v_export/qnn.py)
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (recorded with every benchmark and verification: timings differ by CPU)."""
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import parity, testvectors
+from .contract import cpu_model
 from .errors import BadInputError
 from .manifest import ArtifactEntry, append_verifications, now_iso, read_manifest, tree_digest
 from .qnn import RUNTIME as QNN_RUNTIME
@@ -182,14 +183,7 @@ for _units in COREML_UNITS:
 
 def where() -> dict:
     """The machine a run happened on (recorded with each verified_on entry)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"host": platform.node(), "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(),
             "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 

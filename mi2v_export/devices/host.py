@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..contract import cpu_model
 from ..errors import BadInputError, Mi2vError, MissingDependencyError, first_line
 from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection, artifact_files, verify_files
 from .report import BenchReport, ComponentResult, RunResult
@@ -185,14 +186,7 @@ def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) ->
 
 def host_facts() -> dict[str, object]:
     """What the host report says about this machine (the "device" when --device host)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem_kb = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
