@@ -308,9 +308,8 @@ def apply_rms_norm_fp16(model: nn.Module) -> int:
 # ln — LayerNorm over one axis from delegable ops
 
 
-class DelegableLayerNorm(nn.Module):
-    """nn.LayerNorm over the last axis as mean / variance reductions on an (N, 1, C, 1) view (XNNPACK takes
-    them; `native_layer_norm` stays on portable kernels and splits the delegate graph). Same weights and keys."""
+class _LayerNormParameters(nn.Module):
+    """Holds an nn.LayerNorm's own parameters (same keys), for the LayerNorm rewrites below to share."""
 
     def __init__(self, ln: nn.LayerNorm):
         super().__init__()
@@ -318,6 +317,11 @@ class DelegableLayerNorm(nn.Module):
         self.eps = ln.eps
         self.weight = ln.weight
         self.bias = ln.bias
+
+
+class DelegableLayerNorm(_LayerNormParameters):
+    """nn.LayerNorm over the last axis as mean / variance reductions on an (N, 1, C, 1) view (XNNPACK takes
+    them; `native_layer_norm` stays on portable kernels and splits the delegate graph). Same weights and keys."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -479,15 +483,8 @@ def apply_rms_norm_rank4(model: nn.Module) -> int:
     return count
 
 
-class RankFourLayerNorm(nn.Module):
+class RankFourLayerNorm(_LayerNormParameters):
     """nn.LayerNorm over the last axis, applied to a rank-4 view (one LayerNormalization the HTP takes)."""
-
-    def __init__(self, ln: nn.LayerNorm):
-        super().__init__()
-        self.normalized_shape = tuple(ln.normalized_shape)
-        self.eps = ln.eps
-        self.weight = ln.weight
-        self.bias = ln.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.layer_norm(as_rank4(x), self.normalized_shape, self.weight, self.bias, self.eps)
