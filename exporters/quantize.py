@@ -5,7 +5,9 @@ ExecuTorch XNNPACK (on the module, after the export rewrites, before lowering):
           the calibration records (what the component sees in the real sampler)
     w8    the same quantizer with dynamic int8 activations (8da8w: per-token ranges at run time, no calibration)
     w4    torchao `Int8DynamicActivationIntxWeightConfig(int4, PerGroup(32))` on nn.Linear (8da4w); XNNPACK lowers
-          it. Convolutions stay float (the config's conv support is not lowered by ExecuTorch 1.5.1).
+          it; a Linear whose input size is not a multiple of 32 gets int8 per-channel weights instead (XNNPACK's
+          int4 groups must be multiples of 32). w8 and w4 reach nn.Linear only, so pointwise 1x1 Conv2d are first rewritten as the Linear they are
+          (`conv1x1_as_linear`); other convolutions stay float.
 
 ONNX (on the exported fp32 .onnx file, in place):
     w8a8  `quantize_static`, QDQ, S8S8, per-channel weights, calibrated (min-max) on the calibration records
@@ -43,11 +45,49 @@ def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
                         calibration: Sequence[tuple] | None, keep: Sequence[str] = ()) -> torch.nn.Module:
     """The module to lower for `precision` (a quantized GraphModule or the torchao-quantized module). `keep`:
     submodule names (of `module`) left in float (a recipe's fp32 units)."""
-    if precision in ("w8a8", "w8"):
-        return _pt2e(module, args, dynamic=precision == "w8", calibration=calibration or [args], keep=keep)
+    if precision == "w8a8":
+        return _pt2e(module, args, dynamic=False, calibration=calibration or [args], keep=keep)
+    if precision == "w8":
+        return _pt2e(conv1x1_as_linear(module, keep), args, dynamic=True, calibration=[args], keep=keep)
     if precision == "w4":
-        return _torchao_8da4w(module, keep)
+        return _torchao_8da4w(conv1x1_as_linear(module, keep), keep)
     raise ValueError(f"no ExecuTorch quantization for {precision!r}")
+
+
+class Conv1x1AsLinear(torch.nn.Module):
+    """A pointwise Conv2d as the nn.Linear it is (channels moved last and back; same numbers up to summation
+    order), so that the Linear-only weight quantizers (8da8w, torchao 8da4w) reach it: 45 % of the denoiser's
+    weights sit in the 1x1 convs of its GLUMBConv feed-forward."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.linear = torch.nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None)
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight.reshape(conv.out_channels, conv.in_channels))
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+
+    @property
+    def weight(self) -> torch.Tensor:  # callers read conv.weight.dtype (e.g. the denoiser's patch embedding)
+        return self.linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _is_pointwise(m: torch.nn.Module) -> bool:
+    return (isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1
+            and m.padding in ((0, 0), "valid") and m.dilation == (1, 1))
+
+
+def conv1x1_as_linear(module: torch.nn.Module, keep: Sequence[str] = ()) -> torch.nn.Module:
+    """Swap every pointwise Conv2d outside the `keep` units for Conv1x1AsLinear (in place; returns `module`)."""
+    for name, child in list(module.named_modules()):
+        for attr, sub in list(child.named_children()):
+            fqn = f"{name}.{attr}" if name else attr
+            if _is_pointwise(sub) and not any(fqn == k or fqn.startswith(k + ".") for k in keep):
+                setattr(child, attr, Conv1x1AsLinear(sub))
+    return module
 
 
 def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Sequence[str] = ()):
@@ -73,17 +113,24 @@ def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Se
 
 
 def _torchao_8da4w(module, keep: Sequence[str] = ()):
+    """int4 weights in groups of 32 on every nn.Linear whose input size XNNPACK can group (a multiple of 32);
+    the others get int8 per-channel weights (XNNPACK refuses other int4 group sizes). The 270M denoiser's linears
+    are all multiples of 32; the tiny preset's mostly are not."""
     from torchao.quantization import quantize_
-    from torchao.quantization.granularity import PerGroup
+    from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig
 
-    def linear_with_groups(m, fqn) -> bool:
-        kept = any(fqn == k or fqn.startswith(k + ".") for k in keep)
-        return isinstance(m, torch.nn.Linear) and m.in_features % W4_GROUP == 0 and not kept
+    def linear(grouped: bool):
+        def accept(m, fqn) -> bool:
+            kept = any(fqn == k or fqn.startswith(k + ".") for k in keep)
+            return isinstance(m, torch.nn.Linear) and not kept and (m.in_features % W4_GROUP == 0) == grouped
+        return accept
 
     quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                             weight_granularity=PerGroup(W4_GROUP)),
-              filter_fn=linear_with_groups)
+              filter_fn=linear(grouped=True))
+    quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
+              filter_fn=linear(grouped=False))
     return module
 
 

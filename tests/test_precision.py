@@ -6,6 +6,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from mi2v_export import parity
 from mi2v_export import precision as P
@@ -113,6 +114,11 @@ def fp32_denoisers(tmp_path_factory):
     return out
 
 
+# bytes / fp32 bytes at the tiny preset, with margin (measured: fp16 0.51-0.52, integer 0.21-0.32; before
+# the pointwise-conv rewrite and the int8 fallback the XNNPACK w4 denoiser was 0.96: nothing was compressed)
+MAX_COMPRESSION = {"fp16": 0.6, "w8a8": 0.4, "w8": 0.4, "w4": 0.4, "w8a16": 0.4}
+
+
 @pytest.mark.parametrize("target,delegate,prec", CELLS)
 def test_cell_exports_gates_and_records(tmp_path, calibration_cache, fp32_denoisers, target, delegate, prec):
     report = run_export(ExportRequest(target=target, delegate=delegate, out_dir=tmp_path / "a", preset="tiny",
@@ -121,6 +127,7 @@ def test_cell_exports_gates_and_records(tmp_path, calibration_cache, fp32_denois
     assert e.precision == prec and e.dtype == P.Precision(prec).float_dtype
     assert e.bytes == (tmp_path / "a" / e.file).stat().st_size
     assert e.bytes < fp32_denoisers[target]  # every reduced precision is smaller than fp32 here
+    assert e.compression <= MAX_COMPRESSION[prec], (prec, e.compression)  # the weights really shrank
     assert e.compression == pytest.approx(e.bytes / e.export["fp32_bytes"], rel=1e-3)
     gate = e.parity["gate"]
     run = e.parity["verified_on"][-1]
@@ -216,3 +223,18 @@ def test_coreml_w8_is_verified_honestly_as_pytorch_simulated(tmp_path, calibrati
 def test_coreml_w4_needs_ios18(tmp_path):
     with pytest.raises(BadInputError, match="needs --min-ios 18"):
         prepare(ExportRequest(target="coreml", out_dir=tmp_path / "o", preset="tiny", precision="w4"))
+
+
+def test_pointwise_convs_become_exact_linears_for_the_linear_only_quantizers():
+    from mi2v_export.exporters.quantize import Conv1x1AsLinear, conv1x1_as_linear
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 1), torch.nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                            torch.nn.Conv2d(16, 4, 1, bias=False), torch.nn.Conv2d(4, 4, 1, stride=2))
+    x = torch.randn(3, 8, 5, 7)
+    ref = m(x)
+    conv1x1_as_linear(m, keep=["3"])
+    assert [type(c).__name__ for c in m] == ["Conv1x1AsLinear", "Conv2d", "Conv1x1AsLinear", "Conv2d"]
+    assert isinstance(m[0].linear, torch.nn.Linear) and m[0].weight is m[0].linear.weight
+    torch.testing.assert_close(m(x), ref, rtol=0, atol=1e-5)
+    assert not isinstance(m[3], Conv1x1AsLinear)  # strided, and kept
