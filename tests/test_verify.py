@@ -182,3 +182,33 @@ def test_verify_bad_input_is_one_line(tmp_path, onnx_art):
     assert proc.returncode == 2 and "no decoder artifact" in proc.stderr
     proc, _ = _verify(onnx_art, "--runtime", "tensorrt", "--no-record")
     assert proc.returncode == 2 and "unknown runtime tensorrt" in proc.stderr
+
+
+# ---- integer artifacts: verify applies the precision's gate the export recorded -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def w8a8_art(tmp_path_factory):
+    out = tmp_path_factory.mktemp("v-w8a8") / "art"
+    proc = run_cli("export", "--target", "onnx", "--preset", "tiny", "--component", "denoiser", "--precision", "w8a8",
+                   "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_verify_of_a_w8a8_artifact_uses_its_psnr_gate(w8a8_art, tmp_path):
+    folder = _copy(w8a8_art, tmp_path)
+    entry = read_manifest(folder).find("denoiser")
+    assert entry.precision == "w8a8" and entry.parity["gate"]["metric"] == "psnr_db"
+    proc, report = _verify(folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = read_manifest(folder).find("denoiser").verified_on[-1]
+    assert run["passed"] and run["gate"] == parity.gate_for("w8a8").describe()
+    assert parity.gate_for("w8a8").threshold <= run["psnr_db"] < 80  # really quantized, and within its gate
+    # expected outputs negated: an error far beyond any 8-bit quantization error, so the gate fails
+    pb = folder / "testdata" / "denoiser" / "test_data_set_0" / "output_0.pb"
+    t = TensorProto()
+    t.ParseFromString(pb.read_bytes())
+    pb.write_bytes(numpy_helper.from_array(-numpy_helper.to_array(t), t.name).SerializeToString())
+    proc, _ = _verify(folder)
+    assert proc.returncode == 4 and "denoiser (denoiser.onnx on onnxruntime)" in proc.stderr
