@@ -27,7 +27,7 @@ from mi2v_export.devices.report import (
     percentile,
     validate,
 )
-from mi2v_export.devices.android import device_facts
+from mi2v_export.devices.android import device_facts, runner_failure
 from mi2v_export.devices.runners import (
     EXECUTOR_RUNNER,
     ORT_PERF_TEST,
@@ -358,6 +358,9 @@ def test_ort_flow_with_result_file_pull(sim, tiny_artifacts, tmp_path):
     assert len(o.samples_ms) == 12 and o.mean_ms > 0
     rc, out, err = sim.shell(f"cd {d} && ./onnxruntime_perf_test -e qnn -I tiny.onnx")  # no QNN library there
     assert rc == 1 and "Unable to load backend" in err and "Load model from tiny.onnx failed" in out
+    line = runner_failure(ORT_PERF_TEST, rc, out + err, [], parse_ort_perf_test(out + err).errors)
+    assert 'could not load its backend (dlopen failed: library "libQnnHtp.so" not found)' in line
+    assert "\n" not in line and "com.qualcomm.qti:qnn-runtime" in line
     with pytest.raises(DeviceError, match="does not exist on"):
         sim.pull(f"{d}/runs_9.csv", tmp_path / "none.csv")
     sim.remove(d)
