@@ -114,11 +114,18 @@ def session_options(soc: str, *, fp16: bool, allow_cpu_fallback: bool = False, c
     """SessionOptions for the HTP of `soc`. Without `allow_cpu_fallback`, creating a session fails unless every
     node runs on the HTP. With `context_file`, creating the session writes the EPContext model there (context
     binary beside it, not embedded)."""
+    return session_options_for(provider_options(soc, fp16), allow_cpu_fallback=allow_cpu_fallback,
+                           context_file=context_file)
+
+
+def session_options_for(options: dict[str, str], *, allow_cpu_fallback: bool = False, context_file: Path | None = None):
+    """SessionOptions for the QNN EP with these provider options (`provider_options`, or the `-i "key|value"`
+    pairs a runner was given); `session_options` for the behaviour."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    so.add_provider_for_devices(register(), provider_options(soc, fp16))
+    so.add_provider_for_devices(register(), dict(options))
     so.add_session_config_entry("session.disable_cpu_ep_fallback", "0" if allow_cpu_fallback else "1")
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if context_file is not None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +27,7 @@ from mi2v_export.devices.report import (
     percentile,
     validate,
 )
-from mi2v_export.devices.android import device_facts
+from mi2v_export.devices.android import device_facts, runner_failure
 from mi2v_export.devices.runners import (
     EXECUTOR_RUNNER,
     ORT_PERF_TEST,
@@ -246,9 +248,67 @@ def test_host_runners_print_the_real_formats(tiny_artifacts, tmp_path):
     assert proc.returncode == 0, proc.stderr
     o = parse_ort_perf_test(proc.stdout, csv.read_text())
     assert len(o.samples_ms) == 9 and o.executions == 9 and o.summary["p50"] > 0 and o.load_ms > 0
-    qnn = subprocess.run([str(ort), "-e", "qnn", "-I", str(tiny_artifacts / "tiny.onnx")],
-                         capture_output=True, text=True, timeout=60)
-    assert qnn.returncode == 1 and "QNN is not supported in this build." in qnn.stderr
+    nnapi = subprocess.run([str(ort), "-e", "nnapi", "-I", str(tiny_artifacts / "tiny.onnx")],
+                           capture_output=True, text=True, timeout=60)
+    assert nnapi.returncode == 1 and "NNAPI is not supported in this build." in nnapi.stderr
+
+
+# ---- -e qnn: the stand-in behaves like a QNN build, on the HTP simulator of the onnxruntime-qnn wheel --------------
+
+
+@pytest.fixture(scope="module")
+def qnn_context(tiny_artifacts, tmp_path_factory):
+    """The tiny ONNX model compiled for the SM8650 HTP: an EPContext model with its context binary beside it."""
+    from mi2v_export import qnn
+
+    out = tmp_path_factory.mktemp("qnn-context")
+    found, _ = qnn.compile_context(tiny_artifacts / "tiny.onnx", out / "tiny_ctx.onnx", "SM8650", fp16=True)
+    assert found.htp_node_share == 1.0
+    return out / "tiny_ctx.onnx"
+
+
+def wheel_qnn_libraries(folder: Path) -> Path:
+    """The QNN runtime libraries of the onnxruntime-qnn wheel (x86_64: the HTP simulator) copied into `folder`, as
+    a user copies the Android ones beside the runner."""
+    import shutil
+
+    import onnxruntime_qnn
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("libQnnHtp.so", "libQnnSystem.so"):
+        shutil.copy2(Path(onnxruntime_qnn.__file__).parent / name, folder / name)
+    return folder
+
+
+def test_host_ort_perf_test_runs_qnn_on_the_htp_simulator(qnn_context, tmp_path):
+    ort = write_host_runner(ORT_PERF_TEST, tmp_path)
+    libs = wheel_qnn_libraries(tmp_path / "libs")
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    csv = tmp_path / "runs.csv"
+    cmd = [str(ort), "-e", "qnn", "-i", "backend_type|htp soc_model|57 htp_arch|75", "-m", "times", "-r", "5", "-I",
+           "-s", str(qnn_context), str(csv)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**env, "LD_LIBRARY_PATH": str(libs)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    o = parse_ort_perf_test(proc.stdout, csv.read_text())
+    assert len(o.samples_ms) == 5 and o.executions == 5 and o.load_ms > 0 and o.summary["p50"] > 0
+    # backend_path instead of the library search; both at once is the QNN EP's own refusal
+    by_path = ["-i", f"backend_path|{libs / 'libQnnHtp.so'} soc_model|57 htp_arch|75"]
+    proc = subprocess.run([str(ort), "-e", "qnn", *by_path, "-m", "times", "-r", "2", "-I", str(qnn_context)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and "Total inference requests: 2" in proc.stdout, proc.stdout + proc.stderr
+    both = subprocess.run([str(ort), "-e", "qnn", "-i", f"backend_type|htp backend_path|{libs}/libQnnHtp.so", "-I",
+                           str(qnn_context)], capture_output=True, text=True, timeout=120, env=env)
+    assert both.returncode == 1 and "Only one of 'backend_type' and 'backend_path'" in both.stderr
+    # no QNN library where the loader looks: the QNN EP's load failure, no session, no result file
+    csv.unlink()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and not csv.exists()
+    assert 'QNN SetupBackend failed Unable to load backend, error:  dlopen failed: library "libQnnHtp.so" not found' \
+        in proc.stderr
+    assert parse_ort_perf_test(proc.stdout).errors[0].startswith(f"Load model from {qnn_context} failed:")
+    bad = subprocess.run([str(ort), "-e", "qnn", "-i", "backend_type=htp", "-I", str(qnn_context)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 1 and "Use a '|' to separate the key and value" in bad.stderr
 
 
 # ---- the runners through the real adb client on the simulated phone ------------------------------------------------
@@ -296,8 +356,11 @@ def test_ort_flow_with_result_file_pull(sim, tiny_artifacts, tmp_path):
     local = sim.pull(f"{d}/runs_0.csv", tmp_path / "runs_0.csv")
     o = parse_ort_perf_test(out, local.read_text())
     assert len(o.samples_ms) == 12 and o.mean_ms > 0
-    rc, _, err = sim.shell(f"cd {d} && ./onnxruntime_perf_test -e qnn -I tiny.onnx")
-    assert rc == 1 and "not supported in this build" in err
+    rc, out, err = sim.shell(f"cd {d} && ./onnxruntime_perf_test -e qnn -I tiny.onnx")  # no QNN library there
+    assert rc == 1 and "Unable to load backend" in err and "Load model from tiny.onnx failed" in out
+    line = runner_failure(ORT_PERF_TEST, rc, out + err, [], parse_ort_perf_test(out + err).errors)
+    assert 'could not load its backend (dlopen failed: library "libQnnHtp.so" not found)' in line
+    assert "\n" not in line and "com.qualcomm.qti:qnn-runtime" in line
     with pytest.raises(DeviceError, match="does not exist on"):
         sim.pull(f"{d}/runs_9.csv", tmp_path / "none.csv")
     sim.remove(d)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -217,6 +218,52 @@ def test_host_bench_runs_qnn_artifacts_on_the_simulator_and_marks_them_simulated
     assert comp["status"] == "ok" and comp["runtime"]["simulated"] is True and comp["runtime"]["soc"] == "SM8650"
     assert comp["runs"][0]["backend"] == qnn.RUNTIME and len(comp["runs"][0]["samples_ms"]) == 1
     assert any("simulated timings" in w for w in data["warnings"])
+
+
+def test_phone_bench_runs_the_context_model_with_onnxruntime_perf_test_on_the_qnn_simulator(fp16_export, adb, phone,
+                                                                                            tmp_path):
+    """`mi2v bench --device adb:SERIAL` on the simulated phone: DIR/runners/<abi>/ holds onnxruntime_perf_test (the
+    host stand-in of a QNN build) and the QNN libraries (the wheel's x86_64 ones), pushed with it; the EPContext
+    model runs on the HTP simulator through the real adb client and server."""
+    import json
+    import shutil
+
+    import onnxruntime_qnn
+
+    from mi2v_export.simulator.host_runners import write_host_runner
+    from mi2v_export.simulator.phone import host_abi
+
+    out, _ = fp16_export
+    art = tmp_path / "art"  # the export, plus a runners folder
+    art.mkdir()
+    for f in out.iterdir():
+        (art / f.name).symlink_to(f)
+    runners = art / "runners" / host_abi()
+    runners.mkdir(parents=True)
+    write_host_runner("onnxruntime_perf_test", runners)
+    report = tmp_path / "phone.json"
+    args = ["bench", "--artifacts", str(art), "--device", f"adb:{phone.serial}", "--adb", adb.path, "--adb-port",
+            str(adb.server_port), "--component", "encoder", "--iterations", "3", "--warmup", "1", "--cooldown", "0",
+            "--report", str(report)]
+    proc = run_cli(*args, env=adb.env)  # the QNN libraries are not there yet
+    lines = error_lines(proc)
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-2000:]
+    assert "needs libQnnHtp.so, libQnnSystem.so beside" in lines[0] and "com.qualcomm.qti:qnn-runtime" in lines[0]
+    for name in ("libQnnHtp.so", "libQnnSystem.so"):
+        shutil.copy2(Path(onnxruntime_qnn.__file__).parent / name, runners / name)
+    proc = run_cli(*args, env=adb.env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(report.read_text())
+    comp = data["components"][0]
+    assert data["device"]["simulated_device"] is True and comp["status"] == "ok", comp
+    assert comp["runtime"]["runner"] == "onnxruntime_perf_test" and comp["runtime"]["backend"] == "qnn-htp"
+    assert {"libQnnHtp.so", "libQnnSystem.so"} <= set(comp["runtime"]["runner_libs"])
+    assert {"encoder_ctx.onnx", "libQnnHtp.so", "libQnnSystem.so"} <= set(data["staging"]["pushed"])
+    assert comp["runtime"]["simulated"] is True and comp["runtime"]["soc"] == "SM8650"
+    run = comp["runs"][0]
+    assert run["backend"] == "qnn-htp" and len(run["samples_ms"]) == 3 and len(run["warmup_ms"]) == 1
+    assert all(ms > 0 for ms in run["samples_ms"]) and run["load_ms"] > 0
+    assert any("QNN HTP simulator" in w and "simulated timings" in w for w in data["warnings"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

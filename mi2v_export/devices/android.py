@@ -62,6 +62,8 @@ COMPANION_LIBS = {
     EXECUTOR_RUNNER: ("libQnn*.so", "libqnn_executorch_backend.so", "libvulkan_*.so"),
 }
 README_RUNNERS = "see the README section 'Android runners'"
+QNN_LIBS_SOURCE = ("from the QAIRT SDK (lib/aarch64-android, lib/hexagon-vNN/unsigned) or the Maven package "
+                   "com.qualcomm.qti:qnn-runtime; see the README section 'Qualcomm HTP'")
 SIMULATED_PROP = "ro.mi2v.simulated"  # a device that answers 1 is a simulated phone (`mi2v devices simulate`)
 
 def _quiet(_: str) -> None:
@@ -202,6 +204,39 @@ class Runner:
         return {"runner": self.name, "runner_path": str(self.local or self.installed), "runner_sha256": self.sha256,
                 "runner_source": self.source, "runner_file": self.info.describe() if self.info else None,
                 "runner_libs": [p.name for p in self.libs]}
+
+
+def qnn_run_options(target_info: dict[str, Any]) -> dict[str, str]:
+    """The QNN EP options (`-i "key|value ..."`) for an EPContext model: the HTP backend and the SoC facts it was
+    compiled for (valid options of onnxruntime's QNN EP on a phone as well)."""
+    options = {"backend_type": "htp"}
+    if target_info.get("soc_model") is not None:
+        options["soc_model"] = str(target_info["soc_model"])
+    if target_info.get("htp_arch"):
+        options["htp_arch"] = str(target_info["htp_arch"]).lower().lstrip("v")
+    return options
+
+
+def qnn_libraries(abi: str, target_info: dict[str, Any]) -> list[str]:
+    """The QNN runtime libraries onnxruntime_perf_test loads for an EPContext model on the HTP: the backend and
+    QnnSystem (it reads the context binary), and on an Android ABI the HTP stub and the DSP-side skeleton of the
+    artifact's Hexagon generation (an x86_64 phone runs the HTP simulator, which has neither)."""
+    libs = ["libQnnHtp.so", "libQnnSystem.so"]
+    arch = str(target_info.get("htp_arch") or "").lower().lstrip("v")
+    if abi.startswith("arm") and arch:
+        libs += [f"libQnnHtpV{arch}Stub.so", f"libQnnHtpV{arch}Skel.so"]
+    return libs
+
+
+def check_qnn_libraries(runner: Runner, abi: str, target_info: dict[str, Any]) -> None:
+    """One line naming the QNN libraries missing beside a local runner, and where a user gets them."""
+    if runner.local is None:  # a runner the device has on its PATH: its libraries are the device's business
+        return
+    have = {lib.name for lib in runner.libs}
+    missing = [lib for lib in qnn_libraries(abi, target_info) if lib not in have]
+    if missing:
+        raise DeviceError(f"the QNN EPContext model needs {', '.join(missing)} beside {runner.local} (pushed with "
+                          f"it, LD_LIBRARY_PATH and ADSP_LIBRARY_PATH point there): get them {QNN_LIBS_SOURCE}")
 
 
 def check_runner(path: Path, name: str, abilist: list[str], device_has: Callable[[str], bool]) -> RunnerFile:
@@ -546,12 +581,12 @@ class AndroidSession:
         return run, text
 
     def run_ort(self, runner: Runner, model: str, warmup: int, iterations: int, timeout: float,
-                csv_name: str, local_csv: Path, qnn: bool = False) -> tuple[RunResult, str]:
-        """onnxruntime_perf_test on the CPU EP, or (`qnn`, a QNN EPContext model) on the HTP through the QNN EP
-        (the QNN runtime libraries pushed beside the runner)."""
+                csv_name: str, local_csv: Path, qnn: dict[str, str] | None = None) -> tuple[RunResult, str]:
+        """onnxruntime_perf_test on the CPU EP, or (`qnn`: the QNN EP options of a QNN EPContext model) on the HTP
+        through the QNN EP (the QNN runtime libraries pushed beside the runner)."""
         d = self.remote_dir
         self.dev.shell(["rm", "-f", f"{d}/{csv_name}"])
-        ep = ["-e", "qnn", "-i", "backend_type|htp"] if qnn else ["-e", "cpu"]
+        ep = ["-e", "qnn", "-i", " ".join(f"{k}|{v}" for k, v in qnn.items())] if qnn else ["-e", "cpu"]
         args = ep + ["-m", "times", "-r", str(warmup + iterations), "-I", "-s"]
         if self.threads:
             args += ["-x", str(self.threads)]
@@ -618,6 +653,10 @@ def runner_failure(runner: str, rc: int, text: str, missing_backends: list[str],
         return f"{start}{': ' + detail if detail else ''}; run it by hand on the device to see the full log"
     if start:
         return start
+    if "Unable to load backend" in text:
+        why = re.search(r"Unable to load backend, error:\s*(.*)", text)
+        return (f"{runner} failed: the QNN EP could not load its backend ({why.group(1).strip() if why else 'dlopen'}"
+                f"): put libQnnHtp.so, libQnnSystem.so and the HTP stub/skel libraries beside the runner, {QNN_LIBS_SOURCE}")
     if "is not supported in this build" in text:
         return f"{runner} failed: {detail}; build onnxruntime with that execution provider or use -e cpu"
     return f"{runner} failed (exit {rc}){': ' + detail if detail else ''}"
@@ -714,9 +753,12 @@ class AdbRunnerDevice(AdbPhone):
         self.files: dict[str, list[StagedFile]] = {}
         self.found: dict[str, Runner | DeviceError] = {}  # per runtime: the runner, or why there is none
         self.prepared: dict[str, Runner | DeviceError] = {}  # per runtime: pushed and probed, or why not
+        self.simulated_device = False
+        self.simulated_qnn: list[str] = []  # QNN artifacts timed on a simulated phone's HTP simulator
 
     def facts(self) -> DeviceFacts:
         device, host = self.connect()
+        self.simulated_device = bool(device.get("simulated_device"))
         s = self.session
         assert s is not None
         s.uncontrolled += ["CPU clocks are not locked (needs root); governors are recorded only",
@@ -746,6 +788,9 @@ class AdbRunnerDevice(AdbPhone):
                 self.found[sel.runtime] = exc
         if isinstance(self.found[sel.runtime], DeviceError):
             raise self.found[sel.runtime]
+        if sel.entry.delegate == "qnn" and sel.runtime == "onnxruntime":
+            abi = self.session.abilist[0] if self.session.abilist else ""
+            check_qnn_libraries(self.found[sel.runtime], abi, sel.entry.target_info)  # type: ignore[arg-type]
 
     def _runner(self, runtime: str) -> Runner:
         """The runner pushed and probed (the staging folder is named after every runner found, once)."""
@@ -772,8 +817,13 @@ class AdbRunnerDevice(AdbPhone):
         assert s is not None and sel.runtime is not None
         runner = self._runner(sel.runtime)
         comp.runtime.update(runner.describe(), threads=s.threads, affinity_mask=f"{s.mask:x}" if s.mask else None,
-                            backend=(sel.entry.delegate or "portable") if sel.runtime == "executorch" else "cpu",
-                            log_channel="stdout+stderr")
+                            backend=(sel.entry.delegate or "portable") if sel.runtime == "executorch" else
+                            "qnn-htp" if sel.entry.delegate == "qnn" else "cpu", log_channel="stdout+stderr")
+        if sel.entry.delegate == "qnn" and sel.runtime == "onnxruntime" and self.simulated_device:
+            comp.runtime.update(simulated=True, soc=sel.entry.target_info.get("soc"),
+                                note="simulated phone: the QNN HTP simulator on this host's CPU, simulated timings, "
+                                     "not a speed figure")
+            self.simulated_qnn.append(sel.entry.file)
         try:
             s.stage(self.files[sel.component])
             for r in range(opts.runs):
@@ -813,7 +863,7 @@ class AdbRunnerDevice(AdbPhone):
             return run
         csv = self.extras / f"{sel.component}.run{r}.csv"
         self.extras.mkdir(parents=True, exist_ok=True)
-        qnn = sel.entry.delegate == "qnn"
+        qnn = qnn_run_options(sel.entry.target_info) if sel.entry.delegate == "qnn" else None
         run, _ = s.run_ort(runner, sel.entry.file, opts.warmup, opts.iterations, opts.timeout,
                            f"runs_{sel.component}_{r}.csv", csv, qnn=qnn)
         run.backend = "qnn-htp" if qnn else "cpu"
@@ -883,3 +933,6 @@ class AdbRunnerDevice(AdbPhone):
             report.staging = {"remote_dir": s.remote_dir, "pushed": s.pushed, "already_there": s.already_there,
                               "kept": True}
         report.warnings.extend(s.warnings)
+        if self.simulated_qnn:
+            report.warnings.append(f"{', '.join(self.simulated_qnn)}: timed on the QNN HTP simulator of a simulated "
+                                   "phone (x86_64), simulated timings that say nothing about a phone's speed")

@@ -338,7 +338,8 @@ def _ort_perf_test(argv: list[str]) -> int:
         sys.stderr.write(_ORT_USAGE)
         return 1
     ep = o.get("-e", "cpu")
-    if _ORT_EPS[ep] not in ort.get_available_providers():
+    qnn_build = ep == "qnn" and _qnn_wheel_present()
+    if _ORT_EPS[ep] not in ort.get_available_providers() and not qnn_build:
         sys.stderr.write(f"{ep.upper() if ep != 'xnnpack' else 'XNNPACK'} is not supported in this build.\n")
         return 1
     model_dir = Path(args[0]).resolve().parent
@@ -348,7 +349,11 @@ def _ort_perf_test(argv: list[str]) -> int:
         return 1
     t0 = time.perf_counter()
     try:
-        sess = ort.InferenceSession(args[0], _ort_session_options(o), providers=[_ORT_EPS[ep]])
+        sess = _qnn_session(args[0], o) if qnn_build else \
+            ort.InferenceSession(args[0], _ort_session_options(o), providers=[_ORT_EPS[ep]])
+    except _UsageError as exc:
+        sys.stderr.write(f"{exc}\n{_ORT_USAGE}")
+        return 1
     except Exception as exc:
         sys.stdout.write(f"Load model from {args[0]} failed:{exc}\n")
         return 1
@@ -368,10 +373,10 @@ def _ort_perf_test(argv: list[str]) -> int:
     return 0
 
 
-def _ort_session_options(o: dict[str, str]) -> Any:
+def _ort_session_options(o: dict[str, str], so: Any = None) -> Any:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
+    so = so or ort.SessionOptions()
     if "-x" in o:
         so.intra_op_num_threads = int(o["-x"])
     if "-y" in o:
@@ -382,6 +387,84 @@ def _ort_session_options(o: dict[str, str]) -> Any:
         so.enable_profiling = True
         so.profile_file_prefix = o["-p"]
     return so
+
+
+# ---- -e qnn: a QNN build of onnxruntime_perf_test, on the HTP simulator of the onnxruntime-qnn wheel ---------------
+
+class _UsageError(Exception):
+    """A bad -i value: the real tool prints the message and its usage, exit 1."""
+
+
+# the library each QNN backend_type names (what the QNN EP dlopens when no backend_path is given)
+_QNN_BACKEND_LIBS = {"htp": "libQnnHtp.so", "cpu": "libQnnCpu.so", "gpu": "libQnnGpu.so", "saver": "libQnnSaver.so"}
+
+
+def _qnn_wheel_present() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime_qnn") is not None
+
+
+def _parse_run_options(text: str) -> dict[str, str]:
+    """`-i "key1|value1 key2|value2"`, as onnxruntime_perf_test splits its provider options."""
+    options: dict[str, str] = {}
+    for token in text.split():
+        key, bar, value = token.partition("|")
+        if not bar or not key or not value:
+            raise _UsageError("Use a '|' to separate the key and value for the run-time option you are trying "
+                              "to use.")
+        options[key] = value
+    return options
+
+
+def _qnn_session(model: str, o: dict[str, str]) -> Any:
+    """The session a QNN build creates: the backend library dlopen'ed as a phone's linker finds it (backend_path,
+    else the backend_type's library on LD_LIBRARY_PATH), then the model on the wheel's HTP simulator with CPU
+    fallback disabled (an EPContext node has no CPU kernel anyway)."""
+    import onnxruntime as ort
+
+    from .. import qnn
+
+    options = _parse_run_options(o.get("-i", ""))
+    if "backend_path" in options and "backend_type" in options:
+        raise _UsageError("Only one of 'backend_type' and 'backend_path' should be set.")
+    wanted = options.pop("backend_path", None) or _QNN_BACKEND_LIBS.get(options.pop("backend_type", "htp"), "")
+    options["backend_path"] = _dlopen_backend(wanted)
+    return ort.InferenceSession(model, sess_options=_ort_session_options(o, qnn.session_options_for(options)))
+
+
+def _dlopen_backend(name: str) -> str:
+    """dlopen the QNN backend library as the QNN EP does: a path as given, a bare name searched on LD_LIBRARY_PATH
+    (the phone's system folders hold no QNN libraries). The wheel's C++ runtime is loaded first: on x86_64 its
+    libraries need it where a phone's are linked against the NDK's. Raises the QNN EP's load failure."""
+    import ctypes
+
+    found = Path(name) if "/" in name else next(
+        (Path(d) / name for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d and (Path(d) / name).is_file()),
+        None)
+    try:
+        if found is None or not found.is_file():
+            raise OSError(f'dlopen failed: library "{name}" not found')
+        _load_wheel_cxx_runtime()
+        ctypes.CDLL(str(found.resolve()), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+    except OSError as exc:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        sys.stderr.write(f"{stamp} [E:onnxruntime:, qnn_execution_provider.cc:613 GetCapability] QNN SetupBackend "
+                         f"failed Unable to load backend, error:  {exc}\n")
+        raise RuntimeError("This session contains graph nodes that are assigned to the default CPU EP, but "
+                           "fallback to CPU EP has been explicitly disabled by the user.") from None
+    return str(found.resolve())
+
+
+def _load_wheel_cxx_runtime() -> None:
+    import ctypes
+
+    import onnxruntime_qnn
+
+    libs = Path(onnxruntime_qnn.__file__).resolve().parents[1] / "onnxruntime_qnn.libs"
+    for prefix in ("libunwind", "libc++abi", "libc++-"):  # dependency order
+        for lib in sorted(libs.glob(prefix + "*.so*")):
+            ctypes.CDLL(str(lib), mode=os.RTLD_GLOBAL)
 
 
 def _ort_timed_runs(sess: Any, o: dict[str, str]) -> tuple[list[float], int, float, int]:
