@@ -56,7 +56,7 @@ def export_cell(target: str, component: str, precision: str, args, work: Path) -
 
     out = work / f"{target}_{component}_{precision}"
     request = ExportRequest(target=target, out_dir=out, components=component, preset=args.preset,
-                            resolution=args.resolution, frames=args.frames, precision=precision, verify=False,
+                            resolution=args.resolution, frames=args.frames, precision=precision, verify=False, test_vectors=False,
                             calibration=Path(args.calibration) if args.calibration else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -109,6 +109,39 @@ def quality_of(component: str, stage, torch_stages: dict, references: dict, conf
     return {"psnr_db_min": s["min_psnr_db"], "psnr_db_mean": s["mean_psnr_db"], "ssim_min": s["min_ssim"]}
 
 
+def measure_cell(row: dict, component: str, target: str, precision: str, args, work: Path, inputs: dict,
+                 quality_args: tuple) -> tuple | None:
+    """Export one cell and fill its size, runtime memory and video quality into `row`; (manifest, entry) or None.
+    The artifact's session is dropped afterwards: at 720p every live onnxruntime session holds gigabytes, and
+    holding them all through the next cell's quantize_static ran this 24 GB host out of memory."""
+    try:
+        manifest, entry = export_cell(target, component, precision, args, work)
+        row.update(bytes=entry.bytes, compression=entry.compression,
+                   runtime_memory_bytes=memory_of(entry, manifest, inputs))
+        stage = stage_of(manifest, entry)
+        row.update(quality_of(component, stage, *quality_args))
+        del stage
+        gc.collect()
+        return manifest, entry
+    except Exception as exc:  # noqa: BLE001 - a cell that fails is a row with its error
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        traceback.print_exc()
+        return None
+
+
+def time_cells(exported: dict, inputs: dict, runs: int, rows: list[dict]) -> None:
+    """Time every exported precision of one (target, component) side by side; fill median / runs / speed-up."""
+    stages = {p: stage_of(*me) for p, me in exported.items() if me is not None}
+    times = time_side_by_side(stages, inputs, runs)
+    base = statistics.median(times["fp32"]) if times.get("fp32") else None
+    by_precision = {r["precision"]: r for r in rows[-len(exported):]}
+    for p, ts in times.items():
+        med = statistics.median(ts)
+        by_precision[p].update(median_s=med, runs_s=ts, speedup_vs_fp32=base / med if base else None)
+    del stages
+    gc.collect()
+
+
 def run(args) -> dict:
     from mi2v_export import calibration
     from mi2v_export.exporters.components import example_inputs
@@ -135,28 +168,14 @@ def run(args) -> dict:
     for component in args.components:
         inputs = example_inputs(component, geo)
         for target in args.targets:
-            cell_rows, stages = {}, {}
+            exported = {}
             for precision in args.precisions:
                 row = {"target": target, "component": component, "precision": precision}
-                try:
-                    manifest, entry = export_cell(target, component, precision, args, work)
-                    row.update(bytes=entry.bytes, compression=entry.compression,
-                               runtime_memory_bytes=memory_of(entry, manifest, inputs))
-                    stages[precision] = stage_of(manifest, entry)
-                    row.update(quality_of(component, stages[precision], torch_stages, references, config, image))
-                except Exception as exc:  # noqa: BLE001 - a cell that fails is a row with its error
-                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-                    traceback.print_exc()
-                cell_rows[precision] = row
                 result["cells"].append(row)
+                exported[precision] = measure_cell(row, component, target, precision, args, work, inputs,
+                                                   (torch_stages, references, config, image))
                 write(args.json, result)
-            times = time_side_by_side(stages, inputs, args.runs)
-            base = statistics.median(times["fp32"]) if times.get("fp32") else None
-            for p, ts in times.items():
-                med = statistics.median(ts)
-                cell_rows[p].update(median_s=med, runs_s=ts, speedup_vs_fp32=base / med if base else None)
-            del stages
-            gc.collect()
+            time_cells(exported, inputs, args.runs, result["cells"])
             write(args.json, result)
     result["machine"]["load_avg_end"] = list(os.getloadavg())
     write(args.json, result)
