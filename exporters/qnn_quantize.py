@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .quantize import calibration_in_bounded_memory
+
 
 # precision → (activation QuantType name, weight QuantType name)
 QDQ_TYPES = {"w8a16": ("QUInt16", "QUInt8"), "w8a8": ("QUInt8", "QUInt8")}  # the HTP's LayerNorm takes no int8
@@ -108,7 +110,8 @@ def quantize_qdq(fp32_model: Path, qdq_model: Path, precision: str, feeds: list[
     config = get_qnn_qdq_config(str(src), _Feeds(feeds), activation_type=act, weight_type=weight,
                                 per_channel=True, activation_symmetric=False, weight_symmetric=True,
                                 nodes_to_exclude=keep_float)
-    quantize(str(src), str(qdq_model), config)
+    with calibration_in_bounded_memory():
+        quantize(str(src), str(qdq_model), config)
     for tmp in (plain, pre):
         tmp.unlink(missing_ok=True)
     return {"tool": "onnxruntime.quantization (QNN config)", "activations": QDQ_TYPES[precision][0],
