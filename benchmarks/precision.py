@@ -56,8 +56,8 @@ def export_cell(target: str, component: str, precision: str, args, work: Path) -
 
     out = work / f"{target}_{component}_{precision}"
     request = ExportRequest(target=target, out_dir=out, components=component, preset=args.preset,
-                            resolution=args.resolution, frames=args.frames, precision=precision, verify=False, test_vectors=False,
-                            calibration=Path(args.calibration) if args.calibration else None)
+                            resolution=args.resolution, frames=args.frames, precision=precision, verify=False,
+                            test_vectors=False, calibration=Path(args.calibration) if args.calibration else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = run_export(request)
@@ -129,15 +129,15 @@ def measure_cell(row: dict, component: str, target: str, precision: str, args, w
         return None
 
 
-def time_cells(exported: dict, inputs: dict, runs: int, rows: list[dict]) -> None:
-    """Time every exported precision of one (target, component) side by side; fill median / runs / speed-up."""
+def time_cells(exported: dict, inputs: dict, runs: int, rows: dict[str, dict]) -> None:
+    """Time every exported precision of one (target, component) side by side; fill median / runs / speed-up into
+    its row (`rows`: precision → row)."""
     stages = {p: stage_of(*me) for p, me in exported.items() if me is not None}
     times = time_side_by_side(stages, inputs, runs)
     base = statistics.median(times["fp32"]) if times.get("fp32") else None
-    by_precision = {r["precision"]: r for r in rows[-len(exported):]}
     for p, ts in times.items():
         med = statistics.median(ts)
-        by_precision[p].update(median_s=med, runs_s=ts, speedup_vs_fp32=base / med if base else None)
+        rows[p].update(median_s=med, runs_s=ts, speedup_vs_fp32=base / med if base else None)
     del stages
     gc.collect()
 
@@ -168,14 +168,14 @@ def run(args) -> dict:
     for component in args.components:
         inputs = example_inputs(component, geo)
         for target in args.targets:
-            exported = {}
+            exported, rows = {}, {}
             for precision in args.precisions:
-                row = {"target": target, "component": component, "precision": precision}
+                row = rows[precision] = {"target": target, "component": component, "precision": precision}
                 result["cells"].append(row)
                 exported[precision] = measure_cell(row, component, target, precision, args, work, inputs,
                                                    (torch_stages, references, config, image))
                 write(args.json, result)
-            time_cells(exported, inputs, args.runs, result["cells"])
+            time_cells(exported, inputs, args.runs, rows)
             write(args.json, result)
     result["machine"]["load_avg_end"] = list(os.getloadavg())
     write(args.json, result)

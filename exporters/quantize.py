@@ -6,8 +6,8 @@ ExecuTorch XNNPACK (on the module, after the export rewrites, before lowering):
     w8    the same quantizer with dynamic int8 activations (8da8w: per-token ranges at run time, no calibration)
     w4    torchao `Int8DynamicActivationIntxWeightConfig(int4, PerGroup(32))` on nn.Linear (8da4w); XNNPACK lowers
           it; a Linear whose input size is not a multiple of 32 gets int8 per-channel weights instead (XNNPACK's
-          int4 groups must be multiples of 32). w8 and w4 reach nn.Linear only, so pointwise 1x1 Conv2d are first rewritten as the Linear they are
-          (`conv1x1_as_linear`); other convolutions stay float.
+          int4 groups must be multiples of 32). w8 and w4 reach nn.Linear only, so pointwise 1x1 Conv2d are
+          first rewritten as the Linear they are (`conv1x1_as_linear`); other convolutions stay float.
 
 ONNX (on the exported fp32 .onnx file, in place):
     w8a8  `quantize_static`, QDQ, S8S8, per-channel weights, calibrated (min-max) on the calibration records
@@ -40,6 +40,11 @@ def plan_of(options) -> tuple[str, list[str]]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # ExecuTorch
+
+
+def _kept(fqn: str, keep: Sequence[str]) -> bool:
+    """Whether submodule `fqn` lies in one of the `keep` units (a recipe's float units)."""
+    return any(fqn == k or fqn.startswith(k + ".") for k in keep)
 
 
 def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
@@ -86,7 +91,7 @@ def conv1x1_as_linear(module: torch.nn.Module, keep: Sequence[str] = ()) -> torc
     for name, child in list(module.named_modules()):
         for attr, sub in list(child.named_children()):
             fqn = f"{name}.{attr}" if name else attr
-            if _is_pointwise(sub) and not any(fqn == k or fqn.startswith(k + ".") for k in keep):
+            if _is_pointwise(sub) and not _kept(fqn, keep):
                 setattr(child, attr, Conv1x1AsLinear(sub))
     return module
 
@@ -123,8 +128,8 @@ def _torchao_8da4w(module, keep: Sequence[str] = ()):
 
     def linear(grouped: bool):
         def accept(m, fqn) -> bool:
-            kept = any(fqn == k or fqn.startswith(k + ".") for k in keep)
-            return isinstance(m, torch.nn.Linear) and not kept and (m.in_features % W4_GROUP == 0) == grouped
+            groupable = m.in_features % W4_GROUP == 0 if isinstance(m, torch.nn.Linear) else None
+            return groupable is grouped and not _kept(fqn, keep)
         return accept
 
     quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
@@ -190,7 +195,7 @@ def calibration_in_bounded_memory():
     Its MinMax calibrator adds a ReduceMin/ReduceMax pair after every tensor; in the default execution order those
     run late and keep every intermediate alive: the 720p denoiser's add up to 23.5 GB, and quantize_static was
     OOM-killed on this 24 GB host even alone (> 19 GB, 2 records). In priority-based order each tensor is reduced
-    and freed right after it is made: peak RSS 5.3 GB, same ranges (the graph is the one the calibrator built)."""
+    and freed right after it is made: peak RSS 5.3 GB (the same graph, so the same ranges)."""
     import onnxruntime
     from onnxruntime.quantization.calibrate import CalibraterBase
 
