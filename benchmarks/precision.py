@@ -5,7 +5,8 @@
                                                                    # 720x1280x17, 270M seeded weights (hours)
 
 For each (target, component) every precision of `--precisions` is exported with `mi2v export` (the library call,
---no-verify: the quality figure is measured here, the same way for every cell), then timed side by side: one
+--no-verify: the quality figure is measured here, the same way for every cell; `--reuse` measures an export already
+in --work instead), then timed side by side: one
 warm-up each, then `--runs` rounds, each round running every precision once (so fp32 and the quantized forms see
 the same machine load); the median per precision is reported with the speed-up over fp32. Video quality: the 2-step
 trajectory on the packaged validation image with that one artifact (PyTorch fp32 for the other components) against
@@ -55,6 +56,13 @@ def export_cell(target: str, component: str, precision: str, args, work: Path) -
     from mi2v_export.exporters.orchestrate import ExportRequest, run_export
 
     out = work / f"{target}_{component}_{precision}"
+    if args.reuse and (out / "manifest.json").is_file():
+        from mi2v_export.manifest import read_manifest
+
+        manifest = read_manifest(out)
+        if (list(manifest.resolution), manifest.frames, manifest.preset) == (
+                [int(v) for v in args.resolution.split("x")], args.frames, args.preset):
+            return manifest, manifest.find(component, target)
     request = ExportRequest(target=target, out_dir=out, components=component, preset=args.preset,
                             resolution=args.resolution, frames=args.frames, precision=precision, verify=False,
                             test_vectors=False, calibration=Path(args.calibration) if args.calibration else None)
@@ -222,6 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration", default=None, help="calibration images folder (default: the packaged set)")
     ap.add_argument("--work", default="/tmp/mi2v-precision-bench")
     ap.add_argument("--json", default="benchmarks/results/precision.json")
+    ap.add_argument("--reuse", action="store_true",
+                    help="measure a cell's export already in --work (same preset and size) instead of exporting again")
     ap.add_argument("--markdown", nargs="+", default=None, help="print the README table of result files and exit")
     args = ap.parse_args(argv)
     if args.markdown:

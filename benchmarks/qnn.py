@@ -2,7 +2,9 @@
 HTP simulator's output against PyTorch fp32 (PSNR), with a time limit on the simulator run.
 
     python benchmarks/qnn.py --component denoiser --resolution 720x1280 --frames 17 --precision fp16 \
-        --json artifacts/qnn-denoiser-720p-fp16.json [--soc SM8650] [--sim-timeout 3600]
+        --json artifacts/qnn-denoiser-720p-fp16.json [--soc SM8650] [--sim-timeout 3600] [--out DIR [--reuse]]
+
+`--reuse` runs only the simulator on the export already in `--out` (a 720p denoiser compiles for ~9 minutes).
 
 The export runs without its own verification (`--no-verify`), so a simulator run that does not finish within
 --sim-timeout is recorded as such (with the seconds it ran) instead of blocking the export. Heavy at 720p: wrap it
@@ -63,24 +65,30 @@ def main() -> None:
     ap.add_argument("--soc", default="SM8650")
     ap.add_argument("--sim-timeout", type=float, default=3600.0)
     ap.add_argument("--out", type=Path, default=None, help="artifact folder (default: a temporary one)")
+    ap.add_argument("--reuse", action="store_true", help="simulate the export already in --out, do not export")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
 
     from mi2v_export import parity
     from mi2v_export.exporters import components
     from mi2v_export.exporters.orchestrate import ExportRequest, run_export
+    from mi2v_export.manifest import read_manifest
 
     out = args.out or Path(tempfile.mkdtemp(prefix="mi2v-qnn-"))
     t0 = time.perf_counter()
-    report = run_export(ExportRequest(target="onnx", delegate="qnn", out_dir=out, components=args.component,
-                                      preset=args.preset, resolution=args.resolution, frames=args.frames,
-                                      precision=args.precision, soc=args.soc, verify=False))
-    entry = report.entries[0]
+    if args.reuse and args.out:
+        manifest = read_manifest(out)
+    else:
+        manifest = run_export(ExportRequest(target="onnx", delegate="qnn", out_dir=out, components=args.component,
+                                            preset=args.preset, resolution=args.resolution, frames=args.frames,
+                                            precision=args.precision, soc=args.soc, verify=False)).manifest
+    entry = manifest.find(args.component, "onnx", "qnn")
     record = {"component": args.component, "preset": args.preset, "resolution": args.resolution,
-              "frames": args.frames, "precision": args.precision, "soc": args.soc, "export_s": time.perf_counter() - t0,
+              "frames": args.frames, "precision": args.precision, "soc": args.soc,
+              "export_s": None if args.reuse else time.perf_counter() - t0,
               "target_info": entry.target_info, "files": {f.role: f.bytes for f in entry.extra_files},
               "host": cpu_record()}
-    geo = report.manifest.resolution, report.manifest.frames
+    geo = manifest.resolution, manifest.frames
     from mi2v_export.shapes import geometry
 
     spec = components.load_component(args.component, preset=args.preset, geo=geometry(*geo[0], geo[1]))

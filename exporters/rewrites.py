@@ -27,6 +27,7 @@ Trace-time substitutions (context managers, active only while torch.export trace
 | conv2d_batch1 | Vulkan takes only batch-1 2-D convs; conv3d_as_conv2d and GLUMBConv put frames in the batch → one conv per frame | F.conv2d |
 | channel_rms_rank4 | QNN HTP: Turbo-VAED's channel RMS on the rank-4 view (B, C, T·H, W) | models.turbo_vaed.channel_rms_norm |
 | frame_conditioning_without_gather | QNN HTP's GatherND gives wrong values (denoiser at 19 dB) → slice+expand+cat | models.denoiser.spread_over_frames |
+| layer_norm_fp32 | ExecuTorch's portable fp16 LayerNorm accumulates in fp16 (14 dB on 1152 channels; the 270M denoiser 15 dB) → LayerNorm in fp32, cast back | models.denoiser.layer_norm |
 """
 
 from __future__ import annotations
@@ -525,6 +526,23 @@ def frame_conditioning_without_gather() -> Iterator[None]:
         yield
 
 
+def _layer_norm_in_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The denoiser's LayerNorm as an fp32 island: what PyTorch's own fp16 LayerNorm does (fp32 accumulation, one
+    rounding of the output); a no-op on fp32 graphs."""
+    return F.layer_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+
+
+@contextlib.contextmanager
+def layer_norm_fp32() -> Iterator[None]:
+    """While exporting for ExecuTorch: the denoiser's functional LayerNorm (portable, never delegated) in fp32."""
+    from mi2v_export.kernels import denoiser as mobile_denoiser
+    from mi2v_export.models import denoiser
+
+    with _swapped(denoiser, "layer_norm", _layer_norm_in_fp32), \
+            _swapped(mobile_denoiser, "layer_norm", _layer_norm_in_fp32):
+        yield
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Registry
 
@@ -564,6 +582,8 @@ LOWERING_REWRITES: dict[str, LoweringRewrite] = {r.name: r for r in (
     LoweringRewrite("frame_conditioning_without_gather", "the denoiser's per-frame conditioning as slice + expand "
                     "+ cat, no GatherND (wrong on the QNN HTP) (while tracing)",
                     trace=frame_conditioning_without_gather),
+    LoweringRewrite("layer_norm_fp32", "the denoiser's LayerNorm computed in fp32 and cast back (ExecuTorch's "
+                    "portable fp16 LayerNorm accumulates in fp16) (while tracing)", trace=layer_norm_fp32),
 )}
 
 # What each target (and ExecuTorch delegate) applies, in order: module swaps, then trace-time substitutions.
@@ -575,7 +595,7 @@ FOR_TARGET: dict[str, tuple[str, ...]] = {
 }
 TRACE_FOR_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": (),
-    "executorch": ("channel_rms_view",),
+    "executorch": ("channel_rms_view", "layer_norm_fp32"),
     "coreml": ("rope_rank5",),
     "qnn": ("channel_rms_rank4", "frame_conditioning_without_gather"),
 }
