@@ -142,9 +142,34 @@ def test_cell_exports_gates_and_records(tmp_path, calibration_cache, fp32_denois
         assert e.calibration["digest"] and e.calibration["size"] > 0
         assert e.parity["inputs"].startswith("held-out")
         assert e.target_info["quantization"]["precision"] == prec
+        if target == "onnx" and prec in ("w8a8", "w8"):
+            assert_only_weight_matmuls_are_integer(tmp_path / "a" / e.file)
     else:
         assert e.calibration is None
     assert report.entries[0].precision == prec
+
+
+def assert_only_weight_matmuls_are_integer(path):
+    """onnxruntime w8a8 / w8: no ConvInteger (slow), every 1x1 conv a quantized MatMul, and the MatMuls of two
+    activations (attention) float."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    consts = {i.name for i in graph.initializer}
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
+    assert "ConvInteger" not in ops
+    assert all(n.op_type != "Conv" or graph_attr(n, "group") > 1 for n in graph.node)  # only depthwise stay Conv
+    weight_mm = [n for n in graph.node if n.op_type in ("MatMul", "MatMulInteger") and set(n.input) & (
+        consts | dequantized)]
+    assert weight_mm and all(n.op_type == "MatMulInteger" or n.input[1] in dequantized for n in weight_mm)
+    pairs = [n for n in graph.node if n.op_type == "MatMul" and not set(n.input) & (consts | dequantized)]
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert pairs and not any(producers.get(i) == "DequantizeLinear" for n in pairs for i in n.input)
+
+
+def graph_attr(node, name: str, default=1):
+    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 # ---------------------------------------------------------------------------------------------------------------
