@@ -11,10 +11,11 @@ ExecuTorch XNNPACK (on the module, after the export rewrites, before lowering):
 
 ONNX (on the exported fp32 .onnx file, in place):
     w8a8  `quantize_static`, QDQ, S8S8, per-channel weights, calibrated (min-max) on the calibration records, on
-          the weight MatMuls only (`as_weight_matmuls`)
+          the MatMuls, Gemms and group-1 convs (`as_integer_friendly`)
     w8a16 `quantize_static`, QDQ on every node, uint16 activations + uint8 weights (the QNN HTP's format, here for
           comparing with the HTP; the QNN path itself quantizes in exporters/qnn_quantize.py)
-    w8    `quantize_dynamic`, int8 per-channel weights, dynamic activations, on the weight MatMuls only
+    w8    `quantize_dynamic`, int8 per-channel weights, dynamic activations, on the MatMuls and Gemms; other group-1
+          convs int8 weights only (`as_integer_friendly`)
     w4    `MatMulNBitsQuantizer`, 4-bit symmetric blocks of 32 on every MatMul (1x1 convs and Gemms first made
           MatMul by `as_matmuls`; other convs stay float)
 """
@@ -218,25 +219,31 @@ def calibration_in_bounded_memory():
         CalibraterBase.create_inference_session = original
 
 
-WEIGHT_OPS = ["MatMul", "Gemm"]  # what onnxruntime's w8a8 / w8 quantize (after as_weight_matmuls)
+INTEGER_OPS = {"w8a8": ["MatMul", "Gemm", "Conv"], "w8": ["MatMul", "Gemm"]}  # onnxruntime's, after the rewrite
 
 
-def as_weight_matmuls(path: Path, out: Path, excluded: Sequence[str]) -> tuple[dict, list[str]]:
-    """Write `path` to `out` with its 1x1 convs and Gemms as MatMul (`as_matmuls`); returns the counts and the
-    MatMuls of two activations (attention scores and values), which stay float.
+def as_integer_friendly(path: Path, out: Path, precision: str, excluded: Sequence[str]) -> tuple[dict, list[str]]:
+    """Write `path` to `out` in the form onnxruntime's integer kernels pay off on; returns what was rewritten and
+    the nodes that stay float: the MatMuls of two activations (attention scores and values) and depthwise convs.
 
-    Why: onnxruntime's ConvInteger and its QDQ activations around every elementwise op cost more than they save.
-    720p denoiser on an AVX-512 host: w8 (ConvInteger) 0.34x and w8a8 (QDQ on every node) 0.75x the fp32 speed.
-    On the weight MatMuls only (270M denoiser at 128x224, side by side): w8 2.27x at 41.6 dB, w8a8 2.54x at
-    40.8 dB (was 0.88x at 35.1 dB); the depthwise 3x3 convs (0.3 % of the weights) stay float."""
+    1x1 convs and Gemms become MatMul (`as_matmuls`); for w8 the other group-1 convs get int8 weights only
+    (`conv_weights_as_int8`): onnxruntime's dynamic ConvInteger and QDQ around every elementwise op cost more than
+    they save. 720p denoiser on an AVX-512 host: w8 0.34x, w8a8 0.75x the fp32 speed before. After (270M models
+    at 128x224, side by side with fp32): denoiser w8 2.27x at 41.6 dB, w8a8 2.54x at 40.8 dB (was 0.88x at
+    35.1 dB); Turbo-VAED w8 0.97x at 39.0 dB (was 0.30x at 35.5 dB), w8a8 1.15x at 34.5 dB (was 0.99x at 31.9)."""
     import onnx
 
     model = onnx.load(str(path))
     counts = as_matmuls(model, set(excluded))
-    inits = {i.name for i in model.graph.initializer}
-    pairs = [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in inits for i in n.input)]
+    if precision == "w8":
+        counts["int8_weight_convs"] = conv_weights_as_int8(model, set(excluded))
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    pairs = [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in inits for i in n.input)]
+    depthwise = [n.name for n in graph.node
+                 if n.op_type == "Conv" and next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
     onnx.save(model, str(out))
-    return counts, pairs
+    return counts, pairs + depthwise
 
 
 def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, keep: Sequence[str] = ()) -> dict:
@@ -251,15 +258,14 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, ke
     tmp = path.with_suffix(".q.onnx")
     excluded = nodes_of_units(path, keep)
     if precision in ("w8a8", "w8"):
-        src = path.with_suffix(".matmul.onnx")
-        rewritten, activation_pairs = as_weight_matmuls(path, src, excluded)
-        skip = {"nodes_to_exclude": excluded + activation_pairs, "op_types_to_quantize": WEIGHT_OPS}
+        src = path.with_suffix(".integer.onnx")
+        rewritten, float_nodes = as_integer_friendly(path, src, precision, excluded)
+        skip = {"nodes_to_exclude": excluded + float_nodes, "op_types_to_quantize": INTEGER_OPS[precision]}
         try:
-            info = _quantize_weight_matmuls(src, tmp, precision, records, skip)
+            info = _quantize_integer_ops(src, tmp, precision, records, skip)
         finally:
             src.unlink(missing_ok=True)
-        info.update(quantized_ops=WEIGHT_OPS, rewritten_as_matmul=rewritten,
-                    activation_matmuls_float=len(activation_pairs))
+        info.update(quantized_ops=INTEGER_OPS[precision], rewritten=rewritten, float_nodes=len(float_nodes))
     elif precision == "w8a16":
         with calibration_in_bounded_memory():
             oq.quantize_static(str(path), str(tmp), nodes_to_exclude=excluded, **qdq_config(precision, records or []))
@@ -274,7 +280,7 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, ke
     return info
 
 
-def _quantize_weight_matmuls(src: Path, out: Path, precision: str, records: Sequence[dict] | None,
+def _quantize_integer_ops(src: Path, out: Path, precision: str, records: Sequence[dict] | None,
                              skip: dict) -> dict:
     import onnxruntime.quantization as oq
 
@@ -331,6 +337,43 @@ def as_matmuls(model, excluded: set[str]) -> dict:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return counts
+
+
+def conv_weights_as_int8(model, excluded: set[str]) -> int:
+    """Weight-only int8 for the group-1 convs that `as_matmuls` leaves (kernels larger than 1x1), in place: each
+    weight stored int8, symmetric per output channel, and dequantized by a DequantizeLinear in the graph; the conv
+    itself runs in float. Returns how many convs. (onnxruntime's dynamic ConvInteger made the 720p Turbo-VAED
+    4x slower than fp32.)"""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    done: dict[str, str] = {}
+    new_nodes = []
+    for node in graph.node:
+        weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else None
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if weight in inits and groups == 1 and node.name not in excluded:
+            if weight not in done:
+                w = numpy_helper.to_array(inits[weight]).astype(np.float32)
+                scale = np.abs(w).reshape(w.shape[0], -1).max(1) / 127
+                scale[scale == 0] = 1.0
+                q = np.clip(np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
+                done[weight] = f"{weight}_dequantized"
+                new_nodes.append(helper.make_node(
+                    "DequantizeLinear", [_const(graph, f"{weight}_int8", q), _const(graph, f"{weight}_scale", scale),
+                                         _const(graph, f"{weight}_zero", np.zeros_like(scale, np.int8))],
+                    [done[weight]], axis=0, name=f"{weight}_dequantize"))
+            node.input[1] = done[weight]
+        new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return len(done)
 
 
 def _const(graph, name: str, value) -> str:

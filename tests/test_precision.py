@@ -168,6 +168,24 @@ def assert_only_weight_matmuls_are_integer(path):
     assert pairs and not any(producers.get(i) == "DequantizeLinear" for n in pairs for i in n.input)
 
 
+@pytest.mark.parametrize("prec", ["w8", "w8a8"])
+def test_onnx_integer_decoder_shrinks_without_conv_integer(tmp_path, calibration_cache, prec):
+    """Turbo-VAED is 3x3 convs: w8 stores them int8 (dequantized in the graph), w8a8 runs them as QDQ convs."""
+    import onnx
+
+    run_export(ExportRequest(target="onnx", out_dir=tmp_path / "a", preset="tiny", components="decoder",
+                             precision=prec))
+    e = read_manifest(tmp_path / "a").find("decoder")
+    assert e.compression <= MAX_COMPRESSION[prec] and e.parity["gate"]["passed"] and e.trajectory["passed"]
+    graph = onnx.load(str(tmp_path / "a" / e.file)).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    full = [n for n in graph.node if n.op_type == "Conv" and graph_attr(n, "group") == 1]
+    assert full and all(n.input[1] in dequantized for n in full)  # every group-1 conv has int8 weights
+    assert "ConvInteger" not in [n.op_type for n in graph.node]
+    if prec == "w8a8":  # ... and int8 activations
+        assert all(n.input[0] in dequantized for n in full)
+
+
 def graph_attr(node, name: str, default=1):
     return next((a.i for a in node.attribute if a.name == name), default)
 
