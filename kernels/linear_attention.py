@@ -4,9 +4,13 @@ Reference (mi2v_export/models/denoiser.py `LinearAttention`): pads V with a row 
 `(v_pad @ k) @ q^T`, slicing the last row off as the normaliser; q/k/v are split with a 5-D-ish view chain and RoPE
 rotates through a reshape/unbind/stack. Here, per head group:
 
-    kv   = K_g^T V_g                  (G, d, d)       contraction over all N tokens
-    ksum = Σ_n K_g[n]                 (G, d)          the normaliser's own reduction (no ones row, no pad, no slice)
-    out  = (Q_g kv) / (Q_g ksum + eps)
+    kv   = K_g^T V_g · s              (G, d, d)       contraction over all N tokens
+    ksum = Σ_n K_g[n] · s             (G, d)          the normaliser's own reduction (no ones row, no pad, no slice)
+    out  = (Q_g kv) / (Q_g ksum + eps · s)
+
+s = 2^-ceil(log2 N) (`token_scale`) cancels in the ratio and, a power of two, changes no fp32 rounding; without it
+Q·kv and Q·ksum grow with N and leave fp16's range at 720p (N = 2760: |Q·kv| up to 7.1e4 > 65504 with seeded
+weights; the QNN HTP runs this core in fp16 and the 720p denoiser fell to 18.8 dB).
 
 Two layouts, same weights: token-major `forward(x (B,N,C), rope)` (a drop-in for the reference module) and
 channels-first `forward_cf(x (B·T,C,1,S), rope, frames)` used by the channels-first block, where a head is a free
@@ -18,6 +22,8 @@ Parameters are the reference module's own (`qkv`, `q_norm`, `k_norm`, `proj`), s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +32,11 @@ from mi2v_export.models.denoiser import FP16_MAX, LinearAttention
 
 from .layout import Conv1x1, rms_norm_channels, rms_norm_tokens
 from .rope import apply_rope, pieces
+
+
+def token_scale(tokens: int) -> float:
+    """2^-ceil(log2 N): brings sums over N tokens back to the size of one term (exact in fp32, see above)."""
+    return 2.0 ** -math.ceil(math.log2(max(tokens, 1)))
 
 
 def head_groups(heads: int, heads_per_group: int) -> list[tuple[int, int]]:
@@ -61,15 +72,15 @@ class MobileLinearAttention(nn.Module):
         q = F.relu(apply_rope(q.view(b, n, h, d), cos, sin, 3))
         k = F.relu(apply_rope(k.view(b, n, h, d), cos, sin, 3))
         v = v.view(b, n, h, d)
-        outs = []
+        outs, scale = [], token_scale(n)
         for h0, h1 in head_groups(h, self.heads_per_group):
             g = h1 - h0
             qg, kg, vg = (self._acc(t[:, :, h0:h1]) for t in (q, k, v))  # (B, N, G, d)
             kt = kg.permute(0, 2, 3, 1).reshape(b * g, d, n)
-            kv = torch.bmm(kt, vg.transpose(1, 2).reshape(b * g, n, d))  # (B·G, d, d): K^T V
-            ksum = kt.sum(-1, keepdim=True)  # (B·G, d, 1): the normaliser's own reduction
+            kv = torch.bmm(kt, vg.transpose(1, 2).reshape(b * g, n, d)) * scale  # (B·G, d, d): K^T V
+            ksum = kt.sum(-1, keepdim=True) * scale  # (B·G, d, 1): the normaliser's own reduction
             qh = qg.transpose(1, 2).reshape(b * g, n, d)
-            out = torch.bmm(qh, kv) / (torch.bmm(qh, ksum) + self.eps)  # (B·G, N, d)
+            out = torch.bmm(qh, kv) / (torch.bmm(qh, ksum) + self.eps * scale)  # (B·G, N, d)
             outs.append(out.to(x.dtype).view(b, g, n, d).transpose(1, 2).reshape(b, n, g * d))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return self.proj(out).clip(-FP16_MAX, FP16_MAX)
@@ -87,16 +98,16 @@ class MobileLinearAttention(nn.Module):
         q = F.relu(apply_rope(q.reshape(bt, h, d, s), cos, sin, 2))  # (B·T, h, d, S): a head is a channel slice
         k = F.relu(apply_rope(k.reshape(bt, h, d, s), cos, sin, 2))
         v = v.reshape(bt, h, d, s)
-        outs = []
+        outs, scale = [], token_scale(frames * s)
         for h0, h1 in head_groups(h, self.heads_per_group):
             g = h1 - h0
             qg, kg, vg = (self._acc(t[:, h0:h1]).reshape(bt * g, d, s) for t in (q, k, v))
             # per-frame partial V·K^T (= (K^T V)^T), summed over the frames; the d×d products are tiny
-            vk = torch.bmm(vg, kg.transpose(1, 2)).view(b, frames, g * d * d).sum(1)
-            ksum = kg.sum(-1).view(b, frames, g * d).sum(1)
+            vk = torch.bmm(vg, kg.transpose(1, 2)).view(b, frames, g * d * d).sum(1) * scale
+            ksum = kg.sum(-1).view(b, frames, g * d).sum(1) * scale
             vk = vk[:, None].expand(b, frames, g * d * d).reshape(bt * g, d, d)
             ksum = ksum[:, None].expand(b, frames, g * d).reshape(bt * g, 1, d)
-            out = torch.bmm(vk, qg) / (torch.bmm(ksum, qg) + self.eps)  # (B·T·G, d, S)
+            out = torch.bmm(vk, qg) / (torch.bmm(ksum, qg) + self.eps * scale)  # (B·T·G, d, S)
             outs.append(out.to(x.dtype).view(bt, g * d, 1, s))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         return self.proj(out).clip(-FP16_MAX, FP16_MAX)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -223,3 +224,45 @@ def test_each_rewrite_alone_is_exact_on_golden_720p(golden_720p, name):
         err = rel_l2(fast(*args), ref)
     print(f"{name} alone, golden 720p: rel_l2 {err:.2e}")
     assert err <= 1e-5
+
+
+def _linear_attention_720p(layout: str, dtype: torch.dtype, fp32_accumulate: bool):
+    """One 270M linear-attention block (seeded) on 2760 tokens of unit-scale input: (reference fp32, mobile out)."""
+    from kernels.linear_attention import MobileLinearAttention
+    from kernels.rope import RopeTables
+    from mi2v_export.models.denoiser import LinearAttention
+    from mi2v_export.models.rope import rope_angles
+    from mi2v_export.presets import DenoiserConfig
+
+    cfg, (t, h, w) = DenoiserConfig(), GOLDEN_GRID
+    torch.manual_seed(0)
+    ref = LinearAttention(cfg).eval()
+    x = torch.randn(1, t * h * w, cfg.hidden_size) * 40  # |Q·kv| up to ~9e4, as in the seeded 720p denoiser
+    angles = rope_angles(GOLDEN_GRID, cfg.head_dim, cfg.rope_scales, cfg.rope_theta)
+    with torch.no_grad():
+        want = ref(x, angles)
+        fast = MobileLinearAttention(copy.deepcopy(ref), fp32_accumulate=fp32_accumulate).to(dtype)
+        rope, xd = RopeTables(angles, GOLDEN_GRID, cfg.head_dim), x.to(dtype)
+        if layout == "tokens":
+            return want, fast(xd, rope).float()
+        fast.to_channels_first()
+        cf = xd.view(1, t, h * w, -1).permute(0, 1, 3, 2).reshape(t, -1, 1, h * w)
+        got = fast.forward_cf(cf, rope, frames=t).view(1, t, -1, h * w).permute(0, 1, 3, 2).reshape(x.shape)
+        return want, got.float()
+
+
+@pytest.mark.parametrize("layout", ["tokens", "channels"])
+def test_linear_attention_sums_stay_in_fp16_range_at_720p(layout, monkeypatch):
+    """Q·(K^T V) and Q·Σk grow with the token count: at 720p (2760 tokens) they leave fp16's range (in the 270M
+    denoiser, 7.1e4 > 65504; the QNN HTP runs this core in fp16 and the 720p denoiser fell to 18.8 dB).
+    `token_scale` keeps them at the size of one term and changes no bit in fp32."""
+    from kernels import linear_attention
+
+    assert linear_attention.token_scale(2760) == 2.0 ** -12 and linear_attention.token_scale(1) == 1.0
+    want, got = _linear_attention_720p(layout, torch.float32, True)
+    assert rel_l2(got, want) <= 1e-6
+    want, got = _linear_attention_720p(layout, torch.float16, False)  # the core in fp16, as on the HTP
+    assert torch.isfinite(got).all() and rel_l2(got, want) < 1e-2
+    monkeypatch.setattr(linear_attention, "token_scale", lambda tokens: 1.0)
+    _, unscaled = _linear_attention_720p(layout, torch.float16, False)
+    assert not torch.isfinite(unscaled).all() or rel_l2(unscaled, want) > 0.1  # what the scale prevents
