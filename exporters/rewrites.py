@@ -19,7 +19,8 @@ managers (`rope_rank5`) that restore the original on exit.
 
 Left alone on purpose: the denoiser's functional LayerNorm stays `native_layer_norm` (portable) on XNNPACK. Traced
 as delegable mean/variance reductions it cut the 720p graph from 132 to 100 delegate subgraphs but ran 8 % slower
-(13.95 vs 12.86 s median per forward, both .pte files timed side by side on this host).
+(13.95 vs 12.86 s median per forward, both .pte files timed side by side on this host). In an fp16 graph it runs in
+fp32 (`layer_norm_fp32`): the portable fp16 kernel accumulates in fp16.
 
 Trace-time substitutions (context managers, active only while torch.export traces):
 | channel_rms_view | Turbo-VAED's channel RMS (5-D mean over dim 1, portable) → (N,1,C,1) mean | models.turbo_vaed.channel_rms_norm |
