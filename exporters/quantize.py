@@ -281,7 +281,7 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, ke
 
 
 def _quantize_integer_ops(src: Path, out: Path, precision: str, records: Sequence[dict] | None,
-                             skip: dict) -> dict:
+                          skip: dict) -> dict:
     import onnxruntime.quantization as oq
 
     if precision == "w8a8":
