@@ -240,8 +240,7 @@ def as_integer_friendly(path: Path, out: Path, precision: str, excluded: Sequenc
     graph = model.graph
     inits = {i.name for i in graph.initializer}
     pairs = [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in inits for i in n.input)]
-    depthwise = [n.name for n in graph.node
-                 if n.op_type == "Conv" and next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
+    depthwise = [n.name for n in graph.node if n.op_type == "Conv" and conv_groups(n) > 1]
     onnx.save(model, str(out))
     return counts, pairs + depthwise
 
@@ -251,7 +250,7 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, ke
     names whose nodes stay float (a recipe's fp32 units)."""
     import logging
 
-    import onnxruntime.quantization as oq
+    import onnxruntime.quantization  # noqa: F401 - imported before its loggers are quieted below
 
     for name in ("", "onnxruntime.quantization.matmul_nbits_quantizer"):  # advice/INFO lines, not for the CLI
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -260,17 +259,14 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, ke
     if precision in ("w8a8", "w8"):
         src = path.with_suffix(".integer.onnx")
         rewritten, float_nodes = as_integer_friendly(path, src, precision, excluded)
-        skip = {"nodes_to_exclude": excluded + float_nodes, "op_types_to_quantize": INTEGER_OPS[precision]}
+        options = {"nodes_to_exclude": excluded + float_nodes, "op_types_to_quantize": INTEGER_OPS[precision]}
         try:
-            info = _quantize_integer_ops(src, tmp, precision, records, skip)
+            info = _run_quantizer(src, tmp, precision, records, options)
         finally:
             src.unlink(missing_ok=True)
         info.update(quantized_ops=INTEGER_OPS[precision], rewritten=rewritten, float_nodes=len(float_nodes))
     elif precision == "w8a16":
-        with calibration_in_bounded_memory():
-            oq.quantize_static(str(path), str(tmp), nodes_to_exclude=excluded, **qdq_config(precision, records or []))
-        info = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                "calibration_records": len(records or [])}
+        info = _run_quantizer(path, tmp, precision, records, {"nodes_to_exclude": excluded})
     elif precision == "w4":
         info = _matmul_nbits(path, tmp, excluded)
     else:
@@ -280,16 +276,16 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, ke
     return info
 
 
-def _quantize_integer_ops(src: Path, out: Path, precision: str, records: Sequence[dict] | None,
-                          skip: dict) -> dict:
+def _run_quantizer(src: Path, out: Path, precision: str, records: Sequence[dict] | None, options: dict) -> dict:
+    """onnxruntime's static QDQ quantizer (w8a8, w8a16: calibrated in bounded memory) or its dynamic one (w8)."""
     import onnxruntime.quantization as oq
 
-    if precision == "w8a8":
+    if precision in ("w8a8", "w8a16"):
         with calibration_in_bounded_memory():
-            oq.quantize_static(str(src), str(out), **qdq_config(precision, records or []), **skip)
+            oq.quantize_static(str(src), str(out), **qdq_config(precision, records or []), **options)
         return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                 "calibration_records": len(records or [])}
-    oq.quantize_dynamic(str(src), str(out), weight_type=oq.QuantType.QInt8, per_channel=True, **skip)
+    oq.quantize_dynamic(str(src), str(out), weight_type=oq.QuantType.QInt8, per_channel=True, **options)
     return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel"}
 
 
@@ -330,13 +326,23 @@ def as_matmuls(model, excluded: set[str]) -> dict:
         else:
             counts[node.op_type] += 1
             new_nodes.extend(repl)
+    _set_nodes(graph, new_nodes)
+    return counts
+
+
+def _set_nodes(graph, nodes: list) -> None:
+    """Give `graph` these nodes and drop the initializers nothing uses any more (the replaced weights' old copies)."""
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in used]  # the replaced weights' old copies go
+    kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return counts
+
+
+def conv_groups(node) -> int:
+    """A Conv node's `group` attribute (1 when absent)."""
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
 def conv_weights_as_int8(model, excluded: set[str]) -> int:
@@ -353,8 +359,7 @@ def conv_weights_as_int8(model, excluded: set[str]) -> int:
     new_nodes = []
     for node in graph.node:
         weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else None
-        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if weight in inits and groups == 1 and node.name not in excluded:
+        if weight in inits and conv_groups(node) == 1 and node.name not in excluded:
             if weight not in done:
                 w = numpy_helper.to_array(inits[weight]).astype(np.float32)
                 scale = np.abs(w).reshape(w.shape[0], -1).max(1) / 127
@@ -367,12 +372,7 @@ def conv_weights_as_int8(model, excluded: set[str]) -> int:
                     [done[weight]], axis=0, name=f"{weight}_dequantize"))
             node.input[1] = done[weight]
         new_nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    used = {i for n in graph.node for i in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _set_nodes(graph, new_nodes)
     return len(done)
 
 
