@@ -349,7 +349,9 @@ def gemm_ceiling(threads: int, size: int = 2048, repeats: int = 5) -> float:
 def machine_info(threads: int) -> dict:
     import onnxruntime
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor(),
+    from mi2v_export.contract import cpu_flags, cpu_model
+
+    info = {"platform": platform.platform(), "python": platform.python_version(),
             "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__}
     try:
@@ -358,11 +360,7 @@ def machine_info(threads: int) -> dict:
         info["executorch"] = getattr(executorch, "__version__", "?")
     except ImportError:
         pass
-    with contextlib.suppress(Exception):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
+    info.update(cpu=cpu_model(), flags=cpu_flags())
     with contextlib.suppress(Exception):
         info["load_avg"] = list(os.getloadavg())
     return info

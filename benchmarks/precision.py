@@ -21,13 +21,11 @@ The JSON is {"machine": {cpu, flags, load_avg, ...}, "config": {...}, "cells": [
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -41,15 +39,11 @@ COMPONENTS = ("denoiser", "decoder")
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "load_avg_start": list(os.getloadavg())}
-    with contextlib.suppress(Exception):
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        facts = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        info["cpu"] = facts.get("Model name", "").strip()
-        flags = facts.get("Flags", "").split()
-        info["flags"] = [f for f in flags if f.startswith(("avx", "fma", "f16c", "amx", "vnni", "sse4"))]
-    return info
+    from mi2v_export.contract import cpu_flags, cpu_model
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "load_avg_start": list(os.getloadavg()), "cpu": cpu_model(),
+            "flags": cpu_flags()}
 
 
 def export_cell(target: str, component: str, precision: str, args, work: Path) -> tuple:
@@ -58,10 +52,11 @@ def export_cell(target: str, component: str, precision: str, args, work: Path) -
     out = work / f"{target}_{component}_{precision}"
     if args.reuse and (out / "manifest.json").is_file():
         from mi2v_export.manifest import read_manifest
+        from mi2v_export.shapes import parse_resolution
 
         manifest = read_manifest(out)
-        if (list(manifest.resolution), manifest.frames, manifest.preset) == (
-                [int(v) for v in args.resolution.split("x")], args.frames, args.preset):
+        if (tuple(manifest.resolution), manifest.frames, manifest.preset) == (
+                parse_resolution(args.resolution), args.frames, args.preset):
             return manifest, manifest.find(component, target)
     request = ExportRequest(target=target, out_dir=out, components=component, preset=args.preset,
                             resolution=args.resolution, frames=args.frames, precision=precision, verify=False,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,9 @@ np.save(sys.argv[5], next(iter(out.values())))
 
 
 def cpu_record() -> dict:
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "loadavg_1_5_15": os.getloadavg()}
+    from mi2v_export.contract import cpu_flags, cpu_model
+
+    return {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(), "loadavg_1_5_15": os.getloadavg()}
 
 
 def simulate(ctx: Path, feeds: dict, soc: str, precision: str, timeout: float) -> dict:

@@ -13,14 +13,7 @@ accumulation in XNNPACK's native-fp16 kernels (not confirmed from XNNPACK's sour
 from __future__ import annotations
 
 import json
-import platform
 import warnings
-
-
-def cpu() -> dict:
-    flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-    return {"cpu": model or platform.processor(), "fp16_flags": [f for f in flags if "fp16" in f or f == "f16c"]}
 
 
 def main() -> None:
@@ -31,6 +24,7 @@ def main() -> None:
     from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
 
     from mi2v_export import parity
+    from mi2v_export.contract import cpu_flags, cpu_model
 
     torch.manual_seed(0)
     rows = []
@@ -43,7 +37,7 @@ def main() -> None:
         ref = torch.nn.functional.linear(x.float(), m.weight.float(), m.bias.float())
         rows.append({"K": k, "xnnpack_fp16_psnr_db": round(parity.psnr_db(got, ref), 1),
                      "pytorch_fp16_psnr_db": round(parity.psnr_db(m(x).float(), ref), 1)})
-    print(json.dumps({"host": cpu(), "rows": rows}, indent=1))
+    print(json.dumps({"host": {"cpu": cpu_model(), "flags": cpu_flags()}, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -112,3 +112,18 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+CPU_FLAG_PREFIXES = ("avx", "fma", "f16c", "amx", "vnni", "sse4")  # the flags that change kernel choice and speed
+
+
+def cpu_flags() -> list[str]:
+    """This machine's vector / matrix CPU flags (AVX*, FMA, F16C, AMX*, VNNI, SSE4*), recorded with every benchmark
+    beside `cpu_model()`: the same model name can come with other flags, and timings follow the flags."""
+    from pathlib import Path
+
+    try:
+        line = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return []
+    return [f for f in line.split(":", 1)[-1].split() if f.startswith(CPU_FLAG_PREFIXES)]
