@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="simulate the export already in --out, do not export")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
+    if args.reuse and not (args.out and (args.out / "manifest.json").is_file()):
+        ap.error("--reuse needs --out DIR holding an export (DIR/manifest.json)")
 
     from mi2v_export import parity
     from mi2v_export.exporters import components
@@ -76,7 +78,7 @@ def main() -> None:
 
     out = args.out or Path(tempfile.mkdtemp(prefix="mi2v-qnn-"))
     t0 = time.perf_counter()
-    if args.reuse and args.out:
+    if args.reuse:
         manifest = read_manifest(out)
     else:
         manifest = run_export(ExportRequest(target="onnx", delegate="qnn", out_dir=out, components=args.component,

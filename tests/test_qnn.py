@@ -297,3 +297,20 @@ def test_tiny_w8a16_all_on_the_htp_and_gated_on_the_simulator(w8a16_export, name
     gate = entry.parity["gate"]
     assert (gate["metric"], gate["threshold"], gate["passed"]) == ("psnr_db", 30.0, True), entry.parity
     assert [r["runtime"] for r in entry.parity["verified_on"]] == [qnn.RUNTIME]
+
+
+def test_qnn_bench_reuse_without_an_export_is_one_usage_line(tmp_path):
+    """benchmarks/qnn.py --reuse simulates an existing export; without one it stops with exit 2 and one line."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    for extra in ([], ["--out", str(tmp_path)]):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "qnn.py"), "--component", "denoiser",
+                               "--reuse", "--json", str(tmp_path / "r.json"), *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].endswith("--reuse needs --out DIR holding an export "
+                                                              "(DIR/manifest.json)")
+    assert not (tmp_path / "r.json").exists()
