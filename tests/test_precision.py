@@ -182,8 +182,11 @@ def test_onnx_integer_decoder_shrinks_without_conv_integer(tmp_path, calibration
     full = [n for n in graph.node if n.op_type == "Conv" and graph_attr(n, "group") == 1]
     assert full and all(n.input[1] in dequantized for n in full)  # every group-1 conv has int8 weights
     assert "ConvInteger" not in [n.op_type for n in graph.node]
-    if prec == "w8a8":  # ... and int8 activations
+    if prec == "w8a8":  # ... and 8-bit activations, uint8 (U8S8: onnxruntime's fast x86 form)
         assert all(n.input[0] in dequantized for n in full)
+        inits = {i.name: i for i in graph.initializer}
+        act_zero_points = {inits[n.input[2]].data_type for n in graph.node if n.op_type == "QuantizeLinear"}
+        assert act_zero_points == {onnx.TensorProto.UINT8}
 
 
 def graph_attr(node, name: str, default=1):

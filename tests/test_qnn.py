@@ -314,3 +314,68 @@ def test_qnn_bench_reuse_without_an_export_is_one_usage_line(tmp_path):
         assert proc.stderr.strip().splitlines()[-1].endswith("--reuse needs --out DIR holding an export "
                                                               "(DIR/manifest.json)")
     assert not (tmp_path / "r.json").exists()
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    from .conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark imports its sibling benchmarks/qnn.py
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_decoder_blocks_chained_are_the_decoder_and_twins_share_a_signature():
+    """benchmarks/qnn_decoder_blocks.py sums per-block simulator times into a whole decode: that is only right if
+    its blocks, chained, are exactly the decoder, and if blocks it calls twins run the same graph on the same shapes."""
+    blocks = _load_benchmark("qnn_decoder_blocks")
+    spec = components.load_component("decoder", preset="tiny", geo=TINY_GEO, reference=True)
+    decoder = spec.module.model.decoder
+    stages = blocks.decoder_stages(decoder)
+    io = blocks.stage_io(stages, spec.inputs["latent"])
+    last = list(io.values())[-1][1]
+    assert torch.equal(last, next(iter(spec.reference.values())))
+    by_signature = {}
+    for name, (x, _, _, sig) in io.items():
+        by_signature.setdefault(sig, []).append(name)
+    twins = [names for names in by_signature.values() if len(names) > 1]
+    assert twins, "the tiny Turbo-VAED has repeated resnets with one signature"
+    for names in twins:
+        shapes = {tuple(io[n][0].shape) for n in names}
+        kinds = {type(stages[n]).__name__ for n in names}
+        assert len(shapes) == 1 and len(kinds) == 1, names
+    assert blocks.distinct(io) == [names[0] for names in by_signature.values()]
+
+
+def test_decoder_blocks_bench_runs_one_block_on_the_simulator(tmp_path):
+    """One tiny block (with a twin: up_blocks.0.resnets.0) through the per-block QNN bench: all on the HTP,
+    simulated, within the fp16 gate, and the whole-decode sum says which seconds are measured and which are
+    estimated."""
+    from .conftest import REPO
+
+    out = tmp_path / "blocks.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "qnn_decoder_blocks.py"), "--preset", "tiny",
+                           "--stages", "mid_block.resnets.0", "--work", str(tmp_path / "w"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    result = json.loads(out.read_text())
+    row = result["stages"]["mid_block.resnets.0"]
+    assert row["htp_node_share"] == 1.0 and row["context_binary_bytes"] > 0
+    assert row["simulator"]["finished"] and row["simulator"]["psnr_db"] >= qnn_gate("fp16")
+    whole = result["whole_decode"]
+    assert whole["seconds_from"]["measured"] == row["simulator"]["seconds"]
+    assert whole["seconds_from"]["measured_twin"] > 0 and whole["seconds_from"]["flop_rate"] > 0
+    assert whole["whole_decode_s"] == pytest.approx(sum(whole["seconds_from"].values()), abs=0.2)
+    assert result["host"]["cpu"] and result["host"]["flags"]
+
+
+def qnn_gate(precision: str) -> float:
+    return parity.gate_for(precision).threshold
