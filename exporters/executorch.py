@@ -532,7 +532,7 @@ def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, progres
     records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
     applied_precision, keep = quantize.plan_of(options)
     with torch.no_grad():
-        module = quantize.executorch_quantize(module, args, applied_precision, records, keep)
+        module = quantize.executorch_quantize(module, args, applied_precision, records, keep, spec.name)
     stages["quantize"] = time.perf_counter() - t0
     progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
     return module, {"precision": options.precision, "calibration_records": len(records), "applied": applied_precision,

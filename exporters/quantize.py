@@ -51,16 +51,32 @@ def _kept(fqn: str, keep: Sequence[str]) -> bool:
 
 
 def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
-                        calibration: Sequence[tuple] | None, keep: Sequence[str] = ()) -> torch.nn.Module:
+                        calibration: Sequence[tuple] | None, keep: Sequence[str] = (),
+                        component: str = "component") -> torch.nn.Module:
     """The module to lower for `precision` (a quantized GraphModule or the torchao-quantized module). `keep`:
     submodule names (of `module`) left in float (a recipe's fp32 units)."""
     if precision == "w8a8":
         return _pt2e(module, args, dynamic=False, calibration=calibration or [args], keep=keep)
     if precision == "w8":
-        return _pt2e(conv1x1_as_linear(module, keep), args, dynamic=True, calibration=[args], keep=keep)
+        return _pt2e(_with_linears(module, precision, keep, component), args, dynamic=True, calibration=[args], keep=keep)
     if precision == "w4":
-        return _torchao_8da4w(conv1x1_as_linear(module, keep), keep)
+        return _torchao_8da4w(_with_linears(module, precision, keep, component), keep)
     raise ValueError(f"no ExecuTorch quantization for {precision!r}")
+
+
+def _with_linears(module: torch.nn.Module, precision: str, keep: Sequence[str], component: str) -> torch.nn.Module:
+    """The module with its 1x1 convs as Linear, or BadInputError when it has no Linear to quantize: w8 and w4
+    reach nn.Linear only, so a convolutional component (the VAE encoder, Turbo-VAED: 3x3 convs; XNNPACK's dynamic
+    conv fails to lower their rank-5 frames) would stay fp32 under a w8/w4 label (measured: the 720p Turbo-VAED
+    "w8" was 1.00x the fp32 bytes)."""
+    from mi2v_export.errors import BadInputError
+
+    module = conv1x1_as_linear(module, keep)
+    if not any(isinstance(m, torch.nn.Linear) and not _kept(n, keep) for n, m in module.named_modules()):
+        raise BadInputError(f"--precision {precision} on ExecuTorch XNNPACK quantizes Linear layers and 1x1 convs "
+                            f"only, and the {component} has none (it would stay fp32): use w8a8 or fp16 for it, e.g. "
+                            f"--precision denoiser={precision},decoder=w8a8,encoder=fp16")
+    return module
 
 
 class Conv1x1AsLinear(torch.nn.Module):

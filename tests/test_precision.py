@@ -67,6 +67,18 @@ def test_unsupported_cell_is_one_line_naming_what_is_supported(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("prec", ["w8", "w4"])
+def test_executorch_weight_only_precisions_refuse_a_component_without_linears(tmp_path, prec):
+    """XNNPACK w8 / w4 quantize Linear layers (and 1x1 convs) only; Turbo-VAED has none, so it would have stayed
+    fp32 under a w8 label: one line naming what to use instead, exit 2, nothing written."""
+    proc = run_cli("export", "--target", "executorch", "--delegate", "xnnpack", "--preset", "tiny", "--component",
+                   "decoder", "--precision", prec, "--out", tmp_path / "o")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = error_line(proc)
+    assert "quantizes Linear layers and 1x1 convs only, and the decoder has none" in line and "use w8a8 or fp16" in line
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_precision_errors_exit_2(tmp_path):
     proc = run_cli("export", "--target", "onnx", "--preset", "tiny", "--precision", "int3", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "unknown precision 'int3'" in error_line(proc)
