@@ -208,7 +208,10 @@ def compile_context(source: Path, context_file: Path, soc: str, *, fp16: bool,
     session (compiling is the slow part). Raises VerificationError naming the refused nodes, and removes what it
     wrote, unless every node runs on the HTP or fallback is allowed."""
     t0 = time.perf_counter()
-    session = create_session(source, soc, fp16=fp16, allow_cpu_fallback=True, context_file=context_file)
+    try:
+        session = create_session(source, soc, fp16=fp16, allow_cpu_fallback=True, context_file=context_file)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its pybind errors (EPFail, Fail) here
+        raise VerificationError(compile_failure(source, soc, exc)) from None
     seconds = time.perf_counter() - t0
     found = placement(session)
     del session
@@ -220,6 +223,15 @@ def compile_context(source: Path, context_file: Path, soc: str, *, fp16: bool,
         raise VerificationError(f"{source.name}: not all on the HTP of {soc}: {found.describe_cpu()}; "
                                 "--allow-cpu-fallback accepts a split graph")
     return found, seconds
+
+
+def compile_failure(source: Path, soc: str, exc: Exception) -> str:
+    """One line for a QNN EP that could not compile `source`; the HTP's out-of-memory gets its remedy."""
+    text = " ".join(str(exc).split())[:300]
+    if "MEM_ALLOC" in text:
+        return (f"{source.name}: the HTP of {soc} cannot hold this graph at this size ({text}); the 720p Turbo-VAED "
+                "decoder needs row tiles of 1/16 (README: Qualcomm HTP), so export a smaller --resolution")
+    return f"{source.name}: the QNN EP could not compile it for {soc}: {text}"
 
 
 def context_binaries(context_file: Path) -> list[Path]:

@@ -180,6 +180,22 @@ def test_a_node_the_htp_refuses_fails_the_export_unless_fallback_is_allowed(tmp_
     assert entry.flags["allow_cpu_fallback"] is True
 
 
+def test_a_compile_the_qnn_ep_cannot_finish_is_one_line(tmp_path):
+    """onnxruntime's own failure while compiling (here: the EPContext model's folder is missing; at 720p the HTP's
+    QNN_COMMON_ERROR_MEM_ALLOC) becomes a VerificationError of one line naming the model and the SoC."""
+    source = tmp_path / "toy.onnx"
+    torch.onnx.export(nn.Conv2d(4, 4, 3, padding=1), (torch.zeros(1, 4, 8, 8),), str(source), dynamo=True,
+                      opset_version=18)
+    with pytest.raises(VerificationError) as err:
+        qnn.compile_context(source, tmp_path / "missing" / "toy_ctx.onnx", "SM8650", fp16=True)
+    text = str(err.value)
+    assert text.startswith("toy.onnx: the QNN EP could not compile it for SM8650: ") and "\n" not in text
+    assert err.value.exit_code == 4
+    mem = qnn.compile_failure(source, "SM8650", RuntimeError("Failed to finalize QNN graph. Error: "
+                                                             "QNN_COMMON_ERROR_MEM_ALLOC: Memory allocation"))
+    assert "cannot hold this graph at this size" in mem and "row tiles" in mem
+
+
 def test_missing_wheel_is_one_line():
     code = ("import sys; sys.modules['onnxruntime_qnn'] = None; from mi2v_export.cli import main; "
             "sys.argv = ['mi2v', 'export', '--target', 'onnx', '--delegate', 'qnn', '--preset', 'tiny']; main()")
