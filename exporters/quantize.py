@@ -313,6 +313,7 @@ def _matmul_nbits(path: Path, out: Path, excluded: Sequence[str] = ()) -> dict:
 
     model = onnx.load(str(path))
     rewritten = as_matmuls(model, set(excluded))
+    _require_matmul_weights(model, "w4")
     config = DefaultWeightOnlyQuantConfig(block_size=W4_GROUP, is_symmetric=True, bits=4)
     q = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=list(excluded))
     q.process()
@@ -320,6 +321,23 @@ def _matmul_nbits(path: Path, out: Path, excluded: Sequence[str] = ()) -> dict:
     nodes = sum(1 for n in q.model.model.graph.node if n.op_type == "MatMulNBits")
     return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 4, "block_size": W4_GROUP, "matmul_nbits": nodes,
             "rewritten_as_matmul": rewritten}
+
+
+def _require_matmul_weights(model, precision: str, least: float = 0.5) -> None:
+    """BadInputError unless MatMuls hold at least `least` of the weights: MatMulNBits reaches MatMul only, and
+    Turbo-VAED keeps almost all of its weights in 3x3 convs (720p "w4" decoder: 0.98x the fp32 bytes, 24.4 dB)."""
+    from onnx import numpy_helper
+
+    from mi2v_export.errors import BadInputError
+
+    sizes = {i.name: int(numpy_helper.to_array(i).size) for i in model.graph.initializer}
+    weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Conv", "Gemm") and n.input[1] in sizes]
+    total = sum(sizes[n.input[1]] for n in weighted)
+    in_matmuls = sum(sizes[n.input[1]] for n in weighted if n.op_type == "MatMul")
+    if total and in_matmuls / total < least:
+        raise BadInputError(f"--precision {precision} on onnxruntime quantizes MatMul weights only, and this "
+                            f"component keeps {100 * (1 - in_matmuls / total):.0f} % of its weights in convolutions "
+                            "(it would stay about fp32 size): use w8 or w8a8 for it")
 
 
 def as_matmuls(model, excluded: set[str]) -> dict:

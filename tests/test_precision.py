@@ -67,15 +67,21 @@ def test_unsupported_cell_is_one_line_naming_what_is_supported(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("prec", ["w8", "w4"])
-def test_executorch_weight_only_precisions_refuse_a_component_without_linears(tmp_path, prec):
-    """XNNPACK w8 / w4 quantize Linear layers (and 1x1 convs) only; Turbo-VAED has none, so it would have stayed
-    fp32 under a w8 label: one line naming what to use instead, exit 2, nothing written."""
-    proc = run_cli("export", "--target", "executorch", "--delegate", "xnnpack", "--preset", "tiny", "--component",
-                   "decoder", "--precision", prec, "--out", tmp_path / "o")
+@pytest.mark.parametrize("target,prec,says", [
+    ("executorch", "w8", "quantizes Linear layers and 1x1 convs only, and the decoder has none"),
+    ("executorch", "w4", "quantizes Linear layers and 1x1 convs only, and the decoder has none"),
+    ("onnx", "w4", "quantizes MatMul weights only, and this component keeps"),
+])
+def test_weight_only_precisions_refuse_a_convolutional_component(tmp_path, target, prec, says):
+    """XNNPACK w8 / w4 reach Linear layers (and 1x1 convs) only, onnxruntime w4 MatMuls only; Turbo-VAED is 3x3
+    convs, so it would have stayed about fp32 size under a w8/w4 label: one line naming what to use instead, exit 2,
+    nothing written."""
+    delegate = ["--delegate", "xnnpack"] if target == "executorch" else []
+    proc = run_cli("export", "--target", target, *delegate, "--preset", "tiny", "--component", "decoder",
+                   "--precision", prec, "--out", tmp_path / "o")
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = error_line(proc)
-    assert "quantizes Linear layers and 1x1 convs only, and the decoder has none" in line and "use w8a8 or fp16" in line
+    assert says in line and ("use w8a8 or fp16" in line or "use w8 or w8a8" in line)
     assert not (tmp_path / "o").exists()
 
 
