@@ -10,14 +10,14 @@ ExecuTorch XNNPACK (on the module, after the export rewrites, before lowering):
           first rewritten as the Linear they are (`conv1x1_as_linear`); other convolutions stay float.
 
 ONNX (on the exported fp32 .onnx file, in place):
-    w8a8  `quantize_static`, QDQ, S8S8, per-channel weights, calibrated (min-max) on the calibration records, on
-          the MatMuls, Gemms and group-1 convs (`as_integer_friendly`)
+    w8a8  `quantize_static`, QDQ, U8S8 (uint8 activations, per-channel int8 weights), calibrated (min-max) on the
+          calibration records, on the MatMuls, Gemms and group-1 convs (`as_integer_friendly`)
     w8a16 `quantize_static`, QDQ on every node, uint16 activations + uint8 weights (the QNN HTP's format, here for
           comparing with the HTP; the QNN path itself quantizes in exporters/qnn_quantize.py)
     w8    `quantize_dynamic`, int8 per-channel weights, dynamic activations, on the MatMuls and Gemms; other group-1
           convs int8 weights only (`as_integer_friendly`)
     w4    `MatMulNBitsQuantizer`, 4-bit symmetric blocks of 32 on every MatMul (1x1 convs and Gemms first made
-          MatMul by `as_matmuls`; other convs stay float)
+          MatMul by `as_matmuls`; other convs stay float, so a component whose weights are mostly convs is refused)
 """
 
 from __future__ import annotations
