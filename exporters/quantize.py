@@ -118,6 +118,7 @@ def conv1x1_as_linear(module: torch.nn.Module, keep: Sequence[str] = ()) -> torc
 def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Sequence[str] = ()):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
+        get_module_name_filter,
         get_symmetric_quantization_config,
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -128,8 +129,9 @@ def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Se
     # quantized patch-embedding conv made the channels-last pass cast the rank-5 latent (lowering fails)
     quantizer = XNNPACKQuantizer().set_module_type(torch.nn.Linear, config) if dynamic else \
         XNNPACKQuantizer().set_global(config)
-    for name in keep:
-        quantizer.set_module_name(name, None)
+    if keep:  # the recipe's float units (set_module_name(name, None) is "not supported yet" in ExecuTorch 1.5)
+        kept = [get_module_name_filter(name) for name in keep]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in kept))
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for sample in (calibration if not dynamic else calibration[:1]):

@@ -254,6 +254,32 @@ def test_recipe_round_trip_through_export(tmp_path, calibration_cache, tiny_reci
     assert q["nodes_kept_float"] > 0 and e.parity["gate"]["passed"] and e.trajectory["passed"]
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["w8a8", "w8"])
+def test_executorch_recipe_keeps_its_float_units_unquantized(dynamic):
+    """A recipe's float units stay out of the PT2E quantizer (ExecuTorch 1.5 refuses set_module_name(name, None):
+    every ExecuTorch export with a recipe keeping a unit failed with an AssertionError before)."""
+    from mi2v_export.exporters.quantize import _pt2e
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.kept, self.quantized = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+
+        def forward(self, x):
+            return self.quantized(self.kept(x))
+
+    args = (torch.randn(4, 64),)
+    graph = _pt2e(Two().eval(), args, dynamic=dynamic, calibration=[args], keep=["kept"])
+    quantized_weights = {n.args[0].target for n in graph.graph.nodes
+                         if "dequantize_per_channel" in str(n.target) and n.args[0].op == "get_attr"}
+    linears = [n for n in graph.graph.nodes if n.target == torch.ops.aten.linear.default]
+    weights_of = {n.meta["nn_module_stack"][next(reversed(n.meta["nn_module_stack"]))][0]: n.args[1]
+                  for n in linears}
+    assert len(quantized_weights) == 1
+    assert weights_of["kept"].op == "get_attr" and weights_of["kept"].target not in quantized_weights
+    assert weights_of["quantized"].op != "get_attr" or weights_of["quantized"].target in quantized_weights
+
+
 def test_recipe_errors_are_one_line(tmp_path, tiny_recipe):
     with pytest.raises(BadInputError, match="not the encoder|does not include"):
         prepare(ExportRequest(target="onnx", out_dir=tmp_path / "o", preset="tiny", components="encoder",
