@@ -159,7 +159,7 @@ def distinct(io: dict) -> list[str]:
     return names
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="mobilei2v-270m")
     ap.add_argument("--resolution", default=None)
@@ -173,7 +173,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--resume", action="store_true", help="keep the blocks already measured in --json")
     args = ap.parse_args()
+    args.error = ap.error
+    return args
 
+
+def load_blocks(args) -> tuple:
+    """(blocks, their io, the result record without measurements) of the seeded decoder at the asked size."""
     from qnn import cpu_record
 
     from mi2v_export.exporters import components
@@ -185,39 +190,56 @@ def main() -> None:
     h, w = parse_resolution(args.resolution) if args.resolution else (preset.height, preset.width)
     geo = geometry(h, w, args.frames or preset.frames)
     spec = components.load_component("decoder", preset=preset.name, geo=geo, reference=False)
-    decoder = spec.module.model.decoder if hasattr(spec.module, "model") else spec.module.decoder
+    decoder = spec.module.model.decoder
     rw.apply_rewrites(decoder, rw.FOR_TARGET["qnn"])
     stages = decoder_stages(decoder)
-    wanted = args.stages.split(",") if args.stages and args.stages != "all" else list(stages)
-    unknown = sorted(set(wanted) - set(stages))
-    if unknown:
-        ap.error(f"unknown block(s) {', '.join(unknown)}; the blocks are: {', '.join(stages)}")
     with rw.tracing(rw.TRACE_FOR_TARGET["qnn"]):
         io = stage_io(stages, next(iter(spec.inputs.values())))
-    wanted = wanted if args.stages else distinct(io)
     rows = {n: {"input_shape": list(x.shape), "output_shape": list(y.shape), "gflop": round(g, 4), "signature": sig}
             for n, (x, y, g, sig) in io.items()}
+    result = {"component": "decoder", "model": spec.model, "preset": preset.name, "resolution": [h, w],
+              "frames": geo.frames, "soc": args.soc, "precision": "fp16", "host": cpu_record(), "stages": rows}
+    return stages, io, result
+
+
+def resumed(args, result: dict) -> None:
+    """With --resume, take the rows already measured in --json (same configuration, same block signature)."""
+    before = json.loads(args.json.read_text()) if args.resume and args.json.is_file() else {}
+    keys = ("preset", "resolution", "frames", "soc")
+    if before and [before.get(k) for k in keys] != [result[k] for k in keys]:
+        args.error(f"--resume: {args.json} holds another configuration")
+    rows = result["stages"]
+    for name, row in before.get("stages", {}).items():
+        if "simulator" in row and name in rows and row.get("signature") == rows[name]["signature"]:
+            rows[name] = row
+
+
+def main() -> None:
+    from qnn import cpu_record
+
+    args = parse_args()
+    stages, io, result = load_blocks(args)
+    rows = result["stages"]
+    if args.stages == "all":
+        wanted = list(stages)
+    else:
+        wanted = args.stages.split(",") if args.stages else distinct(io)
+    unknown = sorted(set(wanted) - set(stages))
+    if unknown:
+        args.error(f"unknown block(s) {', '.join(unknown)}; the blocks are: {', '.join(stages)}")
     if args.list:
         for n, r in rows.items():
             print(f"{n:28s} {r['gflop']:9.2f} GFLOP  {r['input_shape']} -> {r['output_shape']}"
                   f"{'  *' if n in wanted else ''}")
         return
-    result = {"component": "decoder", "model": spec.model, "preset": preset.name, "resolution": [h, w],
-              "frames": geo.frames, "soc": args.soc, "precision": "fp16", "host": cpu_record(), "stages": rows}
+    resumed(args, result)
     work = args.work or Path(tempfile.mkdtemp(prefix="mi2v-qnn-blocks-"))
     work.mkdir(parents=True, exist_ok=True)
-    before = json.loads(args.json.read_text()) if args.resume and args.json.is_file() else {}
-    if before and [before.get(k) for k in ("preset", "resolution", "frames", "soc")] != [
-            preset.name, [h, w], geo.frames, args.soc]:
-        ap.error(f"--resume: {args.json} holds another configuration")
-    for name, row in before.get("stages", {}).items():
-        if "simulator" in row and row.get("signature") == rows[name]["signature"]:
-            rows[name] = row
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     for name in [n for n in wanted if "simulator" not in rows[n]]:
         x, y = io[name][:2]
         rows[name].update(measure_stage(name, stages[name], x, y, args, work))
         result["whole_decode"] = estimate(rows)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, default=str))
         print(name, json.dumps(rows[name], default=str), flush=True)
     result["host_after"] = cpu_record()
