@@ -385,13 +385,9 @@ def test_decoder_blocks_bench_runs_one_block_on_the_simulator(tmp_path):
     result = json.loads(out.read_text())
     row = result["stages"]["mid_block.resnets.0"]
     assert row["htp_node_share"] == 1.0 and row["context_binary_bytes"] > 0
-    assert row["simulator"]["finished"] and row["simulator"]["psnr_db"] >= qnn_gate("fp16")
+    assert row["simulator"]["finished"] and row["simulator"]["psnr_db"] >= parity.gate_for("fp16").threshold
     whole = result["whole_decode"]
     assert whole["seconds_from"]["measured"] == row["simulator"]["seconds"]
     assert whole["seconds_from"]["measured_twin"] > 0 and whole["seconds_from"]["flop_rate"] > 0
     assert whole["whole_decode_s"] == pytest.approx(sum(whole["seconds_from"].values()), abs=0.2)
     assert result["host"]["cpu"] and result["host"]["flags"]
-
-
-def qnn_gate(precision: str) -> float:
-    return parity.gate_for(precision).threshold
