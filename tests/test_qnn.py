@@ -391,3 +391,22 @@ def test_decoder_blocks_bench_runs_one_block_on_the_simulator(tmp_path):
     assert whole["seconds_from"]["measured_twin"] > 0 and whole["seconds_from"]["flop_rate"] > 0
     assert whole["whole_decode_s"] == pytest.approx(sum(whole["seconds_from"].values()), abs=0.2)
     assert result["host"]["cpu"] and result["host"]["flags"]
+
+
+def test_decoder_blocks_bench_bad_input_is_one_usage_line(tmp_path):
+    """An unknown block, or --resume on a JSON of another configuration: exit 2, one line, nothing written."""
+    import json
+
+    from .conftest import REPO
+
+    script = [sys.executable, str(REPO / "benchmarks" / "qnn_decoder_blocks.py"), "--preset", "tiny"]
+    proc = subprocess.run([*script, "--stages", "nope", "--json", str(tmp_path / "a.json")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown block(s) nope; the blocks are: conv_in," in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "a.json").exists()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"preset": "tiny", "resolution": [64, 64], "frames": 9, "soc": "SM8650"}))
+    proc = subprocess.run([*script, "--resume", "--json", str(other)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("holds another configuration")
