@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -333,20 +334,32 @@ def test_merge_refuses_unverified_folders_and_leaves_the_old_release(tmp_path, l
                     jobs / next(p.name for p in jobs.iterdir() if p.name.startswith("decoder-")))
 
 
+def interrupt_when_both_run(proc: subprocess.Popen, out: Path, timeout: float) -> str:
+    """Ctrl-C `proc` once both exports have started (staging folders exist) and the plan shows them running (the
+    Ray driver notices a started task within a second); returns its whole stderr after it exits."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (len(list(out.glob(".mi2v-export-*"))) == 2
+                                           and any("running 2" in line for line in lines)):
+        time.sleep(0.2)
+    assert len(list(out.glob(".mi2v-export-*"))) == 2, "".join(lines)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=timeout + 60)
+    reader.join(timeout=30)
+    return "".join(lines)
+
+
 def test_ctrl_c_stops_running_exports_and_leaves_no_partial_folders(tmp_path, table):
     plan = write(tmp_path / "two.toml", TWO_JOBS)
     out = tmp_path / "jobs"
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
     proc = subprocess.Popen([str(MI2V_EXE), "plan", str(plan), "--jobs", "2", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list(out.glob(".mi2v-export-*"))) < 2:
-        time.sleep(0.2)  # both exports have started (their staging folders exist)
-    assert len(list(out.glob(".mi2v-export-*"))) == 2
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    err = interrupt_when_both_run(proc, out, timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "cancelled 2" in err
+    assert "interrupted" in err and "cancelled 2" in err, err
     assert not [p for p in out.iterdir() if p.name != "plan-run.json"]  # nothing half-written
     assert all(j["status"] == "cancelled" for j in json.loads((out / "plan-run.json").read_text())["jobs"])
 
@@ -357,14 +370,9 @@ def test_ctrl_c_cancels_the_ray_tasks_and_leaves_no_partial_folders(tmp_path, ra
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
     proc = subprocess.Popen([str(MI2V_EXE), "plan", str(plan), "--executor", "ray", "--address", ray_cluster,
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob(".mi2v-export-*"))) < 2:
-        time.sleep(0.2)  # both Ray tasks run their export
-    assert len(list(out.glob(".mi2v-export-*"))) == 2
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=180)
+    err = interrupt_when_both_run(proc, out, timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert "cancelled 2" in err
+    assert "cancelled 2" in err, err
     assert not [p for p in out.iterdir() if p.name != "plan-run.json"]  # ray.cancel stopped the exports cleanly
 
 
