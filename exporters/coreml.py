@@ -1,7 +1,9 @@
 """Core ML `.mlpackage`: torch.export → run_decompositions({}) → coremltools ML Program.
 
-fp16 compute precision by default (`--dtype fp32` for full precision), minimum deployment target iOS 17 (or 18,
-which keeps SDPA fused), compute units recorded in the manifest. Rewrites: pad + frms (rewrites.py), coremltools
+fp16 compute precision by default and for every compressed precision (the Neural Engine computes in fp16; only
+`--precision fp32` converts in fp32), minimum deployment target iOS 17 (or 18, which keeps SDPA fused), compute
+units recorded in the manifest. Integer precisions: w8 / w4 compress the converted weights (exporters/quantize.py),
+w8a8 quantizes the module in PyTorch before conversion (exporters/coreml_w8a8.py). Rewrites: pad + frms (rewrites.py), coremltools
 aliases for `concatenate` / `alias`, and the rank-≤5 RoPE trace for the denoiser (Core ML allows rank ≤ 5).
 
 Core ML runs only on macOS: elsewhere the artifact is checked structurally (it loads as a spec, the I/O names and
@@ -33,6 +35,18 @@ from .base import (
 
 COMPUTE_UNITS = COREMLTOOLS_UNIT  # mi2v spelling → coremltools.ComputeUnit member (mi2v_export.contract)
 MIN_IOS = (17, 18)
+COMPUTE = {"fp16": "FLOAT16", "fp32": "FLOAT32"}  # compute precision → coremltools.precision member
+COREML_TOOLS = {  # integer precision → how it is made (the manifest's target_info.quantization.tool)
+    "w8": "coremltools.optimize.coreml.linear_quantize_weights (int8 linear symmetric, per channel)",
+    "w4": "coremltools.optimize.coreml.palettize_weights (4-bit k-means, per grouped channel of "
+          f"{quantize.COREML_W4_GROUP})",
+    "w8a8": "torchao PT2E (int8 per-channel weights, int8 activations at every linear / conv input, calibrated) "
+            "→ coremltools quantize / dequantize + constexpr_affine_dequantize",
+}
+SIMULATED = ("w8", "w4", "w8a8", "mixed")  # checked in PyTorch off macOS
+INT8_WEIGHTS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")  # iOS 17 / iOS 18 spelling
+REQUIRED_OPS = {"w8": (INT8_WEIGHTS,), "w4": (("constexpr_lut_to_dense",),),  # one op of each group must be there
+                "w8a8": (("quantize",), ("dequantize",), INT8_WEIGHTS)}
 SPEC_VERSION = {17: 8, 18: 9}  # Core ML model spec version of each deployment target
 
 
@@ -62,6 +76,18 @@ def mil_op_histogram(spec) -> dict[str, int]:
     except AttributeError:
         return {}
     return dict(ops.most_common())
+
+
+def _compression_check(file: str, ops: dict[str, int], precision: str) -> str:
+    """The ML Program really holds `precision`'s ops (int8 weights, palettes, activation quantize); else
+    VerificationError (a compression that silently did nothing would be labelled falsely)."""
+    found = []
+    for group in REQUIRED_OPS[precision]:
+        present = [f"{op}×{ops[op]}" for op in group if ops.get(op)]
+        if not present:
+            raise VerificationError(f"{file}: labelled {precision} but has no {' / '.join(group)} op")
+        found += present
+    return f"{precision} ops present: {', '.join(found)}"
 
 
 def _tensor_infos(features) -> list:
@@ -98,7 +124,7 @@ class CoreMLExporter(Exporter):
 
 
     def runs_here(self, options: ExportOptions) -> bool:
-        return runs_on_host("coreml") or options.precision in ("w8", "w4")  # compressed: simulated in PyTorch
+        return runs_on_host("coreml") or options.precision in SIMULATED  # compressed: simulated in PyTorch
 
     def check_environment(self, options: ExportOptions) -> None:
         try:
@@ -107,6 +133,9 @@ class CoreMLExporter(Exporter):
             raise MissingDependencyError("--target coreml needs coremltools (pip install coremltools)") from None
         if "w4" in {str(p) for p in options.precisions.values()} and options.min_ios < 18:
             raise BadInputError("--precision w4 on Core ML (4-bit palettes per grouped channel) needs --min-ios 18")
+        if options.recipe and options.recipe["precision"] != "w8a8":
+            raise BadInputError(f"--recipe with precision {options.recipe['precision']} on Core ML: coremltools "
+                                "compresses the converted weights all alike; Core ML recipes take w8a8 only")
 
     def export(self, spec: ComponentSpec, out_dir: Path, options: ExportOptions,
                progress: ProgressCallback) -> Artifact:
@@ -120,18 +149,22 @@ class CoreMLExporter(Exporter):
         rw.register_coreml_aliases()
         progress(ProgressEvent(spec.name, "rewrite", "done", ", ".join(f"{n}×{c}" for n, c in applied.items() if c)))
 
+        applied_precision, keep = quantize.plan_of(options)
+        module = spec.module
+        if applied_precision == "w8a8":
+            module = self._quantize_w8a8(spec, options, keep, progress, stages)
         progress(ProgressEvent(spec.name, "export", "start", "torch.export"))
         t0 = time.perf_counter()
         with rw.tracing(rw.TRACE_FOR_TARGET["coreml"]), torch.no_grad():
-            ep = torch.export.export(spec.module, spec.args, strict=False)
+            ep = torch.export.export(module, spec.args, strict=False)
         ep = ep.run_decompositions({})
         stages["export"] = time.perf_counter() - t0
         progress(ProgressEvent(spec.name, "export", "done", seconds=stages["export"]))
 
         progress(ProgressEvent(spec.name, "lower", "start", "coremltools.convert (mlprogram)"))
         t0 = time.perf_counter()
-        precision = ct.precision.FLOAT16 if options.dtype == "fp16" else ct.precision.FLOAT32
-        mlmodel = ct.convert(ep, convert_to="mlprogram", compute_precision=precision,
+        compute = "fp32" if options.precision == "fp32" else "fp16"
+        mlmodel = ct.convert(ep, convert_to="mlprogram", compute_precision=getattr(ct.precision, COMPUTE[compute]),
                              minimum_deployment_target=deployment_target(options.min_ios),
                              compute_units=compute_unit(options.compute_units),
                              outputs=[ct.TensorType(name=n) for n in spec.output_names])
@@ -151,26 +184,47 @@ class CoreMLExporter(Exporter):
         stages["serialize"] = time.perf_counter() - t0
         progress(ProgressEvent(spec.name, "serialize", "done", seconds=stages["serialize"]))
         mspec = mlmodel.get_spec()
-        info = {"format": "mlprogram", "compute_precision": options.dtype, "compute_units": options.compute_units,
+        info = {"format": "mlprogram", "compute_precision": compute, "compute_units": options.compute_units,
                 "minimum_deployment_target": f"iOS{options.min_ios}",
                 "spec_version": int(mspec.specificationVersion), "rewrites": applied,
                 "trace_rewrites": list(rw.TRACE_FOR_TARGET["coreml"]),
                 "mil_ops": mil_op_histogram(mspec)}
-        if options.precision in ("w8", "w4"):
-            info["quantization"] = {"precision": options.precision, "tool": "coremltools.optimize.coreml." + (
-                "linear_quantize_weights (int8 linear symmetric, per channel)" if options.precision == "w8" else
-                f"palettize_weights (4-bit k-means, per grouped channel of {quantize.COREML_W4_GROUP})")}
+        if applied_precision in SIMULATED:
+            info["quantization"] = {"precision": options.precision, "applied": applied_precision,
+                                    "kept_float": keep, "tool": COREML_TOOLS[applied_precision],
+                                    "calibration_records": len(options.calibration or [])}
         return Artifact(file=file, inputs=_tensor_infos(mspec.description.input),
                         outputs=_tensor_infos(mspec.description.output), target_info=info, stages_s=stages,
                         rewrites=[n for n, c in applied.items() if c])
 
+    def _quantize_w8a8(self, spec: ComponentSpec, options: ExportOptions, keep: list[str],
+                       progress: ProgressCallback, stages: dict):
+        """The PT2E w8a8 module to convert (exporters/coreml_w8a8.py), kept as this artifact's PyTorch stand-in."""
+        import torch
+
+        from . import coreml_w8a8
+
+        progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
+        t0 = time.perf_counter()
+        records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
+        with rw.tracing(rw.TRACE_FOR_TARGET["coreml"]), torch.no_grad():
+            module = coreml_w8a8.quantize(spec.module, spec.args, records, keep)
+        self._simulated = {"key": (id(spec.module), options.precision), "module": module}
+        stages["quantize"] = time.perf_counter() - t0
+        progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
+        return module
+
     def _run_simulated(self, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
-        """Off macOS, compressed weights are checked by running their decompressed values in PyTorch (the same
-        coremltools compression, fp32 compute): recorded as verified_on "pytorch-simulated"."""
+        """Off macOS, compressed artifacts are checked in PyTorch, recorded as verified_on "pytorch-simulated": w8 /
+        w4 by their decompressed weights (the same coremltools compression), w8a8 by the quantized GraphModule that
+        was converted (its int8 weights and activation quantize / dequantize). Compute is fp32 there, fp16 in Core ML."""
         import torch
 
         key = (id(spec.module), options.precision)
-        if self._simulated.get("key") != key:
+        if self._simulated.get("key") != key and options.precision not in ("w8", "w4"):
+            return ArtifactRun(outputs=None, verified_on=None, reason="a w8a8 Core ML artifact is checked in PyTorch "
+                               "by the export that quantized it; Core ML prediction needs macOS")
+        if self._simulated.get("key") != key:  # w8a8 set it when quantizing
             self._simulated = {"key": key, "module": quantize.coreml_simulated(spec.module, options.precision)}
         with torch.no_grad():
             out = self._simulated["module"](*spec.args)
@@ -201,10 +255,13 @@ class CoreMLExporter(Exporter):
             raise VerificationError(f"{artifact.file}: I/O {ins} → {outs} differ from the contract {want_in} → "
                                     f"{list(spec.output_names)}")
         checks.append("I/O names and static shapes match the contract")
+        applied, _ = quantize.plan_of(options)
+        if applied in REQUIRED_OPS:
+            checks.append(_compression_check(artifact.file, mil_op_histogram(mspec), applied))
         return checks
 
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
-        if not runs_on_host("coreml") and options.precision in ("w8", "w4"):
+        if not runs_on_host("coreml") and options.precision in SIMULATED:
             return self._run_simulated(spec, options)
         if not runs_on_host("coreml"):
             return ArtifactRun(outputs=None, verified_on=None,

@@ -459,7 +459,9 @@ def _conv1x1_as_matmul(node, w, attrs, graph):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Core ML (weights only: activation quantization needs Core ML predictions, i.e. macOS)
+# Core ML: w8 / w4 compress the converted weights (coremltools.optimize.coreml); w8a8 quantizes in PyTorch (PT2E)
+# before conversion, since coremltools' own activation calibration (`linear_quantize_activations`) runs Core ML
+# predictions, i.e. needs macOS
 
 COREML_W4_GROUP = 16
 COREML_WEIGHT_THRESHOLD = 2048  # coremltools' default: smaller tensors stay fp16
@@ -509,3 +511,4 @@ def coreml_simulated(module: torch.nn.Module, precision: str) -> torch.nn.Module
         if dense is not None:
             m.weight.data = torch.from_numpy(dense.astype("float32")).reshape(m.weight.shape)
     return sim
+

@@ -63,7 +63,7 @@ SUPPORT: dict[tuple[str, str | None], tuple[Precision, ...]] = {
     ("executorch", "qnn"): (Precision.FP16,),
     ("onnx", "qnn"): (Precision.FP16, Precision.W8A16, Precision.W8A8),  # QNN EP: fp16 on the HTP, QDQ ints
     ("executorch", "coreml"): (Precision.FP32, Precision.FP16),
-    ("coreml", None): (Precision.FP32, Precision.FP16, Precision.W8, Precision.W4),
+    ("coreml", None): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4),
 }
 
 

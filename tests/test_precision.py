@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -237,8 +238,6 @@ def test_analyze_measures_every_unit(tiny_recipe):
 
 
 def test_recipe_round_trip_through_export(tmp_path, calibration_cache, tiny_recipe):
-    import json
-
     data = json.loads(tiny_recipe.read_text())
     for unit in ("t_embedder", "t_block", "final_layer"):  # a user keeps the sensitive units by hand too
         data["units"][unit] = "fp32"
@@ -285,8 +284,14 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_recipe):
         prepare(ExportRequest(target="onnx", out_dir=tmp_path / "o", preset="tiny", components="encoder",
                               recipe=tiny_recipe))
     with pytest.raises(BadInputError, match="does not support --precision w8a8"):
+        prepare(ExportRequest(target="executorch", delegate="vulkan", out_dir=tmp_path / "o", preset="tiny",
+                              components="denoiser", recipe=tiny_recipe))
+    weights_only = tmp_path / "w8.json"
+    data = json.loads(tiny_recipe.read_text())
+    weights_only.write_text(json.dumps(dict(data, precision="w8", units={u: "w8" for u in data["units"]})))
+    with pytest.raises(BadInputError, match="Core ML recipes take w8a8 only"):
         prepare(ExportRequest(target="coreml", out_dir=tmp_path / "o", preset="tiny", components="denoiser",
-                              recipe=tiny_recipe))
+                              recipe=weights_only))
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something-else"}')
     with pytest.raises(BadInputError, match="not a mi2v-precision-recipe"):
@@ -308,6 +313,55 @@ def test_coreml_w8_is_verified_honestly_as_pytorch_simulated(tmp_path, calibrati
     assert "linear_quantize_weights" in e.target_info["quantization"]["tool"]
     assert e.trajectory["passed"] is None and "pytorch-simulated" in e.trajectory["reason"]
     assert e.compression < 0.35  # int8 weights: about a quarter of the fp32 bytes, plus what stays fp16
+    assert e.target_info["compute_precision"] == "fp16"  # the Neural Engine computes in fp16 (was fp32 before)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="on macOS Core ML itself runs the artifact")
+def test_coreml_w8a8_quantizes_weights_and_activations_and_is_checked_in_pytorch(tmp_path, calibration_cache,
+                                                                                  tiny_recipe):
+    """PT2E in PyTorch, converted: the ML Program holds int8 weights and activation quantize / dequantize pairs at
+    every linear / conv input, computes in fp16, and its gate ran the quantized graph (pytorch-simulated). A w8a8
+    recipe keeps its float units out of the quantizer."""
+    import coremltools as ct
+
+    from mi2v_export.exporters.coreml import mil_op_histogram
+
+    data = json.loads(tiny_recipe.read_text())
+    data["units"].update({u: "fp32" for u in ("t_embedder", "t_block", "final_layer")})
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(data))
+    for name, request in (("all", {"precision": "w8a8"}), ("mixed", {"recipe": recipe})):
+        run_export(ExportRequest(target="coreml", out_dir=tmp_path / name, preset="tiny", components="denoiser",
+                                 **request))
+    ops = {}
+    for name in ("all", "mixed"):
+        e = read_manifest(tmp_path / name).find("denoiser")
+        run = e.parity["verified_on"][-1]
+        assert run["runtime"] == "pytorch-simulated" and run["passed"] and e.parity["inputs"].startswith("held-out")
+        assert e.target_info["compute_precision"] == "fp16" and e.target_info["quantization"]["applied"] == "w8a8"
+        assert e.calibration["size"] > 0 and e.trajectory["passed"] is None
+        spec = ct.models.MLModel(str(tmp_path / name / e.file), skip_model_load=True).get_spec()
+        ops[name] = mil_op_histogram(spec)
+        assert any("w8a8 ops present" in c for c in e.structure["checks"])
+    e = read_manifest(tmp_path / "all").find("denoiser")
+    assert e.precision == "w8a8" and e.compression < 0.35
+    linears_and_convs = ops["all"]["linear"] + ops["all"]["conv"]
+    assert ops["all"]["quantize"] == ops["all"]["constexpr_affine_dequantize"] == linears_and_convs
+    mixed = read_manifest(tmp_path / "mixed").find("denoiser")
+    assert mixed.precision == "mixed" and "model.final_layer" in mixed.target_info["quantization"]["kept_float"]
+    assert 0 < ops["mixed"]["quantize"] < ops["all"]["quantize"]
+
+
+def test_coreml_structural_check_refuses_a_label_without_its_ops():
+    from mi2v_export.errors import VerificationError
+    from mi2v_export.exporters.coreml import _compression_check
+
+    ops = {"linear": 3, "constexpr_affine_dequantize": 3}
+    assert "constexpr_affine_dequantize×3" in _compression_check("d.mlpackage", ops, "w8")
+    with pytest.raises(VerificationError, match="labelled w8a8 but has no quantize"):
+        _compression_check("d.mlpackage", ops, "w8a8")
+    with pytest.raises(VerificationError, match="no constexpr_lut_to_dense"):
+        _compression_check("d.mlpackage", ops, "w4")
 
 
 def test_coreml_w4_needs_ios18(tmp_path):
