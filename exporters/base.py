@@ -115,6 +115,9 @@ class Artifact:
     test_vectors: dict | None = None  # the manifest's test_vectors record once they are written
 
 
+SIMULATED_RUNTIME = "pytorch-simulated"  # verified_on of an artifact checked by its quantized graph in PyTorch
+
+
 @dataclass
 class ArtifactRun:
     """Outputs of executing the artifact on a runtime here (None when no runtime exists, with the reason)."""
@@ -261,3 +264,11 @@ def cast_inputs(spec: ComponentSpec, dtype: str) -> tuple[torch.Tensor, ...]:
 
 def tensor_infos(names, tensors) -> list[TensorInfo]:
     return [TensorInfo(n, tuple(int(s) for s in t.shape), numpy_dtype_name(t.dtype)) for n, t in zip(names, tensors)]
+
+
+def run_simulated(module, spec: ComponentSpec) -> ArtifactRun:
+    """Run the PyTorch stand-in of an artifact that no runtime here executes (the quantized graph that was lowered
+    or converted, or its decompressed weights): recorded as verified_on "pytorch-simulated", never as the runtime."""
+    with torch.no_grad():
+        out = module(*spec.args)
+    return ArtifactRun(outputs={spec.output_names[0]: out.float().numpy()}, verified_on=SIMULATED_RUNTIME)

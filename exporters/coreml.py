@@ -3,7 +3,7 @@
 fp16 compute precision by default and for every compressed precision (the Neural Engine computes in fp16; only
 `--precision fp32` converts in fp32), minimum deployment target iOS 17 (or 18, which keeps SDPA fused), compute
 units recorded in the manifest. Integer precisions: w8 / w4 compress the converted weights (exporters/quantize.py),
-w8a8 quantizes the module in PyTorch before conversion (exporters/coreml_w8a8.py). Rewrites: pad + frms (rewrites.py), coremltools
+w8a8 quantizes the module in PyTorch before conversion (exporters/input_quantizer.py). Rewrites: pad + frms (rewrites.py), coremltools
 aliases for `concatenate` / `alias`, and the rank-≤5 RoPE trace for the denoiser (Core ML allows rank ≤ 5).
 
 Core ML runs only on macOS: elsewhere the artifact is checked structurally (it loads as a spec, the I/O names and
@@ -31,6 +31,7 @@ from .base import (
     ProgressEvent,
     ArtifactRun,
     register,
+    run_simulated,
 )
 
 COMPUTE_UNITS = COREMLTOOLS_UNIT  # mi2v spelling → coremltools.ComputeUnit member (mi2v_export.contract)
@@ -199,16 +200,16 @@ class CoreMLExporter(Exporter):
 
     def _quantize_w8a8(self, spec: ComponentSpec, options: ExportOptions, keep: list[str],
                        progress: ProgressCallback, stages: dict):
-        """The PT2E w8a8 module to convert (exporters/coreml_w8a8.py), kept as this artifact's PyTorch stand-in."""
+        """The PT2E w8a8 module to convert (exporters/input_quantizer.py), kept as this artifact's PyTorch stand-in."""
         import torch
 
-        from . import coreml_w8a8
+        from . import input_quantizer
 
         progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
         t0 = time.perf_counter()
         records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
         with rw.tracing(rw.TRACE_FOR_TARGET["coreml"]), torch.no_grad():
-            module = coreml_w8a8.quantize(spec.module, spec.args, records, keep)
+            module = input_quantizer.quantize(spec.module, spec.args, records, keep)
         self._simulated = {"key": (id(spec.module), options.precision), "module": module}
         stages["quantize"] = time.perf_counter() - t0
         progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
@@ -218,17 +219,13 @@ class CoreMLExporter(Exporter):
         """Off macOS, compressed artifacts are checked in PyTorch, recorded as verified_on "pytorch-simulated": w8 /
         w4 by their decompressed weights (the same coremltools compression), w8a8 by the quantized GraphModule that
         was converted (its int8 weights and activation quantize / dequantize). Compute is fp32 there, fp16 in Core ML."""
-        import torch
-
         key = (id(spec.module), options.precision)
         if self._simulated.get("key") != key and options.precision not in ("w8", "w4"):
             return ArtifactRun(outputs=None, verified_on=None, reason="a w8a8 Core ML artifact is checked in PyTorch "
                                "by the export that quantized it; Core ML prediction needs macOS")
         if self._simulated.get("key") != key:  # w8a8 set it when quantizing
             self._simulated = {"key": key, "module": quantize.coreml_simulated(spec.module, options.precision)}
-        with torch.no_grad():
-            out = self._simulated["module"](*spec.args)
-        return ArtifactRun(outputs={spec.output_names[0]: out.float().numpy()}, verified_on="pytorch-simulated")
+        return run_simulated(self._simulated["module"], spec)
 
     _simulated: dict = {}
 

@@ -2,7 +2,9 @@
 
 Delegates (`DELEGATES`, a registry like the targets'):
     xnnpack  CPU; runs in the pip runtime here, so the artifact is executed and gated.
-    vulkan   Android GPU; lowered here, structural check only (the pip runtime has no Vulkan backend).
+    vulkan   Android GPU; lowered here, structural check only (the pip runtime has no Vulkan backend); integer
+             precisions also run their quantized graph in PyTorch (verified_on "pytorch-simulated") and must show
+             their Vulkan kernel in the delegate payload (`vulkan_ops`).
     qnn      Qualcomm HTP; needs the Qualcomm SDK (QNN_SDK_ROOT): checked before any work, and executorch is never
              allowed to download it. Lowered through executorch's own `to_edge_transform_and_lower_to_qnn`.
     coreml   Core ML inside ExecuTorch (Apple); structural check only on Linux.
@@ -45,6 +47,7 @@ from .base import (
     ArtifactRun,
     cast_inputs,
     register,
+    run_simulated,
     tensor_infos,
 )
 
@@ -221,6 +224,47 @@ DELEGATES: dict[str, Delegate] = {d.name: d for d in (
 )}
 
 
+QUANTIZATION_TOOLS = {  # (delegate, integer precision) → how it is made (target_info.quantization.tool)
+    ("xnnpack", "w8a8"): "PT2E XNNPACKQuantizer (static int8 activations, int8 per-channel weights)",
+    ("xnnpack", "w8"): "PT2E XNNPACKQuantizer (dynamic int8 activations, int8 per-channel weights: 8da8w)",
+    ("xnnpack", "w4"): "torchao 8da4w (int4 groups of 32)",
+    ("vulkan", "w8a8"): "PT2E, linear inputs int8 per tensor + int8 per-channel weights → et_vk.linear_q8ta_q8csw",
+    ("vulkan", "w8"): "PT2E VulkanQuantizer, int8 per-channel weights only → aten._weight_int8pack_mm",
+    ("vulkan", "w4"): "torchao IntxWeightOnlyConfig (int4 groups of 32) → et_vk.linear_q4gsw",
+}
+VULKAN_KERNELS = {  # integer precision → the Vulkan op its linears must become (checked on the lowered graph)
+    "w8a8": "et_vk.linear_q8ta_q8csw.default",
+    "w8": "aten._weight_int8pack_mm.default",
+    "w4": "et_vk.linear_q4gsw.default",
+}
+
+
+def vulkan_ops(edge_manager) -> dict[str, int]:
+    """Op histogram of the Vulkan delegate payloads (the graph after the backend's own fusions, e.g. quantized
+    linear patterns into et_vk kernels), read back from their flatbuffers."""
+    from executorch.backends.vulkan.serialization.vulkan_graph_serialize import (
+        extract_vk_flatbuffer,
+        flatbuffer_to_vk_graph,
+    )
+
+    ops: Counter = Counter()
+    for _, lowered in edge_manager.exported_program().graph_module.named_children():
+        if getattr(lowered, "backend_id", None) == "VulkanBackend":
+            graph = flatbuffer_to_vk_graph(extract_vk_flatbuffer(lowered.processed_bytes))
+            ops.update(op.name for op in graph.chain)
+    return dict(ops.most_common())
+
+
+def _vulkan_kernel_check(artifact: Artifact, precision: str) -> str:
+    """The integer precision's Vulkan kernel is in the delegate (a quantization the backend did not fuse or take
+    would leave float linears under an integer label)."""
+    kernel = VULKAN_KERNELS[precision]
+    count = (artifact.target_info.get("vulkan_ops") or {}).get(kernel, 0)
+    if not count:
+        raise VerificationError(f"{artifact.file}: labelled {precision} but its Vulkan graph has no {kernel}")
+    return f"Vulkan {precision} kernel: {kernel}×{count}"
+
+
 QNN_SDK_FOR_EXECUTORCH = "2.37"  # what executorch 1.5.1's PyQnnManagerAdaptor is built against
 
 
@@ -365,6 +409,7 @@ class ExecuTorchExporter(Exporter):
     name = "executorch"
     extension = ".pte"
     summary = "ExecuTorch .pte with an XNNPACK, Vulkan, QNN or Core ML delegate"
+    _simulated: dict = {}  # {"key", "module"}: the quantized graph lowered for a delegate no runtime here runs
 
     def delegates(self) -> dict[str, str]:
         return {k: d.description for k, d in DELEGATES.items()}
@@ -409,8 +454,13 @@ class ExecuTorchExporter(Exporter):
             module = module.half()
         progress(ProgressEvent(spec.name, "rewrite", "done", ", ".join(f"{n}×{c}" for n, c in applied.items() if c)))
         args = cast_inputs(spec, options.dtype if delegate.half_graph else "fp32")
-        module, quantization = (_quantize(module, args, spec, options, progress, stages)  # integer precisions
-                                if options.precision not in ("fp32", "fp16") else (module, None))
+        if options.precision not in ("fp32", "fp16"):  # integer: the quantizer's torch.export sees the trace rewrites
+            with rw.tracing(trace):  # too (else e.g. Turbo-VAED's channel RMS stays 29 portable means on XNNPACK)
+                module, quantization = _quantize(module, args, spec, options, progress, stages)
+        else:
+            quantization = None
+        if quantization and not runs_on_host(self.name, delegate.name):  # checked in PyTorch instead (run())
+            self._simulated = {"key": (id(spec.module), options.precision), "module": module}
 
         progress(ProgressEvent(spec.name, "lower", "start", f"torch.export + {delegate.name} partitioner"))
         t0 = time.perf_counter()
@@ -419,6 +469,7 @@ class ExecuTorchExporter(Exporter):
         stages["lower"] = time.perf_counter() - t0
         delegation = delegation_summary(edge)
         out_meta = _output_meta(edge)
+        backend_ops = vulkan_ops(edge) if delegate.name == "vulkan" else None
         progress(ProgressEvent(spec.name, "lower", "done",
                                f"{delegation['ops_delegated']} ops in {delegation['delegated_subgraphs']} "
                                f"subgraph(s), {delegation['ops_portable']} portable", seconds=stages["lower"]))
@@ -441,6 +492,8 @@ class ExecuTorchExporter(Exporter):
             info.update(compute_units=options.compute_units, minimum_deployment_target=f"iOS{options.min_ios}")
         if delegate.name == "qnn":
             info["soc"] = options.soc
+        if backend_ops is not None:
+            info["vulkan_ops"] = backend_ops
         if options.etrecord:
             extra["etrecord"] = f"{spec.name}.etrecord"
             program.get_etrecord().save(str(out_dir / extra["etrecord"]))
@@ -475,6 +528,9 @@ class ExecuTorchExporter(Exporter):
             raise VerificationError(f"{artifact.file}: no {delegate.backend_id} delegate in the program "
                                     f"(delegates: {', '.join(ids) or 'none'})")
         checks.append(f"delegates present: {', '.join(ids)}")
+        applied, _ = quantize.plan_of(options)
+        if delegate.name == "vulkan" and applied in VULKAN_KERNELS:
+            checks.append(_vulkan_kernel_check(artifact, applied))
         if "bundled_program" in artifact.extra_files:
             from executorch.devtools.bundled_program.serialize import deserialize_from_flatbuffer_to_bundled_program
 
@@ -487,9 +543,14 @@ class ExecuTorchExporter(Exporter):
             checks.append("bundled program deserializes")
         return checks
 
+    def runs_here(self, options: ExportOptions) -> bool:
+        return super().runs_here(options) or options.precision not in ("fp32", "fp16")  # integer: simulated
+
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         delegate = DELEGATES[options.delegate]
         if not runs_on_host(self.name, delegate.name):
+            if self._simulated.get("key") == (id(spec.module), options.precision):
+                return run_simulated(self._simulated["module"], spec)  # the quantized graph that was lowered
             return ArtifactRun(outputs=None, verified_on=None, reason=delegate.no_runtime_reason)
         from executorch.runtime import Runtime
 
@@ -532,12 +593,12 @@ def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, progres
     records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
     applied_precision, keep = quantize.plan_of(options)
     with torch.no_grad():
-        module = quantize.executorch_quantize(module, args, applied_precision, records, keep, spec.name)
+        module = quantize.executorch_quantize(module, args, applied_precision, records, keep, spec.name,
+                                              options.delegate)
     stages["quantize"] = time.perf_counter() - t0
     progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
     return module, {"precision": options.precision, "calibration_records": len(records), "applied": applied_precision,
-                    "kept_float": keep,
-                    "tool": "torchao 8da4w" if applied_precision == "w4" else "PT2E XNNPACKQuantizer"}
+                    "kept_float": keep, "tool": QUANTIZATION_TOOLS[options.delegate, applied_precision]}
 
 
 def _output_meta(edge_manager) -> list:

@@ -37,7 +37,7 @@ from mi2v_export.verify import run_record
 
 from . import components as comp
 from . import quality
-from .base import ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
+from .base import SIMULATED_RUNTIME, ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
 
 
 @dataclass
@@ -253,11 +253,12 @@ def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Pa
     """The whole sampler on this run's reduced-precision artifacts vs PyTorch fp32 (quality.trajectory); recorded in
     every such entry. fp32 artifacts pass an exact gate already; artifacts no runtime here runs are skipped."""
     reduced = [e for e in entries if (e.precision or "fp32") != "fp32" and e.parity.get("verified_on")]
-    gated = [e for e in reduced if e.parity["verified_on"][-1]["runtime"] != "pytorch-simulated"]
+    gated = [e for e in reduced if e.parity["verified_on"][-1]["runtime"] != SIMULATED_RUNTIME]
     for e in reduced:
         if e not in gated:
-            e.trajectory = {"passed": None, "reason": "the artifact's runtime is not on this host; its weights were "
-                                                      "checked in PyTorch (parity verified_on pytorch-simulated)"}
+            e.trajectory = {"passed": None, "reason": "the artifact's runtime is not on this host; its quantized "
+                                                      "graph was checked in PyTorch (parity verified_on "
+                                                      "pytorch-simulated)"}
     if not gated or not plan.request.verify:
         return
     progress(ProgressEvent("video", "trajectory", "start", f"2-step video on {quality.calibration.VALIDATION_IMAGE.name}"))

@@ -52,9 +52,12 @@ def _kept(fqn: str, keep: Sequence[str]) -> bool:
 
 def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
                         calibration: Sequence[tuple] | None, keep: Sequence[str] = (),
-                        component: str = "component") -> torch.nn.Module:
+                        component: str = "component", delegate: str = "xnnpack") -> torch.nn.Module:
     """The module to lower for `precision` (a quantized GraphModule or the torchao-quantized module). `keep`:
     submodule names (of `module`) left in float (a recipe's fp32 units)."""
+    if delegate == "vulkan":
+        return _vulkan(_with_linears(module, precision, keep, component, delegate), args, precision, calibration,
+                       keep)
     if precision == "w8a8":
         return _pt2e(module, args, dynamic=False, calibration=calibration or [args], keep=keep)
     if precision == "w8":
@@ -64,18 +67,21 @@ def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
     raise ValueError(f"no ExecuTorch quantization for {precision!r}")
 
 
-def _with_linears(module: torch.nn.Module, precision: str, keep: Sequence[str], component: str) -> torch.nn.Module:
-    """The module with its 1x1 convs as Linear, or BadInputError when it has no Linear to quantize: w8 and w4
-    reach nn.Linear only, so a convolutional component (the VAE encoder, Turbo-VAED: 3x3 convs; XNNPACK's dynamic
-    conv fails to lower their rank-5 frames) would stay fp32 under a w8/w4 label (measured: the 720p Turbo-VAED
-    "w8" was 1.00x the fp32 bytes)."""
+def _with_linears(module: torch.nn.Module, precision: str, keep: Sequence[str], component: str,
+                  delegate: str = "xnnpack") -> torch.nn.Module:
+    """The module with its 1x1 convs as Linear, or BadInputError when it has no Linear to quantize: w8 and w4 on
+    XNNPACK, and every integer precision on Vulkan, reach nn.Linear only, so a convolutional component (the VAE
+    encoder, Turbo-VAED: 3x3 convs; XNNPACK's dynamic conv fails to lower their rank-5 frames) would stay fp32
+    under an integer label (measured: the 720p Turbo-VAED "w8" was 1.00x the fp32 bytes)."""
     from mi2v_export.errors import BadInputError
 
     module = conv1x1_as_linear(module, keep)
     if not any(isinstance(m, torch.nn.Linear) and not _kept(n, keep) for n, m in module.named_modules()):
-        raise BadInputError(f"--precision {precision} on ExecuTorch XNNPACK quantizes Linear layers and 1x1 convs "
-                            f"only, and the {component} has none (it would stay fp32): use w8a8 or fp16 for it, e.g. "
-                            f"--precision denoiser={precision},decoder=w8a8,encoder=fp16")
+        instead = "fp16 for it, e.g. --precision denoiser=w8a8,decoder=fp16,encoder=fp16" if delegate == "vulkan" \
+            else f"w8a8 or fp16 for it, e.g. --precision denoiser={precision},decoder=w8a8,encoder=fp16"
+        raise BadInputError(f"--precision {precision} on ExecuTorch {delegate.capitalize() if delegate == 'vulkan' else 'XNNPACK'} "
+                            f"quantizes Linear layers and 1x1 convs only, and the {component} has none (it would stay "
+                            f"fp32): use {instead}")
     return module
 
 
@@ -118,7 +124,6 @@ def conv1x1_as_linear(module: torch.nn.Module, keep: Sequence[str] = ()) -> torc
 def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Sequence[str] = ()):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
-        get_module_name_filter,
         get_symmetric_quantization_config,
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -129,9 +134,8 @@ def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Se
     # quantized patch-embedding conv made the channels-last pass cast the rank-5 latent (lowering fails)
     quantizer = XNNPACKQuantizer().set_module_type(torch.nn.Linear, config) if dynamic else \
         XNNPACKQuantizer().set_global(config)
-    if keep:  # the recipe's float units (set_module_name(name, None) is "not supported yet" in ExecuTorch 1.5)
-        kept = [get_module_name_filter(name) for name in keep]
-        quantizer.set_filter_function(lambda node: not any(f(node) for f in kept))
+    if keep:  # the recipe's float units
+        quantizer.set_filter_function(outside_units(keep))
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for sample in (calibration if not dynamic else calibration[:1]):
@@ -147,17 +151,78 @@ def _torchao_8da4w(module, keep: Sequence[str] = ()):
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig
 
-    def linear(grouped: bool):
-        def accept(m, fqn) -> bool:
-            groupable = m.in_features % W4_GROUP == 0 if isinstance(m, torch.nn.Linear) else None
-            return groupable is grouped and not _kept(fqn, keep)
-        return accept
-
     quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                             weight_granularity=PerGroup(W4_GROUP)),
-              filter_fn=linear(grouped=True))
+              filter_fn=_linears(grouped=True, keep=keep))
     quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
-              filter_fn=linear(grouped=False))
+              filter_fn=_linears(grouped=False, keep=keep))
+    return module
+
+
+def _linears(grouped: bool, keep: Sequence[str]):
+    """torchao `filter_fn`: the nn.Linear outside `keep` whose input size is (grouped) or is not a multiple of the
+    int4 group."""
+    def accept(m, fqn) -> bool:
+        groupable = m.in_features % W4_GROUP == 0 if isinstance(m, torch.nn.Linear) else None
+        return groupable is grouped and not _kept(fqn, keep)
+    return accept
+
+
+def outside_units(keep: Sequence[str]):
+    """PT2E `set_filter_function`: nodes outside the `keep` units (set_module_name(name, None) is "not supported
+    yet" in ExecuTorch 1.5)."""
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    kept = [get_module_name_filter(name) for name in keep]
+    return lambda node: not any(f(node) for f in kept)
+
+
+def _vulkan(module, args, precision: str, calibration: Sequence[tuple] | None, keep: Sequence[str] = ()):
+    """ExecuTorch 1.5's Vulkan quantized linears, on nn.Linear (1x1 convs made Linear first); convs stay float:
+        w8a8  static int8 per-tensor inputs + int8 per-channel weights (input_quantizer, linear only): the backend
+              fuses them into `et_vk.linear_q8ta_q8csw`
+        w8    int8 per-channel weights only (`VulkanQuantizer`): fused into `aten._weight_int8pack_mm`
+        w4    int4 weights in groups of 32 (torchao `IntxWeightOnlyConfig`): fused into `et_vk.linear_q4gsw`; a
+              Linear whose input size is not a multiple of 32 gets int8 per-channel weights instead"""
+    if precision == "w8a8":
+        from . import input_quantizer
+
+        return input_quantizer.quantize(module, args, calibration or [args], keep, ops=("linear",))
+    if precision == "w8":
+        return _vulkan_int8_weights(module, args, keep)
+    if precision == "w4":
+        return _torchao_weight_only_int4(module, keep)
+    raise ValueError(f"no Vulkan quantization for {precision!r}")
+
+
+def _vulkan_int8_weights(module, args, keep: Sequence[str] = ()):
+    from executorch.backends.vulkan.quantizer.vulkan_quantizer import (
+        VulkanQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    class WeightOnly(VulkanQuantizer):
+        def transform_for_annotation(self, model):  # VulkanQuantizer turns scalars into tensors, which breaks its
+            return model  # own RMSNorm fusion (it reads eps as a scalar); weight-only needs no scalar annotated
+
+    quantizer = WeightOnly().set_global(get_symmetric_quantization_config(is_dynamic=False, weight_bits=8))
+    if keep:
+        quantizer.set_filter_function(outside_units(keep))
+    prepared = prepare_pt2e(torch.export.export(module, args, strict=False).module(), quantizer)
+    with torch.no_grad():
+        prepared(*args)
+    return convert_pt2e(prepared)
+
+
+def _torchao_weight_only_int4(module, keep: Sequence[str] = ()):
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import IntxWeightOnlyConfig, quantize_
+
+    quantize_(module, IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(W4_GROUP)),
+              filter_fn=_linears(grouped=True, keep=keep))
+    quantize_(module, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+              filter_fn=_linears(grouped=False, keep=keep))
     return module
 
 

@@ -59,7 +59,7 @@ INTEGER = frozenset(p.value for p in Precision if p.quantized and p is not Preci
 SUPPORT: dict[tuple[str, str | None], tuple[Precision, ...]] = {
     ("onnx", None): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4, Precision.W8A16),
     ("executorch", "xnnpack"): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4),
-    ("executorch", "vulkan"): (Precision.FP32, Precision.FP16),
+    ("executorch", "vulkan"): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4),
     ("executorch", "qnn"): (Precision.FP16,),
     ("onnx", "qnn"): (Precision.FP16, Precision.W8A16, Precision.W8A8),  # QNN EP: fp16 on the HTP, QDQ ints
     ("executorch", "coreml"): (Precision.FP32, Precision.FP16),

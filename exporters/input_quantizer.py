@@ -1,11 +1,14 @@
-"""Core ML w8a8: PT2E quantization in PyTorch before conversion.
+"""Static w8a8 at the inputs of linear / conv nodes only (PT2E), for Core ML and ExecuTorch Vulkan.
 
-coremltools' own activation calibration (`linear_quantize_activations`) runs Core ML predictions, i.e. needs macOS,
+Core ML: coremltools' own activation calibration (`linear_quantize_activations`) runs Core ML predictions, i.e. needs macOS,
 and its PT2E `CoreMLQuantizer` imports `torch.ao.quantization.quantizer`, which torch 2.13 no longer has. So the
 module is quantized here with torchao's PT2E and converted: coremltools turns the quantize / dequantize pairs into
 Core ML's `quantize` / `dequantize` and the int8 weights into `constexpr_affine_dequantize`, the W8A8 form the
 Neural Engine runs in int8 from A17 Pro / M4. The quantized GraphModule is also the PyTorch stand-in that checks the
 artifact off macOS (`verified_on: "pytorch-simulated"`).
+
+Vulkan (ExecuTorch 1.5): linear nodes only (its quantized conv is not there yet); the Vulkan backend fuses a
+per-tensor int8 input with per-channel int8 weights into `et_vk.linear_q8ta_q8csw`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
 
-QUANTIZED_OPS = ("linear", "conv1d", "conv2d", "conv3d", "convolution")  # aten ops whose inputs get int8
+LINEAR_AND_CONV = ("linear", "conv1d", "conv2d", "conv3d", "convolution")  # aten ops whose inputs get int8
 
 
 class ConvLinearInputQuantizer(Quantizer):
@@ -24,21 +27,21 @@ class ConvLinearInputQuantizer(Quantizer):
     cat stay float, as in Apple's W8A8 for Stable Diffusion. The int8 scheme is XNNPACK's: symmetric per-channel
     weights, asymmetric per-tensor activations (Core ML's `quantize` takes a zero point), histogram-calibrated."""
 
-    def __init__(self, keep: Sequence[str] = ()):
+    def __init__(self, keep: Sequence[str] = (), ops: Sequence[str] = LINEAR_AND_CONV):
         super().__init__()
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            get_module_name_filter,
-            get_symmetric_quantization_config,
-        )
+        self.ops = tuple(ops)
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+
+        from .quantize import outside_units
 
         self.config = get_symmetric_quantization_config(is_per_channel=True)
-        self.kept = [get_module_name_filter(name) for name in keep]
+        self.outside = outside_units(keep)
 
     def _wanted(self, node) -> bool:
         target = node.target
         return (node.op == "call_function" and isinstance(target, torch._ops.OpOverload)
-                and target.namespace == "aten" and target._opname in QUANTIZED_OPS
-                and not any(kept(node) for kept in self.kept))
+                and target.namespace == "aten" and target._opname in self.ops
+                and self.outside(node))
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         for node in model.graph.nodes:
@@ -52,12 +55,12 @@ class ConvLinearInputQuantizer(Quantizer):
         pass
 
 
-def quantize(module: torch.nn.Module, args: tuple, calibration: Sequence[tuple],
-             keep: Sequence[str] = ()) -> torch.fx.GraphModule:
+def quantize(module: torch.nn.Module, args: tuple, calibration: Sequence[tuple], keep: Sequence[str] = (),
+             ops: Sequence[str] = LINEAR_AND_CONV) -> torch.fx.GraphModule:
     """The w8a8 GraphModule of `module`, activations calibrated on `calibration` (tuples of inputs); `keep`:
-    submodule names left float (a recipe's fp32 units)."""
+    submodule names left float (a recipe's fp32 units); `ops`: the aten ops quantized."""
     graph = torch.export.export(module, args, strict=False).module()
-    prepared = prepare_pt2e(graph, ConvLinearInputQuantizer(keep))
+    prepared = prepare_pt2e(graph, ConvLinearInputQuantizer(keep, ops))
     with torch.no_grad():
         for sample in calibration or [args]:
             prepared(*sample)
