@@ -88,7 +88,13 @@ def _xnnpack_partitioners(options: ExportOptions) -> list:
 
 
 def _vulkan_partitioners(options: ExportOptions) -> list:
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
     from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+
+    root.setLevel(level)  # its import sets the root logger to INFO: ~200 "skipping node" lines per export
 
     _memoize_vulkan_patterns()
     return [VulkanPartitioner()]

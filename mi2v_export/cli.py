@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 import os
 import sys
 
@@ -47,6 +48,12 @@ class _ConsoleLogHandler(logging.Handler):
             err_console.print(msg, style="dim", highlight=False, markup=False)
 
 
+# libraries' notices about their own internals (torch's pytree on torchao's enums, diffusers on torchao tensors,
+# torchao's CUDA kernels that a CPU wheel cannot load, torch's LeafSpec): not the user's business, shown with -v
+LIBRARY_CHATTER_LOGGERS = ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer", "torchao")
+LIBRARY_CHATTER_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
+
+
 def configure_logging(verbose: bool, quiet: bool) -> None:
     """-v: debug (native libraries' output is no longer silenced); default: progress notes; -q: warnings only."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
@@ -54,6 +61,11 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     log.handlers[:] = [_ConsoleLogHandler()]
     log.setLevel(level)
     log.propagate = False
+    if not verbose:
+        for name in LIBRARY_CHATTER_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        for pattern in LIBRARY_CHATTER_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
 
 
 def _version(value: bool) -> None:

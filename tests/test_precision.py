@@ -284,7 +284,7 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_recipe):
         prepare(ExportRequest(target="onnx", out_dir=tmp_path / "o", preset="tiny", components="encoder",
                               recipe=tiny_recipe))
     with pytest.raises(BadInputError, match="does not support --precision w8a8"):
-        prepare(ExportRequest(target="executorch", delegate="vulkan", out_dir=tmp_path / "o", preset="tiny",
+        prepare(ExportRequest(target="executorch", delegate="coreml", out_dir=tmp_path / "o", preset="tiny",
                               components="denoiser", recipe=tiny_recipe))
     weights_only = tmp_path / "w8.json"
     data = json.loads(tiny_recipe.read_text())
@@ -362,6 +362,43 @@ def test_coreml_structural_check_refuses_a_label_without_its_ops():
         _compression_check("d.mlpackage", ops, "w8a8")
     with pytest.raises(VerificationError, match="no constexpr_lut_to_dense"):
         _compression_check("d.mlpackage", ops, "w4")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ExecuTorch Vulkan: quantized linears, structural checks (no Vulkan runtime here) + the quantized graph in PyTorch
+
+
+@pytest.mark.parametrize("prec,kernel", [("w8a8", "et_vk.linear_q8ta_q8csw"), ("w8", "aten._weight_int8pack_mm"),
+                                         ("w4", "et_vk.linear_q4gsw")])
+def test_vulkan_integer_cells_lower_to_their_kernels(tmp_path, calibration_cache, prec, kernel):
+    run_export(ExportRequest(target="executorch", delegate="vulkan", out_dir=tmp_path / "a", preset="tiny",
+                             components="denoiser", precision=prec))
+    e = read_manifest(tmp_path / "a").find("denoiser")
+    assert e.precision == prec and e.compression < 0.4  # fp32: 1.0
+    run = e.parity["verified_on"][-1]
+    assert run["runtime"] == "pytorch-simulated" and run["passed"] and e.parity["inputs"].startswith("held-out")
+    assert e.target_info["vulkan_ops"][f"{kernel}.default"] > 0
+    assert any(c.startswith(f"Vulkan {prec} kernel: {kernel}") for c in e.structure["checks"])
+    assert e.delegation["flops_share_delegated"] == 1.0  # the convs too (quantized under the trace rewrites)
+    assert e.trajectory["passed"] is None and "pytorch-simulated" in e.trajectory["reason"]
+
+
+def test_vulkan_refuses_integer_precisions_for_a_component_without_linears(tmp_path):
+    proc = run_cli("export", "--target", "executorch", "--delegate", "vulkan", "--preset", "tiny", "--component",
+                   "decoder", "--precision", "w8a8", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "on ExecuTorch Vulkan quantizes Linear layers and 1x1 convs only" in error_line(proc)
+    assert not (tmp_path / "o").exists()
+
+
+def test_vulkan_kernel_check_refuses_a_label_without_its_kernel():
+    from mi2v_export.errors import VerificationError
+    from mi2v_export.exporters.base import Artifact
+    from mi2v_export.exporters.executorch import _vulkan_kernel_check
+
+    artifact = Artifact(file="d.pte", inputs=[], outputs=[], target_info={"vulkan_ops": {"aten.addmm.default": 4}})
+    with pytest.raises(VerificationError, match="labelled w4 but its Vulkan graph has no et_vk.linear_q4gsw"):
+        _vulkan_kernel_check(artifact, "w4")
 
 
 def test_coreml_w4_needs_ios18(tmp_path):
