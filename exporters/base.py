@@ -165,6 +165,25 @@ class Exporter(ABC):
         """Fail at once (MissingDependencyError) when something this export needs is missing on this host."""
         return None
 
+    def simulated_module(self, component: str) -> nn.Module | None:
+        """The PyTorch stand-in (contract-positional forward) of this run's `component` artifact when no runtime here
+        executes it and `run` checked it as "pytorch-simulated"; the trajectory gate runs it in its place."""
+        entry = self._simulated.get(component)
+        return entry[1] if entry else None
+
+    def _remember_simulated(self, spec: ComponentSpec, precision: str, module: nn.Module) -> None:
+        if isinstance(module, torch.fx.GraphModule):  # a PT2E graph: the pipeline's .eval() raises unless allowed
+            from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+            allow_exported_model_train_eval(module)
+        self._simulated = {**self._simulated, spec.name: ((id(spec.module), precision), module)}
+
+    def _recalled_simulated(self, spec: ComponentSpec, precision: str) -> nn.Module | None:
+        key, module = self._simulated.get(spec.name, (None, None))
+        return module if key == (id(spec.module), precision) else None
+
+    _simulated: dict = {}  # component → ((id of its module, precision), stand-in module)
+
     def runs_here(self, options: ExportOptions) -> bool:
         """Whether `run` can execute artifacts of these options on this host (else the PyTorch reference output is
         only computed when something else needs it, e.g. a BundledProgram)."""

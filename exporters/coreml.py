@@ -210,7 +210,7 @@ class CoreMLExporter(Exporter):
         records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
         with rw.tracing(rw.TRACE_FOR_TARGET["coreml"]), torch.no_grad():
             module = input_quantizer.quantize(spec.module, spec.args, records, keep)
-        self._simulated = {"key": (id(spec.module), options.precision), "module": module}
+        self._remember_simulated(spec, options.precision, module)
         stages["quantize"] = time.perf_counter() - t0
         progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
         return module
@@ -219,15 +219,14 @@ class CoreMLExporter(Exporter):
         """Off macOS, compressed artifacts are checked in PyTorch, recorded as verified_on "pytorch-simulated": w8 /
         w4 by their decompressed weights (the same coremltools compression), w8a8 by the quantized GraphModule that
         was converted (its int8 weights and activation quantize / dequantize). Compute is fp32 there, fp16 in Core ML."""
-        key = (id(spec.module), options.precision)
-        if self._simulated.get("key") != key and options.precision not in ("w8", "w4"):
+        module = self._recalled_simulated(spec, options.precision)  # w8a8: set when quantizing
+        if module is None and options.precision not in ("w8", "w4"):
             return ArtifactRun(outputs=None, verified_on=None, reason="a w8a8 Core ML artifact is checked in PyTorch "
                                "by the export that quantized it; Core ML prediction needs macOS")
-        if self._simulated.get("key") != key:  # w8a8 set it when quantizing
-            self._simulated = {"key": key, "module": quantize.coreml_simulated(spec.module, options.precision)}
-        return run_simulated(self._simulated["module"], spec)
-
-    _simulated: dict = {}
+        if module is None:
+            module = quantize.coreml_simulated(spec.module, options.precision)
+            self._remember_simulated(spec, options.precision, module)
+        return run_simulated(module, spec)
 
     def inspect(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> list[str]:
         import coremltools as ct

@@ -415,7 +415,6 @@ class ExecuTorchExporter(Exporter):
     name = "executorch"
     extension = ".pte"
     summary = "ExecuTorch .pte with an XNNPACK, Vulkan, QNN or Core ML delegate"
-    _simulated: dict = {}  # {"key", "module"}: the quantized graph lowered for a delegate no runtime here runs
 
     def delegates(self) -> dict[str, str]:
         return {k: d.description for k, d in DELEGATES.items()}
@@ -466,7 +465,7 @@ class ExecuTorchExporter(Exporter):
         else:
             quantization = None
         if quantization and not runs_on_host(self.name, delegate.name):  # checked in PyTorch instead (run())
-            self._simulated = {"key": (id(spec.module), options.precision), "module": module}
+            self._remember_simulated(spec, options.precision, module)
 
         progress(ProgressEvent(spec.name, "lower", "start", f"torch.export + {delegate.name} partitioner"))
         t0 = time.perf_counter()
@@ -555,8 +554,9 @@ class ExecuTorchExporter(Exporter):
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         delegate = DELEGATES[options.delegate]
         if not runs_on_host(self.name, delegate.name):
-            if self._simulated.get("key") == (id(spec.module), options.precision):
-                return run_simulated(self._simulated["module"], spec)  # the quantized graph that was lowered
+            simulated = self._recalled_simulated(spec, options.precision)
+            if simulated is not None:
+                return run_simulated(simulated, spec)  # the quantized graph that was lowered
             return ArtifactRun(outputs=None, verified_on=None, reason=delegate.no_runtime_reason)
         from executorch.runtime import Runtime
 
@@ -604,7 +604,8 @@ def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, progres
     stages["quantize"] = time.perf_counter() - t0
     progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
     return module, {"precision": options.precision, "calibration_records": len(records), "applied": applied_precision,
-                    "kept_float": keep, "tool": QUANTIZATION_TOOLS[options.delegate, applied_precision]}
+                    "kept_float": keep, "tool": QUANTIZATION_TOOLS[options.delegate, applied_precision],
+                    "int8_units": [u for u in quantize.int8_units(spec.name, applied_precision) if u not in keep]}
 
 
 def _output_meta(edge_manager) -> list:

@@ -251,19 +251,23 @@ def _precision_fields(entry: ArtifactEntry, fp32_bytes: int, ctx, memory: int | 
 
 def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Path, ctx, progress) -> None:
     """The whole sampler on this run's reduced-precision artifacts vs PyTorch fp32 (quality.trajectory); recorded in
-    every such entry. fp32 artifacts pass an exact gate already; artifacts no runtime here runs are skipped."""
+    every such entry. fp32 artifacts pass an exact gate already; an artifact no runtime here runs takes part through
+    the PyTorch stand-in its component gate ran (recorded in `verified_on`), or is skipped when there is none."""
     reduced = [e for e in entries if (e.precision or "fp32") != "fp32" and e.parity.get("verified_on")]
-    gated = [e for e in reduced if e.parity["verified_on"][-1]["runtime"] != SIMULATED_RUNTIME]
+    simulated = {e.component: plan.exporter.simulated_module(e.component) for e in reduced
+                 if e.parity["verified_on"][-1]["runtime"] == SIMULATED_RUNTIME}
+    gated = [e for e in reduced if simulated.get(e.component) is not None
+             or e.parity["verified_on"][-1]["runtime"] != SIMULATED_RUNTIME]
     for e in reduced:
         if e not in gated:
-            e.trajectory = {"passed": None, "reason": "the artifact's runtime is not on this host; its quantized "
-                                                      "graph was checked in PyTorch (parity verified_on "
-                                                      "pytorch-simulated)"}
+            e.trajectory = {"passed": None, "reason": "the artifact's runtime is not on this host and its PyTorch "
+                                                      "stand-in is gone (parity verified_on pytorch-simulated)"}
     if not gated or not plan.request.verify:
         return
     progress(ProgressEvent("video", "trajectory", "start", f"2-step video on {quality.calibration.VALIDATION_IMAGE.name}"))
     t0 = time.perf_counter()
-    record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr)
+    record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr,
+                                {c: m for c, m in simulated.items() if m is not None})
     for e in gated:
         e.trajectory = record
     progress(ProgressEvent("video", "trajectory", "done", f"worst frame {record['psnr_db_min']:.1f} dB "

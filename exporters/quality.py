@@ -21,6 +21,8 @@ import torch
 from mi2v_export import calibration, parity
 from mi2v_export.errors import VerificationError
 
+from .base import SIMULATED_RUNTIME
+
 TRAJECTORY_STEPS = 2
 TRAJECTORY_SEED = 0
 
@@ -71,15 +73,17 @@ def held_out_parity(exporter, artifact, staging: Path, spec, options, ctx: Quali
     return parity.compare(outs, refs), verified_on, len(records)
 
 
-def trajectory(entries: list, staging: Path, ctx: QualityContext, min_psnr: float | None) -> dict:
+def trajectory(entries: list, staging: Path, ctx: QualityContext, min_psnr: float | None,
+               simulated: dict | None = None) -> dict:
     """Generate on the validation image with this run's artifacts (PyTorch fp32 for the other components) and
-    compare every frame with the all-fp32 PyTorch run. Raises VerificationError when a frame is below the gate."""
-    from mi2v_export.pipeline import GenerateConfig, Pipeline, artifact_stage, compare_runs, load_image
+    compare every frame with the all-fp32 PyTorch run. Raises VerificationError when a frame is below the gate.
+    `simulated`: component → the PyTorch stand-in of an artifact no runtime here runs (its quantized graph)."""
+    from mi2v_export.pipeline import GenerateConfig, Pipeline, compare_runs, load_image
 
     torch_stages = ctx.stages()
     stages = dict(torch_stages)
     for e in entries:
-        stages[e.component] = artifact_stage(e.component, staging / e.file, e)
+        stages[e.component] = _artifact_or_simulated_stage(e, staging, (simulated or {}).get(e.component))
     gate_db = min_psnr if min_psnr is not None else min(
         parity.TRAJECTORY_PSNR_MIN_DB[e.precision] for e in entries)
     geo = ctx.plan.geo
@@ -93,13 +97,24 @@ def trajectory(entries: list, staging: Path, ctx: QualityContext, min_psnr: floa
               "psnr_db_min": parity._json_float(float(summary["min_psnr_db"])),
               "psnr_db": parity._json_float(float(summary["mean_psnr_db"])), "ssim_min": summary["min_ssim"],
               "gate_db": gate_db, "passed": bool(summary["passed"]),
-              "artifacts": {e.component: e.precision for e in entries}, "reference": parity.REFERENCE}
+              "artifacts": {e.component: e.precision for e in entries}, "reference": parity.REFERENCE,
+              "verified_on": {e.component: stages[e.component].backend for e in entries}}
     if not record["passed"]:
         which = ", ".join(f"{e.component} {e.precision}" for e in entries)
         raise VerificationError(f"trajectory gate: the 2-step video on {record['image']} with {which} reaches "
                                 f"{summary['min_psnr_db']:.1f} dB on its worst frame, below {gate_db:g} dB vs "
                                 "PyTorch fp32; no artifact was written (--min-psnr overrides the gate)")
     return record
+
+
+def _artifact_or_simulated_stage(entry, staging: Path, simulated):
+    from mi2v_export.pipeline import TorchStage, artifact_stage
+
+    if simulated is None:
+        return artifact_stage(entry.component, staging / entry.file, entry)
+    stage = TorchStage(entry.component, simulated, source=f"{entry.file} simulated in PyTorch")
+    stage.backend, stage.precision = SIMULATED_RUNTIME, entry.precision
+    return stage
 
 
 _PEAK_SCRIPT = r"""

@@ -31,6 +31,16 @@ import torch
 W4_GROUP = 32
 
 
+# The denoiser's embedders, adaLN modulation MLPs and final layer (8 % of its weights), known to be sensitive: w4
+# gives them int8 weights, not int4 (benchmarks/w4_sensitive_units.py measures why).
+SENSITIVE_UNITS = ("x_embedder", "t_embedder", "t_block", "flow_embedder", "flow_block", "y_embedder", "final_layer")
+
+
+def int8_units(component: str, precision: str) -> list[str]:
+    """Submodules (names under the export wrapper's `model`) that `precision` quantizes to int8 instead."""
+    return [f"model.{u}" for u in SENSITIVE_UNITS] if (component, precision) == ("denoiser", "w4") else []
+
+
 def plan_of(options) -> tuple[str, list[str]]:
     """(integer precision to apply, submodule names kept float) of a component: its precision, or for "mixed" the
     recipe's precision and its fp32/fp16 units (names under the export wrapper's `model`)."""
@@ -55,15 +65,16 @@ def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
                         component: str = "component", delegate: str = "xnnpack") -> torch.nn.Module:
     """The module to lower for `precision` (a quantized GraphModule or the torchao-quantized module). `keep`:
     submodule names (of `module`) left in float (a recipe's fp32 units)."""
+    int8 = int8_units(component, precision)
     if delegate == "vulkan":
         return _vulkan(_with_linears(module, precision, keep, component, delegate), args, precision, calibration,
-                       keep)
+                       keep, int8)
     if precision == "w8a8":
         return _pt2e(module, args, dynamic=False, calibration=calibration or [args], keep=keep)
     if precision == "w8":
         return _pt2e(_with_linears(module, precision, keep, component), args, dynamic=True, calibration=[args], keep=keep)
     if precision == "w4":
-        return _torchao_8da4w(_with_linears(module, precision, keep, component), keep)
+        return _torchao_8da4w(_with_linears(module, precision, keep, component), keep, int8)
     raise ValueError(f"no ExecuTorch quantization for {precision!r}")
 
 
@@ -143,9 +154,9 @@ def _pt2e(module, args, *, dynamic: bool, calibration: Sequence[tuple], keep: Se
     return convert_pt2e(prepared)
 
 
-def _torchao_8da4w(module, keep: Sequence[str] = ()):
+def _torchao_8da4w(module, keep: Sequence[str] = (), int8: Sequence[str] = ()):
     """int4 weights in groups of 32 on every nn.Linear whose input size XNNPACK can group (a multiple of 32);
-    the others get int8 per-channel weights (XNNPACK refuses other int4 group sizes). The 270M denoiser's linears
+    the others, and the `int8` units, get int8 per-channel weights (XNNPACK refuses other int4 group sizes). The 270M denoiser's linears
     are all multiples of 32; the tiny preset's mostly are not."""
     from torchao.quantization import quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
@@ -153,18 +164,19 @@ def _torchao_8da4w(module, keep: Sequence[str] = ()):
 
     quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                             weight_granularity=PerGroup(W4_GROUP)),
-              filter_fn=_linears(grouped=True, keep=keep))
+              filter_fn=_linears(grouped=True, keep=keep, int8=int8))
     quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
-              filter_fn=_linears(grouped=False, keep=keep))
+              filter_fn=_linears(grouped=False, keep=keep, int8=int8))
     return module
 
 
-def _linears(grouped: bool, keep: Sequence[str]):
-    """torchao `filter_fn`: the nn.Linear outside `keep` whose input size is (grouped) or is not a multiple of the
-    int4 group."""
+def _linears(grouped: bool, keep: Sequence[str], int8: Sequence[str] = ()):
+    """torchao `filter_fn` of the w4 passes: the nn.Linear outside `keep` that get int4 groups (grouped: input size a
+    multiple of the group, outside the `int8` units) or int8 per channel (not grouped: the others)."""
     def accept(m, fqn) -> bool:
-        groupable = m.in_features % W4_GROUP == 0 if isinstance(m, torch.nn.Linear) else None
-        return groupable is grouped and not _kept(fqn, keep)
+        if not isinstance(m, torch.nn.Linear) or _kept(fqn, keep):
+            return False
+        return (m.in_features % W4_GROUP == 0 and not _kept(fqn, int8)) is grouped
     return accept
 
 
@@ -177,7 +189,8 @@ def outside_units(keep: Sequence[str]):
     return lambda node: not any(f(node) for f in kept)
 
 
-def _vulkan(module, args, precision: str, calibration: Sequence[tuple] | None, keep: Sequence[str] = ()):
+def _vulkan(module, args, precision: str, calibration: Sequence[tuple] | None, keep: Sequence[str] = (),
+            int8: Sequence[str] = ()):
     """ExecuTorch 1.5's Vulkan quantized linears, on nn.Linear (1x1 convs made Linear first); convs stay float:
         w8a8  static int8 per-tensor inputs + int8 per-channel weights (input_quantizer, linear only): the backend
               fuses them into `et_vk.linear_q8ta_q8csw`
@@ -191,7 +204,7 @@ def _vulkan(module, args, precision: str, calibration: Sequence[tuple] | None, k
     if precision == "w8":
         return _vulkan_int8_weights(module, args, keep)
     if precision == "w4":
-        return _torchao_weight_only_int4(module, keep)
+        return _torchao_weight_only_int4(module, keep, int8)
     raise ValueError(f"no Vulkan quantization for {precision!r}")
 
 
@@ -215,14 +228,14 @@ def _vulkan_int8_weights(module, args, keep: Sequence[str] = ()):
     return convert_pt2e(prepared)
 
 
-def _torchao_weight_only_int4(module, keep: Sequence[str] = ()):
+def _torchao_weight_only_int4(module, keep: Sequence[str] = (), int8: Sequence[str] = ()):
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import IntxWeightOnlyConfig, quantize_
 
     quantize_(module, IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(W4_GROUP)),
-              filter_fn=_linears(grouped=True, keep=keep))
+              filter_fn=_linears(grouped=True, keep=keep, int8=int8))
     quantize_(module, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
-              filter_fn=_linears(grouped=False, keep=keep))
+              filter_fn=_linears(grouped=False, keep=keep, int8=int8))
     return module
 
 
@@ -330,9 +343,10 @@ def as_integer_friendly(path: Path, out: Path, precision: str, excluded: Sequenc
     return counts, pairs + depthwise
 
 
-def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, keep: Sequence[str] = ()) -> dict:
+def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, keep: Sequence[str] = (),
+                  int8: Sequence[str] = ()) -> dict:
     """Quantize the .onnx file at `path` in place; returns what was done (for target_info). `keep`: submodule
-    names whose nodes stay float (a recipe's fp32 units)."""
+    names whose nodes stay float (a recipe's fp32 units); `int8`: those w4 gives int8 weights (int8_units)."""
     import logging
 
     import onnxruntime.quantization  # noqa: F401 - imported before its loggers are quieted below
@@ -353,7 +367,7 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, ke
     elif precision == "w8a16":
         info = _run_quantizer(path, tmp, precision, records, {"nodes_to_exclude": excluded})
     elif precision == "w4":
-        info = _matmul_nbits(path, tmp, excluded)
+        info = _matmul_nbits(path, tmp, excluded, nodes_of_units(path, [u for u in int8 if u not in keep]))
     else:
         raise ValueError(f"no ONNX quantization for {precision!r}")
     tmp.replace(path)
@@ -374,20 +388,36 @@ def _run_quantizer(src: Path, out: Path, precision: str, records: Sequence[dict]
     return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel"}
 
 
-def _matmul_nbits(path: Path, out: Path, excluded: Sequence[str] = ()) -> dict:
+def _matmul_nbits(path: Path, out: Path, excluded: Sequence[str] = (), int8_nodes: Sequence[str] = ()) -> dict:
+    """4-bit MatMulNBits on every MatMul but the `excluded` nodes and the `int8_nodes`, which get onnxruntime's
+    dynamic int8 (per-channel weights) instead."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     model = onnx.load(str(path))
     rewritten = as_matmuls(model, set(excluded))
     _require_matmul_weights(model, "w4")
+    int8 = [n.name for n in model.graph.node if n.op_type == "MatMul"  # a rewritten Gemm / 1x1 conv: "<name>_matmul"
+            and (n.name in int8_nodes or n.name.removesuffix("_matmul") in int8_nodes)]
     config = DefaultWeightOnlyQuantConfig(block_size=W4_GROUP, is_symmetric=True, bits=4)
-    q = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=list(excluded))
+    q = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=list(excluded) + int8)
     q.process()
     q.model.save_model_to_file(str(out), use_external_data_format=False)
     nodes = sum(1 for n in q.model.model.graph.node if n.op_type == "MatMulNBits")
+    if int8:
+        _dynamic_int8(out, int8)
     return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 4, "block_size": W4_GROUP, "matmul_nbits": nodes,
-            "rewritten_as_matmul": rewritten}
+            "rewritten_as_matmul": rewritten, "int8_matmuls": len(int8)}
+
+
+def _dynamic_int8(path: Path, nodes: Sequence[str]) -> None:
+    """onnxruntime's dynamic int8 (per-channel weights) on these MatMul nodes of the .onnx at `path`, in place."""
+    import onnxruntime.quantization as oq
+
+    tmp = path.with_suffix(".int8.onnx")
+    oq.quantize_dynamic(str(path), str(tmp), weight_type=oq.QuantType.QInt8, per_channel=True,
+                        nodes_to_quantize=list(nodes), op_types_to_quantize=["MatMul"])
+    tmp.replace(path)
 
 
 def _require_matmul_weights(model, precision: str, least: float = 0.5) -> None:

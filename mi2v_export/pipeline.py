@@ -234,7 +234,8 @@ class TorchStage(Stage):
 
     def __init__(self, component: str, module: nn.Module, source: str = "pytorch"):
         _check_component(component)
-        self.component, self.module, self.source = component, module.eval(), source
+        module.eval()  # not `module.eval()` as the value: an exported (PT2E) graph's allowed eval returns None
+        self.component, self.module, self.source = component, module, source
         self.precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(_module_dtype(module), "fp32")
 
     @property
@@ -255,7 +256,7 @@ class TorchStage(Stage):
 
 
 def _module_dtype(module: nn.Module) -> torch.dtype:
-    p = next(iter(module.parameters()), None)
+    p = next((p for p in module.parameters() if p.is_floating_point()), None)  # a quantized graph holds int8 too
     return p.dtype if p is not None else torch.float32
 
 
