@@ -266,6 +266,8 @@ def _vulkan_kernel_check(artifact: Artifact, precision: str) -> str:
     would leave float linears under an integer label)."""
     kernel = VULKAN_KERNELS[precision]
     count = (artifact.target_info.get("vulkan_ops") or {}).get(kernel, 0)
+    if precision == "w4" and artifact.target_info["quantization"].get("int4_linears") == 0:
+        return "Vulkan w4: no Linear takes int4 groups of 32 (input sizes / int8 units), all int8 per channel"
     if not count:
         raise VerificationError(f"{artifact.file}: labelled {precision} but its Vulkan graph has no {kernel}")
     return f"Vulkan {precision} kernel: {kernel}×{count}"
@@ -603,9 +605,12 @@ def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, progres
                                               options.delegate)
     stages["quantize"] = time.perf_counter() - t0
     progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
-    return module, {"precision": options.precision, "calibration_records": len(records), "applied": applied_precision,
-                    "kept_float": keep, "tool": QUANTIZATION_TOOLS[options.delegate, applied_precision],
-                    "int8_units": [u for u in quantize.int8_units(spec.name, applied_precision) if u not in keep]}
+    int8 = [u for u in quantize.int8_units(spec.name, applied_precision) if u not in keep]
+    info = {"precision": options.precision, "calibration_records": len(records), "applied": applied_precision,
+            "kept_float": keep, "tool": QUANTIZATION_TOOLS[options.delegate, applied_precision], "int8_units": int8}
+    if applied_precision == "w4":
+        info["int4_linears"] = quantize.int4_linears(module, keep, int8)
+    return module, info
 
 
 def _output_meta(edge_manager) -> list:

@@ -190,6 +190,12 @@ def _linears(grouped: bool, keep: Sequence[str], int8: Sequence[str] = ()):
     return accept
 
 
+def int4_linears(module: torch.nn.Module, keep: Sequence[str], int8: Sequence[str]) -> int:
+    """How many nn.Linear of `module` the w4 passes give int4 groups (the others get int8 per channel)."""
+    accept = _linears(grouped=True, keep=keep, int8=int8)
+    return sum(1 for fqn, m in module.named_modules() if accept(m, fqn))
+
+
 def outside_units(keep: Sequence[str]):
     """PT2E `set_filter_function`: nodes outside the `keep` units (set_module_name(name, None) is "not supported
     yet" in ExecuTorch 1.5)."""

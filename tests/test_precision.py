@@ -13,7 +13,9 @@ from mi2v_export import parity
 from mi2v_export import precision as P
 from mi2v_export.errors import BadInputError
 from mi2v_export.exporters.orchestrate import ExportRequest, prepare, run_export
+from mi2v_export.exporters.quantize import SENSITIVE_UNITS
 from mi2v_export.manifest import read_manifest
+from mi2v_export.shapes import geometry
 
 from .conftest import run_cli
 
@@ -163,6 +165,11 @@ def test_cell_exports_gates_and_records(tmp_path, calibration_cache, fp32_denois
         assert e.target_info["quantization"]["precision"] == prec
         if target == "onnx" and prec in ("w8a8", "w8"):
             assert_only_weight_matmuls_are_integer(tmp_path / "a" / e.file)
+        if prec == "w4":  # the sensitive units get int8 weights, the rest int4
+            assert e.target_info["quantization"]["int8_units"] == [f"model.{u}" for u in SENSITIVE_UNITS]
+            if target == "onnx":
+                q = e.target_info["quantization"]
+                assert q["int8_matmuls"] > 0 and q["matmul_nbits"] > 0
     else:
         assert e.calibration is None
     assert report.entries[0].precision == prec
@@ -369,19 +376,45 @@ def test_coreml_structural_check_refuses_a_label_without_its_ops():
 # ExecuTorch Vulkan: quantized linears, structural checks (no Vulkan runtime here) + the quantized graph in PyTorch
 
 
-@pytest.mark.parametrize("prec,kernel", [("w8a8", "et_vk.linear_q8ta_q8csw"), ("w8", "aten._weight_int8pack_mm"),
-                                         ("w4", "et_vk.linear_q4gsw")])
-def test_vulkan_integer_cells_lower_to_their_kernels(tmp_path, calibration_cache, prec, kernel):
+# the tiny denoiser's int4-eligible linears (input size a multiple of 32) are all in the units w4 keeps at int8
+@pytest.mark.parametrize("prec,check", [("w8a8", "Vulkan w8a8 kernel: et_vk.linear_q8ta_q8csw"),
+                                        ("w8", "Vulkan w8 kernel: aten._weight_int8pack_mm"),
+                                        ("w4", "Vulkan w4: no Linear takes int4 groups")])
+def test_vulkan_integer_cells_lower_to_their_kernels(tmp_path, calibration_cache, prec, check):
     run_export(ExportRequest(target="executorch", delegate="vulkan", out_dir=tmp_path / "a", preset="tiny",
                              components="denoiser", precision=prec))
     e = read_manifest(tmp_path / "a").find("denoiser")
     assert e.precision == prec and e.compression < 0.4  # fp32: 1.0
     run = e.parity["verified_on"][-1]
     assert run["runtime"] == "pytorch-simulated" and run["passed"] and e.parity["inputs"].startswith("held-out")
-    assert e.target_info["vulkan_ops"][f"{kernel}.default"] > 0
-    assert any(c.startswith(f"Vulkan {prec} kernel: {kernel}") for c in e.structure["checks"])
+    assert any(c.startswith(check) for c in e.structure["checks"])
     assert e.delegation["flops_share_delegated"] == 1.0  # the convs too (quantized under the trace rewrites)
     assert e.trajectory["passed"] and e.trajectory["verified_on"] == {"denoiser": "pytorch-simulated"}
+
+
+def test_vulkan_w4_groups_of_32_become_the_fused_int4_kernel():
+    from executorch.exir import to_edge_transform_and_lower
+
+    from mi2v_export.exporters import executorch as etx
+    from mi2v_export.exporters.quantize import executorch_quantize, int4_linears, int8_units
+
+    class Wrapper(torch.nn.Module):  # named like the export wrapper: int8_units are "model.<unit>"
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.blocks = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Linear(96, 64))
+            self.model.final_layer = torch.nn.Linear(64, 32)
+
+        def forward(self, x):
+            return self.model.final_layer(self.model.blocks(x))
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 64)
+    module = executorch_quantize(Wrapper().eval(), (x,), "w4", None, component="denoiser", delegate="vulkan")
+    assert int4_linears(module, [], int8_units("denoiser", "w4")) == 2  # the final layer is int8
+    edge = to_edge_transform_and_lower(torch.export.export(module, (x,), strict=False),
+                                       partitioner=etx._vulkan_partitioners(None))
+    assert etx.vulkan_ops(edge).get("et_vk.linear_q4gsw.default") == 2
 
 
 def test_vulkan_refuses_integer_precisions_for_a_component_without_linears(tmp_path):
@@ -405,6 +438,26 @@ def test_vulkan_kernel_check_refuses_a_label_without_its_kernel():
 def test_coreml_w4_needs_ios18(tmp_path):
     with pytest.raises(BadInputError, match="needs --min-ios 18"):
         prepare(ExportRequest(target="coreml", out_dir=tmp_path / "o", preset="tiny", precision="w4"))
+
+
+def test_xnnpack_w8a8_decoder_quantizes_at_convs_and_linears_only():
+    """Turbo-VAED's residual adds and RMS-norm multiplies stay float (each cost ~2 dB in int8): no add / mul output
+    is quantized, while XNNPACK's every-pattern default (the other components) quantizes them."""
+    from mi2v_export.exporters import components, rewrites
+    from mi2v_export.exporters.quantize import executorch_quantize
+
+    spec = components.load_component("decoder", preset="tiny", geo=geometry(128, 192, 9), reference=False)
+    rewrites.apply_rewrites(spec.module, rewrites.FOR_TARGET["executorch"])
+
+    def quantized_inputs(component: str) -> set[str]:
+        with rewrites.tracing(rewrites.TRACE_FOR_TARGET["executorch"]), torch.no_grad():
+            graph = executorch_quantize(spec.module, spec.args, "w8a8", [spec.args], component=component)
+        return {getattr(q.args[0].target, "__name__", "").split(".")[0] for q in graph.graph.nodes
+                if q.op == "call_function" and getattr(q.target, "__name__", "").startswith("quantize_per_tensor")}
+
+    decoder = quantized_inputs("decoder")
+    assert "conv2d" in decoder and not decoder & {"add", "mul"}
+    assert quantized_inputs("every-pattern") & {"add", "mul"}
 
 
 def test_pointwise_convs_become_exact_linears_for_the_linear_only_quantizers():
@@ -460,7 +513,6 @@ def test_executorch_fp16_layer_norm_is_an_fp32_island():
 @pytest.mark.parametrize("attention", ["reference", "mobile"])
 def test_layer_norm_fp32_keeps_the_fp32_denoiser_exact(attention):
     from mi2v_export.exporters import components, rewrites
-    from mi2v_export.shapes import geometry
 
     spec = components.load_component("denoiser", preset="tiny", geo=geometry(128, 192, 9), attention=attention)
     with rewrites.tracing(["layer_norm_fp32"]), torch.no_grad():
