@@ -366,6 +366,7 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, ke
     import logging
 
     import onnxruntime.quantization  # noqa: F401 - imported before its loggers are quieted below
+    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401 - its import sets the root logger to INFO
 
     for name in ("", "onnxruntime.quantization.matmul_nbits_quantizer"):  # advice/INFO lines, not for the CLI
         logging.getLogger(name).setLevel(logging.ERROR)
