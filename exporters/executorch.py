@@ -266,7 +266,7 @@ def _vulkan_kernel_check(artifact: Artifact, precision: str) -> str:
     would leave float linears under an integer label)."""
     kernel = VULKAN_KERNELS[precision]
     count = (artifact.target_info.get("vulkan_ops") or {}).get(kernel, 0)
-    if precision == "w4" and artifact.target_info["quantization"].get("int4_linears") == 0:
+    if precision == "w4" and artifact.target_info.get("quantization", {}).get("int4_linears") == 0:
         return "Vulkan w4: no Linear takes int4 groups of 32 (input sizes / int8 units), all int8 per channel"
     if not count:
         raise VerificationError(f"{artifact.file}: labelled {precision} but its Vulkan graph has no {kernel}")
@@ -461,11 +461,8 @@ class ExecuTorchExporter(Exporter):
             module = module.half()
         progress(ProgressEvent(spec.name, "rewrite", "done", ", ".join(f"{n}×{c}" for n, c in applied.items() if c)))
         args = cast_inputs(spec, options.dtype if delegate.half_graph else "fp32")
-        if options.precision not in ("fp32", "fp16"):  # integer: the quantizer's torch.export sees the trace rewrites
-            with rw.tracing(trace):  # too (else e.g. Turbo-VAED's channel RMS stays 29 portable means on XNNPACK)
-                module, quantization = _quantize(module, args, spec, options, progress, stages)
-        else:
-            quantization = None
+        module, quantization = (_quantize(module, args, spec, options, trace, progress, stages)  # integer precisions
+                                if options.precision not in ("fp32", "fp16") else (module, None))
         if quantization and not runs_on_host(self.name, delegate.name):  # checked in PyTorch instead (run())
             self._remember_simulated(spec, options.precision, module)
 
@@ -480,7 +477,6 @@ class ExecuTorchExporter(Exporter):
         progress(ProgressEvent(spec.name, "lower", "done",
                                f"{delegation['ops_delegated']} ops in {delegation['delegated_subgraphs']} "
                                f"subgraph(s), {delegation['ops_portable']} portable", seconds=stages["lower"]))
-
         progress(ProgressEvent(spec.name, "serialize", "start", "to_executorch"))
         t0 = time.perf_counter()
         program = edge.to_executorch()
@@ -494,13 +490,12 @@ class ExecuTorchExporter(Exporter):
         if options.dtype == "fp16" and not delegate.half_graph:
             info["backend_precision"] = "fp16"
         info.update(planned_memory_bytes=planned_memory_bytes(program), **({"quantization": quantization}
-                                                                            if quantization else {}))
+                                                                            if quantization else {}),
+                    **({"vulkan_ops": backend_ops} if backend_ops is not None else {}))
         if delegate.name == "coreml":
             info.update(compute_units=options.compute_units, minimum_deployment_target=f"iOS{options.min_ios}")
         if delegate.name == "qnn":
             info["soc"] = options.soc
-        if backend_ops is not None:
-            info["vulkan_ops"] = backend_ops
         if options.etrecord:
             extra["etrecord"] = f"{spec.name}.etrecord"
             program.get_etrecord().save(str(out_dir / extra["etrecord"]))
@@ -591,8 +586,8 @@ class ExecuTorchExporter(Exporter):
         bundle["verified_on_host"] = True
 
 
-def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, progress: ProgressCallback,
-              stages: dict) -> tuple:
+def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, trace: tuple[str, ...],
+              progress: ProgressCallback, stages: dict) -> tuple:
     """The integer precision's module to lower (exporters/quantize.py) and its target_info record."""
     import torch
 
@@ -600,7 +595,9 @@ def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, progres
     t0 = time.perf_counter()
     records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
     applied_precision, keep = quantize.plan_of(options)
-    with torch.no_grad():
+    # the quantizer's torch.export runs under the lowering's trace rewrites too (without them the XNNPACK w8a8
+    # Turbo-VAED kept its channel RMS as 29 means on portable kernels)
+    with rw.tracing(trace), torch.no_grad():
         module = quantize.executorch_quantize(module, args, applied_precision, records, keep, spec.name,
                                               options.delegate)
     stages["quantize"] = time.perf_counter() - t0

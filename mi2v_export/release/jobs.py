@@ -131,7 +131,7 @@ def _export(job: Job, partial: Path, on_start) -> dict:
         if on_start is not None:
             on_start(child)
         try:
-            _, status, usage = os.wait4(child.pid, 0)
+            status, usage = _wait(child)
         except KeyboardInterrupt:
             _stop(child)
             raise
@@ -144,6 +144,16 @@ def _export(job: Job, partial: Path, on_start) -> dict:
         return {"status": "cancelled", "wall_s": wall, "peak_rss_bytes": peak, "reason": "interrupted"}
     return {"status": "failed", "wall_s": wall, "peak_rss_bytes": peak,
             "reason": _last_error(partial / LOG_FILE, child.returncode)}
+
+
+def _wait(child: subprocess.Popen) -> tuple[int, object]:
+    """(wait status, rusage) of `child`, waited for in short polls: Ray's cancel raises KeyboardInterrupt between
+    bytecodes (it sends no signal), which a blocking os.wait4 held back until the export had finished."""
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            return status, usage
+        time.sleep(0.2)
 
 
 def _stop(child: subprocess.Popen) -> None:
