@@ -15,6 +15,7 @@ import gc
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,9 +195,15 @@ def prepare(request: ExportRequest) -> ExportPlan:
     return ExportPlan(request, exporter, options, components, preset.name, geo, routing, manifest)
 
 
-def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback = no_progress) -> ExportReport:
-    """Export every requested component into a staging folder, then move them into the output folder."""
+def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback = no_progress,
+               stop_requested: Callable[[], bool] = lambda: False) -> ExportReport:
+    """Export every requested component into a staging folder, then move them into the output folder.
+
+    `stop_requested` is asked at every progress event and before the commit: a signal handler's KeyboardInterrupt
+    can be swallowed (raised inside a weakref callback or `__del__`, Python only prints "Exception ignored"), so an
+    interrupted export must not rely on the exception alone to keep its output out of the folder."""
     plan = request if isinstance(request, ExportPlan) else prepare(request)
+    progress = _stoppable(progress, stop_requested)
     req = plan.request
     out_dir = Path(req.out_dir)
     entries: list[ArtifactEntry] = []
@@ -211,6 +218,7 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
                 files += entry.files()
             _trajectory_gate(entries, plan, staging.path, ctx, progress)
             plan.manifest.components = entries
+            _raise_if_stopped(stop_requested)
             merged = staging.commit(plan.manifest, files)
     except Mi2vError:
         raise
@@ -220,6 +228,18 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
                             "to the output folder") from None
         raise
     return ExportReport(out_dir=out_dir, manifest=merged, entries=entries)
+
+
+def _raise_if_stopped(stop_requested: Callable[[], bool]) -> None:
+    if stop_requested():
+        raise KeyboardInterrupt
+
+
+def _stoppable(progress: ProgressCallback, stop_requested: Callable[[], bool]) -> ProgressCallback:
+    def checked(event: ProgressEvent) -> None:
+        _raise_if_stopped(stop_requested)
+        progress(event)
+    return checked
 
 
 def _component_options(name: str, options: ExportOptions) -> ExportOptions:

@@ -11,6 +11,7 @@ and decoder (golden parity for the denoiser).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -604,6 +605,33 @@ def test_ctrl_c_on_the_cli_cleans_up(tmp_path, onnx_dir):
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted; nothing was written" in error_line(subprocess.CompletedProcess(proc.args, 130, "", err))
     assert digests(out) == before and not staging_left(tmp_path)
+
+
+class _StopOnCall:
+    """stop_requested that answers yes from its n-th question on (None: never), counting the questions."""
+
+    def __init__(self, n: int | None):
+        self.n, self.asked = n, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.n is not None and self.asked >= self.n
+
+
+def test_a_stop_request_whose_interrupt_was_lost_still_writes_nothing(tmp_path, onnx_dir):
+    """Python drops a signal handler's KeyboardInterrupt raised inside a weakref callback ("Exception ignored"):
+    the export must still stop at its next stage, and at the latest just before the commit."""
+    request = ExportRequest(target="onnx", components="decoder", preset="tiny", out_dir=tmp_path / "full")
+    counting, all_events = _StopOnCall(None), []
+    run_export(request, all_events.append, stop_requested=counting)  # how many questions a whole export asks
+    for n in (1, counting.asked):
+        out, events = tmp_path / f"stop-at-{n}", []
+        shutil.copytree(onnx_dir, out)
+        before = digests(out)
+        with pytest.raises(KeyboardInterrupt):
+            run_export(dataclasses.replace(request, out_dir=out), events.append, stop_requested=_StopOnCall(n))
+        assert digests(out) == before and not staging_left(tmp_path)
+        assert len(events) == (0 if n == 1 else len(all_events))  # the last question: after every stage, the commit
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ..contract import AttentionPlan, ComputeUnit, DecoderKind, Delegate, ExportDtype, PresetName, Soc, Target
 from ..errors import BadInputError, Mi2vError
+from ..interrupts import recorded_interrupts
 from ._render import component_list, console, err_console, human_bytes, print_json
 
 
@@ -53,28 +54,6 @@ def _stdout_to_stderr(enabled: bool):
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-@contextlib.contextmanager
-def _interrupts_clean_up(seen: dict):
-    """Ctrl-C (SIGINT, even when inherited as ignored, e.g. from a background job) and SIGTERM raise
-    KeyboardInterrupt, so the export unwinds: staging folder removed, output folder untouched. `seen["signal"]`
-    records the signal, because a library may catch the KeyboardInterrupt and re-raise it as its own error
-    (torch.export does)."""
-    def handler(signum, frame):
-        seen["signal"] = True
-        raise KeyboardInterrupt
-
-    try:
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class _RichProgress:
@@ -165,13 +144,16 @@ def export(
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    seen = {"signal": False}
+    # Ctrl-C and SIGTERM unwind the export (staging folder removed, output folder untouched). `interrupts.seen`
+    # records the signal: a library may re-raise the KeyboardInterrupt as its own error (torch.export does), and
+    # Python drops one raised inside a weakref callback, so run_export also asks at every stage and before the commit.
+    interrupts = None
     try:
-        with _interrupts_clean_up(seen), _stdout_to_stderr(json_out):
+        with recorded_interrupts(signal.SIGINT, signal.SIGTERM) as interrupts, _stdout_to_stderr(json_out):
             with Progress(*columns, console=err_console, transient=False) as progress:
-                report = run_export(plan, _RichProgress(progress))
+                report = run_export(plan, _RichProgress(progress), stop_requested=lambda: interrupts.seen)
     except BaseException:  # whatever the signal surfaced as
-        if not seen["signal"]:
+        if interrupts is None or not interrupts.seen:
             raise
         raise ExportInterrupted(f"interrupted; nothing was written to {out} (earlier artifacts there are "
                                 "untouched)") from None

@@ -104,24 +104,21 @@ def _list(the_plan, jobs, json_out: bool) -> None:
 
 def _run(the_plan, jobs, executor: Executor, workers: int, budget: int | None, address: str | None) -> int:
     from ..release import executors
+    from ..interrupts import recorded_interrupts
     from ..release.jobs import _now
 
     progress = executors.PlanProgress(jobs, stream=err_console.file)
     the_plan.out.mkdir(parents=True, exist_ok=True)
     todo = executors.skip_finished(jobs, the_plan.out, progress)
-    # Ctrl-C (even when inherited as ignored, e.g. from a background job) and SIGTERM cancel the plan
-    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     cancelled = False
-    try:
-        if executor is Executor.local:
-            executors.run_local(todo, the_plan.out, progress, workers, budget)
-        else:
-            executors.run_ray(todo, the_plan.out, progress, address)
+    try:  # Ctrl-C and SIGTERM cancel the plan; the executors also ask `interrupts.seen` (mi2v_export.interrupts)
+        with recorded_interrupts(signal.SIGINT, signal.SIGTERM) as interrupts:
+            if executor is Executor.local:
+                executors.run_local(todo, the_plan.out, progress, workers, budget, interrupts)
+            else:
+                executors.run_ray(todo, the_plan.out, progress, address, interrupts)
     except executors.PlanCancelled:
         cancelled = True
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     results = progress.summary()
     _write_run_record(the_plan, executor.value, results, _now())
     _render_summary(the_plan, results)

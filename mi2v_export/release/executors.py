@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from ..interrupts import Interrupts
 from . import memory
 from .jobs import PARTIAL_PREFIX, finished, run_job
 from .plan import Job
@@ -111,8 +112,10 @@ class _Running:
 
 
 def run_local(jobs: list[Job], out_root: Path, progress: PlanProgress, workers: int,
-              budget: int | None = None) -> None:
-    """Run `jobs` with at most `workers` at once and their expected peaks within `budget` bytes."""
+              budget: int | None = None, interrupts: Interrupts | None = None) -> None:
+    """Run `jobs` with at most `workers` at once and their expected peaks within `budget` bytes; a seen interrupt
+    cancels them (PlanCancelled)."""
+    interrupts = interrupts or Interrupts()
     budget = budget or int(memory.available_memory() * 0.9)
     table = memory.load_table()
     queue = [(job, memory.estimate(job, table)[0]) for job in jobs]
@@ -120,6 +123,7 @@ def run_local(jobs: list[Job], out_root: Path, progress: PlanProgress, workers: 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mi2v-job") as pool:
         try:
             while queue or running:
+                interrupts.raise_if_seen()
                 _start_fitting(queue, running, pool, out_root, progress, workers, budget)
                 done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -188,8 +192,10 @@ def _signal_children(slots, sig) -> None:
 # Ray
 
 
-def run_ray(jobs: list[Job], out_root: Path, progress: PlanProgress, address: str) -> None:
-    """Submit every job as a Ray task on the cluster at `address`; collect results as they finish."""
+def run_ray(jobs: list[Job], out_root: Path, progress: PlanProgress, address: str,
+            interrupts: Interrupts | None = None) -> None:
+    """Submit every job as a Ray task on the cluster at `address`; collect results as they finish; a seen interrupt
+    cancels the tasks (PlanCancelled)."""
     import logging
 
     import ray
@@ -205,7 +211,7 @@ def run_ray(jobs: list[Job], out_root: Path, progress: PlanProgress, address: st
     try:
         refs = _submit_ray(ray, jobs, out_root, progress)
         try:
-            _collect_ray(ray, refs, out_root, progress)
+            _collect_ray(ray, refs, out_root, progress, interrupts or Interrupts())
         except KeyboardInterrupt:
             _cancel_ray(ray, refs, progress)
             raise PlanCancelled from None
@@ -245,8 +251,9 @@ def _submit_ray(ray, jobs: list[Job], out_root: Path, progress: PlanProgress) ->
     return refs
 
 
-def _collect_ray(ray, refs: dict, out_root: Path, progress: PlanProgress) -> None:
+def _collect_ray(ray, refs: dict, out_root: Path, progress: PlanProgress, interrupts: Interrupts) -> None:
     while refs:
+        interrupts.raise_if_seen()
         done, pending = ray.wait(list(refs), num_returns=1, timeout=1.0)
         for ref in pending:  # a task that started has created its partial folder (the path every node sees)
             job = refs[ref]

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..interrupts import Interrupts, recorded_interrupts
 from .plan import Job
 
 JOB_FILE = "job.json"
@@ -131,7 +132,8 @@ def _export(job: Job, partial: Path, on_start) -> dict:
         if on_start is not None:
             on_start(child)
         try:
-            status, usage = _wait(child)
+            with recorded_interrupts(signal.SIGINT) as interrupts:  # Ray's cancel simulates a SIGINT
+                status, usage = _wait(child, interrupts)
         except KeyboardInterrupt:
             _stop(child)
             raise
@@ -146,10 +148,12 @@ def _export(job: Job, partial: Path, on_start) -> dict:
             "reason": _last_error(partial / LOG_FILE, child.returncode)}
 
 
-def _wait(child: subprocess.Popen) -> tuple[int, object]:
+def _wait(child: subprocess.Popen, interrupts: Interrupts) -> tuple[int, object]:
     """(wait status, rusage) of `child`, waited for in short polls: Ray's cancel raises KeyboardInterrupt between
-    bytecodes (it sends no signal), which a blocking os.wait4 held back until the export had finished."""
+    bytecodes (it sends no signal), which a blocking os.wait4 held back until the export had finished; and a
+    KeyboardInterrupt Python dropped (see mi2v_export.interrupts) is still seen at the next poll."""
     while True:
+        interrupts.raise_if_seen()
         pid, status, usage = os.wait4(child.pid, os.WNOHANG)
         if pid:
             return status, usage
