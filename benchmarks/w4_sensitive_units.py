@@ -22,6 +22,7 @@ import torch
 from mi2v_export import contract
 from mi2v_export import recipe as rc
 from mi2v_export.calibration import VALIDATION_IMAGE
+from mi2v_export.errors import Mi2vError, first_line
 from mi2v_export.exporters.quantize import SENSITIVE_UNITS
 from mi2v_export.pipeline import (
     GenerateConfig,
@@ -57,12 +58,15 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, action="append", default=[])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    h, w = parse_resolution(args.resolution)
-    geo = geometry(h, w, args.frames)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        parts = checkpoint_parts(args.checkpoint)
-        stages = {c: torch_stage(c, args.preset, "turbo-vaed", parts) for c in ("encoder", "denoiser", "decoder")}
+    try:  # bad flags or checkpoints: one usage line, no traceback
+        h, w = parse_resolution(args.resolution)
+        geo = geometry(h, w, args.frames)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parts = checkpoint_parts(args.checkpoint)
+            stages = {c: torch_stage(c, args.preset, "turbo-vaed", parts) for c in ("encoder", "denoiser", "decoder")}
+    except Mi2vError as exc:
+        ap.error(first_line(exc))
     config = GenerateConfig(geo.height, geo.width, geo.frames, steps=2, seed=0)
     image = load_image(VALIDATION_IMAGE)
     t0 = time.perf_counter()

@@ -182,6 +182,10 @@ class Exporter(ABC):
         key, module = self._simulated.get(spec.name, (None, None))
         return module if key == (id(spec.module), precision) else None
 
+    def forget_simulated(self) -> None:
+        """Drop the stand-ins once the trajectory gate ran (a 720p Core ML w8 / w4 denoiser's is ~1 GB of fp32)."""
+        self._simulated = {}
+
     _simulated: dict = {}  # component → ((id of its module, precision), stand-in module)
 
     def runs_here(self, options: ExportOptions) -> bool:

@@ -602,7 +602,7 @@ def _quantize(module, args, spec: ComponentSpec, options: ExportOptions, trace: 
                                               options.delegate)
     stages["quantize"] = time.perf_counter() - t0
     progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
-    int8 = [u for u in quantize.int8_units(spec.name, applied_precision) if u not in keep]
+    int8 = quantize.int8_units(spec.name, applied_precision, keep)
     info = {"precision": options.precision, "calibration_records": len(records), "applied": applied_precision,
             "kept_float": keep, "tool": QUANTIZATION_TOOLS[options.delegate, applied_precision], "int8_units": int8}
     if applied_precision == "w4":

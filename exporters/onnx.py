@@ -129,10 +129,10 @@ class OnnxExporter(Exporter):
             t0 = time.perf_counter()
             records = [{n: t.numpy() for n, t in r.items()} for r in (options.calibration or [])]
             applied_precision, keep = quantize.plan_of(options)
-            int8 = quantize.int8_units(spec.name, applied_precision)
+            int8 = quantize.int8_units(spec.name, applied_precision, keep)
             info["quantization"] = dict(quantize.onnx_quantize(path, applied_precision, records, keep=keep, int8=int8),
                                         precision=options.precision, applied=applied_precision, kept_float=keep,
-                                        int8_units=[u for u in int8 if u not in keep])
+                                        int8_units=int8)
             stages["quantize"] = time.perf_counter() - t0
             progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
         model = onnx.load(str(path), load_external_data=False)

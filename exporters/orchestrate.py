@@ -216,7 +216,10 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
                                     plan.routing[name], staging.path, progress, ctx)
                 entries.append(entry)
                 files += entry.files()
-            _trajectory_gate(entries, plan, staging.path, ctx, progress)
+            try:
+                _trajectory_gate(entries, plan, staging.path, ctx, progress)
+            finally:
+                plan.exporter.forget_simulated()
             plan.manifest.components = entries
             _raise_if_stopped(stop_requested)
             merged = staging.commit(plan.manifest, files)

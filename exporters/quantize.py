@@ -36,9 +36,11 @@ W4_GROUP = 32
 SENSITIVE_UNITS = ("x_embedder", "t_embedder", "t_block", "flow_embedder", "flow_block", "y_embedder", "final_layer")
 
 
-def int8_units(component: str, precision: str) -> list[str]:
-    """Submodules (names under the export wrapper's `model`) that `precision` quantizes to int8 instead."""
-    return [f"model.{u}" for u in SENSITIVE_UNITS] if (component, precision) == ("denoiser", "w4") else []
+def int8_units(component: str, precision: str, keep: Sequence[str] = ()) -> list[str]:
+    """Submodules (names under the export wrapper's `model`) that `precision` quantizes to int8 instead, but for
+    those a recipe keeps float (`keep`)."""
+    units = [f"model.{u}" for u in SENSITIVE_UNITS] if (component, precision) == ("denoiser", "w4") else []
+    return [u for u in units if not _kept(u, keep)]
 
 
 def plan_of(options) -> tuple[str, list[str]]:
@@ -65,7 +67,7 @@ def executorch_quantize(module: torch.nn.Module, args: tuple, precision: str,
                         component: str = "component", delegate: str = "xnnpack") -> torch.nn.Module:
     """The module to lower for `precision` (a quantized GraphModule or the torchao-quantized module). `keep`:
     submodule names (of `module`) left in float (a recipe's fp32 units)."""
-    int8 = int8_units(component, precision)
+    int8 = int8_units(component, precision, keep)
     if delegate == "vulkan":
         return _vulkan(_with_linears(module, precision, keep, component, delegate), args, precision, calibration,
                        keep, int8)
@@ -89,12 +91,18 @@ def _with_linears(module: torch.nn.Module, precision: str, keep: Sequence[str], 
 
     module = conv1x1_as_linear(module, keep)
     if not any(isinstance(m, torch.nn.Linear) and not _kept(n, keep) for n, m in module.named_modules()):
-        instead = "fp16 for it, e.g. --precision denoiser=w8a8,decoder=fp16,encoder=fp16" if delegate == "vulkan" \
-            else f"w8a8 or fp16 for it, e.g. --precision denoiser={precision},decoder=w8a8,encoder=fp16"
-        raise BadInputError(f"--precision {precision} on ExecuTorch {delegate.capitalize() if delegate == 'vulkan' else 'XNNPACK'} "
-                            f"quantizes Linear layers and 1x1 convs only, and the {component} has none (it would stay "
-                            f"fp32): use {instead}")
+        name, instead = _LINEAR_ONLY_REMEDY[delegate]
+        raise BadInputError(f"--precision {precision} on ExecuTorch {name} quantizes Linear layers and 1x1 convs "
+                            f"only, and the {component} has none (it would stay fp32): use "
+                            + instead.format(precision=precision))
     return module
+
+
+# delegate → (its name, what to use instead for a component without Linear layers)
+_LINEAR_ONLY_REMEDY = {
+    "xnnpack": ("XNNPACK", "w8a8 or fp16 for it, e.g. --precision denoiser={precision},decoder=w8a8,encoder=fp16"),
+    "vulkan": ("Vulkan", "fp16 for it, e.g. --precision denoiser=w8a8,decoder=fp16,encoder=fp16"),
+}
 
 
 class Conv1x1AsLinear(torch.nn.Module):
@@ -362,7 +370,8 @@ def as_integer_friendly(path: Path, out: Path, precision: str, excluded: Sequenc
 def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, keep: Sequence[str] = (),
                   int8: Sequence[str] = ()) -> dict:
     """Quantize the .onnx file at `path` in place; returns what was done (for target_info). `keep`: submodule
-    names whose nodes stay float (a recipe's fp32 units); `int8`: those w4 gives int8 weights (int8_units)."""
+    names whose nodes stay float (a recipe's fp32 units); `int8`: those w4 gives int8 weights (int8_units, without
+    the `keep` ones)."""
     import logging
 
     import onnxruntime.quantization  # noqa: F401 - imported before its loggers are quieted below
@@ -384,7 +393,7 @@ def onnx_quantize(path: Path, precision: str, records: Sequence[dict] | None, ke
     elif precision == "w8a16":
         info = _run_quantizer(path, tmp, precision, records, {"nodes_to_exclude": excluded})
     elif precision == "w4":
-        info = _matmul_nbits(path, tmp, excluded, nodes_of_units(path, [u for u in int8 if u not in keep]))
+        info = _matmul_nbits(path, tmp, excluded, nodes_of_units(path, int8))
     else:
         raise ValueError(f"no ONNX quantization for {precision!r}")
     tmp.replace(path)

@@ -519,3 +519,18 @@ def test_layer_norm_fp32_keeps_the_fp32_denoiser_exact(attention):
         out = spec.module(*spec.args)
     assert torch.equal(out, next(iter(spec.reference.values()))) if attention == "reference" else \
         parity.rel_l2(out, next(iter(spec.reference.values()))) < 1e-5
+
+
+@pytest.mark.parametrize("flags,message", [(["--resolution", "12x7"], "height 12 is too small"),
+                                           (["--frames", "4"], "frames 4 is not 8k+1"),
+                                           (["--checkpoint", "/nonexistent/w.pt"], "no such file")])
+def test_w4_sensitive_units_benchmark_bad_input_is_one_usage_line(tmp_path, flags, message):
+    import subprocess
+
+    from .conftest import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "w4_sensitive_units.py"), *flags,
+                           "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "r.json").exists()
