@@ -50,7 +50,9 @@ class _ConsoleLogHandler(logging.Handler):
 
 # libraries' notices about their own internals (torch's pytree on torchao's enums, diffusers on torchao tensors,
 # torchao's CUDA kernels that a CPU wheel cannot load, torch's LeafSpec): not the user's business, shown with -v
-LIBRARY_CHATTER_LOGGERS = ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer", "torchao")
+# coremltools: off macOS every import warns that its native proxies are missing, plus untested-version notes
+LIBRARY_CHATTER_LOGGERS = ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer", "torchao",
+                           "coremltools")
 LIBRARY_CHATTER_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
 
 
