@@ -64,6 +64,9 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     log.setLevel(level)
     log.propagate = False
     if not verbose:
+        root = logging.getLogger()
+        if not root.handlers:  # a library's logging.basicConfig() is then a no-op: no INFO lines of theirs
+            root.addHandler(_ConsoleLogHandler(level=logging.WARNING))  # (Core ML partitioner: 4 per component)
         for name in LIBRARY_CHATTER_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
         for pattern in LIBRARY_CHATTER_WARNINGS:

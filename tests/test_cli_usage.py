@@ -140,3 +140,16 @@ def test_verbosity_sets_the_log_level(flag, level, capsys):
     logging.getLogger("mi2v.bench").warning("a warning")
     err = capsys.readouterr().err
     assert ("a progress note" in err) == (level != "WARNING") and "warning: a warning" in err
+
+
+def test_a_library_basic_config_adds_no_info_lines():
+    """ExecuTorch's Core ML partitioner logs INFO lines ("Skipping op ...") that reached the user once some library
+    had called logging.basicConfig(): the CLI's own root handler makes that call a no-op and shows warnings only."""
+    import subprocess
+
+    script = ("import logging; from mi2v_export.cli import configure_logging; configure_logging(False, False); "
+              "logging.basicConfig(level=logging.INFO); lib = logging.getLogger('some.library'); "
+              "lib.setLevel(logging.INFO); lib.info('skipping op'); lib.warning('spec version 8')")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "skipping op" not in proc.stderr, proc.stderr
+    assert "warning: spec version 8" in proc.stderr
