@@ -57,18 +57,23 @@ LIBRARY_CHATTER_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
 
 
 def configure_logging(verbose: bool, quiet: bool) -> None:
-    """-v: debug (native libraries' output is no longer silenced); default: progress notes; -q: warnings only."""
+    """-v: debug, and libraries' own output (their levels as they set them); default: progress notes, libraries'
+    warnings only; -q: warnings only. Called twice per command (defaults first, then the flags): each call sets
+    every level, so -v undoes the defaults."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     log = logging.getLogger("mi2v")
     log.handlers[:] = [_ConsoleLogHandler()]
     log.setLevel(level)
     log.propagate = False
+    root = logging.getLogger()
+    if not root.handlers:  # a library's logging.basicConfig() is then a no-op (Core ML partitioner: 4 INFO lines
+        root.addHandler(_ConsoleLogHandler())  # per component)
+    for handler in root.handlers:
+        if isinstance(handler, _ConsoleLogHandler):
+            handler.setLevel(logging.NOTSET if verbose else logging.WARNING)
+    for name in LIBRARY_CHATTER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
     if not verbose:
-        root = logging.getLogger()
-        if not root.handlers:  # a library's logging.basicConfig() is then a no-op: no INFO lines of theirs
-            root.addHandler(_ConsoleLogHandler(level=logging.WARNING))  # (Core ML partitioner: 4 per component)
-        for name in LIBRARY_CHATTER_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
         for pattern in LIBRARY_CHATTER_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
 

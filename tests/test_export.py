@@ -743,10 +743,12 @@ def test_720p_turbo_vaed_decoder(tmp_path, target):
 def test_a_core_ml_export_prints_no_library_chatter(tmp_path):
     """Off macOS coremltools warns at import that its native proxies are missing and that our torch is untested
     (10 lines before every `--json` export, measured before cli.LIBRARY_CHATTER_LOGGERS named it): not the
-    user's concern."""
+    user's concern, but `-v` shows them."""
     chatter = ("Failed to load _MLModelProxy", "has not been tested with coremltools", "scikit-learn version")
     args = ("export", "--target", "coreml", "--preset", "tiny", "--component", "encoder", "--no-test-vectors",
             "--no-verify", "--json")
     proc = run_cli(*args, "--out", tmp_path / "art")
     assert proc.returncode == 0 and json.loads(proc.stdout)["artifacts"], proc.stderr[-2000:]
     assert not [c for c in chatter if c in proc.stderr], proc.stderr[-2000:]
+    verbose = run_cli("-v", *args, "--out", tmp_path / "art-v")
+    assert verbose.returncode == 0 and all(c in verbose.stderr for c in chatter[:2]), verbose.stderr[-2000:]
