@@ -50,9 +50,10 @@ class _ConsoleLogHandler(logging.Handler):
 
 # libraries' notices about their own internals (torch's pytree on torchao's enums, diffusers on torchao tensors,
 # torchao's CUDA kernels that a CPU wheel cannot load, torch's LeafSpec): not the user's business, shown with -v
-# coremltools: off macOS every import warns that its native proxies are missing, plus untested-version notes
+# coremltools: off macOS every import warns that its native proxies are missing, plus untested-version notes;
+# torch.onnx's op registry: "torchvision is not installed. Skipping torchvision::nms" (4 lines per ONNX export)
 LIBRARY_CHATTER_LOGGERS = ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer", "torchao",
-                           "coremltools")
+                           "coremltools", "torch.onnx._internal.exporter._registration")
 LIBRARY_CHATTER_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
 
 

@@ -752,3 +752,10 @@ def test_a_core_ml_export_prints_no_library_chatter(tmp_path):
     assert not [c for c in chatter if c in proc.stderr], proc.stderr[-2000:]
     verbose = run_cli("-v", *args, "--out", tmp_path / "art-v")
     assert verbose.returncode == 0 and all(c in verbose.stderr for c in chatter[:2]), verbose.stderr[-2000:]
+
+
+def test_an_onnx_export_prints_no_torchvision_notice(tmp_path):
+    """torch.onnx's registry warns four times per export that torchvision (which mi2v does not use) is missing."""
+    proc = run_cli("export", "--target", "onnx", "--preset", "tiny", "--component", "encoder", "--no-test-vectors",
+                   "--no-verify", "--out", tmp_path / "art")
+    assert proc.returncode == 0 and "torchvision is not installed" not in proc.stderr, proc.stderr[-2000:]
