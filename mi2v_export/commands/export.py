@@ -147,16 +147,15 @@ def export(
     # Ctrl-C and SIGTERM unwind the export (staging folder removed, output folder untouched). `interrupts.seen`
     # records the signal: a library may re-raise the KeyboardInterrupt as its own error (torch.export does), and
     # Python drops one raised inside a weakref callback, so run_export also asks at every stage and before the commit.
-    interrupts = None
-    try:
-        with recorded_interrupts(signal.SIGINT, signal.SIGTERM) as interrupts, _stdout_to_stderr(json_out):
-            with Progress(*columns, console=err_console, transient=False) as progress:
+    with recorded_interrupts(signal.SIGINT, signal.SIGTERM) as interrupts:
+        try:
+            with _stdout_to_stderr(json_out), Progress(*columns, console=err_console, transient=False) as progress:
                 report = run_export(plan, _RichProgress(progress), stop_requested=lambda: interrupts.seen)
-    except BaseException:  # whatever the signal surfaced as
-        if interrupts is None or not interrupts.seen:
-            raise
-        raise ExportInterrupted(f"interrupted; nothing was written to {out} (earlier artifacts there are "
-                                "untouched)") from None
+        except BaseException:  # whatever the signal surfaced as
+            if not interrupts.seen:
+                raise
+            raise ExportInterrupted(f"interrupted; nothing was written to {out} (earlier artifacts there are "
+                                    "untouched)") from None
 
     if json_out:
         print_json({"out_dir": str(report.out_dir), "manifest": str(report.out_dir / "manifest.json"),

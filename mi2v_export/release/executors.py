@@ -112,10 +112,9 @@ class _Running:
 
 
 def run_local(jobs: list[Job], out_root: Path, progress: PlanProgress, workers: int,
-              budget: int | None = None, interrupts: Interrupts | None = None) -> None:
+              budget: int | None, interrupts: Interrupts) -> None:
     """Run `jobs` with at most `workers` at once and their expected peaks within `budget` bytes; a seen interrupt
     cancels them (PlanCancelled)."""
-    interrupts = interrupts or Interrupts()
     budget = budget or int(memory.available_memory() * 0.9)
     table = memory.load_table()
     queue = [(job, memory.estimate(job, table)[0]) for job in jobs]
@@ -192,8 +191,7 @@ def _signal_children(slots, sig) -> None:
 # Ray
 
 
-def run_ray(jobs: list[Job], out_root: Path, progress: PlanProgress, address: str,
-            interrupts: Interrupts | None = None) -> None:
+def run_ray(jobs: list[Job], out_root: Path, progress: PlanProgress, address: str, interrupts: Interrupts) -> None:
     """Submit every job as a Ray task on the cluster at `address`; collect results as they finish; a seen interrupt
     cancels the tasks (PlanCancelled)."""
     import logging
@@ -211,7 +209,7 @@ def run_ray(jobs: list[Job], out_root: Path, progress: PlanProgress, address: st
     try:
         refs = _submit_ray(ray, jobs, out_root, progress)
         try:
-            _collect_ray(ray, refs, out_root, progress, interrupts or Interrupts())
+            _collect_ray(ray, refs, out_root, progress, interrupts)
         except KeyboardInterrupt:
             _cancel_ray(ray, refs, progress)
             raise PlanCancelled from None
