@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mi2v_export import parity, precision
+from mi2v_export import bounds, parity, precision
 from mi2v_export.contract import DECODER_KINDS, parse_components
 from mi2v_export.errors import BadInputError, Mi2vError, VerificationError, first_line
 from mi2v_export.files import tree_digest
+from mi2v_export.outputs import check_folder
 from mi2v_export.manifest import (
     ArtifactEntry,
     FileInfo,
@@ -32,6 +33,7 @@ from mi2v_export.manifest import (
     read_manifest_if_any,
     tool_version,
 )
+from mi2v_export.models import weight_bytes
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry, parse_resolution
 from mi2v_export.verify import run_record
@@ -180,9 +182,12 @@ def prepare(request: ExportRequest) -> ExportPlan:
     """Validate flags, environment, checkpoints and the output folder (BadInputError / MissingDependencyError /
     CheckpointError with one line) without exporting anything."""
     exporter, options, components, preset, geo = resolve(request)
+    weights = weight_bytes(preset, components, request.decoder)
+    bounds.check_request(preset, geo, weights, "export", "this export")
     exporter.check_environment(options)
     routing, source = comp.route_checkpoints(components, request.decoder, request.checkpoints)
     out_dir = Path(request.out_dir)
+    check_folder(out_dir, "--out", need_bytes=int(1.1 * sum(weights.values())))  # fp32 artifacts at most
     manifest = Manifest(preset=preset.name, resolution=(geo.height, geo.width), frames=geo.frames,
                         latent_shape=tuple(geo.latent_shape), source=source)
     if out_dir.exists() and not out_dir.is_dir():

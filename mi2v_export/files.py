@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
+from .interrupts import cleanup_on_forced_exit
 
 FILE_MODE = 0o644
 CHUNK = 1 << 22
@@ -64,9 +65,10 @@ def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.chmod(tmp_path, FILE_MODE)
-        os.replace(tmp_path, out)
+        with cleanup_on_forced_exit(tmp_path):
+            yield tmp_path
+            os.chmod(tmp_path, FILE_MODE)
+            os.replace(tmp_path, out)
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -72,6 +72,8 @@ from pathlib import Path
 from . import schemas
 from .files import read_json, tree_digest, write_json_atomic
 from .errors import BadInputError
+from .interrupts import forget_temporary, register_temporary
+from .safepath import contained
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "mi2v-export-manifest"
@@ -306,9 +308,14 @@ class Manifest:
         return hits[0]
 
     def path_of(self, entry: ArtifactEntry) -> Path:
+        return self.file_path(entry.file)
+
+    def file_path(self, name: str) -> Path:
+        """Where a file the manifest names lies: inside the folder, never outside (mi2v_export/safepath.py;
+        BadInputError for `..`, absolute paths and symlinks that lead out)."""
         if self.folder is None:
             raise ValueError("manifest was not read from a folder")
-        return self.folder / entry.file
+        return contained(self.folder, name, f"{self.folder / MANIFEST_NAME}: file")
 
     def check_files(self, *, digests: bool = True) -> None:
         """Every listed file exists (and matches its sha256 when `digests`); BadInputError otherwise."""
@@ -316,7 +323,7 @@ class Manifest:
             raise ValueError("manifest was not read from a folder")
         for e in self.components:
             for name, sha in [(e.file, e.sha256)] + [(f.file, f.sha256) for f in e.extra_files]:
-                p = self.folder / name
+                p = self.file_path(name)
                 if not p.exists():
                     raise BadInputError(f"{self.folder}: the manifest lists {name} but the file is missing")
                 if digests and sha and tree_digest(p)[0] != sha:
@@ -452,6 +459,15 @@ def clean_stale_staging(parent: Path) -> list[Path]:
     return removed
 
 
+def staging_home(out_dir: Path) -> Path:
+    """Where a staging folder for `out_dir` lives: its parent (so the final rename replaces nothing half-way),
+    but inside `out_dir` itself, hidden, when `out_dir` is a mount point or on another file system than its parent
+    (a Docker volume, an NFS share, a USB disk): a rename cannot cross file systems (EXDEV)."""
+    if out_dir.is_dir() and (os.path.ismount(out_dir) or os.stat(out_dir).st_dev != os.stat(out_dir.parent).st_dev):
+        return out_dir
+    return out_dir.parent
+
+
 class Staging:
     """A temporary folder next to the output folder; artifacts move into the output folder only on `commit`.
 
@@ -467,9 +483,12 @@ class Staging:
             raise BadInputError(f"cannot create {parent}: {exc.strerror or exc}") from None
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise BadInputError(f"--out {self.out_dir}: exists and is not a folder")
-        clean_stale_staging(parent)
+        home = staging_home(self.out_dir)
+        clean_stale_staging(home)
         self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{self.out_dir.name}-{os.getpid()}-",
-                                          dir=parent))
+                                          dir=home))
+        os.chmod(self.path, 0o755)  # the folders it holds are renamed into place: world-readable like the files
+        register_temporary(self.path)  # removed even when a signal has to end the process (interrupts.py)
         self.committed = False
 
     def __enter__(self) -> Staging:
@@ -482,6 +501,7 @@ class Staging:
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        forget_temporary(self.path)
 
     def commit(self, manifest: Manifest, files: Iterable[str]) -> Manifest:
         """Move `files` (names inside the staging folder) into the output folder and write the merged manifest.

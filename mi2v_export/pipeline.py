@@ -64,8 +64,12 @@ from torch import nn
 
 from .contract import COMPONENTS, DECODER, DENOISER, ENCODER, IO, runs_on_host
 from .errors import BadInputError, CheckpointError, MissingDependencyError, Mi2vError, VerificationError, first_line
+from . import bounds
 from .files import atomic_path, write_json_atomic
+from .integrity import check_entry
 from .manifest import TARGET_PREFERENCE
+from .models import weight_bytes
+from .outputs import check_file
 from .shapes import VideoGeometry, geometry
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -598,10 +602,11 @@ def torch_stage(component: str, preset: str, decoder: str = "turbo-vaed", parts:
 def build_stages(preset: str, decoder: str = "turbo-vaed", geo: VideoGeometry | None = None,
                  artifacts: Sequence = (), checkpoints: Sequence = (), fallback: str | None = None,
                  parts: dict | None = None, use: dict[str, str] | None = None,
-                 progress: ProgressFn = _no_progress) -> dict[str, Stage]:
+                 progress: ProgressFn = _no_progress, allow_modified: bool = False) -> dict[str, Stage]:
     """One stage per component: from the first artifacts folder (path or read_artifacts manifest) that has it —
     of the target `use[component]` when given — else PyTorch when there are no folders or `fallback == "pytorch"`,
-    else a BadInputError naming the missing component."""
+    else a BadInputError naming the missing component. An artifact that differs from its manifest is refused
+    unless `allow_modified` (mi2v_export/integrity.py)."""
     if fallback not in (None, "none", "pytorch"):
         raise BadInputError(f"fallback must be 'pytorch' or 'none', got {fallback!r}")
     manifests = [a if hasattr(a, "components") else read_artifacts(a) for a in artifacts]
@@ -617,6 +622,7 @@ def build_stages(preset: str, decoder: str = "turbo-vaed", geo: VideoGeometry | 
         hit = select_entry(manifests, component, use.get(component))
         if hit is not None:
             manifest, entry = hit
+            check_entry(manifest, entry, allow_modified=allow_modified)
             stage = artifact_stage(component, manifest.path_of(entry), entry)
             if geo is not None:
                 check_stage_shapes(stage, geo)
@@ -1023,6 +1029,7 @@ class GenerateRequest:
     compare_to: str | None = None  # "reference": also run PyTorch fp32 and compare
     report: Path | None = None  # the comparison report (JSON)
     min_psnr: float | None = None  # the comparison gate; None: the artifacts' manifest gate (pipeline.gate_of)
+    allow_modified: bool = False  # run artifacts that differ from their manifest (mi2v_export/integrity.py)
 
 
 @dataclass
@@ -1060,8 +1067,9 @@ def plan_generate(request: GenerateRequest) -> GeneratePlan:
     out = Path(r.out)
     if out.suffix.lower() != ".mp4":
         raise BadInputError(f"--out {out}: the video must be an .mp4 file")
-    if out.is_dir():
-        raise BadInputError(f"--out {out}: is a folder")
+    check_file(out, "--out")
+    if r.report is not None:
+        check_file(r.report, "--report")
     if r.compare_to not in (None, "reference"):
         raise BadInputError(f"--compare-to {r.compare_to!r}: only 'reference' (PyTorch fp32) is supported")
     if r.report is not None and r.compare_to is None:
@@ -1084,9 +1092,12 @@ def plan_generate(request: GenerateRequest) -> GeneratePlan:
     frames = r.frames if r.frames is not None else (arts[0].frames if arts else preset.frames)
     config = GenerateConfig(height=height, width=width, frames=frames, steps=r.steps, seed=r.seed,
                             flow_score=r.flow_score, posterior=r.posterior, fit=r.fit)
+    bounds.check_cap(preset, height, width, frames)  # before the geometry's model-free checks build anything
     parts = checkpoint_parts(r.checkpoints)
     decoder = r.decoder or next((k for k in map(decoder_kind_of, arts) if k), None) \
         or decoder_from_checkpoints(parts) or "turbo-vaed"
+    weights = weight_bytes(preset, COMPONENTS, decoder)
+    bounds.check_memory(config.geometry, weights, "run", "this video")
     return GeneratePlan(request=r, image=image, manifests=arts, use=use, preset=preset.name, config=config,
                         parts=parts, decoder=decoder)
 
@@ -1105,7 +1116,7 @@ def run_generate(request: GenerateRequest, progress: ProgressFn = _no_progress,
         t0 = time.perf_counter()
         stages = build_stages(plan.preset, plan.decoder, plan.config.geometry, plan.manifests,
                               fallback=request.fallback, parts=plan.parts, use=plan.use,
-                              progress=_prefixed(progress, prefix))
+                              progress=_prefixed(progress, prefix), allow_modified=request.allow_modified)
         seconds["run"] = time.perf_counter() - t0
         precision = precision_of(stages)
         manifest_gate = gate_of(stages)  # the trajectory gate the artifacts passed at export, if any
@@ -1120,7 +1131,7 @@ def run_generate(request: GenerateRequest, progress: ProgressFn = _no_progress,
         seconds["compare"] = time.perf_counter() - t0
         progress("compare", 1, 1)
     sheet = _write_outputs(plan, result, reference, comparison, precision, progress, seconds)
-    notes = list(dict.fromkeys(_seeded_notes(caught) + result.notes))
+    notes = list(dict.fromkeys(_seeded_notes(caught) + _seeded_artifact_notes(plan.manifests) + result.notes))
     return GenerateRun(plan=plan, result=result, reference=reference, comparison=comparison, seconds=seconds,
                        notes=notes, sheet=sheet)
 
@@ -1167,6 +1178,15 @@ def _seeded_notes(caught) -> list[str]:
         return []
     return [f"no checkpoint for the {', '.join(dict.fromkeys(seeded))}: seeded random weights, so the video is "
             "noise (reproducible, fine for testing)"]
+
+
+def _seeded_artifact_notes(manifests) -> list[str]:
+    """Artifacts exported without a checkpoint carry seeded random weights: their video is noise too."""
+    seeded = [str(m.folder) for m in manifests if (m.source or {}).get("weights") == "seeded"]
+    if not seeded:
+        return []
+    return [f"the artifacts in {', '.join(seeded)} were exported with seeded random weights (no --checkpoint), so "
+            "the video is noise (reproducible, fine for testing)"]
 
 
 __all__ = [

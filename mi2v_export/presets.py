@@ -79,6 +79,10 @@ class Preset:
     width: int
     frames: int
     extra: dict = field(default_factory=dict)
+    # The largest video any command accepts for this preset (mi2v_export/bounds.py): 2048 px a side covers 1080p
+    # and portrait 2K; 121 frames is 7 s at 17 fps. Bigger requests are refused at once, before any work.
+    max_side: int = 2048
+    max_frames: int = 121
 
 
 PRESETS: dict[str, Preset] = {

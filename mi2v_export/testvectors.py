@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import BadInputError
+from .safepath import contained, is_within
+
 TESTDATA_DIR = "testdata"
 IMAGE = Path(__file__).parent / "data" / "validation" / "chelsea.png"
 MULTI_SET_MAX_BYTES = 1 << 20  # below this latent size the denoiser gets one set per default sampler step
@@ -197,7 +200,7 @@ def read(folder: Path, entry) -> list[VectorSet] | None:
     record = getattr(entry, "test_vectors", None)
     if not record:
         return None
-    path = Path(folder) / record["file"]
+    path = contained(folder, record.get("file"), f"{Path(folder) / 'manifest.json'}: test_vectors.file")
     names_in = [t.name for t in entry.inputs]
     names_out = [t.name for t in entry.outputs]
     fmt = record["format"]
@@ -213,15 +216,19 @@ def read_onnx(path: Path) -> list[VectorSet]:
     from onnx import TensorProto, numpy_helper
 
     def load(d: Path, kind: str) -> dict[str, np.ndarray]:
-        files = sorted(d.glob(f"{kind}_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+        files = sorted((f for f in d.glob(f"{kind}_*.pb") if re.fullmatch(rf"{kind}_\d+\.pb", f.name)),
+                       key=lambda p: int(p.stem.split("_")[1]))
         out = {}
         for f in files:
+            if not is_within(f, path):  # a symlink planted in a downloaded folder
+                raise BadInputError(f"{f}: leads outside {path} (through a symlink); refused")
             t = TensorProto()
             t.ParseFromString(f.read_bytes())
             out[t.name] = numpy_helper.to_array(t)
         return out
 
-    sets = sorted(path.glob("test_data_set_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    sets = sorted((d for d in path.glob("test_data_set_*") if re.fullmatch(r"test_data_set_\d+", d.name)),
+                  key=lambda p: int(p.name.rsplit("_", 1)[1]))
     return [VectorSet(load(d, "input"), load(d, "output")) for d in sets]
 
 

@@ -28,7 +28,9 @@ import numpy as np
 from . import parity, testvectors
 from .contract import cpu_model
 from .errors import BadInputError
-from .manifest import ArtifactEntry, append_verifications, now_iso, read_manifest, tree_digest
+from .integrity import check_entry
+from .manifest import ArtifactEntry, Manifest, append_verifications, now_iso, read_manifest
+from .outputs import check_folder
 from .qnn import RUNTIME as QNN_RUNTIME
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,22 +224,45 @@ class ArtifactCheck:
     sha256_ok: bool
     runs: list[dict] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # runtime (or "vectors") → reason
+    modified: list[dict] = field(default_factory=list)  # integrity.Modified records (--allow-modified only)
 
     @property
     def failed(self) -> bool:
-        return any(not r["passed"] for r in self.runs)
+        """The outputs missed the gate on a runtime (for a modified file: its outputs, which the record keeps
+        apart from `passed`)."""
+        return any(not r.get("outputs_passed", r["passed"]) for r in self.runs)
 
     def to_dict(self) -> dict:
         return {"component": self.component, "file": self.file, "target": self.target, "delegate": self.delegate,
                 "dtype": self.dtype, "sha256_ok": self.sha256_ok, "passed": not self.failed if self.runs else None,
-                "runs": self.runs, "skipped": self.skipped}
+                "runs": self.runs, "skipped": self.skipped, "modified": self.modified}
 
 
-def check_artifact(folder: Path, entry: ArtifactEntry, runtimes: list[Runtime]) -> ArtifactCheck:
-    """Run one artifact on every accepting runtime available here against its stored vectors."""
-    path = folder / entry.file
+def _mark_modified(check: ArtifactCheck) -> None:
+    """A run of bytes the manifest does not describe is never recorded as a pass (integrity policy,
+    mi2v_export/integrity.py): `passed` false, the outputs' own result in `outputs_passed`."""
+    for rec in check.runs:
+        rec["outputs_passed"] = rec["passed"]
+        rec["passed"] = False
+        rec["modified"] = check.modified
+        rec.setdefault("error", "the file differs from manifest.json (run with --allow-modified)")
+
+
+def check_artifact(manifest: Manifest, entry: ArtifactEntry, runtimes: list[Runtime],
+                   allow_modified: bool = False) -> ArtifactCheck:
+    """Run one artifact on every accepting runtime available here against its stored vectors; a file that
+    differs from the manifest is refused unless `allow_modified` (then its runs record no pass)."""
+    folder, path = manifest.folder, manifest.path_of(entry)
+    modified = [m.to_dict() for m in check_entry(manifest, entry, allow_modified=allow_modified)]
     check = ArtifactCheck(entry.component, entry.file, entry.target, entry.delegate, entry.dtype,
-                          sha256_ok=bool(entry.sha256) and path.exists() and tree_digest(path)[0] == entry.sha256)
+                          sha256_ok=not modified, modified=modified)
+    _run_on(check, folder, path, entry, runtimes)
+    if modified:
+        _mark_modified(check)
+    return check
+
+
+def _run_on(check: ArtifactCheck, folder: Path, path: Path, entry: ArtifactEntry, runtimes: list[Runtime]) -> None:
     accepting = [r for r in runtimes if r.accepts(entry)]
     if not accepting:
         check.skipped["runtime"] = f"no runtime in mi2v's registry runs {entry.target} artifacts"
@@ -251,7 +276,7 @@ def check_artifact(folder: Path, entry: ArtifactEntry, runtimes: list[Runtime]) 
     sets = testvectors.read(folder, entry) if usable else None  # a .bpte needs ExecuTorch to be read
     if usable and not sets:
         check.skipped["vectors"] = "no test vectors (exported with --no-test-vectors or by an older mi2v)"
-        return check
+        return
     gate = gate_of(entry)
     expected = [a for s in sets for a in s.outputs.values()] if sets else []
     for rt in usable:
@@ -263,7 +288,6 @@ def check_artifact(folder: Path, entry: ArtifactEntry, runtimes: list[Runtime]) 
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             rec = run_record(rt.name, rt.version(), None, gate, "verify", len(sets), error=first)
         check.runs.append(rec)
-    return check
 
 
 def select_runtimes(names: list[str] | None) -> list[Runtime]:
@@ -276,9 +300,11 @@ def select_runtimes(names: list[str] | None) -> list[Runtime]:
     return [known[n] for n in names]
 
 
-def verify_folder(folder: str | os.PathLike, component: str | None = None,
-                  runtimes: list[str] | None = None, record: bool = True) -> list[ArtifactCheck]:
-    """Check every artifact (of `component`) in `folder`; append the run records to its manifest atomically."""
+def verify_folder(folder: str | os.PathLike, component: str | None = None, runtimes: list[str] | None = None,
+                  record: bool = True, allow_modified: bool = False) -> list[ArtifactCheck]:
+    """Check every artifact (of `component`) in `folder`; append the run records to its manifest atomically.
+    Recording needs a writable folder: that is checked first, before any run (a read-only copy on a board fails
+    in one line that names --no-record)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     entries = [e for e in manifest.components if component is None or e.component == component]
@@ -286,7 +312,17 @@ def verify_folder(folder: str | os.PathLike, component: str | None = None,
         have = ", ".join(sorted({e.component for e in manifest.components})) or "nothing"
         raise BadInputError(f"{folder}: the manifest has no {component} artifact (it has {have})")
     chosen = select_runtimes(runtimes)
-    checks = [check_artifact(folder, e, chosen) for e in entries]
+    if record:
+        _check_recordable(folder)
+    checks = [check_artifact(manifest, e, chosen, allow_modified) for e in entries]
     if record and any(c.runs for c in checks):
         append_verifications(folder, {c.file: c.runs for c in checks if c.runs})
     return checks
+
+
+def _check_recordable(folder: Path) -> None:
+    try:
+        check_folder(folder, "verify")
+    except BadInputError as exc:
+        raise BadInputError(f"{exc}: the results cannot be recorded in manifest.json; pass --no-record to verify "
+                            "without recording") from None

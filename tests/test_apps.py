@@ -561,11 +561,13 @@ def test_bench_via_app_and_ios_dry_runs_and_refusals(tmp_path):
 
 
 def _coreml_manifest(folder: Path) -> dict[str, Path]:
+    from mi2v_export.files import tree_digest
     from mi2v_export.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, TensorInfo
 
     pkgs = _mlpackages(folder)
     entries = [ArtifactEntry(component=n, model=f"{n}-model", target="coreml", delegate=None, dtype="fp16",
-                             file=p.name, sha256="0" * 64, bytes=1, inputs=[TensorInfo("x", (1, 4), "float32")],
+                             file=p.name, sha256=tree_digest(p)[0], bytes=tree_digest(p)[1],
+                             inputs=[TensorInfo("x", (1, 4), "float32")],
                              outputs=[TensorInfo("y", (1, 4), "float32")], export={}, parity={})
                for n, p in pkgs.items()]
     m = Manifest(preset="tiny", resolution=(64, 64), frames=9, latent_shape=(1, 4, 3, 8, 8),

@@ -143,9 +143,15 @@ def _corrupt_onnx_weight(path):
 def test_verify_fails_when_one_weight_is_corrupted(onnx_art, tmp_path):
     folder = _copy(onnx_art, tmp_path)
     _corrupt_onnx_weight(folder / "denoiser.onnx")
-    proc, report = _verify(folder)
+    before = (folder / "manifest.json").read_bytes()
+    proc, report = _verify(folder)  # the integrity policy refuses it before running (mi2v_export/integrity.py)
+    assert proc.returncode == 2 and report is None, proc.stderr
+    assert proc.stderr.count("error:") == 1 and "denoiser.onnx: differs from manifest.json" in proc.stderr
+    assert (folder / "manifest.json").read_bytes() == before
+    proc, report = _verify(folder, "--allow-modified")  # run anyway: the outputs fail, and no pass is recorded
     assert proc.returncode == 4, proc.stderr
-    assert proc.stderr.startswith("error: denoiser (denoiser.onnx on onnxruntime)")
+    assert "warning: " in proc.stderr and "--allow-modified" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: denoiser (denoiser.onnx on onnxruntime)")
     by_file = {a["file"]: a for a in report["artifacts"]}
     assert by_file["denoiser.onnx"]["passed"] is False and by_file["denoiser.onnx"]["sha256_ok"] is False
     assert by_file["encoder.onnx"]["passed"] is True

@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 
 from ..contract import SWIFT_UNIT, ComputeUnit, unit_from_swift
+from ..integrity import ALLOW_MODIFIED_HELP
+from ..outputs import MIB, check_file, check_folder, write_or_keep
 from ._render import component_list
 
 bench_app = typer.Typer(
@@ -178,8 +180,8 @@ def bench(
                                          "on the adb server at HOST:PORT (repeatable: a lab of several machines; "
                                          "like adb -H HOST -P PORT) instead of this machine's"),
     report_path: Path | None = typer.Option(None, "--report", help="report file (default: "
-                                            "mi2v-bench/<time>-<device>.json); written even when a component "
-                                            "fails"),
+                                            "mi2v-bench/<time>-<device>.json); checked before any device work and "
+                                            "written even when a component fails (not when no device answers)"),
     json_out: bool = typer.Option(False, "--json", help="print the report(s) as JSON on stdout instead of "
                                   "the table (progress stays on stderr)"),
     plot: Path | None = typer.Option(None, "--plot", help="draw the per-component breakdown into this PNG"),
@@ -192,6 +194,7 @@ def bench(
                                 "component with --etdump_path, pulled next to the report"),
     component: str = typer.Option("all", "--component", callback=component_list, help="encoder | denoiser | "
                                   "decoder | all (or a comma list)"),
+    allow_modified: bool = typer.Option(False, "--allow-modified", help=ALLOW_MODIFIED_HELP),
 ) -> None:
     """Time the exported encoder, denoiser and decoder and report the per-frame latency
     (encoder + steps × denoiser + decoder) / frames, for 1 and 2 steps.
@@ -215,9 +218,11 @@ def bench(
                         threads=threads, adb=adb, adb_port=adb_port, json_path=report_path, cooldown=cooldown,
                         thermal_wait=thermal_wait, timeout=timeout, etdump=etdump, components=tuple(component.split(",")),
                         via=via.value, dry_run=dry_run, team=team, app_dir=app_dir,
-                        compute_units=units)
+                        compute_units=units, allow_modified=allow_modified)
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise BadInputError(f"--plot {plot}: use a .png file name")
+    if not dry_run:
+        _check_destinations(report_path, plot)
 
     say = logging.getLogger("mi2v.bench").info
     from ..devices.fleet import is_fleet
@@ -237,13 +242,27 @@ def bench(
 
         from ._render import console, err_console
 
-        (err_console if json_out else console).print(f"plot: {plot_report(first, plot)}")  # stdout: JSON only
+        drawn = write_or_keep(plot, lambda path: plot_report(first, path), "plot")
+        (err_console if json_out else console).print(f"plot: {drawn}")  # stdout: JSON only
     if outcome.error is not None:
         from ..errors import DeviceError, MissingDependencyError, VerificationError
 
         kind = next((k for k in (BadInputError, MissingDependencyError, VerificationError)
                      if isinstance(outcome.error, k)), DeviceError)
         raise kind(f"{outcome.error} (report: {outcome.reports[0][1] if outcome.reports else None})")
+
+
+def _check_destinations(report_path: Path | None, plot: Path | None) -> None:
+    """The report (or the default mi2v-bench/ folder; per-phone and per-compute-unit reports and the pulled
+    ETDumps go beside it) and the plot can be written: checked before any device work, so a read-only folder, a
+    parent that is a file or a full disk is one line (exit 2) instead of measurements lost at the end
+    (mi2v_export/outputs.py)."""
+    if report_path is not None:
+        check_file(report_path, "--report", need_bytes=MIB)
+    else:
+        check_folder(Path("mi2v-bench"), "--report (default mi2v-bench/)", need_bytes=MIB)
+    if plot is not None:
+        check_file(plot, "--plot", need_bytes=MIB)
 
 
 def _bench_fleet(opts, servers: list[str], json_out: bool, say) -> None:

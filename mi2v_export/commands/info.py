@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from ..bounds import check_cap
 from ..contract import PresetName
 from ._render import console, human_count, print_json
 
@@ -27,6 +28,7 @@ def info(
     p = get_preset(preset.value)
     h, w = parse_resolution(resolution) if resolution else (p.height, p.width)
     geo = geometry(h, w, frames if frames is not None else p.frames)
+    check_cap(p, geo.height, geo.width, geo.frames)
     stats = component_stats(p, geo)
     data = {
         "preset": p.name,

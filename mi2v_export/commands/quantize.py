@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from .. import bounds
+from ..contract import COMPONENTS
 from ..errors import BadInputError
+from ..files import write_json_atomic
+from ..outputs import check_file, write_or_keep
 from ._render import console, err_console, print_json
 
 app = typer.Typer(help="precision analysis: which units tolerate quantization", no_args_is_help=True)
@@ -33,6 +36,7 @@ def analyze(
     """Quantize one unit at a time (simulated in PyTorch), measure the 2-step video's PSNR on the validation image,
     and write the recipe (unit → precision)."""
     from .. import recipe as rc
+    from ..models import weight_bytes
     from ..pipeline import checkpoint_parts, torch_stage
     from ..presets import get_preset
     from ..shapes import geometry, parse_resolution
@@ -41,9 +45,11 @@ def analyze(
         raise BadInputError(f"unknown component {component!r}; choose one of: encoder, denoiser, decoder")
     if out.suffix != ".json":
         raise BadInputError(f"--out {out}: use a .json file name")
+    check_file(out, "--out")  # before minutes of analysis (mi2v_export/outputs.py)
     p = get_preset(preset)
     h, w = parse_resolution(resolution) if resolution else (p.height, p.width)
     geo = geometry(h, w, frames if frames is not None else p.frames)
+    bounds.check_request(p, geo, weight_bytes(p, COMPONENTS, decoder), "run", "this analysis")
     parts = checkpoint_parts(checkpoint)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -52,10 +58,7 @@ def analyze(
         err_console.print(f"  {i + 1}/{n} {unit}", highlight=False)
 
     data = rc.analyze(stages, component, precision, geo, unit_psnr, progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(out)
+    write_or_keep(out, lambda path: write_json_atomic(path, data), "recipe")
     if json_out:
         print_json(data)
         return

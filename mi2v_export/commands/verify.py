@@ -10,16 +10,23 @@ import typer
 from rich.table import Table
 
 from ..errors import VerificationError
+from ..integrity import ALLOW_MODIFIED_HELP
 from ._render import console, print_json
 from .export import _stdout_to_stderr
 
 
 def _fmt(run: dict) -> str:
-    if run.get("error"):
+    if run.get("error") and "outputs_passed" not in run:
         return f"error: {run['error']}"[:80]
     psnr, rel = run.get("psnr_db"), run.get("rel_l2")
     psnr_text = psnr if isinstance(psnr, str) else f"{psnr:.1f}"
     return f"PSNR {psnr_text} dB, rel_l2 {float(rel):.1e}"
+
+
+def _mark(run: dict) -> str:
+    if "outputs_passed" in run:  # a modified file (--allow-modified): recorded as no pass whatever the outputs
+        return "[yellow]modified[/] " + ("pass" if run["outputs_passed"] else "[red]FAIL[/]")
+    return "[green]pass[/]" if run["passed"] else "[red]FAIL[/]"
 
 
 def verify(
@@ -29,6 +36,7 @@ def verify(
                                       "executorch-xnnpack, coreml-cpu_only (default: every one available here)"),
     no_record: bool = typer.Option(False, "--no-record", help="do not write the results into manifest.json"),
     json_out: bool = typer.Option(False, "--json", help="print the checks as JSON on stdout"),
+    allow_modified: bool = typer.Option(False, "--allow-modified", help=ALLOW_MODIFIED_HELP),
 ) -> None:
     """Run every artifact in FOLDER on each runtime this machine has (onnxruntime CPU, ExecuTorch XNNPACK /
     portable, Core ML per compute unit on macOS) against its stored test vectors, with the component's gate.
@@ -36,7 +44,8 @@ def verify(
     from ..verify import verify_folder
 
     with _stdout_to_stderr(json_out):  # native runtimes' prints must not reach --json's stdout
-        checks = verify_folder(folder, component=component, runtimes=list(runtime) or None, record=not no_record)
+        checks = verify_folder(folder, component=component, runtimes=list(runtime) or None, record=not no_record,
+                              allow_modified=allow_modified)
     failed = [c for c in checks if c.failed]
     if json_out:
         print_json({"folder": str(folder), "passed": not failed, "ran": sum(len(c.runs) for c in checks),
@@ -57,10 +66,11 @@ def _print_table(folder: Path, checks) -> None:
     for c in checks:
         for r in c.runs:
             table.add_row(c.component, c.file, c.dtype, f"{r['runtime']} {r.get('runtime_version') or ''}",
-                          _fmt(r), r["gate"], "[green]pass[/]" if r["passed"] else "[red]FAIL[/]")
+                          _fmt(r), r["gate"], _mark(r))
         notes += [f"{c.file}: {name} not run — {why}" for name, why in c.skipped.items()]
         if not c.sha256_ok:
-            notes.append(f"{c.file}: sha256 differs from the manifest (the file changed after export)")
+            notes.append(f"{c.file}: differs from the manifest (--allow-modified): its runs are recorded with "
+                         "passed: false")
     console.print(table)
     for n in notes:
         console.print(f"[dim]note:[/] {n}", highlight=False, soft_wrap=True)

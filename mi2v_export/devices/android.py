@@ -36,7 +36,7 @@ from typing import Any
 from ..errors import DeviceError
 from ..files import sha256_file
 from .adb import Adb, AdbDevice, AdbTimeout, parse_getprop, quote
-from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
+from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection, artifact_files, remote_name
 from .elf import RunnerFile, inspect_runner, is_shared_library, runs_on
 from .report import BenchReport, ComponentResult, RunResult
 from .runners import (
@@ -774,12 +774,11 @@ class AdbRunnerDevice(AdbPhone):
         return self.session.cool_down(pause_s, self.opts.thermal_wait, label)
 
     def prepare(self, sel: Selection) -> None:
-        """Check the artifact's files against the manifest and find the runner of its runtime (once per runtime)."""
-        from .bench import artifact_files, verify_files
-
+        """The artifact's files to stage, under checked remote names (the loop has checked them against the
+        manifest), and the runner of its runtime (found once per runtime)."""
         assert self.session is not None and sel.runtime is not None
-        self.files[sel.component] = [StagedFile(p, n, sha) for p, n, sha in
-                                     verify_files(artifact_files(self.manifest, sel.entry))]
+        self.files[sel.component] = [StagedFile(p, n, sha256_file(p)) for p, n, _ in
+                                     artifact_files(self.manifest, sel.entry)]
         if sel.runtime not in self.found:
             try:
                 self.found[sel.runtime] = self.session.find_runner(RUNNER_FOR_RUNTIME[sel.runtime],
@@ -845,13 +844,19 @@ class AdbRunnerDevice(AdbPhone):
         comp.status, comp.error = "ok", None
         return comp
 
+    @staticmethod
+    def _remote_names(sel: Selection) -> tuple[str, str | None]:
+        """The model's and its external data's names in the staging folder: checked parts only (bench.remote_name)."""
+        data = next((f.file for f in sel.entry.extra_files if f.role == "external_data"), None)
+        return remote_name(sel.entry.file), remote_name(data) if data else None
+
     def _run_once(self, sel: Selection, comp: ComponentResult, runner: Runner, r: int) -> RunResult:
         """One runner process (warm-up inside it); its ETDump or result CSV pulled next to the report."""
         s, opts = self.session, self.opts
         assert s is not None
         if sel.runtime == "executorch":
-            data = next((f.file for f in sel.entry.extra_files if f.role == "external_data"), None)
-            run, text = s.run_executorch(runner, sel.entry.file, data, opts.warmup, opts.iterations, opts.timeout)
+            model, data = self._remote_names(sel)
+            run, text = s.run_executorch(runner, model, data, opts.warmup, opts.iterations, opts.timeout)
             run.backend = comp.runtime["backend"]
             if "--- logcat ---" in text:
                 comp.runtime["log_channel"] = "logcat"
@@ -864,7 +869,7 @@ class AdbRunnerDevice(AdbPhone):
         csv = self.extras / f"{sel.component}.run{r}.csv"
         self.extras.mkdir(parents=True, exist_ok=True)
         qnn = qnn_run_options(sel.entry.target_info) if sel.entry.delegate == "qnn" else None
-        run, _ = s.run_ort(runner, sel.entry.file, opts.warmup, opts.iterations, opts.timeout,
+        run, _ = s.run_ort(runner, self._remote_names(sel)[0], opts.warmup, opts.iterations, opts.timeout,
                            f"runs_{sel.component}_{r}.csv", csv, qnn=qnn)
         run.backend = "qnn-htp" if qnn else "cpu"
         csv.unlink(missing_ok=True)
@@ -895,9 +900,9 @@ class AdbRunnerDevice(AdbPhone):
             path.write_bytes(array.tobytes())
             remote.append(f"{d}/{path.name}")
             s.dev.push(path, remote[-1])
-        args = [f"--model_path={d}/{sel.entry.file}", "--num_executions=1", "--inputs=" + ",".join(remote),
+        model, data = self._remote_names(sel)
+        args = [f"--model_path={d}/{model}", "--num_executions=1", "--inputs=" + ",".join(remote),
                 f"--output_file={d}/{base}"]
-        data = next((f.file for f in sel.entry.extra_files if f.role == "external_data"), None)
         if data and "data_path" in runner.flags:
             args.append(f"--data_path={d}/{data}")
         if "print_output" in runner.flags:
@@ -921,7 +926,7 @@ class AdbRunnerDevice(AdbPhone):
             return None
         self.say(f"{sel.component}: a separate profiling run for the ETDump")
         name = f"{sel.component}.etdump"
-        s.run_executorch(runner, sel.entry.file, None, 0, 1, self.opts.timeout, etdump=name)
+        s.run_executorch(runner, self._remote_names(sel)[0], None, 0, 1, self.opts.timeout, etdump=name)
         dump = s.pull_if_exists(name, self.extras / name)
         return os.path.relpath(dump, self.json_dir) if dump else None
 

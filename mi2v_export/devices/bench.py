@@ -6,8 +6,9 @@
 
 The artifacts come from `DIR/manifest.json`: for each component (encoder, denoiser, decoder) one artifact is chosen
 for the runtime (`--runtime auto` prefers ExecuTorch when every component has a `.pte` the device can run, then
-onnxruntime, else whatever each component has), its files are checked against the manifest's sha256, and it is
-timed by a `BenchDevice`:
+onnxruntime, else whatever each component has), its files are checked against the manifest's sha256 and size by the
+one integrity policy (mi2v_export/integrity.py: refused unless `--allow-modified`, which records them in the
+report's `modified_files`), and it is timed by a `BenchDevice`:
 
 * `host.HostDevice`: in this process (`host.bench_artifact`), warm-up discarded in the same process;
 * `android.AdbRunnerDevice`: a phone over adb with its native runners (`executor_runner` for `.pte`,
@@ -17,7 +18,9 @@ timed by a `BenchDevice`:
 
 `bench_device` is the one loop: device facts, every component prepared, then per component a cool-down (and the
 device's thermal gate), the run, the heat check; a failure is recorded on its component (status "failed", one line)
-and the others still run unless the device itself is gone; the report is always saved (atomically, a Ctrl-C too).
+and the others still run unless the device itself is gone; once the device has answered, the report is always saved
+(atomically, a Ctrl-C too; kept in the temporary folder if its folder cannot be written), while a device that never
+answers is one error line and no report file (nothing was measured).
 The headline is the per-frame latency (encoder + steps × denoiser + decoder medians) / frames.
 """
 
@@ -33,6 +36,9 @@ from typing import Any
 
 from ..errors import BadInputError, DeviceError, MissingDependencyError, Mi2vError, VerificationError
 from ..contract import COMPONENTS, RUNTIME_OF_TARGET, runs_on_host
+from ..integrity import check_entry
+from ..outputs import write_or_keep
+from ..safepath import safe_name
 from .report import BenchReport, ComponentResult
 
 Say = Callable[[str], None]
@@ -76,6 +82,7 @@ class BenchOptions:
     compute_units: tuple[str, ...] = ()  # ios: Core ML compute units to time (default: all four)
     app_dir: Path | None = None  # --via app / ios: the apps/android (built APKs) or apps/ios folder (default: this
     # checkout's)
+    allow_modified: bool = False  # run files that differ from the manifest (mi2v_export/integrity.py), recorded
 
 
 def parse_device(text: str) -> tuple[str, str | None]:
@@ -185,31 +192,24 @@ def describe_artifact(manifest: Any, e: Any) -> dict[str, Any]:
 
 
 def artifact_files(manifest: Any, e: Any) -> list[tuple[Path, str, str]]:
-    """(local path, name, manifest sha256) of the artifact's files: the primary one, then its extra files.
+    """(local path, remote name, manifest sha256) of the artifact's files: the primary one, then its extra files.
     Files that are not needed to run it (test vectors, bundled programs, ETRecords, a QNN context's source model)
-    are left out."""
-    files = [(manifest.path_of(e), e.file, e.sha256)]
+    are left out. The local path stays inside the artifacts folder (`Manifest.file_path`) and the remote name is
+    made of checked parts only (`remote_name`), so nothing is read or pushed outside either folder."""
+    files = [(manifest.path_of(e), remote_name(e.file), e.sha256)]
     for f in e.extra_files:
         if f.role in ("bundled_program", "test_vectors", "etrecord", "qnn_source"):
             continue
-        files.append((manifest.folder / f.file, f.file, f.sha256))
+        files.append((manifest.file_path(f.file), remote_name(f.file), f.sha256))
     return files
 
 
-def verify_files(files: list[tuple[Path, str, str]]) -> list[tuple[Path, str, str]]:
-    """Check each file exists and matches the manifest; returns (path, name, actual sha256)."""
-    from ..files import sha256_file
-
-    out = []
-    for path, name, expected in files:
-        if not path.is_file():
-            raise BadInputError(f"{path} is listed in the manifest but missing: re-run `mi2v export`")
-        actual = sha256_file(path)
-        if expected and actual != expected:
-            raise BadInputError(f"{path} does not match the manifest's sha256 (changed after export): re-run "
-                                "`mi2v export`")
-        out.append((path, name, actual))
-    return out
+def remote_name(name: str) -> str:
+    """A manifest file name as a path under a phone's staging folder (`/data/local/tmp/mi2v/<hash>/NAME`): every
+    part a plain name (mi2v_export/safepath.py `safe_name`: no `..`, no leading `/`, nothing a shell reads), so a
+    crafted manifest cannot make a push or a runner argument leave that folder."""
+    what = "manifest.json: file" + (f" {name!r}, part" if "/" in str(name) else "")
+    return "/".join(safe_name(part, what) for part in str(name).split("/"))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -398,26 +398,32 @@ def run_bench(opts: BenchOptions, say: Say = _quiet, echo: Say = print, system: 
 
 def bench_device(device: BenchDevice, opts: BenchOptions, manifest: Any,
                  path: Path) -> tuple[BenchReport, Mi2vError | None]:
-    """The loop: facts, then each component prepared, cooled down, run, checked for heat and recorded; the report
-    is saved whatever happens (a Ctrl-C too). Returns it with the first error."""
+    """The loop: facts, then each component checked against the manifest, prepared, cooled down, run, checked for
+    heat and recorded. Once the device has answered, the report is saved whatever happens (a Ctrl-C too; kept in
+    the temporary folder when `path` cannot be written, mi2v_export/outputs.py); a device that never answered
+    raises its one-line error and writes no report, since nothing was measured. Returns it with the first error."""
     report = _new_report(opts, manifest, device.transport, parse_device(opts.device)[1])
     report.protocol = {"warmup": opts.warmup, "iterations": opts.iterations, "runs": opts.runs,
                        "warmup_in_timed_process": True, "inputs": "ones", "cooldown_s": opts.cooldown,
                        "thermal_wait_s": opts.thermal_wait, "timeout_s": opts.timeout, "steps": opts.steps}
     pending = _components(device, manifest, opts, report)
+    try:
+        _start(device, report)
+    except (Mi2vError, KeyboardInterrupt):
+        _finish(device, report)
+        raise
     kinds: dict[str, type[Mi2vError]] = {}
     stop: Mi2vError | None = None
     try:
-        _start(device, report)
-        _run_all(device, _prepare_all(device, pending, kinds), report, kinds, 0 if device.together else opts.cooldown,
-                 manifest.folder)
+        ready = _prepare_all(device, pending, kinds, manifest, opts, report)
+        _run_all(device, ready, report, kinds, 0 if device.together else opts.cooldown, manifest.folder)
     except Mi2vError as exc:
         stop = exc
     except KeyboardInterrupt:
         _not_run(pending, "interrupted (Ctrl-C)")
         report.error = "interrupted (Ctrl-C)"
         _finish(device, report)
-        report.save(path)
+        _save(report, path)
         raise
     _finish(device, report)
     if stop is not None:
@@ -425,8 +431,14 @@ def bench_device(device: BenchDevice, opts: BenchOptions, manifest: Any,
     first = stop or _first_failure(report, kinds)
     if first is not None and not report.error:
         report.error = str(first)
-    report.save(path)
+    _save(report, path)
     return report, first
+
+
+def _save(report: BenchReport, path: Path) -> Path:
+    """The report at `path`, or (a disk that filled up, a folder gone read-only) kept in the temporary folder and
+    named in the one-line error, so the measurements are not lost."""
+    return write_or_keep(path, report.save, "bench report")
 
 
 def _components(device: BenchDevice, manifest: Any, opts: BenchOptions,
@@ -455,12 +467,18 @@ def _start(device: BenchDevice, report: BenchReport) -> None:
 
 
 def _prepare_all(device: BenchDevice, pending: list[tuple[Selection, ComponentResult]],
-                 kinds: dict[str, type[Mi2vError]]) -> list[tuple[Selection, ComponentResult]]:
-    """Prepare every component before the first runs (files checked, runners found and pushed); those that
-    cannot run are failed here."""
+                 kinds: dict[str, type[Mi2vError]], manifest: Any, opts: BenchOptions,
+                 report: BenchReport) -> list[tuple[Selection, ComponentResult]]:
+    """Prepare every component before the first runs (files checked against the manifest by the one integrity
+    policy, mi2v_export/integrity.py; runners found and pushed); those that cannot run are failed here. With
+    --allow-modified the files that differ are run, and recorded in the report and its warnings."""
     ready = []
     for sel, comp in pending:
         try:
+            for changed in check_entry(manifest, sel.entry, allow_modified=opts.allow_modified):
+                report.modified_files.append(changed.to_dict())
+                report.warnings.append(f"{changed.file} differs from manifest.json (sha256 {changed.sha256[:12]}…, "
+                                       f"{changed.bytes:,} bytes): run with --allow-modified")
             device.prepare(sel)
             ready.append((sel, comp))
         except Mi2vError as exc:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..contract import cpu_model
 from ..errors import BadInputError, Mi2vError, MissingDependencyError, first_line
-from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection, artifact_files, verify_files
+from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
 from .report import BenchReport, ComponentResult, RunResult
 from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte, pte_input_specs
 
@@ -303,9 +303,6 @@ class HostDevice(BenchDevice):
             self.say(f"cooling down {pause_s:g} s before the {label}")
         return super().cool_down(pause_s, label)
 
-    def prepare(self, sel: Selection) -> None:
-        verify_files(artifact_files(self.manifest, sel.entry))
-
     def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
         opts, iterations, warmup = self.opts, self.opts.iterations, self.opts.warmup
         comp.runtime.update(version=self.versions.get("onnxruntime" if sel.runtime == "onnxruntime" else "executorch"),
@@ -338,7 +335,7 @@ class HostDevice(BenchDevice):
         """The test-vector inputs run in this process on the runtime that was timed."""
         from .output_check import host_outputs
 
-        return host_outputs(self.manifest.folder, sel.entry, sel.runtime, sets)
+        return host_outputs(self.manifest.path_of(sel.entry), sel.entry, sel.runtime, sets)
 
     def finish(self, report: BenchReport) -> None:
         if self.simulated:

@@ -68,15 +68,16 @@ def output_check(entry: Any, sets: list[testvectors.VectorSet], outputs: list[di
     return record
 
 
-def host_outputs(folder: Path, entry: Any, bench_runtime: str,
+def host_outputs(path: Path, entry: Any, bench_runtime: str,
                  sets: list[testvectors.VectorSet]) -> tuple[list[dict], str] | str:
-    """The input sets run in this process on `mi2v verify`'s runtime for the artifact, or why not."""
+    """The input sets run in this process on `mi2v verify`'s runtime for the artifact at `path` (from
+    `Manifest.path_of`, so inside the artifacts folder), or why not."""
     name = _VERIFY_RUNTIME[bench_runtime](entry)
     runtime = next(r for r in RUNTIMES if r.name == name)
     why = runtime.available()
     if why:
         return why
-    return runtime.run(folder / entry.file, entry, [s.inputs for s in sets]), name
+    return runtime.run(path, entry, [s.inputs for s in sets]), name
 
 
 def raw_outputs(files: list[Path], entry: Any) -> dict[str, np.ndarray]:

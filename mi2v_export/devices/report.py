@@ -41,8 +41,14 @@ One JSON file per bench invocation:
       ],
       "per_frame_ms": {"1": …, "2": …},             # (encoder + steps × denoiser + decoder) p50s / frames
       "headline": {"steps", "per_frame_ms", "frames_per_s"},
-      "warnings": [...]
+      "warnings": [...],
+      "modified_files": [{"component", "file", "expected_sha256", "sha256", "expected_bytes", "bytes"}]
+                                                    # only with --allow-modified (mi2v_export/integrity.py)
     }
+
+The paths a report holds for its own files (a run's `log` and `etdump`, a component's `runtime.etdump` and
+`runtime.failure_log`) are relative to the report's folder; `load` checks that each stays inside it
+(mi2v_export/safepath.py), so a report passed around cannot make a reader open a file elsewhere.
 
 Percentiles are nearest-rank (the value at rank ⌈q·n⌉ of the sorted samples), so every reported percentile is a
 measured sample. stdev is the sample standard deviation (n−1).
@@ -62,6 +68,7 @@ from .. import schemas
 from ..contract import COMPONENTS
 from ..files import read_json, write_json_atomic
 from ..errors import BadInputError
+from ..safepath import contained
 
 SCHEMA = "mi2v.bench/1"
 PERCENTILE_METHOD = "nearest-rank"
@@ -179,6 +186,7 @@ class BenchReport:
     staging: dict[str, Any] = field(default_factory=dict)  # adb: remote folder, files pushed / already there
     error: str | None = None  # the first error (one line), when a component failed or the run stopped early
     steps: int = 2  # the denoising steps of the headline
+    modified_files: list[dict[str, Any]] = field(default_factory=list)  # --allow-modified: integrity.Modified
 
     def component(self, name: str) -> ComponentResult | None:
         return next((c for c in self.components if c.component == name), None)
@@ -225,6 +233,7 @@ class BenchReport:
             "headline": {"steps": self.steps, "per_frame_ms": headline,
                          "frames_per_s": (1000.0 / headline) if headline else None},
             "warnings": list(self.warnings),
+            **({"modified_files": list(self.modified_files)} if self.modified_files else {}),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -246,15 +255,31 @@ class BenchReport:
                    conditions=data.get("conditions", {}), host=data.get("host", {}), tool=data.get("tool", {}),
                    warnings=list(data.get("warnings", [])), created_utc=data.get("created_utc", ""),
                    artifacts=data.get("artifacts", {}), staging=data.get("staging", {}), error=data.get("error"),
-                   steps=int((data.get("headline") or {}).get("steps", 2)))
+                   steps=int((data.get("headline") or {}).get("steps", 2)),
+                   modified_files=list(data.get("modified_files") or []))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BenchReport:
         data = read_json(path, "bench report")
         try:
-            return cls.from_dict(data)
+            report = cls.from_dict(data)
         except BadInputError as exc:
             raise BadInputError(f"{path}: {exc}") from None
+        for what, value in report.attached_files():
+            contained(Path(path).parent, value, f"{path}: {what}")
+        return report
+
+    def attached_files(self) -> list[tuple[str, str]]:
+        """(field, path relative to the report) of the files the report points at: ETDumps and failure logs."""
+        found = []
+        for c in self.components:
+            for key in ("etdump", "failure_log"):
+                if c.runtime.get(key) is not None:
+                    found.append((f"components.{c.component}.runtime.{key}", c.runtime[key]))
+            for n, run in enumerate(c.runs):
+                found += [(f"components.{c.component}.runs.{n}.{key}", getattr(run, key))
+                          for key in ("log", "etdump") if getattr(run, key) is not None]
+        return found
 
 
 def validate(data: Any) -> None:

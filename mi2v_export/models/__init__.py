@@ -122,5 +122,16 @@ def load_encoder(checkpoint: str | os.PathLike | None = None, preset: str = "mob
     return _load(LTX_ENCODER, checkpoint, preset, dtype, seed)
 
 
-__all__ = ["load_denoiser", "load_decoder", "load_encoder", "build_part", "expected_shapes", "seed_part", "PARTS",
+__all__ = ["load_denoiser", "weight_bytes", "load_decoder", "load_encoder", "build_part", "expected_shapes", "seed_part", "PARTS",
            "DECODER_KINDS"]
+
+
+def weight_bytes(preset: str | Preset, components, decoder: str = "turbo-vaed") -> dict[str, int]:
+    """fp32 weight bytes per component ("encoder", "denoiser", "decoder"), counted on models built on the `meta`
+    device (no memory; mi2v_export/bounds.py sizes its estimates with them)."""
+    parts = {"encoder": LTX_ENCODER, "denoiser": DENOISER, "decoder": DECODER_KINDS.get(decoder, TURBO_VAED)}
+    out = {}
+    with torch.device("meta"):
+        for c in components:
+            out[c] = 4 * sum(p.numel() for p in build_part(parts[c], preset).parameters())
+    return out

@@ -41,5 +41,8 @@ def validate(data: Any, name: str, what: str) -> None:
     if error is None:
         return
     where = error.json_path.removeprefix("$").removeprefix(".") or "top level"
-    message = error.message if len(error.message) <= 200 else error.message[:200] + "…"
+    message = error.message
+    if error.validator == "pattern" and isinstance(error.schema, dict) and error.schema.get("description"):
+        message = f"{error.instance!r} is not {error.schema['description']}"  # not the regex itself
+    message = message if len(message) <= 200 else message[:200] + "…"
     raise BadInputError(f"{what}: {where}: {message}")
