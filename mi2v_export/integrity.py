@@ -56,7 +56,7 @@ def check_entry(manifest: Manifest, entry: ArtifactEntry, *, allow_modified: boo
         if not path.exists():
             raise BadInputError(f"{path}: listed in {manifest.folder}/manifest.json but missing")
         actual, actual_bytes = tree_digest(path)
-        if (sha and actual != sha) or (size and actual_bytes != size):
+        if actual != sha or actual_bytes != size:  # no recorded sha256 counts as a mismatch: nothing vouches
             if not allow_modified:
                 raise ModifiedArtifactError(
                     f"{path}: differs from manifest.json ({_what_differs(sha, actual, size, actual_bytes)}; changed "
@@ -75,6 +75,8 @@ def check_entries(manifest: Manifest, entries: Iterable[ArtifactEntry], *, allow
 
 
 def _what_differs(sha: str, actual: str, size: int, actual_bytes: int) -> str:
-    if size and actual_bytes != size:
+    if not sha:
+        return "the manifest records no sha256 for it"
+    if actual_bytes != size:
         return f"{actual_bytes:,} bytes, the manifest says {size:,}"
     return f"sha256 {actual[:12]}…, the manifest says {sha[:12]}…"

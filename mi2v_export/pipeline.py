@@ -1162,11 +1162,16 @@ def _write_outputs(plan: GeneratePlan, result: GenerateResult, reference: Genera
     progress("write", 0, 1)
     t0 = time.perf_counter()
     sheet = contact_sheet_path(request.out)
-    write_video(result.frames, request.out, fps=request.fps)
-    write_contact_sheet(result.frames, sheet)
-    if comparison is not None and request.report is not None:
-        write_json(build_report(plan.config, result, reference, comparison, image=str(request.image),
-                                preset=plan.preset, decoder=plan.decoder, precision=precision), request.report)
+    try:  # all or nothing: each file goes to a temporary name beside it, renamed only once all are written
+        with atomic_path(request.out) as video_tmp, atomic_path(sheet) as sheet_tmp:
+            write_video(result.frames, video_tmp, fps=request.fps)
+            write_contact_sheet(result.frames, sheet_tmp)
+            if comparison is not None and request.report is not None:
+                write_json(build_report(plan.config, result, reference, comparison, image=str(request.image),
+                                        preset=plan.preset, decoder=plan.decoder, precision=precision),
+                           request.report)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {request.out} ({exc.strerror or exc}); nothing was written") from None
     seconds["write"] = time.perf_counter() - t0
     progress("write", 1, 1)
     return sheet

@@ -314,3 +314,23 @@ def test_the_watchdog_ends_a_stage_that_swallows_the_interrupt(tmp_path):
     assert rc == 130 and time.monotonic() - t0 < 10
     assert "interrupted" in child.stderr.read()
     assert not partial.exists()
+
+
+def test_generate_onto_a_disk_that_fills_up_writes_nothing(art, tmp_path):
+    with tmpfs(tmp_path / "small") as small:
+        subprocess.run(["mount", "-o", "remount,size=48k", str(small)], check=True)
+        line = one_error(run_cli("generate", "--image", IMAGE, "--artifacts", art, "--out", small / "v.mp4"))
+        assert "No space left" in line and "nothing was written" in line
+        assert list(small.iterdir()) == []
+
+
+def test_running_out_of_memory_is_one_line(tmp_path):
+    """Under an address-space limit the estimate cannot see, the allocator fails inside a stage: one line."""
+    if not shutil.which("prlimit"):
+        pytest.skip("no prlimit")
+    env = dict(os.environ, COLUMNS="200", TERM="dumb", NO_COLOR="1")
+    proc = subprocess.run(["prlimit", "--as=3000000000", str(MI2V_EXE), "generate", "--image", str(IMAGE),
+                           "--preset", "tiny", "--resolution", "1024x1024", "--frames", "33", "--out",
+                           str(tmp_path / "v.mp4")], capture_output=True, text=True, timeout=300, env=env)
+    line = one_error(proc)
+    assert line.startswith("error: out of memory") and not (tmp_path / "v.mp4").exists()
