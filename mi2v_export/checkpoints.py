@@ -12,16 +12,21 @@ modules use the prefixed form, so plain keys are mapped on load).
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
+import re
 import struct
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import _weights_only_unpickler
 
 from .contract import LTX_DECODER, LTX_ENCODER
 from .contract import PART_DENOISER as DENOISER
@@ -110,20 +115,132 @@ def _torch_load_safely(path: Path, fmt: str):
         with torch.serialization.safe_globals(_numpy_rng_allow_list()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == "pytorch-zip"))
     except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        culprit = ""
-        if "GLOBAL" in msg or "Unsupported global" in msg or "not an allowed global" in msg:
-            for token in msg.replace("`", " ").replace("'", " ").split():
-                if "." in token and token[0].isalpha() and not token.startswith(("torch.serialization", "https")):
-                    culprit = token.rstrip(".,:;")
-                    break
-        what = f" (it wants to call {culprit})" if culprit else ""
+        names, damaged = _referenced_globals(path, fmt)
+        culprit = unsafe_call(str(exc), names)
+        if culprit is None and damaged:
+            raise CheckpointError(f"{path.name}: truncated or corrupt PyTorch checkpoint (its pickle ends early or "
+                                  "is damaged); download or copy it again") from None
+        if culprit is None:  # no import outside the allow-list: an opcode torch's loader does not read
+            raise CheckpointError(
+                f"{path.name}: refused to unpickle ({_unpickler_reason(str(exc))}): the file uses pickle features "
+                "outside mi2v's safe loader. Re-save it as weights only with torch.save's defaults (mi2v convert on "
+                "a trusted machine) or use .safetensors") from None
         raise CheckpointError(
-            f"{path.name}: refused to unpickle: the file references objects outside mi2v's safe allow-list{what}; "
-            "it could run code when loaded. Re-save it as weights only (mi2v convert on a trusted machine) or "
-            "use .safetensors") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path.name}: truncated or corrupt PyTorch checkpoint ({first_line(exc, 160)})") from None
+            f"{path.name}: refused to unpickle: the file references objects outside mi2v's safe allow-list (it "
+            f"wants to call {culprit}), so it could run code when loaded. Re-save it as weights only (mi2v convert "
+            "on a trusted machine) or use .safetensors") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, struct.error) as exc:
+        # IndexError / struct.error: torch's legacy-format reader on a file cut inside its first pickles
+        raise CheckpointError(f"{path.name}: truncated or corrupt PyTorch checkpoint ({library_reason(exc)}); "
+                              "download or copy it again") from None
+
+
+# ---- naming what a refused pickle wanted, and library messages cut to whole sentences -----------------------------
+
+PICKLE_SCAN_LIMIT = 64 * 1024 * 1024  # a 270M checkpoint's data.pkl is ~100 KB; a bigger one is not scanned
+LEGACY_PICKLES = 5  # a legacy .pth: magic number, protocol, sys info, the objects, the storage keys; then raw bytes
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+                         "BINUNICODE8"})
+_MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_NO_PUSH = frozenset({"PROTO", "FRAME", "MEMOIZE", "STOP"}) | _MEMO_PUTS
+_UNPICKLER_MARKERS = ("Unsupported", "Trying to", "Can only", "String is too long", "persistent_load",
+                      "must be imported")
+
+
+def pickle_globals(stream) -> Iterator[str]:
+    """The `module.name`s one pickle imports (GLOBAL, and STACK_GLOBAL from the two strings before it), in order,
+    read with pickletools: nothing is executed. Best effort, to name the call in a refusal; torch's weights-only
+    unpickler is what refuses. Raises ValueError where the stream is damaged or ends early."""
+    recent: list[str | None] = [None, None]  # what the last two pushing opcodes pushed, when they were strings
+    memo: dict[int, str | None] = {}
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            yield _python3_name(*str(arg).split(" ", 1))
+        elif op.name == "STACK_GLOBAL" and None not in recent[-2:]:
+            yield f"{recent[-2]}.{recent[-1]}"
+        if op.name in _MEMO_PUTS:
+            memo[arg] = recent[-1]
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = recent[-1]
+        elif op.name not in _NO_PUSH:
+            pushed = arg if op.name in _STRING_OPS else memo.get(arg) if op.name in _MEMO_GETS else None
+            recent = [recent[-1], pushed if isinstance(pushed, str) else None]
+
+
+def _python3_name(module: str, name: str = "") -> str:
+    """A protocol-2 GLOBAL under the Python 3 name torch's loader gives it (`__builtin__ eval` → builtins.eval)."""
+    names = getattr(_weights_only_unpickler, "NAME_MAPPING", {})
+    modules = getattr(_weights_only_unpickler, "IMPORT_MAPPING", {})
+    module, name = names.get((module, name), (modules.get(module, module), name))
+    return f"{module}.{name}"
+
+
+def _referenced_globals(path: Path, fmt: str) -> tuple[list[str], bool]:
+    """Every import in a .pth's pickles (the zip's `data.pkl`, or the first pickles of a legacy / plain file), and
+    whether a pickle was damaged (cut short, or bytes that are no pickle): the names before the damage are kept."""
+    names: list[str] = []
+    try:
+        if fmt == "pytorch-zip":
+            with zipfile.ZipFile(path) as z:
+                member = next(i for i in z.infolist() if i.filename.rsplit("/", 1)[-1] == "data.pkl")
+                if member.file_size <= PICKLE_SCAN_LIMIT:
+                    names.extend(pickle_globals(io.BytesIO(z.read(member))))
+        else:
+            with open(path, "rb") as f:
+                for _ in range(LEGACY_PICKLES):
+                    if not f.peek(1)[:1]:  # a plain pickle file ends after its one pickle
+                        break
+                    names.extend(pickle_globals(f))
+    except (ValueError, StopIteration, zipfile.BadZipFile, OSError, EOFError):
+        return names, True
+    return names, False
+
+
+def _allowed_globals() -> set[str]:
+    """What the loader accepts: torch's own weights-only allow-list plus `_numpy_rng_allow_list`."""
+    names = set(getattr(_weights_only_unpickler, "_get_allowed_globals", dict)())
+    for item in _numpy_rng_allow_list():
+        names.add(item[1] if isinstance(item, tuple) else f"{item.__module__}.{item.__qualname__}")
+    return names
+
+
+def unsafe_call(message: str, names: list[str]) -> str | None:
+    """The import a refused pickle wanted (`posix.system` for os.system on Linux), among the imports the file
+    really holds (`names`, from _referenced_globals): the one torch's message names, else the first one outside
+    the allow-list. None when there is none: torch names a half-read import when a file is cut inside it."""
+    named = re.search(r"GLOBAL (\S+) (?:was|whose)", message)
+    if named:
+        culprit = named.group(1) if "." in named.group(1) else f"builtins.{named.group(1)}"  # torch strips builtins.
+        if culprit in names:
+            return culprit
+    allowed = _allowed_globals()
+    return next((n for n in names if n not in allowed and _DOTTED.fullmatch(n)), None)
+
+
+def _unpickler_reason(message: str) -> str:
+    """The line of torch's weights-only message that says what it refused (the rest is advice about
+    weights_only=False, which mi2v never uses)."""
+    for line in message.splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line.startswith(_UNPICKLER_MARKERS):
+            return _first_sentence(line)
+    return "the weights-only unpickler refused it"
+
+
+def _first_sentence(text: str, limit: int = 240) -> str:
+    sentence = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0].rstrip(".")
+    if len(sentence) > limit:  # one huge sentence: cut at a word and say so
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " …"
+    return sentence
+
+
+def library_reason(exc: BaseException) -> str:
+    """A library's reason, as its first whole sentence: libraries append hints ("This is an internal miniz error.
+    If you are seeing this error, there is a high …"), and a fixed character cut (errors.first_line) left the error
+    line ending mid-sentence."""
+    return _first_sentence(first_line(exc, limit=10_000))
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -137,7 +254,8 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
                 tensors[k] = f.get_tensor(k)
         return tensors, meta
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError variants
-        raise CheckpointError(f"{path.name}: truncated or corrupt safetensors file ({first_line(exc, 160)})") from None
+        raise CheckpointError(f"{path.name}: truncated or corrupt safetensors file ({library_reason(exc)}); "
+                              "download or copy it again") from None
 
 
 def _unwrap(obj, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -232,6 +350,11 @@ class KeyReport:
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def problems(self) -> int:
+        """How far a file is from a model: `mi2v inspect` compares a file with the preset where this is least."""
+        return len(self.missing) + len(self.unexpected) + len(self.mismatched)
 
     def describe(self, limit: int = 4) -> str:
         def names(items):

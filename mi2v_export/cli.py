@@ -1,7 +1,8 @@
 """The `mi2v` command line: a thin Typer shell over the library.
 
 Each command group lives in `mi2v_export/commands/<name>.py` and registers itself on `app` through `register(app)`;
-this module only builds the app, wires the modules listed in COMMAND_MODULES, sets the log level (-v / -q), and
+this module only builds the app, wires the modules listed in COMMAND_MODULES, sets the log level (-v / -q) and
+with it what libraries may print (their loggers, Python warnings, native output: only with -v), and
 turns every error a user can cause into one `error:` line on stderr and a non-zero exit code: usage errors (bad
 option, bad value, missing argument, unknown command) exit 2 after the usage line, `Mi2vError`s exit with their
 own code. A traceback means a bug.
@@ -10,14 +11,19 @@ own code. A traceback means a bug.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import warnings
 import os
 import sys
+from pathlib import Path
 
 import typer
 
-from .errors import Mi2vError
+from .commands._render import library_output_captured
+
+from .errors import Mi2vError, first_line
+from .interrupts import armed_watchdog
 
 # One entry per command module; adding a command is adding a file and a name here. A dotted name is a module
 # outside mi2v_export/commands: the simulator's `devices simulate|profile` (the simulator package stays apart).
@@ -55,6 +61,25 @@ class _ConsoleLogHandler(logging.Handler):
 LIBRARY_CHATTER_LOGGERS = ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer", "torchao",
                            "coremltools", "torch.onnx._internal.exporter._registration")
 LIBRARY_CHATTER_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
+# the commands that load native runtimes (ExecuTorch, onnxruntime, the QNN SDK): without -v their own prints to
+# fd 1 / fd 2 are dropped while the command runs (commands/_render.py library_output_captured). Not `app build` or
+# `devices simulate`, whose child processes (gradle, the simulated phone) talk to the user through those fds.
+NATIVE_RUNTIME_COMMANDS = ("export", "generate", "verify", "bench", "quantize")
+# where mi2v's own warnings.warn calls live (the exporters package is a folder of its own, pyproject.toml)
+_EXPORTERS = importlib.util.find_spec("mi2v_export.exporters")
+OWN_CODE = tuple(str(Path(p).resolve()) + os.sep
+                 for p in [Path(__file__).parent, *((_EXPORTERS and _EXPORTERS.submodule_search_locations) or ())])
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as log lines, never a raw `path:line: UserWarning: …` pair: mi2v's own UserWarnings (seeded
+    weights, …) are `warning:` lines; libraries' warnings and numpy's RuntimeWarnings are debug, shown with -v."""
+    text = " ".join(str(message).split()) or category.__name__
+    log = logging.getLogger("mi2v.warnings")
+    if issubclass(category, UserWarning) and str(Path(filename).resolve()).startswith(OWN_CODE):
+        log.warning(text)
+    else:
+        log.debug("%s: %s (%s:%s)", category.__name__, text, filename, lineno)
 
 
 def configure_logging(verbose: bool, quiet: bool) -> None:
@@ -74,6 +99,7 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
             handler.setLevel(logging.NOTSET if verbose else logging.WARNING)
     for name in LIBRARY_CHATTER_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    warnings.showwarning = _show_warning
     if not verbose:
         for pattern in LIBRARY_CHATTER_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
@@ -89,6 +115,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging, and native libraries' own output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only (no progress notes)"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
@@ -99,6 +126,8 @@ def root(
     if verbose and quiet:
         raise typer.BadParameter("use either --verbose or --quiet", param_hint="'-v' / '-q'")
     configure_logging(verbose, quiet)
+    if ctx.invoked_subcommand in NATIVE_RUNTIME_COMMANDS:
+        ctx.with_resource(library_output_captured())  # until the command returns or raises
 
 
 def _register_commands() -> None:
@@ -134,19 +163,35 @@ def _click_error(exc: Exception) -> int:
     return getattr(exc, "exit_code", 1)
 
 
+# what allocators say when memory runs out (torch's CPU allocator, onnxruntime's arena, std::bad_alloc)
+OUT_OF_MEMORY_TEXT = ("can't allocate memory", "cannot allocate memory", "out of memory", "bad_alloc",
+                      "bad allocation", "failed to allocate memory")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or any(t in str(exc).lower() for t in OUT_OF_MEMORY_TEXT)
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     configure_logging(verbose=False, quiet=False)
     try:
-        rc = app(standalone_mode=False)
+        with armed_watchdog():  # SIGTERM / Ctrl-C end any command within seconds (mi2v_export/interrupts.py)
+            rc = app(standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except Mi2vError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        print(f"error: out of memory ({type(exc).__name__}: {first_line(exc, 160)}); nothing was written — choose "
+              "a smaller --resolution / --frames, or a machine with more memory", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); nothing was left half-written", file=sys.stderr)
+        print("error: interrupted; nothing was left half-written", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as exc:  # raised by commands that want a specific exit code
         sys.exit(exc.exit_code)

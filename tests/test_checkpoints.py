@@ -212,3 +212,102 @@ def test_inspect_and_convert_cli(tmp_path, upstream_tiny_pth, tiny_denoiser_sd):
     assert half.x_embedder.proj.weight.dtype == torch.float16
     human = run_cli("inspect", upstream_tiny_pth)
     assert human.returncode == 0 and "denoiser" in human.stdout and "tiny" in human.stdout
+
+
+# ---- issue 22: complete error lines, the refused call named, inspect against the closest preset ------------------
+
+
+class _Calls:
+    """A pickle payload whose unpickling would call `fn(*args)` (os.system, subprocess.check_output, eval)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def _malicious(kind: str, path, marker):
+    """One malicious file per way a pickle can name its callable: GLOBAL in a torch zip (protocol 2), in a legacy
+    .pth, STACK_GLOBAL in a protocol-4 plain pickle, and a builtin."""
+    import subprocess
+
+    system = _Calls(os.system, f"touch {marker}")
+    if kind == "zip-os.system":
+        torch.save({"state_dict": {"x_embedder.proj.weight": torch.zeros(1)}, "payload": system}, path)
+    elif kind == "legacy-os.system":
+        torch.save({"payload": system}, path, _use_new_zipfile_serialization=False)
+    elif kind == "protocol4-subprocess":
+        path.write_bytes(pickle.dumps({"w": _Calls(subprocess.check_output, ["touch", str(marker)])}, protocol=4))
+    else:
+        torch.save({"payload": _Calls(eval, f"open({str(marker)!r}, 'w')")}, path)
+    return path
+
+
+CALLS = {"zip-os.system": f"{os.system.__module__}.system", "legacy-os.system": f"{os.system.__module__}.system",
+         "protocol4-subprocess": "subprocess.check_output", "builtin-eval": "builtins.eval"}
+
+
+@pytest.mark.parametrize("kind", list(CALLS))
+def test_refused_pickle_names_the_call(tmp_path, kind):
+    path = _malicious(kind, tmp_path / f"{kind}.pth", tmp_path / "PWNED")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch notes that protocol 4 is not its default
+        with pytest.raises(CheckpointError) as caught:
+            read_checkpoint(path)
+    message = str(caught.value)
+    assert f"(it wants to call {CALLS[kind]})" in message and "failed" not in message, message
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_refused_pickle_cli_line_names_the_call(tmp_path):
+    path = _malicious("protocol4-subprocess", tmp_path / "evil.pkl", tmp_path / "PWNED")
+    proc = run_cli("inspect", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line: no warning either
+    assert "it wants to call subprocess.check_output" in proc.stderr and not (tmp_path / "PWNED").exists()
+
+
+def _complete(message: str) -> bool:
+    """Whole sentences: the line ends as mi2v's own text ends, every parenthesis it opens is closed, and the
+    library's reason inside is not cut (the zip reader's went on "… If you are seeing this error, there is a high")."""
+    ends = ("download or copy it again", "not a PyTorch (.pth/.pt) or safetensors checkpoint")
+    return message.endswith(ends) and message.count("(") == message.count(")") and "there is a high" not in message
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_truncated_pth_message_is_complete(tmp_path, tiny_denoiser_sd, layout):
+    """Cut anywhere, a .pth is one complete CheckpointError line: the zip reader's message was once cut inside its
+    own hint ("… there is a high"), and the legacy reader raised IndexError / struct.error tracebacks."""
+    whole = tmp_path / "whole.pth"
+    torch.save({"state_dict": tiny_denoiser_sd}, whole, _use_new_zipfile_serialization=(layout == "zip"))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.pth"
+    for n in sorted({*range(3, 400, 7), *(len(data) * k // 10 for k in range(1, 10))}):
+        cut.write_bytes(data[:n])
+        with pytest.raises(CheckpointError) as caught:
+            read_checkpoint(cut)
+        message = str(caught.value)
+        assert "\n" not in message and _complete(message), (n, message)
+        assert "truncated or corrupt" in message or "not a PyTorch" in message, (n, message)
+    proc = run_cli("inspect", cut)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert _complete(proc.stderr.strip()), proc.stderr
+
+
+def test_inspect_compares_with_the_closest_preset(tmp_path, tiny_denoiser_sd):
+    sd = {k: v.clone() for k, v in tiny_denoiser_sd.items()}
+    del sd["blocks.0.attn.qkv.weight"]
+    sd["blocks.0.attn.extra"] = torch.zeros(1)
+    path = tmp_path / "tiny_broken.safetensors"
+    save_file(sd, path)
+    info = json.loads(run_cli("inspect", path, "--json").stdout)["parts"][0]
+    assert info["preset_match"] == [] and info["compared_with"] == "tiny" and info["picked_by"] == "closest match"
+    assert info["differences"] == "1 missing (blocks.0.attn.qkv.weight); 1 unexpected (blocks.0.attn.extra)"
+    human = run_cli("inspect", path)
+    assert human.returncode == 0 and "tiny (closest match): 1 missing (blocks.0.attn.qkv.weight)" in human.stdout
+    named = json.loads(run_cli("inspect", path, "--preset", "mobilei2v-270m", "--json").stdout)["parts"][0]
+    assert named["compared_with"] == "mobilei2v-270m" and named["picked_by"] == "--preset"
+    assert "mis-shaped (x_embedder.proj.weight: file [144, 128, 1, 1] vs model [1152" in named["differences"]
+    human = run_cli("inspect", path, "--preset", "mobilei2v-270m")
+    assert "mobilei2v-270m (named with --preset)" in human.stdout

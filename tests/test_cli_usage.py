@@ -3,6 +3,7 @@ bad option, a bad value and a missing argument with the usage line and one `erro
 
 from __future__ import annotations
 
+import os
 import sys
 import typing
 from enum import Enum
@@ -153,3 +154,33 @@ def test_a_library_basic_config_adds_no_info_lines():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "skipping op" not in proc.stderr, proc.stderr
     assert "warning: spec version 8" in proc.stderr
+
+
+@pytest.mark.parametrize("flag,quiet,verbose", [("-q", True, False), ("-v", False, True), (None, False, False)])
+def test_quiet_and_verbose_are_read_from_one_place(flag, quiet, verbose, capsys):
+    """Commands ask commands/_render.py (is_quiet / is_verbose), which reads the level -v / -q set: one record."""
+    from mi2v_export.commands import _render
+
+    rc, _, _ = _run([*([flag] if flag else []), "devices", "profile"], capsys)
+    assert rc == 0 and (_render.is_quiet(), _render.is_verbose()) == (quiet, verbose)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_python_warnings_become_log_lines(verbose):
+    """No raw `path.py:N: UserWarning: …` pair ever: mi2v's own UserWarnings are one `warning:` line; a library's
+    warning, or numpy's RuntimeWarning in mi2v's code, is a debug line (shown with -v only)."""
+    import subprocess
+
+    script = (
+        "import warnings, mi2v_export.checkpoints as own; from mi2v_export.cli import configure_logging; "
+        f"configure_logging({verbose}, False); "
+        "warnings.warn_explicit('seeded weights, noise', UserWarning, own.__file__, 5); "
+        "warnings.warn_explicit('divide by zero', RuntimeWarning, own.__file__, 6); "
+        "warnings.warn_explicit('library internals', UserWarning, warnings.__file__, 7)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == "warning: seeded weights, noise" and all(": UserWarning: " not in x for x in lines), lines
+    assert ("library internals" in proc.stderr) == verbose and ("divide by zero" in proc.stderr) == verbose
+    assert len(lines) == (3 if verbose else 1), lines

@@ -165,7 +165,9 @@ def test_verify_fails_when_a_stored_expected_output_is_altered(onnx_art, tmp_pat
     t.ParseFromString(pb.read_bytes())
     out = numpy_helper.to_array(t) * 1.01
     pb.write_bytes(numpy_helper.from_array(out, t.name).SerializeToString())
-    proc, _ = _verify(folder, "--component", "encoder")
+    proc, _ = _verify(folder, "--component", "encoder")  # the vectors are files of the entry: refused as modified
+    assert proc.returncode == 2 and "testdata/encoder: differs from manifest.json" in proc.stderr
+    proc, _ = _verify(folder, "--component", "encoder", "--allow-modified")
     assert proc.returncode == 4 and "encoder (encoder.onnx on onnxruntime)" in proc.stderr
 
 
@@ -176,6 +178,8 @@ def test_verify_fails_when_the_pte_weights_are_corrupted(pte_art, tmp_path):
     data[mid:mid + 4096] = b"\x7f" * 4096
     (folder / "denoiser.pte").write_bytes(bytes(data))
     proc, report = _verify(folder)
+    assert proc.returncode == 2 and "denoiser.pte: differs from manifest.json" in proc.stderr
+    proc, report = _verify(folder, "--allow-modified")
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert "denoiser (denoiser.pte on executorch-xnnpack)" in proc.stderr
     assert report["artifacts"][0]["runs"][0]["runtime"] == "executorch-xnnpack"
@@ -216,5 +220,5 @@ def test_verify_of_a_w8a8_artifact_uses_its_psnr_gate(w8a8_art, tmp_path):
     t = TensorProto()
     t.ParseFromString(pb.read_bytes())
     pb.write_bytes(numpy_helper.from_array(-numpy_helper.to_array(t), t.name).SerializeToString())
-    proc, _ = _verify(folder)
+    proc, _ = _verify(folder, "--allow-modified")
     assert proc.returncode == 4 and "denoiser (denoiser.onnx on onnxruntime)" in proc.stderr

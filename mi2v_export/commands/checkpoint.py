@@ -6,39 +6,41 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ..contract import Part
+from ..contract import Part, PresetName
 from ._render import console, human_bytes, human_count, print_json
 
 
 WeightDtype = Enum("WeightDtype", {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}, type=str)
 
 
-def _preset_matches(ckpt, part: str) -> list[str]:
+def _compare_with_presets(sd: dict, part: str, named: str | None) -> dict:
+    """Which presets a part matches exactly, and the comparison `inspect` shows: with the preset the user named
+    (--preset), else with the one the file is closest to (fewest missing, unexpected and mis-shaped keys), so a
+    tiny checkpoint with one wrong key is compared with `tiny`, not with the 270M model."""
     from ..checkpoints import compare_keys
     from ..models import expected_shapes
     from ..presets import PRESETS
 
-    sd = ckpt.part_state_dict(part)
-    return [name for name in PRESETS if compare_keys(sd, expected_shapes(part, name)).ok]
+    reports = {name: compare_keys(sd, expected_shapes(part, name)) for name in PRESETS}
+    picked = named or min(reports, key=lambda name: reports[name].problems)
+    report = reports[picked]
+    return {"preset_match": [name for name, r in reports.items() if r.ok], "compared_with": picked,
+            "picked_by": "--preset" if named else "closest match", "differences": report.describe()}
 
 
-def describe_checkpoint(path: Path) -> dict:
+def describe_checkpoint(path: Path, preset: str | None = None) -> dict:
     """Everything `inspect` shows, as plain data."""
-    from ..checkpoints import compare_keys, read_checkpoint
-    from ..models import expected_shapes
+    from ..checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(path)
     parts = []
     for part in ckpt.parts:
         sd = ckpt.part_state_dict(part)
-        matches = _preset_matches(ckpt, part)
-        entry = {"part": part, "keys": len(sd), "parameters": sum(t.numel() for t in sd.values()),
-                 "preset_match": matches}
-        if not matches:  # say how far it is from the real model
-            entry["vs_mobilei2v-270m"] = compare_keys(sd, expected_shapes(part, "mobilei2v-270m")).describe()
-        parts.append(entry)
+        parts.append({"part": part, "keys": len(sd), "parameters": sum(t.numel() for t in sd.values()),
+                      **_compare_with_presets(sd, part, preset)})
     return {
         "file": str(path),
         "format": ckpt.format,
@@ -56,26 +58,36 @@ def describe_checkpoint(path: Path) -> dict:
 
 def inspect(
     file: Path = typer.Argument(..., help="checkpoint: upstream .pth, diffusers/plain .safetensors"),
+    preset: PresetName | None = typer.Option(None, "--preset", help="compare with this preset (default: the one "
+                                             "the file matches best)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Show what a checkpoint holds (read safely: no code in the file can run)."""
-    data = describe_checkpoint(file)
+    data = describe_checkpoint(file, preset and preset.value)
     if json_out:
         print_json(data)
         return
     console.print(f"[bold]{file}[/]  {data['format']}, {human_bytes(data['bytes'])}, sha256 {data['sha256'][:16]}…")
     table = Table(title="parts")
-    for col in ("part", "keys", "parameters", "preset match"):
+    for col in ("part", "keys", "parameters", "preset match", "compared with"):
         table.add_column(col)
     for p in data["parts"]:
-        match = ", ".join(p["preset_match"]) or f"[red]none[/] ({p.get('vs_mobilei2v-270m', '')})"
-        table.add_row(p["part"], str(p["keys"]), human_count(p["parameters"]), match)
+        match = ", ".join(p["preset_match"]) or "[red]none[/]"
+        table.add_row(p["part"], str(p["keys"]), human_count(p["parameters"]), match, _comparison_cell(p))
     console.print(table)
     console.print("dtypes: " + ", ".join(f"{k} x{v}" for k, v in data["dtypes"].items()))
     if data["ignored_keys"]:
         console.print("ignored (unused upstream buffers): " + ", ".join(data["ignored_keys"]))
     for k, v in data["extras"].items():
         console.print(f"extra entry [cyan]{k}[/]: {v}")
+
+
+def _comparison_cell(part: dict) -> str:
+    """`tiny (closest match): 1 missing (…)`: the preset the part was compared with, why that one, the result."""
+    if not part["differences"]:
+        return f"{part['compared_with']}: [green]matches[/]"
+    how = "named with --preset" if part["picked_by"] == "--preset" else "closest match"
+    return f"{part['compared_with']} ({how}): {escape(part['differences'])}"
 
 
 def convert(

@@ -19,7 +19,10 @@ from rich.table import Table
 from ..contract import AttentionPlan, ComputeUnit, DecoderKind, Delegate, ExportDtype, PresetName, Soc, Target
 from ..errors import BadInputError, Mi2vError
 from ..interrupts import recorded_interrupts
-from ._render import component_list, console, err_console, human_bytes, print_json
+from ..presets import get_preset
+from ._render import component_list, console, err_console, human_bytes, is_quiet, note, print_json
+
+DEFAULT_PRESET = "mobilei2v-270m"  # --preset left out: the released model, at its 720p size
 
 
 class ExportInterrupted(Mi2vError):
@@ -79,6 +82,29 @@ class _RichProgress:
                 self.progress.update(task, description=f"[bold]{event.component}[/] done", total=1, completed=1)
 
 
+def _no_progress(event) -> None:
+    """`mi2v -q export`: no spinner, no stage lines."""
+
+
+def _progress_view():
+    """The spinner and stage lines on stderr; with -q none (a context that gives None)."""
+    if is_quiet():
+        return contextlib.nullcontext()
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                    transient=False)
+
+
+def _note_default_preset(preset, resolution: str | None, frames: int | None) -> None:
+    """Without --preset the export is the released 270M model at 720p: tens of minutes and gigabytes of memory
+    and disk. Say so before it starts (a first try with the defaults should not look like a hang)."""
+    if preset is not None:
+        return
+    default = get_preset(DEFAULT_PRESET)
+    size = f"{resolution or f'{default.height}x{default.width}'}, {frames or default.frames} frames"
+    note(f"no --preset given: this is the full {DEFAULT_PRESET} export ({size}), a multi-GB run; "
+         "--preset tiny is the quick test")
+
+
 def export(
     target: Target = typer.Option(..., "--target", help="export format"),
     delegate: Delegate | None = typer.Option(None, "--delegate", help="executorch: xnnpack (default) | vulkan | qnn | "
@@ -86,7 +112,8 @@ def export(
     component: str = typer.Option("all", "--component", callback=component_list, help="encoder | denoiser | "
                                   "decoder | all (or a comma list)"),
     decoder: DecoderKind = typer.Option("turbo-vaed", "--decoder", help="decoder model"),
-    preset: PresetName = typer.Option("mobilei2v-270m", "--preset", help="model preset"),
+    preset: PresetName | None = typer.Option(None, "--preset", help=f"model preset (default: {DEFAULT_PRESET}, "
+                                             "the full 720p model: a multi-GB run)"),
     checkpoint: list[Path] = typer.Option([], "--checkpoint", help="weights file (repeat for several); each "
                                           "feeds the component whose model it holds. None: seeded weights"),
     resolution: str | None = typer.Option(None, "--resolution", help="HEIGHTxWIDTH, e.g. 720x1280 (default: "
@@ -134,23 +161,26 @@ def export(
 
     request = ExportRequest(target=target.value, out_dir=out, components=component,
                             delegate=delegate.value if delegate else None, decoder=decoder.value,
-                            preset=preset.value, checkpoints=list(checkpoint), resolution=resolution, frames=frames,
+                            preset=preset.value if preset else DEFAULT_PRESET, checkpoints=list(checkpoint),
+                            resolution=resolution, frames=frames,
                             dtype=dtype.value if dtype else None, precision=precision, calibration=calibration,
                             min_psnr=min_psnr, recipe=recipe, attention=attention.value, rewrite=list(rewrite),
                             verify=not no_verify, test_vectors=not no_test_vectors, etrecord=etrecord, compute_units=compute_units.value,
                             min_ios=min_ios, soc=soc.value, allow_cpu_fallback=allow_cpu_fallback)
     if bundle and no_test_vectors:
         raise BadInputError("--bundle and --no-test-vectors contradict each other (the .bpte is the test vectors)")
+    _note_default_preset(preset, resolution, frames)
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    view = _progress_view()
     # Ctrl-C and SIGTERM unwind the export (staging folder removed, output folder untouched). `interrupts.seen`
     # records the signal: a library may re-raise the KeyboardInterrupt as its own error (torch.export does), and
     # Python drops one raised inside a weakref callback, so run_export also asks at every stage and before the commit.
     with recorded_interrupts(signal.SIGINT, signal.SIGTERM) as interrupts:
         try:
-            with _stdout_to_stderr(json_out), Progress(*columns, console=err_console, transient=False) as progress:
-                report = run_export(plan, _RichProgress(progress), stop_requested=lambda: interrupts.seen)
+            with _stdout_to_stderr(json_out), view as progress:
+                report = run_export(plan, _RichProgress(progress) if progress else _no_progress,
+                                    stop_requested=lambda: interrupts.seen)
         except BaseException:  # whatever the signal surfaced as
             if not interrupts.seen:
                 raise

@@ -3,6 +3,7 @@ the PyTorch fp32 reference (`--compare-to reference --report REPORT.json`)."""
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..contract import DecoderKind, PresetName
-from ._render import console
+from ..integrity import ALLOW_MODIFIED_HELP
+from ._render import console, is_quiet
 
 Fallback = Enum("Fallback", {"none": "none", "pytorch": "pytorch"}, type=str)
 Posterior = Enum("Posterior", {"sample": "sample", "mean": "mean"}, type=str)
@@ -59,6 +61,7 @@ def generate(
                                          "(latent_rel_err per step, psnr_db and ssim per frame) here"),
     min_psnr: float | None = typer.Option(None, "--min-psnr", help="with --compare-to: per-frame PSNR gate in dB "
                                           "(default 40 for fp32 artifacts, 30 for fp16)"),
+    allow_modified: bool = typer.Option(False, "--allow-modified", help=ALLOW_MODIFIED_HELP),
 ) -> None:
     """Generate a video from an image: encode → denoise (flow-matching Euler) → decode.
 
@@ -71,16 +74,19 @@ def generate(
         image=image, out=out, checkpoints=list(checkpoint), artifacts=list(artifacts), use=list(use),
         fallback=fallback.value, preset=preset and preset.value, decoder=decoder and decoder.value, steps=steps,
         seed=seed, resolution=resolution, frames=frames, flow_score=flow_score, posterior=posterior.value,
-        fit=fit.value, fps=fps, compare_to=compare_to and compare_to.value, report=json_out, min_psnr=min_psnr)
+        fit=fit.value, fps=fps, compare_to=compare_to and compare_to.value, report=json_out, min_psnr=min_psnr,
+        allow_modified=allow_modified)
     plan = pl.plan_generate(request)  # bad flags, images, folders fail here, before any model is built
     geo = plan.config.geometry
-    console.print(f"[bold]mi2v generate[/] {image.name} → {out.name}: {plan.preset}, {geo.height}x{geo.width}x"
-                  f"{geo.frames} (latent {'x'.join(map(str, geo.latent_shape[1:]))}), {steps} step(s), seed {seed}, "
-                  f"flow score {flow_score:g}, decoder {plan.decoder}")
+    if not is_quiet():
+        console.print(f"[bold]mi2v generate[/] {image.name} → {out.name}: {plan.preset}, {geo.height}x{geo.width}x"
+                      f"{geo.frames} (latent {'x'.join(map(str, geo.latent_shape[1:]))}), {steps} step(s), seed "
+                      f"{seed}, flow score {flow_score:g}, decoder {plan.decoder}")
     with _progress() as progress:
         run = pl.run_generate(request, _progress_callback(progress), plan=plan)
-    _print_summary(run.result, run.reference, run.seconds)
-    for note in run.notes:
+    if not is_quiet():  # per-stage timings: a report of the run, not its result
+        _print_summary(run.result, run.reference, run.seconds)
+    for note in run.notes:  # seeded weights (PyTorch stages or artifacts) included: the video is then noise
         console.print(f"[yellow]note:[/] {note}")
     wrote_report = run.comparison is not None and json_out is not None
     console.print(f"wrote {out} and {run.sheet}" + (f" and {json_out}" if wrote_report else ""))
@@ -89,9 +95,11 @@ def generate(
         pl.check_psnr_gate(run.comparison)
 
 
-def _progress_callback(progress: Progress):
-    """pipeline progress (stage, done, total) → one rich task per (prefixed) stage."""
+def _progress_callback(progress: Progress | None):
+    """pipeline progress (stage, done, total) → one rich task per (prefixed) stage; nothing with -q (no view)."""
     tasks: dict[str, int] = {}
+    if progress is None:
+        return lambda stage, done, total: None
 
     def callback(stage: str, done: int, total: int) -> None:
         if stage not in tasks:
@@ -102,7 +110,10 @@ def _progress_callback(progress: Progress):
     return callback
 
 
-def _progress() -> Progress:
+def _progress():
+    """The progress bars (on stdout); with -q none (a context that gives None)."""
+    if is_quiet():
+        return contextlib.nullcontext()
     return Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=False)
 
