@@ -217,6 +217,9 @@ def test_other_writers_check_read_only_destinations_first(art, tmp_path):
         assert "read-only" in line
         line = one_error(run_cli("quantize", "analyze", "--preset", "tiny", "--out", ro / "r.json"))
         assert "read-only" in line
+        (tmp_path / "w.pth").write_bytes(b"not read: the destination is checked first")
+        line = one_error(run_cli("convert", tmp_path / "w.pth", "--out", ro / "w.safetensors"))
+        assert "read-only" in line
     copy = _copy(art, tmp_path / "copy")
     with tmpfs(tmp_path / "ro2"):
         shutil.copytree(copy, tmp_path / "ro2" / "art")

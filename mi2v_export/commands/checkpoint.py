@@ -102,11 +102,13 @@ def convert(
 
     from ..checkpoints import read_checkpoint, write_safetensors
     from ..errors import BadInputError
+    from ..outputs import check_file
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     dtype, part = dtype.value, part and part.value
     if out.suffix != ".safetensors":
         raise BadInputError(f"--out {out} must end in .safetensors")
+    check_file(out, "--out", need_bytes=file.stat().st_size if file.is_file() else 0)  # before reading the file
     ckpt = read_checkpoint(file)
     parts = ckpt.parts
     if part is not None:
@@ -119,7 +121,10 @@ def convert(
     sd = {k: v.to(dtypes[dtype]) if v.is_floating_point() else v for k, v in sd.items()}
     meta = {"mi2v_parts": ",".join(parts), "mi2v_source": file.name, "mi2v_source_sha256": ckpt.sha256,
             "mi2v_dtype": dtype}
-    write_safetensors(sd, out, meta)
+    try:
+        write_safetensors(sd, out, meta)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {out} ({exc.strerror or exc}); nothing was written") from None
     result = {"out": str(out), "parts": parts, "tensors": len(sd), "bytes": out.stat().st_size, "dtype": dtype,
               "dropped": ckpt.ignored_keys + list(ckpt.extras)}
     if json_out:
