@@ -15,14 +15,13 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MI2V_SHARED", REPO.parent / "shared"))
-GOLDEN = SHARED / "golden"
+DATA = REPO / "tests" / "data"  # the project's test data: a clone alone passes its tests
+GOLDEN = DATA / "golden"  # upstream reference outputs (tests/data/golden/README.md says how they were made)
+TEST_IMAGE = DATA / "images" / "mobilei2v_test_image.png"
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    if not GOLDEN.is_dir():
-        pytest.fail(f"golden references not found at {GOLDEN} (set MI2V_SHARED)")
     return GOLDEN
 
 

@@ -29,9 +29,8 @@ from mi2v_export.parity import psnr_with_range
 from mi2v_export.errors import BadInputError, CheckpointError, MissingDependencyError
 from mi2v_export.models import build_part, load_decoder, load_denoiser, load_encoder, seed_part
 
-from .conftest import REPO, SHARED, run_cli
+from .conftest import REPO, TEST_IMAGE, run_cli
 
-TEST_IMAGE = SHARED / "images" / "mobilei2v_test_image.png"
 TEST_GEO = (32, 40, 9)  # width not a multiple of 32: the decoder makes 32x64 and the pipeline crops (like 736 → 720)
 LATENT = (1, 128, 2, 1, 2)
 
@@ -56,7 +55,7 @@ def eager_stages(models):
 @pytest.fixture(scope="module")
 def image():
     if not TEST_IMAGE.is_file():
-        pytest.fail(f"test image not found at {TEST_IMAGE} (set MI2V_SHARED)")
+        pytest.fail(f"test image not found at {TEST_IMAGE}")
     return pl.load_image(TEST_IMAGE)
 
 

@@ -1,4 +1,4 @@
-"""Deterministic per-key weights: the recipe of shared/golden/README.md, so golden references can be rebuilt.
+"""Deterministic per-key weights: the recipe of tests/data/golden/README.md, so golden references can be rebuilt.
 
 Each tensor is drawn from its own generator seeded by `crc32(key) ^ seed`, so the weights depend only on the key
 names and shapes, never on module construction order. A re-implementation that reproduces the upstream key names
@@ -34,7 +34,7 @@ def seeded_tensor(key: str, shape: Sequence[int], seed: int) -> torch.Tensor:
 
 
 def seeded_state_dict(shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str, torch.Tensor]:
-    """key → shape in, key → seeded fp32 tensor out (same order), exactly as shared/golden/README.md describes."""
+    """key → shape in, key → seeded fp32 tensor out (same order), exactly as tests/data/golden/README.md describes."""
     return {key: seeded_tensor(key, shape, seed) for key, shape in shapes.items()}
 
 
