@@ -17,7 +17,7 @@ fit, not a promise that what passes will. Torch-free: the CLI imports it at star
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import BadInputError

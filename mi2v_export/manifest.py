@@ -73,7 +73,7 @@ from . import schemas
 from .files import read_json, tree_digest, write_json_atomic
 from .errors import BadInputError
 from .interrupts import forget_temporary, register_temporary
-from .safepath import contained
+from .safepath import contained, escape_below
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "mi2v-export-manifest"
@@ -315,7 +315,12 @@ class Manifest:
         BadInputError for `..`, absolute paths and symlinks that lead out)."""
         if self.folder is None:
             raise ValueError("manifest was not read from a folder")
-        return contained(self.folder, name, f"{self.folder / MANIFEST_NAME}: file")
+        path = contained(self.folder, name, f"{self.folder / MANIFEST_NAME}: file")
+        bad = escape_below(path, self.folder) if path.is_dir() else None  # hashing a folder follows its links
+        if bad is not None:
+            raise BadInputError(f"{self.folder / MANIFEST_NAME}: file {name!r} holds {bad.relative_to(self.folder)}, "
+                                f"a symlink leading outside {self.folder}; refused")
+        return path
 
     def check_files(self, *, digests: bool = True) -> None:
         """Every listed file exists (and matches its sha256 when `digests`); BadInputError otherwise."""

@@ -67,3 +67,19 @@ def confine(base: str | os.PathLike, value: str | os.PathLike, what: str) -> Pat
     if text in ("", "."):
         return Path(base)
     return contained(base, text.removeprefix("./"), what)
+
+
+def escape_below(folder: str | os.PathLike, root: str | os.PathLike) -> Path | None:
+    """The first entry under `folder` whose resolved location is outside `root`, following symlinked folders the
+    way hashing and copying do (each real folder visited once, so a symlink loop ends); None when all stay in."""
+    seen: set[str] = set()
+    for below, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(below)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for inner in dirs + files:
+            if not is_within(Path(below) / inner, root):
+                return Path(below) / inner
+    return None

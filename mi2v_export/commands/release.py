@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError
+from ..outputs import check_folder
 from ._render import console, err_console, human_bytes, print_json
 
 release_app = typer.Typer(name="release", help="Assemble a release from the job folders a plan built.",
@@ -107,6 +108,7 @@ def _run(the_plan, jobs, executor: Executor, workers: int, budget: int | None, a
     from ..interrupts import recorded_interrupts
     from ..release.jobs import _now
 
+    check_folder(the_plan.out, "--out")  # before any export: a read-only or impossible folder is one line
     progress = executors.PlanProgress(jobs, stream=err_console.file)
     the_plan.out.mkdir(parents=True, exist_ok=True)
     todo = executors.skip_finished(jobs, the_plan.out, progress)

@@ -11,7 +11,6 @@ more on a node than its memory), one CPU, no retries. Checkpoints and job folder
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -19,12 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..interrupts import Interrupts
+from ..interrupts import GRACE_S, Interrupts
+from ..manifest import clean_stale_staging
 from . import memory
-from .jobs import PARTIAL_PREFIX, finished, run_job
+from .jobs import PARTIAL_PREFIX, finished, remove_leftovers, run_job, signal_group
 from .plan import Job
 
 STATES = ("queued", "running", "done", "skipped", "failed", "cancelled")
+# On Ctrl-C / SIGTERM the running exports get this long to unwind (remove their staging folder, exit 130), then
+# SIGKILL: the whole cancellation fits in the CLI watchdog's GRACE_S (mi2v_export/interrupts.py), which would
+# otherwise end `mi2v plan` before it had stopped its exports and written plan-run.json.
+STOP_GRACE_S = GRACE_S / 2
 
 
 class PlanCancelled(Exception):
@@ -128,7 +132,7 @@ def run_local(jobs: list[Job], out_root: Path, progress: PlanProgress, workers: 
                 for fut in done:
                     _finish(running.pop(fut), fut, progress)
         except KeyboardInterrupt:
-            _cancel_local(queue, running, progress)
+            _cancel_local(queue, running, progress, out_root)
             raise PlanCancelled from None
 
 
@@ -161,17 +165,19 @@ def _finish(slot: _Running, fut: Future, progress: PlanProgress) -> None:
     progress.set(slot.job.id, result["status"], result)
 
 
-def _cancel_local(queue, running, progress: PlanProgress) -> None:
-    """SIGTERM every running export (each removes its staging folder and exits 130), wait for the job threads,
-    SIGKILL what is still alive after a minute; queued jobs are marked cancelled."""
+def _cancel_local(queue, running, progress: PlanProgress, out_root: Path) -> None:
+    """SIGTERM every running export (each removes its staging folder and exits 130), wait for the job threads
+    (each removes its partial folder), SIGKILL what is still alive after STOP_GRACE_S and remove the staging
+    folders those left; queued jobs are marked cancelled."""
     for job, _ in queue:
         progress.set(job.id, "cancelled", {"id": job.id, "name": job.name, "reason": "not started", "wall_s": 0.0})
     queue.clear()
     _signal_children(running.values(), signal.SIGTERM)
-    done, _ = wait(list(running), timeout=60)
+    done, _ = wait(list(running), timeout=STOP_GRACE_S)
     if len(done) < len(running):
         _signal_children(running.values(), signal.SIGKILL)
         wait(list(running))
+        clean_stale_staging(out_root)  # only folders of exports no longer running (manifest.py)
     for fut, slot in running.items():
         result = fut.result() if not fut.exception() else {"status": "cancelled", "reason": "interrupted"}
         state = "done" if result.get("status") == "done" else "cancelled"
@@ -179,12 +185,11 @@ def _cancel_local(queue, running, progress: PlanProgress) -> None:
 
 
 def _signal_children(slots, sig) -> None:
+    """`sig` to each running export's process group (jobs.py: each export leads a group of its own, so a Ctrl-C
+    at the terminal reaches `mi2v plan` only, and this is how it reaches the exports and what they started)."""
     for slot in slots:
         if slot.child is not None:
-            try:
-                os.kill(slot.child.pid, sig)  # not Popen.send_signal: its poll() could reap the job thread's child
-            except ProcessLookupError:
-                pass
+            signal_group(slot.child.pid, sig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,7 +216,7 @@ def run_ray(jobs: list[Job], out_root: Path, progress: PlanProgress, address: st
         try:
             _collect_ray(ray, refs, out_root, progress, interrupts)
         except KeyboardInterrupt:
-            _cancel_ray(ray, refs, progress)
+            _cancel_ray(ray, refs, progress, out_root)
             raise PlanCancelled from None
     finally:
         ray.shutdown()
@@ -268,18 +273,26 @@ def _collect_ray(ray, refs: dict, out_root: Path, progress: PlanProgress, interr
             progress.set(job.id, result["status"], result)
 
 
-def _cancel_ray(ray, refs: dict, progress: PlanProgress) -> None:
+def _cancel_ray(ray, refs: dict, progress: PlanProgress, out_root: Path) -> None:
     """ray.cancel raises KeyboardInterrupt in running tasks (the job stops its export and removes its partial
-    folder) and drops queued ones; force-kill what has not ended after a minute."""
+    folder) and drops queued ones; what has not ended after STOP_GRACE_S is force-killed (its worker, and with it
+    the export: PR_SET_PDEATHSIG, jobs.py) and its partial and staging folders are removed here. All of it within
+    the CLI watchdog's grace (STOP_GRACE_S)."""
     for ref in refs:
         ray.cancel(ref)
-    _, left = ray.wait(list(refs), num_returns=len(refs), timeout=60)
+    ended, left = ray.wait(list(refs), num_returns=len(refs), timeout=STOP_GRACE_S)
     for ref in left:
         ray.cancel(ref, force=True)
+    if left:
+        ray.wait(left, num_returns=len(left), timeout=STOP_GRACE_S / 3)  # the workers are being killed
     for ref, job in refs.items():
-        try:
-            result = ray.get(ref, timeout=5)
-        except Exception:  # TaskCancelledError, WorkerCrashedError, GetTimeoutError
-            result = {"id": job.id, "name": job.name, "status": "cancelled", "reason": "interrupted"}
+        result = {"id": job.id, "name": job.name, "status": "cancelled", "reason": "interrupted"}
+        if ref in ended:
+            try:
+                result = ray.get(ref, timeout=0.2)
+            except Exception:  # TaskCancelledError, WorkerCrashedError, GetTimeoutError
+                pass
+        else:
+            remove_leftovers(job, out_root)
         progress.set(job.id, "done" if result.get("status") == "done" else "cancelled", result)
 

@@ -6,13 +6,25 @@ verified build of the same job id is left alone ("skipped"). It returns a plain 
 failed | cancelled, a one-line reason, wall time, peak memory) and never raises for a failed export, so one bad job
 cannot stop the others; a KeyboardInterrupt (Ctrl-C, or `ray.cancel`) stops the child and removes the partial
 folder before it propagates.
+
+The export child runs in a process group of its own (stopping a job signals the whole group, so nothing the export
+started survives it) and, on Linux, asks the kernel to SIGKILL it when its parent dies (PR_SET_PDEATHSIG): a
+`kill -9` of `mi2v plan` or of a Ray worker leaves no orphaned export running (its `.partial-` folder is removed
+by the next run of that job). The kernel sends that signal when the *thread* that started the child ends; the job
+thread waits for its child, so it always outlives it.
+
+Job folders are downloaded CI artifacts: `verify_job_folder` and `load_job_record` check that nothing they name
+(manifest.json, job.json, artifact files, files inside artifact folders) leads out of the folder before any of it
+is read (mi2v_export/safepath.py).
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,13 +34,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..interrupts import Interrupts, recorded_interrupts
+from ..errors import BadInputError, Mi2vError
+from ..interrupts import Interrupts, cleanup_on_forced_exit, recorded_interrupts
+from ..manifest import MANIFEST_NAME, STAGING_PREFIX, Manifest, read_manifest
+from ..safepath import contained, safe_name
 from .plan import Job
 
 JOB_FILE = "job.json"
 JOB_SCHEMA = "mi2v-release-job"
 LOG_FILE = "export.log"
 PARTIAL_PREFIX = ".partial-"
+JOB_ID = re.compile(r"^[0-9a-f]{16}$")  # Job.with_id: the first 16 hex digits of a sha256
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# resolved here, in the parent: the child between fork and exec only calls it (no dlopen, no import there)
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform.startswith("linux") else None
 
 
 def _now() -> str:
@@ -39,12 +58,13 @@ def verify_job_folder(folder: Path) -> list[str]:
     """Why `folder` is not a finished, verified build (empty list: it is): manifest.json present, every artifact
     file present with the sha256 the manifest records, no artifact whose parity gate failed, and no recorded run
     against its test vectors (export time, `mi2v verify`) that failed. The one place that decides "finished and
-    verified" for skipping; `mi2v release merge` also runs the vectors again (`mi2v verify`)."""
-    from ..errors import Mi2vError
-    from ..manifest import read_manifest
-
+    verified" for skipping; `mi2v release merge` also runs the vectors again (`mi2v verify`). Nothing outside
+    `folder` is read: a manifest, artifact or file inside an artifact folder that leads out is a problem, found
+    before any hashing."""
     try:
+        contained(folder, MANIFEST_NAME, f"{folder}: {MANIFEST_NAME}")
         manifest = read_manifest(folder)
+        check_contained(manifest)
         manifest.check_files(digests=True)
     except Mi2vError as exc:
         return [str(exc)]
@@ -62,12 +82,44 @@ def verify_job_folder(folder: Path) -> list[str]:
     return problems
 
 
+def check_contained(manifest: Manifest) -> None:
+    """Every file the manifest lists lies inside its folder, and so does everything inside a listed folder (an
+    .mlpackage, testdata/<component>): Manifest.file_path refuses '..', absolute paths and symlinks leading out."""
+    for e in manifest.components:
+        for name in e.files():
+            manifest.file_path(name)
+
+
 def read_job_record(folder: Path) -> dict | None:
+    """The job record of `folder`, or None when there is none (or it is not one): for skipping finished jobs."""
     try:
-        record = json.loads((folder / JOB_FILE).read_text())
-    except (OSError, ValueError):
+        return load_job_record(folder)
+    except Mi2vError:
         return None
-    return record if isinstance(record, dict) and record.get("schema") == JOB_SCHEMA else None
+
+
+def load_job_record(folder: Path) -> dict:
+    """`folder/job.json`, checked before anything trusts it: inside the folder (not a symlink out), a job record,
+    its id 16 hex digits, and the fields `mi2v release merge` builds paths from (name, spec target and delegate)
+    plain names (mi2v_export/safepath.py). BadInputError naming the field otherwise."""
+    where = folder / JOB_FILE
+    path = contained(folder, JOB_FILE, str(where))
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{where}: cannot read a job record ({type(exc).__name__})") from None
+    if not isinstance(record, dict) or record.get("schema") != JOB_SCHEMA:
+        raise BadInputError(f"{where}: not a release job record (schema {JOB_SCHEMA})")
+    if not isinstance(record.get("id"), str) or not JOB_ID.match(record["id"]):
+        raise BadInputError(f"{where}: id {record.get('id')!r} is not a job id (16 hex digits)")
+    spec = record.get("spec")
+    if not isinstance(spec, dict):
+        raise BadInputError(f"{where}: spec is missing")
+    safe_name(record.get("name"), f"{where}: name")
+    safe_name(spec.get("target"), f"{where}: spec.target")
+    if spec.get("delegate") is not None:
+        safe_name(spec["delegate"], f"{where}: spec.delegate")
+    return record
 
 
 def finished(job: Job, folder: Path) -> bool:
@@ -80,6 +132,7 @@ def run_job(spec: dict, out_root: str, on_start: Callable[[subprocess.Popen], No
     """Build one job (see the module docstring). `spec` is Job.to_dict(); `on_start` receives the child process
     (the local executor keeps it to stop it on Ctrl-C)."""
     job = Job.from_dict(spec)
+    safe_name(job.name, "job folder name")  # a spec from a matrix file: its folder stays inside out_root
     root = Path(out_root)
     final = root / job.name
     result = {"id": job.id, "name": job.name, "folder": str(final), "host": socket.gethostname(),
@@ -93,18 +146,28 @@ def run_job(spec: dict, out_root: str, on_start: Callable[[subprocess.Popen], No
     partial = root / f"{PARTIAL_PREFIX}{job.name}"
     shutil.rmtree(partial, ignore_errors=True)  # left by a killed run of this same job
     partial.mkdir(parents=True)
-    try:
-        result.update(_export(job, partial, on_start))
-        if result["status"] == "done":
-            problems = verify_job_folder(partial)
-            if problems:
-                result.update(status="failed", reason=f"built but does not verify: {problems[0]}")
-            else:
-                _write_record(job, partial, result)
-                _install(partial, final)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    # removed by the CLI's signal watchdog too, should `mi2v plan` have to be ended (mi2v_export/interrupts.py)
+    with cleanup_on_forced_exit(partial):
+        try:
+            result.update(_export(job, partial, on_start))
+            if result["status"] == "done":
+                problems = verify_job_folder(partial)
+                if problems:
+                    result.update(status="failed", reason=f"built but does not verify: {problems[0]}")
+                else:
+                    _write_record(job, partial, result)
+                    _install(partial, final)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return result
+
+
+def remove_leftovers(job: Job, out_root: Path) -> None:
+    """The partial folder of a job whose process was killed (a force-cancelled Ray task), and the staging folder
+    its export made beside it (`.mi2v-export-<partial folder name>-<pid>-…`, manifest.Staging): only this job's."""
+    partial = Path(out_root) / f"{PARTIAL_PREFIX}{job.name}"
+    for leftover in [partial, *Path(out_root).glob(f"{STAGING_PREFIX}{partial.name}-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _checkpoints_changed(job: Job) -> str | None:
@@ -128,7 +191,8 @@ def _export(job: Job, partial: Path, on_start) -> dict:
     with open(partial / LOG_FILE, "w") as log:
         log.write("$ mi2v " + " ".join(argv[3:]) + "\n")
         log.flush()
-        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env)
+        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                                 process_group=0, preexec_fn=_die_with(os.getpid()))
         if on_start is not None:
             on_start(child)
         try:
@@ -160,16 +224,34 @@ def _wait(child: subprocess.Popen, interrupts: Interrupts) -> tuple[int, object]
         time.sleep(0.2)
 
 
+def _die_with(parent: int) -> Callable[[], None]:
+    """The child's preexec: SIGKILL when the parent dies (Linux), and exit at once when it already died between
+    fork and prctl (nothing would signal it then)."""
+    def preexec() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """`sig` to a job child's process group (the export and anything it started); not Popen.send_signal, whose
+    poll() could reap a child another thread waits for. A group already gone is fine."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _stop(child: subprocess.Popen) -> None:
     """SIGTERM first (the export removes its staging folder and exits 130), SIGKILL if it does not."""
+    signal_group(child.pid, signal.SIGTERM)
     try:
-        child.send_signal(signal.SIGTERM)
         child.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        child.kill()
+        signal_group(child.pid, signal.SIGKILL)
         child.wait()
-    except ProcessLookupError:
-        pass
 
 
 def _manifest_peak(folder: Path) -> int:

@@ -3,7 +3,14 @@
 Layout: RELEASE/release.json and RELEASE/<target>[-<delegate>]/<job name>/ (the job's artifacts, manifest.json and
 job.json, so `mi2v bench --artifacts` works on any of them). Every input folder must verify first; jobs built from
 different checkpoints (for the same model part) or by different tool versions are refused unless `allow_mixed`.
-The release is assembled in a temporary folder next to RELEASE, re-hashed there, and renamed into place.
+The release is assembled in a temporary folder next to RELEASE, re-hashed there, and renamed into place. Releases
+are shared between teams: folders get mode 0755 and files 0644 whatever the umask (mkdtemp alone leaves 0700).
+
+Job folders are downloaded CI artifacts, so nothing in them is trusted for a path: their manifest's files and
+job.json are checked to stay inside the job folder before anything is read (jobs.verify_job_folder,
+jobs.load_job_record), only those contained paths are copied, and release.json, validated against
+mi2v_export/schemas/release.schema.json before it is written and whenever it is read back, lists paths relative
+to the release folder only.
 
 release.json:
 
@@ -18,17 +25,22 @@ release.json:
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..errors import BadInputError
-from ..files import replace_folder, tree_digest, write_json_atomic
+from ..files import FILE_MODE, read_json, replace_folder, tree_digest, write_json_atomic
 from ..manifest import MANIFEST_NAME, now_iso, read_manifest, tool_version
-from .jobs import JOB_FILE, PARTIAL_PREFIX, read_job_record, verify_job_folder
+from ..outputs import check_folder
+from ..safepath import contained, is_within
+from ..schemas import RELEASE, validate
+from .jobs import JOB_FILE, PARTIAL_PREFIX, load_job_record, verify_job_folder
 
 RELEASE_FILE = "release.json"
 SCHEMA = "mi2v-release"
+DIR_MODE = 0o755  # with files.FILE_MODE (0644): a release is readable by everyone it is shared with
 
 
 def find_job_folders(dirs: list[Path]) -> list[Path]:
@@ -45,17 +57,19 @@ def find_job_folders(dirs: list[Path]) -> list[Path]:
                        and (p / JOB_FILE).is_file())
         if not inner:
             raise BadInputError(f"{d}: neither a job folder (no {JOB_FILE}) nor a folder of job folders")
+        outside = [p for p in inner if not is_within(p, d)]
+        if outside:
+            raise BadInputError(f"{outside[0]}: a symlink leading outside {d}; refused (name the job folder itself "
+                                "to merge it)")
         found += inner
     return found
 
 
 def _load_job(folder: Path) -> dict:
-    problems = verify_job_folder(folder)
+    problems = verify_job_folder(folder)  # also: nothing the manifest lists leads out of the folder
     if problems:
         raise BadInputError(f"{folder}: does not verify ({problems[0]}); rebuild it before merging")
-    record = read_job_record(folder)
-    if record is None:
-        raise BadInputError(f"{folder}: {JOB_FILE} is missing or not a release job record")
+    record = load_job_record(folder)  # BadInputError: outside the folder, not a record, names that are not plain
     return {"folder": folder, "record": record, "manifest": read_manifest(folder)}
 
 
@@ -125,13 +139,16 @@ def _copy_job(job: dict, dest: Path) -> None:
     """Copy the job's artifacts, manifest and job record into `dest` (copies, not hard links: editing a job folder
     later must not change a release)."""
     dest.mkdir(parents=True)
-    names = [f for e in job["manifest"].components for f in e.files()] + [MANIFEST_NAME, JOB_FILE]
+    manifest = job["manifest"]
+    names = [f for e in manifest.components for f in e.files()] + [MANIFEST_NAME, JOB_FILE]
     for name in names:
-        src = job["folder"] / name
+        src = manifest.file_path(name)  # inside the job folder (checked again: the folder may have changed)
+        target = dest / name  # `name` passed the relative-path check: `dest / name` stays inside `dest`
+        target.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, dest / name)
+            shutil.copytree(src, target)
         else:
-            shutil.copy2(src, dest / name)
+            shutil.copy2(src, target)
 
 
 def _recheck(staging: Path, artifacts: list[dict]) -> None:
@@ -139,7 +156,7 @@ def _recheck(staging: Path, artifacts: list[dict]) -> None:
     at = now_iso()
     for a in artifacts:
         for name, sha in [(a["file"], a["sha256"])] + [(f["file"], f["sha256"]) for f in a["extra_files"]]:
-            if tree_digest(staging / name)[0] != sha:
+            if tree_digest(contained(staging, name, "release file"))[0] != sha:
                 raise BadInputError(f"{name}: sha256 changed while copying into the release")
         a["verification"].append({"check": "sha256", "by": "mi2v release merge", "at": at, "passed": True,
                                   "files": 1 + len(a["extra_files"])})
@@ -156,13 +173,19 @@ def merge_release(dirs: list[Path], out: Path, allow_mixed: bool = False, run_ve
             f" (and {len(problems) - 1} more difference(s))" if len(problems) > 1 else "")
             + "; pass --allow-mixed to merge them anyway")
     out = Path(out).absolute()
-    if out.exists() and not (out / RELEASE_FILE).is_file():
-        raise BadInputError(f"--out {out}: exists and is not a release folder (no {RELEASE_FILE}); choose another")
+    if out.exists():
+        if not (out / RELEASE_FILE).is_file():
+            raise BadInputError(f"--out {out}: exists and is not a release folder (no {RELEASE_FILE}); choose "
+                                "another")
+        read_release(out)  # replaced only when it is a release: BadInputError naming what is wrong otherwise
+    check_folder(out, "--out")  # writable (a read-only mount, a parent that is a file: one line, before the copies)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".mi2v-release-{out.name}-", dir=out.parent))
     try:
         doc = _assemble(jobs, staging, versions, parts, problems, run_vectors)
+        validate(doc, RELEASE, f"{out / RELEASE_FILE} (being written)")
         write_json_atomic(staging / RELEASE_FILE, doc)
+        _world_readable(staging)
         _swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -198,6 +221,33 @@ def _assemble(jobs: list[dict], staging: Path, versions, parts, problems, run_ve
             "tool": {"name": "mi2v-export", "version": tool_version()}, "tool_versions": versions,
             "checkpoints": parts, "mixed": bool(problems), "mixed_reasons": problems, "jobs": job_rows,
             "artifacts": artifacts}
+
+
+def read_release(folder: str | os.PathLike) -> dict:
+    """`folder/release.json`, validated (mi2v_export/schemas/release.schema.json: every path relative, no `..`)
+    and with every path it names checked to stay inside `folder` (release.json itself included: no symlink out).
+    BadInputError (one line) otherwise."""
+    folder = Path(folder)
+    where = folder / RELEASE_FILE
+    doc = read_json(contained(folder, RELEASE_FILE, str(where)), "release index")
+    validate(doc, RELEASE, f"{where}: not a valid release index")
+    for job in doc["jobs"]:
+        contained(folder, job["folder"], f"{where}: jobs[].folder")
+    for a in doc["artifacts"]:
+        for name in [a["file"]] + [f["file"] for f in a.get("extra_files") or ()]:
+            contained(folder, name, f"{where}: artifacts[].file")
+    return doc
+
+
+def _world_readable(root: Path) -> None:
+    """Folders 0755, files 0644 under `root` (and `root`): the modes do not depend on the umask or on mkdtemp's
+    0700. Nothing under a fresh release is a symlink (copies follow them)."""
+    os.chmod(root, DIR_MODE)
+    for below, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(Path(below) / d, DIR_MODE)
+        for f in files:
+            os.chmod(Path(below) / f, FILE_MODE)
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

@@ -17,7 +17,12 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
-from ..errors import BadInputError
+from .. import bounds
+from ..contract import COMPONENTS
+from ..errors import BadInputError, Mi2vError
+from ..exporters.orchestrate import ExportRequest
+from ..exporters.orchestrate import resolve as resolve_export
+from ..safepath import confine, safe_name
 from ..schemas import validate
 
 PLAN_SCHEMA = "release-plan"  # mi2v_export/schemas/release-plan.schema.json
@@ -137,15 +142,23 @@ def load_plan(path: str | Path, out: Path | None = None) -> Plan:
 
     path = Path(path).absolute()
     data = read_plan_file(path)
-    name = data.get("name") or path.stem
+    name = data.get("name") or path.stem  # the schema allows plain names only (safepath's rules)
     checkpoints = [_checkpoint_record(path.parent / c) for c in data.get("checkpoints") or ()]
     defaults = dict(BUILTIN_DEFAULTS, **(data.get("defaults") or {}))
     jobs: dict[str, Job] = {}
     for i, cell in enumerate(data["cells"]):
         for job in expand_cell({**defaults, **cell}, checkpoints, tool_version(), where=f"{path}: cells[{i}]"):
             jobs.setdefault(job.id, job)
-    out_dir = out if out is not None else path.parent / (data.get("out") or f"{name}-jobs")
-    return Plan(path=path, name=name, out=Path(out_dir).absolute(), jobs=list(jobs.values()))
+    return Plan(path=path, name=name, out=plan_out(path, data, name, out), jobs=list(jobs.values()))
+
+
+def plan_out(path: Path, data: dict, name: str, out: Path | None) -> Path:
+    """Where the job folders go: the command line's `--out` as given; otherwise the plan's `out` (default
+    `<name>-jobs`), which must stay inside the plan file's folder (plans are shared and downloaded: a plan saying
+    `out = "/etc"` or leading out through `..` or a symlink is refused, see mi2v_export/safepath.py)."""
+    if out is not None:
+        return Path(out).absolute()
+    return confine(path.parent, data.get("out") or f"{name}-jobs", f"{path}: out").absolute()
 
 
 def expand_cell(cell: dict, checkpoints: list[dict], version: str, where: str) -> list[Job]:
@@ -160,17 +173,43 @@ def expand_cell(cell: dict, checkpoints: list[dict], version: str, where: str) -
     for combo in itertools.product(*axes.values()):
         values = dict(zip(axes, combo))
         preset = get_preset(values["preset"])  # BadInputError for an unknown preset
-        resolution = values.get("resolution") or f"{preset.height}x{preset.width}"
-        frames = int(values.get("frames") or preset.frames)
         files = _checkpoints_for(values["component"], cell.get("decoder", "turbo-vaed"), checkpoints)
-        jobs.append(Job(
-            component=values["component"], target=values["target"], preset=preset.name, resolution=resolution,
-            frames=frames, decoder=cell.get("decoder", "turbo-vaed"), delegate=values.get("delegate"),
-            precision=values.get("precision"), dtype=values.get("dtype"), soc=values.get("soc"),
-            attention=cell.get("attention", "reference"), rewrite=tuple(cell.get("rewrite") or ()),
-            args=tuple(cell.get("args") or ()), checkpoints=tuple((c["path"], c["sha256"]) for c in files),
-            tool_version=version).with_id())
+        job = Job(
+            component=values["component"], target=values["target"], preset=preset.name,
+            resolution=values.get("resolution") or f"{preset.height}x{preset.width}",
+            frames=int(values.get("frames") or preset.frames), decoder=cell.get("decoder", "turbo-vaed"),
+            delegate=values.get("delegate"), precision=values.get("precision"), dtype=values.get("dtype"),
+            soc=values.get("soc"), attention=cell.get("attention", "reference"),
+            rewrite=tuple(cell.get("rewrite") or ()), args=tuple(cell.get("args") or ()),
+            checkpoints=tuple((c["path"], c["sha256"]) for c in files), tool_version=version)
+        jobs.append(normalise(job, where).with_id())
     return jobs
+
+
+def normalise(job: Job, where: str) -> Job:
+    """The job as the export will really run it, checked by the export's own validation (exporters/orchestrate.py
+    `resolve`: target, delegate, precision for that target, preset, resolution, frames 8k+1, attention, rewrites;
+    and the preset's size cap, mi2v_export/bounds.py, but not its memory estimate: the job may run on another
+    machine), so a bad cell is refused at `mi2v plan --list`, not later inside a job; and spelled one way, so one
+    export has one id: the target's default delegate filled in, `dtype` (an alias) and the default precision
+    written as the precision they mean, the SoC kept only where it changes the build (QNN)."""
+    if job.component not in COMPONENTS:
+        raise BadInputError(f"{where}: component {job.component!r} is not one of {', '.join(COMPONENTS)}")
+    request = ExportRequest(target=job.target, out_dir=Path("."), components=job.component, delegate=job.delegate,
+                            decoder=job.decoder, preset=job.preset, resolution=job.resolution, frames=job.frames,
+                            dtype=job.dtype, precision=job.precision, attention=job.attention,
+                            rewrite=list(job.rewrite), soc=job.soc or ExportRequest.soc)
+    try:
+        exporter, options, _, preset, geo = resolve_export(request)
+        bounds.check_cap(preset, geo.height, geo.width, geo.frames)
+    except Mi2vError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    qnn = options.delegate == "qnn"
+    done = replace(job, target=exporter.name, delegate=options.delegate, preset=preset.name,
+                   resolution=f"{geo.height}x{geo.width}", frames=geo.frames, dtype=None,
+                   precision=options.precisions[job.component].value, soc=options.soc if qnn else None)
+    safe_name(done.with_id().name, f"{where}: job folder name")  # a plain name: the job's folder
+    return done
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""JSON Schemas of the files mi2v reads back (the export manifest, the bench report) and the one validator.
+"""JSON Schemas of the files mi2v reads back (the export manifest, the bench report, the release index and the
+release plan) and the one validator.
 
 The schemas are the documentation of record for these formats (`*.schema.json` beside this file, shipped in the
 package); every reader calls `validate` before it trusts a field, so a malformed file is refused in one line that
@@ -17,6 +18,8 @@ from ..errors import BadInputError
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest"
 BENCH_REPORT = "bench-report"
+RELEASE = "release"  # release.json of `mi2v release merge`
+RELEASE_PLAN = "release-plan"
 
 
 def schema_path(name: str) -> Path:
