@@ -21,6 +21,8 @@ from hypothesis_jsonschema import from_schema
 from mi2v_export.devices.report import BenchReport
 from mi2v_export.errors import Mi2vError
 from mi2v_export.manifest import MANIFEST_NAME, read_manifest
+from mi2v_export.release.merge import RELEASE_FILE, read_release
+from mi2v_export.release.plan import load_plan
 from mi2v_export.safepath import is_within
 from mi2v_export.schemas import schema_path
 
@@ -100,3 +102,56 @@ def test_raw_bytes_are_refused_in_one_line(kind, raw):
         else:
             (folder / "r.json").write_bytes(raw)
             refused_in_one_line(lambda: BenchReport.load(folder / "r.json"))
+
+
+def toml_value(v) -> str | None:
+    """A generated JSON value as TOML (inline tables and arrays; null has no TOML form and is left out)."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if v == v and abs(v) != float("inf") else ("nan" if v != v else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(t for t in map(toml_value, v) if t is not None) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {t}" for k, x in v.items() if (t := toml_value(x)) is not None) + "}"
+
+
+def toml_document(doc) -> str:
+    if not isinstance(doc, dict):
+        return f"value = {toml_value(doc)}\n"
+    return "".join(f"{json.dumps(k)} = {t}\n" for k, v in doc.items() if (t := toml_value(v)) is not None)
+
+
+@FUZZ
+@given(doc=from_schema(loosened("release-plan")), hostile=HOSTILE_NAMES)
+def test_plan_reader_accepts_or_refuses_in_one_line(doc, hostile):
+    if isinstance(doc, dict) and doc.get("out") is not None:
+        doc["out"] = hostile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plans" / "p.toml"
+        path.parent.mkdir()
+        path.write_text(toml_document(doc))
+        plan = refused_in_one_line(lambda: load_plan(path))
+        assert plan is None or is_within(plan.out, path.parent), plan.out
+
+
+@FUZZ
+@given(doc=from_schema(loosened("release")), hostile=HOSTILE_NAMES)
+def test_release_index_reader_accepts_or_refuses_in_one_line(doc, hostile):
+    for a in (doc.get("artifacts") or []) if isinstance(doc, dict) else []:
+        if isinstance(a, dict):
+            a["file"] = hostile
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / RELEASE_FILE).write_text(json.dumps(doc))
+        refused_in_one_line(lambda: read_release(tmp))
+
+
+@FUZZ
+@given(raw=st.binary(max_size=400))
+def test_raw_plan_bytes_are_refused_in_one_line(raw):
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "p.toml").write_bytes(raw)
+        refused_in_one_line(lambda: load_plan(Path(tmp) / "p.toml"))

@@ -143,7 +143,8 @@ def load_plan(path: str | Path, out: Path | None = None) -> Plan:
     path = Path(path).absolute()
     data = read_plan_file(path)
     name = data.get("name") or path.stem  # the schema allows plain names only (safepath's rules)
-    checkpoints = [_checkpoint_record(path.parent / c) for c in data.get("checkpoints") or ()]
+    checkpoints = [_checkpoint_record(confine(path.parent, c, f"{path}: checkpoints[{i}]"))  # inside the plan's
+                   for i, c in enumerate(data.get("checkpoints") or ())]  # folder, like every path a file names
     defaults = dict(BUILTIN_DEFAULTS, **(data.get("defaults") or {}))
     jobs: dict[str, Job] = {}
     for i, cell in enumerate(data["cells"]):
