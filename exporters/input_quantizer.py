@@ -18,8 +18,16 @@ from collections.abc import Sequence
 import torch
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
+from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
 LINEAR_AND_CONV = ("linear", "conv1d", "conv2d", "conv3d", "convolution")  # aten ops whose inputs get int8
+
+
+def outside_units(keep: Sequence[str]):
+    """PT2E `set_filter_function`: nodes outside the `keep` units (set_module_name(name, None) is "not supported
+    yet" in ExecuTorch 1.5). Used here and by exporters/quantize.py."""
+    kept = [get_module_name_filter(name) for name in keep]
+    return lambda node: not any(f(node) for f in kept)
 
 
 class ConvLinearInputQuantizer(Quantizer):
@@ -31,8 +39,6 @@ class ConvLinearInputQuantizer(Quantizer):
         super().__init__()
         self.ops = tuple(ops)
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
-
-        from .quantize import outside_units
 
         self.config = get_symmetric_quantization_config(is_per_channel=True)
         self.outside = outside_units(keep)

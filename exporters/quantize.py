@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from .input_quantizer import outside_units
+
 W4_GROUP = 32
 
 
@@ -202,15 +204,6 @@ def int4_linears(module: torch.nn.Module, keep: Sequence[str], int8: Sequence[st
     """How many nn.Linear of `module` the w4 passes give int4 groups (the others get int8 per channel)."""
     accept = _linears(grouped=True, keep=keep, int8=int8)
     return sum(1 for fqn, m in module.named_modules() if accept(m, fqn))
-
-
-def outside_units(keep: Sequence[str]):
-    """PT2E `set_filter_function`: nodes outside the `keep` units (set_module_name(name, None) is "not supported
-    yet" in ExecuTorch 1.5)."""
-    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
-
-    kept = [get_module_name_filter(name) for name in keep]
-    return lambda node: not any(f(node) for f in kept)
 
 
 def _vulkan(module, args, precision: str, calibration: Sequence[tuple] | None, keep: Sequence[str] = (),
