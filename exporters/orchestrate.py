@@ -29,6 +29,7 @@ from mi2v_export.manifest import (
     FileInfo,
     Manifest,
     Staging,
+    staging_home,
     now_iso,
     read_manifest_if_any,
     tool_version,
@@ -185,9 +186,10 @@ def prepare(request: ExportRequest) -> ExportPlan:
     weights = weight_bytes(preset, components, request.decoder)
     bounds.check_request(preset, geo, weights, "export", "this export")
     exporter.check_environment(options)
-    routing, source = comp.route_checkpoints(components, request.decoder, request.checkpoints)
     out_dir = Path(request.out_dir)
-    check_folder(out_dir, "--out", need_bytes=int(1.1 * sum(weights.values())))  # fp32 artifacts at most
+    for folder in {out_dir, staging_home(out_dir.absolute())}:  # the artifacts' folder, and where they are staged
+        check_folder(folder, "--out", need_bytes=int(1.1 * sum(weights.values())))  # fp32 artifacts at most
+    routing, source = comp.route_checkpoints(components, request.decoder, request.checkpoints)
     manifest = Manifest(preset=preset.name, resolution=(geo.height, geo.width), frames=geo.frames,
                         latent_shape=tuple(geo.latent_shape), source=source)
     if out_dir.exists() and not out_dir.is_dir():

@@ -190,6 +190,10 @@ def main() -> None:
         print(f"error: out of memory ({type(exc).__name__}: {first_line(exc, 160)}); nothing was written — choose "
               "a smaller --resolution / --frames, or a machine with more memory", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # the environment, not the input: a full disk, a folder this user may not write
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or first_line(exc)}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted; nothing was left half-written", file=sys.stderr)
         sys.exit(130)

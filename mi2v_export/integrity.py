@@ -47,7 +47,11 @@ def _records(entry: ArtifactEntry) -> list[tuple[str, str, int]]:
     return [(entry.file, entry.sha256, entry.bytes)] + [(f.file, f.sha256, f.bytes) for f in entry.extra_files]
 
 
-def check_entry(manifest: Manifest, entry: ArtifactEntry, *, allow_modified: bool) -> list[Modified]:
+REMEDY = "re-export it, or pass --allow-modified to run it anyway"
+
+
+def check_entry(manifest: Manifest, entry: ArtifactEntry, *, allow_modified: bool,
+                remedy: str = REMEDY) -> list[Modified]:
     """Every file of `entry` exists and matches its manifest size and sha256. A mismatch raises
     ModifiedArtifactError unless `allow_modified`; the mismatches are returned (and logged as a warning)."""
     modified = []
@@ -60,23 +64,23 @@ def check_entry(manifest: Manifest, entry: ArtifactEntry, *, allow_modified: boo
             if not allow_modified:
                 raise ModifiedArtifactError(
                     f"{path}: differs from manifest.json ({_what_differs(sha, actual, size, actual_bytes)}; changed "
-                    "after export); refused — re-export it, or pass --allow-modified to run it anyway")
+                    f"after export); refused — {remedy}")
             log.warning(f"{path} differs from manifest.json (--allow-modified: running it anyway, recorded)")
             modified.append(Modified(entry.component, name, sha, actual, size, actual_bytes))
     return modified
 
 
-def check_entries(manifest: Manifest, entries: Iterable[ArtifactEntry], *, allow_modified: bool) -> list[Modified]:
+def check_entries(manifest: Manifest, entries: Iterable[ArtifactEntry], *, allow_modified: bool,
+                  remedy: str = REMEDY) -> list[Modified]:
     """`check_entry` for each entry, the mismatches of all of them."""
     out: list[Modified] = []
     for entry in entries:
-        out += check_entry(manifest, entry, allow_modified=allow_modified)
+        out += check_entry(manifest, entry, allow_modified=allow_modified, remedy=remedy)
     return out
 
 
 def _what_differs(sha: str, actual: str, size: int, actual_bytes: int) -> str:
     if not sha:
         return "the manifest records no sha256 for it"
-    if actual_bytes != size:
-        return f"{actual_bytes:,} bytes, the manifest says {size:,}"
-    return f"sha256 {actual[:12]}…, the manifest says {sha[:12]}…"
+    sizes = f"; {actual_bytes:,} bytes, the manifest says {size:,}" if actual_bytes != size else ""
+    return f"sha256 {actual[:12]}…, the manifest says {sha[:12]}…{sizes}"

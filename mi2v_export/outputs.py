@@ -26,11 +26,15 @@ MIB = 1 << 20
 def _nearest_existing(path: Path, flag: str) -> Path:
     """The deepest existing folder on the way to `path`; BadInputError when a part of the way is a file."""
     probe = path
-    while not probe.exists():
-        if probe.is_symlink():
-            raise BadInputError(f"{flag} {path}: {probe} is a dangling symlink")
-        probe = probe.parent
-    if not probe.is_dir():
+    try:
+        while not probe.exists():
+            if probe.is_symlink():
+                raise BadInputError(f"{flag} {path}: {probe} is a dangling symlink")
+            probe = probe.parent
+        is_dir = probe.is_dir()
+    except OSError as exc:  # a folder on the way that this user may not enter (EACCES)
+        raise BadInputError(f"{flag} {path}: cannot look into {probe.parent} ({exc.strerror or exc})") from None
+    if not is_dir:
         where = "is a file, not a folder" if probe == path else f"cannot be created: {probe} is a file"
         raise BadInputError(f"{flag} {path}: {where}")
     return probe

@@ -68,6 +68,7 @@ from . import bounds
 from .files import atomic_path, write_json_atomic
 from .integrity import check_entry
 from .manifest import TARGET_PREFERENCE
+from .media import DEFAULT_FPS, contact_sheet, contact_sheet_path, read_video, write_contact_sheet, write_video
 from .models import weight_bytes
 from .outputs import check_file
 from .shapes import VideoGeometry, geometry
@@ -79,7 +80,6 @@ NUM_TRAIN_TIMESTEPS = 1000
 FLOW_SHIFT = 3.0
 DEFAULT_STEPS = 2
 DEFAULT_FLOW_SCORE = 2.0
-DEFAULT_FPS = 17  # upstream save_sample(fps=17)
 MIN_IMAGE_SIDE = 32
 LOGVAR_CLAMP = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution
 
@@ -448,7 +448,7 @@ def read_artifacts(folder: str | os.PathLike) -> "Manifest":  # noqa: F821
     if folder.exists() and not folder.is_dir():
         raise BadInputError(f"artifacts folder {folder}: is a file, not a folder")
     manifest = read_manifest(folder)
-    manifest.check_files(digests=False)
+    manifest.check_files()
     if not any(e.component in COMPONENTS for e in manifest.components):
         raise BadInputError(f"{folder / 'manifest.json'}: lists none of the components {', '.join(COMPONENTS)}")
     return manifest
@@ -602,11 +602,12 @@ def torch_stage(component: str, preset: str, decoder: str = "turbo-vaed", parts:
 def build_stages(preset: str, decoder: str = "turbo-vaed", geo: VideoGeometry | None = None,
                  artifacts: Sequence = (), checkpoints: Sequence = (), fallback: str | None = None,
                  parts: dict | None = None, use: dict[str, str] | None = None,
-                 progress: ProgressFn = _no_progress, allow_modified: bool = False) -> dict[str, Stage]:
+                 progress: ProgressFn = _no_progress, allow_modified: bool = False,
+                 modified: list | None = None) -> dict[str, Stage]:
     """One stage per component: from the first artifacts folder (path or read_artifacts manifest) that has it —
     of the target `use[component]` when given — else PyTorch when there are no folders or `fallback == "pytorch"`,
     else a BadInputError naming the missing component. An artifact that differs from its manifest is refused
-    unless `allow_modified` (mi2v_export/integrity.py)."""
+    unless `allow_modified` (mi2v_export/integrity.py); the modified files run anyway are added to `modified`."""
     if fallback not in (None, "none", "pytorch"):
         raise BadInputError(f"fallback must be 'pytorch' or 'none', got {fallback!r}")
     manifests = [a if hasattr(a, "components") else read_artifacts(a) for a in artifacts]
@@ -622,7 +623,9 @@ def build_stages(preset: str, decoder: str = "turbo-vaed", geo: VideoGeometry | 
         hit = select_entry(manifests, component, use.get(component))
         if hit is not None:
             manifest, entry = hit
-            check_entry(manifest, entry, allow_modified=allow_modified)
+            changed = check_entry(manifest, entry, allow_modified=allow_modified)
+            if modified is not None:
+                modified += changed
             stage = artifact_stage(component, manifest.path_of(entry), entry)
             if geo is not None:
                 check_stage_shapes(stage, geo)
@@ -922,76 +925,8 @@ def _timing_record(r: GenerateResult) -> dict:
 # Outputs (atomic: temp file in the destination folder, renamed into place when complete)
 
 
-def write_video(frames: np.ndarray, out: str | os.PathLike, fps: int = DEFAULT_FPS) -> Path:
-    """(F, H, W, 3) uint8 → H.264 MP4 (yuv420p) with the ffmpeg bundled by imageio-ffmpeg."""
-    import imageio.v2 as imageio
-
-    out = Path(out)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise BadInputError(f"frames must be (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise BadInputError(f"H.264 (yuv420p) needs even sizes, got {frames.shape[1]}x{frames.shape[2]}")
-    with atomic_path(out) as tmp:
-        try:
-            writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                        pixelformat="yuv420p", quality=8, macro_block_size=1,
-                                        ffmpeg_log_level="error", output_params=["-movflags", "+faststart"])
-            try:
-                for frame in frames:
-                    writer.append_data(frame)
-            finally:
-                writer.close()
-        except (OSError, RuntimeError) as exc:
-            raise Mi2vError(f"could not write {out.name}: {first_line(exc)}") from None
-    return out
-
-
-def contact_sheet(frames: np.ndarray, columns: int | None = None, max_tile_width: int = 320,
-                  gap: int = 4) -> "PIL.Image.Image":  # noqa: F821
-    """All frames in a grid (≤ 6 columns), downscaled to at most `max_tile_width` wide, on a dark background."""
-    from PIL import Image
-
-    n, h, w, _ = frames.shape
-    columns = columns or min(n, 6)
-    rows = math.ceil(n / columns)
-    scale = min(1.0, max_tile_width / w)
-    tw, th = max(1, round(w * scale)), max(1, round(h * scale))
-    sheet = Image.new("RGB", (columns * tw + (columns + 1) * gap, rows * th + (rows + 1) * gap), (24, 24, 24))
-    for i, frame in enumerate(frames):
-        tile = Image.fromarray(frame)
-        if (tw, th) != (w, h):
-            tile = tile.resize((tw, th), Image.Resampling.BILINEAR)
-        r, c = divmod(i, columns)
-        sheet.paste(tile, (gap + c * (tw + gap), gap + r * (th + gap)))
-    return sheet
-
-
-def write_contact_sheet(frames: np.ndarray, out: str | os.PathLike) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        contact_sheet(frames).save(tmp, format="PNG")
-    return out
-
-
 def write_json(data: dict, out: str | os.PathLike) -> Path:
     return write_json_atomic(out, json_safe(data), allow_nan=False)
-
-
-def contact_sheet_path(video_out: str | os.PathLike) -> Path:
-    """`clip.mp4` → `clip_contact.png`, next to the video."""
-    video_out = Path(video_out)
-    return video_out.with_name(f"{video_out.stem}_contact.png")
-
-
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Read an MP4 back as (F, H, W, 3) uint8 (for tests and checks)."""
-    import imageio.v2 as imageio
-
-    reader = imageio.get_reader(str(path), format="FFMPEG")
-    try:
-        return np.stack([np.asarray(f) for f in reader])
-    finally:
-        reader.close()
 
 
 def check_psnr_gate(comparison: dict, what: str = "artifact pipeline") -> None:
@@ -1111,12 +1046,14 @@ def run_generate(request: GenerateRequest, progress: ProgressFn = _no_progress,
     plan = plan or plan_generate(request)
     prefix = "artifacts · " if request.compare_to else ""
     seconds: dict[str, float] = {}
+    modified: list = []  # integrity.Modified of the files run with --allow-modified (recorded in the report)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         stages = build_stages(plan.preset, plan.decoder, plan.config.geometry, plan.manifests,
                               fallback=request.fallback, parts=plan.parts, use=plan.use,
-                              progress=_prefixed(progress, prefix), allow_modified=request.allow_modified)
+                              progress=_prefixed(progress, prefix), allow_modified=request.allow_modified,
+                              modified=modified)
         seconds["run"] = time.perf_counter() - t0
         precision = precision_of(stages)
         manifest_gate = gate_of(stages)  # the trajectory gate the artifacts passed at export, if any
@@ -1128,10 +1065,12 @@ def run_generate(request: GenerateRequest, progress: ProgressFn = _no_progress,
         t0 = time.perf_counter()
         threshold = request.min_psnr if request.min_psnr is not None else manifest_gate
         comparison = compare_runs(result, reference, threshold)
+        comparison["modified_files"] = [m.to_dict() for m in modified]
         seconds["compare"] = time.perf_counter() - t0
         progress("compare", 1, 1)
     sheet = _write_outputs(plan, result, reference, comparison, precision, progress, seconds)
-    notes = list(dict.fromkeys(_seeded_notes(caught) + _seeded_artifact_notes(plan.manifests) + result.notes))
+    notes = list(dict.fromkeys(_seeded_notes(caught) + _seeded_artifact_notes(plan.manifests) + result.notes
+                               + [f"{m.file} differs from its manifest (--allow-modified)" for m in modified]))
     return GenerateRun(plan=plan, result=result, reference=reference, comparison=comparison, seconds=seconds,
                        notes=notes, sheet=sheet)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError
+from .errors import BadInputError, Mi2vError, first_line
 from .safepath import contained, is_within
 
 TESTDATA_DIR = "testdata"
@@ -203,12 +203,14 @@ def read(folder: Path, entry) -> list[VectorSet] | None:
     path = contained(folder, record.get("file"), f"{Path(folder) / 'manifest.json'}: test_vectors.file")
     names_in = [t.name for t in entry.inputs]
     names_out = [t.name for t in entry.outputs]
-    fmt = record["format"]
-    if fmt == "onnx-testdata":
-        return read_onnx(path)
-    if fmt == "bundled-program":
-        return read_bundled_program(path, names_in, names_out)
-    return read_npz(path)
+    readers = {"onnx-testdata": lambda: read_onnx(path),
+               "bundled-program": lambda: read_bundled_program(path, names_in, names_out)}
+    try:
+        return readers.get(record["format"], lambda: read_npz(path))()
+    except Mi2vError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a crafted file makes protobuf / numpy / ExecuTorch raise
+        raise BadInputError(f"{path}: unreadable test vectors ({type(exc).__name__}: {first_line(exc, 160)})") from None
 
 
 def read_onnx(path: Path) -> list[VectorSet]:

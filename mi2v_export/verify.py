@@ -234,7 +234,8 @@ class ArtifactCheck:
 
     def to_dict(self) -> dict:
         return {"component": self.component, "file": self.file, "target": self.target, "delegate": self.delegate,
-                "dtype": self.dtype, "sha256_ok": self.sha256_ok, "passed": not self.failed if self.runs else None,
+                "dtype": self.dtype, "sha256_ok": self.sha256_ok,
+                "passed": (self.sha256_ok and not self.failed) if self.runs else None,
                 "runs": self.runs, "skipped": self.skipped, "modified": self.modified}
 
 

@@ -131,6 +131,33 @@ def test_test_vector_files_that_are_symlinks_out_are_refused(art, tmp_path):
     assert "outside" in line
 
 
+def test_a_manifest_that_is_a_symlink_out_is_refused(art, tmp_path):
+    folder = _copy(art, tmp_path / "art")
+    real = tmp_path / "elsewhere.json"
+    (folder / "manifest.json").rename(real)
+    (folder / "manifest.json").symlink_to(real)
+    line = one_error(run_cli("verify", folder, "--no-record"))
+    assert "outside" in line
+
+
+def test_crafted_test_vectors_are_one_line(art, tmp_path):
+    """Vectors whose sha256 the manifest records (a hostile folder can be consistent) but which no reader can
+    parse: a refusal in one line, not a protobuf or numpy traceback."""
+    from mi2v_export.files import tree_digest
+
+    folder = _copy(art, tmp_path / "art")
+    pb = folder / "testdata" / "encoder" / "test_data_set_0" / "output_0.pb"
+    pb.write_bytes(b"\xff" * 64)
+    m = json.loads((folder / "manifest.json").read_text())
+    entry = next(e for e in m["components"] if e["component"] == "encoder")
+    for f in entry["extra_files"]:
+        if f["file"] == "testdata/encoder":
+            f["sha256"], f["bytes"] = tree_digest(folder / "testdata" / "encoder")
+    (folder / "manifest.json").write_text(json.dumps(m))
+    line = one_error(run_cli("verify", folder, "--component", "encoder", "--no-record"))
+    assert "unreadable test vectors" in line
+
+
 # ---- integrity: one policy for every reader ---------------------------------------------------------------------
 
 

@@ -304,8 +304,14 @@ def plan_area(tmp_path) -> dict:
     ('name = "../outside/evil"', "", "is not a plain name"),
     ('name = "/tmp/evil"', "", "is not a plain name"),
     ("", 'name = "../../outside"', "cells[0].name: '../../outside' is not a plain name"),
+    ('checkpoints = ["../outside/w.pth"]', "", "checkpoints[0]: '../outside/w.pth' is not a relative path"),
+    ('checkpoints = ["/etc/passwd"]', "", "checkpoints[0]: '/etc/passwd' is not a relative path"),
+    ('checkpoints = ["link/w.pth"]', "", "leads outside"),
+    ("", 'args = ["--checkpoint=/etc/passwd"]', "--checkpoint takes a path"),
+    ("", 'args = ["--recipe", "/tmp/r.json"]', "--recipe takes a path"),
 ], ids=["abs-etc", "abs-tmp", "dotdot", "inner-dotdot", "symlink", "below-symlink", "name-dotdot",
-        "name-dotdot-2", "name-abs", "cell-name"])
+        "name-dotdot-2", "name-abs", "cell-name", "ckpt-dotdot", "ckpt-abs", "ckpt-symlink", "args-checkpoint",
+        "args-recipe"])
 def test_plan_out_and_names_stay_in_the_plans_folder(plan_area, top, cell, needle):
     plan = plan_area["work"] / "p.toml"
     plan.write_text(PLAN.format(top=top, cell=cell))
@@ -315,6 +321,20 @@ def test_plan_out_and_names_stay_in_the_plans_folder(plan_area, top, cell, needl
         assert_one_line_refusal(proc, needle)
         assert snapshot(plan_area["root"]) == before  # nothing written, inside or outside
     assert not Path("/tmp/evil").exists() and not Path("/tmp/evil-jobs").exists()
+
+
+def test_a_release_into_a_mount_point_is_refused_in_one_line(area, tmp_path):
+    """A release replaces its folder by a rename, which cannot replace a mount point (EBUSY / EXDEV)."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(vol)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        proc = run_cli("release", "merge", make_job(area["jobs"] / JOB_NAME), "--out", vol, "--no-vectors")
+        assert_one_line_refusal(proc, "is a mount point")
+        assert list(vol.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(vol)])
 
 
 def test_plan_out_given_on_the_command_line_is_used_as_given(plan_area):

@@ -40,7 +40,7 @@ from .build import ANDROID_DIR, Command, apk_paths, check_apks, print_commands
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
 from ..files import sha256_file
 from ..devices.android import AdbPhone, device_facts
-from ..devices.bench import BenchOptions, DeviceFacts, Selection, select_artifacts
+from ..devices.bench import BenchOptions, DeviceFacts, Selection, remote_name, select_artifacts
 from ..devices.report import SCHEMA, BenchReport, ComponentResult
 
 Say = Callable[[str], None]
@@ -94,7 +94,7 @@ class AppArtifact:
 
     @property
     def remote_name(self) -> str:
-        return self.path.name
+        return remote_name(self.path.name)  # a plain name: the phone-side path stays in the staging folder
 
     def digest(self) -> str:
         if self.sha256 is None:

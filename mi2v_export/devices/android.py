@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeviceError
+from ..errors import BadInputError, DeviceError
+from ..safepath import is_within
 from ..files import sha256_file
 from .adb import Adb, AdbDevice, AdbTimeout, parse_getprop, quote
 from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection, artifact_files, remote_name
@@ -680,6 +681,8 @@ def local_runner(name: str, given: Sequence[Path], artifacts_dir: Path, abilist:
         return Path(matching[0]), "--runner"
     for abi in abilist:
         for cand in (artifacts_dir / "runners" / abi / name, artifacts_dir / name):
+            if cand.is_file() and not is_within(cand, artifacts_dir):  # a symlink planted in a downloaded folder
+                raise BadInputError(f"{cand}: leads outside {artifacts_dir} (through a symlink); refused")
             if cand.is_file() and (cand.parent.name == abi or runs_on(inspect_runner(cand), [abi])):
                 return cand, "artifacts folder"
     return None

@@ -37,6 +37,7 @@ from pathlib import Path
 from ..errors import BadInputError, Mi2vError
 from ..interrupts import Interrupts, cleanup_on_forced_exit, recorded_interrupts
 from ..manifest import MANIFEST_NAME, STAGING_PREFIX, Manifest, read_manifest
+from ..integrity import check_entries
 from ..safepath import contained, safe_name
 from .plan import Job
 
@@ -65,7 +66,8 @@ def verify_job_folder(folder: Path) -> list[str]:
         contained(folder, MANIFEST_NAME, f"{folder}: {MANIFEST_NAME}")
         manifest = read_manifest(folder)
         check_contained(manifest)
-        manifest.check_files(digests=True)
+        check_entries(manifest, manifest.components, allow_modified=False,  # a release takes no modified file
+                      remedy="rebuild the job")
     except Mi2vError as exc:
         return [str(exc)]
     problems = []

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..files import FILE_MODE, read_json, replace_folder, tree_digest, write_json_atomic
+from ..interrupts import forget_temporary, register_temporary
 from ..manifest import MANIFEST_NAME, now_iso, read_manifest, tool_version
 from ..outputs import check_folder
 from ..safepath import contained, is_within
@@ -173,14 +174,15 @@ def merge_release(dirs: list[Path], out: Path, allow_mixed: bool = False, run_ve
             f" (and {len(problems) - 1} more difference(s))" if len(problems) > 1 else "")
             + "; pass --allow-mixed to merge them anyway")
     out = Path(out).absolute()
+    if out.is_dir() and os.path.ismount(out):  # a release replaces its folder by a rename: not a mount point
+        raise BadInputError(f"--out {out}: is a mount point, which a release cannot replace by a rename; name a "
+                            f"folder inside it (e.g. {out / 'release'})")
     if out.exists():
         if not (out / RELEASE_FILE).is_file():
             raise BadInputError(f"--out {out}: exists and is not a release folder (no {RELEASE_FILE}); choose "
                                 "another")
         read_release(out)  # replaced only when it is a release: BadInputError naming what is wrong otherwise
-    check_folder(out, "--out")  # writable (a read-only mount, a parent that is a file: one line, before the copies)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".mi2v-release-{out.name}-", dir=out.parent))
+    staging = _staging_for(out, need_bytes=sum(tree_digest(j["folder"])[1] for j in jobs))
     try:
         doc = _assemble(jobs, staging, versions, parts, problems, run_vectors)
         validate(doc, RELEASE, f"{out / RELEASE_FILE} (being written)")
@@ -189,7 +191,19 @@ def merge_release(dirs: list[Path], out: Path, allow_mixed: bool = False, run_ve
         _swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        forget_temporary(staging)
     return doc
+
+
+def _staging_for(out: Path, need_bytes: int) -> Path:
+    """The temporary folder the release is assembled in, beside `out` (checked first: writable, with room for a
+    copy of the jobs, before anything is copied)."""
+    for folder in (out, out.parent):
+        check_folder(folder, "--out", need_bytes=need_bytes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".mi2v-release-{out.name}-", dir=out.parent))
+    register_temporary(staging)  # removed even when a signal has to end the process (mi2v_export/interrupts.py)
+    return staging
 
 
 def _vector_runs(folder: Path) -> dict[str, list[dict]]:

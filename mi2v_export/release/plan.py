@@ -187,6 +187,20 @@ def expand_cell(cell: dict, checkpoints: list[dict], version: str, where: str) -
     return jobs
 
 
+# `mi2v export` flags that take a path: a plan names its files through its own keys (`checkpoints`, `out`), which
+# stay inside its folder; through `args` they would not be checked, so they are refused there.
+PATH_FLAGS = ("--checkpoint", "--recipe", "--calibration", "--out")
+
+
+def _check_args(args: tuple[str, ...], where: str) -> None:
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in PATH_FLAGS:
+            raise BadInputError(f"{where}: args: {flag} takes a path, which a plan may not pass through `args` "
+                                "(the paths a plan names stay inside its folder: use `checkpoints` / `out`, or run "
+                                "`mi2v export` directly)")
+
+
 def normalise(job: Job, where: str) -> Job:
     """The job as the export will really run it, checked by the export's own validation (exporters/orchestrate.py
     `resolve`: target, delegate, precision for that target, preset, resolution, frames 8k+1, attention, rewrites;
@@ -196,6 +210,7 @@ def normalise(job: Job, where: str) -> Job:
     written as the precision they mean, the SoC kept only where it changes the build (QNN)."""
     if job.component not in COMPONENTS:
         raise BadInputError(f"{where}: component {job.component!r} is not one of {', '.join(COMPONENTS)}")
+    _check_args(job.args, where)
     request = ExportRequest(target=job.target, out_dir=Path("."), components=job.component, delegate=job.delegate,
                             decoder=job.decoder, preset=job.preset, resolution=job.resolution, frames=job.frames,
                             dtype=job.dtype, precision=job.precision, attention=job.attention,
