@@ -13,8 +13,9 @@ setup:
 	$(PIP) install --quiet -e '.[dev]'
 	$(PIP) check
 
+# One worker per core; a test file stays on one worker (module fixtures, the private adb servers, Ray's cluster).
 test:
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto --dist loadfile
 
 # In-process tests only (no subprocess, no adb, no export): under a minute.
 test-unit:

@@ -31,6 +31,7 @@ from mi2v_export import parity
 from mi2v_export.errors import BadInputError, CheckpointError, Mi2vError, MissingDependencyError, VerificationError
 from mi2v_export.exporters import base, components, rewrites
 from mi2v_export.exporters.orchestrate import ExportRequest, prepare, run_export
+from mi2v_export.files import tree_digest
 from mi2v_export.manifest import (
     MANIFEST_NAME,
     STAGING_PREFIX,
@@ -39,7 +40,6 @@ from mi2v_export.manifest import (
     Staging,
     TensorInfo,
     read_manifest,
-    tree_digest,
 )
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry
