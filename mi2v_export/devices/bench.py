@@ -422,6 +422,7 @@ def bench_device(device: BenchDevice, opts: BenchOptions, manifest: Any,
     except KeyboardInterrupt:
         _not_run(pending, "interrupted (Ctrl-C)")
         report.error = "interrupted (Ctrl-C)"
+        _save(report, path)  # first: the device's clean-up may outlast the signal watchdog's grace (interrupts.py)
         _finish(device, report)
         _save(report, path)
         raise
