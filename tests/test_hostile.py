@@ -362,3 +362,16 @@ def test_running_out_of_memory_is_one_line(tmp_path):
                            str(tmp_path / "v.mp4")], capture_output=True, text=True, timeout=300, env=env)
     line = one_error(proc)
     assert line.startswith("error: out of memory") and not (tmp_path / "v.mp4").exists()
+
+
+def test_app_stage_refuses_a_modified_core_ml_artifact(tmp_path):
+    """`mi2v app stage` copies artifacts into the iOS test bundle: the integrity policy applies there too (and the
+    refusal comes before the Payload folder is touched)."""
+    out = tmp_path / "coreml"
+    proc = run_cli("export", "--preset", "tiny", "--component", "encoder", "--target", "coreml", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    weights = next(p for p in (out / "encoder.mlpackage").rglob("*") if p.is_file() and p.stat().st_size > 1000)
+    with open(weights, "ab") as f:
+        f.write(b"\0")
+    line = one_error(run_cli("app", "stage", "--artifacts", out))
+    assert "encoder.mlpackage: differs from manifest.json" in line

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import typer
 
+from ..integrity import ALLOW_MODIFIED_HELP, check_entries
+from ..outputs import check_folder
+
 app_app = typer.Typer(
     name="app",
     help="Build and install the phone benchmark apps: the Android app (apps/android) and the iOS Core ML XCTest "
@@ -93,13 +96,17 @@ def stage(
     warmup: int = typer.Option(3, "--warmup", min=0, help="discarded predictions before them"),
     compute_units: str = typer.Option("cpuOnly,cpuAndGPU,cpuAndNeuralEngine,all", "--compute-units",
                                       help="comma-separated Core ML compute units"),
+    allow_modified: bool = typer.Option(False, "--allow-modified", help=ALLOW_MODIFIED_HELP),
 ) -> None:
     """iOS: copy the Core ML artifacts and a plan into the test bundle's Payload folder (for a run from Xcode)."""
     from ..apps import ios
     from ..apps.build import _shown_path
+    from ..manifest import read_manifest
 
     units = [u.strip() for u in compute_units.split(",") if u.strip()]
     items, frames = ios.coreml_artifacts(artifacts)
+    check_entries(read_manifest(artifacts), [it["entry"] for it in items], allow_modified=allow_modified)
+    check_folder(ios.PAYLOAD_DIR, "Payload", need_bytes=sum(it["artifact"]["bytes"] or 0 for it in items))
     path = ios.stage_payload(items, ios.build_plan(items, iterations, warmup, units, frames))
     typer.echo(f"wrote {_shown_path(path)}")
 
