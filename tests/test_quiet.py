@@ -135,3 +135,12 @@ def test_quiet_json_export_stdout_is_only_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["artifacts"][0]["component"] == "encoder"
     assert all(line.startswith("warning: ") for line in proc.stderr.splitlines()), proc.stderr
+
+
+def test_quiet_quantize_analyze_prints_no_progress(tmp_path):
+    recipe = tmp_path / "r.json"
+    loud = run_cli("quantize", "analyze", "--preset", "tiny", "--component", "encoder", "--out", recipe)
+    assert loud.returncode == 0 and "1/1" in loud.stderr, loud.stderr[-2000:]
+    quiet = run_cli("-q", "quantize", "analyze", "--preset", "tiny", "--component", "encoder", "--out", recipe)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "1/1" not in quiet.stderr and recipe.is_file()

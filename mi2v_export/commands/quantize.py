@@ -14,7 +14,7 @@ from ..contract import COMPONENTS
 from ..errors import BadInputError
 from ..files import write_json_atomic
 from ..outputs import check_file, write_or_keep
-from ._render import console, err_console, print_json
+from ._render import console, err_console, is_quiet, print_json
 
 app = typer.Typer(help="precision analysis: which units tolerate quantization", no_args_is_help=True)
 
@@ -55,7 +55,8 @@ def analyze(
         warnings.simplefilter("ignore")
         stages = {c: torch_stage(c, p.name, decoder, parts) for c in ("encoder", "denoiser", "decoder")}
     def progress(unit: str, i: int, n: int) -> None:
-        err_console.print(f"  {i + 1}/{n} {unit}", highlight=False)
+        if not is_quiet():  # -q: no progress lines
+            err_console.print(f"  {i + 1}/{n} {unit}", highlight=False)
 
     data = rc.analyze(stages, component, precision, geo, unit_psnr, progress)
     write_or_keep(out, lambda path: write_json_atomic(path, data), "recipe")
