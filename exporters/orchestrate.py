@@ -187,7 +187,7 @@ def prepare(request: ExportRequest) -> ExportPlan:
     bounds.check_request(preset, geo, weights, "export", "this export")
     exporter.check_environment(options)
     out_dir = Path(request.out_dir)
-    for folder in {out_dir, staging_home(out_dir.absolute())}:  # the artifacts' folder, and where they are staged
+    for folder in {out_dir.absolute(), staging_home(out_dir.absolute())}:  # the artifacts' folder, where staged
         check_folder(folder, "--out", need_bytes=int(1.1 * sum(weights.values())))  # fp32 artifacts at most
     routing, source = comp.route_checkpoints(components, request.decoder, request.checkpoints)
     manifest = Manifest(preset=preset.name, resolution=(geo.height, geo.width), frames=geo.frames,

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError, Mi2vError, first_line
-from .safepath import contained, is_within
+from .safepath import contained, escape_below
 
 TESTDATA_DIR = "testdata"
 IMAGE = Path(__file__).parent / "data" / "validation" / "chelsea.png"
@@ -201,6 +201,9 @@ def read(folder: Path, entry) -> list[VectorSet] | None:
     if not record:
         return None
     path = contained(folder, record.get("file"), f"{Path(folder) / 'manifest.json'}: test_vectors.file")
+    outside = escape_below(path, folder) if path.is_dir() else None  # a symlink planted in a downloaded folder
+    if outside is not None:
+        raise BadInputError(f"{outside}: leads outside {folder} (through a symlink); refused")
     names_in = [t.name for t in entry.inputs]
     names_out = [t.name for t in entry.outputs]
     readers = {"onnx-testdata": lambda: read_onnx(path),
@@ -222,8 +225,6 @@ def read_onnx(path: Path) -> list[VectorSet]:
                        key=lambda p: int(p.stem.split("_")[1]))
         out = {}
         for f in files:
-            if not is_within(f, path):  # a symlink planted in a downloaded folder
-                raise BadInputError(f"{f}: leads outside {path} (through a symlink); refused")
             t = TensorProto()
             t.ParseFromString(f.read_bytes())
             out[t.name] = numpy_helper.to_array(t)

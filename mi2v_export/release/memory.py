@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+from ..bounds import available_bytes
 from .plan import Job
 
 SCHEMA = "mi2v-memory-table"
@@ -88,11 +89,5 @@ def record(job: Job, peak_bytes: int, path: Path | None = None) -> None:
 
 
 def available_memory() -> int:
-    """MemAvailable from /proc/meminfo (what new processes can use without swapping); total RAM elsewhere."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """What new processes can use (mi2v_export/bounds.py: MemAvailable, lowered to a cgroup's limit)."""
+    return available_bytes()
