@@ -10,7 +10,7 @@ setup:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (mi2v needs Python 3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip==26.3
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,docs]'
 	$(PIP) check
 
 # One worker per core; a test file stays on one worker (module fixtures, the private adb servers, Ray's cluster).
@@ -26,6 +26,12 @@ test-slow:
 
 lint:
 	$(VENV)/bin/ruff check mi2v_export exporters kernels tests benchmarks
+
+# The docs site (docs/, mkdocs.yml) in strict mode: any warning fails. The CLI reference, the file-format references,
+# the tables the code owns and the results pages are generated during the build (docs/gen/); site/ is git-ignored.
+.PHONY: docs
+docs:
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache artifacts apps/android/app/build apps/android/.gradle apps/ios/.build

@@ -23,7 +23,7 @@ import torch
 from mi2v_export import contract
 from mi2v_export.checkpoints import LTX_DECODER, LTX_ENCODER, TURBO_VAED
 from mi2v_export.models import build_part, seed_part
-from mi2v_export.models.receptive import MAX_PROBE_UNITS, decoder_probe, encoder_probe, receptive_field
+from mi2v_export.models.receptive import decoder_probe, encoder_probe, receptive_field
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import parse_resolution
 
@@ -53,9 +53,9 @@ def measure(part: str, preset: str, frame: tuple[int, int], decay_units: int) ->
     module, make_input, s_in, s_out = probe(part, preset)
     t0 = time.perf_counter()
     try:
-        field, note = receptive_field(module, make_input, s_in, s_out, start=decay_units), None
+        field, note = receptive_field(module, make_input, s_in, s_out, start=decay_units, limit=decay_units), None
     except Exception as exc:  # a field wider than the probe cap: report the bound
-        field, note = None, f"wider than {MAX_PROBE_UNITS // 2} latent pixels each side: {exc}"
+        field, note = None, f"the probe of {decay_units} latent pixels was too small: {exc}"
     seconds = time.perf_counter() - t0
     window = None if field is None else 1 + 2 * field
     return {"part": part, "receptive_field_latent_px": field, "note": note, "probe_s": round(seconds, 1),

@@ -35,12 +35,13 @@ def _reach(grad: torch.Tensor, centre: int, scale_in: int) -> tuple[int, bool]:
     return reach, touches
 
 
-def receptive_field(module: nn.Module, make_input, scale_in: int, scale_out: int, start: int = 9) -> int:
+def receptive_field(module: nn.Module, make_input, scale_in: int, scale_out: int, start: int = 9,
+                    limit: int = MAX_PROBE_UNITS) -> int:
     """Grid units each side that one output grid cell reads. `make_input(n)` builds an input of n×n grid units
     (all other axes as small as the model allows); `scale_in` / `scale_out` are the array pixels per grid unit of
     the input and the output (decoder: 1 and 32; encoder: 32 and 1)."""
     units = start
-    while units <= MAX_PROBE_UNITS:
+    while units <= limit:
         x = make_input(units).detach().requires_grad_(True)
         centre = units // 2
         y = module(x)
@@ -50,7 +51,7 @@ def receptive_field(module: nn.Module, make_input, scale_in: int, scale_out: int
         if not touches:
             return reach
         units = 2 * units + 1
-    raise BadInputError(f"{type(module).__name__}: an output pixel reads more than {MAX_PROBE_UNITS // 2} latent "
+    raise BadInputError(f"{type(module).__name__}: an output pixel reads more than {units // 4} latent "
                         "pixels each side (a global operation?); it cannot be tiled exactly")
 
 
