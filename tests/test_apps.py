@@ -27,7 +27,7 @@ from mi2v_export.apps import android_app as aa
 from mi2v_export.apps import build as ab
 from mi2v_export.apps import ios
 from mi2v_export.apps.check_files import read_raw
-from mi2v_export.devices.android import device_facts
+from mi2v_export.devices.android_session import device_facts
 from mi2v_export.devices.report import BenchReport, validate
 from mi2v_export.errors import BadInputError, DeviceError, MissingDependencyError
 

@@ -26,17 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from mi2v_export.devices.android import (
-    big_core_mask,
-    check_runner,
-    diagnose_start,
-    format_list,
-    parse_cpu_loop,
-    parse_list,
-    parse_mask,
-    runner_failure,
-)
-from mi2v_export.devices.bench import BenchOptions, parse_device, run_bench, select_artifacts
+from mi2v_export.devices.bench import BenchOptions, parse_device, run_bench
+from mi2v_export.devices.cpus import big_core_mask, format_list, parse_cpu_loop, parse_list, parse_mask
+from mi2v_export.devices.runner_checks import check_runner, diagnose_start, runner_failure
+from mi2v_export.devices.selection import select_artifacts
 from mi2v_export.devices.elf import inspect_runner
 from mi2v_export.devices.report import BenchReport
 from mi2v_export.simulator.phone import SimulatedPhone, host_abi
@@ -123,6 +116,7 @@ def export_artifacts(specs: dict, out: Path, targets=("onnx", "executorch")) -> 
     import torch
 
     from mi2v_export import testvectors
+    from mi2v_export.exporters.base import get_exporter
     from mi2v_export.files import file_digest, tree_digest
     from mi2v_export.manifest import ArtifactEntry, FileInfo, Manifest, Staging, TensorInfo
 
@@ -135,8 +129,8 @@ def export_artifacts(specs: dict, out: Path, targets=("onnx", "executorch")) -> 
         """The toy's own inputs and PyTorch output as the artifact's test vectors (as `mi2v export` writes them)."""
         sets = testvectors.to_artifact_dtypes([(inputs, {entry.outputs[0].name: result})], entry.inputs,
                                               entry.outputs)
-        entry.test_vectors, written = testvectors.write(entry.target, entry.component, entry.file, "fp32", sets,
-                                                        staging.path)
+        fmt = get_exporter(entry.target, entry.delegate).test_vector_format
+        entry.test_vectors, written = testvectors.write(fmt, entry.component, entry.file, "fp32", sets, staging.path)
         for role, file in written.items():
             entry.extra_files.append(FileInfo(role, file, *tree_digest(staging.path / file)))
             files.append(file)
@@ -293,6 +287,62 @@ def test_select_artifacts(standin, tmp_path):
         select_artifacts(m, "tflite", "host")
 
 
+def test_a_device_kind_is_one_registration(standin, tmp_path, monkeypatch):
+    """A new device kind is a BenchDevice and one `register(DeviceKind(...))` (devices/registry.py): `--device`, its
+    protocol defaults, the artifacts it refuses, its options refused on other kinds, the loop and the table's title
+    all come from the registration; nothing else names the kind."""
+    from mi2v_export.devices import registry
+    from mi2v_export.devices.base import BenchDevice, DeviceFacts
+    from mi2v_export.devices.registry import Defaults, DeviceKind
+    from mi2v_export.devices.report import RunResult
+
+    monkeypatch.setattr(registry, "_KINDS", registry.all_kinds())  # the registration ends with the test
+
+    class Stopwatch(BenchDevice):
+        transport = "watch"
+
+        def __init__(self, opts, serial):
+            self.opts, self.serial = opts, serial
+
+        def facts(self):
+            return DeviceFacts({"transport": "watch", "serial": self.serial, "simulated_device": False})
+
+        def run(self, sel, comp):
+            comp.runs.append(RunResult(load_ms=1.0, samples_ms=[2.0] * self.opts.iterations))
+            comp.status = "ok"
+            return comp
+
+    registry.register(DeviceKind(
+        "watch", open=lambda opts, manifest, serial, *_: [Stopwatch(opts, serial)], spellings=("watch[:NAME]",),
+        defaults=Defaults(iterations=3, warmup=0, cooldown=0.0),
+        refuses=lambda entry, runtime: "the stopwatch times .onnx only" if runtime == "executorch" else None,
+        claims=lambda opts: "--team is the stopwatch's" if opts.team == "stopwatch" else None,
+        describe=lambda device, protocol: f"the stopwatch {device.get('serial')}"))
+    assert parse_device("watch:one") == ("watch", "one")
+    with pytest.raises(BadInputError, match="ios:UDID or watch"):
+        parse_device("phone")
+    outcome = run_bench(BenchOptions(artifacts=standin, device="watch:one", json_path=tmp_path / "r.json"))
+    report = outcome.reports[0][0]
+    assert outcome.error is None and report.protocol["iterations"] == 3
+    assert [(c.status, c.runtime["name"]) for c in report.components] == [("ok", "onnxruntime")] * 3
+    assert registry.describe(report.device, report.protocol) == "the stopwatch one"
+    with pytest.raises(BadInputError, match="the stopwatch's"):
+        run_bench(BenchOptions(artifacts=standin, device="host", team="stopwatch"))
+
+
+def test_the_cli_names_only_registered_device_kinds():
+    """The central names of device kinds (the CLI's --via choices, the --device help) are the registry's."""
+    from mi2v_export.commands.bench import Via, bench
+    from mi2v_export.devices.registry import all_kinds, vias
+
+    assert [v.value for v in Via] == list(vias())
+    device_help = next(p.default.help for p in inspect.signature(bench).parameters.values()
+                       if p.name == "device")
+    for kind in all_kinds():
+        assert kind.transport in device_help
+        assert all(s.split(":")[0] in device_help for s in kind.spellings)
+
+
 def _elf_stub(path: Path, machine: int = 183, bits: int = 64, interp: str | None = "/system/bin/linker64",
               e_type: int = 3) -> Path:
     """A minimal ELF header (+ a PT_INTERP program header) — enough for the architecture check."""
@@ -345,7 +395,7 @@ def test_runner_checks(tmp_path):
 
 def test_runner_lookup_for_a_real_phone(adb, tmp_path):
     # an arm64 phone (a simulated one with an arm64 profile: it has no runner on its PATH)
-    from mi2v_export.devices.android import AndroidSession
+    from mi2v_export.devices.android_session import AndroidSession
     from mi2v_export.simulator.phone import DeviceProfile
 
     with SimulatedPhone(profile=DeviceProfile(abi="arm64-v8a")) as arm_phone:
@@ -587,7 +637,7 @@ def test_old_phone_without_shell_v2(adb, standin, tmp_path):
 
 
 def test_without_toybox_time_vmhwm_is_polled(adb, phone, standin, tmp_path):
-    from mi2v_export.devices.android import AndroidSession, StagedFile
+    from mi2v_export.devices.android_session import AndroidSession, StagedFile
     from mi2v_export.files import sha256_file
 
     session = AndroidSession(adb, adb.pick_device(phone.serial))

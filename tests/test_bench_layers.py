@@ -27,7 +27,8 @@ from mi2v_export.devices.report import (
     percentile,
     validate,
 )
-from mi2v_export.devices.android import device_facts, runner_failure
+from mi2v_export.devices.android_session import device_facts
+from mi2v_export.devices.runner_checks import runner_failure
 from mi2v_export.devices.runners import (
     EXECUTOR_RUNNER,
     ORT_PERF_TEST,

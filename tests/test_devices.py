@@ -21,7 +21,7 @@ import time
 import pytest
 
 from mi2v_export.devices.adb import Adb, AdbDevice, find_adb, parse_devices, parse_getprop, quote
-from mi2v_export.devices.android import device_facts
+from mi2v_export.devices.android_session import device_facts
 from mi2v_export.simulator.phone import DeviceProfile, SimulatedPhone, host_abi
 from mi2v_export.errors import BadInputError, DeviceError
 
@@ -410,8 +410,8 @@ def test_production_modules_never_import_the_simulator():
                     mentions.append(f"{rel}: {node.value}")
                 continue
             imports += [f"{rel}: {n}" for n in names if ".simulator" in n or n.startswith("simulator")]
-        # the one property that says "simulated" is read in one place (devices/android.py device_facts)
-        if "ro.mi2v.simulated" in text and rel.as_posix() != "mi2v_export/devices/android.py":
+        # the one property that says "simulated" is read in one place (devices/android_session.py device_facts)
+        if "ro.mi2v.simulated" in text and rel.as_posix() != "mi2v_export/devices/android_session.py":
             mentions.append(f"{rel}: reads ro.mi2v.simulated")
         for name in ("host_abi", "host_like", "write_host_runner", "is_host_runner"):
             if name in text:
@@ -421,4 +421,4 @@ def test_production_modules_never_import_the_simulator():
     assert mentions == ["mi2v_export/cli.py: mi2v_export.simulator.cli"]
     # and the fact is made in one place (device_facts); readers use that fact, never the property
     assert sum(text.count('"simulated_device":') for rel, text in _production_modules()
-               if rel.parts[:2] == ("mi2v_export", "devices") and rel.name == "android.py") == 1
+               if rel.parts[:2] == ("mi2v_export", "devices") and rel.name == "android_session.py") == 1

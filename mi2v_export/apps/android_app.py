@@ -5,7 +5,8 @@ or `executorch-android-vulkan` with `-Pmi2v.executorchVariant=vulkan`), times ea
 (warm-up discarded in the same process) and writes a `mi2v.bench/1` report with `simulated_device: false` and
 `runtime.runner: "android-app"`. This module drives it from the host:
 
-    mi2v bench --device adb:S --via app → AppDevice in the bench loop → run_via_app(dev, artifacts, iterations, …)
+    mi2v bench --device adb:S --via app → devices/android_app.py AppDevice in the bench loop
+                                        → run_via_app(dev, artifacts, iterations, …)
 
 `run_via_app` installs the APKs when the phone lacks them or has other builds (sha256 of the installed base.apk),
 pushes the artifacts and the output-check files (the first test-vector set as raw files, apps/check_files.py; only
@@ -30,20 +31,22 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from .build import ANDROID_DIR, Command, apk_paths, check_apks, print_commands
-from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
+from ..contract import COMPONENTS
+from ..devices.adb import Adb, parse_getprop, quote
+from ..devices.android_session import device_facts
+from ..devices.base import Say, quiet
+from ..devices.report import SCHEMA, BenchReport, validate
+from ..devices.selection import remote_name
+from ..errors import BadInputError, DeviceError, MissingDependencyError
 from ..files import sha256_file
-from ..devices.android import AdbPhone, device_facts
-from ..devices.bench import BenchOptions, DeviceFacts, Selection, remote_name, select_artifacts
-from ..devices.report import SCHEMA, BenchReport, ComponentResult
-
-Say = Callable[[str], None]
+from ..manifest import read_manifest
+from .build import ANDROID_DIR, Command, apk_paths, check_apks, print_commands
+from .check_files import CHECK_DIR, read_sets, write_check
 
 APP_DIR = ANDROID_DIR
 
@@ -58,20 +61,6 @@ REPORT_NAME = "mi2v-app-report.json"  # relative: inside the app's files folder
 PLAN_NAME = "plan.json"
 PLAN_SCHEMA = "mi2v.app-plan/1"
 REPORT_STATUS_KEY = "mi2v_report"  # the instrumentation status key the test sends with the report's path
-
-def _quiet(_: str) -> None:
-    return None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# commands
-# --------------------------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# prerequisites (each failure is one line: what is missing and how to get it)
-# --------------------------------------------------------------------------------------------------------------------
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # artifacts and the plan pushed to the phone
@@ -106,9 +95,6 @@ def artifacts_from_manifest(folder: str | os.PathLike[str], components: Sequence
                             delegate: str | None = None) -> tuple[list[AppArtifact], int | None]:
     """The ExecuTorch artifacts of a manifest folder (one per component; `delegate` picks among several).
     Returns (artifacts, frames)."""
-    from ..manifest import read_manifest
-    from ..contract import COMPONENTS
-
     manifest = read_manifest(folder)
     out = []
     for comp in components or COMPONENTS:
@@ -132,8 +118,6 @@ def artifacts_from_manifest(folder: str | os.PathLike[str], components: Sequence
 
 def coerce_artifacts(artifacts: Any) -> tuple[list[AppArtifact], int | None]:
     """A manifest folder, {component: path}, or a list of AppArtifact → (artifacts, frames or None)."""
-    from ..contract import COMPONENTS
-
     if isinstance(artifacts, (str, os.PathLike)) and Path(artifacts).is_dir():
         return artifacts_from_manifest(artifacts)
     if isinstance(artifacts, Mapping):
@@ -183,8 +167,6 @@ def via_app_commands(serial: str, artifacts: Sequence[AppArtifact], iterations: 
                      app_dir: Path = APP_DIR, adb: str = "adb", device_dir: str = DEVICE_DIR,
                      keep: bool = False) -> list[Command]:
     """What `--via app` runs, in order (notes say which steps are conditional)."""
-    from ..devices.adb import quote
-
     def sh(remote: Sequence[str], note: str = "") -> Command:
         return Command((adb, "-s", serial, "shell", quote(list(remote))), note=note)
 
@@ -297,8 +279,6 @@ def instrument_failure(result: InstrumentResult, serial: str) -> DeviceError | M
 
 def load_app_report(text: str | bytes, where: str = "the app's report") -> dict[str, Any]:
     """Parse and check an app-written report (schema `mi2v.bench/1`); BadInputError with one line otherwise."""
-    from ..devices.report import validate
-
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -316,8 +296,6 @@ def merge_app_report(app: Mapping[str, Any], base: Mapping[str, Any] | None = No
     conditions, protocol; may be None) plus the app's components. Components the app measured replace same-named
     ones in base; the others stay. The host's device facts win over the app's; if either says the device is
     simulated, the merged report says so. Returns a dict in the current report schema (BenchReport round trip)."""
-    from ..devices.report import SCHEMA, BenchReport
-
     app_report = BenchReport.from_dict(dict(app))
     merged = BenchReport.from_dict({"schema": SCHEMA, "components": [], **base}) if base else BenchReport(device={})
     app_device = dict(app_report.device)
@@ -375,7 +353,7 @@ def _installed_apk_sha(dev: Any, package: str) -> str | None:
     return dev.sha256(base) or "unknown"
 
 
-def ensure_installed(dev: Any, app_dir: Path = APP_DIR, say: Say = _quiet, reinstall: bool = False) -> list[str]:
+def ensure_installed(dev: Any, app_dir: Path = APP_DIR, say: Say = quiet, reinstall: bool = False) -> list[str]:
     """Install each APK the phone lacks or has in another build; returns the packages (re)installed."""
     app, test = check_apks(app_dir)
     done = []
@@ -400,7 +378,7 @@ def ensure_installed(dev: Any, app_dir: Path = APP_DIR, say: Say = _quiet, reins
 def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int = 3, dry_run: bool = False, *,
                 runs: int = 1, frames: int | None = None, base_report: Mapping[str, Any] | None = None,
                 adb: Any = None, app_dir: Path = APP_DIR, reinstall: bool = False, keep: bool = False,
-                timeout: float = 3600.0, say: Say = _quiet, echo: Say = print) -> dict[str, Any] | None:
+                timeout: float = 3600.0, say: Say = quiet, echo: Say = print) -> dict[str, Any] | None:
     """`mi2v bench --device adb:SERIAL --via app`.
 
     device: an `AdbDevice`, or a serial (then `adb`, an `Adb`, or a default one, picks it). artifacts: a manifest
@@ -418,8 +396,6 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
         print_commands(via_app_commands(str(serial), items, iterations, warmup, runs, app_dir, adb_name,
                                         keep=keep), echo)
         return None
-    from ..devices.adb import Adb, parse_getprop
-
     if isinstance(device, str) or device is None:
         client = adb if adb is not None else Adb()
         dev = client.pick_device(device)
@@ -452,12 +428,6 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
                 pass
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# CLI for the Makefile
-# --------------------------------------------------------------------------------------------------------------------
-
-
-
 def _push_artifacts(dev: Any, items: Sequence[AppArtifact], frames: int | None, say: Say) -> list[str]:
     """Push the .pte files and output-check files the phone does not have with the same sha256, and the plan;
     returns the names pushed."""
@@ -485,8 +455,6 @@ def _push_artifacts(dev: Any, items: Sequence[AppArtifact], frames: int | None, 
 def _stage_checks(items: Sequence[AppArtifact], tmp: Path) -> dict[str, tuple[Path, str]]:
     """Write each artifact's output-check files (first test-vector set, raw) into tmp/check and set `a.check`;
     returns {remote path: (local file, sha256)}."""
-    from .check_files import CHECK_DIR, read_sets, write_check
-
     files: dict[str, tuple[Path, str]] = {}
     for a in items:
         if a.entry is None or a.folder is None:
@@ -517,93 +485,3 @@ def _instrument(dev: Any, items: Sequence[AppArtifact], iterations: int, warmup:
         raise DeviceError(f"cannot read the app's report on {dev.serial} with run-as ({detail}): the debug APK "
                           "must be installed (release builds are not debuggable)")
     return load_app_report(text, f"the report from {dev.serial}")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# --device adb --via app in the bench loop
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class AppDevice(AdbPhone):
-    """A phone over adb timed inside the Android benchmark app: the host reads the phone's facts and thermals over
-    adb; one instrumentation run (at the first run()) times every prepared component in the app's process."""
-
-    together = True
-
-    def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, say: Say):
-        super().__init__(opts, manifest, serial, say)
-        self.items: list[AppArtifact] = []
-        self.batch: BenchReport | Mi2vError | None = None
-        self.device: dict[str, Any] = {}
-        self.app_dir = Path(opts.app_dir) if opts.app_dir else APP_DIR
-
-    def select(self, manifest: Any, opts: BenchOptions) -> list[Selection]:
-        """The .pte of each component (the app runs ExecuTorch only)."""
-        sels = select_artifacts(manifest, "executorch", "adb", opts.components)
-        if all(s.entry is None for s in sels):
-            raise BadInputError(f"{opts.artifacts}: no ExecuTorch (.pte) artifact for {', '.join(opts.components)}; "
-                                "the app runs .pte only: export with `--target executorch`")
-        for s in sels:
-            if s.entry is None and not any(e.component == s.component and e.target == "executorch"
-                                           for e in manifest.components):
-                s.reason = "no ExecuTorch artifact in the manifest (the app runs .pte only)"
-        return sels
-
-    def prepare(self, sel: Selection) -> None:
-        item = artifacts_from_manifest(self.opts.artifacts, [sel.component])[0][0]
-        item.sha256 = None  # the bench loop applied the integrity policy (mi2v_export/integrity.py): hash what is there
-        self.items.append(item)
-
-    def print_commands(self, echo: Say) -> None:
-        for sel in self.select(self.manifest, self.opts):
-            if sel.entry is not None:
-                self.prepare(sel)
-        adb = SimpleNamespace(path=str(self.opts.adb)) if self.opts.adb else None
-        run_via_app(self.serial or "SERIAL", self.items, self.opts.iterations, self.opts.warmup, dry_run=True,
-                    runs=self.opts.runs, frames=self.manifest.frames, adb=adb, app_dir=self.app_dir, echo=echo)
-
-    def facts(self) -> DeviceFacts:
-        self.device, host = self.connect()
-        assert self.session is not None
-        uncontrolled = [*self.session.uncontrolled, "the app process is not pinned to cores and CPU clocks are not "
-                        "locked", "screen state, charging and background apps are not controlled"]
-        return DeviceFacts(self.device, host, {"mode": "app", "runner": APP_RUNNER}, uncontrolled)
-
-    def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
-        if self.batch is None:
-            self.batch = self._run_app()
-        if isinstance(self.batch, Mi2vError):
-            raise self.batch
-        measured = self.batch.component(sel.component)
-        if measured is None:
-            raise DeviceError("not measured: the app did not report it")
-        return measured
-
-    def outputs(self, sel: Selection, sets: list[Any]) -> str:
-        """The app checks the outputs itself (its report's output_check); reached only when it did not."""
-        item = next((a for a in self.items if a.component == sel.component), None)
-        why = item.check_reason if item is not None and item.check_reason else "the app's report has no output_check"
-        return f"the app did not check the outputs: {why}"
-
-    def _run_app(self) -> BenchReport | Mi2vError:
-        """Install when needed, push, instrument once for every prepared component, read the app's report."""
-        o = self.opts
-        base = {"schema": SCHEMA, "device": self.device, "components": []}
-        try:
-            merged = run_via_app(self.session.dev, self.items, o.iterations, o.warmup, runs=o.runs,
-                                 frames=self.manifest.frames, base_report=base, adb=self.session.adb,
-                                 app_dir=self.app_dir, timeout=o.timeout, say=self.say)
-        except Mi2vError as exc:
-            return exc
-        return BenchReport.from_dict(merged)
-
-    def finish(self, report: BenchReport) -> None:
-        """The app's view joins the host's: device facts as merged, its protocol and conditions, its warnings."""
-        b = self.batch
-        if not isinstance(b, BenchReport):
-            return
-        report.device, report.tool, report.staging = b.device, b.tool, b.staging
-        report.protocol.update({k: v for k, v in b.protocol.items() if k not in report.protocol
-                                or k in ("warmup", "iterations", "runs", "timed_region")})
-        report.conditions["app"] = b.conditions
-        report.warnings += [w for w in b.warnings if w not in report.warnings]

@@ -3,7 +3,8 @@
 `mi2v app build|install|check` (commands/app.py, called by `make android`, `make android-install`, `make ios`) runs
 these. Every prerequisite failure is one line naming what is missing and how to get it (MissingDependencyError); a
 dry run prints the exact commands and needs no SDK, Xcode or phone. Driving a built app on a phone (`mi2v bench
---via app`, `--device ios:UDID`) is in `android_app.py` and `ios.py` beside this module.
+--via app`, `--device ios:UDID`) is in `android_app.py` and `ios.py` beside this module and their bench devices in
+devices/android_app.py and devices/ios.py.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..devices.adb import find_adb
+from ..devices.base import Say
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
-
-Say = Callable[[str], None]
 
 REPO = Path(__file__).resolve().parents[2]
 ANDROID_DIR = REPO / "apps" / "android"
@@ -233,8 +234,6 @@ def check_apks(app_dir: Path = ANDROID_DIR) -> tuple[Path, Path]:
 
 def check_install_prereqs(env: Mapping[str, str] | None = None, app_dir: Path = ANDROID_DIR) -> dict[str, Any]:
     """`make android-install`: an adb binary and both APKs."""
-    from ..devices.adb import find_adb
-
     try:
         adb = find_adb(env=env)
     except DeviceError as exc:

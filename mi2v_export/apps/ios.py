@@ -5,7 +5,8 @@ one line (MissingDependencyError), before reading artifacts or starting anything
 
 On macOS:
 
-    mi2v bench --device ios:UDID    → IOSDevice (one per compute unit) in the bench loop → run_ios(udid, artifacts, iterations, warmup, dry_run): checks that Xcode
+    mi2v bench --device ios:UDID    → devices/ios.py IOSDevice (one per compute unit) in the bench loop
+                                    → run_ios(udid, artifacts, iterations, warmup, dry_run): checks that Xcode
                                       sees the phone (`xcrun devicectl list devices`), copies the `.mlpackage`
                                       artifacts and a plan.json into the test bundle's Payload folder, runs
                                       `xcodebuild test -destination platform=iOS,id=UDID -only-testing:…` (the test
@@ -32,16 +33,18 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .build import DERIVED_DATA, IOS_DIR, SCHEME, Command, _run, _shown_path, _signing, check_xcode, print_commands, require_macos
+from ..contract import COMPONENTS
+from ..devices.base import Say, quiet
+from ..devices.report import BenchReport
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
-from ..devices.bench import BenchDevice, BenchOptions, DeviceFacts, Selection
-from ..devices.report import BenchReport, ComponentResult
-
-Say = Callable[[str], None]
+from ..manifest import read_manifest
+from .android_app import load_app_report
+from .build import DERIVED_DATA, IOS_DIR, SCHEME, Command, _run, _shown_path, _signing, check_xcode, print_commands, require_macos
+from .check_files import CHECK_DIR, read_sets, write_check
 
 APP_DIR = IOS_DIR
 PAYLOAD_DIR = APP_DIR / "Tests" / "Mi2vBenchTests" / "Payload"
@@ -51,8 +54,6 @@ PLAN_SCHEMA = "mi2v.ios-plan/1"
 REPORT_MARKER = "MI2V_REPORT_JSON:"
 ATTACHMENT_NAME = "mi2v-report"
 COMPUTE_UNITS = ("cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all")
-def _quiet(_: str) -> None:
-    return None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -108,13 +109,9 @@ def coreml_artifacts(artifacts: Any, components: Sequence[str] | None = None
                      ) -> tuple[list[dict[str, Any]], int | None]:
     """A manifest folder or {component: .mlpackage path} → ([{component, path, artifact}], frames); `components`
     keeps only those (manifest folders)."""
-    from ..contract import COMPONENTS
-
     frames = None
     items: list[dict[str, Any]] = []
     if isinstance(artifacts, (str, os.PathLike)) and (Path(artifacts) / "manifest.json").is_file():
-        from ..manifest import read_manifest
-
         manifest = read_manifest(artifacts)
         frames = manifest.frames
         for comp in components or COMPONENTS:
@@ -187,8 +184,6 @@ def _stage_check(item: Mapping[str, Any], payload: Path) -> dict[str, Any] | Non
     """The XCTest's output-check files for a manifest artifact (first test-vector set, raw; apps/check_files.py)
     under Payload/check, paths relative to the Payload folder; None when there are none (then the XCTest records
     `output_check: {passed: null, reason}`)."""
-    from .check_files import CHECK_DIR, read_sets, write_check
-
     if item.get("entry") is None:
         return None
     sets = read_sets(item["folder"], item["entry"])
@@ -230,8 +225,6 @@ def ios_commands(udid: str, items: Sequence[Mapping[str, Any]], result_bundle: P
 
 def parse_xcodebuild_output(text: str) -> dict[str, Any] | None:
     """The report from the test's `MI2V_REPORT_JSON: {…}` line (the last one), or None."""
-    from .android_app import load_app_report
-
     found = None
     for line in text.splitlines():
         i = line.find(REPORT_MARKER)
@@ -242,8 +235,6 @@ def parse_xcodebuild_output(text: str) -> dict[str, Any] | None:
 
 def report_from_attachments(folder: Path) -> dict[str, Any] | None:
     """The mi2v report among files exported by `xcresulttool export attachments` (named after the attachment)."""
-    from .android_app import load_app_report
-
     if not folder.is_dir():
         return None
     candidates = sorted(folder.rglob("*.json"), key=lambda p: (ATTACHMENT_NAME not in p.name, p.name))
@@ -261,8 +252,6 @@ def report_from_attachments(folder: Path) -> dict[str, Any] | None:
 
 def split_by_compute_unit(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """One ordinary report per compute unit (runtime.backend), each with its own status and per-frame headline."""
-    from ..devices.report import BenchReport
-
     units: dict[str, list[dict[str, Any]]] = {}
     for c in report["components"]:
         unit = (c.get("runtime") or {}).get("compute_units") or (c.get("runtime") or {}).get("backend") or "all"
@@ -316,7 +305,7 @@ def run_ios(udid: str, artifacts: Any, iterations: int = 20, warmup: int = 3, dr
             compute_units: Sequence[str] = COMPUTE_UNITS, team: str | None = None, out_dir: Path | None = None,
             components: Sequence[str] | None = None,
             timeout: float = 7200.0, system: str | None = None, app_dir: Path = APP_DIR,
-            say: Say = _quiet, echo: Say = print) -> dict[str, dict[str, Any]] | None:
+            say: Say = quiet, echo: Say = print) -> dict[str, dict[str, Any]] | None:
     """`mi2v bench --device ios:UDID`. Off macOS: MissingDependencyError at once (also for a dry run). With
     dry_run, print the commands and return None. Otherwise returns {compute unit: report dict}."""
     require_macos(system)
@@ -361,104 +350,3 @@ def run_ios(udid: str, artifacts: Any, iterations: int = 20, warmup: int = 3, dr
         data["host"] = {**(data.get("host") or {}), "os": f"{platform.system()} {platform.release()}",
                         "xcresult": str(result_bundle)}
     return merged
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# CLI for the Makefile
-# --------------------------------------------------------------------------------------------------------------------
-
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# --device ios:UDID in the bench loop
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class IOSBatch:
-    """One XCTest run on the iPhone for every compute unit; its reports are shared by the units' devices."""
-
-    def __init__(self, opts: BenchOptions, udid: str, json_path: Path, say: Say, system: str | None):
-        self.opts, self.udid, self.say, self.system = opts, udid, say, system
-        self.out_dir = json_path.parent if opts.json_path else None
-        self.units = list(opts.compute_units or COMPUTE_UNITS)
-        self.components: list[str] = []
-        self.result: dict[str, BenchReport] | Mi2vError | None = None
-
-    def run_ios(self, dry_run: bool = False, echo: Say = print) -> dict[str, BenchReport] | Mi2vError:
-        if self.result is not None:
-            return self.result
-        o = self.opts
-        try:
-            reports = run_ios(self.udid, o.artifacts, o.iterations, o.warmup, dry_run, compute_units=self.units,
-                              team=o.team, out_dir=self.out_dir, components=self.components or o.components,
-                              timeout=o.timeout, system=self.system, app_dir=Path(o.app_dir or APP_DIR),
-                              say=self.say, echo=echo)
-            self.result = {unit: BenchReport.from_dict(data) for unit, data in (reports or {}).items()}
-        except Mi2vError as exc:
-            self.result = exc
-        return self.result
-
-
-class IOSDevice(BenchDevice):
-    """One compute unit of an iPhone: its numbers come from the shared XCTest run (the first run() starts it)."""
-
-    transport = "ios"
-    together = True
-
-    def __init__(self, batch: IOSBatch, unit: str, json_path: Path):
-        self.batch, self.unit, self.json_path = batch, unit, json_path
-
-    def select(self, manifest: Any, opts: BenchOptions) -> list[Selection]:
-        sels = []
-        for c in opts.components:
-            entry = next((e for e in manifest.components if e.component == c and e.target == "coreml"), None)
-            sels.append(Selection(c, entry, "coreml" if entry else None,
-                                  None if entry else f"no Core ML artifact for the {c} in the manifest"))
-        return sels
-
-    def report_path(self, json_path: Path) -> Path:
-        return json_path.with_name(f"{json_path.stem}-{self.unit}{json_path.suffix or '.json'}")
-
-    def print_commands(self, echo: Say) -> None:
-        self.batch.run_ios(dry_run=True, echo=echo)
-
-    def facts(self) -> DeviceFacts:
-        check_xcode(self.batch.system)
-        udid = self.batch.udid
-        return DeviceFacts({"transport": "ios", "udid": udid, "serial": udid, "os": "ios", "simulated_device": False},
-                           {"os": f"{platform.system()} {platform.release()}"}, {"compute_unit": self.unit})
-
-    def prepare(self, sel: Selection) -> None:
-        if sel.component not in self.batch.components:
-            self.batch.components.append(sel.component)
-
-    def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
-        result = self.batch.run_ios()
-        if isinstance(result, Mi2vError):
-            raise result
-        measured = result[self.unit].component(sel.component) if self.unit in result else None
-        if measured is None:
-            raise DeviceError(f"not measured: the iOS test reported no {sel.component} on {self.unit}")
-        return measured
-
-    def outputs(self, sel: Selection, sets: list[Any]) -> str:
-        """The XCTest checks the outputs itself (its report's output_check); reached only when it did not."""
-        return "the iOS XCTest did not check the outputs (its report has no output_check for this component)"
-
-    def finish(self, report: BenchReport) -> None:
-        result = self.batch.result
-        if not isinstance(result, dict) or self.unit not in result:
-            return
-        r = result[self.unit]
-        report.device, report.tool, report.conditions = r.device, r.tool, r.conditions or report.conditions
-        report.host.update(r.host)
-        report.protocol.update({k: v for k, v in r.protocol.items() if k not in report.protocol
-                                or k in ("warmup", "iterations", "runs", "timed_region")})
-        report.warnings += [w for w in r.warnings if w not in report.warnings]
-
-
-def ios_devices(opts: BenchOptions, manifest: Any, udid: str, json_path: Path, say: Say,
-                system: str | None) -> list[BenchDevice]:
-    """One device per compute unit to time, all fed by one XCTest run."""
-    batch = IOSBatch(opts, udid, json_path, say, system)
-    return [IOSDevice(batch, unit, json_path) for unit in batch.units]

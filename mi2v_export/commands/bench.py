@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ..contract import SWIFT_UNIT, ComputeUnit, unit_from_swift
+from ..contract import SWIFT_UNIT, ComputeUnit
 from ..integrity import ALLOW_MODIFIED_HELP
 from ..outputs import MIB, check_file, check_folder, write_or_keep
 from ._render import component_list
@@ -53,19 +53,13 @@ def _ms(v: float | None, digits: int = 2) -> str:
 
 
 def _title(report) -> str:
-    """Preset, size and frames, the device it ran on, and the protocol: the heading of the table."""
+    """Preset, size and frames, the device it ran on (described by its kind, devices/registry.py), and the
+    protocol: the heading of the table."""
+    from ..devices import kinds  # noqa: F401  (registers every device kind)
+    from ..devices.registry import describe
+
     dev = report.device or {}
-    if dev.get("transport") == "adb":
-        who = (f"{dev.get('manufacturer') or ''} {dev.get('model') or ''} ({dev.get('serial')}), SoC "
-               f"{dev.get('soc_model')}, Android {dev.get('os_version')}, {dev.get('abi')}")
-        if (report.protocol or {}).get("mode") == "app":
-            who += ", measured by the Android app"
-    elif dev.get("transport") == "ios":
-        unit = unit_from_swift((report.protocol or {}).get("compute_unit") or "") or None
-        who = (f"{dev.get('marketing_name') or dev.get('model') or dev.get('name') or 'iPhone'} ({dev.get('udid')}), "
-               f"iOS {dev.get('os_version')}" + (f", Core ML compute units {unit}" if unit else ""))
-    else:
-        who = f"this machine: {dev.get('cpu', '?')}, {dev.get('cores', '?')} cores"
+    who = describe(dev, report.protocol or {})
     if dev.get("simulated_device"):
         who += " [yellow](simulated phone: host timings)[/yellow]"
     art = report.artifacts or {}

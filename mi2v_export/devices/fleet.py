@@ -12,11 +12,14 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..contract import COMPONENTS
 from ..errors import BadInputError, DeviceError, Mi2vError, first_line
+from .adb import Adb
+from .bench import default_report_path, run_bench
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,6 @@ def parse_server(text: str) -> tuple[str, int]:
 def find_phones(device: str, servers: list[tuple[str, int]], adb_path: Path | None,
                 adb_port: int | None) -> list[Phone]:
     """The phones `device` names, each with the server it is attached to; DeviceError when one is missing."""
-    from .adb import Adb
-
     attached: list[tuple[Phone, str]] = []  # (phone, state)
     for server in servers or [None]:
         host, port = server if server else (None, adb_port)
@@ -80,8 +81,6 @@ def find_phones(device: str, servers: list[tuple[str, int]], adb_path: Path | No
 
 
 def report_path_for(base: Path | None, phone: Phone) -> Path:
-    from .bench import default_report_path
-
     if base is None:
         return default_report_path("adb", phone.label)
     tag = re.sub(r"[^\w.-]+", "_", phone.label)
@@ -90,8 +89,6 @@ def report_path_for(base: Path | None, phone: Phone) -> Path:
 
 def bench_phones(opts: Any, phones: list[Phone], say=None) -> list[PhoneResult]:
     """Run the single-device bench on every phone at once (one thread each) and collect each outcome."""
-    from .bench import run_bench
-
     results: dict[Phone, PhoneResult] = {}
 
     def one(phone: Phone) -> None:
@@ -118,8 +115,6 @@ def bench_phones(opts: Any, phones: list[Phone], say=None) -> list[PhoneResult]:
 
 
 def _now() -> str:
-    from datetime import UTC, datetime
-
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 

@@ -1,6 +1,6 @@
 """Output parsers of the phone benchmark runners and of the device tools.
 
-Formats from upstream source (shared/spec/device-bench.md §1.1, §2, §4, §8.2):
+Formats from the upstream sources:
   * ExecuTorch `executor_runner` (v1.3+ per-iteration lines; older builds give only the total → mean only),
   * `onnxruntime_perf_test` (stdout summary, `-s` latency percentiles, and the per-run CSV result file),
   * `toybox time -v`, `dumpsys thermalservice`, `dumpsys battery`, `/proc/meminfo`.
