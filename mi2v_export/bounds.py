@@ -46,7 +46,7 @@ def check_cap(preset: Preset, height: int, width: int, frames: int) -> None:
     if big:
         raise BadInputError(f"{' and '.join(big)} {'are' if len(big) > 1 else 'is'} above the {preset.name} "
                             f"preset's cap of {preset.max_side} "
-                            f"pixels a side (README: size bounds)")
+                            f"pixels a side (docs/guides/security.md: Bounds)")
     if frames > preset.max_frames:
         raise BadInputError(f"frames {frames} is above the {preset.name} preset's cap of {preset.max_frames}")
 

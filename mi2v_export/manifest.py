@@ -1,7 +1,7 @@
 """The artifact manifest (`DIR/manifest.json`): its schema, atomic writing, and the one reader other tools use.
 
 `mi2v export` writes it; `mi2v bench` and `mi2v generate` read it back through `read_manifest` / `Manifest` —
-nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in the README):
+nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in docs/guides/manifest.md):
 
     {
       "schema": "mi2v-export-manifest", "schema_version": 1,

@@ -70,7 +70,7 @@ FP16_GATE = Gate("psnr_db", ">=", 40.0)
 
 
 # Component gate of integer precisions: PSNR of the artifact's output against PyTorch fp32 on the held-out records
-# (what the component sees in the sampler on the validation image). Set from measurement: README "Precision".
+# (what the component sees in the sampler on the validation image). Set from measurement: docs/guides/precision.md.
 COMPONENT_PSNR_MIN_DB = {"w8a16": 30.0, "w8a8": 25.0, "w8": 25.0, "w4": 20.0}
 
 # Trajectory gate: per-frame PSNR of the 2-step video on the validation image, artifacts vs PyTorch fp32.

@@ -27,9 +27,9 @@ COMPANION_LIBS = {
     ORT_PERF_TEST: ("libonnxruntime*.so*", "libQnn*.so", "libqnn*.so"),
     EXECUTOR_RUNNER: ("libQnn*.so", "libqnn_executorch_backend.so", "libvulkan_*.so"),
 }
-README_RUNNERS = "see the README section 'Android runners'"
+README_RUNNERS = "see docs/guides/benchmarking.md, 'Runners for Android'"
 QNN_LIBS_SOURCE = ("from the QAIRT SDK (lib/aarch64-android, lib/hexagon-vNN/unsigned) or the Maven package "
-                   "com.qualcomm.qti:qnn-runtime; see the README section 'Qualcomm HTP'")
+                   "com.qualcomm.qti:qnn-runtime; see docs/guides/qnn.md")
 
 
 def signal_name(number: int) -> str:
