@@ -4,9 +4,9 @@ No model, no checkpoint: the inputs and the PyTorch fp32 outputs travel with the
 so the folder can be copied to a Mac or an ARM board and checked there. ONNX and Core ML never import torch here;
 the ExecuTorch runtime does (its pybindings link libtorch).
 
-Runtimes are a registry (`RUNTIMES`): one `Runtime` per way of running an artifact, each with `accepts` (which
-manifest entries it can run), `available` (None when usable on this machine, else why not), `version` and `run`.
-Adding a runtime (e.g. the QNN HTP simulator through onnxruntime-qnn) is one `register(Runtime(...))`.
+The runtimes are mi2v_export.runtimes' registry: every runtime that loads artifact files, each with `accepts`
+(which manifest entries it runs), `available` (None when usable on this machine, else why not), `version` and
+`run`; their names are the `--runtime` values. Adding one (e.g. a new target's) is a module in mi2v_export/runtimes/.
 
 Each run's result is a record appended to the entry's `parity.verified_on` list (manifest.append_verifications):
 {where, when, runtime, runtime_version, psnr_db, rel_l2, max_abs, passed, by: "verify", sets, gate[, error]}.
@@ -17,13 +17,8 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-
-import numpy as np
 
 from . import parity, testvectors
 from .contract import cpu_model
@@ -31,152 +26,13 @@ from .errors import BadInputError
 from .integrity import check_entry
 from .manifest import ArtifactEntry, Manifest, append_verifications, now_iso, read_manifest
 from .outputs import check_folder
-from .qnn import RUNTIME as QNN_RUNTIME
+from .runtimes import Runtime, register
+from .runtimes import all as all_runtimes
 
-# ---------------------------------------------------------------------------------------------------------------
-# The runtime registry
-
-Inputs = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Runtime:
-    name: str  # recorded as verified_on[].runtime
-    accepts: Callable[[ArtifactEntry], bool]
-    available: Callable[[], str | None]  # None when it can run here, else the reason it cannot
-    version: Callable[[], str | None]
-    run: Callable[[Path, ArtifactEntry, list[Inputs]], list[Inputs]]  # one output dict per input set
-
-
-RUNTIMES: list[Runtime] = []
-
-
-def register(runtime: Runtime) -> Runtime:
-    RUNTIMES.append(runtime)
-    return runtime
-
-
-def _package_version(name: str) -> Callable[[], str | None]:
-    def get() -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-    return get
-
-
-def _importable(module: str, hint: str) -> str | None:
-    try:
-        __import__(module)
-    except ImportError:
-        return f"{module} is not installed ({hint})"
-    return None
-
-
-# -- onnxruntime, CPU execution provider ---------------------------------------------------------------------------
-
-
-def _run_onnx(path: Path, entry: ArtifactEntry, sets: list[Inputs]) -> list[Inputs]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return [dict(zip(names, sess.run(names, feeds))) for feeds in sets]
-
-
-register(Runtime("onnxruntime", accepts=lambda e: e.target == "onnx" and e.delegate != "qnn",
-                 available=lambda: _importable("onnxruntime", "pip install onnxruntime"),
-                 version=_package_version("onnxruntime"), run=_run_onnx))
-
-
-# -- the Qualcomm HTP simulator of the onnxruntime-qnn wheel (QNN EPContext models, CPU fallback disabled) -------
-
-
-def _qnn_available() -> str | None:
-    from . import qnn
-    from .errors import MissingDependencyError
-
-    try:
-        qnn.check_available()
-    except MissingDependencyError as exc:
-        return str(exc)
-    return None
-
-
-def _run_qnn(path: Path, entry: ArtifactEntry, sets: list[Inputs]) -> list[Inputs]:
-    from . import qnn
-
-    soc, fp16 = entry.target_info.get("soc", qnn.DEFAULT_SOC), entry.precision == "fp16"
-    return [qnn.run(path, feeds, soc, fp16=fp16) for feeds in sets]
-
-
-register(Runtime(QNN_RUNTIME, accepts=lambda e: e.target == "onnx" and e.delegate == "qnn",
-                 available=_qnn_available, version=_package_version("onnxruntime-qnn"), run=_run_qnn))
-
-
-# -- ExecuTorch runtime (pybindings), one entry per backend the .pte may be delegated to ------------------------
-
-
-def _executorch_available(backend_id: str | None) -> Callable[[], str | None]:
-    def available() -> str | None:
-        missing = _importable("executorch.runtime", "pip install executorch")
-        if missing or backend_id is None:
-            return missing
-        from executorch.runtime import Runtime as EtRuntime
-
-        if not EtRuntime.get().backend_registry.is_available(backend_id):
-            return f"this executorch build has no {backend_id}"
-        return None
-    return available
-
-
-def _run_executorch(path: Path, entry: ArtifactEntry, sets: list[Inputs]) -> list[Inputs]:
-    import torch
-    from executorch.runtime import Runtime as EtRuntime
-
-    method = EtRuntime.get().load_program(path).load_method("forward")
-    names = [t.name for t in entry.outputs]
-    out = []
-    for feeds in sets:
-        values = method.execute([torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in entry.inputs])
-        out.append({n: v.detach().numpy() if hasattr(v, "detach") else np.asarray(v) for n, v in zip(names, values)})
-    return out
-
-
-for _delegate, _backend in (("xnnpack", "XnnpackBackend"), ("portable", None), ("vulkan", "VulkanBackend"),
-                            ("coreml", "CoreMLBackend"), ("qnn", "QnnBackend")):
-    register(Runtime(f"executorch-{_delegate}",
-                     accepts=lambda e, d=_delegate: e.target == "executorch" and (e.delegate or "portable") == d,
-                     available=_executorch_available(_backend), version=_package_version("executorch"),
-                     run=_run_executorch))
-
-
-# -- Core ML predict (macOS), one entry per compute unit --------------------------------------------------------
-
-COREML_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
-
-
-def _coreml_available() -> str | None:
-    if sys.platform != "darwin":
-        return f"Core ML prediction needs macOS (this machine is {sys.platform})"
-    return _importable("coremltools", "pip install coremltools")
-
-
-def _run_coreml(units: str) -> Callable[[Path, ArtifactEntry, list[Inputs]], list[Inputs]]:
-    def run(path: Path, entry: ArtifactEntry, sets: list[Inputs]) -> list[Inputs]:
-        import coremltools as ct
-
-        model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units.upper()))
-        names = [t.name for t in entry.outputs]
-        return [{n: np.asarray(out[n]) for n in names} for out in (model.predict(feeds) for feeds in sets)]
-    return run
-
-
-for _units in COREML_UNITS:
-    register(Runtime(f"coreml-{_units}", accepts=lambda e: e.target == "coreml", available=_coreml_available,
-                     version=_package_version("coremltools"), run=_run_coreml(_units)))
+# the runtimes `mi2v verify` may pick: those that load artifact files (not the PyTorch stand-ins)
+RUNTIMES: list[Runtime] = [r for r in all_runtimes() if r.suffix]
+__all__ = ["RUNTIMES", "Runtime", "register", "verify_folder", "check_artifact", "run_record", "gate_of", "where",
+           "select_runtimes", "ArtifactCheck"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,9 +148,9 @@ def _run_on(check: ArtifactCheck, folder: Path, path: Path, entry: ArtifactEntry
 
 
 def select_runtimes(names: list[str] | None) -> list[Runtime]:
+    known = {r.name: r for r in all_runtimes() if r.suffix}
     if not names:
-        return list(RUNTIMES)
-    known = {r.name: r for r in RUNTIMES}
+        return list(known.values())
     bad = [n for n in names if n not in known]
     if bad:
         raise BadInputError(f"unknown runtime {', '.join(bad)}; choose from {', '.join(known)}")

@@ -18,19 +18,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import qnn, runtimes
 from ..contract import cpu_model
-from ..errors import BadInputError, Mi2vError, MissingDependencyError, first_line
-from .bench import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
+from ..exporters.base import runs_on_host
+from ..qnn import RUNTIME as QNN_RUNTIME
+from ..runtimes import Runtime, Session, memory
+from ..errors import BadInputError, MissingDependencyError, first_line
+from .base import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
+from .cpus import cpu_list, parse_mask
+from .output_check import host_outputs
+from .registry import DeviceKind, register
 from .report import BenchReport, ComponentResult, RunResult
-from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte, pte_input_specs
+from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte
 
 RUNTIMES = ("onnxruntime", "executorch")
 
 
 def runtime_for(path: str | os.PathLike[str], runtime: str = "auto") -> str:
-    """The runtime that executes this artifact: auto → by extension (.onnx → onnxruntime, .pte → executorch)."""
+    """The runtime family that executes this artifact: auto → the one whose runtimes load its suffix
+    (mi2v_export.runtimes: .onnx → onnxruntime, .pte → executorch)."""
     suffix = Path(path).suffix.lower()
-    wanted = {".onnx": "onnxruntime", ".pte": "executorch"}.get(suffix)
+    families = {r.family for r in runtimes.for_path(path)}
+    wanted = next((f for f in RUNTIMES if f in families), None)
     if wanted is None:
         raise BadInputError(f"cannot benchmark {Path(path).name} on the host: only .onnx and .pte artifacts run here "
                             "(.mlpackage needs a Mac)")
@@ -39,30 +48,6 @@ def runtime_for(path: str | os.PathLike[str], runtime: str = "auto") -> str:
     if runtime != "auto" and runtime != wanted:
         raise BadInputError(f"{Path(path).name} is a {suffix} artifact, which runs on {wanted}, not {runtime}")
     return wanted
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_kb() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    except (ImportError, OSError):
-        return None
 
 
 def bench_artifact(
@@ -82,106 +67,73 @@ def bench_artifact(
     if not path.is_file():
         raise BadInputError(f"artifact {path} does not exist")
     which = runtime_for(path, runtime)
-    scoped = _reset_peak_rss()
+    scoped = memory.reset_peak() == memory.RESET
     if which == "onnxruntime":
         result = _bench_onnx(path, warmup, iterations, threads, qnn_soc, qnn_fp16)
     else:
         result = _bench_pte(path, warmup, iterations, threads)
-    result.peak_rss_kb = _peak_rss_kb()
+    result.peak_rss_kb = memory.peak_rss_kb()
     result.peak_rss_scope = "component" if scoped else "process"
     return result
 
 
-def _onnx_session(path: Path, so, qnn_soc: str | None, qnn_fp16: bool):
-    """(session, backend): onnxruntime's CPU EP, or the QNN EP's HTP simulator for a QNN EPContext model."""
-    import onnxruntime as ort
-
-    if qnn_soc:
-        from .. import qnn
-
-        return qnn.create_session(path, qnn_soc, fp16=qnn_fp16), qnn.RUNTIME
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), "cpu"
+def _timed(session: Session, path: Path, warmup: int, iterations: int, failed: str) -> tuple[list, list]:
+    """(warm-up ms, timed ms): each iteration times the runtime's one call (`Session.execute`) on inputs of ones
+    prepared outside the timed region."""
+    warm: list[float] = []
+    samples: list[float] = []
+    for k in range(warmup + iterations):
+        prepared = session.prepare(session.ones())
+        t0 = time.perf_counter()
+        try:
+            session.execute(prepared)
+        except Exception as exc:
+            raise BadInputError(f"{failed} {path.name}: {first_line(exc)}") from None
+        (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
+    return warm, samples
 
 
 def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None, qnn_soc: str | None = None,
                 qnn_fp16: bool = True) -> RunResult:
-    try:
-        import numpy as np
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise MissingDependencyError(f"onnxruntime is not installed ({exc}): `pip install onnxruntime`") from None
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    """onnxruntime's CPU EP, or the QNN EP's HTP simulator for a QNN EPContext model (`qnn_soc`)."""
+    if qnn_soc:
+        runtime, options = runtimes.get(QNN_RUNTIME), {"soc": qnn_soc, "fp16": qnn_fp16}
+    else:
+        runtime, options = runtimes.get("onnxruntime"), {"threads": threads}
     t0 = time.perf_counter()
-    try:
-        sess, backend = _onnx_session(path, so, qnn_soc, qnn_fp16)
-    except Mi2vError:
-        raise
-    except Exception as exc:
-        raise BadInputError(f"onnxruntime cannot load {path.name}: {first_line(exc)}") from None
-    load_ms = (time.perf_counter() - t0) * 1000
-    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
-    specs = [(i.name, [d if isinstance(d, int) else 1 for d in i.shape], types.get(i.type, np.float32))
-             for i in sess.get_inputs()]
-    warm, samples = [], []
-    for k in range(warmup + iterations):
-        feeds = {name: np.ones(shape, dtype=dt) for name, shape, dt in specs}
-        t0 = time.perf_counter()
-        try:
-            sess.run(None, feeds)
-        except Exception as exc:
-            raise BadInputError(f"onnxruntime failed to run {path.name}: {first_line(exc)}") from None
-        (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
+    with runtime.load(path, **options) as session:
+        load_ms = (time.perf_counter() - t0) * 1000
+        warm, samples = _timed(session, path, warmup, iterations, "onnxruntime failed to run")
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
-                     backend=backend, threads=threads or so.intra_op_num_threads or None)
+                     backend=session.backend, threads=threads or session.threads)
 
 
-def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) -> RunResult:
-    try:
-        import torch
-        from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"the ExecuTorch runtime is not installed ({exc}): `pip install executorch==1.5.1` next to torch"
-        ) from None
-    data = path.read_bytes()
+def _pte_runtime(path: Path, data: bytes) -> Runtime:
+    """The ExecuTorch runtime for a .pte given without its manifest entry, by the delegates its bytes name; one
+    line naming them when they cannot run here."""
     delegates = backends_in_pte(data)
-    runtime = Runtime.get()
-    blocked = [b for b in delegates
-               if b not in HOST_RUNNABLE_BACKENDS or not runtime.backend_registry.is_available(b)]
+    portable = runtimes.get("executorch-portable")
+    if portable.available():
+        raise MissingDependencyError(f"{portable.available()}, next to torch")
+    runtime = runtimes.get("executorch-xnnpack") if "XnnpackBackend" in delegates else portable
+    blocked = [b for b in delegates if b not in HOST_RUNNABLE_BACKENDS or runtime.available()]
     if blocked:
         raise MissingDependencyError(
             f"{path.name} is delegated to {', '.join(blocked)}, which cannot run on this machine: "
             "benchmark it on a phone (--device adb:SERIAL)"
         )
-    if threads:
-        portable_lib._unsafe_reset_threadpool(threads)
+    return runtime
+
+
+def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) -> RunResult:
+    data = path.read_bytes()
+    runtime = _pte_runtime(path, data)
     t0 = time.perf_counter()
-    try:
-        program = runtime.load_program(data)
-        name = sorted(program.method_names)[0]
-        method = program.load_method(name)
-    except Exception as exc:
-        raise BadInputError(f"the ExecuTorch runtime cannot load {path.name}: {first_line(exc)}") from None
-    load_ms = (time.perf_counter() - t0) * 1000
-    meta = method.metadata
-    specs = pte_input_specs(meta)
-    warm, samples = [], []
-    for k in range(warmup + iterations):
-        inputs = [torch.ones(shape, dtype=dt) for shape, dt in specs]
-        t0 = time.perf_counter()
-        try:
-            method.execute(inputs)
-        except Exception as exc:
-            raise BadInputError(f"the ExecuTorch runtime failed to execute {path.name}: {first_line(exc)}") from None
-        (warm if k < warmup else samples).append((time.perf_counter() - t0) * 1000)
+    with runtime.load(path, threads=threads, data=data) as session:
+        load_ms = (time.perf_counter() - t0) * 1000
+        warm, samples = _timed(session, path, warmup, iterations, "the ExecuTorch runtime failed to execute")
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
-                     backend="xnnpack" if "XnnpackBackend" in delegates else "portable",
-                     threads=threads or portable_lib._threadpool_get_thread_count())
+                     backend=session.backend, threads=threads or session.threads)
 
 
 def host_facts() -> dict[str, object]:
@@ -280,8 +232,6 @@ class HostDevice(BenchDevice):
 
     def _pin(self) -> list[str]:
         """Pin this process to --cpu-mask (restored in finish); what could not be controlled otherwise."""
-        from .android import cpu_list, parse_mask
-
         if not self.opts.cpu_mask:
             return ["not pinned (no --cpu-mask): the OS scheduler places the threads"]
         cores = cpu_list(parse_mask(self.opts.cpu_mask))
@@ -323,8 +273,6 @@ class HostDevice(BenchDevice):
         """A QNN EPContext model runs on the wheel's HTP simulator: its timings are simulated, not a speed figure."""
         if entry.delegate != "qnn" or entry.target != "onnx":
             return {}
-        from .. import qnn
-
         comp.runtime.update(version=qnn.versions()["onnxruntime_qnn"], simulated=True,
                             qnn_sdk_version=qnn.versions()["qnn_sdk_version"], soc=entry.target_info.get("soc"),
                             note="QNN HTP simulator on this CPU: simulated timings, not a speed figure")
@@ -333,8 +281,6 @@ class HostDevice(BenchDevice):
 
     def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
         """The test-vector inputs run in this process on the runtime that was timed."""
-        from .output_check import host_outputs
-
         return host_outputs(self.manifest.path_of(sel.entry), sel.entry, sel.runtime, sets)
 
     def finish(self, report: BenchReport) -> None:
@@ -348,3 +294,29 @@ class HostDevice(BenchDevice):
         if self.old_affinity is not None:
             os.sched_setaffinity(0, self.old_affinity)
             self.old_affinity = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the host device kind
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _host_refuses(entry: Any, runtime: str) -> str | None:
+    """An ExecuTorch program delegated to a backend this machine cannot execute (exporters.base.runs_on_host)."""
+    if runtime == "executorch" and not runs_on_host(entry.target, entry.delegate):
+        return (f"{entry.file} is delegated to {entry.delegate}, which this machine cannot execute "
+                "(benchmark it on a phone with --device adb:SERIAL)")
+    return None
+
+
+def _describe_host(device: dict[str, Any], protocol: dict[str, Any]) -> str:
+    return f"this machine: {device.get('cpu', '?')}, {device.get('cores', '?')} cores"
+
+
+def _open_host(opts: BenchOptions, manifest: Any, serial: str | None, json_path: Path, say: Say,
+               system: str | None) -> list[BenchDevice]:
+    return [HostDevice(opts, manifest, say)]
+
+
+register(DeviceKind("host", open=_open_host, serial="none", spellings=("host",), refuses=_host_refuses,
+                    describe=_describe_host))

@@ -1,7 +1,8 @@
 """Host stand-ins for the phone runners: `executor_runner` and `onnxruntime_perf_test` for this machine's ABI.
 
 `write_host_runner(name, folder)` writes an executable that accepts the real runner's flags, **really executes the
-model** on this machine (ExecuTorch Python runtime for .pte, onnxruntime for .onnx) and prints the real runner's
+model** on this machine (through mi2v_export.runtimes: the ExecuTorch runtime for .pte, onnxruntime for .onnx)
+and prints the real runner's
 output format. The simulated phone installs them on its PATH (`/system/bin`) when it reports this machine's ABI, so
 the production adb flow finds them there as it would find runners installed on a phone; only the timings are the
 host's. Test double: production modules never import this package.
@@ -17,7 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..devices.runners import EXECUTOR_RUNNER, HOST_RUNNABLE_BACKENDS, ORT_PERF_TEST, backends_in_pte, pte_input_specs
+from .. import qnn, runtimes
+from ..devices.runners import EXECUTOR_RUNNER, HOST_RUNNABLE_BACKENDS, ORT_PERF_TEST, backends_in_pte
+from ..runtimes import Session, dtypes, memory
+from ..runtimes import executorch as et
 
 HOST_RUNNER_MARKER = "mi2v host runner"
 
@@ -185,24 +189,22 @@ def _executor_runner(argv: list[str]) -> int:
     if flags["print_output"] not in ("none", "summary", "all"):
         log(f"Unknown --print_output mode '{flags['print_output']}'. Expected 'none', 'summary', or 'all'.", "E")
         return 1
-    try:
-        _light_executorch_import()
-        from executorch.extension.pybindings import portable_lib
-    except ImportError as exc:
-        log(f"host runner: the ExecuTorch Python runtime is not installed ({exc})", "E")
+    _light_executorch_import()
+    why = runtimes.get("executorch-portable").available()
+    if why:
+        log(f"host runner: the ExecuTorch Python runtime is not installed ({why})", "E")
         return 1
     log.t0 = time.monotonic()  # the real runner's clock starts at runtime_init(), after process start
     threads = int(flags["cpu_threads"])
     performant = threads if threads > 0 else max(1, (os.cpu_count() or 2) // 2)
     log(f"Resetting threadpool with num threads = {performant}")
-    portable_lib._unsafe_reset_threadpool(performant)
+    et.set_threads(performant)
     etdump = "etdump_path" in flags["__given__"].split(",")
-    loaded = _et_load(flags["model_path"], flags["method_name"], etdump, log)
-    if loaded is None:
+    session = _et_load(flags["model_path"], flags["method_name"], etdump, log)
+    if session is None:
         return 1
-    program, method, name = loaded
     files = [f for f in flags["inputs"].split(",") if f]
-    outputs = _et_execute(method, name, int(flags["num_executions"]), log, files)
+    outputs = _et_execute(session, int(flags["num_executions"]), log, files)
     if outputs is None:
         return 1
     _et_print_outputs(outputs, flags["print_output"])
@@ -213,68 +215,65 @@ def _executor_runner(argv: list[str]) -> int:
             Path(out_name).write_bytes(value.detach().contiguous().numpy().tobytes())
     if etdump:
         try:
-            program.write_etdump_result_to_file(flags["etdump_path"], "")
+            session.program.write_etdump_result_to_file(flags["etdump_path"], "")
             log(f"ETDump written to file '{flags['etdump_path']}'.")
         except Exception as exc:
             log(f"Failed to save ETDump file ({exc}).", "E")
     return 0
 
 
-def _et_load(model_path: str, method_name: str, etdump: bool, log: _EtLog) -> tuple[Any, Any, str] | None:
-    """(program, method, method name) as the runner loads them; None after "Failed to parse"; aborts (134) where
-    the real runner's ET_CHECK does (unreadable file, a delegate this build lacks, a method that does not load)."""
-    from executorch.runtime import Runtime, Verification
-
+def _et_load(model_path: str, method_name: str, etdump: bool, log: _EtLog) -> Session | None:
+    """The method as the runner loads it (a runtimes.executorch session); None after "Failed to parse"; aborts (134)
+    where the real runner's ET_CHECK does (unreadable file, a delegate this build lacks, a method that does not
+    load)."""
     try:
         data = Path(model_path).read_bytes()
     except OSError:
         log(f"FileDataLoader::from() failed: 0x{0x22:x}", "F")
         os.abort()
-    runtime = Runtime.get()
     before_load = time.perf_counter_ns()
     try:
-        program = runtime.load_program(model_path, verification=Verification.Minimal, enable_etdump=etdump)
+        program = et.load_program(model_path, minimal=True, etdump=etdump)
     except Exception:
         log(f"Failed to parse model file {model_path}", "E")
         return None
     log(f"Model file {model_path} is loaded.")
     name = method_name or sorted(program.method_names)[0]
     log(f"Using method {name}")
-    missing = [b for b in backends_in_pte(data)
-               if b not in HOST_RUNNABLE_BACKENDS or not runtime.backend_registry.is_available(b)]
+    backends = backends_in_pte(data)
+    registry = et.et_runtime().backend_registry
+    missing = [b for b in backends if b not in HOST_RUNNABLE_BACKENDS or not registry.is_available(b)]
     for b in missing:
         log(f"Backend {b} is not registered.", "E")
     if missing:
         log(f"Loading of method {name} failed with status 0x{0x14:x}", "F")
         os.abort()  # ET_CHECK_MSG aborts: the shell sees 134
+    backend = "xnnpack" if "XnnpackBackend" in backends else "portable"
     try:
-        method = program.load_method(name)
+        session = et.ExecuTorchSession(program, Path(model_path), f"executorch-{backend}", backend, name)
     except Exception:
         log(f"Loading of method {name} failed with status 0x{0x1:x}", "F")
         os.abort()
     log(f"Model loaded in {(time.perf_counter_ns() - before_load) / 1e6:f} ms.")
-    return program, method, name
+    return session
 
 
-def _et_execute(method: Any, name: str, n: int, log: _EtLog, files: list[str]) -> list[Any] | None:
+def _et_execute(session: Session, n: int, log: _EtLog, files: list[str]) -> list[Any] | None:
     """n timed executions, one log line each, with inputs (made outside the timed region) of ones or, with
     --inputs, the files' raw bytes; None when the files do not match the method."""
-    import torch
-
-    specs = pte_input_specs(method.metadata)
-    if files and len(files) != len(specs):
-        log(f"Expected {len(specs)} input files, got {len(files)}", "E")
+    if files and len(files) != len(session.inputs):
+        log(f"Expected {len(session.inputs)} input files, got {len(files)}", "E")
         return None
     spent = 0
     outputs: list[Any] = []
     for i in range(n):
-        inputs = [_raw_tensor(f, shape, dt) for f, (shape, dt) in zip(files, specs)] if files else \
-            [torch.ones(shape, dtype=dt) for shape, dt in specs]
+        inputs = [_raw_tensor(f, spec) for f, spec in zip(files, session.inputs)] if files else \
+            session.prepare(session.ones())
         t0 = time.perf_counter_ns()
         try:
-            outputs = method.execute(inputs)
+            outputs = session.execute(inputs)
         except Exception:
-            log(f"Execution of method {name} failed with status 0x{0x1:x}", "F")
+            log(f"Execution of method {session.method_name} failed with status 0x{0x1:x}", "F")
             os.abort()
         elapsed = time.perf_counter_ns() - t0
         spent += elapsed
@@ -284,11 +283,12 @@ def _et_execute(method: Any, name: str, n: int, log: _EtLog, files: list[str]) -
     return outputs
 
 
-def _raw_tensor(path: str, shape: tuple[int, ...], dtype):
+def _raw_tensor(path: str, spec):
     """An --inputs file: the tensor's raw bytes in the method's dtype (what executor_runner reads)."""
     import torch
 
-    return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=dtype).reshape(shape).clone()
+    return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=dtypes.torch_dtype(spec.dtype)) \
+        .reshape(spec.static_shape()).clone()
 
 
 def _et_print_outputs(outputs: list[Any], mode: str) -> None:
@@ -349,8 +349,8 @@ def _ort_perf_test(argv: list[str]) -> int:
         return 1
     t0 = time.perf_counter()
     try:
-        sess = _qnn_session(args[0], o) if qnn_build else \
-            ort.InferenceSession(args[0], _ort_session_options(o), providers=[_ORT_EPS[ep]])
+        sess = _qnn_session(args[0], o) if qnn_build else runtimes.get("onnxruntime").load(
+            args[0], session_options=_ort_session_options(o), providers=[_ORT_EPS[ep]])
     except _UsageError as exc:
         sys.stderr.write(f"{exc}\n{_ORT_USAGE}")
         return 1
@@ -359,16 +359,14 @@ def _ort_perf_test(argv: list[str]) -> int:
         return 1
     session_s = time.perf_counter() - t0
     costs, first_ms, wall, cpu_pct = _ort_timed_runs(sess, o)
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = memory.peak_rss_bytes() or 0  # the process's peak so far, as the tool reports its working set
     _ort_print_summary(costs, session_s, first_ms, wall, cpu_pct, peak, "-s" in o)
     if len(args) == 2:
         with open(args[1], "a") as fh:
             for idx, c in enumerate(costs):
                 fh.write(f"{model_name},{c:.9f},{peak},{cpu_pct},{idx}\n")
     if "-p" in o:
-        sess.end_profiling()
+        sess.session.end_profiling()
     sys.stdout.flush()
     return 0
 
@@ -421,16 +419,13 @@ def _qnn_session(model: str, o: dict[str, str]) -> Any:
     """The session a QNN build creates: the backend library dlopen'ed as a phone's linker finds it (backend_path,
     else the backend_type's library on LD_LIBRARY_PATH), then the model on the wheel's HTP simulator with CPU
     fallback disabled (an EPContext node has no CPU kernel anyway)."""
-    import onnxruntime as ort
-
-    from .. import qnn
-
     options = _parse_run_options(o.get("-i", ""))
     if "backend_path" in options and "backend_type" in options:
         raise _UsageError("Only one of 'backend_type' and 'backend_path' should be set.")
     wanted = options.pop("backend_path", None) or _QNN_BACKEND_LIBS.get(options.pop("backend_type", "htp"), "")
     options["backend_path"] = _dlopen_backend(wanted)
-    return ort.InferenceSession(model, sess_options=_ort_session_options(o, qnn.session_options_for(options)))
+    so = _ort_session_options(o, qnn.session_options_for(options))
+    return runtimes.get("onnxruntime").load(model, session_options=so)
 
 
 def _dlopen_backend(name: str) -> str:
@@ -467,25 +462,19 @@ def _load_wheel_cxx_runtime() -> None:
             ctypes.CDLL(str(lib), mode=os.RTLD_GLOBAL)
 
 
-def _ort_timed_runs(sess: Any, o: dict[str, str]) -> tuple[list[float], int, float, int]:
+def _ort_timed_runs(sess: Session, o: dict[str, str]) -> tuple[list[float], int, float, int]:
     """ORT's one built-in warm-up, then `-m times -r N` runs or `-m duration -t S` seconds of runs, inputs of ones.
     Returns (seconds per run, first run ms, wall s, CPU %)."""
-    import numpy as np
-
-    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-             "tensor(bool)": np.bool_}
-    feeds = {i.name: np.ones([d if isinstance(d, int) else 1 for d in i.shape], dtype=types.get(i.type, np.float32))
-             for i in sess.get_inputs()}
+    feeds = sess.prepare(sess.ones())
     t0 = time.perf_counter()
-    sess.run(None, feeds)
+    sess.execute(feeds)
     first_ms = int((time.perf_counter() - t0) * 1000)
     times_mode, repeats, duration = o.get("-m", "duration") == "times", int(o.get("-r", "1000")), float(o.get("-t", "10"))
     cpu0, wall0 = os.times(), time.perf_counter()
     costs: list[float] = []
     while (len(costs) < repeats) if times_mode else (time.perf_counter() - wall0 < duration):
         t0 = time.perf_counter()
-        sess.run(None, feeds)
+        sess.execute(feeds)
         costs.append(time.perf_counter() - t0)
     wall = time.perf_counter() - wall0
     cpu1 = os.times()
