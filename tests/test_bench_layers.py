@@ -13,9 +13,13 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from mi2v_export import runtimes
+from mi2v_export.devices import host, output_check
 from mi2v_export.devices.host import bench_artifact, host_facts, runtime_for
 from mi2v_export.devices.report import (
     SCHEMA,
@@ -29,6 +33,7 @@ from mi2v_export.devices.report import (
 )
 from mi2v_export.devices.android_session import device_facts
 from mi2v_export.devices.runner_checks import runner_failure
+from mi2v_export.devices.selection import family_of
 from mi2v_export.devices.runners import (
     EXECUTOR_RUNNER,
     ORT_PERF_TEST,
@@ -40,6 +45,7 @@ from mi2v_export.devices.runners import (
     parse_ort_perf_test,
     parse_thermalservice,
     parse_toybox_time,
+    pte_runtime,
 )
 from mi2v_export.simulator.host_runners import is_host_runner, write_host_runner
 from mi2v_export.simulator.phone import SimulatedPhone
@@ -227,6 +233,40 @@ def test_host_bench_onnx_and_pte(tiny_artifacts):
     with pytest.raises(BadInputError, match="needs a Mac"):
         runtime_for("x.mlpackage")
     assert host_facts()["transport"] == "host"
+
+
+@pytest.mark.unit
+def test_the_runtimes_layer_decides_what_runs_here(tmp_path, monkeypatch):
+    """Which runtime family runs an artifact, whether the host runs it and which ExecuTorch runtime loads a bare .pte
+    are mi2v_export.runtimes' answers (issue 23), not tables of the devices; the raw outputs of a phone runner are
+    read with its dtype table (bfloat16 widened to float32)."""
+    def entry(target, delegate=None):
+        return SimpleNamespace(target=target, delegate=delegate, file=f"x.{target}")
+
+    assert [family_of(entry(t)) for t in ("onnx", "executorch", "coreml", "tflite")] == [
+        "onnxruntime", "executorch", "coreml", None]
+    qnn_pte = host._host_refuses(entry("executorch", "qnn"), "executorch")
+    assert "which this machine cannot execute (QNN .pte files run only on a Snapdragon device" in qnn_pte
+    assert host._host_refuses(entry("onnx"), "onnxruntime") is None
+    assert pte_runtime(["XnnpackBackend"])[0].name == "executorch-xnnpack"
+    assert pte_runtime([])[0].name == "executorch-portable"
+    assert pte_runtime(["QnnBackend", "MPSBackend"])[1] == ["QnnBackend", "MPSBackend"]
+    # a runtime that is not installed at all is no refusal: the run says what to install (its own exit code)
+    vulkan = runtimes.get("executorch-vulkan")
+    monkeypatch.setattr(type(vulkan), "version", lambda self: None)
+    assert host._host_refuses(entry("executorch", "vulkan"), "executorch") is None
+
+    half, bf16 = np.array([1.5, -2.0], np.float16), np.array([0x3FC0, 0xC000], np.uint16)  # bf16 1.5, -2.0
+    (tmp_path / "o-0.bin").write_bytes(half.tobytes())
+    (tmp_path / "o-1.bin").write_bytes(bf16.tobytes())
+    outs = [SimpleNamespace(name="h", dtype="float16", shape=[2]), SimpleNamespace(name="b", dtype="bfloat16",
+                                                                                   shape=[1, 2])]
+    got = output_check.raw_outputs([tmp_path / "o-0.bin", tmp_path / "o-1.bin"], SimpleNamespace(outputs=outs))
+    assert got["h"].dtype == np.float16 and np.array_equal(got["h"], half)
+    assert got["b"].dtype == np.float32 and got["b"].tolist() == [[1.5, -2.0]]
+    outs[0].dtype = "complex7"
+    with pytest.raises(BadInputError, match="output 'h' has dtype 'complex7'"):
+        output_check.raw_outputs([tmp_path / "o-0.bin"], SimpleNamespace(outputs=outs[:1]))
 
 
 def test_host_runners_print_the_real_formats(tiny_artifacts, tmp_path):

@@ -46,6 +46,8 @@ def test_registry_names_and_the_one_selection():
     assert len(runtimes.for_target("coreml")) == 4 and not runtimes.for_target("tflite")
     assert runtimes.why_not(_entry("tflite")) == "no runtime in mi2v's registry runs tflite artifacts"
     assert runtimes.runnable(_entry("onnx")).name == "onnxruntime" and runtimes.why_not(_entry("onnx")) is None
+    # a QNN program needs the phone's HTP even where this executorch build registers QnnBackend
+    assert runtimes.why_not(_entry("executorch", "qnn")) == "QNN .pte files run only on a Snapdragon device"
     assert [r.family for r in runtimes.for_path("x/denoiser.pte")] == ["executorch"] * 5
     assert {r.name for r in runtimes.for_path("a.onnx")} == {"onnxruntime", "qnn-htp-simulator"}
     with pytest.raises(BadInputError, match="unknown runtime tensorrt; choose from onnxruntime, "):

@@ -73,15 +73,10 @@ def test_every_subpackage_is_installed():
 SOURCE_ROOTS = {"mi2v_export": REPO / "mi2v_export", "mi2v_export.exporters": REPO / "exporters",
                 "mi2v_export.kernels": REPO / "kernels"}
 # Import cycles that exist today (each a set of modules); this list may only shrink: a new cycle anywhere fails.
-KNOWN_CYCLES: list[set[str]] = [
-    {"mi2v_export.apps.android_app", "mi2v_export.apps.ios", "mi2v_export.devices.android",
-     "mi2v_export.devices.bench", "mi2v_export.devices.host"},
-]
+KNOWN_CYCLES: list[set[str]] = []
 MAX_MODULE_LINES = 600
 # Modules over the limit today, with their line counts: each may only shrink, and the list too.
-LONG_MODULES = {"exporters/executorch.py": 618, "exporters/quantize.py": 628, "exporters/rewrites.py": 619,
-                "mi2v_export/apps/android_app.py": 609, "mi2v_export/devices/android.py": 946,
-                "mi2v_export/pipeline.py": 1148, "mi2v_export/simulator/phone.py": 1378}
+LONG_MODULES: dict[str, int] = {}
 
 
 def project_modules() -> dict[str, Path]:
@@ -187,3 +182,87 @@ def test_no_module_over_600_lines():
     assert not grown, f"modules over {MAX_MODULE_LINES} lines (or longer than allowed): {grown}"
     fixed = set(LONG_MODULES) - set(over)
     assert not fixed, f"now within {MAX_MODULE_LINES} lines, remove from LONG_MODULES: {sorted(fixed)}"
+
+
+# ---- exporters own their facts (issue 23) -------------------------------------------------------------------------
+
+
+def test_central_tables_name_only_registered_exporters():
+    """Each target's facts are declared on its exporter (exporters/targets); the few tables left outside the
+    exporters name only (target, delegate) pairs the registry has, and agree with what the exporters declare: the
+    quantization table (exporters/quantize), the CLI's --target / --delegate choices, the release plan's schema, the
+    test-vector formats, the lowering rewrites, and the runtime adapters (one per target at least)."""
+    import json
+
+    from mi2v_export import runtimes, schemas, testvectors
+    from mi2v_export.commands import export as export_command
+    from mi2v_export.exporters import base, quantize, rewrites
+
+    targets = base.target_names()
+    pairs = set(base.kinds())
+
+    unknown = sorted({(t, d) for t, d, _ in quantize.QUANTIZERS} - pairs, key=str)
+    assert not unknown, f"exporters/quantize QUANTIZERS names (target, delegate) the registry lacks: {unknown}"
+    for t, d in sorted(pairs, key=str):
+        declared = {p.value for p in base.get_exporter(t, d).precisions_for(d) if p.quantized}
+        tabled = {p for (qt, qd, p) in quantize.QUANTIZERS if (qt, qd) == (t, d)}
+        assert declared == tabled, f"{t}/{d}: precisions declared {sorted(declared)} vs quantizers {sorted(tabled)}"
+
+    assert tuple(m.value for m in export_command.Target) == targets
+    assert tuple(m.value for m in export_command.Delegate) == base.delegate_names()
+    plan = json.loads(schemas.schema_path("release-plan").read_text())["$defs"]
+    assert tuple(plan["target"]["enum"]) == targets, "release-plan.schema.json: target enum ≠ the registry"
+    assert tuple(plan["delegate"]["enum"]) == base.delegate_names(), "release-plan.schema.json: delegate enum"
+
+    for t, d in sorted(pairs, key=str):
+        exporter = base.get_exporter(t, d)
+        assert exporter.test_vector_format in testvectors.FORMATS, (t, d, exporter.test_vector_format)
+        named = set(exporter.rewrites) | set(exporter.trace_rewrites)
+        assert named <= set(rewrites.LOWERING_REWRITES), (t, d, sorted(named - set(rewrites.LOWERING_REWRITES)))
+        assert runtimes.for_target(t, d), f"--target {t} --delegate {d}: no runtime adapter (mi2v_export/runtimes)"
+        assert base.runtime_of(t) and exporter.runtime_package, (t, d)
+
+
+# ---- one dtype table (issue 23) -----------------------------------------------------------------------------------
+
+# Names of element types as numpy, torch and onnx.TensorProto spell their attributes (compared lower-case).
+DTYPE_ATTRS = {"bool", "bool_", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32",
+               "float64", "half", "float", "double", "long", "int", "short", "single"}
+DTYPE_MODULES = {"np", "numpy", "torch", "TensorProto"}
+# Modules outside mi2v_export/runtimes/ that still hold a dtype table, with how many: each may only shrink, and the
+# list too. testvectors.py: `_ET_DTYPES` (ExecuTorch ScalarType code → numpy), to become runtimes.dtypes.from_et.
+OWN_DTYPE_TABLES: dict[str, int] = {"mi2v_export/testvectors.py": 1}
+
+
+def _is_dtype(value: ast.expr) -> bool:
+    """`np.float16`, `torch.int8`, `TensorProto.FLOAT`, or onnxruntime's type string "tensor(float)"."""
+    if isinstance(value, ast.Constant):
+        return isinstance(value.value, str) and value.value.startswith("tensor(")
+    if not isinstance(value, ast.Attribute) or value.attr.lower() not in DTYPE_ATTRS:
+        return False
+    owner = value.value
+    return (owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", None)) in DTYPE_MODULES
+
+
+def dtype_tables(source: str) -> int:
+    """How many dict displays in `source` map 4 or more keys to dtypes (whatever the keys: names or codes)."""
+    return sum(1 for node in ast.walk(ast.parse(source))
+               if isinstance(node, ast.Dict) and sum(_is_dtype(v) for v in node.values) >= 4)
+
+
+def test_only_the_runtimes_layer_holds_a_dtype_table():
+    """mi2v_export/runtimes/dtypes.py is the one numpy ↔ torch ↔ ONNX ↔ ExecuTorch dtype table; a second one drifts
+    (the maps issue 23 found lacked bool, int8, int16 or bf16 each)."""
+    assert dtype_tables("T = {0: np.uint8, 1: np.int8, 5: np.float16, 11: np.bool_}") == 1
+    assert dtype_tables("T = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}") == 0
+    assert dtype_tables("T = {'float32': 'tensor(float)', 'int8': 'tensor(int8)', 'b': 'tensor(bool)', "
+                        "'h': 'tensor(float16)'}") == 1
+    found = {}
+    for path in project_modules().values():
+        rel = path.relative_to(REPO).as_posix()
+        if not rel.startswith("mi2v_export/runtimes/") and (count := dtype_tables(path.read_text())):
+            found[rel] = count
+    grown = {k: v for k, v in found.items() if v > OWN_DTYPE_TABLES.get(k, 0)}
+    assert not grown, f"dtype tables outside mi2v_export/runtimes/ (use runtimes.dtypes): {grown}"
+    gone = sorted(k for k in OWN_DTYPE_TABLES if k not in found)
+    assert not gone, f"no longer holds a dtype table, remove from OWN_DTYPE_TABLES: {gone}"

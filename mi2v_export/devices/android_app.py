@@ -20,7 +20,7 @@ from .android import PHONE_DEFAULTS, AdbPhone, describe_phone, phone_refuses
 from .base import BenchDevice, BenchOptions, ComponentResult, DeviceFacts, Say, Selection
 from .registry import DeviceKind, register
 from .report import SCHEMA, BenchReport
-from .selection import select_artifacts
+from .selection import family_of, select_artifacts
 
 
 class AppDevice(AdbPhone):
@@ -43,7 +43,7 @@ class AppDevice(AdbPhone):
             raise BadInputError(f"{opts.artifacts}: no ExecuTorch (.pte) artifact for {', '.join(opts.components)}; "
                                 "the app runs .pte only: export with `--target executorch`")
         for s in sels:
-            if s.entry is None and not any(e.component == s.component and e.target == "executorch"
+            if s.entry is None and not any(e.component == s.component and family_of(e) == "executorch"
                                            for e in manifest.components):
                 s.reason = "no ExecuTorch artifact in the manifest (the app runs .pte only)"
         return sels

@@ -1,7 +1,8 @@
 """Host driver: time exported artifacts in this process.
 
 `.onnx` runs on onnxruntime (CPU execution provider), `.pte` on the ExecuTorch Python runtime (portable kernels plus
-the XNNPACK delegate, the backends this machine can execute). The timed region is one `InferenceSession.run` /
+the delegates this machine can execute); which runtime loads an artifact, and whether it can run here, is
+mi2v_export.runtimes' decision. The timed region is one `InferenceSession.run` /
 `Method.execute` call; inputs (filled with ones, like the phone runners) are prepared outside it. Warm-up iterations
 run in the same process and are discarded, as on the phone.
 
@@ -20,7 +21,6 @@ from typing import Any
 
 from .. import qnn, runtimes
 from ..contract import cpu_model
-from ..exporters.base import runs_on_host
 from ..qnn import RUNTIME as QNN_RUNTIME
 from ..runtimes import Runtime, Session, memory
 from ..errors import BadInputError, MissingDependencyError, first_line
@@ -29,9 +29,8 @@ from .cpus import cpu_list, parse_mask
 from .output_check import host_outputs
 from .registry import DeviceKind, register
 from .report import BenchReport, ComponentResult, RunResult
-from .runners import HOST_RUNNABLE_BACKENDS, backends_in_pte
-
-RUNTIMES = ("onnxruntime", "executorch")
+from .runners import backends_in_pte, pte_runtime
+from .selection import FAMILIES
 
 
 def runtime_for(path: str | os.PathLike[str], runtime: str = "auto") -> str:
@@ -39,11 +38,11 @@ def runtime_for(path: str | os.PathLike[str], runtime: str = "auto") -> str:
     (mi2v_export.runtimes: .onnx → onnxruntime, .pte → executorch)."""
     suffix = Path(path).suffix.lower()
     families = {r.family for r in runtimes.for_path(path)}
-    wanted = next((f for f in RUNTIMES if f in families), None)
+    wanted = next((f for f in FAMILIES if f in families), None)
     if wanted is None:
         raise BadInputError(f"cannot benchmark {Path(path).name} on the host: only .onnx and .pte artifacts run here "
                             "(.mlpackage needs a Mac)")
-    if runtime not in ("auto", *RUNTIMES):
+    if runtime not in ("auto", *FAMILIES):
         raise BadInputError(f"unknown runtime {runtime!r}; use auto, onnxruntime or executorch")
     if runtime != "auto" and runtime != wanted:
         raise BadInputError(f"{Path(path).name} is a {suffix} artifact, which runs on {wanted}, not {runtime}")
@@ -111,12 +110,10 @@ def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None, q
 def _pte_runtime(path: Path, data: bytes) -> Runtime:
     """The ExecuTorch runtime for a .pte given without its manifest entry, by the delegates its bytes name; one
     line naming them when they cannot run here."""
-    delegates = backends_in_pte(data)
-    portable = runtimes.get("executorch-portable")
+    portable = runtimes.for_target("executorch")[0]
     if portable.available():
         raise MissingDependencyError(f"{portable.available()}, next to torch")
-    runtime = runtimes.get("executorch-xnnpack") if "XnnpackBackend" in delegates else portable
-    blocked = [b for b in delegates if b not in HOST_RUNNABLE_BACKENDS or runtime.available()]
+    runtime, blocked = pte_runtime(backends_in_pte(data))
     if blocked:
         raise MissingDependencyError(
             f"{path.name} is delegated to {', '.join(blocked)}, which cannot run on this machine: "
@@ -271,7 +268,7 @@ class HostDevice(BenchDevice):
 
     def _qnn_target(self, entry, comp: ComponentResult) -> dict:
         """A QNN EPContext model runs on the wheel's HTP simulator: its timings are simulated, not a speed figure."""
-        if entry.delegate != "qnn" or entry.target != "onnx":
+        if QNN_RUNTIME not in {r.name for r in runtimes.for_entry(entry)}:
             return {}
         comp.runtime.update(version=qnn.versions()["onnxruntime_qnn"], simulated=True,
                             qnn_sdk_version=qnn.versions()["qnn_sdk_version"], soc=entry.target_info.get("soc"),
@@ -302,11 +299,14 @@ class HostDevice(BenchDevice):
 
 
 def _host_refuses(entry: Any, runtime: str) -> str | None:
-    """An ExecuTorch program delegated to a backend this machine cannot execute (exporters.base.runs_on_host)."""
-    if runtime == "executorch" and not runs_on_host(entry.target, entry.delegate):
-        return (f"{entry.file} is delegated to {entry.delegate}, which this machine cannot execute "
-                "(benchmark it on a phone with --device adb:SERIAL)")
-    return None
+    """An artifact that no runtime of this machine executes (mi2v_export.runtimes `why_not`: a delegate this
+    executorch build lacks, a QNN program). A runtime that is not installed at all is no refusal: the run then says
+    what to install (MissingDependencyError, its own exit code)."""
+    why = runtimes.why_not(entry)
+    if why is None or not all(r.version() for r in runtimes.for_entry(entry)):
+        return None
+    return (f"{entry.file} is delegated to {entry.delegate}, which this machine cannot execute ({why}; "
+            "benchmark it on a phone with --device adb:SERIAL)")
 
 
 def _describe_host(device: dict[str, Any], protocol: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from ..errors import DeviceError, Mi2vError
 from .base import BenchDevice, BenchOptions, ComponentResult, DeviceFacts, Say, Selection
 from .registry import Defaults, DeviceKind, register
 from .report import BenchReport
+from .selection import family_of
 
 
 class IOSBatch:
@@ -60,7 +61,7 @@ class IOSDevice(BenchDevice):
     def select(self, manifest: Any, opts: BenchOptions) -> list[Selection]:
         sels = []
         for c in opts.components:
-            entry = next((e for e in manifest.components if e.component == c and e.target == "coreml"), None)
+            entry = next((e for e in manifest.components if e.component == c and family_of(e) == "coreml"), None)
             sels.append(Selection(c, entry, "coreml" if entry else None,
                                   None if entry else f"no Core ML artifact for the {c} in the manifest"))
         return sels

@@ -5,7 +5,8 @@ the stored test-vector inputs (`BenchDevice.outputs`: in this process on the hos
 `--inputs` / `--output_file` on a phone, simulated or real) and records the report's per-component
 `output_check: {psnr_db, rel_l2, max_abs, passed, finite, sets, gate, runtime}` — or `{passed: null, reason}` when
 the device cannot return outputs. A failed check raises VerificationError: the component is failed, the run exits
-non-zero and names it, the report is still written. The comparison and the gate are `mi2v verify`'s.
+non-zero and names it, the report is still written. The comparison and the gate are `mi2v verify`'s; on the host
+the outputs come from the runtime mi2v_export.runtimes picks for the entry (the one `mi2v verify` runs).
 """
 
 from __future__ import annotations
@@ -15,14 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import parity, testvectors
-from ..errors import VerificationError
-from ..qnn import RUNTIME as QNN_RUNTIME
-from ..verify import RUNTIMES, gate_of
-
-# the bench's runtime name → mi2v verify's runtime for an artifact of that delegate
-_VERIFY_RUNTIME = {"onnxruntime": lambda e: QNN_RUNTIME if e.delegate == "qnn" else "onnxruntime",
-                   "executorch": lambda e: f"executorch-{e.delegate or 'portable'}"}
+from .. import parity, runtimes, testvectors
+from ..errors import BadInputError, VerificationError
+from ..runtimes import dtypes
+from ..verify import gate_of
 
 
 def check_outputs(device: Any, folder: Path, sel: Any, comp: Any) -> None:
@@ -70,19 +67,31 @@ def output_check(entry: Any, sets: list[testvectors.VectorSet], outputs: list[di
 
 def host_outputs(path: Path, entry: Any, bench_runtime: str,
                  sets: list[testvectors.VectorSet]) -> tuple[list[dict], str] | str:
-    """The input sets run in this process on `mi2v verify`'s runtime for the artifact at `path` (from
-    `Manifest.path_of`, so inside the artifacts folder), or why not."""
-    name = _VERIFY_RUNTIME[bench_runtime](entry)
-    runtime = next(r for r in RUNTIMES if r.name == name)
+    """The input sets run in this process on the runtime of the timed family (`bench_runtime`) that accepts the
+    entry (mi2v_export.runtimes, as `mi2v verify` picks it) for the artifact at `path` (from `Manifest.path_of`, so
+    inside the artifacts folder), or why not."""
+    runtime = next((r for r in runtimes.for_entry(entry) if r.family == bench_runtime), None)
+    if runtime is None:
+        return f"no {bench_runtime} runtime runs {entry.file}"
     why = runtime.available()
     if why:
         return why
-    return runtime.run(path, entry, [s.inputs for s in sets]), name
+    return runtime.run(path, entry, [s.inputs for s in sets]), runtime.name
 
 
 def raw_outputs(files: list[Path], entry: Any) -> dict[str, np.ndarray]:
-    """executor_runner's `--output_file` files (<base>-<i>.bin: raw bytes) as the entry's named outputs."""
+    """executor_runner's `--output_file` files (<base>-<i>.bin: raw bytes) as the entry's named outputs, in the
+    numpy dtype of each output's manifest dtype (runtimes.dtypes; bfloat16 widened to float32, as the runtimes do)."""
     out = {}
     for path, info in zip(files, entry.outputs):
-        out[info.name] = np.frombuffer(path.read_bytes(), dtype=np.dtype(info.dtype)).reshape(info.shape)
+        out[info.name] = _from_raw(path.read_bytes(), info.name, info.dtype).reshape(info.shape)
     return out
+
+
+def _from_raw(data: bytes, name: str, dtype: str) -> np.ndarray:
+    d = dtypes.by_name(dtype)
+    if d is None:
+        raise BadInputError(f"manifest.json: output {name!r} has dtype {dtype!r}, which mi2v does not know")
+    if d.numpy is None:  # bfloat16: the high half of a float32
+        return (np.frombuffer(data, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.frombuffer(data, dtype=np.dtype(d.numpy))

@@ -6,6 +6,9 @@ Formats from the upstream sources:
   * `toybox time -v`, `dumpsys thermalservice`, `dumpsys battery`, `/proc/meminfo`.
 All regexes search messages anywhere in a line, so the posix PAL prefix
 (`I 00:00:01.234567 executorch:executor_runner.cpp:781] `) and logcat prefixes are ignored.
+
+Also the delegates a `.pte` names (`backends_in_pte`) and which ExecuTorch runtime of this machine runs it
+(`pte_runtime`: mi2v_export.runtimes decides, for the host bench and the simulated phone's executor_runner).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .. import runtimes
+from ..runtimes import Runtime
+from ..runtimes.executorch import BACKENDS
+
 EXECUTOR_RUNNER = "executor_runner"
 ORT_PERF_TEST = "onnxruntime_perf_test"
 
-# Delegates this machine's ExecuTorch runtime executes: XNNPACK (and the portable kernels); Vulkan, QNN and Core ML
-# need the phone.
-HOST_RUNNABLE_BACKENDS = ("XnnpackBackend",)
 KNOWN_BACKENDS = ("XnnpackBackend", "VulkanBackend", "QnnBackend", "CoreMLBackend", "MPSBackend", "NeuronBackend")
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -197,14 +201,13 @@ def backends_in_pte(data: bytes) -> list[str]:
     return [b for b in KNOWN_BACKENDS if b.encode() in data]
 
 
-def pte_input_specs(meta) -> list[tuple[tuple[int, ...], object]]:
-    """(shape, torch dtype) of each input of an ExecuTorch method, from its metadata (ScalarType codes)."""
-    import torch
-
-    dtypes = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64, 5: torch.float16,
-              6: torch.float32, 7: torch.float64, 11: torch.bool, 15: torch.bfloat16}
-    specs = []
-    for i in range(meta.num_inputs()):
-        tmeta = meta.input_tensor_meta(i)
-        specs.append((tuple(tmeta.sizes()), dtypes.get(int(tmeta.dtype()), torch.float32)))
-    return specs
+def pte_runtime(backend_ids: list[str]) -> tuple[Runtime, list[str]]:
+    """The ExecuTorch runtime (mi2v_export.runtimes) of a program delegated to `backend_ids` (`backends_in_pte`):
+    its first delegate's, or the portable kernels' without one; and the ids no runtime here executes (no registered
+    runtime loads that backend, or the runtimes layer says it is not available on this machine)."""
+    delegate_of = {backend: delegate for delegate, backend in BACKENDS.items() if backend}
+    known = [delegate_of[b] for b in backend_ids if b in delegate_of]
+    runtime = runtimes.for_target("executorch", known[0] if known else None)[0]
+    blocked = [b for b in backend_ids
+               if b not in delegate_of or runtimes.for_target("executorch", delegate_of[b])[0].available()]
+    return runtime, blocked

@@ -2,9 +2,10 @@
 
 For each component (encoder, denoiser, decoder) one artifact is chosen for the runtime: `--runtime auto` prefers
 ExecuTorch when every component has a `.pte` the device can run, then onnxruntime, else whatever each component has.
-What cannot run anywhere here (Core ML off a Mac, a target `mi2v bench` does not run) is refused below; what a
-device kind cannot run (a delegate this machine cannot execute, one Android phones do not have) is refused by the
-kind (`DeviceKind.refuses`, devices/registry.py).
+Which runtime family runs an artifact is mi2v_export.runtimes' answer (`family_of`: the registry's `for_entry`), not
+a table here. What cannot run anywhere here (Core ML off a Mac, a target `mi2v bench` does not run) is refused below;
+what a device kind cannot run (a delegate this machine cannot execute, one Android phones do not have) is refused by
+the kind (`DeviceKind.refuses`, devices/registry.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import runtimes
 from ..contract import COMPONENTS
-from ..exporters.base import runtime_of
 from ..errors import BadInputError
 from ..safepath import safe_name
 from .registry import transport_kind
 
-RUNTIMES = ("auto", "onnxruntime", "executorch")
+RUNTIMES = ("auto", "onnxruntime", "executorch")  # --runtime
+FAMILIES = ("executorch", "onnxruntime")  # the runtime families mi2v bench times, in the order auto prefers them
 
 
 @dataclass
@@ -30,14 +32,20 @@ class Selection:
     reason: str | None = None  # why nothing runs, when entry is None
 
 
+def family_of(entry: Any) -> str | None:
+    """The runtime family (onnxruntime, executorch, coreml) that runs a manifest entry: its runtimes' in
+    mi2v_export.runtimes; None when no registered runtime accepts it."""
+    return next((r.family for r in runtimes.for_entry(entry)), None)
+
+
 def _runnable(entry: Any, transport: str) -> str | None:
     """Why this artifact cannot run on this kind of device, or None when it can."""
-    runtime = runtime_of(entry.target)
-    if runtime == "coreml":
+    family = family_of(entry)
+    if family == "coreml":
         return f"{entry.file} is Core ML, which needs a Mac/iPhone"
-    if runtime is None:
+    if family not in FAMILIES:
         return f"{entry.file} has target {entry.target!r}, which mi2v bench does not run"
-    return transport_kind(transport).refuses(entry, runtime)
+    return transport_kind(transport).refuses(entry, family)
 
 
 def select_artifacts(manifest: Any, runtime: str, transport: str,
@@ -47,16 +55,15 @@ def select_artifacts(manifest: Any, runtime: str, transport: str,
     options: dict[str, dict[str, list[Any]]] = {}
     unrunnable: dict[str, list[str]] = {}
     for c in components:
-        options[c] = {"executorch": [], "onnxruntime": []}
+        options[c] = {f: [] for f in FAMILIES}
         unrunnable[c] = []
         runnable, refused = manifest.candidates(c, lambda e: _runnable(e, transport))
         unrunnable[c] = [why for _, why in refused]
         for e in runnable:
-            options[c][runtime_of(e.target)].append(e)
+            options[c][family_of(e)].append(e)
     present = [c for c in components if any(options[c].values()) or unrunnable[c]]
     if runtime == "auto":
-        order = ["executorch", "onnxruntime"]
-        full = [rt for rt in order if present and all(options[c][rt] for c in present)]
+        full = [rt for rt in FAMILIES if present and all(options[c][rt] for c in present)]
         preferred = full[0] if full else None
     else:
         preferred = runtime
@@ -68,7 +75,7 @@ def select_artifacts(manifest: Any, runtime: str, transport: str,
             continue
         rt = preferred
         if rt is None:  # auto without a runtime that covers everything: whatever this component has
-            rt = next((r for r in ("executorch", "onnxruntime") if options[c][r]), None)
+            rt = next((r for r in FAMILIES if options[c][r]), None)
         if rt is not None and options[c].get(rt):
             out.append(Selection(c, options[c][rt][0], rt))
             continue

@@ -25,6 +25,9 @@ from .registry import register
 BACKENDS = {"xnnpack": "XnnpackBackend", "portable": None, "vulkan": "VulkanBackend", "coreml": "CoreMLBackend",
             "qnn": "QnnBackend"}
 INSTALL = "pip install executorch"
+# delegates whose backend a desktop executorch build may register but whose programs need the phone itself (a QNN
+# context binary runs on a Snapdragon HTP): never available on the machines mi2v runs on
+DEVICE_ONLY = {"qnn": "QNN .pte files run only on a Snapdragon device"}
 
 
 def et_runtime() -> Any:
@@ -131,6 +134,8 @@ class ExecuTorchRuntime(Runtime):
         return entry.target == "executorch" and (entry.delegate or "portable") == self.delegate
 
     def available(self) -> str | None:
+        if self.delegate in DEVICE_ONLY:
+            return DEVICE_ONLY[self.delegate]
         why = missing("executorch", INSTALL)
         if why or self.backend_id is None:
             return why

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import qnn, runtimes
-from ..devices.runners import EXECUTOR_RUNNER, HOST_RUNNABLE_BACKENDS, ORT_PERF_TEST, backends_in_pte
+from ..devices.runners import EXECUTOR_RUNNER, ORT_PERF_TEST, backends_in_pte, pte_runtime
 from ..runtimes import Session, dtypes, memory
 from ..runtimes import executorch as et
 
@@ -241,8 +241,7 @@ def _et_load(model_path: str, method_name: str, etdump: bool, log: _EtLog) -> Se
     name = method_name or sorted(program.method_names)[0]
     log(f"Using method {name}")
     backends = backends_in_pte(data)
-    registry = et.et_runtime().backend_registry
-    missing = [b for b in backends if b not in HOST_RUNNABLE_BACKENDS or not registry.is_available(b)]
+    missing = pte_runtime(backends)[1]  # what this machine's runtimes cannot execute (mi2v_export.runtimes)
     for b in missing:
         log(f"Backend {b} is not registered.", "E")
     if missing:
