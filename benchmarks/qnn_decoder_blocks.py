@@ -84,6 +84,7 @@ def measure_stage(name: str, module: nn.Module, x: torch.Tensor, ref: torch.Tens
     graph is finalized: the 720p up_blocks.3 resnets), it runs on a row band of its input, halved until the HTP
     takes it (what a phone does with such a block), and its time is that band's times rows / band rows."""
     from mi2v_export.exporters import rewrites as rw
+    from mi2v_export.exporters.base import get_exporter
 
     rows = x.shape[-2]
     while True:
@@ -93,7 +94,7 @@ def measure_stage(name: str, module: nn.Module, x: torch.Tensor, ref: torch.Tens
             if "MEM_ALLOC" not in str(exc) or x.shape[-2] < 16:
                 raise
         x = x[..., : x.shape[-2] // 2, :].contiguous()
-        with rw.tracing(rw.TRACE_FOR_TARGET["qnn"]), torch.no_grad():
+        with rw.tracing(get_exporter("onnx", "qnn").trace_rewrites), torch.no_grad():
             ref = module(x)
 
 
@@ -101,6 +102,7 @@ def simulate_block(name: str, module: nn.Module, x: torch.Tensor, ref: torch.Ten
                    tiles: float) -> dict:
     from mi2v_export import parity, qnn
     from mi2v_export.exporters import rewrites as rw
+    from mi2v_export.exporters.base import get_exporter
 
     from qnn import simulate  # benchmarks/qnn.py: the simulator in a child process with a time limit
 
@@ -109,7 +111,7 @@ def simulate_block(name: str, module: nn.Module, x: torch.Tensor, ref: torch.Ten
         for f in [*qnn.context_binaries(ctx), ctx]:
             f.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    with rw.tracing(rw.TRACE_FOR_TARGET["qnn"]), torch.no_grad():
+    with rw.tracing(get_exporter("onnx", "qnn").trace_rewrites), torch.no_grad():
         torch.onnx.export(module, (x,), str(source), dynamo=True, opset_version=18, input_names=["x"],
                           output_names=["y"], verbose=False)
     record = {"export_s": round(time.perf_counter() - t0, 1), "tiles": round(tiles, 3), "tile_input_shape": list(x.shape)}
@@ -183,6 +185,7 @@ def load_blocks(args) -> tuple:
 
     from mi2v_export.exporters import components
     from mi2v_export.exporters import rewrites as rw
+    from mi2v_export.exporters.base import get_exporter
     from mi2v_export.presets import get_preset
     from mi2v_export.shapes import geometry, parse_resolution
 
@@ -191,9 +194,9 @@ def load_blocks(args) -> tuple:
     geo = geometry(h, w, args.frames or preset.frames)
     spec = components.load_component("decoder", preset=preset.name, geo=geo, reference=False)
     decoder = spec.module.model.decoder
-    rw.apply_rewrites(decoder, rw.FOR_TARGET["qnn"])
+    rw.apply_rewrites(decoder, get_exporter("onnx", "qnn").rewrites)
     stages = decoder_stages(decoder)
-    with rw.tracing(rw.TRACE_FOR_TARGET["qnn"]):
+    with rw.tracing(get_exporter("onnx", "qnn").trace_rewrites):
         io = stage_io(stages, next(iter(spec.inputs.values())))
     rows = {n: {"input_shape": list(x.shape), "output_shape": list(y.shape), "gflop": round(g, 4), "signature": sig}
             for n, (x, y, g, sig) in io.items()}

@@ -1,34 +1,41 @@
 """The exporter interface and its registry: one `Exporter` per target, found by name.
 
-Adding a target is adding a module to this package that defines an `Exporter` subclass decorated with
-`@register`; `get_exporter` imports every module of the package once, so the new file is picked up by itself.
+Adding a target is adding a module to `exporters/targets/` that defines an `Exporter` subclass decorated with
+`@register` and declares its facts as class attributes (see `Exporter`): its options, precisions, rewrites,
+test-vector format and runtime. `discover` imports every module of that package once, so the new file is picked
+up by itself: the CLI's `--target` / `--delegate` choices, the precision checks, the manifest's `flags` and what
+runs on this host all come from the registry.
 
 An exporter turns one `ComponentSpec` (an fp32 eval-mode module with the contract's named example inputs) into an
 artifact file in a folder, and knows how to check it: `inspect` (structural, always possible) and `run` (execute on
-a runtime of this host, or say why not). Heavy libraries are imported inside the methods, so importing the
-registry stays cheap.
+a runtime of this host, or say why not).
+
+Torch-free on purpose: the CLI builds its option lists from this registry when it starts, so this module and the
+target modules import torch (and our modules built on it: rewrites, quantize, components, tensors) only inside the
+methods that do the work.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import torch
-from torch import nn
-
-from mi2v_export.contract import runs_on_host
 from mi2v_export.errors import BadInputError
 from mi2v_export.manifest import TensorInfo
+from mi2v_export.precision import Precision
 
-DTYPES = ("fp32", "fp16")
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+TARGETS_PACKAGE = "targets"  # the subpackage `discover` imports: one module per target
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -37,7 +44,8 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """`state` is "start", "done", "skip" or "info"; `stage` is one of STAGES (or a free-form info line)."""
+    """`state` is "start", "done", "skip" or "info"; `stage` names the step (load, reference, rewrite, export,
+    lower, quantize, serialize, vectors, inspect, verify) or is a free-form info line."""
 
     component: str
     stage: str
@@ -47,7 +55,6 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
-STAGES = ("load", "reference", "rewrite", "export", "lower", "serialize", "vectors", "inspect", "verify")
 
 
 def no_progress(event: ProgressEvent) -> None:
@@ -59,8 +66,14 @@ def no_progress(event: ProgressEvent) -> None:
 
 
 @dataclass
+class TargetOptions:
+    """A target's own flags (its exporter's `options_type`): filled from the same-named fields of the export
+    request (the CLI flags), written to the manifest's `flags` by `Exporter.manifest_flags`. This base has none."""
+
+
+@dataclass
 class ExportOptions:
-    """Resolved, validated options of one export run (what the CLI flags become)."""
+    """Resolved, validated options of one export run: what every target shares, and the target's own record."""
 
     target: str
     delegate: str | None = None
@@ -71,12 +84,7 @@ class ExportOptions:
     recipe: dict | None = None  # the mixed-precision recipe (mi2v_export.recipe), for the component it names
     verify: bool = True
     test_vectors: bool = True  # write the sampler inputs and PyTorch outputs beside the artifact (testvectors.py)
-    etrecord: bool = False  # ExecuTorch: also write <component>.etrecord for per-op profiling
-    compute_units: str = "all"  # Core ML (target coreml, delegate coreml)
-    min_ios: int = 17  # Core ML minimum deployment target
-    soc: str = "SM8650"  # QNN chipset
-    allow_cpu_fallback: bool = False  # QNN: accept nodes the HTP refuses (run by onnxruntime's CPU EP)
-    opset: int = 18  # ONNX
+    target_options: Any = field(default_factory=TargetOptions)  # the exporter's `options_type` record
 
 
 @dataclass
@@ -116,6 +124,7 @@ class Artifact:
 
 
 SIMULATED_RUNTIME = "pytorch-simulated"  # verified_on of an artifact checked by its quantized graph in PyTorch
+SIMULATED_RUNTIME_PACKAGE = "torch"  # whose version is recorded with it
 
 
 @dataclass
@@ -132,10 +141,21 @@ class ArtifactRun:
 
 
 class Exporter(ABC):
+    """One target (or one delegate of a target with a class of its own). Its facts are class attributes, read by
+    the CLI, the orchestrator, the test vectors and the structure tests; none of them is listed anywhere else."""
+
     name: ClassVar[str]  # the --target value
     delegate: ClassVar[str | None] = None  # set: this class handles `--target name --delegate delegate` only
     extension: ClassVar[str]  # artifact suffix, e.g. ".onnx"
     summary: ClassVar[str] = ""
+    cli_order: ClassVar[int] = 100  # place in the CLI's --target list (lower first)
+    options_type: ClassVar[type] = TargetOptions  # this target's own flags (a TargetOptions dataclass)
+    supported: ClassVar[tuple[Precision, ...]] = (Precision.FP32,)  # precisions it produces, in the order errors show
+    runtime: ClassVar[str] = ""  # the runtime that executes its artifacts (bench groups artifacts by it)
+    runtime_package: ClassVar[str] = ""  # that runtime's pip distribution (its version is recorded with a check)
+    test_vector_format: ClassVar[str] = "npz"  # the mi2v_export.testvectors format written beside its artifacts
+    rewrites: ClassVar[tuple[str, ...]] = ()  # module swaps applied before export (rewrites.LOWERING_REWRITES)
+    trace_rewrites: ClassVar[tuple[str, ...]] = ()  # trace-time substitutions entered around torch.export
 
     # -- options ---------------------------------------------------------------------------------------------
     def delegates(self) -> Mapping[str, str]:
@@ -148,11 +168,29 @@ class Exporter(ABC):
     def default_dtype(self, delegate: str | None) -> str:
         return "fp32"
 
+    def precisions_for(self, delegate: str | None) -> tuple[Precision, ...]:
+        """The precisions `--target name --delegate delegate` produces and gates here (`supported`)."""
+        return self.supported
+
+    def runs_on_host(self, delegate: str | None) -> bool:
+        """Whether a runtime of this machine executes this target's artifacts (of that delegate)."""
+        return True
+
+    def target_options(self, flags: object) -> TargetOptions:
+        """This target's options record, filled from the same-named attributes of `flags` (the export request)."""
+        names = [f.name for f in dataclasses.fields(self.options_type)]
+        return self.options_type(**{n: getattr(flags, n) for n in names if hasattr(flags, n)})
+
+    def manifest_flags(self, options: ExportOptions) -> dict:
+        """This target's entries of the manifest's `flags` (the options that shaped the artifact)."""
+        return dataclasses.asdict(options.target_options)
+
     def resolve(self, options: ExportOptions) -> ExportOptions:
         """Validate the target-specific options and fill defaults; BadInputError with one line otherwise."""
         delegates = self.delegates()
         if options.delegate is not None and not delegates:
-            raise BadInputError(f"--delegate does not apply to --target {self.name} (executorch and onnx take one)")
+            with_one = " and ".join(sorted(t for t in discover() if get_exporter(t).delegates()))
+            raise BadInputError(f"--delegate does not apply to --target {self.name} ({with_one} take one)")
         if delegates:
             if options.delegate is None:
                 options.delegate = self.default_delegate()
@@ -172,6 +210,8 @@ class Exporter(ABC):
         return entry[1] if entry else None
 
     def _remember_simulated(self, spec: ComponentSpec, precision: str, module: nn.Module) -> None:
+        import torch
+
         if isinstance(module, torch.fx.GraphModule):  # a PT2E graph: the pipeline's .eval() raises unless allowed
             from torchao.quantization.pt2e import allow_exported_model_train_eval
 
@@ -191,16 +231,21 @@ class Exporter(ABC):
     def runs_here(self, options: ExportOptions) -> bool:
         """Whether `run` can execute artifacts of these options on this host (else the PyTorch reference output is
         only computed when something else needs it, e.g. a BundledProgram)."""
-        return runs_on_host(self.name, options.delegate)
+        return self.runs_on_host(options.delegate)
 
     def file_name(self, component: str) -> str:
         return f"{component}{self.extension}"
 
     def gate(self, options: ExportOptions):
         """The parity gate against PyTorch fp32 for artifacts of these options."""
-        from mi2v_export import parity
+        from mi2v_export import parity  # numpy: kept out of the CLI's start-up
 
         return parity.gate_for(options.recipe["precision"] if options.recipe else options.precision)
+
+    def runtime_memory(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec,
+                       options: ExportOptions) -> int | None:
+        """The manifest's `runtime_memory_bytes` of an artifact (None: not measured for this target)."""
+        return None
 
     # -- work ------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -239,10 +284,10 @@ def register(cls: type[Exporter]) -> type[Exporter]:
 
 
 def discover() -> dict[str, Exporter]:
-    """Import every module of this package (once) so their `@register` decorators run."""
+    """Import every module of the targets package (once) so their `@register` decorators run."""
     global _discovered
     if not _discovered:
-        package = importlib.import_module(__name__.rsplit(".", 1)[0])
+        package = importlib.import_module(f"{__name__.rsplit('.', 1)[0]}.{TARGETS_PACKAGE}")
         for info in pkgutil.iter_modules(package.__path__):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{package.__name__}.{info.name}")
@@ -250,15 +295,36 @@ def discover() -> dict[str, Exporter]:
     return EXPORTERS
 
 
-def targets() -> list[str]:
-    return list(discover())
+def target_names() -> tuple[str, ...]:
+    """The --target values, in the CLI's order (`Exporter.cli_order`)."""
+    return tuple(sorted(discover(), key=lambda name: EXPORTERS[name].cli_order))
+
+
+def delegate_names() -> tuple[str, ...]:
+    """Every --delegate value of every target, once each (the targets taken in name order)."""
+    out: dict[str, None] = {}
+    for name in sorted(discover()):
+        out.update(dict.fromkeys(EXPORTERS[name].delegates()))
+    return tuple(out)
+
+
+def kinds() -> list[tuple[str, str | None]]:
+    """Every (target, delegate) an export can name: each target with each of its delegates, and without one where
+    it has no default delegate (e.g. plain ONNX)."""
+    out: list[tuple[str, str | None]] = []
+    for name in target_names():
+        exporter = EXPORTERS[name]
+        if exporter.default_delegate() is None:
+            out.append((name, None))
+        out += [(name, d) for d in exporter.delegates()]
+    return out
 
 
 def get_exporter(target: str, delegate: str | None = None) -> Exporter:
     """The exporter of a target, or the one registered for this target and delegate when there is one."""
     exporters = discover()
     if target not in exporters:
-        raise BadInputError(f"unknown target {target!r}; choose one of: {', '.join(exporters)}")
+        raise BadInputError(f"unknown target {target!r}; choose one of: {', '.join(target_names())}")
     return DELEGATED.get((target, delegate), exporters[target])
 
 
@@ -268,30 +334,15 @@ def delegated_exporters(target: str) -> dict[str, Exporter]:
     return {d: e for (t, d), e in DELEGATED.items() if t == target}
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Helpers shared by exporters
+def runs_on_host(target: str, delegate: str | None = None) -> bool:
+    """Whether this machine can execute an artifact of `target` / `delegate` (False for an unknown target). Export's
+    verification, `generate` and `bench --device host` all ask this."""
+    if target not in discover():
+        return False
+    return get_exporter(target, delegate).runs_on_host(delegate)
 
 
-def numpy_dtype_name(dtype) -> str:
-    """'float32' style name of a torch / numpy / onnx-elem dtype."""
-    if isinstance(dtype, torch.dtype):
-        return str(dtype).replace("torch.", "")
-    return np.dtype(dtype).name
-
-
-def cast_inputs(spec: ComponentSpec, dtype: str) -> tuple[torch.Tensor, ...]:
-    """The example inputs in the precision the exported graph takes (floating tensors only)."""
-    t = TORCH_DTYPES[dtype]
-    return tuple(x.to(t) if x.is_floating_point() else x for x in spec.args)
-
-
-def tensor_infos(names, tensors) -> list[TensorInfo]:
-    return [TensorInfo(n, tuple(int(s) for s in t.shape), numpy_dtype_name(t.dtype)) for n, t in zip(names, tensors)]
-
-
-def run_simulated(module, spec: ComponentSpec) -> ArtifactRun:
-    """Run the PyTorch stand-in of an artifact that no runtime here executes (the quantized graph that was lowered
-    or converted, or its decompressed weights): recorded as verified_on "pytorch-simulated", never as the runtime."""
-    with torch.no_grad():
-        out = module(*spec.args)
-    return ArtifactRun(outputs={spec.output_names[0]: out.float().numpy()}, verified_on=SIMULATED_RUNTIME)
+def runtime_of(target: str) -> str | None:
+    """The runtime that executes a target's artifacts (onnxruntime, executorch, coreml), None for an unknown one."""
+    exporter = discover().get(target)
+    return exporter.runtime if exporter is not None else None

@@ -17,9 +17,10 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from mi2v_export import bounds, parity, precision
+from mi2v_export import bounds, parity, precision, testvectors
 from mi2v_export.contract import DECODER_KINDS, parse_components
 from mi2v_export.errors import BadInputError, Mi2vError, VerificationError, first_line
 from mi2v_export.files import tree_digest
@@ -36,12 +37,22 @@ from mi2v_export.manifest import (
 )
 from mi2v_export.models import weight_bytes
 from mi2v_export.presets import get_preset
+from mi2v_export.qnn import DEFAULT_SOC
 from mi2v_export.shapes import geometry, parse_resolution
 from mi2v_export.verify import run_record
 
 from . import components as comp
 from . import quality
-from .base import SIMULATED_RUNTIME, ExportOptions, ProgressCallback, ProgressEvent, get_exporter, no_progress
+from .base import (
+    SIMULATED_RUNTIME,
+    SIMULATED_RUNTIME_PACKAGE,
+    ExportOptions,
+    ProgressCallback,
+    ProgressEvent,
+    discover,
+    get_exporter,
+    no_progress,
+)
 
 
 @dataclass
@@ -66,10 +77,11 @@ class ExportRequest:
     rewrite: list[str] = field(default_factory=list)  # `--rewrite NAME=VALUE` on top of the attention plan
     verify: bool = True
     test_vectors: bool = True  # write the sampler inputs and PyTorch outputs beside each artifact (testvectors.py)
-    etrecord: bool = False
-    compute_units: str = "all"
-    min_ios: int = 17
-    soc: str = "SM8650"
+    # the targets' own flags: each exporter's `options_type` takes the ones it declares (exporters/targets)
+    etrecord: bool = False  # executorch
+    compute_units: str = "all"  # coreml, executorch --delegate coreml
+    min_ios: int = 17  # coreml, executorch --delegate coreml
+    soc: str = DEFAULT_SOC  # onnx / executorch --delegate qnn
     allow_cpu_fallback: bool = False  # onnx/qnn: accept nodes the HTP refuses (node / FLOP shares recorded)
 
 
@@ -129,26 +141,33 @@ def resolve(request: ExportRequest):
     frames = request.frames if request.frames is not None else preset.frames
     geo = geometry(h, w, frames)
     options = ExportOptions(target=exporter.name, delegate=request.delegate, verify=request.verify,
-                            test_vectors=request.test_vectors, etrecord=request.etrecord, compute_units=request.compute_units,
-                            min_ios=request.min_ios, soc=request.soc,
-                            allow_cpu_fallback=request.allow_cpu_fallback)
+                            test_vectors=request.test_vectors, target_options=exporter.target_options(request))
     options = exporter.resolve(options)
-    options.precisions = precision.resolve(request.precision, request.dtype, components, exporter.name,
-                                           options.delegate, exporter.default_dtype(options.delegate))
+    options.precisions = precision.resolve(request.precision, request.dtype, components,
+                                           exporter.precisions_for(options.delegate),
+                                           precision.target_label(exporter.name, options.delegate),
+                                           exporter.default_dtype(options.delegate))
     if request.recipe is not None:
-        options.recipe = _apply_recipe(request, options, components, exporter.name)
+        options.recipe = _apply_recipe(request, options, components, exporter)
     options.dtype = options.precisions[components[0]].float_dtype
     if request.calibration is not None and not Path(request.calibration).is_dir():
         raise BadInputError(f"--calibration {request.calibration}: not a folder of images")
     if request.min_psnr is not None and not (0 < request.min_psnr < 200):
         raise BadInputError(f"--min-psnr {request.min_psnr:g}: expected a PSNR in dB between 0 and 200")
-    if request.etrecord and exporter.name != "executorch":
-        raise BadInputError("--etrecord applies to --target executorch only")
+    _check_flag_applies(request, exporter, "etrecord")
     comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
     return exporter, options, components, preset, geo
 
 
-def _apply_recipe(request: ExportRequest, options: ExportOptions, components: list[str], target: str) -> dict:
+def _check_flag_applies(request: ExportRequest, exporter, flag: str) -> None:
+    """BadInputError when `flag` is set but this target's options do not take it (one line naming those that do)."""
+    if getattr(request, flag) == getattr(ExportRequest, flag) or hasattr(exporter.target_options(request), flag):
+        return
+    takers = [t for t in discover() if hasattr(get_exporter(t).target_options(request), flag)]
+    raise BadInputError(f"--{flag.replace('_', '-')} applies to --target {' / '.join(takers)} only")
+
+
+def _apply_recipe(request: ExportRequest, options: ExportOptions, components: list[str], exporter) -> dict:
     """Load `--recipe`, check its component is exported and its precision is a cell of this target, and make that
     component "mixed"."""
     from mi2v_export import recipe as rc
@@ -160,7 +179,9 @@ def _apply_recipe(request: ExportRequest, options: ExportOptions, components: li
                             f"(--component {','.join(components)})")
     if request.precision and "=" in request.precision and f"{name}=" in request.precision:
         raise BadInputError(f"--recipe sets the {name}'s precision; drop {name}=... from --precision")
-    precision.check_supported(target, options.delegate, precision.Precision(data["precision"]), name)
+    precision.check_supported(exporter.precisions_for(options.delegate),
+                              precision.target_label(exporter.name, options.delegate),
+                              precision.Precision(data["precision"]), name)
     options.precisions[name] = precision.Precision.MIXED
     return data
 
@@ -304,19 +325,6 @@ def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Pa
                            f"(gate {record['gate_db']:g} dB)", seconds=time.perf_counter() - t0))
 
 
-def _runtime_memory(exporter, artifact, staging: Path, spec, options: ExportOptions) -> int | None:
-    """ExecuTorch: the memory plan's activation buffers; onnxruntime: a session's measured peak (fp16 / integer
-    artifacts only, to keep fp32 exports as fast as before)."""
-    if exporter.name == "executorch":
-        return artifact.target_info.get("planned_memory_bytes")
-    if exporter.name == "onnx" and options.precision != "fp32" and options.verify:
-        from .base import cast_inputs
-
-        feeds = {n: x.numpy() for n, x in zip(spec.inputs, cast_inputs(spec, options.dtype))}
-        return quality.onnx_session_peak_bytes(staging / artifact.file, feeds)
-    return None
-
-
 def _measure(exporter, artifact, staging: Path, spec, options: ExportOptions, ctx):
     """(metrics, verified_on, reason, inputs) of the component gate. Integer precisions are measured on the held-out
     records of the real sampler (a seeded random input says little about int8 ranges); fp32/fp16 on the seeded
@@ -374,7 +382,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     for k, v in artifact.stages_s.items():
         stages[f"export.{k}"] = v
     if options.test_vectors:
-        _write_test_vectors(exporter.name, artifact, spec, options, staging, stage, done)
+        _write_test_vectors(exporter.test_vector_format, artifact, spec, options, staging, stage, done)
 
     t0 = stage("inspect")
     checks = exporter.inspect(artifact, staging, spec, options)
@@ -395,7 +403,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
         target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
         test_vectors=artifact.test_vectors, exported_at=now_iso(), tool_version=tool_version())
-    _precision_fields(entry, fp32_bytes, ctx, _runtime_memory(exporter, artifact, staging, spec, options), options)
+    _precision_fields(entry, fp32_bytes, ctx, exporter.runtime_memory(artifact, staging, spec, options), options)
     del spec, artifact
     gc.collect()
     return entry
@@ -428,8 +436,8 @@ def _verify(name: str, request: ExportRequest, exporter, options: ExportOptions,
             passed = gate.passes(metrics)
             parity_record.update(metrics.to_dict())
             parity_record.pop("finite", None)
-            parity_record.update(verified_on=[run_record(verified_on, _runtime_version(verified_on), metrics, gate,
-                                                         "export", 1)], inputs=inputs,
+            parity_record.update(verified_on=[run_record(verified_on, _runtime_version(exporter, verified_on), metrics,
+                                                         gate, "export", 1)], inputs=inputs,
                                  gate=dict(gate.to_dict(), passed=passed, finite=metrics.finite))
             done("verify", t0, f"{verified_on}: {gate.describe(metrics)}")
             if not passed:
@@ -446,40 +454,26 @@ def _flags(name: str, request: ExportRequest, exporter, options: ExportOptions, 
              "rewrite": rewrite_options if name == "denoiser" else None,
              "decoder": request.decoder if name == "decoder" else None, "verify": request.verify}
     flags["test_vectors"] = options.test_vectors
-    if exporter.name == "executorch":
-        flags["etrecord"] = options.etrecord
-    if exporter.name == "coreml" or options.delegate == "coreml":
-        flags.update(compute_units=options.compute_units, min_ios=options.min_ios)
-    if options.delegate == "qnn":
-        flags["soc"] = options.soc
-    if exporter.delegate == "qnn":
-        flags["allow_cpu_fallback"] = options.allow_cpu_fallback
-    if exporter.name == "onnx":
-        flags["opset"] = options.opset
+    flags.update(exporter.manifest_flags(options))  # the target's own options
     return flags
 
 
-def _write_test_vectors(target: str, artifact, spec, options: ExportOptions, staging: Path, stage, done) -> None:
-    """The sampler inputs and PyTorch outputs of `spec.vectors`, in the artifact's dtypes and its runtime's format,
-    added to the artifact's extra files (the "vectors" stage)."""
-    from mi2v_export import testvectors
-
+def _write_test_vectors(fmt: str, artifact, spec, options: ExportOptions, staging: Path, stage, done) -> None:
+    """The sampler inputs and PyTorch outputs of `spec.vectors`, in the artifact's dtypes and its runtime's format
+    (`fmt`, the exporter's `test_vector_format`), added to the artifact's extra files (the "vectors" stage)."""
     t0 = stage("vectors", f"{len(spec.vectors)} set(s)")
     sets = testvectors.to_artifact_dtypes(spec.vectors, artifact.inputs, artifact.outputs)
-    tolerance_of = options.precision if options.precision not in ("fp32", "fp16") else options.dtype
-    record, files = testvectors.write(target, spec.name, artifact.file, tolerance_of, sets, staging)
+    tolerance_of = options.precision if precision.is_quantized(options.precision) else options.dtype
+    record, files = testvectors.write(fmt, spec.name, artifact.file, tolerance_of, sets, staging)
     artifact.test_vectors = record
     artifact.extra_files.update(files)
     done("vectors", t0, f"{record['format']}, {record['bytes']} bytes")
 
 
-def _runtime_version(runtime: str) -> str | None:
-    """The version of the package behind an export-time runtime name (onnxruntime, executorch-*, coreml-*)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "coreml": "coremltools",
-               "pytorch": "torch", "qnn": "onnxruntime-qnn"}.get(
-        runtime.split("-", 1)[0])
+def _runtime_version(exporter, runtime: str) -> str | None:
+    """The version of the package behind the runtime an artifact was checked on: the exporter's runtime, or torch
+    for its PyTorch stand-in."""
+    package = SIMULATED_RUNTIME_PACKAGE if runtime == SIMULATED_RUNTIME else exporter.runtime_package
     try:
         return version(package) if package else None
     except PackageNotFoundError:

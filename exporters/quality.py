@@ -8,7 +8,6 @@ same weights as the export) and the calibration set are made only when a compone
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 import tempfile
@@ -151,7 +150,3 @@ def onnx_session_peak_bytes(path: Path, inputs: dict[str, np.ndarray]) -> int | 
         return int(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
-
-
-def calibration_record(ctx: QualityContext) -> dict:
-    return json.loads(json.dumps(ctx.calibration().record()))

@@ -1,5 +1,7 @@
 """The one home of the names every part of mi2v agrees on: components and their I/O tensors, decoder kinds,
-export targets and delegates, attention plans, Core ML compute units, and which artifacts this host can run.
+attention plans, the floating export dtypes, Core ML compute units, and this machine's CPU. Export targets and
+delegates, their runtimes and which of their artifacts this host runs are not listed here: each exporter declares its
+own (exporters/base.py, the registry: `target_names`, `runs_on_host`, `runtime_of`).
 
 Torch-free on purpose: the CLI builds its option Enums from here without importing a model or a runtime.
 """
@@ -45,19 +47,18 @@ def parse_components(text: str | None) -> list[str]:
     return [c for c in COMPONENTS if c in names]
 
 
-# ---- export targets ---------------------------------------------------------------------------------------------
+# ---- export ---------------------------------------------------------------------------------------------------
 
-TARGETS: tuple[str, ...] = ("onnx", "coreml", "executorch")
-DELEGATES: tuple[str, ...] = ("xnnpack", "vulkan", "qnn", "coreml")  # ExecuTorch back-ends (exporters/executorch);
-# qnn also with --target onnx (onnxruntime's QNN EP, exporters/qnn.py), for the SoCs of qnn.SOCS
 ATTENTION_PLANS: tuple[str, ...] = ("reference", "mobile", "ane")  # the presets of kernels.plan.PLANS
+# The floating dtypes a graph is exported in (`--dtype`, the precisions fp32 / fp16); every other precision of
+# mi2v_export.precision is quantized.
 EXPORT_DTYPES: tuple[str, ...] = ("fp32", "fp16")
 
-# Core ML compute units: the one spelling mi2v uses (flags, manifest), and the names of coremltools and of Swift's
-# MLComputeUnits (what the iOS app writes in its reports)
+# Core ML compute units: the one spelling mi2v uses (flags, manifest), and the names of coremltools (the same,
+# upper-case) and of Swift's MLComputeUnits (what the iOS app writes in its reports)
 COMPUTE_UNITS: tuple[str, ...] = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
-COREMLTOOLS_UNIT = {"all": "ALL", "cpu_and_ne": "CPU_AND_NE", "cpu_and_gpu": "CPU_AND_GPU", "cpu_only": "CPU_ONLY"}
-SWIFT_UNIT = {"all": "all", "cpu_and_ne": "cpuAndNeuralEngine", "cpu_and_gpu": "cpuAndGPU", "cpu_only": "cpuOnly"}
+COREMLTOOLS_UNIT = {unit: unit.upper() for unit in COMPUTE_UNITS}
+SWIFT_UNIT = dict(zip(COMPUTE_UNITS, ("all", "cpuAndNeuralEngine", "cpuAndGPU", "cpuOnly")))
 
 
 def unit_from_swift(name: str) -> str:
@@ -65,40 +66,22 @@ def unit_from_swift(name: str) -> str:
     return {v: k for k, v in SWIFT_UNIT.items()}.get(name, name)
 
 
-# ---- what runs where --------------------------------------------------------------------------------------------
-
-RUNTIME_OF_TARGET = {"onnx": "onnxruntime", "executorch": "executorch", "coreml": "coreml"}
-# the ExecuTorch delegates the pip runtime on this machine executes (None: the portable kernels only)
-HOST_ET_DELEGATES: tuple[str | None, ...] = (None, "xnnpack")
-
-
-def runs_on_host(target: str, delegate: str | None = None) -> bool:
-    """Whether this machine can execute an artifact: onnxruntime always, ExecuTorch portable/XNNPACK, Core ML only
-    on macOS. Export's verification, `generate` and `bench --device host` all ask this."""
-    if target == "onnx":
-        return True
-    if target == "executorch":
-        return delegate in HOST_ET_DELEGATES
-    return target == "coreml" and platform.system() == "Darwin"
-
-
 # ---- CLI choices (Typer shows and checks them; values are the strings above) -----------------------------------
 
 
-def _choices(name: str, values) -> type[Enum]:
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum whose members are `values` (Typer lists them in --help and refuses others as usage errors)."""
     return Enum(name, {v: v for v in values}, type=str)
 
 
-Component = _choices("Component", COMPONENTS)
-DecoderKind = _choices("DecoderKind", DECODER_KINDS)
-Target = _choices("Target", TARGETS)
-Delegate = _choices("Delegate", DELEGATES)
-AttentionPlan = _choices("AttentionPlan", ATTENTION_PLANS)
-ExportDtype = _choices("ExportDtype", EXPORT_DTYPES)
-ComputeUnit = _choices("ComputeUnit", COMPUTE_UNITS)
-PresetName = _choices("PresetName", PRESETS)
-Part = _choices("Part", PARTS)
-Soc = _choices("Soc", SOCS)  # Snapdragon SoCs a QNN export compiles for (the table: mi2v_export/qnn.py)
+Component = choices("Component", COMPONENTS)
+DecoderKind = choices("DecoderKind", DECODER_KINDS)
+AttentionPlan = choices("AttentionPlan", ATTENTION_PLANS)
+ExportDtype = choices("ExportDtype", EXPORT_DTYPES)
+ComputeUnit = choices("ComputeUnit", COMPUTE_UNITS)
+PresetName = choices("PresetName", PRESETS)
+Part = choices("Part", PARTS)
+Soc = choices("Soc", SOCS)  # Snapdragon SoCs a QNN export compiles for (the table: mi2v_export/qnn.py)
 
 
 def cpu_model() -> str:

@@ -1,5 +1,5 @@
-"""Precisions of exported artifacts (`mi2v export --precision`): their names, the per-component parser, and the one
-table of which (target, delegate) can produce which precision.
+"""Precisions of exported artifacts (`mi2v export --precision`): their names and the per-component parser. Which
+precisions a (target, delegate) produces is declared by its exporter (`Exporter.supported`, exporters/base.py).
 
 Names (a contract: the manifest's `precision` field, the QNN helper's `--precision`, recipes):
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from .contract import COMPONENTS
+from .contract import COMPONENTS, EXPORT_DTYPES
 from .errors import BadInputError
 
 
@@ -38,41 +38,25 @@ class Precision(str, Enum):
 
     @property
     def quantized(self) -> bool:
-        """Integer weights (everything but fp32 / fp16)."""
-        return self not in (Precision.FP32, Precision.FP16)
+        """Integer weights (everything but the floating dtypes fp32 / fp16)."""
+        return self.value not in EXPORT_DTYPES
 
     @property
     def float_dtype(self) -> str:
         """The floating dtype of the graph around the quantized ops ("fp16" for fp16, else "fp32")."""
         return "fp16" if self is Precision.FP16 else "fp32"
 
-    @property
-    def calibrated(self) -> bool:
-        """Whether this precision needs calibration data (static activation ranges)."""
-        return self in (Precision.W8A8, Precision.W8A16)
-
 
 INTEGER = frozenset(p.value for p in Precision if p.quantized and p is not Precision.MIXED)
 
-# (target, delegate) -> the precisions that target produces and gates here, in the order shown in errors.
-# One place: the exporters, the CLI and the tests read this table. Add a cell only with its exporter path.
-SUPPORT: dict[tuple[str, str | None], tuple[Precision, ...]] = {
-    ("onnx", None): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4, Precision.W8A16),
-    ("executorch", "xnnpack"): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4),
-    ("executorch", "vulkan"): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4),
-    ("executorch", "qnn"): (Precision.FP16,),
-    ("onnx", "qnn"): (Precision.FP16, Precision.W8A16, Precision.W8A8),  # QNN EP: fp16 on the HTP, QDQ ints
-    ("executorch", "coreml"): (Precision.FP32, Precision.FP16),
-    ("coreml", None): (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4),
-}
+
+def is_quantized(name: str) -> bool:
+    """Whether a precision name (an artifact's `precision`) is anything but fp32 / fp16 (mixed included)."""
+    return name not in EXPORT_DTYPES
 
 
 def target_label(target: str, delegate: str | None) -> str:
     return f"--target {target}" + (f" --delegate {delegate}" if delegate else "")
-
-
-def supported(target: str, delegate: str | None) -> tuple[Precision, ...]:
-    return SUPPORT.get((target, delegate), ())
 
 
 def parse_one(text: str) -> Precision:
@@ -108,24 +92,27 @@ def parse(text: str | None) -> dict[str, Precision] | Precision | None:
     return out
 
 
-def check_supported(target: str, delegate: str | None, precision: Precision, component: str | None = None) -> None:
-    """One-line error when (target, delegate) cannot produce `precision`."""
-    cells = supported(target, delegate)
+def check_supported(cells: tuple[Precision, ...], label: str, precision: Precision,
+                    component: str | None = None) -> None:
+    """One-line error when the target of `label` (`target_label`), which produces `cells`, cannot produce
+    `precision`."""
     if precision is Precision.MIXED or precision in cells:
         return
     who = f" (for the {component})" if component else ""
-    raise BadInputError(f"{target_label(target, delegate)} does not support --precision {precision.value}{who}; "
+    raise BadInputError(f"{label} does not support --precision {precision.value}{who}; "
                         f"it supports: {', '.join(p.value for p in cells) or 'nothing'}")
 
 
-def resolve(text: str | None, dtype: str | None, components: list[str], target: str, delegate: str | None,
+def resolve(text: str | None, dtype: str | None, components: list[str], cells: tuple[Precision, ...], label: str,
             default: str) -> dict[str, Precision]:
-    """Per-component precisions of one export from `--precision` and its alias `--dtype` (validated)."""
+    """Per-component precisions of one export from `--precision` and its alias `--dtype` (validated against the
+    target's `cells`; `label` names the target in errors)."""
     parsed = parse(text)
     alias = None
     if dtype is not None:
-        if dtype not in ("fp32", "fp16"):
-            raise BadInputError(f"unknown dtype {dtype!r}; choose one of: fp32, fp16 (or use --precision)")
+        if dtype not in EXPORT_DTYPES:
+            raise BadInputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(EXPORT_DTYPES)} (or use "
+                                "--precision)")
         alias = Precision(dtype)
     if isinstance(parsed, Precision) and alias is not None and parsed is not alias:
         raise BadInputError(f"--dtype {dtype} and --precision {parsed.value} disagree; --dtype is an alias of "
@@ -138,5 +125,5 @@ def resolve(text: str | None, dtype: str | None, components: list[str], target: 
     base = parsed if isinstance(parsed, Precision) else (alias or Precision(default))
     chosen = {c: (parsed.get(c, base) if isinstance(parsed, dict) else base) for c in components}
     for c, p in chosen.items():
-        check_supported(target, delegate, p, c if isinstance(parsed, dict) else None)
+        check_supported(cells, label, p, c if isinstance(parsed, dict) else None)
     return chosen

@@ -20,7 +20,7 @@ from .errors import BadInputError, MissingDependencyError, VerificationError
 
 RUNTIME = "qnn-htp-simulator"
 EP_NAME = "QNNExecutionProvider"
-WHEEL = "onnxruntime-qnn==2.7.0"
+DISTRIBUTION = "onnxruntime-qnn"  # the plugin wheel; its pinned version is pyproject.toml's (`wheel()`)
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,24 @@ def soc_info(name: str) -> SocInfo:
 # The plugin
 
 
+def wheel() -> str:
+    """The pip requirement of the plugin as mi2v pins it (read from mi2v-export's installed metadata, whose source
+    is pyproject.toml), e.g. "onnxruntime-qnn==2.7.0"; the bare name when mi2v is not installed."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        pins = requires("mi2v-export") or []
+    except PackageNotFoundError:
+        pins = []
+    return next((p.split(";")[0].strip() for p in pins if p.startswith(DISTRIBUTION)), DISTRIBUTION)
+
+
 def _plugin():
     try:
         import onnxruntime_qnn
     except ImportError:
-        raise MissingDependencyError(f"the QNN path needs the onnxruntime-qnn wheel (pip install {WHEEL})") from None
+        raise MissingDependencyError(f"the QNN path needs the onnxruntime-qnn wheel (pip install {wheel()})") \
+            from None
     return onnxruntime_qnn
 
 
@@ -68,7 +81,7 @@ def check_available() -> None:
     plugin = _plugin()
     if not Path(plugin.get_library_path()).is_file() or not Path(plugin.get_qnn_htp_path()).is_file():
         raise MissingDependencyError(f"onnxruntime-qnn is installed but incomplete (no {plugin.get_qnn_htp_path()}); "
-                                     f"reinstall it: pip install --force-reinstall {WHEEL}")
+                                     f"reinstall it: pip install --force-reinstall {wheel()}")
 
 
 def versions() -> dict:
@@ -191,15 +204,6 @@ def placement(session) -> Placement:
             else:
                 cpu.append((node.name, node.op_type))
     return Placement(htp, cpu)
-
-
-def find_placement(model: Path, soc: str, *, fp16: bool) -> Placement:
-    """Where each node would run, found with CPU fallback allowed (the session is built, then dropped)."""
-    session = create_session(model, soc, fp16=fp16, allow_cpu_fallback=True)
-    try:
-        return placement(session)
-    finally:
-        del session
 
 
 def compile_context(source: Path, context_file: Path, soc: str, *, fp16: bool,

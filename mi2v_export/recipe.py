@@ -20,12 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .contract import EXPORT_DTYPES
 from .errors import BadInputError
 
 FORMAT = "mi2v-precision-recipe"
 VERSION = 1
 RECIPE_PRECISIONS = ("w8a8", "w8", "w4")
-KEEP = ("fp32", "fp16")
+KEEP = EXPORT_DTYPES  # what a unit left out of the low precision keeps
+# The denoiser's units outside its blocks: the embedders, their modulation MLPs and the final layer (the units
+# exporters/quantize/units.py gives int8 under w4: SENSITIVE_UNITS)
 DENOISER_UNITS_FLAT = ("x_embedder", "t_embedder", "t_block", "flow_embedder", "flow_block", "y_embedder",
                        "final_layer")
 
@@ -71,7 +74,7 @@ def kept_units(recipe: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Simulated quantization (the analysis only; artifacts use the real quantizers of exporters/quantize.py)
+# Simulated quantization (the analysis only; artifacts use the real quantizers of exporters/quantize)
 
 
 def _fake_weight(w: torch.Tensor, precision: str) -> torch.Tensor:

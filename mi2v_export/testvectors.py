@@ -12,11 +12,11 @@ Inputs (`sampler_inputs`, the first set; the same tensors the export traces and 
 Expected outputs are the PyTorch fp32 outputs, stored in the artifact's output dtype (fp16 artifacts: rounded to
 fp16); inputs are stored in the artifact's input dtypes.
 
-Formats (`FORMATS`, by target):
-    onnx        DIR/testdata/<component>/test_data_set_N/input_K.pb, output_K.pb: TensorProto, named, inputs in
-                the model's input order (the layout onnx_test_runner reads)
-    executorch  DIR/<component>.bpte: an ExecuTorch BundledProgram of the .pte with every set as a test case
-    other       DIR/testdata/<artifact file>.npz (Core ML): keys "set<N>.in.<name>" and "set<N>.out.<name>"
+Formats (each exporter declares its own, `Exporter.test_vector_format`):
+    onnx-testdata    DIR/testdata/<component>/test_data_set_N/input_K.pb, output_K.pb: TensorProto, named, inputs
+                     in the model's input order (the layout onnx_test_runner reads); ONNX
+    bundled-program  DIR/<component>.bpte: an ExecuTorch BundledProgram of the .pte with every set as a test case
+    npz              DIR/testdata/<artifact file>.npz (Core ML): keys "set<N>.in.<name>" and "set<N>.out.<name>"
 
 Reading (`read`) needs numpy and onnx (ONNX), numpy only (.npz), or ExecuTorch's Python package (.bpte); never a
 model and never torch for ONNX or .npz.
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError, Mi2vError, first_line
+from .precision import is_quantized
 from .safepath import contained, escape_below
 
 TESTDATA_DIR = "testdata"
@@ -39,8 +40,8 @@ IMAGE = Path(__file__).parent / "data" / "validation" / "chelsea.png"
 MULTI_SET_MAX_BYTES = 1 << 20  # below this latent size the denoiser gets one set per default sampler step
 ROLE = "test_vectors"  # manifest extra_files role of the ONNX folder and the .npz (the .bpte is "bundled_program")
 BUNDLE_ROLE = "bundled_program"
-FORMATS = {"onnx": "onnx-testdata", "executorch": "bundled-program"}
-DEFAULT_FORMAT = "npz"
+ONNX_TESTDATA, BUNDLED_PROGRAM, NPZ = "onnx-testdata", "bundled-program", "npz"  # the formats
+FORMATS = (ONNX_TESTDATA, BUNDLED_PROGRAM, NPZ)
 INPUTS_DESCRIPTION = {
     "encoder": "photo data/validation/chelsea.png, preprocess_image(fit=cover)",
     "denoiser": "sampler noise latent (seed 0), default-schedule timesteps, default flow_score",
@@ -61,10 +62,6 @@ class VectorSet:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (*self.inputs.values(), *self.outputs.values()))
-
-
-def format_of(target: str) -> str:
-    return FORMATS.get(target, DEFAULT_FORMAT)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +118,7 @@ def bundle_tolerances(dtype: str, sets: list[VectorSet]) -> tuple[float, float]:
     peak = max((float(np.max(np.abs(a.astype(np.float64)))) for s in sets for a in s.outputs.values()), default=1.0)
     if dtype == "fp16":
         return 1e-2, 5e-2 * max(peak, 1e-6)
-    if dtype in ("w8a8", "w8", "w4", "w8a16", "mixed"):  # integer precisions: a sanity bound, PSNR gates decide.
+    if is_quantized(dtype):  # integer precisions (and mixed): a sanity bound, PSNR gates decide.
         # Elementwise, one in tens of millions of outputs decides: the 720p Turbo-VAED w8a8 (47 M outputs, 30 dB)
         # had outliers over 0.3x the peak, so the bound is the output's own peak (finite, the right scale).
         return 1e-1, 1.0 * max(peak, 1e-6)
@@ -132,14 +129,16 @@ def bundle_tolerances(dtype: str, sets: list[VectorSet]) -> tuple[float, float]:
 # Writing
 
 
-def write(target: str, component: str, artifact_file: str, dtype: str, sets: list[VectorSet],
+def write(fmt: str, component: str, artifact_file: str, dtype: str, sets: list[VectorSet],
           folder: Path) -> tuple[dict, dict[str, str]]:
-    """Write the vectors of one artifact into `folder` (the staging folder): (manifest record, {role: file})."""
-    fmt = format_of(target)
-    tolerances = bundle_tolerances(dtype, sets) if fmt == "bundled-program" else None
-    if fmt == "onnx-testdata":
+    """Write the vectors of one artifact into `folder` (the staging folder) in format `fmt` (one of FORMATS, the
+    artifact's exporter's `test_vector_format`): (manifest record, {role: file})."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown test-vector format {fmt!r}; one of {', '.join(FORMATS)}")
+    tolerances = bundle_tolerances(dtype, sets) if fmt == BUNDLED_PROGRAM else None
+    if fmt == ONNX_TESTDATA:
         file, role = write_onnx(folder, component, sets), ROLE
-    elif fmt == "bundled-program":
+    elif fmt == BUNDLED_PROGRAM:
         file, role = f"{component}.bpte", BUNDLE_ROLE
         write_bundled_program(folder / artifact_file, sets, folder / file)
     else:
@@ -206,8 +205,8 @@ def read(folder: Path, entry) -> list[VectorSet] | None:
         raise BadInputError(f"{outside}: leads outside {folder} (through a symlink); refused")
     names_in = [t.name for t in entry.inputs]
     names_out = [t.name for t in entry.outputs]
-    readers = {"onnx-testdata": lambda: read_onnx(path),
-               "bundled-program": lambda: read_bundled_program(path, names_in, names_out)}
+    readers = {ONNX_TESTDATA: lambda: read_onnx(path),
+               BUNDLED_PROGRAM: lambda: read_bundled_program(path, names_in, names_out)}
     try:
         return readers.get(record["format"], lambda: read_npz(path))()
     except Mi2vError:

@@ -211,10 +211,33 @@ def test_tree_digest_of_a_folder_is_stable(tmp_path):
 
 
 def test_registry_lists_targets_and_delegates():
-    assert set(base.targets()) == {"onnx", "executorch", "coreml"}
+    assert base.target_names() == ("onnx", "coreml", "executorch")  # the CLI's order
+    assert base.delegate_names() == ("xnnpack", "vulkan", "qnn", "coreml")
     assert list(base.get_exporter("executorch").delegates()) == ["xnnpack", "vulkan", "qnn", "coreml"]
+    assert list(base.get_exporter("onnx").delegates()) == ["qnn"]
     assert base.get_exporter("coreml").default_dtype(None) == "fp16"
     assert base.get_exporter("onnx").default_dtype(None) == "fp32"
+    assert {t: base.runtime_of(t) for t in base.target_names()} == {
+        "onnx": "onnxruntime", "coreml": "coreml", "executorch": "executorch"}
+    assert base.runs_on_host("onnx") and base.runs_on_host("onnx", "qnn") and base.runs_on_host("executorch", None)
+    assert base.runs_on_host("executorch", "xnnpack") and not base.runs_on_host("executorch", "vulkan")
+    assert base.runs_on_host("coreml") == (sys.platform == "darwin") and not base.runs_on_host("tflite")
+
+
+def test_each_target_declares_its_manifest_flags():
+    """The manifest's `flags` of each target come from its options record (exporters/targets), as before."""
+    def flags(target, delegate=None, **kw):
+        exporter = base.get_exporter(target, delegate)
+        request = ExportRequest(target=target, delegate=delegate, out_dir=Path("."), **kw)
+        options = base.ExportOptions(target, delegate, target_options=exporter.target_options(request))
+        return exporter.manifest_flags(options)
+
+    assert flags("onnx") == {"opset": 18}
+    assert flags("onnx", "qnn", soc="SM8750") == {"soc": "SM8750", "allow_cpu_fallback": False, "opset": 18}
+    assert flags("coreml", compute_units="cpu_only") == {"compute_units": "cpu_only", "min_ios": 17}
+    assert flags("executorch", "xnnpack", etrecord=True) == {"etrecord": True}
+    assert flags("executorch", "coreml", min_ios=18) == {"etrecord": False, "compute_units": "all", "min_ios": 18}
+    assert flags("executorch", "qnn") == {"etrecord": False, "soc": "SM8650"}
 
 
 @pytest.mark.parametrize("groups,stride,pad_t,kt", [(1, 1, 0, 3), (1, 2, 0, 3), (4, 1, 0, 5), (1, 1, 1, 3),
@@ -276,12 +299,13 @@ def test_executorch_and_coreml_rewrites_keep_the_vae_function(part):
         model, x = models.load_decoder(kind, preset="tiny"), components.example_inputs("decoder", TINY_GEO)["latent"]
     with torch.no_grad():
         ref = model(x)
-    from mi2v_export.exporters.executorch import DELEGATES
+    from mi2v_export.exporters.targets.executorch import DELEGATES
 
     for target, trace in (("executorch", ()), ("executorch", DELEGATES["vulkan"].extra_trace), ("coreml", ())):
         m = copy.deepcopy(model)
-        counts = rewrites.apply_rewrites(m, rewrites.FOR_TARGET[target])
-        with rewrites.tracing(rewrites.TRACE_FOR_TARGET[target] + trace), torch.no_grad():
+        exporter = base.get_exporter(target)
+        counts = rewrites.apply_rewrites(m, exporter.rewrites)
+        with rewrites.tracing(exporter.trace_rewrites + trace), torch.no_grad():
             out = m(x)
         assert sum(counts.values()) > 0 or target == "coreml"
         assert parity.rel_l2(out, ref) < 1e-5, (part, target, counts)
@@ -440,7 +464,10 @@ def test_executorch_xnnpack_tiny_encoder_runs_on_the_executorch_runtime(tmp_path
     d = e.delegation
     assert d["backends"] == {"XnnpackBackend": d["delegated_subgraphs"]} and d["ops_delegated"] > 100
     assert d["flops_share_delegated"] == 1.0  # every convolution runs in XNNPACK (conv3d_as_conv2d rewrite)
-    assert "aten.convolution" not in d["portable_ops"] and "aten.alias_copy" not in d["portable_ops"]
+    # op names as ExecuTorch's get_delegation_info spells them: every convolution delegated, no alias copy left
+    assert d["delegated_ops"]["aten_convolution_default"] > 0
+    assert d["ops_delegated"] == sum(d["delegated_ops"].values()) and d["ops_portable"] == sum(d["portable_ops"].values())
+    assert "aten_convolution_default" not in d["portable_ops"] and "aten_alias_copy_default" not in d["portable_ops"]
     assert {"conv3d_as_conv2d", "shuffle_rank5", "causal_pad_cat"} <= {k for k, v in e.target_info["rewrites"].items() if v}
     feeds, want = reference_outputs("encoder")
     method = Runtime.get().load_program(out / "encoder.pte").load_method("forward")
@@ -507,7 +534,7 @@ def test_onnx_weights_above_the_protobuf_limit_go_to_external_data(tmp_path, toy
     manifest with its sha256, moved into place with the model, and still verified on onnxruntime."""
     import onnxruntime as ort
 
-    from mi2v_export.exporters import onnx as onnx_exporter
+    from mi2v_export.exporters.targets import onnx as onnx_exporter
 
     monkeypatch.setattr(onnx_exporter, "PROTOBUF_LIMIT", 1024)
     out = tmp_path / "art"

@@ -12,6 +12,7 @@ import torch
 from mi2v_export import parity
 from mi2v_export import precision as P
 from mi2v_export.errors import BadInputError
+from mi2v_export.exporters.base import get_exporter
 from mi2v_export.exporters.orchestrate import ExportRequest, prepare, run_export
 from mi2v_export.exporters.quantize import SENSITIVE_UNITS
 from mi2v_export.manifest import read_manifest
@@ -49,16 +50,34 @@ def test_parse_errors(text, match):
         P.parse(text)
 
 
+def cells(target: str, delegate: str | None = None) -> tuple:
+    """What the exporter of (target, delegate) declares it produces, and its label in errors."""
+    return get_exporter(target, delegate).precisions_for(delegate), P.target_label(target, delegate)
+
+
 def test_resolve_defaults_alias_and_components():
     comps = ["encoder", "denoiser", "decoder"]
-    got = P.resolve("denoiser=fp16", None, comps, "onnx", None, "fp32")
+    got = P.resolve("denoiser=fp16", None, comps, *cells("onnx"), "fp32")
     assert got == {"encoder": P.Precision.FP32, "denoiser": P.Precision.FP16, "decoder": P.Precision.FP32}
-    assert set(P.resolve(None, "fp16", comps, "onnx", None, "fp32").values()) == {P.Precision.FP16}
-    assert set(P.resolve(None, None, comps, "coreml", None, "fp16").values()) == {P.Precision.FP16}
+    assert set(P.resolve(None, "fp16", comps, *cells("onnx"), "fp32").values()) == {P.Precision.FP16}
+    assert set(P.resolve(None, None, comps, *cells("coreml"), "fp16").values()) == {P.Precision.FP16}
     with pytest.raises(BadInputError, match="disagree"):
-        P.resolve("fp32", "fp16", comps, "onnx", None, "fp32")
+        P.resolve("fp32", "fp16", comps, *cells("onnx"), "fp32")
     with pytest.raises(BadInputError, match="does not include"):
-        P.resolve("decoder=fp16", None, ["denoiser"], "onnx", None, "fp32")
+        P.resolve("decoder=fp16", None, ["denoiser"], *cells("onnx"), "fp32")
+    with pytest.raises(BadInputError, match="unknown dtype 'int8'; choose one of: fp32, fp16"):
+        P.resolve(None, "int8", comps, *cells("onnx"), "fp32")
+
+
+def test_each_exporter_declares_its_precisions():
+    """The support table as the exporters declare it (one home: `Exporter.supported`, ExecuTorch per delegate)."""
+    F32, F16, W8A8, W8, W4, W8A16 = (P.Precision(p) for p in ("fp32", "fp16", "w8a8", "w8", "w4", "w8a16"))
+    assert cells("onnx")[0] == (F32, F16, W8A8, W8, W4, W8A16)
+    assert cells("onnx", "qnn")[0] == (F16, W8A16, W8A8)
+    assert cells("coreml")[0] == (F32, F16, W8A8, W8, W4)
+    assert cells("executorch", "xnnpack")[0] == cells("executorch", "vulkan")[0] == (F32, F16, W8A8, W8, W4)
+    assert cells("executorch", "qnn")[0] == (F16,) and cells("executorch", "coreml")[0] == (F32, F16)
+    assert [p.value for p in P.Precision if p.quantized] == ["w8a8", "w8", "w4", "w8a16", "mixed"]
 
 
 def test_unsupported_cell_is_one_line_naming_what_is_supported(tmp_path):
@@ -101,8 +120,8 @@ def test_cli_precision_errors_exit_2(tmp_path):
 # Every supported (target, precision) cell that runs here: export the tiny denoiser, gate it on the real runtime,
 # and check the manifest tells the truth about it.
 
-RUNS_HERE = [(t, d, p.value) for (t, d), cells in P.SUPPORT.items() for p in cells
-             if (t, d) in (("onnx", None), ("executorch", "xnnpack")) and p is not P.Precision.FP32]
+RUNS_HERE = [(t, d, p.value) for t, d in (("onnx", None), ("executorch", "xnnpack"))
+             for p in get_exporter(t, d).precisions_for(d) if p is not P.Precision.FP32]
 # PT2E calibration and XNNPACK lowering of a quantized graph take minutes even at the tiny preset on a loaded
 # 2-core host: the static (w8a8) and torchao (w4) ExecuTorch cells run with `make test-slow`; w8 stays here.
 SLOW_CELLS = {("executorch", "w8a8"), ("executorch", "w4")}
@@ -264,7 +283,7 @@ def test_recipe_round_trip_through_export(tmp_path, calibration_cache, tiny_reci
 def test_executorch_recipe_keeps_its_float_units_unquantized(dynamic):
     """A recipe's float units stay out of the PT2E quantizer (ExecuTorch 1.5 refuses set_module_name(name, None):
     every ExecuTorch export with a recipe keeping a unit failed with an AssertionError before)."""
-    from mi2v_export.exporters.quantize import _pt2e
+    from mi2v_export.exporters.quantize.pt2e import _pt2e
 
     class Two(torch.nn.Module):
         def __init__(self):
@@ -331,7 +350,7 @@ def test_coreml_w8a8_quantizes_weights_and_activations_and_is_checked_in_pytorch
     recipe keeps its float units out of the quantizer."""
     import coremltools as ct
 
-    from mi2v_export.exporters.coreml import mil_op_histogram
+    from mi2v_export.exporters.targets.coreml import mil_op_histogram
 
     data = json.loads(tiny_recipe.read_text())
     data["units"].update({u: "fp32" for u in ("t_embedder", "t_block", "final_layer")})
@@ -362,7 +381,7 @@ def test_coreml_w8a8_quantizes_weights_and_activations_and_is_checked_in_pytorch
 
 def test_coreml_structural_check_refuses_a_label_without_its_ops():
     from mi2v_export.errors import VerificationError
-    from mi2v_export.exporters.coreml import _compression_check
+    from mi2v_export.exporters.targets.coreml import _compression_check
 
     ops = {"linear": 3, "constexpr_affine_dequantize": 3}
     assert "constexpr_affine_dequantize×3" in _compression_check("d.mlpackage", ops, "w8")
@@ -395,8 +414,8 @@ def test_vulkan_integer_cells_lower_to_their_kernels(tmp_path, calibration_cache
 def test_vulkan_w4_groups_of_32_become_the_fused_int4_kernel():
     from executorch.exir import to_edge_transform_and_lower
 
-    from mi2v_export.exporters import executorch as etx
     from mi2v_export.exporters.quantize import executorch_quantize, int4_linears, int8_units
+    from mi2v_export.exporters.targets.executorch import delegates as etx
 
     class Wrapper(torch.nn.Module):  # named like the export wrapper: int8_units are "model.<unit>"
         def __init__(self):
@@ -428,7 +447,7 @@ def test_vulkan_refuses_integer_precisions_for_a_component_without_linears(tmp_p
 def test_vulkan_kernel_check_refuses_a_label_without_its_kernel():
     from mi2v_export.errors import VerificationError
     from mi2v_export.exporters.base import Artifact
-    from mi2v_export.exporters.executorch import _vulkan_kernel_check
+    from mi2v_export.exporters.targets.executorch.delegates import _vulkan_kernel_check
 
     artifact = Artifact(file="d.pte", inputs=[], outputs=[], target_info={"vulkan_ops": {"aten.addmm.default": 4}})
     with pytest.raises(VerificationError, match="labelled w4 but its Vulkan graph has no et_vk.linear_q4gsw"):
@@ -446,11 +465,12 @@ def test_xnnpack_w8a8_decoder_quantizes_at_convs_and_linears_only():
     from mi2v_export.exporters import components, rewrites
     from mi2v_export.exporters.quantize import executorch_quantize
 
+    exporter = get_exporter("executorch")
     spec = components.load_component("decoder", preset="tiny", geo=geometry(128, 192, 9), reference=False)
-    rewrites.apply_rewrites(spec.module, rewrites.FOR_TARGET["executorch"])
+    rewrites.apply_rewrites(spec.module, exporter.rewrites)
 
     def quantized_inputs(component: str) -> set[str]:
-        with rewrites.tracing(rewrites.TRACE_FOR_TARGET["executorch"]), torch.no_grad():
+        with rewrites.tracing(exporter.trace_rewrites), torch.no_grad():
             graph = executorch_quantize(spec.module, spec.args, "w8a8", [spec.args], component=component)
         return {getattr(q.args[0].target, "__name__", "").split(".")[0] for q in graph.graph.nodes
                 if q.op == "call_function" and getattr(q.target, "__name__", "").startswith("quantize_per_tensor")}
@@ -489,7 +509,7 @@ def _xnnpack_fp16_psnr(module, x: torch.Tensor, trace: tuple[str, ...]) -> float
 
     from mi2v_export.exporters import rewrites
     from mi2v_export.exporters.base import ExportOptions
-    from mi2v_export.exporters.executorch import DELEGATES
+    from mi2v_export.exporters.targets.executorch import DELEGATES
 
     options = ExportOptions(target="executorch", delegate="xnnpack", dtype="fp16", precision="fp16")
     with rewrites.tracing(trace), torch.no_grad():
@@ -501,12 +521,11 @@ def _xnnpack_fp16_psnr(module, x: torch.Tensor, trace: tuple[str, ...]) -> float
 def test_executorch_fp16_layer_norm_is_an_fp32_island():
     """ExecuTorch's portable fp16 LayerNorm (never delegated) accumulates in fp16: on the 270M denoiser's 1152
     channels it is ~14 dB, which took the whole denoiser to 15 dB. The ExecuTorch trace rewrites run it in fp32."""
-    from mi2v_export.exporters import rewrites
-
     torch.manual_seed(0)
     x = torch.randn(1, 64, 1152) * 3 + 1.5
-    assert "layer_norm_fp32" in rewrites.TRACE_FOR_TARGET["executorch"]
-    assert _xnnpack_fp16_psnr(_DenoiserLayerNorm(), x, rewrites.TRACE_FOR_TARGET["executorch"]) > 70
+    trace = get_exporter("executorch").trace_rewrites
+    assert "layer_norm_fp32" in trace
+    assert _xnnpack_fp16_psnr(_DenoiserLayerNorm(), x, trace) > 70
     assert _xnnpack_fp16_psnr(_DenoiserLayerNorm(), x, ()) < 30  # the runtime defect the island works around
 
 

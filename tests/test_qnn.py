@@ -22,6 +22,7 @@ from torch import nn
 from mi2v_export import models, parity, qnn
 from mi2v_export.errors import BadInputError, VerificationError
 from mi2v_export.exporters import components, rewrites
+from mi2v_export.exporters.base import get_exporter
 from mi2v_export.exporters.orchestrate import ExportRequest, run_export
 from mi2v_export.manifest import read_manifest
 from mi2v_export.presets import get_preset
@@ -108,8 +109,9 @@ def test_qnn_rewrites_keep_the_vae_function_and_put_norms_on_rank4(part):
     with torch.no_grad():
         ref = model(x)
     m = copy.deepcopy(model)
-    counts = rewrites.apply_rewrites(m, rewrites.FOR_TARGET["qnn"])
-    with rewrites.tracing(rewrites.TRACE_FOR_TARGET["qnn"]), torch.no_grad():
+    exporter = get_exporter("onnx", "qnn")
+    counts = rewrites.apply_rewrites(m, exporter.rewrites)
+    with rewrites.tracing(exporter.trace_rewrites), torch.no_grad():
         out = m(x)
         graph = torch.export.export(m, (x,)).graph
     assert parity.rel_l2(out, ref) < 1e-6, (part, counts)
@@ -213,7 +215,7 @@ def test_placement_counts_shares():
 
 def test_executorch_qnn_guard_names_the_sdk_it_needs_and_the_onnx_path(monkeypatch):
     from mi2v_export.errors import MissingDependencyError
-    from mi2v_export.exporters.executorch import check_qnn_sdk
+    from mi2v_export.exporters.targets.executorch.delegates import check_qnn_sdk
 
     monkeypatch.delenv("QNN_SDK_ROOT", raising=False)
     with pytest.raises(MissingDependencyError) as err:

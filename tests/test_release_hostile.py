@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mi2v_export import contract, precision, presets, qnn, schemas
+from mi2v_export.exporters import base as exporters
 from mi2v_export.release.merge import RELEASE, read_release
 from mi2v_export.safepath import RELATIVE_PATH_PATTERN
 from tests.conftest import MI2V_EXE, run_cli
@@ -409,8 +410,8 @@ def test_one_job_id_per_distinct_export(tmp_path):
 def test_plan_schema_enums_are_the_contracts():
     plan = json.loads(schemas.schema_path("release-plan").read_text())["$defs"]
     assert tuple(plan["component"]["enum"]) == contract.COMPONENTS
-    assert tuple(plan["target"]["enum"]) == contract.TARGETS
-    assert tuple(plan["delegate"]["enum"]) == contract.DELEGATES
+    assert tuple(plan["target"]["enum"]) == exporters.target_names()  # the exporter registry
+    assert tuple(plan["delegate"]["enum"]) == exporters.delegate_names()
     assert tuple(plan["dtype"]["enum"]) == contract.EXPORT_DTYPES
     assert tuple(plan["soc"]["enum"]) == tuple(qnn.SOCS)
     assert tuple(plan["preset"]["enum"]) == tuple(presets.PRESETS)

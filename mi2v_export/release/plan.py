@@ -28,7 +28,6 @@ from ..schemas import validate
 PLAN_SCHEMA = "release-plan"  # mi2v_export/schemas/release-plan.schema.json
 # Axes a cell (or the defaults) may give as a list; the cross product of all of them is expanded into jobs.
 AXES = ("component", "target", "delegate", "precision", "dtype", "soc", "preset", "resolution", "frames")
-SCALARS = ("decoder", "attention", "rewrite", "args")
 BUILTIN_DEFAULTS = {"preset": "mobilei2v-270m", "decoder": "turbo-vaed", "attention": "reference"}
 
 
@@ -220,10 +219,10 @@ def normalise(job: Job, where: str) -> Job:
         bounds.check_cap(preset, geo.height, geo.width, geo.frames)
     except Mi2vError as exc:
         raise type(exc)(f"{where}: {exc}") from None
-    qnn = options.delegate == "qnn"
     done = replace(job, target=exporter.name, delegate=options.delegate, preset=preset.name,
                    resolution=f"{geo.height}x{geo.width}", frames=geo.frames, dtype=None,
-                   precision=options.precisions[job.component].value, soc=options.soc if qnn else None)
+                   precision=options.precisions[job.component].value,
+                   soc=exporter.manifest_flags(options).get("soc"))  # where the SoC shapes the build
     safe_name(done.with_id().name, f"{where}: job folder name")  # a plain name: the job's folder
     return done
 

@@ -2,9 +2,10 @@
 
 fp16 compute precision by default and for every compressed precision (the Neural Engine computes in fp16; only
 `--precision fp32` converts in fp32), minimum deployment target iOS 17 (or 18, which keeps SDPA fused), compute
-units recorded in the manifest. Integer precisions: w8 / w4 compress the converted weights (exporters/quantize.py),
-w8a8 quantizes the module in PyTorch before conversion (exporters/input_quantizer.py). Rewrites: pad + frms (rewrites.py), coremltools
-aliases for `concatenate` / `alias`, and the rank-≤5 RoPE trace for the denoiser (Core ML allows rank ≤ 5).
+units recorded in the manifest. Integer precisions: w8 / w4 compress the converted weights
+(exporters/quantize/coreml.py), w8a8 quantizes the module in PyTorch before conversion (exporters/quantize/pt2e.py).
+Rewrites: pad + frms (exporters/rewrites), coremltools aliases for `concatenate` / `alias`, and the rank-≤5 RoPE
+trace for the denoiser (Core ML allows rank ≤ 5).
 
 Core ML runs only on macOS: elsewhere the artifact is checked structurally (it loads as a spec, the I/O names and
 shapes are the contract's, it is an ML Program of the expected spec version) and `verified_on` is null.
@@ -12,43 +13,40 @@ shapes are the contract's, it is an ML Program of the expected spec version) and
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from mi2v_export.contract import COREMLTOOLS_UNIT, runs_on_host
+from mi2v_export.contract import COMPUTE_UNITS, COREMLTOOLS_UNIT
 from mi2v_export.errors import BadInputError, MissingDependencyError, VerificationError
+from mi2v_export.precision import Precision, is_quantized
 
-from . import quantize
-from . import rewrites as rw
-from .base import (
+from ..base import (
     Artifact,
+    ArtifactRun,
     ComponentSpec,
     Exporter,
     ExportOptions,
     ProgressCallback,
     ProgressEvent,
-    ArtifactRun,
+    TargetOptions,
     register,
-    run_simulated,
 )
 
-COMPUTE_UNITS = COREMLTOOLS_UNIT  # mi2v spelling → coremltools.ComputeUnit member (mi2v_export.contract)
 MIN_IOS = (17, 18)
 COMPUTE = {"fp16": "FLOAT16", "fp32": "FLOAT32"}  # compute precision → coremltools.precision member
-COREML_TOOLS = {  # integer precision → how it is made (the manifest's target_info.quantization.tool)
-    "w8": "coremltools.optimize.coreml.linear_quantize_weights (int8 linear symmetric, per channel)",
-    "w4": "coremltools.optimize.coreml.palettize_weights (4-bit k-means, per grouped channel of "
-          f"{quantize.COREML_W4_GROUP})",
-    "w8a8": "torchao PT2E (int8 per-channel weights, int8 activations at every linear / conv input, calibrated) "
-            "→ coremltools quantize / dequantize + constexpr_affine_dequantize",
-}
-SIMULATED = ("w8", "w4", "w8a8", "mixed")  # checked in PyTorch off macOS
 INT8_WEIGHTS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")  # iOS 17 / iOS 18 spelling
 REQUIRED_OPS = {"w8": (INT8_WEIGHTS,), "w4": (("constexpr_lut_to_dense",),),  # one op of each group must be there
                 "w8a8": (("quantize",), ("dequantize",), INT8_WEIGHTS)}
 SPEC_VERSION = {17: 8, 18: 9}  # Core ML model spec version of each deployment target
+
+
+def runs_core_ml() -> bool:
+    """Core ML prediction needs macOS."""
+    return platform.system() == "Darwin"
 
 
 def compute_unit(name: str):
@@ -56,7 +54,7 @@ def compute_unit(name: str):
 
     if name not in COMPUTE_UNITS:
         raise BadInputError(f"unknown compute units {name!r}; choose one of: {', '.join(COMPUTE_UNITS)}")
-    return getattr(ct.ComputeUnit, COMPUTE_UNITS[name])
+    return getattr(ct.ComputeUnit, COREMLTOOLS_UNIT[name])
 
 
 def deployment_target(min_ios: int):
@@ -105,34 +103,51 @@ def _tensor_infos(features) -> list:
     return out
 
 
+@dataclass
+class CoreMLOptions(TargetOptions):
+    compute_units: str = "all"  # contract.COMPUTE_UNITS
+    min_ios: int = 17  # minimum deployment target (MIN_IOS)
+
+
 @register
 class CoreMLExporter(Exporter):
     name = "coreml"
     extension = ".mlpackage"
     summary = "Core ML ML Program (.mlpackage), fp16, iOS 17+"
+    cli_order = 1
+    options_type = CoreMLOptions
+    supported = (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4)
+    runtime = "coreml"
+    runtime_package = "coremltools"
+    test_vector_format = "npz"
+    rewrites = ("causal_pad_cat", "rms_norm_fp16")
+    trace_rewrites = ("rope_rank5",)
 
     def default_dtype(self, delegate: str | None) -> str:
         return "fp16"
 
+    def runs_on_host(self, delegate: str | None) -> bool:
+        return runs_core_ml()
+
     def resolve(self, options: ExportOptions) -> ExportOptions:
         options = super().resolve(options)
-        if options.compute_units not in COMPUTE_UNITS:
-            raise BadInputError(f"unknown compute units {options.compute_units!r}; choose one of: "
+        own = options.target_options
+        if own.compute_units not in COMPUTE_UNITS:
+            raise BadInputError(f"unknown compute units {own.compute_units!r}; choose one of: "
                                 f"{', '.join(COMPUTE_UNITS)}")
-        if options.min_ios not in MIN_IOS:
-            raise BadInputError(f"--min-ios {options.min_ios}: choose one of {', '.join(map(str, MIN_IOS))}")
+        if own.min_ios not in MIN_IOS:
+            raise BadInputError(f"--min-ios {own.min_ios}: choose one of {', '.join(map(str, MIN_IOS))}")
         return options
 
-
     def runs_here(self, options: ExportOptions) -> bool:
-        return runs_on_host("coreml") or options.precision in SIMULATED  # compressed: simulated in PyTorch
+        return runs_core_ml() or is_quantized(options.precision)  # compressed: simulated in PyTorch
 
     def check_environment(self, options: ExportOptions) -> None:
         try:
             import coremltools  # noqa: F401
         except ImportError:
             raise MissingDependencyError("--target coreml needs coremltools (pip install coremltools)") from None
-        if "w4" in {str(p) for p in options.precisions.values()} and options.min_ios < 18:
+        if "w4" in {str(p) for p in options.precisions.values()} and options.target_options.min_ios < 18:
             raise BadInputError("--precision w4 on Core ML (4-bit palettes per grouped channel) needs --min-ios 18")
         if options.recipe and options.recipe["precision"] != "w8a8":
             raise BadInputError(f"--recipe with precision {options.recipe['precision']} on Core ML: coremltools "
@@ -140,76 +155,85 @@ class CoreMLExporter(Exporter):
 
     def export(self, spec: ComponentSpec, out_dir: Path, options: ExportOptions,
                progress: ProgressCallback) -> Artifact:
-        import coremltools as ct
-        import torch
+        from .. import rewrites as rw
+        from ..quantize import CONVERTED, MODULE, plan_of, quantizer
 
-        file = self.file_name(spec.name)
+        file, own = self.file_name(spec.name), options.target_options
         stages: dict[str, float] = {}
-        progress(ProgressEvent(spec.name, "rewrite", "start", ", ".join(rw.FOR_TARGET["coreml"])))
-        applied = rw.apply_rewrites(spec.module, rw.FOR_TARGET["coreml"])
+        progress(ProgressEvent(spec.name, "rewrite", "start", ", ".join(self.rewrites)))
+        applied = rw.apply_rewrites(spec.module, self.rewrites)
         rw.register_coreml_aliases()
         progress(ProgressEvent(spec.name, "rewrite", "done", ", ".join(f"{n}×{c}" for n, c in applied.items() if c)))
-
-        applied_precision, keep = quantize.plan_of(options)
+        applied_precision, keep = plan_of(options)
+        q = quantizer(self.name, None, applied_precision) if is_quantized(applied_precision) else None
         module = spec.module
-        if applied_precision == "w8a8":
-            module = self._quantize_w8a8(spec, options, keep, progress, stages)
-        progress(ProgressEvent(spec.name, "export", "start", "torch.export"))
-        t0 = time.perf_counter()
-        with rw.tracing(rw.TRACE_FOR_TARGET["coreml"]), torch.no_grad():
-            ep = torch.export.export(module, spec.args, strict=False)
-        ep = ep.run_decompositions({})
-        stages["export"] = time.perf_counter() - t0
-        progress(ProgressEvent(spec.name, "export", "done", seconds=stages["export"]))
-
-        progress(ProgressEvent(spec.name, "lower", "start", "coremltools.convert (mlprogram)"))
-        t0 = time.perf_counter()
+        if q is not None and q.stage == MODULE:
+            module = self._quantize_module(spec, options, q, keep, progress, stages)
         compute = "fp32" if options.precision == "fp32" else "fp16"
-        mlmodel = ct.convert(ep, convert_to="mlprogram", compute_precision=getattr(ct.precision, COMPUTE[compute]),
-                             minimum_deployment_target=deployment_target(options.min_ios),
-                             compute_units=compute_unit(options.compute_units),
-                             outputs=[ct.TensorType(name=n) for n in spec.output_names])
-        del ep
-        stages["lower"] = time.perf_counter() - t0
-        progress(ProgressEvent(spec.name, "lower", "done", seconds=stages["lower"]))
-        if options.precision in ("w8", "w4"):
+        mlmodel = self._convert(spec, module, compute, own, progress, stages)
+        if q is not None and q.stage == CONVERTED:
             progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
             t0 = time.perf_counter()
-            mlmodel = quantize.coreml_compress(mlmodel, options.precision)
+            mlmodel = q.quantize(mlmodel)
             stages["quantize"] = time.perf_counter() - t0
             progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
-
         progress(ProgressEvent(spec.name, "serialize", "start", "save .mlpackage"))
         t0 = time.perf_counter()
         mlmodel.save(str(out_dir / file))
         stages["serialize"] = time.perf_counter() - t0
         progress(ProgressEvent(spec.name, "serialize", "done", seconds=stages["serialize"]))
         mspec = mlmodel.get_spec()
-        info = {"format": "mlprogram", "compute_precision": compute, "compute_units": options.compute_units,
-                "minimum_deployment_target": f"iOS{options.min_ios}",
+        info = {"format": "mlprogram", "compute_precision": compute, "compute_units": own.compute_units,
+                "minimum_deployment_target": f"iOS{own.min_ios}",
                 "spec_version": int(mspec.specificationVersion), "rewrites": applied,
-                "trace_rewrites": list(rw.TRACE_FOR_TARGET["coreml"]),
-                "mil_ops": mil_op_histogram(mspec)}
-        if applied_precision in SIMULATED:
+                "trace_rewrites": list(self.trace_rewrites), "mil_ops": mil_op_histogram(mspec)}
+        if q is not None:
             info["quantization"] = {"precision": options.precision, "applied": applied_precision,
-                                    "kept_float": keep, "tool": COREML_TOOLS[applied_precision],
+                                    "kept_float": keep, "tool": q.tool,
                                     "calibration_records": len(options.calibration or [])}
         return Artifact(file=file, inputs=_tensor_infos(mspec.description.input),
                         outputs=_tensor_infos(mspec.description.output), target_info=info, stages_s=stages,
                         rewrites=[n for n, c in applied.items() if c])
 
-    def _quantize_w8a8(self, spec: ComponentSpec, options: ExportOptions, keep: list[str],
-                       progress: ProgressCallback, stages: dict):
-        """The PT2E w8a8 module to convert (exporters/input_quantizer.py), kept as this artifact's PyTorch stand-in."""
+    def _convert(self, spec: ComponentSpec, module, compute: str, own: CoreMLOptions, progress: ProgressCallback,
+                 stages: dict):
+        """torch.export (under the trace rewrites) and coremltools.convert to an ML Program."""
+        import coremltools as ct
         import torch
 
-        from . import input_quantizer
+        from .. import rewrites as rw
+
+        progress(ProgressEvent(spec.name, "export", "start", "torch.export"))
+        t0 = time.perf_counter()
+        with rw.tracing(self.trace_rewrites), torch.no_grad():
+            ep = torch.export.export(module, spec.args, strict=False)
+        ep = ep.run_decompositions({})
+        stages["export"] = time.perf_counter() - t0
+        progress(ProgressEvent(spec.name, "export", "done", seconds=stages["export"]))
+        progress(ProgressEvent(spec.name, "lower", "start", "coremltools.convert (mlprogram)"))
+        t0 = time.perf_counter()
+        mlmodel = ct.convert(ep, convert_to="mlprogram", compute_precision=getattr(ct.precision, COMPUTE[compute]),
+                             minimum_deployment_target=deployment_target(own.min_ios),
+                             compute_units=compute_unit(own.compute_units),
+                             outputs=[ct.TensorType(name=n) for n in spec.output_names])
+        del ep
+        stages["lower"] = time.perf_counter() - t0
+        progress(ProgressEvent(spec.name, "lower", "done", seconds=stages["lower"]))
+        return mlmodel
+
+    def _quantize_module(self, spec: ComponentSpec, options: ExportOptions, q, keep: list[str],
+                         progress: ProgressCallback, stages: dict):
+        """The quantized module to convert (w8a8: PT2E, exporters/quantize/pt2e.py), kept as this artifact's
+        PyTorch stand-in."""
+        import torch
+
+        from .. import rewrites as rw
 
         progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
         t0 = time.perf_counter()
         records = [tuple(r[n] for n in spec.inputs) for r in (options.calibration or [])]
-        with rw.tracing(rw.TRACE_FOR_TARGET["coreml"]), torch.no_grad():
-            module = input_quantizer.quantize(spec.module, spec.args, records, keep)
+        with rw.tracing(self.trace_rewrites), torch.no_grad():
+            module = q.quantize(spec.module, spec.args, records, keep, spec.name)
         self._remember_simulated(spec, options.precision, module)
         stages["quantize"] = time.perf_counter() - t0
         progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
@@ -218,13 +242,18 @@ class CoreMLExporter(Exporter):
     def _run_simulated(self, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         """Off macOS, compressed artifacts are checked in PyTorch, recorded as verified_on "pytorch-simulated": w8 /
         w4 by their decompressed weights (the same coremltools compression), w8a8 by the quantized GraphModule that
-        was converted (its int8 weights and activation quantize / dequantize). Compute is fp32 there, fp16 in Core ML."""
+        was converted (its int8 weights and activation quantize / dequantize). Compute is fp32 there, fp16 in Core
+        ML."""
+        from ..quantize import QUANTIZERS
+        from ..tensors import run_simulated
+
         module = self._recalled_simulated(spec, options.precision)  # w8a8: set when quantizing
-        if module is None and options.precision not in ("w8", "w4"):
+        q = QUANTIZERS.get((self.name, None, options.precision))
+        if module is None and (q is None or q.simulated is None):
             return ArtifactRun(outputs=None, verified_on=None, reason="a w8a8 Core ML artifact is checked in PyTorch "
                                "by the export that quantized it; Core ML prediction needs macOS")
         if module is None:
-            module = quantize.coreml_simulated(spec.module, options.precision)
+            module = q.simulated(spec.module)
             self._remember_simulated(spec, options.precision, module)
         return run_simulated(module, spec)
 
@@ -239,11 +268,12 @@ class CoreMLExporter(Exporter):
         checks = ["loads as a Core ML spec"]
         if mspec.WhichOneof("Type") != "mlProgram":
             raise VerificationError(f"{artifact.file}: is a {mspec.WhichOneof('Type')}, not an ML Program")
-        want_version = SPEC_VERSION[options.min_ios]
+        min_ios = options.target_options.min_ios
+        want_version = SPEC_VERSION[min_ios]
         if mspec.specificationVersion < want_version:
             raise VerificationError(f"{artifact.file}: spec version {mspec.specificationVersion} is below "
-                                    f"iOS{options.min_ios}'s {want_version}")
-        checks.append(f"ML Program, spec version {mspec.specificationVersion} (iOS{options.min_ios}+)")
+                                    f"iOS{min_ios}'s {want_version}")
+        checks.append(f"ML Program, spec version {mspec.specificationVersion} (iOS{min_ios}+)")
         ins = [(f.name, tuple(f.type.multiArrayType.shape)) for f in mspec.description.input]
         outs = [f.name for f in mspec.description.output]
         want_in = [(n, tuple(x.shape)) for n, x in spec.inputs.items()]
@@ -251,20 +281,23 @@ class CoreMLExporter(Exporter):
             raise VerificationError(f"{artifact.file}: I/O {ins} → {outs} differ from the contract {want_in} → "
                                     f"{list(spec.output_names)}")
         checks.append("I/O names and static shapes match the contract")
-        applied, _ = quantize.plan_of(options)
+        from ..quantize import plan_of
+
+        applied, _ = plan_of(options)
         if applied in REQUIRED_OPS:
             checks.append(_compression_check(artifact.file, mil_op_histogram(mspec), applied))
         return checks
 
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
-        if not runs_on_host("coreml") and options.precision in SIMULATED:
+        if not runs_core_ml() and is_quantized(options.precision):
             return self._run_simulated(spec, options)
-        if not runs_on_host("coreml"):
+        if not runs_core_ml():
             return ArtifactRun(outputs=None, verified_on=None,
                              reason=f"Core ML prediction needs macOS (this host is {sys.platform})")
         import coremltools as ct
 
-        model = ct.models.MLModel(str(out_dir / artifact.file), compute_units=compute_unit(options.compute_units))
+        units = options.target_options.compute_units
+        model = ct.models.MLModel(str(out_dir / artifact.file), compute_units=compute_unit(units))
         feeds = {n: x.numpy() for n, x in spec.inputs.items()}
         out = model.predict(feeds)
-        return ArtifactRun(outputs={n: out[n] for n in spec.output_names}, verified_on=f"coreml-{options.compute_units}")
+        return ArtifactRun(outputs={n: out[n] for n in spec.output_names}, verified_on=f"coreml-{units}")

@@ -2,9 +2,10 @@
 
 - fp16: the module and its inputs are cast to half before export, so the graph's I/O are float16 (the models keep
   their own fp32 islands, e.g. the denoiser's attention core).
+- Integer precisions: onnxruntime's quantizers on the exported file (exporters/quantize/ort.py).
 - Weights above protobuf's 2 GB limit go to external data (`<component>.onnx.data`, listed in the manifest);
   onnxsim cannot load such models, so they are left unsimplified (recorded in target_info).
-- No rewrites are needed (shared/spec/vae-export.md: ONNX takes Conv3d and the rank-8 reshapes as they are).
+- No rewrites are needed (ONNX takes Conv3d and the rank-8 reshapes as they are).
 """
 
 from __future__ import annotations
@@ -14,21 +15,22 @@ import copy
 import io
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mi2v_export.errors import MissingDependencyError, VerificationError
+from mi2v_export.precision import Precision, is_quantized
 
-from . import quantize
-from .base import (
-    TORCH_DTYPES,
+from ..base import (
     Artifact,
+    ArtifactRun,
     ComponentSpec,
     Exporter,
     ExportOptions,
     ProgressCallback,
     ProgressEvent,
-    ArtifactRun,
-    cast_inputs,
+    TargetOptions,
+    delegated_exporters,
     register,
 )
 
@@ -64,15 +66,24 @@ def _onnx_tensor_infos(values) -> list:
     return out
 
 
+@dataclass
+class OnnxOptions(TargetOptions):
+    opset: int = 18  # not a CLI flag: recorded in the manifest's flags
+
+
 @register
 class OnnxExporter(Exporter):
     name = "onnx"
     extension = ".onnx"
     summary = "ONNX opset 18 (torch.onnx dynamo exporter), checked on onnxruntime CPU"
+    cli_order = 0
+    options_type = OnnxOptions
+    supported = (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4, Precision.W8A16)
+    runtime = "onnxruntime"
+    runtime_package = "onnxruntime"
+    test_vector_format = "onnx-testdata"
 
     def delegates(self):
-        from .base import delegated_exporters
-
         return {name: e.summary for name, e in delegated_exporters(self.name).items()}
 
     def resolve(self, options: ExportOptions) -> ExportOptions:
@@ -90,29 +101,13 @@ class OnnxExporter(Exporter):
     def export(self, spec: ComponentSpec, out_dir: Path, options: ExportOptions,
                progress: ProgressCallback) -> Artifact:
         import onnx
-        import torch
 
         file = self.file_name(spec.name)
         path = out_dir / file
-        module = spec.module
-        if options.dtype == "fp16":
-            module = copy.deepcopy(module).to(TORCH_DTYPES["fp16"])
-        args = cast_inputs(spec, options.dtype)
-        external = _param_bytes(module) + EXTERNAL_DATA_MARGIN > PROTOBUF_LIMIT
-        stages = {}
-        progress(ProgressEvent(spec.name, "export", "start", "torch.onnx.export (dynamo, opset 18)"))
-        t0 = time.perf_counter()
-        with _quiet(), torch.no_grad():
-            torch.onnx.export(module, args, str(path), dynamo=True, opset_version=options.opset,
-                              input_names=list(spec.inputs), output_names=list(spec.output_names),
-                              external_data=external, verbose=False)
-        stages["export"] = time.perf_counter() - t0
-        progress(ProgressEvent(spec.name, "export", "done", seconds=stages["export"]))
-        del module
-
+        stages = {"export": self._torch_export(spec, path, options, progress)}
         data_file = f"{file}.data"
         has_data = (out_dir / data_file).exists()
-        info = {"opset": options.opset, "exporter": "torch.onnx dynamo", "external_data": has_data,
+        info = {"opset": options.target_options.opset, "exporter": "torch.onnx dynamo", "external_data": has_data,
                 "simplifier": None}
         if not has_data:
             progress(ProgressEvent(spec.name, "serialize", "start", "onnxsim"))
@@ -123,18 +118,10 @@ class OnnxExporter(Exporter):
                                    seconds=stages["simplify"]))
         else:
             info["simplifier"] = {"tool": None, "result": "skipped: external data (weights above 2 GB)"}
-
-        if options.precision not in ("fp32", "fp16"):
-            progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
+        if is_quantized(options.precision):
             t0 = time.perf_counter()
-            records = [{n: t.numpy() for n, t in r.items()} for r in (options.calibration or [])]
-            applied_precision, keep = quantize.plan_of(options)
-            int8 = quantize.int8_units(spec.name, applied_precision, keep)
-            info["quantization"] = dict(quantize.onnx_quantize(path, applied_precision, records, keep=keep, int8=int8),
-                                        precision=options.precision, applied=applied_precision, kept_float=keep,
-                                        int8_units=int8)
+            info["quantization"] = _quantize(spec, path, options, progress)
             stages["quantize"] = time.perf_counter() - t0
-            progress(ProgressEvent(spec.name, "quantize", "done", seconds=stages["quantize"]))
         model = onnx.load(str(path), load_external_data=False)
         info["nodes"] = len(model.graph.node)
         info["ir_version"] = int(model.ir_version)
@@ -142,6 +129,28 @@ class OnnxExporter(Exporter):
                         outputs=_onnx_tensor_infos(model.graph.output),
                         extra_files={"external_data": data_file} if has_data else {},
                         target_info=info, stages_s=stages)
+
+    @staticmethod
+    def _torch_export(spec: ComponentSpec, path: Path, options: ExportOptions, progress: ProgressCallback) -> float:
+        """torch.onnx.export of the module (cast to half for fp16) into `path`; returns the seconds it took."""
+        import torch
+
+        from ..tensors import TORCH_DTYPES, cast_inputs
+
+        module = spec.module
+        if options.dtype == "fp16":
+            module = copy.deepcopy(module).to(TORCH_DTYPES["fp16"])
+        args = cast_inputs(spec, options.dtype)
+        external = _param_bytes(module) + EXTERNAL_DATA_MARGIN > PROTOBUF_LIMIT
+        progress(ProgressEvent(spec.name, "export", "start", "torch.onnx.export (dynamo, opset 18)"))
+        t0 = time.perf_counter()
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(module, args, str(path), dynamo=True, opset_version=options.target_options.opset,
+                              input_names=list(spec.inputs), output_names=list(spec.output_names),
+                              external_data=external, verbose=False)
+        seconds = time.perf_counter() - t0
+        progress(ProgressEvent(spec.name, "export", "done", seconds=seconds))
+        return seconds
 
     @staticmethod
     def _simplify(path: Path) -> dict:
@@ -189,9 +198,22 @@ class OnnxExporter(Exporter):
         checks.append("static input shapes")
         return checks
 
+    def runtime_memory(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec,
+                       options: ExportOptions) -> int | None:
+        """A session's measured peak (fp16 / integer artifacts only, to keep fp32 exports as fast as before)."""
+        if options.precision == "fp32" or not options.verify:
+            return None
+        from ..quality import onnx_session_peak_bytes
+        from ..tensors import cast_inputs
+
+        feeds = {n: x.numpy() for n, x in zip(spec.inputs, cast_inputs(spec, options.dtype))}
+        return onnx_session_peak_bytes(out_dir / artifact.file, feeds)
+
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         import onnxruntime as ort
         import torch
+
+        from ..tensors import cast_inputs
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = max(1, torch.get_num_threads())
@@ -201,3 +223,18 @@ class OnnxExporter(Exporter):
         outs = sess.run(list(spec.output_names), feeds)
         del sess
         return ArtifactRun(outputs=dict(zip(spec.output_names, outs)), verified_on="onnxruntime")
+
+
+def _quantize(spec: ComponentSpec, path: Path, options: ExportOptions, progress: ProgressCallback) -> dict:
+    """Quantize the exported file in place (exporters/quantize); the manifest's target_info.quantization."""
+    from .. import quantize
+
+    progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
+    t0 = time.perf_counter()
+    records = [{n: t.numpy() for n, t in r.items()} for r in (options.calibration or [])]
+    applied_precision, keep = quantize.plan_of(options)
+    int8 = quantize.int8_units(spec.name, applied_precision, keep)
+    info = dict(quantize.onnx_quantize(path, applied_precision, records, keep=keep, int8=int8),
+                precision=options.precision, applied=applied_precision, kept_float=keep, int8_units=int8)
+    progress(ProgressEvent(spec.name, "quantize", "done", seconds=time.perf_counter() - t0))
+    return info

@@ -1,4 +1,6 @@
-"""QDQ models for the QNN HTP (onnxruntime.quantization with its QNN configuration) and ONNX FLOP counts.
+"""QDQ models for the Qualcomm HTP (onnxruntime.quantization with its QNN configuration), the ONNX target's QNN
+delegate: each quantizer takes `(fp32_model, qdq_model, feeds)`, writes the QDQ model and returns what it did for
+the manifest (exporters/quantize/__init__.py adds the tool).
 
 w8a16: int8 symmetric weights, uint16 activations (the 16-bit activation type the HTP takes); w8a8: int8
 weights, uint8 activations. Calibrated on the inputs the component sees inside the real sampler.
@@ -10,11 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .quantize import calibration_in_bounded_memory
-
-
-# precision → (activation QuantType name, weight QuantType name)
-QDQ_TYPES = {"w8a16": ("QUInt16", "QUInt8"), "w8a8": ("QUInt8", "QUInt8")}  # the HTP's LayerNorm takes no int8
+from .ort import calibration_in_bounded_memory
 
 # Ops left float (fp16 on the HTP) in every QDQ model: the HTP's quantized Reciprocal is far less accurate than
 # the QDQ arithmetic onnxruntime's CPU EP runs. Measured on the tiny encoder (w8a16, SM8650 simulator, against
@@ -47,35 +45,6 @@ def scalar_only_nodes(model) -> list[str]:
     return out
 
 
-def node_flops(path: Path) -> dict[str, int]:
-    """node name → FLOPs (2·MAC) of its Conv / ConvTranspose / MatMul / Gemm, from ONNX shape inference."""
-    import onnx
-    from onnx import shape_inference
-
-    model = shape_inference.infer_shapes(onnx.load(str(path)))
-    shapes = {}
-    for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        shapes[v.name] = [d.dim_value for d in v.type.tensor_type.shape.dim]
-    for t in model.graph.initializer:
-        shapes[t.name] = list(t.dims)
-    out = {}
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
-            continue
-        ins = [shapes.get(n) for n in node.input[:2]]
-        y = shapes.get(node.output[0])
-        if not y or any(s is None for s in ins):
-            continue
-        if node.op_type in ("Conv", "ConvTranspose"):
-            w = ins[1]  # (O, C/G, k...) or (C, O/G, k...)
-            per_out = int(np.prod(w[1:])) if node.op_type == "Conv" else int(np.prod(w[2:])) * w[0] // max(y[1], 1)
-            out[node.name] = 2 * int(np.prod(y)) * per_out
-        else:
-            k = ins[0][-1]
-            out[node.name] = 2 * int(np.prod(y)) * int(k)
-    return out
-
-
 class _Feeds:
     """onnxruntime.quantization CalibrationDataReader over a list of feed dicts."""
 
@@ -90,14 +59,24 @@ class _Feeds:
         self._it = iter(self.feeds)
 
 
-def quantize_qdq(fp32_model: Path, qdq_model: Path, precision: str, feeds: list[dict[str, np.ndarray]]) -> dict:
-    """Write the QDQ model of `fp32_model` calibrated on `feeds`; returns what was done (for the manifest)."""
+def w8a16(fp32_model: Path, qdq_model: Path, feeds: list[dict[str, np.ndarray]]) -> dict:
+    """uint16 activations, uint8 weights (the HTP's LayerNorm takes no int8 weights)."""
+    return _quantize_qdq(fp32_model, qdq_model, feeds, activations="QUInt16", weights="QUInt8")
+
+
+def w8a8(fp32_model: Path, qdq_model: Path, feeds: list[dict[str, np.ndarray]]) -> dict:
+    """uint8 activations, uint8 weights (the HTP's LayerNorm takes no int8 weights)."""
+    return _quantize_qdq(fp32_model, qdq_model, feeds, activations="QUInt8", weights="QUInt8")
+
+
+def _quantize_qdq(fp32_model: Path, qdq_model: Path, feeds: list[dict[str, np.ndarray]], *, activations: str,
+                  weights: str) -> dict:
+    """Write the QDQ model of `fp32_model` (these onnxruntime QuantType names) calibrated on `feeds`; returns what
+    was done (for the manifest)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
-    import onnx
-
-    act, weight = (getattr(QuantType, n) for n in QDQ_TYPES[precision])
     # qnn_preprocess_model (onnxruntime 1.32) fails on models with metadata_props (torch.onnx writes some)
     plain = qdq_model.with_suffix(".plain.onnx")
     model = onnx.load(str(fp32_model))
@@ -107,13 +86,12 @@ def quantize_qdq(fp32_model: Path, qdq_model: Path, precision: str, feeds: list[
     changed = qnn_preprocess_model(str(plain), str(pre))
     src = pre if changed else plain
     keep_float = float_nodes(onnx.load(str(src)))
-    config = get_qnn_qdq_config(str(src), _Feeds(feeds), activation_type=act, weight_type=weight,
-                                per_channel=True, activation_symmetric=False, weight_symmetric=True,
-                                nodes_to_exclude=keep_float)
+    config = get_qnn_qdq_config(str(src), _Feeds(feeds), activation_type=getattr(QuantType, activations),
+                                weight_type=getattr(QuantType, weights), per_channel=True, activation_symmetric=False,
+                                weight_symmetric=True, nodes_to_exclude=keep_float)
     with calibration_in_bounded_memory():
         quantize(str(src), str(qdq_model), config)
     for tmp in (plain, pre):
         tmp.unlink(missing_ok=True)
-    return {"tool": "onnxruntime.quantization (QNN config)", "activations": QDQ_TYPES[precision][0],
-            "weights": QDQ_TYPES[precision][1] + " per-channel symmetric", "calibration_samples": len(feeds),
-            "preprocessed": bool(changed), "float_nodes": len(keep_float)}
+    return {"activations": activations, "weights": weights + " per-channel symmetric",
+            "calibration_samples": len(feeds), "preprocessed": bool(changed), "float_nodes": len(keep_float)}

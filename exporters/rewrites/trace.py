@@ -1,0 +1,150 @@
+"""Trace-time substitutions of the lowering rewrites: for code that is a function rather than a module, context
+managers that swap the function while torch.export traces and restore the original on exit (also on errors); and
+the coremltools converter registrations the Core ML lowerings need. The registry: exporters/rewrites/__init__.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from mi2v_export.kernels import denoiser as mobile_denoiser
+from mi2v_export.models import denoiser, rope, turbo_vaed
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trace-time substitutions and converter registrations
+
+
+def _rotate_half_rank5(x: torch.Tensor) -> torch.Tensor:
+    """`models.rope.rotate_half_per_axis` without its rank-6 view (Core ML allows rank ≤ 5); same values."""
+    *lead, d = x.shape
+    y = x.reshape(-1, 3, 2, d // 6)
+    x1, x2 = y.unbind(-2)
+    return torch.stack([-x2, x1], dim=-2).reshape(*lead, d)
+
+
+def _channel_rms_delegable(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Turbo-VAED's `channel_rms_norm` with the channel mean taken on an (N, 1, C, 1) view (XNNPACK-delegable)."""
+    c = x.shape[1]
+    v = x.pow(2).movedim(1, -1).reshape(-1, 1, c, 1).mean(dim=(-2, -1), keepdim=True)
+    v = v.reshape(x.shape[0], *x.shape[2:], 1).movedim(-1, 1)
+    return x * torch.rsqrt(v + eps)
+
+
+@contextlib.contextmanager
+def _channel_rms_as(form: Callable[[torch.Tensor, float], torch.Tensor]) -> Iterator[None]:
+    """Trace Turbo-VAED's channel RMS norm through `form(x, eps)`; the original is restored on exit."""
+    original = turbo_vaed.channel_rms_norm
+    eps = turbo_vaed.RMS_EPS
+    turbo_vaed.channel_rms_norm = lambda x, eps=eps: form(x, eps)
+    try:
+        yield
+    finally:
+        turbo_vaed.channel_rms_norm = original
+
+
+def turbo_channel_rms() -> contextlib.AbstractContextManager:
+    """While exporting for ExecuTorch: trace Turbo-VAED's channel RMS norm through a delegable form."""
+    return _channel_rms_as(_channel_rms_delegable)
+
+
+def _conv2d_batch_one(conv2d: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # F.conv2d's signature
+        if input.dim() != 4 or input.shape[0] == 1:
+            return conv2d(input, weight, bias, stride, padding, dilation, groups)
+        return torch.cat([conv2d(x, weight, bias, stride, padding, dilation, groups) for x in input.split(1)])
+    return conv
+
+
+@contextlib.contextmanager
+def conv2d_batch_one() -> Iterator[None]:
+    """While exporting for Vulkan: every 2-D convolution over a batch of frames is traced as one batch-1
+    convolution per frame (the same weight) joined with cat. ExecuTorch's Vulkan partitioner skips a conv whose
+    batch is not 1 ("op args not supported"), and the conv3d_as_conv2d rewrite and the denoiser's GLUMBConv put the frames in
+    the batch, so without this every VAE conv stays on the portable CPU kernels."""
+    original = F.conv2d
+    F.conv2d = _conv2d_batch_one(original)
+    try:
+        yield
+    finally:
+        F.conv2d = original
+
+
+@contextlib.contextmanager
+def _swapped(owner, name: str, replacement) -> Iterator[None]:
+    """Trace-time substitution: `owner.name` is `replacement` inside the block, the original again after."""
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def rope_rank5() -> Iterator[None]:
+    """While exporting for Core ML: trace the denoiser's RoPE rotate-half through a rank-≤5 form."""
+    with _swapped(rope, "rotate_half_per_axis", _rotate_half_rank5):
+        yield
+
+
+_coreml_registered = False
+
+
+def register_coreml_aliases() -> None:
+    """coremltools converters for ops torch.export leaves that it does not know: `concatenate` → cat (B3) and
+    `alias` → noop (B5, the encoder on one image). Idempotent."""
+    global _coreml_registered
+    if _coreml_registered:
+        return
+    from coremltools.converters.mil.frontend.torch.ops import cat, noop
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
+
+    register_torch_op(cat, torch_alias=["concat", "concatenate"], override=True)
+    register_torch_op(noop, torch_alias=["alias"], override=True)
+    _coreml_registered = True
+
+
+
+def _channel_rms_rank4(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Turbo-VAED's `channel_rms_norm` (over dim 1 of (B, C, T, H, W)) on the rank-4 view (B, C, T·H, W)."""
+    b, c, t, h, w = x.shape
+    y = x.reshape(b, c, t * h, w)
+    return (y * torch.rsqrt(y.pow(2).mean(dim=1, keepdim=True) + eps)).reshape(x.shape)
+
+
+def channel_rms_rank4() -> contextlib.AbstractContextManager:
+    """While exporting for QNN: trace Turbo-VAED's channel RMS norm with its Sqrt on a rank-4 view."""
+    return _channel_rms_as(_channel_rms_rank4)
+
+
+def _spread_over_frames_by_slices(values: torch.Tensor, frames: int) -> torch.Tensor:
+    """`models.denoiser.spread_over_frames` as slice + expand + cat instead of an index gather; same values."""
+    b, _, d = values.shape
+    if frames == 1:
+        return values[:, :1]
+    return torch.cat([values[:, :1], values[:, 1:2].expand(b, frames - 1, d)], dim=1)
+
+
+@contextlib.contextmanager
+def frame_conditioning_without_gather() -> Iterator[None]:
+    """While exporting for QNN: spread the denoiser's two conditioning rows over the frames without GatherND."""
+    with _swapped(denoiser, "spread_over_frames", _spread_over_frames_by_slices):
+        yield
+
+
+def _layer_norm_in_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The denoiser's LayerNorm as an fp32 island: what PyTorch's own fp16 LayerNorm does (fp32 accumulation, one
+    rounding of the output); a no-op on fp32 graphs."""
+    return F.layer_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+
+
+@contextlib.contextmanager
+def layer_norm_fp32() -> Iterator[None]:
+    """While exporting for ExecuTorch: the denoiser's functional LayerNorm (portable, never delegated) in fp32."""
+    with _swapped(denoiser, "layer_norm", _layer_norm_in_fp32), \
+            _swapped(mobile_denoiser, "layer_norm", _layer_norm_in_fp32):
+        yield
