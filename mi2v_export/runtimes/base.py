@@ -101,6 +101,9 @@ class Runtime(ABC):
     family: ClassVar[str]  # "onnxruntime" | "executorch" | "coreml" | "pytorch": `mi2v bench --runtime`, stages
     suffix: ClassVar[str | None]  # the artifact file suffix it loads; None for a stand-in that runs a module
     package: ClassVar[str | None] = None  # the distribution whose version `version()` reports
+    # modules a process imports to run this runtime at all: the baseline of a measured runtime memory
+    # (runtimes/measure.py) imports them without loading a model
+    imports: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def accepts(self, entry: Any) -> bool:

@@ -52,6 +52,8 @@ class CoreMLSession(Session):  # pragma: no cover - macOS only
 
 
 class CoreMLRuntime(Runtime):
+    imports = ("coremltools",)
+
     family, suffix, package = "coreml", ".mlpackage", "coremltools"
 
     def __init__(self, units: str):

@@ -124,6 +124,8 @@ def set_threads(threads: int) -> None:
 
 
 class ExecuTorchRuntime(Runtime):
+    imports = ("torch", "executorch.runtime")
+
     family, suffix, package = "executorch", ".pte", "executorch"
 
     def __init__(self, delegate: str):

@@ -68,6 +68,8 @@ def _load_error(path: Path, exc: Exception) -> BadInputError:
 class OnnxRuntimeCPU(Runtime):
     """onnxruntime's CPU execution provider, for every ONNX artifact but QNN EPContext models."""
 
+    imports = ("onnxruntime",)
+
     name, family, suffix, package = "onnxruntime", "onnxruntime", ".onnx", "onnxruntime"
 
     def accepts(self, entry: Any) -> bool:
@@ -99,6 +101,8 @@ class OnnxRuntimeCPU(Runtime):
 
 class QnnHtpSimulator(Runtime):
     """onnxruntime's QNN EP on the HTP simulator of the onnxruntime-qnn wheel (x86_64), for QNN EPContext models."""
+
+    imports = ("onnxruntime",)
 
     name, family, suffix, package = qnn.RUNTIME, "onnxruntime", ".onnx", "onnxruntime-qnn"
 

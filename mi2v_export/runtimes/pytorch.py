@@ -69,6 +69,8 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 class TorchRuntime(Runtime):
+    imports = ("torch",)
+
     family, suffix, package = "pytorch", None, "torch"
 
     def __init__(self, name: str):

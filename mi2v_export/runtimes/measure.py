@@ -1,0 +1,71 @@
+"""Measured runtime memory of one artifact: the peak resident memory of a fresh process that loads it and runs it
+once, minus the peak of the same process that imports the runtime but loads no model.
+
+Why a fresh process: a process that has already exported or run other models keeps their pages (allocator
+arenas, torch's caches), so its high-water mark says nothing about what a phone app needs for this one artifact.
+Why the baseline: the interpreter and the runtime's own libraries cost the same with any model; what a model adds
+is the difference. Planned bytes (ExecuTorch's memory plan) leave out what a delegate allocates itself; this
+figure includes it. The child runs this module (`python -m mi2v_export.runtimes.measure`), so the measurement is
+the same for every registered runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import memory
+from .registry import get
+
+METHOD = ("peak resident memory (ru_maxrss) of a fresh process that loads the artifact and runs it once on inputs "
+          "of ones, minus the same process importing the runtime without a model")
+
+
+def _child(runtime: str, path: str | None, options: dict) -> dict:
+    """In the child: import the runtime (always) and, unless `path` is None, load the artifact and run it once."""
+    rt = get(runtime)
+    reason = rt.available()
+    if reason is not None:
+        return {"error": reason}
+    rt.warm_import() if hasattr(rt, "warm_import") else None
+    if path is not None:
+        with rt.load(Path(path), None, **options) as session:
+            session.run(session.ones())
+    return {"ok": True}
+
+
+def measure(runtime: str, path: str | Path, options: dict | None = None, timeout: float = 1800) -> dict:
+    """{"bytes", "peak_bytes", "baseline_bytes", "method", "runtime"}; "bytes" is None with an "error" when the
+    child failed (the artifact still exports: memory is a measurement, not a gate)."""
+    base = [sys.executable, "-m", "mi2v_export.runtimes.measure", runtime, "--options", json.dumps(options or {})]
+    baseline = memory.child_peak([*base, "--baseline"], timeout=timeout)
+    run = memory.child_peak([*base, "--path", str(path)], timeout=timeout)
+    record = {"bytes": None, "peak_bytes": run.peak_bytes, "baseline_bytes": baseline.peak_bytes,
+              "method": METHOD, "runtime": runtime}
+    if run.returncode or baseline.returncode or run.peak_bytes is None or baseline.peak_bytes is None:
+        tail = (run.stderr or baseline.stderr).strip().splitlines()
+        record["error"] = tail[-1] if tail else f"the measuring process exited {run.returncode}"
+        return record
+    record["bytes"] = max(run.peak_bytes - baseline.peak_bytes, 0)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="load one artifact in this fresh process and run it once")
+    ap.add_argument("runtime")
+    ap.add_argument("--path")
+    ap.add_argument("--baseline", action="store_true")
+    ap.add_argument("--options", default="{}")
+    args = ap.parse_args(argv)
+    result = _child(args.runtime, None if args.baseline else args.path, json.loads(args.options))
+    print(json.dumps(result))
+    if "error" in result:
+        print(result["error"], file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
