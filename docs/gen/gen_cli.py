@@ -98,5 +98,5 @@ def pages() -> dict[str, str]:
 
 
 def command_paths() -> list[str]:
-    """Every visible command path (what the reference must contain; used by tests/test_docs.py)."""
+    """Every visible command path (what the reference must contain; used by tests/unit/test_docs.py)."""
     return [path for path, _cmd, _ctx in command_tree()]

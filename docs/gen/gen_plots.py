@@ -59,12 +59,16 @@ def grouped_bars(title: str, groups: Sequence[str], series: dict[str, Sequence[N
 
 
 def lines(title: str, x: Sequence[float], series: dict[str, Sequence[Number]], xlabel: str, ylabel: str,
-          logx: bool = False) -> bytes:
+          logx: bool = False, logy: bool = False) -> bytes:
+    """One line per series over the same x; on a log y axis values <= 0 are gaps."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, values in series.items():
-        ax.plot(x, _finite(values), marker="o", label=name)
+        drawn = [v if not logy or v > 0 else math.nan for v in _finite(values)]
+        ax.plot(x, drawn, marker="o", label=name)
     if logx:
         ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)

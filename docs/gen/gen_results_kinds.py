@@ -1,7 +1,7 @@
 """How each kind of results file is shown: one function per kind, from the fields its writer records.
 
-The writers document their JSON in their docstrings (benchmarks/precision.py, qnn.py, qnn_decoder_blocks.py,
-release_plan.py, w4_sensitive_units.py, xnnpack_fp16_gemm.py, attention.py; `mi2v bench` writes the
+The writers document their JSON in their docstrings (in benchmarks/: precision.py, qnn.py, qnn_decoder_blocks.py,
+release_plan.py, w4_sensitive_units.py, xnnpack_fp16_gemm.py, attention.py, vae_receptive_field.py; `mi2v bench` writes the
 `mi2v.bench/1` report, `mi2v export --json` the manifest entries); the device and plan kinds are in
 gen_results_devices. A renderer gets the parsed file, its anchor and a dict to put its figures in
 (`img/<anchor>.png` → PNG bytes, relative to the page) and returns Markdown. A value a file lacks shows as a dash.
@@ -143,6 +143,31 @@ def attention(data: dict, anchor: str, images: dict) -> str:
         png = plots.bar_panels(anchor, [f"{c.get('name')} {c.get('runtime')}" for c in cases],
                                [("speed-up, rewritten vs reference", [c.get("speedup") for c in cases], 1.0)])
         out.append(figure(images, anchor, png, f"{anchor}: speed-up per case"))
+    return "\n".join(out)
+
+
+# --- benchmarks/vae_receptive_field.py: {"preset", "resolution", "machine", "torch", "parts": [...]} -------------
+
+def _pair(value: object) -> str:
+    return " x ".join(map(str, value)) if isinstance(value, list) else DASH
+
+
+def receptive_field(data: dict, anchor: str, images: dict) -> str:
+    parts = data.get("parts", [])
+    rows = [[code(p.get("part")), num(p.get("receptive_field_latent_px"), "d"), _pair(p.get("frame_latent_px")),
+             num(p.get("smallest_exact_window_latent_px"), "d"), _pair(p.get("exact_tiling_can_split")),
+             num(p.get("probe_s"), ".0f"), escape(p.get("note") or "", True)] for p in parts]
+    out = [f"- **preset** {code(data.get('preset'))} at {code(data.get('resolution'))}, torch "
+           f"{escape(str(data.get('torch')))}", "",
+           table(["part", "receptive field (latent px each side)", "frame (latent px)",
+                  "smallest exact window (latent px)", "exact tiles can split (rows, columns)", "probe (s)", "note"],
+                 rows)]
+    curves = {p.get("part"): p.get("gradient_mass_beyond") or [] for p in parts}
+    longest = max((len(c) for c in curves.values()), default=0)
+    if longest:
+        png = plots.lines(anchor, list(range(longest)), {k: v + [None] * (longest - len(v)) for k, v in curves.items()},
+                          "distance k from the output pixel (latent px)", "share of |gradient| beyond k", logy=True)
+        out.append(figure(images, anchor, png, f"{anchor}: gradient mass beyond each distance, per part"))
     return "\n".join(out)
 
 

@@ -1,18 +1,23 @@
-"""The tables the code owns, rendered from it: which (target, delegate) produces which precision, the parity and
-trajectory gates, the Snapdragon SoCs of the QNN path, the runtimes and the device kinds. The guides link here
-instead of copying the values, so a changed gate or a new SoC shows up in the docs at the next build.
+"""The tables the code owns, rendered from it: the export targets and what each declares, ExecuTorch's delegates,
+which (target, delegate) produces which precision, the parity and trajectory gates, the Snapdragon SoCs of the QNN
+path, the runtimes and the device kinds. The guides link here instead of copying the values, so a changed gate, a
+new SoC or a new target shows up in the docs at the next build.
 
-Sources: the exporter registry (`exporters/base.py`: each exporter's `supported` precisions), `mi2v_export/parity.py`
-(gate_for, TRAJECTORY_PSNR_MIN_DB, VIDEO_PSNR_MIN_DB), `mi2v_export/qnn.py` (SOCS, DEFAULT_SOC), the runtime registry
-(`mi2v_export/runtimes/`) and the device-kind registry (`mi2v_export/devices/registry.py`, filled by
-`devices/kinds.py`). None of them imports torch.
+Sources: the exporter registry (`exporters/base.py`, filled by the modules of `exporters/targets/`: each exporter's
+class attributes), the ExecuTorch delegates (`exporters/targets/executorch/delegates.py` `DELEGATES`),
+`mi2v_export/parity.py` (gate_for, TRAJECTORY_PSNR_MIN_DB, VIDEO_PSNR_MIN_DB), `mi2v_export/qnn.py` (SOCS,
+DEFAULT_SOC), the runtime registry (`mi2v_export/runtimes/`) and the device-kind registry
+(`mi2v_export/devices/registry.py`, filled by `devices/kinds.py`). None of them imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from gen_common import code, escape, table
 from mi2v_export import parity, precision, qnn, runtimes
 from mi2v_export.exporters import base as exporters
+from mi2v_export.exporters.targets.executorch.delegates import DELEGATES
 from mi2v_export.devices import kinds as _device_kinds  # noqa: F401  (imported for the kinds' registrations)
 from mi2v_export.devices import registry as device_registry
 
@@ -30,6 +35,37 @@ def support_cells() -> list[tuple[str, str | None, tuple]]:
         for delegate in delegates:
             cells.append((target, delegate, exporters.get_exporter(target, delegate).precisions_for(delegate)))
     return cells
+
+
+def _names(values) -> str:
+    return ", ".join(code(v) for v in values)
+
+
+def target_table() -> str:
+    """One row per exporter class: the facts it declares (`Exporter` class attributes, exporters/base.py)."""
+    rows, seen = [], set()
+    for target, delegate in exporters.kinds():
+        e = exporters.get_exporter(target, delegate)
+        if id(e) in seen:
+            continue  # another delegate of the same exporter (ExecuTorch's: its delegates table below)
+        seen.add(id(e))
+        own = [f.name for f in dataclasses.fields(e.options_type)]
+        rows.append([code(precision.target_label(target, e.delegate)),
+                     code(f"{type(e).__module__.removeprefix('mi2v_export.')}.{type(e).__name__}"),
+                     escape(e.summary, True), code(e.extension), code(e.runtime), code(e.runtime_package),
+                     code(e.test_vector_format), _names(own), _names(e.rewrites), _names(e.trace_rewrites)])
+    return table(["target", "exporter", "summary", "artifact", "`runtime`", "`runtime_package`",
+                  "`test_vector_format`", "own options (`options_type` fields)", "`rewrites`",
+                  "`trace_rewrites`"], rows)
+
+
+def delegate_table() -> str:
+    rows = [[code(d.name), code(d.backend_id), escape(d.description, True), _names(str(p) for p in d.supported),
+             code(d.default_dtype), "yes" if d.runs_on_host else escape(d.no_runtime_reason, True),
+             _names(d.extra_rewrites), _names(d.extra_trace), _names(("etrecord", *d.flags))]
+            for d in DELEGATES.values()]
+    return table(["`--delegate`", "backend id", "what", "precisions", "default dtype", "executed here",
+                  "extra `rewrites`", "extra `trace_rewrites`", "manifest `flags`"], rows)
 
 
 def support_table() -> str:
@@ -85,8 +121,20 @@ def page() -> str:
     return "\n".join([
         "# Tables from the code\n",
         "Generated when the docs are built from the modules that own these facts; the guides link here.\n",
+        "## Export targets {#targets}\n",
+        "The exporter registry (`exporters/base.py`): one `Exporter` subclass per target in `exporters/targets/`, "
+        "whose class attributes are these columns ([add a target](../architecture.md#add-a-target)). The "
+        "`--target` and `--delegate` choices of the CLI come from here; rewrite names are entries of "
+        "`LOWERING_REWRITES` (`exporters/rewrites/__init__.py`).\n",
+        target_table(),
+        "## ExecuTorch delegates {#executorch-delegates}\n",
+        "`DELEGATES` in `exporters/targets/executorch/delegates.py`: what each `--target executorch --delegate` "
+        "adds to the ExecuTorch exporter's rewrites, its precisions and whether the pip runtime here executes it "
+        "([ExecuTorch](../guides/executorch.md)).\n",
+        delegate_table(),
         "## Precisions per target {#precision-support}\n",
-        "Each exporter declares the precisions it produces (`supported` in `exporters/base.py`); asking a target for "
+        "Each exporter declares the precisions it produces (its `supported`, in `exporters/targets/`; ExecuTorch's per "
+        "delegate in `DELEGATES`); asking a target for "
         "another fails in one line naming what it supports. `mixed` (a recipe from `mi2v quantize analyze`) is "
         "allowed wherever its precision is.\n",
         support_table(),

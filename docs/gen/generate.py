@@ -3,7 +3,7 @@ the tables the code owns (gen_tables) and the results pages (gen_results).
 
 `mkdocs build` runs them through docs/gen/mkdocs_hooks.py, which adds the pages to the build in memory (nothing
 generated is written into docs/ or committed). `python docs/gen/generate.py OUT` writes the same files into OUT,
-for a look at them or for tests/test_docs.py.
+for a look at them or for tests/unit/test_docs.py.
 """
 
 from __future__ import annotations
