@@ -20,8 +20,17 @@ from ..errors import BadInputError
 from ..safepath import safe_name
 from .registry import transport_kind
 
-RUNTIMES = ("auto", "onnxruntime", "executorch")  # --runtime
-FAMILIES = ("executorch", "onnxruntime")  # the runtime families mi2v bench times, in the order auto prefers them
+
+
+def bench_families() -> tuple[str, ...]:
+    """The runtime families mi2v bench times, in the order `--runtime auto` prefers them: each runtime adapter
+    declares its `bench_order` (mi2v_export/runtimes/base.py); None keeps a family out of the bench."""
+    ranked = sorted((rt.bench_order, rt.family) for rt in runtimes.all() if rt.bench_order is not None)
+    return tuple(dict.fromkeys(family for _, family in ranked))
+
+
+FAMILIES = bench_families()
+RUNTIMES = ("auto", *sorted(FAMILIES, key=lambda f: f != "onnxruntime"))  # --runtime, in the help's old order
 
 
 @dataclass

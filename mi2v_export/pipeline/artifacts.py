@@ -18,7 +18,8 @@ from .. import runtimes
 from ..contract import COMPONENTS, DECODER, DENOISER, ENCODER
 from ..errors import BadInputError
 from ..integrity import check_entry
-from ..manifest import TARGET_PREFERENCE, Manifest, read_manifest
+from ..exporters.base import target_names
+from ..manifest import Manifest, read_manifest
 from ..shapes import VideoGeometry
 from .sampler import ProgressFn, no_progress
 from .stages import Stage, artifact_stage, check_component
@@ -58,9 +59,9 @@ def parse_use(values: Sequence[str]) -> dict[str, str]:
     for value in values:
         comp, _, target = value.rpartition("=")
         target = target.strip().lower()
-        if target not in TARGET_PREFERENCE:
+        if target not in target_names():
             raise BadInputError(f"--use {value!r}: unknown target {target!r}; choose one of "
-                                f"{', '.join(TARGET_PREFERENCE)}")
+                                f"{', '.join(target_names())}")
         for c in ([comp.strip()] if comp else COMPONENTS):
             check_component(c)
             use[c] = target

@@ -104,6 +104,9 @@ class Runtime(ABC):
     # modules a process imports to run this runtime at all: the baseline of a measured runtime memory
     # (runtimes/measure.py) imports them without loading a model
     imports: ClassVar[tuple[str, ...]] = ()
+    # whether `mi2v bench` times this family (on the host and through a phone runner), and how `--runtime auto`
+    # ranks it (lower first); None: verify / generate only
+    bench_order: ClassVar[int | None] = None
 
     @abstractmethod
     def accepts(self, entry: Any) -> bool:

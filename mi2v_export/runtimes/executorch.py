@@ -125,6 +125,7 @@ def set_threads(threads: int) -> None:
 
 class ExecuTorchRuntime(Runtime):
     imports = ("torch", "executorch.runtime")
+    bench_order = 0
 
     family, suffix, package = "executorch", ".pte", "executorch"
 

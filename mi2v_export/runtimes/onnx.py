@@ -69,6 +69,7 @@ class OnnxRuntimeCPU(Runtime):
     """onnxruntime's CPU execution provider, for every ONNX artifact but QNN EPContext models."""
 
     imports = ("onnxruntime",)
+    bench_order = 1
 
     name, family, suffix, package = "onnxruntime", "onnxruntime", ".onnx", "onnxruntime"
 
@@ -103,6 +104,7 @@ class QnnHtpSimulator(Runtime):
     """onnxruntime's QNN EP on the HTP simulator of the onnxruntime-qnn wheel (x86_64), for QNN EPContext models."""
 
     imports = ("onnxruntime",)
+    bench_order = 1
 
     name, family, suffix, package = qnn.RUNTIME, "onnxruntime", ".onnx", "onnxruntime-qnn"
 
