@@ -13,17 +13,19 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import warnings
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import typer
+from typer._click import exceptions as click_exc
 
-from .commands._render import library_output_captured
-
+from .commands._native_output import library_output_captured
+from .commands._render import err_console
 from .errors import Mi2vError, first_line
 from .interrupts import armed_watchdog
+from .manifest import tool_version
 
 # One entry per command module; adding a command is adding a file and a name here. A dotted name is a module
 # outside mi2v_export/commands: the simulator's `devices simulate|profile` (the simulator package stays apart).
@@ -45,8 +47,6 @@ class _ConsoleLogHandler(logging.Handler):
     """Log records as plain lines on stderr: progress notes dim, warnings and errors prefixed."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from .commands._render import err_console
-
         msg = record.getMessage()
         if record.levelno >= logging.WARNING:
             err_console.print(f"{record.levelname.lower()}: {msg}", style="yellow", highlight=False, markup=False)
@@ -62,8 +62,9 @@ LIBRARY_CHATTER_LOGGERS = ("torch.utils._pytree", "diffusers.quantizers.torchao.
                            "coremltools", "torch.onnx._internal.exporter._registration")
 LIBRARY_CHATTER_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
 # the commands that load native runtimes (ExecuTorch, onnxruntime, the QNN SDK): without -v their own prints to
-# fd 1 / fd 2 are dropped while the command runs (commands/_render.py library_output_captured). Not `app build` or
-# `devices simulate`, whose child processes (gradle, the simulated phone) talk to the user through those fds.
+# fd 1 / fd 2 are dropped while the command runs (commands/_native_output.py library_output_captured). Not
+# `app build` or `devices simulate`, whose child processes (gradle, the simulated phone) talk to the user through
+# those fds.
 NATIVE_RUNTIME_COMMANDS = ("export", "generate", "verify", "bench", "quantize")
 # where mi2v's own warnings.warn calls live (the exporters package is a folder of its own, pyproject.toml)
 _EXPORTERS = importlib.util.find_spec("mi2v_export.exporters")
@@ -107,8 +108,6 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from .manifest import tool_version
-
         typer.echo(f"mi2v {tool_version()}")
         raise typer.Exit(0)
 
@@ -139,7 +138,7 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def _usage_error(exc: typer._click.exceptions.UsageError) -> int:
+def _usage_error(exc: click_exc.UsageError) -> int:
     """The usage line of the command, then one `error:` line; exit 2."""
     ctx = exc.ctx
     if ctx is not None:
@@ -152,8 +151,6 @@ def _usage_error(exc: typer._click.exceptions.UsageError) -> int:
 
 def _click_error(exc: Exception) -> int:
     """Typer's bundled click exceptions: help asked for by giving no arguments, usage errors, file errors."""
-    from typer._click import exceptions as click_exc
-
     if isinstance(exc, click_exc.NoArgsIsHelpError):
         print(exc.format_message())  # `mi2v` or `mi2v devices` alone: the help, on stdout
         return 0

@@ -48,6 +48,8 @@ class Precision(str, Enum):
 
 
 INTEGER = frozenset(p.value for p in Precision if p.quantized and p is not Precision.MIXED)
+# the low precisions a mixed-precision recipe tries one unit at a time (`mi2v quantize analyze`, mi2v_export/recipe.py)
+RECIPE_PRECISIONS: tuple[str, ...] = (Precision.W8A8.value, Precision.W8.value, Precision.W4.value)
 
 
 def is_quantized(name: str) -> bool:

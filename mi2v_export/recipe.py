@@ -22,10 +22,10 @@ from torch import nn
 
 from .contract import EXPORT_DTYPES
 from .errors import BadInputError
+from .precision import RECIPE_PRECISIONS
 
 FORMAT = "mi2v-precision-recipe"
 VERSION = 1
-RECIPE_PRECISIONS = ("w8a8", "w8", "w4")
 KEEP = EXPORT_DTYPES  # what a unit left out of the low precision keeps
 # The denoiser's units outside its blocks: the embedders, their modulation MLPs and the final layer (the units
 # exporters/quantize/units.py gives int8 under w4: SENSITIVE_UNITS)

@@ -184,3 +184,76 @@ def test_python_warnings_become_log_lines(verbose):
     assert lines[0] == "warning: seeded weights, noise" and all(": UserWarning: " not in x for x in lines), lines
     assert ("library internals" in proc.stderr) == verbose and ("divide by zero" in proc.stderr) == verbose
     assert len(lines) == (3 if verbose else 1), lines
+
+
+# ---- options declared once, one progress / notes convention (issue 23) -------------------------------------------
+
+# different options that happen to share a flag name (another value set in each command): declared where used
+SAME_NAME_OTHER_OPTION = {"--runtime", "--dtype", "--precision", "--compute-units"}
+
+
+def _declared_flags(path) -> set[str]:
+    """The flags a command module declares itself: each `typer.Option(...)` default of a command's parameter."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        params = node.args.args + node.args.kwonlyargs
+        defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults + node.args.kw_defaults
+        for param, default in zip(params, defaults):
+            if isinstance(default, ast.Call) and getattr(default.func, "attr", None) == "Option":
+                flags = [a.value for a in default.args if isinstance(a, ast.Constant) and str(a.value).startswith("-")]
+                found.update(flags or ["--" + param.arg.replace("_", "-")])
+    return found
+
+
+def test_shared_options_are_declared_once():
+    """An option two or more commands take is an `Annotated` type of commands/_options.py (flag, type, choices,
+    help); no command module re-declares it with typer.Option."""
+    import importlib
+    from collections import Counter
+    from pathlib import Path
+
+    uses = Counter(opt for _, cmd in COMMANDS for q in cmd.params if isinstance(q, TyperOption) for opt in q.opts)
+    shared = {flag for flag, n in uses.items() if n > 1} - SAME_NAME_OTHER_OPTION
+    assert {"--json", "--out", "--preset", "--checkpoint", "--allow-modified"} <= shared
+    for name in cli.COMMAND_MODULES:
+        module = importlib.import_module(name if "." in name else f"mi2v_export.commands.{name}")
+        again = _declared_flags(Path(module.__file__)) & shared
+        assert not again, f"{module.__name__} declares {sorted(again)} itself: use commands/_options.py"
+
+
+def test_quantize_takes_the_registries_choices(capsys):
+    """`quantize analyze` takes the choices the other commands take (presets, components, decoder kinds) and the
+    recipe precisions, not free text: a bad value is a usage error that names them."""
+    from mi2v_export.contract import COMPONENTS, DECODER_KINDS
+    from mi2v_export.precision import RECIPE_PRECISIONS
+    from mi2v_export.presets import PRESETS
+
+    for flag, choices in (("--preset", PRESETS), ("--component", COMPONENTS), ("--decoder", DECODER_KINDS),
+                          ("--precision", RECIPE_PRECISIONS)):
+        rc, _, err = _run(["quantize", "analyze", "--out", "r.json", flag, "no-such-choice"], capsys)
+        _assert_usage_error(rc, err, flag)
+        assert all(repr(c) in err for c in choices), err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_and_notes_follow_one_convention(quiet, capsys):
+    """Progress (`say`, the live views) and notes before a run go to stderr and are dropped with -q; notes that
+    qualify the result go to stdout, with -q too (commands/_render.py)."""
+    from mi2v_export.commands import _render
+
+    cli.configure_logging(verbose=False, quiet=quiet)
+    try:
+        _render.say("a progress line")
+        _render.note("a note")
+        with _render.bars_view() as view:
+            _render.stage_bars(view, {"encode": "encode image"})("encode", 1, 1)
+        _render.result_notes(["seeded weights"])
+    finally:
+        cli.configure_logging(verbose=False, quiet=False)
+    out, err = capsys.readouterr()
+    assert out.strip() == "note: seeded weights"
+    assert ["a progress line" in err, "note: a note" in err, "encode image" in err] == [not quiet] * 3, err

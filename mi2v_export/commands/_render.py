@@ -1,22 +1,20 @@
-"""Small rich helpers shared by the command modules, and the console policy of -v / -q: `is_quiet` / `is_verbose`
-(read from the level `cli.configure_logging` sets, the one record of the flags) and `library_output_captured`,
-which keeps native libraries' own prints off the terminal without -v."""
+"""How the commands print: the result (tables on stdout, `print_json`), progress and notes (the one convention,
+below), and the console policy of -v / -q: `is_quiet` / `is_verbose` (read from the level `cli.configure_logging`
+sets, the one record of the flags) and `library_output_captured`, which keeps native libraries' own prints off the
+terminal without -v."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import re
-import signal
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 LOG_WIDTH = 160  # pipes and CI logs: rich would assume 80 columns and cut every table cell to an ellipsis
 
@@ -48,20 +46,6 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def component_list(value: str) -> str:
-    """Typer callback of `--component`: 'all' or a comma list of components, checked as a usage error."""
-    import typer
-
-    from ..contract import parse_components
-    from ..errors import BadInputError
-
-    try:
-        names = parse_components(value)
-    except BadInputError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return ",".join(names)
-
-
 # ---- -v / -q -------------------------------------------------------------------------------------------------------
 
 
@@ -75,173 +59,108 @@ def is_quiet() -> bool:
     return not logging.getLogger("mi2v").isEnabledFor(logging.INFO)
 
 
+# ---- progress and notes ---------------------------------------------------------------------------------------------
+# The one convention of every command: stdout holds the result (a table, the `wrote …` line, JSON); what is happening
+# (`say`, the live views) and what to know before a run (`note`) go to stderr and are dropped with -q. Notes that
+# qualify the result (the video is noise; an artifact that could not run here) are part of it: `result_notes`, on
+# stdout, even with -q. Library code reports through callbacks in three shapes, each rendered here into the same
+# stderr view: devices' and apps' `Say` (text) takes `say`; the pipeline's `ProgressFn` (stage, done, total) takes
+# `stage_bars`; the exporters' `ProgressEvent` takes `stage_spinners`.
+
+
+def say(text: str) -> None:
+    """One progress line on stderr (dim, taken as plain text); none with -q. The `Say` handed to library code
+    (mi2v_export/devices/base.py)."""
+    if not is_quiet():
+        err_console.print(text, style="dim", highlight=False, markup=False, soft_wrap=True)
+
+
 def note(text: str) -> None:
     """A `note:` line on stderr about the run about to start (not part of the result); none with -q."""
     if not is_quiet():
         err_console.print(f"[dim]note:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
-# `[cpuinfo_utils.cpp:71] `: the head of a C++ log line (ExecuTorch's pybindings); what may still grow into one
-NATIVE_LOG_HEADER = re.compile(r"\[[\w.+-]+\.(?:c|cc|cpp|cxx|h|hpp|m|mm):\d+\] ")
-_HEADER_SO_FAR = re.compile(r"\[[\w.+-]*(?::\d*(?:\])?)?")
-_LINE_PIECES = re.compile(r"(?<=\n)")
-
-
-def _fileno(stream) -> int | None:
-    try:
-        return stream.fileno()
-    except (AttributeError, OSError, ValueError):  # pytest's capture, a closed or in-memory stream
-        return None
-
-
-def _flush_c_stdio() -> None:
-    with contextlib.suppress(OSError, AttributeError, TypeError):  # no C library to load (Windows)
-        ctypes.CDLL(None).fflush(None)
-
-
-class _CapturedStream:
-    """sys.stdout / sys.stderr while native output is captured: Python's writes go on to `stream`. On stderr
-    (`filtering`) minus the lines of C++ logs: ExecuTorch's pybindings send std::cerr to Python's sys.stderr
-    (pybind11's stream redirect), a piece per write — `[`, `cpuinfo_utils.cpp`, `:`, `71`, `] `, the message, a
-    newline — so fd 2 never sees them. Text that may still become such a `[file.cpp:N] ` header is held back; a
-    line that is one is dropped; anything else passes unchanged. `end` points it back at the original stream, for
-    whoever kept a reference (a logging.StreamHandler made during the command)."""
-
-    def __init__(self, stream, filtering: bool):
-        self.stream = stream
-        self.filtering = filtering
-        self.held = ""
-        self.at_line_start = True
-        self.dropping = False
-
-    def write(self, text: str) -> int:
-        if not self.filtering:
-            return self.stream.write(text)
-        for piece in _LINE_PIECES.split(text):
-            if piece:
-                self._write_piece(piece)
-        return len(text)
-
-    def _write_piece(self, piece: str) -> None:  # a piece holds at most one newline, at its end
-        if self.dropping:
-            self.at_line_start = piece.endswith("\n")
-            self.dropping = not self.at_line_start
-            return
-        if self.held or (self.at_line_start and piece.startswith("[")):
-            self.held += piece
-            if NATIVE_LOG_HEADER.match(self.held):
-                self.at_line_start = self.held.endswith("\n")
-                self.dropping, self.held = not self.at_line_start, ""
-                return
-            if _HEADER_SO_FAR.fullmatch(self.held):
-                return
-            piece, self.held = self.held, ""
-        self.stream.write(piece)
-        self.at_line_start = piece.endswith("\n")
-
-    def end(self, original) -> None:
-        """What is still held goes out (a lone `[` at the very end of a command); from now on `original`."""
-        if self.held:
-            self.stream.write(self.held)
-            self.held = ""
-        self.stream.flush()
-        self.stream, self.filtering = original, False
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name):  # isatty, fileno, encoding, … of the stream underneath
-        return getattr(self.stream, name)
-
-
-class _NativeOutputCapture:
-    """fd 1 and fd 2 on /dev/null, sys.stdout / sys.stderr on copies of the original descriptors (see
-    library_output_captured). `release_fds` may run on the signal thread: it only puts the descriptors back."""
-
-    def __init__(self):
-        self.saved: dict[int, int] = {}
-        self.streams: list[tuple[str, object, object]] = []  # (sys attribute, original, replacement)
-        self.lock = threading.Lock()
-
-    def start(self) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        _flush_c_stdio()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            for fd, name in ((1, "stdout"), (2, "stderr")):
-                self.saved[fd] = os.dup(fd)
-                stream = target = getattr(sys, name)
-                if _fileno(stream) == fd:  # Python's writes keep going where they went
-                    target = open(self.saved[fd], "w", encoding=stream.encoding, errors=stream.errors,  # noqa: SIM115
-                                  buffering=1, closefd=False)
-                self.streams.append((name, stream, _CapturedStream(target, filtering=(name == "stderr"))))
-                setattr(sys, name, self.streams[-1][2])
-                os.dup2(devnull, fd)
-        finally:
-            os.close(devnull)
-
-    def release_fds(self) -> None:
-        _flush_c_stdio()  # a native printf to a piped stdout sits in C's buffer: it must go to /dev/null too
-        with self.lock:
-            for fd, saved in self.saved.items():
-                os.dup2(saved, fd)
-
-    def stop(self) -> None:
-        for name, original, captured in self.streams:
-            copy = captured.stream
-            captured.end(original)
-            setattr(sys, name, original)
-            if copy is not original:
-                copy.close()  # closefd=False: the saved descriptor is closed below
-        self.release_fds()
-        with self.lock:
-            for saved in self.saved.values():
-                os.close(saved)
-            self.saved.clear()
-
-
-def _release_on_signal(read_fd: int, chained: int, capture: _NativeOutputCapture) -> None:
-    """The wakeup-fd reader: at SIGINT / SIGTERM the descriptors go back at once (the main thread may be stuck
-    in a native call), then the bytes go on to the wakeup fd set before (the signal watchdog of
-    mi2v_export/interrupts.py, whose last line is written to fd 2)."""
-    with open(read_fd, "rb", buffering=0) as pipe:
-        while data := pipe.read(64):
-            if signal.SIGINT in data or signal.SIGTERM in data:
-                capture.release_fds()
-            if chained >= 0:
-                with contextlib.suppress(OSError):
-                    os.write(chained, data)
+def result_notes(notes: Iterable[str], style: str = "dim") -> None:
+    """`note:` lines on stdout after the result, with -q too: they qualify it (seeded weights, a file not run here)."""
+    for text in notes:
+        console.print(f"[{style}]note:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
-def library_output_captured() -> Iterator[None]:
-    """Without -v, native libraries' own prints are dropped while a command runs: what they write straight to
-    fd 1 / fd 2 (the QNN HTP library's `# LIBNATIVE: …` line, on stdout, when a QNN session opens:
-    onnxruntime_qnn/libQnnHtp.so) goes to /dev/null, and C++ log lines sent to Python's sys.stderr (ExecuTorch's
-    `[cpuinfo_utils.cpp:…]` lines when an XNNPACK method first loads, libexecutorch_threadpool.so) are filtered
-    out. Python's own output, tables, progress and one-line errors included, still reaches the terminal. With -v
-    nothing is touched. A SIGINT / SIGTERM gives the descriptors back at once, so what follows it is seen."""
-    if is_verbose():
+def _live_view(*columns) -> Iterator[Progress | None]:
+    """A live progress view on stderr; with -q none (the context gives None, the adapters then do nothing)."""
+    if is_quiet():
+        yield None
+        return
+    with Progress(*columns, console=err_console, transient=False) as view:
+        yield view
+
+
+def bars_view():
+    """Progress bars with a count (steps, frames): what `stage_bars` draws into."""
+    return _live_view(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def spinners_view():
+    """A spinner per component and a line per finished stage: what `stage_spinners` draws into."""
+    return _live_view(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+
+
+def stage_bars(view: Progress | None, labels: dict[str, str]) -> Callable[[str, int, int], None]:
+    """A pipeline `ProgressFn` (stage, done, total) → one bar per stage, named by `labels` (a `prefix · stage` keeps
+    its prefix); a no-op without a view (-q)."""
+    if view is None:
+        return lambda stage, done, total: None
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            prefix, _, name = stage.rpartition(" · ")
+            label = labels.get(name, name)
+            tasks[stage] = view.add_task(f"{prefix} · {label}" if prefix else label, total=total)
+        view.update(tasks[stage], completed=done, total=total)
+    return progress
+
+
+def stage_spinners(view: Progress | None) -> Callable[[object], None]:
+    """An exporter `ProgressCallback` (ProgressEvent: component, stage, state, detail, seconds; exporters/base.py)
+    → a spinner line per component and a `✓ component stage 1.2s` line per finished stage; a no-op without a
+    view."""
+    if view is None:
+        return lambda event: None
+    tasks: dict[str, int] = {}
+
+    def progress(event) -> None:
+        task = tasks.get(event.component)
+        if task is None:
+            task = tasks[event.component] = view.add_task(event.component, total=None)
+        if event.state == "start":
+            detail = f" — {event.detail}" if event.detail else ""
+            view.update(task, description=f"[bold]{event.component}[/] {event.stage}{detail}")
+        elif event.state in ("done", "skip", "info"):
+            secs = f" {event.seconds:.1f}s" if event.seconds is not None else ""
+            detail = f"  {event.detail}" if event.detail else ""
+            mark = {"done": "✓", "skip": "–", "info": "·"}[event.state]
+            view.console.print(f"  {mark} {event.component} {event.stage}{secs}{detail}", highlight=False)
+            if event.stage == "verify":
+                view.update(task, description=f"[bold]{event.component}[/] done", total=1, completed=1)
+    return progress
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """With --json, native libraries' prints (ExecuTorch, onnxruntime; with -v they are not captured, see
+    commands/_native_output.py) must not reach stdout: fd 1 points at fd 2 while the command runs."""
+    if not enabled:
         yield
         return
-    capture = _NativeOutputCapture()
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
+    sys.stdout.flush()
+    saved = os.dup(1)
     try:
-        chained = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    except ValueError:  # not the main thread: no signal can be seen here, nothing is captured
-        os.close(read_fd), os.close(write_fd)
-        yield
-        return
-    watcher = threading.Thread(target=_release_on_signal, args=(read_fd, chained, capture), daemon=True,
-                               name="mi2v-native-output")
-    watcher.start()
-    try:
-        capture.start()
+        os.dup2(2, 1)
         yield
     finally:
-        capture.stop()
-        signal.set_wakeup_fd(chained, warn_on_full_buffer=False)
-        os.close(write_fd)  # the watcher reads EOF and ends
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -8,12 +8,15 @@ phone is `mi2v bench --via app` / `--device ios:UDID`.
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 
 import typer
 
-from ..integrity import ALLOW_MODIFIED_HELP, check_entries
+from ..apps import build as ab
+from ..apps.build import _shown_path
+from ..integrity import check_entries
+from ..manifest import read_manifest
 from ..outputs import check_folder
+from ._options import AllowModified, Artifacts, CheckOnly, DryRun, Iterations, Team, Warmup, refine
 
 app_app = typer.Typer(
     name="app",
@@ -45,15 +48,12 @@ def build(
                                     "executorch-android (xnnpack) or executorch-android-vulkan (vulkan)"),
     executorch_version: str | None = typer.Option(None, "--executorch-version", help="android: override the "
                                                   "pinned AAR version"),
-    team: str | None = typer.Option(None, "--team", envvar="DEVELOPMENT_TEAM", help="ios: Apple development team "
-                                    "that signs the test bundle"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the commands only"),
-    check: bool = typer.Option(False, "--check", help="check the prerequisites only (JDK, SDK, wrapper / Xcode)"),
+    team: Team = None,
+    dry_run: DryRun = False,
+    check: refine(CheckOnly, help="check the prerequisites only (JDK, SDK, wrapper / Xcode)") = False,
 ) -> None:
     """Android: `./gradlew assembleDebug assembleDebugAndroidTest` in apps/android (JDK 17, ANDROID_HOME).
     iOS: `xcodebuild build-for-testing` in apps/ios (macOS with Xcode 15+)."""
-    from ..apps import build as ab
-
     if platform is Platform.ios:
         ab.require_macos(what="`mi2v app build ios`")
         commands = ab.ios_build_commands(team)
@@ -73,12 +73,10 @@ def build(
 @app_app.command("install")
 def install(
     serial: str = typer.Option(..., "--serial", help="the phone (a serial from `mi2v devices list`)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the commands only"),
-    check: bool = typer.Option(False, "--check", help="check adb and the built APKs only"),
+    dry_run: DryRun = False,
+    check: refine(CheckOnly, help="check adb and the built APKs only") = False,
 ) -> None:
     """`adb -s SERIAL install -r -t` of the Android app and its test APK (built by `mi2v app build`)."""
-    from ..apps import build as ab
-
     if dry_run:
         ab.print_commands(ab.install_commands(serial), typer.echo)
         return
@@ -91,17 +89,15 @@ def install(
 
 @app_app.command("stage")
 def stage(
-    artifacts: Path = typer.Option(..., "--artifacts", help="a folder written by `mi2v export --target coreml`"),
-    iterations: int = typer.Option(20, "--iterations", min=1, help="timed predictions per compute unit"),
-    warmup: int = typer.Option(3, "--warmup", min=0, help="discarded predictions before them"),
+    artifacts: refine(Artifacts, help="a folder written by `mi2v export --target coreml`") = ...,
+    iterations: refine(Iterations, help="timed predictions per compute unit") = 20,
+    warmup: refine(Warmup, help="discarded predictions before them") = 3,
     compute_units: str = typer.Option("cpuOnly,cpuAndGPU,cpuAndNeuralEngine,all", "--compute-units",
                                       help="comma-separated Core ML compute units"),
-    allow_modified: bool = typer.Option(False, "--allow-modified", help=ALLOW_MODIFIED_HELP),
+    allow_modified: AllowModified = False,
 ) -> None:
     """iOS: copy the Core ML artifacts and a plan into the test bundle's Payload folder (for a run from Xcode)."""
-    from ..apps import ios
-    from ..apps.build import _shown_path
-    from ..manifest import read_manifest
+    from ..apps import ios  # numpy: not at `mi2v --help`
 
     units = [u.strip() for u in compute_units.split(",") if u.strip()]
     items, frames = ios.coreml_artifacts(artifacts)

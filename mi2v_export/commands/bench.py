@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from ..contract import SWIFT_UNIT, ComputeUnit
-from ..integrity import ALLOW_MODIFIED_HELP
+from ..devices.plot import plot_report
+from ..devices.registry import describe
+from ..devices.report import BenchReport, compare
+from ..errors import BadInputError, DeviceError, MissingDependencyError, VerificationError
 from ..outputs import MIB, check_file, check_folder, write_or_keep
-from ._render import component_list
+from ._options import (AdbPath, AdbPort, AllowModified, Artifacts, Components, DryRun, Iterations, Json, Report,
+                       Steps, Team, Warmup, refine)
+from ._render import console, err_console, print_json, say
 
 bench_app = typer.Typer(
     name="bench",
@@ -34,9 +39,6 @@ def _unit_list(value: str | None) -> str | None:
     return ",".join(units)
 
 
-_ADB_HELP = "adb binary (default: $MI2V_ADB, $ADB, adb on PATH, then the adb bundled in the adbutils wheel)"
-
-
 class Via(str, Enum):
     runner = "runner"
     app = "app"
@@ -55,8 +57,7 @@ def _ms(v: float | None, digits: int = 2) -> str:
 def _title(report) -> str:
     """Preset, size and frames, the device it ran on (described by its kind, devices/registry.py), and the
     protocol: the heading of the table."""
-    from ..devices import kinds  # noqa: F401  (registers every device kind)
-    from ..devices.registry import describe
+    from ..devices import kinds  # noqa: F401  (registers every device kind; numpy: not at `mi2v --help`)
 
     dev = report.device or {}
     who = describe(dev, report.protocol or {})
@@ -73,10 +74,6 @@ def _title(report) -> str:
 
 def render_report(report, path: Path | None = None) -> None:
     """The rich table of a report (also used for a partial one)."""
-    from rich.table import Table
-
-    from ._render import console
-
     title = _title(report)
     table = Table("component", "runtime", "artifact", "precision", "load ms", "n", "min", "p50", "p90", "max", "stdev",
                   "peak RSS", "status", title=title, title_justify="left")
@@ -132,8 +129,7 @@ def render_report(report, path: Path | None = None) -> None:
 @bench_app.callback()
 def bench(
     ctx: typer.Context,
-    artifacts: Path | None = typer.Option(None, "--artifacts", help="folder written by `mi2v export` "
-                                          "(manifest.json + <component>.onnx/.pte)"),
+    artifacts: Artifacts = None,
     device: str = typer.Option("host", "--device", help="host (in this process), adb (the only phone), "
                                "adb:SERIAL (a HOST:PORT serial is `adb connect`ed first), adb:all or "
                                "adb:SERIAL1,SERIAL2 (several phones at once, one report each plus a comparison) or "
@@ -141,25 +137,21 @@ def bench(
     via: Via = typer.Option(Via.runner, "--via", help="phone: runner = the native executor_runner / "
                             "onnxruntime_perf_test (default); app = the Android benchmark app (apps/android, "
                             "installed when needed; .pte only)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="--via app / ios:UDID: print the exact commands and "
-                                 "touch no device"),
+    dry_run: refine(DryRun, help="--via app / ios:UDID: print the exact commands and touch no device") = False,
     app_dir: Path | None = typer.Option(None, "--app-dir", help="--via app: the Android app folder whose build "
                                         "outputs hold the APKs (default: apps/android of this checkout, built by "
                                         "`make android`); ios: the apps/ios package to stage and test"),
-    team: str | None = typer.Option(None, "--team", envvar="DEVELOPMENT_TEAM", help="ios: Apple development team "
-                                    "that signs the test bundle"),
+    team: Team = None,
     compute_units: str | None = typer.Option(None, "--compute-units", callback=_unit_list, help="ios: Core ML "
                                              "compute units to time, comma-separated from all, cpu_and_ne, "
                                              "cpu_and_gpu, cpu_only (default: each of the four)"),
     runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="auto: ExecuTorch when every component has a "
                                     "runnable .pte, else onnxruntime, else per component"),
-    iterations: int | None = typer.Option(None, "--iterations", min=1, help="timed iterations per run "
-                                          "(default: 10 on host, 50 on a phone)"),
-    warmup: int | None = typer.Option(None, "--warmup", min=0, help="warm-up iterations inside the timed process, "
-                                      "discarded (default: 2 on host, 5 on a phone)"),
+    iterations: Iterations = None,
+    warmup: Warmup = None,
     runs: int = typer.Option(1, "--runs", min=1, help="separate runner processes per component (their medians are "
                              "reported as run_medians)"),
-    steps: int = typer.Option(2, "--steps", min=1, max=2, help="denoising steps of the headline (1 or 2; both are reported)"),
+    steps: refine(Steps, max=2, help="denoising steps of the headline (1 or 2; both are reported)") = 2,
     runner: list[Path] = typer.Option([], "--runner", help="executor_runner / onnxruntime_perf_test built for the "
                                       "phone (repeatable; told apart by name). Default: DIR/runners/<abi>/, else "
                                       "the one on the phone's PATH"),
@@ -167,17 +159,15 @@ def bench(
                                         "phone: the big cores from cpuinfo_max_freq; on host: not pinned"),
     threads: int | None = typer.Option(None, "--threads", min=1, help="host only: intra-op threads (default: the "
                                        "runtime's, or the pinned core count)"),
-    adb: Path | None = typer.Option(None, "--adb", help=_ADB_HELP),
-    adb_port: int | None = typer.Option(None, "--adb-port", help="adb server port (default: "
-                                        "$ANDROID_ADB_SERVER_PORT or 5037)"),
+    adb: AdbPath = None,
+    adb_port: AdbPort = None,
     adb_server: list[str] = typer.Option([], "--adb-server", help="adb:all / a serial list: look for the phones "
                                          "on the adb server at HOST:PORT (repeatable: a lab of several machines; "
                                          "like adb -H HOST -P PORT) instead of this machine's"),
-    report_path: Path | None = typer.Option(None, "--report", help="report file (default: "
-                                            "mi2v-bench/<time>-<device>.json); checked before any device work and "
-                                            "written even when a component fails (not when no device answers)"),
-    json_out: bool = typer.Option(False, "--json", help="print the report(s) as JSON on stdout instead of "
-                                  "the table (progress stays on stderr)"),
+    report_path: refine(Report, help="report file (default: mi2v-bench/<time>-<device>.json); checked before any "
+                        "device work and written even when a component fails (not when no device answers)") = None,
+    json_out: refine(Json, help="print the report(s) as JSON on stdout instead of the table (progress stays on "
+                     "stderr)") = False,
     plot: Path | None = typer.Option(None, "--plot", help="draw the per-component breakdown into this PNG"),
     cooldown: float | None = typer.Option(None, "--cooldown", min=0, help="pause between components, seconds "
                                           "(default: 0 on host, 30 on a phone); then wait for thermal status 0"),
@@ -186,9 +176,8 @@ def bench(
     timeout: float = typer.Option(600.0, "--timeout", min=0, help="limit for one runner process on the phone, seconds"),
     etdump: bool = typer.Option(False, "--etdump", help="phone, ExecuTorch: one extra profiling run per "
                                 "component with --etdump_path, pulled next to the report"),
-    component: str = typer.Option("all", "--component", callback=component_list, help="encoder | denoiser | "
-                                  "decoder | all (or a comma list)"),
-    allow_modified: bool = typer.Option(False, "--allow-modified", help=ALLOW_MODIFIED_HELP),
+    component: Components = "all",
+    allow_modified: AllowModified = False,
 ) -> None:
     """Time the exported encoder, denoiser and decoder and report the per-frame latency
     (encoder + steps × denoiser + decoder) / frames, for 1 and 2 steps.
@@ -199,9 +188,8 @@ def bench(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..devices.bench import BenchOptions, run_bench
-    from ..errors import BadInputError
-    from ._render import print_json
+    from ..devices.bench import BenchOptions, run_bench  # numpy and the device kinds: not at `mi2v --help`
+    from ..devices.fleet import is_fleet
 
     if artifacts is None:
         raise BadInputError("--artifacts DIR is required (a folder written by `mi2v export`); "
@@ -210,7 +198,8 @@ def bench(
     opts = BenchOptions(artifacts=artifacts, device=device, runtime=runtime.value, iterations=iterations,
                         warmup=warmup, runs=runs, steps=steps, runners=list(runner), cpu_mask=cpu_mask,
                         threads=threads, adb=adb, adb_port=adb_port, json_path=report_path, cooldown=cooldown,
-                        thermal_wait=thermal_wait, timeout=timeout, etdump=etdump, components=tuple(component.split(",")),
+                        thermal_wait=thermal_wait, timeout=timeout, etdump=etdump,
+                        components=tuple(component.split(",")),
                         via=via.value, dry_run=dry_run, team=team, app_dir=app_dir,
                         compute_units=units, allow_modified=allow_modified)
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
@@ -218,11 +207,8 @@ def bench(
     if not dry_run:
         _check_destinations(report_path, plot)
 
-    say = logging.getLogger("mi2v.bench").info
-    from ..devices.fleet import is_fleet
-
     if is_fleet(device) or adb_server:
-        _bench_fleet(opts, adb_server, json_out, say)
+        _bench_fleet(opts, adb_server, json_out)
         return
     show = (lambda report, path: None) if json_out else render_report
     outcome = run_bench(opts, say, echo=typer.echo)
@@ -232,15 +218,9 @@ def bench(
         print_json([r.to_dict() for r, _ in outcome.reports])
     first = outcome.reports[0][0] if outcome.reports else None
     if plot is not None and first is not None and any(c.status == "ok" for c in first.components):
-        from ..devices.plot import plot_report
-
-        from ._render import console, err_console
-
         drawn = write_or_keep(plot, lambda path: plot_report(first, path), "plot")
         (err_console if json_out else console).print(f"plot: {drawn}")  # stdout: JSON only
     if outcome.error is not None:
-        from ..errors import DeviceError, MissingDependencyError, VerificationError
-
         kind = next((k for k in (BadInputError, MissingDependencyError, VerificationError)
                      if isinstance(outcome.error, k)), DeviceError)
         raise kind(f"{outcome.error} (report: {outcome.reports[0][1] if outcome.reports else None})")
@@ -259,11 +239,9 @@ def _check_destinations(report_path: Path | None, plot: Path | None) -> None:
         check_file(plot, "--plot", need_bytes=MIB)
 
 
-def _bench_fleet(opts, servers: list[str], json_out: bool, say) -> None:
+def _bench_fleet(opts, servers: list[str], json_out: bool) -> None:
     """Several phones at once (devices/fleet.py): a report per phone, then one comparison table."""
-    from ..devices import fleet
-    from ..errors import BadInputError, DeviceError
-    from ._render import err_console, print_json
+    from ..devices import fleet  # numpy and the device kinds: not at `mi2v --help`
 
     if not opts.device.startswith("adb"):
         raise BadInputError("--adb-server needs an adb device: --device adb:all or adb:SERIAL1,SERIAL2")
@@ -271,7 +249,7 @@ def _bench_fleet(opts, servers: list[str], json_out: bool, say) -> None:
         raise BadInputError("several phones at once use the native runners (--via runner) and no --dry-run; "
                             "name one phone (adb:SERIAL) for those")
     phones = fleet.find_phones(opts.device, [fleet.parse_server(s) for s in servers], opts.adb, opts.adb_port)
-    err_console.print(f"benchmarking {len(phones)} phone(s) at once: {', '.join(p.label for p in phones)}")
+    say(f"benchmarking {len(phones)} phone(s) at once: {', '.join(p.label for p in phones)}")
     results = fleet.bench_phones(opts, phones, say)
     rows = fleet.comparison(results)
     if json_out:
@@ -288,10 +266,6 @@ def _bench_fleet(opts, servers: list[str], json_out: bool, say) -> None:
 
 
 def _render_comparison(rows: list[dict]) -> None:
-    from rich.table import Table
-
-    from ._render import console
-
     table = Table("phone", "model", "SoC", "encoder p50", "denoiser p50", "decoder p50", "per frame (1 step)",
                   "per frame (2 steps)", "status", "started", "finished", title="phones side by side (ms)",
                   title_justify="left")
@@ -308,14 +282,9 @@ def _render_comparison(rows: list[dict]) -> None:
 def compare_cmd(
     a: Path = typer.Argument(..., metavar="A.json", help="baseline report (written by `mi2v bench --report`)"),
     b: Path = typer.Argument(..., metavar="B.json", help="report to compare against the baseline"),
-    json_flag: bool = typer.Option(False, "--json", help="print the rows as JSON on stdout instead of the table"),
+    json_flag: refine(Json, help="print the rows as JSON on stdout instead of the table") = False,
 ) -> None:
     """Two reports side by side: per-frame latency and each component's p50 / p90 / load time, with B/A ratios."""
-    from rich.table import Table
-
-    from ..devices.report import BenchReport, compare
-    from ._render import console, print_json
-
     ra, rb = BenchReport.load(a), BenchReport.load(b)
     rows = compare(ra, rb)
     if json_flag:

@@ -9,7 +9,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..contract import Part, PresetName
+from ..contract import Part
+from ..errors import BadInputError
+from ..outputs import check_file
+from ..presets import PRESETS
+from ._options import Json, Out, Preset, refine
 from ._render import console, human_bytes, human_count, print_json
 
 
@@ -20,9 +24,8 @@ def _compare_with_presets(sd: dict, part: str, named: str | None) -> dict:
     """Which presets a part matches exactly, and the comparison `inspect` shows: with the preset the user named
     (--preset), else with the one the file is closest to (fewest missing, unexpected and mis-shaped keys), so a
     tiny checkpoint with one wrong key is compared with `tiny`, not with the 270M model."""
-    from ..checkpoints import compare_keys
+    from ..checkpoints import compare_keys  # torch: not at `mi2v --help`
     from ..models import expected_shapes
-    from ..presets import PRESETS
 
     reports = {name: compare_keys(sd, expected_shapes(part, name)) for name in PRESETS}
     picked = named or min(reports, key=lambda name: reports[name].problems)
@@ -33,7 +36,7 @@ def _compare_with_presets(sd: dict, part: str, named: str | None) -> dict:
 
 def describe_checkpoint(path: Path, preset: str | None = None) -> dict:
     """Everything `inspect` shows, as plain data."""
-    from ..checkpoints import read_checkpoint
+    from ..checkpoints import read_checkpoint  # torch: not at `mi2v --help`
 
     ckpt = read_checkpoint(path)
     parts = []
@@ -58,9 +61,8 @@ def describe_checkpoint(path: Path, preset: str | None = None) -> dict:
 
 def inspect(
     file: Path = typer.Argument(..., help="checkpoint: upstream .pth, diffusers/plain .safetensors"),
-    preset: PresetName | None = typer.Option(None, "--preset", help="compare with this preset (default: the one "
-                                             "the file matches best)"),
-    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+    preset: refine(Preset, help="compare with this preset (default: the one the file matches best)") = None,
+    json_out: Json = False,
 ) -> None:
     """Show what a checkpoint holds (read safely: no code in the file can run)."""
     data = describe_checkpoint(file, preset and preset.value)
@@ -92,17 +94,15 @@ def _comparison_cell(part: dict) -> str:
 
 def convert(
     file: Path = typer.Argument(..., help="checkpoint to convert"),
-    out: Path = typer.Option(..., "--out", help="output .safetensors file"),
+    out: refine(Out, help="output .safetensors file") = ...,
     dtype: WeightDtype = typer.Option("fp32", help="dtype of the floating tensors"),
     part: Part | None = typer.Option(None, help="keep only this part"),
-    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+    json_out: refine(Json, help="print JSON") = False,
 ) -> None:
     """Write a clean weights-only .safetensors file (no pickle, no optimizer/RNG state)."""
     import torch
 
     from ..checkpoints import read_checkpoint, write_safetensors
-    from ..errors import BadInputError
-    from ..outputs import check_file
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     dtype, part = dtype.value, part and part.value

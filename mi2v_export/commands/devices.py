@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+from rich.table import Table
+
+from ..devices.adb import Adb
+from ._options import AdbPath, AdbPort, Json
+from ._render import console, print_json
 
 devices_app = typer.Typer(
     name="devices",
@@ -13,22 +16,13 @@ devices_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_ADB_HELP = "adb binary (default: $MI2V_ADB, $ADB, adb on PATH, then the adb bundled in the adbutils wheel)"
-_ADB_PORT_HELP = "adb server port (default: $ANDROID_ADB_SERVER_PORT or 5037)"
-
-
 @devices_app.command("list")
 def list_devices(
-    adb: Path | None = typer.Option(None, "--adb", help=_ADB_HELP),
-    adb_port: int | None = typer.Option(None, "--adb-port", help=_ADB_PORT_HELP),
-    json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    adb: AdbPath = None,
+    adb_port: AdbPort = None,
+    json_out: Json = False,
 ) -> None:
     """List the devices adb knows, with their state (device, unauthorized, offline, no permissions, …)."""
-    from rich.table import Table
-
-    from ..devices.adb import Adb
-    from ._render import console, print_json
-
     devices = Adb(adb, server_port=adb_port).devices()
     if json_out:
         print_json([{"serial": d.serial, "state": d.state, **d.details} for d in devices])

@@ -1,28 +1,32 @@
 """`mi2v export`: lower encoder / denoiser / decoder to ONNX, Core ML or ExecuTorch, verify, write manifest.json.
 
-All the work is in `mi2v_export.exporters` (`orchestrate.run_export`); this module parses flags, renders the
-progress callback with rich (on stderr) and prints a summary table (or, with --json, the run's manifest entries).
+All the work is in `mi2v_export.exporters` (`orchestrate.run_export`); this module parses flags, shows the
+exporters' progress events (commands/_render.py `stage_spinners`, on stderr) and prints a summary table (or, with
+--json, the run's manifest entries).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import sys
 from pathlib import Path
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..contract import AttentionPlan, ComputeUnit, DecoderKind, Delegate, ExportDtype, PresetName, Soc, Target
-from ..errors import BadInputError, Mi2vError
+from ..contract import AttentionPlan, ComputeUnit, ExportDtype, Soc, choices
+from ..errors import Mi2vError
+from ..exporters.base import delegate_names, target_names
 from ..interrupts import recorded_interrupts
 from ..presets import get_preset
-from ._render import component_list, console, err_console, human_bytes, is_quiet, note, print_json
+from ..qnn import DEFAULT_SOC
+from ._options import Checkpoints, Components, Decoder, Frames, Json, MinPsnr, Out, Preset, Resolution, refine
+from ._render import (console, human_bytes, note, print_json, result_notes, spinners_view, stage_spinners,
+                      stdout_to_stderr)
 
 DEFAULT_PRESET = "mobilei2v-270m"  # --preset left out: the released model, at its 720p size
+# --target and --delegate: what the exporters registered (exporters/targets), nothing listed here
+Target = choices("Target", target_names())
+Delegate = choices("Delegate", delegate_names())
 
 
 class ExportInterrupted(Mi2vError):
@@ -41,59 +45,6 @@ def _fmt_parity(p: dict) -> str:
     return f"rel_l2 {float(p['rel_l2']):.1e}"
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr(enabled: bool):
-    """With --json, native libraries' prints (ExecuTorch, onnxruntime) must not reach stdout: point fd 1 at fd 2
-    while the export runs."""
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-class _RichProgress:
-    """Renders exporter ProgressEvents: one spinner line per component, a log line per finished stage."""
-
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.tasks: dict[str, int] = {}
-
-    def __call__(self, event) -> None:
-        task = self.tasks.get(event.component)
-        if task is None:
-            task = self.tasks[event.component] = self.progress.add_task(event.component, total=None)
-        if event.state == "start":
-            detail = f" — {event.detail}" if event.detail else ""
-            self.progress.update(task, description=f"[bold]{event.component}[/] {event.stage}{detail}")
-        elif event.state in ("done", "skip", "info"):
-            secs = f" {event.seconds:.1f}s" if event.seconds is not None else ""
-            detail = f"  {event.detail}" if event.detail else ""
-            mark = {"done": "✓", "skip": "–", "info": "·"}[event.state]
-            self.progress.console.print(f"  {mark} {event.component} {event.stage}{secs}{detail}", highlight=False)
-            if event.stage == "verify":
-                self.progress.update(task, description=f"[bold]{event.component}[/] done", total=1, completed=1)
-
-
-def _no_progress(event) -> None:
-    """`mi2v -q export`: no spinner, no stage lines."""
-
-
-def _progress_view():
-    """The spinner and stage lines on stderr; with -q none (a context that gives None)."""
-    if is_quiet():
-        return contextlib.nullcontext()
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
-                    transient=False)
-
-
 def _note_default_preset(preset, resolution: str | None, frames: int | None) -> None:
     """Without --preset the export is the released 270M model at 720p: tens of minutes and gigabytes of memory
     and disk. Say so before it starts (a first try with the defaults should not look like a hang)."""
@@ -109,24 +60,21 @@ def export(
     target: Target = typer.Option(..., "--target", help="export format"),
     delegate: Delegate | None = typer.Option(None, "--delegate", help="executorch: xnnpack (default) | vulkan | qnn | "
                                             "coreml; onnx: qnn (onnxruntime's QNN EP, needs --soc)"),
-    component: str = typer.Option("all", "--component", callback=component_list, help="encoder | denoiser | "
-                                  "decoder | all (or a comma list)"),
-    decoder: DecoderKind = typer.Option("turbo-vaed", "--decoder", help="decoder model"),
-    preset: PresetName | None = typer.Option(None, "--preset", help=f"model preset (default: {DEFAULT_PRESET}, "
-                                             "the full 720p model: a multi-GB run)"),
-    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="weights file (repeat for several); each "
-                                          "feeds the component whose model it holds. None: seeded weights"),
-    resolution: str | None = typer.Option(None, "--resolution", help="HEIGHTxWIDTH, e.g. 720x1280 (default: "
-                                          "the preset's)"),
-    frames: int | None = typer.Option(None, "--frames", help="video frames, 8k+1 (default: the preset's)"),
+    component: Components = "all",
+    decoder: Decoder = "turbo-vaed",
+    preset: refine(Preset, help=f"model preset (default: {DEFAULT_PRESET}, the full 720p model: a multi-GB "
+                   "run)") = None,
+    checkpoint: Checkpoints = [],
+    resolution: Resolution = None,
+    frames: Frames = None,
     dtype: ExportDtype | None = typer.Option(None, "--dtype", help="fp32 | fp16: alias of --precision fp32|fp16"),
     precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16 | w8a8 | w8 | w4 | w8a16, or per "
                                          "component: denoiser=w8a8,decoder=fp16,encoder=fp16 (default: fp16 for "
                                          "Core ML and the coreml/qnn delegates, fp32 otherwise)"),
     calibration: Path | None = typer.Option(None, "--calibration", help="folder of images to calibrate 8-bit "
                                             "activations on (default: the photos shipped with mi2v)"),
-    min_psnr: float | None = typer.Option(None, "--min-psnr", help="trajectory gate: per-frame PSNR floor in dB "
-                                          "(default: the precision's, see README)"),
+    min_psnr: refine(MinPsnr, help="trajectory gate: per-frame PSNR floor in dB (default: the precision's, see "
+                     "README)") = None,
     recipe: Path | None = typer.Option(None, "--recipe", help="mixed precision: a recipe JSON (unit → precision) "
                                        "from `mi2v quantize analyze`"),
     attention: AttentionPlan = typer.Option("reference", "--attention", help="denoiser attention plan: reference "
@@ -136,28 +84,26 @@ def export(
                                       "(repeatable): linear_attention, softmax_attention, channels_first, "
                                       "rope_tables, fp32_accumulate = true|false; linear_heads_per_group, "
                                       "softmax_heads_per_group, query_chunk = N; softmax = native|split"),
-    out: Path = typer.Option(Path("artifacts"), "--out", help="output folder (artifacts + manifest.json)"),
+    out: refine(Out, help="output folder (artifacts + manifest.json)") = Path("artifacts"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip running the artifact against PyTorch "
                                    "(recorded in the manifest)"),
     no_test_vectors: bool = typer.Option(False, "--no-test-vectors", help="do not write the test vectors (sampler "
                                          "inputs + PyTorch outputs: testdata/<component>/ for ONNX, "
                                          "<component>.bpte for ExecuTorch, testdata/<file>.npz for Core ML) that "
                                          "`mi2v verify` and `mi2v bench` check the artifact with"),
-    bundle: bool = typer.Option(False, "--bundle", hidden=True, help="kept for old scripts: the .bpte is now "
-                                "written by default"),
     etrecord: bool = typer.Option(False, "--etrecord", help="executorch: also write <component>.etrecord for "
                                   "per-op profiling"),
     compute_units: ComputeUnit = typer.Option("all", "--compute-units", help="Core ML compute units"),
     min_ios: int = typer.Option(17, "--min-ios", min=17, max=18, help="Core ML minimum deployment target: 17 | 18"),
-    soc: Soc = typer.Option("SM8650", "--soc", help="QNN: the Snapdragon SoC to compile for (README: SoC table)"),
+    soc: Soc = typer.Option(DEFAULT_SOC, "--soc", help="QNN: the Snapdragon SoC to compile for (README: SoC table)"),
     allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="onnx/qnn: accept nodes the HTP "
                                             "refuses (onnxruntime runs them on the CPU; node and FLOP shares on "
                                             "the HTP are recorded). Default: every node on the HTP or exit 4"),
-    json_out: bool = typer.Option(False, "--json", help="print this run's manifest entries as JSON on stdout"),
+    json_out: refine(Json, help="print this run's manifest entries as JSON on stdout") = False,
 ) -> None:
     """Export MobileI2V components to ONNX / Core ML / ExecuTorch, check them against PyTorch fp32, and describe
     them in OUT/manifest.json. Nothing is moved into OUT unless every component exported and passed its gate."""
-    from ..exporters.orchestrate import ExportRequest, prepare, run_export
+    from ..exporters.orchestrate import ExportRequest, prepare, run_export  # torch: not at `mi2v --help`
 
     request = ExportRequest(target=target.value, out_dir=out, components=component,
                             delegate=delegate.value if delegate else None, decoder=decoder.value,
@@ -165,22 +111,19 @@ def export(
                             resolution=resolution, frames=frames,
                             dtype=dtype.value if dtype else None, precision=precision, calibration=calibration,
                             min_psnr=min_psnr, recipe=recipe, attention=attention.value, rewrite=list(rewrite),
-                            verify=not no_verify, test_vectors=not no_test_vectors, etrecord=etrecord, compute_units=compute_units.value,
-                            min_ios=min_ios, soc=soc.value, allow_cpu_fallback=allow_cpu_fallback)
-    if bundle and no_test_vectors:
-        raise BadInputError("--bundle and --no-test-vectors contradict each other (the .bpte is the test vectors)")
+                            verify=not no_verify, test_vectors=not no_test_vectors, etrecord=etrecord,
+                            compute_units=compute_units.value, min_ios=min_ios, soc=soc.value,
+                            allow_cpu_fallback=allow_cpu_fallback)
     _note_default_preset(preset, resolution, frames)
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 
-    view = _progress_view()
     # Ctrl-C and SIGTERM unwind the export (staging folder removed, output folder untouched). `interrupts.seen`
     # records the signal: a library may re-raise the KeyboardInterrupt as its own error (torch.export does), and
     # Python drops one raised inside a weakref callback, so run_export also asks at every stage and before the commit.
     with recorded_interrupts(signal.SIGINT, signal.SIGTERM) as interrupts:
         try:
-            with _stdout_to_stderr(json_out), view as progress:
-                report = run_export(plan, _RichProgress(progress) if progress else _no_progress,
-                                    stop_requested=lambda: interrupts.seen)
+            with stdout_to_stderr(json_out), spinners_view() as view:
+                report = run_export(plan, stage_spinners(view), stop_requested=lambda: interrupts.seen)
         except BaseException:  # whatever the signal surfaced as
             if not interrupts.seen:
                 raise
@@ -191,6 +134,11 @@ def export(
         print_json({"out_dir": str(report.out_dir), "manifest": str(report.out_dir / "manifest.json"),
                     "artifacts": [e.to_dict() for e in report.entries]})
         return
+    _print_summary(report)
+
+
+def _print_summary(report) -> None:
+    """The table of what was exported, `note:` lines on delegation, skipped runs and extra files, the manifest."""
     table = Table(title=f"exported to {report.out_dir}")
     for col in ("component", "target", "precision", "file", "size", "time", "peak RSS", "parity", "verified on"):
         table.add_column(col, justify="right" if col in ("size", "time", "peak RSS") else "left", no_wrap=True)
@@ -198,8 +146,9 @@ def export(
     for e in report.entries:
         tgt = e.target + (f"/{e.delegate}" if e.delegate else "")
         verified = ", ".join(r.get("runtime", "?") for r in e.verified_on) or "—"
-        table.add_row(e.component, tgt, e.precision or e.dtype, e.file, human_bytes(e.bytes), f"{e.export['wall_s']:.1f}s",
-                      human_bytes(e.export["peak_rss_bytes"]), _fmt_parity(e.parity), verified)
+        table.add_row(e.component, tgt, e.precision or e.dtype, e.file, human_bytes(e.bytes),
+                      f"{e.export['wall_s']:.1f}s", human_bytes(e.export["peak_rss_bytes"]), _fmt_parity(e.parity),
+                      verified)
         if e.parity.get("reason"):
             notes.append(f"{e.file}: not run here — {e.parity['reason']} (structural checks passed)")
         if e.delegation:
@@ -211,8 +160,7 @@ def export(
         for f in e.extra_files:
             notes.append(f"{f.file}: {f.role.replace('_', ' ')} ({human_bytes(f.bytes)})")
     console.print(table, width=None if console.is_terminal else 160)
-    for n in notes:
-        console.print(f"[dim]note:[/] {n}", highlight=False, soft_wrap=True)
+    result_notes(notes)
     console.print(f"manifest: {report.out_dir / 'manifest.json'}")
 
 

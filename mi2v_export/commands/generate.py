@@ -3,17 +3,15 @@ the PyTorch fp32 reference (`--compare-to reference --report REPORT.json`)."""
 
 from __future__ import annotations
 
-import contextlib
 from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..contract import DecoderKind, PresetName
-from ..integrity import ALLOW_MODIFIED_HELP
-from ._render import console, is_quiet
+from ._options import (AllowModified, ArtifactFolders, Checkpoints, Decoder, Frames, MinPsnr, Out, Preset, Report,
+                       Resolution, Steps, refine)
+from ._render import bars_view, console, is_quiet, result_notes, say, stage_bars
 
 Fallback = Enum("Fallback", {"none": "none", "pytorch": "pytorch"}, type=str)
 Posterior = Enum("Posterior", {"sample": "sample", "mean": "mean"}, type=str)
@@ -25,29 +23,23 @@ STAGE_LABELS = {"load": "load models", "encode": "encode image", "denoise": "den
 
 
 def generate(
-    image: Path = typer.Option(..., "--image", help="input image (PNG, JPEG, WebP, …); grayscale/alpha are converted"),
-    out: Path = typer.Option(..., "--out", help="output video, .mp4 (H.264); a contact sheet <name>_contact.png "
-                             "is written next to it"),
-    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="weights file (repeatable): denoiser, LTX VAE "
-                                          "and/or Turbo-VAED; parts are detected from the keys. Parts without a "
-                                          "file use seeded random weights (noise video, for testing)"),
-    artifacts: list[Path] = typer.Option([], "--artifacts", help="folder written by `mi2v export` (repeatable; for "
-                                         "each component the first folder that has it wins: .onnx → onnxruntime, "
-                                         ".pte → ExecuTorch, .mlpackage → Core ML on macOS)"),
+    image: Path = typer.Option(..., "--image", help="input image (PNG, JPEG, WebP, …); grayscale/alpha are "
+                               "converted"),
+    out: refine(Out, help="output video, .mp4 (H.264); a contact sheet <name>_contact.png is written next to "
+                "it") = ...,
+    checkpoint: Checkpoints = [],
+    artifacts: ArtifactFolders = [],
     use: list[str] = typer.Option([], "--use", help="which artifact runs when a folder holds several for a "
                                   "component: 'executorch' (all) or 'denoiser=executorch' (repeatable); default: "
                                   "the first this host can run, in the order onnx, executorch, coreml"),
     fallback: Fallback = typer.Option("none", help="component missing from --artifacts: none (error) or pytorch"),
-    preset: PresetName | None = typer.Option(None, help="model preset (default: the artifacts' or "
-                                             "mobilei2v-270m)"),
-    decoder: DecoderKind | None = typer.Option(None, help="default: the artifacts', the checkpoints', else "
-                                               "turbo-vaed"),
-    steps: int = typer.Option(2, min=1, help="flow-matching Euler steps (shift 3): 1 → t=[1000], 2 → [1000, 8.929], "
-                              "N → the shifted grid; upstream's multi-step default is 30"),
+    preset: refine(Preset, help="model preset (default: the artifacts' or mobilei2v-270m)") = None,
+    decoder: refine(Decoder, help="default: the artifacts', the checkpoints', else turbo-vaed") = None,
+    steps: Steps = 2,
     seed: int = typer.Option(0, help="seed of the CPU noise generator"),
-    resolution: str | None = typer.Option(None, help="HEIGHTxWIDTH, multiples of 4 (default: the artifacts' or "
-                                          "the preset's, e.g. 720x1280)"),
-    frames: int | None = typer.Option(None, help="video frames, 8k+1 (default: the artifacts' or the preset's)"),
+    resolution: refine(Resolution, help="HEIGHTxWIDTH, multiples of 4 (default: the artifacts' or the preset's, e.g. "
+                       "720x1280)") = None,
+    frames: refine(Frames, help="video frames, 8k+1 (default: the artifacts' or the preset's)") = None,
     flow_score: float = typer.Option(2.0, "--flow-score", help="motion amount (mean optical-flow score the model "
                                      "was trained on; higher = more motion)"),
     posterior: Posterior = typer.Option("sample", help="reference latent: sample the LTX posterior like upstream "
@@ -57,65 +49,40 @@ def generate(
     fps: int = typer.Option(17, min=1, help="frames per second of the MP4"),
     compare_to: CompareTo | None = typer.Option(None, "--compare-to", help="reference: also run PyTorch fp32 "
                                                 "with the same seed and compare (needs --artifacts)"),
-    json_out: Path | None = typer.Option(None, "--report", help="with --compare-to: write the report "
-                                         "(latent_rel_err per step, psnr_db and ssim per frame) here"),
-    min_psnr: float | None = typer.Option(None, "--min-psnr", help="with --compare-to: per-frame PSNR gate in dB "
-                                          "(default 40 for fp32 artifacts, 30 for fp16)"),
-    allow_modified: bool = typer.Option(False, "--allow-modified", help=ALLOW_MODIFIED_HELP),
+    report_path: refine(Report, help="with --compare-to: write the report (latent_rel_err per step, psnr_db and ssim "
+                     "per frame) here") = None,
+    min_psnr: refine(MinPsnr, help="with --compare-to: per-frame PSNR gate in dB (default 40 for fp32 artifacts, 30 "
+                     "for fp16)") = None,
+    allow_modified: AllowModified = False,
 ) -> None:
     """Generate a video from an image: encode → denoise (flow-matching Euler) → decode.
 
     No classifier-free guidance: the MobileI2V denoiser ignores the text prompt, so CFG would be a no-op and there
     is no prompt or --cfg-scale option. Motion is set with --flow-score.
     """
-    from .. import pipeline as pl
+    from .. import pipeline as pl  # torch: not at `mi2v --help`
 
     request = pl.GenerateRequest(
         image=image, out=out, checkpoints=list(checkpoint), artifacts=list(artifacts), use=list(use),
         fallback=fallback.value, preset=preset and preset.value, decoder=decoder and decoder.value, steps=steps,
         seed=seed, resolution=resolution, frames=frames, flow_score=flow_score, posterior=posterior.value,
-        fit=fit.value, fps=fps, compare_to=compare_to and compare_to.value, report=json_out, min_psnr=min_psnr,
+        fit=fit.value, fps=fps, compare_to=compare_to and compare_to.value, report=report_path, min_psnr=min_psnr,
         allow_modified=allow_modified)
     plan = pl.plan_generate(request)  # bad flags, images, folders fail here, before any model is built
     geo = plan.config.geometry
-    if not is_quiet():
-        console.print(f"[bold]mi2v generate[/] {image.name} → {out.name}: {plan.preset}, {geo.height}x{geo.width}x"
-                      f"{geo.frames} (latent {'x'.join(map(str, geo.latent_shape[1:]))}), {steps} step(s), seed "
-                      f"{seed}, flow score {flow_score:g}, decoder {plan.decoder}")
-    with _progress() as progress:
-        run = pl.run_generate(request, _progress_callback(progress), plan=plan)
+    say(f"mi2v generate {image.name} → {out.name}: {plan.preset}, {geo.height}x{geo.width}x{geo.frames} (latent "
+        f"{'x'.join(map(str, geo.latent_shape[1:]))}), {steps} step(s), seed {seed}, flow score {flow_score:g}, "
+        f"decoder {plan.decoder}")
+    with bars_view() as view:
+        run = pl.run_generate(request, stage_bars(view, STAGE_LABELS), plan=plan)
     if not is_quiet():  # per-stage timings: a report of the run, not its result
         _print_summary(run.result, run.reference, run.seconds)
-    for note in run.notes:  # seeded weights (PyTorch stages or artifacts) included: the video is then noise
-        console.print(f"[yellow]note:[/] {note}")
-    wrote_report = run.comparison is not None and json_out is not None
-    console.print(f"wrote {out} and {run.sheet}" + (f" and {json_out}" if wrote_report else ""))
+    result_notes(run.notes, style="yellow")  # seeded weights (stages or artifacts) included: the video is then noise
+    wrote_report = run.comparison is not None and report_path is not None
+    console.print(f"wrote {out} and {run.sheet}" + (f" and {report_path}" if wrote_report else ""))
     if run.comparison is not None:
         _print_comparison(run.comparison)
         pl.check_psnr_gate(run.comparison)
-
-
-def _progress_callback(progress: Progress | None):
-    """pipeline progress (stage, done, total) → one rich task per (prefixed) stage; nothing with -q (no view)."""
-    tasks: dict[str, int] = {}
-    if progress is None:
-        return lambda stage, done, total: None
-
-    def callback(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            prefix, _, name = stage.rpartition(" · ")
-            label = STAGE_LABELS.get(name, name)
-            tasks[stage] = progress.add_task(f"{prefix} · {label}" if prefix else label, total=total)
-        progress.update(tasks[stage], completed=done, total=total)
-    return callback
-
-
-def _progress():
-    """The progress bars (on stdout); with -q none (a context that gives None)."""
-    if is_quiet():
-        return contextlib.nullcontext()
-    return Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
 
 
 def _print_summary(result, reference, host_s: dict) -> None:

@@ -6,7 +6,10 @@ import typer
 from rich.table import Table
 
 from ..bounds import check_cap
-from ..contract import PresetName
+from ..flops import component_stats
+from ..presets import get_preset
+from ..shapes import geometry, parse_resolution
+from ._options import Frames, Json, Preset, Resolution
 from ._render import console, human_count, print_json
 
 
@@ -15,16 +18,12 @@ def _shape(shape) -> str:
 
 
 def info(
-    preset: PresetName = typer.Option("mobilei2v-270m", help="model preset"),
-    resolution: str | None = typer.Option(None, help="HEIGHTxWIDTH, e.g. 720x1280 (default: the preset's)"),
-    frames: int | None = typer.Option(None, min=1, help="video frames, 8k+1 (default: the preset's)"),
-    json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    preset: Preset = "mobilei2v-270m",
+    resolution: Resolution = None,
+    frames: Frames = None,
+    json_out: Json = False,
 ) -> None:
     """Latent shape, token count, parameters and GFLOP per component (one denoiser step)."""
-    from ..flops import component_stats
-    from ..presets import get_preset
-    from ..shapes import geometry, parse_resolution
-
     p = get_preset(preset.value)
     h, w = parse_resolution(resolution) if resolution else (p.height, p.width)
     geo = geometry(h, w, frames if frames is not None else p.frames)

@@ -13,8 +13,11 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError
+from ..files import write_json_atomic
+from ..interrupts import recorded_interrupts
 from ..outputs import check_folder
-from ._render import console, err_console, human_bytes, print_json
+from ._options import Json, Out, refine
+from ._render import console, err_console, human_bytes, is_quiet, print_json
 
 release_app = typer.Typer(name="release", help="Assemble a release from the job folders a plan built.",
                           no_args_is_help=True)
@@ -33,7 +36,7 @@ def plan(
     file: Path = typer.Argument(..., help="release plan (TOML; schema: "
                                 "mi2v_export/schemas/release-plan.schema.json)"),
     list_jobs: bool = typer.Option(False, "--list", help="print the jobs the plan expands into and exit"),
-    json_out: bool = typer.Option(False, "--json", help="with --list: the jobs as JSON on stdout"),
+    json_out: refine(Json, help="with --list: the jobs as JSON on stdout") = False,
     executor: Executor = typer.Option(Executor.local, "--executor", help="local (a process pool here) | ray"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="local: exports at once (memory permitting)"),
     memory_budget: float | None = typer.Option(None, "--memory-budget", help="local: GiB the running exports may "
@@ -43,12 +46,12 @@ def plan(
     matrix: Matrix | None = typer.Option(None, "--matrix", help="github: print the jobs as a GitHub Actions "
                                          "matrix (JSON for fromJSON) and exit"),
     only: list[str] = typer.Option([], "--only", help="run just this job (id, or folder name); repeatable"),
-    out: Path | None = typer.Option(None, "--out", help="folder for the job folders (default: the plan's `out`)"),
+    out: refine(Out, help="folder for the job folders (default: the plan's `out`)") = None,
 ) -> None:
     """Expand a release plan into independent `mi2v export` jobs and build them: each job gets its own folder
     (OUT/<name>), a job whose folder already holds a verified build is skipped, a failed job never stops the others.
     Exit code 0 when every job is done or skipped, 1 when any failed, 130 on Ctrl-C."""
-    from ..release.plan import load_plan
+    from ..release.plan import load_plan  # torch: not at `mi2v --help`
 
     the_plan = load_plan(file, out)
     selected = _select(the_plan.jobs, only)
@@ -104,12 +107,11 @@ def _list(the_plan, jobs, json_out: bool) -> None:
 
 
 def _run(the_plan, jobs, executor: Executor, workers: int, budget: int | None, address: str | None) -> int:
-    from ..release import executors
-    from ..interrupts import recorded_interrupts
+    from ..release import executors  # torch: not at `mi2v --help`
     from ..release.jobs import _now
 
     check_folder(the_plan.out, "--out")  # before any export: a read-only or impossible folder is one line
-    progress = executors.PlanProgress(jobs, stream=err_console.file)
+    progress = executors.PlanProgress(jobs, stream=None if is_quiet() else err_console.file)  # a line per change
     the_plan.out.mkdir(parents=True, exist_ok=True)
     todo = executors.skip_finished(jobs, the_plan.out, progress)
     cancelled = False
@@ -131,8 +133,6 @@ def _run(the_plan, jobs, executor: Executor, workers: int, budget: int | None, a
 
 
 def _write_run_record(the_plan, executor: str, results: list[dict], at: str) -> None:
-    from ..files import write_json_atomic
-
     write_json_atomic(the_plan.out / "plan-run.json", {"schema": "mi2v-plan-run", "schema_version": 1,
                                                         "plan": str(the_plan.path), "executor": executor,
                                                         "finished_at": at, "jobs": results})
@@ -152,16 +152,16 @@ def _render_summary(the_plan, results: list[dict]) -> None:
 @release_app.command("merge")
 def merge(
     dirs: list[Path] = typer.Argument(..., help="job folders, or folders of job folders (a plan's output)"),
-    out: Path = typer.Option(..., "--out", help="the release folder to write (release.json + <target>/<job>/)"),
+    out: refine(Out, help="the release folder to write (release.json + <target>/<job>/)") = ...,
     allow_mixed: bool = typer.Option(False, "--allow-mixed", help="merge jobs built from different checkpoints "
                                      "or tool versions (recorded in release.json)"),
     no_vectors: bool = typer.Option(False, "--no-vectors", help="do not run the artifacts against their test "
                                     "vectors here (only sha256 and the recorded gates are checked)"),
-    json_out: bool = typer.Option(False, "--json", help="print release.json on stdout"),
+    json_out: refine(Json, help="print release.json on stdout") = False,
 ) -> None:
     """Merge finished, verified job folders into one release: release.json lists every artifact with its job id,
     target, precision, SoC, sha256, gates and verification records. Written to a temporary folder and renamed."""
-    from ..release.merge import merge_release
+    from ..release.merge import merge_release  # torch: not at `mi2v --help`
 
     doc = merge_release(dirs, out, allow_mixed=allow_mixed, run_vectors=not no_vectors)
     if json_out:

@@ -10,9 +10,8 @@ import typer
 from rich.table import Table
 
 from ..errors import VerificationError
-from ..integrity import ALLOW_MODIFIED_HELP
-from ._render import console, print_json
-from .export import _stdout_to_stderr
+from ._options import AllowModified, Json, OneComponent, refine
+from ._render import console, print_json, result_notes, stdout_to_stderr
 
 
 def _fmt(run: dict) -> str:
@@ -31,21 +30,21 @@ def _mark(run: dict) -> str:
 
 def verify(
     folder: Path = typer.Argument(..., help="artifacts folder written by `mi2v export` (with manifest.json)"),
-    component: str | None = typer.Option(None, "--component", help="encoder | denoiser | decoder (default: all)"),
+    component: refine(OneComponent, help="one component (default: all)") = None,
     runtime: list[str] = typer.Option([], "--runtime", help="only this runtime (repeatable), e.g. onnxruntime, "
                                       "executorch-xnnpack, coreml-cpu_only (default: every one available here)"),
     no_record: bool = typer.Option(False, "--no-record", help="do not write the results into manifest.json"),
-    json_out: bool = typer.Option(False, "--json", help="print the checks as JSON on stdout"),
-    allow_modified: bool = typer.Option(False, "--allow-modified", help=ALLOW_MODIFIED_HELP),
+    json_out: refine(Json, help="print the checks as JSON on stdout") = False,
+    allow_modified: AllowModified = False,
 ) -> None:
     """Run every artifact in FOLDER on each runtime this machine has (onnxruntime CPU, ExecuTorch XNNPACK /
     portable, Core ML per compute unit on macOS) against its stored test vectors, with the component's gate.
     Needs no model or checkpoint. Results are appended to the manifest's parity.verified_on; exit 4 on a failure."""
     from ..verify import verify_folder
 
-    with _stdout_to_stderr(json_out):  # native runtimes' prints must not reach --json's stdout
-        checks = verify_folder(folder, component=component, runtimes=list(runtime) or None, record=not no_record,
-                              allow_modified=allow_modified)
+    with stdout_to_stderr(json_out):  # native runtimes' prints must not reach --json's stdout
+        checks = verify_folder(folder, component=component and component.value, runtimes=list(runtime) or None,
+                               record=not no_record, allow_modified=allow_modified)
     failed = [c for c in checks if c.failed]
     if json_out:
         print_json({"folder": str(folder), "passed": not failed, "ran": sum(len(c.runs) for c in checks),
@@ -72,8 +71,7 @@ def _print_table(folder: Path, checks) -> None:
             notes.append(f"{c.file}: differs from the manifest (--allow-modified): its runs are recorded with "
                          "passed: false")
     console.print(table)
-    for n in notes:
-        console.print(f"[dim]note:[/] {n}", highlight=False, soft_wrap=True)
+    result_notes(notes)
     if not any(c.runs for c in checks):
         console.print("nothing could be run on this machine (see the notes)")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import typer
 
-from ..commands.devices import _ADB_HELP, _ADB_PORT_HELP, devices_app
+from ..commands._options import AdbPath, AdbPort, Out, refine
+from ..commands.devices import devices_app
 
 
 class State(str, Enum):
@@ -40,8 +41,8 @@ def simulate(
     ),
     connect: bool = typer.Option(False, "--connect", help="also `adb connect` to it"),
     port_file: Path | None = typer.Option(None, "--port-file", help="write the chosen port here once listening"),
-    adb: Path | None = typer.Option(None, "--adb", help=_ADB_HELP),
-    adb_port: int | None = typer.Option(None, "--adb-port", help=_ADB_PORT_HELP),
+    adb: AdbPath = None,
+    adb_port: AdbPort = None,
 ) -> None:
     """Start a simulated phone: a loopback adb device daemon the real adb talks to (shell with exit codes and
     stderr, push/pull, getprop, device states). Connect with `adb connect 127.0.0.1:PORT`; Ctrl-C stops it.
@@ -85,7 +86,7 @@ def simulate(
 
 @devices_app.command("profile")
 def profile_template(
-    out: Path | None = typer.Option(None, "--out", help="write to this file instead of stdout"),
+    out: refine(Out, help="write to this file instead of stdout") = None,
 ) -> None:
     """Print the default simulated-phone profile (this machine's ABI, cores and memory) as JSON, to edit."""
     from .phone import DeviceProfile
