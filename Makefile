@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup test test-unit test-slow lint clean
+.PHONY: setup test test-unit test-integration test-e2e test-slow lint clean
 
 # One command installs everything (editable package + pinned deployment stack + test tools).
 setup:
@@ -17,9 +17,16 @@ setup:
 test:
 	$(VENV)/bin/pytest -q -n auto --dist loadfile
 
-# In-process tests only (no subprocess, no adb, no export): under a minute.
+# The tiers by folder (docs/testing.md): unit (in-process, about a minute), integration (tiny exports, this
+# machine's runtimes, the CLI in a subprocess), e2e (the simulated phone over real adb, the apps, release plans).
 test-unit:
-	$(VENV)/bin/pytest -q -m unit
+	$(VENV)/bin/pytest -q -n auto --dist loadfile tests/unit
+
+test-integration:
+	$(VENV)/bin/pytest -q -n auto --dist loadfile tests/integration
+
+test-e2e:
+	$(VENV)/bin/pytest -q -n auto --dist loadfile tests/e2e
 
 test-slow:
 	$(VENV)/bin/pytest -q -m slow

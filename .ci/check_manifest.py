@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mi2v_export.contract import runs_on_host
+from mi2v_export import runtimes
 from mi2v_export.files import tree_digest
 from mi2v_export.manifest import read_manifest
 
@@ -28,7 +28,7 @@ def main(root: str) -> int:
             sha, _ = tree_digest(path)
             if sha != entry.sha256:
                 problems.append(f"{path}: sha256 differs from the manifest")
-            if runs_on_host(entry.target, entry.delegate) and not entry.verified:
+            if runtimes.runnable(entry) is not None and not entry.verified:
                 problems.append(f"{path}: not verified ({entry.parity})")
             for extra in entry.extra_files:
                 xp = folder / extra.file

@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mi2v_export.flops import counted
+
 CASES = ("linear_attention", "softmax_attention", "linear_core", "softmax_core", "linear_block", "softmax_block",
          "denoiser")
 RUNTIMES = ("ort", "xnnpack")
@@ -195,12 +197,7 @@ def build_cases(names, preset: str, grid, plan: str, overrides: dict, seed: int 
 
 
 def _flops(module: nn.Module, args) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        module(*args)
-    return float(counter.get_total_flops())
+    return float(counted(module, *args)[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ warm-up each, then `--runs` rounds, each round running every precision once (so 
 the same machine load); the median per precision is reported with the speed-up over fp32. Video quality: the 2-step
 trajectory on the packaged validation image with that one artifact (PyTorch fp32 for the other components) against
 the all-PyTorch fp32 run, per-frame PSNR (min and mean) and min SSIM. Runtime memory: the ExecuTorch memory plan's
-planned bytes; for onnxruntime the measured peak of the session alone (child process).
+planned bytes; for onnxruntime the measured peak of a fresh process that loads and runs the artifact, minus the same
+process without it (mi2v_export/runtimes/measure.py).
 
 The JSON is {"machine": {cpu, flags, load_avg, ...}, "config": {...}, "cells": [{"target", "component",
 "precision", "bytes", "compression", "median_s", "runs_s", "speedup_vs_fp32", "psnr_db_min", "psnr_db_mean",
@@ -33,6 +34,9 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from mi2v_export import runtimes
+from mi2v_export.runtimes import measure
 
 TARGETS = ("executorch", "onnx")
 COMPONENTS = ("denoiser", "decoder")
@@ -86,16 +90,12 @@ def time_side_by_side(stages: dict, inputs: dict, runs: int) -> dict:
     return times
 
 
-def memory_of(entry, manifest, inputs) -> int | None:
+def memory_of(entry, manifest) -> int | None:
+    """ExecuTorch: the memory plan's bytes; else the runtime layer's measured peak of a fresh process that loads
+    the artifact and runs it once (mi2v_export/runtimes/measure.py)."""
     if entry.target == "executorch":
         return entry.runtime_memory_bytes
-    import numpy as np
-
-    from mi2v_export.exporters.quality import onnx_session_peak_bytes
-
-    dtypes = {t.name: t.dtype for t in entry.inputs}  # an fp16 graph takes float16 inputs
-    feeds = {k: v.numpy().astype(np.dtype(dtypes.get(k, str(v.numpy().dtype)))) for k, v in inputs.items()}
-    return onnx_session_peak_bytes(manifest.path_of(entry), feeds)
+    return measure.measure(runtimes.for_entry(entry)[0].name, manifest.path_of(entry))["bytes"]
 
 
 def quality_of(component: str, stage, torch_stages: dict, references: dict, config, image) -> dict:
@@ -112,7 +112,7 @@ def quality_of(component: str, stage, torch_stages: dict, references: dict, conf
     return {"psnr_db_min": s["min_psnr_db"], "psnr_db_mean": s["mean_psnr_db"], "ssim_min": s["min_ssim"]}
 
 
-def measure_cell(row: dict, component: str, target: str, precision: str, args, work: Path, inputs: dict,
+def measure_cell(row: dict, component: str, target: str, precision: str, args, work: Path,
                  quality_args: tuple) -> tuple | None:
     """Export one cell and fill its size, runtime memory and video quality into `row`; (manifest, entry) or None.
     The artifact's session is dropped afterwards: at 720p every live onnxruntime session holds gigabytes, and
@@ -120,7 +120,7 @@ def measure_cell(row: dict, component: str, target: str, precision: str, args, w
     try:
         manifest, entry = export_cell(target, component, precision, args, work)
         row.update(bytes=entry.bytes, compression=entry.compression,
-                   runtime_memory_bytes=memory_of(entry, manifest, inputs))
+                   runtime_memory_bytes=memory_of(entry, manifest))
         stage = stage_of(manifest, entry)
         row.update(quality_of(component, stage, *quality_args))
         del stage
@@ -175,7 +175,7 @@ def run(args) -> dict:
             for precision in args.precisions:
                 row = rows[precision] = {"target": target, "component": component, "precision": precision}
                 result["cells"].append(row)
-                exported[precision] = measure_cell(row, component, target, precision, args, work, inputs,
+                exported[precision] = measure_cell(row, component, target, precision, args, work,
                                                    (torch_stages, references, config, image))
                 write(args.json, result)
             time_cells(exported, inputs, args.runs, rows)

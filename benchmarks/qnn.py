@@ -25,13 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
+from mi2v_export.qnn import DEFAULT_SOC
+
 RUN_ON_SIMULATOR = """
 import sys, numpy as np
 from pathlib import Path
-from mi2v_export import qnn
+from mi2v_export import qnn, runtimes
 feeds = dict(np.load(sys.argv[1]))
-out = qnn.run(Path(sys.argv[2]), feeds, sys.argv[3], fp16=sys.argv[4] == 'fp16')
-np.save(sys.argv[5], next(iter(out.values())))
+with runtimes.get(qnn.RUNTIME).load(Path(sys.argv[2]), soc=sys.argv[3], fp16=sys.argv[4] == 'fp16') as session:
+    out = session.run(feeds)
+np.save(sys.argv[5], out[session.output_names[0]])
 """
 
 
@@ -62,7 +65,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--preset", default="mobilei2v-270m")
     ap.add_argument("--precision", default="fp16")
-    ap.add_argument("--soc", default="SM8650")
+    ap.add_argument("--soc", default=DEFAULT_SOC)
     ap.add_argument("--sim-timeout", type=float, default=3600.0)
     ap.add_argument("--out", type=Path, default=None, help="artifact folder (default: a temporary one)")
     ap.add_argument("--reuse", action="store_true", help="simulate the export already in --out, do not export")

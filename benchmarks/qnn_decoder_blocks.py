@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from mi2v_export.flops import counted
+from mi2v_export.qnn import DEFAULT_SOC
 
 
 class NormSiluThen(nn.Module):
@@ -71,10 +73,8 @@ def stage_io(stages: dict[str, nn.Module], latent: torch.Tensor) -> dict[str, tu
     """Each stage's (input, fp32 output, GFLOP, signature) on the decode of `latent`."""
     io, x = {}, latent
     for name, module in stages.items():
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            y = module(x)
-        io[name] = (x, y, counter.get_total_flops() / 1e9, signature(module, x))
+        flops, y = counted(module, x)
+        io[name] = (x, y, flops / 1e9, signature(module, x))
         x = y
     return io
 
@@ -166,7 +166,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--preset", default="mobilei2v-270m")
     ap.add_argument("--resolution", default=None)
     ap.add_argument("--frames", type=int, default=None)
-    ap.add_argument("--soc", default="SM8650")
+    ap.add_argument("--soc", default=DEFAULT_SOC)
     ap.add_argument("--stages", default=None,
                     help="comma-separated block names, or 'all' (default: the first block of each signature)")
     ap.add_argument("--list", action="store_true", help="print the blocks, their GFLOP and shapes, and exit")

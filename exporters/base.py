@@ -8,7 +8,9 @@ runs on this host all come from the registry.
 
 An exporter turns one `ComponentSpec` (an fp32 eval-mode module with the contract's named example inputs) into an
 artifact file in a folder, and knows how to check it: `inspect` (structural, always possible) and `run` (execute on
-a runtime of this host, or say why not).
+a runtime of this host, or say why not). Whether a runtime here runs an artifact, and running it, belong to the
+runtime layer (mi2v_export/runtimes: `runnable`, `why_not`, `Runtime.load`); an exporter only declares the runtime
+family it targets (`runtime`).
 
 Torch-free on purpose: the CLI builds its option lists from this registry when it starts, so this module and the
 target modules import torch (and our modules built on it: rewrites, quantize, components, tensors) only inside the
@@ -21,11 +23,12 @@ import dataclasses
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mi2v_export import runtimes
 from mi2v_export.errors import BadInputError
 from mi2v_export.manifest import TensorInfo
 from mi2v_export.precision import Precision
@@ -123,17 +126,29 @@ class Artifact:
     test_vectors: dict | None = None  # the manifest's test_vectors record once they are written
 
 
-SIMULATED_RUNTIME = "pytorch-simulated"  # verified_on of an artifact checked by its quantized graph in PyTorch
-SIMULATED_RUNTIME_PACKAGE = "torch"  # whose version is recorded with it
-
-
 @dataclass
 class ArtifactRun:
-    """Outputs of executing the artifact on a runtime here (None when no runtime exists, with the reason)."""
+    """Outputs of executing the artifact on a runtime here (None when no runtime exists, with the reason).
+    `verified_on` is the name of the runtime (mi2v_export/runtimes) that ran it, "pytorch-simulated" for a
+    PyTorch stand-in."""
 
     outputs: dict[str, np.ndarray] | None
     verified_on: str | None
     reason: str | None = None
+
+
+def run_artifact(runtime: runtimes.Runtime, path: Path | None, feeds: Mapping[str, Any], keep: Sequence[str],
+                 **load_options: Any) -> ArtifactRun:
+    """Load `path` on `runtime` (an adapter of mi2v_export/runtimes, `load_options` its own), run `feeds` once
+    and keep the outputs named in `keep`. A file the runtime refuses is a failed check of the export (RuntimeError, which
+    orchestrate words as a VerificationError), not a bad command line."""
+    try:
+        session = runtime.load(path, **load_options)
+    except BadInputError as exc:
+        raise RuntimeError(str(exc)) from None
+    with session:
+        outputs = session.run(feeds)
+    return ArtifactRun(outputs={n: outputs[n] for n in keep}, verified_on=runtime.name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -151,8 +166,7 @@ class Exporter(ABC):
     cli_order: ClassVar[int] = 100  # place in the CLI's --target list (lower first)
     options_type: ClassVar[type] = TargetOptions  # this target's own flags (a TargetOptions dataclass)
     supported: ClassVar[tuple[Precision, ...]] = (Precision.FP32,)  # precisions it produces, in the order errors show
-    runtime: ClassVar[str] = ""  # the runtime that executes its artifacts (bench groups artifacts by it)
-    runtime_package: ClassVar[str] = ""  # that runtime's pip distribution (its version is recorded with a check)
+    runtime: ClassVar[str] = ""  # the runtime family it targets (a `family` of mi2v_export/runtimes)
     test_vector_format: ClassVar[str] = "npz"  # the mi2v_export.testvectors format written beside its artifacts
     rewrites: ClassVar[tuple[str, ...]] = ()  # module swaps applied before export (rewrites.LOWERING_REWRITES)
     trace_rewrites: ClassVar[tuple[str, ...]] = ()  # trace-time substitutions entered around torch.export
@@ -172,9 +186,11 @@ class Exporter(ABC):
         """The precisions `--target name --delegate delegate` produces and gates here (`supported`)."""
         return self.supported
 
-    def runs_on_host(self, delegate: str | None) -> bool:
-        """Whether a runtime of this machine executes this target's artifacts (of that delegate)."""
-        return True
+    @property
+    def runtime_package(self) -> str | None:
+        """The pip distribution of the runtime that executes its artifacts (the runtime adapter's `package`)."""
+        found = runtimes.for_target(self.name, self.delegate or self.default_delegate())
+        return found[0].package if found else None
 
     def target_options(self, flags: object) -> TargetOptions:
         """This target's options record, filled from the same-named attributes of `flags` (the export request)."""
@@ -228,10 +244,22 @@ class Exporter(ABC):
 
     _simulated: dict = {}  # component → ((id of its module, precision), stand-in module)
 
+    def host_runtime(self, options: ExportOptions) -> runtimes.Runtime | None:
+        """The runtime that executes artifacts of these options here (`runtimes.runnable`), None where none can."""
+        return runtimes.runnable(options)
+
     def runs_here(self, options: ExportOptions) -> bool:
         """Whether `run` can execute artifacts of these options on this host (else the PyTorch reference output is
         only computed when something else needs it, e.g. a BundledProgram)."""
-        return self.runs_on_host(options.delegate)
+        return self.host_runtime(options) is not None
+
+    def run_here(self, path: Path, feeds: Mapping[str, Any], options: ExportOptions, keep: Sequence[str],
+                 **load_options: Any) -> ArtifactRun:
+        """`run_artifact` on `host_runtime`; no outputs and the runtime layer's one-line reason where none runs it."""
+        runtime = self.host_runtime(options)
+        if runtime is None:
+            return ArtifactRun(outputs=None, verified_on=None, reason=runtimes.why_not(options))
+        return run_artifact(runtime, path, feeds, keep, **load_options)
 
     def file_name(self, component: str) -> str:
         return f"{component}{self.extension}"
@@ -334,15 +362,8 @@ def delegated_exporters(target: str) -> dict[str, Exporter]:
     return {d: e for (t, d), e in DELEGATED.items() if t == target}
 
 
-def runs_on_host(target: str, delegate: str | None = None) -> bool:
-    """Whether this machine can execute an artifact of `target` / `delegate` (False for an unknown target). Export's
-    verification, `generate` and `bench --device host` all ask this."""
-    if target not in discover():
-        return False
-    return get_exporter(target, delegate).runs_on_host(delegate)
-
-
 def runtime_of(target: str) -> str | None:
-    """The runtime that executes a target's artifacts (onnxruntime, executorch, coreml), None for an unknown one."""
+    """The runtime family a target's exporter declares (onnxruntime, executorch, coreml), None for an unknown one.
+    Whether an artifact runs on this machine is the runtime layer's answer: `runtimes.runnable` / `why_not`."""
     exporter = discover().get(target)
     return exporter.runtime if exporter is not None else None

@@ -12,15 +12,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gc
-import os
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from mi2v_export import bounds, parity, precision, testvectors
+from mi2v_export import bounds, parity, precision, runtimes, testvectors
 from mi2v_export.contract import DECODER_KINDS, parse_components
 from mi2v_export.errors import BadInputError, Mi2vError, VerificationError, first_line
 from mi2v_export.files import tree_digest
@@ -37,6 +34,8 @@ from mi2v_export.manifest import (
 )
 from mi2v_export.models import weight_bytes
 from mi2v_export.presets import get_preset
+from mi2v_export.runtimes import memory
+from mi2v_export.runtimes.pytorch import SIMULATED
 from mi2v_export.qnn import DEFAULT_SOC
 from mi2v_export.shapes import geometry, parse_resolution
 from mi2v_export.verify import run_record
@@ -44,8 +43,6 @@ from mi2v_export.verify import run_record
 from . import components as comp
 from . import quality
 from .base import (
-    SIMULATED_RUNTIME,
-    SIMULATED_RUNTIME_PACKAGE,
     ExportOptions,
     ProgressCallback,
     ProgressEvent,
@@ -90,35 +87,6 @@ class ExportReport:
     out_dir: Path
     manifest: Manifest  # the merged manifest now in out_dir
     entries: list[ArtifactEntry]  # this run's artifacts
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Peak RSS per component
-
-
-def reset_peak_rss() -> str:
-    """Reset the kernel's high-water mark (VmHWM) so the next reading covers one component only."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return "vmhwm-reset"
-    except OSError:
-        return "ru_maxrss"  # process-lifetime peak
-
-
-def peak_rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if os.uname().sysname == "Darwin" else rss * 1024)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -306,9 +274,9 @@ def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Pa
     the PyTorch stand-in its component gate ran (recorded in `verified_on`), or is skipped when there is none."""
     reduced = [e for e in entries if (e.precision or "fp32") != "fp32" and e.parity.get("verified_on")]
     simulated = {e.component: plan.exporter.simulated_module(e.component) for e in reduced
-                 if e.parity["verified_on"][-1]["runtime"] == SIMULATED_RUNTIME}
+                 if e.parity["verified_on"][-1]["runtime"] == SIMULATED}
     gated = [e for e in reduced if simulated.get(e.component) is not None
-             or e.parity["verified_on"][-1]["runtime"] != SIMULATED_RUNTIME]
+             or e.parity["verified_on"][-1]["runtime"] != SIMULATED]
     for e in reduced:
         if e not in gated:
             e.trajectory = {"passed": None, "reason": "the artifact's runtime is not on this host and its PyTorch "
@@ -347,7 +315,7 @@ def _measure(exporter, artifact, staging: Path, spec, options: ExportOptions, ct
 def _export_one(name: str, request: ExportRequest, exporter, options: ExportOptions, preset: str, geo,
                 checkpoint: Path | None, staging: Path, progress: ProgressCallback,
                 ctx: quality.QualityContext | None = None) -> ArtifactEntry:
-    rss_method = reset_peak_rss()
+    rss_method = memory.reset_peak()  # the peak below covers this component only, where the kernel allows it
     options = _component_options(name, options)
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
@@ -398,7 +366,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
         component=name, model=spec.model, target=exporter.name, delegate=options.delegate, dtype=options.dtype,
         precision=options.precision,
         file=artifact.file, sha256=sha, bytes=size, inputs=artifact.inputs, outputs=artifact.outputs,
-        export={"wall_s": round(wall, 3), "peak_rss_bytes": peak_rss_bytes(), "peak_rss_method": rss_method,
+        export={"wall_s": round(wall, 3), "peak_rss_bytes": memory.peak_rss_bytes(), "peak_rss_method": rss_method,
                 "stages_s": {k: round(v, 3) for k, v in stages.items()}},
         parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
         target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
@@ -436,7 +404,7 @@ def _verify(name: str, request: ExportRequest, exporter, options: ExportOptions,
             passed = gate.passes(metrics)
             parity_record.update(metrics.to_dict())
             parity_record.pop("finite", None)
-            parity_record.update(verified_on=[run_record(verified_on, _runtime_version(exporter, verified_on), metrics,
+            parity_record.update(verified_on=[run_record(verified_on, runtimes.get(verified_on).version(), metrics,
                                                          gate, "export", 1)], inputs=inputs,
                                  gate=dict(gate.to_dict(), passed=passed, finite=metrics.finite))
             done("verify", t0, f"{verified_on}: {gate.describe(metrics)}")
@@ -468,13 +436,3 @@ def _write_test_vectors(fmt: str, artifact, spec, options: ExportOptions, stagin
     artifact.test_vectors = record
     artifact.extra_files.update(files)
     done("vectors", t0, f"{record['format']}, {record['bytes']} bytes")
-
-
-def _runtime_version(exporter, runtime: str) -> str | None:
-    """The version of the package behind the runtime an artifact was checked on: the exporter's runtime, or torch
-    for its PyTorch stand-in."""
-    package = SIMULATED_RUNTIME_PACKAGE if runtime == SIMULATED_RUNTIME else exporter.runtime_package
-    try:
-        return version(package) if package else None
-    except PackageNotFoundError:
-        return None

@@ -1,5 +1,6 @@
 """Quality of reduced-precision artifacts: calibration data, the component gate on held-out inputs and the
-trajectory gate (the whole sampler on the artifacts against PyTorch fp32), plus runtime memory.
+trajectory gate (the whole sampler on the artifacts against PyTorch fp32). Runtime memory is measured by the
+runtime layer (mi2v_export/runtimes/measure.py).
 
 `QualityContext` is built once per export run and lazily: the fp32 PyTorch stages of all three components (the
 same weights as the export) and the calibration set are made only when a component needs them.
@@ -8,19 +9,14 @@ same weights as the export) and the calibration set are made only when a compone
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mi2v_export import calibration, parity
 from mi2v_export.errors import VerificationError
-
-from .base import SIMULATED_RUNTIME
+from mi2v_export.runtimes.pytorch import SIMULATED
 
 TRAJECTORY_STEPS = 2
 TRAJECTORY_SEED = 0
@@ -112,41 +108,5 @@ def _artifact_or_simulated_stage(entry, staging: Path, simulated):
     if simulated is None:
         return artifact_stage(entry.component, staging / entry.file, entry)
     stage = TorchStage(entry.component, simulated, source=f"{entry.file} simulated in PyTorch")
-    stage.backend, stage.precision = SIMULATED_RUNTIME, entry.precision
+    stage.backend, stage.precision = SIMULATED, entry.precision
     return stage
-
-
-_PEAK_SCRIPT = r"""
-import sys, numpy as np, onnxruntime as ort
-def hwm():
-    for line in open('/proc/self/status'):
-        if line.startswith('VmHWM:'):
-            return int(line.split()[1]) * 1024
-    return 0
-feeds = dict(np.load(sys.argv[2]))
-open('/proc/self/clear_refs', 'w').write('5')
-base = hwm()
-so = ort.SessionOptions(); so.log_severity_level = 3
-s = ort.InferenceSession(sys.argv[1], sess_options=so, providers=['CPUExecutionProvider'])
-s.run(None, feeds)
-print(hwm() - base)
-"""
-
-
-def onnx_session_peak_bytes(path: Path, inputs: dict[str, np.ndarray]) -> int | None:
-    """Peak memory of one onnxruntime session (load + one run), measured alone in a child process: the rise of
-    the kernel's high-water mark (VmHWM) over the process after its inputs are loaded. None where /proc is
-    missing."""
-    if not Path("/proc/self/clear_refs").exists():
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        feeds = Path(tmp) / "feeds.npz"
-        np.savez(feeds, **inputs)
-        proc = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path), str(feeds)], capture_output=True,
-                              text=True, timeout=1800)
-    if proc.returncode != 0:
-        return None
-    try:
-        return int(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None

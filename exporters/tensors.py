@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mi2v_export import runtimes
 from mi2v_export.manifest import TensorInfo
+from mi2v_export.runtimes.pytorch import SIMULATED
 
-from .base import SIMULATED_RUNTIME, ArtifactRun, ComponentSpec
+from .base import ArtifactRun, ComponentSpec, run_artifact
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # a graph's floating dtype → torch's
 
@@ -35,7 +37,9 @@ def tensor_infos(names, tensors) -> list[TensorInfo]:
 
 def run_simulated(module, spec: ComponentSpec) -> ArtifactRun:
     """Run the PyTorch stand-in of an artifact that no runtime here executes (the quantized graph that was lowered
-    or converted, or its decompressed weights): recorded as verified_on "pytorch-simulated", never as the runtime."""
-    with torch.no_grad():
-        out = module(*spec.args)
-    return ArtifactRun(outputs={spec.output_names[0]: out.float().numpy()}, verified_on=SIMULATED_RUNTIME)
+    or converted, or its decompressed weights) on the runtime layer's `pytorch-simulated`: recorded as verified_on
+    "pytorch-simulated", never as the artifact's runtime."""
+    feeds = {n: x.numpy() for n, x in spec.inputs.items()}
+    names = list(spec.output_names)
+    return run_artifact(runtimes.get(SIMULATED), None, feeds, names[:1], module=module,
+                        input_names=list(spec.inputs), output_names=names)

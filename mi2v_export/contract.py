@@ -1,7 +1,8 @@
 """The one home of the names every part of mi2v agrees on: components and their I/O tensors, decoder kinds,
 attention plans, the floating export dtypes, Core ML compute units, and this machine's CPU. Export targets and
-delegates, their runtimes and which of their artifacts this host runs are not listed here: each exporter declares its
-own (exporters/base.py, the registry: `target_names`, `runs_on_host`, `runtime_of`).
+delegates and their runtimes are not listed here: each exporter declares its own (exporters/base.py, the registry:
+`target_names`, `runtime_of`); which artifacts this host runs is the runtime layer's answer (mi2v_export/runtimes:
+`runnable`, `why_not`).
 
 Torch-free on purpose: the CLI builds its option Enums from here without importing a model or a runtime.
 """

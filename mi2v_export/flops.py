@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .presets import Preset
 from .shapes import VideoGeometry
@@ -35,14 +35,20 @@ class ComponentStats:
         return asdict(self)
 
 
-def _measure(module: torch.nn.Module, *inputs: torch.Tensor) -> tuple[float, tuple[int, ...]]:
+def counted(module: torch.nn.Module, *inputs: torch.Tensor) -> tuple[int, Any]:
+    """(FLOPs, output) of one forward of `module` on `inputs` under torch's FlopCounterMode (no grad)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         out = module(*inputs)
-    return counter.get_total_flops() / 1e9, tuple(out.shape)
+    return counter.get_total_flops(), out
+
+
+def _measure(module: torch.nn.Module, *inputs: torch.Tensor) -> tuple[float, tuple[int, ...]]:
+    flops, out = counted(module, *inputs)
+    return flops / 1e9, tuple(out.shape)
 
 
 def component_stats(preset: Preset, geo: VideoGeometry) -> list[ComponentStats]:

@@ -3,8 +3,8 @@
 The wheel bundles the QNN SDK libraries; on x86_64 its `libQnnHtp.so` is an HTP *simulator* (and the offline
 compiler of context binaries for phones). Everything QNN-specific that more than one command needs lives here:
 the SoC table, registering the plugin, a session for one SoC with CPU fallback disabled (the proof that every
-node runs on the HTP), the list of nodes the HTP refuses, compiling an EPContext model, and running on the
-simulator (`RUNTIME`, the name `verified_on` and `mi2v verify` use).
+node runs on the HTP), the list of nodes the HTP refuses, compiling an EPContext model, and the name of the
+simulator's runtime (`RUNTIME`, which `verified_on` and `mi2v verify` use; running on it: mi2v_export/runtimes/onnx.py).
 """
 
 from __future__ import annotations
@@ -253,16 +253,3 @@ def context_binaries(context_file: Path) -> list[Path]:
         if not embedded and "ep_cache_context" in attrs:
             files.append(context_file.parent / attrs["ep_cache_context"].s.decode())
     return files
-
-
-def run(model: Path, feeds: dict, soc: str, *, fp16: bool, allow_cpu_fallback: bool = False,
-        output_names: list[str] | None = None) -> dict:
-    """Outputs of `model` (a source or EPContext model) on the HTP simulator."""
-    session = create_session(model, soc, fp16=fp16, allow_cpu_fallback=allow_cpu_fallback)
-    try:
-        names = output_names or [o.name for o in session.get_outputs()]
-        with _native_stderr_silenced():
-            outs = session.run(names, feeds)
-        return dict(zip(names, outs))
-    finally:
-        del session

@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import BadInputError, Mi2vError, first_line
 from .precision import is_quantized
+from .runtimes import dtypes
 from .safepath import contained, escape_below
 
 TESTDATA_DIR = "testdata"
@@ -47,9 +48,6 @@ INPUTS_DESCRIPTION = {
     "denoiser": "sampler noise latent (seed 0), default-schedule timesteps, default flow_score",
     "decoder": "sampler noise latent (seed 0)",
 }
-# ExecuTorch ScalarType codes (executorch/runtime/core/portable_type/scalar_type.h) of the dtypes we store
-_ET_DTYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16, 6: np.float32,
-              7: np.float64, 11: np.bool_}
 
 
 @dataclass
@@ -256,5 +254,9 @@ def read_bundled_program(path: Path, names_in: list[str], names_out: list[str]) 
 
 
 def _et_array(value) -> np.ndarray:
+    """A serialized ExecuTorch tensor as numpy: its ScalarType through the one dtype table (runtimes.dtypes)."""
     t = value.val
-    return np.frombuffer(bytes(t.data), dtype=_ET_DTYPES[int(t.scalar_type)]).reshape(t.sizes).copy()
+    d = dtypes.from_et(t.scalar_type)
+    if d is None:
+        raise ValueError(f"a tensor of ExecuTorch ScalarType {int(t.scalar_type)}, not one mi2v reads")
+    return dtypes.frombuffer(bytes(t.data), d, t.sizes)

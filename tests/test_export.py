@@ -21,13 +21,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from mi2v_export import parity
+from mi2v_export import parity, runtimes
 from mi2v_export.errors import BadInputError, CheckpointError, Mi2vError, MissingDependencyError, VerificationError
 from mi2v_export.exporters import base, components, rewrites
 from mi2v_export.exporters.orchestrate import ExportRequest, prepare, run_export
@@ -219,9 +220,27 @@ def test_registry_lists_targets_and_delegates():
     assert base.get_exporter("onnx").default_dtype(None) == "fp32"
     assert {t: base.runtime_of(t) for t in base.target_names()} == {
         "onnx": "onnxruntime", "coreml": "coreml", "executorch": "executorch"}
-    assert base.runs_on_host("onnx") and base.runs_on_host("onnx", "qnn") and base.runs_on_host("executorch", None)
-    assert base.runs_on_host("executorch", "xnnpack") and not base.runs_on_host("executorch", "vulkan")
-    assert base.runs_on_host("coreml") == (sys.platform == "darwin") and not base.runs_on_host("tflite")
+    assert base.runtime_of("tflite") is None
+
+
+def test_what_runs_here_is_the_runtime_layers_answer():
+    """The exporters ask mi2v_export/runtimes whether an artifact runs here and which runtime runs it; the family
+    each exporter declares is the family of every runtime that accepts its artifacts."""
+    def runs(target, delegate=None):
+        return runtimes.runnable(SimpleNamespace(target=target, delegate=delegate)) is not None
+
+    assert runs("onnx") and runs("onnx", "qnn") and runs("executorch", None)
+    assert runs("executorch", "xnnpack") and not runs("executorch", "vulkan") and not runs("executorch", "qnn")
+    assert runs("coreml") == (sys.platform == "darwin") and not runs("tflite")
+    for target, delegate in base.kinds():
+        exporter = base.get_exporter(target, delegate)
+        options = base.ExportOptions(target, delegate, target_options=exporter.target_options(SimpleNamespace()))
+        assert exporter.runs_here(options) == runs(target, delegate), (target, delegate)
+        accepting = runtimes.for_target(target, delegate)
+        assert accepting and {r.family for r in accepting} == {exporter.runtime}, (target, delegate)
+        assert exporter.runtime_package == accepting[0].package
+    assert base.get_exporter("onnx", "qnn").runtime_package == "onnxruntime-qnn"
+    assert base.get_exporter("coreml").runtime_package == "coremltools"
 
 
 def test_each_target_declares_its_manifest_flags():

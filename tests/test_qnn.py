@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from mi2v_export import models, parity, qnn
+from mi2v_export import models, parity, qnn, runtimes
 from mi2v_export.errors import BadInputError, VerificationError
 from mi2v_export.exporters import components, rewrites
 from mi2v_export.exporters.base import get_exporter
@@ -80,7 +80,8 @@ def test_context_model_runs_with_cpu_fallback_disabled_and_matches_pytorch(fp16_
     del session
     spec = components.load_component("denoiser", preset="tiny", geo=TINY_GEO)
     feeds = {k: v.numpy() for k, v in spec.inputs.items()}
-    got = qnn.run(out / "denoiser_ctx.onnx", feeds, "SM8650", fp16=True)["velocity"]
+    with runtimes.get(qnn.RUNTIME).load(out / "denoiser_ctx.onnx", soc="SM8650", fp16=True) as session:
+        got = session.run(feeds)["velocity"]
     assert parity.psnr_db(got, spec.reference["velocity"]) >= 40.0
 
 

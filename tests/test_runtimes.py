@@ -67,7 +67,7 @@ def test_a_runtime_that_is_missing_says_so_in_one_line(monkeypatch):
     assert reasons["executorch-xnnpack"] == "executorch is not installed (pip install executorch)"
     assert reasons["pytorch"] == "torch is not installed (pip install torch)"
     if sys.platform != "darwin":
-        assert reasons["coreml-all"] == f"Core ML prediction needs macOS (this machine is {sys.platform})"
+        assert reasons["coreml-all"] == f"Core ML prediction needs macOS (this host is {sys.platform})"
     assert all(why and "\n" not in why for why in reasons.values())
     with pytest.raises(MissingDependencyError) as err:
         runtimes.get("onnxruntime").load("model.onnx")

@@ -230,8 +230,8 @@ DTYPE_ATTRS = {"bool", "bool_", "uint8", "int8", "int16", "int32", "int64", "flo
                "float64", "half", "float", "double", "long", "int", "short", "single"}
 DTYPE_MODULES = {"np", "numpy", "torch", "TensorProto"}
 # Modules outside mi2v_export/runtimes/ that still hold a dtype table, with how many: each may only shrink, and the
-# list too. testvectors.py: `_ET_DTYPES` (ExecuTorch ScalarType code → numpy), to become runtimes.dtypes.from_et.
-OWN_DTYPE_TABLES: dict[str, int] = {"mi2v_export/testvectors.py": 1}
+# list too.
+OWN_DTYPE_TABLES: dict[str, int] = {}
 
 
 def _is_dtype(value: ast.expr) -> bool:

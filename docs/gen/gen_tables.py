@@ -61,10 +61,10 @@ def target_table() -> str:
 
 def delegate_table() -> str:
     rows = [[code(d.name), code(d.backend_id), escape(d.description, True), _names(str(p) for p in d.supported),
-             code(d.default_dtype), "yes" if d.runs_on_host else escape(d.no_runtime_reason, True),
+             code(d.default_dtype), _names(r.name for r in runtimes.for_target("executorch", d.name)),
              _names(d.extra_rewrites), _names(d.extra_trace), _names(("etrecord", *d.flags))]
             for d in DELEGATES.values()]
-    return table(["`--delegate`", "backend id", "what", "precisions", "default dtype", "executed here",
+    return table(["`--delegate`", "backend id", "what", "precisions", "default dtype", "runtime",
                   "extra `rewrites`", "extra `trace_rewrites`", "manifest `flags`"], rows)
 
 
@@ -129,8 +129,8 @@ def page() -> str:
         target_table(),
         "## ExecuTorch delegates {#executorch-delegates}\n",
         "`DELEGATES` in `exporters/targets/executorch/delegates.py`: what each `--target executorch --delegate` "
-        "adds to the ExecuTorch exporter's rewrites, its precisions and whether the pip runtime here executes it "
-        "([ExecuTorch](../guides/executorch.md)).\n",
+        "adds to the ExecuTorch exporter's rewrites, its precisions and the runtime that executes its programs "
+        "([runtimes](#runtimes): where one is installed; [ExecuTorch](../guides/executorch.md)).\n",
         delegate_table(),
         "## Precisions per target {#precision-support}\n",
         "Each exporter declares the precisions it produces (its `supported`, in `exporters/targets/`; ExecuTorch's per "

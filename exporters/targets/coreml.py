@@ -13,13 +13,12 @@ shapes are the contract's, it is an ML Program of the expected spec version) and
 
 from __future__ import annotations
 
-import platform
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from mi2v_export import runtimes
 from mi2v_export.contract import COMPUTE_UNITS, COREMLTOOLS_UNIT
 from mi2v_export.errors import BadInputError, MissingDependencyError, VerificationError
 from mi2v_export.precision import Precision, is_quantized
@@ -42,11 +41,6 @@ INT8_WEIGHTS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"
 REQUIRED_OPS = {"w8": (INT8_WEIGHTS,), "w4": (("constexpr_lut_to_dense",),),  # one op of each group must be there
                 "w8a8": (("quantize",), ("dequantize",), INT8_WEIGHTS)}
 SPEC_VERSION = {17: 8, 18: 9}  # Core ML model spec version of each deployment target
-
-
-def runs_core_ml() -> bool:
-    """Core ML prediction needs macOS."""
-    return platform.system() == "Darwin"
 
 
 def compute_unit(name: str):
@@ -118,16 +112,12 @@ class CoreMLExporter(Exporter):
     options_type = CoreMLOptions
     supported = (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4)
     runtime = "coreml"
-    runtime_package = "coremltools"
     test_vector_format = "npz"
     rewrites = ("causal_pad_cat", "rms_norm_fp16")
     trace_rewrites = ("rope_rank5",)
 
     def default_dtype(self, delegate: str | None) -> str:
         return "fp16"
-
-    def runs_on_host(self, delegate: str | None) -> bool:
-        return runs_core_ml()
 
     def resolve(self, options: ExportOptions) -> ExportOptions:
         options = super().resolve(options)
@@ -139,8 +129,14 @@ class CoreMLExporter(Exporter):
             raise BadInputError(f"--min-ios {own.min_ios}: choose one of {', '.join(map(str, MIN_IOS))}")
         return options
 
+    def host_runtime(self, options: ExportOptions) -> runtimes.Runtime | None:
+        """Core ML on the compute units of the export (runtimes/coreml.py, macOS only)."""
+        units = options.target_options.compute_units
+        runtime = next(r for r in runtimes.for_entry(options) if r.units == units)
+        return runtime if runtime.available() is None else None
+
     def runs_here(self, options: ExportOptions) -> bool:
-        return runs_core_ml() or is_quantized(options.precision)  # compressed: simulated in PyTorch
+        return super().runs_here(options) or is_quantized(options.precision)  # compressed: simulated in PyTorch
 
     def check_environment(self, options: ExportOptions) -> None:
         try:
@@ -289,15 +285,7 @@ class CoreMLExporter(Exporter):
         return checks
 
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
-        if not runs_core_ml() and is_quantized(options.precision):
+        if self.host_runtime(options) is None and is_quantized(options.precision):
             return self._run_simulated(spec, options)
-        if not runs_core_ml():
-            return ArtifactRun(outputs=None, verified_on=None,
-                             reason=f"Core ML prediction needs macOS (this host is {sys.platform})")
-        import coremltools as ct
-
-        units = options.target_options.compute_units
-        model = ct.models.MLModel(str(out_dir / artifact.file), compute_units=compute_unit(units))
         feeds = {n: x.numpy() for n, x in spec.inputs.items()}
-        out = model.predict(feeds)
-        return ArtifactRun(outputs={n: out[n] for n in spec.output_names}, verified_on=f"coreml-{units}")
+        return self.run_here(out_dir / artifact.file, feeds, options, spec.output_names)

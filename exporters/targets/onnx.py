@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mi2v_export.errors import MissingDependencyError, VerificationError
+from mi2v_export.runtimes import measure
 from mi2v_export.precision import Precision, is_quantized
 
 from ..base import (
@@ -80,7 +81,6 @@ class OnnxExporter(Exporter):
     options_type = OnnxOptions
     supported = (Precision.FP32, Precision.FP16, Precision.W8A8, Precision.W8, Precision.W4, Precision.W8A16)
     runtime = "onnxruntime"
-    runtime_package = "onnxruntime"
     test_vector_format = "onnx-testdata"
 
     def delegates(self):
@@ -200,29 +200,22 @@ class OnnxExporter(Exporter):
 
     def runtime_memory(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec,
                        options: ExportOptions) -> int | None:
-        """A session's measured peak (fp16 / integer artifacts only, to keep fp32 exports as fast as before)."""
-        if options.precision == "fp32" or not options.verify:
+        """A session's measured peak in a fresh process (runtimes/measure.py; fp16 / integer artifacts only, to keep
+        fp32 exports as fast as before)."""
+        runtime = self.host_runtime(options)
+        if options.precision == "fp32" or not options.verify or runtime is None:
             return None
-        from ..quality import onnx_session_peak_bytes
-        from ..tensors import cast_inputs
-
-        feeds = {n: x.numpy() for n, x in zip(spec.inputs, cast_inputs(spec, options.dtype))}
-        return onnx_session_peak_bytes(out_dir / artifact.file, feeds)
+        return measure.measure(runtime.name, out_dir / artifact.file)["bytes"]
 
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
-        import onnxruntime as ort
+        """On onnxruntime's CPU EP (runtimes/onnx.py), with as many threads as torch uses."""
         import torch
 
         from ..tensors import cast_inputs
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, torch.get_num_threads())
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(out_dir / artifact.file), sess_options=so, providers=["CPUExecutionProvider"])
         feeds = {name: x.numpy() for name, x in zip(spec.inputs, cast_inputs(spec, options.dtype))}
-        outs = sess.run(list(spec.output_names), feeds)
-        del sess
-        return ArtifactRun(outputs=dict(zip(spec.output_names, outs)), verified_on="onnxruntime")
+        return self.run_here(out_dir / artifact.file, feeds, options, spec.output_names,
+                             threads=max(1, torch.get_num_threads()))
 
 
 def _quantize(spec: ComponentSpec, path: Path, options: ExportOptions, progress: ProgressCallback) -> dict:

@@ -11,7 +11,8 @@ in fp16; the model's I/O stay float32).
 
 All on the HTP or nothing: unless `allow_cpu_fallback`, the export fails (VerificationError, exit 4, nothing
 written) naming the nodes the HTP refuses; with it, the node and FLOP shares on the HTP are recorded.
-`run` executes the EPContext model on the HTP simulator of the onnxruntime-qnn wheel, CPU fallback disabled.
+`run` executes the EPContext model on the HTP simulator of the onnxruntime-qnn wheel (the runtime layer's
+`qnn-htp-simulator`), CPU fallback disabled.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ class QnnExporter(OnnxExporter):
     # PSNR gates against PyTorch fp32: the project's (parity.gate_for). Measured on the simulator (tiny, SM8650;
     # README "Qualcomm HTP"): w8a16 36.2-51.9 dB (gate 30), w8a8 31.1-39.8 dB (gate 25).
     supported = (Precision.FP16, Precision.W8A16, Precision.W8A8)  # fp16 on the HTP, QDQ integers
-    runtime_package = "onnxruntime-qnn"  # verified on its HTP simulator (qnn.RUNTIME)
     rewrites = ("shuffle_rank5", "rms_norm_rank4", "layer_norm_rank4")
     trace_rewrites = ("channel_rms_rank4", "frame_conditioning_without_gather")
 
@@ -187,12 +187,11 @@ class QnnExporter(OnnxExporter):
         return checks + ["I/O names match the contract", "static input shapes", "context binary beside it"]
 
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
+        """On the HTP simulator (runtimes/onnx.py, `qnn-htp-simulator`), as compiled: the SoC, fp16 and fallback."""
         feeds = {name: x.float().numpy() for name, x in spec.inputs.items()}
-        outs = qnn.run(out_dir / artifact.file, feeds, options.target_options.soc,
-                       fp16=precision_of(options) == "fp16",
-                       allow_cpu_fallback=options.target_options.allow_cpu_fallback,
-                       output_names=list(spec.output_names))
-        return ArtifactRun(outputs=outs, verified_on=qnn.RUNTIME)
+        return self.run_here(out_dir / artifact.file, feeds, options, spec.output_names,
+                             soc=options.target_options.soc, fp16=precision_of(options) == "fp16",
+                             allow_cpu_fallback=options.target_options.allow_cpu_fallback)
 
 
 def _is_reference_denoiser(model) -> bool:

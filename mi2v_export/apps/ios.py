@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..contract import COMPONENTS
+from ..contract import COMPONENTS, SWIFT_UNIT
 from ..devices.base import Say, quiet
 from ..devices.report import BenchReport
 from ..errors import BadInputError, DeviceError, Mi2vError, MissingDependencyError
@@ -53,7 +53,8 @@ PLAN_NAME = "plan.json"
 PLAN_SCHEMA = "mi2v.ios-plan/1"
 REPORT_MARKER = "MI2V_REPORT_JSON:"
 ATTACHMENT_NAME = "mi2v-report"
-COMPUTE_UNITS = ("cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all")
+# the Swift (MLComputeUnits) names of contract.COMPUTE_UNITS, measured from the fewest units to all of them
+COMPUTE_UNITS = tuple(reversed(SWIFT_UNIT.values()))
 
 
 # --------------------------------------------------------------------------------------------------------------------

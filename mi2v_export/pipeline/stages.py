@@ -19,7 +19,6 @@ from torch import nn
 
 from .. import runtimes
 from ..contract import COMPONENTS, ENCODER, IO
-from ..exporters.base import runs_on_host
 from ..errors import BadInputError, MissingDependencyError
 from ..qnn import RUNTIME as QNN_RUNTIME
 from ..runtimes import Runtime, Session
@@ -159,7 +158,7 @@ class ExecuTorchStage(ArtifactStage):
             super().__init__(component, path, runtime, entry, input_names=input_names or names,
                              output_names=output_names or outs)
         except BadInputError:
-            if entry is not None and not runs_on_host(entry.target, entry.delegate):
+            if entry is not None and runtimes.runnable(entry) is None:
                 raise MissingDependencyError(self.unavailable(Path(path), entry, "")) from None
             raise
 

@@ -65,7 +65,7 @@ class CoreMLRuntime(Runtime):
 
     def available(self) -> str | None:
         if sys.platform != "darwin":
-            return f"Core ML prediction needs macOS (this machine is {sys.platform})"
+            return f"Core ML prediction needs macOS (this host is {sys.platform})"
         return missing("coremltools", "pip install coremltools")
 
     def load(self, path: str | os.PathLike | None, entry: Any = None, **_: Any) -> CoreMLSession:

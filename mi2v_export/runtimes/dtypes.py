@@ -89,6 +89,16 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(d.numpy if d is not None and d.numpy else "float32")
 
 
+def frombuffer(data: bytes, d: DType, shape: Any = None) -> np.ndarray:
+    """A writable copy of a tensor's raw bytes of dtype `d` (a serialized tensor: a BundledProgram's test case);
+    bfloat16 is widened to float32 (its bits are float32's upper half)."""
+    if d.numpy is None:  # bfloat16
+        array = (np.frombuffer(data, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    else:
+        array = np.frombuffer(data, dtype=d.numpy).copy()
+    return array.reshape(shape) if shape is not None else array
+
+
 def torch_dtype(name: str) -> Any:
     """torch.<dtype> of `name` (torch imported here, on demand; float32 for unknown names)."""
     import torch

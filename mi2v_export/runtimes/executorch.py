@@ -28,6 +28,9 @@ INSTALL = "pip install executorch"
 # delegates whose backend a desktop executorch build may register but whose programs need the phone itself (a QNN
 # context binary runs on a Snapdragon HTP): never available on the machines mi2v runs on
 DEVICE_ONLY = {"qnn": "QNN .pte files run only on a Snapdragon device"}
+# what to say where this build lacks a delegate's backend (the pip wheels have neither): where its programs run
+NOT_HERE = {"vulkan": "the ExecuTorch runtime on this host has no VulkanBackend; run it on the device (mi2v bench)",
+            "coreml": "the ExecuTorch runtime on this host has no CoreMLBackend (Core ML needs macOS/iOS)"}
 
 
 def et_runtime() -> Any:
@@ -123,6 +126,16 @@ def set_threads(threads: int) -> None:
     portable_lib._unsafe_reset_threadpool(threads)
 
 
+def check_bundled(data: bytes, cases: int, rtol: float, atol: float, method: str = "forward") -> None:
+    """Run each of a BundledProgram's first `cases` test cases on this runtime and compare with its expected
+    outputs (ExecuTorch's own check); raises what the runtime raises on a mismatch (callers word it)."""
+    from executorch.extension.pybindings import portable_lib
+
+    bundled = portable_lib._load_bundled_program_from_buffer(data)
+    for n in range(cases):
+        bundled.verify_result_with_bundled_expected_output(method, n, rtol, atol)
+
+
 class ExecuTorchRuntime(Runtime):
     imports = ("torch", "executorch.runtime")
     bench_order = 0
@@ -147,7 +160,7 @@ class ExecuTorchRuntime(Runtime):
         except (MissingDependencyError, ImportError) as exc:
             return str(exc)
         if not registry.is_available(self.backend_id):
-            return f"this executorch build has no {self.backend_id}"
+            return NOT_HERE.get(self.delegate, f"this executorch build has no {self.backend_id}")
         return None
 
     def load(self, path: str | os.PathLike | None, entry: Any = None, *, threads: int | None = None,

@@ -15,9 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mi2v_export import runtimes
 from mi2v_export.errors import MissingDependencyError, VerificationError
 from mi2v_export.precision import Precision, is_quantized
 from mi2v_export.qnn import DEFAULT_SOC
+from mi2v_export.runtimes.executorch import check_bundled
 
 from ...base import (
     Artifact,
@@ -29,6 +31,7 @@ from ...base import (
     ProgressEvent,
     TargetOptions,
     register,
+    run_artifact,
 )
 from .delegates import DELEGATES, Delegate
 from .program import delegation_summary, output_meta, planned_memory_bytes, read_program
@@ -50,7 +53,6 @@ class ExecuTorchExporter(Exporter):
     cli_order = 2
     options_type = ExecuTorchOptions
     runtime = "executorch"
-    runtime_package = "executorch"
     test_vector_format = "bundled-program"
     rewrites = ("causal_pad_cat", "shuffle_rank5", "conv3d_as_conv2d", "rms_norm_view", "layer_norm_view")
     trace_rewrites = ("channel_rms_view", "layer_norm_fp32")
@@ -66,10 +68,6 @@ class ExecuTorchExporter(Exporter):
 
     def precisions_for(self, delegate: str | None) -> tuple[Precision, ...]:
         return DELEGATES[delegate].supported if delegate in DELEGATES else ()
-
-    def runs_on_host(self, delegate: str | None) -> bool:
-        """The pip runtime runs the portable kernels (no delegate) and the delegates that say so (XNNPACK)."""
-        return delegate is None or (delegate in DELEGATES and DELEGATES[delegate].runs_on_host)
 
     def manifest_flags(self, options: ExportOptions) -> dict:
         own = options.target_options
@@ -108,7 +106,7 @@ class ExecuTorchExporter(Exporter):
         args = cast_inputs(spec, options.dtype if delegate.half_graph else "fp32")
         module, quantization = (_quantize(module, args, spec, options, trace, progress, stages)  # integer precisions
                                 if is_quantized(options.precision) else (module, None))
-        if quantization and not delegate.runs_on_host:  # checked in PyTorch instead (run())
+        if quantization and self.host_runtime(options) is None:  # checked in PyTorch instead (run())
             self._remember_simulated(spec, options.precision, module)
         progress(ProgressEvent(spec.name, "lower", "start", f"torch.export + {delegate.name} partitioner"))
         t0 = time.perf_counter()
@@ -187,39 +185,27 @@ class ExecuTorchExporter(Exporter):
         return super().runs_here(options) or is_quantized(options.precision)  # integer: simulated
 
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
+        """On the delegate's ExecuTorch runtime here (runtimes/executorch.py), then the BundledProgram's own check;
+        where none runs it, the quantized graph that was lowered (in PyTorch) or the runtime layer's reason."""
         from ...tensors import cast_inputs, run_simulated
 
-        delegate = DELEGATES[options.delegate]
-        if not self.runs_on_host(delegate.name):
-            simulated = self._recalled_simulated(spec, options.precision)
-            if simulated is not None:
-                return run_simulated(simulated, spec)  # the quantized graph that was lowered
-            return ArtifactRun(outputs=None, verified_on=None, reason=delegate.no_runtime_reason)
-        from executorch.runtime import Runtime
-
-        runtime = Runtime.get()
-        if not runtime.backend_registry.is_available(delegate.backend_id):
-            return ArtifactRun(outputs=None, verified_on=None,
-                             reason=f"this executorch build has no {delegate.backend_id}")
-        args = cast_inputs(spec, options.dtype if delegate.half_graph else "fp32")
-        program = runtime.load_program(out_dir / artifact.file)
-        method = program.load_method("forward")
-        outs = method.execute(list(args))
-        outputs = {n: o.detach().float().numpy() if hasattr(o, "detach") else o
-                   for n, o in zip(spec.output_names, outs)}
-        del method, program
+        runtime = self.host_runtime(options)
+        simulated = self._recalled_simulated(spec, options.precision) if runtime is None else None
+        if simulated is not None:
+            return run_simulated(simulated, spec)  # the quantized graph that was lowered
+        if runtime is None:
+            return ArtifactRun(outputs=None, verified_on=None, reason=runtimes.why_not(options))
+        args = cast_inputs(spec, options.dtype if DELEGATES[options.delegate].half_graph else "fp32")
+        result = run_artifact(runtime, out_dir / artifact.file, dict(zip(spec.inputs, (a.numpy() for a in args))),
+                              spec.output_names, input_names=list(spec.inputs), output_names=list(spec.output_names))
         if "bundled_program" in artifact.extra_files:
             self._check_bundle(out_dir / artifact.extra_files["bundled_program"], artifact.test_vectors)
-        return ArtifactRun(outputs=outputs, verified_on=f"executorch-{delegate.name}")
+        return result
 
     @staticmethod
     def _check_bundle(path: Path, bundle: dict) -> None:
-        from executorch.extension.pybindings import portable_lib
-
-        bp = portable_lib._load_bundled_program_from_buffer(path.read_bytes())
         try:  # runs each bundled input through the bundled program and compares with the expected output
-            for n in range(bundle["sets"]):
-                bp.verify_result_with_bundled_expected_output("forward", n, bundle["rtol"], bundle["atol"])
+            check_bundled(path.read_bytes(), bundle["sets"], bundle["rtol"], bundle["atol"])
         except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError on a mismatch
             raise VerificationError(f"{path.name}: the bundled expected output does not match on this host's "
                                     f"runtime ({exc})"[:400]) from None

@@ -1,6 +1,6 @@
 """ExecuTorch's delegates, one `Delegate` record each (`DELEGATES`, the registry of `--delegate` for ExecuTorch):
-how it lowers, which precisions it produces, whether this host runs it, which options shape its artifacts, and its
-own checks.
+how it lowers, which precisions it produces, which options shape its artifacts, and its own checks. Whether this
+host runs a delegate's programs is the runtime layer's answer (mi2v_export/runtimes/executorch.py).
 
     xnnpack  CPU; runs in the pip runtime here, so the artifact is executed and gated.
     vulkan   Android GPU; lowered here, structural check only (the pip runtime has no Vulkan backend); integer
@@ -39,11 +39,9 @@ class Delegate:
     default_dtype: str = "fp32"
     half_graph: bool = True  # fp16 = cast the module to half (False: fp32 graph, backend computes in fp16)
     supported: tuple[Precision, ...] = (Precision.FP32, Precision.FP16)  # in the order errors show
-    runs_on_host: bool = False  # the pip runtime here executes it
     extra_rewrites: tuple[str, ...] = ()
     extra_trace: tuple[str, ...] = ()  # trace-time substitutions (rewrites.LOWERING_REWRITES) on top of ExecuTorch's
     flags: tuple[str, ...] = ()  # ExecuTorchOptions fields that shape its artifacts (manifest flags), beyond etrecord
-    no_runtime_reason: str = ""
     lower: Callable | None = field(default=None, compare=False)  # (module, args, options, etrecord) → edge manager
     check: Callable[[ExportOptions], None] | None = field(default=None, compare=False)  # its environment, at once
     describe: Callable[..., dict] | None = field(default=None, compare=False)  # (edge, options) → target_info
@@ -223,20 +221,18 @@ def _check_coreml(options: ExportOptions) -> None:
 
 DELEGATES: dict[str, Delegate] = {d.name: d for d in (
     Delegate("xnnpack", "XnnpackBackend", "XNNPACK (CPU, Android/iOS/desktop)",
-             supported=(Precision.FP32, Precision.FP16, *INTEGERS), runs_on_host=True,
+             supported=(Precision.FP32, Precision.FP16, *INTEGERS),
              lower=_generic_lower(_xnnpack_partitioners, fp16_weights=True)),
     Delegate("vulkan", "VulkanBackend", "Vulkan (Android GPU)", supported=(Precision.FP32, Precision.FP16, *INTEGERS),
-             no_runtime_reason="the ExecuTorch runtime on this host has no VulkanBackend; run it on the device "
-                               "(mi2v bench)", lower=_generic_lower(_vulkan_partitioners),
+             lower=_generic_lower(_vulkan_partitioners),
              extra_trace=("conv2d_batch1",), describe=lambda edge, own: {"vulkan_ops": vulkan_ops(edge)},
              kernel_check=_vulkan_kernel_check),
     Delegate("qnn", "QnnBackend", "Qualcomm AI Engine Direct (Hexagon HTP)",
              default_dtype="fp16", half_graph=False, supported=(Precision.FP16,), flags=("soc",),
-             no_runtime_reason="QNN .pte files run only on a Snapdragon device", lower=_qnn_lower, check=_check_qnn,
+             lower=_qnn_lower, check=_check_qnn,
              describe=lambda edge, own: {"soc": own.soc}),
     Delegate("coreml", "CoreMLBackend", "Core ML (Apple CPU/GPU/ANE)", default_dtype="fp16",
              half_graph=False, extra_trace=("rope_rank5",), flags=("compute_units", "min_ios"),
-             no_runtime_reason="the ExecuTorch runtime on this host has no CoreMLBackend (Core ML needs macOS/iOS)",
              lower=_generic_lower(_coreml_partitioners), check=_check_coreml,
              describe=lambda edge, own: {"compute_units": own.compute_units,
                                          "minimum_deployment_target": f"iOS{own.min_ios}"}),
