@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from .errors import BadInputError
 
 # For the JSON Schemas: a relative POSIX path of plain parts (no leading '/', no '..' or '.' part, no backslash,
-# no NUL, no drive letter). Kept in step with `check_relative` by tests/test_safepath.py.
+# no NUL, no drive letter). Kept in step with `check_relative` by tests/e2e/test_release_hostile.py.
 RELATIVE_PATH_PATTERN = r"^(?![A-Za-z]:)(?!/)(?!.*\\)(?!.*\x00)(?!(.*/)?\.\.?(/|$))[^/]+(/[^/]+)*$"
 _RELATIVE = re.compile(RELATIVE_PATH_PATTERN)
 # One path part that is safe as a file or folder name on every OS and on a phone's shell.

@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("mi2v_export", "exporters", "kernels")
 MAX_BODY_LINES = 60
 

@@ -19,7 +19,7 @@ from mi2v_export import parity, testvectors
 from mi2v_export.manifest import read_manifest
 from mi2v_export.pipeline import DEFAULT_FLOW_SCORE, flow_schedule, load_image, preprocess_image
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from mi2v_export.parity import psnr_with_range
 from mi2v_export.errors import BadInputError, CheckpointError, MissingDependencyError
 from mi2v_export.models import build_part, load_decoder, load_denoiser, load_encoder, seed_part
 
-from .conftest import REPO, TEST_IMAGE, run_cli
+from tests.conftest import REPO, TEST_IMAGE, run_cli
 
 TEST_GEO = (32, 40, 9)  # width not a multiple of 32: the decoder makes 32x64 and the pipeline crops (like 736 → 720)
 LATENT = (1, 128, 2, 1, 2)
@@ -187,7 +187,7 @@ def _export_jobs(request, tmp_path_factory):
             continue
         folder = tmp_path_factory.mktemp(kind) / "artifacts"
         log = folder.parent / "export.log"
-        code = "import sys; from tests.test_pipeline import _export_main; _export_main(sys.argv[1], sys.argv[2])"
+        code = "import sys; from tests.integration.test_pipeline import _export_main; _export_main(sys.argv[1], sys.argv[2])"
         with open(log, "w") as fh:
             proc = subprocess.Popen([sys.executable, "-c", code, kind, str(folder)], cwd=REPO, stdout=fh,
                                     stderr=subprocess.STDOUT)

@@ -28,7 +28,7 @@ from mi2v_export.manifest import read_manifest
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 TINY = get_preset("tiny")
 TINY_GEO = geometry(TINY.height, TINY.width, TINY.frames)
@@ -323,7 +323,7 @@ def test_qnn_bench_reuse_without_an_export_is_one_usage_line(tmp_path):
     import subprocess
     import sys
 
-    from .conftest import REPO
+    from tests.conftest import REPO
 
     for extra in ([], ["--out", str(tmp_path)]):
         proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "qnn.py"), "--component", "denoiser",
@@ -338,7 +338,7 @@ def test_qnn_bench_reuse_without_an_export_is_one_usage_line(tmp_path):
 def _load_benchmark(name: str):
     import importlib.util
 
-    from .conftest import REPO
+    from tests.conftest import REPO
 
     sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark imports its sibling benchmarks/qnn.py
     try:
@@ -376,7 +376,7 @@ def test_decoder_blocks_bench_runs_one_block_on_the_simulator(tmp_path):
     """One tiny block (with a twin: up_blocks.0.resnets.0) through the per-block QNN bench: all on the HTP,
     simulated, within the fp16 gate, and the whole-decode sum says which seconds are measured and which are
     estimated."""
-    from .conftest import REPO
+    from tests.conftest import REPO
 
     out = tmp_path / "blocks.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "qnn_decoder_blocks.py"), "--preset", "tiny",
@@ -400,7 +400,7 @@ def test_decoder_blocks_bench_bad_input_is_one_usage_line(tmp_path):
     """An unknown block, or --resume on a JSON of another configuration: exit 2, one line, nothing written."""
     import json
 
-    from .conftest import REPO
+    from tests.conftest import REPO
 
     script = [sys.executable, str(REPO / "benchmarks" / "qnn_decoder_blocks.py"), "--preset", "tiny"]
     proc = subprocess.run([*script, "--stages", "nope", "--json", str(tmp_path / "a.json")], capture_output=True,

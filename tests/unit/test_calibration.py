@@ -75,7 +75,7 @@ def test_packaged_images_are_package_data():
     import tomllib
     from pathlib import Path
 
-    data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    data = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     globs = data["tool"]["setuptools"]["package-data"]["mi2v_export"]
     assert "data/calibration/*.png" in globs and "data/validation/*.png" in globs
     assert cal.VALIDATION_IMAGE.is_file() and len(cal.list_images(None)) == 2

@@ -20,7 +20,7 @@ from mi2v_export.cli import app
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 RESULT_DIRS = (REPO / "benchmarks" / "results", REPO / "benchmarks" / "sample_reports")
 README_MAX_LINES = 250

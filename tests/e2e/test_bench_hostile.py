@@ -24,7 +24,7 @@ from mi2v_export.devices.bench import BenchOptions, run_bench
 from mi2v_export.devices.report import BenchReport, ComponentResult, RunResult, validate
 from mi2v_export.errors import BadInputError
 
-from .conftest import private_adb, run_cli
+from tests.conftest import private_adb, run_cli
 from .test_bench import _adb_args, _cached_artifacts, _one_error_line, _standin_specs, derive, export_artifacts
 
 FAST = ["--iterations", "2", "--warmup", "0", "--cooldown", "0"]

@@ -35,7 +35,7 @@ from mi2v_export.devices.report import BenchReport
 from mi2v_export.simulator.phone import SimulatedPhone, host_abi
 from mi2v_export.errors import BadInputError, DeviceError
 
-from .conftest import REPO, private_adb, run_cli
+from tests.conftest import REPO, private_adb, run_cli
 
 
 # --------------------------------------------------------------------------------------------------------------------

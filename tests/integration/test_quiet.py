@@ -18,7 +18,7 @@ import subprocess
 import pytest
 import torch
 
-from .conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 IMAGE = REPO / "mi2v_export" / "data" / "calibration" / "astronaut.png"
 # what must not reach a user without -v: native log lines and a raw `path.py:N: SomeWarning: …` pair

@@ -23,7 +23,7 @@ import pytest
 
 from mi2v_export.manifest import read_manifest
 
-from .conftest import MI2V_EXE, REPO, run_cli
+from tests.conftest import MI2V_EXE, REPO, run_cli
 
 IMAGE = REPO / "mi2v_export" / "data" / "validation" / "chelsea.png"
 

@@ -16,7 +16,7 @@ from mi2v_export.manifest import Manifest
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP_REPORTS = sorted((REPO / "tests/data/app_reports").glob("*.json"))
 REPORTS = [p for p in APP_REPORTS + sorted((REPO / "benchmarks/sample_reports").glob("*.json"))
            if str(json.loads(p.read_text()).get("schema", "")).startswith("mi2v.bench/")]

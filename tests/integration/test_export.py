@@ -45,7 +45,7 @@ from mi2v_export.manifest import (
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry
 
-from .conftest import GOLDEN, MI2V_EXE, run_cli
+from tests.conftest import GOLDEN, MI2V_EXE, run_cli
 
 TINY = get_preset("tiny")
 TINY_GEO = geometry(TINY.height, TINY.width, TINY.frames)

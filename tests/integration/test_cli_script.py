@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 
 def test_version_and_plain_mi2v_as_installed():

@@ -15,7 +15,7 @@ from mi2v_export.models.seeded import parameter_count, seeded_state_dict, state_
 from mi2v_export.models.turbo_vaed import TurboVAED
 from mi2v_export.presets import PRESETS
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 REAL = PRESETS["mobilei2v-270m"]
 TINY = PRESETS["tiny"]
 # (frames, height, width) → latent (t, h, w)

@@ -25,7 +25,7 @@ from mi2v_export.devices.android_session import device_facts
 from mi2v_export.simulator.phone import DeviceProfile, SimulatedPhone, host_abi
 from mi2v_export.errors import BadInputError, DeviceError
 
-from .conftest import free_port, private_adb
+from tests.conftest import free_port, private_adb
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +382,7 @@ def test_cli_devices_list_and_profile(adb, phone, tmp_path):
 
 
 def _production_modules():
-    from .conftest import REPO
+    from tests.conftest import REPO
 
     for pkg in ("mi2v_export", "exporters", "kernels"):
         for path in sorted((REPO / pkg).rglob("*.py")):

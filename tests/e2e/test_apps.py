@@ -31,10 +31,10 @@ from mi2v_export.devices.android_session import device_facts
 from mi2v_export.devices.report import BenchReport, validate
 from mi2v_export.errors import BadInputError, DeviceError, MissingDependencyError
 
-from .conftest import private_adb, run_cli
+from tests.conftest import private_adb, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).parent / "data" / "app_reports"
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[1] / "data" / "app_reports"
 ANDROID = REPO / "apps" / "android"
 
 

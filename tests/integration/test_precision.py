@@ -18,7 +18,7 @@ from mi2v_export.exporters.quantize import SENSITIVE_UNITS
 from mi2v_export.manifest import read_manifest
 from mi2v_export.shapes import geometry
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 
 def error_line(proc) -> str:
@@ -546,7 +546,7 @@ def test_layer_norm_fp32_keeps_the_fp32_denoiser_exact(attention):
 def test_w4_sensitive_units_benchmark_bad_input_is_one_usage_line(tmp_path, flags, message):
     import subprocess
 
-    from .conftest import REPO
+    from tests.conftest import REPO
 
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "w4_sensitive_units.py"), *flags,
                            "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=120)

@@ -19,7 +19,7 @@ from mi2v_export.models.ltx_vae import build_ltx_vae
 from mi2v_export.models.seeded import seeded_state_dict
 from mi2v_export.presets import get_preset
 
-from .conftest import run_cli, save_upstream_pth
+from tests.conftest import run_cli, save_upstream_pth
 
 
 @pytest.fixture(scope="module")

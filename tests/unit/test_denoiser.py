@@ -14,7 +14,7 @@ from mi2v_export.models.denoiser import MobileI2VDenoiser
 from mi2v_export.models.seeded import seeded_state_dict
 from mi2v_export.presets import get_preset
 
-from .conftest import save_upstream_pth
+from tests.conftest import save_upstream_pth
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
