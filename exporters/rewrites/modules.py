@@ -259,7 +259,11 @@ def _apply_rms(model: nn.Module, which: int) -> int:
         classes = _rms_classes()
     except ImportError:
         return 0
-    base, new = classes[0], classes[which]
+    return _swap_weightless(model, classes[0], classes[which])
+
+
+def _swap_weightless(model: nn.Module, base: type, new: type) -> int:
+    """Give every weightless `base` module the class `new` (same state, other forward); how many were swapped."""
     count = 0
     for m in model.modules():
         if type(m) is base and m.weight is None:
@@ -349,12 +353,7 @@ def apply_rms_norm_rank4(model: nn.Module) -> int:
         base, new = _rank4_rms_class()
     except ImportError:
         return 0
-    count = 0
-    for m in model.modules():
-        if type(m) is base and m.weight is None:
-            m.__class__ = new
-            count += 1
-    return count
+    return _swap_weightless(model, base, new)
 
 
 class RankFourLayerNorm(_LayerNormParameters):

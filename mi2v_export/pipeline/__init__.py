@@ -1,16 +1,8 @@
 """The MobileI2V image-to-video pipeline, as upstream runs it, on swappable back-ends (`mi2v generate`).
 
 This module is also the reference an app developer copies: the exact conditioning, sampler loop and
-post-processing a phone has to run around the three exported components (the loop: pipeline/sampler.py).
-
-    image ─► preprocess ─► encoder ─► z_ref (1,128,1,h,w)
-    noise (1,128,T,h,w) from torch.Generator(cpu).manual_seed(seed); z[:, :, 0] = z_ref
-    for i, t in enumerate(timesteps):                    # FlowMatchEulerDiscreteScheduler(shift=3) grid
-        v = denoiser(z, t, flow_score)                   # velocity ≈ noise − x0 (no CFG: the text is unused)
-        z = z + (σ[i+1] − σ[i]) · v                      # Euler step, float32
-        z[:, :, 0] = z_ref                               # re-impose the clean first-frame latent
-    video = decoder(z)[:, :, :F, :H, :W]                 # decode (scaling factor 1.0), crop 736 → 720 rows
-    uint8 = ((clamp(video, -1, 1) + 1) / 2 · 255 + 0.5).clamp(0, 255).to(uint8)
+post-processing a phone has to run around the three exported components (the loop, step by step: the docstring of
+pipeline/sampler.py).
 
 Details, and where they differ from upstream `scripts/inference_i2v.py` on purpose:
   * Preprocessing: RGB, resized straight to H×W (aspect ratio *not* kept, like upstream's `Resize([720,1280])`;
