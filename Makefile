@@ -15,7 +15,7 @@ setup:
 
 # One worker per core; a test file stays on one worker (module fixtures, the private adb servers, Ray's cluster).
 test:
-	$(VENV)/bin/pytest -q -n auto --dist loadfile
+	$(VENV)/bin/pytest -q -n auto --dist loadfile --durations=25
 
 # The tiers by folder (docs/testing.md): unit (in-process, about a minute), integration (tiny exports, this
 # machine's runtimes, the CLI in a subprocess), e2e (the simulated phone over real adb, the apps, release plans).
