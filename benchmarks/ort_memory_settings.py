@@ -1,0 +1,97 @@
+"""onnxruntime's memory settings on one exported artifact: peak resident memory and latency, side by side.
+
+Each setting runs in its own fresh process (mi2v_export/runtimes/memory.py `child_peak`): load the model, run it
+`--repeats` times on inputs of ones, report per-run latency; the peak is that process's own, minus a process that
+only imports onnxruntime (the baseline). Settings: the default session, the CPU arena off, the memory-pattern
+planner off, both off, and weight prepacking off. One run compares them all; the CPU model, flags and load are
+recorded.
+
+    python benchmarks/ort_memory_settings.py --model artifacts/onnx-720p/decoder.onnx --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from mi2v_export import contract
+from mi2v_export.runtimes import memory
+
+SETTINGS = {
+    "default": {},
+    "arena_off": {"enable_cpu_mem_arena": False},
+    "mem_pattern_off": {"enable_mem_pattern": False},
+    "arena_and_pattern_off": {"enable_cpu_mem_arena": False, "enable_mem_pattern": False},
+    "prepacking_off": {"config": {"session.disable_prepacking": "1"}},
+}
+
+_CHILD = """
+import json, sys, time
+import numpy as np, onnxruntime as ort
+model, setting, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+if model == "-":
+    print(json.dumps({"baseline": True})); sys.exit(0)
+so = ort.SessionOptions()
+for key, value in setting.items():
+    if key == "config":
+        for k, v in value.items():
+            so.add_session_config_entry(k, v)
+    else:
+        setattr(so, key, value)
+t0 = time.perf_counter()
+session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+load_s = time.perf_counter() - t0
+types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+feeds = {i.name: np.ones([d if isinstance(d, int) else 1 for d in i.shape], types.get(i.type, np.float32))
+         for i in session.get_inputs()}
+times = []
+for _ in range(repeats):
+    t0 = time.perf_counter(); session.run(None, feeds); times.append(time.perf_counter() - t0)
+print(json.dumps({"load_s": load_s, "run_s": times}))
+"""
+
+
+def run_setting(model: str, setting: dict, repeats: int) -> dict:
+    child = memory.child_peak([sys.executable, "-c", _CHILD, model, json.dumps(setting), str(repeats)],
+                              timeout=3600)
+    if child.returncode:
+        return {"error": (child.stderr.strip().splitlines() or ["failed"])[-1]}
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    out["peak_bytes"] = child.peak_bytes
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="an .onnx file (e.g. a 720p decoder from mi2v export)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--label", default="", help="what the model is, for the results page")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    baseline = run_setting("-", {}, 0)["peak_bytes"]
+    rows = {}
+    for name, setting in SETTINGS.items():
+        got = run_setting(args.model, setting, args.repeats)
+        if "error" not in got:
+            got["runtime_memory_bytes"] = got["peak_bytes"] - baseline
+            got["median_run_s"] = statistics.median(got["run_s"])
+        rows[name] = {"setting": setting, **got}
+        print(name, {k: v for k, v in got.items() if k != "run_s"}, flush=True)
+    default = rows["default"].get("median_run_s")
+    for row in rows.values():
+        if default and row.get("median_run_s"):
+            row["time_vs_default"] = row["median_run_s"] / default
+    out = {"benchmark": "ort_memory_settings", "model": Path(args.model).name, "label": args.label,
+           "model_bytes": Path(args.model).stat().st_size, "repeats": args.repeats, "baseline_bytes": baseline,
+           "machine": {"cpu_model": contract.cpu_model(), "cpu_flags": contract.cpu_flags(),
+                       "load_average": list(os.getloadavg())},
+           "settings": rows}
+    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
