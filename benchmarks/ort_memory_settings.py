@@ -31,11 +31,13 @@ SETTINGS = {
 
 _CHILD = """
 import json, sys, time
-import numpy as np, onnxruntime as ort
+import onnxruntime as ort
+from mi2v_export import runtimes
 model, setting, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 if model == "-":
     print(json.dumps({"baseline": True})); sys.exit(0)
 so = ort.SessionOptions()
+so.log_severity_level = 3
 for key, value in setting.items():
     if key == "config":
         for k, v in value.items():
@@ -43,14 +45,12 @@ for key, value in setting.items():
     else:
         setattr(so, key, value)
 t0 = time.perf_counter()
-session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+session = runtimes.get("onnxruntime").load(model, session_options=so, providers=["CPUExecutionProvider"])
 load_s = time.perf_counter() - t0
-types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
-feeds = {i.name: np.ones([d if isinstance(d, int) else 1 for d in i.shape], types.get(i.type, np.float32))
-         for i in session.get_inputs()}
+prepared = session.prepare(session.ones())
 times = []
 for _ in range(repeats):
-    t0 = time.perf_counter(); session.run(None, feeds); times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter(); session.execute(prepared); times.append(time.perf_counter() - t0)
 print(json.dumps({"load_s": load_s, "run_s": times}))
 """
 

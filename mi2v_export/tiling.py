@@ -13,7 +13,7 @@ works on the last two axes of numpy arrays, so it runs unchanged for every runti
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
@@ -44,7 +44,7 @@ def plan_axis(frame: int, tile: int, halo: int) -> AxisPlan:
     inside the frame. A tile as large as the frame gives one window, the whole axis."""
     if tile <= 0 or halo < 0:
         raise BadInputError(f"tile {tile} and halo {halo} must be positive")
-    if tile + 2 * halo >= frame or tile >= frame:
+    if tile + 2 * halo >= frame:
         return AxisPlan(frame, frame, frame, 0, (0,), (0,))
     window = tile + 2 * halo
     starts = tuple(range(0, frame, tile))
@@ -189,7 +189,3 @@ def _core(axis: AxisPlan, index: int) -> tuple[int, int]:
     start = axis.starts[index]
     return start, min(start + axis.tile, axis.frame)
 
-
-def describe(grid: TileGrid) -> dict:
-    """Plain-data view for reports."""
-    return {"rows": asdict(grid.rows), "cols": asdict(grid.cols), "receptive_field": grid.receptive_field}

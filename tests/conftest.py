@@ -14,6 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from mi2v_export import models
+from mi2v_export.exporters import components
+from mi2v_export.presets import get_preset
+from mi2v_export.shapes import geometry
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"  # the project's test data: a clone alone passes its tests
 GOLDEN = DATA / "golden"  # upstream reference outputs (tests/data/golden/README.md says how they were made)
@@ -37,6 +42,17 @@ def save_upstream_pth(state_dict: dict, path: Path, *, unused_buffers: dict | No
         "optimizer": {"state": {}, "param_groups": [{"lr": 2e-5, "params": [0, 1]}]},
     }, path)
     return path
+
+
+def tiny_vae_part(part: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A tiny-preset VAE part ("ltx-encoder", "ltx-decoder" or "turbo-vaed", seeded weights) and its example input
+    at the tiny preset's size: the subject of the rewrite-exactness tests of every target."""
+    tiny = get_preset("tiny")
+    geo = geometry(tiny.height, tiny.width, tiny.frames)
+    if part == "ltx-encoder":
+        return models.load_encoder(preset="tiny"), components.example_inputs("encoder", geo)["image"]
+    kind = "ltx" if part == "ltx-decoder" else "turbo-vaed"
+    return models.load_decoder(kind, preset="tiny"), components.example_inputs("decoder", geo)["latent"]
 
 
 MI2V_EXE = Path(sys.executable).with_name("mi2v")  # the installed console script

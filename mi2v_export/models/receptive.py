@@ -10,8 +10,6 @@ instead of being tiled wrongly.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -66,7 +64,3 @@ def encoder_probe(dtype: torch.dtype = torch.float32, scale: int = 32):
     generator = torch.Generator().manual_seed(0)
     return lambda n: torch.rand(1, 3, 1, n * scale, n * scale, generator=generator, dtype=dtype) * 2 - 1
 
-
-def halo_for(field: int) -> int:
-    """The exact halo in grid units (the field itself; kept as a function so the rounding has one home)."""
-    return int(math.ceil(field))

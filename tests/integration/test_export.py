@@ -45,7 +45,7 @@ from mi2v_export.manifest import (
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry
 
-from tests.conftest import GOLDEN, MI2V_EXE, run_cli
+from tests.conftest import GOLDEN, MI2V_EXE, run_cli, tiny_vae_part
 
 TINY = get_preset("tiny")
 TINY_GEO = geometry(TINY.height, TINY.width, TINY.frames)
@@ -309,13 +309,7 @@ def test_executorch_and_coreml_rewrites_keep_the_vae_function(part):
     """All export rewrites together (module swaps + trace-time substitutions) compute the same VAE."""
     import copy
 
-    from mi2v_export import models
-
-    if part == "ltx-encoder":
-        model, x = models.load_encoder(preset="tiny"), components.example_inputs("encoder", TINY_GEO)["image"]
-    else:
-        kind = "ltx" if part == "ltx-decoder" else "turbo-vaed"
-        model, x = models.load_decoder(kind, preset="tiny"), components.example_inputs("decoder", TINY_GEO)["latent"]
+    model, x = tiny_vae_part(part)
     with torch.no_grad():
         ref = model(x)
     from mi2v_export.exporters.targets.executorch import DELEGATES

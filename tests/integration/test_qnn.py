@@ -28,7 +28,7 @@ from mi2v_export.manifest import read_manifest
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_vae_part
 
 TINY = get_preset("tiny")
 TINY_GEO = geometry(TINY.height, TINY.width, TINY.frames)
@@ -102,11 +102,7 @@ def test_denoiser_source_has_no_gather_and_rank4_rope(fp16_export):
 
 @pytest.mark.parametrize("part", ["ltx-encoder", "ltx-decoder", "turbo-vaed"])
 def test_qnn_rewrites_keep_the_vae_function_and_put_norms_on_rank4(part):
-    if part == "ltx-encoder":
-        model, x = models.load_encoder(preset="tiny"), components.example_inputs("encoder", TINY_GEO)["image"]
-    else:
-        kind = "ltx" if part == "ltx-decoder" else "turbo-vaed"
-        model, x = models.load_decoder(kind, preset="tiny"), components.example_inputs("decoder", TINY_GEO)["latent"]
+    model, x = tiny_vae_part(part)
     with torch.no_grad():
         ref = model(x)
     m = copy.deepcopy(model)
