@@ -88,6 +88,7 @@ class ExportOptions:
     verify: bool = True
     test_vectors: bool = True  # write the sampler inputs and PyTorch outputs beside the artifact (testvectors.py)
     target_options: Any = field(default_factory=TargetOptions)  # the exporter's `options_type` record
+    tiles: Any = None  # exporters/tiled.TileRequest (--tile / --halo / --memory-budget)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Artifact:
     stages_s: dict[str, float] = field(default_factory=dict)
     rewrites: list[str] = field(default_factory=list)
     test_vectors: dict | None = None  # the manifest's test_vectors record once they are written
+    tiling: dict | None = None  # a tiled component's record (exporters/tiled.py); its file is the first stage's
 
 
 @dataclass
@@ -270,9 +272,9 @@ class Exporter(ABC):
 
         return parity.gate_for(options.recipe["precision"] if options.recipe else options.precision)
 
-    def runtime_memory(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec,
-                       options: ExportOptions) -> int | None:
-        """The manifest's `runtime_memory_bytes` of an artifact (None: not measured for this target)."""
+    def planned_memory(self, artifact: Artifact) -> int | None:
+        """The bytes the target's own memory plan reserves (`runtime_memory.planned_bytes`), None where it has
+        none; what a runtime really uses is measured for every target alike (exporters/tiled.py `measured`)."""
         return None
 
     # -- work ------------------------------------------------------------------------------------------------

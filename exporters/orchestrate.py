@@ -41,7 +41,7 @@ from mi2v_export.shapes import geometry, parse_resolution
 from mi2v_export.verify import run_record
 
 from . import components as comp
-from . import quality
+from . import quality, tiled
 from .base import (
     ExportOptions,
     ProgressCallback,
@@ -80,6 +80,9 @@ class ExportRequest:
     min_ios: int = 17  # coreml, executorch --delegate coreml
     soc: str = DEFAULT_SOC  # onnx / executorch --delegate qnn
     allow_cpu_fallback: bool = False  # onnx/qnn: accept nodes the HTP refuses (node / FLOP shares recorded)
+    tile: str | None = None  # `--tile HxW` (video pixels) for the encoder / decoder (exporters/tiled.py)
+    halo: int | None = None  # `--halo PX`: smaller than the receptive field → blended, measured
+    memory_budget: float | None = None  # `--memory-budget MIB`: the largest tile whose measured peak fits
 
 
 @dataclass
@@ -124,6 +127,8 @@ def resolve(request: ExportRequest):
         raise BadInputError(f"--min-psnr {request.min_psnr:g}: expected a PSNR in dB between 0 and 200")
     _check_flag_applies(request, exporter, "etrecord")
     comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
+    options.tiles = tiled.check_request(request.tile, request.halo, request.memory_budget, components,
+                                        (geo.height, geo.width), options.precisions)
     return exporter, options, components, preset, geo
 
 
@@ -259,13 +264,30 @@ def _calibrate(name: str, spec, options: ExportOptions, ctx, stage, done) -> int
     return sum(t.numel() * 4 for t in list(spec.module.parameters()) + list(spec.module.buffers()))
 
 
-def _precision_fields(entry: ArtifactEntry, fp32_bytes: int, ctx, memory: int | None, options: ExportOptions):
+def _precision_fields(entry: ArtifactEntry, fp32_bytes: int, ctx, options: ExportOptions):
     """The manifest's precision fields of one entry (the trajectory is added once every component is done)."""
     entry.compression = round(entry.bytes / fp32_bytes, 4) if fp32_bytes else None
     entry.export["fp32_bytes"] = fp32_bytes  # compression = bytes / fp32_bytes (the fp32 weights' size)
     entry.calibration = ctx.calibration().record() if options.calibration is not None and ctx is not None else None
-    entry.runtime_memory_bytes = memory
     entry.recipe = options.recipe
+
+
+def _memory_record(exporter, artifact, staging: Path, options: ExportOptions, measured: dict | None,
+                   stage, done) -> dict | None:
+    """The manifest's `runtime_memory`: the peak of a fresh process that loads and runs the artifact once, above
+    that process's baseline (runtimes/measure.py), beside the target's planned bytes. Measured only when the
+    export is verified (a --no-verify export stays quick) and a runtime here says what a device needs."""
+    planned = exporter.planned_memory(artifact)
+    if measured is None and options.verify:
+        t0 = stage("memory")
+        measured = tiled.measured(exporter, artifact, staging, options)
+        done("memory", t0, "not measured here" if not measured or measured.get("bytes") is None
+             else f"{measured['bytes'] / tiled.MIB:.0f} MiB above the runtime's baseline")
+    if measured is None and planned is None:
+        return None
+    record = dict(measured or {"bytes": None, "method": "not measured: no runtime here measures this target"})
+    record["planned_bytes"] = planned
+    return record
 
 
 def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Path, ctx, progress) -> None:
@@ -303,7 +325,8 @@ def _measure(exporter, artifact, staging: Path, spec, options: ExportOptions, ct
             return None, None, exporter.run(artifact, staging, spec, options).reason, None
         metrics, verified_on, n = held
         return metrics, verified_on, None, f"held-out: {n} record(s) of the sampler on the validation image"
-    result = exporter.run(artifact, staging, spec, options)
+    result = (tiled.run_here(exporter, artifact, staging, spec, options) if artifact.tiling
+              else exporter.run(artifact, staging, spec, options))
     if result.outputs is None:
         return None, None, result.reason, None
     if spec.reference is None:
@@ -345,16 +368,24 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
 
     fp32_bytes = _calibrate(name, spec, options, ctx, stage, done)
     t0 = time.perf_counter()
-    artifact = exporter.export(spec, staging, options, progress)
+    tiles = options.tiles if name in tiled.TILED_COMPONENTS else tiled.TileRequest()
+    measured = None
+    if tiles.active:
+        artifact, checks, measured = tiled.export_component(spec, exporter, options, staging, progress, tiles)
+    else:
+        artifact = exporter.export(spec, staging, options, progress)
     stages["export"] = time.perf_counter() - t0
     for k, v in artifact.stages_s.items():
         stages[f"export.{k}"] = v
     if options.test_vectors:
-        _write_test_vectors(exporter.test_vector_format, artifact, spec, options, staging, stage, done)
+        fmt = exporter.test_vector_format
+        _write_test_vectors(testvectors.NPZ if artifact.tiling and fmt == testvectors.BUNDLED_PROGRAM else fmt,
+                            artifact, spec, options, staging, stage, done)
 
-    t0 = stage("inspect")
-    checks = exporter.inspect(artifact, staging, spec, options)
-    done("inspect", t0, f"{len(checks)} checks")
+    if not tiles.active:
+        t0 = stage("inspect")
+        checks = exporter.inspect(artifact, staging, spec, options)
+        done("inspect", t0, f"{len(checks)} checks")
 
     parity_record = _verify(name, request, exporter, options, spec, artifact, staging, stage, done, progress, ctx)
 
@@ -370,8 +401,11 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                 "stages_s": {k: round(v, 3) for k, v in stages.items()}},
         parity=parity_record, structure={"ok": True, "checks": checks}, delegation=artifact.delegation,
         target_info=artifact.target_info, flags=flags, attention=spec.attention, extra_files=extra,
-        test_vectors=artifact.test_vectors, exported_at=now_iso(), tool_version=tool_version())
-    _precision_fields(entry, fp32_bytes, ctx, exporter.runtime_memory(artifact, staging, spec, options), options)
+        test_vectors=artifact.test_vectors, exported_at=now_iso(), tool_version=tool_version(),
+        tiling=artifact.tiling)
+    _precision_fields(entry, fp32_bytes, ctx, options)
+    entry.runtime_memory = _memory_record(exporter, artifact, staging, options, measured, stage, done)
+    entry.runtime_memory_bytes = (entry.runtime_memory or {}).get("bytes")
     del spec, artifact
     gc.collect()
     return entry

@@ -20,7 +20,12 @@ nobody else parses the JSON. Schema (version `SCHEMA_VERSION`; documented in doc
          "compression": bytes / fp32 bytes | null, "recipe": {unit: precision} | null (mixed only),
          "calibration": {"digest", "size", …} | null,       # calibrated precisions
          "trajectory": {"image", "steps", "seed", "psnr_db_min", "psnr_db", "ssim_min", "gate_db", "passed"} | null,
-         "runtime_memory_bytes": ExecuTorch planned memory | onnxruntime session peak | null,
+         "runtime_memory_bytes": the measured bytes of `runtime_memory` | null,
+         "runtime_memory": {"bytes", "peak_bytes", "baseline_bytes", "method", "runtime", "planned_bytes"} | null,
+                                                          # measured in a fresh process (runtimes/measure.py)
+         "tiling": {"format": 1, "tile": [h, w] px, "halo", "grid", "receptive_field", "exact", "blending",
+                    "stages": [{"file", "input_window", "output_window", "plan": {…}}]} | null,
+                                                          # schema_version 2 when any entry has one
          "file": "denoiser.onnx", "sha256": …, "bytes": …,    # sha256/bytes of a folder (.mlpackage): see tree_digest
          "extra_files": [{"role": "external_data" | "bundled_program" | "test_vectors" | "etrecord", "file", "sha256",
                           "bytes"}],                  # test_vectors: testdata/<component> (ONNX) or a .npz
@@ -78,6 +83,10 @@ from .safepath import contained, escape_below
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "mi2v-export-manifest"
 SCHEMA_VERSION = 1
+# written when an entry is tiled: a reader of version 1 refuses the folder in one line instead of feeding
+# whole-frame inputs to a tile model (mi2v_export/runtimes/sessions.py runs tiled entries)
+TILED_SCHEMA_VERSION = 2
+READS = (SCHEMA_VERSION, TILED_SCHEMA_VERSION)
 STAGING_PREFIX = ".mi2v-export-"
 
 # Libraries whose versions go in the manifest (absent ones are recorded as null).
@@ -171,7 +180,9 @@ class ArtifactEntry:
     compression: float | None = None  # bytes / bytes of the same component exported in fp32
     calibration: dict | None = None  # {"digest", "size", ...} of the calibration set (calibrated precisions)
     trajectory: dict | None = None  # the whole-pipeline gate {image, steps, seed, psnr_db_min, psnr_db, ...}
-    runtime_memory_bytes: int | None = None  # ExecuTorch: planned memory; onnxruntime: measured session peak
+    runtime_memory_bytes: int | None = None  # `runtime_memory["bytes"]`: the measured peak above the baseline
+    runtime_memory: dict | None = None  # runtimes/measure.py's record, with the target's planned bytes beside
+    tiling: dict | None = None  # the tile plan of a tiled VAE component (runtimes/sessions.py runs it)
     recipe: dict | None = None  # unit → precision when precision == "mixed"
     test_vectors: dict | None = None  # mi2v_export.testvectors record; None when exported without them
 
@@ -207,7 +218,7 @@ class ArtifactEntry:
             "precision": self.precision or self.dtype, "compression": self.compression,
             "calibration": self.calibration, "trajectory": self.trajectory,
             "runtime_memory_bytes": self.runtime_memory_bytes, "recipe": self.recipe,
-            "test_vectors": self.test_vectors,
+            "test_vectors": self.test_vectors, "runtime_memory": self.runtime_memory, "tiling": self.tiling,
         }
 
     @classmethod
@@ -226,7 +237,7 @@ class ArtifactEntry:
             precision=d.get("precision") or d.get("dtype") or "fp32", compression=d.get("compression"),
             calibration=d.get("calibration"), trajectory=d.get("trajectory"),
             runtime_memory_bytes=d.get("runtime_memory_bytes"), recipe=d.get("recipe"),
-            test_vectors=d.get("test_vectors"),
+            test_vectors=d.get("test_vectors"), runtime_memory=d.get("runtime_memory"), tiling=d.get("tiling"),
         )
 
 
@@ -333,7 +344,8 @@ class Manifest:
     # -- (de)serialisation ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "tool": self.tool, "libraries": self.libraries,
+            "schema": SCHEMA, "tool": self.tool, "libraries": self.libraries,
+            "schema_version": TILED_SCHEMA_VERSION if any(e.tiling for e in self.components) else SCHEMA_VERSION,
             "updated_at": self.updated_at, "preset": self.preset, "resolution": list(self.resolution),
             "frames": self.frames, "latent_shape": list(self.latent_shape), "source": self.source,
             "components": [e.to_dict() for e in self.components],
@@ -345,9 +357,9 @@ class Manifest:
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise BadInputError(f"{where}: not an mi2v export manifest")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise BadInputError(f"{where}: schema version {version} is not supported (this mi2v reads version "
-                                f"{SCHEMA_VERSION}); re-export the artifacts")
+        if version not in READS:
+            raise BadInputError(f"{where}: schema version {version} is not supported (this mi2v reads versions "
+                                f"{', '.join(map(str, READS))}); re-export the artifacts or upgrade mi2v")
         schemas.validate(d, schemas.MANIFEST, f"{where}: malformed manifest")  # mi2v_export/schemas/manifest
         try:
             return cls(

@@ -73,16 +73,6 @@ class TileGrid:
         """True when every core is at least one receptive field from any window border inside the frame."""
         return all(_core_covered(a, self.receptive_field) for a in (self.rows, self.cols))
 
-    def record(self, scale: int = TILE_MULTIPLE) -> dict:
-        """The manifest's `tiling` record (video pixels where the CLI speaks them, grid units beside)."""
-        return {"tile": [self.rows.tile * scale, self.cols.tile * scale],
-                "window": [self.rows.window * scale, self.cols.window * scale],
-                "halo": max(self.rows.halo, self.cols.halo) * scale,
-                "grid": [self.rows.count, self.cols.count],
-                "receptive_field": self.receptive_field * scale,
-                "units_per_latent_pixel": scale,
-                "exact": self.exact, "blending": "none" if self.exact else "linear"}
-
 
 def _core_covered(axis: AxisPlan, field: int) -> bool:
     for start, win in zip(axis.starts, axis.windows):
@@ -96,20 +86,6 @@ def _core_covered(axis: AxisPlan, field: int) -> bool:
 
 def plan_grid(frame: tuple[int, int], tile: tuple[int, int], halo: int, receptive_field: int) -> TileGrid:
     return TileGrid(plan_axis(frame[0], tile[0], halo), plan_axis(frame[1], tile[1], halo), receptive_field)
-
-
-def grid_from_record(record: Mapping, frame: tuple[int, int]) -> TileGrid:
-    """Rebuild the grid a tiled artifact was exported for, on a frame of `frame` grid units (checked against the
-    record's window: the tile model has a fixed input size)."""
-    scale = int(record["units_per_latent_pixel"])
-    tile = tuple(t // scale for t in record["tile"])
-    halo = int(record["halo"]) // scale
-    grid = plan_grid(frame, tile, halo, int(record["receptive_field"]) // scale)
-    want = tuple(w // scale for w in record["window"])
-    if grid.window != want:
-        raise BadInputError(f"the tiled artifact's window is {list(record['window'])} video pixels, which does not fit a "
-                         f"{frame[0] * scale}x{frame[1] * scale} frame: export the tile for this resolution")
-    return grid
 
 
 def parse_tile(text: str) -> tuple[int, int]:
@@ -126,6 +102,71 @@ def parse_tile(text: str) -> tuple[int, int]:
 def check_tile_fits(tile: tuple[int, int], frame_px: tuple[int, int]) -> None:
     if tile[0] > frame_px[0] or tile[1] > frame_px[1]:
         raise BadInputError(f"--tile {tile[0]}x{tile[1]} is larger than the {frame_px[0]}x{frame_px[1]} frame")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages: each runs on its own grid (mi2v_export/models/stages.py cuts the VAE into them)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage's tiling. Its grid unit is the coarser of its input and output pixels: `scale_in` / `scale_out`
+    array pixels per unit (a ×2 upsampler: 1 and 2; a ×½ downsampler: 2 and 1); `unit_px` is the video pixels
+    per unit along each axis (None for an axis whose frame is not a whole number of units: never split)."""
+
+    grid: TileGrid
+    scale_in: int
+    scale_out: int
+    unit_px: tuple[int | None, int | None]
+
+    def record(self) -> dict:
+        g = self.grid
+        return {"scale_in": self.scale_in, "scale_out": self.scale_out, "unit_px": list(self.unit_px),
+                "frame": [g.rows.frame, g.cols.frame], "tile": [g.rows.tile, g.cols.tile],
+                "window": list(g.window), "halo": [g.rows.halo, g.cols.halo], "grid": [g.rows.count, g.cols.count],
+                "receptive_field": g.receptive_field, "exact": g.exact}
+
+
+def stage_scales(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:
+    """(scale_in, scale_out, frame in units) of a stage mapping `in_hw` to `out_hw`; a ratio that is not whole
+    along an axis leaves that axis one unit per input pixel (it is then never split)."""
+    up = out_hw[0] >= in_hw[0]
+    ratio = [o / i if up else i / o for i, o in zip(in_hw, out_hw)]
+    whole = [r == int(r) for r in ratio]
+    scale = int(ratio[0]) if whole[0] else (int(ratio[1]) if whole[1] else 1)
+    frame = tuple(i if up else (i // scale if w else i) for i, w in zip(in_hw, whole))
+    return (1, scale, frame) if up else (scale, 1, frame)
+
+
+def plan_stage(in_hw: tuple[int, int], out_hw: tuple[int, int], video_hw: tuple[int, int],
+               tile_px: tuple[int, int], receptive_field: int, halo: int | None = None) -> StagePlan:
+    """Tile a stage so that each core is `tile_px` video pixels (rounded down to whole units, at least one) with a
+    halo of its receptive field (exact) or `halo` units (blended)."""
+    scale_in, scale_out, frame = stage_scales(in_hw, out_hw)
+    unit = tuple(v // f if v % f == 0 and (i % scale_in == 0) else None
+                 for v, f, i in zip(video_hw, frame, in_hw))
+    tile = tuple(max(t // u, 1) if u else f for t, u, f in zip(tile_px, unit, frame))
+    use = receptive_field if halo is None else min(halo, receptive_field)
+    grid = plan_grid(frame, tile, use, receptive_field)
+    return StagePlan(grid, scale_in, scale_out, unit)
+
+
+def stage_from_record(record: Mapping, in_hw: tuple[int, int]) -> StagePlan:
+    """Rebuild a stage's plan from its record for an input of `in_hw` pixels; BadInputError when that frame is
+    not the one the (fixed-size) tile model was exported for."""
+    frame = tuple(int(v) for v in record["frame"])
+    scale_in = int(record["scale_in"])
+    got = tuple(i // scale_in if i % scale_in == 0 else i for i in in_hw)
+    if got != frame:
+        raise BadInputError(f"the tiled artifact was exported for a stage frame of {list(frame)} units, not "
+                            f"{list(got)}: export it again for this resolution")
+    halo = [int(h) for h in record["halo"]]
+    grid = TileGrid(plan_axis(frame[0], int(record["tile"][0]), halo[0]),
+                    plan_axis(frame[1], int(record["tile"][1]), halo[1]), int(record["receptive_field"]))
+    if list(grid.window) != [int(w) for w in record["window"]]:
+        raise BadInputError(f"the tiled artifact's window {record['window']} does not match its own plan")
+    unit = tuple(None if u is None else int(u) for u in record["unit_px"])
+    return StagePlan(grid, scale_in, int(record["scale_out"]), unit)
 
 
 RunTile = Callable[[np.ndarray], np.ndarray]
@@ -150,14 +191,20 @@ def run_tiled(run: RunTile, x: np.ndarray, grid: TileGrid, scale_in: float, scal
     """Run `run` on every window of `x` (last two axes spatial, `scale_in` array pixels per grid unit) and stitch
     its outputs (`scale_out` pixels per grid unit): cores are copied when the grid is exact, blended otherwise."""
     rows, cols = grid.rows, grid.cols
+    if grid.count == 1:
+        y = np.asarray(run(np.ascontiguousarray(x)))
+        if on_tile is not None:
+            on_tile(0, 1)
+        return y
     out = acc = None
     for i in range(rows.count):
         for j in range(cols.count):
             y0, x0 = rows.windows[i], cols.windows[j]
             window = x[..., _span(y0, rows.window, scale_in), _span(x0, cols.window, scale_in)]
             y = np.asarray(run(np.ascontiguousarray(window)))
-            if out is None:
-                shape = (*y.shape[:-2], int(rows.frame * scale_out), int(cols.frame * scale_out))
+            if out is None:  # an axis with one window keeps the run's own size (its frame may not be whole units)
+                shape = (*y.shape[:-2], *(y.shape[k] if a.count == 1 else int(a.frame * scale_out)
+                                          for k, a in ((-2, rows), (-1, cols))))
                 out = np.zeros(shape, dtype=np.float64 if not grid.exact else y.dtype)
                 acc = None if grid.exact else np.zeros(shape[-2:], dtype=np.float64)
             if grid.exact:
@@ -179,10 +226,16 @@ def _span(start: int, size: int, scale: float) -> slice:
 
 
 def _copy_core(out: np.ndarray, y: np.ndarray, rows: AxisPlan, cols: AxisPlan, i: int, j: int, s: float) -> None:
-    (r0, r1), (c0, c1) = _core(rows, i), _core(cols, j)
-    ry, cx = rows.windows[i], cols.windows[j]
-    out[..., int(r0 * s):int(r1 * s), int(c0 * s):int(c1 * s)] = \
-        y[..., int((r0 - ry) * s):int((r1 - ry) * s), int((c0 - cx) * s):int((c1 - cx) * s)]
+    (dr, sr), (dc, sc) = _core_slices(rows, i, s), _core_slices(cols, j, s)
+    out[..., dr, dc] = y[..., sr, sc]
+
+
+def _core_slices(axis: AxisPlan, index: int, s: float) -> tuple[slice, slice]:
+    """(destination, source) slices of a window's core along one axis; a single window is copied whole."""
+    if axis.count == 1:
+        return slice(None), slice(None)
+    (a, b), w = _core(axis, index), axis.windows[index]
+    return slice(int(a * s), int(b * s)), slice(int((a - w) * s), int((b - w) * s))
 
 
 def _core(axis: AxisPlan, index: int) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from .manifest import ArtifactEntry, Manifest, append_verifications, now_iso, re
 from .outputs import check_folder
 from .runtimes import Runtime, register
 from .runtimes import all as all_runtimes
+from .runtimes.sessions import run_sets
 
 # the runtimes `mi2v verify` may pick: those that load artifact files (not the PyTorch stand-ins)
 RUNTIMES: list[Runtime] = [r for r in all_runtimes() if r.suffix]
@@ -138,7 +139,7 @@ def _run_on(check: ArtifactCheck, folder: Path, path: Path, entry: ArtifactEntry
     expected = [a for s in sets for a in s.outputs.values()] if sets else []
     for rt in usable:
         try:
-            outs = rt.run(path, entry, [s.inputs for s in sets])
+            outs = run_sets(rt, path, entry, [s.inputs for s in sets])
             got = [o[name] for o, s in zip(outs, sets) for name in s.outputs]
             rec = run_record(rt.name, rt.version(), parity.compare(got, expected), gate, "verify", len(sets))
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot load or run the artifact fails it

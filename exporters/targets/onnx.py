@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mi2v_export.errors import MissingDependencyError, VerificationError
-from mi2v_export.runtimes import measure
 from mi2v_export.precision import Precision, is_quantized
 
 from ..base import (
@@ -197,15 +196,6 @@ class OnnxExporter(Exporter):
             raise VerificationError(f"{artifact.file}: input shapes {[t.shape for t in artifact.inputs]} != {want}")
         checks.append("static input shapes")
         return checks
-
-    def runtime_memory(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec,
-                       options: ExportOptions) -> int | None:
-        """A session's measured peak in a fresh process (runtimes/measure.py; fp16 / integer artifacts only, to keep
-        fp32 exports as fast as before)."""
-        runtime = self.host_runtime(options)
-        if options.precision == "fp32" or not options.verify or runtime is None:
-            return None
-        return measure.measure(runtime.name, out_dir / artifact.file)["bytes"]
 
     def run(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
         """On onnxruntime's CPU EP (runtimes/onnx.py), with as many threads as torch uses."""

@@ -79,10 +79,6 @@ class QnnExporter(OnnxExporter):
 
         return parity.gate_for(precision_of(options))
 
-    def runtime_memory(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec,
-                       options: ExportOptions) -> int | None:
-        return None  # an EPContext model does not load on onnxruntime's CPU EP
-
     def file_name(self, component: str) -> str:
         return f"{component}_ctx.onnx"
 

@@ -99,6 +99,14 @@ def export(
     allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback", help="onnx/qnn: accept nodes the HTP "
                                             "refuses (onnxruntime runs them on the CPU; node and FLOP shares on "
                                             "the HTP are recorded). Default: every node on the HTP or exit 4"),
+    tile: str | None = typer.Option(None, "--tile", help="encoder / decoder: run in tiles of HxW video pixels "
+                                    "(multiples of 32); the halo covers each stage's receptive field, so the "
+                                    "stitched output is exact"),
+    halo: int | None = typer.Option(None, "--halo", help="with --tile: a smaller halo in video pixels (multiple "
+                                    "of 32); the overlaps are blended and the error is measured"),
+    memory_budget: float | None = typer.Option(None, "--memory-budget", help="encoder / decoder: the largest "
+                                               "tile whose measured peak (fresh process, above the runtime's "
+                                               "baseline) fits this many MiB"),
     json_out: refine(Json, help="print this run's manifest entries as JSON on stdout") = False,
 ) -> None:
     """Export MobileI2V components to ONNX / Core ML / ExecuTorch, check them against PyTorch fp32, and describe
@@ -113,7 +121,8 @@ def export(
                             min_psnr=min_psnr, recipe=recipe, attention=attention.value, rewrite=list(rewrite),
                             verify=not no_verify, test_vectors=not no_test_vectors, etrecord=etrecord,
                             compute_units=compute_units.value, min_ios=min_ios, soc=soc.value,
-                            allow_cpu_fallback=allow_cpu_fallback)
+                            allow_cpu_fallback=allow_cpu_fallback, tile=tile, halo=halo,
+                            memory_budget=memory_budget)
     _note_default_preset(preset, resolution, frames)
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 
@@ -159,6 +168,13 @@ def _print_summary(report) -> None:
                          + (f"; {share * 100:.1f}% of conv/matmul FLOPs delegated" if share is not None else ""))
         for f in e.extra_files:
             notes.append(f"{f.file}: {f.role.replace('_', ' ')} ({human_bytes(f.bytes)})")
+        if e.tiling:
+            t = e.tiling
+            notes.append(f"{e.file}: tiled {t['tile'][0]}x{t['tile'][1]} px, {len(t['stages'])} stages, "
+                         f"{t['tiles']} tile runs per call, {'exact' if t['exact'] else 'blended'}")
+        memory = (e.runtime_memory or {}).get("bytes")
+        if memory is not None:
+            notes.append(f"{e.file}: runs in {human_bytes(memory)} above the runtime's baseline (measured)")
     console.print(table, width=None if console.is_terminal else 160)
     result_notes(notes)
     console.print(f"manifest: {report.out_dir / 'manifest.json'}")

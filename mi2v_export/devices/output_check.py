@@ -19,6 +19,7 @@ import numpy as np
 from .. import parity, runtimes, testvectors
 from ..errors import BadInputError, VerificationError
 from ..runtimes import dtypes
+from ..runtimes.sessions import run_sets
 from ..verify import gate_of
 
 
@@ -76,7 +77,7 @@ def host_outputs(path: Path, entry: Any, bench_runtime: str,
     why = runtime.available()
     if why:
         return why
-    return runtime.run(path, entry, [s.inputs for s in sets]), runtime.name
+    return run_sets(runtime, path, entry, [s.inputs for s in sets]), runtime.name
 
 
 def raw_outputs(files: list[Path], entry: Any) -> dict[str, np.ndarray]:

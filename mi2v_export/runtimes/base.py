@@ -107,6 +107,9 @@ class Runtime(ABC):
     # whether `mi2v bench` times this family (on the host and through a phone runner), and how `--runtime auto`
     # ranks it (lower first); None: verify / generate only
     bench_order: ClassVar[int | None] = None
+    # whether a fresh process running it here says what the artifact needs on a device (runtimes/measure.py);
+    # False for a simulator or a stand-in, whose memory is the host's
+    measures_memory: ClassVar[bool] = True
 
     @abstractmethod
     def accepts(self, entry: Any) -> bool:
@@ -123,11 +126,6 @@ class Runtime(ABC):
 
     def version(self) -> str | None:
         return package_version(self.package) if self.package else None
-
-    def run(self, path: str | os.PathLike, entry: Any, sets: list[Inputs]) -> list[Inputs]:
-        """Load once and run each input set; one output dict per set."""
-        with self.load(path, entry) as session:
-            return [session.run(feeds) for feeds in sets]
 
     def __repr__(self) -> str:
         return f"<runtime {self.name}>"

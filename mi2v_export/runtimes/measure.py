@@ -16,32 +16,46 @@ import json
 import sys
 from pathlib import Path
 
+from types import SimpleNamespace
+
 from . import memory
 from .registry import get
+from .sessions import open_session
 
 METHOD = ("peak resident memory (ru_maxrss) of a fresh process that loads the artifact and runs it once on inputs "
           "of ones, minus the same process importing the runtime without a model")
 
 
-def _child(runtime: str, path: str | None, options: dict) -> dict:
-    """In the child: import the runtime (always) and, unless `path` is None, load the artifact and run it once."""
+def _entry(data: dict | None) -> SimpleNamespace | None:
+    """The manifest entry fields a runtime reads (I/O, target, tiling), from JSON."""
+    if not data:
+        return None
+    io = [{k: [SimpleNamespace(**t) for t in data.get(k) or ()]} for k in ("inputs", "outputs")]
+    return SimpleNamespace(**{**data, **io[0], **io[1]})
+
+
+def _child(runtime: str, path: str | None, options: dict, entry: dict | None = None) -> dict:
+    """In the child: import the runtime (always) and, unless `path` is None, load the artifact (a tiled entry's
+    stages, runtimes/sessions.py) and run it once on inputs of ones."""
     rt = get(runtime)
     reason = rt.available()
     if reason is not None:
         return {"error": reason}
     rt.warm_import() if hasattr(rt, "warm_import") else None
     if path is not None:
-        with rt.load(Path(path), None, **options) as session:
+        with open_session(rt, Path(path), _entry(entry), **options) as session:
             session.run(session.ones())
     return {"ok": True}
 
 
-def measure(runtime: str, path: str | Path, options: dict | None = None, timeout: float = 1800) -> dict:
+def measure(runtime: str, path: str | Path, options: dict | None = None, timeout: float = 1800,
+            entry: dict | None = None) -> dict:
     """{"bytes", "peak_bytes", "baseline_bytes", "method", "runtime"}; "bytes" is None with an "error" when the
-    child failed (the artifact still exports: memory is a measurement, not a gate)."""
+    child failed (the artifact still exports: memory is a measurement, not a gate). `entry`: the manifest entry's
+    JSON where the file alone does not say how to run it (a tiled component)."""
     base = [sys.executable, "-m", "mi2v_export.runtimes.measure", runtime, "--options", json.dumps(options or {})]
     baseline = memory.child_peak([*base, "--baseline"], timeout=timeout)
-    run = memory.child_peak([*base, "--path", str(path)], timeout=timeout)
+    run = memory.child_peak([*base, "--path", str(path), "--entry", json.dumps(entry or {})], timeout=timeout)
     record = {"bytes": None, "peak_bytes": run.peak_bytes, "baseline_bytes": baseline.peak_bytes,
               "method": METHOD, "runtime": runtime}
     if run.returncode or baseline.returncode or run.peak_bytes is None or baseline.peak_bytes is None:
@@ -58,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--path")
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--options", default="{}")
+    ap.add_argument("--entry", default="{}")
     args = ap.parse_args(argv)
-    result = _child(args.runtime, None if args.baseline else args.path, json.loads(args.options))
+    result = _child(args.runtime, None if args.baseline else args.path, json.loads(args.options),
+                    json.loads(args.entry))
     print(json.dumps(result))
     if "error" in result:
         print(result["error"], file=sys.stderr)

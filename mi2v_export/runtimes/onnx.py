@@ -103,6 +103,7 @@ class OnnxRuntimeCPU(Runtime):
 class QnnHtpSimulator(Runtime):
     """onnxruntime's QNN EP on the HTP simulator of the onnxruntime-qnn wheel (x86_64), for QNN EPContext models."""
 
+    measures_memory = False  # the simulator's memory is the host's, not the phone's
     imports = ("onnxruntime",)
     bench_order = 1
 

@@ -70,6 +70,7 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 class TorchRuntime(Runtime):
     imports = ("torch",)
+    measures_memory = False  # a module in this process: the host's memory, not an artifact's
 
     family, suffix, package = "pytorch", None, "torch"
 

@@ -18,6 +18,7 @@ import pytest
 from mi2v_export import runtimes
 from mi2v_export.errors import BadInputError, MissingDependencyError
 from mi2v_export.runtimes import dtypes, memory
+from mi2v_export.runtimes.sessions import run_sets
 
 MB = 1 << 20
 
@@ -178,7 +179,7 @@ def test_onnxruntime_session_casts_inputs_by_name(tmp_path):
         assert np.array_equal(out["y"], x * (x % 2) - 2) and out["y"].dtype == np.float32
         assert session.run(session.ones())["y"].shape == (2, 3)  # k (2, 1) broadcast
     sets = [{"x": x, "m": x > 2, "k": np.zeros((2, 3))}]
-    assert np.array_equal(rt.run(path, _entry("onnx"), sets)[0]["y"], x * (x > 2))
+    assert np.array_equal(run_sets(rt, path, _entry("onnx"), sets)[0]["y"], x * (x > 2))
     (tmp_path / "bad.onnx").write_bytes(b"\x00garbage")
     with pytest.raises(BadInputError, match=r"^bad.onnx: onnxruntime cannot load it \(") as err:
         rt.load(tmp_path / "bad.onnx")

@@ -82,9 +82,8 @@ class ExecuTorchExporter(Exporter):
         if delegate.check is not None:
             delegate.check(options)
 
-    def runtime_memory(self, artifact: Artifact, out_dir: Path, spec: ComponentSpec,
-                       options: ExportOptions) -> int | None:
-        """The memory plan's activation buffers."""
+    def planned_memory(self, artifact: Artifact) -> int | None:
+        """The memory plan's activation buffers (what the XNNPACK / Vulkan delegates allocate is not in it)."""
         return artifact.target_info.get("planned_memory_bytes")
 
     def export(self, spec: ComponentSpec, out_dir: Path, options: ExportOptions,

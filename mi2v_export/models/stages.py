@@ -1,0 +1,180 @@
+"""The VAE encoder and decoders as a chain of steps, cut into stages that can each be tiled with their own halo.
+
+Why stages: an output pixel of the whole 720p Turbo-VAED reads 20 latent pixels each side (measured by
+benchmarks/vae_receptive_field.py), and a 720p latent is only 23 rows high, so no window smaller than the frame
+makes the whole network exact. Each block alone reads only a few of *its own* input pixels, so the chain is cut
+where the tensor between two steps is small (no larger than the component's input or output), every stage runs on
+its own windows with a halo that covers the stage's own receptive field, and the small tensors between stages are
+kept whole. Tiling stays exact (the norms are per pixel over channels), and the large feature maps of the late,
+high-resolution blocks never exist whole.
+
+A step is any module mapping one 5-D tensor (B, C, T, H, W) to another; the steps below restate the forward of
+mi2v_export/models/turbo_vaed.py and of diffusers' LTX encoder / decoder (mi2v_export/models/ltx_vae.py) step by
+step, and `stages_of` checks on the meta device that the chain produces the model's output shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import BadInputError
+from .ltx_vae import LTXDecoder, LTXEncoder
+from .turbo_vaed import TurboVAED, channel_rms_norm
+
+
+class Chain(nn.Module):
+    """Steps applied in order: one stage (or a whole component, for checking)."""
+
+    def __init__(self, steps: list[nn.Module]):
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+class _NoTemb(nn.Module):
+    """A diffusers block called without a timestep embedding (MobileI2V's VAE has no timestep conditioning)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x, None)
+
+
+class _Upsampler2dStep(nn.Module):
+    """Turbo-VAED's 2-D stage: channel RMS → SiLU → per-frame conv → pixel shuffle."""
+
+    def __init__(self, upsampler: nn.Module):
+        super().__init__()
+        self.upsampler = upsampler
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.upsampler(F.silu(channel_rms_norm(x)))
+
+
+class _TurboHead(nn.Module):
+    def __init__(self, conv_out: nn.Module):
+        super().__init__()
+        self.conv_out = conv_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(channel_rms_norm(x)))
+
+
+class _LTXDecoderHead(nn.Module):
+    """norm_out → act → conv_out → unpatchify, as diffusers' LTXVideoDecoder3d.forward ends."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.norm_out, self.conv_act, self.conv_out = decoder.norm_out, decoder.conv_act, decoder.conv_out
+        self.p, self.p_t = decoder.patch_size, decoder.patch_size_t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_out(self.conv_act(self.norm_out(x.movedim(1, -1)).movedim(-1, 1)))
+        b, _, t, h, w = x.shape
+        x = x.reshape(b, -1, self.p_t, self.p, self.p, t, h, w)
+        return x.permute(0, 1, 5, 2, 6, 4, 7, 3).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+class _LTXEncoderIn(nn.Module):
+    """patchify → conv_in, as diffusers' LTXVideoEncoder3d.forward begins."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.conv_in, self.p, self.p_t = encoder.conv_in, encoder.patch_size, encoder.patch_size_t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        p, p_t = self.p, self.p_t
+        x = x.reshape(b, c, t // p_t, p_t, h // p, p, w // p, p)
+        return self.conv_in(x.permute(0, 1, 3, 7, 5, 2, 4, 6).flatten(1, 4))
+
+
+class _LTXEncoderHead(nn.Module):
+    """norm_out → act → conv_out, keeping the posterior mean (LTXEncoder.forward's first `latent_channels`)."""
+
+    def __init__(self, encoder: nn.Module, latent_channels: int):
+        super().__init__()
+        self.norm_out, self.conv_act, self.conv_out = encoder.norm_out, encoder.conv_act, encoder.conv_out
+        self.latent_channels = latent_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_out(self.conv_act(self.norm_out(x.movedim(1, -1)).movedim(-1, 1)))
+        return x[:, : self.latent_channels]
+
+
+def steps_of(model: nn.Module) -> list[nn.Module]:
+    """The model's forward as a list of steps (BadInputError for a model that is not one of the VAE parts)."""
+    model = getattr(model, "model", model)  # the exporters' named-I/O wrapper
+    if isinstance(model, TurboVAED):
+        d = model.decoder
+        post = [_Upsampler2dStep(getattr(d, f"upsampler2d_{k}")) for k in range(1, d.num_2d_stages + 1)]
+        return [d.conv_in, d.mid_block, *d.up_blocks, *post, _TurboHead(d.conv_out)]
+    if isinstance(model, LTXDecoder):
+        d = model.decoder
+        return [d.conv_in, _NoTemb(d.mid_block), *(_NoTemb(b) for b in d.up_blocks), _LTXDecoderHead(d)]
+    if isinstance(model, LTXEncoder):
+        e = model.encoder
+        return [_LTXEncoderIn(e), *e.down_blocks, e.mid_block, _LTXEncoderHead(e, model.cfg.latent_channels)]
+    raise BadInputError(f"{type(model).__name__} cannot be tiled: only the VAE encoder and decoders can")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its module, whole-frame input and output shapes (B, C, T, H, W) on the export's frame."""
+
+    module: Chain
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+
+def _meta_shapes(steps: list[nn.Module], shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The shape after each step for a whole-frame input of `shape`, computed on the meta device (no memory)."""
+    shapes = [tuple(shape)]
+    x = torch.empty(shape, device="meta")
+    with torch.no_grad():
+        for step in steps:
+            x = _on_meta(step, x)
+            shapes.append(tuple(x.shape))
+    return shapes
+
+
+def _on_meta(step: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a step on a meta tensor, its weights swapped for meta tensors of the same shapes (the real ones stay)."""
+    params = {**dict(step.named_parameters()), **dict(step.named_buffers())}
+    meta = {k: torch.empty_like(v, device="meta") for k, v in params.items()}
+    return torch.func.functional_call(step, meta, (x,))
+
+
+def stages_of(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stage]:
+    """Cut the model's steps before every step that changes the spatial size, where the tensor there is no larger
+    than the component's input or output (so the tensors kept whole between stages stay small)."""
+    steps = steps_of(model)
+    shapes = _meta_shapes(steps, input_shape)
+    limit = max(_numel(shapes[0]), _numel(shapes[-1]))
+    groups: list[list[int]] = [[]]
+    for i, step in enumerate(steps):
+        resizes = shapes[i][-2:] != shapes[i + 1][-2:]
+        if resizes and groups[-1] and _numel(shapes[i]) <= limit:
+            groups.append([])
+        groups[-1].append(i)
+    return [Stage(Chain([steps[i] for i in g]), shapes[g[0]], shapes[g[-1] + 1]) for g in groups]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+__all__ = ["Chain", "Stage", "steps_of", "stages_of"]

@@ -1,0 +1,117 @@
+"""Opening a manifest entry on a runtime: the one place that knows a tiled artifact is several stage models run
+window by window (mi2v_export/tiling.py) and stitched, so every consumer (verify, bench, generate, the output
+checks) sees the component's whole-frame inputs and outputs either way.
+
+A tiled entry's `tiling` record lists its stages in order, each with its own file and plan; `TiledSession` loads
+every stage once and runs them one after another, keeping only the whole tensors between stages (small by
+construction, mi2v_export/models/stages.py). Torch-free, like the rest of the runtime layer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from .. import tiling
+from ..errors import BadInputError
+from . import dtypes
+from .base import Inputs, Runtime, Session, TensorSpec
+
+TILING_FORMAT = 1  # the `tiling` record's layout; a reader refuses records of a later one
+STAGE_INPUT, STAGE_OUTPUT = "x", "y"  # every stage model's I/O names
+
+
+def is_tiled(entry: Any) -> bool:
+    return bool(getattr(entry, "tiling", None))
+
+
+def check_record(record: Mapping) -> None:
+    """BadInputError for a tiling record this version cannot run (a later format, or no stages)."""
+    fmt = record.get("format")
+    if fmt != TILING_FORMAT:
+        raise BadInputError(f"tiling record format {fmt} is not supported (this mi2v runs format {TILING_FORMAT}); "
+                            "upgrade mi2v")
+    if not record.get("stages"):
+        raise BadInputError("the tiling record lists no stages")
+
+
+def _stage_entry(entry: Any, stage: Mapping) -> SimpleNamespace:
+    """What a runtime adapter reads from an entry, for one stage model (its I/O names are "x" and "y")."""
+    shape_in, shape_out = tuple(stage["input_window"]), tuple(stage["output_window"])
+    io = SimpleNamespace
+    return SimpleNamespace(target=entry.target, delegate=entry.delegate, precision=entry.precision,
+                           target_info=getattr(entry, "target_info", None), flags=getattr(entry, "flags", None),
+                           inputs=[io(name=STAGE_INPUT, shape=shape_in, dtype=entry.inputs[0].dtype)],
+                           outputs=[io(name=STAGE_OUTPUT, shape=shape_out, dtype=entry.outputs[0].dtype)])
+
+
+class TiledSession(Session):
+    """A tiled component: its stage sessions, run window by window and stitched (`on_tile(stage, index, count,
+    ms)` hears about each window, for a benchmark's per-tile times)."""
+
+    def __init__(self, runtime: Runtime, folder: Path, entry: Any, **options: Any):
+        record = entry.tiling
+        check_record(record)
+        self.runtime, self.path, self.record = runtime.name, folder / entry.file, record
+        self.inputs = [TensorSpec(t.name, tuple(t.shape), t.dtype) for t in entry.inputs]
+        self.outputs = [TensorSpec(t.name, tuple(t.shape), t.dtype) for t in entry.outputs]
+        self.on_tile: Callable[[int, int, int], None] | None = None
+        self.stages: list[Session] = []
+        try:
+            for stage in record["stages"]:
+                path = _contained(folder, stage["file"])
+                self.stages.append(runtime.load(path, _stage_entry(entry, stage), **options))
+        except BaseException:
+            self.close()
+            raise
+        self.backend, self.threads = self.stages[0].backend, self.stages[0].threads
+
+    def prepare(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        spec = self.inputs[0]
+        return np.asarray(inputs[spec.name], dtype=dtypes.numpy_dtype(spec.dtype))
+
+    def execute(self, prepared: np.ndarray) -> np.ndarray:
+        x = prepared
+        for k, (session, stage) in enumerate(zip(self.stages, self.record["stages"])):
+            plan = tiling.stage_from_record(stage["plan"], x.shape[-2:])
+            report = None if self.on_tile is None else (lambda i, n, k=k: self.on_tile(k, i, n))
+            x = tiling.run_tiled(lambda w, s=session: s.run({STAGE_INPUT: w})[STAGE_OUTPUT], x, plan.grid,
+                                 plan.scale_in, plan.scale_out, report)
+        return x
+
+    def collect(self, raw: np.ndarray) -> Inputs:
+        return {self.outputs[0].name: raw}
+
+    def close(self) -> None:
+        for session in self.stages:
+            session.close()
+        self.stages = []
+
+
+def _contained(folder: Path, name: str) -> Path:
+    """A stage file named by the manifest, refused when it leaves the artifact's folder."""
+    path = (folder / name).resolve()
+    if folder.resolve() not in path.parents:
+        raise BadInputError(f"the tiling record names {name!r}, outside the artifact's folder")
+    return path
+
+
+def open_session(runtime: Runtime, path: str | os.PathLike | None, entry: Any = None, **options: Any) -> Session:
+    """Load an artifact: a tiled entry's stages (its folder is `path`'s), any other file as the runtime loads it."""
+    if is_tiled(entry):
+        return TiledSession(runtime, Path(path).parent, entry, **options)
+    return runtime.load(path, entry, **options)
+
+
+def run_sets(runtime: Runtime, path: str | os.PathLike, entry: Any, sets: list[Inputs]) -> list[Inputs]:
+    """Load once and run each input set; one output dict per set."""
+    with open_session(runtime, path, entry) as session:
+        return [session.run(feeds) for feeds in sets]
+
+
+__all__ = ["TILING_FORMAT", "TiledSession", "check_record", "is_tiled", "open_session", "run_sets"]
