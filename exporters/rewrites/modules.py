@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mi2v_export.models.shuffle import depth_to_space, space_to_depth
+
 # ---------------------------------------------------------------------------------------------------------------
 # conv3d_as_conv2d — Conv3d as Conv2d over (B·T_out) frames
 
@@ -91,38 +93,7 @@ def apply_conv3d_as_conv2d(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # shuffle_rank5 — rank-≤5 depth-to-space / space-to-depth
 
-# factors are (size, axis) from the outermost channel sub-index to the innermost; axis 2/3/4 = T/H/W
-
-
-def depth_to_space(x: torch.Tensor, factors: list[tuple[int, int]]) -> torch.Tensor:
-    """Move channel sub-indices into T/H/W: channel = ((c·f0 + i0)·f1 + i1)…, i_k → axis_k (as index·f + i_k)."""
-    for size, axis in reversed(factors):
-        if size == 1:
-            continue
-        b, ct, t, h, w = x.shape
-        y = x.reshape(b * (ct // size), size, t, h, w)
-        if axis == 4:
-            x = y.permute(0, 2, 3, 4, 1).reshape(b, ct // size, t, h, w * size)
-        elif axis == 3:
-            x = y.permute(0, 2, 3, 1, 4).reshape(b, ct // size, t, h * size, w)
-        else:
-            x = y.permute(0, 2, 1, 3, 4).reshape(b, ct // size, t * size, h, w)
-    return x
-
-
-def space_to_depth(x: torch.Tensor, factors: list[tuple[int, int]]) -> torch.Tensor:
-    """Inverse of depth_to_space with the same factor list."""
-    for size, axis in factors:
-        if size == 1:
-            continue
-        b, ct, t, h, w = x.shape
-        if axis == 4:
-            x = x.reshape(b * ct, t, h, w // size, size).permute(0, 4, 1, 2, 3).reshape(b, ct * size, t, h, w // size)
-        elif axis == 3:
-            x = x.reshape(b * ct, t, h // size, size, w).permute(0, 3, 1, 2, 4).reshape(b, ct * size, t, h // size, w)
-        else:
-            x = x.reshape(b * ct, t // size, size, h, w).permute(0, 2, 1, 3, 4).reshape(b, ct * size, t // size, h, w)
-    return x
+# (depth_to_space / space_to_depth live in mi2v_export/models/shuffle.py: the tiling stages use them too)
 
 
 def _ltx_classes():

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import BadInputError
 from .ltx_vae import LTXDecoder, LTXEncoder
+from .shuffle import depth_to_space, space_to_depth
 from .turbo_vaed import TurboVAED, channel_rms_norm
 
 
@@ -71,7 +72,8 @@ class _TurboHead(nn.Module):
 
 
 class _LTXDecoderHead(nn.Module):
-    """norm_out → act → conv_out → unpatchify, as diffusers' LTXVideoDecoder3d.forward ends."""
+    """norm_out → act → conv_out → unpatchify, as diffusers' LTXVideoDecoder3d.forward ends (its rank-8
+    unpatchify as the rank-≤5 chain of mi2v_export/models/shuffle.py: XNNPACK allows at most 6 dims)."""
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
@@ -80,23 +82,18 @@ class _LTXDecoderHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_out(self.conv_act(self.norm_out(x.movedim(1, -1)).movedim(-1, 1)))
-        b, _, t, h, w = x.shape
-        x = x.reshape(b, -1, self.p_t, self.p, self.p, t, h, w)
-        return x.permute(0, 1, 5, 2, 6, 4, 7, 3).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        return depth_to_space(x, [(self.p_t, 2), (self.p, 4), (self.p, 3)])
 
 
 class _LTXEncoderIn(nn.Module):
-    """patchify → conv_in, as diffusers' LTXVideoEncoder3d.forward begins."""
+    """patchify → conv_in, as diffusers' LTXVideoEncoder3d.forward begins (rank-≤5 patchify, as above)."""
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.conv_in, self.p, self.p_t = encoder.conv_in, encoder.patch_size, encoder.patch_size_t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        p, p_t = self.p, self.p_t
-        x = x.reshape(b, c, t // p_t, p_t, h // p, p, w // p, p)
-        return self.conv_in(x.permute(0, 1, 3, 7, 5, 2, 4, 6).flatten(1, 4))
+        return self.conv_in(space_to_depth(x, [(self.p_t, 2), (self.p, 4), (self.p, 3)]))
 
 
 class _LTXEncoderHead(nn.Module):
