@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ._options import (AllowModified, ArtifactFolders, Checkpoints, Decoder, Frames, MinPsnr, Out, Preset, Report,
                        Resolution, Steps, refine)
-from ._render import bars_view, console, is_quiet, result_notes, say, stage_bars
+from ._render import bars_view, console, human_bytes, is_quiet, result_notes, say, stage_bars
 
 Fallback = Enum("Fallback", {"none": "none", "pytorch": "pytorch"}, type=str)
 Posterior = Enum("Posterior", {"sample": "sample", "mean": "mean"}, type=str)
@@ -115,6 +115,10 @@ def _print_summary(result, reference, host_s: dict) -> None:
         row("compare (latents, PSNR, SSIM)", "", host_s["compare"])
     row("write mp4 + contact sheet", "", host_s["write"])
     console.print(table)
+    peak, base = result.memory.get("peak_rss_bytes"), result.memory.get("baseline_rss_bytes")
+    if peak is not None:
+        console.print(f"run peak resident memory: {human_bytes(peak)} ({human_bytes(peak - (base or 0))} above the "
+                      "process before the run; one stage loaded at a time)")
 
 
 def _print_comparison(comparison: dict) -> None:

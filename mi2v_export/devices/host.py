@@ -23,6 +23,7 @@ from .. import qnn, runtimes
 from ..contract import cpu_model
 from ..qnn import RUNTIME as QNN_RUNTIME
 from ..runtimes import Runtime, Session, memory
+from ..runtimes.sessions import TiledSession, is_tiled, open_session
 from ..errors import BadInputError, MissingDependencyError, first_line
 from .base import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
 from .cpus import cpu_list, parse_mask
@@ -57,9 +58,12 @@ def bench_artifact(
     threads: int | None = None,
     qnn_soc: str | None = None,
     qnn_fp16: bool = True,
+    entry: Any = None,
 ) -> RunResult:
     """Load the artifact, run `warmup` discarded iterations then `iterations` timed ones, in this process.
-    `qnn_soc`: an EPContext model compiled for that SoC's HTP, run on the HTP simulator (simulated timings)."""
+    `qnn_soc`: an EPContext model compiled for that SoC's HTP, run on the HTP simulator (simulated timings).
+    `entry`: its manifest entry; a tiled one runs every tile of every stage per iteration (runtimes/sessions.py),
+    and the result lists the tiles and their times."""
     if iterations < 1 or warmup < 0:
         raise BadInputError("iterations must be ≥ 1 and warm-up ≥ 0")
     path = Path(path)
@@ -68,9 +72,9 @@ def bench_artifact(
     which = runtime_for(path, runtime)
     scoped = memory.reset_peak() == memory.RESET
     if which == "onnxruntime":
-        result = _bench_onnx(path, warmup, iterations, threads, qnn_soc, qnn_fp16)
+        result = _bench_onnx(path, warmup, iterations, threads, qnn_soc, qnn_fp16, entry)
     else:
-        result = _bench_pte(path, warmup, iterations, threads)
+        result = _bench_pte(path, warmup, iterations, threads, entry)
     result.peak_rss_kb = memory.peak_rss_kb()
     result.peak_rss_scope = "component" if scoped else "process"
     return result
@@ -93,18 +97,24 @@ def _timed(session: Session, path: Path, warmup: int, iterations: int, failed: s
 
 
 def _bench_onnx(path: Path, warmup: int, iterations: int, threads: int | None, qnn_soc: str | None = None,
-                qnn_fp16: bool = True) -> RunResult:
+                qnn_fp16: bool = True, entry: Any = None) -> RunResult:
     """onnxruntime's CPU EP, or the QNN EP's HTP simulator for a QNN EPContext model (`qnn_soc`)."""
     if qnn_soc:
         runtime, options = runtimes.get(QNN_RUNTIME), {"soc": qnn_soc, "fp16": qnn_fp16}
     else:
         runtime, options = runtimes.get("onnxruntime"), {"threads": threads}
+    return _bench_session(runtime, path, entry, options, warmup, iterations, "onnxruntime failed to run")
+
+
+def _bench_session(runtime: Runtime, path: Path, entry: Any, options: dict, warmup: int, iterations: int,
+                   failed: str) -> RunResult:
     t0 = time.perf_counter()
-    with runtime.load(path, **options) as session:
+    with open_session(runtime, path, entry, **options) as session:
         load_ms = (time.perf_counter() - t0) * 1000
-        warm, samples = _timed(session, path, warmup, iterations, "onnxruntime failed to run")
+        warm, samples = _timed(session, path, warmup, iterations, failed)
+        tiles = session.tile_summary() if isinstance(session, TiledSession) else None
     return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
-                     backend=session.backend, threads=threads or session.threads)
+                     backend=session.backend, threads=options.get("threads") or session.threads, tiles=tiles)
 
 
 def _pte_runtime(path: Path, data: bytes) -> Runtime:
@@ -122,15 +132,12 @@ def _pte_runtime(path: Path, data: bytes) -> Runtime:
     return runtime
 
 
-def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None) -> RunResult:
+def _bench_pte(path: Path, warmup: int, iterations: int, threads: int | None, entry: Any = None) -> RunResult:
     data = path.read_bytes()
     runtime = _pte_runtime(path, data)
-    t0 = time.perf_counter()
-    with runtime.load(path, threads=threads, data=data) as session:
-        load_ms = (time.perf_counter() - t0) * 1000
-        warm, samples = _timed(session, path, warmup, iterations, "the ExecuTorch runtime failed to execute")
-    return RunResult(load_ms=load_ms, samples_ms=samples, warmup_ms=warm, exit_code=0,
-                     backend=session.backend, threads=threads or session.threads)
+    options = {"threads": threads} if is_tiled(entry) else {"threads": threads, "data": data}
+    return _bench_session(runtime, path, entry, options, warmup, iterations,
+                          "the ExecuTorch runtime failed to execute")
 
 
 def host_facts() -> dict[str, object]:
@@ -259,7 +266,8 @@ class HostDevice(BenchDevice):
         for r in range(opts.runs):
             self.say(f"{sel.component}: {sel.entry.file} on {sel.runtime}, run {r + 1}/{opts.runs}: "
                      f"{warmup} warm-up + {iterations} timed iterations")
-            run = bench_artifact(path, sel.runtime, warmup, iterations, self.threads, **qnn_target)
+            run = bench_artifact(path, sel.runtime, warmup, iterations, self.threads, entry=sel.entry,
+                                 **qnn_target)
             run.peak_rss_method = "in-process-vmhwm"
             comp.runs.append(run)
         comp.runtime["backend"] = comp.runs[-1].backend

@@ -136,6 +136,8 @@ class RunResult:
     mean_only_ms: float | None = None  # runners older than ExecuTorch 1.3 print only a total (→ mean)
     etdump: str | None = None  # pulled ETDump, relative to the report
     wall_s: float | None = None  # the whole runner process, as seen from the host
+    # a tiled component: per stage its file, windows per call and median window time (runtimes/sessions.py)
+    tiles: list[dict[str, Any]] | None = None
 
 
 @dataclass

@@ -104,6 +104,7 @@ def build_report(config: GenerateConfig, result: GenerateResult, reference: Gene
         "reference_backends": reference.backends,
         **comparison,
         "timings_s": {"artifacts": _timing_record(result), "reference": _timing_record(reference)},
+        "memory": {"artifacts": result.memory, "reference": reference.memory},
         "notes": result.notes,
     }
 

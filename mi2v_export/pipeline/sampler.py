@@ -24,6 +24,7 @@ import torch
 
 from ..contract import COMPONENTS, DECODER, DENOISER, ENCODER
 from ..errors import BadInputError, Mi2vError
+from ..runtimes import memory
 from ..shapes import VideoGeometry, geometry
 from .media import FIT_MODES, preprocess_image, to_uint8_frames
 from .stages import Stage
@@ -119,6 +120,8 @@ class GenerateResult:
     step_times: list[float]
     backends: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    # the run's resident memory (mi2v_export/runtimes/memory.py): peak, the baseline before it, the method
+    memory: dict = field(default_factory=dict)
 
     @property
     def final_latent(self) -> torch.Tensor:
@@ -145,6 +148,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         notes: list[str] = []
 
+        baseline, method = memory.rss_bytes(), memory.reset_peak()
         t0 = time.perf_counter()
         x = self._input(image, config)
         timings["preprocess"] = time.perf_counter() - t0
@@ -156,15 +160,18 @@ class Pipeline:
         t0 = time.perf_counter()
         z_ref, mode = self._encode(x, geo, posterior or config.posterior, generator, notes)
         timings["encode"] = time.perf_counter() - t0
+        self.stages[ENCODER].release()
         progress("encode", 1, 1)
 
         latents, step_times = self._denoise(noise, z_ref, config, progress)
         timings["denoise"] = sum(step_times)
+        self.stages[DENOISER].release()
 
         progress("decode", 0, 1)
         t0 = time.perf_counter()
         video = self._decode(latents[-1], geo)
         timings["decode"] = time.perf_counter() - t0
+        self.stages[DECODER].release()
         progress("decode", 1, 1)
 
         t0 = time.perf_counter()
@@ -173,7 +180,9 @@ class Pipeline:
         timings["postprocess"] = time.perf_counter() - t0
         return GenerateResult(frames=frames, video=video, cond_latent=z_ref, latents=latents, schedule=config.schedule,
                               posterior=mode, timings=timings, step_times=step_times,
-                              backends={c: s.describe() for c, s in self.stages.items()}, notes=notes)
+                              backends={c: s.describe() for c, s in self.stages.items()}, notes=notes,
+                              memory={"peak_rss_bytes": memory.peak_rss_bytes(), "baseline_rss_bytes": baseline,
+                                      "method": method, "stages_resident": "one at a time"})
 
     @staticmethod
     def _input(image, config: GenerateConfig) -> torch.Tensor:

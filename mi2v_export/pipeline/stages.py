@@ -23,6 +23,7 @@ from ..errors import BadInputError, MissingDependencyError
 from ..qnn import RUNTIME as QNN_RUNTIME
 from ..runtimes import Runtime, Session
 from ..runtimes.pytorch import REFERENCE
+from ..runtimes.sessions import is_tiled, open_session
 
 
 class Stage(ABC):
@@ -37,6 +38,10 @@ class Stage(ABC):
     @abstractmethod
     def run(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         ...
+
+    def release(self) -> None:
+        """Free what the stage holds until its next run (the pipeline calls it when it moves on, so one stage's
+        runtime is resident at a time); a PyTorch stage keeps its module."""
 
     @property
     def provides_logvar(self) -> bool:
@@ -97,11 +102,24 @@ class ArtifactStage(Stage):
         why = runtime.available()
         if why:
             raise MissingDependencyError(self.unavailable(path, entry, why))
-        self.session = runtime.load(path, entry, **options)
+        self._open = lambda: open_session(runtime, path, entry, **options)  # a tiled entry: its stages
+        self.session: Session | None = self._open()
         # what GenerateResult.backends names: the runtime family, or the simulator a QNN model runs on
         self.backend = QNN_RUNTIME if runtime.name == QNN_RUNTIME else runtime.family
         self._check_contract(path)
         self.precision = "fp16" if any(t.dtype == "float16" for t in self.session.inputs) else "fp32"
+        self.tiled, self.output_names = is_tiled(entry), list(self.session.output_names)
+        self.release()  # checked; loaded again when it runs, once the stage before it is released
+
+    def release(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    def _loaded(self) -> Session:
+        if self.session is None:
+            self.session = self._open()
+        return self.session
 
     def unavailable(self, path: Path, entry: Any, why: str) -> str:
         return f"{path.name}: {why}; use another artifact of the {self.component} here, or --fallback pytorch"
@@ -117,16 +135,20 @@ class ArtifactStage(Stage):
 
     @property
     def provides_logvar(self) -> bool:
-        return self.component == ENCODER and "logvar" in self.session.output_names
+        return self.component == ENCODER and "logvar" in self.output_names
 
     def input_shapes(self) -> dict[str, tuple]:
-        return self.session.input_shapes()
+        return self._loaded().input_shapes()
 
     def run(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        unexpected = [n for n in self.session.input_names if n not in inputs]
+        session = self._loaded()
+        unexpected = [n for n in session.input_names if n not in inputs]
         if unexpected:
             raise BadInputError(f"{Path(self.source).name}: unexpected input {unexpected[0]!r}")
-        return run_session(self.session, inputs)
+        return run_session(session, inputs)
+
+    def describe(self) -> str:
+        return super().describe() + (" (tiled)" if self.tiled else "")
 
 
 class OnnxStage(ArtifactStage):

@@ -10,7 +10,8 @@ construction, mi2v_export/models/stages.py). Torch-free, like the rest of the ru
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -51,8 +52,7 @@ def _stage_entry(entry: Any, stage: Mapping) -> SimpleNamespace:
 
 
 class TiledSession(Session):
-    """A tiled component: its stage sessions, run window by window and stitched (`on_tile(stage, index, count,
-    ms)` hears about each window, for a benchmark's per-tile times)."""
+    """A tiled component: its stage sessions, run window by window and stitched."""
 
     def __init__(self, runtime: Runtime, folder: Path, entry: Any, **options: Any):
         record = entry.tiling
@@ -60,7 +60,7 @@ class TiledSession(Session):
         self.runtime, self.path, self.record = runtime.name, folder / entry.file, record
         self.inputs = [TensorSpec(t.name, tuple(t.shape), t.dtype) for t in entry.inputs]
         self.outputs = [TensorSpec(t.name, tuple(t.shape), t.dtype) for t in entry.outputs]
-        self.on_tile: Callable[[int, int, int], None] | None = None
+        self.tile_ms: list[list[float]] = []
         self.stages: list[Session] = []
         try:
             for stage in record["stages"]:
@@ -76,13 +76,22 @@ class TiledSession(Session):
         return np.asarray(inputs[spec.name], dtype=dtypes.numpy_dtype(spec.dtype))
 
     def execute(self, prepared: np.ndarray) -> np.ndarray:
+        """Every stage over its windows; `tile_ms` keeps each stage's per-window times of this call."""
         x = prepared
-        for k, (session, stage) in enumerate(zip(self.stages, self.record["stages"])):
+        self.tile_ms = []
+        for session, stage in zip(self.stages, self.record["stages"]):
             plan = tiling.stage_from_record(stage["plan"], x.shape[-2:])
-            report = None if self.on_tile is None else (lambda i, n, k=k: self.on_tile(k, i, n))
-            x = tiling.run_tiled(lambda w, s=session: s.run({STAGE_INPUT: w})[STAGE_OUTPUT], x, plan.grid,
-                                 plan.scale_in, plan.scale_out, report)
+            times: list[float] = []
+            self.tile_ms.append(times)
+            x = tiling.run_tiled(lambda w, s=session, t=times: _timed_run(s, w, t), x, plan.grid,
+                                 plan.scale_in, plan.scale_out)
         return x
+
+    def tile_summary(self) -> list[dict]:
+        """Per stage: its file, windows per call and median window time (ms) of the last call."""
+        return [{"stage": k, "file": stage["file"], "tiles": len(times),
+                 "median_tile_ms": round(float(np.median(times)), 3) if times else None}
+                for k, (stage, times) in enumerate(zip(self.record["stages"], self.tile_ms))]
 
     def collect(self, raw: np.ndarray) -> Inputs:
         return {self.outputs[0].name: raw}
@@ -91,6 +100,13 @@ class TiledSession(Session):
         for session in self.stages:
             session.close()
         self.stages = []
+
+
+def _timed_run(session: Session, window: np.ndarray, times: list[float]) -> np.ndarray:
+    t0 = time.perf_counter()
+    out = session.run({STAGE_INPUT: window})[STAGE_OUTPUT]
+    times.append((time.perf_counter() - t0) * 1000)
+    return out
 
 
 def _contained(folder: Path, name: str) -> Path:
