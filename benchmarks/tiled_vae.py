@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,10 +68,31 @@ def export(folder: Path, args, extra: list[str]) -> dict:
            "--out", str(folder), "--json", *extra]
     if args.delegate:
         cmd += ["--delegate", args.delegate]
+    if args.precision:
+        cmd += ["--precision", args.precision]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
     if done.returncode:
-        raise SystemExit(f"export {extra} failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise ExportFailed((done.stderr.strip().splitlines() or ["?"])[-1])
     return json.loads(done.stdout)["artifacts"][0]
+
+
+class ExportFailed(Exception):
+    pass
+
+
+def export_budget(folder: Path, args) -> tuple[dict, dict]:
+    """The budget's export; where no tile fits, the refusal is recorded and the smallest feasible budget it
+    names is exported instead."""
+    try:
+        return export(folder, args, ["--memory-budget", str(args.budget)]), {"budget_mib": args.budget}
+    except ExportFailed as exc:
+        text = str(exc)
+        if "no tile fits" not in text:
+            raise SystemExit(f"export failed: {text}") from None
+        need = float(text.rsplit("--memory-budget ", 1)[1].split()[0])
+        shutil.rmtree(folder, ignore_errors=True)
+        entry = export(folder, args, ["--memory-budget", str(need)])
+        return entry, {"budget_mib": args.budget, "refused": text, "smallest_feasible_mib": need}
 
 
 def child(folder: Path, component: str, runs: int, save: str = "-", runtime: str = "") -> dict:
@@ -102,6 +124,7 @@ def main() -> None:
     ap.add_argument("--resolution", default="720x1280")
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--budget", type=float, default=512)
+    ap.add_argument("--precision", help="fp32 (default) or fp16")
     ap.add_argument("--tile", action="append", default=[], help="also a fixed tile HxW (repeatable)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-process", type=int, default=2)
@@ -110,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="mi2v-tiled-"))
     forms = {"untiled": export(work / "untiled", args, [])}
-    forms[f"budget {args.budget:g} MiB"] = export(work / "budget", args, ["--memory-budget", str(args.budget)])
+    forms[f"budget {args.budget:g} MiB"], budget = export_budget(work / "budget", args)
     for tile in args.tile:
         forms[f"tile {tile}"] = export(work / f"tile-{tile}", args, ["--tile", tile])
     folders = {"untiled": work / "untiled", f"budget {args.budget:g} MiB": work / "budget",
@@ -138,7 +161,8 @@ def main() -> None:
         rec["process_peak_bytes_median"] = int(statistics.median(rec["process_peaks"]))
     result = {"benchmark": "tiled_vae", "target": args.target, "delegate": args.delegate,
               "component": args.component, "decoder": args.decoder if args.component == "decoder" else None,
-              "preset": args.preset, "resolution": args.resolution, "frames": args.frames, "budget_mib": args.budget,
+              "preset": args.preset, "resolution": args.resolution, "frames": args.frames, "budget": budget,
+              "precision": args.precision or "fp32",
               "rounds": args.rounds, "per_process": args.per_process, "baseline_bytes": baseline,
               "machine": {"cpu_model": contract.cpu_model(), "cpu_flags": contract.cpu_flags(),
                           "cores": os.cpu_count(), "load_average": list(os.getloadavg())},

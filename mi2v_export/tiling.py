@@ -151,6 +151,12 @@ def plan_stage(in_hw: tuple[int, int], out_hw: tuple[int, int], video_hw: tuple[
     return StagePlan(grid, scale_in, scale_out, unit)
 
 
+def tile_count(record: Mapping) -> int:
+    """Windows per call of a stage, from its plan record."""
+    rows, cols = record["grid"]
+    return int(rows) * int(cols)
+
+
 def stage_from_record(record: Mapping, in_hw: tuple[int, int]) -> StagePlan:
     """Rebuild a stage's plan from its record for an input of `in_hw` pixels; BadInputError when that frame is
     not the one the (fixed-size) tile model was exported for."""

@@ -17,14 +17,18 @@ import os
 import platform
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..errors import DeviceError
 from ..files import sha256_file
+from ..runtimes.sessions import is_tiled, stage_entry
+from ..tiling import run_tiled, stage_from_record, tile_count
 from .adb import Adb, AdbDevice, AdbTimeout
 from .android_session import AndroidSession, StagedFile
 from .base import BenchDevice, BenchOptions, BenchReport, ComponentResult, DeviceFacts, RunResult, Say, Selection
 from .output_check import raw_outputs
+from .report import percentile
 from .registry import Defaults, DeviceKind, register
 from .runner_checks import (
     RUNNER_FOR_RUNTIME,
@@ -162,7 +166,8 @@ class AdbRunnerDevice(AdbPhone):
             for r in range(opts.runs):
                 self.say(f"{sel.component}: {sel.entry.file} with {runner.name}, run {r + 1}/{opts.runs}: "
                          f"{opts.warmup} warm-up + {opts.iterations} timed iterations")
-                comp.runs.append(self._run_once(sel, comp, runner, r))
+                comp.runs.append(self._run_tiled(sel, comp, runner, r) if is_tiled(sel.entry)
+                                 else self._run_once(sel, comp, runner, r))
             if opts.etdump and sel.runtime == "executorch":
                 comp.runtime["etdump"] = self._profile(sel, runner)
         except AdbTimeout:
@@ -179,32 +184,52 @@ class AdbRunnerDevice(AdbPhone):
         return comp
 
     @staticmethod
-    def _remote_names(sel: Selection) -> tuple[str, str | None]:
-        """The model's and its external data's names in the staging folder: checked parts only (selection.remote_name)."""
-        data = next((f.file for f in sel.entry.extra_files if f.role == "external_data"), None)
-        return remote_name(sel.entry.file), remote_name(data) if data else None
+    def _remote_names(sel: Selection, stage: int | None = None) -> tuple[str, str | None]:
+        """The model's and its external data's names in the staging folder: checked parts only (selection.remote_name);
+        `stage`: a tiled entry's stage model instead (its data has the role "s<k>.external_data")."""
+        role = "external_data" if not stage else f"s{stage}.external_data"
+        data = next((f.file for f in sel.entry.extra_files if f.role == role), None)
+        model = sel.entry.file if stage is None else sel.entry.tiling["stages"][stage]["file"]
+        return remote_name(model), remote_name(data) if data else None
 
-    def _run_once(self, sel: Selection, comp: ComponentResult, runner: Runner, r: int) -> RunResult:
+    def _run_tiled(self, sel: Selection, comp: ComponentResult, runner: Runner, r: int) -> RunResult:
+        """A tiled component: each stage's tile model timed by the runner, one process each; an iteration of the
+        component is every stage's iteration times its windows per call (the phone runs the same windows; the
+        stitching copies between them are the app's and not timed here)."""
+        runs = [self._run_once(sel, comp, runner, r, stage=k) for k in range(len(sel.entry.tiling["stages"]))]
+        counts = [tile_count(stage["plan"]) for stage in sel.entry.tiling["stages"]]
+        total = [sum(n * run.samples_ms[i] for n, run in zip(counts, runs)) for i in range(len(runs[0].samples_ms))]
+        peaks = [run.peak_rss_kb for run in runs if run.peak_rss_kb is not None]
+        return RunResult(load_ms=sum(run.load_ms or 0 for run in runs), samples_ms=total, exit_code=0,
+                         peak_rss_kb=max(peaks) if peaks else None, peak_rss_method=runs[0].peak_rss_method,
+                         peak_rss_scope="runner", backend=runs[0].backend,
+                         tiles=[{"stage": k, "file": stage["file"], "tiles": n,
+                                 "median_tile_ms": percentile(run.samples_ms, 50) if run.samples_ms else None}
+                                for k, (stage, n, run) in enumerate(zip(sel.entry.tiling["stages"], counts, runs))])
+
+    def _run_once(self, sel: Selection, comp: ComponentResult, runner: Runner, r: int,
+                  stage: int | None = None) -> RunResult:
         """One runner process (warm-up inside it); its ETDump or result CSV pulled next to the report."""
         s, opts = self.session, self.opts
         assert s is not None
+        tag = sel.component if stage is None else f"{sel.component}.s{stage}"
         if sel.runtime == "executorch":
-            model, data = self._remote_names(sel)
+            model, data = self._remote_names(sel, stage)
             run, text = s.run_executorch(runner, model, data, opts.warmup, opts.iterations, opts.timeout)
             run.backend = comp.runtime["backend"]
             if "--- logcat ---" in text:
                 comp.runtime["log_channel"] = "logcat"
-            dump = s.pull_if_exists("model.etdump", self.extras / f"{sel.component}.run{r}.etdump")
+            dump = s.pull_if_exists("model.etdump", self.extras / f"{tag}.run{r}.etdump")
             if dump is not None:
                 run.etdump = os.path.relpath(dump, self.json_dir)
                 s.warnings.append(f"{runner.name} wrote an ETDump in the timed run (built with the event tracer): "
                                   "its timings include profiling overhead")
             return run
-        csv = self.extras / f"{sel.component}.run{r}.csv"
+        csv = self.extras / f"{tag}.run{r}.csv"
         self.extras.mkdir(parents=True, exist_ok=True)
         qnn = qnn_run_options(sel.entry.target_info) if sel.entry.delegate == "qnn" else None
-        run, _ = s.run_ort(runner, self._remote_names(sel)[0], opts.warmup, opts.iterations, opts.timeout,
-                           f"runs_{sel.component}_{r}.csv", csv, qnn=qnn)
+        run, _ = s.run_ort(runner, self._remote_names(sel, stage)[0], opts.warmup, opts.iterations, opts.timeout,
+                           f"runs_{tag}_{r}.csv", csv, qnn=qnn)
         run.backend = "qnn-htp" if qnn else "cpu"
         csv.unlink(missing_ok=True)
         return run
@@ -218,21 +243,38 @@ class AdbRunnerDevice(AdbPhone):
         if not {"inputs", "output_file"} <= runner.flags:
             return f"{runner.name} on the device has no --inputs / --output_file flags"
         local = self.extras / "vectors" / sel.component
-        outputs = [self._outputs_of_set(sel, runner, local, n, vs) for n, vs in enumerate(sets)]
+        outputs = [self._stitched_set(sel, runner, local, n, vs) if is_tiled(sel.entry)
+                   else self._outputs_of_set(sel, runner, local, n, vs) for n, vs in enumerate(sets)]
         return outputs, f"{runner.name}/{sel.entry.delegate or 'portable'}"
 
-    def _outputs_of_set(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any) -> dict[str, Any]:
+    def _stitched_set(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any) -> dict[str, Any]:
+        """A tiled entry's whole-frame outputs: every window runs on the device (one runner call each) and the
+        host stitches them with the runtime layer's tile loop (mi2v_export/tiling.py), as the app does."""
+        x = next(iter(vs.inputs.values()))
+        for k, stage in enumerate(sel.entry.tiling["stages"]):
+            plan = stage_from_record(stage["plan"], x.shape[-2:])
+            view = stage_entry(sel.entry, stage)
+            count = iter(range(plan.grid.count))
+            run = lambda w, k=k, view=view: self._outputs_of_set(  # noqa: E731
+                sel, runner, local, n, SimpleNamespace(inputs={"x": w}), stage=k, entry=view,
+                base=f"{sel.component}.s{k}.w{next(count)}")["y"]
+            x = run_tiled(run, x, plan.grid, plan.scale_in, plan.scale_out)
+        return {sel.entry.outputs[0].name: x}
+
+    def _outputs_of_set(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any, stage: int | None = None,
+                        entry: Any = None, base: str | None = None) -> dict[str, Any]:
         s = self.session
         assert s is not None
         local.mkdir(parents=True, exist_ok=True)
-        d, base = s.remote_dir, f"{sel.component}.set{n}.out"
+        entry, tag = entry or sel.entry, base or sel.component
+        d, base = s.remote_dir, f"{tag}.set{n}.out"
         remote = []
         for k, array in enumerate(vs.inputs.values()):  # pushed beside the artifact, not part of its staging
-            path = local / f"{sel.component}.set{n}.in{k}.bin"
+            path = local / f"{tag}.set{n}.in{k}.bin"
             path.write_bytes(array.tobytes())
             remote.append(f"{d}/{path.name}")
             s.dev.push(path, remote[-1])
-        model, data = self._remote_names(sel)
+        model, data = self._remote_names(sel, stage)
         args = [f"--model_path={d}/{model}", "--num_executions=1", "--inputs=" + ",".join(remote),
                 f"--output_file={d}/{base}"]
         if data and "data_path" in runner.flags:
@@ -243,10 +285,10 @@ class AdbRunnerDevice(AdbPhone):
         s.dev.shell(["rm", "-f", *remote])  # the inputs are not kept on the phone
         if rc != 0:
             raise RunnerFailure(runner_failure(runner.name, rc, out + err, [], []), out + err)
-        files = [s.pull_if_exists(f"{base}-{k}.bin", local / f"{base}-{k}.bin") for k in range(len(sel.entry.outputs))]
+        files = [s.pull_if_exists(f"{base}-{k}.bin", local / f"{base}-{k}.bin") for k in range(len(entry.outputs))]
         if any(f is None for f in files):
             raise DeviceError(f"{runner.name} wrote no {base}-<i>.bin output files for the {sel.component}")
-        return raw_outputs(files, sel.entry)
+        return raw_outputs(files, entry)
 
     def _profile(self, sel: Selection, runner: Runner) -> str | None:
         """--etdump: a separate one-iteration run with --etdump_path; the pulled file, relative to the report."""

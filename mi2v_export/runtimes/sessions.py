@@ -41,7 +41,7 @@ def check_record(record: Mapping) -> None:
         raise BadInputError("the tiling record lists no stages")
 
 
-def _stage_entry(entry: Any, stage: Mapping) -> SimpleNamespace:
+def stage_entry(entry: Any, stage: Mapping) -> SimpleNamespace:
     """What a runtime adapter reads from an entry, for one stage model (its I/O names are "x" and "y")."""
     shape_in, shape_out = tuple(stage["input_window"]), tuple(stage["output_window"])
     io = SimpleNamespace
@@ -52,7 +52,9 @@ def _stage_entry(entry: Any, stage: Mapping) -> SimpleNamespace:
 
 
 class TiledSession(Session):
-    """A tiled component: its stage sessions, run window by window and stitched."""
+    """A tiled component: its stage sessions, run window by window and stitched. Every stage stays loaded (a
+    benchmark repeats calls) but asks its runtime for low memory (`low_memory`: each adapter takes what it can),
+    since several sessions live at once."""
 
     def __init__(self, runtime: Runtime, folder: Path, entry: Any, **options: Any):
         record = entry.tiling
@@ -65,7 +67,7 @@ class TiledSession(Session):
         try:
             for stage in record["stages"]:
                 path = _contained(folder, stage["file"])
-                self.stages.append(runtime.load(path, _stage_entry(entry, stage), **options))
+                self.stages.append(runtime.load(path, stage_entry(entry, stage), low_memory=True, **options))
         except BaseException:
             self.close()
             raise
@@ -130,4 +132,4 @@ def run_sets(runtime: Runtime, path: str | os.PathLike, entry: Any, sets: list[I
         return [session.run(feeds) for feeds in sets]
 
 
-__all__ = ["TILING_FORMAT", "TiledSession", "check_record", "is_tiled", "open_session", "run_sets"]
+__all__ = ["TILING_FORMAT", "TiledSession", "check_record", "is_tiled", "open_session", "run_sets", "stage_entry"]

@@ -1,0 +1,189 @@
+"""Tiled VAE exports (issue 24) at the tiny preset, through `mi2v export` / `mi2v verify` as a user runs them:
+the stitched output against PyTorch on onnxruntime and on ExecuTorch XNNPACK, the stages and their fields, the
+measured memory, the budget search, and every bad input (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mi2v_export import models, tiling
+from mi2v_export.models.receptive import decoder_probe, receptive_field
+from mi2v_export.models.stages import Chain, stages_of, steps_of
+from tests.conftest import run_cli, tiny_vae_part
+
+
+TINY = ["--preset", "tiny"]
+
+
+def _one_error(proc) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("part", ["turbo-vaed", "ltx-decoder", "ltx-encoder"])
+def test_the_stages_compose_to_the_model(part):
+    model, x = tiny_vae_part(part)
+    with torch.no_grad():
+        whole = model(x)
+        chained = Chain(steps_of(model))(x)
+    assert torch.equal(whole, chained)
+    stages = stages_of(model, tuple(x.shape))
+    assert len(stages) >= 2 and stages[0].input_shape == tuple(x.shape)
+    assert stages[-1].output_shape == tuple(whole.shape)
+    for a, b in zip(stages, stages[1:]):
+        assert a.output_shape == b.input_shape
+
+
+def test_each_stage_reads_far_less_than_the_whole_decoder():
+    """The point of cutting: every stage's field, in video pixels, is narrower than the whole Turbo-VAED's."""
+    model, _ = tiny_vae_part("turbo-vaed")
+    whole = receptive_field(model, decoder_probe(128), 1, 32) * 32
+    stages = stages_of(model, (1, 128, 2, 8, 8))
+    video = (8 * 32, 8 * 32)
+    for stage in stages:
+        s_in, s_out, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
+        c, t = stage.input_shape[1:3]
+        probe = lambda n, c=c, t=t, s=s_in: torch.randn(1, c, t, n * s, n * s)  # noqa: E731
+        field = receptive_field(stage.module, probe, s_in, s_out)
+        plan = tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, (64, 64), field)
+        assert field * plan.unit_px[0] < whole, (field, plan.unit_px, whole)
+
+
+@pytest.mark.parametrize("target", [["--target", "onnx"], ["--target", "executorch", "--delegate", "xnnpack"]])
+def test_tiled_export_is_exact_and_verifies(target, tmp_path):
+    out = tmp_path / "tiled"
+    proc = run_cli("export", *target, *TINY, "--component", "encoder,decoder", "--tile", "64x64", "--out", out,
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    entries = {e["component"]: e for e in json.loads(proc.stdout)["artifacts"]}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema_version"] == 2
+    for name, e in entries.items():
+        t = e["tiling"]
+        assert t["exact"] and t["blending"] == "none" and t["tile"] == [64, 64] and t["format"] == 1
+        assert t["tiles"] > len(t["stages"]), t  # at least one stage really runs several windows
+        assert e["parity"]["rel_l2"] <= 1e-5, e["parity"]
+        assert [f["role"] for f in e["extra_files"] if f["role"].startswith("tile_stage")]
+        assert e["inputs"][0]["shape"] == ([1, 3, 1, 128, 192] if name == "encoder" else [1, 128, 2, 4, 6])
+        memory = e["runtime_memory"]
+        assert memory["bytes"] > 0 and memory["baseline_bytes"] > 0 and "fresh process" in memory["method"]
+        for stage in t["stages"]:
+            assert (out / stage["file"]).is_file()
+    proc = run_cli("verify", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    checks = json.loads(proc.stdout)
+    checks = checks.get("artifacts", checks) if isinstance(checks, dict) else checks
+    assert all(c["passed"] for c in checks), checks
+
+
+def test_a_smaller_halo_is_blended_and_measured(tmp_path):
+    out = tmp_path / "blend"
+    proc = run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "32x32", "--halo", "0",
+                   "--out", out, "--json", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    e = json.loads(proc.stdout)["artifacts"][0]
+    assert e["tiling"]["exact"] is False and e["tiling"]["blending"] == "linear"
+
+
+def test_a_corrupted_stage_fails_verify_naming_the_component(tmp_path):
+    out = tmp_path / "tiled"
+    assert run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64", "--out",
+                   out).returncode == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    stage = manifest["components"][0]["tiling"]["stages"][-1]["file"]
+    data = bytearray((out / stage).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / stage).write_bytes(bytes(data))
+    proc = run_cli("verify", out)
+    assert proc.returncode != 0
+    assert "decoder" in proc.stdout + proc.stderr and stage in proc.stdout + proc.stderr
+
+
+def test_memory_budget_picks_a_tile_that_fits_or_names_the_smallest_feasible(tmp_path):
+    out = tmp_path / "budget"
+    proc = run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--memory-budget", "1",
+                   "--out", out)
+    assert proc.returncode == 2
+    line = _one_error(proc)
+    assert "no tile fits" in line and "--memory-budget" in line
+    need = int(line.rsplit("--memory-budget ", 1)[1].split()[0])
+    assert not out.exists()
+    proc = run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--memory-budget",
+                   str(need + 20), "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    e = json.loads(proc.stdout)["artifacts"][0]
+    assert e["runtime_memory"]["bytes"] <= (need + 20) * 2 ** 20
+    assert e["tiling"]["probes"] and e["tiling"]["memory_budget_mib"] == need + 20
+    assert not [p for p in out.iterdir() if p.name.startswith(".probe")]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--tile", "100x64"], "multiples of 32"),
+    (["--tile", "64"], "HxW"),
+    (["--tile", "256x256"], "larger than the 128x192 frame"),
+    (["--tile", "64x64", "--memory-budget", "100"], "not both"),
+    (["--memory-budget", "-3"], "positive number of MiB"),
+    (["--halo", "32"], "give --tile or --memory-budget"),
+    (["--tile", "64x64", "--halo", "7"], "multiple of 32"),
+    (["--tile", "64x64", "--component", "denoiser"], "encoder and decoder only"),
+    (["--tile", "64x64", "--precision", "w8a8"], "fp32 or fp16"),
+])
+def test_bad_tiling_flags_are_one_line_and_write_nothing(flags, says, tmp_path):
+    out = tmp_path / "out"
+    args = ["export", "--target", "onnx", *TINY, *flags, "--out", out]
+    if "--component" not in flags:
+        args += ["--component", "decoder"]
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert says in _one_error(proc)
+    assert not out.exists()
+
+
+def test_an_older_reader_refuses_a_tiled_folder_and_this_one_refuses_a_newer_record(tmp_path):
+    out = tmp_path / "tiled"
+    assert run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64",
+                   "--out", out).returncode == 0
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    data = json.loads((older / "manifest.json").read_text())
+    assert data["schema_version"] == 2  # what a version-1 reader (every mi2v before tiling) refuses in one line
+    data["components"][0]["tiling"]["format"] = 99
+    (older / "manifest.json").write_text(json.dumps(data))
+    proc = run_cli("verify", older, "--no-record", "--allow-modified")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "tiling record format 99 is not supported" in text
+
+
+def test_stitching_on_numpy_matches_the_model_for_every_stage():
+    """The runtime layer's loop on the PyTorch stages (no exporter): exact at the stages' fields."""
+    model, z = tiny_vae_part("turbo-vaed")
+    z = torch.randn(1, 128, 2, 8, 12, generator=torch.Generator().manual_seed(1))
+    stages = stages_of(model, tuple(z.shape))
+    x = z.numpy()
+    with torch.no_grad():
+        want = model(z).numpy()
+    for stage in stages:
+        s_in, s_out, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
+        c, t = stage.input_shape[1:3]
+        probe = lambda n, c=c, t=t, s=s_in: torch.randn(1, c, t, n * s, n * s)  # noqa: E731
+        field = receptive_field(stage.module, probe, s_in, s_out)
+        plan = tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], want.shape[-2:], (64, 64), field)
+        assert plan.grid.count > 1 or stage is stages[0]
+        with torch.no_grad():
+            x = tiling.run_tiled(lambda w, m=stage.module: m(torch.from_numpy(w)).numpy(), x, plan.grid,
+                                 plan.scale_in, plan.scale_out)
+    assert np.linalg.norm(x - want) / np.linalg.norm(want) < 1e-5
+
+
+def test_models_package_is_untouched_by_tiling():
+    """Tiling cuts the loaded model without changing it (the stages share its modules and weights)."""
+    model = models.load_decoder("turbo-vaed", preset="tiny")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stages_of(model, (1, 128, 2, 4, 6))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
