@@ -163,16 +163,30 @@ def export_stages(spec: ComponentSpec, exporter, options: ExportOptions, folder:
             extra[f"tile_stage_{k}"] = art.file
         extra.update({f"s{k}.{role}": f for role, f in art.extra_files.items()})
         entries.append({"file": art.file, "input_window": list(win_in), "output_window": list(win_out),
-                        "plan": p.record()})
+                        "plan": p.record(), "target_info": art.target_info, "delegation": art.delegation})
     record["stages"] = entries
     dtype = first.inputs[0].dtype
     inputs = [TensorInfo(n, tuple(int(d) for d in x.shape), dtype) for n, x in spec.inputs.items()]
     outputs = [TensorInfo(spec.output_names[0], tuple(int(d) for d in stages[-1].output_shape), dtype)]
     artifact = Artifact(file=first.file, inputs=inputs, outputs=outputs, extra_files=extra,
-                        target_info=dict(first.target_info, tiled_stages=len(stages)), delegation=first.delegation,
+                        target_info=_worst_of(entries, "target_info", "_share"),
+                        delegation=_worst_of(entries, "delegation", "_share_delegated") or None,
                         stages_s=seconds, rewrites=first.rewrites)
     artifact.tiling = record
     return artifact, checks
+
+
+def _worst_of(entries: list[dict], key: str, suffix: str) -> dict:
+    """The first stage's record of `key` with every share (fields ending in `suffix`) replaced by the lowest over
+    the stages: "100 % on the HTP" holds for a tiled component only when it holds for each stage."""
+    records = [e[key] for e in entries if e.get(key)]
+    if not records:
+        return {}
+    out = dict(records[0], tiled_stages=len(entries)) if key == "target_info" else dict(records[0])
+    for name, value in records[0].items():
+        if name.endswith(suffix) and isinstance(value, (int, float)):
+            out[name] = min(r.get(name, value) for r in records)
+    return out
 
 
 def tiling_record(name: str, stages: list[Stage], plans: list[tiling.StagePlan], request: TileRequest,

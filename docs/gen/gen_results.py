@@ -16,6 +16,7 @@ from pathlib import Path
 
 import gen_results_devices as devices
 import gen_results_kinds as kinds
+import gen_results_memory as memory
 from gen_common import REPO, code, escape, machine_lines, read_json, rel, table
 
 RESULT_DIRS = (REPO / "benchmarks" / "results", REPO / "benchmarks" / "sample_reports")
@@ -24,13 +25,15 @@ RENDER: dict[str, Callable[[object, str, dict], str]] = {
     "precision": kinds.precision, "recipe": kinds.recipe, "w4_units": kinds.w4_units, "fp16_gemm": kinds.fp16_gemm,
     "export": kinds.export, "attention": kinds.attention, "qnn": devices.qnn, "qnn_blocks": devices.qnn_blocks,
     "bench_report": devices.bench_report, "release_plan": devices.release_plan,
-    "receptive_field": kinds.receptive_field, "other": kinds.other,
+    "receptive_field": kinds.receptive_field, "tiled_vae": memory.tiled_vae, "ort_memory": memory.ort_memory,
+    "other": kinds.other,
 }
 WRITERS = {
     "precision": "`benchmarks/precision.py`", "w4_units": "`benchmarks/w4_sensitive_units.py`",
     "fp16_gemm": "`benchmarks/xnnpack_fp16_gemm.py`", "qnn": "`benchmarks/qnn.py`",
     "qnn_blocks": "`benchmarks/qnn_decoder_blocks.py`", "release_plan": "`benchmarks/release_plan.py`",
     "attention": "`benchmarks/attention.py`", "receptive_field": "`benchmarks/vae_receptive_field.py`",
+    "tiled_vae": "`benchmarks/tiled_vae.py`", "ort_memory": "`benchmarks/ort_memory_settings.py`",
     "bench_report": "`mi2v bench --report`",
     "export": "`mi2v export` (its manifest entries; the command is in the file)",
     "recipe": "a `mi2v export --recipe` run with its gates (the command is in the file)",
@@ -84,10 +87,10 @@ TOPICS = (
     Topic("results/phone-bench.md", "Phone benchmarks", ("bench_report",),
           "`mi2v bench` reports kept as samples ([guide](../guides/benchmarking.md)). A report from the "
           "simulated phone says `simulated_device: true`: its times are the host's, not a phone's."),
-    Topic("results/tiling.md", "Memory and tiling", ("receptive_field",),
-          "How far one output pixel of each VAE part reads into its input, measured by autograd "
-          "(`mi2v_export/models/receptive.py`): the halo an exact spatial tile needs "
-          "([architecture](../architecture.md#memory-and-tiling)). " + SEEDED),
+    Topic("results/tiling.md", "Memory and tiling", ("tiled_vae", "ort_memory", "receptive_field"),
+          "Tiled against untiled VAE components (measured runtime memory: a fresh process's peak above its "
+          "baseline; time side by side), onnxruntime's memory settings, and how far one output pixel of each "
+          "VAE part reads into its input, the halo an exact tile needs ([guide](../guides/memory.md)). " + SEEDED),
     Topic("results/other.md", "Other result files", ("other",),
           "Result files of a kind the docs generator does not know yet (listed so that none is left out)."),
 )
@@ -105,6 +108,7 @@ def kind_of(data: object) -> str:
         ("export", "entries" in data), ("qnn_blocks", "stages" in data and "soc" in data),
         ("qnn", "target_info" in data and "simulator" in data), ("release_plan", "runs" in data and "plan" in data),
         ("attention", "cases" in data), ("receptive_field", data.get("benchmark") == "vae_receptive_field"),
+        ("tiled_vae", data.get("benchmark") == "tiled_vae"), ("ort_memory", data.get("benchmark") == "ort_memory_settings"),
     )
     return next((kind for kind, hit in checks if hit), "other")
 

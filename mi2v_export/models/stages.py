@@ -24,7 +24,8 @@ from torch import nn
 from ..errors import BadInputError
 from .ltx_vae import LTXDecoder, LTXEncoder
 from .shuffle import depth_to_space, space_to_depth
-from .turbo_vaed import TurboVAED, channel_rms_norm
+from . import turbo_vaed
+from .turbo_vaed import TurboVAED
 
 
 class Chain(nn.Module):
@@ -59,7 +60,7 @@ class _Upsampler2dStep(nn.Module):
         self.upsampler = upsampler
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.upsampler(F.silu(channel_rms_norm(x)))
+        return self.upsampler(F.silu(turbo_vaed.channel_rms_norm(x)))
 
 
 class _TurboHead(nn.Module):
@@ -68,7 +69,7 @@ class _TurboHead(nn.Module):
         self.conv_out = conv_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(F.silu(channel_rms_norm(x)))
+        return self.conv_out(F.silu(turbo_vaed.channel_rms_norm(x)))
 
 
 class _LTXDecoderHead(nn.Module):

@@ -1,0 +1,51 @@
+"""How the memory results are shown: the tiled-VAE comparison (benchmarks/tiled_vae.py) and onnxruntime's memory
+settings (benchmarks/ort_memory_settings.py), from the fields their writers record (their docstrings describe
+the JSON). A value a file lacks shows as a dash.
+"""
+
+from __future__ import annotations
+
+import gen_plots as plots
+from gen_common import code, escape, figure, mb, num, table
+
+
+def _memory(form: dict) -> int | None:
+    return (form.get("runtime_memory") or {}).get("bytes")
+
+
+def tiled_vae(data: dict, anchor: str, images: dict) -> str:
+    forms = data.get("forms", [])
+    rows = [[escape(f.get("form")), code(f.get("file")), "×".join(map(str, f.get("tile") or [])) or "whole frame",
+             num(f.get("tiles_per_call"), "d"), num(f.get("median_s"), ".2f", unit=" s"),
+             num(f.get("time_ratio_vs_untiled"), ".2f", unit="x"), mb(_memory(f)),
+             mb((f.get("runtime_memory") or {}).get("planned_bytes")), mb(f.get("process_peak_bytes_median")),
+             num(f.get("rel_l2_vs_untiled"), ".1e"), num(f.get("export_rel_l2"), ".1e")] for f in forms]
+    budget = data.get("budget") or {}
+    lines = [f"- **{code(data.get('component'))}** ({escape(str(data.get('decoder') or 'LTX encoder'))}) on "
+             f"{code(data.get('target'))}{'/' + data['delegate'] if data.get('delegate') else ''}, "
+             f"{code(data.get('precision', 'fp32'))}, {code(data.get('resolution'))} × {data.get('frames')} frames, "
+             f"{data.get('rounds')} rounds × {data.get('per_process')} runs per fresh process, forms taking turns",
+             f"- **budget** {num(budget.get('budget_mib'), 'g')} MiB"
+             + (f": refused ({escape(budget['refused'], True)}); the table's budget form is the smallest feasible, "
+                f"{num(budget.get('smallest_feasible_mib'), 'g')} MiB" if budget.get("refused") else ""), "",
+             table(["form", "file", "tile (px)", "tile runs per call", "time per call (median)", "vs untiled",
+                    "runtime memory (measured)", "planned", "process peak over runs", "rel L2 vs untiled",
+                    "rel L2 vs PyTorch (export)"], rows)]
+    if len(forms) > 1:
+        labels = [f.get("form") for f in forms]
+        png = plots.bar_panels(anchor, labels, [
+            ("measured runtime memory (MiB)", [(_memory(f) or 0) / 2 ** 20 for f in forms], None),
+            ("time vs untiled", [f.get("time_ratio_vs_untiled") for f in forms], 1.0)])
+        lines.append(figure(images, anchor, png, f"{anchor}: memory and time per form"))
+    return "\n".join(lines)
+
+
+def ort_memory(data: dict, anchor: str, images: dict) -> str:
+    settings = data.get("settings", {})
+    rows = [[code(name), escape(str(s.get("setting") or "defaults")), mb(s.get("runtime_memory_bytes")),
+             num(s.get("median_run_s"), ".2f", unit=" s"), num(s.get("time_vs_default"), ".2f", unit="x"),
+             escape(s.get("error") or "", True)] for name, s in settings.items()]
+    return "\n".join([f"- **model** {code(data.get('model'))} {escape(data.get('label') or '')}, "
+                      f"{mb(data.get('model_bytes'))}, {data.get('repeats')} runs per setting", "",
+                      table(["setting", "session options", "memory above baseline", "median run", "vs default",
+                             "error"], rows)])
