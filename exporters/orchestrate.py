@@ -367,26 +367,7 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
                                seconds=spec.stages_s.get("reference")))
 
     fp32_bytes = _calibrate(name, spec, options, ctx, stage, done)
-    t0 = time.perf_counter()
-    tiles = options.tiles if name in tiled.TILED_COMPONENTS else tiled.TileRequest()
-    measured = None
-    if tiles.active:
-        artifact, checks, measured = tiled.export_component(spec, exporter, options, staging, progress, tiles)
-    else:
-        artifact = exporter.export(spec, staging, options, progress)
-    stages["export"] = time.perf_counter() - t0
-    for k, v in artifact.stages_s.items():
-        stages[f"export.{k}"] = v
-    if options.test_vectors:
-        fmt = exporter.test_vector_format
-        _write_test_vectors(testvectors.NPZ if artifact.tiling and fmt == testvectors.BUNDLED_PROGRAM else fmt,
-                            artifact, spec, options, staging, stage, done)
-
-    if not tiles.active:
-        t0 = stage("inspect")
-        checks = exporter.inspect(artifact, staging, spec, options)
-        done("inspect", t0, f"{len(checks)} checks")
-
+    artifact, checks, measured = _produce(spec, exporter, options, staging, progress, stage, done, stages)
     parity_record = _verify(name, request, exporter, options, spec, artifact, staging, stage, done, progress, ctx)
 
     sha, size = tree_digest(staging / artifact.file)
@@ -409,6 +390,31 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
     del spec, artifact
     gc.collect()
     return entry
+
+
+def _produce(spec, exporter, options: ExportOptions, staging: Path, progress: ProgressCallback, stage, done,
+             stages: dict[str, float]):
+    """(artifact, inspect checks, measured memory or None): the export (tiled when asked, exporters/tiled.py),
+    its test vectors (whole-frame; a tiled ExecuTorch entry's as .npz, a bundled program holds one model) and the
+    structural checks."""
+    t0 = time.perf_counter()
+    tiles = options.tiles if spec.name in tiled.TILED_COMPONENTS else tiled.TileRequest()
+    measured = None
+    if tiles.active:
+        artifact, checks, measured = tiled.export_component(spec, exporter, options, staging, progress, tiles)
+    else:
+        artifact = exporter.export(spec, staging, options, progress)
+    stages["export"] = time.perf_counter() - t0
+    stages.update({f"export.{k}": v for k, v in artifact.stages_s.items()})
+    if options.test_vectors:
+        fmt = exporter.test_vector_format
+        _write_test_vectors(testvectors.NPZ if artifact.tiling and fmt == testvectors.BUNDLED_PROGRAM else fmt,
+                            artifact, spec, options, staging, stage, done)
+    if not tiles.active:
+        t0 = stage("inspect")
+        checks = exporter.inspect(artifact, staging, spec, options)
+        done("inspect", t0, f"{len(checks)} checks")
+    return artifact, checks, measured
 
 
 def _verify(name: str, request: ExportRequest, exporter, options: ExportOptions, spec, artifact, staging: Path,

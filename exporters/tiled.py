@@ -274,6 +274,12 @@ def _cost(stages: list[Stage], plans: list[tiling.StagePlan]) -> int:
     return max(math.prod(i) + math.prod(o) for i, o in (_window_shape(s, p) for s, p in zip(stages, plans)))
 
 
+def suggested_budget(peak_bytes: int) -> int:
+    """A budget the smallest tile meets again: its measured peak plus 5 %, rounded up to 10 MiB (two fresh
+    processes differ by about 1 %)."""
+    return int(math.ceil(peak_bytes * 1.05 / MIB / 10) * 10)
+
+
 def _fit_budget(spec, exporter, options, staging, progress, request, stages, fields):
     """Binary search, largest candidate first, over distinct plans ordered by window size: each probe exports
     into its own folder and is measured; the chosen probe's files move into `staging`."""
@@ -308,7 +314,8 @@ def _fit_budget(spec, exporter, options, staging, progress, request, stages, fie
     if not probe(last):
         peak = (tried[last][3] or {}).get("bytes")
         tile = ordered[last][0]
-        need = f"use --memory-budget {math.ceil(peak / MIB)} or more" if peak else "its peak could not be measured"
+        need = (f"use --memory-budget {suggested_budget(peak)} or more (a measured peak varies by a few percent)"
+                if peak else "its peak could not be measured")
         raise BadInputError(f"--memory-budget {request.budget_mib:g}: no tile fits; the smallest, "
                             f"{tile[0]}x{tile[1]}, peaks at {(peak or 0) / MIB:.0f} MiB: {need}")
     lo, hi = 0, last

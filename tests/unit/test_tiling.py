@@ -83,12 +83,29 @@ def test_an_encoder_direction_stitches_latents():
 
 
 def test_the_record_round_trips_and_refuses_another_frame():
-    grid = tiling.plan_grid((23, 40), (8, 8), 3, 3)
-    record = grid.record()
-    assert record["tile"] == [256, 256] and record["grid"] == [3, 5] and record["exact"]
-    assert tiling.grid_from_record(record, (23, 40)) == grid
-    with pytest.raises(BadInputError, match="does not fit"):
-        tiling.grid_from_record(record, (12, 40))
+    plan = tiling.plan_stage((23, 40), (46, 80), (736, 1280), (256, 256), 3)
+    record = plan.record()
+    assert record["tile"] == [8, 8] and record["grid"] == [3, 5] and record["exact"]
+    assert record["scale_in"] == 1 and record["scale_out"] == 2 and record["unit_px"] == [32, 32]
+    assert tiling.stage_from_record(record, (23, 40)) == plan
+    assert tiling.tile_count(record) == 15
+    with pytest.raises(BadInputError, match="export it again"):
+        tiling.stage_from_record(record, (12, 40))
+
+
+def test_a_downsampling_stage_plans_on_its_output_grid_and_keeps_a_ragged_axis_whole():
+    """The 720p encoder's last stage: 45 rows → 23 (ceil division) cannot split rows; 80 columns → 40 can."""
+    plan = tiling.plan_stage((45, 80), (23, 40), (720, 1280), (256, 256), 2)
+    assert plan.scale_in == 2 and plan.scale_out == 1
+    assert plan.grid.rows.count == 1 and plan.grid.cols.count > 1
+    assert plan.unit_px == (None, 32)
+    x = np.random.default_rng(0).standard_normal((1, 2, 1, 45, 80)).astype(np.float32)
+
+    def pool(w):  # a 2x2 stride-2 average with a ceil-divided last row: a field of 0 output units
+        h = (w.shape[-2] + 1) // 2
+        padded = np.concatenate([w, np.zeros_like(w[..., :1, :])], axis=-2)[..., : 2 * h, :]
+        return padded.reshape(*w.shape[:-2], h, 2, w.shape[-1] // 2, 2).mean(axis=(-3, -1))
+    assert np.allclose(tiling.run_tiled(pool, x, plan.grid, plan.scale_in, plan.scale_out), pool(x))
 
 
 @pytest.mark.parametrize("text", ["100x64", "64", "0x64", "axb", "-32x64"])
