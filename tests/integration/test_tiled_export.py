@@ -187,3 +187,25 @@ def test_models_package_is_untouched_by_tiling():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stages_of(model, (1, 128, 2, 4, 6))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("target", [["--target", "coreml"], ["--target", "executorch", "--delegate", "vulkan"]])
+def test_targets_without_a_runtime_here_still_tile_and_say_why_not_run(target, tmp_path):
+    out = tmp_path / "tiled"
+    proc = run_cli("export", *target, *TINY, "--component", "decoder", "--tile", "64x64", "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    e = json.loads(proc.stdout)["artifacts"][0]
+    assert len(e["tiling"]["stages"]) >= 2 and e["parity"]["verified_on"] == [] and e["parity"]["reason"]
+    assert all((out / s["file"]).exists() for s in e["tiling"]["stages"])
+
+
+@pytest.mark.slow
+def test_qnn_tiles_are_all_on_the_htp_and_stitch_on_the_simulator(tmp_path):
+    out = tmp_path / "qnn"
+    proc = run_cli("export", "--target", "onnx", "--delegate", "qnn", "--precision", "fp16", *TINY, "--component",
+                   "decoder", "--tile", "64x64", "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    e = json.loads(proc.stdout)["artifacts"][0]
+    assert e["target_info"]["htp_node_share"] == 1.0
+    assert all(s["target_info"]["htp_node_share"] == 1.0 for s in e["tiling"]["stages"])
+    assert e["parity"]["verified_on"][0]["runtime"] == "qnn-htp-simulator" and e["parity"]["psnr_db"] >= 40
