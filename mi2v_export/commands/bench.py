@@ -115,6 +115,12 @@ def render_report(report, path: Path | None = None) -> None:
             console.print(f"output check, {c.component}: {verdict} on {check['runtime']}: PSNR {check['psnr_db']} dB, "
                           f"rel_l2 {check['rel_l2']} ({check['gate']}, {check['sets']} set(s))", highlight=False)
     for c in report.components:
+        tiles = next((r.tiles for r in c.runs if r.tiles), None)
+        if tiles:
+            per = ", ".join(f"{t['tiles']} × {_ms(t.get('median_tile_ms'))} ms" for t in tiles)
+            console.print(f"tiles, {c.component}: {sum(t['tiles'] for t in tiles)} per call over {len(tiles)} stages "
+                          f"(tiles × median tile time: {per})", highlight=False)
+    for c in report.components:
         if c.status != "ok" and c.error:
             console.print(f"[red]{c.component}[/red]: {c.error}")
     unc = (report.conditions or {}).get("uncontrolled") or []
