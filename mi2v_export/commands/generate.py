@@ -54,6 +54,9 @@ def generate(
     min_psnr: refine(MinPsnr, help="with --compare-to: per-frame PSNR gate in dB (default 40 for fp32 artifacts, 30 "
                      "for fp16)") = None,
     allow_modified: AllowModified = False,
+    memory_budget: float | None = typer.Option(None, "--memory-budget", help="MiB: run only artifacts whose "
+                                               "measured runtime memory (manifest) fits, e.g. the tiled decoder "
+                                               "among several; the stages load one at a time"),
 ) -> None:
     """Generate a video from an image: encode → denoise (flow-matching Euler) → decode.
 
@@ -67,7 +70,7 @@ def generate(
         fallback=fallback.value, preset=preset and preset.value, decoder=decoder and decoder.value, steps=steps,
         seed=seed, resolution=resolution, frames=frames, flow_score=flow_score, posterior=posterior.value,
         fit=fit.value, fps=fps, compare_to=compare_to and compare_to.value, report=report_path, min_psnr=min_psnr,
-        allow_modified=allow_modified)
+        allow_modified=allow_modified, memory_budget=memory_budget)
     plan = pl.plan_generate(request)  # bad flags, images, folders fail here, before any model is built
     geo = plan.config.geometry
     say(f"mi2v generate {image.name} → {out.name}: {plan.preset}, {geo.height}x{geo.width}x{geo.frames} (latent "

@@ -68,22 +68,37 @@ def parse_use(values: Sequence[str]) -> dict[str, str]:
     return use
 
 
-def select_entry(manifests: Sequence, component: str, target: str | None = None):
+def select_entry(manifests: Sequence, component: str, target: str | None = None, budget: int | None = None):
     """(manifest, entry) for a component: the first folder that has it (of `target` if given); inside it the
     most preferred artifact this host runs (Manifest.candidates), else the most preferred one (its stage then says
-    why it cannot run). None when no folder has the component."""
+    why it cannot run). With a `budget` (bytes), only artifacts whose measured runtime memory fits it count, in any
+    folder: BadInputError naming the smallest when the component has artifacts but none fits. None when no folder
+    has the component."""
+    over: list = []
     for m in manifests:
-        runnable, refused = m.candidates(component, lambda e: _refusal(e, target))
+        runnable, refused = m.candidates(component, lambda e: _refusal(e, target, budget))
+        over += [(m, e) for e, why in refused if why == "over budget"]
         wanted = [e for e, why in refused if why == "not here"]
         if runnable or wanted:
             return m, (runnable or wanted)[0]
+    if over:
+        measured = [(e.runtime_memory_bytes, m, e) for m, e in over if e.runtime_memory_bytes is not None]
+        smallest = min(measured, key=lambda t: t[0]) if measured else None
+        what = (f"the smallest measured is {smallest[2].file} in {smallest[1].folder}, "
+                f"{smallest[0] / 2 ** 20:.0f} MiB" if smallest else "none has a measured runtime memory")
+        raise BadInputError(f"--memory-budget {budget / 2 ** 20:g}: no {component} artifact fits ({what}); export "
+                            f"one with `mi2v export --component {component} --memory-budget ...`")
     return None
 
 
-def _refusal(entry, target: str | None) -> str | None:
+def _refusal(entry, target: str | None, budget: int | None = None) -> str | None:
     if target is not None and entry.target != target:
         return "other target"
-    return None if runnable_here(entry) else "not here"
+    if not runnable_here(entry):
+        return "not here"
+    if budget is not None and (entry.runtime_memory_bytes is None or entry.runtime_memory_bytes > budget):
+        return "over budget"
+    return None
 
 
 def check_artifacts(manifest, geo: VideoGeometry, preset: str, decoder: str) -> None:
@@ -139,11 +154,12 @@ def build_stages(preset: str, decoder: str = "turbo-vaed", geo: VideoGeometry | 
                  artifacts: Sequence = (), checkpoints: Sequence = (), fallback: str | None = None,
                  parts: dict | None = None, use: dict[str, str] | None = None,
                  progress: ProgressFn = no_progress, allow_modified: bool = False,
-                 modified: list | None = None) -> dict[str, Stage]:
+                 modified: list | None = None, budget: int | None = None) -> dict[str, Stage]:
     """One stage per component: from the first artifacts folder (path or read_artifacts manifest) that has it —
     of the target `use[component]` when given — else PyTorch when there are no folders or `fallback == "pytorch"`,
     else a BadInputError naming the missing component. An artifact that differs from its manifest is refused
-    unless `allow_modified` (mi2v_export/integrity.py); the modified files run anyway are added to `modified`."""
+    unless `allow_modified` (mi2v_export/integrity.py); the modified files run anyway are added to `modified`.
+    `budget` (bytes): only artifacts whose measured runtime memory fits it (`select_entry`)."""
     if fallback not in (None, "none", "pytorch"):
         raise BadInputError(f"fallback must be 'pytorch' or 'none', got {fallback!r}")
     manifests = [a if hasattr(a, "components") else read_artifacts(a) for a in artifacts]
@@ -156,7 +172,7 @@ def build_stages(preset: str, decoder: str = "turbo-vaed", geo: VideoGeometry | 
     stages: dict[str, Stage] = {}
     for i, component in enumerate(COMPONENTS):
         progress("load", i, len(COMPONENTS))
-        hit = select_entry(manifests, component, use.get(component))
+        hit = select_entry(manifests, component, use.get(component), budget)
         if hit is not None:
             manifest, entry = hit
             changed = check_entry(manifest, entry, allow_modified=allow_modified)

@@ -55,6 +55,7 @@ class GenerateRequest:
     report: Path | None = None  # the comparison report (JSON)
     min_psnr: float | None = None  # the comparison gate; None: the artifacts' manifest gate (pipeline.gate_of)
     allow_modified: bool = False  # run artifacts that differ from their manifest (mi2v_export/integrity.py)
+    memory_budget: float | None = None  # MiB: only artifacts whose measured runtime memory fits (one stage at a time)
 
 
 @dataclass
@@ -100,6 +101,9 @@ def plan_generate(request: GenerateRequest) -> GeneratePlan:
         raise BadInputError("--compare-to reference compares exported artifacts with PyTorch: pass --artifacts DIR")
     if r.fps < 1:
         raise BadInputError(f"--fps must be positive, got {r.fps}")
+    if r.memory_budget is not None and (not r.artifacts or r.memory_budget <= 0):
+        raise BadInputError("--memory-budget picks among exported artifacts by their measured memory: pass "
+                            "--artifacts DIR and a positive number of MiB")
     if r.fallback not in ("none", "pytorch"):
         raise BadInputError(f"--fallback must be 'none' or 'pytorch', got {r.fallback!r}")
     flow_schedule(r.steps)  # validates the step count
@@ -140,7 +144,7 @@ def run_generate(request: GenerateRequest, progress: ProgressFn = no_progress,
         stages = build_stages(plan.preset, plan.decoder, plan.config.geometry, plan.manifests,
                               fallback=request.fallback, parts=plan.parts, use=plan.use,
                               progress=_prefixed(progress, prefix), allow_modified=request.allow_modified,
-                              modified=modified)
+                              modified=modified, budget=_budget_bytes(request))
         seconds["run"] = time.perf_counter() - t0
         precision = precision_of(stages)
         manifest_gate = gate_of(stages)  # the trajectory gate the artifacts passed at export, if any
@@ -160,6 +164,10 @@ def run_generate(request: GenerateRequest, progress: ProgressFn = no_progress,
                                + [f"{m.file} differs from its manifest (--allow-modified)" for m in modified]))
     return GenerateRun(plan=plan, result=result, reference=reference, comparison=comparison, seconds=seconds,
                        notes=notes, sheet=sheet)
+
+
+def _budget_bytes(request: GenerateRequest) -> int | None:
+    return None if request.memory_budget is None else int(request.memory_budget * 2 ** 20)
 
 
 def _prefixed(progress: ProgressFn, prefix: str) -> ProgressFn:

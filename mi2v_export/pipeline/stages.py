@@ -102,7 +102,10 @@ class ArtifactStage(Stage):
         why = runtime.available()
         if why:
             raise MissingDependencyError(self.unavailable(path, entry, why))
-        self._open = lambda: open_session(runtime, path, entry, **options)  # a tiled entry: its stages
+        # a tiled entry: its stages; `low_memory`: the runtime frees a run's activations (generate is about
+        # fitting the phone, and loads one stage at a time; an adapter takes what it can)
+        options = {"low_memory": True, **options}
+        self._open = lambda: open_session(runtime, path, entry, **options)
         self.session: Session | None = self._open()
         # what GenerateResult.backends names: the runtime family, or the simulator a QNN model runs on
         self.backend = QNN_RUNTIME if runtime.name == QNN_RUNTIME else runtime.family

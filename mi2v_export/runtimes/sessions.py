@@ -67,7 +67,8 @@ class TiledSession(Session):
         try:
             for stage in record["stages"]:
                 path = _contained(folder, stage["file"])
-                self.stages.append(runtime.load(path, stage_entry(entry, stage), low_memory=True, **options))
+                options = {**options, "low_memory": True}
+                self.stages.append(runtime.load(path, stage_entry(entry, stage), **options))
         except BaseException:
             self.close()
             raise
