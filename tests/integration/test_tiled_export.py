@@ -209,3 +209,31 @@ def test_qnn_tiles_are_all_on_the_htp_and_stitch_on_the_simulator(tmp_path):
     assert e["target_info"]["htp_node_share"] == 1.0
     assert all(s["target_info"]["htp_node_share"] == 1.0 for s in e["tiling"]["stages"])
     assert e["parity"]["verified_on"][0]["runtime"] == "qnn-htp-simulator" and e["parity"]["psnr_db"] >= 40
+
+
+def test_generate_runs_tiled_artifacts_one_stage_at_a_time_and_within_a_budget(tmp_path):
+    """Two decoders (whole frame and tiled): the budget between their measured memories picks the smaller one
+    (at this toy size either may be smaller: four small sessions have their own overheads)."""
+    whole, tiled = tmp_path / "whole", tmp_path / "tiled"
+    size = ["--resolution", "256x384"]
+    assert run_cli("export", "--target", "onnx", *TINY, *size, "--out", whole).returncode == 0
+    assert run_cli("export", "--target", "onnx", *TINY, *size, "--component", "decoder", "--tile", "64x64",
+                   "--out", tiled).returncode == 0
+    memory = {f.name: json.loads((f / "manifest.json").read_text())["components"] for f in (whole, tiled)}
+    decoders = {"whole": next(e for e in memory["whole"] if e["component"] == "decoder")["runtime_memory_bytes"],
+                "tiled": memory["tiled"][0]["runtime_memory_bytes"]}
+    small = min(decoders, key=decoders.get)
+    budget = sum(decoders.values()) / 2 / 2 ** 20
+    report = tmp_path / "report.json"
+    image = "mi2v_export/data/validation/chelsea.png"
+    proc = run_cli("generate", "--image", image, "--artifacts", whole, "--artifacts", tiled, "--out",
+                   tmp_path / "v.mp4", "--memory-budget", f"{budget:.2f}", "--compare-to", "reference", "--report",
+                   report)
+    assert proc.returncode == 0, proc.stderr
+    assert "run peak resident memory" in proc.stdout
+    data = json.loads(report.read_text())
+    assert data["backends"]["decoder"].endswith("(tiled)") == (small == "tiled") and data["summary"]["passed"]
+    assert data["memory"]["artifacts"]["peak_rss_bytes"] > data["memory"]["artifacts"]["baseline_rss_bytes"]
+    proc = run_cli("generate", "--image", image, "--artifacts", whole, "--artifacts", tiled, "--out",
+                   tmp_path / "w.mp4", "--memory-budget", f"{min(decoders.values()) / 2 ** 20 / 4:.2f}")
+    assert proc.returncode == 2 and "artifact fits" in _one_error(proc)
