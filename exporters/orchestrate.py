@@ -266,7 +266,8 @@ def _calibrate(name: str, spec, options: ExportOptions, ctx, stage, done) -> int
 
 def _precision_fields(entry: ArtifactEntry, fp32_bytes: int, ctx, options: ExportOptions):
     """The manifest's precision fields of one entry (the trajectory is added once every component is done)."""
-    entry.compression = round(entry.bytes / fp32_bytes, 4) if fp32_bytes else None
+    size = (entry.tiling or {}).get("bytes", entry.bytes)  # a tiled entry: all its stage models
+    entry.compression = round(size / fp32_bytes, 4) if fp32_bytes else None
     entry.export["fp32_bytes"] = fp32_bytes  # compression = bytes / fp32_bytes (the fp32 weights' size)
     entry.calibration = ctx.calibration().record() if options.calibration is not None and ctx is not None else None
     entry.recipe = options.recipe
@@ -372,6 +373,8 @@ def _export_one(name: str, request: ExportRequest, exporter, options: ExportOpti
 
     sha, size = tree_digest(staging / artifact.file)
     extra = [FileInfo(role, file, *tree_digest(staging / file)) for role, file in artifact.extra_files.items()]
+    if artifact.tiling:  # the bytes of every stage model (and their own extra files), not the first one's only
+        artifact.tiling["bytes"] = size + sum(f.bytes for f in extra if f.role != testvectors.ROLE)
     wall = time.perf_counter() - t_start
     flags = _flags(name, request, exporter, options, preset, geo, rewrite_options)
     entry = ArtifactEntry(

@@ -91,7 +91,7 @@ def stage_fields(spec: ComponentSpec) -> tuple[list[Stage], list[int]]:
     stages = stages_of(spec.module, tuple(x.shape))
     fields = []
     for stage in stages:
-        scale_in, scale_out, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
+        scale_in, scale_out, _, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
         c, t = stage.input_shape[1], stage.input_shape[2]
         generator = torch.Generator().manual_seed(0)
         probe = lambda n, c=c, t=t, s=scale_in: torch.randn(1, c, t, n * s, n * s, generator=generator)  # noqa: E731
@@ -103,13 +103,8 @@ def plan(name: str, stages: list[Stage], fields: list[int], request: TileRequest
          tile: tuple[int, int]) -> list[tiling.StagePlan]:
     """Each stage's plan for a tile of `tile` video pixels (the halo: each field, or `request.halo` pixels)."""
     video = _video_hw(name, stages)
-    plans = []
-    for stage, field in zip(stages, fields):
-        scale_in, scale_out, frame = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
-        unit = min((v // f for v, f in zip(video, frame) if v % f == 0), default=1)
-        halo = None if request.halo is None else math.ceil(request.halo / max(unit, 1))
-        plans.append(tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, tile, field, halo))
-    return plans
+    return [tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, tile, field, request.halo)
+            for stage, field in zip(stages, fields)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,18 +200,20 @@ def tiling_record(name: str, stages: list[Stage], plans: list[tiling.StagePlan],
             "memory_budget_mib": request.budget_mib}
 
 
-def entry_view(artifact: Artifact, options: ExportOptions) -> SimpleNamespace:
-    """What the runtime layer reads from a manifest entry, before the entry exists."""
-    return SimpleNamespace(target=options.target, delegate=options.delegate, precision=options.precision,
-                           file=artifact.file, inputs=artifact.inputs, outputs=artifact.outputs,
-                           tiling=artifact.tiling, target_info=artifact.target_info, flags={})
-
-
 def entry_json(artifact: Artifact, options: ExportOptions) -> dict:
-    view = entry_view(artifact, options)
-    return {"target": view.target, "delegate": view.delegate, "precision": view.precision, "file": view.file,
-            "inputs": [t.to_dict() for t in view.inputs], "outputs": [t.to_dict() for t in view.outputs],
-            "tiling": view.tiling, "target_info": view.target_info, "flags": {}}
+    """What the runtime layer reads from a manifest entry, before the entry exists (JSON: the memory probe's
+    child process reads it too)."""
+    return {"target": options.target, "delegate": options.delegate, "precision": options.precision,
+            "file": artifact.file, "inputs": [t.to_dict() for t in artifact.inputs],
+            "outputs": [t.to_dict() for t in artifact.outputs], "tiling": artifact.tiling,
+            "target_info": artifact.target_info, "flags": {},
+            "extra_files": [{"role": r, "file": f} for r, f in artifact.extra_files.items()]}
+
+
+def entry_view(artifact: Artifact, options: ExportOptions) -> SimpleNamespace:
+    data = entry_json(artifact, options)
+    lists = {k: [SimpleNamespace(**t) for t in data[k]] for k in ("extra_files",)}
+    return SimpleNamespace(**{**data, **lists, "inputs": artifact.inputs, "outputs": artifact.outputs})
 
 
 def run_here(exporter, artifact: Artifact, folder: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:
@@ -264,7 +261,7 @@ def candidate_tiles(frame: tuple[int, int]) -> list[tuple[int, int]]:
     out = set()
     for a in range(1, 9):
         for b in range(1, 9):
-            tile = tuple(max(min(math.ceil(f / n / 32) * 32, f // 32 * 32), 32) for f, n in zip(frame, (a, b)))
+            tile = tuple(f if n == 1 else max(min(math.ceil(f / n / 32) * 32, f), 32) for f, n in zip(frame, (a, b)))
             out.add(tile)
     return sorted(out)
 
@@ -282,57 +279,82 @@ def suggested_budget(peak_bytes: int) -> int:
 
 def _fit_budget(spec, exporter, options, staging, progress, request, stages, fields):
     """Binary search, largest candidate first, over distinct plans ordered by window size: each probe exports
-    into its own folder and is measured; the chosen probe's files move into `staging`."""
-    if exporter.host_runtime(options) is None or not exporter.host_runtime(options).measures_memory:
-        raise BadInputError(f"--memory-budget measures each candidate tile, and no runtime here measures "
+    into its own folder and is measured (a probe that fails to export or run counts as not fitting); only the best
+    fitting probe is kept on disk, and its files move into `staging`."""
+    runtime = exporter.host_runtime(options)
+    if runtime is None or not runtime.measures_memory:
+        raise BadInputError("--memory-budget measures each candidate tile, and no runtime here measures "
                             f"{options.target} artifacts: give --tile instead")
-    frame = _video_hw(spec.name, stages)
     by_plan = {}
-    for tile in candidate_tiles(frame):
+    for tile in candidate_tiles(_video_hw(spec.name, stages)):
         plans = plan(spec.name, stages, fields, request, tile)
-        key = tuple(_window_shape(s, p) for s, p in zip(stages, plans))
-        by_plan.setdefault(key, (tile, plans))
-    ordered = sorted(by_plan.values(), key=lambda tp: -_cost(stages, tp[1]))
-    tried: dict[int, tuple] = {}
-
-    def probe(i: int):
-        if i not in tried:
-            tile, plans = ordered[i]
-            folder = staging / f".probe-{i}"
-            folder.mkdir()
-            record = tiling_record(spec.name, stages, plans, request, tile)
-            artifact, checks = export_stages(spec, exporter, options, folder, progress, stages, plans, record)
-            memory = measured(exporter, artifact, folder, options)
-            mib = (memory or {}).get("bytes")
-            progress(ProgressEvent(spec.name, "budget", "info", f"tile {tile[0]}x{tile[1]}: "
-                                   + (f"{mib / MIB:.0f} MiB" if mib is not None else "not measured")))
-            tried[i] = (folder, artifact, checks, memory)
-        memory = tried[i][3] or {}
-        return memory.get("bytes") is not None and memory["bytes"] <= request.budget_mib * MIB
-
-    last = len(ordered) - 1
-    if not probe(last):
-        peak = (tried[last][3] or {}).get("bytes")
-        tile = ordered[last][0]
-        need = (f"use --memory-budget {suggested_budget(peak)} or more (a measured peak varies by a few percent)"
-                if peak else "its peak could not be measured")
-        raise BadInputError(f"--memory-budget {request.budget_mib:g}: no tile fits; the smallest, "
-                            f"{tile[0]}x{tile[1]}, peaks at {(peak or 0) / MIB:.0f} MiB: {need}")
+        by_plan.setdefault(tuple(_window_shape(s, p) for s, p in zip(stages, plans)), (tile, plans))
+    search = _Probes(spec, exporter, options, staging, progress, request, stages,
+                     sorted(by_plan.values(), key=lambda tp: -_cost(stages, tp[1])))
+    last = len(search.ordered) - 1
+    if not search.fits(last):
+        raise BadInputError(search.refusal(last))
     lo, hi = 0, last
     while lo < hi:
         mid = (lo + hi) // 2
-        if probe(mid):
+        if search.fits(mid):
             hi = mid
         else:
             lo = mid + 1
-    folder, artifact, checks, memory = tried[lo]
-    for path in folder.iterdir():
-        shutil.move(str(path), staging / path.name)
-    for other, *_ in tried.values():
-        shutil.rmtree(other, ignore_errors=True)
-    artifact.tiling["probes"] = [{"tile": ordered[i][0], "bytes": (m or {}).get("bytes")}
-                                 for i, (_, _, _, m) in sorted(tried.items())]
-    return artifact, checks, memory
+    return search.keep(lo)
+
+
+class _Probes:
+    """The candidates of a budget search and what each probe measured (exporters/tiled.py `_fit_budget`)."""
+
+    def __init__(self, spec, exporter, options, staging, progress, request, stages, ordered):
+        self.spec, self.exporter, self.options, self.staging = spec, exporter, options, staging
+        self.progress, self.request, self.stages, self.ordered = progress, request, stages, ordered
+        self.bytes: dict[int, int | None] = {}
+        self.best: tuple | None = None  # (index, folder, artifact, checks, memory) of the best fitting probe
+
+    def fits(self, i: int) -> bool:
+        if i not in self.bytes:
+            self._probe(i)
+        got = self.bytes[i]
+        return got is not None and got <= self.request.budget_mib * MIB
+
+    def _probe(self, i: int) -> None:
+        tile, plans = self.ordered[i]
+        folder = self.staging / f".probe-{i}"
+        folder.mkdir()
+        try:
+            record = tiling_record(self.spec.name, self.stages, plans, self.request, tile)
+            artifact, checks = export_stages(self.spec, self.exporter, self.options, folder, self.progress,
+                                             self.stages, plans, record)
+            memory = measured(self.exporter, artifact, folder, self.options) or {}
+        except Exception as exc:  # noqa: BLE001 - a window the target refuses (HTP memory, 2 GB protobuf) fits nothing
+            artifact, checks, memory = None, [], {"bytes": None, "error": str(exc).splitlines()[0][:200]}
+        self.bytes[i] = memory.get("bytes")
+        self.progress(ProgressEvent(self.spec.name, "budget", "info", f"tile {tile[0]}x{tile[1]}: " + (
+            f"{self.bytes[i] / MIB:.0f} MiB" if self.bytes[i] is not None else memory.get("error", "not measured"))))
+        if self.fits(i) and (self.best is None or i < self.best[0]):
+            if self.best is not None:
+                shutil.rmtree(self.best[1], ignore_errors=True)
+            self.best = (i, folder, artifact, checks, memory)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def refusal(self, i: int) -> str:
+        peak, tile = self.bytes.get(i), self.ordered[i][0]
+        need = (f"use --memory-budget {suggested_budget(peak)} or more (a measured peak varies by a few percent)"
+                if peak else "its peak could not be measured")
+        return (f"--memory-budget {self.request.budget_mib:g}: no tile fits; the smallest, {tile[0]}x{tile[1]}, "
+                f"peaks at {(peak or 0) / MIB:.0f} MiB: {need}")
+
+    def keep(self, i: int) -> tuple[Artifact, list[str], dict]:
+        index, folder, artifact, checks, memory = self.best
+        assert index == i
+        for path in folder.iterdir():
+            shutil.move(str(path), self.staging / path.name)
+        shutil.rmtree(folder, ignore_errors=True)
+        artifact.tiling["probes"] = [{"tile": list(self.ordered[k][0]), "bytes": b} for k, b in sorted(self.bytes.items())]
+        return artifact, checks, memory
 
 
 __all__ = ["TileRequest", "check_request", "stage_fields", "plan", "export_stages", "tiling_record", "run_here",

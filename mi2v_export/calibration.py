@@ -102,6 +102,12 @@ class _Recorder:
     def describe(self) -> str:
         return self.inner.describe()
 
+    def load(self) -> None:
+        self.inner.load()
+
+    def release(self) -> None:
+        self.inner.release()
+
     def run(self, **inputs):
         self.store.append({k: v.detach().float().clone() for k, v in inputs.items()})
         if self.do_run:

@@ -122,32 +122,37 @@ class StagePlan:
     def record(self) -> dict:
         g = self.grid
         return {"scale_in": self.scale_in, "scale_out": self.scale_out, "unit_px": list(self.unit_px),
+                "whole": [u is not None for u in self.unit_px],
                 "frame": [g.rows.frame, g.cols.frame], "tile": [g.rows.tile, g.cols.tile],
                 "window": list(g.window), "halo": [g.rows.halo, g.cols.halo], "grid": [g.rows.count, g.cols.count],
                 "receptive_field": g.receptive_field, "exact": g.exact}
 
 
-def stage_scales(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:
-    """(scale_in, scale_out, frame in units) of a stage mapping `in_hw` to `out_hw`; a ratio that is not whole
-    along an axis leaves that axis one unit per input pixel (it is then never split)."""
+def stage_scales(in_hw: tuple[int, int], out_hw: tuple[int, int]
+                 ) -> tuple[int, int, tuple[int, int], tuple[bool, bool]]:
+    """(scale_in, scale_out, frame in units, whole per axis) of a stage mapping `in_hw` to `out_hw`. The scale is
+    the rounded ratio (a stride-2 stage with ceil division still halves); an axis whose sizes are not exactly that
+    ratio apart (45 → 23 rows) is not whole: it is one window, never split."""
     up = out_hw[0] >= in_hw[0]
-    ratio = [o / i if up else i / o for i, o in zip(in_hw, out_hw)]
-    whole = [r == int(r) for r in ratio]
-    scale = int(ratio[0]) if whole[0] else (int(ratio[1]) if whole[1] else 1)
+    ratios = [o / i if up else i / o for i, o in zip(in_hw, out_hw)]
+    scale = max(int(round(max(ratios))), 1)
+    whole = tuple((o == i * scale) if up else (i == o * scale) for i, o in zip(in_hw, out_hw))
     frame = tuple(i if up else (i // scale if w else i) for i, w in zip(in_hw, whole))
-    return (1, scale, frame) if up else (scale, 1, frame)
+    return (1, scale, frame, whole) if up else (scale, 1, frame, whole)
 
 
 def plan_stage(in_hw: tuple[int, int], out_hw: tuple[int, int], video_hw: tuple[int, int],
-               tile_px: tuple[int, int], receptive_field: int, halo: int | None = None) -> StagePlan:
+               tile_px: tuple[int, int], receptive_field: int, halo_px: int | None = None) -> StagePlan:
     """Tile a stage so that each core is `tile_px` video pixels (rounded down to whole units, at least one) with a
-    halo of its receptive field (exact) or `halo` units (blended)."""
-    scale_in, scale_out, frame = stage_scales(in_hw, out_hw)
-    unit = tuple(v // f if v % f == 0 and (i % scale_in == 0) else None
-                 for v, f, i in zip(video_hw, frame, in_hw))
+    halo of its receptive field (exact) or `halo_px` video pixels in units of each axis, at most the field
+    (blended)."""
+    scale_in, scale_out, frame, whole = stage_scales(in_hw, out_hw)
+    unit = tuple(v // f if w and v % f == 0 else None for v, f, w in zip(video_hw, frame, whole))
     tile = tuple(max(t // u, 1) if u else f for t, u, f in zip(tile_px, unit, frame))
-    use = receptive_field if halo is None else min(halo, receptive_field)
-    grid = plan_grid(frame, tile, use, receptive_field)
+    halo = tuple(receptive_field if halo_px is None or not u else min(-(-halo_px // u), receptive_field)
+                 for u in unit)
+    grid = TileGrid(plan_axis(frame[0], tile[0], halo[0]), plan_axis(frame[1], tile[1], halo[1]),
+                    receptive_field)
     return StagePlan(grid, scale_in, scale_out, unit)
 
 
@@ -162,7 +167,8 @@ def stage_from_record(record: Mapping, in_hw: tuple[int, int]) -> StagePlan:
     not the one the (fixed-size) tile model was exported for."""
     frame = tuple(int(v) for v in record["frame"])
     scale_in = int(record["scale_in"])
-    got = tuple(i // scale_in if i % scale_in == 0 else i for i in in_hw)
+    whole = record.get("whole") or [i % scale_in == 0 for i in in_hw]
+    got = tuple(i // scale_in if w else i for i, w in zip(in_hw, whole))
     if got != frame:
         raise BadInputError(f"the tiled artifact was exported for a stage frame of {list(frame)} units, not "
                             f"{list(got)}: export it again for this resolution")

@@ -52,6 +52,12 @@ Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a tabl
 Out = Annotated[Path, typer.Option("--out", help="where to write the result")]
 Report = Annotated[Path | None, typer.Option("--report", help="report file (JSON)")]
 
+# ---- memory -------------------------------------------------------------------------------------------------------
+
+# each command says its unit in its help: MiB of an artifact's measured peak (export, generate), GiB of a
+# release plan's running exports (plan)
+MemoryBudget = Annotated[float | None, typer.Option("--memory-budget", help="a memory budget")]
+
 # ---- the model: preset, video size, weights ---------------------------------------------------------------------
 
 Preset = Annotated[PresetName | None, typer.Option("--preset", help="model preset")]

@@ -19,7 +19,8 @@ from ..exporters.base import delegate_names, target_names
 from ..interrupts import recorded_interrupts
 from ..presets import get_preset
 from ..qnn import DEFAULT_SOC
-from ._options import Checkpoints, Components, Decoder, Frames, Json, MinPsnr, Out, Preset, Resolution, refine
+from ._options import (Checkpoints, Components, Decoder, Frames, Json, MemoryBudget, MinPsnr, Out, Preset, Resolution,
+                       refine)
 from ._render import (console, human_bytes, note, print_json, result_notes, spinners_view, stage_spinners,
                       stdout_to_stderr)
 
@@ -104,9 +105,8 @@ def export(
                                     "stitched output is exact"),
     halo: int | None = typer.Option(None, "--halo", help="with --tile: a smaller halo in video pixels (multiple "
                                     "of 32); the overlaps are blended and the error is measured"),
-    memory_budget: float | None = typer.Option(None, "--memory-budget", help="encoder / decoder: the largest "
-                                               "tile whose measured peak (fresh process, above the runtime's "
-                                               "baseline) fits this many MiB"),
+    memory_budget: refine(MemoryBudget, help="encoder / decoder: the largest tile whose measured peak (fresh "
+                          "process, above the runtime's baseline) fits this many MiB") = None,
     json_out: refine(Json, help="print this run's manifest entries as JSON on stdout") = False,
 ) -> None:
     """Export MobileI2V components to ONNX / Core ML / ExecuTorch, check them against PyTorch fp32, and describe

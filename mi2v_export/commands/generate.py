@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._options import (AllowModified, ArtifactFolders, Checkpoints, Decoder, Frames, MinPsnr, Out, Preset, Report,
-                       Resolution, Steps, refine)
+from ._options import (AllowModified, ArtifactFolders, Checkpoints, Decoder, Frames, MemoryBudget, MinPsnr, Out, Preset,
+                       Report, Resolution, Steps, refine)
 from ._render import bars_view, console, human_bytes, is_quiet, result_notes, say, stage_bars
 
 Fallback = Enum("Fallback", {"none": "none", "pytorch": "pytorch"}, type=str)
@@ -54,9 +54,8 @@ def generate(
     min_psnr: refine(MinPsnr, help="with --compare-to: per-frame PSNR gate in dB (default 40 for fp32 artifacts, 30 "
                      "for fp16)") = None,
     allow_modified: AllowModified = False,
-    memory_budget: float | None = typer.Option(None, "--memory-budget", help="MiB: run only artifacts whose "
-                                               "measured runtime memory (manifest) fits, e.g. the tiled decoder "
-                                               "among several; the stages load one at a time"),
+    memory_budget: refine(MemoryBudget, help="MiB: run only artifacts whose measured runtime memory (manifest) "
+                          "fits, e.g. the tiled decoder among several; the stages load one at a time") = None,
 ) -> None:
     """Generate a video from an image: encode → denoise (flow-matching Euler) → decode.
 
@@ -105,7 +104,8 @@ def _print_summary(result, reference, host_s: dict) -> None:
     def ref(key):
         return reference.timings[key] if reference is not None else None
 
-    row("load models", "", host_s["run"], host_s.get("reference"))
+    row("check models", "", host_s["run"], host_s.get("reference"))
+    row("load each stage before it runs", "", result.timings.get("load", 0.0), ref("load"))
     row("preprocess", "", result.timings["preprocess"], ref("preprocess"))
     row("encode", result.backends["encoder"], result.timings["encode"], ref("encode"))
     n = len(result.step_times)

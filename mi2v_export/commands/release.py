@@ -16,7 +16,7 @@ from ..errors import BadInputError
 from ..files import write_json_atomic
 from ..interrupts import recorded_interrupts
 from ..outputs import check_folder
-from ._options import Json, Out, refine
+from ._options import Json, MemoryBudget, Out, refine
 from ._render import console, err_console, human_bytes, is_quiet, print_json
 
 release_app = typer.Typer(name="release", help="Assemble a release from the job folders a plan built.",
@@ -39,8 +39,8 @@ def plan(
     json_out: refine(Json, help="with --list: the jobs as JSON on stdout") = False,
     executor: Executor = typer.Option(Executor.local, "--executor", help="local (a process pool here) | ray"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="local: exports at once (memory permitting)"),
-    memory_budget: float | None = typer.Option(None, "--memory-budget", help="local: GiB the running exports may "
-                                               "use together (default: 90% of available memory)"),
+    memory_budget: refine(MemoryBudget, help="local: GiB the running exports may use together (default: 90% of "
+                          "available memory)") = None,
     address: str | None = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="ray: the cluster, "
                                        "e.g. 10.0.0.5:6379 (ray start --head prints it)"),
     matrix: Matrix | None = typer.Option(None, "--matrix", help="github: print the jobs as a GitHub Actions "

@@ -187,7 +187,7 @@ class AdbRunnerDevice(AdbPhone):
     def _remote_names(sel: Selection, stage: int | None = None) -> tuple[str, str | None]:
         """The model's and its external data's names in the staging folder: checked parts only (selection.remote_name);
         `stage`: a tiled entry's stage model instead (its data has the role "s<k>.external_data")."""
-        role = "external_data" if not stage else f"s{stage}.external_data"
+        role = "external_data" if stage is None else f"s{stage}.external_data"
         data = next((f.file for f in sel.entry.extra_files if f.role == role), None)
         model = sel.entry.file if stage is None else sel.entry.tiling["stages"][stage]["file"]
         return remote_name(model), remote_name(data) if data else None
@@ -195,10 +195,12 @@ class AdbRunnerDevice(AdbPhone):
     def _run_tiled(self, sel: Selection, comp: ComponentResult, runner: Runner, r: int) -> RunResult:
         """A tiled component: each stage's tile model timed by the runner, one process each; an iteration of the
         component is every stage's iteration times its windows per call (the phone runs the same windows; the
-        stitching copies between them are the app's and not timed here)."""
+        stitching copies between them are the app's and not timed here). The peak is the largest stage's runner
+        process: an app holding every stage and the tensors between them needs more."""
         runs = [self._run_once(sel, comp, runner, r, stage=k) for k in range(len(sel.entry.tiling["stages"]))]
         counts = [tile_count(stage["plan"]) for stage in sel.entry.tiling["stages"]]
-        total = [sum(n * run.samples_ms[i] for n, run in zip(counts, runs)) for i in range(len(runs[0].samples_ms))]
+        iterations = min(len(run.samples_ms) for run in runs)
+        total = [sum(n * run.samples_ms[i] for n, run in zip(counts, runs)) for i in range(iterations)]
         peaks = [run.peak_rss_kb for run in runs if run.peak_rss_kb is not None]
         return RunResult(load_ms=sum(run.load_ms or 0 for run in runs), samples_ms=total, exit_code=0,
                          peak_rss_kb=max(peaks) if peaks else None, peak_rss_method=runs[0].peak_rss_method,

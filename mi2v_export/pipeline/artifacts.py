@@ -82,7 +82,7 @@ def select_entry(manifests: Sequence, component: str, target: str | None = None,
         if runnable or wanted:
             return m, (runnable or wanted)[0]
     if over:
-        measured = [(e.runtime_memory_bytes, m, e) for m, e in over if e.runtime_memory_bytes is not None]
+        measured = [(e.runtime_memory["bytes"], m, e) for m, e in over if (e.runtime_memory or {}).get("bytes")]
         smallest = min(measured, key=lambda t: t[0]) if measured else None
         what = (f"the smallest measured is {smallest[2].file} in {smallest[1].folder}, "
                 f"{smallest[0] / 2 ** 20:.0f} MiB" if smallest else "none has a measured runtime memory")
@@ -96,7 +96,8 @@ def _refusal(entry, target: str | None, budget: int | None = None) -> str | None
         return "other target"
     if not runnable_here(entry):
         return "not here"
-    if budget is not None and (entry.runtime_memory_bytes is None or entry.runtime_memory_bytes > budget):
+    measured = (entry.runtime_memory or {}).get("bytes")  # not runtime_memory_bytes: planned bytes in old manifests
+    if budget is not None and (measured is None or measured > budget):
         return "over budget"
     return None
 

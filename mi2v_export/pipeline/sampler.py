@@ -116,7 +116,7 @@ class GenerateResult:
     latents: list[torch.Tensor]  # the latent after each step (frame 0 re-imposed)
     schedule: FlowSchedule
     posterior: str  # the mode actually used: "sample" | "mean"
-    timings: dict[str, float]  # seconds: preprocess, encode, denoise, decode, postprocess
+    timings: dict[str, float]  # seconds: preprocess, load (each stage before it runs), encode, denoise, decode, postprocess
     step_times: list[float]
     backends: dict[str, str]
     notes: list[str] = field(default_factory=list)
@@ -157,17 +157,20 @@ class Pipeline:
         noise = torch.randn(geo.latent_shape, generator=generator, dtype=torch.float32)
 
         progress("encode", 0, 1)
+        timings["load"] = self._load(ENCODER)
         t0 = time.perf_counter()
         z_ref, mode = self._encode(x, geo, posterior or config.posterior, generator, notes)
         timings["encode"] = time.perf_counter() - t0
         self.stages[ENCODER].release()
         progress("encode", 1, 1)
 
+        timings["load"] += self._load(DENOISER)
         latents, step_times = self._denoise(noise, z_ref, config, progress)
         timings["denoise"] = sum(step_times)
         self.stages[DENOISER].release()
 
         progress("decode", 0, 1)
+        timings["load"] += self._load(DECODER)
         t0 = time.perf_counter()
         video = self._decode(latents[-1], geo)
         timings["decode"] = time.perf_counter() - t0
@@ -183,6 +186,12 @@ class Pipeline:
                               backends={c: s.describe() for c, s in self.stages.items()}, notes=notes,
                               memory={"peak_rss_bytes": memory.peak_rss_bytes(), "baseline_rss_bytes": baseline,
                                       "method": method, "stages_resident": "one at a time"})
+
+    def _load(self, component: str) -> float:
+        """Seconds to load a stage (the one resident one: the stage before it was released)."""
+        t0 = time.perf_counter()
+        self.stages[component].load()
+        return time.perf_counter() - t0
 
     @staticmethod
     def _input(image, config: GenerateConfig) -> torch.Tensor:

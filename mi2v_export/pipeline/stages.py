@@ -39,6 +39,9 @@ class Stage(ABC):
     def run(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         ...
 
+    def load(self) -> None:
+        """Make the stage ready to run (the pipeline calls it before its timer starts: loading is not run time)."""
+
     def release(self) -> None:
         """Free what the stage holds until its next run (the pipeline calls it when it moves on, so one stage's
         runtime is resident at a time); a PyTorch stage keeps its module."""
@@ -107,21 +110,26 @@ class ArtifactStage(Stage):
         options = {"low_memory": True, **options}
         self._open = lambda: open_session(runtime, path, entry, **options)
         self.session: Session | None = self._open()
-        # what GenerateResult.backends names: the runtime family, or the simulator a QNN model runs on
-        self.backend = QNN_RUNTIME if runtime.name == QNN_RUNTIME else runtime.family
-        self._check_contract(path)
-        self.precision = "fp16" if any(t.dtype == "float16" for t in self.session.inputs) else "fp32"
-        self.tiled, self.output_names = is_tiled(entry), list(self.session.output_names)
-        self.release()  # checked; loaded again when it runs, once the stage before it is released
+        try:
+            # what GenerateResult.backends names: the runtime family, or the simulator a QNN model runs on
+            self.backend = QNN_RUNTIME if runtime.name == QNN_RUNTIME else runtime.family
+            self._check_contract(path)
+            self.precision = "fp16" if any(t.dtype == "float16" for t in self.session.inputs) else "fp32"
+            self.tiled, self.output_names = is_tiled(entry), list(self.session.output_names)
+        finally:
+            self.release()  # checked; loaded again before it runs, once the stage before it is released
 
     def release(self) -> None:
         if self.session is not None:
             self.session.close()
             self.session = None
 
-    def _loaded(self) -> Session:
+    def load(self) -> None:
         if self.session is None:
             self.session = self._open()
+
+    def _loaded(self) -> Session:
+        self.load()
         return self.session
 
     def unavailable(self, path: Path, entry: Any, why: str) -> str:

@@ -30,8 +30,8 @@ def _entry(data: dict | None) -> SimpleNamespace | None:
     """The manifest entry fields a runtime reads (I/O, target, tiling), from JSON."""
     if not data:
         return None
-    io = [{k: [SimpleNamespace(**t) for t in data.get(k) or ()]} for k in ("inputs", "outputs")]
-    return SimpleNamespace(**{**data, **io[0], **io[1]})
+    lists = {k: [SimpleNamespace(**t) for t in data.get(k) or ()] for k in ("inputs", "outputs", "extra_files")}
+    return SimpleNamespace(**{**data, **lists})
 
 
 def _child(runtime: str, path: str | None, options: dict, entry: dict | None = None) -> dict:

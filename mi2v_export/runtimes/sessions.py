@@ -31,14 +31,22 @@ def is_tiled(entry: Any) -> bool:
     return bool(getattr(entry, "tiling", None))
 
 
-def check_record(record: Mapping) -> None:
-    """BadInputError for a tiling record this version cannot run (a later format, or no stages)."""
+def check_record(entry: Any) -> None:
+    """BadInputError for a tiling record this version cannot run (a later format, no stages), or whose stage files
+    are not the entry's own (its `file`, then its `tile_stage_<k>` extra files): the files the integrity check
+    hashes and the bench pushes are the ones that run."""
+    record = entry.tiling
     fmt = record.get("format")
     if fmt != TILING_FORMAT:
         raise BadInputError(f"tiling record format {fmt} is not supported (this mi2v runs format {TILING_FORMAT}); "
                             "upgrade mi2v")
-    if not record.get("stages"):
+    stages = record.get("stages") or []
+    if not stages:
         raise BadInputError("the tiling record lists no stages")
+    roles = {f.role: f.file for f in getattr(entry, "extra_files", None) or ()}
+    listed = [entry.file] + [roles.get(f"tile_stage_{k}") for k in range(1, len(stages))]
+    if [s.get("file") for s in stages] != listed:
+        raise BadInputError(f"{entry.file}: the tiling record's stage files are not the entry's own files")
 
 
 def stage_entry(entry: Any, stage: Mapping) -> SimpleNamespace:
@@ -58,7 +66,7 @@ class TiledSession(Session):
 
     def __init__(self, runtime: Runtime, folder: Path, entry: Any, **options: Any):
         record = entry.tiling
-        check_record(record)
+        check_record(entry)
         self.runtime, self.path, self.record = runtime.name, folder / entry.file, record
         self.inputs = [TensorSpec(t.name, tuple(t.shape), t.dtype) for t in entry.inputs]
         self.outputs = [TensorSpec(t.name, tuple(t.shape), t.dtype) for t in entry.outputs]
@@ -76,7 +84,11 @@ class TiledSession(Session):
 
     def prepare(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         spec = self.inputs[0]
-        return np.asarray(inputs[spec.name], dtype=dtypes.numpy_dtype(spec.dtype))
+        x = np.asarray(inputs[spec.name], dtype=dtypes.numpy_dtype(spec.dtype))
+        if x.shape != tuple(spec.shape):
+            raise BadInputError(f"{self.path.name}: input {spec.name} has shape {list(x.shape)}; the tiled artifact "
+                                f"was exported for {list(spec.shape)}")
+        return x
 
     def execute(self, prepared: np.ndarray) -> np.ndarray:
         """Every stage over its windows; `tile_ms` keeps each stage's per-window times of this call."""

@@ -47,7 +47,7 @@ def test_each_stage_reads_far_less_than_the_whole_decoder():
     stages = stages_of(model, (1, 128, 2, 8, 8))
     video = (8 * 32, 8 * 32)
     for stage in stages:
-        s_in, s_out, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
+        s_in, s_out, _, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
         c, t = stage.input_shape[1:3]
         probe = lambda n, c=c, t=t, s=s_in: torch.randn(1, c, t, n * s, n * s)  # noqa: E731
         field = receptive_field(stage.module, probe, s_in, s_out)
@@ -169,7 +169,7 @@ def test_stitching_on_numpy_matches_the_model_for_every_stage():
     with torch.no_grad():
         want = model(z).numpy()
     for stage in stages:
-        s_in, s_out, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
+        s_in, s_out, _, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
         c, t = stage.input_shape[1:3]
         probe = lambda n, c=c, t=t, s=s_in: torch.randn(1, c, t, n * s, n * s)  # noqa: E731
         field = receptive_field(stage.module, probe, s_in, s_out)
