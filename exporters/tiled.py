@@ -173,7 +173,8 @@ def export_stages(spec: ComponentSpec, exporter, options: ExportOptions, folder:
 
 def _worst_of(entries: list[dict], key: str, suffix: str) -> dict:
     """The first stage's record of `key` with every share (fields ending in `suffix`) replaced by the lowest over
-    the stages: "100 % on the HTP" holds for a tiled component only when it holds for each stage."""
+    the stages ("100 % on the HTP" holds for a tiled component only when it holds for each stage) and every byte
+    count by the largest."""
     records = [e[key] for e in entries if e.get(key)]
     if not records:
         return {}
@@ -181,6 +182,8 @@ def _worst_of(entries: list[dict], key: str, suffix: str) -> dict:
     for name, value in records[0].items():
         if name.endswith(suffix) and isinstance(value, (int, float)):
             out[name] = min(r.get(name, value) for r in records)
+        elif name.endswith("_bytes") and isinstance(value, int):  # planned memory: the largest stage's (one runs
+            out[name] = max(r.get(name) or 0 for r in records)   # at a time)
     return out
 
 
