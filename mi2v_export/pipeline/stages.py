@@ -116,6 +116,7 @@ class ArtifactStage(Stage):
             self._check_contract(path)
             self.precision = "fp16" if any(t.dtype == "float16" for t in self.session.inputs) else "fp32"
             self.tiled, self.output_names = is_tiled(entry), list(self.session.output_names)
+            self._input_shapes = self.session.input_shapes()  # kept: checking shapes must not load it again
         finally:
             self.release()  # checked; loaded again before it runs, once the stage before it is released
 
@@ -149,7 +150,7 @@ class ArtifactStage(Stage):
         return self.component == ENCODER and "logvar" in self.output_names
 
     def input_shapes(self) -> dict[str, tuple]:
-        return self._loaded().input_shapes()
+        return dict(self._input_shapes)
 
     def run(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         session = self._loaded()

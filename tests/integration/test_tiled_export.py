@@ -237,3 +237,25 @@ def test_generate_runs_tiled_artifacts_one_stage_at_a_time_and_within_a_budget(t
     proc = run_cli("generate", "--image", image, "--artifacts", whole, "--artifacts", tiled, "--out",
                    tmp_path / "w.mp4", "--memory-budget", f"{min(decoders.values()) / 2 ** 20 / 4:.2f}")
     assert proc.returncode == 2 and "artifact fits" in _one_error(proc)
+
+
+def test_artifact_stages_are_resident_one_at_a_time(tmp_path):
+    """Building the stages checks them and lets them go; each loads before its run and is released after it."""
+    from mi2v_export.pipeline import GenerateConfig, Pipeline, build_stages, load_image
+    from mi2v_export.shapes import geometry
+
+    out = tmp_path / "a"
+    assert run_cli("export", "--target", "onnx", *TINY, "--out", out, "--no-verify").returncode == 0
+    geo = geometry(128, 192, 9)
+    stages = build_stages("tiny", "turbo-vaed", geo, [out])
+    assert all(s.session is None for s in stages.values())
+    seen = []
+    for name, stage in stages.items():
+        run = stage.run
+        stage.run = lambda _run=run, **kw: (seen.append([n for n, s in stages.items() if s.session is not None]),
+                                            _run(**kw))[1]
+    result = Pipeline(stages).generate(load_image("mi2v_export/data/validation/chelsea.png"),
+                                       GenerateConfig(height=128, width=192, frames=9, steps=1))
+    assert all(len(resident) == 1 for resident in seen), seen
+    assert all(s.session is None for s in stages.values())
+    assert result.timings["load"] > 0
