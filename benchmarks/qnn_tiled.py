@@ -59,9 +59,10 @@ def stitched_on_cpu(folder: Path, entry, x: np.ndarray) -> np.ndarray:
     """Every stage's QNN source graph on onnxruntime's CPU EP, through the runtime layer's TiledSession."""
     sources = {f.role.split(".")[0]: f.file for f in entry.extra_files if f.role.endswith("qnn_source")}
     stages = [dict(s, file=sources[f"s{k}"]) for k, s in enumerate(entry.tiling["stages"])]
+    extra = [SimpleNamespace(role=f"tile_stage_{k}", file=s["file"]) for k, s in enumerate(stages) if k]
     view = SimpleNamespace(target="onnx", delegate=None, precision="fp32", file=stages[0]["file"],
                            inputs=entry.inputs, outputs=entry.outputs, tiling=dict(entry.tiling, stages=stages),
-                           target_info={}, flags={})
+                           target_info={}, flags={}, extra_files=extra)
     view.inputs = [SimpleNamespace(name=t.name, shape=t.shape, dtype="float32") for t in entry.inputs]
     view.outputs = [SimpleNamespace(name=t.name, shape=t.shape, dtype="float32") for t in entry.outputs]
     with open_session(runtimes.get("onnxruntime"), folder / stages[0]["file"], view) as session:
@@ -103,6 +104,7 @@ def main() -> None:
     ap.add_argument("--soc", default="SM8650")
     ap.add_argument("--work", default="/tmp/mi2v-qnn-tiled")
     ap.add_argument("--skip-simulator", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="the export in --work is already there: check it only")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     out = Path(args.work)
@@ -110,7 +112,8 @@ def main() -> None:
               "resolution": args.resolution, "frames": args.frames, "tile": args.tile, "soc": args.soc,
               "precision": "fp16", "machine": {"cpu_model": contract.cpu_model(), "cpu_flags": contract.cpu_flags(),
                                                "cores": os.cpu_count(), "load_average": list(os.getloadavg())}}
-    entry = export(args, out)
+    entry = export(args, out) if not args.reuse else next(
+        e for e in json.loads((out / "manifest.json").read_text())["components"] if e["component"] == args.component)
     result["export"] = {k: entry.get(k) for k in ("error", "wall_s", "target_info", "bytes")}
     if "error" in entry:
         Path(args.json).write_text(json.dumps(result, indent=2))
