@@ -26,6 +26,7 @@ RENDER: dict[str, Callable[[object, str, dict], str]] = {
     "export": kinds.export, "attention": kinds.attention, "qnn": devices.qnn, "qnn_blocks": devices.qnn_blocks,
     "bench_report": devices.bench_report, "release_plan": devices.release_plan,
     "receptive_field": kinds.receptive_field, "tiled_vae": memory.tiled_vae, "ort_memory": memory.ort_memory,
+    "qnn_tiled": memory.qnn_tiled,
     "other": kinds.other,
 }
 WRITERS = {
@@ -34,6 +35,7 @@ WRITERS = {
     "qnn_blocks": "`benchmarks/qnn_decoder_blocks.py`", "release_plan": "`benchmarks/release_plan.py`",
     "attention": "`benchmarks/attention.py`", "receptive_field": "`benchmarks/vae_receptive_field.py`",
     "tiled_vae": "`benchmarks/tiled_vae.py`", "ort_memory": "`benchmarks/ort_memory_settings.py`",
+    "qnn_tiled": "`benchmarks/qnn_tiled.py`",
     "bench_report": "`mi2v bench --report`",
     "export": "`mi2v export` (its manifest entries; the command is in the file)",
     "recipe": "a `mi2v export --recipe` run with its gates (the command is in the file)",
@@ -74,7 +76,7 @@ TOPICS = (
     Topic("results/stand-in-exports.md", "Core ML and Vulkan exports at 720p", ("export",),
           "Full `mi2v export` runs whose numerics were checked on the PyTorch stand-in (`pytorch-simulated`): "
           "no Core ML or Vulkan runtime runs here, so there is no device time. " + SEEDED),
-    Topic("results/qnn.md", "Qualcomm HTP (QNN)", ("qnn", "qnn_blocks"),
+    Topic("results/qnn.md", "Qualcomm HTP (QNN)", ("qnn", "qnn_blocks", "qnn_tiled"),
           "Node share on the HTP, context-binary size, compile time and the HTP simulator's output against PyTorch "
           "fp32 ([guide](../guides/qnn.md)). Simulator seconds are no phone speed. " + SEEDED),
     Topic("results/attention.md", "Attention rewrites", ("attention",),
@@ -102,6 +104,7 @@ def kind_of(data: object) -> str:
         return "other"
     rows = data.get("rows")
     checks = (
+        ("qnn_tiled", data.get("benchmark") == "qnn_tiled"),
         ("bench_report", data.get("schema") == "mi2v.bench/1"), ("precision", "cells" in data),
         ("recipe", isinstance(data.get("recipe"), dict)), ("w4_units", "sensitive_units" in data),
         ("fp16_gemm", isinstance(rows, list) and all(isinstance(r, dict) and "K" in r for r in rows)),

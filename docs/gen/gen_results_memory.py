@@ -49,3 +49,23 @@ def ort_memory(data: dict, anchor: str, images: dict) -> str:
                       f"{mb(data.get('model_bytes'))}, {data.get('repeats')} runs per setting", "",
                       table(["setting", "session options", "memory above baseline", "median run", "vs default",
                              "error"], rows)])
+
+
+def qnn_tiled(data: dict, anchor: str, images: dict) -> str:
+    """benchmarks/qnn_tiled.py: per stage its window and HTP shares, the stitched CPU check, one simulated tile."""
+    rows = [[code(s.get("file")), code(s.get("input_window")), code(s.get("grid")),
+             num((s.get("target_info") or {}).get("htp_node_share"), ".3f"),
+             num((s.get("target_info") or {}).get("htp_flop_share"), ".3f"),
+             num((s.get("target_info") or {}).get("compile_s"), ".1f", unit=" s")] for s in data.get("stages", [])]
+    cpu, sim = data.get("stitched_cpu") or {}, data.get("tile_on_simulator") or {}
+    error = (data.get("export") or {}).get("error")
+    lines = [f"- **{code(data.get('component'))}** {code(data.get('resolution'))} × {data.get('frames')} frames, "
+             f"tile {code(data.get('tile'))}, {code(data.get('precision'))} on the HTP of {code(data.get('soc'))}"
+             + (f"; export failed: {escape(error, True)}" if error else ""), "",
+             table(["stage", "window (input)", "grid", "HTP node share", "HTP FLOP share", "compile"], rows), "",
+             f"- **stitched whole frame, CPU EP, the same graphs**: rel L2 {num(cpu.get('rel_l2'), '.1e')}, PSNR "
+             f"{num(cpu.get('psnr_db'), '.1f')} dB against PyTorch fp32",
+             f"- **one tile on the HTP simulator** (stage {sim.get('stage', '—')}, window {code(sim.get('window'))}): "
+             f"PSNR {num(sim.get('psnr_db'), '.1f')} dB, {num(sim.get('seconds'), '.0f', unit=' s')} (simulated, "
+             "no phone speed)"]
+    return "\n".join(lines)
