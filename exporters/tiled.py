@@ -214,9 +214,7 @@ def entry_json(artifact: Artifact, options: ExportOptions) -> dict:
 
 
 def entry_view(artifact: Artifact, options: ExportOptions) -> SimpleNamespace:
-    data = entry_json(artifact, options)
-    lists = {k: [SimpleNamespace(**t) for t in data[k]] for k in ("extra_files",)}
-    return SimpleNamespace(**{**data, **lists, "inputs": artifact.inputs, "outputs": artifact.outputs})
+    return runtime_measure.entry_from_json(entry_json(artifact, options))
 
 
 def run_here(exporter, artifact: Artifact, folder: Path, spec: ComponentSpec, options: ExportOptions) -> ArtifactRun:

@@ -26,8 +26,9 @@ METHOD = ("peak resident memory (ru_maxrss) of a fresh process that loads the ar
           "of ones, minus the same process importing the runtime without a model")
 
 
-def _entry(data: dict | None) -> SimpleNamespace | None:
-    """The manifest entry fields a runtime reads (I/O, target, tiling), from JSON."""
+def entry_from_json(data: dict | None) -> SimpleNamespace | None:
+    """The manifest entry fields a runtime reads (I/O, target, tiling, extra files), from JSON: what a measuring
+    child gets on its command line, and what an exporter has before the entry exists (exporters/tiled.py)."""
     if not data:
         return None
     lists = {k: [SimpleNamespace(**t) for t in data.get(k) or ()] for k in ("inputs", "outputs", "extra_files")}
@@ -43,7 +44,7 @@ def _child(runtime: str, path: str | None, options: dict, entry: dict | None = N
         return {"error": reason}
     rt.warm_import() if hasattr(rt, "warm_import") else None
     if path is not None:
-        with open_session(rt, Path(path), _entry(entry), **options) as session:
+        with open_session(rt, Path(path), entry_from_json(entry), **options) as session:
             session.run(session.ones())
     return {"ok": True}
 
