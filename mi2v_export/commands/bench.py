@@ -14,8 +14,8 @@ from ..devices.registry import describe
 from ..devices.report import BenchReport, compare
 from ..errors import BadInputError, DeviceError, MissingDependencyError, VerificationError
 from ..outputs import MIB, check_file, check_folder, write_or_keep
-from ._options import (AdbPath, AdbPort, AllowModified, Artifacts, Components, DryRun, Iterations, Json, Report,
-                       Steps, Team, Warmup, refine)
+from ._options import (AdbPath, AdbPort, AllowModified, Artifacts, Checkpoints, Components, DryRun, Iterations,
+                       Json, Report, Steps, Team, Warmup, refine)
 from ._render import console, err_console, print_json, say
 
 bench_app = typer.Typer(
@@ -66,10 +66,15 @@ def _title(report) -> str:
     art = report.artifacts or {}
     res = art.get("resolution") or ["?", "?"]
     proto = report.protocol or {}
-    title = (f"{art.get('preset', '?')} {res[0]}x{res[1]}x{report.frames} on {who}\n"
-             f"{proto.get('warmup')} warm-up + {proto.get('iterations')} timed iterations × {proto.get('runs')} "
-             f"run(s), threads {proto.get('threads') or 'default'}, affinity {proto.get('affinity_mask') or 'none'}")
-    return title
+    if proto.get("mode") == "pipeline":
+        how = (f"whole runs: {proto.get('clips')} clip(s)"
+               + (f" for at least {proto['duration_s']:g} s" if proto.get("duration_s") else "")
+               + f", {proto.get('steps')} step(s), {proto.get('inputs')}; per component: its times inside the runs")
+    else:
+        how = (f"{proto.get('warmup')} warm-up + {proto.get('iterations')} timed iterations × {proto.get('runs')} "
+               "run(s)")
+    return (f"{art.get('preset', '?')} {res[0]}x{res[1]}x{report.frames} on {who}\n{how}, threads "
+            f"{proto.get('threads') or 'default'}, affinity {proto.get('affinity_mask') or 'none'}")
 
 
 def render_report(report, path: Path | None = None) -> None:
@@ -98,6 +103,8 @@ def render_report(report, path: Path | None = None) -> None:
     for steps in (1, 2):
         v = report.per_frame_ms(steps)
         mark = " ◀" if steps == report.steps else ""
+        if report.pipeline is not None:
+            continue  # the measured figure and the computed one: render_pipeline
         if v is None:
             console.print(f"per-frame latency, {steps} step{'s' if steps > 1 else ''}: [red]incomplete[/red] "
                           "(needs encoder, denoiser and decoder)")
@@ -105,7 +112,7 @@ def render_report(report, path: Path | None = None) -> None:
             console.print(f"per-frame latency, {steps} step{'s' if steps > 1 else ''}: [bold]{v:.2f} ms[/bold] "
                           f"({1000.0 / v:.3g} frames/s) = (encoder + {steps} × denoiser + decoder) p50 / "
                           f"{report.frames} frames{mark}")
-    for c in report.components:
+    for c in report.components if report.pipeline is None else ():  # a pipeline's check is its video's PSNR
         check = c.output_check or {}
         if check.get("passed") is None:
             why = check.get("reason") or "not checked"
@@ -120,6 +127,8 @@ def render_report(report, path: Path | None = None) -> None:
             per = ", ".join(f"{t['tiles']} × {_ms(t.get('median_tile_ms'))} ms" for t in tiles)
             console.print(f"tiles, {c.component}: {sum(t['tiles'] for t in tiles)} per call over {len(tiles)} stages "
                           f"(tiles × median tile time: {per})", highlight=False)
+    if report.pipeline is not None:
+        render_pipeline(report.pipeline)
     for c in report.components:
         if c.status != "ok" and c.error:
             console.print(f"[red]{c.component}[/red]: {c.error}")
@@ -130,6 +139,43 @@ def render_report(report, path: Path | None = None) -> None:
         console.print(f"warning: {w}", style="yellow")
     if path is not None:
         console.print(f"report: {path}")
+
+
+def render_pipeline(block: dict) -> None:
+    """`--pipeline`: one row per clip (loads and stages apart), then cold vs warm, measured vs computed, quality."""
+    table = Table("clip", "load", "encode", "denoise", "decode", "pre+post", "glue", "total", "per frame",
+                  "first frame", "peak RSS", "PSNR", title="whole runs (ms)", title_justify="left")
+    for c in block["clips"]:
+        rss = c.get("peak_rss_kb")
+        table.add_row(f"{c['clip']}{' cold' if c['cold'] else ''}", _ms(sum(c["load_ms"].values()), 0),
+                      *(_ms(c["stage_ms"][k], 1) for k in ("encoder", "denoiser", "decoder")),
+                      _ms(c["preprocess_ms"] + c["postprocess_ms"], 1), _ms(c["glue_ms"], 1),
+                      _ms(c["total_ms"], 0), _ms(c["per_frame_ms"]), _ms(c["first_frame_ms"], 0),
+                      f"{rss / 1024:.0f} MB" if rss else "—",
+                      "—" if c.get("psnr_db_min") is None else f"{float(c['psnr_db_min']):.1f} dB")
+    console.print(table)
+    head, warm = block.get("headline"), block.get("warm")
+    if head:
+        console.print(f"per frame, measured: [bold]{head['measured_per_frame_ms']:.2f} ms[/bold] ({head['from']}); "
+                      f"computed from the stage medians: {head['computed_per_frame_ms']:.2f} ms; the difference "
+                      "per clip: " + ", ".join(f"{k} {v:.0f} ms" for k, v in head["difference_ms"].items()),
+                      highlight=False)
+    if warm and warm["clips"]:
+        console.print(f"warm clips: {warm['clips']}, total p50 {warm['total_ms']['p50']:.0f} ms, p95 "
+                      f"{warm['total_ms']['p95']:.0f} ms; cold clip {block['cold']['total_ms']:.0f} ms", highlight=False)
+    quality, sustained = block.get("quality") or {}, block.get("sustained")
+    if quality.get("reference"):
+        verdict = "[green]pass[/green]" if quality["passed"] else "[red]below the gate[/red]"
+        console.print(f"video vs PyTorch fp32: worst frame {float(quality['psnr_db_min']):.1f} dB (gate "
+                      f"{quality['gate_db']:g} dB) {verdict}", highlight=False)
+    elif quality.get("reason"):
+        console.print(f"video not compared: {quality['reason']}", style="dim")
+    if sustained:
+        drift = "—" if sustained["drift"] is None else f"{sustained['drift']:.2f}x"
+        console.print(f"sustained: {sustained['clips']} clips, drift last/first warm {drift}"
+                      + (f"; throttling: {'; '.join(sustained['signs'])}" if sustained["throttled"] else ""))
+    if block.get("partial"):
+        console.print(f"[red]partial[/red]: {block.get('stopped') or 'fewer clips than asked'}")
 
 
 @bench_app.callback()
@@ -184,6 +230,16 @@ def bench(
                                 "component with --etdump_path, pulled next to the report"),
     component: Components = "all",
     allow_modified: AllowModified = False,
+    pipeline: bool = typer.Option(False, "--pipeline", help="time the whole image-to-video run (encode, steps, "
+                                  "decode with its tiles, crop) as one measurement, --clips times: cold start, warm "
+                                  "p50/p95, peak memory, PSNR against PyTorch fp32"),
+    clips: int = typer.Option(3, "--clips", help="--pipeline: whole runs back to back (the first is the cold one)"),
+    duration: float | None = typer.Option(None, "--duration", help="--pipeline: keep running clips for this many "
+                                          "seconds (sustained: drift and throttling are reported)"),
+    image: Path | None = typer.Option(None, "--image", help="--pipeline: the input photo (default: the validation "
+                                      "photo shipped with mi2v)"),
+    checkpoint: refine(Checkpoints, help="--pipeline: the weights of the PyTorch fp32 reference the video is "
+                       "compared with (artifacts exported with seeded weights need none)") = [],
 ) -> None:
     """Time the exported encoder, denoiser and decoder and report the per-frame latency
     (encoder + steps × denoiser + decoder) / frames, for 1 and 2 steps.
@@ -196,6 +252,7 @@ def bench(
         return
     from ..devices.bench import BenchOptions, run_bench  # numpy and the device kinds: not at `mi2v --help`
     from ..devices.fleet import is_fleet
+    from ..devices.pipeline_bench import PipelineOptions, run_pipeline_bench
 
     if artifacts is None:
         raise BadInputError("--artifacts DIR is required (a folder written by `mi2v export`); "
@@ -217,7 +274,12 @@ def bench(
         _bench_fleet(opts, adb_server, json_out)
         return
     show = (lambda report, path: None) if json_out else render_report
-    outcome = run_bench(opts, say, echo=typer.echo)
+    if pipeline:
+        popts = PipelineOptions(clips=clips, duration_s=duration, image=image, checkpoints=list(checkpoint))
+        outcome = run_pipeline_bench(opts, popts, say)
+    else:
+        _refuse_pipeline_options(clips, duration, image, checkpoint)
+        outcome = run_bench(opts, say, echo=typer.echo)
     for report, path in outcome.reports:
         show(report, path)
     if json_out:
@@ -230,6 +292,13 @@ def bench(
         kind = next((k for k in (BadInputError, MissingDependencyError, VerificationError)
                      if isinstance(outcome.error, k)), DeviceError)
         raise kind(f"{outcome.error} (report: {outcome.reports[0][1] if outcome.reports else None})")
+
+
+def _refuse_pipeline_options(clips: int, duration: float | None, image: Path | None, checkpoint: list) -> None:
+    given = [flag for flag, value in (("--clips", clips != 3), ("--duration", duration is not None),
+                                      ("--image", image is not None), ("--checkpoint", bool(checkpoint))) if value]
+    if given:
+        raise BadInputError(f"{', '.join(given)}: only with --pipeline (the whole run as one measurement)")
 
 
 def _check_destinations(report_path: Path | None, plot: Path | None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..errors import DeviceError
+from ..errors import BadInputError, DeviceError
 from ..files import sha256_file
 from ..runtimes.sessions import is_tiled, stage_entry
 from ..tiling import run_tiled, stage_from_record, tile_count
@@ -28,6 +28,8 @@ from .adb import Adb, AdbDevice, AdbTimeout
 from .android_session import AndroidSession, StagedFile
 from .base import BenchDevice, BenchOptions, BenchReport, ComponentResult, DeviceFacts, RunResult, Say, Selection
 from .output_check import raw_outputs
+from .remote_stage import RemoteStage
+from .runners import parse_executor_runner
 from .report import percentile
 from .registry import Defaults, DeviceKind, register
 from .runner_checks import (
@@ -93,6 +95,8 @@ class AdbRunnerDevice(AdbPhone):
         self.prepared: dict[str, Runner | DeviceError] = {}  # per runtime: pushed and probed, or why not
         self.simulated_device = False
         self.simulated_qnn: list[str] = []  # QNN artifacts timed on a simulated phone's HTP simulator
+        # executor_runner's own run and model-load times over every output-returning call (--pipeline)
+        self.runner_ms = {"run": 0.0, "load": 0.0}
 
     def facts(self) -> DeviceFacts:
         device, host = self.connect()
@@ -236,6 +240,28 @@ class AdbRunnerDevice(AdbPhone):
         csv.unlink(missing_ok=True)
         return run
 
+    def pipeline_stage(self, sel: Selection) -> Any:
+        """`--pipeline`: the component as executor_runner calls, the sampler's tensors pushed as its inputs and its
+        outputs pulled back (a tiled one window by window, stitched here as on the host); each stage's time is
+        what the runner reports, the rest of the call is transfers (devices/pipeline_bench.py RemoteStage)."""
+        if sel.runtime != "executorch":
+            raise BadInputError(f"--pipeline on a phone: the {sel.component} is {sel.entry.file}, and "
+                                "onnxruntime_perf_test returns no outputs; use .pte artifacts (--target executorch)")
+        runner = self._runner(sel.runtime)
+        if not {"inputs", "output_file"} <= runner.flags:
+            raise DeviceError(f"--pipeline: {runner.name} on the device has no --inputs / --output_file flags")
+        assert self.session is not None
+        self.session.stage(self.files[sel.component])
+        calls = iter(range(1 << 62))
+
+        def call(feeds: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
+            before, vs = dict(self.runner_ms), SimpleNamespace(inputs=feeds)
+            local, n = self.extras / "pipeline" / sel.component, next(calls)
+            out = (self._stitched_set(sel, runner, local, n, vs) if is_tiled(sel.entry)
+                   else self._outputs_of_set(sel, runner, local, n, vs))
+            return out, self.runner_ms["run"] - before["run"], self.runner_ms["load"] - before["load"]
+        return RemoteStage(sel, call, f"{runner.name}/{sel.entry.delegate or 'portable'}")
+
     def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
         """executor_runner once per test-vector set: the inputs pushed as raw files (--inputs), the outputs written
         with --output_file and pulled back. onnxruntime_perf_test has no way to return outputs."""
@@ -287,6 +313,9 @@ class AdbRunnerDevice(AdbPhone):
         s.dev.shell(["rm", "-f", *remote])  # the inputs are not kept on the phone
         if rc != 0:
             raise RunnerFailure(runner_failure(runner.name, rc, out + err, [], []), out + err)
+        parsed = parse_executor_runner(out + err)
+        self.runner_ms["run"] += sum(parsed.samples_ms) if parsed.samples_ms else (parsed.mean_ms or 0.0)
+        self.runner_ms["load"] += parsed.load_ms or 0.0
         files = [s.pull_if_exists(f"{base}-{k}.bin", local / f"{base}-{k}.bin") for k in range(len(entry.outputs))]
         if any(f is None for f in files):
             raise DeviceError(f"{runner.name} wrote no {base}-<i>.bin output files for the {sel.component}")

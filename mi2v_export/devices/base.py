@@ -126,6 +126,13 @@ class BenchDevice(ABC):
         (one output dict per set, the runtime's name), or why this device cannot return outputs."""
         return "this device returns no outputs"
 
+    def pipeline_stage(self, sel: Selection) -> Any:
+        """The component as a pipeline stage (mi2v_export/pipeline/stages.py `Stage`) that runs on this device, for
+        `mi2v bench --pipeline` (devices/pipeline_bench.py); None where this kind cannot drive the whole run. A
+        stage whose device reports its own time offers `take_times()` → {"device_ms", "transfer_ms"} since the
+        last call."""
+        return None
+
     def finish(self, report: BenchReport) -> None:
         """Record what the device staged and warned about; release what it holds."""
 

@@ -48,7 +48,7 @@ def default_report_path(transport: str, serial: str | None) -> Path:
     return Path("mi2v-bench") / f"{stamp}-{tag}.json"
 
 
-def _checked_protocol(opts: BenchOptions, kind: DeviceKind) -> tuple[int, int, float]:
+def checked_protocol(opts: BenchOptions, kind: DeviceKind) -> tuple[int, int, float]:
     """(iterations, warm-up, cool-down) with the kind's defaults; BadInputError for impossible values, for a kind's
     options given to another kind and for what the kind itself refuses (DeviceKind.check)."""
     d = kind.defaults
@@ -76,7 +76,7 @@ def _checked_protocol(opts: BenchOptions, kind: DeviceKind) -> tuple[int, int, f
     return iterations, warmup, cooldown
 
 
-def _new_report(opts: BenchOptions, manifest: Any, transport: str, serial: str | None) -> BenchReport:
+def new_report(opts: BenchOptions, manifest: Any, transport: str, serial: str | None) -> BenchReport:
     report = BenchReport(device={"transport": transport, "serial": serial}, frames=manifest.frames,
                          steps=opts.steps)
     report.artifacts = {
@@ -105,7 +105,7 @@ def run_bench(opts: BenchOptions, say: Say = quiet, echo: Say = print, system: s
     transport, serial = parse_device(opts.device)
     kind = kind_for(transport, opts.via)
     kind.requires(system)
-    iterations, warmup, cooldown = _checked_protocol(opts, kind)
+    iterations, warmup, cooldown = checked_protocol(opts, kind)
     opts = replace(opts, iterations=iterations, warmup=warmup, cooldown=cooldown)
     manifest = read_manifest(opts.artifacts)
     json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, serial)
@@ -128,13 +128,13 @@ def bench_device(device: BenchDevice, opts: BenchOptions, manifest: Any,
     heat and recorded. Once the device has answered, the report is saved whatever happens (a Ctrl-C too; kept in
     the temporary folder when `path` cannot be written, mi2v_export/outputs.py); a device that never answered
     raises its one-line error and writes no report, since nothing was measured. Returns it with the first error."""
-    report = _new_report(opts, manifest, device.transport, parse_device(opts.device)[1])
+    report = new_report(opts, manifest, device.transport, parse_device(opts.device)[1])
     report.protocol = {"warmup": opts.warmup, "iterations": opts.iterations, "runs": opts.runs,
                        "warmup_in_timed_process": True, "inputs": "ones", "cooldown_s": opts.cooldown,
                        "thermal_wait_s": opts.thermal_wait, "timeout_s": opts.timeout, "steps": opts.steps}
     pending = _components(device, manifest, opts, report)
     try:
-        _start(device, report)
+        start_report(device, report)
     except (Mi2vError, KeyboardInterrupt):
         _finish(device, report)
         raise
@@ -148,9 +148,9 @@ def bench_device(device: BenchDevice, opts: BenchOptions, manifest: Any,
     except KeyboardInterrupt:
         _not_run(pending, "interrupted (Ctrl-C)")
         report.error = "interrupted (Ctrl-C)"
-        _save(report, path)  # first: the device's clean-up may outlast the signal watchdog's grace (interrupts.py)
+        save_report(report, path)  # first: the device's clean-up may outlast the signal watchdog's grace (interrupts.py)
         _finish(device, report)
-        _save(report, path)
+        save_report(report, path)
         raise
     _finish(device, report)
     if stop is not None:
@@ -158,11 +158,11 @@ def bench_device(device: BenchDevice, opts: BenchOptions, manifest: Any,
     first = stop or _first_failure(report, error_kinds)
     if first is not None and not report.error:
         report.error = str(first)
-    _save(report, path)
+    save_report(report, path)
     return report, first
 
 
-def _save(report: BenchReport, path: Path) -> Path:
+def save_report(report: BenchReport, path: Path) -> Path:
     """The report at `path`, or (a disk that filled up, a folder gone read-only) kept in the temporary folder and
     named in the one-line error, so the measurements are not lost."""
     return write_or_keep(path, report.save, "bench report")
@@ -183,7 +183,7 @@ def _components(device: BenchDevice, manifest: Any, opts: BenchOptions,
     return pending
 
 
-def _start(device: BenchDevice, report: BenchReport) -> None:
+def start_report(device: BenchDevice, report: BenchReport) -> None:
     facts = device.facts()
     report.device, report.host = facts.device, facts.host
     report.protocol.update(facts.protocol)

@@ -25,6 +25,7 @@ from ..qnn import RUNTIME as QNN_RUNTIME
 from ..runtimes import Runtime, Session, memory
 from ..runtimes.sessions import TiledSession, is_tiled, open_session
 from ..errors import BadInputError, MissingDependencyError, first_line
+from ..pipeline.stages import artifact_stage
 from .base import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
 from .cpus import cpu_list, parse_mask
 from .output_check import host_outputs
@@ -287,6 +288,10 @@ class HostDevice(BenchDevice):
     def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
         """The test-vector inputs run in this process on the runtime that was timed."""
         return host_outputs(self.manifest.path_of(sel.entry), sel.entry, sel.runtime, sets)
+
+    def pipeline_stage(self, sel: Selection) -> Any:
+        """In this process, as `mi2v generate` runs it: loaded before its turn, released after it."""
+        return artifact_stage(sel.component, self.manifest.path_of(sel.entry), sel.entry, self.threads)
 
     def finish(self, report: BenchReport) -> None:
         if self.simulated:

@@ -40,10 +40,12 @@ One JSON file per bench invocation:
                      "load_ms": {"median"}, "peak_rss_kb"}}
       ],
       "per_frame_ms": {"1": …, "2": …},             # (encoder + steps × denoiser + decoder) p50s / frames
-      "headline": {"steps", "per_frame_ms", "frames_per_s"},
+      "headline": {"steps", "per_frame_ms", "frames_per_s", "source"},   # a pipeline report: measured over
+                                                    # whole runs; else the component medians' formula
       "warnings": [...],
-      "modified_files": [{"component", "file", "expected_sha256", "sha256", "expected_bytes", "bytes"}]
+      "modified_files": [{"component", "file", "expected_sha256", "sha256", "expected_bytes", "bytes"}],
                                                     # only with --allow-modified (mi2v_export/integrity.py)
+      "pipeline": {...}                             # only with --pipeline: devices/pipeline_bench.py, the schema
     }
 
 The paths a report holds for its own files (a run's `log` and `etdump`, a component's `runtime.etdump` and
@@ -189,6 +191,7 @@ class BenchReport:
     error: str | None = None  # the first error (one line), when a component failed or the run stopped early
     steps: int = 2  # the denoising steps of the headline
     modified_files: list[dict[str, Any]] = field(default_factory=list)  # --allow-modified: integrity.Modified
+    pipeline: dict[str, Any] | None = None  # `--pipeline`: the whole run, clip by clip (devices/pipeline_bench.py)
 
     def component(self, name: str) -> ComponentResult | None:
         return next((c for c in self.components if c.component == name), None)
@@ -216,7 +219,6 @@ class BenchReport:
             d = asdict(c)
             d["summary"] = c.summary()
             comps.append(d)
-        headline = self.per_frame_ms(self.steps)
         return {
             "schema": SCHEMA,
             "created_utc": self.created_utc,
@@ -232,11 +234,19 @@ class BenchReport:
             "frames": self.frames,
             "components": comps,
             "per_frame_ms": {str(s): self.per_frame_ms(s) for s in (1, 2)},
-            "headline": {"steps": self.steps, "per_frame_ms": headline,
-                         "frames_per_s": (1000.0 / headline) if headline else None},
+            "headline": self.headline(),
             "warnings": list(self.warnings),
             **({"modified_files": list(self.modified_files)} if self.modified_files else {}),
+            **({"pipeline": self.pipeline} if self.pipeline is not None else {}),
         }
+
+    def headline(self) -> dict[str, Any]:
+        """The per-frame figure: measured over whole runs for a pipeline report, else computed from the component
+        medians (`source` says which)."""
+        measured = ((self.pipeline or {}).get("headline") or {}).get("measured_per_frame_ms")
+        value = measured if measured is not None else self.per_frame_ms(self.steps)
+        return {"steps": self.steps, "per_frame_ms": value, "frames_per_s": (1000.0 / value) if value else None,
+                "source": "pipeline (measured)" if measured is not None else "component medians (computed)"}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a partial report is still a complete JSON file)."""
@@ -258,7 +268,7 @@ class BenchReport:
                    warnings=list(data.get("warnings", [])), created_utc=data.get("created_utc", ""),
                    artifacts=data.get("artifacts", {}), staging=data.get("staging", {}), error=data.get("error"),
                    steps=int((data.get("headline") or {}).get("steps", 2)),
-                   modified_files=list(data.get("modified_files") or []))
+                   modified_files=list(data.get("modified_files") or []), pipeline=data.get("pipeline"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BenchReport:
@@ -314,7 +324,27 @@ def compare(a: BenchReport, b: BenchReport) -> list[dict[str, Any]]:
         add(f"{name} p50 ms", sa["latency_ms"].get("p50"), sb["latency_ms"].get("p50"))
         add(f"{name} p90 ms", sa["latency_ms"].get("p90"), sb["latency_ms"].get("p90"))
         add(f"{name} load ms", sa["load_ms"].get("median"), sb["load_ms"].get("median"))
+    if a.pipeline is not None or b.pipeline is not None:
+        for metric, path in PIPELINE_ROWS:
+            add(metric, _dig(a.pipeline, path), _dig(b.pipeline, path))
     return rows
+
+
+# `bench compare` rows of pipeline reports: (metric, path in the `pipeline` block)
+PIPELINE_ROWS = (("pipeline per-frame ms (measured)", ("headline", "measured_per_frame_ms")),
+                 ("pipeline per-frame ms (computed)", ("headline", "computed_per_frame_ms")),
+                 ("pipeline cold clip ms", ("cold", "total_ms")),
+                 ("pipeline warm clip p50 ms", ("warm", "total_ms", "p50")),
+                 ("pipeline warm clip p95 ms", ("warm", "total_ms", "p95")),
+                 ("pipeline first frame p50 ms", ("warm", "first_frame_ms", "p50")),
+                 ("pipeline peak RSS kB", ("peak_rss_kb",)))
+
+
+def _dig(block: dict[str, Any] | None, path: tuple[str, ...]) -> float | None:
+    value: Any = block
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, (int, float)) else None
 
 
 def _tool_info() -> dict[str, Any]:

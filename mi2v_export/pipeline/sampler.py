@@ -116,7 +116,9 @@ class GenerateResult:
     latents: list[torch.Tensor]  # the latent after each step (frame 0 re-imposed)
     schedule: FlowSchedule
     posterior: str  # the mode actually used: "sample" | "mean"
-    timings: dict[str, float]  # seconds: preprocess, load (each stage before it runs), encode, denoise, decode, postprocess
+    # seconds: preprocess, load (every stage before it runs; load_<component> each), encode, denoise, decode,
+    # postprocess
+    timings: dict[str, float]
     step_times: list[float]
     backends: dict[str, str]
     notes: list[str] = field(default_factory=list)
@@ -157,20 +159,20 @@ class Pipeline:
         noise = torch.randn(geo.latent_shape, generator=generator, dtype=torch.float32)
 
         progress("encode", 0, 1)
-        timings["load"] = self._load(ENCODER)
+        self._load(ENCODER, timings)
         t0 = time.perf_counter()
         z_ref, mode = self._encode(x, geo, posterior or config.posterior, generator, notes)
         timings["encode"] = time.perf_counter() - t0
         self.stages[ENCODER].release()
         progress("encode", 1, 1)
 
-        timings["load"] += self._load(DENOISER)
+        self._load(DENOISER, timings)
         latents, step_times = self._denoise(noise, z_ref, config, progress)
         timings["denoise"] = sum(step_times)
         self.stages[DENOISER].release()
 
         progress("decode", 0, 1)
-        timings["load"] += self._load(DECODER)
+        self._load(DECODER, timings)
         t0 = time.perf_counter()
         video = self._decode(latents[-1], geo)
         timings["decode"] = time.perf_counter() - t0
@@ -187,11 +189,13 @@ class Pipeline:
                               memory={"peak_rss_bytes": memory.peak_rss_bytes(), "baseline_rss_bytes": baseline,
                                       "method": method, "stages_resident": "one at a time"})
 
-    def _load(self, component: str) -> float:
-        """Seconds to load a stage (the one resident one: the stage before it was released)."""
+    def _load(self, component: str, timings: dict[str, float]) -> None:
+        """Load a stage (the one resident one: the stage before it was released); its seconds go to
+        `load_<component>` and the run's `load`."""
         t0 = time.perf_counter()
         self.stages[component].load()
-        return time.perf_counter() - t0
+        timings[f"load_{component}"] = seconds = time.perf_counter() - t0
+        timings["load"] = timings.get("load", 0.0) + seconds
 
     @staticmethod
     def _input(image, config: GenerateConfig) -> torch.Tensor:

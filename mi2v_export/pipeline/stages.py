@@ -184,13 +184,15 @@ class ExecuTorchStage(ArtifactStage):
     (else the contract's); dtypes and shapes come from the program's own method metadata."""
 
     def __init__(self, component: str, path: Path, input_names: list[str] | None = None,
-                 output_names: list[str] | None = None, *, entry: Any = None, runtime: Runtime | None = None):
+                 output_names: list[str] | None = None, *, entry: Any = None, runtime: Runtime | None = None,
+                 threads: int | None = None):
+        """`threads`: the ExecuTorch thread pool's size (process-wide); None keeps the runtime's."""
         check_component(component)
         names, outs = IO[component]
         runtime = runtime or runtimes.get("executorch-portable")
         try:
             super().__init__(component, path, runtime, entry, input_names=input_names or names,
-                             output_names=output_names or outs)
+                             output_names=output_names or outs, threads=threads)
         except BadInputError:
             if entry is not None and runtimes.runnable(entry) is None:
                 raise MissingDependencyError(self.unavailable(Path(path), entry, "")) from None
@@ -206,7 +208,8 @@ class ExecuTorchStage(ArtifactStage):
 class CoreMLStage(ArtifactStage):
     """A Core ML `.mlpackage` through coremltools' predict (all compute units): runs only on macOS."""
 
-    def __init__(self, component: str, path: Path, *, entry: Any = None, runtime: Runtime | None = None):
+    def __init__(self, component: str, path: Path, *, entry: Any = None, runtime: Runtime | None = None,
+                 threads: int | None = None):  # Core ML schedules its own threads
         super().__init__(component, path, runtime or runtimes.get("coreml-all"), entry)
         self.precision = "fp16"  # pragma: no cover - macOS only
 
@@ -220,16 +223,17 @@ STAGE_BACKENDS: dict[str, type[ArtifactStage]] = {".onnx": OnnxStage, ".pte": Ex
                                                   ".mlpackage": CoreMLStage}
 
 
-def artifact_stage(component: str, path: Path, entry: Any = None) -> Stage:
+def artifact_stage(component: str, path: Path, entry: Any = None, threads: int | None = None) -> Stage:
     """The stage for one artifact file on the runtime that runs its manifest entry here (`runtimes.runnable`,
-    else the first that accepts it, which then says why it cannot run), or, without an entry, by its suffix."""
+    else the first that accepts it, which then says why it cannot run), or, without an entry, by its suffix.
+    `threads`: the runtime's intra-op threads (None: its default)."""
     path = Path(path)
     accepting = runtimes.for_entry(entry) if entry is not None else runtimes.for_path(path)
     runtime = (runtimes.runnable(entry) if entry is not None else None) or next(iter(accepting), None)
     cls = STAGE_BACKENDS.get(runtime.suffix) if runtime is not None else None
     if cls is None:
         raise BadInputError(f"{path.name}: unknown artifact type (expected {', '.join(STAGE_BACKENDS)})")
-    stage = cls(component, path, entry=entry, runtime=runtime)
+    stage = cls(component, path, entry=entry, runtime=runtime, threads=threads)
     if entry is not None:
         stage.precision = entry.precision or entry.dtype  # the exported precision, even with fp32 program I/O
         stage.gate_db = (entry.trajectory or {}).get("gate_db")  # the trajectory gate it passed at export
