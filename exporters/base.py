@@ -184,6 +184,11 @@ class Exporter(ABC):
     def default_dtype(self, delegate: str | None) -> str:
         return "fp32"
 
+    def keeps_units(self, precision: str) -> bool:
+        """Whether this target's quantizer leaves a recipe's float units alone at `precision`: where it does, an
+        integer export short of its gate margin keeps its costliest units float (exporters/margin.py)."""
+        return True
+
     def precisions_for(self, delegate: str | None) -> tuple[Precision, ...]:
         """The precisions `--target name --delegate delegate` produces and gates here (`supported`)."""
         return self.supported

@@ -41,7 +41,7 @@ from mi2v_export.shapes import geometry, parse_resolution
 from mi2v_export.verify import run_record
 
 from . import components as comp
-from . import quality, tiled
+from . import margin, quality, tiled
 from .base import (
     ExportOptions,
     ProgressCallback,
@@ -218,9 +218,10 @@ def run_export(request: ExportRequest | ExportPlan, progress: ProgressCallback =
                 entries.append(entry)
                 files += entry.files()
             try:
-                _trajectory_gate(entries, plan, staging.path, ctx, progress)
+                _trajectory_gate(entries, plan, staging.path, ctx, progress)  # may export components again
             finally:
                 plan.exporter.forget_simulated()
+            files = list(dict.fromkeys(f for e in entries for f in e.files()))
             plan.manifest.components = entries
             _raise_if_stopped(stop_requested)
             merged = staging.commit(plan.manifest, files)
@@ -292,9 +293,32 @@ def _memory_record(exporter, artifact, staging: Path, options: ExportOptions, me
 
 
 def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Path, ctx, progress) -> None:
-    """The whole sampler on this run's reduced-precision artifacts vs PyTorch fp32 (quality.trajectory); recorded in
-    every such entry. fp32 artifacts pass an exact gate already; an artifact no runtime here runs takes part through
-    the PyTorch stand-in its component gate ran (recorded in `verified_on`), or is skipped when there is none."""
+    """The whole sampler on this run's reduced-precision artifacts vs PyTorch fp32 (quality.trajectory), recorded in
+    every such entry. An integer export that lands less than the margin above its gate has its costliest units kept
+    float and is exported again (exporters/margin.py) before the gate is judged. fp32 artifacts pass an exact gate
+    already; an artifact no runtime here runs takes part through the PyTorch stand-in its component gate ran
+    (recorded in `verified_on`), or is skipped when there is none."""
+    gated, simulated = _gated(entries, plan)
+    if not gated or not plan.request.verify:
+        return
+    progress(ProgressEvent("video", "trajectory", "start", f"2-step video on {quality.calibration.VALIDATION_IMAGE.name}"))
+    t0 = time.perf_counter()
+    record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr, simulated)
+    progress(ProgressEvent("video", "trajectory", "done", f"worst frame {record['psnr_db_min']:.1f} dB "
+                           f"(gate {record['gate_db']:g} dB)", seconds=time.perf_counter() - t0))
+    names = margin.candidates(gated, {n: p.value for n, p in plan.options.precisions.items()},
+                              plan.options.recipe is not None, plan.exporter.keeps_units)
+    if margin.needed_db(record) > 0 and names:
+        record = _protect(entries, names, record, plan, staging, ctx, progress)
+        gated, _ = _gated(entries, plan)
+    quality.check_gate(record, gated)
+    for e in gated:
+        e.trajectory = record
+
+
+def _gated(entries: list[ArtifactEntry], plan: ExportPlan) -> tuple[list[ArtifactEntry], dict]:
+    """(the reduced-precision entries the trajectory runs, their PyTorch stand-ins where no runtime here runs
+    them); the others get the reason in their `trajectory`."""
     reduced = [e for e in entries if (e.precision or "fp32") != "fp32" and e.parity.get("verified_on")]
     simulated = {e.component: plan.exporter.simulated_module(e.component) for e in reduced
                  if e.parity["verified_on"][-1]["runtime"] == SIMULATED}
@@ -304,16 +328,52 @@ def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Pa
         if e not in gated:
             e.trajectory = {"passed": None, "reason": "the artifact's runtime is not on this host and its PyTorch "
                                                       "stand-in is gone (parity verified_on pytorch-simulated)"}
-    if not gated or not plan.request.verify:
-        return
-    progress(ProgressEvent("video", "trajectory", "start", f"2-step video on {quality.calibration.VALIDATION_IMAGE.name}"))
+    return gated, {c: m for c, m in simulated.items() if m is not None}
+
+
+def _protect(entries: list[ArtifactEntry], names: list[str], record: dict, plan: ExportPlan, staging: Path, ctx,
+             progress) -> dict:
+    """Keep the costliest units float until the trajectory clears its gate by the margin (exporters/margin.py);
+    `entries` is updated in place with the components exported again. Returns the last trajectory record."""
+    precisions = {n: plan.options.precisions[n].value for n in names}
+    progress(ProgressEvent("video", "margin", "start", f"{record['psnr_db_min']:.1f} dB is less than "
+                           f"{margin.TRAJECTORY_MARGIN_DB:g} dB above the gate: ranking units"))
     t0 = time.perf_counter()
-    record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr,
-                                {c: m for c, m in simulated.items() if m is not None})
-    for e in gated:
-        e.trajectory = record
-    progress(ProgressEvent("video", "trajectory", "done", f"worst frame {record['psnr_db_min']:.1f} dB "
-                           f"(gate {record['gate_db']:g} dB)", seconds=time.perf_counter() - t0))
+    ranking = margin.rank(ctx.stages(), names, precisions, plan.geo)
+    count, before = margin.first_count(ranking, margin.needed_db(record)), dict(record)
+    for round_ in range(1, margin.ROUNDS + 1):
+        for name, kept in ranking.first(count).items():
+            auto = margin.recipe_for(name, precisions[name], ctx.stages(), kept, ranking, round_)
+            i = next(k for k, e in enumerate(entries) if e.component == name)
+            entries[i] = _reexport(entries[i], auto, plan, staging, ctx, progress)
+        gated, simulated = _gated(entries, plan)
+        record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr, simulated)
+        if margin.needed_db(record) <= 0 or count >= len(ranking.units):
+            break
+        count = min(2 * count, len(ranking.units))
+    for e in entries:
+        if (e.recipe or {}).get("origin") == margin.ORIGIN:
+            e.recipe["trajectory_db"] = {"before": before["psnr_db_min"], "after": record["psnr_db_min"],
+                                         "gate": record["gate_db"]}
+    progress(ProgressEvent("video", "margin", "done", f"{count} unit(s) kept float: worst frame "
+                           f"{record['psnr_db_min']:.1f} dB (gate {record['gate_db']:g} dB)",
+                           seconds=time.perf_counter() - t0))
+    return record
+
+
+def _reexport(old: ArtifactEntry, auto: dict, plan: ExportPlan, staging: Path, ctx, progress) -> ArtifactEntry:
+    """The component exported again with the recipe's float units; it keeps its precision's name (and gate), and
+    its recipe records what the float units cost in bytes."""
+    name = old.component
+    options = dataclasses.replace(plan.options, recipe=auto,
+                                  precisions={**plan.options.precisions, name: precision.Precision.MIXED})
+    entry = _export_one(name, plan.request, plan.exporter, options, plan.preset, plan.geo, plan.routing[name],
+                        staging, progress, ctx)
+    all_integer = (old.recipe or {}).get("cost", {}).get("bytes_all_integer", old.bytes)
+    entry.precision = auto["precision"]
+    entry.recipe["cost"] = {"bytes_all_integer": all_integer, "bytes": entry.bytes,
+                            "ratio": round(entry.bytes / all_integer, 4) if all_integer else None}
+    return entry
 
 
 def _measure(exporter, artifact, staging: Path, spec, options: ExportOptions, ctx):

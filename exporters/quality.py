@@ -71,7 +71,8 @@ def held_out_parity(exporter, artifact, staging: Path, spec, options, ctx: Quali
 def trajectory(entries: list, staging: Path, ctx: QualityContext, min_psnr: float | None,
                simulated: dict | None = None) -> dict:
     """Generate on the validation image with this run's artifacts (PyTorch fp32 for the other components) and
-    compare every frame with the all-fp32 PyTorch run. Raises VerificationError when a frame is below the gate.
+    compare every frame with the all-fp32 PyTorch run; the record says whether every frame reaches the gate
+    (`check_gate` raises when not).
     `simulated`: component → the PyTorch stand-in of an artifact no runtime here runs (its quantized graph)."""
     from mi2v_export.pipeline import GenerateConfig, Pipeline, compare_runs, load_image
 
@@ -94,12 +95,17 @@ def trajectory(entries: list, staging: Path, ctx: QualityContext, min_psnr: floa
               "gate_db": gate_db, "passed": bool(summary["passed"]),
               "artifacts": {e.component: e.precision for e in entries}, "reference": parity.REFERENCE,
               "verified_on": {e.component: stages[e.component].backend for e in entries}}
+    return record
+
+
+def check_gate(record: dict, entries: list) -> None:
+    """VerificationError when the trajectory's worst frame is below its gate (nothing is written then)."""
     if not record["passed"]:
         which = ", ".join(f"{e.component} {e.precision}" for e in entries)
         raise VerificationError(f"trajectory gate: the 2-step video on {record['image']} with {which} reaches "
-                                f"{summary['min_psnr_db']:.1f} dB on its worst frame, below {gate_db:g} dB vs "
-                                "PyTorch fp32; no artifact was written (--min-psnr overrides the gate)")
-    return record
+                                f"{float(record['psnr_db_min']):.1f} dB on its worst frame, below "
+                                f"{record['gate_db']:g} dB vs PyTorch fp32; no artifact was written (--min-psnr "
+                                "overrides the gate)")
 
 
 def _artifact_or_simulated_stage(entry, staging: Path, simulated):

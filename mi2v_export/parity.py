@@ -73,6 +73,9 @@ FP16_GATE = Gate("psnr_db", ">=", 40.0)
 # (what the component sees in the sampler on the validation image). Set from measurement: docs/guides/precision.md.
 COMPONENT_PSNR_MIN_DB = {"w8a16": 30.0, "w8a8": 25.0, "w8": 25.0, "w4": 20.0}
 
+# An integer export clears its trajectory gate by at least this much, or exporters/margin.py keeps its costliest
+# units float until it does: a video 0.2 dB over the gate passes or fails by the photo (issue 25)
+TRAJECTORY_MARGIN_DB = 3.0
 # Trajectory gate: per-frame PSNR of the 2-step video on the validation image, artifacts vs PyTorch fp32.
 TRAJECTORY_PSNR_MIN_DB = {"fp32": 40.0, "fp16": 40.0, "w8a16": 30.0, "w8a8": 30.0, "w8": 30.0, "w4": 25.0,
                           "mixed": 25.0}

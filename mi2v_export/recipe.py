@@ -38,8 +38,9 @@ def units_of(component: str, model: nn.Module) -> list[str]:
     if component == "denoiser":
         names = [n for n in DENOISER_UNITS_FLAT if hasattr(model, n)]
         return names + [f"blocks.{i}" for i in range(len(model.blocks))]
-    inner = model.decoder if hasattr(model, "decoder") and component == "decoder" else model
-    prefix = "decoder." if inner is not model else ""
+    wrapped = {"decoder": "decoder", "encoder": "encoder"}.get(component)  # the VAE parts' inner network
+    inner = getattr(model, wrapped) if wrapped and isinstance(getattr(model, wrapped, None), nn.Module) else model
+    prefix = f"{wrapped}." if inner is not model else ""
     out = []
     for name, child in inner.named_children():
         if isinstance(child, nn.ModuleList):

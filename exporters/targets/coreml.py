@@ -138,6 +138,9 @@ class CoreMLExporter(Exporter):
     def runs_here(self, options: ExportOptions) -> bool:
         return super().runs_here(options) or is_quantized(options.precision)  # compressed: simulated in PyTorch
 
+    def keeps_units(self, precision: str) -> bool:
+        return precision == "w8a8"  # coremltools compresses every weight alike at w8 / w4
+
     def check_environment(self, options: ExportOptions) -> None:
         try:
             import coremltools  # noqa: F401

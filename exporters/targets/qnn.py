@@ -82,6 +82,9 @@ class QnnExporter(OnnxExporter):
     def file_name(self, component: str) -> str:
         return f"{component}_ctx.onnx"
 
+    def keeps_units(self, precision: str) -> bool:
+        return False  # onnxruntime's QNN configuration quantizes the whole graph (exporters/quantize/qnn.py)
+
     # -- export ----------------------------------------------------------------------------------------------
     def export(self, spec: ComponentSpec, out_dir: Path, options: ExportOptions,
                progress: ProgressCallback) -> Artifact:

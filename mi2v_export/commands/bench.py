@@ -127,6 +127,9 @@ def render_report(report, path: Path | None = None) -> None:
             per = ", ".join(f"{t['tiles']} × {_ms(t.get('median_tile_ms'))} ms" for t in tiles)
             console.print(f"tiles, {c.component}: {sum(t['tiles'] for t in tiles)} per call over {len(tiles)} stages "
                           f"(tiles × median tile time: {per})", highlight=False)
+    for c in report.components:
+        if c.profile is not None:
+            render_profile(c.component, c.profile)
     if report.pipeline is not None:
         render_pipeline(report.pipeline)
     for c in report.components:
@@ -139,6 +142,25 @@ def render_report(report, path: Path | None = None) -> None:
         console.print(f"warning: {w}", style="yellow")
     if path is not None:
         console.print(f"report: {path}")
+
+
+def render_profile(component: str, profile: dict, top: int = 8) -> None:
+    """`--profile`: a component's top operators (the runtime's own profiler, devices/profile.py)."""
+    if profile.get("reason"):
+        console.print(f"profile, {component}: — ({profile['reason']})", style="dim", highlight=False)
+        return
+    share = profile.get("delegated_share")
+    title = (f"{component}: top operators, {profile['tool']}, {profile['runs']} run(s), "
+             f"{profile['total_ms']:.2f} ms of ops per run"
+             + ("" if share is None else f", {100 * share:.0f} % delegated"))
+    table = Table("op", "where", "delegated", "calls", "ms / run", "share", title=title, title_justify="left")
+    flags = {True: "yes", False: "no", None: "?"}
+    for op in profile["ops"][:top]:
+        table.add_row(op["op"], op.get("where", ""), flags[op.get("delegated")], str(op.get("calls", "")),
+                      f"{op['total_ms']:.3f}", f"{100 * op['share']:.1f} %")
+    console.print(table)
+    for note in profile.get("notes", []):
+        console.print(f"  {note}", style="dim", highlight=False)
 
 
 def render_pipeline(block: dict) -> None:
@@ -228,6 +250,10 @@ def bench(
     timeout: float = typer.Option(600.0, "--timeout", min=0, help="limit for one runner process on the phone, seconds"),
     etdump: bool = typer.Option(False, "--etdump", help="phone, ExecuTorch: one extra profiling run per "
                                 "component with --etdump_path, pulled next to the report"),
+    profile: bool = typer.Option(False, "--profile", help="each component's top operators by time from the "
+                                 "runtime's own profiler (onnxruntime's; ExecuTorch's ETDump through the Inspector, "
+                                 "with the .etrecord of `mi2v export --etrecord`); on a phone the runner writes "
+                                 "the ETDump"),
     component: Components = "all",
     allow_modified: AllowModified = False,
     pipeline: bool = typer.Option(False, "--pipeline", help="time the whole image-to-video run (encode, steps, "
@@ -261,7 +287,7 @@ def bench(
     opts = BenchOptions(artifacts=artifacts, device=device, runtime=runtime.value, iterations=iterations,
                         warmup=warmup, runs=runs, steps=steps, runners=list(runner), cpu_mask=cpu_mask,
                         threads=threads, adb=adb, adb_port=adb_port, json_path=report_path, cooldown=cooldown,
-                        thermal_wait=thermal_wait, timeout=timeout, etdump=etdump,
+                        thermal_wait=thermal_wait, timeout=timeout, etdump=etdump, profile=profile,
                         components=tuple(component.split(",")),
                         via=via.value, dry_run=dry_run, team=team, app_dir=app_dir,
                         compute_units=units, allow_modified=allow_modified)

@@ -28,6 +28,7 @@ from .adb import Adb, AdbDevice, AdbTimeout
 from .android_session import AndroidSession, StagedFile
 from .base import BenchDevice, BenchOptions, BenchReport, ComponentResult, DeviceFacts, RunResult, Say, Selection
 from .output_check import raw_outputs
+from .profile import phone_profile
 from .remote_stage import RemoteStage
 from .runners import parse_executor_runner
 from .report import percentile
@@ -172,8 +173,10 @@ class AdbRunnerDevice(AdbPhone):
                          f"{opts.warmup} warm-up + {opts.iterations} timed iterations")
                 comp.runs.append(self._run_tiled(sel, comp, runner, r) if is_tiled(sel.entry)
                                  else self._run_once(sel, comp, runner, r))
-            if opts.etdump and sel.runtime == "executorch":
+            if (opts.etdump or opts.profile) and sel.runtime == "executorch" and not is_tiled(sel.entry):
                 comp.runtime["etdump"] = self._profile(sel, runner)
+            if opts.profile:
+                comp.profile = self._read_profile(sel, comp.runtime.get("etdump"))
         except AdbTimeout:
             raise DeviceError(f"timeout: {runner.name} did not finish the {sel.component} within {opts.timeout:g} s "
                               f"({opts.warmup}+{opts.iterations} iterations): raise --timeout or lower --iterations"
@@ -334,6 +337,17 @@ class AdbRunnerDevice(AdbPhone):
         s.run_executorch(runner, self._remote_names(sel)[0], None, 0, 1, self.opts.timeout, etdump=name)
         dump = s.pull_if_exists(name, self.extras / name)
         return os.path.relpath(dump, self.json_dir) if dump else None
+
+    def _read_profile(self, sel: Selection, etdump: str | None) -> dict[str, Any]:
+        """--profile: the per-op profile of the ETDump the runner wrote, read here (devices/profile.py)."""
+        if sel.runtime != "executorch":
+            return {"reason": "onnxruntime_perf_test's profiles are not read by mi2v: profile the .onnx on the host"}
+        if is_tiled(sel.entry):
+            return {"reason": "a tiled component is profiled stage by stage on the host (--device host)"}
+        if etdump is None:
+            return {"reason": "the runner wrote no ETDump (build it with -DEXECUTORCH_ENABLE_EVENT_TRACER=ON)"}
+        record = next((self.manifest.folder / f.file for f in sel.entry.extra_files if f.role == "etrecord"), None)
+        return phone_profile(self.json_dir / etdump, sel.entry, 1, self.json_dir, record)
 
     def finish(self, report: BenchReport) -> None:
         if self.session is None:

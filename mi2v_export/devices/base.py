@@ -60,6 +60,7 @@ class BenchOptions:
     thermal_wait: float = 120.0
     timeout: float = 600.0
     etdump: bool = False  # adb runners
+    profile: bool = False  # per-op profiles from the runtime's own profiler (devices/profile.py)
     components: tuple[str, ...] = COMPONENTS
     via: str = "runner"  # adb: the native runners (default) or the Android benchmark app (apps/android)
     dry_run: bool = False  # --via app / ios: print the exact commands, touch no device

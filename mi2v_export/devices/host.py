@@ -29,6 +29,7 @@ from ..pipeline.stages import artifact_stage
 from .base import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
 from .cpus import cpu_list, parse_mask
 from .output_check import host_outputs
+from .profile import PROFILE_RUNS, host_profile
 from .registry import DeviceKind, register
 from .report import BenchReport, ComponentResult, RunResult
 from .runners import backends_in_pte, pte_runtime
@@ -209,8 +210,10 @@ class HostDevice(BenchDevice):
 
     transport = "host"
 
-    def __init__(self, opts: BenchOptions, manifest: Any, say: Say):
+    def __init__(self, opts: BenchOptions, manifest: Any, say: Say, json_path: Path | None = None):
         self.opts, self.manifest, self.say = opts, manifest, say
+        json_path = Path(json_path or "mi2v-bench/report.json")
+        self.extras, self.json_dir = json_path.with_name(json_path.stem + ".files"), json_path.parent
         self.threads = opts.threads
         self.mask: str | None = None
         self.old_affinity: set[int] | None = None
@@ -272,6 +275,11 @@ class HostDevice(BenchDevice):
             run.peak_rss_method = "in-process-vmhwm"
             comp.runs.append(run)
         comp.runtime["backend"] = comp.runs[-1].backend
+        if opts.profile:
+            self.say(f"{sel.component}: profiling {PROFILE_RUNS} runs with {sel.runtime}'s profiler")
+            comp.profile = (host_profile(self.manifest.folder, sel.entry, sel.runtime, self.extras, self.json_dir,
+                                         self.threads) if not qnn_target else
+                            {"reason": "the QNN HTP simulator's timings say nothing of a phone: profile on one"})
         comp.status, comp.error = "ok", None
         return comp
 
@@ -328,7 +336,7 @@ def _describe_host(device: dict[str, Any], protocol: dict[str, Any]) -> str:
 
 def _open_host(opts: BenchOptions, manifest: Any, serial: str | None, json_path: Path, say: Say,
                system: str | None) -> list[BenchDevice]:
-    return [HostDevice(opts, manifest, say)]
+    return [HostDevice(opts, manifest, say, json_path)]
 
 
 register(DeviceKind("host", open=_open_host, serial="none", spellings=("host",), refuses=_host_refuses,

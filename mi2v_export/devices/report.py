@@ -33,6 +33,9 @@ One JSON file per bench invocation:
          "conditions": {"before": {…snapshot…}, "after": {…}},
          "output_check": {"psnr_db", "rel_l2", "max_abs", "passed", "finite", "sets", "gate", "runtime"} | null,
                                                   # outputs on the test vectors' inputs vs the stored PyTorch outputs
+         "profile": {"runtime", "tool", "runs", "total_ms", "run_ms", "delegated_share", "op_types", "notes",
+                     "trace", "ops": [{"op", "calls", "total_ms", "share", "delegated", "where"}]}
+                    | {"reason"} | null,       # --profile: the runtime's own per-op profile (devices/profile.py)
          "runs": [{"load_ms", "samples_ms": [...], "warmup_ms": [...], "first_iteration_ms", "mean_only_ms",
                    "peak_rss_kb", "peak_rss_scope", "peak_rss_method", "exit_code", "backend", "threads",
                    "wall_s", "etdump", "log"}],
@@ -153,6 +156,8 @@ class ComponentResult:
     conditions: dict[str, Any] = field(default_factory=dict)  # device state before/after this component
     # the artifact's outputs on the benchmarked runtime vs its test vectors (devices/output_check.py), or None
     output_check: dict[str, Any] | None = None
+    # `--profile`: top operators by time from the runtime's own profiler (devices/profile.py), or why there is none
+    profile: dict[str, Any] | None = None
 
     def samples(self) -> list[float]:
         return [s for r in self.runs for s in r.samples_ms]
@@ -261,7 +266,8 @@ class BenchReport:
                     for r in c.get("runs", [])]
             comps.append(ComponentResult(component=c["component"], status=c.get("status", "ok"), error=c.get("error"),
                                          artifact=c.get("artifact", {}), runtime=c.get("runtime", {}), runs=runs,
-                                         conditions=c.get("conditions", {}), output_check=c.get("output_check")))
+                                         conditions=c.get("conditions", {}), output_check=c.get("output_check"),
+                                         profile=c.get("profile")))
         protocol = {k: v for k, v in data.get("protocol", {}).items() if k != "percentile_method"}
         return cls(device=data["device"], components=comps, frames=data.get("frames"), protocol=protocol,
                    conditions=data.get("conditions", {}), host=data.get("host", {}), tool=data.get("tool", {}),
@@ -288,6 +294,8 @@ class BenchReport:
             for key in ("etdump", "failure_log"):
                 if c.runtime.get(key) is not None:
                     found.append((f"components.{c.component}.runtime.{key}", c.runtime[key]))
+            if (c.profile or {}).get("trace") is not None:
+                found.append((f"components.{c.component}.profile.trace", c.profile["trace"]))
             for n, run in enumerate(c.runs):
                 found += [(f"components.{c.component}.runs.{n}.{key}", getattr(run, key))
                           for key in ("log", "etdump") if getattr(run, key) is not None]

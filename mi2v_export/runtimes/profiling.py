@@ -95,6 +95,23 @@ def _profile(runtime: str, tool: str, runs: int, totals: Mapping[tuple, list[flo
     return Profile(runtime, tool, runs, total, ops, delegated, **rest)
 
 
+def weighed(parts: Sequence[tuple[Profile, int]]) -> Profile:
+    """One profile of a call made of `count` runs of each part's model (a tiled component's stage models, each
+    run once per window): every op's time and calls multiplied by its part's count."""
+    totals: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0])
+    for profile, count in parts:
+        for op in profile.ops:
+            totals[op.op, op.where, op.delegated][0] += op.total_ms * count
+            totals[op.op, op.where, op.delegated][1] += op.calls * count
+    first = parts[0][0]
+    runs = [p.run_ms * n for p, n in parts if p.run_ms is not None]
+    notes = [*first.notes, f"{len(parts)} models (tile stages), each op weighed by its model's runs per call"]
+    merged = _profile(first.runtime, first.tool, 1, totals, notes=notes, trace=first.trace,
+                      run_ms=sum(runs) if len(runs) == len(parts) else None)  # the parts are per run already
+    merged.runs = first.runs
+    return merged
+
+
 def _check_runs(runs: int, warmup: int) -> None:
     if runs < 1 or warmup < 0:
         raise BadInputError(f"profiling needs runs >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
