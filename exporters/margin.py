@@ -11,8 +11,9 @@ integer component is quantized alone (simulated in PyTorch) and the 2-step video
 the all-fp32 run. Units are taken by the harm they do per byte they would keep float (the error power a unit
 adds alone, 10^(-PSNR/10), over its weights' bytes: a greedy answer to "fewest bytes for the gain") until the
 simulated video gains what the real one lacks, plus `SLACK_DB`. The components holding them are exported again with those units float (the recipe mechanism of
-exporters/quantize/units.py) and the real trajectory is measured again; if the margin is still short, twice as
-many units are kept, for at most `ROUNDS` rounds. Above `ANALYSIS_PIXELS` the ranking runs at a smaller size of
+exporters/quantize/units.py) and the real trajectory is measured again; if the margin is still short, the next
+round asks the simulation for more, scaled by how much real gain its last promise bought, for at most `ROUNDS`
+rounds. Above `ANALYSIS_PIXELS` the ranking runs at a smaller size of
 the same model (the real gate always runs at the export's size). The choice is recorded in each protected
 entry's `recipe` (origin "auto-margin"), with its cost in bytes; the entry keeps its precision's name and gate.
 """
@@ -97,15 +98,27 @@ def rank(stages: dict, components: list[str], precisions: dict[str, str], geo, p
     return Ranking(scored, simulate(every), (config.height, config.width, config.frames), simulate)
 
 
-def first_count(ranking: Ranking, need_db: float) -> int:
-    """The fewest worst units whose float copy gains the simulated video `need_db` + SLACK_DB (all when none do)."""
+def first_count(ranking: Ranking, need_db: float, at_least: int = 1) -> tuple[int, float]:
+    """The fewest units (at least `at_least`) whose float copy gains the simulated video `need_db` + SLACK_DB, and
+    that simulated gain (all units when none do)."""
     every = {c: [u for k, u, _, _ in ranking.units if k == c] for c, _, _, _ in ranking.units}
-    for count in range(1, len(ranking.units) + 1):
+    gain = 0.0
+    for count in range(max(at_least, 1), len(ranking.units) + 1):
         kept = ranking.first(count)
         rest = {c: [u for u in units if u not in kept.get(c, [])] for c, units in every.items()}
-        if ranking.simulate(rest) - ranking.all_quantized_db >= need_db + SLACK_DB:
-            return count
-    return len(ranking.units)
+        gain = ranking.simulate(rest) - ranking.all_quantized_db
+        if gain >= need_db + SLACK_DB:
+            return count, gain
+    return len(ranking.units), gain
+
+
+def next_need(need_db: float, simulated_gain: float, real_gain: float) -> float:
+    """The simulated gain to ask for next round: the simulation's gain per real dB, measured by the round just
+    made, scales what the real video needs (a simulation that only models some of the quantized operators
+    under-promises)."""
+    if real_gain <= 0.1 or simulated_gain <= 0:
+        return need_db * 2
+    return need_db * max(simulated_gain / real_gain, 1.0)
 
 
 def recipe_for(component: str, precision: str, stages: dict, kept: list[str], ranking: Ranking,

@@ -340,7 +340,8 @@ def _protect(entries: list[ArtifactEntry], names: list[str], record: dict, plan:
                            f"{margin.TRAJECTORY_MARGIN_DB:g} dB above the gate: ranking units"))
     t0 = time.perf_counter()
     ranking = margin.rank(ctx.stages(), names, precisions, plan.geo)
-    count, before = margin.first_count(ranking, margin.needed_db(record)), dict(record)
+    before, need = dict(record), margin.needed_db(record)
+    count, promised = margin.first_count(ranking, need)
     for round_ in range(1, margin.ROUNDS + 1):
         for name, kept in ranking.first(count).items():
             auto = margin.recipe_for(name, precisions[name], ctx.stages(), kept, ranking, round_)
@@ -350,7 +351,9 @@ def _protect(entries: list[ArtifactEntry], names: list[str], record: dict, plan:
         record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr, simulated)
         if margin.needed_db(record) <= 0 or count >= len(ranking.units):
             break
-        count = min(2 * count, len(ranking.units))
+        gained = float(record["psnr_db_min"]) - float(before["psnr_db_min"])
+        need = margin.next_need(need, promised, gained)
+        count, promised = margin.first_count(ranking, need, at_least=count + 1)
     for e in entries:
         if (e.recipe or {}).get("origin") == margin.ORIGIN:
             e.recipe["trajectory_db"] = {"before": before["psnr_db_min"], "after": record["psnr_db_min"],

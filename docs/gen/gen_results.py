@@ -17,6 +17,7 @@ from pathlib import Path
 import gen_results_devices as devices
 import gen_results_kinds as kinds
 import gen_results_memory as memory
+import gen_results_runs as runs
 from gen_common import REPO, code, escape, machine_lines, read_json, rel, table
 
 RESULT_DIRS = (REPO / "benchmarks" / "results", REPO / "benchmarks" / "sample_reports")
@@ -26,7 +27,7 @@ RENDER: dict[str, Callable[[object, str, dict], str]] = {
     "export": kinds.export, "attention": kinds.attention, "qnn": devices.qnn, "qnn_blocks": devices.qnn_blocks,
     "bench_report": devices.bench_report, "release_plan": devices.release_plan,
     "receptive_field": kinds.receptive_field, "tiled_vae": memory.tiled_vae, "ort_memory": memory.ort_memory,
-    "qnn_tiled": memory.qnn_tiled,
+    "qnn_tiled": memory.qnn_tiled, "pipeline": runs.pipeline, "int8_ceiling": runs.int8_ceiling,
     "other": kinds.other,
 }
 WRITERS = {
@@ -35,7 +36,8 @@ WRITERS = {
     "qnn_blocks": "`benchmarks/qnn_decoder_blocks.py`", "release_plan": "`benchmarks/release_plan.py`",
     "attention": "`benchmarks/attention.py`", "receptive_field": "`benchmarks/vae_receptive_field.py`",
     "tiled_vae": "`benchmarks/tiled_vae.py`", "ort_memory": "`benchmarks/ort_memory_settings.py`",
-    "qnn_tiled": "`benchmarks/qnn_tiled.py`",
+    "qnn_tiled": "`benchmarks/qnn_tiled.py`", "pipeline": "`benchmarks/pipeline.py`",
+    "int8_ceiling": "`benchmarks/int8_ceiling.py`",
     "bench_report": "`mi2v bench --report`",
     "export": "`mi2v export` (its manifest entries; the command is in the file)",
     "recipe": "a `mi2v export --recipe` run with its gates (the command is in the file)",
@@ -93,6 +95,10 @@ TOPICS = (
           "Tiled against untiled VAE components (measured runtime memory: a fresh process's peak above its "
           "baseline; time side by side), onnxruntime's memory settings, and how far one output pixel of each "
           "VAE part reads into its input, the halo an exact tile needs ([guide](../guides/memory.md)). " + SEEDED),
+    Topic("results/pipeline.md", "The whole run and int8 limits", ("pipeline", "int8_ceiling"),
+          "The whole image-to-video run measured clip after clip next to the per-frame figure computed from "
+          "per-component medians ([guide](../guides/benchmarking.md#pipeline)); this machine's fp32 and int8 GEMM "
+          "ceilings at the denoiser's shapes and the w8a8 step's share of them. " + SEEDED),
     Topic("results/other.md", "Other result files", ("other",),
           "Result files of a kind the docs generator does not know yet (listed so that none is left out)."),
 )
@@ -112,6 +118,7 @@ def kind_of(data: object) -> str:
         ("qnn", "target_info" in data and "simulator" in data), ("release_plan", "runs" in data and "plan" in data),
         ("attention", "cases" in data), ("receptive_field", data.get("benchmark") == "vae_receptive_field"),
         ("tiled_vae", data.get("benchmark") == "tiled_vae"), ("ort_memory", data.get("benchmark") == "ort_memory_settings"),
+        ("pipeline", data.get("benchmark") == "pipeline"), ("int8_ceiling", data.get("kind") == "int8_ceiling"),
     )
     return next((kind for kind, hit in checks if hit), "other")
 

@@ -108,11 +108,28 @@ def bench_report(data: dict, anchor: str, images: dict) -> str:
     out += ["", table(["component", "status", "artifact", "target/delegate/precision", "runtime (runner)", "n",
                        "p50 (ms)", "p90 (ms)", "min (ms)", "max (ms)", "load (ms)", "peak RSS", "output check"],
                       [_component_row(c) for c in components])]
+    out += _pipeline_lines(data.get("pipeline"))
     samples = [[v for run in c.get("runs", []) for v in run.get("samples_ms", [])] for c in components]
     if any(samples):
         png = plots.boxes(anchor, [c.get("component", "") for c in components], samples, "iteration time (ms)")
         out.append(figure(images, anchor, png, f"{anchor}: timed iterations per component"))
     return "\n".join(out)
+
+
+def _pipeline_lines(block: dict | None) -> list[str]:
+    """`mi2v bench --pipeline`: the measured and computed per-frame figures, and one row per clip."""
+    if not block:
+        return []
+    head = block.get("headline") or {}
+    rows = [[c.get("clip"), "cold" if c.get("cold") else "warm", num(sum((c.get("load_ms") or {}).values()), ".0f"),
+             *(num((c.get("stage_ms") or {}).get(k), ".0f") for k in ("encoder", "denoiser", "decoder")),
+             num(c.get("glue_ms"), ".0f"), num(c.get("total_ms"), ".0f"), num(c.get("per_frame_ms"), ".1f"),
+             num(c.get("psnr_db_min"), ".1f")] for c in block.get("clips", [])]
+    return ["", f"- **whole runs**: measured {num(head.get('measured_per_frame_ms'), '.2f')} ms per frame, computed "
+            f"from the stage medians {num(head.get('computed_per_frame_ms'), '.2f')} ms; difference per clip "
+            f"{kv(head.get('difference_ms') or {})}; partial: {block.get('partial')}", "",
+            table(["clip", "", "load (ms)", "encode (ms)", "denoise (ms)", "decode (ms)", "glue (ms)", "total (ms)",
+                   "per frame (ms)", "PSNR (dB)"], rows)]
 
 
 # --- benchmarks/release_plan.py ------------------------------------------------------------------------------

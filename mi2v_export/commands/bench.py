@@ -100,27 +100,9 @@ def render_report(report, path: Path | None = None) -> None:
                       _ms(lat.get("min")), _ms(lat.get("p50")), _ms(lat.get("p90")), _ms(lat.get("max")),
                       _ms(lat.get("stdev")), f"{rss / 1024:.0f} MB" if rss else "—", status)
     console.print(table)
-    for steps in (1, 2):
-        v = report.per_frame_ms(steps)
-        mark = " ◀" if steps == report.steps else ""
-        if report.pipeline is not None:
-            continue  # the measured figure and the computed one: render_pipeline
-        if v is None:
-            console.print(f"per-frame latency, {steps} step{'s' if steps > 1 else ''}: [red]incomplete[/red] "
-                          "(needs encoder, denoiser and decoder)")
-        else:
-            console.print(f"per-frame latency, {steps} step{'s' if steps > 1 else ''}: [bold]{v:.2f} ms[/bold] "
-                          f"({1000.0 / v:.3g} frames/s) = (encoder + {steps} × denoiser + decoder) p50 / "
-                          f"{report.frames} frames{mark}")
-    for c in report.components if report.pipeline is None else ():  # a pipeline's check is its video's PSNR
-        check = c.output_check or {}
-        if check.get("passed") is None:
-            why = check.get("reason") or "not checked"
-            console.print(f"output check, {c.component}: — ({why})", style="dim", highlight=False)
-        else:
-            verdict = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
-            console.print(f"output check, {c.component}: {verdict} on {check['runtime']}: PSNR {check['psnr_db']} dB, "
-                          f"rel_l2 {check['rel_l2']} ({check['gate']}, {check['sets']} set(s))", highlight=False)
+    if report.pipeline is None:  # a pipeline report: the measured figure, the computed one and the video's PSNR
+        _render_headline(report)
+        _render_checks(report)
     for c in report.components:
         tiles = next((r.tiles for r in c.runs if r.tiles), None)
         if tiles:
@@ -142,6 +124,31 @@ def render_report(report, path: Path | None = None) -> None:
         console.print(f"warning: {w}", style="yellow")
     if path is not None:
         console.print(f"report: {path}")
+
+
+def _render_headline(report) -> None:
+    for steps in (1, 2):
+        v = report.per_frame_ms(steps)
+        mark = " ◀" if steps == report.steps else ""
+        if v is None:
+            console.print(f"per-frame latency, {steps} step{'s' if steps > 1 else ''}: [red]incomplete[/red] "
+                          "(needs encoder, denoiser and decoder)")
+        else:
+            console.print(f"per-frame latency, {steps} step{'s' if steps > 1 else ''}: [bold]{v:.2f} ms[/bold] "
+                          f"({1000.0 / v:.3g} frames/s) = (encoder + {steps} × denoiser + decoder) p50 / "
+                          f"{report.frames} frames{mark}")
+
+
+def _render_checks(report) -> None:
+    for c in report.components:
+        check = c.output_check or {}
+        if check.get("passed") is None:
+            why = check.get("reason") or "not checked"
+            console.print(f"output check, {c.component}: — ({why})", style="dim", highlight=False)
+        else:
+            verdict = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
+            console.print(f"output check, {c.component}: {verdict} on {check['runtime']}: PSNR {check['psnr_db']} dB, "
+                          f"rel_l2 {check['rel_l2']} ({check['gate']}, {check['sets']} set(s))", highlight=False)
 
 
 def render_profile(component: str, profile: dict, top: int = 8) -> None:

@@ -21,16 +21,9 @@ from tests.conftest import MI2V_EXE, run_cli
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """The tiny preset, every component, fp32, for onnxruntime and ExecuTorch XNNPACK; the encoder and decoder
-    tiled 64x64 (4 stages each)."""
-    from mi2v_export.exporters.orchestrate import ExportRequest, run_export
-
-    out = tmp_path_factory.mktemp("pipeline") / "artifacts"
-    for target, delegate in (("onnx", None), ("executorch", "xnnpack")):
-        run_export(ExportRequest(target=target, delegate=delegate, out_dir=out, preset="tiny", components="all",
-                                 tile="64x64"))
-    return out
+def tiny(tiny_tiled) -> Path:
+    """Every component of the tiny preset, fp32, ONNX and XNNPACK, encoder and decoder tiled (tests/e2e/conftest.py)."""
+    return tiny_tiled
 
 
 def _bench(*args, env=None) -> subprocess.CompletedProcess:

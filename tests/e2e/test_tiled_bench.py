@@ -13,16 +13,9 @@ from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def tiled(tmp_path_factory) -> Path:
-    """The tiny preset's encoder and decoder, tiled 64x64, for ExecuTorch XNNPACK and ONNX (no denoiser: the bench
-    times whatever components the folder has)."""
-    from mi2v_export.exporters.orchestrate import ExportRequest, run_export
-
-    out = tmp_path_factory.mktemp("tiled") / "artifacts"
-    for target, delegate in (("executorch", "xnnpack"), ("onnx", None)):
-        run_export(ExportRequest(target=target, delegate=delegate, out_dir=out, preset="tiny",
-                                 components="encoder,decoder", tile="64x64"))
-    return out
+def tiled(tiny_tiled) -> Path:
+    """The tiny preset tiled 64x64 for ExecuTorch XNNPACK and ONNX (tests/e2e/conftest.py)."""
+    return tiny_tiled
 
 
 def _stages(folder: Path, component: str, suffix: str) -> list[str]:

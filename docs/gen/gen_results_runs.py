@@ -1,0 +1,72 @@
+"""How the whole-run and int8-limit results are shown: benchmarks/pipeline.py (the measured per-frame latency next to
+the computed ones) and benchmarks/int8_ceiling.py (fp32 and int8 GEMM ceilings at the denoiser's shapes and the
+w8a8 step's share of them), from the fields their writers record (their docstrings describe the JSON). A value a
+file lacks shows as a dash.
+"""
+
+from __future__ import annotations
+
+import gen_plots as plots
+from gen_common import code, escape, figure, kv, mb, num, table
+
+
+def pipeline(data: dict, anchor: str, images: dict) -> str:
+    per_frame, diff = data.get("per_frame_ms") or {}, data.get("difference_ms") or {}
+    rows = [[c, code(r.get("file")), code(r.get("precision")), "yes" if r.get("tiled") else "no",
+             num(r.get("alone_p50_ms"), ".0f"), num(r.get("in_pipeline_p50_ms"), ".0f"),
+             num(r.get("alone_load_ms"), ".0f"), num(r.get("in_pipeline_load_ms"), ".0f")]
+            for c, r in (data.get("components") or {}).items()]
+    cold, warm, quality = data.get("cold") or {}, data.get("warm") or {}, data.get("quality") or {}
+    total = (warm.get("total_ms") or {})
+    out = [f"- **config**: {kv(data.get('config', {}))}",
+           f"- **per frame (ms)**: measured (warm p50) **{num(per_frame.get('measured'), '.1f')}**; computed from "
+           f"each component alone {num(per_frame.get('computed_alone'), '.1f')}; computed from the stages inside "
+           f"the run {num(per_frame.get('computed_in_pipeline'), '.1f')}",
+           f"- **difference per clip (ms)**: {kv({k: round(v) for k, v in diff.items()})}",
+           f"- **clips**: cold {num(cold.get('total_ms'), '.0f', unit=' ms')} (stages opened in "
+           f"{num(cold.get('prepare_ms'), '.0f', unit=' ms')}); warm p50 {num(total.get('p50'), '.0f', unit=' ms')}"
+           f", p95 {num(total.get('p95'), '.0f', unit=' ms')} over {warm.get('clips')} clip(s)",
+           f"- **peak resident memory of the run**: {mb((data.get('peak_rss_kb') or 0) * 1024 or None)}",
+           f"- **video vs PyTorch fp32**: worst frame {num(quality.get('psnr_db_min'), '.1f', unit=' dB')} (gate "
+           f"{num(quality.get('gate_db'), 'g', unit=' dB')})" if quality.get("reference") else
+           f"- **video**: {escape(str(quality.get('reason') or 'not compared'))}", "",
+           table(["component", "artifact", "precision", "tiled", "alone p50 (ms)", "in the run p50 (ms)",
+                  "alone load (ms)", "in the run load (ms)"], rows)]
+    labels = ["measured", "computed (alone)", "computed (in the run)"]
+    values = [per_frame.get("measured"), per_frame.get("computed_alone"), per_frame.get("computed_in_pipeline")]
+    if all(isinstance(v, (int, float)) for v in values):
+        png = plots.bar_panels(anchor, labels, [("per-frame latency (ms)", values, None)])
+        out.append(figure(images, anchor, png, f"{anchor}: measured and computed per-frame latency"))
+    return "\n".join(out)
+
+
+def int8_ceiling(data: dict, anchor: str, images: dict) -> str:
+    host, ceil = data.get("host") or {}, data.get("ceilings") or {}
+    flags = ", ".join(f for f, on in (host.get("flags") or {}).items() if on)
+    forms = data.get("forms") or {}
+    shapes = sorted({row["shape"] for f in forms.values() for row in f.get("shapes", [])})
+    rows = [[code(name), f.get("precision"), *(num(_rate(f, s), ".1f") for s in shapes),
+             escape(f.get("error") or "", True)] for name, f in forms.items()]
+    steps = [[escape(s.get("source")), code(s.get("precision")), num(s["all_flops"].get("step_ms"), ".0f"),
+              num(s["all_flops"].get("effective_gops"), ".1f"),
+              num(100 * (s["all_flops"].get("share_of_int8_ceiling") or 0), ".1f", unit=" %"),
+              num(100 * (s["gemm_flops_only"].get("share_of_int8_ceiling") or 0), ".1f", unit=" %")]
+             for s in data.get("step") or []]
+    out = [f"- **host**: {escape(str(host.get('cpu')))}, {host.get('threads')} thread(s); int8 / fp32 flags: "
+           f"{escape(flags)}; load {escape(str(host.get('load_avg_before')))} → "
+           f"{escape(str(host.get('load_avg_after')))}",
+           f"- **preset** {code(data.get('preset'))}, geometry {code(data.get('geometry'))}: one step "
+           f"{num(data.get('step_gop'), '.0f')} GOP, of which GEMMs {num(data.get('gemm_gop'), '.0f')} GOP "
+           f"(timed shapes: {num(100 * (data.get('timed_share') or 0), '.1f')} % of them)",
+           f"- **ceilings (GOP/s, FLOP-weighted)**: fp32 {num((ceil.get('fp32') or {}).get('overall_gops'), '.1f')}, "
+           f"int8 {num((ceil.get('int8') or {}).get('overall_gops'), '.1f')}; int8 / fp32 "
+           f"{num(data.get('int8_over_fp32'), '.2f', unit='x')}", "",
+           table(["form", "precision", *(f"{s} GOP/s" for s in shapes), "error"], rows)]
+    if steps:
+        out += ["", table(["step time from", "precision", "step (ms)", "effective GOP/s", "share of int8 ceiling",
+                           "GEMM FLOPs only"], steps)]
+    return "\n".join(out)
+
+
+def _rate(form: dict, shape: str) -> float | None:
+    return next((row.get("gops") for row in form.get("shapes", []) if row["shape"] == shape), None)
