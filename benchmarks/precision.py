@@ -16,7 +16,9 @@ process without it (mi2v_export/runtimes/measure.py).
 
 The JSON is {"machine": {cpu, flags, load_avg, ...}, "config": {...}, "cells": [{"target", "component",
 "precision", "bytes", "compression", "median_s", "runs_s", "speedup_vs_fp32", "psnr_db_min", "psnr_db_mean",
-"ssim_min", "runtime_memory_bytes", "error"}]}; it is rewritten after every cell, so a cut-off run keeps its rows.
+"ssim_min", "runtime_memory_bytes", "error"}, with --gates also "export_trajectory_db", "kept_float_units" and
+"margin": {"before_db", "after_db", "bytes_ratio"}]}; it is rewritten after every cell, so a cut-off run keeps its
+rows.
 """
 
 from __future__ import annotations
@@ -63,12 +65,24 @@ def export_cell(target: str, component: str, precision: str, args, work: Path) -
                 parse_resolution(args.resolution), args.frames, args.preset):
             return manifest, manifest.find(component, target)
     request = ExportRequest(target=target, out_dir=out, components=component, preset=args.preset,
-                            resolution=args.resolution, frames=args.frames, precision=precision, verify=False,
+                            resolution=args.resolution, frames=args.frames, precision=precision, verify=args.gates,
                             test_vectors=False, calibration=Path(args.calibration) if args.calibration else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = run_export(request)
     return report.manifest, report.entries[0]
+
+
+def gate_fields(entry) -> dict:
+    """With --gates: the export's own trajectory and, where the margin kept units float (exporters/margin.py),
+    how many, the video before and after, and the bytes they cost."""
+    auto = entry.recipe if (entry.recipe or {}).get("origin") == "auto-margin" else None
+    if not entry.trajectory and auto is None:
+        return {}
+    return {"export_trajectory_db": (entry.trajectory or {}).get("psnr_db_min"),
+            "kept_float_units": [u for u, p in auto["units"].items() if p != auto["precision"]] if auto else [],
+            "margin": {"before_db": auto["trajectory_db"]["before"], "after_db": auto["trajectory_db"]["after"],
+                       "bytes_ratio": auto["cost"]["ratio"]} if auto else None}
 
 
 def stage_of(manifest, entry):
@@ -120,7 +134,7 @@ def measure_cell(row: dict, component: str, target: str, precision: str, args, w
     try:
         manifest, entry = export_cell(target, component, precision, args, work)
         row.update(bytes=entry.bytes, compression=entry.compression,
-                   runtime_memory_bytes=memory_of(entry, manifest))
+                   runtime_memory_bytes=memory_of(entry, manifest), **gate_fields(entry))
         stage = stage_of(manifest, entry)
         row.update(quality_of(component, stage, *quality_args))
         del stage
@@ -225,6 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration", default=None, help="calibration images folder (default: the packaged set)")
     ap.add_argument("--work", default="/tmp/mi2v-precision-bench")
     ap.add_argument("--json", default="benchmarks/results/precision.json")
+    ap.add_argument("--gates", action="store_true", help="export with the gates on (component, trajectory and the "
+                    "3 dB margin that keeps costly units float): the cells the default `mi2v export` writes")
     ap.add_argument("--reuse", action="store_true",
                     help="measure a cell's export already in --work (same preset and size) instead of exporting again")
     ap.add_argument("--markdown", nargs="+", default=None, help="print the README table of result files and exit")

@@ -22,9 +22,15 @@ def precision(data: dict, anchor: str, images: dict) -> str:
              num(c.get("speedup_vs_fp32"), ".2f", unit="x"),
              f"{num(c.get('psnr_db_min'))} / {num(c.get('psnr_db_mean'))}", num(c.get("ssim_min"), ".4f"),
              mb(c.get("runtime_memory_bytes")), escape(c.get("error") or "", True)] for c in cells]
-    out = [f"- **config**: {kv(data.get('config', {}))}", *notes(data), "",
-           table(["component", "target", "precision", "size", "x fp32 bytes", "time per call (median)",
-                  "speed-up vs fp32", "video PSNR min / mean (dB)", "SSIM min", "runtime memory", "error"], rows)]
+    header = ["component", "target", "precision", "size", "x fp32 bytes", "time per call (median)",
+              "speed-up vs fp32", "video PSNR min / mean (dB)", "SSIM min", "runtime memory", "error"]
+    if any("kept_float_units" in c for c in cells):  # benchmarks/precision.py --gates: the export's own margin
+        header.append("kept float by the 3 dB margin")
+        for row, c in zip(rows, cells):
+            m = c.get("margin") or {}
+            row.append(f"{len(c.get('kept_float_units') or [])} unit(s): {num(m.get('before_db'))} → "
+                       f"{num(m.get('after_db'))} dB, x{num(m.get('bytes_ratio'), '.2f')} bytes" if m else DASH)
+    out = [f"- **config**: {kv(data.get('config', {}))}", *notes(data), "", table(header, rows)]
     if len(cells) > 1:
         labels = [f"{c.get('component')} {c.get('precision')}" for c in cells]
         png = plots.bar_panels(anchor, labels, [

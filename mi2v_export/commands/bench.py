@@ -175,8 +175,9 @@ def render_pipeline(block: dict) -> None:
     table = Table("clip", "load", "encode", "denoise", "decode", "pre+post", "glue", "total", "per frame",
                   "first frame", "peak RSS", "PSNR", title="whole runs (ms)", title_justify="left")
     for c in block["clips"]:
-        rss = c.get("peak_rss_kb")
-        table.add_row(f"{c['clip']}{' cold' if c['cold'] else ''}", _ms(sum(c["load_ms"].values()), 0),
+        rss = max([c.get("peak_rss_kb") or 0, *(c.get("device_peak_rss_kb") or {}).values()]) or None
+        loads = sum(c["load_ms"].values()) + sum((c.get("device_load_ms") or {}).values())
+        table.add_row(f"{c['clip']}{' cold' if c['cold'] else ''}", _ms(loads, 0),
                       *(_ms(c["stage_ms"][k], 1) for k in ("encoder", "denoiser", "decoder")),
                       _ms(c["preprocess_ms"] + c["postprocess_ms"], 1), _ms(c["glue_ms"], 1),
                       _ms(c["total_ms"], 0), _ms(c["per_frame_ms"]), _ms(c["first_frame_ms"], 0),
@@ -273,6 +274,9 @@ def bench(
                                       "photo shipped with mi2v)"),
     checkpoint: refine(Checkpoints, help="--pipeline: the weights of the PyTorch fp32 reference the video is "
                        "compared with (artifacts exported with seeded weights need none)") = [],
+    stage_processes: bool = typer.Option(False, "--stage-processes", help="--pipeline on the host: each stage call "
+                                         "in a fresh process (its load, first run and peak memory every time, as an "
+                                         "app that keeps no model between stages)"),
 ) -> None:
     """Time the exported encoder, denoiser and decoder and report the per-frame latency
     (encoder + steps × denoiser + decoder) / frames, for 1 and 2 steps.
@@ -295,6 +299,7 @@ def bench(
                         warmup=warmup, runs=runs, steps=steps, runners=list(runner), cpu_mask=cpu_mask,
                         threads=threads, adb=adb, adb_port=adb_port, json_path=report_path, cooldown=cooldown,
                         thermal_wait=thermal_wait, timeout=timeout, etdump=etdump, profile=profile,
+                        stage_processes=stage_processes,
                         components=tuple(component.split(",")),
                         via=via.value, dry_run=dry_run, team=team, app_dir=app_dir,
                         compute_units=units, allow_modified=allow_modified)
@@ -308,10 +313,12 @@ def bench(
         return
     show = (lambda report, path: None) if json_out else render_report
     if pipeline:
+        if stage_processes and device != "host":
+            raise BadInputError("--stage-processes runs each stage in a process of this machine: use --device host")
         popts = PipelineOptions(clips=clips, duration_s=duration, image=image, checkpoints=list(checkpoint))
         outcome = run_pipeline_bench(opts, popts, say)
     else:
-        _refuse_pipeline_options(clips, duration, image, checkpoint)
+        _refuse_pipeline_options(clips, duration, image, checkpoint, stage_processes)
         outcome = run_bench(opts, say, echo=typer.echo)
     for report, path in outcome.reports:
         show(report, path)
@@ -327,9 +334,11 @@ def bench(
         raise kind(f"{outcome.error} (report: {outcome.reports[0][1] if outcome.reports else None})")
 
 
-def _refuse_pipeline_options(clips: int, duration: float | None, image: Path | None, checkpoint: list) -> None:
+def _refuse_pipeline_options(clips: int, duration: float | None, image: Path | None, checkpoint: list,
+                             stage_processes: bool) -> None:
     given = [flag for flag, value in (("--clips", clips != 3), ("--duration", duration is not None),
-                                      ("--image", image is not None), ("--checkpoint", bool(checkpoint))) if value]
+                                      ("--image", image is not None), ("--checkpoint", bool(checkpoint)),
+                                      ("--stage-processes", stage_processes)) if value]
     if given:
         raise BadInputError(f"{', '.join(given)}: only with --pipeline (the whole run as one measurement)")
 

@@ -97,7 +97,7 @@ class AdbRunnerDevice(AdbPhone):
         self.simulated_device = False
         self.simulated_qnn: list[str] = []  # QNN artifacts timed on a simulated phone's HTP simulator
         # executor_runner's own run and model-load times over every output-returning call (--pipeline)
-        self.runner_ms = {"run": 0.0, "load": 0.0}
+        self.runner_ms = {"run": 0.0, "load": 0.0, "peak_kb": 0}
 
     def facts(self) -> DeviceFacts:
         device, host = self.connect()
@@ -257,12 +257,15 @@ class AdbRunnerDevice(AdbPhone):
         self.session.stage(self.files[sel.component])
         calls = iter(range(1 << 62))
 
-        def call(feeds: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
+        def call(feeds: dict[str, Any]) -> tuple[dict[str, Any], dict]:
             before, vs = dict(self.runner_ms), SimpleNamespace(inputs=feeds)
             local, n = self.extras / "pipeline" / sel.component, next(calls)
+            self.runner_ms["peak_kb"] = 0
             out = (self._stitched_set(sel, runner, local, n, vs) if is_tiled(sel.entry)
                    else self._outputs_of_set(sel, runner, local, n, vs))
-            return out, self.runner_ms["run"] - before["run"], self.runner_ms["load"] - before["load"]
+            return out, {"run_ms": self.runner_ms["run"] - before["run"],
+                         "load_ms": self.runner_ms["load"] - before["load"],
+                         "peak_rss_kb": self.runner_ms["peak_kb"] or None}
         return RemoteStage(sel, call, f"{runner.name}/{sel.entry.delegate or 'portable'}")
 
     def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
@@ -319,6 +322,7 @@ class AdbRunnerDevice(AdbPhone):
         parsed = parse_executor_runner(out + err)
         self.runner_ms["run"] += sum(parsed.samples_ms) if parsed.samples_ms else (parsed.mean_ms or 0.0)
         self.runner_ms["load"] += parsed.load_ms or 0.0
+        self.runner_ms["peak_kb"] = max(self.runner_ms.get("peak_kb") or 0, parsed.peak_rss_kb or 0)
         files = [s.pull_if_exists(f"{base}-{k}.bin", local / f"{base}-{k}.bin") for k in range(len(entry.outputs))]
         if any(f is None for f in files):
             raise DeviceError(f"{runner.name} wrote no {base}-<i>.bin output files for the {sel.component}")

@@ -61,6 +61,7 @@ class BenchOptions:
     timeout: float = 600.0
     etdump: bool = False  # adb runners
     profile: bool = False  # per-op profiles from the runtime's own profiler (devices/profile.py)
+    stage_processes: bool = False  # host --pipeline: each stage call in a fresh process (devices/stage_child.py)
     components: tuple[str, ...] = COMPONENTS
     via: str = "runner"  # adb: the native runners (default) or the Android benchmark app (apps/android)
     dry_run: bool = False  # --via app / ios: print the exact commands, touch no device
@@ -130,8 +131,8 @@ class BenchDevice(ABC):
     def pipeline_stage(self, sel: Selection) -> Any:
         """The component as a pipeline stage (mi2v_export/pipeline/stages.py `Stage`) that runs on this device, for
         `mi2v bench --pipeline` (devices/pipeline_bench.py); None where this kind cannot drive the whole run. A
-        stage whose device reports its own time offers `take_times()` → {"device_ms", "transfer_ms"} since the
-        last call."""
+        stage whose device reports its own time offers `take_times()` → {"device_ms", "device_load_ms",
+        "transfer_ms", "peak_rss_kb"} since the last call (devices/remote_stage.py)."""
         return None
 
     def finish(self, report: BenchReport) -> None:

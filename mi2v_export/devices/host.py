@@ -13,23 +13,29 @@ far, and `peak_rss_scope` says so.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .. import qnn, runtimes
 from ..contract import cpu_model
 from ..qnn import RUNTIME as QNN_RUNTIME
 from ..runtimes import Runtime, Session, memory
 from ..runtimes.sessions import TiledSession, is_tiled, open_session
-from ..errors import BadInputError, MissingDependencyError, first_line
+from ..errors import BadInputError, DeviceError, MissingDependencyError, first_line
 from ..pipeline.stages import artifact_stage
 from .base import BenchDevice, BenchOptions, DeviceFacts, Say, Selection
 from .cpus import cpu_list, parse_mask
 from .output_check import host_outputs
 from .profile import PROFILE_RUNS, host_profile
+from .remote_stage import RemoteStage
 from .registry import DeviceKind, register
 from .report import BenchReport, ComponentResult, RunResult
 from .runners import backends_in_pte, pte_runtime
@@ -298,8 +304,32 @@ class HostDevice(BenchDevice):
         return host_outputs(self.manifest.path_of(sel.entry), sel.entry, sel.runtime, sets)
 
     def pipeline_stage(self, sel: Selection) -> Any:
-        """In this process, as `mi2v generate` runs it: loaded before its turn, released after it."""
-        return artifact_stage(sel.component, self.manifest.path_of(sel.entry), sel.entry, self.threads)
+        """In this process, as `mi2v generate` runs it (loaded before its turn, released after it); with
+        `--stage-processes` a fresh process per call (devices/stage_child.py), whose own load and run times are
+        the device's and the rest (process start, tensors through files) the transfers."""
+        if not self.opts.stage_processes:
+            return artifact_stage(sel.component, self.manifest.path_of(sel.entry), sel.entry, self.threads)
+        work = self.extras / "stages"
+        work.mkdir(parents=True, exist_ok=True)
+        calls = iter(range(1 << 62))
+
+        def call(feeds: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+            n = next(calls)
+            inputs, outputs = work / f"{sel.component}.{n}.in.npz", work / f"{sel.component}.{n}.out.npz"
+            np.savez(inputs, **feeds)
+            cmd = [sys.executable, "-m", "mi2v_export.devices.stage_child", str(self.manifest.folder), sel.component,
+                   sel.entry.file, str(inputs), str(outputs), *([str(self.threads)] if self.threads else [])]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            inputs.unlink(missing_ok=True)
+            if proc.returncode != 0:
+                raise DeviceError(f"the {sel.component}'s stage process failed ({proc.returncode}): "
+                                  f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+            told = json.loads(proc.stdout.strip().splitlines()[-1])
+            with np.load(outputs) as data:
+                result = {name: data[name] for name in data.files}
+            outputs.unlink(missing_ok=True)
+            return result, told
+        return RemoteStage(sel, call, f"stage process/{sel.runtime}")
 
     def finish(self, report: BenchReport) -> None:
         if self.simulated:

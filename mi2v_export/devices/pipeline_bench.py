@@ -245,6 +245,7 @@ class PipelineRun:
             "preprocess_ms": t["preprocess"], "postprocess_ms": t["postprocess"],
             "device_ms": {c: v["device_ms"] for c, v in device_times.items()},
             "device_load_ms": {c: v["device_load_ms"] for c, v in device_times.items()},
+            "device_peak_rss_kb": {c: v["peak_rss_kb"] for c, v in device_times.items() if v.get("peak_rss_kb")},
             "transfer_ms": {c: v["transfer_ms"] for c, v in device_times.items()},
             "glue_ms": max(total_ms - accounted, 0.0), "total_ms": total_ms,
             "per_frame_ms": total_ms / self.frames, "first_frame_ms": total_ms - t["postprocess"],
@@ -262,6 +263,8 @@ class PipelineRun:
             "elapsed_s": self.elapsed_s, "clips": self.clips, "cold": self._cold(),
             "warm": _warm(warm, bool(self.clips[1:])), "headline": self._headline(warm),
             "peak_rss_kb": max((c["peak_rss_kb"] for c in self.clips if c["peak_rss_kb"]), default=None),
+            "device_peak_rss_kb": max((kb for c in self.clips for kb in c["device_peak_rss_kb"].values()),
+                                      default=None),
             "quality": self.quality, "sustained": _sustained(self.clips, popts),
             "partial": self.stopped is not None or len(self.clips) < popts.clips, "stopped": self.stopped,
         }

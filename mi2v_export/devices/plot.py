@@ -2,7 +2,8 @@
 
 Left: the per-frame latency for 1 and 2 denoising steps as stacked bars (encoder / frames, steps × denoiser /
 frames, decoder / frames, from each component's median). Right: each component's per-iteration samples (box plot,
-whiskers at min/max) with its median written next to it.
+whiskers at min/max) with its median written next to it; for a `--pipeline` report instead each clip's time in the
+order they ran, stacked by stage (loads, encoder, denoiser, decoder, the rest), so a cold start and a drift show.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def plot_report(report: BenchReport, path: str | os.PathLike[str]) -> Path:
     size = f"{res[0]}x{res[1]}x{frames}" if res else f"{frames} frames"
     fig.suptitle(f"mi2v bench — {preset} {size} on {who}".strip(), fontsize=11)
     _per_frame_bars(left, report)
-    _distributions(right, report)
+    if report.pipeline and report.pipeline.get("clips"):
+        _clips(right, report.pipeline["clips"])
+    else:
+        _distributions(right, report)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -69,6 +73,28 @@ def _per_frame_bars(ax: Any, report: BenchReport) -> None:
     ax.set_title("per-frame latency", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
     ax.margins(y=0.15)
+
+
+# a pipeline clip's parts, bottom to top: (label, color, its milliseconds)
+CLIP_PARTS = (("load", "#8c8c8c", lambda c: sum(c["load_ms"].values()) + sum(c.get("device_load_ms", {}).values())),
+              ("encoder", COLORS["encoder"], lambda c: c["stage_ms"]["encoder"]),
+              ("denoiser", COLORS["denoiser"], lambda c: c["stage_ms"]["denoiser"]),
+              ("decoder", COLORS["decoder"], lambda c: c["stage_ms"]["decoder"]),
+              ("pre/post + glue", "#c44e52", lambda c: c["preprocess_ms"] + c["postprocess_ms"] + c["glue_ms"]))
+
+
+def _clips(ax: Any, clips: list[dict[str, Any]]) -> None:
+    """`--pipeline`: each clip's time, in the order they ran, stacked by stage (transfers sit inside the stages)."""
+    x = [f"{c['clip']}{' (cold)' if c['cold'] else ''}" for c in clips]
+    bottoms = [0.0] * len(clips)
+    for label, color, part in CLIP_PARTS:
+        heights = [part(c) for c in clips]
+        ax.bar(x, heights, bottom=bottoms, color=color, label=label)
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    ax.set_xlabel("clip, in the order run")
+    ax.set_ylabel("ms per clip")
+    ax.set_title("whole runs, stacked by stage", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
 
 
 def _distributions(ax: Any, report: BenchReport) -> None:

@@ -72,6 +72,20 @@ def test_pipeline_on_the_host_measures_whole_runs(tiny, tmp_path):
     assert measured["a"] > 0 and measured["b"] > 0 and measured["ratio"] > 0
 
 
+def test_pipeline_with_a_process_per_stage_reports_its_loads_transfers_and_peaks(tiny, tmp_path):
+    out, plot = tmp_path / "processes.json", tmp_path / "clips.png"
+    proc = _bench("--artifacts", tiny, "--runtime", "onnxruntime", "--clips", "2", "--stage-processes",
+                  "--report", out, "--plot", plot)
+    assert proc.returncode == 0, proc.stderr
+    block = _check_block(BenchReport.load(out).to_dict(), 2)
+    for clip in block["clips"]:  # each call a fresh process: its own load, run, peak; the rest is transfers
+        assert all(clip["device_load_ms"][c] > 0 and clip["transfer_ms"][c] > 0 for c in clip["device_ms"])
+        assert set(clip["device_peak_rss_kb"]) == {"encoder", "denoiser", "decoder"}
+    assert block["device_peak_rss_kb"] > 0 and plot.stat().st_size > 10_000
+    other = _bench("--artifacts", tiny, "--device", "adb:emulator-5554", "--stage-processes")
+    assert other.returncode == 2 and "--device host" in other.stderr
+
+
 def test_pipeline_on_the_simulated_phone_runs_each_stage_on_its_runner(tiny, adb, phone, tmp_path):
     out = tmp_path / "phone.json"
     proc = _bench("--artifacts", tiny, "--device", f"adb:{phone.serial}", "--adb", adb.path, "--adb-port",
