@@ -84,7 +84,8 @@ def run_pipeline_bench(opts: BenchOptions, popts: PipelineOptions, say: Say = qu
     try:
         error = _measure(device, selections, manifest, opts, popts, image, run, report, say)
     except KeyboardInterrupt:
-        _close(device, report, run, popts, selections, manifest, "interrupted (Ctrl-C)", path)
+        run.stopped = "interrupted (Ctrl-C)"
+        _close(device, report, run, popts, selections, manifest, run.stopped, path)
         raise
     saved = _close(device, report, run, popts, selections, manifest, str(error) if error else None, path)
     return BenchOutcome(reports=[(report, saved)], error=error)
@@ -93,7 +94,8 @@ def run_pipeline_bench(opts: BenchOptions, popts: PipelineOptions, say: Say = qu
 def _measure(device: BenchDevice, selections: dict[str, Selection], manifest: Any, opts: BenchOptions,
              popts: PipelineOptions, image: Any, run: PipelineRun, report: BenchReport,
              say: Say) -> Mi2vError | None:
-    """Stages, clips and the reference comparison; the first error, which stops the run (its clips are kept)."""
+    """Stages, clips and the reference comparison; the first error: one that stops the run marks it `stopped`
+    (its clips are kept), a video below the gate does not."""
     try:
         stages = _stages(device, selections, manifest, opts, report, run)
         config = GenerateConfig(*manifest.resolution, manifest.frames, steps=opts.steps, seed=SEED, posterior="mean")
@@ -101,6 +103,7 @@ def _measure(device: BenchDevice, selections: dict[str, Selection], manifest: An
         stages.clear()  # the artifacts' sessions go before the reference's models come
         run.quality = _quality(manifest, popts, image, config, run, say)
     except Mi2vError as exc:
+        run.stopped = str(exc)
         return exc
     if run.quality.get("passed") is False:
         return VerificationError(f"the video the device produced reaches {run.quality['psnr_db_min']:.1f} dB on its "
@@ -110,9 +113,8 @@ def _measure(device: BenchDevice, selections: dict[str, Selection], manifest: An
 
 
 def _close(device: BenchDevice, report: BenchReport, run: PipelineRun, popts: PipelineOptions,
-           selections: dict[str, Selection], manifest: Any, stopped: str | None, path: Path) -> Path:
-    run.stopped = stopped
-    report.error = report.error or stopped
+           selections: dict[str, Selection], manifest: Any, error: str | None, path: Path) -> Path:
+    report.error = report.error or error
     report.pipeline = run.block(popts)
     report.components = run.components(selections, manifest)
     try:
