@@ -112,13 +112,13 @@ def first_count(ranking: Ranking, need_db: float, at_least: int = 1) -> tuple[in
     return len(ranking.units), gain
 
 
-def next_need(need_db: float, simulated_gain: float, real_gain: float) -> float:
+def next_need(lack_db: float, simulated_gain: float, real_gain: float) -> float:
     """The simulated gain to ask for next round: the simulation's gain per real dB, measured by the round just
-    made, scales what the real video needs (a simulation that only models some of the quantized operators
-    under-promises)."""
+    made, scales what the real video lacked at first (a simulation that only models some of the quantized
+    operators under-promises)."""
     if real_gain <= 0.1 or simulated_gain <= 0:
-        return need_db * 2
-    return need_db * max(simulated_gain / real_gain, 1.0)
+        return lack_db * 2
+    return lack_db * max(simulated_gain / real_gain, 1.0)
 
 
 def recipe_for(component: str, precision: str, stages: dict, kept: list[str], ranking: Ranking,

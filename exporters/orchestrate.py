@@ -304,7 +304,7 @@ def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Pa
     progress(ProgressEvent("video", "trajectory", "start", f"2-step video on {quality.calibration.VALIDATION_IMAGE.name}"))
     t0 = time.perf_counter()
     record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr, simulated)
-    progress(ProgressEvent("video", "trajectory", "done", f"worst frame {record['psnr_db_min']:.1f} dB "
+    progress(ProgressEvent("video", "trajectory", "done", f"worst frame {float(record['psnr_db_min']):.1f} dB "
                            f"(gate {record['gate_db']:g} dB)", seconds=time.perf_counter() - t0))
     names = margin.candidates(gated, {n: p.value for n, p in plan.options.precisions.items()},
                               plan.options.recipe is not None, plan.exporter.keeps_units)
@@ -336,11 +336,12 @@ def _protect(entries: list[ArtifactEntry], names: list[str], record: dict, plan:
     """Keep the costliest units float until the trajectory clears its gate by the margin (exporters/margin.py);
     `entries` is updated in place with the components exported again. Returns the last trajectory record."""
     precisions = {n: plan.options.precisions[n].value for n in names}
-    progress(ProgressEvent("video", "margin", "start", f"{record['psnr_db_min']:.1f} dB is less than "
+    progress(ProgressEvent("video", "margin", "start", f"{float(record['psnr_db_min']):.1f} dB is less than "
                            f"{margin.TRAJECTORY_MARGIN_DB:g} dB above the gate: ranking units"))
     t0 = time.perf_counter()
     ranking = margin.rank(ctx.stages(), names, precisions, plan.geo)
-    before, need = dict(record), margin.needed_db(record)
+    before = dict(record)
+    lack = need = margin.needed_db(record)
     count, promised = margin.first_count(ranking, need)
     for round_ in range(1, margin.ROUNDS + 1):
         for name, kept in ranking.first(count).items():
@@ -352,14 +353,14 @@ def _protect(entries: list[ArtifactEntry], names: list[str], record: dict, plan:
         if margin.needed_db(record) <= 0 or count >= len(ranking.units):
             break
         gained = float(record["psnr_db_min"]) - float(before["psnr_db_min"])
-        need = margin.next_need(need, promised, gained)
+        need = max(need, margin.next_need(lack, promised, gained))
         count, promised = margin.first_count(ranking, need, at_least=count + 1)
     for e in entries:
         if (e.recipe or {}).get("origin") == margin.ORIGIN:
             e.recipe["trajectory_db"] = {"before": before["psnr_db_min"], "after": record["psnr_db_min"],
                                          "gate": record["gate_db"]}
     progress(ProgressEvent("video", "margin", "done", f"{count} unit(s) kept float: worst frame "
-                           f"{record['psnr_db_min']:.1f} dB (gate {record['gate_db']:g} dB)",
+                           f"{float(record['psnr_db_min']):.1f} dB (gate {record['gate_db']:g} dB)",
                            seconds=time.perf_counter() - t0))
     return record
 
@@ -372,10 +373,12 @@ def _reexport(old: ArtifactEntry, auto: dict, plan: ExportPlan, staging: Path, c
                                   precisions={**plan.options.precisions, name: precision.Precision.MIXED})
     entry = _export_one(name, plan.request, plan.exporter, options, plan.preset, plan.geo, plan.routing[name],
                         staging, progress, ctx)
-    all_integer = (old.recipe or {}).get("cost", {}).get("bytes_all_integer", old.bytes)
+    size = (entry.tiling or {}).get("bytes", entry.bytes)  # a tiled entry: all its stage models
+    all_integer = (old.recipe or {}).get("cost", {}).get("bytes_all_integer",
+                                                         (old.tiling or {}).get("bytes", old.bytes))
     entry.precision = auto["precision"]
-    entry.recipe["cost"] = {"bytes_all_integer": all_integer, "bytes": entry.bytes,
-                            "ratio": round(entry.bytes / all_integer, 4) if all_integer else None}
+    entry.recipe["cost"] = {"bytes_all_integer": all_integer, "bytes": size,
+                            "ratio": round(size / all_integer, 4) if all_integer else None}
     return entry
 
 

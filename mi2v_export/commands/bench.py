@@ -308,6 +308,9 @@ def bench(
     if not dry_run:
         _check_destinations(report_path, plot)
 
+    if pipeline and (is_fleet(device) or adb_server or profile):
+        raise BadInputError("--pipeline times one device's whole run: name one device (no adb:all, --adb-server) "
+                            "and profile the components without --pipeline")
     if is_fleet(device) or adb_server:
         _bench_fleet(opts, adb_server, json_out)
         return

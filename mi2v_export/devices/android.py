@@ -263,6 +263,8 @@ class AdbRunnerDevice(AdbPhone):
             self.runner_ms["peak_kb"] = 0
             out = (self._stitched_set(sel, runner, local, n, vs) if is_tiled(sel.entry)
                    else self._outputs_of_set(sel, runner, local, n, vs))
+            for name in local.glob(f"*.set{n}.*"):  # this call's tensors: read already, not kept
+                name.unlink()
             return out, {"run_ms": self.runner_ms["run"] - before["run"],
                          "load_ms": self.runner_ms["load"] - before["load"],
                          "peak_rss_kb": self.runner_ms["peak_kb"] or None}
@@ -315,18 +317,27 @@ class AdbRunnerDevice(AdbPhone):
             args.append(f"--data_path={d}/{data}")
         if "print_output" in runner.flags:
             args.append("--print_output=none")
-        rc, out, err, _, _ = s.run_runner(runner, args, self.opts.timeout)
+        if s.threads and "cpu_threads" in runner.flags:
+            args.append(f"--cpu_threads={s.threads}")
+        rc, out, err, _, hwm = s.run_runner(runner, args, self.opts.timeout)
         s.dev.shell(["rm", "-f", *remote])  # the inputs are not kept on the phone
         if rc != 0:
             raise RunnerFailure(runner_failure(runner.name, rc, out + err, [], []), out + err)
-        parsed = parse_executor_runner(out + err)
-        self.runner_ms["run"] += sum(parsed.samples_ms) if parsed.samples_ms else (parsed.mean_ms or 0.0)
-        self.runner_ms["load"] += parsed.load_ms or 0.0
-        self.runner_ms["peak_kb"] = max(self.runner_ms.get("peak_kb") or 0, parsed.peak_rss_kb or 0)
+        self._count(parse_executor_runner(out + err), hwm)
         files = [s.pull_if_exists(f"{base}-{k}.bin", local / f"{base}-{k}.bin") for k in range(len(entry.outputs))]
         if any(f is None for f in files):
             raise DeviceError(f"{runner.name} wrote no {base}-<i>.bin output files for the {sel.component}")
         return raw_outputs(files, entry)
+
+    def _count(self, parsed: Any, hwm: int | None) -> None:
+        """The runner's own run and load times and its peak, added up for `--pipeline` (`pipeline_stage`); a runner
+        that prints its timings to logcat only is read there, as the timed runs are."""
+        if not parsed.samples_ms and parsed.mean_ms is None and self.session is not None:
+            extra = self.session.logcat_fallback()
+            parsed = parse_executor_runner(extra) if extra else parsed
+        self.runner_ms["run"] += sum(parsed.samples_ms) if parsed.samples_ms else (parsed.mean_ms or 0.0)
+        self.runner_ms["load"] += parsed.load_ms or 0.0
+        self.runner_ms["peak_kb"] = max(self.runner_ms.get("peak_kb") or 0, parsed.peak_rss_kb or hwm or 0)
 
     def _profile(self, sel: Selection, runner: Runner) -> str | None:
         """--etdump: a separate one-iteration run with --etdump_path; the pulled file, relative to the report."""

@@ -319,8 +319,13 @@ class HostDevice(BenchDevice):
             np.savez(inputs, **feeds)
             cmd = [sys.executable, "-m", "mi2v_export.devices.stage_child", str(self.manifest.folder), sel.component,
                    sel.entry.file, str(inputs), str(outputs), *([str(self.threads)] if self.threads else [])]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            inputs.unlink(missing_ok=True)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.opts.timeout)
+            except subprocess.TimeoutExpired:
+                raise DeviceError(f"the {sel.component}'s stage process did not finish within {self.opts.timeout:g} s "
+                                  "(--timeout)") from None
+            finally:
+                inputs.unlink(missing_ok=True)
             if proc.returncode != 0:
                 raise DeviceError(f"the {sel.component}'s stage process failed ({proc.returncode}): "
                                   f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")

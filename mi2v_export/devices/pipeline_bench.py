@@ -19,6 +19,7 @@ the report is saved with `pipeline.partial` and the reason.
 from __future__ import annotations
 
 import hashlib
+import math
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -28,10 +29,10 @@ from typing import Any
 
 from ..calibration import VALIDATION_IMAGE
 from ..contract import COMPONENTS, DECODER, DENOISER, ENCODER
-from ..errors import BadInputError, Mi2vError, VerificationError
+from ..errors import BadInputError, DeviceError, Mi2vError, VerificationError, first_line
 from ..integrity import check_entry
 from ..manifest import read_manifest
-from ..parity import VIDEO_PSNR_MIN_DB
+from ..parity import TRAJECTORY_PSNR_MIN_DB, VIDEO_PSNR_MIN_DB, _json_float
 from ..pipeline import (GenerateConfig, Pipeline, checkpoint_parts, compare_runs, decoder_kind_of, load_image,
                         torch_stage)
 from .base import BenchDevice, BenchOptions, Say, quiet
@@ -55,10 +56,13 @@ class PipelineOptions:
 
 
 def check_options(popts: PipelineOptions) -> None:
+    """Bad values in one line before any device work; the reference's checkpoints are read here too (a wrong file
+    must not wait for every clip to have run)."""
     if popts.clips < 1:
         raise BadInputError(f"--clips {popts.clips}: the pipeline bench runs at least one clip")
-    if popts.duration_s is not None and popts.duration_s <= 0:
+    if popts.duration_s is not None and not (math.isfinite(popts.duration_s) and popts.duration_s > 0):
         raise BadInputError(f"--duration {popts.duration_s:g}: give a positive number of seconds")
+    checkpoint_parts(popts.checkpoints)
 
 
 def run_pipeline_bench(opts: BenchOptions, popts: PipelineOptions, say: Say = quiet) -> BenchOutcome:
@@ -101,12 +105,16 @@ def _measure(device: BenchDevice, selections: dict[str, Selection], manifest: An
         config = GenerateConfig(*manifest.resolution, manifest.frames, steps=opts.steps, seed=SEED, posterior="mean")
         _clips(device, Pipeline(stages), image, config, popts, run, say)
         stages.clear()  # the artifacts' sessions go before the reference's models come
-        run.quality = _quality(manifest, popts, image, config, run, say)
+        run.quality = _quality(manifest, [sel.entry for sel in selections.values()], popts, image, config, run, say)
     except Mi2vError as exc:
         run.stopped = str(exc)
         return exc
+    except Exception as exc:  # a runtime's own error in the middle of a clip: the clips done are kept all the same
+        run.stopped = f"{type(exc).__name__}: {first_line(exc)}"
+        return DeviceError(run.stopped)
     if run.quality.get("passed") is False:
-        return VerificationError(f"the video the device produced reaches {run.quality['psnr_db_min']:.1f} dB on its "
+        return VerificationError(f"the video the device produced reaches {float(run.quality['psnr_db_min']):.1f} dB "
+                                 "on its "
                                  f"worst frame against PyTorch fp32, below the artifacts' {run.quality['gate_db']:g} "
                                  "dB gate")
     return None
@@ -188,8 +196,8 @@ def _device_times(pipe: Pipeline) -> dict[str, dict[str, float]]:
     return times
 
 
-def _quality(manifest: Any, popts: PipelineOptions, image: Any, config: GenerateConfig, run: PipelineRun,
-             say: Say) -> dict[str, Any]:
+def _quality(manifest: Any, entries: list, popts: PipelineOptions, image: Any, config: GenerateConfig,
+             run: PipelineRun, say: Say) -> dict[str, Any]:
     """Every distinct video the clips produced against the all-fp32 PyTorch run (same seed and posterior mode)."""
     seeded = (manifest.source or {}).get("weights") == "seeded"
     if not popts.checkpoints and not seeded:
@@ -200,24 +208,25 @@ def _quality(manifest: Any, popts: PipelineOptions, image: Any, config: Generate
     decoder = decoder_kind_of(manifest) or "turbo-vaed"
     stages = {c: torch_stage(c, manifest.preset, decoder, parts) for c in COMPONENTS}
     reference = Pipeline(stages).generate(image, config)
-    gate = _gate(manifest)
-    worst = {digest: compare_runs(result, reference, gate)["summary"]["min_psnr_db"]
+    gate = _gate(entries)
+    worst = {digest: float(compare_runs(result, reference, gate)["summary"]["min_psnr_db"])
              for digest, result in run.videos.items()}
     for clip in run.clips:
-        clip["psnr_db_min"] = worst[clip["video_sha256"]]
+        clip["psnr_db_min"] = _json_float(worst[clip["video_sha256"]])
     low = min(worst.values())
-    return {"reference": "pytorch-fp32", "image": image_name(popts), "gate_db": gate, "psnr_db_min": low,
+    return {"reference": "pytorch-fp32", "image": image_name(popts), "gate_db": gate, "psnr_db_min": _json_float(low),
             "passed": bool(low >= gate), "distinct_videos": len(worst)}
 
 
-def _gate(manifest: Any) -> float:
-    """The strictest trajectory gate the artifacts passed at export, else the video gate of their precision (as
-    `mi2v generate --compare-to reference` judges, mi2v_export/pipeline/report.py)."""
-    gates = [float(e.trajectory["gate_db"]) for e in manifest.components if (e.trajectory or {}).get("gate_db")]
+def _gate(entries: list) -> float:
+    """The strictest trajectory gate the artifacts that ran passed at export, else the video gate of their
+    precision, as `mi2v generate --compare-to reference` judges (mi2v_export/pipeline/report.py `gate_of`)."""
+    gates = [float(e.trajectory["gate_db"]) for e in entries if (e.trajectory or {}).get("gate_db")]
     if gates:
         return max(gates)
-    kinds = {e.precision or e.dtype for e in manifest.components} - {"fp32"}
-    return VIDEO_PSNR_MIN_DB.get(kinds.pop() if len(kinds) == 1 else "fp32", 25.0)
+    kinds = {e.precision or e.dtype for e in entries} - {"fp32"}
+    precision = "fp32" if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"
+    return VIDEO_PSNR_MIN_DB.get(precision, TRAJECTORY_PSNR_MIN_DB.get(precision, 25.0))
 
 
 @dataclass
