@@ -55,10 +55,10 @@ class Ranking:
         return chosen
 
 
-def needed_db(record: dict) -> float:
-    """How much the real video lacks of its gate plus the margin (≤ 0: nothing to do)."""
-    worst = float(record["psnr_db_min"]) if record.get("psnr_db_min") not in (None, "inf") else math.inf
-    return float(record["gate_db"]) + TRAJECTORY_MARGIN_DB - worst
+def needed_db(record: dict, margin_db: float = TRAJECTORY_MARGIN_DB) -> float:
+    """How much the real video lacks of its gate plus the margin (≤ 0: nothing to do; a NaN frame lacks all)."""
+    worst = float(record["psnr_db_min"]) if record.get("psnr_db_min") is not None else math.inf
+    return math.inf if math.isnan(worst) else float(record["gate_db"]) + margin_db - worst
 
 
 def candidates(entries: list, precisions: dict[str, str], user_recipe: bool,
@@ -122,13 +122,13 @@ def next_need(lack_db: float, simulated_gain: float, real_gain: float) -> float:
 
 
 def recipe_for(component: str, precision: str, stages: dict, kept: list[str], ranking: Ranking,
-               round_: int) -> dict:
+               round_: int, margin_db: float = TRAJECTORY_MARGIN_DB) -> dict:
     """The recipe the re-export runs with (format of mi2v_export/recipe.py), recording why."""
     model_units = recipe.units_of(component, stages[component].module)
     analysis = {u: {"psnr_db_min": _db(db), "weight_bytes": size} for c, u, db, size in ranking.units if c == component}
     return {"format": recipe.FORMAT, "version": recipe.VERSION, "component": component, "precision": precision,
             "units": {u: ("fp32" if u in kept else precision) for u in model_units}, "origin": ORIGIN,
-            "analysis": analysis, "margin_db": TRAJECTORY_MARGIN_DB, "round": round_,
+            "analysis": analysis, "margin_db": margin_db, "round": round_,
             "simulated_psnr_db_min": {"all_units": round(ranking.all_quantized_db, 3)},
             "validation": {"image": calibration.VALIDATION_IMAGE.name, "steps": 2, "seed": 0,
                            "resolution": list(ranking.geometry[:2]), "frames": ranking.geometry[2]}}

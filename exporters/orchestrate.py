@@ -35,6 +35,7 @@ from mi2v_export.manifest import (
 from mi2v_export.models import weight_bytes
 from mi2v_export.presets import get_preset
 from mi2v_export.runtimes import memory
+from mi2v_export.parity import TRAJECTORY_MARGIN_DB
 from mi2v_export.runtimes.pytorch import SIMULATED
 from mi2v_export.qnn import DEFAULT_SOC
 from mi2v_export.shapes import geometry, parse_resolution
@@ -69,6 +70,7 @@ class ExportRequest:
     precision: str | None = None  # `--precision`: one name or COMPONENT=NAME pairs (mi2v_export.precision)
     calibration: Path | None = None  # `--calibration DIR`: images; None → the packaged default set
     min_psnr: float | None = None  # `--min-psnr DB`: overrides the trajectory gate's per-frame PSNR floor
+    gate_margin: float = TRAJECTORY_MARGIN_DB  # `--gate-margin DB`: integer exports clear the gate by this (0: off)
     recipe: Path | None = None  # `--recipe FILE`: unit → precision (mixed precision, `mi2v quantize analyze`)
     attention: str = "reference"
     rewrite: list[str] = field(default_factory=list)  # `--rewrite NAME=VALUE` on top of the attention plan
@@ -125,6 +127,8 @@ def resolve(request: ExportRequest):
         raise BadInputError(f"--calibration {request.calibration}: not a folder of images")
     if request.min_psnr is not None and not (0 < request.min_psnr < 200):
         raise BadInputError(f"--min-psnr {request.min_psnr:g}: expected a PSNR in dB between 0 and 200")
+    if not 0 <= request.gate_margin <= 20:
+        raise BadInputError(f"--gate-margin {request.gate_margin:g}: expected dB between 0 (off) and 20")
     _check_flag_applies(request, exporter, "etrecord")
     comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
     options.tiles = tiled.check_request(request.tile, request.halo, request.memory_budget, components,
@@ -308,7 +312,7 @@ def _trajectory_gate(entries: list[ArtifactEntry], plan: ExportPlan, staging: Pa
                            f"(gate {record['gate_db']:g} dB)", seconds=time.perf_counter() - t0))
     names = margin.candidates(gated, {n: p.value for n, p in plan.options.precisions.items()},
                               plan.options.recipe is not None, plan.exporter.keeps_units)
-    if margin.needed_db(record) > 0 and names:
+    if plan.request.gate_margin > 0 and margin.needed_db(record, plan.request.gate_margin) > 0 and names:
         record = _protect(entries, names, record, plan, staging, ctx, progress)
         gated, _ = _gated(entries, plan)
     quality.check_gate(record, gated)
@@ -337,20 +341,21 @@ def _protect(entries: list[ArtifactEntry], names: list[str], record: dict, plan:
     `entries` is updated in place with the components exported again. Returns the last trajectory record."""
     precisions = {n: plan.options.precisions[n].value for n in names}
     progress(ProgressEvent("video", "margin", "start", f"{float(record['psnr_db_min']):.1f} dB is less than "
-                           f"{margin.TRAJECTORY_MARGIN_DB:g} dB above the gate: ranking units"))
+                           f"{plan.request.gate_margin:g} dB above the gate: ranking units"))
     t0 = time.perf_counter()
     ranking = margin.rank(ctx.stages(), names, precisions, plan.geo)
     before = dict(record)
-    lack = need = margin.needed_db(record)
+    lack = need = margin.needed_db(record, plan.request.gate_margin)
     count, promised = margin.first_count(ranking, need)
     for round_ in range(1, margin.ROUNDS + 1):
         for name, kept in ranking.first(count).items():
-            auto = margin.recipe_for(name, precisions[name], ctx.stages(), kept, ranking, round_)
+            auto = margin.recipe_for(name, precisions[name], ctx.stages(), kept, ranking, round_,
+                                     plan.request.gate_margin)
             i = next(k for k, e in enumerate(entries) if e.component == name)
             entries[i] = _reexport(entries[i], auto, plan, staging, ctx, progress)
         gated, simulated = _gated(entries, plan)
         record = quality.trajectory(gated, staging, ctx, plan.request.min_psnr, simulated)
-        if margin.needed_db(record) <= 0 or count >= len(ranking.units):
+        if margin.needed_db(record, plan.request.gate_margin) <= 0 or count >= len(ranking.units):
             break
         gained = float(record["psnr_db_min"]) - float(before["psnr_db_min"])
         need = max(need, margin.next_need(lack, promised, gained))

@@ -17,6 +17,7 @@ from ..contract import AttentionPlan, ComputeUnit, ExportDtype, Soc, choices
 from ..errors import Mi2vError
 from ..exporters.base import delegate_names, target_names
 from ..interrupts import recorded_interrupts
+from ..parity import TRAJECTORY_MARGIN_DB
 from ..presets import get_preset
 from ..qnn import DEFAULT_SOC
 from ._options import (Checkpoints, Components, Decoder, Frames, Json, MemoryBudget, MinPsnr, Out, Preset, Resolution,
@@ -76,6 +77,9 @@ def export(
                                             "activations on (default: the photos shipped with mi2v)"),
     min_psnr: refine(MinPsnr, help="trajectory gate: per-frame PSNR floor in dB (default: the precision's, see "
                      "README)") = None,
+    gate_margin: float = typer.Option(TRAJECTORY_MARGIN_DB, "--gate-margin", help="integer precisions clear the trajectory gate by "
+                                      "this many dB, keeping their costliest units float when they do not "
+                                      "(docs: Precision, margin); 0 exports every unit at the precision"),
     recipe: Path | None = typer.Option(None, "--recipe", help="mixed precision: a recipe JSON (unit → precision) "
                                        "from `mi2v quantize analyze`"),
     attention: AttentionPlan = typer.Option("reference", "--attention", help="denoiser attention plan: reference "
@@ -118,7 +122,7 @@ def export(
                             preset=preset.value if preset else DEFAULT_PRESET, checkpoints=list(checkpoint),
                             resolution=resolution, frames=frames,
                             dtype=dtype.value if dtype else None, precision=precision, calibration=calibration,
-                            min_psnr=min_psnr, recipe=recipe, attention=attention.value, rewrite=list(rewrite),
+                            min_psnr=min_psnr, gate_margin=gate_margin, recipe=recipe, attention=attention.value, rewrite=list(rewrite),
                             verify=not no_verify, test_vectors=not no_test_vectors, etrecord=etrecord,
                             compute_units=compute_units.value, min_ios=min_ios, soc=soc.value,
                             allow_cpu_fallback=allow_cpu_fallback, tile=tile, halo=halo,

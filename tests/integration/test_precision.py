@@ -21,6 +21,12 @@ from mi2v_export.shapes import geometry
 from tests.conftest import run_cli
 
 
+
+def _plain(**request):
+    """An export request that writes what the quantizer makes: no 3 dB margin keeping units float (the margin is
+    tests/integration/test_margin.py's), so the structure asserted here is the quantizer's."""
+    return ExportRequest(gate_margin=0, **request)
+
 def error_line(proc) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -148,7 +154,7 @@ def fp32_denoisers(tmp_path_factory):
     out = {}
     for target, delegate in (("onnx", None), ("executorch", "xnnpack")):
         folder = tmp_path_factory.mktemp(f"fp32-{target}")
-        report = run_export(ExportRequest(target=target, delegate=delegate, out_dir=folder, preset="tiny",
+        report = run_export(_plain(target=target, delegate=delegate, out_dir=folder, preset="tiny",
                                           components="denoiser", precision="fp32", verify=False))
         out[target] = report.entries[0].bytes
     return out
@@ -161,7 +167,7 @@ MAX_COMPRESSION = {"fp16": 0.6, "w8a8": 0.4, "w8": 0.4, "w4": 0.4, "w8a16": 0.4}
 
 @pytest.mark.parametrize("target,delegate,prec", CELLS)
 def test_cell_exports_gates_and_records(tmp_path, calibration_cache, fp32_denoisers, target, delegate, prec):
-    report = run_export(ExportRequest(target=target, delegate=delegate, out_dir=tmp_path / "a", preset="tiny",
+    report = run_export(_plain(target=target, delegate=delegate, out_dir=tmp_path / "a", preset="tiny",
                                       components="denoiser", precision=prec))
     e = read_manifest(tmp_path / "a").find("denoiser")
     assert e.precision == prec and e.dtype == P.Precision(prec).float_dtype
@@ -218,7 +224,7 @@ def test_onnx_integer_decoder_shrinks_without_conv_integer(tmp_path, calibration
     """Turbo-VAED is 3x3 convs: w8 stores them int8 (dequantized in the graph), w8a8 runs them as QDQ convs."""
     import onnx
 
-    run_export(ExportRequest(target="onnx", out_dir=tmp_path / "a", preset="tiny", components="decoder",
+    run_export(_plain(target="onnx", out_dir=tmp_path / "a", preset="tiny", components="decoder",
                              precision=prec))
     e = read_manifest(tmp_path / "a").find("decoder")
     assert e.compression <= MAX_COMPRESSION[prec] and e.parity["gate"]["passed"] and e.trajectory["passed"]
@@ -270,7 +276,7 @@ def test_recipe_round_trip_through_export(tmp_path, calibration_cache, tiny_reci
     data["units"]["blocks.0"] = "w8a8"
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(data))
-    run_export(ExportRequest(target="onnx", out_dir=tmp_path / "a", preset="tiny", components="denoiser",
+    run_export(_plain(target="onnx", out_dir=tmp_path / "a", preset="tiny", components="denoiser",
                              recipe=path))
     e = read_manifest(tmp_path / "a").find("denoiser")
     assert e.precision == "mixed" and e.recipe == data
@@ -330,7 +336,7 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_recipe):
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="on macOS Core ML itself runs the artifact")
 def test_coreml_w8_is_verified_honestly_as_pytorch_simulated(tmp_path, calibration_cache):
-    run_export(ExportRequest(target="coreml", out_dir=tmp_path / "a", preset="tiny", components="denoiser",
+    run_export(_plain(target="coreml", out_dir=tmp_path / "a", preset="tiny", components="denoiser",
                              precision="w8"))
     e = read_manifest(tmp_path / "a").find("denoiser")
     run = e.parity["verified_on"][-1]
@@ -357,7 +363,7 @@ def test_coreml_w8a8_quantizes_weights_and_activations_and_is_checked_in_pytorch
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(data))
     for name, request in (("all", {"precision": "w8a8"}), ("mixed", {"recipe": recipe})):
-        run_export(ExportRequest(target="coreml", out_dir=tmp_path / name, preset="tiny", components="denoiser",
+        run_export(_plain(target="coreml", out_dir=tmp_path / name, preset="tiny", components="denoiser",
                                  **request))
     ops = {}
     for name in ("all", "mixed"):
@@ -400,7 +406,7 @@ def test_coreml_structural_check_refuses_a_label_without_its_ops():
                                         ("w8", "Vulkan w8 kernel: aten._weight_int8pack_mm"),
                                         ("w4", "Vulkan w4: no Linear takes int4 groups")])
 def test_vulkan_integer_cells_lower_to_their_kernels(tmp_path, calibration_cache, prec, check):
-    run_export(ExportRequest(target="executorch", delegate="vulkan", out_dir=tmp_path / "a", preset="tiny",
+    run_export(_plain(target="executorch", delegate="vulkan", out_dir=tmp_path / "a", preset="tiny",
                              components="denoiser", precision=prec))
     e = read_manifest(tmp_path / "a").find("denoiser")
     assert e.precision == prec and e.compression < 0.4  # fp32: 1.0
