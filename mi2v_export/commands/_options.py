@@ -48,6 +48,8 @@ def component_list(value: str) -> str:
 # ---- what the command prints or writes --------------------------------------------------------------------------
 
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+Image = Annotated[Path | None, typer.Option("--image", help="input image (PNG, JPEG, WebP, …); grayscale/alpha are "
+                                            "converted")]
 # what --out and --report write differs by command: each refines the help
 Out = Annotated[Path, typer.Option("--out", help="where to write the result")]
 Report = Annotated[Path | None, typer.Option("--report", help="report file (JSON)")]

@@ -14,8 +14,8 @@ from ..devices.registry import describe
 from ..devices.report import BenchReport, compare
 from ..errors import BadInputError, DeviceError, MissingDependencyError, VerificationError
 from ..outputs import MIB, check_file, check_folder, write_or_keep
-from ._options import (AdbPath, AdbPort, AllowModified, Artifacts, Checkpoints, Components, DryRun, Iterations,
-                       Json, Report, Steps, Team, Warmup, refine)
+from ._options import (AdbPath, AdbPort, AllowModified, Artifacts, Checkpoints, Components, DryRun, Image,
+                       Iterations, Json, Report, Steps, Team, Warmup, refine)
 from ._render import console, err_console, print_json, say
 
 bench_app = typer.Typer(
@@ -270,8 +270,7 @@ def bench(
     clips: int = typer.Option(3, "--clips", help="--pipeline: whole runs back to back (the first is the cold one)"),
     duration: float | None = typer.Option(None, "--duration", help="--pipeline: keep running clips for this many "
                                           "seconds (sustained: drift and throttling are reported)"),
-    image: Path | None = typer.Option(None, "--image", help="--pipeline: the input photo (default: the validation "
-                                      "photo shipped with mi2v)"),
+    image: refine(Image, help="--pipeline: the input photo (default: the validation photo shipped with mi2v)") = None,
     checkpoint: refine(Checkpoints, help="--pipeline: the weights of the PyTorch fp32 reference the video is "
                        "compared with (artifacts exported with seeded weights need none)") = [],
     stage_processes: bool = typer.Option(False, "--stage-processes", help="--pipeline on the host: each stage call "

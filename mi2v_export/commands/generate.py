@@ -4,13 +4,12 @@ the PyTorch fp32 reference (`--compare-to reference --report REPORT.json`)."""
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from ._options import (AllowModified, ArtifactFolders, Checkpoints, Decoder, Frames, MemoryBudget, MinPsnr, Out, Preset,
-                       Report, Resolution, Steps, refine)
+from ._options import (AllowModified, ArtifactFolders, Checkpoints, Decoder, Frames, Image, MemoryBudget, MinPsnr, Out,
+                       Preset, Report, Resolution, Steps, refine)
 from ._render import bars_view, console, human_bytes, is_quiet, result_notes, say, stage_bars
 
 Fallback = Enum("Fallback", {"none": "none", "pytorch": "pytorch"}, type=str)
@@ -23,8 +22,7 @@ STAGE_LABELS = {"load": "load models", "encode": "encode image", "denoise": "den
 
 
 def generate(
-    image: Path = typer.Option(..., "--image", help="input image (PNG, JPEG, WebP, …); grayscale/alpha are "
-                               "converted"),
+    image: Image = ...,
     out: refine(Out, help="output video, .mp4 (H.264); a contact sheet <name>_contact.png is written next to "
                 "it") = ...,
     checkpoint: Checkpoints = [],

@@ -189,7 +189,8 @@ def test_python_warnings_become_log_lines(verbose):
 # ---- options declared once, one progress / notes convention (issue 23) -------------------------------------------
 
 # different options that happen to share a flag name (another value set in each command): declared where used
-SAME_NAME_OTHER_OPTION = {"--runtime", "--dtype", "--precision", "--compute-units"}
+# (`--profile`: bench's per-op profile switch; `devices simulate`'s device profile file)
+SAME_NAME_OTHER_OPTION = {"--runtime", "--dtype", "--precision", "--compute-units", "--profile"}
 
 
 def _declared_flags(path) -> set[str]:
