@@ -118,6 +118,7 @@ def test_pipeline_refuses_a_folder_without_every_component(tiny, tmp_path):
     assert alone.returncode == 2 and "only with --pipeline" in alone.stderr
 
 
+@pytest.mark.slow  # a minute: it waits for a whole clip on the simulated phone
 def test_a_phone_that_disconnects_mid_run_keeps_the_clips_done(tiny, adb, tmp_path):
     """The phone goes away after the first clip: one line, the device error's exit code (5), and the report with
     the clips done, marked partial."""
@@ -168,6 +169,7 @@ def test_profile_gives_each_components_top_operators_on_the_host(tiny, runtime, 
     assert "top operators" in proc.stdout
 
 
+@pytest.mark.slow  # half a minute; the host's profiles cover the reading, this the phone's ETDump path
 def test_profile_on_the_simulated_phone_reads_the_runners_etdump(tiny, adb, phone, tmp_path):
     out = tmp_path / "phone-profile.json"
     proc = run_cli("bench", "--artifacts", tiny, "--device", f"adb:{phone.serial}", "--adb", adb.path,
