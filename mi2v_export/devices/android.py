@@ -13,6 +13,7 @@ by default, and no delegate Android phones do not have.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import re
@@ -28,7 +29,7 @@ from .adb import Adb, AdbDevice, AdbTimeout
 from .android_session import AndroidSession, StagedFile
 from .base import BenchDevice, BenchOptions, BenchReport, ComponentResult, DeviceFacts, RunResult, Say, Selection
 from .output_check import raw_outputs
-from .profile import phone_profile
+from .profile import etrecord_of, phone_profile
 from .remote_stage import RemoteStage
 from .runners import parse_executor_runner
 from .report import percentile
@@ -255,7 +256,7 @@ class AdbRunnerDevice(AdbPhone):
             raise DeviceError(f"--pipeline: {runner.name} on the device has no --inputs / --output_file flags")
         assert self.session is not None
         self.session.stage(self.files[sel.component])
-        calls = iter(range(1 << 62))
+        calls = itertools.count()
 
         def call(feeds: dict[str, Any]) -> tuple[dict[str, Any], dict]:
             before, vs = dict(self.runner_ms), SimpleNamespace(inputs=feeds)
@@ -361,8 +362,8 @@ class AdbRunnerDevice(AdbPhone):
             return {"reason": "a tiled component is profiled stage by stage on the host (--device host)"}
         if etdump is None:
             return {"reason": "the runner wrote no ETDump (build it with -DEXECUTORCH_ENABLE_EVENT_TRACER=ON)"}
-        record = next((self.manifest.folder / f.file for f in sel.entry.extra_files if f.role == "etrecord"), None)
-        return phone_profile(self.json_dir / etdump, sel.entry, 1, self.json_dir, record)
+        return phone_profile(self.json_dir / etdump, sel.entry, 1, self.json_dir,
+                             etrecord_of(self.manifest.folder, sel.entry))
 
     def finish(self, report: BenchReport) -> None:
         if self.session is None:

@@ -13,6 +13,7 @@ far, and `peak_rss_scope` says so.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -311,7 +312,7 @@ class HostDevice(BenchDevice):
             return artifact_stage(sel.component, self.manifest.path_of(sel.entry), sel.entry, self.threads)
         work = self.extras / "stages"
         work.mkdir(parents=True, exist_ok=True)
-        calls = iter(range(1 << 62))
+        calls = itertools.count()
 
         def call(feeds: dict[str, Any]) -> tuple[dict[str, Any], dict]:
             n = next(calls)

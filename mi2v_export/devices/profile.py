@@ -27,7 +27,7 @@ TOP = 15  # operators kept in the report
 def host_profile(folder: Path, entry: Any, runtime: str, out_dir: Path, report_dir: Path,
                  threads: int | None = None) -> dict[str, Any]:
     """The profile of one artifact on this machine (every stage of a tiled one, weighed by its windows)."""
-    etrecord = next((folder / f.file for f in entry.extra_files if f.role == "etrecord"), None)
+    etrecord = etrecord_of(folder, entry)
     if not is_tiled(entry):
         return _record(_one(folder / entry.file, entry, runtime, out_dir, etrecord, threads), report_dir)
     parts = []
@@ -35,6 +35,11 @@ def host_profile(folder: Path, entry: Any, runtime: str, out_dir: Path, report_d
         view = stage_entry(entry, stage)
         parts.append((_one(folder / stage["file"], view, runtime, out_dir, None, threads), tile_count(stage["plan"])))
     return _record(weighed(parts), report_dir)
+
+
+def etrecord_of(folder: Path, entry: Any) -> Path | None:
+    """The `<component>.etrecord` the export wrote beside the artifact (`mi2v export --etrecord`), if any."""
+    return next((folder / f.file for f in entry.extra_files if f.role == "etrecord"), None)
 
 
 def phone_profile(etdump: Path, entry: Any, runs: int, report_dir: Path, etrecord: Path | None) -> dict[str, Any]:
