@@ -10,7 +10,7 @@ setup:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (mi2v needs Python 3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip==26.3
-	$(PIP) install --quiet -e '.[dev,docs]'
+	$(PIP) install --quiet -e '.[dev,docs,litert]'
 	$(PIP) check
 
 # One worker per core; a test file stays on one worker (module fixtures, the private adb servers, Ray's cluster).

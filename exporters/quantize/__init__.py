@@ -5,6 +5,7 @@ each (target, delegate, precision) and with what tool; one module per framework 
     ort.py     onnxruntime on the exported .onnx file (the ONNX target)
     qnn.py     onnxruntime's QNN configuration: QDQ models for the Qualcomm HTP (ONNX, delegate qnn)
     coreml.py  coremltools compression of the converted ML Program (Core ML w8 / w4)
+    litert.py  ai-edge-quantizer on the converted .tflite (LiteRT; the same file for every LiteRT delegate)
     units.py   the units a recipe keeps float, those w4 gives int8, the PT2E filter
 
 Adding a precision to a target is one row here (and the precision in its exporter's `supported`); the structure
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import coreml, ort, pt2e, qnn
+from . import coreml, litert, ort, pt2e, qnn
 from .pt2e import Conv1x1AsLinear, conv1x1_as_linear, int4_linears
 from .units import SENSITIVE_UNITS, int8_units, plan_of
 
@@ -65,6 +66,14 @@ QUANTIZERS: dict[tuple[str, str | None, str], Quantizer] = {
     ("coreml", None, "w4"): Quantizer(
         coreml.compress_w4, "coremltools.optimize.coreml.palettize_weights (4-bit k-means, per grouped channel of "
         f"{coreml.W4_GROUP})", CONVERTED, coreml.simulated_w4),
+    **{("litert", delegate, precision): Quantizer(quantize, tool, CONVERTED)
+       for delegate, precisions in ((None, "w8a8 w8 w4"), ("gpu", "w8a8 w8 w4"), ("qualcomm", "w8a8"),
+                                    ("mediatek", "w8a8"), ("google-tensor", "w8a8"))
+       for precision, (quantize, tool) in {
+           "w8a8": (litert.static_w8a8, "ai-edge-quantizer static_wi8_ai8 (float I/O)"),
+           "w8": (litert.dynamic_w8, "ai-edge-quantizer dynamic_wi8_afp32"),
+           "w4": (litert.dynamic_w4, f"ai-edge-quantizer dynamic_wi4b32_afp32 (int4 blocks of {litert.W4_BLOCK})"),
+       }.items() if precision in precisions.split()},
 }
 
 

@@ -29,6 +29,7 @@ Trace-time substitutions (context managers, active only while torch.export trace
 | conv2d_batch1 | Vulkan takes only batch-1 2-D convs; conv3d_as_conv2d and GLUMBConv put frames in the batch → one conv per frame | F.conv2d |
 | channel_rms_rank4 | QNN HTP: Turbo-VAED's channel RMS on the rank-4 view (B, C, T·H, W) | models.turbo_vaed.channel_rms_norm |
 | frame_conditioning_without_gather | QNN HTP's GatherND gives wrong values (denoiser at 19 dB) → slice+expand+cat | models.denoiser.spread_over_frames |
+| square_as_mul | the LiteRT converter refuses `tfl.pow` → pow(x, 2) as x·x | every pow(x, 2) while converting |
 | layer_norm_fp32 | ExecuTorch's portable fp16 LayerNorm accumulates in fp16 (14 dB on 1152 channels; the 270M denoiser 15 dB) → LayerNorm in fp32, cast back | models.denoiser.layer_norm |
 """
 
@@ -64,6 +65,7 @@ from .trace import (
     layer_norm_fp32,
     register_coreml_aliases,
     rope_rank5,
+    square_as_mul,
     turbo_channel_rms,
 )
 
@@ -112,6 +114,8 @@ LOWERING_REWRITES: dict[str, LoweringRewrite] = {r.name: r for r in (
                     trace=frame_conditioning_without_gather),
     LoweringRewrite("layer_norm_fp32", "the denoiser's LayerNorm computed in fp32 and cast back (ExecuTorch's "
                     "portable fp16 LayerNorm accumulates in fp16) (while tracing)", trace=layer_norm_fp32),
+    LoweringRewrite("square_as_mul", "pow(x, 2) as x·x (the LiteRT converter refuses tfl.pow) (while tracing)",
+                    trace=square_as_mul),
 )}
 
 # What each target (and ExecuTorch delegate) applies, in order: module swaps, then trace-time substitutions.

@@ -148,3 +148,23 @@ def layer_norm_fp32() -> Iterator[None]:
     with _swapped(denoiser, "layer_norm", _layer_norm_in_fp32), \
             _swapped(mobile_denoiser, "layer_norm", _layer_norm_in_fp32):
         yield
+
+
+def _square_as_mul(pow_: Callable) -> Callable:
+    def power(x, exponent, *args, **kwargs):
+        if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) and exponent == 2:
+            return x * x
+        return pow_(x, exponent, *args, **kwargs)
+    return power
+
+
+@contextlib.contextmanager
+def square_as_mul() -> Iterator[None]:
+    """While converting for LiteRT: every `x.pow(2)` / `x ** 2` / `torch.pow(x, 2)` is traced as `x * x`. The LiteRT
+    converter marks `tfl.pow` illegal ("failed to legalize operation 'tfl.pow'"): the diffusers RMSNorm of the LTX
+    encoder and decoder and Turbo-VAED's channel RMS square their input this way. Same values (x·x is what pow(x, 2)
+    computes)."""
+    with _swapped(torch.Tensor, "pow", _square_as_mul(torch.Tensor.pow)), \
+            _swapped(torch.Tensor, "__pow__", _square_as_mul(torch.Tensor.__pow__)), \
+            _swapped(torch, "pow", _square_as_mul(torch.pow)):
+        yield

@@ -218,7 +218,8 @@ class CoreMLStage(ArtifactStage):
                 "pass --fallback pytorch")
 
 
-# Artifact suffix → stage class (the runtime that loads the suffix decides: mi2v_export.runtimes)
+# Artifact suffix → the stage class of runtimes that need more than `ArtifactStage` (names a .pte lacks, the QNN
+# simulator's options, Core ML's platform message); every other registered runtime (LiteRT, ...) runs as ArtifactStage
 STAGE_BACKENDS: dict[str, type[ArtifactStage]] = {".onnx": OnnxStage, ".pte": ExecuTorchStage,
                                                   ".mlpackage": CoreMLStage}
 
@@ -230,9 +231,10 @@ def artifact_stage(component: str, path: Path, entry: Any = None, threads: int |
     path = Path(path)
     accepting = runtimes.for_entry(entry) if entry is not None else runtimes.for_path(path)
     runtime = (runtimes.runnable(entry) if entry is not None else None) or next(iter(accepting), None)
-    cls = STAGE_BACKENDS.get(runtime.suffix) if runtime is not None else None
-    if cls is None:
-        raise BadInputError(f"{path.name}: unknown artifact type (expected {', '.join(STAGE_BACKENDS)})")
+    if runtime is None:
+        known = sorted({r.suffix for r in runtimes.all() if r.suffix})
+        raise BadInputError(f"{path.name}: unknown artifact type (expected {', '.join(known)})")
+    cls = STAGE_BACKENDS.get(runtime.suffix, ArtifactStage)
     stage = cls(component, path, entry=entry, runtime=runtime, threads=threads)
     if entry is not None:
         stage.precision = entry.precision or entry.dtype  # the exported precision, even with fp32 program I/O

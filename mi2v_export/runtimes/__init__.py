@@ -6,7 +6,7 @@
         outputs = session.run({"latent": x})
 
 Adapters, one module each, registered on import: `onnx` (onnxruntime CPU; the QNN HTP simulator of
-onnxruntime-qnn), `executorch` (one runtime per delegate), `coreml` (macOS, one per compute unit), `pytorch` (the
+onnxruntime-qnn), `executorch` (one runtime per delegate), `coreml` (macOS, one per compute unit), `litert` (ai-edge-litert's Interpreter), `pytorch` (the
 fp32 reference and the stand-in of artifacts no runtime here runs). `dtypes` is the one dtype table, `memory` the
 one peak-memory probe. A runtime that is not importable here says so in one line (`available()`).
 
@@ -18,7 +18,7 @@ imported below.
 from __future__ import annotations
 
 # each registers its runtimes; the registry keeps this order (the order `mi2v verify` runs them in)
-from . import onnx, executorch, coreml, pytorch  # noqa: F401, I001
+from . import onnx, executorch, coreml, litert, pytorch  # noqa: F401, I001
 from .base import Inputs, Runtime, Session, TensorSpec
 from .registry import all, for_entry, for_path, for_target, get, names, register, runnable, why_not
 

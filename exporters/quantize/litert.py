@@ -1,0 +1,125 @@
+"""ai-edge-quantizer on a converted `.tflite` file: the LiteRT target's precisions. Every function here takes
+`(src, out, records, keep)` (the fp32 `.tflite`, where to write, the calibration records by input name, the
+tensor-name scopes left float) and returns what it did for the manifest.
+
+    w8a8  static int8 activations + int8 per-channel weights on the fully-connected, conv and batch-matmul ops
+          (ONNX's w8a8 set, exporters/quantize/ort.py), calibrated (min-max) on the records; norms, activations
+          and the rest stay float. Quantizing every op the quantizer supports (its static_wi8_ai8 recipe) cost the
+          tiny denoiser 50.4 → 45.9 dB and the Turbo-VAED 42.0 → 38.4 dB, side by side. The graph's inputs and
+          outputs stay float, so the sampler feeds it like every other artifact.
+    w8    dynamic range: int8 per-channel weights, activations quantized at run time by the kernels
+    w4    dynamic range: int4 weights in blocks of 32 (the other targets' w4 group) on the fully-connected ops
+          whose input width is a multiple of 32; int8 per channel on the others and on the convs
+    fp16  (not an integer precision: the exporter calls `fp16_weights` itself) fp16 weights, float compute on the CPU
+          (the GPU delegate computes in fp16)
+
+Keeping units float: the converter names each tensor by the module path it came from (`<Class>_<attribute>` per
+level, exporters/targets/litert/__init__.py `unit_scopes`), and a recipe entry with NO_QUANTIZE on a unit's scope,
+added after the precision's own, wins for that unit's ops (ai_edge_quantizer/recipe_manager.py: the latest matching
+entry is used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+W4_BLOCK = 32
+SIGNATURE = "serving_default"  # the one signature litert_torch.convert writes
+
+
+def _run(src: Path, out: Path, records: Sequence[dict] | None, configure: Callable, keep: Sequence[str]) -> dict:
+    """Build a Quantizer on `src`, `configure` its recipe, leave the `keep` scopes float, calibrate when the recipe
+    needs it and write `out`; the quantizer's progress report stays out of the CLI's output."""
+    from ai_edge_quantizer import quantizer, qtyping
+
+    q = quantizer.Quantizer(str(src))
+    configure(q, quantizer, qtyping)
+    for scope in keep:
+        q.update_quantization_recipe(regex=re.escape(scope), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                     algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
+    sink = io.StringIO()  # its report on stdout, tqdm's bars on stderr
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        calibration = None
+        if q.need_calibration:
+            calibration = q.calibrate({SIGNATURE: [dict(r) for r in records or []]}, num_threads=1)
+        result = q.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
+    out.write_bytes(bytes(result.quantized_model))
+    return {"calibration_records": len(records or []) if calibration is not None else 0,
+            "scopes_kept_float": len(keep)}
+
+
+INTEGER_OPS = ("FULLY_CONNECTED", "CONV_2D", "BATCH_MATMUL")  # what w8a8 quantizes
+
+
+def _float_io(q, quantizer, qtyping) -> None:
+    for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+        q.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
+
+
+def static_w8a8(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequence[str] = ()) -> dict:
+    """int8 activations (min-max calibrated) and int8 per-channel weights; float graph I/O."""
+    if not records:
+        raise ValueError("w8a8 needs calibration records")
+
+    def configure(q, quantizer, qtyping):
+        for op in INTEGER_OPS:
+            q.add_static_config(regex=".*", operation_name=getattr(qtyping.TFLOperationName, op),
+                                activation_num_bits=8, weight_num_bits=8)
+        _float_io(q, quantizer, qtyping)
+
+    return {"activations": "int8 static (min-max)", "weights": "int8 per channel", "io": "float32",
+            "ops": list(INTEGER_OPS),
+            **_run(src, out, records, configure, keep)}
+
+
+def dynamic_w8(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequence[str] = ()) -> dict:
+    """int8 per-channel weights; the kernels quantize activations at run time (dynamic range)."""
+    from ai_edge_quantizer import recipe
+
+    return {"activations": "dynamic int8", "weights": "int8 per channel",
+            **_run(src, out, None, lambda q, *_: q.load_quantization_recipe(recipe.dynamic_wi8_afp32()), keep)}
+
+
+def dynamic_w4(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequence[str] = ()) -> dict:
+    """int4 weights in blocks of 32 on the fully-connected ops whose input width allows the blocks; int8 per
+    channel on the rest (ai-edge-quantizer refuses a block that does not divide the width)."""
+    narrow = _fc_outputs_not_divisible(src, W4_BLOCK)
+
+    def configure(q, quantizer, qtyping):
+        q.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8)
+        q.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=4,
+                             granularity=qtyping.QuantGranularity.BLOCKWISE_32)
+        for name in narrow:
+            q.add_dynamic_config(regex=f"^{re.escape(name)};$", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED,
+                                 num_bits=8)
+
+    return {"activations": "dynamic int8", "weights": f"int4 blocks of {W4_BLOCK} (fully connected), else int8",
+            "int8_fully_connected": len(narrow), **_run(src, out, None, configure, keep)}
+
+
+def _fc_outputs_not_divisible(src: Path, block: int) -> list[str]:
+    """Output tensor names of the FULLY_CONNECTED ops whose weight's input width is not a multiple of `block`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(src))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return [tensors[op["outputs"][0]]["name"] for op in interpreter._get_ops_details()
+            if op["op_name"] == "FULLY_CONNECTED" and tensors[op["inputs"][1]]["shape"][-1] % block]
+
+
+def fp16_weights(src: Path, out: Path, keep: Sequence[str] = ()) -> dict:
+    """fp16 weights (FLOAT_CASTING); the CPU dequantizes them once at load, the GPU delegate runs in fp16."""
+
+    def configure(q, quantizer, qtyping):
+        config = qtyping.OpQuantizationConfig(
+            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+            compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
+        q.update_quantization_recipe(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                     algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING, op_config=config)
+
+    return {"weights": "float16", "compute": "float32 on the CPU, float16 on the GPU delegate",
+            **_run(src, out, None, configure, keep)}
