@@ -15,9 +15,9 @@ from ._render import console, print_json, result_notes, stdout_to_stderr
 
 
 def _fmt(run: dict) -> str:
-    if run.get("error") and "outputs_passed" not in run:
-        return f"error: {run['error']}"[:80]
     psnr, rel = run.get("psnr_db"), run.get("rel_l2")
+    if run.get("error") and ("outputs_passed" not in run or psnr is None):  # it did not run at all
+        return f"error: {run['error']}"[:80]
     psnr_text = psnr if isinstance(psnr, str) else f"{psnr:.1f}"
     return f"PSNR {psnr_text} dB, rel_l2 {float(rel):.1e}"
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import runtimes
 from ..errors import BadInputError, DeviceError, MissingDependencyError, Mi2vError, VerificationError
 from ..integrity import check_entry
 from ..manifest import read_manifest
@@ -38,7 +39,9 @@ from .registry import DeviceKind, all_kinds, kind_for, parse_device, transport_k
 from .report import BenchReport, ComponentResult
 from .selection import Selection, describe_artifact
 
-TIMED_REGION = {"onnxruntime": "InferenceSession.Run", "executorch": "Method::execute"}
+def timed_region(family: str | None) -> str | None:
+    """What a benchmark of this runtime family times: its runtimes declare it (mi2v_export/runtimes)."""
+    return next((r.timed_region for r in runtimes.all() if r.family == family and r.timed_region), None)
 
 
 def default_report_path(transport: str, serial: str | None) -> Path:
@@ -177,7 +180,7 @@ def _components(device: BenchDevice, manifest: Any, opts: BenchOptions,
         comp = ComponentResult(sel.component, status="skipped", error=sel.reason)
         if sel.entry is not None:
             comp.artifact = describe_artifact(manifest, sel.entry)
-            comp.runtime = {"name": sel.runtime, "timed_region": TIMED_REGION.get(sel.runtime)}
+            comp.runtime = {"name": sel.runtime, "timed_region": timed_region(sel.runtime)}
             pending.append((sel, comp))  # "skipped" until it has run or failed
         report.components.append(comp)
     return pending

@@ -29,6 +29,7 @@ from .. import qnn, runtimes
 from ..contract import cpu_model
 from ..qnn import RUNTIME as QNN_RUNTIME
 from ..runtimes import Runtime, Session, memory
+from ..runtimes.base import package_version
 from ..runtimes.sessions import TiledSession, is_tiled, open_session
 from ..errors import BadInputError, DeviceError, MissingDependencyError, first_line
 from ..pipeline.stages import artifact_stage
@@ -50,10 +51,11 @@ def runtime_for(path: str | os.PathLike[str], runtime: str = "auto") -> str:
     families = {r.family for r in runtimes.for_path(path)}
     wanted = next((f for f in FAMILIES if f in families), None)
     if wanted is None:
-        raise BadInputError(f"cannot benchmark {Path(path).name} on the host: only .onnx and .pte artifacts run here "
-                            "(.mlpackage needs a Mac)")
+        suffixes = sorted({r.suffix for r in runtimes.all() if r.family in FAMILIES and r.suffix})
+        raise BadInputError(f"cannot benchmark {Path(path).name} on the host: only {', '.join(suffixes)} artifacts "
+                            "run here (.mlpackage needs a Mac)")
     if runtime not in ("auto", *FAMILIES):
-        raise BadInputError(f"unknown runtime {runtime!r}; use auto, onnxruntime or executorch")
+        raise BadInputError(f"unknown runtime {runtime!r}; use auto or one of {', '.join(FAMILIES)}")
     if runtime != "auto" and runtime != wanted:
         raise BadInputError(f"{Path(path).name} is a {suffix} artifact, which runs on {wanted}, not {runtime}")
     return wanted
@@ -82,8 +84,11 @@ def bench_artifact(
     scoped = memory.reset_peak() == memory.RESET
     if which == "onnxruntime":
         result = _bench_onnx(path, warmup, iterations, threads, qnn_soc, qnn_fp16, entry)
-    else:
+    elif which == "executorch":
         result = _bench_pte(path, warmup, iterations, threads, entry)
+    else:  # every other family: the runtime the layer picks for the entry (or the suffix), as it loads it
+        result = _bench_session(_family_runtime(path, which, entry), path, entry, {"threads": threads}, warmup,
+                                iterations, f"{which} failed to run")
     result.peak_rss_kb = memory.peak_rss_kb()
     result.peak_rss_scope = "component" if scoped else "process"
     return result
@@ -126,6 +131,17 @@ def _bench_session(runtime: Runtime, path: Path, entry: Any, options: dict, warm
                      backend=session.backend, threads=options.get("threads") or session.threads, tiles=tiles)
 
 
+def _family_runtime(path: Path, family: str, entry: Any) -> Runtime:
+    """The runtime of `family` that runs this artifact here; one line saying why not when none can."""
+    candidates = [r for r in (runtimes.for_entry(entry) if entry is not None else runtimes.for_path(path))
+                  if r.family == family]
+    for runtime in candidates:
+        if runtime.available() is None:
+            return runtime
+    why = candidates[0].available() if candidates else f"no {family} runtime is registered"
+    raise MissingDependencyError(f"{path.name}: {why}")
+
+
 def _pte_runtime(path: Path, data: bytes) -> Runtime:
     """The ExecuTorch runtime for a .pte given without its manifest entry, by the delegates its bytes name; one
     line naming them when they cannot run here."""
@@ -159,14 +175,12 @@ def host_facts() -> dict[str, object]:
                 mem_kb = int(line.split()[1])
     except (OSError, ValueError):
         pass
-    versions: dict[str, str] = {}
-    for mod in ("onnxruntime", "executorch", "torch"):
-        try:
-            from importlib.metadata import version
-
-            versions[mod] = version(mod)
-        except Exception:
-            pass
+    versions: dict[str, str] = {}  # each benchmarked runtime family's package, and torch
+    for family in (*FAMILIES, "torch"):
+        package = next((r.package for r in runtimes.all() if r.family == family and r.package), family)
+        found = package_version(package)
+        if found:
+            versions[family] = found
     return {
         "transport": "host",
         "simulated_device": False,
@@ -270,7 +284,7 @@ class HostDevice(BenchDevice):
 
     def run(self, sel: Selection, comp: ComponentResult) -> ComponentResult:
         opts, iterations, warmup = self.opts, self.opts.iterations, self.opts.warmup
-        comp.runtime.update(version=self.versions.get("onnxruntime" if sel.runtime == "onnxruntime" else "executorch"),
+        comp.runtime.update(version=self.versions.get(sel.runtime),
                             runner="in-process", threads=self.threads, affinity_mask=self.mask)
         path = self.manifest.path_of(sel.entry)
         qnn_target = self._qnn_target(sel.entry, comp)

@@ -22,11 +22,15 @@ from ..tiling import tile_count
 
 PROFILE_RUNS = 3  # profiled runs after one warm-up (the profiler's own overhead makes them no latency figure)
 TOP = 15  # operators kept in the report
+PROFILED = ("onnxruntime", "executorch")  # the runtime families whose own profiler `_one` reads
 
 
 def host_profile(folder: Path, entry: Any, runtime: str, out_dir: Path, report_dir: Path,
                  threads: int | None = None) -> dict[str, Any]:
-    """The profile of one artifact on this machine (every stage of a tiled one, weighed by its windows)."""
+    """The profile of one artifact on this machine (every stage of a tiled one, weighed by its windows); for a
+    runtime whose profiler mi2v does not read, the reason."""
+    if runtime not in PROFILED:
+        return {"reason": f"mi2v reads the profilers of {' and '.join(PROFILED)} only; {runtime} gives none here"}
     etrecord = etrecord_of(folder, entry)
     if not is_tiled(entry):
         return _record(_one(folder / entry.file, entry, runtime, out_dir, etrecord, threads), report_dir)

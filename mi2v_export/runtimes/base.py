@@ -107,6 +107,8 @@ class Runtime(ABC):
     # whether `mi2v bench` times this family (on the host and through a phone runner), and how `--runtime auto`
     # ranks it (lower first); None: verify / generate only
     bench_order: ClassVar[int | None] = None
+    # the one native call a benchmark times (`Session.execute`), as the report names it
+    timed_region: ClassVar[str | None] = None
     # whether a fresh process running it here says what the artifact needs on a device (runtimes/measure.py);
     # False for a simulator or a stand-in, whose memory is the host's
     measures_memory: ClassVar[bool] = True

@@ -139,6 +139,7 @@ def check_bundled(data: bytes, cases: int, rtol: float, atol: float, method: str
 class ExecuTorchRuntime(Runtime):
     imports = ("torch", "executorch.runtime")
     bench_order = 0
+    timed_region = "Method::execute"
 
     family, suffix, package = "executorch", ".pte", "executorch"
 

@@ -71,6 +71,7 @@ class LiteRTCPU(Runtime):
 
     imports = ("ai_edge_litert.interpreter",)
     bench_order = 3
+    timed_region = "SignatureRunner (Interpreter::Invoke)"
 
     name, family, suffix, package = "litert", "litert", ".tflite", "ai-edge-litert"
 

@@ -70,6 +70,7 @@ class OnnxRuntimeCPU(Runtime):
 
     imports = ("onnxruntime",)
     bench_order = 1
+    timed_region = "InferenceSession.Run"
 
     name, family, suffix, package = "onnxruntime", "onnxruntime", ".onnx", "onnxruntime"
 
