@@ -39,7 +39,9 @@ from . import npu
 
 GPU = "gpu"
 NPU_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.W8A8)  # what the vendors' NPU compilers take
-_REFUSED_OP = re.compile(r"failed to legalize operation '([\w.]+)'")
+# how the two halves of the converter name an op they refuse: litert_torch's lowering of the exported graph, and the
+# MLIR legalization to TFLite ops
+_REFUSED_OP = re.compile(r"Lowering not found: ([\w.]+)|failed to legalize operation '([\w.]+)'")
 
 
 class ConverterError(Mi2vError):
@@ -167,7 +169,7 @@ def _converter_error(component: str, exc: Exception) -> ConverterError:
     """One line: the op the converter refused (its MLIR name) and the component, else the converter's first line."""
     found = _REFUSED_OP.search(str(exc))
     if found:
-        return ConverterError(f"the LiteRT converter refuses op {found.group(1)} in the {component} "
+        return ConverterError(f"the LiteRT converter refuses op {found.group(1) or found.group(2)} in the {component} "
                               "(no LiteRT kernel for it; a lowering rewrite must replace it)")
     return ConverterError(f"the LiteRT converter failed on the {component}: {first_line(exc)}")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from exporters.targets.litert.gpu import METHOD, NOT_HANDLED, _Node, _op_reason, _T, gpu_support
+from mi2v_export.exporters.targets.litert.gpu import METHOD, NOT_HANDLED, _Node, _op_reason, _T, gpu_support
 
 torch = pytest.importorskip("torch")
 litert_torch = pytest.importorskip("litert_torch")
