@@ -28,7 +28,7 @@ RENDER: dict[str, Callable[[object, str, dict], str]] = {
     "bench_report": devices.bench_report, "release_plan": devices.release_plan,
     "receptive_field": kinds.receptive_field, "tiled_vae": memory.tiled_vae, "ort_memory": memory.ort_memory,
     "qnn_tiled": memory.qnn_tiled, "pipeline": runs.pipeline, "int8_ceiling": runs.int8_ceiling,
-    "other": kinds.other,
+    "litert": runs.litert, "other": kinds.other,
 }
 WRITERS = {
     "precision": "`benchmarks/precision.py`", "w4_units": "`benchmarks/w4_sensitive_units.py`",
@@ -37,7 +37,7 @@ WRITERS = {
     "attention": "`benchmarks/attention.py`", "receptive_field": "`benchmarks/vae_receptive_field.py`",
     "tiled_vae": "`benchmarks/tiled_vae.py`", "ort_memory": "`benchmarks/ort_memory_settings.py`",
     "qnn_tiled": "`benchmarks/qnn_tiled.py`", "pipeline": "`benchmarks/pipeline.py`",
-    "int8_ceiling": "`benchmarks/int8_ceiling.py`",
+    "int8_ceiling": "`benchmarks/int8_ceiling.py`", "litert": "`benchmarks/litert.py`",
     "bench_report": "`mi2v bench --report`",
     "export": "`mi2v export` (its manifest entries; the command is in the file)",
     "recipe": "a `mi2v export --recipe` run with its gates (the command is in the file)",
@@ -99,6 +99,10 @@ TOPICS = (
           "The whole image-to-video run measured clip after clip next to the per-frame figure computed from "
           "per-component medians ([guide](../guides/benchmarking.md#pipeline)); this machine's fp32 and int8 GEMM "
           "ceilings at the denoiser's shapes and the w8a8 step's share of them. " + SEEDED),
+    Topic("results/litert.md", "LiteRT next to onnxruntime and ExecuTorch", ("litert",),
+          "The same component and precision exported for onnxruntime, ExecuTorch XNNPACK and LiteRT, timed side by "
+          "side in one run (ratio to onnxruntime's median), with sizes, video quality against the all-fp32 PyTorch "
+          "run and each runtime's measured memory ([guide](../guides/litert.md)). " + SEEDED),
     Topic("results/other.md", "Other result files", ("other",),
           "Result files of a kind the docs generator does not know yet (listed so that none is left out)."),
 )
@@ -111,7 +115,10 @@ def kind_of(data: object) -> str:
     rows = data.get("rows")
     checks = (
         ("qnn_tiled", data.get("benchmark") == "qnn_tiled"),
-        ("bench_report", data.get("schema") == "mi2v.bench/1"), ("precision", "cells" in data),
+        ("bench_report", data.get("schema") == "mi2v.bench/1"),
+        # benchmarks/litert.py: its first 720p run predates the "benchmark" key ("beside" is its own field)
+        ("litert", data.get("benchmark") == "litert" or ("cells" in data and "beside" in data)),
+        ("precision", "cells" in data),
         ("recipe", isinstance(data.get("recipe"), dict)), ("w4_units", "sensitive_units" in data),
         ("fp16_gemm", isinstance(rows, list) and all(isinstance(r, dict) and "K" in r for r in rows)),
         ("export", "entries" in data), ("qnn_blocks", "stages" in data and "soc" in data),

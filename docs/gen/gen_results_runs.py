@@ -1,7 +1,8 @@
-"""How the whole-run and int8-limit results are shown: benchmarks/pipeline.py (the measured per-frame latency next to
-the computed ones) and benchmarks/int8_ceiling.py (fp32 and int8 GEMM ceilings at the denoiser's shapes and the
-w8a8 step's share of them), from the fields their writers record (their docstrings describe the JSON). A value a
-file lacks shows as a dash.
+"""How the whole-run, int8-limit and runtime-comparison results are shown: benchmarks/pipeline.py (the measured
+per-frame latency next to the computed ones), benchmarks/int8_ceiling.py (fp32 and int8 GEMM ceilings at the
+denoiser's shapes and the w8a8 step's share of them) and benchmarks/litert.py (one component on three runtimes side
+by side), from the fields their writers record (their docstrings describe the JSON). A value a file lacks shows as
+a dash.
 """
 
 from __future__ import annotations
@@ -70,3 +71,25 @@ def int8_ceiling(data: dict, anchor: str, images: dict) -> str:
 
 def _rate(form: dict, shape: str) -> float | None:
     return next((row.get("gops") for row in form.get("shapes", []) if row["shape"] == shape), None)
+
+
+def litert(data: dict, anchor: str, images: dict) -> str:
+    cells = data.get("cells") or []
+    rows = [[c.get("component"), code(c.get("precision")), c.get("target"), code(c.get("runtime")), mb(c.get("bytes")),
+             num(c.get("median_s"), ".2f", unit=" s"), num(c.get("ratio_vs_onnxruntime"), ".2f", unit="x"),
+             f"{num(c.get('psnr_db_min'), '.1f')} / {num(c.get('psnr_db_mean'), '.1f')}", num(c.get("ssim_min"), ".4f"),
+             mb(c.get("runtime_memory_bytes")), mb(c.get("planned_memory_bytes")),
+             num(c.get("export_trajectory_db"), ".1f"), len(c.get("kept_float_units") or []) if c.get("margin") else "",
+             escape(c.get("error") or "", True)] for c in cells]
+    out = [f"- **config**: {kv(data.get('config', {}))}", f"- **beside it**: {escape(str(data.get('beside')))}", "",
+           table(["component", "precision", "target", "runtime", "size", "median per call", "x onnxruntime",
+                  "video PSNR min / mean (dB)", "SSIM min", "measured memory", "planned memory",
+                  "export trajectory (dB)", "units kept float", "error"], rows)]
+    groups = list(dict.fromkeys(f"{c.get('component')} {c.get('precision')}" for c in cells))
+    targets = list(dict.fromkeys(c.get("target") for c in cells))
+    series = {t: [next((c.get("ratio_vs_onnxruntime") for c in cells if c.get("target") == t
+                        and f"{c.get('component')} {c.get('precision')}" == g), None) for g in groups] for t in targets}
+    if groups and any(isinstance(v, (int, float)) for vs in series.values() for v in vs):
+        png = plots.grouped_bars(anchor, groups, series, "time per call / onnxruntime's")
+        out.append(figure(images, anchor, png, f"{anchor}: time per call relative to onnxruntime"))
+    return "\n".join(out)
