@@ -190,3 +190,16 @@ def test_w8a8_every_component_holds_30_db_on_a_held_out_photo_and_runs_the_pipel
     assert proc.returncode == 0, proc.stderr[-2000:]
     block = json.loads(pipe.read_text())["pipeline"]
     assert len(block["clips"]) == 2 and block["quality"]["passed"] is True
+
+
+def test_w8a8_exports_are_byte_identical_across_runs(tmp_path):
+    """Fixed calibration order, one calibration thread: the same command gives the same bytes."""
+    digests = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        proc = run_cli("export", "--target", "litert", "--preset", "tiny", "--component", "denoiser", "--precision",
+                       "w8a8", "--gate-margin", "0", "--no-verify", "--out", out)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (e,) = read_manifest(out).components
+        digests.append(e.sha256)
+    assert digests[0] == digests[1]

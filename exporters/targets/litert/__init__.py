@@ -100,8 +100,11 @@ class LiteRTExporter(Exporter):
         if options.delegate == GPU:
             from .gpu import gpu_support
 
-            info["gpu"] = gpu_support(path)
-            info["gpu_node_share"], info["gpu_flop_share"] = info["gpu"]["node_share"], info["gpu"]["flop_share"]
+            gpu = info["gpu"] = gpu_support(path)
+            info["gpu_node_share"], info["gpu_flop_share"] = gpu["node_share"], gpu["flop_share"]
+            flops = "no conv/matmul" if gpu["flop_share"] is None else f"{gpu['flop_share']:.0%} of conv/matmul FLOPs"
+            progress(ProgressEvent(spec.name, "gpu", "info", f"GPU delegate (structural check): {gpu['node_share']:.0%} "
+                                   f"of {gpu['nodes']} nodes, {flops}, {gpu['partitions']} partition(s)"))
         extra = {}
         if options.delegate in NPU_DELEGATES:
             info["npu"] = npu.compile_for_npu(path, out_dir, options.delegate, None)
