@@ -31,6 +31,7 @@ from .base import BenchDevice, BenchOptions, BenchReport, ComponentResult, Devic
 from .output_check import raw_outputs
 from .profile import etrecord_of, phone_profile
 from .remote_stage import RemoteStage
+from .benchmark_model import parse_benchmark_model, read_outputs, runner_args, signature_io
 from .runners import parse_executor_runner
 from .report import percentile
 from .registry import Defaults, DeviceKind, register
@@ -45,6 +46,7 @@ from .runner_checks import (
 from .selection import artifact_files, remote_name
 
 PHONE_UNSUPPORTED_DELEGATES = ("coreml", "mps")
+RETURNS_OUTPUTS = ("executorch", "litert")  # runtime families whose phone runner writes its outputs to a file
 PHONE_DEFAULTS = Defaults(iterations=50, warmup=5, cooldown=30.0)
 
 
@@ -86,7 +88,8 @@ class AdbPhone(BenchDevice):
 
 
 class AdbRunnerDevice(AdbPhone):
-    """A phone over adb timed with its native runners: executor_runner for .pte, onnxruntime_perf_test for .onnx."""
+    """A phone over adb timed with its native runners: executor_runner for .pte, onnxruntime_perf_test for .onnx,
+    LiteRT's benchmark_model for .tflite."""
 
     def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, json_path: Path, say: Say):
         super().__init__(opts, manifest, serial, say)
@@ -161,7 +164,8 @@ class AdbRunnerDevice(AdbPhone):
         runner = self._runner(sel.runtime)
         comp.runtime.update(runner.describe(), threads=s.threads, affinity_mask=f"{s.mask:x}" if s.mask else None,
                             backend=(sel.entry.delegate or "portable") if sel.runtime == "executorch" else
-                            "qnn-htp" if sel.entry.delegate == "qnn" else "cpu", log_channel="stdout+stderr")
+                            "qnn-htp" if sel.entry.delegate == "qnn" else
+                            "xnnpack" if sel.runtime == "litert" else "cpu", log_channel="stdout+stderr")
         if sel.entry.delegate == "qnn" and sel.runtime == "onnxruntime" and self.simulated_device:
             comp.runtime.update(simulated=True, soc=sel.entry.target_info.get("soc"),
                                 note="simulated phone: the QNN HTP simulator on this host's CPU, simulated timings, "
@@ -235,6 +239,11 @@ class AdbRunnerDevice(AdbPhone):
                 s.warnings.append(f"{runner.name} wrote an ETDump in the timed run (built with the event tracer): "
                                   "its timings include profiling overhead")
             return run
+        if sel.runtime == "litert":
+            run, _ = s.run_litert(runner, self._remote_names(sel, stage)[0], opts.warmup, opts.iterations,
+                                  opts.timeout)
+            run.backend = "xnnpack"
+            return run
         csv = self.extras / f"{tag}.run{r}.csv"
         self.extras.mkdir(parents=True, exist_ok=True)
         qnn = qnn_run_options(sel.entry.target_info) if sel.entry.delegate == "qnn" else None
@@ -248,11 +257,11 @@ class AdbRunnerDevice(AdbPhone):
         """`--pipeline`: the component as executor_runner calls, the sampler's tensors pushed as its inputs and its
         outputs pulled back (a tiled one window by window, stitched here as on the host); each stage's time is
         what the runner reports, the rest of the call is transfers (devices/pipeline_bench.py RemoteStage)."""
-        if sel.runtime != "executorch":
+        if sel.runtime not in RETURNS_OUTPUTS:
             raise BadInputError(f"--pipeline on a phone: the {sel.component} is {sel.entry.file}, and "
-                                "onnxruntime_perf_test returns no outputs; use .pte artifacts (--target executorch)")
+                                "onnxruntime_perf_test returns no outputs; use .pte or .tflite artifacts")
         runner = self._runner(sel.runtime)
-        if not {"inputs", "output_file"} <= runner.flags:
+        if sel.runtime == "executorch" and not {"inputs", "output_file"} <= runner.flags:
             raise DeviceError(f"--pipeline: {runner.name} on the device has no --inputs / --output_file flags")
         assert self.session is not None
         self.session.stage(self.files[sel.component])
@@ -269,20 +278,20 @@ class AdbRunnerDevice(AdbPhone):
             return out, {"run_ms": self.runner_ms["run"] - before["run"],
                          "load_ms": self.runner_ms["load"] - before["load"],
                          "peak_rss_kb": self.runner_ms["peak_kb"] or None}
-        return RemoteStage(sel, call, f"{runner.name}/{sel.entry.delegate or 'portable'}")
+        return RemoteStage(sel, call, _label(sel, runner))
 
     def outputs(self, sel: Selection, sets: list[Any]) -> tuple[list[dict[str, Any]], str] | str:
         """executor_runner once per test-vector set: the inputs pushed as raw files (--inputs), the outputs written
         with --output_file and pulled back. onnxruntime_perf_test has no way to return outputs."""
-        if sel.runtime != "executorch":
+        if sel.runtime not in RETURNS_OUTPUTS:
             return "onnxruntime_perf_test returns no outputs: check the .onnx with `mi2v verify` on the target"
         runner = self._runner(sel.runtime)
-        if not {"inputs", "output_file"} <= runner.flags:
+        if sel.runtime == "executorch" and not {"inputs", "output_file"} <= runner.flags:
             return f"{runner.name} on the device has no --inputs / --output_file flags"
         local = self.extras / "vectors" / sel.component
         outputs = [self._stitched_set(sel, runner, local, n, vs) if is_tiled(sel.entry)
                    else self._outputs_of_set(sel, runner, local, n, vs) for n, vs in enumerate(sets)]
-        return outputs, f"{runner.name}/{sel.entry.delegate or 'portable'}"
+        return outputs, _label(sel, runner)
 
     def _stitched_set(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any) -> dict[str, Any]:
         """A tiled entry's whole-frame outputs: every window runs on the device (one runner call each) and the
@@ -300,6 +309,8 @@ class AdbRunnerDevice(AdbPhone):
 
     def _outputs_of_set(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any, stage: int | None = None,
                         entry: Any = None, base: str | None = None) -> dict[str, Any]:
+        if sel.runtime == "litert":
+            return self._litert_outputs(sel, runner, local, n, vs, stage, entry or sel.entry, base or sel.component)
         s = self.session
         assert s is not None
         local.mkdir(parents=True, exist_ok=True)
@@ -330,6 +341,38 @@ class AdbRunnerDevice(AdbPhone):
             raise DeviceError(f"{runner.name} wrote no {base}-<i>.bin output files for the {sel.component}")
         return raw_outputs(files, entry)
 
+    def _litert_outputs(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any, stage: int | None,
+                        entry: Any, tag: str) -> dict[str, Any]:
+        """benchmark_model once on one input set: each input pushed as its raw bytes (--input_layer_value_files,
+        bound by position in the model's subgraph order), the outputs written with --output_filepath (raw bytes
+        in the subgraph's output order) and pulled back."""
+        s = self.session
+        assert s is not None
+        local.mkdir(parents=True, exist_ok=True)
+        model = self._remote_names(sel, stage)[0]
+        _, ins, outs = signature_io(self.manifest.folder / (sel.entry.file if stage is None else
+                                                             sel.entry.tiling["stages"][stage]["file"]))
+        d, remote, shapes = s.remote_dir, {}, {}
+        for k, name in enumerate(ins):
+            array = vs.inputs[name]
+            path = local / f"{tag}.set{n}.in{k}.bin"
+            path.write_bytes(array.tobytes())
+            remote[name], shapes[name] = f"{d}/{path.name}", array.shape
+            s.dev.push(path, remote[name])
+        out_name = f"{tag}.set{n}.out.bin"
+        args = runner_args(f"{d}/{model}", 0, 1, s.threads, remote, f"{d}/{out_name}", shapes=shapes)
+        rc, out, err, _, hwm = s.run_runner(runner, args, self.opts.timeout)
+        s.dev.shell(["rm", "-f", *remote.values()])
+        parsed = parse_benchmark_model(out + err)
+        if rc != 0:
+            raise RunnerFailure(runner_failure(runner.name, rc, out + err, [], parsed.errors), out + err)
+        self._count(parsed, hwm)
+        pulled = s.pull_if_exists(out_name, local / out_name)
+        if pulled is None:
+            raise DeviceError(f"{runner.name} wrote no {out_name} for the {sel.component}")
+        specs = {t.name: t for t in entry.outputs}
+        return read_outputs(pulled.read_bytes(), [(o, specs[o].shape, specs[o].dtype) for o in outs])
+
     def _count(self, parsed: Any, hwm: int | None) -> None:
         """The runner's own run and load times and its peak, added up for `--pipeline` (`pipeline_stage`); a runner
         that prints its timings to logcat only is read there, as the timed runs are."""
@@ -357,7 +400,8 @@ class AdbRunnerDevice(AdbPhone):
     def _read_profile(self, sel: Selection, etdump: str | None) -> dict[str, Any]:
         """--profile: the per-op profile of the ETDump the runner wrote, read here (devices/profile.py)."""
         if sel.runtime != "executorch":
-            return {"reason": "onnxruntime_perf_test's profiles are not read by mi2v: profile the .onnx on the host"}
+            return {"reason": f"{RUNNER_FOR_RUNTIME[sel.runtime]}'s profiles are not read by mi2v: profile "
+                              f"{sel.entry.file} on the host"}
         if is_tiled(sel.entry):
             return {"reason": "a tiled component is profiled stage by stage on the host (--device host)"}
         if etdump is None:
@@ -381,6 +425,12 @@ class AdbRunnerDevice(AdbPhone):
 # --------------------------------------------------------------------------------------------------------------------
 # the adb device kind
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def _label(sel: Selection, runner: Runner) -> str:
+    """What ran a set: the runner and its backend (ExecuTorch's delegate, LiteRT's XNNPACK)."""
+    backend = "xnnpack" if sel.runtime == "litert" else (sel.entry.delegate or "portable")
+    return f"{runner.name}/{backend}"
 
 
 def phone_refuses(entry: Any, runtime: str) -> str | None:

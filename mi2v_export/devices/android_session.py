@@ -46,6 +46,7 @@ from .runner_checks import (
     local_runner,
     runner_failure,
 )
+from .benchmark_model import parse_benchmark_model, runner_args
 from .runners import (
     EXECUTOR_RUNNER,
     parse_battery,
@@ -391,6 +392,30 @@ class AndroidSession:
         else:
             raise RunnerFailure(f"{runner.name} exited 0 but printed no timings: check that it is "
                                 "onnxruntime_perf_test", text)
+        toybox_rss = re.search(r"Max RSS \(KiB\): (\d+)", text)
+        if toybox_rss:
+            run.peak_rss_kb, run.peak_rss_method = int(toybox_rss.group(1)), "toybox-time"
+        elif parsed.peak_rss_kb:
+            run.peak_rss_kb, run.peak_rss_method = parsed.peak_rss_kb, "runner"
+        elif hwm:
+            run.peak_rss_kb, run.peak_rss_method = hwm, "vmhwm-poll"
+        return run, text
+
+    def run_litert(self, runner: Runner, model: str, warmup: int, iterations: int,
+                   timeout: float) -> tuple[RunResult, str]:
+        """LiteRT's benchmark_model on the CPU (XNNPACK): exactly warmup + iterations runs. It prints no per-run
+        times, only its statistics: the run reports their mean (`mean_only_ms`) and the tool's percentiles."""
+        args = runner_args(f"{self.remote_dir}/{model}", warmup, iterations, self.threads)
+        rc, out, err, wall, hwm = self.run_runner(runner, args, timeout)
+        text = out + err
+        parsed = parse_benchmark_model(text)
+        if rc != 0:
+            raise RunnerFailure(runner_failure(runner.name, rc, text, [], parsed.errors), text)
+        if parsed.mean_ms is None:
+            raise RunnerFailure(f"{runner.name} exited 0 but printed no 'Inference timings in us' line: check that "
+                                "it is LiteRT's benchmark_model", text)
+        run = RunResult(load_ms=parsed.load_ms, exit_code=rc, threads=self.threads, wall_s=wall,
+                        first_iteration_ms=parsed.first_iteration_ms, mean_only_ms=parsed.mean_ms)
         toybox_rss = re.search(r"Max RSS \(KiB\): (\d+)", text)
         if toybox_rss:
             run.peak_rss_kb, run.peak_rss_method = int(toybox_rss.group(1)), "toybox-time"

@@ -19,13 +19,15 @@ from typing import Any
 from ..errors import BadInputError, DeviceError
 from ..safepath import is_within
 from .elf import RunnerFile, inspect_runner, is_shared_library, runs_on
+from .benchmark_model import BENCHMARK_MODEL
 from .runners import EXECUTOR_RUNNER, ORT_PERF_TEST
 
-RUNNER_FOR_RUNTIME = {"executorch": EXECUTOR_RUNNER, "onnxruntime": ORT_PERF_TEST}
+RUNNER_FOR_RUNTIME = {"executorch": EXECUTOR_RUNNER, "onnxruntime": ORT_PERF_TEST, "litert": BENCHMARK_MODEL}
 # libraries a runner needs beside it (found next to the runner file on this machine and pushed with it)
 COMPANION_LIBS = {
     ORT_PERF_TEST: ("libonnxruntime*.so*", "libQnn*.so", "libqnn*.so"),
     EXECUTOR_RUNNER: ("libQnn*.so", "libqnn_executorch_backend.so", "libvulkan_*.so"),
+    BENCHMARK_MODEL: ("libLiteRt*.so",),  # a LiteRT 2.x build's runtime library, when not linked in statically
 }
 README_RUNNERS = "see docs/guides/benchmarking.md, 'Runners for Android'"
 QNN_LIBS_SOURCE = ("from the QAIRT SDK (lib/aarch64-android, lib/hexagon-vNN/unsigned) or the Maven package "
@@ -212,9 +214,12 @@ def local_runner(name: str, given: Sequence[Path], artifacts_dir: Path, abilist:
 
 
 def _runner_kind(path: Path) -> str:
+    if "benchmark_model" in path.name:
+        return BENCHMARK_MODEL
     return ORT_PERF_TEST if "onnxruntime_perf_test" in path.name or "perf_test" in path.name else EXECUTOR_RUNNER
 
 
 def runner_kind(path: Path) -> str:
-    """Which runner a --runner file stands for, by its name (onnxruntime_perf_test, else executor_runner)."""
+    """Which runner a --runner file stands for, by its name (benchmark_model, onnxruntime_perf_test, else
+    executor_runner)."""
     return _runner_kind(path)

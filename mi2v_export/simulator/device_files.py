@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..devices.benchmark_model import BENCHMARK_MODEL
 from ..devices.runners import EXECUTOR_RUNNER, ORT_PERF_TEST
 from .host_runners import write_host_runner
 from .profile import Battery, DeviceProfile, host_abi
@@ -140,7 +141,7 @@ exec "$@"
             path.write_text(text)
             path.chmod(0o755)
         if self.phone.profile.abi == host_abi():  # the phone runs this machine's code: the runners are "installed"
-            for runner in (EXECUTOR_RUNNER, ORT_PERF_TEST):
+            for runner in (EXECUTOR_RUNNER, ORT_PERF_TEST, BENCHMARK_MODEL):
                 write_host_runner(runner, bin_dir)
         (root / ".mi2v" / "toybox_time.py").write_text(TOYBOX_TIME)
 

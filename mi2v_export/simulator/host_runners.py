@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import qnn, runtimes
+from ..devices.benchmark_model import BENCHMARK_MODEL
 from ..devices.runners import EXECUTOR_RUNNER, ORT_PERF_TEST, backends_in_pte, pte_runtime
+from .benchmark_model import benchmark_model
 from ..runtimes import Session, dtypes, memory
 from ..runtimes import executorch as et
 
@@ -502,4 +504,4 @@ def _ort_print_summary(costs: list[float], session_s: float, first_ms: int, wall
             print(f"{label} Latency: {ordered[_nearest_index(n, q)]:g} s")
 
 
-_HOST_RUNNERS = {EXECUTOR_RUNNER: _executor_runner, ORT_PERF_TEST: _ort_perf_test}
+_HOST_RUNNERS = {EXECUTOR_RUNNER: _executor_runner, ORT_PERF_TEST: _ort_perf_test, BENCHMARK_MODEL: benchmark_model}
