@@ -91,7 +91,7 @@ STAGING_PREFIX = ".mi2v-export-"
 
 # Libraries whose versions go in the manifest (absent ones are recorded as null).
 LIBRARIES = ("torch", "executorch", "coremltools", "onnx", "onnxruntime", "onnxscript", "onnxsim", "numpy",
-             "diffusers", "torchao")
+             "diffusers", "torchao", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "litert-converter")
 
 
 def now_iso() -> str:
@@ -269,7 +269,7 @@ def append_verifications(folder: str | os.PathLike, runs: dict[str, list[dict]])
 
 # When several artifacts of one component could run: this target order, then this delegate order, fp32 before
 # lower precisions, then the file name.
-TARGET_PREFERENCE = ("onnx", "executorch", "coreml")
+TARGET_PREFERENCE = ("onnx", "executorch", "coreml", "litert")
 DELEGATE_PREFERENCE = ("xnnpack", None, "vulkan", "qnn")
 
 

@@ -70,7 +70,8 @@ QUANTIZERS: dict[tuple[str, str | None, str], Quantizer] = {
        for delegate, precisions in ((None, "w8a8 w8 w4"), ("gpu", "w8a8 w8 w4"), ("qualcomm", "w8a8"),
                                     ("mediatek", "w8a8"), ("google-tensor", "w8a8"))
        for precision, (quantize, tool) in {
-           "w8a8": (litert.static_w8a8, "ai-edge-quantizer static_wi8_ai8 (float I/O)"),
+           "w8a8": (litert.static_w8a8, "ai-edge-quantizer static int8 on FULLY_CONNECTED / CONV_2D / "
+                                        "BATCH_MATMUL (float I/O)"),
            "w8": (litert.dynamic_w8, "ai-edge-quantizer dynamic_wi8_afp32"),
            "w4": (litert.dynamic_w4, f"ai-edge-quantizer dynamic_wi4b32_afp32 (int4 blocks of {litert.W4_BLOCK})"),
        }.items() if precision in precisions.split()},

@@ -14,9 +14,9 @@ tensor-name scopes left float) and returns what it did for the manifest.
           (the GPU delegate computes in fp16)
 
 Keeping units float: the converter names each tensor by the module path it came from (`<Class>_<attribute>` per
-level, exporters/targets/litert/__init__.py `unit_scopes`), and a recipe entry with NO_QUANTIZE on a unit's scope,
-added after the precision's own, wins for that unit's ops (ai_edge_quantizer/recipe_manager.py: the latest matching
-entry is used).
+level, exporters/targets/litert/convert.py `unit_scopes`), and a recipe entry with NO_QUANTIZE on a unit's scope,
+added after the precision's own, wins for that unit's ops (ai-edge-quantizer uses the latest recipe entry whose
+scope matches an op's name; docs/guides/litert.md#sources).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _run(src: Path, out: Path, records: Sequence[dict] | None, configure: Callab
     q = quantizer.Quantizer(str(src))
     configure(q, quantizer, qtyping)
     for scope in keep:
-        q.update_quantization_recipe(regex=re.escape(scope), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        q.update_quantization_recipe(regex=scope_regex(scope), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                                      algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
     sink = io.StringIO()  # its report on stdout, tqdm's bars on stderr
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
@@ -55,12 +55,19 @@ def _run(src: Path, out: Path, records: Sequence[dict] | None, configure: Callab
 INTEGER_OPS = ("FULLY_CONNECTED", "CONV_2D", "BATCH_MATMUL")  # what w8a8 quantizes
 
 
+def scope_regex(scope: str) -> str:
+    """The ops of one unit: its scope as whole path levels of an op's name (`…/DiTBlock_1/…`, `…/DiTBlock_1;`), so
+    that `blocks.1` never takes `blocks.10` with it."""
+    return rf"(?:^|/|;){re.escape(scope)}(?:/|;|$)"
+
+
 def _float_io(q, quantizer, qtyping) -> None:
     for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
         q.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=quantizer.AlgorithmName.NO_QUANTIZE)
 
 
-def static_w8a8(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequence[str] = ()) -> dict:
+def static_w8a8(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequence[str] = (),
+                int8: Sequence[str] = ()) -> dict:
     """int8 activations (min-max calibrated) and int8 per-channel weights; float graph I/O."""
     if not records:
         raise ValueError("w8a8 needs calibration records")
@@ -76,7 +83,8 @@ def static_w8a8(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequ
             **_run(src, out, records, configure, keep)}
 
 
-def dynamic_w8(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequence[str] = ()) -> dict:
+def dynamic_w8(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequence[str] = (),
+               int8: Sequence[str] = ()) -> dict:
     """int8 per-channel weights; the kernels quantize activations at run time (dynamic range)."""
     from ai_edge_quantizer import recipe
 
@@ -84,31 +92,41 @@ def dynamic_w8(src: Path, out: Path, records: Sequence[dict] | None, keep: Seque
             **_run(src, out, None, lambda q, *_: q.load_quantization_recipe(recipe.dynamic_wi8_afp32()), keep)}
 
 
-def dynamic_w4(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequence[str] = ()) -> dict:
+def dynamic_w4(src: Path, out: Path, records: Sequence[dict] | None, keep: Sequence[str] = (),
+               int8: Sequence[str] = ()) -> dict:
     """int4 weights in blocks of 32 on the fully-connected ops whose input width allows the blocks; int8 per
-    channel on the rest (ai-edge-quantizer refuses a block that does not divide the width)."""
+    channel on the rest (ai-edge-quantizer refuses a block that does not divide the width) and on the `int8`
+    scopes (the denoiser's sensitive units, exporters/quantize/units.py)."""
     narrow = _fc_outputs_not_divisible(src, W4_BLOCK)
 
     def configure(q, quantizer, qtyping):
         q.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8)
         q.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=4,
                              granularity=qtyping.QuantGranularity.BLOCKWISE_32)
-        for name in narrow:
-            q.add_dynamic_config(regex=f"^{re.escape(name)};$", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED,
-                                 num_bits=8)
+        for regex in [f"^{re.escape(name)};$" for name in narrow] + [scope_regex(s) for s in int8]:
+            q.add_dynamic_config(regex=regex, operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=8)
 
     return {"activations": "dynamic int8", "weights": f"int4 blocks of {W4_BLOCK} (fully connected), else int8",
-            "int8_fully_connected": len(narrow), **_run(src, out, None, configure, keep)}
+            "int8_fully_connected": len(narrow), "int8_scopes": len(int8), **_run(src, out, None, configure, keep)}
 
 
 def _fc_outputs_not_divisible(src: Path, block: int) -> list[str]:
-    """Output tensor names of the FULLY_CONNECTED ops whose weight's input width is not a multiple of `block`."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Output tensor names of the FULLY_CONNECTED ops whose weight's input width is not a multiple of `block`, read
+    from the flatbuffer (ai-edge-litert's schema reader: no interpreter, no kernels)."""
+    from ai_edge_litert import schema_py_generated as schema
 
-    interpreter = Interpreter(model_path=str(src))
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    return [tensors[op["outputs"][0]]["name"] for op in interpreter._get_ops_details()
-            if op["op_name"] == "FULLY_CONNECTED" and tensors[op["inputs"][1]]["shape"][-1] % block]
+    model = schema.Model.GetRootAs(Path(src).read_bytes(), 0)
+    graph, fc = model.Subgraphs(0), schema.BuiltinOperator.FULLY_CONNECTED
+    out = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != fc:
+            continue
+        weight = graph.Tensors(op.Inputs(1))
+        if weight.ShapeAsNumpy()[-1] % block:
+            out.append(graph.Tensors(op.Outputs(0)).Name().decode())
+    return out
 
 
 def fp16_weights(src: Path, out: Path, keep: Sequence[str] = ()) -> dict:

@@ -45,9 +45,13 @@ class Via(str, Enum):
 
 
 class Runtime(str, Enum):
+    """devices/selection.py RUNTIMES (the runtime registry's benchmarked families), spelled out here because the
+    CLI starts without numpy; tests/unit/test_structure.py holds the two equal."""
+
     auto = "auto"
     onnxruntime = "onnxruntime"
     executorch = "executorch"
+    litert = "litert"
 
 
 def _ms(v: float | None, digits: int = 2) -> str:
@@ -228,15 +232,15 @@ def bench(
                                              "compute units to time, comma-separated from all, cpu_and_ne, "
                                              "cpu_and_gpu, cpu_only (default: each of the four)"),
     runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="auto: ExecuTorch when every component has a "
-                                    "runnable .pte, else onnxruntime, else per component"),
+                                    "runnable .pte, else onnxruntime, else LiteRT, else per component"),
     iterations: Iterations = None,
     warmup: Warmup = None,
     runs: int = typer.Option(1, "--runs", min=1, help="separate runner processes per component (their medians are "
                              "reported as run_medians)"),
     steps: refine(Steps, max=2, help="denoising steps of the headline (1 or 2; both are reported)") = 2,
-    runner: list[Path] = typer.Option([], "--runner", help="executor_runner / onnxruntime_perf_test built for the "
-                                      "phone (repeatable; told apart by name). Default: DIR/runners/<abi>/, else "
-                                      "the one on the phone's PATH"),
+    runner: list[Path] = typer.Option([], "--runner", help="executor_runner / onnxruntime_perf_test / "
+                                      "benchmark_model built for the phone (repeatable; told apart by name). "
+                                      "Default: DIR/runners/<abi>/, else the one on the phone's PATH"),
     cpu_mask: str | None = typer.Option(None, "--cpu-mask", help="pin to these cores (hex, e.g. f0); default on a "
                                         "phone: the big cores from cpuinfo_max_freq; on host: not pinned"),
     threads: int | None = typer.Option(None, "--threads", min=1, help="host only: intra-op threads (default: the "

@@ -29,7 +29,7 @@ def generate(
     artifacts: ArtifactFolders = [],
     use: list[str] = typer.Option([], "--use", help="which artifact runs when a folder holds several for a "
                                   "component: 'executorch' (all) or 'denoiser=executorch' (repeatable); default: "
-                                  "the first this host can run, in the order onnx, executorch, coreml"),
+                                  "the first this host can run, in the order onnx, executorch, coreml, litert"),
     fallback: Fallback = typer.Option("none", help="component missing from --artifacts: none (error) or pytorch"),
     preset: refine(Preset, help="model preset (default: the artifacts' or mobilei2v-270m)") = None,
     decoder: refine(Decoder, help="default: the artifacts', the checkpoints', else turbo-vaed") = None,

@@ -21,8 +21,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..errors import BadInputError, DeviceError
+import numpy as np
+
+from ..errors import BadInputError, DeviceError, first_line
 from ..files import sha256_file
+from ..runtimes import dtypes
+from ..runtimes.litert import NPU_DELEGATES
 from ..runtimes.sessions import is_tiled, stage_entry
 from ..tiling import run_tiled, stage_from_record, tile_count
 from .adb import Adb, AdbDevice, AdbTimeout
@@ -166,6 +170,9 @@ class AdbRunnerDevice(AdbPhone):
                             backend=(sel.entry.delegate or "portable") if sel.runtime == "executorch" else
                             "qnn-htp" if sel.entry.delegate == "qnn" else
                             "xnnpack" if sel.runtime == "litert" else "cpu", log_channel="stdout+stderr")
+        if sel.runtime == "litert" and sel.entry.delegate == "gpu":
+            comp.runtime["note"] = ("a --delegate gpu export, timed on the CPU (XNNPACK): mi2v does not drive "
+                                    "benchmark_model's --use_gpu yet")
         if sel.entry.delegate == "qnn" and sel.runtime == "onnxruntime" and self.simulated_device:
             comp.runtime.update(simulated=True, soc=sel.entry.target_info.get("soc"),
                                 note="simulated phone: the QNN HTP simulator on this host's CPU, simulated timings, "
@@ -208,13 +215,15 @@ class AdbRunnerDevice(AdbPhone):
         """A tiled component: each stage's tile model timed by the runner, one process each; an iteration of the
         component is every stage's iteration times its windows per call (the phone runs the same windows; the
         stitching copies between them are the app's and not timed here). The peak is the largest stage's runner
-        process: an app holding every stage and the tensors between them needs more."""
+        process: an app holding every stage and the tensors between them needs more. A runner without per-run
+        times (benchmark_model) gives the windows-weighted sum of the stages' means and of their medians."""
         runs = [self._run_once(sel, comp, runner, r, stage=k) for k in range(len(sel.entry.tiling["stages"]))]
         counts = [tile_count(stage["plan"]) for stage in sel.entry.tiling["stages"]]
         iterations = min(len(run.samples_ms) for run in runs)
         total = [sum(n * run.samples_ms[i] for n, run in zip(counts, runs)) for i in range(iterations)]
         peaks = [run.peak_rss_kb for run in runs if run.peak_rss_kb is not None]
-        return RunResult(load_ms=sum(run.load_ms or 0 for run in runs), samples_ms=total, exit_code=0,
+        weighed = _weighed_stats(runs, counts) if not iterations else {}
+        return RunResult(load_ms=sum(run.load_ms or 0 for run in runs), samples_ms=total, exit_code=0, **weighed,
                          peak_rss_kb=max(peaks) if peaks else None, peak_rss_method=runs[0].peak_rss_method,
                          peak_rss_scope="runner", backend=runs[0].backend,
                          tiles=[{"stage": k, "file": stage["file"], "tiles": n,
@@ -350,11 +359,11 @@ class AdbRunnerDevice(AdbPhone):
         assert s is not None
         local.mkdir(parents=True, exist_ok=True)
         model = self._remote_names(sel, stage)[0]
-        _, ins, outs = signature_io(self.manifest.folder / (sel.entry.file if stage is None else
-                                                             sel.entry.tiling["stages"][stage]["file"]))
+        ins, outs = self._litert_order(sel, stage)
+        in_specs = {t.name: t for t in entry.inputs}
         d, remote, shapes = s.remote_dir, {}, {}
-        for k, name in enumerate(ins):
-            array = vs.inputs[name]
+        for k, name in enumerate(ins):  # each in the model's own dtype: the tool checks the files' byte counts
+            array = np.asarray(vs.inputs[name]).astype(dtypes.numpy_dtype(in_specs[name].dtype), copy=False)
             path = local / f"{tag}.set{n}.in{k}.bin"
             path.write_bytes(array.tobytes())
             remote[name], shapes[name] = f"{d}/{path.name}", array.shape
@@ -371,7 +380,22 @@ class AdbRunnerDevice(AdbPhone):
         if pulled is None:
             raise DeviceError(f"{runner.name} wrote no {out_name} for the {sel.component}")
         specs = {t.name: t for t in entry.outputs}
-        return read_outputs(pulled.read_bytes(), [(o, specs[o].shape, specs[o].dtype) for o in outs])
+        try:
+            return read_outputs(pulled.read_bytes(), [(o, specs[o].shape, dtypes.numpy_dtype(specs[o].dtype))
+                                                      for o in outs])
+        except (KeyError, ValueError, NotImplementedError) as exc:
+            raise DeviceError(f"{runner.name}'s outputs for the {sel.component} do not match the manifest "
+                              f"({first_line(exc)})") from None
+
+    def _litert_order(self, sel: Selection, stage: int | None) -> tuple[list[str], list[str]]:
+        """The model's input and output names in its subgraph order (how benchmark_model binds value files and
+        writes outputs), read from the local file the manifest names (contained in its folder)."""
+        name = sel.entry.file if stage is None else sel.entry.tiling["stages"][stage]["file"]
+        try:
+            _, ins, outs = signature_io(self.manifest.file_path(name))
+        except (KeyError, ValueError) as exc:
+            raise DeviceError(f"{name}: cannot read its signature ({first_line(exc)})") from None
+        return ins, outs
 
     def _count(self, parsed: Any, hwm: int | None) -> None:
         """The runner's own run and load times and its peak, added up for `--pipeline` (`pipeline_stage`); a runner
@@ -427,6 +451,17 @@ class AdbRunnerDevice(AdbPhone):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _weighed_stats(runs: list[RunResult], counts: list[int]) -> dict[str, Any]:
+    """A tiled component's mean and median per call from runners that print statistics only: each stage's figure
+    times its windows per call, summed (a sum of medians, not the median of sums: the runner kept no samples)."""
+    out: dict[str, Any] = {}
+    if all(run.mean_only_ms is not None for run in runs):
+        out["mean_only_ms"] = sum(n * run.mean_only_ms for n, run in zip(counts, runs))
+    if all((run.runner_stats or {}).get("p50") is not None for run in runs):
+        out["runner_stats"] = {"p50": sum(n * run.runner_stats["p50"] for n, run in zip(counts, runs))}
+    return out
+
+
 def _label(sel: Selection, runner: Runner) -> str:
     """What ran a set: the runner and its backend (ExecuTorch's delegate, LiteRT's XNNPACK)."""
     backend = "xnnpack" if sel.runtime == "litert" else (sel.entry.delegate or "portable")
@@ -434,9 +469,13 @@ def _label(sel: Selection, runner: Runner) -> str:
 
 
 def phone_refuses(entry: Any, runtime: str) -> str | None:
-    """An ExecuTorch program delegated to a backend Android phones do not have (Core ML, MPS)."""
+    """An ExecuTorch program delegated to a backend Android phones do not have (Core ML, MPS); a LiteRT model
+    compiled for an NPU, which benchmark_model runs only through the vendor's dispatch library (not driven yet)."""
     if runtime == "executorch" and entry.delegate in PHONE_UNSUPPORTED_DELEGATES:
         return f"{entry.file} is delegated to {entry.delegate}, which Android phones do not have"
+    if runtime == "litert" and entry.delegate in NPU_DELEGATES:
+        return (f"{entry.file} is compiled for the {entry.delegate} NPU: mi2v does not drive benchmark_model's "
+                "NPU dispatch yet (time the CPU .tflite of a plain --target litert export)")
     return None
 
 

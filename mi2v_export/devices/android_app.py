@@ -114,9 +114,9 @@ class AppDevice(AdbPhone):
 
 
 def _check(opts: BenchOptions) -> None:
-    if opts.runtime == "onnxruntime":
-        raise BadInputError("--via app runs ExecuTorch .pte artifacts only: drop --runtime onnxruntime, or use the "
-                            "native runners (--via runner)")
+    if opts.runtime not in ("auto", "executorch"):
+        raise BadInputError(f"--via app runs ExecuTorch .pte artifacts only: drop --runtime {opts.runtime}, or use "
+                            "the native runners (--via runner)")
 
 
 def _claims(opts: BenchOptions) -> str | None:

@@ -404,7 +404,8 @@ class AndroidSession:
     def run_litert(self, runner: Runner, model: str, warmup: int, iterations: int,
                    timeout: float) -> tuple[RunResult, str]:
         """LiteRT's benchmark_model on the CPU (XNNPACK): exactly warmup + iterations runs. It prints no per-run
-        times, only its statistics: the run reports their mean (`mean_only_ms`) and the tool's percentiles."""
+        times, only its statistics: the run reports their mean (`mean_only_ms`) and the tool's own statistics
+        (`runner_stats`, whose p50 is the component's median)."""
         args = runner_args(f"{self.remote_dir}/{model}", warmup, iterations, self.threads)
         rc, out, err, wall, hwm = self.run_runner(runner, args, timeout)
         text = out + err
@@ -415,7 +416,8 @@ class AndroidSession:
             raise RunnerFailure(f"{runner.name} exited 0 but printed no 'Inference timings in us' line: check that "
                                 "it is LiteRT's benchmark_model", text)
         run = RunResult(load_ms=parsed.load_ms, exit_code=rc, threads=self.threads, wall_s=wall,
-                        first_iteration_ms=parsed.first_iteration_ms, mean_only_ms=parsed.mean_ms)
+                        first_iteration_ms=parsed.first_iteration_ms, mean_only_ms=parsed.mean_ms,
+                        runner_stats={k: v for k, v in parsed.summary.items() if v is not None} or None)
         toybox_rss = re.search(r"Max RSS \(KiB\): (\d+)", text)
         if toybox_rss:
             run.peak_rss_kb, run.peak_rss_method = int(toybox_rss.group(1)), "toybox-time"

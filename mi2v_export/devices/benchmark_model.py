@@ -1,25 +1,18 @@
 """LiteRT's `benchmark_model` (the TFLite benchmark tool) on a phone: its argv, its log and its --output_filepath.
 
-Upstream references (google-ai-edge/LiteRT, read at the commits named; tensorflow/tensorflow's
-tensorflow/lite/tools/... holds the same code under the older paths):
-  * tflite/tools/benchmark/benchmark_model.cc (7d88950e): --num_runs/--min_secs/--max_secs/--warmup_runs/
-    --warmup_min_secs/--num_threads/--report_peak_memory_footprint; each phase logs "Running benchmark for at least
-    N iterations and at least S seconds but terminate if exceeding M seconds." then one Stat line; the end logs
-    "Inference timings in us: Init: I, First inference: F, Warmup (avg): W, Inference (avg): A" and, on Linux,
-    "Memory footprint delta from the start of the tool (MB): init=X overall=Y" and "Overall peak memory footprint
-    (MB) via periodic monitoring: P" (the largest ru_maxrss sampled, tflite/profiling/memory_info.cc).
-  * tensorflow/core/util/stats_calculator.h: the Stat line, "count=N first=F curr=C min=m max=M avg=A std=S" plus
-    " p5=.. median=.. p95=.." (StatWithPercentiles); "count=N curr=C(all same)" when every run took the same time.
-    No per-run times are printed, so a run gives its mean and these statistics only.
-  * tflite/tools/logging.h: INFO/WARN lines go to stdout as "INFO: msg", ERROR/FATAL to stderr; FATAL aborts.
-  * tflite/tools/command_line_flags.cc (3d0bc1a7): only "--flag=value"; bools are true/false/1/0; an unknown flag
-    is left over ("WARN: Unconsumed cmdline flags: ...") and ignored, so newer flags are harmless on old builds.
-  * tflite/tools/benchmark/benchmark_tflite_model.cc (01d971c5): --graph, --signature_to_run_for, --input_layer
-    (names, comma-separated), --input_layer_shape ("1,30:1,10"), --input_layer_value_files ("name:path,..."; a ':'
-    in a name or path is written "::"); these bind to the subgraph's inputs BY POSITION (a name that differs from
-    the tensor's only logs a WARN), each file must hold exactly the tensor's bytes, and without files the inputs are
-    random. OutputSaver writes --output_filepath after the last run: the raw bytes of every output tensor of the
-    signature's subgraph, in the subgraph's output order, concatenated with no header.
+Why these choices (the tool's behaviour, with its sources, is in docs/guides/litert.md#sources):
+  * exactly warm-up + timed runs: the tool loops while `run < N or elapsed < min_secs` and stops past `max_secs`
+    (150 s by default, which would cut a slow 720p model short), so both min_secs are 0 and max_secs far off;
+  * its log: one `count=N first=F curr=C min=m max=M avg=A std=S p5=.. median=.. p95=..` statistics line per phase
+    ("count=N curr=C(all same)" when every run took as long), then "Inference timings in us: Init: I, First
+    inference: F, Warmup (avg): W, Inference (avg): A" and "Overall peak memory footprint (MB) via periodic
+    monitoring: P" (the largest ru_maxrss sampled). No per-run times are printed: a run gives its mean and these
+    statistics only;
+  * only "--flag=value" is parsed; an unknown flag is left over with a WARN and ignored;
+  * --input_layer_value_files ("name:path,..."; ':' inside written "::") binds files to the subgraph's inputs BY
+    POSITION and needs --input_layer and --input_layer_shape beside it; each file holds exactly the tensor's bytes
+    (without files the inputs are random); --output_filepath gets the raw bytes of every output tensor, in the
+    subgraph's output order, concatenated with no header.
 The subgraph order is not the signature's (ai-edge-litert lists signature names sorted), so `signature_io` reads it.
 """
 

@@ -143,6 +143,9 @@ class RunResult:
     wall_s: float | None = None  # the whole runner process, as seen from the host
     # a tiled component: per stage its file, windows per call and median window time (runtimes/sessions.py)
     tiles: list[dict[str, Any]] | None = None
+    # a runner that prints no per-run times but its own statistics (LiteRT's benchmark_model): min / max / p50 /
+    # p95 / std / avg in ms and the run count, as the runner computed them
+    runner_stats: dict[str, float] | None = None
 
 
 @dataclass
@@ -162,11 +165,18 @@ class ComponentResult:
     def samples(self) -> list[float]:
         return [s for r in self.runs for s in r.samples_ms]
 
+    def runner_p50s(self) -> list[float]:
+        """Each run's median as its runner computed it, where the runner printed statistics but no samples."""
+        return [r.runner_stats["p50"] for r in self.runs
+                if not r.samples_ms and r.runner_stats and r.runner_stats.get("p50") is not None]
+
     def summary(self) -> dict[str, Any]:
         samples = self.samples()
         lat = latency_stats(samples)
         if samples:
             lat["run_medians"] = [percentile(r.samples_ms, 50) for r in self.runs if r.samples_ms]
+        elif self.runner_p50s():  # the runner's own medians (it printed no per-run times)
+            lat.update(p50=statistics.median(self.runner_p50s()), source="runner statistics")
         loads = [r.load_ms for r in self.runs if r.load_ms is not None]
         rss = [r.peak_rss_kb for r in self.runs if r.peak_rss_kb is not None]
         return {
@@ -176,8 +186,10 @@ class ComponentResult:
         }
 
     def median_ms(self) -> float | None:
-        samples = self.samples()
-        return percentile(samples, 50) if samples and self.status == "ok" else None
+        samples, runner = self.samples(), self.runner_p50s()
+        if self.status != "ok" or not (samples or runner):
+            return None
+        return percentile(samples, 50) if samples else statistics.median(runner)
 
 
 @dataclass

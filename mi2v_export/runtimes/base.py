@@ -98,7 +98,7 @@ class Runtime(ABC):
     """One way of running an artifact on this machine, registered by name (runtimes.registry)."""
 
     name: str  # recorded as verified_on[].runtime; `mi2v verify --runtime`
-    family: ClassVar[str]  # "onnxruntime" | "executorch" | "coreml" | "pytorch": `mi2v bench --runtime`, stages
+    family: ClassVar[str]  # "onnxruntime" | "executorch" | "coreml" | "litert" | "pytorch": `mi2v bench --runtime`
     suffix: ClassVar[str | None]  # the artifact file suffix it loads; None for a stand-in that runs a module
     package: ClassVar[str | None] = None  # the distribution whose version `version()` reports
     # modules a process imports to run this runtime at all: the baseline of a measured runtime memory

@@ -48,6 +48,10 @@ class LiteRTSession(Session):
         self.interpreter, self.path, self.runtime, self.threads = interpreter, path, runtime, threads
         self.backend = "xnnpack"
         self.runner = interpreter.get_signature_runner()
+        dynamic = [n for n, d in self.runner.get_input_details().items() if any(s < 0 for s in d["shape_signature"])]
+        if dynamic:
+            raise BadInputError(f"{path.name}: input {dynamic[0]} has a dynamic shape; mi2v runs static-shape "
+                                "models only (export with fixed shapes)")
         self.inputs = _specs(self.runner.get_input_details(), _entry_names(entry, "inputs"))
         self.outputs = _specs(self.runner.get_output_details(), _entry_names(entry, "outputs"))
 
@@ -71,7 +75,7 @@ class LiteRTCPU(Runtime):
 
     imports = ("ai_edge_litert.interpreter",)
     bench_order = 3
-    timed_region = "SignatureRunner (Interpreter::Invoke)"
+    timed_region = "SignatureRunner call (inputs copied in, Invoke, outputs copied out)"
 
     name, family, suffix, package = "litert", "litert", ".tflite", "ai-edge-litert"
 
@@ -93,7 +97,7 @@ class LiteRTCPU(Runtime):
             with quiet_fd(2):  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
                 interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
                 session = LiteRTSession(interpreter, path, self.name, threads, entry)
-        except (ValueError, RuntimeError) as exc:  # a corrupt flatbuffer, a missing signature
+        except (ValueError, RuntimeError, KeyError) as exc:  # a corrupt flatbuffer, a missing signature
             raise BadInputError(f"{path.name}: LiteRT cannot load it ({first_line(exc)})") from None
         return session
 

@@ -1,14 +1,14 @@
 """Host stand-in for LiteRT's `benchmark_model` on the simulated phone: a test double that runs on THIS host.
 
-It takes the real tool's "--flag=value" flags (parsed as tflite/tools/command_line_flags.cc does: other forms are
-left over with a WARN), loads the .tflite through mi2v_export.runtimes' `litert` runtime (ai-edge-litert's
-Interpreter, its default XNNPACK delegate whatever --use_xnnpack says), runs the signature `warmup_runs` then
-`num_runs` times under the tool's min_secs/max_secs loop and prints the real tool's lines (wording and number format
-of benchmark_model.cc, benchmark_tflite_model.cc, stats_calculator.h, tools/logging.h: INFO/WARN on stdout,
-ERROR/FATAL on stderr), so devices/benchmark_model.py's parser is tested on that format. Timings and memory are this
-host's, never a phone's. --output_filepath is written as OutputSaver does. Differences, on purpose: inputs without
-value files are ones (the real tool draws random ones), --input_layer_shape must equal the model's (no resize),
---use_gpu=true fails as on a phone without the GPU delegate, and op profiling prints no tables.
+It takes the real tool's "--flag=value" flags (other forms are left over with a WARN, as the tool does), loads the
+.tflite through mi2v_export.runtimes' `litert` runtime (ai-edge-litert's Interpreter, its default XNNPACK delegate
+whatever --use_xnnpack says), runs the signature `warmup_runs` then `num_runs` times under the tool's
+min_secs/max_secs loop and prints the real tool's lines (their wording and number format: INFO/WARN on stdout,
+ERROR/FATAL on stderr; docs/guides/litert.md#sources), so devices/benchmark_model.py's parser is tested on that
+format. Timings and memory are this host's, never a phone's. --output_filepath is written as the tool writes it.
+Differences, on purpose: inputs without value files are ones (the real tool draws random ones), --input_layer_shape
+must equal the model's (no resize), --use_gpu=true fails as on a phone without the GPU delegate, and op profiling
+prints no tables.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ decoder, w4 the denoiser); the all-component w8a8 export with its gate margin an
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -124,7 +125,8 @@ def test_gpu_delegate_records_what_the_gpu_takes(tmp_path):
     (e,) = read_manifest(out).components
     gpu = e.target_info["gpu"]
     assert gpu["method"].startswith("structural") and gpu["nodes"] > 0
-    assert 0 < gpu["node_share"] <= 1 and gpu["flop_share"] == pytest.approx(1.0)
+    assert 0 < gpu["node_share"] <= gpu["node_share_eligible"] <= 1  # the largest partition, of what is eligible
+    assert gpu["flop_share_eligible"] == pytest.approx(1.0)  # every conv and matmul passes the rules
     assert e.target_info["gpu_node_share"] == gpu["node_share"]
 
 
@@ -226,3 +228,48 @@ def test_ltx_decoder_and_a_tiled_turbo_vaed_verify_on_litert(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (art,) = json.loads(proc.stdout)["artifacts"]
     assert art["runs"][0]["runtime"] == "litert" and art["runs"][0]["rel_l2"] <= 1e-4
+
+
+def test_keeping_blocks_1_float_leaves_blocks_10_integer(tmp_path):
+    """A unit's scope is whole path levels of the converter's tensor names: `blocks.1` never takes `blocks.10`."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from mi2v_export.exporters.quantize.litert import static_w8a8
+    from mi2v_export.exporters.targets.litert.convert import convert_quietly, named_outputs, unit_scopes
+
+    class Blocks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(torch.nn.Linear(64, 64) for _ in range(11))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = torch.relu(block(x))
+            return x * 2  # the last linear's output stays an inner tensor (an output is named by the signature)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = Blocks()
+
+        def forward(self, latent):
+            return self.model(latent)
+
+    root = Wrapper().eval()
+    inputs = {"latent": torch.randn(4, 64)}
+    fp32, int8 = tmp_path / "m.tflite", tmp_path / "q.tflite"
+    convert_quietly(named_outputs(root, ["latent"], ["out"]), inputs, fp32)
+    static_w8a8(fp32, int8, [{"latent": torch.randn(4, 64).numpy()} for _ in range(4)],
+                unit_scopes(root, ["model.blocks.1"]))
+
+    model = schema.Model.GetRootAs(int8.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    weight_type = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) == schema.BuiltinOperator.FULLY_CONNECTED:
+            name = graph.Tensors(op.Outputs(0)).Name().decode()
+            weight_type[int(re.search(r"Linear_(\d+)[;/]", name).group(1))] = graph.Tensors(op.Inputs(1)).Type()
+    assert weight_type[1] == schema.TensorType.FLOAT32
+    assert weight_type[10] == schema.TensorType.INT8 and weight_type[0] == schema.TensorType.INT8

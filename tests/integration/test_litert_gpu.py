@@ -46,7 +46,7 @@ def test_conv_linear_all_on_gpu(tmp_path):
     assert r["nodes"] == r["nodes_on_gpu"] and r["node_share"] == 1.0 and r["refused"] == []
     # conv 8x8x8 outputs x 3x3x3 taps + linear 10 x 512, two FLOPs per multiply-accumulate
     assert r["conv_matmul_flops"] == 2 * (8 * 8 * 8 * 27 + 10 * 512)
-    assert r["flop_share"] == 1.0 and r["partitions"] == 1
+    assert r["flop_share"] == 1.0 and r["partitions"] == 1 and r["node_share_eligible"] == 1.0
 
 
 def test_rank6_permute_refused_cumsum_taken(tmp_path):
@@ -54,8 +54,10 @@ def test_rank6_permute_refused_cumsum_taken(tmp_path):
     refused = {x["op"]: x for x in r["refused"]}
     assert "TRANSPOSE" in refused and "rank >= 5" in refused["TRANSPOSE"]["reason"]
     assert "CUMSUM" not in refused  # float input, constant int32 axis: gpu_compatibility.cc takes it
-    assert 0 < r["node_share"] < 1 and r["flop_share"] == 1.0  # the conv stays on the GPU
-    assert r["partitions"] >= 2 and r["largest_partition_nodes"] < r["nodes"]
+    assert 0 < r["node_share_eligible"] < 1 and r["flop_share_eligible"] == 1.0  # the conv is eligible
+    assert r["partitions"] >= 2 and r["largest_partition_nodes"] < r["nodes_eligible"]
+    # the delegate keeps only the largest partition: what it runs is that partition alone
+    assert r["nodes_on_gpu"] == r["largest_partition_nodes"] and r["node_share"] < r["node_share_eligible"]
 
 
 def test_rules_by_hand():

@@ -195,7 +195,9 @@ def test_central_tables_name_only_registered_exporters():
     import json
 
     from mi2v_export import runtimes, schemas, testvectors
+    from mi2v_export.commands import bench as bench_command
     from mi2v_export.commands import export as export_command
+    from mi2v_export.devices.selection import RUNTIMES
     from mi2v_export.exporters import base, quantize, rewrites
 
     targets = base.target_names()
@@ -209,6 +211,7 @@ def test_central_tables_name_only_registered_exporters():
         assert declared == tabled, f"{t}/{d}: precisions declared {sorted(declared)} vs quantizers {sorted(tabled)}"
 
     assert tuple(m.value for m in export_command.Target) == targets
+    assert tuple(m.value for m in bench_command.Runtime) == RUNTIMES, "bench --runtime ≠ the benchmarked families"
     assert tuple(m.value for m in export_command.Delegate) == base.delegate_names()
     plan = json.loads(schemas.schema_path("release-plan").read_text())["$defs"]
     assert tuple(plan["target"]["enum"]) == targets, "release-plan.schema.json: target enum ≠ the registry"

@@ -36,6 +36,7 @@ from ...base import (
     register,
 )
 from . import npu
+from .gpu import gpu_support
 
 GPU = "gpu"
 NPU_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.W8A8)  # what the vendors' NPU compilers take
@@ -98,16 +99,16 @@ class LiteRTExporter(Exporter):
             info["quantization"] = _reduce(spec, path, options, progress)
             stages["quantize"] = time.perf_counter() - t0
         if options.delegate == GPU:
-            from .gpu import gpu_support
-
             gpu = info["gpu"] = gpu_support(path)
             info["gpu_node_share"], info["gpu_flop_share"] = gpu["node_share"], gpu["flop_share"]
             flops = "no conv/matmul" if gpu["flop_share"] is None else f"{gpu['flop_share']:.0%} of conv/matmul FLOPs"
-            progress(ProgressEvent(spec.name, "gpu", "info", f"GPU delegate (structural check): {gpu['node_share']:.0%} "
-                                   f"of {gpu['nodes']} nodes, {flops}, {gpu['partitions']} partition(s)"))
+            progress(ProgressEvent(spec.name, "gpu", "info", f"GPU delegate (structural check): its one partition "
+                                   f"takes {gpu['node_share']:.0%} of {gpu['nodes']} nodes and {flops}; "
+                                   f"{gpu['node_share_eligible']:.0%} of the nodes pass its rules, in "
+                                   f"{gpu['partitions']} runs"))
         extra = {}
         if options.delegate in NPU_DELEGATES:
-            info["npu"] = npu.compile_for_npu(path, out_dir, options.delegate, None)
+            info["npu"] = _compiled_for_npu(spec.name, path, out_dir, options.delegate)
             extra.update({f"npu_{m['target']}": m["file"] for m in info["npu"]["models"]})
         inputs, outputs = signature_infos(path, spec)
         return Artifact(file=file, inputs=inputs, outputs=outputs, extra_files=extra, target_info=info,
@@ -126,7 +127,9 @@ class LiteRTExporter(Exporter):
             with rw.tracing(self.trace_rewrites), torch.no_grad():
                 module = named_outputs(spec.module, list(spec.inputs), spec.output_names)
                 convert_quietly(module, dict(spec.inputs), path)
-        except (ValueError, RuntimeError) as exc:
+        except (Mi2vError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the converter raises ValueError, RuntimeError, AssertionError, …
             raise _converter_error(spec.name, exc) from None
         seconds = time.perf_counter() - t0
         progress(ProgressEvent(spec.name, "export", "done", seconds=seconds))
@@ -177,6 +180,16 @@ def _converter_error(component: str, exc: Exception) -> ConverterError:
     return ConverterError(f"the LiteRT converter failed on the {component}: {first_line(exc)}")
 
 
+def _compiled_for_npu(component: str, path: Path, out_dir: Path, vendor: str) -> dict:
+    """The vendor's ahead-of-time compilation (npu.py); anything its compiler raises becomes one line."""
+    try:
+        return npu.compile_for_npu(path, out_dir, vendor, None)
+    except (Mi2vError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - ai-edge-litert's aot_compile and the vendor plugins raise anything
+        raise Mi2vError(f"the {vendor} NPU compilation of the {component} failed: {first_line(exc)}") from None
+
+
 def _reduce(spec: ComponentSpec, path: Path, options: ExportOptions, progress: ProgressCallback) -> dict:
     """fp16 weights or the integer precision's quantizer (exporters/quantize) on the file, in place; what was done."""
     from ... import quantize
@@ -185,16 +198,22 @@ def _reduce(spec: ComponentSpec, path: Path, options: ExportOptions, progress: P
 
     progress(ProgressEvent(spec.name, "quantize", "start", options.precision))
     applied, keep = quantize.plan_of(options)
-    scopes = unit_scopes(spec.module, keep)
+    int8 = quantize.int8_units(spec.name, applied, keep)  # w4: the denoiser's sensitive units get int8 weights
+    scopes, int8_scopes = unit_scopes(spec.module, keep), unit_scopes(spec.module, int8)
     tmp = path.with_suffix(".q.tflite")
-    if applied == "fp16":
-        info = {"tool": "ai-edge-quantizer FLOAT_CASTING", **aeq.fp16_weights(path, tmp, scopes)}
-    else:
-        q = quantize.quantizer("litert", options.delegate, applied)
-        records = [{n: t.numpy() for n, t in r.items()} for r in (options.calibration or [])]
-        info = {"tool": q.tool, **q.quantize(path, tmp, records, scopes)}
+    try:
+        if applied == "fp16":
+            info = {"tool": "ai-edge-quantizer FLOAT_CASTING", **aeq.fp16_weights(path, tmp, scopes)}
+        else:
+            q = quantize.quantizer("litert", options.delegate, applied)
+            records = [{n: t.numpy() for n, t in r.items()} for r in (options.calibration or [])]
+            info = {"tool": q.tool, **q.quantize(path, tmp, records, scopes, int8=int8_scopes)}
+    except (Mi2vError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - ai-edge-quantizer raises ValueError, RuntimeError, …
+        raise Mi2vError(f"ai-edge-quantizer failed on the {spec.name} ({applied}): {first_line(exc)}") from None
     tmp.replace(path)
-    info.update(precision=options.precision, applied=applied, kept_float=list(keep))
+    info.update(precision=options.precision, applied=applied, kept_float=list(keep), int8_units=int8)
     progress(ProgressEvent(spec.name, "quantize", "done"))
     return info
 

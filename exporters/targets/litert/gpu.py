@@ -5,24 +5,21 @@ ModelAnalyzer(path, True, True)`) says "compatible" even for a 7-D TRANSPOSE or 
 own rules are applied to each node's tensor ranks, dtypes, shapes and const-ness, read from the flatbuffer
 (`schema_py_generated`), not through the interpreter, which refuses files with ops it has no CPU kernel for.
 
-Rules transcribed from TensorFlow's gpu_compatibility.cc (`CheckGpuDelegateCompatibility` and helpers; reference
-material, not part of this repo): tensorflow/tensorflow `tensorflow/lite/tools/versioning/gpu_compatibility.cc`
-@ 03a5e4e19a9c, and the copy the ML Drift delegate links, google-ai-edge/LiteRT `tflite/tools/versioning/
-gpu_compatibility.cc` @ f67457790c9c: input counts, const int32 axes, float CUMSUM, 1-D int32 GATHER indices,
-3x2/4x2 paddings, softmax beta 1, FC weights format, strided-slice masks, depthwise channels, SELECT_V2 shapes,
-numpy broadcasting, no int16 DEQUANTIZE. That file states no rank limit. The gates around it come from the ML Drift
-delegate, google-ai-edge/LiteRT `ml_drift/tflite/model_builder.cc` @ 2a77d295dfae (NewOperationParser, the parsers'
-IsSupported, GetOpsToReplaceWithOptions, IsAllAllowedTensors): the op list (no parser, refused: BROADCAST_TO,
-GATHER_ND, CONV_3D, STABLEHLO_COMPOSITE, ...), max op versions, SLICE and CAST bypassing gpu_compatibility.cc
-(SLICE: rank 1-4), TRANSPOSE perms of 2-4 entries, and rank < 5 for every input/output tensor, constants included
-("Tensor dimensions must be less than 5": ML Drift has a BHWDC layout inside, but this gate refuses 5-D first);
-runtime tensors must be float32/16 plus per-op extras.
-Quantized inputs: gpu_compatibility.cc only refuses int16 DEQUANTIZE; the OpenCL/WebGPU delegates run with
+Rules transcribed from the delegate's own checks (docs/guides/litert.md#sources lists them with the commits read):
+the op-level rules (input counts, const int32 axes, float CUMSUM, 1-D int32 GATHER indices, 3x2/4x2 paddings,
+softmax beta 1, FC weights format, strided-slice masks, depthwise channels, SELECT_V2 shapes, numpy broadcasting,
+no int16 DEQUANTIZE), which state no rank limit, and the gates around them in the ML Drift delegate's model builder:
+its op list (no parser, refused: BROADCAST_TO, GATHER_ND, CONV_3D, STABLEHLO_COMPOSITE, ...), max op versions,
+SLICE and CAST bypassing the op rules (SLICE: rank 1-4), TRANSPOSE perms of 2-4 entries, and rank < 5 for every
+input/output tensor, constants included ("Tensor dimensions must be less than 5"); runtime tensors must be
+float32/16 plus per-op extras.
+Quantized inputs: the op rules only refuse int16 DEQUANTIZE; the OpenCL/WebGPU delegates run with
 allow_quant_ops=true, so per-tensor int8/uint8 runtime tensors are taken (computed in float, QUANTIZE/DEQUANTIZE
 become quantize-dequantize) while int16 activations fail the type gate; quantized FC weights: int8/4/2, 2-D.
 A refusal names the first failing rule in the order op, version, tensor gate, op rules (every 5-D node reads
 "rank >= 5"). Not modelled: SIGN_BIT activations, CUSTOM options, the partitioner merging independent runs. The
-delegate keeps only its largest partition (max_delegated_partitions=1): `largest_partition_nodes` (contiguous run).
+delegate keeps only its largest partition (max_delegated_partitions=1): `node_share` / `flop_share` are that
+partition's, `*_eligible` every node that passes the rules.
 """
 
 from __future__ import annotations
@@ -278,9 +275,15 @@ def _nodes(data: bytes) -> list[_Node]:
     return nodes
 
 
-def _runs(flags: list[bool]) -> list[int]:
-    """Lengths of the contiguous runs of GPU nodes in execution order (each would be one delegate partition)."""
-    return [len(list(group)) for on, group in groupby(flags) if on]
+def _runs(flags: list[bool]) -> list[range]:
+    """The contiguous runs of GPU nodes in execution order (each would be one delegate partition)."""
+    runs, start = [], 0
+    for on, group in groupby(flags):
+        n = len(list(group))
+        if on:
+            runs.append(range(start, start + n))
+        start += n
+    return runs
 
 
 def gpu_support(path: Path) -> dict:
@@ -289,12 +292,16 @@ def gpu_support(path: Path) -> dict:
     reasons = [_op_reason(n) for n in nodes]
     macs = [_macs(n) if n.op in _CONV_LIKE else 0 for n in nodes]
     flops = 2 * sum(macs)
-    flops_gpu = 2 * sum(m for m, r in zip(macs, reasons) if r is None)
-    on_gpu = sum(r is None for r in reasons)
     runs = _runs([r is None for r in reasons])
+    largest = max(runs, key=len, default=range(0))  # the one partition the delegate keeps
+    eligible, eligible_flops = sum(len(r) for r in runs), 2 * sum(macs[i] for r in runs for i in r)
+    gpu_flops = 2 * sum(macs[i] for i in largest)
     grouped = Counter((n.op, r) for n, r in zip(nodes, reasons) if r is not None)
     refused = [{"op": op, "count": c, "reason": r} for (op, r), c in sorted(grouped.items(), key=lambda kv: -kv[1])]
-    return {"method": METHOD, "nodes": len(nodes), "nodes_on_gpu": on_gpu,
-            "node_share": on_gpu / len(nodes) if nodes else None, "conv_matmul_flops": flops,
-            "conv_matmul_flops_on_gpu": flops_gpu, "flop_share": flops_gpu / flops if flops else None,
-            "refused": refused[:20], "partitions": len(runs), "largest_partition_nodes": max(runs, default=0)}
+    share = lambda part, whole: part / whole if whole else None  # noqa: E731
+    return {"method": METHOD, "nodes": len(nodes), "nodes_on_gpu": len(largest),
+            "node_share": share(len(largest), len(nodes)), "conv_matmul_flops": flops,
+            "conv_matmul_flops_on_gpu": gpu_flops, "flop_share": share(gpu_flops, flops),
+            "nodes_eligible": eligible, "node_share_eligible": share(eligible, len(nodes)),
+            "flop_share_eligible": share(eligible_flops, flops), "refused": refused[:20], "partitions": len(runs),
+            "largest_partition_nodes": len(largest)}

@@ -1,24 +1,23 @@
 """Ahead-of-time NPU compilation of a `.tflite` (`--target litert --delegate qualcomm|mediatek|google-tensor`).
 
-Wraps `ai_edge_litert.aot.aot_compile.aot_compile` (ai-edge-litert 2.3.0): the target is
-`ai_edge_litert/aot/vendors/<vendor>/target.py:Target(SocModel.<SOC>)`; `aot_compile` runs the MLIR transforms
-and then `tools/apply_plugin_main` with `vendors/<vendor>/compiler/libLiteRtCompilerPlugin_*.so`
-(`aot/core/apply_plugin.py`), which partitions the graph and compiles the NPU part; ops the NPU refuses stay on
-the CPU. It returns `aot/core/aot_types.py:CompilationResult`: `models_with_backend` (backend, Model) per SoC,
-each with `partition_stats`, and `failed_backends` (backend, message) when `keep_going`.
+Wraps ai-edge-litert's `aot_compile` for one vendor's target (a `Target(SocModel.<SOC>)` of that vendor): its MLIR
+transforms, then the vendor's compiler plugin, which partitions the graph and compiles the NPU part (ops the NPU
+refuses stay on the CPU). The result holds one model per SoC with its partition statistics, and the backends
+that failed.
 
-Why a pre-check: the vendor backends (`vendors/<vendor>/<vendor>_backend.py:_apply_plugin`) import the SDK
-package and, when it is missing, silently pass no SDK path; the compiler binary then fails with "apply_plugin
-failed to apply plugin. See /tmp/....error". The SDK packages are source-only; their build step downloads the
-SDK from the vendor, and the Qualcomm / MediaTek ones still install (without their `data/` folder) when that
-download fails. So `check_sdk` looks for the SDK files themselves, without importing anything.
-The SDK packages are versioned in lockstep with ai-edge-litert (2.1.5 ... 2.3.0), so the pin is the installed
-ai-edge-litert version; the wheel's own `npu-sdk` extra still says `~=0.2.0`, a stale pin.
+Why a pre-check: the vendor backends import the SDK package and, when it is missing, silently pass no SDK path;
+the compiler then fails with "apply_plugin failed to apply plugin. See /tmp/....error". The SDK packages are
+source-only; their build step downloads the SDK from the vendor, and the Qualcomm / MediaTek ones still install
+(without their `data/` folder) when that download fails. So `check_sdk` looks for the SDK files themselves,
+without importing anything. The SDK packages are versioned in lockstep with ai-edge-litert, so the pin is the
+installed ai-edge-litert version. Sources: docs/guides/litert.md#sources.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from importlib import metadata
 import os
 import platform
 import sys
@@ -76,8 +75,6 @@ def _package_dir(module: str) -> Path | None:
 
 def _pin(package: str) -> str:
     """`package==<installed ai-edge-litert version>`: the SDK packages are released in lockstep with it."""
-    from importlib import metadata
-
     try:
         return f"{package}=={metadata.version('ai-edge-litert')}"
     except metadata.PackageNotFoundError:
@@ -119,8 +116,6 @@ def check_sdk(vendor: str) -> None:
 
 def _soc_model(v: NpuVendor, soc: str | None):
     """The vendor's SocModel member for `soc` (case-insensitive), its default, or ALL."""
-    import importlib
-
     soc_enum = importlib.import_module(v.target_module).SocModel
     wanted = soc or v.default_soc or "ALL"
     for member in soc_enum:
@@ -154,8 +149,6 @@ def compile_for_npu(tflite: Path, out_dir: Path, vendor: str, soc: str | None) -
     check_sdk(vendor)
     if not tflite.is_file() or tflite.suffix != ".tflite":
         raise BadInputError(f"{tflite} is not a .tflite file")
-    import importlib
-
     from ai_edge_litert.aot import aot_compile as aot
 
     soc_model = _soc_model(v, soc)
