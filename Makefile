@@ -74,6 +74,8 @@ artifacts:
 	$(EXPORT) --target executorch --delegate coreml --out $(ARTIFACTS)/executorch-coreml
 	$(EXPORT) --target coreml --out $(ARTIFACTS)/coreml
 	$(EXPORT) --target onnx --delegate qnn --soc SM8650 --out $(ARTIFACTS)/onnx-qnn
+	$(EXPORT) --target litert --out $(ARTIFACTS)/litert
+	$(EXPORT) --target litert --delegate gpu --out $(ARTIFACTS)/litert-gpu
 	$(PY) .ci/check_manifest.py $(ARTIFACTS)
 
 # Host benchmark of the tiny artifacts (exports them first when missing).
