@@ -32,7 +32,7 @@ test-slow:
 	$(VENV)/bin/pytest -q -m slow
 
 lint:
-	$(VENV)/bin/ruff check mi2v_export exporters kernels tests benchmarks
+	$(VENV)/bin/ruff check mi2v_export exporters attention_kernels tests benchmarks
 
 # The docs site (docs/, mkdocs.yml) in strict mode: any warning fails. The CLI reference, the file-format references,
 # the tables the code owns and the results pages are generated during the build (docs/gen/); site/ is git-ignored.
