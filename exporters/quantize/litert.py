@@ -33,8 +33,10 @@ SIGNATURE = "serving_default"  # the one signature litert_torch.convert writes
 
 def _run(src: Path, out: Path, records: Sequence[dict] | None, configure: Callable, keep: Sequence[str]) -> dict:
     """Build a Quantizer on `src`, `configure` its recipe, leave the `keep` scopes float, calibrate when the recipe
-    needs it and write `out`; the quantizer's progress report stays out of the CLI's output."""
-    from ai_edge_quantizer import quantizer, qtyping
+    needs it and write `out`; the quantizer's progress report stays out of the CLI's output. Calibration reads the
+    min / max through the runtime's profiler hooks: the default mode keeps every intermediate tensor alive, which
+    for the 720p denoiser is tens of GB and fails to allocate."""
+    from ai_edge_quantizer import calibrator, quantizer, qtyping
 
     q = quantizer.Quantizer(str(src))
     configure(q, quantizer, qtyping)
@@ -45,7 +47,8 @@ def _run(src: Path, out: Path, records: Sequence[dict] | None, configure: Callab
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         calibration = None
         if q.need_calibration:
-            calibration = q.calibrate({SIGNATURE: [dict(r) for r in records or []]}, num_threads=1)
+            calibration = q.calibrate({SIGNATURE: [dict(r) for r in records or []]}, num_threads=1,
+                                      mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED)
         result = q.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
     out.write_bytes(bytes(result.quantized_model))
     return {"calibration_records": len(records or []) if calibration is not None else 0,
