@@ -212,14 +212,15 @@ def test_tree_digest_of_a_folder_is_stable(tmp_path):
 
 
 def test_registry_lists_targets_and_delegates():
-    assert base.target_names() == ("onnx", "coreml", "executorch")  # the CLI's order
-    assert base.delegate_names() == ("xnnpack", "vulkan", "qnn", "coreml")
+    assert base.target_names() == ("onnx", "coreml", "executorch", "litert")  # the CLI's order
+    assert base.delegate_names() == ("xnnpack", "vulkan", "qnn", "coreml", "gpu", "qualcomm", "mediatek",
+                                     "google-tensor")
     assert list(base.get_exporter("executorch").delegates()) == ["xnnpack", "vulkan", "qnn", "coreml"]
     assert list(base.get_exporter("onnx").delegates()) == ["qnn"]
     assert base.get_exporter("coreml").default_dtype(None) == "fp16"
     assert base.get_exporter("onnx").default_dtype(None) == "fp32"
     assert {t: base.runtime_of(t) for t in base.target_names()} == {
-        "onnx": "onnxruntime", "coreml": "coreml", "executorch": "executorch"}
+        "onnx": "onnxruntime", "coreml": "coreml", "executorch": "executorch", "litert": "litert"}
     assert base.runtime_of("tflite") is None
 
 

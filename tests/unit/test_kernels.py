@@ -228,8 +228,8 @@ def test_each_rewrite_alone_is_exact_on_golden_720p(golden_720p, name):
 
 def _linear_attention_720p(layout: str, dtype: torch.dtype, fp32_accumulate: bool):
     """One 270M linear-attention block (seeded) on 2760 tokens of unit-scale input: (reference fp32, mobile out)."""
-    from kernels.linear_attention import MobileLinearAttention
-    from kernels.rope import RopeTables
+    from mi2v_export.kernels.linear_attention import MobileLinearAttention
+    from mi2v_export.kernels.rope import RopeTables
     from mi2v_export.models.denoiser import LinearAttention
     from mi2v_export.models.rope import rope_angles
     from mi2v_export.presets import DenoiserConfig
@@ -256,7 +256,7 @@ def test_linear_attention_sums_stay_in_fp16_range_at_720p(layout, monkeypatch):
     """Q·(K^T V) and Q·Σk grow with the token count: at 720p (2760 tokens) they leave fp16's range (in the 270M
     denoiser, 7.1e4 > 65504; the QNN HTP runs this core in fp16 and the 720p denoiser fell to 18.8 dB).
     `token_scale` keeps them at the size of one term and changes no bit in fp32."""
-    from kernels import linear_attention
+    from mi2v_export.kernels import linear_attention
 
     assert linear_attention.token_scale(2760) == 2.0 ** -12 and linear_attention.token_scale(1) == 1.0
     want, got = _linear_attention_720p(layout, torch.float32, True)
