@@ -41,6 +41,7 @@ def test_benchmark_model_times_every_component_and_checks_its_outputs(adb, phone
         assert check["passed"] is True and check["runtime"].startswith("benchmark_model/xnnpack"), check
 
 
+@pytest.mark.slow  # make test's budget: the phone timing and output check above stay in it
 def test_the_whole_run_on_the_phone_through_benchmark_model(adb, phone, tflite, tmp_path):
     out = tmp_path / "p.json"
     proc = run_cli("bench", "--pipeline", "--clips", "2", "--artifacts", tflite, "--device", f"adb:{phone.serial}",
