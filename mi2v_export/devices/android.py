@@ -325,12 +325,8 @@ class AdbRunnerDevice(AdbPhone):
         local.mkdir(parents=True, exist_ok=True)
         entry, tag = entry or sel.entry, base or sel.component
         d, base = s.remote_dir, f"{tag}.set{n}.out"
-        remote = []
-        for k, array in enumerate(vs.inputs.values()):  # pushed beside the artifact, not part of its staging
-            path = local / f"{tag}.set{n}.in{k}.bin"
-            path.write_bytes(array.tobytes())
-            remote.append(f"{d}/{path.name}")
-            s.dev.push(path, remote[-1])
+        remote = [self._push_input(local / f"{tag}.set{n}.in{k}.bin", array)  # beside the artifact, not staged
+                  for k, array in enumerate(vs.inputs.values())]
         model, data = self._remote_names(sel, stage)
         args = [f"--model_path={d}/{model}", "--num_executions=1", "--inputs=" + ",".join(remote),
                 f"--output_file={d}/{base}"]
@@ -350,6 +346,15 @@ class AdbRunnerDevice(AdbPhone):
             raise DeviceError(f"{runner.name} wrote no {base}-<i>.bin output files for the {sel.component}")
         return raw_outputs(files, entry)
 
+    def _push_input(self, path: Path, array: Any) -> str:
+        """One input tensor as its raw bytes, written at `path` here and pushed to the staging folder; its remote
+        path."""
+        assert self.session is not None
+        path.write_bytes(array.tobytes())
+        remote = f"{self.session.remote_dir}/{path.name}"
+        self.session.dev.push(path, remote)
+        return remote
+
     def _litert_outputs(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any, stage: int | None,
                         entry: Any, tag: str) -> dict[str, Any]:
         """benchmark_model once on one input set: each input pushed as its raw bytes (--input_layer_value_files,
@@ -364,10 +369,7 @@ class AdbRunnerDevice(AdbPhone):
         d, remote, shapes = s.remote_dir, {}, {}
         for k, name in enumerate(ins):  # each in the model's own dtype: the tool checks the files' byte counts
             array = np.asarray(vs.inputs[name]).astype(dtypes.numpy_dtype(in_specs[name].dtype), copy=False)
-            path = local / f"{tag}.set{n}.in{k}.bin"
-            path.write_bytes(array.tobytes())
-            remote[name], shapes[name] = f"{d}/{path.name}", array.shape
-            s.dev.push(path, remote[name])
+            remote[name], shapes[name] = self._push_input(local / f"{tag}.set{n}.in{k}.bin", array), array.shape
         out_name = f"{tag}.set{n}.out.bin"
         args = runner_args(f"{d}/{model}", 0, 1, s.threads, remote, f"{d}/{out_name}", shapes=shapes)
         rc, out, err, _, hwm = s.run_runner(runner, args, self.opts.timeout)

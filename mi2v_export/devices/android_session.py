@@ -392,13 +392,7 @@ class AndroidSession:
         else:
             raise RunnerFailure(f"{runner.name} exited 0 but printed no timings: check that it is "
                                 "onnxruntime_perf_test", text)
-        toybox_rss = re.search(r"Max RSS \(KiB\): (\d+)", text)
-        if toybox_rss:
-            run.peak_rss_kb, run.peak_rss_method = int(toybox_rss.group(1)), "toybox-time"
-        elif parsed.peak_rss_kb:
-            run.peak_rss_kb, run.peak_rss_method = parsed.peak_rss_kb, "runner"
-        elif hwm:
-            run.peak_rss_kb, run.peak_rss_method = hwm, "vmhwm-poll"
+        _set_peak(run, text, parsed.peak_rss_kb, hwm)
         return run, text
 
     def run_litert(self, runner: Runner, model: str, warmup: int, iterations: int,
@@ -418,13 +412,7 @@ class AndroidSession:
         run = RunResult(load_ms=parsed.load_ms, exit_code=rc, threads=self.threads, wall_s=wall,
                         first_iteration_ms=parsed.first_iteration_ms, mean_only_ms=parsed.mean_ms,
                         runner_stats={k: v for k, v in parsed.summary.items() if v is not None} or None)
-        toybox_rss = re.search(r"Max RSS \(KiB\): (\d+)", text)
-        if toybox_rss:
-            run.peak_rss_kb, run.peak_rss_method = int(toybox_rss.group(1)), "toybox-time"
-        elif parsed.peak_rss_kb:
-            run.peak_rss_kb, run.peak_rss_method = parsed.peak_rss_kb, "runner"
-        elif hwm:
-            run.peak_rss_kb, run.peak_rss_method = hwm, "vmhwm-poll"
+        _set_peak(run, text, parsed.peak_rss_kb, hwm)
         return run, text
 
     def pull_if_exists(self, remote_name: str, local: Path) -> Path | None:
@@ -435,3 +423,15 @@ class AndroidSession:
         self.dev.pull(rpath, local)
         self.dev.shell(["rm", "-f", rpath])
         return local
+
+
+def _set_peak(run: RunResult, text: str, runner_kb: int | None, hwm: int | None) -> None:
+    """A runner process's peak, best source first: toybox time's Max RSS, the runner's own figure, the polled
+    VmHWM."""
+    toybox_rss = re.search(r"Max RSS \(KiB\): (\d+)", text)
+    if toybox_rss:
+        run.peak_rss_kb, run.peak_rss_method = int(toybox_rss.group(1)), "toybox-time"
+    elif runner_kb:
+        run.peak_rss_kb, run.peak_rss_method = runner_kb, "runner"
+    elif hwm:
+        run.peak_rss_kb, run.peak_rss_method = hwm, "vmhwm-poll"
