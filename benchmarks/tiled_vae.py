@@ -63,6 +63,9 @@ print(json.dumps({"load_s": load_s, "run_s": times, "runtime": runtime.name}))
 
 
 def export(folder: Path, args, extra: list[str]) -> dict:
+    if not extra and args.reuse_untiled and (folder / "manifest.json").exists():  # an earlier run's untiled export
+        return next(e for e in json.loads((folder / "manifest.json").read_text())["components"]
+                    if e["component"] == args.component)
     cmd = [str(MI2V), "-q", "export", "--target", args.target, "--preset", args.preset, "--component",
            args.component, "--decoder", args.decoder, "--resolution", args.resolution, "--frames", str(args.frames),
            "--out", str(folder), "--json", *extra]
@@ -108,7 +111,8 @@ def child(folder: Path, component: str, runs: int, save: str = "-", runtime: str
 def form_record(name: str, entry: dict) -> dict:
     t = entry.get("tiling") or {}
     return {"form": name, "file": entry["file"], "bytes": entry["bytes"],
-            "tile": t.get("tile"), "tiles_per_call": t.get("tiles"), "stages": len(t.get("stages") or []) or None,
+            "tile": t.get("tile"), "stage_tiles": t.get("stage_tiles"), "residency": t.get("residency"),
+            "tiles_per_call": t.get("tiles"), "stages": len(t.get("stages") or []) or None,
             "grid": t.get("grid"), "exact": t.get("exact"), "probes": t.get("probes"),
             "export_wall_s": entry["export"]["wall_s"], "export_rel_l2": entry["parity"].get("rel_l2"),
             "runtime_memory": entry.get("runtime_memory")}
@@ -129,6 +133,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-process", type=int, default=2)
     ap.add_argument("--work", help="folder for the artifacts (default: a temporary one)")
+    ap.add_argument("--reuse-untiled", action="store_true", help="keep an untiled export already in --work")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="mi2v-tiled-"))

@@ -42,7 +42,7 @@ from mi2v_export.shapes import geometry, parse_resolution
 from mi2v_export.verify import run_record
 
 from . import components as comp
-from . import margin, quality, tiled
+from . import margin, quality, tile_budget, tiled
 from .base import (
     ExportOptions,
     ProgressCallback,
@@ -475,7 +475,7 @@ def _produce(spec, exporter, options: ExportOptions, staging: Path, progress: Pr
     tiles = options.tiles if spec.name in tiled.TILED_COMPONENTS else tiled.TileRequest()
     measured = None
     if tiles.active:
-        artifact, checks, measured = tiled.export_component(spec, exporter, options, staging, progress, tiles)
+        artifact, checks, measured = tile_budget.export_component(spec, exporter, options, staging, progress, tiles)
     else:
         artifact = exporter.export(spec, staging, options, progress)
     stages["export"] = time.perf_counter() - t0

@@ -5,15 +5,12 @@ autograd (mi2v_export/models/receptive.py) and sets its halo, so the stitched ou
 (exact) unless a smaller `--halo` asks for blended overlaps. Every stage is exported by the target's own exporter
 as a fixed-size tile model (`<component>.s<k><suffix>`); the entry keeps the component's whole-frame inputs and
 outputs, its test vectors are whole-frame, and its `tiling` record lists the stages in order with their plans
-(mi2v_export/runtimes/sessions.py runs them). With a budget, candidate tiles are tried largest first, each
-exported and measured in a fresh process (runtimes/measure.py); the largest that fits is kept.
+(mi2v_export/runtimes/sessions.py runs them, one stage model resident at a time). A budget picks each stage's
+tile by measurement (exporters/tile_budget.py).
 """
 
 from __future__ import annotations
 
-import math
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -79,7 +76,7 @@ def check_request(tile: str | None, halo: int | None, budget: float | None, comp
 # Planning
 
 
-def _video_hw(name: str, stages: list[Stage]) -> tuple[int, int]:
+def video_hw(name: str, stages: list[Stage]) -> tuple[int, int]:
     """The video side of a component: the decoder's output, the encoder's input."""
     shape = stages[-1].output_shape if name == "decoder" else stages[0].input_shape
     return int(shape[-2]), int(shape[-1])
@@ -102,7 +99,7 @@ def stage_fields(spec: ComponentSpec) -> tuple[list[Stage], list[int]]:
 def plan(name: str, stages: list[Stage], fields: list[int], request: TileRequest,
          tile: tuple[int, int]) -> list[tiling.StagePlan]:
     """Each stage's plan for a tile of `tile` video pixels (the halo: each field, or `request.halo` pixels)."""
-    video = _video_hw(name, stages)
+    video = video_hw(name, stages)
     return [tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, tile, field, request.halo)
             for stage, field in zip(stages, fields)]
 
@@ -120,7 +117,7 @@ class _StageIO(nn.Module):
         return self.module(x)
 
 
-def _window_shape(stage: Stage, p: tiling.StagePlan) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def window_shape(stage: Stage, p: tiling.StagePlan) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(input, output) shapes of the stage's tile model."""
     rows, cols = p.grid.rows, p.grid.cols
     def side(axis, k, shape, scale):
@@ -137,29 +134,44 @@ def _as_stage(progress: ProgressCallback, component: str, k: int) -> ProgressCal
     return lambda e: progress(ProgressEvent(component, f"{e.stage} s{k}", e.state, e.detail, e.seconds))
 
 
+def export_stage(spec: ComponentSpec, exporter, options: ExportOptions, folder: Path, progress: ProgressCallback,
+                 k: int, stage: Stage, p: tiling.StagePlan) -> tuple[dict, Artifact, list[str]]:
+    """Export stage k's tile model into `folder`: (its entry in the tiling record, the artifact, inspect checks).
+    Its example input is seeded by k, so a stage exports the same alone (a budget probe) or with the others."""
+    win_in, win_out = window_shape(stage, p)
+    generator = torch.Generator().manual_seed(k)
+    sub = ComponentSpec(name=f"{spec.name}.s{k}", model=spec.model, module=_StageIO(stage.module).eval(),
+                        inputs={STAGE_INPUT: torch.randn(win_in, generator=generator)}, output_names=(STAGE_OUTPUT,))
+    progress(ProgressEvent(spec.name, "tile", "info", f"stage {k}: window {list(win_in[-2:])} → "
+                           f"{list(win_out[-2:])}, grid {p.grid.rows.count}x{p.grid.cols.count}, "
+                           f"halo {p.grid.rows.halo}/{p.grid.cols.halo} (field {p.grid.receptive_field})"))
+    art = exporter.export(sub, folder, options, _as_stage(progress, spec.name, k))
+    checks = [f"stage {k}: {c}" for c in exporter.inspect(art, folder, sub, options)]
+    entry = {"file": art.file, "input_window": list(win_in), "output_window": list(win_out),
+             "plan": p.record(), "target_info": art.target_info, "delegation": art.delegation}
+    return entry, art, checks
+
+
 def export_stages(spec: ComponentSpec, exporter, options: ExportOptions, folder: Path, progress: ProgressCallback,
                   stages: list[Stage], plans: list[tiling.StagePlan], record: dict) -> tuple[Artifact, list[str]]:
     """Export every stage's tile model into `folder` and describe the whole as one artifact (whole-frame I/O)."""
-    generator = torch.Generator().manual_seed(0)
-    entries, extra, checks, seconds, first = [], {}, [], {}, None
-    for k, (stage, p) in enumerate(zip(stages, plans)):
-        win_in, win_out = _window_shape(stage, p)
-        sub = ComponentSpec(name=f"{spec.name}.s{k}", model=spec.model, module=_StageIO(stage.module).eval(),
-                            inputs={STAGE_INPUT: torch.randn(win_in, generator=generator)},
-                            output_names=(STAGE_OUTPUT,))
-        progress(ProgressEvent(spec.name, "tile", "info", f"stage {k}: window {list(win_in[-2:])} → "
-                               f"{list(win_out[-2:])}, grid {p.grid.rows.count}x{p.grid.cols.count}, "
-                               f"halo {p.grid.rows.halo}/{p.grid.cols.halo} (field {p.grid.receptive_field})"))
-        art = exporter.export(sub, folder, options, _as_stage(progress, spec.name, k))
-        checks += [f"stage {k}: {c}" for c in exporter.inspect(art, folder, sub, options)]
-        first = first or art
+    done = [export_stage(spec, exporter, options, folder, progress, k, stage, p)
+            for k, (stage, p) in enumerate(zip(stages, plans))]
+    return assemble(spec, stages, [d[0] for d in done], [d[1] for d in done], record), \
+        [c for d in done for c in d[2]]
+
+
+def assemble(spec: ComponentSpec, stages: list[Stage], entries: list[dict], arts: list[Artifact],
+             record: dict) -> Artifact:
+    """The component's artifact from its stages' (whole-frame I/O; the first stage's file; the rest as extras)."""
+    extra, seconds = {}, {}
+    for k, art in enumerate(arts):
         seconds.update({f"s{k}.{n}": v for n, v in art.stages_s.items()})
         if k:
             extra[f"tile_stage_{k}"] = art.file
         extra.update({f"s{k}.{role}": f for role, f in art.extra_files.items()})
-        entries.append({"file": art.file, "input_window": list(win_in), "output_window": list(win_out),
-                        "plan": p.record(), "target_info": art.target_info, "delegation": art.delegation})
     record["stages"] = entries
+    first = arts[0]
     dtype = first.inputs[0].dtype
     inputs = [TensorInfo(n, tuple(int(d) for d in x.shape), dtype) for n, x in spec.inputs.items()]
     outputs = [TensorInfo(spec.output_names[0], tuple(int(d) for d in stages[-1].output_shape), dtype)]
@@ -168,7 +180,7 @@ def export_stages(spec: ComponentSpec, exporter, options: ExportOptions, folder:
                         delegation=_worst_of(entries, "delegation", "_share_delegated") or None,
                         stages_s=seconds, rewrites=first.rewrites)
     artifact.tiling = record
-    return artifact, checks
+    return artifact
 
 
 def _worst_of(entries: list[dict], key: str, suffix: str) -> dict:
@@ -187,13 +199,21 @@ def _worst_of(entries: list[dict], key: str, suffix: str) -> dict:
     return out
 
 
+def stage_tile_px(p: tiling.StagePlan) -> list[int]:
+    """A stage's core in video pixels (its frame where an axis is one window)."""
+    g = p.grid
+    return [a.tile * u if a.count > 1 and u else a.frame * (u or 1) for a, u in zip((g.rows, g.cols), p.unit_px)]
+
+
 def tiling_record(name: str, stages: list[Stage], plans: list[tiling.StagePlan], request: TileRequest,
                   tile: tuple[int, int]) -> dict:
-    """The manifest's `tiling` record (its `stages` list is filled by export_stages)."""
-    video = _video_hw(name, stages)
+    """The manifest's `tiling` record (its `stages` list is filled by export_stages). `tile` is the smallest
+    stage tile; `stage_tiles` each stage's (a budget tiles each stage only as finely as its own peak needs)."""
+    video = video_hw(name, stages)
     units = [max((u for u in p.unit_px if u), default=1) for p in plans]
     exact = all(p.grid.exact for p in plans)
-    return {"format": TILING_FORMAT, "tile": list(tile), "frame": list(video),
+    return {"format": TILING_FORMAT, "tile": list(tile), "stage_tiles": [stage_tile_px(p) for p in plans],
+            "residency": "stage", "frame": list(video),
             "halo": max(max(p.grid.rows.halo, p.grid.cols.halo) * u for p, u in zip(plans, units)),
             "grid": [[p.grid.rows.count, p.grid.cols.count] for p in plans],
             "tiles": sum(p.grid.count for p in plans),
@@ -238,125 +258,6 @@ def measured(exporter, artifact: Artifact, folder: Path, options: ExportOptions)
     return runtime_measure.measure(runtime.name, folder / artifact.file, entry=entry)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The component: a given tile, or the largest tile that fits a budget
-
-
-def export_component(spec: ComponentSpec, exporter, options: ExportOptions, staging: Path,
-                     progress: ProgressCallback, request: TileRequest) -> tuple[Artifact, list[str], dict | None]:
-    """(artifact, inspect checks, measured memory or None) of a tiled component, written into `staging`."""
-    t0 = time.perf_counter()
-    stages, fields = stage_fields(spec)
-    progress(ProgressEvent(spec.name, "tile", "done", f"{len(stages)} stages, receptive fields {fields} units",
-                           seconds=time.perf_counter() - t0))
-    if request.tile is not None:
-        plans = plan(spec.name, stages, fields, request, request.tile)
-        record = tiling_record(spec.name, stages, plans, request, request.tile)
-        artifact, checks = export_stages(spec, exporter, options, staging, progress, stages, plans, record)
-        return artifact, checks, None
-    return _fit_budget(spec, exporter, options, staging, progress, request, stages, fields)
-
-
-def candidate_tiles(frame: tuple[int, int]) -> list[tuple[int, int]]:
-    """Tiles that split the frame into 1..8 bands each way (multiples of 32 px, at most the frame)."""
-    out = set()
-    for a in range(1, 9):
-        for b in range(1, 9):
-            tile = tuple(f if n == 1 else max(min(math.ceil(f / n / 32) * 32, f), 32) for f, n in zip(frame, (a, b)))
-            out.add(tile)
-    return sorted(out)
-
-
-def _cost(stages: list[Stage], plans: list[tiling.StagePlan]) -> int:
-    """The largest stage window's input + output elements: what a tile's peak grows with."""
-    return max(math.prod(i) + math.prod(o) for i, o in (_window_shape(s, p) for s, p in zip(stages, plans)))
-
-
-def suggested_budget(peak_bytes: int) -> int:
-    """A budget the smallest tile meets again: its measured peak plus 5 %, rounded up to 10 MiB (two fresh
-    processes differ by about 1 %)."""
-    return int(math.ceil(peak_bytes * 1.05 / MIB / 10) * 10)
-
-
-def _fit_budget(spec, exporter, options, staging, progress, request, stages, fields):
-    """Binary search, largest candidate first, over distinct plans ordered by window size: each probe exports
-    into its own folder and is measured (a probe that fails to export or run counts as not fitting); only the best
-    fitting probe is kept on disk, and its files move into `staging`."""
-    runtime = exporter.host_runtime(options)
-    if runtime is None or not runtime.measures_memory:
-        raise BadInputError("--memory-budget measures each candidate tile, and no runtime here measures "
-                            f"{options.target} artifacts: give --tile instead")
-    by_plan = {}
-    for tile in candidate_tiles(_video_hw(spec.name, stages)):
-        plans = plan(spec.name, stages, fields, request, tile)
-        by_plan.setdefault(tuple(_window_shape(s, p) for s, p in zip(stages, plans)), (tile, plans))
-    search = _Probes(spec, exporter, options, staging, progress, request, stages,
-                     sorted(by_plan.values(), key=lambda tp: -_cost(stages, tp[1])))
-    last = len(search.ordered) - 1
-    if not search.fits(last):
-        raise BadInputError(search.refusal(last))
-    lo, hi = 0, last
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if search.fits(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return search.keep(lo)
-
-
-class _Probes:
-    """The candidates of a budget search and what each probe measured (exporters/tiled.py `_fit_budget`)."""
-
-    def __init__(self, spec, exporter, options, staging, progress, request, stages, ordered):
-        self.spec, self.exporter, self.options, self.staging = spec, exporter, options, staging
-        self.progress, self.request, self.stages, self.ordered = progress, request, stages, ordered
-        self.bytes: dict[int, int | None] = {}
-        self.best: tuple | None = None  # (index, folder, artifact, checks, memory) of the best fitting probe
-
-    def fits(self, i: int) -> bool:
-        if i not in self.bytes:
-            self._probe(i)
-        got = self.bytes[i]
-        return got is not None and got <= self.request.budget_mib * MIB
-
-    def _probe(self, i: int) -> None:
-        tile, plans = self.ordered[i]
-        folder = self.staging / f".probe-{i}"
-        folder.mkdir()
-        try:
-            record = tiling_record(self.spec.name, self.stages, plans, self.request, tile)
-            artifact, checks = export_stages(self.spec, self.exporter, self.options, folder, self.progress,
-                                             self.stages, plans, record)
-            memory = measured(self.exporter, artifact, folder, self.options) or {}
-        except Exception as exc:  # noqa: BLE001 - a window the target refuses (HTP memory, 2 GB protobuf) fits nothing
-            artifact, checks, memory = None, [], {"bytes": None, "error": str(exc).splitlines()[0][:200]}
-        self.bytes[i] = memory.get("bytes")
-        self.progress(ProgressEvent(self.spec.name, "budget", "info", f"tile {tile[0]}x{tile[1]}: " + (
-            f"{self.bytes[i] / MIB:.0f} MiB" if self.bytes[i] is not None else memory.get("error", "not measured"))))
-        if self.fits(i) and (self.best is None or i < self.best[0]):
-            if self.best is not None:
-                shutil.rmtree(self.best[1], ignore_errors=True)
-            self.best = (i, folder, artifact, checks, memory)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def refusal(self, i: int) -> str:
-        peak, tile = self.bytes.get(i), self.ordered[i][0]
-        need = (f"use --memory-budget {suggested_budget(peak)} or more (a measured peak varies by a few percent)"
-                if peak else "its peak could not be measured")
-        return (f"--memory-budget {self.request.budget_mib:g}: no tile fits; the smallest, {tile[0]}x{tile[1]}, "
-                f"peaks at {(peak or 0) / MIB:.0f} MiB: {need}")
-
-    def keep(self, i: int) -> tuple[Artifact, list[str], dict]:
-        index, folder, artifact, checks, memory = self.best
-        assert index == i
-        for path in folder.iterdir():
-            shutil.move(str(path), self.staging / path.name)
-        shutil.rmtree(folder, ignore_errors=True)
-        artifact.tiling["probes"] = [{"tile": list(self.ordered[k][0]), "bytes": b} for k, b in sorted(self.bytes.items())]
-        return artifact, checks, memory
-
-
-__all__ = ["TileRequest", "check_request", "stage_fields", "plan", "export_stages", "tiling_record", "run_here",
-           "measured", "entry_view", "entry_json", "export_component", "candidate_tiles", "MIB", "TILED_COMPONENTS"]
+__all__ = ["TileRequest", "check_request", "stage_fields", "plan", "export_stage", "export_stages", "assemble",
+           "tiling_record", "stage_tile_px", "window_shape", "run_here", "measured", "entry_view", "entry_json",
+           "MIB", "TILED_COMPONENTS", "video_hw"]

@@ -13,9 +13,15 @@ def _memory(form: dict) -> int | None:
     return (form.get("runtime_memory") or {}).get("bytes")
 
 
+def _tiles(form: dict) -> str:
+    """The tile of each stage (a budget tiles each stage apart), or the one tile of files written before that."""
+    per = form.get("stage_tiles") or ([form["tile"]] if form.get("tile") else [])
+    return " / ".join("×".join(map(str, t)) for t in per) or "whole frame"
+
+
 def tiled_vae(data: dict, anchor: str, images: dict) -> str:
     forms = data.get("forms", [])
-    rows = [[escape(f.get("form")), code(f.get("file")), "×".join(map(str, f.get("tile") or [])) or "whole frame",
+    rows = [[escape(f.get("form")), code(f.get("file")), _tiles(f),
              num(f.get("tiles_per_call"), "d"), num(f.get("median_s"), ".2f", unit=" s"),
              num(f.get("time_ratio_vs_untiled"), ".2f", unit="x"), mb(_memory(f)),
              mb((f.get("runtime_memory") or {}).get("planned_bytes")), mb(f.get("process_peak_bytes_median")),
@@ -28,7 +34,7 @@ def tiled_vae(data: dict, anchor: str, images: dict) -> str:
              f"- **budget** {num(budget.get('budget_mib'), 'g')} MiB"
              + (f": refused ({escape(budget['refused'], True)}); the table's budget form is the smallest feasible, "
                 f"{num(budget.get('smallest_feasible_mib'), 'g')} MiB" if budget.get("refused") else ""), "",
-             table(["form", "file", "tile (px)", "tile runs per call", "time per call (median)", "vs untiled",
+             table(["form", "file", "tile (px; per stage)", "tile runs per call", "time per call (median)", "vs untiled",
                     "runtime memory (measured)", "planned", "process peak over runs", "rel L2 vs untiled",
                     "rel L2 vs PyTorch (export)"], rows)]
     if len(forms) > 1:

@@ -174,8 +174,9 @@ def _print_summary(report) -> None:
             notes.append(f"{f.file}: {f.role.replace('_', ' ')} ({human_bytes(f.bytes)})")
         if e.tiling:
             t = e.tiling
-            notes.append(f"{e.file}: tiled {t['tile'][0]}x{t['tile'][1]} px, {len(t['stages'])} stages, "
-                         f"{t['tiles']} tile runs per call, {'exact' if t['exact'] else 'blended'}")
+            per = " / ".join(f"{h}x{w}" for h, w in t.get("stage_tiles") or [t["tile"]])
+            notes.append(f"{e.file}: tiled {per} px ({len(t['stages'])} stages), {t['tiles']} tile runs per call, "
+                         f"{'exact' if t['exact'] else 'blended'}")
         memory = (e.runtime_memory or {}).get("bytes")
         if memory is not None:
             notes.append(f"{e.file}: runs in {human_bytes(memory)} above the runtime's baseline (measured)")

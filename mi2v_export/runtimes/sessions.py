@@ -2,9 +2,12 @@
 window by window (mi2v_export/tiling.py) and stitched, so every consumer (verify, bench, generate, the output
 checks) sees the component's whole-frame inputs and outputs either way.
 
-A tiled entry's `tiling` record lists its stages in order, each with its own file and plan; `TiledSession` loads
-every stage once and runs them one after another, keeping only the whole tensors between stages (small by
-construction, mi2v_export/models/stages.py). Torch-free, like the rest of the runtime layer.
+A tiled entry's `tiling` record lists its stages in order, each with its own file and plan; `TiledSession` runs
+them one after another, keeping only the whole tensors between stages (small by construction,
+mi2v_export/models/stages.py). Its `residency` says how many stage models are resident at once: "stage" (one: each
+is loaded just before its windows run and released after, as a phone runner runs a stage per call, so a call's
+peak is its largest stage's, not the sum; exports since per-stage tiling write it) or "all" (every stage loaded once
+and kept; records without the field). Torch-free, like the rest of the runtime layer.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from . import dtypes
 from .base import Inputs, Runtime, Session, TensorSpec
 
 TILING_FORMAT = 1  # the `tiling` record's layout; a reader refuses records of a later one
+RESIDENCIES = ("stage", "all")  # stage models resident at once: one, or every one (records without the field)
 STAGE_INPUT, STAGE_OUTPUT = "x", "y"  # every stage model's I/O names
 
 
@@ -43,6 +47,9 @@ def check_record(entry: Any) -> None:
     stages = record.get("stages") or []
     if not stages:
         raise BadInputError("the tiling record lists no stages")
+    if record.get("residency", "all") not in RESIDENCIES:
+        raise BadInputError(f"tiling record residency {record.get('residency')!r} is not supported "
+                            f"(this mi2v runs {', '.join(RESIDENCIES)}); upgrade mi2v")
     roles = {f.role: f.file for f in getattr(entry, "extra_files", None) or ()}
     listed = [entry.file] + [roles.get(f"tile_stage_{k}") for k in range(1, len(stages))]
     if [s.get("file") for s in stages] != listed:
@@ -60,27 +67,39 @@ def stage_entry(entry: Any, stage: Mapping) -> SimpleNamespace:
 
 
 class TiledSession(Session):
-    """A tiled component: its stage sessions, run window by window and stitched. Every stage stays loaded (a
-    benchmark repeats calls) but asks its runtime for low memory (`low_memory`: each adapter takes what it can),
-    since several sessions live at once."""
+    """A tiled component: its stage models, run window by window and stitched. Each stage asks its runtime for
+    low memory (`low_memory`: each adapter takes what it can). With residency "stage" only one stage model is
+    loaded at a time (its load time is part of the call, in `load_ms`); with "all" every stage stays loaded."""
 
     def __init__(self, runtime: Runtime, folder: Path, entry: Any, **options: Any):
         record = entry.tiling
         check_record(entry)
         self.runtime, self.path, self.record = runtime.name, folder / entry.file, record
+        self._rt, self._folder, self._entry = runtime, folder, entry
+        self._options = {**options, "low_memory": True}
+        self.one_at_a_time = record.get("residency", "all") == "stage"
         self.inputs = [TensorSpec(t.name, tuple(t.shape), t.dtype) for t in entry.inputs]
         self.outputs = [TensorSpec(t.name, tuple(t.shape), t.dtype) for t in entry.outputs]
         self.tile_ms: list[list[float]] = []
-        self.stages: list[Session] = []
-        try:
-            for stage in record["stages"]:
-                path = _contained(folder, stage["file"])
-                options = {**options, "low_memory": True}
-                self.stages.append(runtime.load(path, stage_entry(entry, stage), **options))
+        self.load_ms: list[float | None] = [None] * len(record["stages"])
+        self.stages: list[Session | None] = [None] * len(record["stages"])
+        try:  # the first stage is loaded now (a bad file fails at load, as an untiled artifact does)
+            for k in range(1 if self.one_at_a_time else len(self.stages)):
+                self._stage(k)
         except BaseException:
             self.close()
             raise
         self.backend, self.threads = self.stages[0].backend, self.stages[0].threads
+
+    def _stage(self, k: int) -> Session:
+        """Stage k's session, loaded now unless it is resident."""
+        if self.stages[k] is None:
+            stage = self.record["stages"][k]
+            t0 = time.perf_counter()
+            self.stages[k] = self._rt.load(_contained(self._folder, stage["file"]), stage_entry(self._entry, stage),
+                                           **self._options)
+            self.load_ms[k] = (time.perf_counter() - t0) * 1000
+        return self.stages[k]
 
     def prepare(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         spec = self.inputs[0]
@@ -91,30 +110,39 @@ class TiledSession(Session):
         return x
 
     def execute(self, prepared: np.ndarray) -> np.ndarray:
-        """Every stage over its windows; `tile_ms` keeps each stage's per-window times of this call."""
+        """Every stage over its windows; `tile_ms` keeps each stage's per-window times of this call, `load_ms` the
+        load of each stage this call loaded (None: it was resident)."""
         x = prepared
         self.tile_ms = []
-        for session, stage in zip(self.stages, self.record["stages"]):
+        self.load_ms = [None] * len(self.stages)
+        for k, stage in enumerate(self.record["stages"]):
+            session = self._stage(k)
             plan = tiling.stage_from_record(stage["plan"], x.shape[-2:])
             times: list[float] = []
             self.tile_ms.append(times)
             x = tiling.run_tiled(lambda w, s=session, t=times: _timed_run(s, w, t), x, plan.grid,
                                  plan.scale_in, plan.scale_out)
+            if self.one_at_a_time:
+                session.close()
+                self.stages[k] = None
         return x
 
     def tile_summary(self) -> list[dict]:
-        """Per stage: its file, windows per call and median window time (ms) of the last call."""
+        """Per stage: its file, windows per call, median window time (ms) and load time (ms; None when it stayed
+        loaded) of the last call."""
         return [{"stage": k, "file": stage["file"], "tiles": len(times),
-                 "median_tile_ms": round(float(np.median(times)), 3) if times else None}
-                for k, (stage, times) in enumerate(zip(self.record["stages"], self.tile_ms))]
+                 "median_tile_ms": round(float(np.median(times)), 3) if times else None,
+                 "load_ms": None if load is None else round(load, 3)}
+                for k, (stage, times, load) in enumerate(zip(self.record["stages"], self.tile_ms, self.load_ms))]
 
     def collect(self, raw: np.ndarray) -> Inputs:
         return {self.outputs[0].name: raw}
 
     def close(self) -> None:
         for session in self.stages:
-            session.close()
-        self.stages = []
+            if session is not None:
+                session.close()
+        self.stages = [None] * len(self.stages)
 
 
 def _timed_run(session: Session, window: np.ndarray, times: list[float]) -> np.ndarray:
@@ -145,4 +173,4 @@ def run_sets(runtime: Runtime, path: str | os.PathLike, entry: Any, sets: list[I
         return [session.run(feeds) for feeds in sets]
 
 
-__all__ = ["TILING_FORMAT", "TiledSession", "check_record", "is_tiled", "open_session", "run_sets", "stage_entry"]
+__all__ = ["RESIDENCIES", "TILING_FORMAT", "TiledSession", "check_record", "is_tiled", "open_session", "run_sets", "stage_entry"]

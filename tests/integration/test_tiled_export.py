@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from mi2v_export import models, tiling
+from exporters import tile_budget, tiled
+from mi2v_export import models, runtimes, tiling
+from mi2v_export.manifest import read_manifest
 from mi2v_export.models.receptive import decoder_probe, receptive_field
 from mi2v_export.models.stages import Chain, stages_of, steps_of
+from mi2v_export.runtimes.sessions import open_session
 from tests.conftest import run_cli, tiny_vae_part
 
 
@@ -158,6 +161,52 @@ def test_an_older_reader_refuses_a_tiled_folder_and_this_one_refuses_a_newer_rec
     proc = run_cli("verify", older, "--no-record", "--allow-modified")
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "tiling record format 99 is not supported" in text
+
+
+def test_one_stage_model_is_resident_at_a_time_and_old_records_keep_every_stage(tmp_path):
+    """Residency "stage" (what exports write): each stage loads before its windows and is released after, its
+    load time reported; a record without the field (exports before it) keeps every stage loaded; an unknown
+    residency is refused in one line."""
+    out = tmp_path / "tiled"
+    assert run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64",
+                   "--out", out).returncode == 0
+    manifest = read_manifest(out)
+    entry = manifest.find("decoder")
+    assert entry.tiling["residency"] == "stage" and len(entry.tiling["stage_tiles"]) == len(entry.tiling["stages"])
+    runtime = runtimes.runnable(entry)
+    with open_session(runtime, manifest.path_of(entry), entry) as session:
+        assert sum(s is not None for s in session.stages) == 1
+        first = session.run(session.ones())
+        assert all(s is None for s in session.stages)
+        summary = session.tile_summary()
+        assert all(t["load_ms"] is not None and t["load_ms"] > 0 for t in summary[1:]), summary
+        second = session.run(session.ones())
+    entry.tiling.pop("residency")
+    with open_session(runtime, manifest.path_of(entry), entry) as session:
+        assert all(s is not None for s in session.stages)
+        kept = session.run(session.ones())
+        assert all(s is not None for s in session.stages)
+    name = session.outputs[0].name
+    assert np.array_equal(first[name], second[name]) and np.array_equal(first[name], kept[name])
+    data = json.loads((out / "manifest.json").read_text())
+    data["components"][0]["tiling"]["residency"] = "some"
+    (out / "manifest.json").write_text(json.dumps(data))
+    proc = run_cli("verify", out, "--no-record", "--allow-modified")
+    assert proc.returncode != 0 and "residency 'some' is not supported" in proc.stdout + proc.stderr
+
+
+def test_budget_candidates_start_whole_and_shrink_per_stage():
+    """Each stage's candidate plans: the whole frame first (one window, no halo), then ever smaller windows;
+    the early latent stages and the last one are searched apart."""
+    model, z = tiny_vae_part("turbo-vaed")
+    stages = stages_of(model, tuple(z.shape))
+    fields = [2] * len(stages)
+    for k, stage in enumerate(stages):
+        cands = tile_budget.stage_candidates("decoder", stages, fields, tiled.TileRequest(), k)
+        assert cands[0][1].grid.count == 1
+        costs = [tile_budget._cost(stage, p) for _, p in cands]
+        assert costs == sorted(costs, reverse=True) and len(set(tiled.window_shape(stage, p) for _, p in cands)) \
+            == len(cands)
 
 
 def test_stitching_on_numpy_matches_the_model_for_every_stage():

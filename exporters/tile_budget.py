@@ -1,0 +1,224 @@
+"""A tiled component (`mi2v export --tile HxW | --memory-budget MIB`): one tile for every stage, or, with a budget,
+each stage's own largest tile whose measured peak fits.
+
+Why per stage: a tiled session holds one stage model at a time (mi2v_export/runtimes/sessions.py, residency
+"stage"), so a call's peak is its worst stage's: that stage's model, its windows and the whole tensors it reads and
+writes. Each stage can therefore be searched alone. The early stages work on the small latent grid and usually fit
+whole (one window, no halo to recompute); only the stages near the video are split. One tile for every stage cost
+5.1-6.0x the untiled 720p decode (benchmarks/results/tiled_720p_onnx_decoder.json): every stage recomputed its halo
+in 56 windows.
+
+A probe exports one stage with one plan into its own folder and measures it in a fresh process
+(mi2v_export/runtimes/measure.py) as a one-stage tiled component on the stage's whole input; a probe that fails to
+export or run does not fit. Each stage is binary-searched over its distinct windows, largest first (a peak grows
+with the window); only each stage's best probe stays on disk. The assembled component is measured again and
+refused if it does not fit after all.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+from mi2v_export import tiling
+from mi2v_export.errors import BadInputError
+from mi2v_export.manifest import TensorInfo
+from mi2v_export.models.stages import Stage
+from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, TILING_FORMAT
+
+from . import tiled
+from .base import Artifact, ComponentSpec, ExportOptions, ProgressCallback, ProgressEvent
+
+MIB = tiled.MIB
+
+
+def export_component(spec: ComponentSpec, exporter, options: ExportOptions, staging: Path,
+                     progress: ProgressCallback, request: tiled.TileRequest
+                     ) -> tuple[Artifact, list[str], dict | None]:
+    """(artifact, inspect checks, measured memory or None) of a tiled component, written into `staging`."""
+    t0 = time.perf_counter()
+    stages, fields = tiled.stage_fields(spec)
+    progress(ProgressEvent(spec.name, "tile", "done", f"{len(stages)} stages, receptive fields {fields} units",
+                           seconds=time.perf_counter() - t0))
+    if request.tile is not None:
+        plans = tiled.plan(spec.name, stages, fields, request, request.tile)
+        record = tiled.tiling_record(spec.name, stages, plans, request, request.tile)
+        artifact, checks = tiled.export_stages(spec, exporter, options, staging, progress, stages, plans, record)
+        return artifact, checks, None
+    return fit_budget(spec, exporter, options, staging, progress, request, stages, fields)
+
+
+def candidate_tiles(frame: tuple[int, int]) -> list[tuple[int, int]]:
+    """Tiles that split the frame into 1..8 bands each way (multiples of 32 px, at most the frame)."""
+    out = set()
+    for a in range(1, 9):
+        for b in range(1, 9):
+            tile = tuple(f if n == 1 else max(min(math.ceil(f / n / 32) * 32, f), 32) for f, n in zip(frame, (a, b)))
+            out.add(tile)
+    return sorted(out)
+
+
+def _cost(stage: Stage, p: tiling.StagePlan) -> int:
+    """The window's input + output elements: what a stage's peak grows with."""
+    win_in, win_out = tiled.window_shape(stage, p)
+    return math.prod(win_in) + math.prod(win_out)
+
+
+def stage_candidates(name: str, stages: list[Stage], fields: list[int], request: tiled.TileRequest,
+                     k: int) -> list[tuple[tuple[int, int], tiling.StagePlan]]:
+    """Stage k's distinct plans as (tile, plan), the largest window first (fewer windows first among equals)."""
+    video, stage = tiled.video_hw(name, stages), stages[k]
+    by_window: dict = {}
+    for tile in candidate_tiles(video):
+        p = tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, tile, fields[k], request.halo)
+        by_window.setdefault(tiled.window_shape(stage, p), (tile, p))
+    return sorted(by_window.values(), key=lambda tp: (-_cost(stage, tp[1]), tp[1].grid.count))
+
+
+def suggested_budget(peak_bytes: int) -> int:
+    """A budget the measured peak meets again: plus 5 %, rounded up to 10 MiB (two fresh processes differ by about
+    1 %)."""
+    return int(math.ceil(peak_bytes * 1.05 / MIB / 10) * 10)
+
+
+class _Context:
+    """What every probe of one budget search shares."""
+
+    def __init__(self, spec, exporter, options, staging, progress, request, stages):
+        self.spec, self.exporter, self.options, self.staging = spec, exporter, options, staging
+        self.progress, self.request, self.stages = progress, request, stages
+
+    @property
+    def limit(self) -> float:
+        return self.request.budget_mib * MIB
+
+
+class StageSearch:
+    """One stage's candidates, what each probe measured, and its best fitting probe kept on disk."""
+
+    def __init__(self, ctx: _Context, k: int, ordered: list):
+        self.ctx, self.k, self.ordered = ctx, k, ordered
+        self.bytes: dict[int, int | None] = {}
+        self.best: tuple | None = None  # (index, folder, entry, artifact, checks)
+
+    @property
+    def last(self) -> int:
+        return len(self.ordered) - 1
+
+    def fits(self, i: int) -> bool:
+        if i not in self.bytes:
+            self._probe(i)
+        got = self.bytes[i]
+        return got is not None and got <= self.ctx.limit
+
+    def search(self) -> int | None:
+        """The index of the largest fitting window, None when even the smallest does not fit. The whole frame is
+        tried first (most stages fit it: one probe), then the smallest, then a binary search between."""
+        if self.fits(0):
+            return 0
+        if not self.fits(self.last):
+            return None
+        lo, hi = 1, self.last
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.fits(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _probe(self, i: int) -> None:
+        ctx, p = self.ctx, self.ordered[i][1]
+        folder = ctx.staging / f".probe-s{self.k}-{i}"
+        folder.mkdir()
+        try:
+            entry, art, checks = tiled.export_stage(ctx.spec, ctx.exporter, ctx.options, folder, ctx.progress,
+                                                    self.k, ctx.stages[self.k], p)
+            memory = tiled.measured(ctx.exporter, _probe_artifact(ctx.stages[self.k], entry, art), folder,
+                                    ctx.options) or {}
+        except Exception as exc:  # noqa: BLE001 - a window the target refuses (HTP memory, 2 GB protobuf) fits nothing
+            entry, art, checks, memory = None, None, [], {"bytes": None, "error": str(exc).splitlines()[0][:200]}
+        self.bytes[i] = got = memory.get("bytes")
+        tile = tiled.stage_tile_px(p)
+        ctx.progress(ProgressEvent(ctx.spec.name, "budget", "info", f"stage {self.k}, tile {tile[0]}x{tile[1]} "
+                                   f"({p.grid.count} windows): " + (f"{got / MIB:.0f} MiB" if got is not None
+                                                                    else memory.get("error", "not measured"))))
+        if got is not None and got <= ctx.limit and (self.best is None or i < self.best[0]):
+            if self.best is not None:
+                shutil.rmtree(self.best[1], ignore_errors=True)
+            self.best = (i, folder, entry, art, checks)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def keep(self) -> tuple[dict, Artifact, list[str]]:
+        """Move the best probe's files into the staging folder: (its tiling entry, artifact, checks)."""
+        _, folder, entry, art, checks = self.best
+        for path in folder.iterdir():
+            shutil.move(str(path), self.ctx.staging / path.name)
+        shutil.rmtree(folder, ignore_errors=True)
+        return entry, art, checks
+
+    def probes(self) -> list[dict]:
+        return [{"stage": self.k, "tile": tiled.stage_tile_px(self.ordered[i][1]), "windows": self.ordered[i][1].grid.count,
+                 "bytes": b} for i, b in sorted(self.bytes.items())]
+
+
+def _probe_artifact(stage: Stage, entry: dict, art: Artifact) -> Artifact:
+    """A one-stage tiled component on the stage's whole input: what a probe measures."""
+    dtype = art.inputs[0].dtype
+    probe = Artifact(file=art.file, inputs=[TensorInfo(STAGE_INPUT, tuple(stage.input_shape), dtype)],
+                     outputs=[TensorInfo(STAGE_OUTPUT, tuple(stage.output_shape), dtype)],
+                     extra_files=dict(art.extra_files))
+    probe.tiling = {"format": TILING_FORMAT, "residency": "stage", "stages": [entry]}
+    return probe
+
+
+def fit_budget(spec, exporter, options, staging, progress, request, stages, fields):
+    """Each stage's largest fitting tile, the stages assembled into one component and measured again."""
+    runtime = exporter.host_runtime(options)
+    if runtime is None or not runtime.measures_memory:
+        raise BadInputError("--memory-budget measures each candidate tile, and no runtime here measures "
+                            f"{options.target} artifacts: give --tile instead")
+    ctx = _Context(spec, exporter, options, staging, progress, request, stages)
+    searches = [StageSearch(ctx, k, stage_candidates(spec.name, stages, fields, request, k))
+                for k in range(len(stages))]
+    for search in searches:
+        if search.search() is None:
+            raise BadInputError(_refusal(searches, request))
+    kept = [s.keep() for s in searches]
+    plans = [s.ordered[s.best[0]][1] for s in searches]
+    finest = max(range(len(plans)), key=lambda k: (plans[k].grid.count, k))
+    record = tiled.tiling_record(spec.name, stages, plans, request, tuple(tiled.stage_tile_px(plans[finest])))
+    record["probes"] = [p for s in searches for p in s.probes()]
+    artifact = tiled.assemble(spec, stages, [e for e, _, _ in kept], [a for _, a, _ in kept], record)
+    memory = tiled.measured(exporter, artifact, staging, options) or {}
+    got = memory.get("bytes")
+    if got is None or got > ctx.limit:
+        raise BadInputError(f"--memory-budget {request.budget_mib:g}: each stage fits alone, but the assembled "
+                            f"{spec.name} " + (f"peaks at {got / MIB:.0f} MiB: use --memory-budget "
+                                               f"{suggested_budget(got)} or more" if got is not None else
+                                               f"could not be measured ({memory.get('error', 'no figure')})"))
+    return artifact, [c for _, _, checks in kept for c in checks], memory
+
+
+def _refusal(searches: list[StageSearch], request: tiled.TileRequest) -> str:
+    """No tile fits some stage: name the smallest feasible budget, the largest of every stage's smallest peak
+    (probing the stages not yet probed at their smallest tile)."""
+    peaks = []
+    for s in searches:
+        s.fits(s.last)
+        peaks.append((s.bytes.get(s.last), s))
+    if any(p is None for p, _ in peaks):
+        worst = next(s for p, s in peaks if p is None)
+        return (f"--memory-budget {request.budget_mib:g}: no tile fits; stage {worst.k}'s smallest tile could not "
+                "be measured")
+    peak, worst = max(peaks, key=lambda ps: ps[0])
+    tile = tiled.stage_tile_px(worst.ordered[worst.last][1])
+    return (f"--memory-budget {request.budget_mib:g}: no tile fits; stage {worst.k}'s smallest, {tile[0]}x{tile[1]}, "
+            f"peaks at {peak / MIB:.0f} MiB: use --memory-budget {suggested_budget(peak)} or more (a measured peak "
+            "varies by a few percent)")
+
+
+__all__ = ["export_component", "fit_budget", "candidate_tiles", "stage_candidates", "suggested_budget", "StageSearch"]
