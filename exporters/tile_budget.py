@@ -66,15 +66,25 @@ def _cost(stage: Stage, p: tiling.StagePlan) -> int:
     return math.prod(win_in) + math.prod(win_out)
 
 
+def _work(stage: Stage, p: tiling.StagePlan) -> int:
+    """Input elements over every window of a call: what a stage's time grows with (halos recomputed)."""
+    return p.grid.count * math.prod(tiled.window_shape(stage, p)[0])
+
+
 def stage_candidates(name: str, stages: list[Stage], fields: list[int], request: tiled.TileRequest,
                      k: int) -> list[tuple[tuple[int, int], tiling.StagePlan]]:
-    """Stage k's distinct plans as (tile, plan), the largest window first (fewer windows first among equals)."""
+    """Stage k's plans worth measuring as (tile, plan), the largest window first: only the front of window size
+    against work, so that a smaller window always costs more work (a 736x160 column band recomputes less halo than
+    a 96x1280 row band of about the same window on a wide frame, and is kept instead)."""
     video, stage = tiled.video_hw(name, stages), stages[k]
-    by_window: dict = {}
-    for tile in candidate_tiles(video):
-        p = tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, tile, fields[k], request.halo)
-        by_window.setdefault(tiled.window_shape(stage, p), (tile, p))
-    return sorted(by_window.values(), key=lambda tp: (-_cost(stage, tp[1]), tp[1].grid.count))
+    plans = [(tile, tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, tile, fields[k],
+                                      request.halo)) for tile in candidate_tiles(video)]
+    front, least = [], None
+    for tile, p in sorted(plans, key=lambda tp: (_cost(stage, tp[1]), _work(stage, tp[1]))):
+        if least is None or _work(stage, p) < least:
+            front.append((tile, p))
+            least = _work(stage, p)
+    return front[::-1]
 
 
 def suggested_budget(peak_bytes: int) -> int:

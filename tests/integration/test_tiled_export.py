@@ -205,8 +205,9 @@ def test_budget_candidates_start_whole_and_shrink_per_stage():
         cands = tile_budget.stage_candidates("decoder", stages, fields, tiled.TileRequest(), k)
         assert cands[0][1].grid.count == 1
         costs = [tile_budget._cost(stage, p) for _, p in cands]
-        assert costs == sorted(costs, reverse=True) and len(set(tiled.window_shape(stage, p) for _, p in cands)) \
-            == len(cands)
+        work = [tile_budget._work(stage, p) for _, p in cands]
+        assert costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
+        assert work == sorted(work) and len(set(work)) == len(work)  # a smaller window always costs more work
 
 
 def test_stitching_on_numpy_matches_the_model_for_every_stage():
