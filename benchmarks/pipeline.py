@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from mi2v_export import contract
+from mi2v_export.manifest import read_manifest
 
 MI2V = Path(sys.executable).with_name("mi2v")
 
@@ -37,11 +38,15 @@ def run_bench(artifacts: Path, report: Path, *extra: str) -> dict:
     return json.loads(report.read_text())
 
 
-def components(alone: dict, pipeline: dict) -> dict:
-    rows = {}
+def components(alone: dict, pipeline: dict, folder: Path) -> dict:
+    """Per component: the artifact, its times alone and inside the run, and its memory as the manifest records
+    it (measured at export in a fresh process; ExecuTorch's planned bytes beside it)."""
+    manifest, rows = read_manifest(folder), {}
     for a, p in zip(alone["components"], pipeline["components"]):
         art = a.get("artifact") or {}
+        memory = manifest.find(a["component"]).runtime_memory or {}
         rows[a["component"]] = {"file": art.get("file"), "precision": art.get("precision"),
+                                "runtime_memory_bytes": memory.get("bytes"), "planned_bytes": memory.get("planned_bytes"),
                                 "tiled": bool((art.get("tiling") or {}) or a["runs"][0].get("tiles")),
                                 "alone_p50_ms": a["summary"]["latency_ms"].get("p50"),
                                 "in_pipeline_p50_ms": p["summary"]["latency_ms"].get("p50"),
@@ -78,7 +83,7 @@ def main(argv=None) -> None:
         "benchmark": "pipeline", "machine": machine(load_before), "artifacts": whole["artifacts"],
         "config": {"clips": args.clips, "iterations": args.iterations, "warmup": args.warmup, "steps": args.steps,
                    "runtime": args.runtime},
-        "components": components(alone, whole),
+        "components": components(alone, whole, args.artifacts),
         "per_frame_ms": {"measured": head["measured_per_frame_ms"],
                          "computed_alone": alone["per_frame_ms"][str(args.steps)],
                          "computed_in_pipeline": head["computed_per_frame_ms"]},

@@ -104,6 +104,9 @@ class _Context:
     def limit(self) -> float:
         return self.request.budget_mib * MIB
 
+    def tile_px(self, p: tiling.StagePlan) -> list[int]:
+        return tiled.stage_tile_px(p, tiled.video_hw(self.spec.name, self.stages))
+
 
 class StageSearch:
     """One stage's candidates, what each probe measured, and its best fitting probe kept on disk."""
@@ -151,7 +154,7 @@ class StageSearch:
         except Exception as exc:  # noqa: BLE001 - a window the target refuses (HTP memory, 2 GB protobuf) fits nothing
             entry, art, checks, memory = None, None, [], {"bytes": None, "error": str(exc).splitlines()[0][:200]}
         self.bytes[i] = got = memory.get("bytes")
-        tile = tiled.stage_tile_px(p)
+        tile = ctx.tile_px(p)
         ctx.progress(ProgressEvent(ctx.spec.name, "budget", "info", f"stage {self.k}, tile {tile[0]}x{tile[1]} "
                                    f"({p.grid.count} windows): " + (f"{got / MIB:.0f} MiB" if got is not None
                                                                     else memory.get("error", "not measured"))))
@@ -171,8 +174,8 @@ class StageSearch:
         return entry, art, checks
 
     def probes(self) -> list[dict]:
-        return [{"stage": self.k, "tile": tiled.stage_tile_px(self.ordered[i][1]), "windows": self.ordered[i][1].grid.count,
-                 "bytes": b} for i, b in sorted(self.bytes.items())]
+        plans = [(self.ordered[i][1], b) for i, b in sorted(self.bytes.items())]
+        return [{"stage": self.k, "tile": self.ctx.tile_px(p), "windows": p.grid.count, "bytes": b} for p, b in plans]
 
 
 def _probe_artifact(stage: Stage, entry: dict, art: Artifact) -> Artifact:
@@ -200,7 +203,7 @@ def fit_budget(spec, exporter, options, staging, progress, request, stages, fiel
     kept = [s.keep() for s in searches]
     plans = [s.ordered[s.best[0]][1] for s in searches]
     finest = max(range(len(plans)), key=lambda k: (plans[k].grid.count, k))
-    record = tiled.tiling_record(spec.name, stages, plans, request, tuple(tiled.stage_tile_px(plans[finest])))
+    record = tiled.tiling_record(spec.name, stages, plans, request, tuple(ctx.tile_px(plans[finest])))
     record["probes"] = [p for s in searches for p in s.probes()]
     artifact = tiled.assemble(spec, stages, [e for e, _, _ in kept], [a for _, a, _ in kept], record)
     memory = tiled.measured(exporter, artifact, staging, options) or {}
@@ -225,7 +228,7 @@ def _refusal(searches: list[StageSearch], request: tiled.TileRequest) -> str:
         return (f"--memory-budget {request.budget_mib:g}: no tile fits; stage {worst.k}'s smallest tile could not "
                 "be measured")
     peak, worst = max(peaks, key=lambda ps: ps[0])
-    tile = tiled.stage_tile_px(worst.ordered[worst.last][1])
+    tile = worst.ctx.tile_px(worst.ordered[worst.last][1])
     return (f"--memory-budget {request.budget_mib:g}: no tile fits; stage {worst.k}'s smallest, {tile[0]}x{tile[1]}, "
             f"peaks at {peak / MIB:.0f} MiB: use --memory-budget {suggested_budget(peak)} or more (a measured peak "
             "varies by a few percent)")

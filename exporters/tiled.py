@@ -199,10 +199,10 @@ def _worst_of(entries: list[dict], key: str, suffix: str) -> dict:
     return out
 
 
-def stage_tile_px(p: tiling.StagePlan) -> list[int]:
-    """A stage's core in video pixels (its frame where an axis is one window)."""
+def stage_tile_px(p: tiling.StagePlan, video: tuple[int, int]) -> list[int]:
+    """A stage's core in video pixels (the whole `video` side where an axis is one window)."""
     g = p.grid
-    return [a.tile * u if a.count > 1 and u else a.frame * (u or 1) for a, u in zip((g.rows, g.cols), p.unit_px)]
+    return [a.tile * u if a.count > 1 and u else v for a, u, v in zip((g.rows, g.cols), p.unit_px, video)]
 
 
 def tiling_record(name: str, stages: list[Stage], plans: list[tiling.StagePlan], request: TileRequest,
@@ -212,7 +212,7 @@ def tiling_record(name: str, stages: list[Stage], plans: list[tiling.StagePlan],
     video = video_hw(name, stages)
     units = [max((u for u in p.unit_px if u), default=1) for p in plans]
     exact = all(p.grid.exact for p in plans)
-    return {"format": TILING_FORMAT, "tile": list(tile), "stage_tiles": [stage_tile_px(p) for p in plans],
+    return {"format": TILING_FORMAT, "tile": list(tile), "stage_tiles": [stage_tile_px(p, video) for p in plans],
             "residency": "stage", "frame": list(video),
             "halo": max(max(p.grid.rows.halo, p.grid.cols.halo) * u for p, u in zip(plans, units)),
             "grid": [[p.grid.rows.count, p.grid.cols.count] for p in plans],

@@ -15,7 +15,8 @@ def pipeline(data: dict, anchor: str, images: dict) -> str:
     per_frame, diff = data.get("per_frame_ms") or {}, data.get("difference_ms") or {}
     rows = [[c, code(r.get("file")), code(r.get("precision")), "yes" if r.get("tiled") else "no",
              num(r.get("alone_p50_ms"), ".0f"), num(r.get("in_pipeline_p50_ms"), ".0f"),
-             num(r.get("alone_load_ms"), ".0f"), num(r.get("in_pipeline_load_ms"), ".0f")]
+             num(r.get("alone_load_ms"), ".0f"), num(r.get("in_pipeline_load_ms"), ".0f"),
+             mb(r.get("runtime_memory_bytes")), mb(r.get("planned_bytes"))]
             for c, r in (data.get("components") or {}).items()]
     cold, warm, quality = data.get("cold") or {}, data.get("warm") or {}, data.get("quality") or {}
     total = (warm.get("total_ms") or {})
@@ -32,7 +33,7 @@ def pipeline(data: dict, anchor: str, images: dict) -> str:
            f"{num(quality.get('gate_db'), 'g', unit=' dB')})" if quality.get("reference") else
            f"- **video**: {escape(str(quality.get('reason') or 'not compared'))}", "",
            table(["component", "artifact", "precision", "tiled", "alone p50 (ms)", "in the run p50 (ms)",
-                  "alone load (ms)", "in the run load (ms)"], rows)]
+                  "alone load (ms)", "in the run load (ms)", "memory (measured at export)", "planned"], rows)]
     labels = ["measured", "computed (alone)", "computed (in the run)"]
     values = [per_frame.get("measured"), per_frame.get("computed_alone"), per_frame.get("computed_in_pipeline")]
     if all(isinstance(v, (int, float)) for v in values):

@@ -21,7 +21,7 @@ from .. import runtimes
 from ..contract import COMPONENTS, ENCODER, IO
 from ..errors import BadInputError, MissingDependencyError
 from ..qnn import RUNTIME as QNN_RUNTIME
-from ..runtimes import Runtime, Session
+from ..runtimes import Runtime, Session, memory
 from ..runtimes.pytorch import REFERENCE
 from ..runtimes.sessions import is_tiled, open_session
 
@@ -124,6 +124,7 @@ class ArtifactStage(Stage):
         if self.session is not None:
             self.session.close()
             self.session = None
+            memory.return_freed()
 
     def load(self) -> None:
         if self.session is None:

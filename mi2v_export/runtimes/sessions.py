@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import tiling
 from ..errors import BadInputError
-from . import dtypes
+from . import dtypes, memory
 from .base import Inputs, Runtime, Session, TensorSpec
 
 TILING_FORMAT = 1  # the `tiling` record's layout; a reader refuses records of a later one
@@ -125,6 +125,8 @@ class TiledSession(Session):
             if self.one_at_a_time:
                 session.close()
                 self.stages[k] = None
+                del session
+                memory.return_freed()
         return x
 
     def tile_summary(self) -> list[dict]:
