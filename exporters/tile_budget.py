@@ -11,8 +11,9 @@ in 56 windows.
 A probe exports one stage with one plan into its own folder and measures it in a fresh process
 (mi2v_export/runtimes/measure.py) as a one-stage tiled component on the stage's whole input; a probe that fails to
 export or run does not fit. Each stage is binary-searched over its distinct windows, largest first (a peak grows
-with the window); only each stage's best probe stays on disk. The assembled component is measured again and
-refused if it does not fit after all.
+with the window); only each stage's best probe stays on disk. The assembled component is measured again: what a
+released stage leaves behind adds to the next one's peak, so where it does not fit, the stage with the highest
+peak steps down one window (at most SHRINK_ROUNDS times) before the budget is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from . import tiled
 from .base import Artifact, ComponentSpec, ExportOptions, ProgressCallback, ProgressEvent
 
 MIB = tiled.MIB
+SHRINK_ROUNDS = 3  # times the assembled component may step its worst stage down before the budget is refused
 
 
 def export_component(spec: ComponentSpec, exporter, options: ExportOptions, staging: Path,
@@ -165,6 +167,16 @@ class StageSearch:
         else:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def shrink(self) -> bool:
+        """Step to the next smaller window (the assembled component did not fit: a stage's leftovers add to the
+        next stage's peak); False when there is none or it does not fit."""
+        nxt = self.best[0] + 1
+        if nxt > self.last:
+            return False
+        self.best = None
+        self.bytes.pop(nxt, None)  # probed during the search, its files deleted: export it again
+        return self.fits(nxt)
+
     def keep(self) -> tuple[dict, Artifact, list[str]]:
         """Move the best probe's files into the staging folder: (its tiling entry, artifact, checks)."""
         _, folder, entry, art, checks = self.best
@@ -201,19 +213,33 @@ def fit_budget(spec, exporter, options, staging, progress, request, stages, fiel
         if search.search() is None:
             raise BadInputError(_refusal(searches, request))
     kept = [s.keep() for s in searches]
+    for _ in range(SHRINK_ROUNDS + 1):
+        artifact, memory = _assembled(ctx, searches, kept)
+        got = memory.get("bytes")
+        if got is not None and got <= ctx.limit:
+            return artifact, [c for _, _, checks in kept for c in checks], memory
+        worst = max(searches, key=lambda s: s.bytes[s.best[0]] or 0)  # the stage with the highest peak steps down
+        if got is None or not worst.shrink():
+            break
+        progress(ProgressEvent(spec.name, "budget", "info", f"assembled: {got / MIB:.0f} MiB; stage {worst.k} "
+                               "steps down one window"))
+        kept[worst.k] = worst.keep()
+    raise BadInputError(f"--memory-budget {request.budget_mib:g}: each stage fits alone, but the assembled "
+                        f"{spec.name} " + (f"peaks at {got / MIB:.0f} MiB: use --memory-budget "
+                                           f"{suggested_budget(got)} or more" if got is not None else
+                                           f"could not be measured ({memory.get('error', 'no figure')})"))
+
+
+def _assembled(ctx: _Context, searches: list[StageSearch], kept: list) -> tuple[Artifact, dict]:
+    """The component from each stage's kept probe (files already in the staging folder), measured whole."""
     plans = [s.ordered[s.best[0]][1] for s in searches]
     finest = max(range(len(plans)), key=lambda k: (plans[k].grid.count, k))
-    record = tiled.tiling_record(spec.name, stages, plans, request, tuple(ctx.tile_px(plans[finest])))
+    record = tiled.tiling_record(ctx.spec.name, ctx.stages, plans, ctx.request, tuple(ctx.tile_px(plans[finest])))
     record["probes"] = [p for s in searches for p in s.probes()]
-    artifact = tiled.assemble(spec, stages, [e for e, _, _ in kept], [a for _, a, _ in kept], record)
-    memory = tiled.measured(exporter, artifact, staging, options) or {}
-    got = memory.get("bytes")
-    if got is None or got > ctx.limit:
-        raise BadInputError(f"--memory-budget {request.budget_mib:g}: each stage fits alone, but the assembled "
-                            f"{spec.name} " + (f"peaks at {got / MIB:.0f} MiB: use --memory-budget "
-                                               f"{suggested_budget(got)} or more" if got is not None else
-                                               f"could not be measured ({memory.get('error', 'no figure')})"))
-    return artifact, [c for _, _, checks in kept for c in checks], memory
+    artifact = tiled.assemble(ctx.spec, ctx.stages, [e for e, _, _ in kept], [a for _, a, _ in kept], record)
+    memory = tiled.measured(ctx.exporter, artifact, ctx.staging, ctx.options) or {}
+    record["assembled_bytes"] = memory.get("bytes")
+    return artifact, memory
 
 
 def _refusal(searches: list[StageSearch], request: tiled.TileRequest) -> str:
