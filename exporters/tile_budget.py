@@ -11,9 +11,9 @@ in 56 windows.
 A probe exports one stage with one plan into its own folder and measures it in a fresh process
 (mi2v_export/runtimes/measure.py) as a one-stage tiled component on the stage's whole input; a probe that fails to
 export or run does not fit. Each stage is binary-searched over its distinct windows, largest first (a peak grows
-with the window); only each stage's best probe stays on disk. The assembled component is measured again: what a
-released stage leaves behind adds to the next one's peak, so where it does not fit, the stage with the highest
-peak steps down one window (at most SHRINK_ROUNDS times) before the budget is refused.
+with the window); only each stage's best probe stays on disk. The assembled component is measured again: what released stages leave behind adds to the next one's peak (measured: 10-80 MiB on a 720p
+decoder with onnxruntime), so where it does not fit, every stage's limit is lowered by that overhead and the
+stages above it take smaller windows (at most ASSEMBLY_ROUNDS measurements) before the budget is refused.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from . import tiled
 from .base import Artifact, ComponentSpec, ExportOptions, ProgressCallback, ProgressEvent
 
 MIB = tiled.MIB
-SHRINK_ROUNDS = 3  # times the assembled component may step its worst stage down before the budget is refused
+ASSEMBLY_ROUNDS = 3  # assembled measurements before the budget is refused (each lowers every stage's limit)
 
 
 def export_component(spec: ComponentSpec, exporter, options: ExportOptions, staging: Path,
@@ -117,6 +117,7 @@ class StageSearch:
         self.ctx, self.k, self.ordered = ctx, k, ordered
         self.bytes: dict[int, int | None] = {}
         self.best: tuple | None = None  # (index, folder, entry, artifact, checks)
+        self.limit = ctx.limit  # bytes a probe of this stage may peak at (lowered by `tighten`)
 
     @property
     def last(self) -> int:
@@ -126,7 +127,7 @@ class StageSearch:
         if i not in self.bytes:
             self._probe(i)
         got = self.bytes[i]
-        return got is not None and got <= self.ctx.limit
+        return got is not None and got <= self.limit
 
     def search(self) -> int | None:
         """The index of the largest fitting window, None when even the smallest does not fit. The whole frame is
@@ -160,22 +161,35 @@ class StageSearch:
         ctx.progress(ProgressEvent(ctx.spec.name, "budget", "info", f"stage {self.k}, tile {tile[0]}x{tile[1]} "
                                    f"({p.grid.count} windows): " + (f"{got / MIB:.0f} MiB" if got is not None
                                                                     else memory.get("error", "not measured"))))
-        if got is not None and got <= ctx.limit and (self.best is None or i < self.best[0]):
+        if got is not None and got <= self.limit and (self.best is None or i < self.best[0]):
             if self.best is not None:
                 shutil.rmtree(self.best[1], ignore_errors=True)
             self.best = (i, folder, entry, art, checks)
         else:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def shrink(self) -> bool:
-        """Step to the next smaller window (the assembled component did not fit: a stage's leftovers add to the
-        next stage's peak); False when there is none or it does not fit."""
-        nxt = self.best[0] + 1
-        if nxt > self.last:
+    def tighten(self, limit: float) -> bool:
+        """Lower this stage's limit (the assembled component peaks above its worst stage by what released stages
+        leave behind): keep the window when its peak is within it, else the largest smaller window that fits,
+        exported again where its probe's files were deleted. False when none fits."""
+        self.limit = limit
+        if self.bytes[self.best[0]] <= limit:
+            return True
+        lo, hi = self.best[0] + 1, self.last
+        self.best = None  # its files are in the staging folder already; the next kept probe replaces them
+        if lo > hi or not self.fits(hi):
             return False
-        self.best = None
-        self.bytes.pop(nxt, None)  # probed during the search, its files deleted: export it again
-        return self.fits(nxt)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.fits(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        if self.best is None or self.best[0] != lo:  # decided on a measurement whose files are gone
+            self.best = None
+            self.bytes.pop(lo, None)
+            return self.fits(lo)
+        return True
 
     def keep(self) -> tuple[dict, Artifact, list[str]]:
         """Move the best probe's files into the staging folder: (its tiling entry, artifact, checks)."""
@@ -213,21 +227,29 @@ def fit_budget(spec, exporter, options, staging, progress, request, stages, fiel
         if search.search() is None:
             raise BadInputError(_refusal(searches, request))
     kept = [s.keep() for s in searches]
-    for _ in range(SHRINK_ROUNDS + 1):
+    for _ in range(ASSEMBLY_ROUNDS):
         artifact, memory = _assembled(ctx, searches, kept)
         got = memory.get("bytes")
         if got is not None and got <= ctx.limit:
             return artifact, [c for _, _, checks in kept for c in checks], memory
-        worst = max(searches, key=lambda s: s.bytes[s.best[0]] or 0)  # the stage with the highest peak steps down
-        if got is None or not worst.shrink():
+        if got is None:
             break
-        progress(ProgressEvent(spec.name, "budget", "info", f"assembled: {got / MIB:.0f} MiB; stage {worst.k} "
-                               "steps down one window"))
-        kept[worst.k] = worst.keep()
-    raise BadInputError(f"--memory-budget {request.budget_mib:g}: each stage fits alone, but the assembled "
-                        f"{spec.name} " + (f"peaks at {got / MIB:.0f} MiB: use --memory-budget "
-                                           f"{suggested_budget(got)} or more" if got is not None else
-                                           f"could not be measured ({memory.get('error', 'no figure')})"))
+        overhead = got - max(s.bytes[s.best[0]] or 0 for s in searches)
+        progress(ProgressEvent(spec.name, "budget", "info", f"assembled: {got / MIB:.0f} MiB, {overhead / MIB:.0f} "
+                               "MiB above its worst stage: each stage gets that much less"))
+        for k, search in enumerate(searches):
+            before = search.best[0]
+            if not search.tighten(ctx.limit - max(overhead, 0)):
+                raise BadInputError(_over(request, spec.name, got, memory))
+            if search.best[0] != before:
+                kept[k] = search.keep()
+    raise BadInputError(_over(request, spec.name, got, memory))
+
+
+def _over(request: tiled.TileRequest, name: str, got: int | None, memory: dict) -> str:
+    return (f"--memory-budget {request.budget_mib:g}: each stage fits alone, but the assembled {name} "
+            + (f"peaks at {got / MIB:.0f} MiB: use --memory-budget {suggested_budget(got)} or more"
+               if got is not None else f"could not be measured ({memory.get('error', 'no figure')})"))
 
 
 def _assembled(ctx: _Context, searches: list[StageSearch], kept: list) -> tuple[Artifact, dict]:
