@@ -118,3 +118,6 @@ def test_a_tile_larger_than_the_frame_is_refused():
     assert tiling.parse_tile("256x320") == (256, 320)
     with pytest.raises(BadInputError, match="larger than"):
         tiling.check_tile_fits((256, 320), (128, 192))
+    tiling.check_tile_fits((736, 1280), (720, 1280))  # 720 rows are 23 latent rows: 736 is the whole frame
+    with pytest.raises(BadInputError, match="736x1280 in whole latent pixels"):
+        tiling.check_tile_fits((768, 1280), (720, 1280))
