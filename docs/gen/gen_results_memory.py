@@ -31,6 +31,7 @@ def tiled_vae(data: dict, anchor: str, images: dict) -> str:
              f"{code(data.get('target'))}{'/' + data['delegate'] if data.get('delegate') else ''}, "
              f"{code(data.get('precision', 'fp32'))}, {code(data.get('resolution'))} × {data.get('frames')} frames, "
              f"{data.get('rounds')} rounds × {data.get('per_process')} runs per fresh process, forms taking turns",
+             *([f"- **ran beside**: {escape(data['beside'], True)}"] if data.get("beside") else []),
              f"- **budget** {num(budget.get('budget_mib'), 'g')} MiB"
              + (f": refused ({escape(budget['refused'], True)}); the table's budget form is the smallest feasible, "
                 f"{num(budget.get('smallest_feasible_mib'), 'g')} MiB" if budget.get("refused") else ""), "",

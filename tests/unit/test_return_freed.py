@@ -1,6 +1,14 @@
-import ctypes, sys
+"""runtimes.memory.return_freed: what a released stage frees goes back to the system before the next loads."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
 import pytest
+
 from mi2v_export.runtimes import memory
+
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_freed_heap_memory_goes_back_to_the_system():
