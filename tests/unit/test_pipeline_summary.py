@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mi2v_export.devices.pipeline_bench import PipelineOptions, PipelineRun
+from mi2v_export.pipeline.report import gate_of
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +86,12 @@ def test_drift_throttling_and_a_partial_run():
 def test_no_clip_yet_gives_an_empty_but_valid_block():
     block = PipelineRun(steps=1, frames=FRAMES).block(PipelineOptions(clips=3))
     assert block["clips"] == [] and block["cold"] is None and block["headline"] is None and block["partial"]
+
+
+def test_a_mixed_run_is_held_to_its_least_precise_components_gate():
+    """A w8a8 denoiser (gate 30 dB) with fp16 VAE parts (gate 40 dB): the video is judged at 30 dB, the gate
+    the denoiser alone was exported against; a run whose manifests carry no gate falls back to its precision's."""
+    mixed = {"encoder": SimpleNamespace(gate_db=40.0), "denoiser": SimpleNamespace(gate_db=30.0),
+             "decoder": SimpleNamespace(gate_db=40.0)}
+    assert gate_of(mixed) == 30.0
+    assert gate_of({"denoiser": SimpleNamespace(gate_db=None), "decoder": SimpleNamespace(gate_db=40.0)}) == 40.0
