@@ -32,9 +32,10 @@ from ..contract import COMPONENTS, DECODER, DENOISER, ENCODER
 from ..errors import BadInputError, DeviceError, Mi2vError, VerificationError, first_line
 from ..integrity import check_entry
 from ..manifest import read_manifest
-from ..parity import TRAJECTORY_PSNR_MIN_DB, VIDEO_PSNR_MIN_DB, _json_float
+from ..parity import _json_float
 from ..pipeline import (GenerateConfig, Pipeline, checkpoint_parts, compare_runs, decoder_kind_of, load_image,
                         torch_stage)
+from ..pipeline.report import run_gate
 from .base import BenchDevice, BenchOptions, Say, quiet
 from .bench import BenchOutcome, checked_protocol, default_report_path, new_report, save_report, start_report
 from .registry import kind_for, parse_device
@@ -219,14 +220,12 @@ def _quality(manifest: Any, entries: list, popts: PipelineOptions, image: Any, c
 
 
 def _gate(entries: list) -> float:
-    """The strictest trajectory gate the artifacts that ran passed at export, else the video gate of their
-    precision, as `mi2v generate --compare-to reference` judges (mi2v_export/pipeline/report.py `gate_of`)."""
+    """The video gate of the artifacts that ran, as `mi2v generate --compare-to reference` judges
+    (mi2v_export/pipeline/report.py `run_gate`: the loosest trajectory gate they passed at export)."""
     gates = [float(e.trajectory["gate_db"]) for e in entries if (e.trajectory or {}).get("gate_db")]
-    if gates:
-        return max(gates)
     kinds = {e.precision or e.dtype for e in entries} - {"fp32"}
     precision = "fp32" if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"
-    return VIDEO_PSNR_MIN_DB.get(precision, TRAJECTORY_PSNR_MIN_DB.get(precision, 25.0))
+    return run_gate(gates, precision)
 
 
 @dataclass

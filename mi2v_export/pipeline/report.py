@@ -33,10 +33,14 @@ def gate_of(stages: dict[str, Stage]) -> float:
     default of the run's precision. Each entry's gate was measured with that component alone off fp32, so a run
     is held to its least precise component's: the shippable mix (a w8a8 denoiser, gate 30 dB, with fp16 VAE parts,
     gate 40 dB) cannot reach the fp16 gate, and holding it there refused every such run."""
-    gates = [s.gate_db for s in stages.values() if getattr(s, "gate_db", None) is not None]
+    return run_gate([s.gate_db for s in stages.values() if getattr(s, "gate_db", None) is not None],
+                    precision_of(stages))
+
+
+def run_gate(gates: list[float], precision: str) -> float:
+    """The one rule (gate_of's): the loosest of the components' trajectory gates, else `precision`'s video gate."""
     if gates:
         return min(float(g) for g in gates)
-    precision = precision_of(stages)
     return VIDEO_PSNR_MIN_DB.get(precision, TRAJECTORY_PSNR_MIN_DB.get(precision, 25.0))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mi2v_export.devices.pipeline_bench import PipelineOptions, PipelineRun
+from mi2v_export.parity import VIDEO_PSNR_MIN_DB
 from mi2v_export.pipeline.report import gate_of
 
 pytestmark = pytest.mark.unit
@@ -91,7 +92,10 @@ def test_no_clip_yet_gives_an_empty_but_valid_block():
 def test_a_mixed_run_is_held_to_its_least_precise_components_gate():
     """A w8a8 denoiser (gate 30 dB) with fp16 VAE parts (gate 40 dB): the video is judged at 30 dB, the gate
     the denoiser alone was exported against; a run whose manifests carry no gate falls back to its precision's."""
-    mixed = {"encoder": SimpleNamespace(gate_db=40.0), "denoiser": SimpleNamespace(gate_db=30.0),
-             "decoder": SimpleNamespace(gate_db=40.0)}
+    def stage(gate, precision):
+        return SimpleNamespace(gate_db=gate, precision=precision)
+
+    mixed = {"encoder": stage(40.0, "fp16"), "denoiser": stage(30.0, "w8a8"), "decoder": stage(40.0, "fp16")}
     assert gate_of(mixed) == 30.0
-    assert gate_of({"denoiser": SimpleNamespace(gate_db=None), "decoder": SimpleNamespace(gate_db=40.0)}) == 40.0
+    assert gate_of({"denoiser": stage(None, "fp32"), "decoder": stage(40.0, "fp16")}) == 40.0
+    assert gate_of({"denoiser": stage(None, "fp32"), "decoder": stage(None, "fp32")}) == VIDEO_PSNR_MIN_DB["fp32"]
