@@ -21,6 +21,7 @@ def pipeline(data: dict, anchor: str, images: dict) -> str:
     cold, warm, quality = data.get("cold") or {}, data.get("warm") or {}, data.get("quality") or {}
     total = (warm.get("total_ms") or {})
     out = [f"- **config**: {kv(data.get('config', {}))}",
+           *([f"- **ran beside**: {escape(data['beside'], True)}"] if data.get("beside") else []),
            f"- **per frame (ms)**: measured (warm p50) **{num(per_frame.get('measured'), '.1f')}**; computed from "
            f"each component alone {num(per_frame.get('computed_alone'), '.1f')}; computed from the stages inside "
            f"the run {num(per_frame.get('computed_in_pipeline'), '.1f')}",
