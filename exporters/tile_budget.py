@@ -240,16 +240,22 @@ def fit_budget(spec, exporter, options, staging, progress, request, stages, fiel
         for k, search in enumerate(searches):
             before = search.best[0]
             if not search.tighten(ctx.limit - max(overhead, 0)):
-                raise BadInputError(_over(request, spec.name, got, memory))
+                smallest = search.bytes.get(search.last)  # its smallest window, plus what assembly adds
+                floor = None if smallest is None else smallest + max(overhead, 0)
+                raise BadInputError(_over(request, spec.name, got, memory, floor))
             if search.best[0] != before:
                 kept[k] = search.keep()
     raise BadInputError(_over(request, spec.name, got, memory))
 
 
-def _over(request: tiled.TileRequest, name: str, got: int | None, memory: dict) -> str:
-    return (f"--memory-budget {request.budget_mib:g}: each stage fits alone, but the assembled {name} "
-            + (f"peaks at {got / MIB:.0f} MiB: use --memory-budget {suggested_budget(got)} or more"
-               if got is not None else f"could not be measured ({memory.get('error', 'no figure')})"))
+def _over(request: tiled.TileRequest, name: str, got: int | None, memory: dict, floor: int | None = None) -> str:
+    """The refusal after assembly; `floor`: the failing stage's smallest window plus the measured assembly overhead,
+    the smallest budget that can fit (else the assembled peak names it)."""
+    if got is None:
+        return (f"--memory-budget {request.budget_mib:g}: the assembled {name} could not be measured "
+                f"({memory.get('error', 'no figure')})")
+    return (f"--memory-budget {request.budget_mib:g}: each stage fits alone, but the assembled {name} peaks at "
+            f"{got / MIB:.0f} MiB: use --memory-budget {suggested_budget(floor or got)} or more")
 
 
 def _assembled(ctx: _Context, searches: list[StageSearch], kept: list) -> tuple[Artifact, dict]:
