@@ -273,7 +273,7 @@ def bench(
                                   "p50/p95, peak memory, PSNR against PyTorch fp32"),
     clips: int = typer.Option(3, "--clips", help="--pipeline: whole runs back to back (the first is the cold one)"),
     duration: float | None = typer.Option(None, "--duration", help="--pipeline: keep running clips for this many "
-                                          "seconds (sustained: drift and throttling are reported)"),
+                                          "seconds, at least two (sustained: drift and throttling are reported)"),
     image: refine(Image, help="--pipeline: the input photo (default: the validation photo shipped with mi2v)") = None,
     checkpoint: refine(Checkpoints, help="--pipeline: the weights of the PyTorch fp32 reference the video is "
                        "compared with (artifacts exported with seeded weights need none)") = [],

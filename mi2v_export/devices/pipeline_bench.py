@@ -170,12 +170,14 @@ def _stages(device: BenchDevice, selections: dict[str, Selection], manifest: Any
 
 def _clips(device: BenchDevice, pipe: Pipeline, image: Any, config: GenerateConfig, popts: PipelineOptions,
            run: PipelineRun, say: Say) -> None:
-    """Clips back to back: at least `clips`, and with a duration until it has passed."""
+    """Clips back to back: at least `clips`, and with a duration until it has passed and at least two ran (a
+    drift needs a first and a last clip, however long one clip takes)."""
     start = time.perf_counter()
+    least = popts.clips if popts.duration_s is None else max(popts.clips, 2)
     while True:
         index = len(run.clips)
         elapsed = time.perf_counter() - start
-        if index >= popts.clips and (popts.duration_s is None or elapsed >= popts.duration_s):
+        if index >= least and (popts.duration_s is None or elapsed >= popts.duration_s):
             break
         before = device.snapshot()
         t0 = time.perf_counter()
