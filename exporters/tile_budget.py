@@ -136,7 +136,10 @@ class StageSearch:
             return 0
         if not self.fits(self.last):
             return None
-        lo, hi = 1, self.last
+        return self._first_fit(1, self.last)
+
+    def _first_fit(self, lo: int, hi: int) -> int:
+        """The smallest index in [lo, hi] that fits, `hi` known to fit (a peak grows with the window)."""
         while lo < hi:
             mid = (lo + hi) // 2
             if self.fits(mid):
@@ -179,12 +182,7 @@ class StageSearch:
         self.best = None  # its files are in the staging folder already; the next kept probe replaces them
         if lo > hi or not self.fits(hi):
             return False
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.fits(mid):
-                hi = mid
-            else:
-                lo = mid + 1
+        lo = self._first_fit(lo, hi)
         if self.best is None or self.best[0] != lo:  # decided on a measurement whose files are gone
             self.best = None
             self.bytes.pop(lo, None)
