@@ -233,8 +233,9 @@ def compile_failure(source: Path, soc: str, exc: Exception) -> str:
     """One line for a QNN EP that could not compile `source`; the HTP's out-of-memory gets its remedy."""
     text = " ".join(str(exc).split())[:300]
     if "MEM_ALLOC" in text:
-        return (f"{source.name}: the HTP of {soc} cannot hold this graph at this size ({text}); the 720p Turbo-VAED "
-                "decoder needs row tiles of 1/16 (README: Qualcomm HTP), so export a smaller --resolution")
+        return (f"{source.name}: the HTP of {soc} cannot hold this graph at this size ({text}); export the VAE "
+                "tiled (--tile 64x320 compiles the 720p encoder and Turbo-VAED: docs/guides/qnn.md) or a smaller "
+                "--resolution")
     return f"{source.name}: the QNN EP could not compile it for {soc}: {text}"
 
 

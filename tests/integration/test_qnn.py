@@ -192,7 +192,7 @@ def test_a_compile_the_qnn_ep_cannot_finish_is_one_line(tmp_path):
     assert err.value.exit_code == 4
     mem = qnn.compile_failure(source, "SM8650", RuntimeError("Failed to finalize QNN graph. Error: "
                                                              "QNN_COMMON_ERROR_MEM_ALLOC: Memory allocation"))
-    assert "cannot hold this graph at this size" in mem and "row tiles" in mem
+    assert "cannot hold this graph at this size" in mem and "--tile" in mem
 
 
 def test_missing_wheel_is_one_line():
