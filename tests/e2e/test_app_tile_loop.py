@@ -1,0 +1,182 @@
+"""The phone apps' tile loop (apps/android/app/src/main/kotlin/org/mi2v/bench/TileLoop.kt) with the host as its oracle.
+
+Real tiny-preset tiled ONNX components (exported by the project's exporters, `--tile 32x32`: several windows per
+stage; exact, and with `--halo 32` so that some decoder stages are blended) run on this host through the runtime
+layer (`open_session` → `TiledSession`, mi2v_export/runtimes/sessions.py), recording every window each stage model is
+given and returns, and each stage's stitched output (`tiling.run_tiled`'s own result). Those go to a case folder as
+raw little-endian float32 files. The Kotlin loop, compiled with a real kotlinc and run with java
+(apps/android/app/src/test/kotlin/org/mi2v/bench/TileLoopOracle.kt), runs over the same whole input with a runner
+that requires each window it cuts to be the host's window k and hands back the host's output for it; its stitched
+outputs must equal the host's (the driver allows 1e-6 where a stage is blended, for runtimes whose float64 sums may
+differ; on the JVM the test requires every value bit for bit). A copy of a case with one window off by one ulp must
+fail, so the comparison is not vacuous.
+The Swift copy (apps/ios/Sources/Mi2vBench/TileLoop.swift) is not compiled here (no Swift toolchain).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mi2v_export import tiling
+from mi2v_export.manifest import read_manifest
+from mi2v_export.runtimes import registry
+from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, TiledSession, open_session
+
+from tests.e2e.conftest import _sources_key
+
+REPO = Path(__file__).resolve().parents[2]
+SRC = REPO / "apps" / "android" / "app" / "src"
+KOTLIN = [SRC / "main/kotlin/org/mi2v/bench/TileLoop.kt", SRC / "main/kotlin/org/mi2v/bench/BenchCore.kt",
+          SRC / "test/kotlin/org/mi2v/bench/TileLoopOracle.kt"]
+TILE = "32x32"
+EXPORTS = {"exact": ("encoder,decoder", None), "blended": ("decoder", 32)}  # components, --halo
+CASES = (("encoder", "exact"), ("decoder", "exact"), ("decoder", "blended"))
+
+
+def _exports(request) -> dict[str, Path]:
+    """The tiny preset's encoder / decoder for onnx tiled 32x32 (exact) and the decoder with a 32 px halo
+    (blended), built once per source version in pytest's cache (the lock and keying of conftest.tiny_tiled)."""
+    from mi2v_export.exporters.orchestrate import ExportRequest, run_export
+
+    root = Path(request.config.cache.mkdir("mi2v-e2e-artifacts"))
+    folders = {kind: root / f"tile-loop-{kind}-{_sources_key()}" for kind in EXPORTS}
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for kind, (components, halo) in EXPORTS.items():
+            if (folders[kind] / "manifest.json").is_file():
+                continue
+            tmp = root / f".tile-loop-{kind}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            run_export(ExportRequest(target="onnx", out_dir=tmp, preset="tiny", components=components, tile=TILE,
+                                     halo=halo, verify=False, test_vectors=False))
+            os.replace(tmp, folders[kind])
+    return folders
+
+
+class _RecordingRuntime:
+    """The real runtime; each stage model it loads keeps every window it is given and returns (TiledSession loads
+    its stage models with `runtime.load` and runs each window with `session.run`)."""
+
+    def __init__(self, runtime, log: dict[str, list]):
+        self._runtime, self.name, self.log = runtime, runtime.name, log
+
+    def load(self, path, entry=None, **options):
+        return _RecordingSession(self._runtime.load(path, entry, **options), self.log.setdefault(Path(path).name, []))
+
+
+class _RecordingSession:
+    def __init__(self, inner, windows: list):
+        self._inner, self._windows = inner, windows
+
+    def run(self, inputs):
+        out = self._inner.run(inputs)
+        self._windows.append((np.array(inputs[STAGE_INPUT], copy=True), np.array(out[STAGE_OUTPUT], copy=True)))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def _raw(folder: Path, name: str, array: np.ndarray) -> dict:
+    assert array.dtype == np.float32, (name, array.dtype)
+    (folder / name).write_bytes(np.ascontiguousarray(array, dtype="<f4").tobytes())
+    return {"file": name, "shape": list(array.shape)}
+
+
+def _write_case(export: Path, component: str, kind: str, folder: Path, monkeypatch) -> dict:
+    """Run the component on the host, recording its windows and stitched stage outputs, into `folder`."""
+    manifest = read_manifest(export)
+    entry = manifest.find(component, "onnx")
+    runtime = registry.get("onnxruntime")
+    if runtime.available() is not None:
+        pytest.skip(runtime.available())
+    log: dict[str, list] = {}
+    stitched: list[np.ndarray] = []
+    run_tiled = tiling.run_tiled
+
+    def recorded(*args, **kwargs):
+        stitched.append(run_tiled(*args, **kwargs))
+        return stitched[-1]
+
+    x = np.random.default_rng(7).standard_normal(entry.inputs[0].shape).astype(np.float32)
+    with monkeypatch.context() as patch:
+        patch.setattr(tiling, "run_tiled", recorded)
+        with open_session(_RecordingRuntime(runtime, log), manifest.path_of(entry), entry) as session:
+            assert isinstance(session, TiledSession)
+            y = session.run({entry.inputs[0].name: x})[entry.outputs[0].name]
+    record = entry.tiling
+    assert len(stitched) == len(record["stages"]) and np.array_equal(stitched[-1], y)
+    folder.mkdir(parents=True)
+    stages = []
+    for k, stage in enumerate(record["stages"]):
+        windows = log[Path(stage["file"]).name]
+        assert len(windows) == tiling.tile_count(stage["plan"])
+        stages.append({"output": _raw(folder, f"s{k}.out.bin", stitched[k]),
+                       "windows": [{"input": _raw(folder, f"s{k}.w{j}.in.bin", a),
+                                    "output": _raw(folder, f"s{k}.w{j}.out.bin", b)}
+                                   for j, (a, b) in enumerate(windows)]})
+    case = {"name": f"{component}-{kind}", "tiling": record, "input": _raw(folder, "input.bin", x),
+            "output": _raw(folder, "output.bin", y), "stages": stages}
+    (folder / "case.json").write_text(json.dumps(case))
+    return case
+
+
+def _compile(kotlinc: str, out: Path) -> str:
+    """TileLoop.kt, BenchCore.kt (its JSON reader and raw-file reader) and the oracle driver → a class path."""
+    proc = subprocess.run([kotlinc, *map(str, KOTLIN), "-d", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    stdlib = next((str(p) for p in (Path(kotlinc).resolve().parents[1] / "lib" / "kotlin-stdlib.jar",
+                                    Path("/usr/share/java/kotlin-stdlib.jar")) if p.is_file()), None)
+    assert stdlib, "kotlin-stdlib.jar not found next to kotlinc"
+    return os.pathsep.join([str(out), stdlib])
+
+
+def _oracle(cp: str, cases: list[Path]) -> subprocess.CompletedProcess:
+    return subprocess.run(["java", "-cp", cp, "org.mi2v.bench.TileLoopOracle", *map(str, cases)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_kotlin_tile_loop_matches_the_host(tmp_path, request, monkeypatch):
+    kotlinc = shutil.which("kotlinc")
+    if kotlinc is None or shutil.which("java") is None:
+        pytest.skip("kotlinc/java not installed (Debian: apt-get install kotlin)")
+    exports = _exports(request)
+    folders, cases = [], []
+    for component, kind in CASES:
+        folders.append(tmp_path / f"{component}-{kind}")
+        cases.append(_write_case(exports[kind], component, kind, folders[-1], monkeypatch))
+    plans = [s["plan"] for case in cases for s in case["tiling"]["stages"]]
+    # the loop is exercised: stages split both ways, exact ones, and blended ones of several windows
+    assert any(p["grid"][0] > 1 and p["grid"][1] > 1 and p["exact"] for p in plans)
+    assert any(p["grid"][0] > 1 and p["grid"][1] > 1 and not p["exact"] for p in plans)
+    assert all(s["plan"]["exact"] for s in cases[1]["tiling"]["stages"])
+    assert not cases[2]["tiling"]["exact"]
+
+    cp = _compile(kotlinc, tmp_path / "classes")
+    proc = _oracle(cp, folders)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok ") == len(CASES)
+    # stricter than the driver's 1e-6 for blended stages: on the JVM the float64 blend is the host's, bit for bit
+    # (the same products and sums in the same order), which float32 accumulation would not be
+    assert proc.stdout.count("bit for bit: true") == len(CASES), proc.stdout
+
+    # a host window one ulp off (stage 1's second window of the exact encoder) is caught, bit for bit
+    bad = tmp_path / "tampered"
+    shutil.copytree(folders[0], bad)
+    path = bad / "s1.w1.in.bin"
+    window = np.fromfile(path, dtype="<f4")
+    window[window.size // 2] = np.nextafter(window[window.size // 2], np.float32(np.inf))
+    window.tofile(path)
+    proc = _oracle(cp, [bad])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MISMATCH" in proc.stdout and "stage 1 window 1 input" in proc.stdout, proc.stdout
