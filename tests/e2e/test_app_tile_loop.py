@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +30,9 @@ from mi2v_export.runtimes import registry
 from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, TiledSession, open_session
 
 from tests.e2e.conftest import _sources_key
+from tests.e2e.kotlin_jvm import MAIN, TEST, compile_kotlin, require_kotlin, run_java, write_raw
 
-REPO = Path(__file__).resolve().parents[2]
-SRC = REPO / "apps" / "android" / "app" / "src"
-KOTLIN = [SRC / "main/kotlin/org/mi2v/bench/TileLoop.kt", SRC / "main/kotlin/org/mi2v/bench/BenchCore.kt",
-          SRC / "test/kotlin/org/mi2v/bench/TileLoopOracle.kt"]
+KOTLIN = [MAIN / "TileLoop.kt", MAIN / "BenchCore.kt", TEST / "TileLoopOracle.kt"]
 TILE = "32x32"
 EXPORTS = {"exact": ("encoder,decoder", None), "blended": ("decoder", 32)}  # components, --halo
 CASES = (("encoder", "exact"), ("decoder", "exact"), ("decoder", "blended"))
@@ -85,12 +82,6 @@ class _RecordingSession:
         return getattr(self._inner, name)
 
 
-def _raw(folder: Path, name: str, array: np.ndarray) -> dict:
-    assert array.dtype == np.float32, (name, array.dtype)
-    (folder / name).write_bytes(np.ascontiguousarray(array, dtype="<f4").tobytes())
-    return {"file": name, "shape": list(array.shape)}
-
-
 def _write_case(export: Path, component: str, kind: str, folder: Path, monkeypatch) -> dict:
     """Run the component on the host, recording its windows and stitched stage outputs, into `folder`."""
     manifest = read_manifest(export)
@@ -119,36 +110,23 @@ def _write_case(export: Path, component: str, kind: str, folder: Path, monkeypat
     for k, stage in enumerate(record["stages"]):
         windows = log[Path(stage["file"]).name]
         assert len(windows) == tiling.tile_count(stage["plan"])
-        stages.append({"output": _raw(folder, f"s{k}.out.bin", stitched[k]),
-                       "windows": [{"input": _raw(folder, f"s{k}.w{j}.in.bin", a),
-                                    "output": _raw(folder, f"s{k}.w{j}.out.bin", b)}
+        stages.append({"output": write_raw(folder, f"s{k}.out.bin", stitched[k]),
+                       "windows": [{"input": write_raw(folder, f"s{k}.w{j}.in.bin", a),
+                                    "output": write_raw(folder, f"s{k}.w{j}.out.bin", b)}
                                    for j, (a, b) in enumerate(windows)]})
-    case = {"name": f"{component}-{kind}", "tiling": record, "input": _raw(folder, "input.bin", x),
-            "output": _raw(folder, "output.bin", y), "stages": stages}
+    case = {"name": f"{component}-{kind}", "tiling": record, "input": write_raw(folder, "input.bin", x),
+            "output": write_raw(folder, "output.bin", y), "stages": stages}
     (folder / "case.json").write_text(json.dumps(case))
     return case
 
 
-def _compile(kotlinc: str, out: Path) -> str:
-    """TileLoop.kt, BenchCore.kt (its JSON reader and raw-file reader) and the oracle driver → a class path."""
-    proc = subprocess.run([kotlinc, *map(str, KOTLIN), "-d", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    stdlib = next((str(p) for p in (Path(kotlinc).resolve().parents[1] / "lib" / "kotlin-stdlib.jar",
-                                    Path("/usr/share/java/kotlin-stdlib.jar")) if p.is_file()), None)
-    assert stdlib, "kotlin-stdlib.jar not found next to kotlinc"
-    return os.pathsep.join([str(out), stdlib])
-
-
-def _oracle(cp: str, cases: list[Path]) -> subprocess.CompletedProcess:
-    return subprocess.run(["java", "-cp", cp, "org.mi2v.bench.TileLoopOracle", *map(str, cases)],
-                          capture_output=True, text=True, timeout=300)
+def _oracle(cp: str, cases: list[Path]):
+    return run_java(cp, "org.mi2v.bench.TileLoopOracle", cases)
 
 
 @pytest.mark.slow
 def test_kotlin_tile_loop_matches_the_host(tmp_path, request, monkeypatch):
-    kotlinc = shutil.which("kotlinc")
-    if kotlinc is None or shutil.which("java") is None:
-        pytest.skip("kotlinc/java not installed (Debian: apt-get install kotlin)")
+    kotlinc = require_kotlin()
     exports = _exports(request)
     folders, cases = [], []
     for component, kind in CASES:
@@ -161,7 +139,8 @@ def test_kotlin_tile_loop_matches_the_host(tmp_path, request, monkeypatch):
     assert all(s["plan"]["exact"] for s in cases[1]["tiling"]["stages"])
     assert not cases[2]["tiling"]["exact"]
 
-    cp = _compile(kotlinc, tmp_path / "classes")
+    # TileLoop.kt, BenchCore.kt (its JSON reader and raw-file reader) and the oracle driver
+    cp = compile_kotlin(kotlinc, KOTLIN, tmp_path / "classes")
     proc = _oracle(cp, folders)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
