@@ -103,17 +103,21 @@ def artifacts_from_manifest(folder: str | os.PathLike[str], components: Sequence
         if not entries:
             continue
         rank = {"xnnpack": 0, None: 1, "vulkan": 2, "qnn": 3}
-        e = sorted(entries, key=lambda e: rank.get(e.delegate, 9))[0]
-        path = manifest.path_of(e)
-        out.append(AppArtifact(
-            component=comp, path=path, inputs=[t.to_dict() for t in e.inputs] or None, sha256=e.sha256 or None,
-            folder=Path(folder), entry=e,
-            info={"file": e.file, "path": str(path), "format": "pte", "model": e.model, "target": e.target,
-                  "delegate": e.delegate, "precision": e.dtype, "sha256": e.sha256, "bytes": e.bytes}))
+        out.append(app_artifact(manifest, folder, sorted(entries, key=lambda e: rank.get(e.delegate, 9))[0]))
     if not out:
         raise BadInputError(f"{folder}: the manifest has no ExecuTorch (.pte) artifact"
                             + (f" with delegate {delegate}" if delegate else "") + ": export with `--target executorch`")
     return out, manifest.frames
+
+
+def app_artifact(manifest: Any, folder: str | os.PathLike[str], e: Any) -> AppArtifact:
+    """One manifest entry's `.pte` as the app loads it (its facts for the report's artifact block)."""
+    path = manifest.path_of(e)
+    return AppArtifact(
+        component=e.component, path=path, inputs=[t.to_dict() for t in e.inputs] or None, sha256=e.sha256 or None,
+        folder=Path(folder), entry=e,
+        info={"file": e.file, "path": str(path), "format": "pte", "model": e.model, "target": e.target,
+              "delegate": e.delegate, "precision": e.dtype, "sha256": e.sha256, "bytes": e.bytes})
 
 
 def coerce_artifacts(artifacts: Any) -> tuple[list[AppArtifact], int | None]:
@@ -409,7 +413,7 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
     try:
         say(f"running the benchmark app on {dev.serial}: {warmup} warm-up + {iterations} timed iterations × "
             f"{runs} run(s) for {', '.join(a.component for a in items)}")
-        app = _instrument(dev, items, iterations, warmup, runs, timeout)
+        app = instrument_and_read(dev, instrument_args(items, iterations, warmup, runs), timeout)
         if base_report is None:
             props = parse_getprop(dev.check_output(["getprop"]))
             base = {"schema": app["schema"], "device": device_facts(props, dev.serial), "components": []}
@@ -438,17 +442,24 @@ def _push_artifacts(dev: Any, items: Sequence[AppArtifact], frames: int | None, 
         if checks:
             dev.mkdirs(f"{DEVICE_DIR}/check")
         remote.update(checks)
-        present = dev.sha256_many(list(remote))
-        pushed = []
-        for rpath, (local, digest) in remote.items():
-            if present.get(rpath) == digest:
-                continue
-            say(f"pushing {local.name} ({local.stat().st_size / 1e6:.1f} MB) to {rpath}")
-            dev.push(local, rpath)
-            pushed.append(rpath[len(DEVICE_DIR) + 1:])
+        pushed = push_missing(dev, remote, say)
         plan_path = Path(tmp) / PLAN_NAME
         plan_path.write_text(json.dumps(build_plan(items, frames), indent=2) + "\n")
         dev.push(plan_path, f"{DEVICE_DIR}/{PLAN_NAME}")
+    return pushed
+
+
+def push_missing(dev: Any, remote: Mapping[str, tuple[Path, str]], say: Say) -> list[str]:
+    """Push each {remote path: (local file, sha256)} the phone does not hold with that sha256; returns the names
+    pushed (relative to DEVICE_DIR)."""
+    present = dev.sha256_many(list(remote))
+    pushed = []
+    for rpath, (local, digest) in remote.items():
+        if present.get(rpath) == digest:
+            continue
+        say(f"pushing {local.name} ({local.stat().st_size / 1e6:.1f} MB) to {rpath}")
+        dev.push(local, rpath)
+        pushed.append(rpath[len(DEVICE_DIR) + 1:])
     return pushed
 
 
@@ -471,11 +482,11 @@ def _stage_checks(items: Sequence[AppArtifact], tmp: Path) -> dict[str, tuple[Pa
     return files
 
 
-def _instrument(dev: Any, items: Sequence[AppArtifact], iterations: int, warmup: int, runs: int,
-                timeout: float) -> dict[str, Any]:
-    """`am instrument` the benchmark test, then read and check the report the app wrote (run-as)."""
+def instrument_and_read(dev: Any, argv: Sequence[str], timeout: float) -> dict[str, Any]:
+    """`am instrument` the benchmark test (`argv`: instrument_args or apps/android_pipeline.py's), then read and
+    check the report the app wrote (run-as)."""
     dev.shell(["run-as", PACKAGE, "rm", "-f", f"files/{REPORT_NAME}"])
-    _, out, err = dev.shell(instrument_args(items, iterations, warmup, runs), timeout=timeout)
+    _, out, err = dev.shell(list(argv), timeout=timeout)
     result = parse_instrument_output(out + "\n" + err)
     if not result.ok:
         raise instrument_failure(result, dev.serial)

@@ -322,7 +322,7 @@ def bench(
         if stage_processes and device != "host":
             raise BadInputError("--stage-processes runs each stage in a process of this machine: use --device host")
         popts = PipelineOptions(clips=clips, duration_s=duration, image=image, checkpoints=list(checkpoint))
-        outcome = run_pipeline_bench(opts, popts, say)
+        outcome = run_pipeline_bench(opts, popts, say, echo=typer.echo)
     else:
         _refuse_pipeline_options(clips, duration, image, checkpoint, stage_processes)
         outcome = run_bench(opts, say, echo=typer.echo)

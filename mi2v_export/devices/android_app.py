@@ -2,7 +2,9 @@
 
 The host reads the phone's facts and thermals over adb (`AdbPhone`, devices/android.py); one instrumentation run
 at the first run() times every prepared component in the app's process (apps/android_app.py `run_via_app`:
-install, push, `am instrument`, read the app's report), and its report is merged into the loop's.
+install, push, `am instrument`, read the app's report), and its report is merged into the loop's. With `--pipeline`
+the app runs the whole image-to-video loop itself (`pipeline_clips`: apps/android_pipeline.py), and the pipeline
+bench (devices/pipeline_bench.py) summarises its clips and compares its videos with PyTorch fp32.
 
 The module registers the `adb` kind of `--via app`: ExecuTorch `.pte` artifacts only, the phone's defaults, and
 `--dry-run` (the exact commands, no device touched).
@@ -14,7 +16,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..apps.android_app import APP_DIR, APP_RUNNER, AppArtifact, artifacts_from_manifest, run_via_app
+from ..apps.android_app import (APP_DIR, APP_RUNNER, AppArtifact, app_artifact, artifacts_from_manifest,
+                                merge_app_report, run_via_app)
+from ..apps.android_pipeline import pipeline_commands, run_pipeline_app
+from ..apps.build import print_commands
+from ..calibration import VALIDATION_IMAGE
 from ..errors import BadInputError, DeviceError, Mi2vError
 from .android import PHONE_DEFAULTS, AdbPhone, describe_phone, phone_refuses
 from .base import BenchDevice, BenchOptions, ComponentResult, DeviceFacts, Say, Selection
@@ -28,6 +34,7 @@ class AppDevice(AdbPhone):
     adb; one instrumentation run (at the first run()) times every prepared component in the app's process."""
 
     together = True
+    runs_pipeline = True
 
     def __init__(self, opts: BenchOptions, manifest: Any, serial: str | None, say: Say):
         super().__init__(opts, manifest, serial, say)
@@ -60,6 +67,29 @@ class AppDevice(AdbPhone):
         adb = SimpleNamespace(path=str(self.opts.adb)) if self.opts.adb else None
         run_via_app(self.serial or "SERIAL", self.items, self.opts.iterations, self.opts.warmup, dry_run=True,
                     runs=self.opts.runs, frames=self.manifest.frames, adb=adb, app_dir=self.app_dir, echo=echo)
+
+    def print_pipeline_commands(self, selections: dict[str, Selection], popts: Any, echo: Say) -> None:
+        adb = str(self.opts.adb) if self.opts.adb else "adb"
+        items = [app_artifact(self.manifest, self.opts.artifacts, sel.entry) for sel in selections.values()]
+        print_commands(pipeline_commands(self.serial or "SERIAL", items, popts.clips, popts.duration_s,
+                                         app_dir=self.app_dir, adb=adb), echo)
+
+    def pipeline_clips(self, selections: dict[str, Selection], image: Any, config: Any, popts: Any,
+                       say: Say) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The clips inside the app (apps/android_pipeline.py); its report is merged like a component run's
+        (finish), its `pipeline` block and videos go back to the pipeline bench."""
+        o = self.opts
+        items = [app_artifact(self.manifest, o.artifacts, sel.entry) for sel in selections.values()]
+        image_name = Path(popts.image or VALIDATION_IMAGE).name  # as pipeline_bench.image_name
+        timeout = o.timeout * popts.clips + (popts.duration_s or 0.0)  # --timeout is per clip here
+        app, videos, staging = run_pipeline_app(self.session.dev, items, config, image, image_name, popts.clips,
+                                                popts.duration_s, app_dir=self.app_dir, timeout=timeout, say=say)
+        base = {"schema": SCHEMA, "device": self.device, "components": []}
+        merged = merge_app_report(app, base, serial=self.session.dev.serial, artifacts=items,
+                                  host={"adb": {"path": self.session.adb.path}})
+        merged["staging"] = {**(merged.get("staging") or {}), **staging}
+        self.batch = BenchReport.from_dict(merged)
+        return app["pipeline"], videos
 
     def facts(self) -> DeviceFacts:
         self.device, host = self.connect()

@@ -87,10 +87,12 @@ class BenchDevice(ABC):
 
     The loop (`bench_device`) calls facts() once, prepare(sel) for every component, then per component
     cool_down() and run(); finish() at the end, whatever happened. A device that measures every component in one
-    process (the apps) sets `together` and does its work at the first run()."""
+    process (the apps) sets `together` and does its work at the first run(). One that runs the whole
+    `--pipeline` loop itself (the Android app) sets `runs_pipeline` and does it in pipeline_clips()."""
 
     transport = "host"
     together = False
+    runs_pipeline = False
 
     def select(self, manifest: Any, opts: BenchOptions) -> list[Selection]:
         return select_artifacts(manifest, opts.runtime, self.transport, opts.components)
@@ -135,11 +137,22 @@ class BenchDevice(ABC):
         "transfer_ms", "peak_rss_kb"} since the last call (devices/remote_stage.py)."""
         return None
 
+    def pipeline_clips(self, selections: dict[str, Selection], image: Any, config: Any, popts: Any,
+                       say: Say) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Where `runs_pipeline`: run `popts.clips` clips of `config` on `image` on the device and return its
+        report's `pipeline` block (the schema's) and each distinct video's uint8 frames by sha256."""
+        raise BadInputError("this device does not run the whole pipeline itself")
+
     def finish(self, report: BenchReport) -> None:
         """Record what the device staged and warned about; release what it holds."""
 
     def print_commands(self, echo: Say) -> None:
         raise BadInputError(NO_DRY_RUN)
+
+    def print_pipeline_commands(self, selections: dict[str, Selection], popts: Any, echo: Say) -> None:
+        """`--pipeline --dry-run`: the commands of a device that runs the whole loop itself."""
+        raise BadInputError("--pipeline --dry-run prints the commands of --via app; the other devices have nothing "
+                            "to print without running")
 
 
 __all__ = ["NO_DRY_RUN", "BenchDevice", "BenchOptions", "BenchReport", "ComponentResult", "DeviceFacts", "RunResult",

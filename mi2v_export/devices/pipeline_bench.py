@@ -4,9 +4,11 @@ The per-component bench (devices/bench.py) times each model alone after warm-up 
 from the medians. A user's phone does more: it loads and releases each stage, pays the first run's compile and
 weight packing, moves tensors between stages, and heats up over repeated clips. Here the real sampler
 (mi2v_export/pipeline/sampler.py: encode, 1 or 2 Euler steps, decode with its tiles, crop) runs `--clips N` times
-(or for `--duration S`) on stages the device kind provides (`BenchDevice.pipeline_stage`), and each clip is
-recorded: loads, stage times, the on-device time and the transfers apart (a phone's runner reports its own
-time), total, per frame, time to first frame, peak memory and the device's state before and after.
+(or for `--duration S`) on stages the device kind provides (`BenchDevice.pipeline_stage`) — or, on a device that
+runs the whole loop itself (the Android app, `--via app`: `BenchDevice.pipeline_clips`), there, its clip records
+summarised here — and each clip is recorded: loads, stage times, the on-device time and the transfers apart (a
+phone's runner reports its own time), total, per frame, time to first frame, peak memory and the device's state
+before and after.
 
 The first clip is the cold one (first load and first run); the others are warm, summarised as p50 / p95. The
 measured per-frame latency stands next to the one computed from the stage medians, and the difference is split
@@ -26,13 +28,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
 from ..calibration import VALIDATION_IMAGE
 from ..contract import COMPONENTS, DECODER, DENOISER, ENCODER
 from ..errors import BadInputError, DeviceError, Mi2vError, VerificationError, first_line
 from ..integrity import check_entry
 from ..manifest import read_manifest
-from ..parity import _json_float
+from ..parity import _json_float, frame_metrics
 from ..pipeline import (GenerateConfig, Pipeline, checkpoint_parts, compare_runs, decoder_kind_of, load_image,
                         torch_stage)
 from ..pipeline.report import run_gate
@@ -66,9 +69,11 @@ def check_options(popts: PipelineOptions) -> None:
     checkpoint_parts(popts.checkpoints)
 
 
-def run_pipeline_bench(opts: BenchOptions, popts: PipelineOptions, say: Say = quiet) -> BenchOutcome:
+def run_pipeline_bench(opts: BenchOptions, popts: PipelineOptions, say: Say = quiet,
+                       echo: Say = print) -> BenchOutcome:
     """The pipeline benchmark on the device `--device` names. Once the device has answered the report is saved
-    whatever happens (a failed clip, a device gone, Ctrl-C), with the clips done so far."""
+    whatever happens (a failed clip, a device gone, Ctrl-C), with the clips done so far. A dry run (`--via app`)
+    prints the commands through `echo` once the artifacts are chosen, and touches no device."""
     check_options(popts)
     transport, serial = parse_device(opts.device)
     kind = kind_for(transport, opts.via)
@@ -80,10 +85,14 @@ def run_pipeline_bench(opts: BenchOptions, popts: PipelineOptions, say: Say = qu
     json_path = Path(opts.json_path) if opts.json_path else default_report_path(transport, serial)
     device = kind.open(opts, manifest, serial, json_path, say, None)[0]
     selections = _selections(device, manifest, opts)
+    if opts.dry_run:
+        device.print_pipeline_commands(selections, popts, echo)
+        return BenchOutcome()
     report = new_report(opts, manifest, device.transport, serial)
     report.protocol = {"mode": "pipeline", "steps": opts.steps, "clips": popts.clips, "duration_s": popts.duration_s,
                        "seed": SEED, "inputs": f"image {image_name(popts)}", "posterior": "mean"}
     start_report(device, report)
+    report.protocol["mode"] = "pipeline"  # over a device's own (the app's facts say "app")
     run = PipelineRun(opts.steps, manifest.frames)
     path = device.report_path(json_path)
     try:
@@ -102,10 +111,13 @@ def _measure(device: BenchDevice, selections: dict[str, Selection], manifest: An
     """Stages, clips and the reference comparison; the first error: one that stops the run marks it `stopped`
     (its clips are kept), a video below the gate does not."""
     try:
-        stages = _stages(device, selections, manifest, opts, report, run)
         config = GenerateConfig(*manifest.resolution, manifest.frames, steps=opts.steps, seed=SEED, posterior="mean")
-        _clips(device, Pipeline(stages), image, config, popts, run, say)
-        stages.clear()  # the artifacts' sessions go before the reference's models come
+        if device.runs_pipeline:
+            _device_clips(device, selections, manifest, opts, image, config, popts, run, report, say)
+        else:
+            stages = _stages(device, selections, manifest, opts, report, run)
+            _clips(device, Pipeline(stages), image, config, popts, run, say)
+            stages.clear()  # the artifacts' sessions go before the reference's models come
         run.quality = _quality(manifest, [sel.entry for sel in selections.values()], popts, image, config, run, say)
     except Mi2vError as exc:
         run.stopped = str(exc)
@@ -156,9 +168,7 @@ def _stages(device: BenchDevice, selections: dict[str, Selection], manifest: Any
     stages = {}
     t0 = time.perf_counter()
     for component, sel in selections.items():
-        for changed in check_entry(manifest, sel.entry, allow_modified=opts.allow_modified):
-            report.modified_files.append(changed.to_dict())
-            report.warnings.append(f"{changed.file} differs from manifest.json: run with --allow-modified")
+        _check_files(sel, manifest, opts, report)
         device.prepare(sel)
         stages[component] = device.pipeline_stage(sel)
         if stages[component] is None:
@@ -166,6 +176,46 @@ def _stages(device: BenchDevice, selections: dict[str, Selection], manifest: Any
                                 "one (without --pipeline)")
     run.prepare_ms = (time.perf_counter() - t0) * 1000
     return stages
+
+
+def _check_files(sel: Selection, manifest: Any, opts: BenchOptions, report: BenchReport) -> None:
+    """The component's files against the manifest (mi2v_export/integrity.py), differences recorded."""
+    for changed in check_entry(manifest, sel.entry, allow_modified=opts.allow_modified):
+        report.modified_files.append(changed.to_dict())
+        report.warnings.append(f"{changed.file} differs from manifest.json: run with --allow-modified")
+
+
+def _device_clips(device: BenchDevice, selections: dict[str, Selection], manifest: Any, opts: BenchOptions,
+                  image: Any, config: GenerateConfig, popts: PipelineOptions, run: PipelineRun, report: BenchReport,
+                  say: Say) -> None:
+    """The clips of a device that runs the whole loop itself (the Android app, devices/android_app.py): its clip
+    records become the run's (summarised here with the same arithmetic; a summary of its own that differs is a
+    warning), its videos the ones compared."""
+    for sel in selections.values():
+        _check_files(sel, manifest, opts, report)
+    block, run.videos = device.pipeline_clips(selections, image, config, popts, say)
+    run.clips = [dict(c) for c in block["clips"]]
+    run.prepare_ms, run.elapsed_s = (block.get("cold") or {}).get("prepare_ms"), block.get("elapsed_s")
+    for clip in run.clips:
+        say(f"clip {clip['clip'] + 1}: {clip['total_ms']:.0f} ms ({clip['per_frame_ms']:.1f} ms per frame)")
+    report.warnings += summary_differences(block, run.block(popts))
+    if block.get("stopped"):
+        raise DeviceError(f"the app stopped after {len(run.clips)} clip(s): {block['stopped']}")
+
+
+def summary_differences(app: dict[str, Any], host: dict[str, Any], rel: float = 1e-9) -> list[str]:
+    """The summary parts of the app's `pipeline` block that the host's arithmetic on the same clips does not
+    reproduce (PipelineReport.kt mirrors PipelineRun): one warning each."""
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+        return a == b
+    return [f"the app's pipeline summary '{key}' differs from the host's arithmetic on its clips"
+            for key in ("cold", "warm", "headline", "sustained", "peak_rss_kb") if not same(app.get(key), host.get(key))]
 
 
 def _clips(device: BenchDevice, pipe: Pipeline, image: Any, config: GenerateConfig, popts: PipelineOptions,
@@ -212,13 +262,23 @@ def _quality(manifest: Any, entries: list, popts: PipelineOptions, image: Any, c
     stages = {c: torch_stage(c, manifest.preset, decoder, parts) for c in COMPONENTS}
     reference = Pipeline(stages).generate(image, config)
     gate = _gate(entries)
-    worst = {digest: float(compare_runs(result, reference, gate)["summary"]["min_psnr_db"])
-             for digest, result in run.videos.items()}
+    worst = {digest: _worst_psnr(result, reference, gate) for digest, result in run.videos.items()}
     for clip in run.clips:
         clip["psnr_db_min"] = _json_float(worst[clip["video_sha256"]])
     low = min(worst.values())
+    frames = any(isinstance(v, np.ndarray) for v in run.videos.values())
     return {"reference": "pytorch-fp32", "image": image_name(popts), "gate_db": gate, "psnr_db_min": _json_float(low),
-            "passed": bool(low >= gate), "distinct_videos": len(worst)}
+            "passed": bool(low >= gate), "distinct_videos": len(worst),
+            **({"compared": "uint8 frames (the device's video as written)"} if frames else {})}
+
+
+def _worst_psnr(result: Any, reference: Any, gate: float) -> float:
+    """The worst frame's PSNR of a run against the reference: `compare_runs` on the float video of a host-driven
+    run; for the uint8 frames a device wrote (the Android app), against the reference's uint8 frames, both mapped
+    to [0, 1] (parity.frame_metrics), so a video bit for bit the reference's is infinite, as compare_runs says."""
+    if isinstance(result, np.ndarray):
+        return min(f["psnr_db"] for f in frame_metrics(result / 255.0, reference.frames / 255.0, data_range=1.0))
+    return float(compare_runs(result, reference, gate)["summary"]["min_psnr_db"])
 
 
 def _gate(entries: list) -> float:
@@ -379,4 +439,5 @@ def _sustained(clips: list[dict[str, Any]], popts: PipelineOptions) -> dict[str,
             "signs": signs}
 
 
-__all__ = ["PIPELINE_FORMAT", "PipelineOptions", "PipelineRun", "check_options", "run_pipeline_bench"]
+__all__ = ["PIPELINE_FORMAT", "PipelineOptions", "PipelineRun", "check_options", "run_pipeline_bench",
+           "summary_differences"]
