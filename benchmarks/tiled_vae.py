@@ -84,18 +84,25 @@ class ExportFailed(Exception):
 
 
 def export_budget(folder: Path, args) -> tuple[dict, dict]:
-    """The budget's export; where no tile fits, the refusal is recorded and the smallest feasible budget it
-    names is exported instead."""
-    try:
-        return export(folder, args, ["--memory-budget", str(args.budget)]), {"budget_mib": args.budget}
-    except ExportFailed as exc:
-        text = str(exc)
-        if "no tile fits" not in text:
-            raise SystemExit(f"export failed: {text}") from None
-        need = float(text.rsplit("--memory-budget ", 1)[1].split()[0])
-        shutil.rmtree(folder, ignore_errors=True)
-        entry = export(folder, args, ["--memory-budget", str(need)])
-        return entry, {"budget_mib": args.budget, "refused": text, "smallest_feasible_mib": need}
+    """The budget's export; where it is refused (no tile fits, or the assembled component does not), each refusal
+    is recorded and the smallest feasible budget it names is exported instead (at most three tries)."""
+    budget, refusals = args.budget, []
+    for _ in range(3):
+        try:
+            entry = export(folder, args, ["--memory-budget", f"{budget:g}"])
+        except ExportFailed as exc:
+            text = str(exc)
+            if "--memory-budget " not in text.split(":", 2)[-1]:
+                raise SystemExit(f"export failed: {text}") from None
+            refusals.append(text)
+            budget = float(text.rsplit("--memory-budget ", 1)[1].split()[0])
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        record = {"budget_mib": args.budget}
+        if refusals:
+            record.update(refused=refusals[0], refusals=refusals, smallest_feasible_mib=budget)
+        return entry, record
+    raise SystemExit(f"export failed: {refusals[-1]}")
 
 
 def child(folder: Path, component: str, runs: int, save: str = "-", runtime: str = "") -> dict:
