@@ -66,7 +66,8 @@ def export_cell(target: str, component: str, precision: str, args, work: Path) -
             return manifest, manifest.find(component, target)
     request = ExportRequest(target=target, out_dir=out, components=component, preset=args.preset,
                             resolution=args.resolution, frames=args.frames, precision=precision, verify=args.gates,
-                            test_vectors=False, calibration=Path(args.calibration) if args.calibration else None)
+                            test_vectors=False, calibration=Path(args.calibration) if args.calibration else None,
+                            attention=args.attention, rewrite=list(args.rewrite))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = run_export(request)
@@ -174,7 +175,8 @@ def run(args) -> dict:
     result = {"machine": machine_info(), "config": {"preset": preset.name, "resolution": [h, w],
                                                      "frames": args.frames, "runs": args.runs,
                                                      "calibration": args.calibration or "packaged",
-                                                     "weights": "seeded (seed 0)"}, "cells": []}
+                                                     "weights": "seeded (seed 0)", "attention": args.attention,
+                                                     "rewrite": list(args.rewrite)}, "cells": []}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch_stages = {c: torch_stage(c, preset.name) for c in ("encoder", "denoiser", "decoder")}
@@ -237,6 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", default="fp32,fp16,w8a8,w8,w4")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--calibration", default=None, help="calibration images folder (default: the packaged set)")
+    ap.add_argument("--attention", default="reference", help="the denoiser's attention plan, every cell alike")
+    ap.add_argument("--rewrite", action="append", default=[], help="NAME=VALUE on top of the plan (repeatable)")
     ap.add_argument("--work", default="/tmp/mi2v-precision-bench")
     ap.add_argument("--json", default="benchmarks/results/precision.json")
     ap.add_argument("--gates", action="store_true", help="export with the gates on (component, trajectory and the "
