@@ -22,6 +22,7 @@ from ..apps.android_pipeline import pipeline_commands, run_pipeline_app
 from ..apps.build import print_commands
 from ..calibration import VALIDATION_IMAGE
 from ..errors import BadInputError, DeviceError, Mi2vError
+from ..runtimes.sessions import is_tiled
 from .android import PHONE_DEFAULTS, AdbPhone, describe_phone, phone_refuses
 from .base import BenchDevice, BenchOptions, ComponentResult, DeviceFacts, Say, Selection
 from .registry import DeviceKind, register
@@ -56,6 +57,12 @@ class AppDevice(AdbPhone):
         return sels
 
     def prepare(self, sel: Selection) -> None:
+        """A tiled component is several programs; the app's component timing runs one per component, so it is
+        refused (the whole run, `--pipeline --via app`, runs every stage through the app's tile loop)."""
+        if is_tiled(sel.entry):
+            raise BadInputError(f"{sel.component} is tiled ({len(sel.entry.tiling['stages'])} stage programs): the "
+                                "app times one program per component; time it inside the whole run "
+                                "(`--pipeline --via app`) or with the native runner (drop `--via app`)")
         item = artifacts_from_manifest(self.opts.artifacts, [sel.component])[0][0]
         item.sha256 = None  # the bench loop applied the integrity policy (mi2v_export/integrity.py): hash what is there
         self.items.append(item)

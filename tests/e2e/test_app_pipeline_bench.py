@@ -151,6 +151,17 @@ def test_pipeline_via_app_dry_run_from_the_cli(tmp_path):
     assert lines[-1] == f"{adb} shell 'rm -rf {D}'"
 
 
+def test_component_timing_via_app_refuses_a_tiled_component(tmp_path):
+    """The app's component timing runs one program per component: a tiled decoder (two stage programs) is refused in
+    one line naming the two paths that do run it, instead of timing its first stage as the whole decoder."""
+    folder = _manifest(tmp_path / "art", components=("decoder",))
+    proc = run_cli("bench", "--artifacts", folder, "--device", "adb:R5CT1234", "--via", "app", "--dry-run")
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "decoder is tiled (2 stage programs)" in errors[0] and "--pipeline --via app" in errors[0]
+    assert "push" not in proc.stdout
+
+
 def test_pipeline_via_app_refuses_a_missing_component(tmp_path):
     folder = _manifest(tmp_path / "art", components=("encoder", "denoiser"))
     host = _manifest(tmp_path / "host", components=("encoder", "denoiser"))
