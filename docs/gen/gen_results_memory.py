@@ -9,6 +9,12 @@ import gen_plots as plots
 from gen_common import code, escape, figure, mb, num, table
 
 
+# files written before benchmarks/tiled_vae.py recorded its method: each process held its previous output through the
+# next call, so their process peaks include one output more than a caller that drops it (runtime memory does not)
+_OLD_PEAK = ("the process's peak above the baseline, holding the previous call's output through the next call (one "
+             "output more than the measured runtime memory)")
+
+
 def _memory(form: dict) -> int | None:
     return (form.get("runtime_memory") or {}).get("bytes")
 
@@ -32,6 +38,7 @@ def tiled_vae(data: dict, anchor: str, images: dict) -> str:
              f"{code(data.get('precision', 'fp32'))}, {code(data.get('resolution'))} × {data.get('frames')} frames, "
              f"{data.get('rounds')} rounds × {data.get('per_process')} runs per fresh process, forms taking turns",
              *([f"- **ran beside**: {escape(data['beside'], True)}"] if data.get("beside") else []),
+             f"- **process peak over runs**: {escape(data.get('process_peak_method') or _OLD_PEAK, True)}",
              f"- **budget** {num(budget.get('budget_mib'), 'g')} MiB"
              + (f": refused ({escape(budget['refused'], True)}); the table's budget form is the smallest feasible, "
                 f"{num(budget.get('smallest_feasible_mib'), 'g')} MiB" if budget.get("refused") else ""), "",
