@@ -27,6 +27,7 @@ no phone. Building and installing the app (`mi2v app build|install`, `make andro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -410,7 +411,7 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
             raise BadInputError(f"artifact {a.path} does not exist")
     installed = ensure_installed(dev, app_dir, say, reinstall)
     pushed = _push_artifacts(dev, items, frames, say)
-    try:
+    with staged_dir(dev, keep):
         say(f"running the benchmark app on {dev.serial}: {warmup} warm-up + {iterations} timed iterations × "
             f"{runs} run(s) for {', '.join(a.component for a in items)}")
         app = instrument_and_read(dev, instrument_args(items, iterations, warmup, runs), timeout)
@@ -424,12 +425,18 @@ def run_via_app(device: Any, artifacts: Any, iterations: int = 20, warmup: int =
         merged["staging"] = {**(merged.get("staging") or {}), "remote_dir": DEVICE_DIR, "pushed": pushed,
                              "installed": installed, "kept": keep}
         return merged
+
+
+@contextlib.contextmanager
+def staged_dir(dev: Any, keep: bool):
+    """The phone's staging folder (DEVICE_DIR) removed when the block ends, whatever happened, unless `keep`;
+    a phone gone by then leaves it (the run's own error is the one to report)."""
+    try:
+        yield
     finally:
         if not keep:
-            try:
+            with contextlib.suppress(DeviceError):
                 dev.shell(["rm", "-rf", DEVICE_DIR])
-            except DeviceError:
-                pass
 
 
 def _push_artifacts(dev: Any, items: Sequence[AppArtifact], frames: int | None, say: Say) -> list[str]:

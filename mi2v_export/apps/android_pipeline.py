@@ -37,7 +37,8 @@ from ..files import sha256_file
 from ..pipeline import preprocess_image
 from ..runtimes.sessions import check_record
 from .android_app import (APP_DIR, DEVICE_DIR, INSTRUMENTATION, PACKAGE, PLAN_NAME, REPORT_NAME, TEST_CLASS,
-                          TEST_PACKAGE, AppArtifact, build_plan, ensure_installed, instrument_and_read, push_missing)
+                          TEST_PACKAGE, AppArtifact, build_plan, ensure_installed, instrument_and_read, push_missing,
+                          staged_dir)
 from .build import Command, apk_paths
 
 INPUT_DIR = "pipeline"  # under DEVICE_DIR: the image tensor and the noise draw
@@ -155,7 +156,7 @@ def run_pipeline_app(dev: Any, items: Sequence[AppArtifact], config: Any, image:
     """Install when needed, stage, instrument, read the report and the videos. Returns (the app's report, checked
     against the schema and holding a `pipeline` block; {sha256: uint8 frames (F, H, W, 3)}; the staging facts)."""
     installed = ensure_installed(dev, app_dir, say, reinstall)
-    try:
+    with staged_dir(dev, keep):
         with tempfile.TemporaryDirectory(prefix="mi2v-app-pipeline-") as tmp:
             pushed = _push(dev, items, config, image, image_name, Path(tmp), say)
             say(f"running the pipeline in the app on {dev.serial}: {clips} clip(s)"
@@ -166,12 +167,6 @@ def run_pipeline_app(dev: Any, items: Sequence[AppArtifact], config: Any, image:
                 raise DeviceError(f"the app's report from {dev.serial} has no pipeline block: the installed app "
                                   "predates `--pipeline`; rebuild and reinstall it (`make android`, --reinstall)")
             videos = pull_videos(dev, block, config, Path(tmp), say)
-    finally:
-        if not keep:
-            try:
-                dev.shell(["rm", "-rf", DEVICE_DIR])
-            except DeviceError:
-                pass
     return app, videos, {"remote_dir": DEVICE_DIR, "pushed": pushed, "installed": installed, "kept": keep}
 
 
