@@ -13,7 +13,10 @@ A probe exports one stage with one plan into its own folder and measures it in a
 export or run does not fit. Each stage is binary-searched over its distinct windows, largest first (a peak grows
 with the window); only each stage's best probe stays on disk. The assembled component is measured again: what released stages leave behind adds to the next one's peak (measured: 10-80 MiB on a 720p
 decoder with onnxruntime), so where it does not fit, every stage's limit is lowered by that overhead and the
-stages above it take smaller windows (at most ASSEMBLY_ROUNDS measurements) before the budget is refused.
+stages above it take smaller windows (at most ASSEMBLY_ROUNDS measurements) before the budget is refused. A stage
+that does not fit even at its smallest window is cut between its steps first (its weights, not its windows, set
+its peak): the 720p LTX encoder's last stage peaked at 669 MiB whole with 574 MB of weights, and its 45 latent rows
+cannot be split.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from mi2v_export import tiling
 from mi2v_export.errors import BadInputError
 from mi2v_export.manifest import TensorInfo
+from mi2v_export.models import stages as stage_cuts
 from mi2v_export.models.stages import Stage
 from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, TILING_FORMAT
 
@@ -219,11 +223,7 @@ def fit_budget(spec, exporter, options, staging, progress, request, stages, fiel
         raise BadInputError("--memory-budget measures each candidate tile, and no runtime here measures "
                             f"{options.target} artifacts: give --tile instead")
     ctx = _Context(spec, exporter, options, staging, progress, request, stages)
-    searches = [StageSearch(ctx, k, stage_candidates(spec.name, stages, fields, request, k))
-                for k in range(len(stages))]
-    for search in searches:
-        if search.search() is None:
-            raise BadInputError(_refusal(searches, request))
+    searches = _search_stages(ctx, fields)
     kept = [s.keep() for s in searches]
     for _ in range(ASSEMBLY_ROUNDS):
         artifact, memory = _assembled(ctx, searches, kept)
@@ -244,6 +244,31 @@ def fit_budget(spec, exporter, options, staging, progress, request, stages, fiel
             if search.best[0] != before:
                 kept[k] = search.keep()
     raise BadInputError(_over(request, spec.name, got, memory))
+
+
+def _search_stages(ctx: _Context, fields: list[int]) -> list[StageSearch]:
+    """Each stage's largest fitting window, in order. A stage whose smallest window does not fit is cut between its
+    steps (mi2v_export/models/stages.py `split`: it is bound by its weights) and its parts are searched in its
+    place; `ctx.stages` and `fields` are updated in place (only stages not yet probed are renumbered). Refused,
+    naming the smallest feasible budget, when a stage that cannot be cut does not fit."""
+    stages, searches, k = ctx.stages, [], 0
+    limit = stage_cuts.tensor_limit(stages)
+    while k < len(stages):
+        search = StageSearch(ctx, k, stage_candidates(ctx.spec.name, stages, fields, ctx.request, k))
+        if search.search() is not None:
+            searches.append(search)
+            k += 1
+            continue
+        parts = stage_cuts.split(stages[k], limit)
+        if len(parts) == 1:
+            rest = [StageSearch(ctx, j, stage_candidates(ctx.spec.name, stages, fields, ctx.request, j))
+                    for j in range(k + 1, len(stages))]
+            raise BadInputError(_refusal([*searches, search, *rest], ctx.request))
+        ctx.progress(ProgressEvent(ctx.spec.name, "budget", "info", f"stage {k} does not fit at its smallest "
+                                   f"window: cut between its steps into {len(parts)} stages"))
+        stages[k:k + 1] = parts
+        fields[k:k + 1] = [tiled.stage_field(part) for part in parts]
+    return searches
 
 
 def _over(request: tiled.TileRequest, name: str, got: int | None, memory: dict, floor: int | None = None) -> str:

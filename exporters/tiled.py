@@ -86,14 +86,16 @@ def stage_fields(spec: ComponentSpec) -> tuple[list[Stage], list[int]]:
     """The stages of a component on its export frame, and each stage's receptive field in its own grid units."""
     x = next(iter(spec.inputs.values()))
     stages = stages_of(spec.module, tuple(x.shape))
-    fields = []
-    for stage in stages:
-        scale_in, scale_out, _, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
-        c, t = stage.input_shape[1], stage.input_shape[2]
-        generator = torch.Generator().manual_seed(0)
-        probe = lambda n, c=c, t=t, s=scale_in: torch.randn(1, c, t, n * s, n * s, generator=generator)  # noqa: E731
-        fields.append(receptive_field(stage.module, probe, scale_in, scale_out))
-    return stages, fields
+    return stages, [stage_field(stage) for stage in stages]
+
+
+def stage_field(stage: Stage) -> int:
+    """A stage's receptive field in its own grid units (autograd on seeded square probes)."""
+    scale_in, scale_out, _, _ = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])
+    c, t = stage.input_shape[1], stage.input_shape[2]
+    generator = torch.Generator().manual_seed(0)
+    probe = lambda n: torch.randn(1, c, t, n * scale_in, n * scale_in, generator=generator)  # noqa: E731
+    return receptive_field(stage.module, probe, scale_in, scale_out)
 
 
 def plan(name: str, stages: list[Stage], fields: list[int], request: TileRequest,
@@ -258,6 +260,6 @@ def measured(exporter, artifact: Artifact, folder: Path, options: ExportOptions)
     return runtime_measure.measure(runtime.name, folder / artifact.file, entry=entry)
 
 
-__all__ = ["TileRequest", "check_request", "stage_fields", "plan", "export_stage", "export_stages", "assemble",
+__all__ = ["TileRequest", "check_request", "stage_fields", "stage_field", "plan", "export_stage", "export_stages", "assemble",
            "tiling_record", "stage_tile_px", "window_shape", "run_here", "measured", "entry_view", "entry_json",
            "MIB", "TILED_COMPONENTS", "video_hw"]

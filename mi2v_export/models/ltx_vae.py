@@ -27,8 +27,6 @@ Lowering notes (shared/spec/vae-export.md; the exporters handle these, nothing i
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKLLTXVideo
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
 from ..errors import BadInputError
@@ -69,8 +67,12 @@ def ltx_vae_kwargs(cfg: LTXVAEConfig) -> dict:
     )
 
 
-def build_ltx_vae(cfg: LTXVAEConfig) -> AutoencoderKLLTXVideo:
-    """The whole diffusers VAE (randomly initialised; load 0.9.0 weights with `load_state_dict`)."""
+def build_ltx_vae(cfg: LTXVAEConfig) -> nn.Module:
+    """The whole diffusers `AutoencoderKLLTXVideo` (randomly initialised; load 0.9.0 weights with
+    `load_state_dict`). diffusers is imported here, when a VAE is built: importing it costs about 2.5 s (it brings
+    transformers and torchao), which every `mi2v plan` and every denoiser-only command would otherwise pay."""
+    from diffusers import AutoencoderKLLTXVideo
+
     return AutoencoderKLLTXVideo(**ltx_vae_kwargs(cfg))
 
 
@@ -102,6 +104,8 @@ class LTXEncoder(nn.Module):
         return self.moments(image)[:, : self.cfg.latent_channels]
 
     def sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # see build_ltx_vae
+
         return DiagonalGaussianDistribution(self.moments(image)).sample(generator)
 
     @staticmethod

@@ -168,6 +168,28 @@ def stages_of(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stage]:
     return [Stage(Chain([steps[i] for i in g]), shapes[g[0]], shapes[g[-1] + 1]) for g in groups]
 
 
+def tensor_limit(stages: list[Stage]) -> int:
+    """Elements a tensor kept whole between stages may have: the component's input or output, whichever is larger
+    (stages_of cuts only there)."""
+    return max(_numel(stages[0].input_shape), _numel(stages[-1].output_shape))
+
+
+def split(stage: Stage, limit: int) -> list[Stage]:
+    """The stage cut between each of its steps where the tensor is at most `limit` elements, resizing or not (one
+    stage where no such point exists). Why: a stage whose smallest window still does not fit a memory budget is
+    bound by its weights, not its feature maps (the 720p LTX encoder's last stage holds 574 MB of fp32 weights on a
+    23x40 latent grid), and each part then holds only its own steps' weights; the tensors between them are as small
+    as any kept whole."""
+    steps = list(stage.module.steps)
+    shapes = _meta_shapes(steps, stage.input_shape)
+    groups: list[list[int]] = [[]]
+    for i in range(len(steps)):
+        if groups[-1] and _numel(shapes[i]) <= limit:
+            groups.append([])
+        groups[-1].append(i)
+    return [Stage(Chain([steps[i] for i in g]), shapes[g[0]], shapes[g[-1] + 1]) for g in groups]
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     out = 1
     for d in shape:
@@ -175,4 +197,4 @@ def _numel(shape: tuple[int, ...]) -> int:
     return out
 
 
-__all__ = ["Chain", "Stage", "steps_of", "stages_of"]
+__all__ = ["Chain", "Stage", "split", "steps_of", "stages_of", "tensor_limit"]

@@ -5,6 +5,7 @@ measured memory, the budget search, and every bad input (one line, exit 2, nothi
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ from exporters import tile_budget, tiled
 from mi2v_export import models, runtimes, tiling
 from mi2v_export.manifest import read_manifest
 from mi2v_export.models.receptive import decoder_probe, receptive_field
-from mi2v_export.models.stages import Chain, stages_of, steps_of
+from mi2v_export.models.stages import Chain, split, stages_of, steps_of, tensor_limit
 from mi2v_export.runtimes.sessions import open_session
 from tests.conftest import run_cli, tiny_vae_part
 
@@ -41,6 +42,33 @@ def test_the_stages_compose_to_the_model(part):
     assert stages[-1].output_shape == tuple(whole.shape)
     for a, b in zip(stages, stages[1:]):
         assert a.output_shape == b.input_shape
+
+
+@pytest.mark.parametrize("part", ["turbo-vaed", "ltx-decoder", "ltx-encoder"])
+def test_a_stage_cut_between_its_steps_composes_to_it_and_cuts_only_at_small_tensors(part):
+    """What the budget search does with a stage that does not fit at its smallest window (bound by its weights):
+    its parts run in order give the stage's output bit for bit, every cut is at a tensor no larger than the
+    component's input or output, and each weight is in exactly one part."""
+    model, x = tiny_vae_part(part)
+    stages = stages_of(model, tuple(x.shape))
+    limit = tensor_limit(stages)
+    cut_any = False
+    for stage in stages:
+        parts = split(stage, limit)
+        cut_any |= len(parts) > 1
+        assert parts[0].input_shape == stage.input_shape and parts[-1].output_shape == stage.output_shape
+        assert all(math.prod(p.input_shape) <= limit for p in parts[1:])
+        assert sum(len(p.module.steps) for p in parts) == len(stage.module.steps)
+        params = [id(w) for p in parts for w in p.module.parameters()]
+        assert len(params) == len(set(params)) == len(list(stage.module.parameters()))
+        y = torch.randn(stage.input_shape, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            want, got = stage.module(y), y
+            for p in parts:
+                got = p.module(got)
+        assert torch.equal(want, got)
+    if part == "ltx-encoder":  # its last stage (down blocks, mid block, head on the latent grid) can be cut
+        assert cut_any and len(split(stages[-1], limit)) == len(stages[-1].module.steps)
 
 
 def test_each_stage_reads_far_less_than_the_whole_decoder():
