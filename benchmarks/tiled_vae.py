@@ -65,7 +65,7 @@ print(json.dumps({"load_s": load_s, "run_s": times, "runtime": runtime.name}))
 
 
 def export(folder: Path, args, extra: list[str]) -> dict:
-    if not extra and args.reuse_untiled and (folder / "manifest.json").exists():  # an earlier run's untiled export
+    if (args.reuse or not extra and args.reuse_untiled) and (folder / "manifest.json").exists():  # an earlier run's
         return next(e for e in json.loads((folder / "manifest.json").read_text())["components"]
                     if e["component"] == args.component)
     cmd = [str(MI2V), "-q", "export", "--target", args.target, "--preset", args.preset, "--component",
@@ -143,6 +143,8 @@ def main() -> None:
     ap.add_argument("--per-process", type=int, default=2)
     ap.add_argument("--work", help="folder for the artifacts (default: a temporary one)")
     ap.add_argument("--reuse-untiled", action="store_true", help="keep an untiled export already in --work")
+    ap.add_argument("--reuse", action="store_true", help="keep every export already in --work (time the runtime "
+                    "again without exporting; a budget's earlier refusals are not known then)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="mi2v-tiled-"))
@@ -178,6 +180,7 @@ def main() -> None:
               "preset": args.preset, "resolution": args.resolution, "frames": args.frames, "budget": budget,
               "precision": args.precision or "fp32",
               "rounds": args.rounds, "per_process": args.per_process, "baseline_bytes": baseline,
+              "reused_exports": bool(args.reuse),
               "process_peak_method": PEAK_METHOD,
               "machine": {"cpu_model": contract.cpu_model(), "cpu_flags": contract.cpu_flags(),
                           "cores": os.cpu_count(), "load_average": list(os.getloadavg())},

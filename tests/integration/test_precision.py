@@ -402,9 +402,11 @@ def test_coreml_structural_check_refuses_a_label_without_its_ops():
 
 
 # the tiny denoiser's int4-eligible linears (input size a multiple of 32) are all in the units w4 keeps at int8
-@pytest.mark.parametrize("prec,check", [("w8a8", "Vulkan w8a8 kernel: et_vk.linear_q8ta_q8csw"),
-                                        ("w8", "Vulkan w8 kernel: aten._weight_int8pack_mm"),
-                                        ("w4", "Vulkan w4: no Linear takes int4 groups")])
+@pytest.mark.parametrize("prec,check", [("w8a8", "Vulkan w8a8 kernel: et_vk.linear_q8ta_q8csw"),  # the others: slow
+                                        pytest.param("w8", "Vulkan w8 kernel: aten._weight_int8pack_mm",
+                                                     marks=pytest.mark.slow),
+                                        pytest.param("w4", "Vulkan w4: no Linear takes int4 groups",
+                                                     marks=pytest.mark.slow)])
 def test_vulkan_integer_cells_lower_to_their_kernels(tmp_path, calibration_cache, prec, check):
     run_export(_plain(target="executorch", delegate="vulkan", out_dir=tmp_path / "a", preset="tiny",
                              components="denoiser", precision=prec))

@@ -86,7 +86,8 @@ def test_each_stage_reads_far_less_than_the_whole_decoder():
         assert field * plan.unit_px[0] < whole, (field, plan.unit_px, whole)
 
 
-@pytest.mark.parametrize("target", [["--target", "onnx"], ["--target", "executorch", "--delegate", "xnnpack"]])
+@pytest.mark.parametrize("target", [  # XNNPACK's tiled export is the e2e tests' fixture (tests/e2e/conftest.py)
+    ["--target", "onnx"], pytest.param(["--target", "executorch", "--delegate", "xnnpack"], marks=pytest.mark.slow)])
 def test_tiled_export_is_exact_and_verifies(target, tmp_path):
     out = tmp_path / "tiled"
     proc = run_cli("export", *target, *TINY, "--component", "encoder,decoder", "--tile", "64x64", "--out", out,
@@ -267,7 +268,8 @@ def test_models_package_is_untouched_by_tiling():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("target", [["--target", "coreml"], ["--target", "executorch", "--delegate", "vulkan"]])
+@pytest.mark.parametrize("target", [["--target", "coreml"],
+                                    pytest.param(["--target", "executorch", "--delegate", "vulkan"], marks=pytest.mark.slow)])
 def test_targets_without_a_runtime_here_still_tile_and_say_why_not_run(target, tmp_path):
     out = tmp_path / "tiled"
     proc = run_cli("export", *target, *TINY, "--component", "decoder", "--tile", "64x64", "--out", out, "--json")
