@@ -55,7 +55,7 @@ def measure(runtime: str, path: str | Path, options: dict | None = None, timeout
     child failed (the artifact still exports: memory is a measurement, not a gate). `entry`: the manifest entry's
     JSON where the file alone does not say how to run it (a tiled component)."""
     base = [sys.executable, "-m", "mi2v_export.runtimes.measure", runtime, "--options", json.dumps(options or {})]
-    baseline = memory.child_peak([*base, "--baseline"], timeout=timeout)
+    baseline = _baseline(tuple(base), timeout)
     run = memory.child_peak([*base, "--path", str(path), "--entry", json.dumps(entry or {})], timeout=timeout)
     record = {"bytes": None, "peak_bytes": run.peak_bytes, "baseline_bytes": baseline.peak_bytes,
               "method": METHOD, "runtime": runtime}
@@ -65,6 +65,21 @@ def measure(runtime: str, path: str | Path, options: dict | None = None, timeout
         return record
     record["bytes"] = max(run.peak_bytes - baseline.peak_bytes, 0)
     return record
+
+
+_BASELINES: dict[tuple[str, ...], memory.ChildRun] = {}
+
+
+def _baseline(command: tuple[str, ...], timeout: float) -> memory.ChildRun:
+    """The baseline process's peak, measured once per command in this process: it imports the same runtime the same
+    way for every artifact (an ExecuTorch one takes about 4 s to import torch and the runtime, twice per component
+    otherwise). A failed baseline is not kept."""
+    if command not in _BASELINES:
+        got = memory.child_peak([*command, "--baseline"], timeout=timeout)
+        if got.returncode or got.peak_bytes is None:
+            return got
+        _BASELINES[command] = got
+    return _BASELINES[command]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ def _stages(folder: Path, component: str, suffix: str) -> list[str]:
     return [s["file"] for s in entry["tiling"]["stages"]]
 
 
-@pytest.mark.parametrize("where", ["host", "phone"])
+@pytest.mark.parametrize("where", ["host", pytest.param("phone", marks=pytest.mark.slow)])  # the phone's runners run
+# tiled stages in the default run too (tests/e2e/test_pipeline_bench.py)
 def test_tiled_components_are_timed_per_tile_and_checked_whole(where, tiled, adb, phone, tmp_path):
     device = "host" if where == "host" else f"adb:{phone.serial}"
     out = tmp_path / "report.json"

@@ -94,6 +94,7 @@ def test_generate_runs_litert_artifacts(fp32_art, tmp_path):
     assert "litert" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # the default run keeps fp32 and w8a8 on LiteRT (the issue behind it is closed)
 def test_fp16_decoder_clears_40_db(tmp_path):
     out = tmp_path / "fp16"
     proc = run_cli("export", "--target", "litert", "--preset", "tiny", "--component", "decoder", "--precision",
@@ -106,6 +107,7 @@ def test_fp16_decoder_clears_40_db(tmp_path):
     assert e.compression < 0.6  # half the fp32 parameters' bytes, and a little graph
 
 
+@pytest.mark.slow  # the default run keeps fp32 and w8a8 on LiteRT (the issue behind it is closed)
 def test_w4_denoiser_gets_int4_blocks_and_passes_its_gate(tmp_path):
     out = tmp_path / "w4"
     proc = run_cli("export", "--target", "litert", "--preset", "tiny", "--component", "denoiser", "--precision",
@@ -207,6 +209,7 @@ def test_w8a8_exports_are_byte_identical_across_runs(tmp_path):
     assert digests[0] == digests[1]
 
 
+@pytest.mark.slow  # the default run keeps fp32 and w8a8 on LiteRT (the issue behind it is closed)
 def test_ltx_decoder_and_a_tiled_turbo_vaed_verify_on_litert(tmp_path):
     """The other decoder, and the memory issue's tiling: each stage its own .tflite, stitched by the runtime
     layer's loop when verify checks the whole frame against the stored vectors."""

@@ -129,8 +129,9 @@ def test_cli_precision_errors_exit_2(tmp_path):
 RUNS_HERE = [(t, d, p.value) for t, d in (("onnx", None), ("executorch", "xnnpack"))
              for p in get_exporter(t, d).precisions_for(d) if p is not P.Precision.FP32]
 # PT2E calibration and XNNPACK lowering of a quantized graph take minutes even at the tiny preset on a loaded
-# 2-core host: the static (w8a8) and torchao (w4) ExecuTorch cells run with `make test-slow`; w8 stays here.
-SLOW_CELLS = {("executorch", "w8a8"), ("executorch", "w4")}
+# 2-core host: the ExecuTorch cells run with `make test-slow` (make test keeps every onnxruntime cell, and the
+# XNNPACK w8a8 decoder and Vulkan w8a8 tests below lower ExecuTorch integer graphs).
+SLOW_CELLS = {("executorch", "w8a8"), ("executorch", "w4"), ("executorch", "fp16"), ("executorch", "w8")}
 CELLS = [pytest.param(t, d, p, id=f"{t}-{p}", marks=[pytest.mark.slow] if (t, p) in SLOW_CELLS else [])
          for t, d, p in RUNS_HERE]
 
