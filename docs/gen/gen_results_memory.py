@@ -38,6 +38,8 @@ def tiled_vae(data: dict, anchor: str, images: dict) -> str:
              f"{code(data.get('precision', 'fp32'))}, {code(data.get('resolution'))} × {data.get('frames')} frames, "
              f"{data.get('rounds')} rounds × {data.get('per_process')} runs per fresh process, forms taking turns",
              *([f"- **ran beside**: {escape(data['beside'], True)}"] if data.get("beside") else []),
+             *(["- **exports reused** from an earlier run in the same folder (their export figures are that run's)"]
+               if data.get("reused_exports") else []),
              f"- **process peak over runs**: {escape(data.get('process_peak_method') or _OLD_PEAK, True)}",
              f"- **budget** {num(budget.get('budget_mib'), 'g')} MiB"
              + (f": refused ({escape(budget['refused'], True)}); the table's budget form is the smallest feasible, "
