@@ -105,6 +105,7 @@ class _Context:
     def __init__(self, spec, exporter, options, staging, progress, request, stages):
         self.spec, self.exporter, self.options, self.staging = spec, exporter, options, staging
         self.progress, self.request, self.stages = progress, request, stages
+        self.cut_probes: list[dict] = []  # what the stages cut between their steps measured whole
 
     @property
     def limit(self) -> float:
@@ -266,6 +267,7 @@ def _search_stages(ctx: _Context, fields: list[int]) -> list[StageSearch]:
             raise BadInputError(_refusal([*searches, search, *rest], ctx.request))
         ctx.progress(ProgressEvent(ctx.spec.name, "budget", "info", f"stage {k} does not fit at its smallest "
                                    f"window: cut between its steps into {len(parts)} stages"))
+        ctx.cut_probes += [dict(p, cut_into=len(parts)) for p in search.probes()]
         stages[k:k + 1] = parts
         fields[k:k + 1] = [tiled.stage_field(part) for part in parts]
     return searches
@@ -286,7 +288,7 @@ def _assembled(ctx: _Context, searches: list[StageSearch], kept: list) -> tuple[
     plans = [s.ordered[s.best[0]][1] for s in searches]
     finest = max(range(len(plans)), key=lambda k: (plans[k].grid.count, k))
     record = tiled.tiling_record(ctx.spec.name, ctx.stages, plans, ctx.request, tuple(ctx.tile_px(plans[finest])))
-    record["probes"] = [p for s in searches for p in s.probes()]
+    record["probes"] = ctx.cut_probes + [p for s in searches for p in s.probes()]
     artifact = tiled.assemble(ctx.spec, ctx.stages, [e for e, _, _ in kept], [a for _, a, _ in kept], record)
     memory = tiled.measured(ctx.exporter, artifact, ctx.staging, ctx.options) or {}
     record["assembled_bytes"] = memory.get("bytes")
