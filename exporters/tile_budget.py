@@ -254,16 +254,17 @@ def _search_stages(ctx: _Context, fields: list[int]) -> list[StageSearch]:
     naming the smallest feasible budget, when a stage that cannot be cut does not fit."""
     stages, searches, k = ctx.stages, [], 0
     limit = stage_cuts.tensor_limit(stages)
+    def search_of(j: int) -> StageSearch:
+        return StageSearch(ctx, j, stage_candidates(ctx.spec.name, stages, fields, ctx.request, j))
     while k < len(stages):
-        search = StageSearch(ctx, k, stage_candidates(ctx.spec.name, stages, fields, ctx.request, k))
+        search = search_of(k)
         if search.search() is not None:
             searches.append(search)
             k += 1
             continue
         parts = stage_cuts.split(stages[k], limit)
         if len(parts) == 1:
-            rest = [StageSearch(ctx, j, stage_candidates(ctx.spec.name, stages, fields, ctx.request, j))
-                    for j in range(k + 1, len(stages))]
+            rest = [search_of(j) for j in range(k + 1, len(stages))]
             raise BadInputError(_refusal([*searches, search, *rest], ctx.request))
         ctx.progress(ProgressEvent(ctx.spec.name, "budget", "info", f"stage {k} does not fit at its smallest "
                                    f"window: cut between its steps into {len(parts)} stages"))

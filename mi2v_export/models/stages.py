@@ -158,11 +158,16 @@ def stages_of(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stage]:
     than the component's input or output (so the tensors kept whole between stages stay small)."""
     steps = steps_of(model)
     shapes = _meta_shapes(steps, input_shape)
-    limit = max(_numel(shapes[0]), _numel(shapes[-1]))
+    return _cut(steps, shapes, max(_numel(shapes[0]), _numel(shapes[-1])), resizing_only=True)
+
+
+def _cut(steps: list[nn.Module], shapes: list[tuple[int, ...]], limit: int, resizing_only: bool) -> list[Stage]:
+    """Stages of `steps` (`shapes`: the tensor before each step and after the last), cut before each step whose
+    input has at most `limit` elements (and, with `resizing_only`, whose output differs from it in size)."""
     groups: list[list[int]] = [[]]
-    for i, step in enumerate(steps):
+    for i in range(len(steps)):
         resizes = shapes[i][-2:] != shapes[i + 1][-2:]
-        if resizes and groups[-1] and _numel(shapes[i]) <= limit:
+        if (resizes or not resizing_only) and groups[-1] and _numel(shapes[i]) <= limit:
             groups.append([])
         groups[-1].append(i)
     return [Stage(Chain([steps[i] for i in g]), shapes[g[0]], shapes[g[-1] + 1]) for g in groups]
@@ -181,13 +186,7 @@ def split(stage: Stage, limit: int) -> list[Stage]:
     23x40 latent grid), and each part then holds only its own steps' weights; the tensors between them are as small
     as any kept whole."""
     steps = list(stage.module.steps)
-    shapes = _meta_shapes(steps, stage.input_shape)
-    groups: list[list[int]] = [[]]
-    for i in range(len(steps)):
-        if groups[-1] and _numel(shapes[i]) <= limit:
-            groups.append([])
-        groups[-1].append(i)
-    return [Stage(Chain([steps[i] for i in g]), shapes[g[0]], shapes[g[-1] + 1]) for g in groups]
+    return _cut(steps, _meta_shapes(steps, stage.input_shape), limit, resizing_only=False)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
