@@ -18,6 +18,7 @@ from mi2v_export import models
 from mi2v_export.exporters import components
 from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry
+from tests import cache
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"  # the project's test data: a clone alone passes its tests
@@ -65,6 +66,18 @@ def run_cli(*args, timeout: float = 900, env: dict | None = None, cwd: Path = RE
     full.update(COLUMNS="200", TERM="dumb", NO_COLOR="1")
     return subprocess.run([str(MI2V_EXE), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=full, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def exported(pytestconfig):
+    """`exported(dst, *args)`: a private copy at `dst` of what `mi2v export *args` writes, and its stdout. The
+    export runs once per source version for every test file that asks for the same arguments (tests/cache.py)."""
+    def get(dst: Path, *args) -> tuple[Path, str]:
+        args = tuple(map(str, args))
+        env = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
+        folder = cache.cached(pytestconfig, "export", cache.export_cli(MI2V_EXE, args, env), *args)
+        return cache.copy_export(folder, dst)
+    return get
 
 
 # ---- a private adb server (real client and server, loopback only) and the simulated phone -------------------------

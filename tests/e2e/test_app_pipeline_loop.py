@@ -23,9 +23,7 @@ The Swift copy (apps/ios/Sources/Mi2vBench/PipelineLoop.swift) is not compiled h
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -36,7 +34,8 @@ from PIL import Image
 
 import mi2v_export.pipeline.run as generate_module
 from mi2v_export.pipeline import GenerateRequest, flow_schedule, run_generate
-from tests.e2e.conftest import _sources_key
+from mi2v_export.exporters.orchestrate import ExportRequest, run_export
+from tests import cache
 from tests.e2e.kotlin_jvm import MAIN, TEST, compile_kotlin, require_kotlin, run_java, write_raw
 
 KOTLIN = [MAIN / "PipelineLoop.kt", MAIN / "TileLoop.kt", MAIN / "BenchCore.kt", TEST / "PipelineLoopOracle.kt"]
@@ -48,22 +47,15 @@ CASES = (("steps1-onnx-mean", 1, 3, 2.0, "onnx"), ("steps2-onnx-mean", 2, 11, 1.
          ("steps2-pytorch-sample", 2, 5, 2.0, "pytorch"))
 
 
-def _export(request) -> Path:
-    """The tiny preset, every component, ONNX fp32 at 120x184, built once per source version in pytest's cache (the
-    lock and keying of conftest.tiny_tiled)."""
-    from mi2v_export.exporters.orchestrate import ExportRequest, run_export
+def _build(out: Path) -> None:
+    run_export(ExportRequest(target="onnx", out_dir=out, preset="tiny", components="all",
+                             resolution=f"{HEIGHT}x{WIDTH}", frames=FRAMES, verify=False, test_vectors=False))
 
-    root = Path(request.config.cache.mkdir("mi2v-e2e-artifacts"))
-    folder = root / f"pipeline-loop-{_sources_key()}"
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "manifest.json").is_file():
-            tmp = root / f".pipeline-loop-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            run_export(ExportRequest(target="onnx", out_dir=tmp, preset="tiny", components="all",
-                                     resolution=f"{HEIGHT}x{WIDTH}", frames=FRAMES, verify=False, test_vectors=False))
-            os.replace(tmp, folder)
-    return folder
+
+def _export(request) -> Path:
+    """The tiny preset, every component, ONNX fp32 at 120x184, built once per source version in pytest's cache
+    (tests/cache.py)."""
+    return cache.cached(request.config, "pipeline-loop", _build, f"{HEIGHT}x{WIDTH}x{FRAMES}")
 
 
 def _without_encoder(export: Path, folder: Path) -> Path:

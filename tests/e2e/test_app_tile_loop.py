@@ -15,9 +15,7 @@ The Swift copy (apps/ios/Sources/Mi2vBench/TileLoop.swift) is not compiled here 
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -29,7 +27,8 @@ from mi2v_export.manifest import read_manifest
 from mi2v_export.runtimes import registry
 from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, TiledSession, open_session
 
-from tests.e2e.conftest import _sources_key
+from mi2v_export.exporters.orchestrate import ExportRequest, run_export
+from tests import cache
 from tests.e2e.kotlin_jvm import MAIN, TEST, compile_kotlin, require_kotlin, run_java, write_raw
 
 KOTLIN = [MAIN / "TileLoop.kt", MAIN / "BenchCore.kt", TEST / "TileLoopOracle.kt"]
@@ -40,22 +39,12 @@ CASES = (("encoder", "exact"), ("decoder", "exact"), ("decoder", "blended"))
 
 def _exports(request) -> dict[str, Path]:
     """The tiny preset's encoder / decoder for onnx tiled 32x32 (exact) and the decoder with a 32 px halo
-    (blended), built once per source version in pytest's cache (the lock and keying of conftest.tiny_tiled)."""
-    from mi2v_export.exporters.orchestrate import ExportRequest, run_export
-
-    root = Path(request.config.cache.mkdir("mi2v-e2e-artifacts"))
-    folders = {kind: root / f"tile-loop-{kind}-{_sources_key()}" for kind in EXPORTS}
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for kind, (components, halo) in EXPORTS.items():
-            if (folders[kind] / "manifest.json").is_file():
-                continue
-            tmp = root / f".tile-loop-{kind}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            run_export(ExportRequest(target="onnx", out_dir=tmp, preset="tiny", components=components, tile=TILE,
-                                     halo=halo, verify=False, test_vectors=False))
-            os.replace(tmp, folders[kind])
-    return folders
+    (blended), built once per source version in pytest's cache (tests/cache.py)."""
+    def build(components: str, halo: int | None):
+        return lambda out: run_export(ExportRequest(target="onnx", out_dir=out, preset="tiny", components=components,
+                                                    tile=TILE, halo=halo, verify=False, test_vectors=False))
+    return {kind: cache.cached(request.config, f"tile-loop-{kind}", build(*spec), TILE, repr(spec))
+            for kind, spec in EXPORTS.items()}
 
 
 class _RecordingRuntime:

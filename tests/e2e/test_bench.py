@@ -35,7 +35,8 @@ from mi2v_export.devices.report import BenchReport
 from mi2v_export.simulator.phone import SimulatedPhone, host_abi
 from mi2v_export.errors import BadInputError, DeviceError
 
-from tests.conftest import REPO, private_adb, run_cli
+from tests import cache
+from tests.conftest import private_adb, run_cli
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -175,32 +176,10 @@ def export_artifacts(specs: dict, out: Path, targets=("onnx", "executorch")) -> 
     return out
 
 
-def _cached_artifacts(request, name: str, build, sources: list[str]) -> Path:
-    """Build artifacts once per (builder source, library versions) into pytest's cache folder."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    text = "".join(sources)
-    for mod in ("torch", "executorch", "onnx", "onnxscript", "onnxruntime"):
-        try:
-            text += f"{mod}={version(mod)};"
-        except PackageNotFoundError:
-            text += f"{mod}=-;"
-    key = hashlib.sha256(text.encode()).hexdigest()[:12]
-    root = Path(request.config.cache.mkdir("mi2v-bench-artifacts"))
-    folder = root / f"{name}-{key}"
-    if not (folder / "manifest.json").is_file():
-        tmp = root / f".{name}-{key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        build(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def standin(request) -> Path:
     sources = [inspect.getsource(_standin_specs), inspect.getsource(export_artifacts)]
-    return _cached_artifacts(request, "standin", lambda out: export_artifacts(_standin_specs(), out), sources)
+    return cache.cached(request.config, "standin", lambda out: export_artifacts(_standin_specs(), out), *sources)
 
 
 def derive(src: Path, dst: Path, keep=lambda e: True, edit=None) -> Path:
@@ -846,9 +825,7 @@ def test_timeout_kills_the_run_and_goes_on(adb, phone, standin, tmp_path):
 @pytest.mark.slow
 def test_tiny_preset_host_and_simulated_phone(request, adb, phone, tmp_path):
     pytest.importorskip("mi2v_export.exporters.orchestrate")
-    code = sorted((REPO / "exporters").glob("*.py")) + sorted((REPO / "mi2v_export" / "models").glob("*.py"))
-    sources = [inspect.getsource(_tiny_preset_export)] + [p.read_text() for p in code]
-    tiny = _cached_artifacts(request, "tiny-preset", _tiny_preset_export, sources)
+    tiny = cache.cached(request.config, "tiny-preset", _tiny_preset_export, inspect.getsource(_tiny_preset_export))
     for device in ("host", f"adb:{phone.serial}"):
         for rt in ("onnxruntime", "executorch"):
             out = tmp_path / f"{rt}-{device.replace(':', '_')}.json"

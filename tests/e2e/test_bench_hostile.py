@@ -25,7 +25,8 @@ from mi2v_export.devices.report import BenchReport, ComponentResult, RunResult, 
 from mi2v_export.errors import BadInputError
 
 from tests.conftest import private_adb, run_cli
-from .test_bench import _adb_args, _cached_artifacts, _one_error_line, _standin_specs, derive, export_artifacts
+from tests import cache
+from .test_bench import _adb_args, _one_error_line, _standin_specs, derive, export_artifacts
 
 FAST = ["--iterations", "2", "--warmup", "0", "--cooldown", "0"]
 
@@ -34,7 +35,7 @@ FAST = ["--iterations", "2", "--warmup", "0", "--cooldown", "0"]
 def standin(request) -> Path:
     """The stand-in artifacts of tests/test_bench.py (same sources, so the same folder in pytest's cache)."""
     sources = [inspect.getsource(_standin_specs), inspect.getsource(export_artifacts)]
-    return _cached_artifacts(request, "standin", lambda out: export_artifacts(_standin_specs(), out), sources)
+    return cache.cached(request.config, "standin", lambda out: export_artifacts(_standin_specs(), out), *sources)
 
 
 def _no_traceback(proc) -> None:

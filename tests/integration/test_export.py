@@ -426,12 +426,10 @@ def test_output_folder_of_another_configuration_is_refused(tmp_path, toy):
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory) -> Path:
-    """`mi2v export --target onnx --preset tiny` through the real CLI (all three components)."""
-    out = tmp_path_factory.mktemp("onnx") / "artifacts"
-    proc = run_cli("export", "--target", "onnx", "--preset", "tiny", "--out", out, "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(proc.stdout)  # --json: nothing but JSON on stdout
+def onnx_dir(tmp_path_factory, exported) -> Path:
+    """`mi2v export --target onnx --preset tiny` through the real CLI (all three components; tests/cache.py)."""
+    out, stdout = exported(tmp_path_factory.mktemp("onnx") / "artifacts", "--target", "onnx", "--preset", "tiny", "--json")
+    data = json.loads(stdout)  # --json: nothing but JSON on stdout
     assert [a["file"] for a in data["artifacts"]] == ["encoder.onnx", "denoiser.onnx", "decoder.onnx"]
     return out
 

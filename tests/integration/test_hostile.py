@@ -52,12 +52,9 @@ def tmpfs(path: Path, *options: str):
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory):
+def art(tmp_path_factory, exported):
     """Tiny ONNX encoder + denoiser + decoder with test vectors (seeded weights)."""
-    out = tmp_path_factory.mktemp("hostile") / "art"
-    proc = run_cli("export", "--target", "onnx", "--preset", "tiny", "--out", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return exported(tmp_path_factory.mktemp("hostile") / "art", "--target", "onnx", "--preset", "tiny", "--json")[0]
 
 
 def _copy(src: Path, dst: Path) -> Path:

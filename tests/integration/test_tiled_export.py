@@ -123,10 +123,8 @@ def test_a_smaller_halo_is_blended_and_measured(tmp_path):
     assert e["tiling"]["exact"] is False and e["tiling"]["blending"] == "linear"
 
 
-def test_a_corrupted_stage_fails_verify_naming_the_component(tmp_path):
-    out = tmp_path / "tiled"
-    assert run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64", "--out",
-                   out).returncode == 0
+def test_a_corrupted_stage_fails_verify_naming_the_component(tmp_path, exported):
+    out, _ = exported(tmp_path / "tiled", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64")
     manifest = json.loads((out / "manifest.json").read_text())
     stage = manifest["components"][0]["tiling"]["stages"][-1]["file"]
     data = bytearray((out / stage).read_bytes())
@@ -177,10 +175,8 @@ def test_bad_tiling_flags_are_one_line_and_write_nothing(flags, says, tmp_path):
     assert not out.exists()
 
 
-def test_an_older_reader_refuses_a_tiled_folder_and_this_one_refuses_a_newer_record(tmp_path):
-    out = tmp_path / "tiled"
-    assert run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64",
-                   "--out", out).returncode == 0
+def test_an_older_reader_refuses_a_tiled_folder_and_this_one_refuses_a_newer_record(tmp_path, exported):
+    out, _ = exported(tmp_path / "tiled", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64")
     older = tmp_path / "older"
     shutil.copytree(out, older)
     data = json.loads((older / "manifest.json").read_text())
@@ -192,13 +188,11 @@ def test_an_older_reader_refuses_a_tiled_folder_and_this_one_refuses_a_newer_rec
     assert proc.returncode != 0 and "tiling record format 99 is not supported" in text
 
 
-def test_one_stage_model_is_resident_at_a_time_and_old_records_keep_every_stage(tmp_path):
+def test_one_stage_model_is_resident_at_a_time_and_old_records_keep_every_stage(tmp_path, exported):
     """Residency "stage" (what exports write): each stage loads before its windows and is released after, its
     load time reported; a record without the field (exports before it) keeps every stage loaded; an unknown
     residency is refused in one line."""
-    out = tmp_path / "tiled"
-    assert run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64",
-                   "--out", out).returncode == 0
+    out, _ = exported(tmp_path / "tiled", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64")
     manifest = read_manifest(out)
     entry = manifest.find("decoder")
     assert entry.tiling["residency"] == "stage" and len(entry.tiling["stage_tiles"]) == len(entry.tiling["stages"])
@@ -319,13 +313,12 @@ def test_generate_runs_tiled_artifacts_one_stage_at_a_time_and_within_a_budget(t
     assert proc.returncode == 2 and "artifact fits" in _one_error(proc)
 
 
-def test_artifact_stages_are_resident_one_at_a_time(tmp_path):
+def test_artifact_stages_are_resident_one_at_a_time(tmp_path, exported):
     """Building the stages checks them and lets them go; each loads before its run and is released after it."""
     from mi2v_export.pipeline import GenerateConfig, Pipeline, build_stages, load_image
     from mi2v_export.shapes import geometry
 
-    out = tmp_path / "a"
-    assert run_cli("export", "--target", "onnx", *TINY, "--out", out, "--no-verify").returncode == 0
+    out, _ = exported(tmp_path / "a", "--target", "onnx", "--preset", "tiny", "--json")
     geo = geometry(128, 192, 9)
     stages = build_stages("tiny", "turbo-vaed", geo, [out])
     assert all(s.session is None for s in stages.values())
