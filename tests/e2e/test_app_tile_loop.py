@@ -31,7 +31,7 @@ from mi2v_export.exporters.orchestrate import ExportRequest, run_export
 from tests import cache
 from tests.e2e.kotlin_jvm import MAIN, TEST, compile_kotlin, require_kotlin, run_java, write_raw
 
-KOTLIN = [MAIN / "TileLoop.kt", MAIN / "BenchCore.kt", TEST / "TileLoopOracle.kt"]
+KOTLIN = [MAIN / "TileLoop.kt", MAIN / "BenchCore.kt", TEST / "TileLoopOracle.kt", TEST / "OracleCases.kt"]
 TILE = "32x32"
 EXPORTS = {"exact": ("encoder,decoder", None), "blended": ("decoder", 32)}  # components, --halo
 CASES = (("encoder", "exact"), ("decoder", "exact"), ("decoder", "blended"))

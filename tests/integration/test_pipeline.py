@@ -8,6 +8,7 @@ ExecuTorch programs to the portable kernels (fast to export); the XNNPACK-delega
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from mi2v_export.parity import psnr_with_range
 from mi2v_export.errors import BadInputError, CheckpointError, MissingDependencyError
 from mi2v_export.models import build_part, load_decoder, load_denoiser, load_encoder, seed_part
 
+from tests import cache
 from tests.conftest import REPO, TEST_IMAGE, run_cli
 
 TEST_GEO = (32, 40, 9)  # width not a multiple of 32: the decoder makes 32x64 and the pipeline crops (like 736 → 720)
@@ -148,26 +150,10 @@ def _export_main(kind: str, folder: str, delegate: str | None = None) -> None:
 
 
 def _artifact_key(kind: str) -> str:
-    """Everything the exported test artifacts depend on: model, manifest and exporter code, the export helpers of
-    this file, the test size and the versions of the export/runtime stack."""
-    import hashlib
-    import importlib.metadata as md
-    import inspect
-
-    h = hashlib.sha256(f"{kind}{TEST_GEO}{LATENT}".encode())
-    pkg = REPO / "mi2v_export"
-    files = [*pkg.glob("models/*.py"), pkg / "presets.py", pkg / "shapes.py", pkg / "manifest.py",
-             pkg / "parity.py", pkg / "checkpoints.py", *(REPO / "exporters").glob("*.py")]
-    for path in sorted(files):
-        h.update(path.name.encode() + path.read_bytes())
-    for obj in (EncoderWithLogvar, _example_inputs, export_pte_portable, _export_main):
-        h.update(inspect.getsource(obj).encode())
-    for dist in ("torch", "executorch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "diffusers", "numpy"):
-        try:
-            h.update(f"{dist}={md.version(dist)}".encode())
-        except md.PackageNotFoundError:
-            h.update(f"{dist}=none".encode())
-    return h.hexdigest()[:20]
+    """Everything the exported test artifacts depend on (tests/cache.py), the export helpers of this file and the
+    test size."""
+    helpers = (EncoderWithLogvar, _example_inputs, export_pte_portable, _export_main)
+    return cache.sources_key(kind, f"{TEST_GEO}{LATENT}", *(inspect.getsource(obj) for obj in helpers))
 
 
 @pytest.fixture(scope="module", autouse=True)

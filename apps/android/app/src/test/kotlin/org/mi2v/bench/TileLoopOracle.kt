@@ -130,20 +130,5 @@ object TileLoopOracle {
     }
 
     @JvmStatic
-    fun main(args: Array<String>) {
-        if (args.isEmpty()) {
-            System.err.println("usage: TileLoopOracle CASE_DIR…")
-            System.exit(2)
-        }
-        var failed = 0
-        for (dir in args) {
-            try {
-                println("ok ${checkCase(File(dir))}")
-            } catch (e: Exception) {
-                failed++
-                println("MISMATCH $dir: ${e.message ?: e.toString()}")
-            }
-        }
-        if (failed > 0) System.exit(1)
-    }
+    fun main(args: Array<String>) = OracleCases.run("TileLoopOracle", args, ::checkCase)
 }
