@@ -6,7 +6,7 @@ the JSON). A value a file lacks shows as a dash.
 from __future__ import annotations
 
 import gen_plots as plots
-from gen_common import code, escape, figure, mb, num, table
+from gen_common import DASH, code, escape, figure, mb, num, table
 
 
 # files written before benchmarks/tiled_vae.py recorded its method: each process held its previous output through the
@@ -59,12 +59,20 @@ def tiled_vae(data: dict, anchor: str, images: dict) -> str:
 def ort_memory(data: dict, anchor: str, images: dict) -> str:
     settings = data.get("settings", {})
     rows = [[code(name), escape(str(s.get("setting") or "defaults")), mb(s.get("runtime_memory_bytes")),
-             num(s.get("median_run_s"), ".2f", unit=" s"), num(s.get("time_vs_default"), ".2f", unit="x"),
-             escape(s.get("error") or "", True)] for name, s in settings.items()]
+             _spread(s.get("runtime_memory_runs")), num(s.get("median_run_s"), ".2f", unit=" s"),
+             num(s.get("time_vs_default"), ".2f", unit="x"), escape(s.get("error") or "", True)]
+            for name, s in settings.items()]
+    rounds = data.get("rounds") or 1
     return "\n".join([f"- **model** {code(data.get('model'))} {escape(data.get('label') or '')}, "
-                      f"{mb(data.get('model_bytes'))}, {data.get('repeats')} runs per setting", "",
-                      table(["setting", "session options", "memory above baseline", "median run", "vs default",
-                             "error"], rows)])
+                      f"{mb(data.get('model_bytes'))}, {data.get('repeats')} runs per process, {rounds} fresh "
+                      f"process{'es' if rounds > 1 else ''} per setting" + (", settings taking turns" if rounds > 1
+                                                                              else ""), "",
+                      table(["setting", "session options", "memory above baseline (median)",
+                             "memory over processes (min-max)", "median run", "vs default", "error"], rows)])
+
+
+def _spread(values: list | None) -> str:
+    return f"{mb(min(values))} – {mb(max(values))}" if values and len(values) > 1 else "–"
 
 
 def qnn_tiled(data: dict, anchor: str, images: dict) -> str:
@@ -84,4 +92,46 @@ def qnn_tiled(data: dict, anchor: str, images: dict) -> str:
              f"- **one tile on the HTP simulator** (stage {sim.get('stage', '—')}, window {code(sim.get('window'))}): "
              f"PSNR {num(sim.get('psnr_db'), '.1f')} dB, {num(sim.get('seconds'), '.0f', unit=' s')} (simulated, "
              "no phone speed)"]
+    return "\n".join(lines)
+
+
+def tile_cost(data: dict, anchor: str, images: dict) -> str:
+    """benchmarks/tile_cost.py: each stage's share of the MACs, each candidate tile's recompute and the
+    component's estimated time ratio, the probes' measured memory beside them, and measured ratios against the
+    estimate."""
+    stages = data.get("stages", [])
+    target = data.get("target_ratio")
+    lines = [f"- **{code(data.get('component'))}** ({code(data.get('part'))}), {code(data.get('resolution'))} × "
+             f"{data.get('frames')} frames; {escape(data.get('method') or '')}", "",
+             table(["stage", "steps", "input → output", "MACs", "share", "halo (units, px each side)"],
+                   [[s["stage"], escape(", ".join(s["steps"]), True),
+                     f"{'×'.join(map(str, s['input_shape'][-2:]))} → {'×'.join(map(str, s['output_shape'][-2:]))}",
+                     num(s["gmac"], ".1f", unit=" G"), num(s["share"], ".1%"),
+                     f"{s['field_units']} ({s['field_units'] * max(u or 0 for u in s['unit_px'])} px)"]
+                    for s in stages]), ""]
+    if stages:
+        top = max(stages, key=lambda s: s["share"])["stage"]
+        probes = {}
+        for p in data.get("probes", []):
+            if p.get("stage") == top and p.get("bytes") is not None:
+                probes.setdefault(tuple(p["tile"]), []).append(f"{mb(p['bytes'])} ({escape(str(p.get('runtime')))})")
+        rows = [[f"{c['tile'][0]}×{c['tile'][1]}", c["windows"], f"{c['window_out'][0]}×{c['window_out'][1]}",
+                 num(c["work"], ".2f", unit="x"), num(c["estimate"], ".2f", unit="x")
+                 + (" ✓" if target and c["estimate"] <= target else ""),
+                 "; ".join(probes.get(tuple(c["tile"]), [])) or DASH]
+                for c in data.get("candidates", []) if c["stage"] == top]
+        lines += [f"Stage {top}, the one with most of the MACs, tiled alone (✓: within {num(target, 'g')}x); the "
+                  "memory is what a budget search measured for that stage and tile, where it did:", "",
+                  table(["tile (video px)", "windows", "window (output px)", "stage work", "component estimate",
+                         "measured memory (probe)"], rows), ""]
+    measured = data.get("measured", [])
+    if measured:
+        lines += ["Tiled runs measured, against the estimate for their stages' tiles:", "",
+                  table(["file", "form", "runtime", "tile per stage", "measured", "estimated", "runtime memory"],
+                        [[code(m["source"]), escape(str(m.get("form")), True), escape(str(m.get("runtime")), True),
+                          " / ".join("×".join(map(str, t)) for t in m.get("stage_tiles") or []),
+                          num(m.get("measured"), ".2f", unit="x"),
+                          num(m.get("estimate"), ".2f", unit="x") if m.get("estimate") is not None
+                          else escape(m.get("why_not") or DASH, True), mb(m.get("runtime_memory_bytes"))]
+                         for m in measured])]
     return "\n".join(lines)

@@ -163,7 +163,10 @@ def _contained(folder: Path, name: str) -> Path:
 
 
 def open_session(runtime: Runtime, path: str | os.PathLike | None, entry: Any = None, **options: Any) -> Session:
-    """Load an artifact: a tiled entry's stages (its folder is `path`'s), any other file as the runtime loads it."""
+    """Load an artifact: a tiled entry's stages (its folder is `path`'s), any other file as the runtime loads it. A
+    tiled entry or `low_memory` also maps this process's large buffers apart (memory.map_large_buffers)."""
+    if is_tiled(entry) or options.get("low_memory"):
+        memory.map_large_buffers()
     if is_tiled(entry):
         return TiledSession(runtime, Path(path).parent, entry, **options)
     return runtime.load(path, entry, **options)
