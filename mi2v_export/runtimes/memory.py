@@ -88,11 +88,11 @@ def map_large_buffers() -> bool:
     """Give every allocation of LARGE_BUFFER_BYTES or more its own mapping, handed back to the system when freed
     (glibc's `mallopt(M_MMAP_THRESHOLD)`); what a low-memory session asks for (runtimes/sessions.py `open_session`).
     Why: glibc raises its mapping threshold each time a mapped block is freed, so the next activation buffers of
-    that size come from its heap, which keeps their pages after they are freed and fragments; a fixed threshold
-    turns that off. Measured on one window of the 720p Turbo-VAED's last stage (onnxruntime, arena off, fresh
-    processes): the same run peaked at 184 or 267 MB by chance, 176 MB every time with the threshold fixed at
-    4 MiB; a larger window 842-866 MB, 645-650 MB fixed. Process-wide and idempotent; False where the C library
-    is not glibc (macOS, musl: their allocators return large blocks themselves)."""
+    that size come from its heap, which keeps their pages after they are freed and fragments, by chance; a fixed
+    threshold turns that off. The 720p Turbo-VAED's last-stage tile model with onnxruntime's arena and memory
+    pattern off: 265 MB above baseline, 211 MB mapped, for 4 % more time per window (every buffer is faulted in
+    again); benchmarks/results/ort_memory_settings_720p_decoder_tile.json. Process-wide and idempotent; False where
+    the C library is not glibc (macOS, musl: their allocators return large blocks themselves)."""
     global _MAPPED
     if _LIBC is None:
         return False
