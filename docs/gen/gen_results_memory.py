@@ -114,14 +114,15 @@ def tile_cost(data: dict, anchor: str, images: dict) -> str:
         probes = {}
         for p in data.get("probes", []):
             if p.get("stage") == top and p.get("bytes") is not None:
-                probes.setdefault(tuple(p["tile"]), []).append(f"{mb(p['bytes'])} ({escape(str(p.get('runtime')))})")
+                probes.setdefault(tuple(p["tile"]), []).append(f"{mb(p['bytes'])} ({code(p.get('source'))})")
         rows = [[f"{c['tile'][0]}×{c['tile'][1]}", c["windows"], f"{c['window_out'][0]}×{c['window_out'][1]}",
                  num(c["work"], ".2f", unit="x"), num(c["estimate"], ".2f", unit="x")
                  + (" ✓" if target and c["estimate"] <= target else ""),
                  "; ".join(probes.get(tuple(c["tile"]), [])) or DASH]
                 for c in data.get("candidates", []) if c["stage"] == top]
         lines += [f"Stage {top}, the one with most of the MACs, tiled alone (✓: within {num(target, 'g')}x); the "
-                  "memory is what a budget search measured for that stage and tile, where it did:", "",
+                  "memory is what a budget search measured for that stage and tile, where it did, with the file it "
+                  "is from (its runtime, host and settings are that file's):", "",
                   table(["tile (video px)", "windows", "window (output px)", "stage work", "component estimate",
                          "measured memory (probe)"], rows), ""]
     measured = data.get("measured", [])
