@@ -30,6 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mi2v_export import contract, tiling
+from mi2v_export.errors import BadInputError
 from mi2v_export.exporters import components, tile_budget, tiled
 from mi2v_export.models import build_part, seed_part
 from mi2v_export.models.stages import Stage, _on_meta, stages_of
@@ -147,7 +148,11 @@ def main(argv=None) -> int:
         if not Path(path).is_file():
             print(f"error: --measured {path}: no such file", file=sys.stderr)
             return 2
-    result = run(args)
+    try:
+        result = run(args)
+    except BadInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     for r in result["stages"]:
         print(f"stage {r['stage']}: {r['gmac']} GMAC ({r['share']:.1%}), field {r['field_units']} units")
