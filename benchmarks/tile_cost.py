@@ -72,7 +72,7 @@ def candidates(name: str, stages: list[Stage], fields: list[int], shares: list[f
         whole = tile_budget._work(stage, plans[0][1])
         for tile, p in plans:
             work = tile_budget._work(stage, p) / whole
-            win_in, win_out = tiled.window_shape(stage, p)
+            win_out = tiled.window_shape(stage, p)[1]
             out.append({"stage": k, "tile": list(tiled.stage_tile_px(p, tiled.video_hw(name, stages))),
                         "windows": p.grid.count, "window_out": list(win_out[-2:]), "work": round(work, 3),
                         "estimate": round(1 + shares[k] * (work - 1), 3)})
@@ -101,7 +101,7 @@ def measured_rows(path: Path, name: str, stages, fields, shares) -> tuple[list[d
         row = {"source": path.name, "form": form.get("form"), "stage_tiles": tiles,
                "measured": form.get("time_ratio_vs_untiled"), "runtime": form.get("runtime"),
                "runtime_memory_bytes": (form.get("runtime_memory") or {}).get("bytes")}
-        if tiles is not None and len(tiles) == len(stages):
+        if len(tiles) == len(stages):
             row["estimate"] = estimate(name, stages, fields, shares, tiles)
         else:
             row["estimate"] = None

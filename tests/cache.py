@@ -11,6 +11,7 @@ copy.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRARIES = ("torch", "executorch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "onnxruntime-qnn", "numpy")
+LIBRARIES = ("torch", "executorch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "onnxruntime-qnn", "diffusers",
+             "numpy")
 
 
-def sources_key(*extra: str) -> str:
-    """A short hash of the sources and library versions an export depends on, and of `extra`."""
+@functools.cache
+def _sources_hash() -> bytes:
+    """The package's and the exporters' sources and the library versions: read once per test process."""
     h = hashlib.sha256()
     for path in sorted([*(REPO / "exporters").rglob("*.py"), *(REPO / "mi2v_export").rglob("*.py")]):
         h.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
@@ -33,6 +36,12 @@ def sources_key(*extra: str) -> str:
             h.update(f"{dist}={version(dist)};".encode())
         except PackageNotFoundError:
             h.update(f"{dist}=-;".encode())
+    return h.digest()
+
+
+def sources_key(*extra: str) -> str:
+    """A short hash of the sources and library versions an export depends on, and of `extra`."""
+    h = hashlib.sha256(_sources_hash())
     for text in extra:
         h.update(b"\0" + text.encode())
     return h.hexdigest()[:12]
@@ -55,18 +64,17 @@ def cached(config, name: str, build: Callable[[Path], None], *extra: str) -> Pat
 
 
 def export_cli(exe: Path, args: tuple[str, ...], env: dict[str, str]) -> Callable[[Path], None]:
-    """A builder running `mi2v export *args --out <folder>` that keeps its stdout and stderr beside the artifacts
-    (`.stdout`, `.stderr`), for the tests that check what the command printed."""
+    """A builder running `mi2v export *args --out <folder>` that keeps its stdout beside the artifacts (`.stdout`),
+    for the tests that check what the command printed."""
     def build(out: Path) -> None:
         proc = subprocess.run([str(exe), "export", *args, "--out", str(out)], capture_output=True, text=True,
                               timeout=1800, env=env, cwd=REPO)
         assert proc.returncode == 0, proc.stderr[-3000:]
         (out / ".stdout").write_text(proc.stdout)
-        (out / ".stderr").write_text(proc.stderr)
     return build
 
 
 def copy_export(folder: Path, dst: Path) -> tuple[Path, str]:
     """A private copy of a cached export at `dst` and what its command printed on stdout."""
-    shutil.copytree(folder, dst, ignore=shutil.ignore_patterns(".complete", ".stdout", ".stderr"))
+    shutil.copytree(folder, dst, ignore=shutil.ignore_patterns(".complete", ".stdout"))
     return dst, (folder / ".stdout").read_text()

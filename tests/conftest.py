@@ -20,7 +20,7 @@ from mi2v_export.presets import get_preset
 from mi2v_export.shapes import geometry
 from tests import cache
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = cache.REPO
 DATA = REPO / "tests" / "data"  # the project's test data: a clone alone passes its tests
 GOLDEN = DATA / "golden"  # upstream reference outputs (tests/data/golden/README.md says how they were made)
 TEST_IMAGE = DATA / "images" / "mobilei2v_test_image.png"
