@@ -8,10 +8,10 @@ with the probes a `--memory-budget` export measured (benchmarks/tiled_vae.py res
 needs. Counted on the meta device (no weights, no memory): seconds at 720p.
 
 - stages, fields and candidate tiles: exactly the export's (exporters/tiled.py `stage_fields`,
-  exporters/tile_budget.py `stage_candidates`);
+  exporters/tile_search.py `stage_candidates`);
 - MACs: torch's FlopCounterMode over each stage on meta tensors (convolutions and matrix products; the norms and
   activations it does not count are a small share of a VAE);
-- a stage's work for a tile: the input elements over all its windows against the whole frame (`tile_budget._work`);
+- a stage's work for a tile: the input elements over all its windows against the whole frame (`tile_search.work`);
 - a component's estimate for per-stage tiles: the sum over stages of share x work.
 
     python benchmarks/tile_cost.py --component decoder --resolution 720x1280 --frames 17 \\
@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mi2v_export import contract, tiling
 from mi2v_export.errors import BadInputError
-from mi2v_export.exporters import components, tile_budget, tiled
+from mi2v_export.exporters import components, tile_search, tiled
 from mi2v_export.models import build_part, seed_part
 from mi2v_export.models.stages import Stage, _on_meta, stages_of
 from mi2v_export.presets import get_preset
@@ -68,10 +68,10 @@ def candidates(name: str, stages: list[Stage], fields: list[int], shares: list[f
     component's estimate when only that stage is tiled so."""
     out = []
     for k, stage in enumerate(stages):
-        plans = tile_budget.stage_candidates(name, stages, fields, tiled.TileRequest(), k)
-        whole = tile_budget._work(stage, plans[0][1])
+        plans = tile_search.stage_candidates(name, stages, fields, tiled.TileRequest(), k)
+        whole = tile_search.work(stage, plans[0][1])
         for tile, p in plans:
-            work = tile_budget._work(stage, p) / whole
+            work = tile_search.work(stage, p) / whole
             win_out = tiled.window_shape(stage, p)[1]
             out.append({"stage": k, "tile": list(tiled.stage_tile_px(p, tiled.video_hw(name, stages))),
                         "windows": p.grid.count, "window_out": list(win_out[-2:]), "work": round(work, 3),
@@ -86,7 +86,7 @@ def estimate(name: str, stages: list[Stage], fields: list[int], shares: list[flo
     for stage, field, share, tile in zip(stages, fields, shares, stage_tiles):
         p = tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, tuple(tile), field)
         whole = tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, video, field)
-        total += share * tile_budget._work(stage, p) / tile_budget._work(stage, whole)
+        total += share * tile_search.work(stage, p) / tile_search.work(stage, whole)
     return round(total, 3)
 
 

@@ -122,6 +122,7 @@ def form_record(name: str, entry: dict) -> dict:
     return {"form": name, "file": entry["file"], "bytes": entry["bytes"],
             "tile": t.get("tile"), "stage_tiles": t.get("stage_tiles"), "residency": t.get("residency"),
             "tiles_per_call": t.get("tiles"), "stages": len(t.get("stages") or []) or None,
+            "streamed_stages": sum("stream" in st for st in t.get("stages") or []) or None,
             "grid": t.get("grid"), "exact": t.get("exact"), "probes": t.get("probes"),
             "export_wall_s": entry["export"]["wall_s"], "export_rel_l2": entry["parity"].get("rel_l2"),
             "runtime_memory": entry.get("runtime_memory")}
@@ -139,6 +140,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=512)
     ap.add_argument("--precision", help="fp32 (default) or fp16")
     ap.add_argument("--tile", action="append", default=[], help="also a fixed tile HxW (repeatable)")
+    ap.add_argument("--stream-rows", action="append", default=[], help="also every stage streamed in bands of "
+                    "this many rows (repeatable)")
+    ap.add_argument("--note", help="what the results file should say beside its figures (what ran beside, how a "
+                    "form was made)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-process", type=int, default=2)
     ap.add_argument("--work", help="folder for the artifacts (default: a temporary one)")
@@ -152,8 +157,11 @@ def main() -> None:
     forms[f"budget {args.budget:g} MiB"], budget = export_budget(work / "budget", args)
     for tile in args.tile:
         forms[f"tile {tile}"] = export(work / f"tile-{tile}", args, ["--tile", tile])
+    for rows in args.stream_rows:
+        forms[f"streamed {rows} rows"] = export(work / f"stream-{rows}", args, ["--stream-rows", rows])
     folders = {"untiled": work / "untiled", f"budget {args.budget:g} MiB": work / "budget",
-               **{f"tile {t}": work / f"tile-{t}" for t in args.tile}}
+               **{f"tile {t}": work / f"tile-{t}" for t in args.tile},
+               **{f"streamed {r} rows": work / f"stream-{r}" for r in args.stream_rows}}
     records = {name: form_record(name, e) for name, e in forms.items()}
     outputs = {}
     for name, folder in folders.items():  # one accuracy run each, then the timed rounds
@@ -180,7 +188,7 @@ def main() -> None:
               "preset": args.preset, "resolution": args.resolution, "frames": args.frames, "budget": budget,
               "precision": args.precision or "fp32",
               "rounds": args.rounds, "per_process": args.per_process, "baseline_bytes": baseline,
-              "reused_exports": bool(args.reuse),
+              "reused_exports": bool(args.reuse), **({"note": args.note} if args.note else {}),
               "process_peak_method": PEAK_METHOD,
               "machine": {"cpu_model": contract.cpu_model(), "cpu_flags": contract.cpu_flags(),
                           "cores": os.cpu_count(), "load_average": list(os.getloadavg())},

@@ -85,6 +85,7 @@ class ExportRequest:
     tile: str | None = None  # `--tile HxW` (video pixels) for the encoder / decoder (exporters/tiled.py)
     halo: int | None = None  # `--halo PX`: smaller than the receptive field → blended, measured
     memory_budget: float | None = None  # `--memory-budget MIB`: the largest tile whose measured peak fits
+    stream_rows: int | None = None  # `--stream-rows PX`: every stage streamed in bands of PX rows
 
 
 @dataclass
@@ -132,7 +133,7 @@ def resolve(request: ExportRequest):
     _check_flag_applies(request, exporter, "etrecord")
     comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
     options.tiles = tiled.check_request(request.tile, request.halo, request.memory_budget, components,
-                                        (geo.height, geo.width), options.precisions)
+                                        (geo.height, geo.width), options.precisions, request.stream_rows)
     return exporter, options, components, preset, geo
 
 

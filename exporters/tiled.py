@@ -24,7 +24,7 @@ from mi2v_export.manifest import TensorInfo
 from mi2v_export.models.receptive import receptive_field
 from mi2v_export.models.stages import Stage, stages_of
 from mi2v_export.runtimes import measure as runtime_measure
-from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, TILING_FORMAT, open_session
+from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, STREAMED_FORMAT, TILING_FORMAT, open_session
 
 from .base import Artifact, ArtifactRun, ComponentSpec, ExportOptions, ProgressCallback, ProgressEvent
 
@@ -39,21 +39,28 @@ class TileRequest:
     tile: tuple[int, int] | None = None
     halo: int | None = None  # video pixels; None: each stage's receptive field (exact)
     budget_mib: float | None = None
+    stream_rows: int | None = None  # video rows per band: every stage streamed (mi2v_export/streaming.py)
 
     @property
     def active(self) -> bool:
-        return self.tile is not None or self.budget_mib is not None
+        return self.tile is not None or self.budget_mib is not None or self.stream_rows is not None
 
 
 def check_request(tile: str | None, halo: int | None, budget: float | None, components: list[str],
-                  frame: tuple[int, int], precisions: dict) -> TileRequest:
-    """Validate --tile / --halo / --memory-budget before any model is built (one-line BadInputError)."""
-    if tile is None and budget is None:
+                  frame: tuple[int, int], precisions: dict, stream_rows: int | None = None) -> TileRequest:
+    """Validate --tile / --halo / --memory-budget / --stream-rows before any model is built (one-line
+    BadInputError)."""
+    asked = [f for f, v in (("--tile", tile), ("--memory-budget", budget), ("--stream-rows", stream_rows))
+             if v is not None]
+    if not asked:
         if halo is not None:
             raise BadInputError("--halo applies to a tiled export: give --tile or --memory-budget")
         return TileRequest()
-    if tile is not None and budget is not None:
-        raise BadInputError("give --tile or --memory-budget, not both (the budget picks the tile)")
+    if len(asked) > 1:
+        raise BadInputError(f"{' and '.join(asked)} cannot be combined: give one (a budget picks the tile or the "
+                            "band itself)")
+    if stream_rows is not None:
+        _check_stream_rows(stream_rows, frame, halo)
     if not any(c in TILED_COMPONENTS for c in components):
         raise BadInputError(f"--tile / --memory-budget apply to the {' and '.join(TILED_COMPONENTS)} only")
     if budget is not None and not (0 < budget < 1 << 30):
@@ -69,7 +76,18 @@ def check_request(tile: str | None, halo: int | None, budget: float | None, comp
     if tile is not None:
         size = tiling.parse_tile(tile)
         tiling.check_tile_fits(size, frame)
-    return TileRequest(size, halo, budget)
+    return TileRequest(size, halo, budget, stream_rows)
+
+
+def _check_stream_rows(rows: int, frame: tuple[int, int], halo: int | None) -> None:
+    if halo is not None:
+        raise BadInputError("--halo applies to windows; streamed bands are exact (their halo is each step's field)")
+    if rows <= 0 or rows % tiling.TILE_MULTIPLE:
+        raise BadInputError(f"--stream-rows {rows}: expected a positive multiple of {tiling.TILE_MULTIPLE} video rows")
+    whole = -(-frame[0] // tiling.TILE_MULTIPLE) * tiling.TILE_MULTIPLE
+    if rows > whole:
+        raise BadInputError(f"--stream-rows {rows} is more than the frame's {frame[0]} rows ({whole} in whole "
+                            "latent pixels)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,6 +191,8 @@ def assemble(spec: ComponentSpec, stages: list[Stage], entries: list[dict], arts
             extra[f"tile_stage_{k}"] = art.file
         extra.update({f"s{k}.{role}": f for role, f in art.extra_files.items()})
     record["stages"] = entries
+    if any("stream" in e for e in entries):
+        record["format"] = STREAMED_FORMAT
     first = arts[0]
     dtype = first.inputs[0].dtype
     inputs = [TensorInfo(n, tuple(int(d) for d in x.shape), dtype) for n, x in spec.inputs.items()]

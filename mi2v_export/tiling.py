@@ -250,11 +250,12 @@ def _core_slices(axis: AxisPlan, index: int, s: float) -> tuple[slice, slice]:
     """(destination, source) slices of a window's core along one axis; a single window is copied whole."""
     if axis.count == 1:
         return slice(None), slice(None)
-    (a, b), w = _core(axis, index), axis.windows[index]
+    (a, b), w = core_span(axis, index), axis.windows[index]
     return slice(int(a * s), int(b * s)), slice(int((a - w) * s), int((b - w) * s))
 
 
-def _core(axis: AxisPlan, index: int) -> tuple[int, int]:
+def core_span(axis: AxisPlan, index: int) -> tuple[int, int]:
+    """A window's core along one axis, in grid units: [start, end)."""
     start = axis.starts[index]
     return start, min(start + axis.tile, axis.frame)
 

@@ -20,9 +20,14 @@ def _memory(form: dict) -> int | None:
 
 
 def _tiles(form: dict) -> str:
-    """The tile of each stage (a budget tiles each stage apart), or the one tile of files written before that."""
+    """The tile of each stage (a budget tiles each stage apart), or the one tile of files written before that; the
+    last `streamed_stages` stages run band by band together (mi2v_export/streaming.py)."""
     per = form.get("stage_tiles") or ([form["tile"]] if form.get("tile") else [])
-    return " / ".join("×".join(map(str, t)) for t in per) or "whole frame"
+    streamed = form.get("streamed_stages") or 0
+    text = " / ".join("×".join(map(str, t)) for t in per[:len(per) - streamed]) or ""
+    if streamed:
+        text += f"{' / ' if text else ''}{streamed} steps streamed in {'×'.join(map(str, per[-1]))} bands"
+    return text or "whole frame"
 
 
 def tiled_vae(data: dict, anchor: str, images: dict) -> str:
@@ -38,6 +43,7 @@ def tiled_vae(data: dict, anchor: str, images: dict) -> str:
              f"{code(data.get('precision', 'fp32'))}, {code(data.get('resolution'))} × {data.get('frames')} frames, "
              f"{data.get('rounds')} rounds × {data.get('per_process')} runs per fresh process, forms taking turns",
              *([f"- **ran beside**: {escape(data['beside'], True)}"] if data.get("beside") else []),
+             *([f"- **note**: {escape(data['note'], True)}"] if data.get("note") else []),
              *(["- **exports reused** from an earlier run in the same folder (their export figures are that run's)"]
                if data.get("reused_exports") else []),
              f"- **process peak over runs**: {escape(data.get('process_peak_method') or _OLD_PEAK, True)}",

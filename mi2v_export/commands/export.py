@@ -111,6 +111,9 @@ def export(
                                     "of 32); the overlaps are blended and the error is measured"),
     memory_budget: refine(MemoryBudget, help="encoder / decoder: the largest tile whose measured peak (fresh "
                           "process, above the runtime's baseline) fits this many MiB") = None,
+    stream_rows: int | None = typer.Option(None, "--stream-rows", help="encoder / decoder: run every stage step "
+                                           "by step in full-width bands of this many video rows (multiple of 32), "
+                                           "keeping only the rows the next step needs; exact"),
     json_out: refine(Json, help="print this run's manifest entries as JSON on stdout") = False,
 ) -> None:
     """Export MobileI2V components to ONNX / Core ML / ExecuTorch, check them against PyTorch fp32, and describe
@@ -126,7 +129,7 @@ def export(
                             verify=not no_verify, test_vectors=not no_test_vectors, etrecord=etrecord,
                             compute_units=compute_units.value, min_ios=min_ios, soc=soc.value,
                             allow_cpu_fallback=allow_cpu_fallback, tile=tile, halo=halo,
-                            memory_budget=memory_budget)
+                            memory_budget=memory_budget, stream_rows=stream_rows)
     _note_default_preset(preset, resolution, frames)
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 

@@ -54,7 +54,9 @@ def verify(
     if failed:
         names = ", ".join(f"{c.component} ({c.file} on {', '.join(r['runtime'] for r in c.runs if not r['passed'])})"
                           for c in failed)
-        raise VerificationError(f"{names}: output differs from the stored PyTorch fp32 output beyond the gate")
+        errors = [r["error"] for c in failed for r in c.runs if not r["passed"] and r.get("error")]
+        raise VerificationError(f"{names}: " + (errors[0] if errors else
+                                                "output differs from the stored PyTorch fp32 output beyond the gate"))
 
 
 def _print_table(folder: Path, checks) -> None:

@@ -189,6 +189,46 @@ def split(stage: Stage, limit: int) -> list[Stage]:
     return _cut(steps, _meta_shapes(steps, stage.input_shape), limit, resizing_only=False)
 
 
+def _block_parts(step: nn.Module) -> list[nn.Module]:
+    """A block's sub-modules in the order its forward calls them (the VAE's up, mid and down blocks: an optional
+    width-changing `conv_in`, the up-samplers, the resnets; a down block: resnets, down-samplers, `conv_out`), or
+    the step itself. A block with a timestep embedder is kept whole (its resnets read the embedding)."""
+    block = step.block if isinstance(step, _NoTemb) else step
+    resnets = getattr(block, "resnets", None)
+    if not isinstance(resnets, nn.ModuleList) or getattr(block, "time_embedder", None) is not None:
+        return [step]
+    def listed(name: str) -> list[nn.Module]:
+        value = getattr(block, name, None)
+        return [] if value is None else list(value) if isinstance(value, nn.ModuleList) else [value]
+    if hasattr(block, "downsamplers"):
+        parts = [*resnets, *listed("downsamplers"), *listed("conv_out")]
+    else:
+        parts = [*listed("conv_in"), *listed("upsamplers"), *resnets]
+    return [_NoTemb(p) if isinstance(step, _NoTemb) else p for p in parts]
+
+
+def fine_steps(stage: Stage) -> list[Stage]:
+    """The stage as one stage per smallest step (each block's own resnets and samplers): what a row-streamed stage
+    runs (mi2v_export/streaming.py), each part with the small receptive field of its own convolutions. Checked
+    against the stage on a small seeded input; a model whose blocks run otherwise keeps its steps as they are."""
+    steps = [p for step in stage.module.steps for p in _block_parts(step)]
+    if len(steps) > len(stage.module.steps) and not _same_output(Chain(steps), stage):
+        steps = list(stage.module.steps)
+    shapes = _meta_shapes(steps, stage.input_shape)
+    return [Stage(Chain([step]), shapes[i], shapes[i + 1]) for i, step in enumerate(steps)]
+
+
+def _same_output(chain: Chain, stage: Stage) -> bool:
+    """Whether `chain` computes what the stage does, on a seeded input of the stage's channels and frames, 8 × 8."""
+    b, c, t = stage.input_shape[:3]
+    x = torch.randn(b, c, t, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        try:
+            return torch.equal(chain(x), stage.module(x))
+        except RuntimeError:
+            return False
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     out = 1
     for d in shape:
@@ -196,4 +236,4 @@ def _numel(shape: tuple[int, ...]) -> int:
     return out
 
 
-__all__ = ["Chain", "Stage", "split", "steps_of", "stages_of", "tensor_limit"]
+__all__ = ["Chain", "Stage", "fine_steps", "split", "steps_of", "stages_of", "tensor_limit"]

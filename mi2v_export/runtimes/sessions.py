@@ -21,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import tiling
+from .. import streaming, tiling
 from ..errors import BadInputError
 from . import dtypes, memory
 from .base import Inputs, Runtime, Session, TensorSpec
 
-TILING_FORMAT = 1  # the `tiling` record's layout; a reader refuses records of a later one
+TILING_FORMAT = 1  # the `tiling` record's layout without streamed stages
+STREAMED_FORMAT = 2  # with streamed stages (a `stream` group on consecutive stages): older readers refuse it
+FORMATS = (TILING_FORMAT, STREAMED_FORMAT)  # what this reader runs; a record of a later format is refused
 RESIDENCIES = ("stage", "all")  # stage models resident at once: one, or every one (records without the field)
 STAGE_INPUT, STAGE_OUTPUT = "x", "y"  # every stage model's I/O names
 
@@ -41,9 +43,9 @@ def check_record(entry: Any) -> None:
     hashes and the bench pushes are the ones that run."""
     record = entry.tiling
     fmt = record.get("format")
-    if fmt != TILING_FORMAT:
-        raise BadInputError(f"tiling record format {fmt} is not supported (this mi2v runs format {TILING_FORMAT}); "
-                            "upgrade mi2v")
+    if fmt not in FORMATS:
+        raise BadInputError(f"tiling record format {fmt} is not supported (this mi2v runs formats "
+                            f"{', '.join(map(str, FORMATS))}); upgrade mi2v")
     stages = record.get("stages") or []
     if not stages:
         raise BadInputError("the tiling record lists no stages")
@@ -110,22 +112,25 @@ class TiledSession(Session):
         return x
 
     def execute(self, prepared: np.ndarray) -> np.ndarray:
-        """Every stage over its windows; `tile_ms` keeps each stage's per-window times of this call, `load_ms` the
-        load of each stage this call loaded (None: it was resident)."""
+        """Every stage over its windows, a streamed group's stages band by band together (mi2v_export/streaming.py);
+        `tile_ms` keeps each stage's per-window times of this call, `load_ms` the load of each stage this call loaded
+        (None: it was resident)."""
         x = prepared
-        self.tile_ms = []
+        stages = self.record["stages"]
+        self.tile_ms = [[] for _ in stages]
         self.load_ms = [None] * len(self.stages)
-        for k, stage in enumerate(self.record["stages"]):
-            session = self._stage(k)
-            plan = tiling.stage_from_record(stage["plan"], x.shape[-2:])
-            times: list[float] = []
-            self.tile_ms.append(times)
-            x = tiling.run_tiled(lambda w, s=session, t=times: _timed_run(s, w, t), x, plan.grid,
-                                 plan.scale_in, plan.scale_out)
+        for group in stream_groups(stages):
+            runs = [lambda w, s=self._stage(k), t=self.tile_ms[k]: _timed_run(s, w, t) for k in group]
+            plans = group_plans([stages[k] for k in group], x.shape[-2:])
+            if "stream" in stages[group[0]]:
+                x = streaming.run_streamed(runs, x, plans)
+            else:
+                x = tiling.run_tiled(runs[0], x, plans[0].grid, plans[0].scale_in, plans[0].scale_out)
             if self.one_at_a_time:
-                session.close()
-                self.stages[k] = None
-                del session
+                del runs
+                for k in group:
+                    self.stages[k].close()
+                    self.stages[k] = None
                 memory.return_freed()
         return x
 
@@ -145,6 +150,31 @@ class TiledSession(Session):
             if session is not None:
                 session.close()
         self.stages = [None] * len(self.stages)
+
+
+def stream_groups(stages: list[Mapping]) -> list[list[int]]:
+    """Stage indices grouped as they run: consecutive stages of one `stream` group together, any other alone."""
+    groups: list[list[int]] = []
+    for k, stage in enumerate(stages):
+        group = stage.get("stream")
+        if group is not None and groups and stages[groups[-1][0]].get("stream") == group:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
+
+
+def group_plans(stages: list[Mapping], in_hw: tuple[int, int]) -> list[tiling.StagePlan]:
+    """Each stage's plan for a group whose first stage reads `in_hw`; a streamed stage reads its predecessor's
+    whole output (a one-window axis keeps the tile model's own size, as tiling.run_tiled does)."""
+    plans = []
+    for stage in stages:
+        plan = tiling.stage_from_record(stage["plan"], in_hw)
+        plans.append(plan)
+        g, out = plan.grid, stage["output_window"]
+        in_hw = tuple(int(o) if a.count == 1 else a.frame * plan.scale_out
+                      for a, o in zip((g.rows, g.cols), out[-2:]))
+    return plans
 
 
 def _timed_run(session: Session, window: np.ndarray, times: list[float]) -> np.ndarray:
@@ -178,4 +208,4 @@ def run_sets(runtime: Runtime, path: str | os.PathLike, entry: Any, sets: list[I
         return [session.run(feeds) for feeds in sets]
 
 
-__all__ = ["RESIDENCIES", "TILING_FORMAT", "TiledSession", "check_record", "is_tiled", "open_session", "run_sets", "stage_entry"]
+__all__ = ["FORMATS", "RESIDENCIES", "STREAMED_FORMAT", "TILING_FORMAT", "group_plans", "stream_groups", "TiledSession", "check_record", "is_tiled", "open_session", "run_sets", "stage_entry"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporters import tile_budget, tiled
+from exporters import tile_search, tiled
 from mi2v_export import models, runtimes, tiling
 from mi2v_export.manifest import read_manifest
 from mi2v_export.models.receptive import decoder_probe, receptive_field
@@ -157,7 +157,7 @@ def test_memory_budget_picks_a_tile_that_fits_or_names_the_smallest_feasible(tmp
     (["--tile", "100x64"], "multiples of 32"),
     (["--tile", "64"], "HxW"),
     (["--tile", "256x256"], "larger than the 128x192 frame"),
-    (["--tile", "64x64", "--memory-budget", "100"], "not both"),
+    (["--tile", "64x64", "--memory-budget", "100"], "cannot be combined"),
     (["--memory-budget", "-3"], "positive number of MiB"),
     (["--halo", "32"], "give --tile or --memory-budget"),
     (["--tile", "64x64", "--halo", "7"], "multiple of 32"),
@@ -225,10 +225,10 @@ def test_budget_candidates_start_whole_and_shrink_per_stage():
     stages = stages_of(model, tuple(z.shape))
     fields = [2] * len(stages)
     for k, stage in enumerate(stages):
-        cands = tile_budget.stage_candidates("decoder", stages, fields, tiled.TileRequest(), k)
+        cands = tile_search.stage_candidates("decoder", stages, fields, tiled.TileRequest(), k)
         assert cands[0][1].grid.count == 1
-        costs = [tile_budget._cost(stage, p) for _, p in cands]
-        work = [tile_budget._work(stage, p) for _, p in cands]
+        costs = [tile_search.cost(stage, p) for _, p in cands]
+        work = [tile_search.work(stage, p) for _, p in cands]
         assert costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
         assert work == sorted(work) and len(set(work)) == len(work)  # a smaller window always costs more work
 
