@@ -1,14 +1,18 @@
 """A stage streamed in row bands (mi2v_export/streaming.py) as a budget export's choice for a stage too large to
 run whole.
 
-Why it comes before windows: a window recomputes the stage's whole receptive field around itself. The 720p
-Turbo-VAED's last stage reads 56 video pixels each side, so its windows that fit 512 MiB cost 2.4x the untiled
-decode (benchmarks/results/tile_cost_720p_decoder.json). Streamed, the stage is cut into its smallest steps
-(mi2v_export/models/stages.py `fine_steps`); each runs on full-width bands with its own halo of one or two rows,
-and the large maps between the steps are never whole. The search tries band heights, tallest first, as a stage's
-search tries windows (exporters/tile_search.py). Each probe exports every step's band model and measures the steps
-streamed on the stage's whole input. Bands are exact: streaming copies each band's core, so a blended `--halo` does
-not apply to it.
+A window recomputes the stage's whole receptive field around itself (56 video pixels each side for the 720p
+Turbo-VAED's last stage). Streamed, the stage is cut into its smallest steps (mi2v_export/models/stages.py
+`fine_steps`); each runs on full-width bands with its own halo of one or two rows, and the maps between the steps
+are never whole. The search tries band heights, tallest first, as a stage's search tries windows
+(exporters/tile_search.py). Each probe exports every step's band model and measures the steps streamed on the
+stage's whole input. Bands are exact: streaming copies each band's core, so a blended `--halo` does not apply.
+
+Why streaming is tried before windows, and what it does not do: at the one 720p budget where both fit (1100 MiB on
+onnxruntime) streaming was 3 % faster for 10 % more memory
+(benchmarks/results/tiled_720p_onnx_decoder_streamed_1100.json, tiled_720p_onnx_decoder_windows_1100.json). Every
+step is a resident model with its own working memory, so at small budgets it does not fit where windows do: at
+512 MiB the search falls through to windows.
 """
 
 from __future__ import annotations
