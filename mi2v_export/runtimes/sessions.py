@@ -49,6 +49,9 @@ def check_record(entry: Any) -> None:
     stages = record.get("stages") or []
     if not stages:
         raise BadInputError("the tiling record lists no stages")
+    if fmt != STREAMED_FORMAT and any("stream" in s for s in stages):
+        raise BadInputError(f"the tiling record streams stages but says format {fmt} (streamed stages are format "
+                            f"{STREAMED_FORMAT})")
     if record.get("residency", "all") not in RESIDENCIES:
         raise BadInputError(f"tiling record residency {record.get('residency')!r} is not supported "
                             f"(this mi2v runs {', '.join(RESIDENCIES)}); upgrade mi2v")
