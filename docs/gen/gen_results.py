@@ -27,7 +27,7 @@ RENDER: dict[str, Callable[[object, str, dict], str]] = {
     "export": kinds.export, "attention": kinds.attention, "qnn": devices.qnn, "qnn_blocks": devices.qnn_blocks,
     "bench_report": devices.bench_report, "release_plan": devices.release_plan,
     "receptive_field": kinds.receptive_field, "tiled_vae": memory.tiled_vae, "ort_memory": memory.ort_memory,
-    "qnn_tiled": memory.qnn_tiled, "tile_cost": memory.tile_cost, "pipeline": runs.pipeline, "int8_ceiling": runs.int8_ceiling,
+    "qnn_tiled": memory.qnn_tiled, "tile_cost": memory.tile_cost, "stateful_stream": memory.stateful_stream, "pipeline": runs.pipeline, "int8_ceiling": runs.int8_ceiling,
     "litert": runs.litert, "other": kinds.other,
 }
 WRITERS = {
@@ -37,6 +37,7 @@ WRITERS = {
     "attention": "`benchmarks/attention.py`", "receptive_field": "`benchmarks/vae_receptive_field.py`",
     "tiled_vae": "`benchmarks/tiled_vae.py`", "ort_memory": "`benchmarks/ort_memory_settings.py`",
     "qnn_tiled": "`benchmarks/qnn_tiled.py`", "tile_cost": "`benchmarks/tile_cost.py`",
+    "stateful_stream": "`benchmarks/stateful_stream.py` (an experiment)",
     "pipeline": "`benchmarks/pipeline.py`",
     "int8_ceiling": "`benchmarks/int8_ceiling.py`", "litert": "`benchmarks/litert.py`",
     "bench_report": "`mi2v bench --report`",
@@ -92,7 +93,8 @@ TOPICS = (
     Topic("results/phone-bench.md", "Phone benchmarks", ("bench_report",),
           "`mi2v bench` reports kept as samples ([guide](../guides/benchmarking.md)). A report from the "
           "simulated phone says `simulated_device: true`: its times are the host's, not a phone's."),
-    Topic("results/tiling.md", "Memory and tiling", ("tiled_vae", "tile_cost", "ort_memory", "receptive_field"),
+    Topic("results/tiling.md", "Memory and tiling", ("tiled_vae", "tile_cost", "stateful_stream", "ort_memory",
+                                                     "receptive_field"),
           "Tiled against untiled VAE components (measured runtime memory: a fresh process's peak above its "
           "baseline; time side by side), onnxruntime's memory settings, and how far one output pixel of each "
           "VAE part reads into its input, the halo an exact tile needs ([guide](../guides/memory.md)). " + SEEDED),
@@ -125,7 +127,8 @@ def kind_of(data: object) -> str:
         ("export", "entries" in data), ("qnn_blocks", "stages" in data and "soc" in data),
         ("qnn", "target_info" in data and "simulator" in data), ("release_plan", "runs" in data and "plan" in data),
         ("attention", "cases" in data), ("receptive_field", data.get("benchmark") == "vae_receptive_field"),
-        ("tiled_vae", data.get("benchmark") == "tiled_vae"), ("tile_cost", data.get("benchmark") == "tile_cost"), ("ort_memory", data.get("benchmark") == "ort_memory_settings"),
+        ("tiled_vae", data.get("benchmark") == "tiled_vae"), ("tile_cost", data.get("benchmark") == "tile_cost"),
+        ("stateful_stream", data.get("benchmark") == "stateful_stream"), ("ort_memory", data.get("benchmark") == "ort_memory_settings"),
         ("pipeline", data.get("benchmark") == "pipeline"), ("int8_ceiling", data.get("kind") == "int8_ceiling"),
     )
     return next((kind for kind, hit in checks if hit), "other")

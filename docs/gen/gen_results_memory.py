@@ -142,3 +142,19 @@ def tile_cost(data: dict, anchor: str, images: dict) -> str:
                           else escape(m.get("why_not") or DASH, True), mb(m.get("runtime_memory_bytes"))]
                          for m in measured])]
     return "\n".join(lines)
+
+
+def stateful_stream(data: dict, anchor: str, images: dict) -> str:
+    """benchmarks/stateful_stream.py: the Turbo-VAED's last stage as one model streaming row bands with carried
+    state, against the stage run whole, in fresh processes."""
+    forms = data.get("forms") or {}
+    rows = [[escape(name), num(f.get("median_s"), ".2f", unit=" s"), num(f.get("time_ratio_vs_whole"), ".2f", unit="x"),
+             mb(f.get("peak_bytes_median"))] for name, f in forms.items()]
+    return "\n".join([
+        f"- the last stage, {code(data.get('stage_input'))} → {code(data.get('stage_output'))}, bands of "
+        f"{data.get('band_px')} video rows; {data.get('states')} state tensors, output lag {data.get('lag_rows')} rows",
+        f"- {data.get('rounds')} rounds × {data.get('per_process')} runs per fresh process, forms taking turns",
+        f"- **memory**: {escape(data.get('peak_method') or '', True)}",
+        f"- stitched output against the whole stage's: rel L2 {num(data.get('rel_l2_vs_whole'), '.1e')}",
+        *([f"- **note**: {escape(data['note'], True)}"] if data.get("note") else []), "",
+        table(["form", "time per call (median)", "vs whole stage", "peak above baseline"], rows)])
