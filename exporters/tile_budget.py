@@ -9,8 +9,9 @@ whole (one window, no halo to recompute); only the stages near the video are spl
 in 56 windows.
 
 Each stage is searched by measurement (exporters/tile_search.py): whole first; where it does not fit whole, streamed
-in row bands (exporters/tile_stream.py: a row or two of halo per step), then in windows. The assembled component is measured again: what released stages leave behind adds to the next
-one's peak (measured: 10-80 MiB on a 720p decoder with onnxruntime), so where it does not fit, every stage's limit is lowered by that overhead and the
+in row bands (exporters/tile_stream.py: a row or two of halo per step), then in windows. The assembled component
+is measured again: what released stages leave behind adds to the next one's peak (measured: 10-80 MiB on a 720p
+decoder with onnxruntime), so where it does not fit, every stage's limit is lowered by that overhead and the
 stages above it take smaller windows (at most ASSEMBLY_ROUNDS measurements) before the budget is refused. A stage
 that does not fit even at its smallest window is cut between its steps first (its weights, not its windows, set
 its peak): the 720p LTX encoder's last stage peaked at 669 MiB whole with 574 MB of weights, and its 45 latent rows

@@ -16,7 +16,7 @@ import shutil
 from mi2v_export import tiling
 from mi2v_export.manifest import TensorInfo
 from mi2v_export.models.stages import Stage
-from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, STREAMED_FORMAT, TILING_FORMAT
+from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT
 
 from . import tiled
 from .base import Artifact, ProgressEvent
@@ -204,16 +204,10 @@ def probe_artifact(input_shape: tuple[int, ...], output_shape: tuple[int, ...], 
                    arts: list[Artifact]) -> Artifact:
     """Stages as a tiled component on the first one's whole input: what a probe measures."""
     dtype = arts[0].inputs[0].dtype
-    extra = {}
-    for j, art in enumerate(arts):
-        if j:
-            extra[f"tile_stage_{j}"] = art.file
-        extra.update({f"s{j}.{role}": f for role, f in art.extra_files.items()})
     probe = Artifact(file=arts[0].file, inputs=[TensorInfo(STAGE_INPUT, tuple(input_shape), dtype)],
-                     outputs=[TensorInfo(STAGE_OUTPUT, tuple(output_shape), dtype)], extra_files=extra)
-    streamed = any("stream" in e for e in entries)
-    probe.tiling = {"format": STREAMED_FORMAT if streamed else TILING_FORMAT, "residency": "stage",
-                    "stages": entries}
+                     outputs=[TensorInfo(STAGE_OUTPUT, tuple(output_shape), dtype)],
+                     extra_files=tiled.stage_files(arts))
+    probe.tiling = {"format": tiled.record_format(entries), "residency": "stage", "stages": entries}
     return probe
 
 

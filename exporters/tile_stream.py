@@ -70,10 +70,9 @@ class StreamSearch(StageSearch):
         return self.parts[-1].output_shape
 
     def export(self, folder, i: int):
-        ctx, plans = self.ctx, self.ordered[i][1]
-        done = [tiled.export_stage(ctx.spec, ctx.exporter, ctx.options, folder, ctx.progress, self.k + j, part, p)
-                for j, (part, p) in enumerate(zip(self.parts, plans))]
-        return [dict(e, stream=self.k) for e, _, _ in done], [a for _, a, _ in done], [c for *_, cs in done for c in cs]
+        ctx = self.ctx
+        return export_group(ctx.spec, ctx.exporter, ctx.options, folder, ctx.progress, self.k, self.parts,
+                            self.ordered[i][1])
 
     def plans(self, i: int) -> list[tiling.StagePlan]:
         return list(self.ordered[i][1])
@@ -93,19 +92,24 @@ class StreamSearch(StageSearch):
                 "streamed_steps": len(self.parts)}
 
 
+def export_group(spec, exporter, options, folder, progress, k0: int, parts: list[Stage],
+                 plans: list[tiling.StagePlan]) -> tuple[list[dict], list, list[str]]:
+    """Export a streamed group's steps as stages k0, k0 + 1, …: (their entries, each marked `stream: k0`, the
+    artifacts, inspect checks)."""
+    done = [tiled.export_stage(spec, exporter, options, folder, progress, k0 + j, part, p)
+            for j, (part, p) in enumerate(zip(parts, plans))]
+    return [dict(e, stream=k0) for e, _, _ in done], [a for _, a, _ in done], [c for *_, cs in done for c in cs]
+
+
 def export_streamed(spec, exporter, options, folder, progress, request, stages: list[Stage]) -> tuple:
     """`--stream-rows PX`: every stage streamed in bands of PX video rows, each its own group (the tensors between
     stages are small). (artifact, inspect checks)."""
     parts_all, plans, entries, arts, checks = [], [], [], [], []
     for stage in stages:
         parts = fine_steps(stage)
-        k0 = len(parts_all)
         group = band_plans(spec.name, stages, parts, [tiled.stage_field(p) for p in parts], request.stream_rows)
-        for j, (part, p) in enumerate(zip(parts, group)):
-            entry, art, cs = tiled.export_stage(spec, exporter, options, folder, progress, k0 + j, part, p)
-            entries.append(dict(entry, stream=k0))
-            arts.append(art)
-            checks += cs
+        es, ars, cs = export_group(spec, exporter, options, folder, progress, len(parts_all), parts, group)
+        entries, arts, checks = entries + es, arts + ars, checks + cs
         parts_all += parts
         plans += group
     video = tiled.video_hw(spec.name, stages)
@@ -113,4 +117,4 @@ def export_streamed(spec, exporter, options, folder, progress, request, stages: 
     return tiled.assemble(spec, parts_all, entries, arts, record), checks
 
 
-__all__ = ["StreamSearch", "band_heights", "band_plans", "export_streamed"]
+__all__ = ["StreamSearch", "band_heights", "band_plans", "export_group", "export_streamed"]

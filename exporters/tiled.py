@@ -84,7 +84,7 @@ def _check_stream_rows(rows: int, frame: tuple[int, int], halo: int | None) -> N
         raise BadInputError("--halo applies to windows; streamed bands are exact (their halo is each step's field)")
     if rows <= 0 or rows % tiling.TILE_MULTIPLE:
         raise BadInputError(f"--stream-rows {rows}: expected a positive multiple of {tiling.TILE_MULTIPLE} video rows")
-    whole = -(-frame[0] // tiling.TILE_MULTIPLE) * tiling.TILE_MULTIPLE
+    whole = tiling.grid_px(frame)[0]
     if rows > whole:
         raise BadInputError(f"--stream-rows {rows} is more than the frame's {frame[0]} rows ({whole} in whole "
                             "latent pixels)")
@@ -184,15 +184,10 @@ def export_stages(spec: ComponentSpec, exporter, options: ExportOptions, folder:
 def assemble(spec: ComponentSpec, stages: list[Stage], entries: list[dict], arts: list[Artifact],
              record: dict) -> Artifact:
     """The component's artifact from its stages' (whole-frame I/O; the first stage's file; the rest as extras)."""
-    extra, seconds = {}, {}
-    for k, art in enumerate(arts):
-        seconds.update({f"s{k}.{n}": v for n, v in art.stages_s.items()})
-        if k:
-            extra[f"tile_stage_{k}"] = art.file
-        extra.update({f"s{k}.{role}": f for role, f in art.extra_files.items()})
+    seconds = {f"s{k}.{n}": v for k, art in enumerate(arts) for n, v in art.stages_s.items()}
+    extra = stage_files(arts)
     record["stages"] = entries
-    if any("stream" in e for e in entries):
-        record["format"] = STREAMED_FORMAT
+    record["format"] = record_format(entries)
     first = arts[0]
     dtype = first.inputs[0].dtype
     inputs = [TensorInfo(n, tuple(int(d) for d in x.shape), dtype) for n, x in spec.inputs.items()]
@@ -203,6 +198,22 @@ def assemble(spec: ComponentSpec, stages: list[Stage], entries: list[dict], arts
                         stages_s=seconds, rewrites=first.rewrites)
     artifact.tiling = record
     return artifact
+
+
+def stage_files(arts: list[Artifact]) -> dict[str, str]:
+    """The extra files of a tiled entry: every stage's file after the first (`tile_stage_<k>`, the order
+    sessions.check_record requires) and each stage's own extra files (`s<k>.<role>`)."""
+    extra = {}
+    for k, art in enumerate(arts):
+        if k:
+            extra[f"tile_stage_{k}"] = art.file
+        extra.update({f"s{k}.{role}": f for role, f in art.extra_files.items()})
+    return extra
+
+
+def record_format(entries: list[dict]) -> int:
+    """The tiling record's format for these stage entries: streamed stages need a reader of format 2."""
+    return STREAMED_FORMAT if any("stream" in e for e in entries) else TILING_FORMAT
 
 
 def _worst_of(entries: list[dict], key: str, suffix: str) -> dict:
@@ -280,6 +291,6 @@ def measured(exporter, artifact: Artifact, folder: Path, options: ExportOptions)
     return runtime_measure.measure(runtime.name, folder / artifact.file, entry=entry)
 
 
-__all__ = ["TileRequest", "check_request", "stage_fields", "stage_field", "plan", "export_stage", "export_stages", "assemble",
+__all__ = ["TileRequest", "check_request", "stage_files", "record_format", "stage_fields", "stage_field", "plan", "export_stage", "export_stages", "assemble",
            "tiling_record", "stage_tile_px", "window_shape", "run_here", "measured", "entry_view", "entry_json",
            "MIB", "TILED_COMPONENTS", "video_hw"]

@@ -99,10 +99,15 @@ def parse_tile(text: str) -> tuple[int, int]:
     return h, w
 
 
+def grid_px(frame_px: tuple[int, ...]) -> tuple[int, ...]:
+    """The frame rounded up to whole latent pixels, in video pixels (720 rows → 736)."""
+    return tuple(-(-f // TILE_MULTIPLE) * TILE_MULTIPLE for f in frame_px)
+
+
 def check_tile_fits(tile: tuple[int, int], frame_px: tuple[int, int]) -> None:
     """A tile fits the frame's latent grid: the frame rounded up to whole latent pixels (720 rows are 23 latent
     rows, 736 pixels, so `--tile 736x1280` is the whole 720p frame)."""
-    grid = tuple(-(-f // TILE_MULTIPLE) * TILE_MULTIPLE for f in frame_px)
+    grid = grid_px(frame_px)
     if tile[0] > grid[0] or tile[1] > grid[1]:
         raise BadInputError(f"--tile {tile[0]}x{tile[1]} is larger than the {frame_px[0]}x{frame_px[1]} frame "
                             f"({grid[0]}x{grid[1]} in whole latent pixels)")

@@ -163,6 +163,12 @@ def test_memory_budget_picks_a_tile_that_fits_or_names_the_smallest_feasible(tmp
     (["--tile", "64x64", "--halo", "7"], "multiple of 32"),
     (["--tile", "64x64", "--component", "denoiser"], "encoder and decoder only"),
     (["--tile", "64x64", "--precision", "w8a8"], "fp32 or fp16"),
+    (["--stream-rows", "48"], "positive multiple of 32"),
+    (["--stream-rows", "0"], "positive multiple of 32"),
+    (["--stream-rows", "160"], "more than the frame's 128 rows"),
+    (["--stream-rows", "32", "--tile", "64x64"], "--tile and --stream-rows cannot be combined"),
+    (["--stream-rows", "32", "--memory-budget", "100"], "--memory-budget and --stream-rows cannot be combined"),
+    (["--stream-rows", "32", "--halo", "32"], "streamed bands are exact"),
 ])
 def test_bad_tiling_flags_are_one_line_and_write_nothing(flags, says, tmp_path):
     out = tmp_path / "out"
