@@ -66,6 +66,42 @@ def _onnx_tensor_infos(values) -> list:
     return out
 
 
+# What onnxscript's no-op rules take for "x + 0", "x - 0", "x * 1" and "x / 1": a scalar within abs 1e-8 / rel 1e-5 of
+# the identity (onnxscript/rewriter/_pattern_ir.py `Constant`), which is where the models' epsilons sit (1e-8).
+_IDENTITIES = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0}
+_NEAR_IDENTITY = 1e-5
+
+
+def keep_near_identity_constants(model) -> int:
+    """Give every scalar operand of Add/Sub/Mul/Div that is near, but not at, its identity the shape (1,).
+
+    torch.onnx's optimizer (onnxscript 0.7) removes `x + c` for any scalar |c| <= 1e-8, so the RMS norms' and the
+    linear attention's `+ 1e-8` vanished and an all-zero pixel gave 0/0 = NaN (docs/guides/onnx.md). Its rules match
+    scalars only; a one-element vector broadcasts to the same values and keeps the operation. Returns how many.
+    """
+    import numpy as np
+    import onnx_ir as ir
+
+    kept = 0
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        identity = _IDENTITIES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if identity is None:
+            continue
+        for index, value in enumerate(node.inputs):
+            tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+            if tensor is None or tensor.shape.rank() != 0:
+                continue
+            c = tensor.numpy()
+            if c.dtype.kind != "f" or float(c) == identity or abs(float(c) - identity) > _NEAR_IDENTITY:
+                continue
+            vector = ir.Value(name=f"{value.name or 'constant'}_kept_{kept}", const_value=ir.tensor(c.reshape(1)))
+            vector.shape, vector.dtype = ir.Shape([1]), tensor.dtype
+            model.graph.register_initializer(vector)
+            node.replace_input_with(index, vector)
+            kept += 1
+    return kept
+
+
 @dataclass
 class OnnxOptions(TargetOptions):
     opset: int = 18  # not a CLI flag: recorded in the manifest's flags
@@ -144,9 +180,12 @@ class OnnxExporter(Exporter):
         progress(ProgressEvent(spec.name, "export", "start", "torch.onnx.export (dynamo, opset 18)"))
         t0 = time.perf_counter()
         with _quiet(), torch.no_grad():
-            torch.onnx.export(module, args, str(path), dynamo=True, opset_version=options.target_options.opset,
-                              input_names=list(spec.inputs), output_names=list(spec.output_names),
-                              external_data=external, verbose=False)
+            program = torch.onnx.export(module, args, dynamo=True, optimize=False, verbose=False,
+                                        opset_version=options.target_options.opset, input_names=list(spec.inputs),
+                                        output_names=list(spec.output_names))
+            keep_near_identity_constants(program.model)
+            program.optimize()
+            program.save(str(path), external_data=external)
         seconds = time.perf_counter() - t0
         progress(ProgressEvent(spec.name, "export", "done", seconds=seconds))
         return seconds

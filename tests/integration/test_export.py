@@ -31,6 +31,7 @@ from torch import nn
 from mi2v_export import parity, runtimes
 from mi2v_export.errors import BadInputError, CheckpointError, Mi2vError, MissingDependencyError, VerificationError
 from mi2v_export.exporters import base, components, rewrites
+from mi2v_export.models import turbo_vaed
 from mi2v_export.exporters.orchestrate import ExportRequest, prepare, run_export
 from mi2v_export.files import tree_digest
 from mi2v_export.manifest import (
@@ -460,6 +461,28 @@ def test_onnx_tiny_end_to_end(onnx_dir):
     assert m.find("decoder").model == "turbo-vaed"
     assert m.find("encoder").inputs[0].shape == (1, 3, 1, 128, 192)
     assert m.find("decoder").outputs[0].shape == (1, 3, 9, 128, 192)
+
+
+class NormToy(nn.Module):
+    """The models' small constants: Turbo-VAED's channel RMS norm (+ 1e-8) and a near-identity scale."""
+
+    def forward(self, latent, timestep, flow_score):
+        return turbo_vaed.channel_rms_norm(latent) * 1.000001 + 0.0 * (timestep + flow_score)[:, None, None, None, None]
+
+
+def test_onnx_keeps_epsilons_an_all_zero_pixel_stays_zero(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setitem(components.LOADERS, "denoiser", lambda *a: NormToy())
+    (e,) = run_export(toy_request(tmp_path / "art")).entries
+    session = ort.InferenceSession(str(tmp_path / "art" / e.file), providers=["CPUExecutionProvider"])
+    feeds = {k: v.numpy().copy() for k, v in components.example_inputs("denoiser", TINY_GEO).items()}
+    feeds["latent"][:] = 0.0
+    feeds["latent"][..., 0, 0] = 2.0  # one pixel with signal: the scale is kept too
+    got = session.run(None, feeds)[0]
+    want = NormToy()(*(torch.from_numpy(feeds[k]) for k in ("latent", "timestep", "flow_score"))).numpy()
+    assert np.isfinite(got).all()  # onnxscript's no-op rule dropped the 1e-8: 0/0 = NaN at every zero pixel
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
 
 
 def test_executorch_xnnpack_tiny_encoder_runs_on_the_executorch_runtime(tmp_path):
