@@ -45,8 +45,8 @@ from tests.conftest import run_cli
 from tests.e2e.test_apps import _app_phone
 from tests.e2e.kotlin_jvm import MAIN, TEST, compile_kotlin, require_kotlin, run_java
 
-KOTLIN = [MAIN / "BenchCore.kt", MAIN / "TileLoop.kt", MAIN / "PipelineLoop.kt", MAIN / "PipelineReport.kt",
-          MAIN / "PipelineClips.kt", TEST / "PipelineReportOracle.kt"]
+KOTLIN = [MAIN / "BenchCore.kt", MAIN / "TileLoop.kt", MAIN / "StreamLoop.kt", MAIN / "PipelineLoop.kt",
+          MAIN / "PipelineReport.kt", MAIN / "PipelineClips.kt", TEST / "PipelineReportOracle.kt"]
 DRIVER = "org.mi2v.bench.PipelineReportOracleKt"
 D = aa.DEVICE_DIR
 H, W, F = 64, 64, 9  # latent (1, 128, 2, 2, 2)

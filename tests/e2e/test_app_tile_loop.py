@@ -22,27 +22,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mi2v_export import tiling
+from mi2v_export import streaming, tiling
 from mi2v_export.manifest import read_manifest
 from mi2v_export.runtimes import registry
-from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, TiledSession, open_session
+from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, TiledSession, open_session, stream_groups
 
 from mi2v_export.exporters.orchestrate import ExportRequest, run_export
 from tests import cache
 from tests.e2e.kotlin_jvm import MAIN, TEST, compile_kotlin, require_kotlin, run_java, write_raw
 
-KOTLIN = [MAIN / "TileLoop.kt", MAIN / "BenchCore.kt", TEST / "TileLoopOracle.kt", TEST / "OracleCases.kt"]
+KOTLIN = [MAIN / "TileLoop.kt", MAIN / "StreamLoop.kt", MAIN / "BenchCore.kt", TEST / "TileLoopOracle.kt",
+          TEST / "OracleCases.kt"]
 TILE = "32x32"
-EXPORTS = {"exact": ("encoder,decoder", None), "blended": ("decoder", 32)}  # components, --halo
-CASES = (("encoder", "exact"), ("decoder", "exact"), ("decoder", "blended"))
+# components, --tile, --halo, --stream-rows
+EXPORTS = {"exact": ("encoder,decoder", TILE, None, None), "blended": ("decoder", TILE, 32, None),
+           "streamed": ("decoder", None, None, 32)}
+CASES = (("encoder", "exact"), ("decoder", "exact"), ("decoder", "blended"), ("decoder", "streamed"))
 
 
 def _exports(request) -> dict[str, Path]:
-    """The tiny preset's encoder / decoder for onnx tiled 32x32 (exact) and the decoder with a 32 px halo
-    (blended), built once per source version in pytest's cache (tests/cache.py)."""
-    def build(components: str, halo: int | None):
+    """The tiny preset's encoder / decoder for onnx tiled 32x32 (exact), the decoder with a 32 px halo (blended)
+    and streamed in 32-row bands, built once per source version in pytest's cache (tests/cache.py)."""
+    def build(components: str, tile: str | None, halo: int | None, stream_rows: int | None):
         return lambda out: run_export(ExportRequest(target="onnx", out_dir=out, preset="tiny", components=components,
-                                                    tile=TILE, halo=halo, verify=False, test_vectors=False))
+                                                    tile=tile, halo=halo, stream_rows=stream_rows, verify=False,
+                                                    test_vectors=False))
     return {kind: cache.cached(request.config, f"tile-loop-{kind}", build(*spec), TILE, repr(spec))
             for kind, spec in EXPORTS.items()}
 
@@ -79,27 +83,31 @@ def _write_case(export: Path, component: str, kind: str, folder: Path, monkeypat
     if runtime.available() is not None:
         pytest.skip(runtime.available())
     log: dict[str, list] = {}
-    stitched: list[np.ndarray] = []
-    run_tiled = tiling.run_tiled
+    stitched: list[np.ndarray] = []  # each group's whole output (a streamed group's last stage's)
 
-    def recorded(*args, **kwargs):
-        stitched.append(run_tiled(*args, **kwargs))
-        return stitched[-1]
+    def recorded(run):
+        def call(*args, **kwargs):
+            stitched.append(run(*args, **kwargs))
+            return stitched[-1]
+        return call
 
     x = np.random.default_rng(7).standard_normal(entry.inputs[0].shape).astype(np.float32)
     with monkeypatch.context() as patch:
-        patch.setattr(tiling, "run_tiled", recorded)
+        patch.setattr(tiling, "run_tiled", recorded(tiling.run_tiled))
+        patch.setattr(streaming, "run_streamed", recorded(streaming.run_streamed))
         with open_session(_RecordingRuntime(runtime, log), manifest.path_of(entry), entry) as session:
             assert isinstance(session, TiledSession)
             y = session.run({entry.inputs[0].name: x})[entry.outputs[0].name]
     record = entry.tiling
-    assert len(stitched) == len(record["stages"]) and np.array_equal(stitched[-1], y)
+    ends = [group[-1] for group in stream_groups(record["stages"])]
+    assert len(stitched) == len(ends) and np.array_equal(stitched[-1], y)
+    outputs = dict(zip(ends, stitched))
     folder.mkdir(parents=True)
     stages = []
     for k, stage in enumerate(record["stages"]):
         windows = log[Path(stage["file"]).name]
         assert len(windows) == tiling.tile_count(stage["plan"])
-        stages.append({"output": write_raw(folder, f"s{k}.out.bin", stitched[k]),
+        stages.append({"output": write_raw(folder, f"s{k}.out.bin", outputs[k]) if k in outputs else None,
                        "windows": [{"input": write_raw(folder, f"s{k}.w{j}.in.bin", a),
                                     "output": write_raw(folder, f"s{k}.w{j}.out.bin", b)}
                                    for j, (a, b) in enumerate(windows)]})
@@ -127,6 +135,10 @@ def test_kotlin_tile_loop_matches_the_host(tmp_path, request, monkeypatch):
     assert any(p["grid"][0] > 1 and p["grid"][1] > 1 and not p["exact"] for p in plans)
     assert all(s["plan"]["exact"] for s in cases[1]["tiling"]["stages"])
     assert not cases[2]["tiling"]["exact"]
+    streamed = cases[3]["tiling"]  # groups of several steps, each split into several row bands
+    assert streamed["format"] == 2 and any(len(g) > 1 for g in stream_groups(streamed["stages"]))
+    assert all(s["plan"]["grid"][1] == 1 for s in streamed["stages"])
+    assert any(s["plan"]["grid"][0] > 1 for s in streamed["stages"])
 
     # TileLoop.kt, BenchCore.kt (its JSON reader and raw-file reader) and the oracle driver
     cp = compile_kotlin(kotlinc, KOTLIN, tmp_path / "classes")
@@ -148,3 +160,16 @@ def test_kotlin_tile_loop_matches_the_host(tmp_path, request, monkeypatch):
     proc = _oracle(cp, [bad])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "MISMATCH" in proc.stdout and "stage 1 window 1 input" in proc.stdout, proc.stdout
+
+    # the same for a band inside a streamed group (its input is cut from the previous step's bands, never whole)
+    k = next(k for k, s in enumerate(streamed["stages"]) if k and s["plan"]["grid"][0] > 1
+             and s.get("stream") == streamed["stages"][k - 1].get("stream") is not None)
+    bad = tmp_path / "tampered-streamed"
+    shutil.copytree(folders[3], bad)
+    path = bad / f"s{k}.w1.in.bin"
+    band = np.fromfile(path, dtype="<f4")
+    band[0] = np.nextafter(band[0], np.float32(np.inf))
+    band.tofile(path)
+    proc = _oracle(cp, [bad])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MISMATCH" in proc.stdout and f"stage {k} window 1 input" in proc.stdout, proc.stdout

@@ -2,7 +2,7 @@
 // apps/android/app/src/main/kotlin/org/mi2v/bench/TileLoop.kt, which is the host's own loop line for line:
 // mi2v_export/tiling.py (plan_axis, stage_from_record, _ramp, run_tiled, _copy_core, _core_slices, _core, _span)
 // and mi2v_export/runtimes/sessions.py (TiledSession.execute: the stages in order, each window by window, stitched;
-// the output of stage k is the input of stage k + 1). The Kotlin copy is tested with the host as its oracle
+// the output of stage k is the input of stage k + 1; a `stream` group through StreamLoop.swift). The Kotlin copy is tested with the host as its oracle
 // (tests/e2e/test_app_tile_loop.py); this one has NOT been compiled or run (no Swift toolchain where it was
 // written): keep the two in step, function for function.
 import Foundation
@@ -102,12 +102,14 @@ public struct StagePlanRecord {
     public let exact: Bool
 }
 
-/// One entry of the tiling record's `stages`: its model file, its tile model's input / output shapes, its plan.
+/// One entry of the tiling record's `stages`: its model file, its tile model's input / output shapes, its plan, and
+/// its `stream` group (format 2; nil when the stage runs on its own windows).
 public struct TiledStage {
     public let file: String
     public let inputWindow: [Int]
     public let outputWindow: [Int]
     public let plan: StagePlanRecord
+    public var stream: Int? = nil
 }
 
 /// A manifest entry's `tiling` record: the stages in order; `residency` "stage" (one stage model loaded at a time)
@@ -127,15 +129,18 @@ public struct StagePlan {
 
 /// Builds the records above from JSONSerialization's values (objects, arrays, NSNumber).
 public enum TilingJSON {
-    public static let tilingFormat = 1  // sessions.TILING_FORMAT: a record of a later format is refused
+    public static let tilingFormat = 1    // sessions.TILING_FORMAT
+    public static let streamedFormat = 2  // sessions.STREAMED_FORMAT: stages with a `stream` group (StreamLoop.swift)
+    public static let formats = [tilingFormat, streamedFormat]  // sessions.FORMATS: a later format is refused
     public static let residencies = ["stage", "all"]
 
     /// The entry's `tiling` record (sessions.check_record's checks that need only the record).
     public static func parse(_ record: [String: Any]) throws -> TilingRecord {
         let format = (record["format"] as? NSNumber)?.intValue
-        guard let fmt = format, fmt == tilingFormat else {
+        guard let fmt = format, formats.contains(fmt) else {
             throw TileLoopError.invalid("tiling record format \(format.map { String($0) } ?? "null") is not " +
-                                        "supported (this app runs format \(tilingFormat)); update the app")
+                                        "supported (this app runs formats \(formats.map { String($0) }" +
+                                        ".joined(separator: ", "))); update the app")
         }
         guard let list = record["stages"] as? [Any], !list.isEmpty else {
             throw TileLoopError.invalid("the tiling record lists no stages")
@@ -156,8 +161,16 @@ public enum TilingJSON {
             guard let file = s["file"] as? String else {
                 throw TileLoopError.invalid("tiling record: a stage has no file")
             }
+            if s["stream"] != nil && !(s["stream"] is NSNumber) {
+                throw TileLoopError.invalid("tiling record: a bad stream group")
+            }
             try stages.append(TiledStage(file: file, inputWindow: ints(s, "input_window"),
-                                         outputWindow: ints(s, "output_window"), plan: plan(p)))
+                                         outputWindow: ints(s, "output_window"), plan: plan(p),
+                                         stream: (s["stream"] as? NSNumber)?.intValue))
+        }
+        if fmt != streamedFormat && stages.contains(where: { $0.stream != nil }) {
+            throw TileLoopError.invalid("the tiling record streams stages but says format \(fmt) (streamed " +
+                                        "stages are format \(streamedFormat))")
         }
         return TilingRecord(format: fmt, residency: residency, stages: stages)
     }
@@ -193,8 +206,9 @@ public enum TilingJSON {
 }
 
 /// What runs a tiled component's stage models; `runStages` calls it in this order per stage k: `open(k)`, then
-/// `run(k, index, window)` for each window (row by row), then `close(k)` (also when a run throws). With residency
-/// "stage" open loads stage k's model and close releases it; with "all" close may keep it.
+/// `run(k, index, window)` for each window (row by row), then `close(k)` (also when a run throws). A streamed group
+/// opens all its stages first, runs their bands interleaved (each stage's numbered in its own order) and then closes
+/// them. With residency "stage" open loads stage k's model and close releases it; with "all" close may keep it.
 public protocol StageRunner: AnyObject {
     func open(stage: Int, record: TiledStage) throws
 
@@ -207,6 +221,11 @@ public protocol StageRunner: AnyObject {
 public extension StageRunner {
     func open(stage: Int, record: TiledStage) throws {}
     func close(stage: Int) {}
+}
+
+/// One stage's per-window run times (ms), shared by the closure that runs its windows.
+final class TimeLog {
+    var ms: [Double] = []
 }
 
 /// What one call of a tiled component did: the stitched output and each stage's per-window run times (ms).
@@ -251,34 +270,43 @@ public enum TileLoop {
     }
 
     /// sessions.TiledSession.execute: every stage over its windows, in order, each stage's input its predecessor's
-    /// stitched output (only that one is kept); `onStage(k, output)` sees each. Each window's `runner.run` is timed.
+    /// stitched output (only that one is kept); a streamed group's stages band by band together (StreamLoop.swift),
+    /// all open while it runs. `onStage(k, output)` sees each whole output (a streamed group's last stage's only).
+    /// Each window's `runner.run` is timed.
     public static func runStages(_ record: TilingRecord, _ x: FloatTensor, runner: StageRunner,
                                  onStage: ((Int, FloatTensor) throws -> Void)? = nil) throws -> TiledRun {
         var current = x
-        var tileMs: [[Double]] = []
-        for k in record.stages.indices {
-            var times: [Double] = []
-            try runner.open(stage: k, record: record.stages[k])
-            do {
-                let plan = try stageFromRecord(record.stages[k].plan, current.rows, current.cols)
-                var index = 0
-                let timed = { (w: FloatTensor) throws -> FloatTensor in
-                    let t0 = DispatchTime.now().uptimeNanoseconds
-                    let y = try runner.run(stage: k, index: index, window: w)
-                    times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
-                    index += 1
-                    return y
-                }
-                current = try runTiled(timed, current, grid: plan.grid, scaleIn: plan.scaleIn, scaleOut: plan.scaleOut)
-            } catch {
-                runner.close(stage: k)
-                throw error
+        let times = record.stages.map { _ in TimeLog() }
+        for group in StreamLoop.groups(record.stages) {
+            var opened: [Int] = []
+            defer { for k in opened { runner.close(stage: k) } }
+            for k in group {
+                try runner.open(stage: k, record: record.stages[k])
+                opened.append(k)
             }
-            runner.close(stage: k)
-            tileMs.append(times)
-            try onStage?(k, current)
+            let runs = group.map { k in timedRun(runner, k, times[k]) }
+            let plans = try StreamLoop.plans(group.map { record.stages[$0] }, current.rows, current.cols)
+            if record.stages[group[0]].stream != nil {
+                current = try StreamLoop.runStreamed(runs, current, plans)
+            } else {
+                current = try runTiled(runs[0], current, grid: plans[0].grid, scaleIn: plans[0].scaleIn,
+                                       scaleOut: plans[0].scaleOut)
+            }
+            try onStage?(group[group.count - 1], current)
         }
-        return TiledRun(output: current, tileMs: tileMs)
+        return TiledRun(output: current, tileMs: times.map { $0.ms })
+    }
+
+    /// Stage k's windows through `runner.run`, numbered in the order they run, each one's time added to `log`.
+    static func timedRun(_ runner: StageRunner, _ k: Int, _ log: TimeLog) -> (FloatTensor) throws -> FloatTensor {
+        var index = 0
+        return { w in
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let y = try runner.run(stage: k, index: index, window: w)
+            log.ms.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            index += 1
+            return y
+        }
     }
 
     /// tiling.run_tiled: `run` on every window of `x` (`scaleIn` array pixels per grid unit), its outputs

@@ -3,7 +3,8 @@ package org.mi2v.bench
 // Pure Kotlin (no Android, no ExecuTorch imports): the tile loop of a tiled encoder / decoder, the host's own loop
 // line for line: mi2v_export/tiling.py (plan_axis, stage_from_record, _ramp, run_tiled, _copy_core, _core_slices,
 // _core, _span) and mi2v_export/runtimes/sessions.py (TiledSession.execute: the stages in order, each window by
-// window, stitched; the output of stage k is the input of stage k + 1). The host is its test oracle:
+// window, stitched; the output of stage k is the input of stage k + 1; a `stream` group through StreamLoop.kt).
+// The host is its test oracle:
 // tests/e2e/test_app_tile_loop.py runs this loop with kotlinc + java on the windows the host cut and ran, and
 // requires the same windows and the same stitched output. The Swift copy is apps/ios/Sources/Mi2vBench/TileLoop.swift.
 // Written for Kotlin 1.3+ (like BenchCore.kt).
@@ -79,7 +80,8 @@ class StagePlanRecord(
 )
 
 /** One entry of the tiling record's `stages`: its model file, its tile model's input / output shapes, its plan. */
-class TiledStage(val file: String, val inputWindow: IntArray, val outputWindow: IntArray, val plan: StagePlanRecord)
+class TiledStage(val file: String, val inputWindow: IntArray, val outputWindow: IntArray, val plan: StagePlanRecord,
+                 val stream: Int? = null)
 
 /** A manifest entry's `tiling` record: the stages in order; `residency` "stage" (one stage model loaded at a
  *  time) or "all" (every stage model kept loaded). */
@@ -91,15 +93,17 @@ class StagePlan(val grid: TileGrid, val scaleIn: Int, val scaleOut: Int)
 /** Builds the records above from parsed JSON: objects as Map, arrays as List, numbers as Number (what
  *  BenchCore.kt's JsonReader returns, or org.json's values turned into maps and lists). */
 object TilingJson {
-    const val TILING_FORMAT = 1  // sessions.TILING_FORMAT: a record of a later format is refused
+    const val TILING_FORMAT = 1    // sessions.TILING_FORMAT
+    const val STREAMED_FORMAT = 2  // sessions.STREAMED_FORMAT: stages with a `stream` group (StreamLoop.kt)
+    val FORMATS = listOf(TILING_FORMAT, STREAMED_FORMAT)  // sessions.FORMATS: a record of a later format is refused
     val RESIDENCIES = listOf("stage", "all")
 
     /** The entry's `tiling` record (sessions.check_record's checks that need only the record). */
     fun parse(record: Map<*, *>): TilingRecord {
         val format = (record["format"] as? Number)?.toInt()
-        if (format != TILING_FORMAT) {
-            throw IllegalArgumentException("tiling record format $format is not supported (this app runs format " +
-                "$TILING_FORMAT); update the app")
+        if (format == null || format !in FORMATS) {
+            throw IllegalArgumentException("tiling record format $format is not supported (this app runs formats " +
+                "${FORMATS.joinToString(", ")}); update the app")
         }
         val list = record["stages"] as? List<*>
         if (list == null || list.isEmpty()) throw IllegalArgumentException("the tiling record lists no stages")
@@ -113,7 +117,14 @@ object TilingJson {
             val s = item as? Map<*, *> ?: throw IllegalArgumentException("tiling record: a stage is not an object")
             val plan = s["plan"] as? Map<*, *> ?: throw IllegalArgumentException("tiling record: a stage has no plan")
             val file = s["file"] as? String ?: throw IllegalArgumentException("tiling record: a stage has no file")
-            stages.add(TiledStage(file, ints(s, "input_window"), ints(s, "output_window"), plan(plan)))
+            val stream = s["stream"]
+            if (stream != null && stream !is Number) throw IllegalArgumentException("tiling record: a bad stream group")
+            stages.add(TiledStage(file, ints(s, "input_window"), ints(s, "output_window"), plan(plan),
+                (stream as? Number)?.toInt()))
+        }
+        if (format != STREAMED_FORMAT && stages.any { it.stream != null }) {
+            throw IllegalArgumentException("the tiling record streams stages but says format $format (streamed " +
+                "stages are format $STREAMED_FORMAT)")
         }
         return TilingRecord(format, residency, stages)
     }
@@ -144,8 +155,9 @@ object TilingJson {
 }
 
 /** What runs a tiled component's stage models; `runStages` calls it in this order per stage k: `open(k)`, then
- *  `run(k, index, window)` for each window (row by row), then `close(k)` (also when a run throws). With
- *  residency "stage" open loads stage k's model and close releases it; with "all" close may keep it. */
+ *  `run(k, index, window)` for each window (row by row), then `close(k)` (also when a run throws). A streamed group
+ *  opens all its stages first, runs their bands interleaved (each stage's numbered in its own order) and then closes
+ *  them. With residency "stage" open loads stage k's model and close releases it; with "all" close may keep it. */
 interface StageRunner {
     fun open(stage: Int, record: TiledStage) {}
 
@@ -192,32 +204,42 @@ object TileLoop {
     }
 
     /** sessions.TiledSession.execute: every stage over its windows, in order, each stage's input its predecessor's
-     *  stitched output (only that one is kept); `onStage(k, output)` sees each. Each window's `runner.run` is timed. */
+     *  stitched output (only that one is kept); a streamed group's stages band by band together (StreamLoop.kt),
+     *  all open while it runs. `onStage(k, output)` sees each whole output (a streamed group's last stage's only).
+     *  Each window's `runner.run` is timed. */
     fun runStages(record: TilingRecord, x: FloatTensor, runner: StageRunner,
                   onStage: ((Int, FloatTensor) -> Unit)? = null): TiledRun {
         var current = x
-        val tileMs = ArrayList<List<Double>>()
-        for (k in record.stages.indices) {
-            val times = ArrayList<Double>()
-            tileMs.add(times)
-            runner.open(k, record.stages[k])
+        val tileMs = record.stages.map { ArrayList<Double>() }
+        for (group in StreamLoop.groups(record.stages)) {
+            val opened = ArrayList<Int>()
             try {
-                val plan = stageFromRecord(record.stages[k].plan, current.rows, current.cols)
-                var index = 0
-                val timed = { w: FloatTensor ->
-                    val t0 = System.nanoTime()
-                    val y = runner.run(k, index, w)
-                    times.add((System.nanoTime() - t0) / 1e6)
-                    index++
-                    y
+                for (k in group) {
+                    runner.open(k, record.stages[k])
+                    opened.add(k)
                 }
-                current = runTiled(timed, current, plan.grid, plan.scaleIn, plan.scaleOut)
+                val runs = group.map { k -> timedRun(runner, k, tileMs[k]) }
+                val plans = StreamLoop.plans(group.map { record.stages[it] }, current.rows, current.cols)
+                current = if (record.stages[group[0]].stream != null) StreamLoop.runStreamed(runs, current, plans)
+                    else runTiled(runs[0], current, plans[0].grid, plans[0].scaleIn, plans[0].scaleOut)
             } finally {
-                runner.close(k)
+                for (k in opened) runner.close(k)
             }
-            if (onStage != null) onStage(k, current)
+            if (onStage != null) onStage(group.last(), current)
         }
         return TiledRun(current, tileMs)
+    }
+
+    /** Stage k's windows through `runner.run`, numbered in the order they run, each one's time added to `times`. */
+    private fun timedRun(runner: StageRunner, k: Int, times: ArrayList<Double>): (FloatTensor) -> FloatTensor {
+        var index = 0
+        return { w: FloatTensor ->
+            val t0 = System.nanoTime()
+            val y = runner.run(k, index, w)
+            times.add((System.nanoTime() - t0) / 1e6)
+            index++
+            y
+        }
     }
 
     /** tiling.run_tiled: `run` on every window of `x` (`scaleIn` array pixels per grid unit), its outputs

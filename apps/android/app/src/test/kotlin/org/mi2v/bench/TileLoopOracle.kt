@@ -24,7 +24,8 @@ object TileLoopOracle {
 
     class HostWindow(val input: HostTensor, val output: HostTensor)
 
-    class HostStage(val output: HostTensor, val windows: List<HostWindow>, val exact: Boolean)
+    /** A stage's windows, and its stitched output (null inside a streamed group: only the group's last is whole). */
+    class HostStage(val output: HostTensor?, val windows: List<HostWindow>, val exact: Boolean)
 
     /** A case folder: `case.json` (what the test wrote) and the files it names. */
     class OracleCase(val dir: File) {
@@ -35,7 +36,7 @@ object TileLoopOracle {
         val output = tensor(root["output"])
         val stages: List<HostStage> = (root["stages"] as List<*>).mapIndexed { k, s ->
             val m = s as Map<*, *>
-            HostStage(tensor(m["output"]), (m["windows"] as List<*>).map {
+            HostStage(m["output"]?.let { tensor(it) }, (m["windows"] as List<*>).map {
                 val w = it as Map<*, *>
                 HostWindow(tensor(w["input"]), tensor(w["output"]))
             }, tiling.stages[k].plan.exact)
@@ -78,35 +79,48 @@ object TileLoopOracle {
         return maxAbs
     }
 
-    /** Hands the loop the host's window outputs, after checking the windows it cut against the host's. */
+    /** Hands the loop the host's window outputs, after checking the windows it cut against the host's. Stages open
+     *  in order; a streamed group's stages are open together and their windows interleave, each stage's in order. */
     class OracleRunner(val case: OracleCase, val tally: Tally) : StageRunner {
-        var stage = -1
-        var ran = 0
+        var opened = -1
+        val open = HashSet<Int>()
+        val ran = IntArray(case.stages.size)
+        var checked = 0
         var windowMaxAbs = 0.0
 
         override fun open(stage: Int, record: TiledStage) {
-            if (stage != this.stage + 1) throw Mismatch("stage $stage opened after stage ${this.stage}")
-            this.stage = stage
-            ran = 0
+            if (stage != opened + 1) throw Mismatch("stage $stage opened after stage $opened")
+            opened = stage
+            open.add(stage)
+        }
+
+        override fun close(stage: Int) {
+            open.remove(stage)
         }
 
         override fun run(stage: Int, index: Int, window: FloatTensor): FloatTensor {
             val host = case.stages[stage].windows
-            if (stage != this.stage) throw Mismatch("a window of stage $stage ran while stage ${this.stage} is open")
-            if (index != ran || index >= host.size) {
-                throw Mismatch("stage $stage: window $index ran after $ran windows; the host ran ${host.size}")
+            if (stage !in open) throw Mismatch("a window of stage $stage ran while stages $open are open")
+            if (index != ran[stage] || index >= host.size) {
+                throw Mismatch("stage $stage: window $index ran after ${ran[stage]} windows; the host ran ${host.size}")
             }
             val tolerance = if (stage == 0) 0.0 else case.tolerance(stage - 1)
             val d = compare("stage $stage window $index input", window, host[index].input.read(), tolerance, tally)
             windowMaxAbs = Math.max(windowMaxAbs, d)
-            ran++
+            ran[stage]++
             return host[index].output.read()
         }
 
-        /** After stage k's stitch (not in `close`, which also runs while a mismatch propagates). */
+        /** After the whole output of stage k (not in `close`, which also runs while a mismatch propagates): every
+         *  stage up to k ran all the host's windows. */
         fun checkCount(stage: Int) {
-            val want = case.stages[stage].windows.size
-            if (ran != want) throw Mismatch("stage $stage: the loop ran $ran windows, the host $want")
+            while (checked <= stage) {
+                val want = case.stages[checked].windows.size
+                if (ran[checked] != want) {
+                    throw Mismatch("stage $checked: the loop ran ${ran[checked]} windows, the host $want")
+                }
+                checked++
+            }
         }
     }
 
@@ -118,9 +132,10 @@ object TileLoopOracle {
         val stageMaxAbs = ArrayList<Double>()
         val result = TileLoop.runStages(case.tiling, case.input.read(), runner) { k, out ->
             runner.checkCount(k)
-            stageMaxAbs.add(compare("stage $k stitched output", out, case.stages[k].output.read(), case.tolerance(k),
-                tally))
+            val want = case.stages[k].output ?: throw Mismatch("stage $k: the host kept no whole output for it")
+            stageMaxAbs.add(compare("stage $k stitched output", out, want.read(), case.tolerance(k), tally))
         }
+        runner.checkCount(case.stages.size - 1)
         val last = case.stages.size - 1
         val outMaxAbs = compare("final output", result.output, case.output.read(), case.tolerance(last), tally)
         val windows = result.tileMs.map { it.size }
