@@ -163,11 +163,23 @@ def receptive_field(data: dict, anchor: str, images: dict) -> str:
     rows = [[code(p.get("part")), num(p.get("receptive_field_latent_px"), "d"), _pair(p.get("frame_latent_px")),
              num(p.get("smallest_exact_window_latent_px"), "d"), _pair(p.get("exact_tiling_can_split")),
              num(p.get("probe_s"), ".0f"), escape(p.get("note") or "", True)] for p in parts]
+    note = f"; {escape(data['note'])}" if data.get("note") else ""
     out = [f"- **preset** {code(data.get('preset'))} at {code(data.get('resolution'))}, torch "
-           f"{escape(str(data.get('torch')))}", "",
+           f"{escape(str(data.get('torch')))}{note}", "",
            table(["part", "receptive field (latent px each side)", "frame (latent px)",
                   "smallest exact window (latent px)", "exact tiles can split (rows, columns)", "probe (s)", "note"],
                  rows)]
+    chunks = [[code(r.get("part")), num(r.get("frames"), "d"), num(st.get("stage"), "d"),
+               num(st.get("input_frames"), "d"), num(st.get("output_frames"), "d"),
+               num(st.get("temporal_field_frames"), "d"), num(st.get("smallest_exact_chunk_frames"), "d"),
+               escape(str(st.get("chunking_can_split"))), num(st.get("output_mib"), ".1f")]
+              for r in data.get("time_chunking", []) for st in r.get("stages", [])]
+    if chunks:
+        out += ["", "In time, per stage as the tiled export cuts it (one output frame reads this many of the stage's "
+                "input frames each side):", "",
+                table(["part", "video frames", "stage", "input frames", "output frames",
+                       "temporal field (input frames each side)", "smallest exact chunk (input frames)",
+                       "chunking can split", "stage output (MiB, fp32)"], chunks)]
     curves = {p.get("part"): p.get("gradient_mass_beyond") or [] for p in parts}
     longest = max((len(c) for c in curves.values()), default=0)
     if longest:
