@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -47,10 +48,18 @@ def sources_key(*extra: str) -> str:
     return h.hexdigest()[:12]
 
 
+def _source_of(build: Callable) -> str:
+    """The builder's own code, so that changing what a fixture exports builds again (empty when not found)."""
+    try:
+        return inspect.getsource(build)
+    except (OSError, TypeError):
+        return ""
+
+
 def cached(config, name: str, build: Callable[[Path], None], *extra: str) -> Path:
     """The folder `build(folder)` writes, built once per key into pytest's cache (`config`: pytest's config)."""
     root = Path(config.cache.mkdir("mi2v-artifacts"))
-    folder = root / f"{name}-{sources_key(*extra)}"
+    folder = root / f"{name}-{sources_key(_source_of(build), *extra)}"
     with open(root / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / ".complete").is_file():

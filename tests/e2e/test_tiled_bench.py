@@ -14,7 +14,7 @@ from tests.conftest import run_cli
 
 @pytest.fixture(scope="module")
 def tiled(tiny_tiled) -> Path:
-    """The tiny preset tiled 64x64 for ExecuTorch XNNPACK and ONNX (tests/e2e/conftest.py)."""
+    """The tiny preset tiled 128x96 for ExecuTorch XNNPACK and ONNX (tests/e2e/conftest.py)."""
     return tiny_tiled
 
 

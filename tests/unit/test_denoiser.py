@@ -37,6 +37,7 @@ def test_parameter_count_matches_paper():
     assert sum(p.numel() for p in model.parameters()) == 267_218_048
 
 
+@pytest.mark.slow  # the 720p golden stays in the default run through tests/unit/test_kernels.py; this adds the .pth
 def test_golden_720p_through_public_api(golden_dir, tmp_path):
     """Seeded weights saved in the upstream .pth layout (with RNG state and the two unused buffers), loaded
     through load_denoiser, must reproduce the authors' code on the golden input."""
