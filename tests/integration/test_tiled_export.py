@@ -291,14 +291,12 @@ def test_qnn_tiles_are_all_on_the_htp_and_stitch_on_the_simulator(tmp_path):
     assert e["parity"]["verified_on"][0]["runtime"] == "qnn-htp-simulator" and e["parity"]["psnr_db"] >= 40
 
 
-def test_generate_runs_tiled_artifacts_one_stage_at_a_time_and_within_a_budget(tmp_path):
+def test_generate_runs_tiled_artifacts_one_stage_at_a_time_and_within_a_budget(tmp_path, exported):
     """Two decoders (whole frame and tiled): the budget between their measured memories picks the smaller one
-    (at this toy size either may be smaller: four small sessions have their own overheads)."""
-    whole, tiled = tmp_path / "whole", tmp_path / "tiled"
-    size = ["--resolution", "256x384"]
-    assert run_cli("export", "--target", "onnx", *TINY, *size, "--out", whole).returncode == 0
-    assert run_cli("export", "--target", "onnx", *TINY, *size, "--component", "decoder", "--tile", "64x64",
-                   "--out", tiled).returncode == 0
+    (at this toy size either may be smaller: four small sessions have their own overheads). Both folders are the
+    exports other tests read too (tests/cache.py)."""
+    whole, _ = exported(tmp_path / "whole", "--target", "onnx", "--preset", "tiny", "--json")
+    tiled, _ = exported(tmp_path / "tiled", "--target", "onnx", *TINY, "--component", "decoder", "--tile", "64x64")
     memory = {f.name: json.loads((f / "manifest.json").read_text())["components"] for f in (whole, tiled)}
     decoders = {"whole": next(e for e in memory["whole"] if e["component"] == "decoder")["runtime_memory_bytes"],
                 "tiled": memory["tiled"][0]["runtime_memory_bytes"]}
