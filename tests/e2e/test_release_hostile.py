@@ -294,6 +294,9 @@ def plan_area(tmp_path) -> dict:
     return {"root": tmp_path, "work": work, "outside": tmp_path / "outside"}
 
 
+BUILT_TOO = {"abs-etc", "symlink", "name-dotdot", "cell-name", "ckpt-symlink", "args-checkpoint"}
+
+
 @pytest.mark.parametrize("top, cell, needle", [
     ('out = "/etc"', "", "out: '/etc' is not a relative path"),
     ('out = "/tmp/evil"', "", "out: '/tmp/evil' is not a relative path"),
@@ -313,11 +316,14 @@ def plan_area(tmp_path) -> dict:
 ], ids=["abs-etc", "abs-tmp", "dotdot", "inner-dotdot", "symlink", "below-symlink", "name-dotdot",
         "name-dotdot-2", "name-abs", "cell-name", "ckpt-dotdot", "ckpt-abs", "ckpt-symlink", "args-checkpoint",
         "args-recipe"])
-def test_plan_out_and_names_stay_in_the_plans_folder(plan_area, top, cell, needle):
+def test_plan_out_and_names_stay_in_the_plans_folder(plan_area, top, cell, needle, request):
     plan = plan_area["work"] / "p.toml"
     plan.write_text(PLAN.format(top=top, cell=cell))
     before = snapshot(plan_area["root"])
-    for extra in (["--list"], []):  # listing and building alike (the CI matrix reads the plan the same way)
+    # listing and building read the plan through the same function (the CI matrix reads it the same way): every
+    # case is listed, and one case per field is also built
+    modes = (["--list"], []) if request.node.callspec.id in BUILT_TOO else (["--list"],)
+    for extra in modes:
         proc = run_cli("plan", plan, *extra, cwd=plan_area["work"])
         assert_one_line_refusal(proc, needle)
         assert snapshot(plan_area["root"]) == before  # nothing written, inside or outside
