@@ -79,7 +79,6 @@ def keep_near_identity_constants(model) -> int:
     linear attention's `+ 1e-8` vanished and an all-zero pixel gave 0/0 = NaN (docs/guides/onnx.md). Its rules match
     scalars only; a one-element vector broadcasts to the same values and keeps the operation. Returns how many.
     """
-    import numpy as np
     import onnx_ir as ir
 
     kept = 0
