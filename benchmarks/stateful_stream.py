@@ -5,8 +5,9 @@ Why: per-step streaming (mi2v_export/streaming.py) keeps a model per step reside
 onnxruntime it fits no smaller budget than windows and runs about as slowly (docs/guides/memory.md). One model with
 carried state has one set of buffers, band-sized maps and no halo at all. This script builds that model for the
 Turbo-VAED steps (mi2v_export/models/turbo_vaed.py: resnets, the 3-D and 2-D up-samplers, the head), checks it
-against the whole stage in PyTorch, exports it to ONNX and measures it on onnxruntime in fresh processes. It is an
-experiment, not an export path: `mi2v export` does not write this form.
+against the whole stage in PyTorch, exports it (to ONNX, or with `--runtime xnnpack` to an ExecuTorch XNNPACK
+program, its 3-D convolutions folded into 2-D ones as the exporters fold them) and measures it next to the whole
+stage in fresh processes. It is an experiment, not an export path: `mi2v export` does not write this form.
 
 How a band runs (docs/guides/memory.md, "what it needs"): a convolution with vertical padding p reads its 2p-row
 state above the band, pads only the columns and passes its last 2p input rows on; its output lags its input by p
@@ -16,6 +17,7 @@ host feeds zero bands after the frame until the lag is drained and drops the lag
 
     python benchmarks/stateful_stream.py --preset tiny --check            # PyTorch exactness only
     python benchmarks/stateful_stream.py --band 64 --json out.json        # 720p: export, time, memory
+    python benchmarks/stateful_stream.py --band 64 --runtime xnnpack --json out.json
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mi2v_export import contract
+from mi2v_export.exporters import rewrites as rw
+from mi2v_export.exporters.rewrites.modules import Conv3dAsConv2d
 from mi2v_export.models import build_part, seed_part, turbo_vaed as tv
 from mi2v_export.models.stages import _TurboHead, _Upsampler2dStep, fine_steps, stages_of
 from mi2v_export.presets import get_preset
@@ -68,10 +72,41 @@ class Band:
         return cat
 
 
+class BandConv3d(Conv3dAsConv2d):
+    """A Conv3d computed with 2-D convolutions (XNNPACK has no 3-D one; exporters/rewrites/modules.py) that also
+    runs on a band (`band`): its rows unpadded, the carried state supplies them."""
+
+    def __init__(self, conv3d: nn.Conv3d):
+        super().__init__(conv3d)
+        self.padding = tuple(int(p) for p in conv3d.padding)
+
+    def band(self, x: torch.Tensor) -> torch.Tensor:
+        whole = self.pad_hw
+        self.pad_hw = (0, whole[1])
+        try:
+            return self.forward(x)
+        finally:
+            self.pad_hw = whole
+
+
+def fold_conv3d(root: nn.Module) -> int:
+    """Every Conv3d under `root` as a BandConv3d, in place (the ExecuTorch form of both the whole stage and the
+    stateful one: they share their step modules); how many."""
+    folded = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Conv3d:
+                setattr(parent, name, BandConv3d(child))
+                folded += 1
+    return folded
+
+
 def conv(band: Band, module: nn.Module, x: torch.Tensor, lag: int, frame: int) -> tuple[torch.Tensor, int]:
     """A Conv3d / Conv2d with vertical padding p on a band: masked, its state above it, columns padded only."""
     p = module.padding[-2]
     x = band.carried(band.mask(x, lag, frame), 2 * p)
+    if isinstance(module, BandConv3d):
+        return module.band(x), lag + p
     pad = (*module.padding[:-2], 0, module.padding[-1])
     fn = F.conv3d if isinstance(module, nn.Conv3d) else F.conv2d
     return fn(x, module.weight, module.bias, module.stride, pad, module.dilation, module.groups), lag + p
@@ -184,8 +219,10 @@ def last_stage(preset: str):
     return stages, steps
 
 
-def check(preset: str, rows: int) -> float:
+def check(preset: str, rows: int, runtime: str = "onnxruntime") -> float:
     stages, steps = last_stage(preset)
+    if runtime == "xnnpack":  # the form that is exported: 3-D convolutions folded into 2-D ones
+        fold_conv3d(stages[-1].module)
     x = torch.randn(stages[-1].input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = stages[-1].module(x)
@@ -197,36 +234,54 @@ def check(preset: str, rows: int) -> float:
 # onnxruntime: export, then each form timed and measured in fresh processes
 
 
+ORT_CHILD = r"""
+import onnxruntime as ort
+so = ort.SessionOptions(); so.enable_cpu_mem_arena = False; so.enable_mem_pattern = False
+so.intra_op_num_threads = spec["threads"]
+base = rss()
+s = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
+names = [i.name for i in s.get_inputs()]
+def call(*inputs):
+    return s.run(None, dict(zip(names, inputs)))
+"""
+
+XNNPACK_CHILD = r"""
+import torch
+from executorch.runtime import Runtime
+torch.set_num_threads(spec["threads"])
+base = rss()
+method = Runtime.get().load_program(spec["model"]).load_method("forward")
+def call(*inputs):
+    # np.ascontiguousarray would turn the 0-d band index into a 1-d array
+    return [t.numpy() for t in method.execute([torch.from_numpy(i if i.flags.c_contiguous else i.copy())
+                                               for i in inputs])]
+"""
+
+# What a child runs around its runtime's prologue (which defines `call` and takes `base` before loading): the stage
+# whole, or band by band with its states, timed; the peak is this process's VmHWM above `base`.
 CHILD = r"""
 import json, sys, time
-import numpy as np, onnxruntime as ort
+import numpy as np
 from mi2v_export.runtimes import memory
 memory.map_large_buffers()
 spec = json.loads(sys.argv[1])
-so = ort.SessionOptions(); so.enable_cpu_mem_arena = False; so.enable_mem_pattern = False
-so.intra_op_num_threads = spec["threads"]
 def rss():  # VmHWM, this process's own high-water mark (ru_maxrss keeps the parent's across exec)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
-base = rss()
-s = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
-ins = s.get_inputs()
+exec(spec["prologue"])
 x = np.load(spec["input"])
 times = []
 for _ in range(spec["runs"]):
     t0 = time.perf_counter()
     if spec["rows"]:
-        states = [np.zeros([d for d in i.shape], np.float32) for i in ins[2:]]
-        k, rows, out_rows = 0, spec["rows"], None
-        out = None
+        states = [np.zeros(shape, np.float32) for shape in spec["state_shapes"]]
+        rows, out = spec["rows"], None
         for k in range(spec["calls"]):
             band = x[..., k * rows:(k + 1) * rows, :]
             if band.shape[-2] < rows:
                 band = np.pad(band, [(0, 0)] * (band.ndim - 2) + [(0, rows - band.shape[-2]), (0, 0)])
-            got = s.run(None, {ins[0].name: np.ascontiguousarray(band), ins[1].name: np.array(float(k), np.float32),
-                               **{i.name: st for i, st in zip(ins[2:], states)}})
-            y, states = got[0], got[1:]
+            y, *states = call(np.ascontiguousarray(band), np.array(float(k), np.float32), *states)
             if out is None:
                 out = np.empty((*y.shape[:-2], spec["total"], y.shape[-1]), np.float32)
             lo = k * y.shape[-2] - spec["lag"]
@@ -234,16 +289,33 @@ for _ in range(spec["runs"]):
             if b > a:
                 out[..., a:b, :] = y[..., a - lo:b - lo, :]
     else:
-        out = s.run(None, {ins[0].name: x})[0]
+        out = call(x)[0]
     times.append(time.perf_counter() - t0)
 np.save(spec["output"], out)
 print(json.dumps({"run_s": times, "peak_bytes": rss() - base}))
 """
+PROLOGUES = {"onnxruntime": ORT_CHILD, "xnnpack": XNNPACK_CHILD}
+SUFFIX = {"onnxruntime": ".onnx", "xnnpack": ".pte"}
 
 
 def export_onnx(module: nn.Module, args: tuple, path: Path, names: list[str]) -> None:
     torch.onnx.export(module, args, str(path), input_names=names, dynamo=True, opset_version=18,
                       external_data=False)
+
+
+def export_xnnpack(module: nn.Module, args: tuple, path: Path, names: list[str]) -> None:
+    """torch.export → XNNPACK partitioner → .pte, with the Turbo-VAED's channel RMS traced in its delegable form
+    (as the ExecuTorch exporter traces it; its convolutions already folded by fold_conv3d)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with rw.tracing(("channel_rms_view",)), torch.no_grad():
+        program = torch.export.export(module, args, strict=False)
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    path.write_bytes(edge.to_executorch().buffer)
+
+
+EXPORTS = {"onnxruntime": export_onnx, "xnnpack": export_xnnpack}
 
 
 def child(spec: dict) -> dict:
@@ -256,6 +328,9 @@ def child(spec: dict) -> dict:
 
 def measure(args) -> dict:
     stages, steps = last_stage(args.preset)
+    if args.runtime == "xnnpack":
+        fold_conv3d(stages[-1].module)
+        rw.apply_rewrites(stages[-1].module, ("layer_norm_view",))
     work = Path(args.work or tempfile.mkdtemp(prefix="mi2v-stateful-"))
     work.mkdir(parents=True, exist_ok=True)
     x = torch.randn(stages[-1].input_shape, generator=torch.Generator().manual_seed(0))
@@ -268,22 +343,24 @@ def measure(args) -> dict:
         _, states, lag = stage.run(x[..., :rows, :], n0, None)
     states = [torch.zeros_like(s) for s in states]
     t0 = time.perf_counter()
-    if not (args.reuse and (work / "stateful.onnx").exists() and (work / "whole.onnx").exists()):
-        export_onnx(stage, (x[..., :rows, :].contiguous(), n0, *states), work / "stateful.onnx",
-                    ["x", "n", *[f"s{i}" for i in range(len(states))]])
-        export_onnx(stages[-1].module.eval(), (x,), work / "whole.onnx", ["x"])
+    stateful, whole = (work / f"{name}{SUFFIX[args.runtime]}" for name in ("stateful", "whole"))
+    if not (args.reuse and stateful.exists() and whole.exists()):
+        export = EXPORTS[args.runtime]
+        export(stage, (x[..., :rows, :].contiguous(), n0, *states), stateful,
+               ["x", "n", *[f"s{i}" for i in range(len(states))]])
+        export(stages[-1].module.eval(), (x,), whole, ["x"])
     export_s = time.perf_counter() - t0
     total = stages[-1].output_shape[-2]
     out_rows = total // x.shape[-2] * rows
-    forms = {"whole stage": {"model": str(work / "whole.onnx"), "rows": 0},
-             f"stateful, {args.band}-row bands": {"model": str(work / "stateful.onnx"), "rows": rows,
+    forms = {"whole stage": {"model": str(whole), "rows": 0},
+             f"stateful, {args.band}-row bands": {"model": str(stateful), "rows": rows,
                                                  "calls": -(-(total + lag) // out_rows), "lag": lag,
-                                                 "total": total}}
+                                                 "total": total, "state_shapes": [list(t.shape) for t in states]}}
     records = {name: {"runs_s": [], "peaks": []} for name in forms}
     for r in range(args.rounds):
         for name, f in forms.items():
             got = child({**f, "input": str(work / "x.npy"), "output": str(work / f"{name[:5]}.npy"),
-                         "runs": args.per_process, "threads": os.cpu_count()})
+                         "runs": args.per_process, "threads": os.cpu_count(), "prologue": PROLOGUES[args.runtime]})
             records[name]["runs_s"] += got["run_s"]
             records[name]["peaks"].append(got["peak_bytes"])
     ref = np.load(work / "whole.npy").astype(np.float64)
@@ -293,11 +370,12 @@ def measure(args) -> dict:
         rec["median_s"] = statistics.median(rec["runs_s"])
         rec["time_ratio_vs_whole"] = rec["median_s"] / base
         rec["peak_bytes_median"] = int(statistics.median(rec["peaks"]))
-    return {"benchmark": "stateful_stream", "preset": args.preset, "band_px": args.band,
+    return {"benchmark": "stateful_stream", "runtime": args.runtime, "preset": args.preset, "band_px": args.band,
             "stage_input": list(x.shape), "stage_output": list(stages[-1].output_shape), "states": len(states),
-            "lag_rows": lag, "export_s": export_s, **({"note": args.note} if args.note else {}), "rounds": args.rounds, "per_process": args.per_process,
+            "lag_rows": lag, "export_s": export_s, **({"note": args.note} if args.note else {}),
+            "rounds": args.rounds, "per_process": args.per_process,
             "rel_l2_vs_whole": float(np.linalg.norm(got - ref) / np.linalg.norm(ref)),
-            "pytorch_rel_l2": check(args.preset, rows) if args.preset == "tiny" else None,
+            "pytorch_rel_l2": check(args.preset, rows, args.runtime) if args.preset == "tiny" else None,
             "peak_method": "VmHWM of a fresh process (large buffers mapped, arena and memory pattern off, as a "
                            "tiled stage runs) after loading the model and running it, minus its VmHWM before the "
                            "session; the stage input is loaded after the baseline, the output kept",
@@ -310,6 +388,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="mobilei2v-270m")
     ap.add_argument("--band", type=int, default=64, help="video rows per band (a multiple of the stage's unit)")
+    ap.add_argument("--runtime", choices=sorted(EXPORTS), default="onnxruntime")
     ap.add_argument("--check", action="store_true", help="PyTorch exactness only")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-process", type=int, default=2)
@@ -321,7 +400,7 @@ def main() -> None:
     if args.check:
         stages, _ = last_stage(args.preset)
         unit = stages[-1].output_shape[-2] // stages[-1].input_shape[-2]
-        print(json.dumps({"rel_l2_vs_whole": check(args.preset, max(args.band // unit, 1))}))
+        print(json.dumps({"rel_l2_vs_whole": check(args.preset, max(args.band // unit, 1), args.runtime)}))
         return
     result = measure(args)
     if args.json:
