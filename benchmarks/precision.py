@@ -176,7 +176,8 @@ def run(args) -> dict:
                                                      "frames": args.frames, "runs": args.runs,
                                                      "calibration": args.calibration or "packaged",
                                                      "weights": "seeded (seed 0)", "attention": args.attention,
-                                                     "rewrite": list(args.rewrite)}, "cells": []}
+                                                     "rewrite": list(args.rewrite)}, "cells": [],
+              **({"note": args.note} if args.note else {})}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch_stages = {c: torch_stage(c, preset.name) for c in ("encoder", "denoiser", "decoder")}
@@ -242,6 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--attention", default="reference", help="the denoiser's attention plan, every cell alike")
     ap.add_argument("--rewrite", action="append", default=[], help="NAME=VALUE on top of the plan (repeatable)")
     ap.add_argument("--work", default="/tmp/mi2v-precision-bench")
+    ap.add_argument("--note", default=None, help="what ran beside it, or anything the reader should know")
     ap.add_argument("--json", default="benchmarks/results/precision.json")
     ap.add_argument("--gates", action="store_true", help="export with the gates on (component, trajectory and the "
                     "3 dB margin that keeps costly units float): the cells the default `mi2v export` writes")

@@ -295,6 +295,12 @@ np.save(spec["output"], out)
 print(json.dumps({"run_s": times, "peak_bytes": rss() - base}))
 """
 PROLOGUES = {"onnxruntime": ORT_CHILD, "xnnpack": XNNPACK_CHILD}
+_PEAK = ("VmHWM of a fresh process ({how}) after loading the model and running it, minus its VmHWM before "
+         "loading; the stage input is loaded after the baseline, the output kept")
+PEAK_METHOD = {"onnxruntime": _PEAK.format(how="large buffers mapped, arena and memory pattern off, as a tiled "
+                                               "stage runs"),
+               "xnnpack": _PEAK.format(how="large buffers mapped; the ExecuTorch runtime imported before the "
+                                           "baseline")}
 SUFFIX = {"onnxruntime": ".onnx", "xnnpack": ".pte"}
 
 
@@ -376,9 +382,7 @@ def measure(args) -> dict:
             "rounds": args.rounds, "per_process": args.per_process,
             "rel_l2_vs_whole": float(np.linalg.norm(got - ref) / np.linalg.norm(ref)),
             "pytorch_rel_l2": check(args.preset, rows, args.runtime) if args.preset == "tiny" else None,
-            "peak_method": "VmHWM of a fresh process (large buffers mapped, arena and memory pattern off, as a "
-                           "tiled stage runs) after loading the model and running it, minus its VmHWM before the "
-                           "session; the stage input is loaded after the baseline, the output kept",
+            "peak_method": PEAK_METHOD[args.runtime],
             "machine": {"cpu_model": contract.cpu_model(), "cpu_flags": contract.cpu_flags(),
                         "cores": os.cpu_count(), "load_average": list(os.getloadavg())},
             "forms": records}

@@ -151,7 +151,8 @@ def stateful_stream(data: dict, anchor: str, images: dict) -> str:
     rows = [[escape(name), num(f.get("median_s"), ".2f", unit=" s"), num(f.get("time_ratio_vs_whole"), ".2f", unit="x"),
              mb(f.get("peak_bytes_median"))] for name, f in forms.items()]
     return "\n".join([
-        f"- the last stage, {code(data.get('stage_input'))} → {code(data.get('stage_output'))}, bands of "
+        f"- **runtime** {code(data.get('runtime', 'onnxruntime'))}; "
+        f"the last stage, {code(data.get('stage_input'))} → {code(data.get('stage_output'))}, bands of "
         f"{data.get('band_px')} video rows; {data.get('states')} state tensors, output lag {data.get('lag_rows')} rows",
         f"- {data.get('rounds')} rounds × {data.get('per_process')} runs per fresh process, forms taking turns",
         f"- **memory**: {escape(data.get('peak_method') or '', True)}",

@@ -8,7 +8,7 @@ a dash.
 from __future__ import annotations
 
 import gen_plots as plots
-from gen_common import code, escape, figure, kv, mb, num, table
+from gen_common import code, escape, figure, kv, mb, notes, num, table
 
 
 def pipeline(data: dict, anchor: str, images: dict) -> str:
@@ -57,7 +57,7 @@ def int8_ceiling(data: dict, anchor: str, images: dict) -> str:
              for s in data.get("step") or []]
     out = [f"- **host**: {escape(str(host.get('cpu')))}, {host.get('threads')} thread(s); int8 / fp32 flags: "
            f"{escape(flags)}; load {escape(str(host.get('load_avg_before')))} → "
-           f"{escape(str(host.get('load_avg_after')))}",
+           f"{escape(str(host.get('load_avg_after')))}", *notes(data),
            f"- **preset** {code(data.get('preset'))}, geometry {code(data.get('geometry'))}: one step "
            f"{num(data.get('step_gop'), '.0f')} GOP, of which GEMMs {num(data.get('gemm_gop'), '.0f')} GOP "
            f"(timed shapes: {num(100 * (data.get('timed_share') or 0), '.1f')} % of them)",
