@@ -109,11 +109,25 @@ def bench_report(data: dict, anchor: str, images: dict) -> str:
                        "p50 (ms)", "p90 (ms)", "min (ms)", "max (ms)", "load (ms)", "peak RSS", "output check"],
                       [_component_row(c) for c in components])]
     out += _pipeline_lines(data.get("pipeline"))
+    out += [line for c in components for line in _profile_lines(c)]
     samples = [[v for run in c.get("runs", []) for v in run.get("samples_ms", [])] for c in components]
     if any(samples):
         png = plots.boxes(anchor, [c.get("component", "") for c in components], samples, "iteration time (ms)")
         out.append(figure(images, anchor, png, f"{anchor}: timed iterations per component"))
     return "\n".join(out)
+
+
+def _profile_lines(component: dict, top: int = 10) -> list[str]:
+    """`mi2v bench --profile`: a component's top operators by time, from the runtime's own profiler."""
+    profile = component.get("profile")
+    if not profile or not profile.get("ops"):
+        return []
+    rows = [[code(o.get("op")), escape(str(o.get("where"))), "yes" if o.get("delegated") else "no", o.get("calls"),
+             num(o.get("total_ms"), ".1f"),  # already per run, as `mi2v bench --profile` prints it
+             num(100 * (o.get("share") or 0), ".1f", unit=" %")] for o in profile["ops"][:top]]
+    return ["", f"Top operators of the {escape(str(component.get('component')))}, {escape(str(profile.get('tool')))}"
+            f", {profile.get('runs')} run(s), {num(profile.get('total_ms'), '.0f')} ms of operators per run:", "",
+            table(["op", "where", "delegated", "calls", "ms / run", "share"], rows)]
 
 
 def _pipeline_lines(block: dict | None) -> list[str]:
