@@ -38,6 +38,8 @@ def test_the_xnnpack_form_folds_its_3d_convolutions_and_stays_exact(experiment):
     assert experiment.check("tiny", 2, "xnnpack") <= 1e-5
 
 
+@pytest.mark.slow  # an experiment's runtime check (two lowerings, fresh processes); the folded form's exactness
+# stays in the default run above
 def test_on_the_executorch_runtime_it_equals_the_whole_stage(experiment, tmp_path):
     """Both forms lowered to XNNPACK and run in fresh processes, as the 720p measurement runs them."""
     args = SimpleNamespace(preset="tiny", band=32, runtime="xnnpack", rounds=1, per_process=1, work=str(tmp_path),
