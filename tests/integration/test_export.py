@@ -32,6 +32,8 @@ from mi2v_export import parity, runtimes
 from mi2v_export.errors import BadInputError, CheckpointError, Mi2vError, MissingDependencyError, VerificationError
 from mi2v_export.exporters import base, components, rewrites
 from mi2v_export.models import turbo_vaed
+from mi2v_export.runtimes import registry
+from mi2v_export.runtimes.sessions import open_session
 from mi2v_export.exporters.orchestrate import ExportRequest, prepare, run_export
 from mi2v_export.files import tree_digest
 from mi2v_export.manifest import (
@@ -470,18 +472,22 @@ class NormToy(nn.Module):
         return turbo_vaed.channel_rms_norm(latent) * 1.000001 + 0.0 * (timestep + flow_score)[:, None, None, None, None]
 
 
-def test_onnx_keeps_epsilons_an_all_zero_pixel_stays_zero(tmp_path, monkeypatch):
-    import onnxruntime as ort
-
+@pytest.mark.parametrize("target, delegate", [
+    ("onnx", None),  # onnxscript's no-op rule dropped the 1e-8 here: 0/0 = NaN at every zero pixel
+    pytest.param("executorch", "xnnpack", marks=pytest.mark.slow),
+    pytest.param("litert", None, marks=pytest.mark.slow),
+])
+def test_exports_keep_epsilons_an_all_zero_pixel_stays_zero(tmp_path, monkeypatch, target, delegate):
     monkeypatch.setitem(components.LOADERS, "denoiser", lambda *a: NormToy())
-    (e,) = run_export(toy_request(tmp_path / "art")).entries
-    session = ort.InferenceSession(str(tmp_path / "art" / e.file), providers=["CPUExecutionProvider"])
+    (e,) = run_export(toy_request(tmp_path / "art", target, delegate=delegate)).entries
     feeds = {k: v.numpy().copy() for k, v in components.example_inputs("denoiser", TINY_GEO).items()}
     feeds["latent"][:] = 0.0
     feeds["latent"][..., 0, 0] = 2.0  # one pixel with signal: the scale is kept too
-    got = session.run(None, feeds)[0]
+    runtime = registry.get(e.verified_on[0]["runtime"])
+    with open_session(runtime, tmp_path / "art" / e.file, e) as session:
+        got = session.run(feeds)[e.outputs[0].name]
     want = NormToy()(*(torch.from_numpy(feeds[k]) for k in ("latent", "timestep", "flow_score"))).numpy()
-    assert np.isfinite(got).all()  # onnxscript's no-op rule dropped the 1e-8: 0/0 = NaN at every zero pixel
+    assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
 
 
