@@ -18,6 +18,7 @@ input, i.e. whether chunking in time could save memory at that clip length.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -88,10 +89,16 @@ def temporal_field(stage, probe_frames: int, probe_px: int = 4) -> int | None:
     return max(centre - read[0], read[-1] - centre)
 
 
+@functools.cache
+def seeded(part: str, preset: str) -> torch.nn.Module:
+    """A part with the seeded weights, built once for every clip length asked."""
+    return seed_part(build_part(part, preset)).eval()
+
+
 def time_chunking(part: str, preset: str, frame: tuple[int, int], frames: int) -> dict:
     """Per stage of a decoder at `frames` video frames: its input frames, its temporal field, and whether an exact
     time chunk (one frame + the field each side) is shorter than its input."""
-    module = seed_part(build_part(part, preset)).eval()
+    module = seeded(part, preset)
     channels = get_preset(preset).ltx_vae.latent_channels
     latent_frames = 1 + (frames - 1) // 8
     rows = []

@@ -291,6 +291,7 @@ def measured(exporter, artifact: Artifact, folder: Path, options: ExportOptions)
     return runtime_measure.measure(runtime.name, folder / artifact.file, entry=entry)
 
 
-__all__ = ["TileRequest", "check_request", "stage_files", "record_format", "stage_fields", "stage_field", "plan", "export_stage", "export_stages", "assemble",
+__all__ = ["TileRequest", "check_request", "stage_files", "record_format", "stage_fields", "stage_field", "plan",
+           "export_stage", "export_stages", "assemble",
            "tiling_record", "stage_tile_px", "window_shape", "run_here", "measured", "entry_view", "entry_json",
            "MIB", "TILED_COMPONENTS", "video_hw"]

@@ -27,7 +27,8 @@ RENDER: dict[str, Callable[[object, str, dict], str]] = {
     "export": kinds.export, "attention": kinds.attention, "qnn": devices.qnn, "qnn_blocks": devices.qnn_blocks,
     "bench_report": devices.bench_report, "release_plan": devices.release_plan,
     "receptive_field": kinds.receptive_field, "tiled_vae": memory.tiled_vae, "ort_memory": memory.ort_memory,
-    "qnn_tiled": memory.qnn_tiled, "tile_cost": memory.tile_cost, "stateful_stream": memory.stateful_stream, "pipeline": runs.pipeline, "int8_ceiling": runs.int8_ceiling,
+    "qnn_tiled": memory.qnn_tiled, "tile_cost": memory.tile_cost, "stateful_stream": memory.stateful_stream,
+    "pipeline": runs.pipeline, "int8_ceiling": runs.int8_ceiling,
     "litert": runs.litert, "other": kinds.other,
 }
 WRITERS = {
@@ -128,7 +129,8 @@ def kind_of(data: object) -> str:
         ("qnn", "target_info" in data and "simulator" in data), ("release_plan", "runs" in data and "plan" in data),
         ("attention", "cases" in data), ("receptive_field", data.get("benchmark") == "vae_receptive_field"),
         ("tiled_vae", data.get("benchmark") == "tiled_vae"), ("tile_cost", data.get("benchmark") == "tile_cost"),
-        ("stateful_stream", data.get("benchmark") == "stateful_stream"), ("ort_memory", data.get("benchmark") == "ort_memory_settings"),
+        ("stateful_stream", data.get("benchmark") == "stateful_stream"),
+        ("ort_memory", data.get("benchmark") == "ort_memory_settings"),
         ("pipeline", data.get("benchmark") == "pipeline"), ("int8_ceiling", data.get("kind") == "int8_ceiling"),
     )
     return next((kind for kind, hit in checks if hit), "other")

@@ -163,9 +163,8 @@ def receptive_field(data: dict, anchor: str, images: dict) -> str:
     rows = [[code(p.get("part")), num(p.get("receptive_field_latent_px"), "d"), _pair(p.get("frame_latent_px")),
              num(p.get("smallest_exact_window_latent_px"), "d"), _pair(p.get("exact_tiling_can_split")),
              num(p.get("probe_s"), ".0f"), escape(p.get("note") or "", True)] for p in parts]
-    note = f"; {escape(data['note'])}" if data.get("note") else ""
     out = [f"- **preset** {code(data.get('preset'))} at {code(data.get('resolution'))}, torch "
-           f"{escape(str(data.get('torch')))}{note}", "",
+           f"{escape(str(data.get('torch')))}", *notes(data), "",
            table(["part", "receptive field (latent px each side)", "frame (latent px)",
                   "smallest exact window (latent px)", "exact tiles can split (rows, columns)", "probe (s)", "note"],
                  rows)]

@@ -6,7 +6,7 @@ the JSON). A value a file lacks shows as a dash.
 from __future__ import annotations
 
 import gen_plots as plots
-from gen_common import DASH, code, escape, figure, mb, num, table
+from gen_common import DASH, code, escape, figure, mb, notes, num, table
 
 
 # files written before benchmarks/tiled_vae.py recorded its method: each process held its previous output through the
@@ -157,5 +157,5 @@ def stateful_stream(data: dict, anchor: str, images: dict) -> str:
         f"- {data.get('rounds')} rounds × {data.get('per_process')} runs per fresh process, forms taking turns",
         f"- **memory**: {escape(data.get('peak_method') or '', True)}",
         f"- stitched output against the whole stage's: rel L2 {num(data.get('rel_l2_vs_whole'), '.1e')}",
-        *([f"- **note**: {escape(data['note'], True)}"] if data.get("note") else []), "",
+        *notes(data), "",
         table(["form", "time per call (median)", "vs whole stage", "peak above baseline"], rows)])
