@@ -86,6 +86,7 @@ class ExportRequest:
     halo: int | None = None  # `--halo PX`: smaller than the receptive field → blended, measured
     memory_budget: float | None = None  # `--memory-budget MIB`: the largest tile whose measured peak fits
     stream_rows: int | None = None  # `--stream-rows PX`: every stage streamed in bands of PX rows
+    time_chunk: int | None = None  # `--time-chunk FRAMES`: stages chunked in time (mi2v_export/chunking.py)
 
 
 @dataclass
@@ -133,7 +134,8 @@ def resolve(request: ExportRequest):
     _check_flag_applies(request, exporter, "etrecord")
     comp.check_attention_available(request.attention, comp.parse_rewrite_options(request.rewrite))
     options.tiles = tiled.check_request(request.tile, request.halo, request.memory_budget, components,
-                                        (geo.height, geo.width), options.precisions, request.stream_rows)
+                                        (geo.height, geo.width), options.precisions, request.stream_rows,
+                                        request.time_chunk)
     return exporter, options, components, preset, geo
 
 
@@ -473,7 +475,7 @@ def _produce(spec, exporter, options: ExportOptions, staging: Path, progress: Pr
     its test vectors (whole-frame; a tiled ExecuTorch entry's as .npz, a bundled program holds one model) and the
     structural checks."""
     t0 = time.perf_counter()
-    tiles = options.tiles if spec.name in tiled.TILED_COMPONENTS else tiled.TileRequest()
+    tiles = tiled.request_for(spec, options.tiles)
     measured = None
     if tiles.active:
         artifact, checks, measured = tile_budget.export_component(spec, exporter, options, staging, progress, tiles)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from mi2v_export import tiling
 from mi2v_export.errors import BadInputError
 from mi2v_export.models import stages as stage_cuts
 
@@ -43,10 +44,13 @@ def export_component(spec: ComponentSpec, exporter, options: ExportOptions, stag
     stages, fields = tiled.stage_fields(spec)
     progress(ProgressEvent(spec.name, "tile", "done", f"{len(stages)} stages, receptive fields {fields} units",
                            seconds=time.perf_counter() - t0))
-    if request.tile is not None:
-        plans = tiled.plan(spec.name, stages, fields, request, request.tile)
-        record = tiled.tiling_record(spec.name, stages, plans, request, request.tile)
-        artifact, checks = tiled.export_stages(spec, exporter, options, staging, progress, stages, plans, record)
+    times = tiled.time_plans(spec.name, stages, request)
+    if request.tile is not None or request.budget_mib is None and request.stream_rows is None:
+        tile = request.tile or tuple(tiling.grid_px(tiled.video_hw(spec.name, stages)))  # --time-chunk alone
+        plans = tiled.plan(spec.name, stages, fields, request, tile)
+        record = tiled.tiling_record(spec.name, stages, plans, request, tile, times)
+        artifact, checks = tiled.export_stages(spec, exporter, options, staging, progress, stages, plans, record,
+                                               times)
         return artifact, checks, None
     if request.stream_rows is not None:
         artifact, checks = export_streamed(spec, exporter, options, staging, progress, request, stages)
@@ -96,7 +100,8 @@ def _search_stages(ctx: SearchContext, fields: list[int]) -> list[StageSearch]:
         return StageSearch(ctx, j, stage_candidates(ctx.spec.name, stages, fields, ctx.request, j))
     while k < len(stages):
         search = search_of(k)
-        stream = None if search.fits(0) or ctx.request.halo is not None else StreamSearch.of(ctx, k)
+        plain = search.fits(0) or ctx.request.halo is not None or ctx.request.time_chunk is not None
+        stream = None if plain else StreamSearch.of(ctx, k)
         if stream is not None and stream.search() is not None:
             ctx.dropped_probes += search.probes()  # the whole stage, which did not fit
             stages[k:k + 1], fields[k:k + 1] = stream.parts, stream.fields
@@ -134,7 +139,9 @@ def _assembled(ctx: SearchContext, searches: list[StageSearch], kept: list) -> t
     """The component from each search's kept probe (files already in the staging folder), measured whole."""
     plans = [p for s in searches for p in s.plans(s.best[0])]
     finest = max(range(len(plans)), key=lambda k: (plans[k].grid.count, k))
-    record = tiled.tiling_record(ctx.spec.name, ctx.stages, plans, ctx.request, tuple(ctx.tile_px(plans[finest])))
+    times = [ctx.time_of(k) for k in range(len(ctx.stages))]
+    record = tiled.tiling_record(ctx.spec.name, ctx.stages, plans, ctx.request, tuple(ctx.tile_px(plans[finest])),
+                                 times)
     record["probes"] = ctx.dropped_probes + [p for s in searches for p in s.probes()]
     artifact = tiled.assemble(ctx.spec, ctx.stages, [e for es, _, _ in kept for e in es],
                               [a for _, arts, _ in kept for a in arts], record)

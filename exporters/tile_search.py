@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import shutil
 
-from mi2v_export import tiling
+from mi2v_export import chunking, tiling
 from mi2v_export.manifest import TensorInfo
 from mi2v_export.models.stages import Stage
 from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT
@@ -34,15 +34,16 @@ def candidate_tiles(frame: tuple[int, int]) -> list[tuple[int, int]]:
     return sorted(out)
 
 
-def cost(stage: Stage, p: tiling.StagePlan) -> int:
+def cost(stage: Stage, p: tiling.StagePlan, tp: chunking.TimePlan | None = None) -> int:
     """The window's input + output elements: what a stage's peak grows with."""
-    win_in, win_out = tiled.window_shape(stage, p)
+    win_in, win_out = tiled.window_shape(stage, p, tp)
     return math.prod(win_in) + math.prod(win_out)
 
 
-def work(stage: Stage, p: tiling.StagePlan) -> int:
-    """Input elements over every window of a call: what a stage's time grows with (halos recomputed)."""
-    return p.grid.count * math.prod(tiled.window_shape(stage, p)[0])
+def work(stage: Stage, p: tiling.StagePlan, tp: chunking.TimePlan | None = None) -> int:
+    """Input elements over every window of a call (time chunks too): what a stage's time grows with (halos
+    recomputed)."""
+    return p.grid.count * (1 if tp is None else tp.count) * math.prod(tiled.window_shape(stage, p, tp)[0])
 
 
 def stage_candidates(name: str, stages: list[Stage], fields: list[int], request: tiled.TileRequest,
@@ -51,13 +52,14 @@ def stage_candidates(name: str, stages: list[Stage], fields: list[int], request:
     against work, so that a smaller window always costs more work (a 736x160 column band recomputes less halo than
     a 96x1280 row band of about the same window on a wide frame, and is kept instead)."""
     video, stage = tiled.video_hw(name, stages), stages[k]
+    tp = tiled.stage_time(name, stages, k, request)
     plans = [(tile, tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, tile, fields[k],
                                       request.halo)) for tile in candidate_tiles(video)]
     front, least = [], None
-    for tile, p in sorted(plans, key=lambda tp: (cost(stage, tp[1]), work(stage, tp[1]))):
-        if least is None or work(stage, p) < least:
+    for tile, p in sorted(plans, key=lambda pair: (cost(stage, pair[1], tp), work(stage, pair[1], tp))):
+        if least is None or work(stage, p, tp) < least:
             front.append((tile, p))
-            least = work(stage, p)
+            least = work(stage, p, tp)
     return front[::-1]
 
 
@@ -81,6 +83,10 @@ class SearchContext:
 
     def tile_px(self, p: tiling.StagePlan) -> list[int]:
         return tiled.stage_tile_px(p, tiled.video_hw(self.spec.name, self.stages))
+
+    def time_of(self, k: int) -> chunking.TimePlan | None:
+        """Stage k's time chunks (the same for every window it tries: --time-chunk fixes them)."""
+        return tiled.stage_time(self.spec.name, self.stages, k, self.request)
 
 
 class StageSearch:
@@ -154,7 +160,8 @@ class StageSearch:
     def export(self, folder, i: int) -> tuple[list[dict], list[Artifact], list[str]]:
         """Export candidate i into `folder`: (the tiling record's entries, the artifacts, inspect checks)."""
         entry, art, checks = tiled.export_stage(self.ctx.spec, self.ctx.exporter, self.ctx.options, folder,
-                                                self.ctx.progress, self.k, self.ctx.stages[self.k], self.ordered[i][1])
+                                                self.ctx.progress, self.k, self.ctx.stages[self.k], self.ordered[i][1],
+                                                self.ctx.time_of(self.k))
         return [entry], [art], checks
 
     def plans(self, i: int) -> list[tiling.StagePlan]:

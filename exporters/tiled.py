@@ -18,13 +18,17 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from mi2v_export import precision, runtimes, tiling
+import dataclasses
+import functools
+
+from mi2v_export import chunking, precision, runtimes, tiling
 from mi2v_export.errors import BadInputError
 from mi2v_export.manifest import TensorInfo
-from mi2v_export.models.receptive import receptive_field
+from mi2v_export.models.receptive import receptive_field, temporal_field
 from mi2v_export.models.stages import Stage, stages_of
 from mi2v_export.runtimes import measure as runtime_measure
-from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, STREAMED_FORMAT, TILING_FORMAT, open_session
+from mi2v_export.runtimes.sessions import (STAGE_INPUT, STAGE_OUTPUT, STREAMED_FORMAT, TILING_FORMAT, TIMED_FORMAT,
+                                           open_session)
 
 from .base import Artifact, ArtifactRun, ComponentSpec, ExportOptions, ProgressCallback, ProgressEvent
 
@@ -40,18 +44,31 @@ class TileRequest:
     halo: int | None = None  # video pixels; None: each stage's receptive field (exact)
     budget_mib: float | None = None
     stream_rows: int | None = None  # video rows per band: every stage streamed (mi2v_export/streaming.py)
+    time_chunk: int | None = None  # video frames per chunk core: stages chunked in time (mi2v_export/chunking.py)
 
     @property
     def active(self) -> bool:
-        return self.tile is not None or self.budget_mib is not None or self.stream_rows is not None
+        return any(v is not None for v in (self.tile, self.budget_mib, self.stream_rows, self.time_chunk))
 
 
 def check_request(tile: str | None, halo: int | None, budget: float | None, components: list[str],
-                  frame: tuple[int, int], precisions: dict, stream_rows: int | None = None) -> TileRequest:
-    """Validate --tile / --halo / --memory-budget / --stream-rows before any model is built (one-line
-    BadInputError)."""
+                  frame: tuple[int, int], precisions: dict, stream_rows: int | None = None,
+                  time_chunk: int | None = None) -> TileRequest:
+    """Validate --tile / --halo / --memory-budget / --stream-rows / --time-chunk before any model is built (one-line
+    BadInputError). --time-chunk goes with --tile or --memory-budget (the spatial windows of each time chunk), or
+    alone (whole frames)."""
     asked = [f for f, v in (("--tile", tile), ("--memory-budget", budget), ("--stream-rows", stream_rows))
              if v is not None]
+    if time_chunk is not None:
+        chunking.check_chunk(time_chunk)
+        if stream_rows is not None:
+            raise BadInputError("--time-chunk and --stream-rows cannot be combined: streamed bands hold the whole clip")
+        if "decoder" not in components:
+            raise BadInputError("--time-chunk applies to the decoder (the encoder reads one frame, the conditioning "
+                                "image)")
+        if not asked:
+            _check_tiled_components(components, precisions)
+            return TileRequest(time_chunk=time_chunk)
     if not asked:
         if halo is not None:
             raise BadInputError("--halo applies to a tiled export: give --tile or --memory-budget")
@@ -61,22 +78,37 @@ def check_request(tile: str | None, halo: int | None, budget: float | None, comp
                             "band itself)")
     if stream_rows is not None:
         _check_stream_rows(stream_rows, frame, halo)
-    if not any(c in TILED_COMPONENTS for c in components):
-        raise BadInputError(f"--tile / --memory-budget apply to the {' and '.join(TILED_COMPONENTS)} only")
+    _check_tiled_components(components, precisions)
     if budget is not None and not (0 < budget < 1 << 30):
         raise BadInputError(f"--memory-budget {budget:g}: expected a positive number of MiB")
     if halo is not None and (halo < 0 or halo % tiling.TILE_MULTIPLE):
         raise BadInputError(f"--halo {halo}: expected a multiple of {tiling.TILE_MULTIPLE} video pixels, ≥ 0")
+    size = None
+    if tile is not None:
+        size = tiling.parse_tile(tile)
+        tiling.check_tile_fits(size, frame)
+    return TileRequest(size, halo, budget, stream_rows, time_chunk)
+
+
+def _check_tiled_components(components: list[str], precisions: dict) -> None:
+    if not any(c in TILED_COMPONENTS for c in components):
+        raise BadInputError(f"--tile / --memory-budget / --time-chunk apply to the {' and '.join(TILED_COMPONENTS)} "
+                            "only")
     for name in TILED_COMPONENTS:
         chosen = precisions.get(name)
         if chosen is not None and chosen.value in precision.INTEGER | {"mixed"}:
             raise BadInputError(f"--tile with --precision {chosen.value} for the {name}: tiled exports are fp32 or "
                                 "fp16 (stage-wise calibration is not built yet)")
-    size = None
-    if tile is not None:
-        size = tiling.parse_tile(tile)
-        tiling.check_tile_fits(size, frame)
-    return TileRequest(size, halo, budget, stream_rows)
+
+
+def request_for(spec: ComponentSpec, request: TileRequest) -> TileRequest:
+    """The request as it applies to one component: none to a component that is never tiled, and no --time-chunk
+    to one whose input has a single frame (the encoder reads the conditioning image: nothing to chunk in time)."""
+    if spec.name not in TILED_COMPONENTS:
+        return TileRequest()
+    if request.time_chunk is not None and next(iter(spec.inputs.values())).shape[2] <= 1:
+        request = dataclasses.replace(request, time_chunk=None)
+    return request if request.active else TileRequest()
 
 
 def _check_stream_rows(rows: int, frame: tuple[int, int], halo: int | None) -> None:
@@ -116,6 +148,49 @@ def stage_field(stage: Stage) -> int:
     return receptive_field(stage.module, probe, scale_in, scale_out)
 
 
+def video_frames(name: str, stages: list[Stage]) -> int:
+    """The video side's frames: the decoder's output, the encoder's input."""
+    return int((stages[-1].output_shape if name == "decoder" else stages[0].input_shape)[2])
+
+
+@functools.lru_cache(maxsize=64)
+def stage_time_field(stage: Stage) -> int | None:
+    """A stage's temporal field in its own time units (autograd on a seeded probe two spatial units square), None
+    when its frames are not in a layout mi2v_export/chunking.py chunks."""
+    scales = chunking.time_scales(stage.input_shape[2], stage.output_shape[2])
+    if scales is None:
+        return None
+    scale_in = tiling.stage_scales(stage.input_shape[-2:], stage.output_shape[-2:])[0]
+    generator = torch.Generator().manual_seed(0)
+    side = 2 * scale_in
+    probe = lambda f: torch.randn(1, stage.input_shape[1], f, side, side, generator=generator)  # noqa: E731
+    return temporal_field(stage.module, probe, *scales)
+
+
+def stage_time(name: str, stages: list[Stage], k: int, request: TileRequest) -> chunking.TimePlan | None:
+    """Stage k's time plan for `request.time_chunk` video frames per core; None when not asked, or when its
+    field leaves no window shorter than its clip (it runs whole in time)."""
+    stage = stages[k]
+    if request.time_chunk is None or min(stage.input_shape[2], stage.output_shape[2]) < 2:
+        return None
+    field = stage_time_field(stage)
+    if field is None:
+        return None
+    return chunking.plan_time(stage.input_shape[2], stage.output_shape[2], video_frames(name, stages),
+                              request.time_chunk, field)
+
+
+def time_plans(name: str, stages: list[Stage], request: TileRequest) -> list[chunking.TimePlan | None]:
+    """Every stage's time plan; BadInputError when --time-chunk splits no stage (at this clip length each reads
+    its whole clip), naming the fields."""
+    plans = [stage_time(name, stages, k, request) for k in range(len(stages))]
+    if request.time_chunk is not None and not any(plans):
+        raise BadInputError(f"--time-chunk {request.time_chunk}: no stage of the {name} can be split in time at "
+                            f"{video_frames(name, stages)} frames (each stage's temporal field covers its clip); "
+                            "use a longer clip or leave --time-chunk out")
+    return plans
+
+
 def plan(name: str, stages: list[Stage], fields: list[int], request: TileRequest,
          tile: tuple[int, int]) -> list[tiling.StagePlan]:
     """Each stage's plan for a tile of `tile` video pixels (the halo: each field, or `request.halo` pixels)."""
@@ -137,14 +212,16 @@ class _StageIO(nn.Module):
         return self.module(x)
 
 
-def window_shape(stage: Stage, p: tiling.StagePlan) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(input, output) shapes of the stage's tile model."""
+def window_shape(stage: Stage, p: tiling.StagePlan, tp: chunking.TimePlan | None = None
+                 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(input, output) shapes of the stage's tile model: its spatial window, and its time window where chunked."""
     rows, cols = p.grid.rows, p.grid.cols
     def side(axis, k, shape, scale):
         return shape[k] if axis.count == 1 else axis.window * scale
-    win_in = (*stage.input_shape[:-2], side(rows, -2, stage.input_shape, p.scale_in),
+    t_in, t_out = (stage.input_shape[2], stage.output_shape[2]) if tp is None else (tp.frames_in, tp.frames_out)
+    win_in = (*stage.input_shape[:2], t_in, side(rows, -2, stage.input_shape, p.scale_in),
               side(cols, -1, stage.input_shape, p.scale_in))
-    win_out = (*stage.output_shape[:-2], side(rows, -2, stage.output_shape, p.scale_out),
+    win_out = (*stage.output_shape[:2], t_out, side(rows, -2, stage.output_shape, p.scale_out),
                side(cols, -1, stage.output_shape, p.scale_out))
     return win_in, win_out
 
@@ -155,28 +232,34 @@ def _as_stage(progress: ProgressCallback, component: str, k: int) -> ProgressCal
 
 
 def export_stage(spec: ComponentSpec, exporter, options: ExportOptions, folder: Path, progress: ProgressCallback,
-                 k: int, stage: Stage, p: tiling.StagePlan) -> tuple[dict, Artifact, list[str]]:
+                 k: int, stage: Stage, p: tiling.StagePlan, tp: chunking.TimePlan | None = None
+                 ) -> tuple[dict, Artifact, list[str]]:
     """Export stage k's tile model into `folder`: (its entry in the tiling record, the artifact, inspect checks).
     Its example input is seeded by k, so a stage exports the same alone (a budget probe) or with the others."""
-    win_in, win_out = window_shape(stage, p)
+    win_in, win_out = window_shape(stage, p, tp)
     generator = torch.Generator().manual_seed(k)
     sub = ComponentSpec(name=f"{spec.name}.s{k}", model=spec.model, module=_StageIO(stage.module).eval(),
                         inputs={STAGE_INPUT: torch.randn(win_in, generator=generator)}, output_names=(STAGE_OUTPUT,))
     progress(ProgressEvent(spec.name, "tile", "info", f"stage {k}: window {list(win_in[-2:])} → "
                            f"{list(win_out[-2:])}, grid {p.grid.rows.count}x{p.grid.cols.count}, "
-                           f"halo {p.grid.rows.halo}/{p.grid.cols.halo} (field {p.grid.receptive_field})"))
+                           f"halo {p.grid.rows.halo}/{p.grid.cols.halo} (field {p.grid.receptive_field})"
+                           + ("" if tp is None else f", {tp.count} time chunks of {tp.frames_in} frames")))
     art = exporter.export(sub, folder, options, _as_stage(progress, spec.name, k))
     checks = [f"stage {k}: {c}" for c in exporter.inspect(art, folder, sub, options)]
     entry = {"file": art.file, "input_window": list(win_in), "output_window": list(win_out),
              "plan": p.record(), "target_info": art.target_info, "delegation": art.delegation}
+    if tp is not None:
+        entry["time"] = tp.record()
     return entry, art, checks
 
 
 def export_stages(spec: ComponentSpec, exporter, options: ExportOptions, folder: Path, progress: ProgressCallback,
-                  stages: list[Stage], plans: list[tiling.StagePlan], record: dict) -> tuple[Artifact, list[str]]:
+                  stages: list[Stage], plans: list[tiling.StagePlan], record: dict,
+                  times: list[chunking.TimePlan | None] | None = None) -> tuple[Artifact, list[str]]:
     """Export every stage's tile model into `folder` and describe the whole as one artifact (whole-frame I/O)."""
-    done = [export_stage(spec, exporter, options, folder, progress, k, stage, p)
-            for k, (stage, p) in enumerate(zip(stages, plans))]
+    times = times or [None] * len(stages)
+    done = [export_stage(spec, exporter, options, folder, progress, k, stage, p, tp)
+            for k, (stage, p, tp) in enumerate(zip(stages, plans, times))]
     return assemble(spec, stages, [d[0] for d in done], [d[1] for d in done], record), \
         [c for d in done for c in d[2]]
 
@@ -212,7 +295,10 @@ def stage_files(arts: list[Artifact]) -> dict[str, str]:
 
 
 def record_format(entries: list[dict]) -> int:
-    """The tiling record's format for these stage entries: streamed stages need a reader of format 2."""
+    """The tiling record's format for these stage entries: streamed stages need a reader of format 2, time chunks
+    one of format 3."""
+    if any("time" in e for e in entries):
+        return TIMED_FORMAT
     return STREAMED_FORMAT if any("stream" in e for e in entries) else TILING_FORMAT
 
 
@@ -239,21 +325,23 @@ def stage_tile_px(p: tiling.StagePlan, video: tuple[int, int]) -> list[int]:
 
 
 def tiling_record(name: str, stages: list[Stage], plans: list[tiling.StagePlan], request: TileRequest,
-                  tile: tuple[int, int]) -> dict:
+                  tile: tuple[int, int], times: list[chunking.TimePlan | None] | None = None) -> dict:
     """The manifest's `tiling` record (its `stages` list is filled by export_stages). `tile` is the smallest
-    stage tile; `stage_tiles` each stage's (a budget tiles each stage only as finely as its own peak needs)."""
+    stage tile; `stage_tiles` each stage's (a budget tiles each stage only as finely as its own peak needs);
+    `time_chunks` each stage's windows in time (1: whole clip)."""
     video = video_hw(name, stages)
+    chunks = [1 if tp is None else tp.count for tp in (times or [None] * len(plans))]
     units = [max((u for u in p.unit_px if u), default=1) for p in plans]
     exact = all(p.grid.exact for p in plans)
     return {"format": TILING_FORMAT, "tile": list(tile), "stage_tiles": [stage_tile_px(p, video) for p in plans],
             "residency": "stage", "frame": list(video),
             "halo": max(max(p.grid.rows.halo, p.grid.cols.halo) * u for p, u in zip(plans, units)),
             "grid": [[p.grid.rows.count, p.grid.cols.count] for p in plans],
-            "tiles": sum(p.grid.count for p in plans),
+            "tiles": sum(p.grid.count * n for p, n in zip(plans, chunks)), "time_chunks": chunks,
             "receptive_field": max(p.grid.receptive_field * u for p, u in zip(plans, units)),
             "exact": exact, "blending": "none" if exact else "linear",
             "halo_policy": "receptive field" if request.halo is None else f"{request.halo} px",
-            "memory_budget_mib": request.budget_mib}
+            "memory_budget_mib": request.budget_mib, "time_chunk": request.time_chunk}
 
 
 def entry_json(artifact: Artifact, options: ExportOptions) -> dict:
@@ -291,7 +379,7 @@ def measured(exporter, artifact: Artifact, folder: Path, options: ExportOptions)
     return runtime_measure.measure(runtime.name, folder / artifact.file, entry=entry)
 
 
-__all__ = ["TileRequest", "check_request", "stage_files", "record_format", "stage_fields", "stage_field", "plan",
+__all__ = ["TileRequest", "check_request", "request_for", "stage_files", "record_format", "stage_fields", "stage_field", "plan",
            "export_stage", "export_stages", "assemble",
            "tiling_record", "stage_tile_px", "window_shape", "run_here", "measured", "entry_view", "entry_json",
-           "MIB", "TILED_COMPONENTS", "video_hw"]
+           "MIB", "TILED_COMPONENTS", "video_hw", "video_frames", "stage_time", "stage_time_field", "time_plans"]

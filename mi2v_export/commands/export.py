@@ -114,6 +114,10 @@ def export(
     stream_rows: int | None = typer.Option(None, "--stream-rows", help="encoder / decoder: run every stage step "
                                            "by step in full-width bands of this many video rows (multiple of 32), "
                                            "keeping only the rows the next step needs; exact"),
+    time_chunk: int | None = typer.Option(None, "--time-chunk", help="encoder / decoder: run each stage whose "
+                                          "temporal field allows it in chunks of this many video frames (multiple "
+                                          "of 8) plus a halo of frames; exact. Pays on long clips; alone or with "
+                                          "--tile / --memory-budget"),
     json_out: refine(Json, help="print this run's manifest entries as JSON on stdout") = False,
 ) -> None:
     """Export MobileI2V components to ONNX / Core ML / ExecuTorch, check them against PyTorch fp32, and describe
@@ -129,7 +133,7 @@ def export(
                             verify=not no_verify, test_vectors=not no_test_vectors, etrecord=etrecord,
                             compute_units=compute_units.value, min_ios=min_ios, soc=soc.value,
                             allow_cpu_fallback=allow_cpu_fallback, tile=tile, halo=halo,
-                            memory_budget=memory_budget, stream_rows=stream_rows)
+                            memory_budget=memory_budget, stream_rows=stream_rows, time_chunk=time_chunk)
     _note_default_preset(preset, resolution, frames)
     plan = prepare(request)  # bad flags, missing SDKs, wrong checkpoints fail here, before any model is built
 
@@ -178,8 +182,11 @@ def _print_summary(report) -> None:
         if e.tiling:
             t = e.tiling
             per = " / ".join(f"{h}x{w}" for h, w in t.get("stage_tiles") or [t["tile"]])
-            notes.append(f"{e.file}: tiled {per} px ({len(t['stages'])} stages), {t['tiles']} tile runs per call, "
-                         f"{'exact' if t['exact'] else 'blended'}")
+            chunks = [n for n in t.get("time_chunks") or [] if n > 1]
+            timed = f", chunked in time ({t['time_chunk']} frames: {' / '.join(map(str, chunks))} chunks)" if chunks \
+                else ""
+            notes.append(f"{e.file}: tiled {per} px ({len(t['stages'])} stages){timed}, {t['tiles']} tile runs per "
+                         f"call, {'exact' if t['exact'] else 'blended'}")
         memory = (e.runtime_memory or {}).get("bytes")
         if memory is not None:
             notes.append(f"{e.file}: runs in {human_bytes(memory)} above the runtime's baseline (measured)")

@@ -27,8 +27,7 @@ from ..errors import BadInputError, DeviceError, first_line
 from ..files import sha256_file
 from ..runtimes import dtypes
 from ..runtimes.litert import NPU_DELEGATES
-from ..runtimes.sessions import is_tiled, stage_entry
-from ..tiling import run_tiled, stage_from_record, tile_count
+from ..runtimes.sessions import is_tiled, run_stage, stage_entry, stage_windows
 from .adb import Adb, AdbDevice, AdbTimeout
 from .android_session import AndroidSession, StagedFile
 from .base import BenchDevice, BenchOptions, BenchReport, ComponentResult, DeviceFacts, RunResult, Say, Selection
@@ -218,7 +217,7 @@ class AdbRunnerDevice(AdbPhone):
         process: an app holding every stage and the tensors between them needs more. A runner without per-run
         times (benchmark_model) gives the windows-weighted sum of the stages' means and of their medians."""
         runs = [self._run_once(sel, comp, runner, r, stage=k) for k in range(len(sel.entry.tiling["stages"]))]
-        counts = [tile_count(stage["plan"]) for stage in sel.entry.tiling["stages"]]
+        counts = [stage_windows(stage) for stage in sel.entry.tiling["stages"]]
         iterations = min(len(run.samples_ms) for run in runs)
         total = [sum(n * run.samples_ms[i] for n, run in zip(counts, runs)) for i in range(iterations)]
         peaks = [run.peak_rss_kb for run in runs if run.peak_rss_kb is not None]
@@ -304,16 +303,16 @@ class AdbRunnerDevice(AdbPhone):
 
     def _stitched_set(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any) -> dict[str, Any]:
         """A tiled entry's whole-frame outputs: every window runs on the device (one runner call each) and the
-        host stitches them with the runtime layer's tile loop (mi2v_export/tiling.py), as the app does."""
+        host stitches them with the runtime layer's stage loop (runtimes/sessions.py `run_stage`: its time chunks
+        and its tiles), as the app does."""
         x = next(iter(vs.inputs.values()))
         for k, stage in enumerate(sel.entry.tiling["stages"]):
-            plan = stage_from_record(stage["plan"], x.shape[-2:])
             view = stage_entry(sel.entry, stage)
-            count = iter(range(plan.grid.count))
-            run = lambda w, k=k, view=view: self._outputs_of_set(  # noqa: E731
+            count = itertools.count()
+            run = lambda w, k=k, view=view, count=count: self._outputs_of_set(  # noqa: E731
                 sel, runner, local, n, SimpleNamespace(inputs={"x": w}), stage=k, entry=view,
                 base=f"{sel.component}.s{k}.w{next(count)}")["y"]
-            x = run_tiled(run, x, plan.grid, plan.scale_in, plan.scale_out)
+            x = run_stage(run, x, stage)
         return {sel.entry.outputs[0].name: x}
 
     def _outputs_of_set(self, sel: Selection, runner: Runner, local: Path, n: int, vs: Any, stage: int | None = None,

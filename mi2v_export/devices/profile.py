@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..runtimes.profiling import Profile, profile_executorch, profile_onnx, read_etdump, weighed
-from ..runtimes.sessions import is_tiled, stage_entry
-from ..tiling import tile_count
+from ..runtimes.sessions import is_tiled, stage_entry, stage_windows
 
 PROFILE_RUNS = 3  # profiled runs after one warm-up (the profiler's own overhead makes them no latency figure)
 TOP = 15  # operators kept in the report
@@ -37,7 +36,7 @@ def host_profile(folder: Path, entry: Any, runtime: str, out_dir: Path, report_d
     parts = []
     for stage in entry.tiling["stages"]:
         view = stage_entry(entry, stage)
-        parts.append((_one(folder / stage["file"], view, runtime, out_dir, None, threads), tile_count(stage["plan"])))
+        parts.append((_one(folder / stage["file"], view, runtime, out_dir, None, threads), stage_windows(stage)))
     return _record(weighed(parts), report_dir)
 
 

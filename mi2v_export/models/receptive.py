@@ -53,6 +53,26 @@ def receptive_field(module: nn.Module, make_input, scale_in: int, scale_out: int
                         "pixels each side (a global operation?); it cannot be tiled exactly")
 
 
+def temporal_field(module: nn.Module, make_input, scale_in: int, scale_out: int, start: int = 9,
+                   limit: int = MAX_PROBE_UNITS) -> int:
+    """Units each side (the coarser side's frames, mi2v_export/chunking.py) that the output frames one unit owns
+    read. `make_input(f)` builds an input of f frames (small in space); `scale_in` / `scale_out` are frames per unit
+    on each side. The probe grows until the field no longer touches its ends, as `receptive_field` does."""
+    units = start
+    while units <= limit:
+        x = make_input(scale_in * (units - 1) + 1).detach().requires_grad_(True)
+        centre = units // 2
+        y = module(x)
+        y[:, :, centre * scale_out:(centre + 1) * scale_out].float().sum().backward()
+        read = x.grad.detach().abs().sum(dim=(0, 1, 3, 4)).nonzero().flatten()
+        lo, hi = int(read.min()), int(read.max())
+        if lo > 0 and hi < x.shape[2] - 1:
+            return max(centre - lo // scale_in, -(-hi // scale_in) - centre)
+        units = 2 * units + 1
+    raise BadInputError(f"{type(module).__name__}: an output frame reads more than {units // 4} frames each side "
+                        "(a global operation in time?); it cannot be chunked exactly")
+
+
 def decoder_probe(channels: int, dtype: torch.dtype = torch.float32):
     """Input maker for a decoder: one latent frame, n×n latent pixels."""
     generator = torch.Generator().manual_seed(0)

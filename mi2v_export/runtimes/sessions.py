@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from .. import streaming, tiling
+from .. import chunking, streaming, tiling
 from ..errors import BadInputError
 from . import dtypes, memory
 from .base import Inputs, Runtime, Session, TensorSpec
 
 TILING_FORMAT = 1  # the `tiling` record's layout without streamed stages
 STREAMED_FORMAT = 2  # with streamed stages (a `stream` group on consecutive stages): older readers refuse it
-FORMATS = (TILING_FORMAT, STREAMED_FORMAT)  # what this reader runs; a record of a later format is refused
+TIMED_FORMAT = 3  # with stages chunked in time (a `time` plan, mi2v_export/chunking.py): older readers refuse it
+FORMATS = (TILING_FORMAT, STREAMED_FORMAT, TIMED_FORMAT)  # what this reader runs; a later format is refused
 RESIDENCIES = ("stage", "all")  # stage models resident at once: one, or every one (records without the field)
 STAGE_INPUT, STAGE_OUTPUT = "x", "y"  # every stage model's I/O names
 
@@ -52,6 +53,9 @@ def check_record(entry: Any) -> None:
     if fmt != STREAMED_FORMAT and any("stream" in s for s in stages):
         raise BadInputError(f"the tiling record streams stages but says format {fmt} (streamed stages are format "
                             f"{STREAMED_FORMAT})")
+    if fmt != TIMED_FORMAT and any("time" in s for s in stages):
+        raise BadInputError(f"the tiling record chunks stages in time but says format {fmt} (time chunks are format "
+                            f"{TIMED_FORMAT})")
     if record.get("residency", "all") not in RESIDENCIES:
         raise BadInputError(f"tiling record residency {record.get('residency')!r} is not supported "
                             f"(this mi2v runs {', '.join(RESIDENCIES)}); upgrade mi2v")
@@ -128,7 +132,7 @@ class TiledSession(Session):
             if "stream" in stages[group[0]]:
                 x = streaming.run_streamed(runs, x, plans)
             else:
-                x = tiling.run_tiled(runs[0], x, plans[0].grid, plans[0].scale_in, plans[0].scale_out)
+                x = run_stage(runs[0], x, stages[group[0]], plans[0])
             if self.one_at_a_time:
                 del runs
                 for k in group:
@@ -153,6 +157,23 @@ class TiledSession(Session):
             if session is not None:
                 session.close()
         self.stages = [None] * len(self.stages)
+
+
+def run_stage(run: tiling.RunTile, x: np.ndarray, stage: Mapping, plan: tiling.StagePlan | None = None
+              ) -> np.ndarray:
+    """One (not streamed) stage over the whole input: its time windows (mi2v_export/chunking.py) where it has a
+    `time` plan, each over its spatial windows (mi2v_export/tiling.py). `plan`: the stage's spatial plan when the
+    caller has it (a group's plans are chained from the first stage's input)."""
+    plan = plan or tiling.stage_from_record(stage["plan"], x.shape[-2:])
+    time_plan = chunking.time_from_record(stage.get("time"), x.shape[chunking.TIME_AXIS])
+    def spatial(window: np.ndarray) -> np.ndarray:
+        return tiling.run_tiled(run, window, plan.grid, plan.scale_in, plan.scale_out)
+    return spatial(x) if time_plan is None else chunking.run_chunked(spatial, x, time_plan)
+
+
+def stage_windows(stage: Mapping) -> int:
+    """Windows per call of a stage: its spatial windows times its time chunks."""
+    return tiling.tile_count(stage["plan"]) * int((stage.get("time") or {}).get("chunks", 1))
 
 
 def stream_groups(stages: list[Mapping]) -> list[list[int]]:
@@ -211,4 +232,6 @@ def run_sets(runtime: Runtime, path: str | os.PathLike, entry: Any, sets: list[I
         return [session.run(feeds) for feeds in sets]
 
 
-__all__ = ["FORMATS", "RESIDENCIES", "STREAMED_FORMAT", "TILING_FORMAT", "group_plans", "stream_groups", "TiledSession", "check_record", "is_tiled", "open_session", "run_sets", "stage_entry"]
+__all__ = ["FORMATS", "RESIDENCIES", "STREAMED_FORMAT", "TILING_FORMAT", "TIMED_FORMAT", "group_plans",
+           "run_stage", "stage_windows", "stream_groups", "TiledSession", "check_record", "is_tiled",
+           "open_session", "run_sets", "stage_entry"]
