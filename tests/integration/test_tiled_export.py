@@ -169,6 +169,10 @@ def test_memory_budget_picks_a_tile_that_fits_or_names_the_smallest_feasible(tmp
     (["--stream-rows", "32", "--tile", "64x64"], "--tile and --stream-rows cannot be combined"),
     (["--stream-rows", "32", "--memory-budget", "100"], "--memory-budget and --stream-rows cannot be combined"),
     (["--stream-rows", "32", "--halo", "32"], "streamed bands are exact"),
+    (["--time-chunk", "12"], "positive multiple of 8"),
+    (["--time-chunk", "8", "--stream-rows", "32"], "--time-chunk and --stream-rows cannot be combined"),
+    (["--time-chunk", "8", "--component", "encoder"], "applies to the decoder"),
+    (["--time-chunk", "8"], "no stage of the decoder can be split in time at 9 frames"),
 ])
 def test_bad_tiling_flags_are_one_line_and_write_nothing(flags, says, tmp_path):
     out = tmp_path / "out"
