@@ -45,7 +45,8 @@ from tests.conftest import run_cli
 from tests.e2e.test_apps import _app_phone
 from tests.e2e.kotlin_jvm import MAIN, TEST, compile_kotlin, require_kotlin, run_java
 
-KOTLIN = [MAIN / "BenchCore.kt", MAIN / "TileLoop.kt", MAIN / "StreamLoop.kt", MAIN / "PipelineLoop.kt",
+KOTLIN = [MAIN / "BenchCore.kt", MAIN / "TileLoop.kt", MAIN / "StreamLoop.kt",
+          MAIN / "ChunkLoop.kt", MAIN / "PipelineLoop.kt",
           MAIN / "PipelineReport.kt", MAIN / "PipelineClips.kt", TEST / "PipelineReportOracle.kt"]
 DRIVER = "org.mi2v.bench.PipelineReportOracleKt"
 D = aa.DEVICE_DIR

@@ -38,7 +38,8 @@ from mi2v_export.exporters.orchestrate import ExportRequest, run_export
 from tests import cache
 from tests.e2e.kotlin_jvm import MAIN, TEST, compile_kotlin, require_kotlin, run_java, write_raw
 
-KOTLIN = [MAIN / "PipelineLoop.kt", MAIN / "TileLoop.kt", MAIN / "StreamLoop.kt", MAIN / "BenchCore.kt",
+KOTLIN = [MAIN / "PipelineLoop.kt", MAIN / "TileLoop.kt", MAIN / "StreamLoop.kt",
+          MAIN / "ChunkLoop.kt", MAIN / "BenchCore.kt",
           TEST / "PipelineLoopOracle.kt", TEST / "OracleCases.kt"]
 HEIGHT, WIDTH, FRAMES = 120, 184, 9  # not multiples of 32: the decoded 128x192 is cropped
 SCHEDULE_STEPS = (1, 2, 3, 4, 7, 30, 1000)

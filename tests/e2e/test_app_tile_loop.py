@@ -22,31 +22,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mi2v_export import streaming, tiling
+from mi2v_export import streaming
 from mi2v_export.manifest import read_manifest
 from mi2v_export.runtimes import registry
-from mi2v_export.runtimes.sessions import STAGE_INPUT, STAGE_OUTPUT, TiledSession, open_session, stream_groups
+from mi2v_export.runtimes import sessions
+from mi2v_export.runtimes.sessions import (STAGE_INPUT, STAGE_OUTPUT, TiledSession, open_session, stage_windows,
+                                           stream_groups)
 
 from mi2v_export.exporters.orchestrate import ExportRequest, run_export
 from tests import cache
 from tests.e2e.kotlin_jvm import MAIN, TEST, compile_kotlin, require_kotlin, run_java, write_raw
 
-KOTLIN = [MAIN / "TileLoop.kt", MAIN / "StreamLoop.kt", MAIN / "BenchCore.kt", TEST / "TileLoopOracle.kt",
+KOTLIN = [MAIN / "TileLoop.kt", MAIN / "StreamLoop.kt",
+          MAIN / "ChunkLoop.kt", MAIN / "BenchCore.kt", TEST / "TileLoopOracle.kt",
           TEST / "OracleCases.kt"]
 TILE = "32x32"
-# components, --tile, --halo, --stream-rows
-EXPORTS = {"exact": ("encoder,decoder", TILE, None, None), "blended": ("decoder", TILE, 32, None),
-           "streamed": ("decoder", None, None, 32)}
-CASES = (("encoder", "exact"), ("decoder", "exact"), ("decoder", "blended"), ("decoder", "streamed"))
+# components, --tile, --halo, --stream-rows, --time-chunk, --frames
+EXPORTS = {"exact": ("encoder,decoder", TILE, None, None, None, None), "blended": ("decoder", TILE, 32, None, None, None),
+           "streamed": ("decoder", None, None, 32, None, None), "chunked": ("decoder", "64x64", None, None, 8, 41)}
+CASES = (("encoder", "exact"), ("decoder", "exact"), ("decoder", "blended"), ("decoder", "streamed"),
+         ("decoder", "chunked"))
 
 
 def _exports(request) -> dict[str, Path]:
     """The tiny preset's encoder / decoder for onnx tiled 32x32 (exact), the decoder with a 32 px halo (blended)
     and streamed in 32-row bands, built once per source version in pytest's cache (tests/cache.py)."""
-    def build(components: str, tile: str | None, halo: int | None, stream_rows: int | None):
+    def build(components: str, tile: str | None, halo: int | None, stream_rows: int | None, time_chunk: int | None,
+              frames: int | None):
         return lambda out: run_export(ExportRequest(target="onnx", out_dir=out, preset="tiny", components=components,
                                                     tile=tile, halo=halo, stream_rows=stream_rows, verify=False,
-                                                    test_vectors=False))
+                                                    test_vectors=False, time_chunk=time_chunk, frames=frames))
     return {kind: cache.cached(request.config, f"tile-loop-{kind}", build(*spec), TILE, repr(spec))
             for kind, spec in EXPORTS.items()}
 
@@ -93,7 +98,7 @@ def _write_case(export: Path, component: str, kind: str, folder: Path, monkeypat
 
     x = np.random.default_rng(7).standard_normal(entry.inputs[0].shape).astype(np.float32)
     with monkeypatch.context() as patch:
-        patch.setattr(tiling, "run_tiled", recorded(tiling.run_tiled))
+        patch.setattr(sessions, "run_stage", recorded(sessions.run_stage))
         patch.setattr(streaming, "run_streamed", recorded(streaming.run_streamed))
         with open_session(_RecordingRuntime(runtime, log), manifest.path_of(entry), entry) as session:
             assert isinstance(session, TiledSession)
@@ -106,7 +111,7 @@ def _write_case(export: Path, component: str, kind: str, folder: Path, monkeypat
     stages = []
     for k, stage in enumerate(record["stages"]):
         windows = log[Path(stage["file"]).name]
-        assert len(windows) == tiling.tile_count(stage["plan"])
+        assert len(windows) == stage_windows(stage)
         stages.append({"output": write_raw(folder, f"s{k}.out.bin", outputs[k]) if k in outputs else None,
                        "windows": [{"input": write_raw(folder, f"s{k}.w{j}.in.bin", a),
                                     "output": write_raw(folder, f"s{k}.w{j}.out.bin", b)}
@@ -139,6 +144,9 @@ def test_kotlin_tile_loop_matches_the_host(tmp_path, request, monkeypatch):
     assert streamed["format"] == 2 and any(len(g) > 1 for g in stream_groups(streamed["stages"]))
     assert all(s["plan"]["grid"][1] == 1 for s in streamed["stages"])
     assert any(s["plan"]["grid"][0] > 1 for s in streamed["stages"])
+    chunked = cases[4]["tiling"]  # stages in several time windows, each in several spatial windows
+    assert chunked["format"] == 3 and any(s["time"]["chunks"] > 1 and s["plan"]["grid"][0] * s["plan"]["grid"][1] > 1
+                                          for s in chunked["stages"] if "time" in s)
 
     # TileLoop.kt, BenchCore.kt (its JSON reader and raw-file reader) and the oracle driver
     cp = compile_kotlin(kotlinc, KOTLIN, tmp_path / "classes")
@@ -173,3 +181,16 @@ def test_kotlin_tile_loop_matches_the_host(tmp_path, request, monkeypatch):
     proc = _oracle(cp, [bad])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "MISMATCH" in proc.stdout and f"stage {k} window 1 input" in proc.stdout, proc.stdout
+
+    # and for a window of a later time chunk (its frames are cut from the clip at the chunk's offset)
+    k = next(k for k, s in enumerate(chunked["stages"]) if "time" in s)
+    j = stage_windows(chunked["stages"][k]) - 1  # the last chunk's last window
+    bad = tmp_path / "tampered-chunked"
+    shutil.copytree(folders[4], bad)
+    path = bad / f"s{k}.w{j}.in.bin"
+    window = np.fromfile(path, dtype="<f4")
+    window[-1] = np.nextafter(window[-1], np.float32(np.inf))
+    window.tofile(path)
+    proc = _oracle(cp, [bad])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MISMATCH" in proc.stdout and f"stage {k} window {j} input" in proc.stdout, proc.stdout

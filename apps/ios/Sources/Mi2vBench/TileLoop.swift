@@ -2,7 +2,8 @@
 // apps/android/app/src/main/kotlin/org/mi2v/bench/TileLoop.kt, which is the host's own loop line for line:
 // mi2v_export/tiling.py (plan_axis, stage_from_record, _ramp, run_tiled, _copy_core, _core_slices, _core, _span)
 // and mi2v_export/runtimes/sessions.py (TiledSession.execute: the stages in order, each window by window, stitched;
-// the output of stage k is the input of stage k + 1; a `stream` group through StreamLoop.swift). The Kotlin copy is tested with the host as its oracle
+// the output of stage k is the input of stage k + 1; a `stream` group through StreamLoop.swift; a stage chunked in
+// time through ChunkLoop.swift, as sessions.run_stage does). The Kotlin copy is tested with the host as its oracle
 // (tests/e2e/test_app_tile_loop.py); this one has NOT been compiled or run (no Swift toolchain where it was
 // written): keep the two in step, function for function.
 import Foundation
@@ -110,6 +111,7 @@ public struct TiledStage {
     public let outputWindow: [Int]
     public let plan: StagePlanRecord
     public var stream: Int? = nil
+    public var time: TimePlanRecord? = nil
 }
 
 /// A manifest entry's `tiling` record: the stages in order; `residency` "stage" (one stage model loaded at a time)
@@ -131,7 +133,8 @@ public struct StagePlan {
 public enum TilingJSON {
     public static let tilingFormat = 1    // sessions.TILING_FORMAT
     public static let streamedFormat = 2  // sessions.STREAMED_FORMAT: stages with a `stream` group (StreamLoop.swift)
-    public static let formats = [tilingFormat, streamedFormat]  // sessions.FORMATS: a later format is refused
+    public static let timedFormat = 3     // sessions.TIMED_FORMAT: stages with a `time` plan (ChunkLoop.swift)
+    public static let formats = [tilingFormat, streamedFormat, timedFormat]  // sessions.FORMATS: later ones refused
     public static let residencies = ["stage", "all"]
 
     /// The entry's `tiling` record (sessions.check_record's checks that need only the record).
@@ -164,9 +167,17 @@ public enum TilingJSON {
             if s["stream"] != nil && !(s["stream"] is NSNumber) {
                 throw TileLoopError.invalid("tiling record: a bad stream group")
             }
+            if s["time"] != nil && !(s["time"] is [String: Any]) {
+                throw TileLoopError.invalid("tiling record: a bad time plan")
+            }
+            let time = try (s["time"] as? [String: Any]).map { try ChunkLoop.parse($0) }
             try stages.append(TiledStage(file: file, inputWindow: ints(s, "input_window"),
                                          outputWindow: ints(s, "output_window"), plan: plan(p),
-                                         stream: (s["stream"] as? NSNumber)?.intValue))
+                                         stream: (s["stream"] as? NSNumber)?.intValue, time: time))
+        }
+        if fmt != timedFormat && stages.contains(where: { $0.time != nil }) {
+            throw TileLoopError.invalid("the tiling record chunks stages in time but says format \(fmt) (time " +
+                                        "chunks are format \(timedFormat))")
         }
         if fmt != streamedFormat && stages.contains(where: { $0.stream != nil }) {
             throw TileLoopError.invalid("the tiling record streams stages but says format \(fmt) (streamed " +
@@ -289,12 +300,22 @@ public enum TileLoop {
             if record.stages[group[0]].stream != nil {
                 current = try StreamLoop.runStreamed(runs, current, plans)
             } else {
-                current = try runTiled(runs[0], current, grid: plans[0].grid, scaleIn: plans[0].scaleIn,
-                                       scaleOut: plans[0].scaleOut)
+                current = try runStage(runs[0], current, record.stages[group[0]], plans[0])
             }
             try onStage?(group[group.count - 1], current)
         }
         return TiledRun(output: current, tileMs: times.map { $0.ms })
+    }
+
+    /// sessions.run_stage: one (not streamed) stage over the whole input: its time windows (ChunkLoop.swift) where
+    /// it has a `time` plan, each over its spatial windows.
+    public static func runStage(_ run: @escaping (FloatTensor) throws -> FloatTensor, _ x: FloatTensor,
+                                _ stage: TiledStage, _ plan: StagePlan) throws -> FloatTensor {
+        let spatial = { (w: FloatTensor) throws -> FloatTensor in
+            try runTiled(run, w, grid: plan.grid, scaleIn: plan.scaleIn, scaleOut: plan.scaleOut)
+        }
+        guard let time = stage.time else { return try spatial(x) }
+        return try ChunkLoop.runChunked(spatial, x, ChunkLoop.fromRecord(time, ChunkLoop.frames(x)))
     }
 
     /// Stage k's windows through `runner.run`, numbered in the order they run, each one's time added to `log`.

@@ -3,7 +3,8 @@ package org.mi2v.bench
 // Pure Kotlin (no Android, no ExecuTorch imports): the tile loop of a tiled encoder / decoder, the host's own loop
 // line for line: mi2v_export/tiling.py (plan_axis, stage_from_record, _ramp, run_tiled, _copy_core, _core_slices,
 // _core, _span) and mi2v_export/runtimes/sessions.py (TiledSession.execute: the stages in order, each window by
-// window, stitched; the output of stage k is the input of stage k + 1; a `stream` group through StreamLoop.kt).
+// window, stitched; the output of stage k is the input of stage k + 1; a `stream` group through StreamLoop.kt; a
+// stage chunked in time through ChunkLoop.kt, as sessions.run_stage does).
 // The host is its test oracle:
 // tests/e2e/test_app_tile_loop.py runs this loop with kotlinc + java on the windows the host cut and ran, and
 // requires the same windows and the same stitched output. The Swift copy is apps/ios/Sources/Mi2vBench/TileLoop.swift.
@@ -81,7 +82,7 @@ class StagePlanRecord(
 
 /** One entry of the tiling record's `stages`: its model file, its tile model's input / output shapes, its plan. */
 class TiledStage(val file: String, val inputWindow: IntArray, val outputWindow: IntArray, val plan: StagePlanRecord,
-                 val stream: Int? = null)
+                 val stream: Int? = null, val time: TimePlanRecord? = null)
 
 /** A manifest entry's `tiling` record: the stages in order; `residency` "stage" (one stage model loaded at a
  *  time) or "all" (every stage model kept loaded). */
@@ -95,7 +96,8 @@ class StagePlan(val grid: TileGrid, val scaleIn: Int, val scaleOut: Int)
 object TilingJson {
     const val TILING_FORMAT = 1    // sessions.TILING_FORMAT
     const val STREAMED_FORMAT = 2  // sessions.STREAMED_FORMAT: stages with a `stream` group (StreamLoop.kt)
-    val FORMATS = listOf(TILING_FORMAT, STREAMED_FORMAT)  // sessions.FORMATS: a record of a later format is refused
+    const val TIMED_FORMAT = 3  // sessions.TIMED_FORMAT: stages with a `time` plan (ChunkLoop.kt)
+    val FORMATS = listOf(TILING_FORMAT, STREAMED_FORMAT, TIMED_FORMAT)  // sessions.FORMATS: a later one is refused
     val RESIDENCIES = listOf("stage", "all")
 
     /** The entry's `tiling` record (sessions.check_record's checks that need only the record). */
@@ -119,8 +121,14 @@ object TilingJson {
             val file = s["file"] as? String ?: throw IllegalArgumentException("tiling record: a stage has no file")
             val stream = s["stream"]
             if (stream != null && stream !is Number) throw IllegalArgumentException("tiling record: a bad stream group")
+            val time = s["time"]
+            if (time != null && time !is Map<*, *>) throw IllegalArgumentException("tiling record: a bad time plan")
             stages.add(TiledStage(file, ints(s, "input_window"), ints(s, "output_window"), plan(plan),
-                (stream as? Number)?.toInt()))
+                (stream as? Number)?.toInt(), (time as? Map<*, *>)?.let { ChunkLoop.parse(it) }))
+        }
+        if (format != TIMED_FORMAT && stages.any { it.time != null }) {
+            throw IllegalArgumentException("the tiling record chunks stages in time but says format $format (time " +
+                "chunks are format $TIMED_FORMAT)")
         }
         if (format != STREAMED_FORMAT && stages.any { it.stream != null }) {
             throw IllegalArgumentException("the tiling record streams stages but says format $format (streamed " +
@@ -221,13 +229,21 @@ object TileLoop {
                 val runs = group.map { k -> timedRun(runner, k, tileMs[k]) }
                 val plans = StreamLoop.plans(group.map { record.stages[it] }, current.rows, current.cols)
                 current = if (record.stages[group[0]].stream != null) StreamLoop.runStreamed(runs, current, plans)
-                    else runTiled(runs[0], current, plans[0].grid, plans[0].scaleIn, plans[0].scaleOut)
+                    else runStage(runs[0], current, record.stages[group[0]], plans[0])
             } finally {
                 for (k in opened) runner.close(k)
             }
             if (onStage != null) onStage(group.last(), current)
         }
         return TiledRun(current, tileMs)
+    }
+
+    /** sessions.run_stage: one (not streamed) stage over the whole input: its time windows (ChunkLoop.kt) where it
+     *  has a `time` plan, each over its spatial windows. */
+    fun runStage(run: (FloatTensor) -> FloatTensor, x: FloatTensor, stage: TiledStage, plan: StagePlan): FloatTensor {
+        val spatial = { w: FloatTensor -> runTiled(run, w, plan.grid, plan.scaleIn, plan.scaleOut) }
+        val time = stage.time ?: return spatial(x)
+        return ChunkLoop.runChunked(spatial, x, ChunkLoop.fromRecord(time, ChunkLoop.frames(x)))
     }
 
     /** Stage k's windows through `runner.run`, numbered in the order they run, each one's time added to `times`. */
