@@ -10,6 +10,12 @@ the stitched output's rel L2 against the untiled output. CPU model, flags and lo
 
     python benchmarks/tiled_vae.py --target onnx --component decoder --budget 512 \\
         --json benchmarks/results/tiled_720p_onnx_decoder.json
+
+A long clip, chunked in time (`--time-chunk F`: the first `--tile` with `--time-chunk F`; `--budget 0`: no budget
+form):
+
+    python benchmarks/tiled_vae.py --frames 65 --budget 0 --tile 256x320 --time-chunk 16 \\
+        --json benchmarks/results/tiled_720p_onnx_decoder_65f_time.json
 """
 
 from __future__ import annotations
@@ -122,6 +128,7 @@ def form_record(name: str, entry: dict) -> dict:
     return {"form": name, "file": entry["file"], "bytes": entry["bytes"],
             "tile": t.get("tile"), "stage_tiles": t.get("stage_tiles"), "residency": t.get("residency"),
             "tiles_per_call": t.get("tiles"), "stages": len(t.get("stages") or []) or None,
+            "time_chunk": t.get("time_chunk"), "time_chunks": t.get("time_chunks"),
             "streamed_stages": sum("stream" in st for st in t.get("stages") or []) or None,
             "grid": t.get("grid"), "exact": t.get("exact"), "probes": t.get("probes"),
             "export_wall_s": entry["export"]["wall_s"], "export_rel_l2": entry["parity"].get("rel_l2"),
@@ -142,6 +149,8 @@ def main() -> None:
     ap.add_argument("--tile", action="append", default=[], help="also a fixed tile HxW (repeatable)")
     ap.add_argument("--stream-rows", action="append", default=[], help="also every stage streamed in bands of "
                     "this many rows (repeatable)")
+    ap.add_argument("--time-chunk", action="append", default=[], help="also the first --tile (or whole frames) "
+                    "chunked in time by this many video frames (repeatable)")
     ap.add_argument("--note", help="what the results file should say beside its figures (what ran beside, how a "
                     "form was made)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -153,15 +162,19 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="mi2v-tiled-"))
-    forms = {"untiled": export(work / "untiled", args, [])}
-    forms[f"budget {args.budget:g} MiB"], budget = export_budget(work / "budget", args)
-    for tile in args.tile:
-        forms[f"tile {tile}"] = export(work / f"tile-{tile}", args, ["--tile", tile])
-    for rows in args.stream_rows:
-        forms[f"streamed {rows} rows"] = export(work / f"stream-{rows}", args, ["--stream-rows", rows])
-    folders = {"untiled": work / "untiled", f"budget {args.budget:g} MiB": work / "budget",
-               **{f"tile {t}": work / f"tile-{t}" for t in args.tile},
-               **{f"streamed {r} rows": work / f"stream-{r}" for r in args.stream_rows}}
+    forms, folders = {"untiled": export(work / "untiled", args, [])}, {"untiled": work / "untiled"}
+    budget = None
+    if args.budget:
+        forms[f"budget {args.budget:g} MiB"], budget = export_budget(work / "budget", args)
+        folders[f"budget {args.budget:g} MiB"] = work / "budget"
+    extra = {f"tile {t}": (f"tile-{t}", ["--tile", t]) for t in args.tile}
+    extra.update({f"streamed {r} rows": (f"stream-{r}", ["--stream-rows", r]) for r in args.stream_rows})
+    spatial = ["--tile", args.tile[0]] if args.tile else []
+    extra.update({(f"tile {args.tile[0]} + " if args.tile else "") + f"time {f} frames":
+                  (f"time-{f}", [*spatial, "--time-chunk", f]) for f in args.time_chunk})
+    for name, (sub, flags) in extra.items():
+        forms[name] = export(work / sub, args, flags)
+        folders[name] = work / sub
     records = {name: form_record(name, e) for name, e in forms.items()}
     outputs = {}
     for name, folder in folders.items():  # one accuracy run each, then the timed rounds
