@@ -161,6 +161,9 @@ def topic_page(topic: Topic, results: list[Result], images: dict) -> str:
     qnn = [r for r in mine if r.kind == "qnn"]
     if qnn:
         out.append(devices.qnn_summary(qnn, images))
+    if "tiled_vae" in topic.kinds:
+        out.append(memory.tiling_summary([r for r in mine if r.kind == "tiled_vae"],
+                                         [r for r in results if r.kind == "pipeline"]))
     out += [section(r, images) for r in mine]
     return "\n".join(out)
 

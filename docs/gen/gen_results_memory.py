@@ -27,7 +27,11 @@ def _tiles(form: dict) -> str:
     text = " / ".join("×".join(map(str, t)) for t in per[:len(per) - streamed]) or ""
     if streamed:
         text += f"{' / ' if text else ''}{streamed} steps streamed in {'×'.join(map(str, per[-1]))} bands"
-    return text or "whole frame"
+    text = text or "whole frame"
+    if form.get("time_chunk"):  # stages chunked in time (mi2v_export/chunking.py): chunks per stage, 1 = whole clip
+        text += (f"; in time, {form['time_chunk']}-frame chunks "
+                 f"({' / '.join(map(str, form.get('time_chunks') or []))} per stage)")
+    return text
 
 
 def tiled_vae(data: dict, anchor: str, images: dict) -> str:
@@ -47,9 +51,10 @@ def tiled_vae(data: dict, anchor: str, images: dict) -> str:
              *(["- **exports reused** from an earlier run in the same folder (their export figures are that run's)"]
                if data.get("reused_exports") else []),
              f"- **process peak over runs**: {escape(data.get('process_peak_method') or _OLD_PEAK, True)}",
-             f"- **budget** {num(budget.get('budget_mib'), 'g')} MiB"
-             + (f": refused ({escape(budget['refused'], True)}); the table's budget form is the smallest feasible, "
-                f"{num(budget.get('smallest_feasible_mib'), 'g')} MiB" if budget.get("refused") else ""), "",
+             *([f"- **budget** {num(budget.get('budget_mib'), 'g')} MiB"
+                + (f": refused ({escape(budget['refused'], True)}); the table's budget form is the smallest "
+                   f"feasible, {num(budget.get('smallest_feasible_mib'), 'g')} MiB" if budget.get("refused") else "")]
+               if budget else []), "",
              table(["form", "file", "tile (px; per stage)", "tile runs per call", "time per call (median)", "vs untiled",
                     "runtime memory (measured)", "planned", "process peak over runs", "rel L2 vs untiled",
                     "rel L2 vs PyTorch (export)"], rows)]
@@ -159,3 +164,56 @@ def stateful_stream(data: dict, anchor: str, images: dict) -> str:
         f"- stitched output against the whole stage's: rel L2 {num(data.get('rel_l2_vs_whole'), '.1e')}",
         *notes(data), "",
         table(["form", "time per call (median)", "vs whole stage", "peak above baseline"], rows)])
+
+
+def mib(value: object) -> str:
+    """Memory in MiB, the unit of `--memory-budget`."""
+    return num(value, ".0f", 2 ** 20, " MiB")
+
+
+def _clip(data: dict) -> str:
+    return f"{data.get('resolution')} × {data.get('frames')}"
+
+
+def tiling_summary(tiled: list, pipelines: list) -> str:
+    """The tiling page's first table: per tiled-VAE results file (component, target, clip) each tiled form's
+    measured and planned memory after against the untiled form's before, with its time and error; then each whole
+    run's peak (benchmarks/pipeline.py). `tiled` and `pipelines` are the page's results (name, anchor, data)."""
+    rows = []
+    for r in tiled:
+        forms = r.data.get("forms") or []
+        before = next((f for f in forms if f.get("form") == "untiled"), {})
+        part = f"{r.data.get('component')} ({r.data.get('decoder') or 'LTX encoder'})"
+        target = code(r.data.get("target")) + (f"/{r.data['delegate']}" if r.data.get("delegate") else "")
+        refused = (r.data.get("budget") or {}).get("smallest_feasible_mib")
+        for f in forms:
+            if f is before:
+                continue
+            label = f.get("form") or ""
+            if refused and label.startswith("budget"):  # the budget was refused; the file exported the one it named
+                label += f" (refused: exported at {refused:g} MiB)"
+            rows.append([f"[{code(r.path.name)}](#{r.anchor})", escape(part), target, _clip(r.data), escape(label), mib(_memory(before)), mib(_memory(f)),
+                         mib((before.get("runtime_memory") or {}).get("planned_bytes")),
+                         mib((f.get("runtime_memory") or {}).get("planned_bytes")),
+                         num(f.get("time_ratio_vs_untiled"), ".2f", unit="x"), num(f.get("rel_l2_vs_untiled"), ".1e")])
+    runs = [[f"[{code(p.path.name)}](pipeline.md#{p.anchor})", kv_forms(p.data),
+             mib((p.data.get("peak_rss_kb") or 0) * 1024 or None),
+             num(((p.data.get("quality") or {}).get("psnr_db_min")), ".1f", unit=" dB")] for p in pipelines]
+    return "\n".join([
+        "## At a glance\n",
+        "Each tiled form against the untiled one of the same file (before → after): measured runtime memory (a "
+        "fresh process's peak above its baseline), the planned bytes where the runtime plans memory (ExecuTorch), "
+        "time and error side by side. MiB, the unit of `--memory-budget`. Machines differ between files: each "
+        "file's section below names its own.\n",
+        table(["file", "component", "target", "clip", "form", "measured before", "measured after",
+               "planned before", "planned after", "time vs untiled", "rel L2 vs untiled"], rows),
+        "\nThe whole image-to-video run ([pipeline page](pipeline.md)): the run's peak resident memory (the whole "
+        "process) and its worst frame against the all-fp32 PyTorch run.\n",
+        table(["file", "components (precision, tiled)", "run peak", "worst frame"], runs), ""])
+
+
+def kv_forms(data: dict) -> str:
+    """A pipeline file's components as `name precision[, tiled]`."""
+    parts = [f"{c} {r.get('precision')}{' tiled' if r.get('tiled') else ''}"
+             for c, r in (data.get("components") or {}).items()]
+    return escape(", ".join(parts)) or DASH
