@@ -11,10 +11,10 @@ the stitched output's rel L2 against the untiled output. CPU model, flags and lo
     python benchmarks/tiled_vae.py --target onnx --component decoder --budget 512 \\
         --json benchmarks/results/tiled_720p_onnx_decoder.json
 
-A long clip, chunked in time (`--time-chunk F`: the first `--tile` with `--time-chunk F`; `--budget 0`: no budget
-form):
+A long clip, chunked in time (`--time-chunk F`: whole frames chunked in time, or `--time-tile HxW` tiles; `--budget
+0`: no budget form):
 
-    python benchmarks/tiled_vae.py --frames 65 --budget 0 --tile 256x320 --time-chunk 16 \\
+    python benchmarks/tiled_vae.py --frames 121 --budget 0 --tile 256x320 --time-chunk 32 \\
         --json benchmarks/results/tiled_720p_onnx_decoder_65f_time.json
 """
 
@@ -149,8 +149,9 @@ def main() -> None:
     ap.add_argument("--tile", action="append", default=[], help="also a fixed tile HxW (repeatable)")
     ap.add_argument("--stream-rows", action="append", default=[], help="also every stage streamed in bands of "
                     "this many rows (repeatable)")
-    ap.add_argument("--time-chunk", action="append", default=[], help="also the first --tile (or whole frames) "
-                    "chunked in time by this many video frames (repeatable)")
+    ap.add_argument("--time-chunk", action="append", default=[], help="also whole frames (or --time-tile) chunked "
+                    "in time by this many video frames (repeatable)")
+    ap.add_argument("--time-tile", help="the tile HxW of the --time-chunk forms (default: whole frames)")
     ap.add_argument("--note", help="what the results file should say beside its figures (what ran beside, how a "
                     "form was made)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -169,9 +170,10 @@ def main() -> None:
         folders[f"budget {args.budget:g} MiB"] = work / "budget"
     extra = {f"tile {t}": (f"tile-{t}", ["--tile", t]) for t in args.tile}
     extra.update({f"streamed {r} rows": (f"stream-{r}", ["--stream-rows", r]) for r in args.stream_rows})
-    spatial = ["--tile", args.tile[0]] if args.tile else []
-    extra.update({(f"tile {args.tile[0]} + " if args.tile else "") + f"time {f} frames":
-                  (f"time-{f}", [*spatial, "--time-chunk", f]) for f in args.time_chunk})
+    spatial = ["--tile", args.time_tile] if args.time_tile else []
+    extra.update({(f"tile {args.time_tile} + " if args.time_tile else "") + f"time {f} frames":
+                  (f"time-{f}" + (f"-{args.time_tile}" if args.time_tile else ""), [*spatial, "--time-chunk", f])
+                  for f in args.time_chunk})
     for name, (sub, flags) in extra.items():
         forms[name] = export(work / sub, args, flags)
         folders[name] = work / sub
