@@ -139,7 +139,7 @@ def _assembled(ctx: SearchContext, searches: list[StageSearch], kept: list) -> t
     """The component from each search's kept probe (files already in the staging folder), measured whole."""
     plans = [p for s in searches for p in s.plans(s.best[0])]
     finest = max(range(len(plans)), key=lambda k: (plans[k].grid.count, k))
-    times = [ctx.time_of(k) for k in range(len(ctx.stages))]
+    times = [t for s in searches for t in s.times(s.best[0])]
     record = tiled.tiling_record(ctx.spec.name, ctx.stages, plans, ctx.request, tuple(ctx.tile_px(plans[finest])),
                                  times)
     record["probes"] = ctx.dropped_probes + [p for s in searches for p in s.probes()]

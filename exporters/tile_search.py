@@ -46,19 +46,23 @@ def work(stage: Stage, p: tiling.StagePlan, tp: chunking.TimePlan | None = None)
     return p.grid.count * (1 if tp is None else tp.count) * math.prod(tiled.window_shape(stage, p, tp)[0])
 
 
+Candidate = tuple[tuple[int, int], tiling.StagePlan, "chunking.TimePlan | None"]  # (tile, plan, time chunks)
+
+
 def stage_candidates(name: str, stages: list[Stage], fields: list[int], request: tiled.TileRequest,
-                     k: int) -> list[tuple[tuple[int, int], tiling.StagePlan]]:
-    """Stage k's plans worth measuring as (tile, plan), the largest window first: only the front of window size
-    against work, so that a smaller window always costs more work (a 736x160 column band recomputes less halo than
-    a 96x1280 row band of about the same window on a wide frame, and is kept instead)."""
+                     k: int) -> list[Candidate]:
+    """Stage k's plans worth measuring as (tile, plan, time plan), the largest window first: only the front of
+    window size against work, so that a smaller window always costs more work (a 736x160 column band recomputes less
+    halo than a 96x1280 row band of about the same window on a wide frame, and is kept instead). On a long clip the
+    windows are also cut in time (exporters/tiled.py `time_candidates`) and compete on the same front."""
     video, stage = tiled.video_hw(name, stages), stages[k]
-    tp = tiled.stage_time(name, stages, k, request)
     plans = [(tile, tiling.plan_stage(stage.input_shape[-2:], stage.output_shape[-2:], video, tile, fields[k],
-                                      request.halo)) for tile in candidate_tiles(video)]
+                                      request.halo), tp)
+             for tile in candidate_tiles(video) for tp in tiled.time_candidates(name, stages, k, request)]
     front, least = [], None
-    for tile, p in sorted(plans, key=lambda pair: (cost(stage, pair[1], tp), work(stage, pair[1], tp))):
+    for tile, p, tp in sorted(plans, key=lambda c: (cost(stage, c[1], c[2]), work(stage, c[1], c[2]))):
         if least is None or work(stage, p, tp) < least:
-            front.append((tile, p))
+            front.append((tile, p, tp))
             least = work(stage, p, tp)
     return front[::-1]
 
@@ -84,9 +88,6 @@ class SearchContext:
     def tile_px(self, p: tiling.StagePlan) -> list[int]:
         return tiled.stage_tile_px(p, tiled.video_hw(self.spec.name, self.stages))
 
-    def time_of(self, k: int) -> chunking.TimePlan | None:
-        """Stage k's time chunks (the same for every window it tries: --time-chunk fixes them)."""
-        return tiled.stage_time(self.spec.name, self.stages, k, self.request)
 
 
 class StageSearch:
@@ -161,21 +162,33 @@ class StageSearch:
         """Export candidate i into `folder`: (the tiling record's entries, the artifacts, inspect checks)."""
         entry, art, checks = tiled.export_stage(self.ctx.spec, self.ctx.exporter, self.ctx.options, folder,
                                                 self.ctx.progress, self.k, self.ctx.stages[self.k], self.ordered[i][1],
-                                                self.ctx.time_of(self.k))
+                                                self.ordered[i][2])
         return [entry], [art], checks
 
     def plans(self, i: int) -> list[tiling.StagePlan]:
         return [self.ordered[i][1]]
+
+    def times(self, i: int) -> list[chunking.TimePlan | None]:
+        """The time plan of each stage `plans(i)` gives (None: whole clip)."""
+        return [self.ordered[i][2]]
+
+    def windows(self, i: int) -> int:
+        tp = self.ordered[i][2]
+        return self.ordered[i][1].grid.count * (1 if tp is None else tp.count)
 
     def tile_of(self, i: int) -> list[int]:
         return self.ctx.tile_px(self.ordered[i][1])
 
     def describe(self, i: int) -> str:
         tile = self.tile_of(i)
-        return f"stage {self.k}, tile {tile[0]}x{tile[1]} ({self.ordered[i][1].grid.count} windows)"
+        tp = self.ordered[i][2]
+        timed = "" if tp is None else f", {tp.count} chunks of {tp.axis.tile * tp.unit_frames} frames"
+        return f"stage {self.k}, tile {tile[0]}x{tile[1]}{timed} ({self.windows(i)} windows)"
 
     def probe_record(self, i: int, got: int | None) -> dict:
-        return {"stage": self.k, "tile": self.tile_of(i), "windows": self.ordered[i][1].grid.count, "bytes": got}
+        tp = self.ordered[i][2]
+        return {"stage": self.k, "tile": self.tile_of(i), "windows": self.windows(i), "bytes": got,
+                **({} if tp is None else {"time_chunk": tp.axis.tile * tp.unit_frames, "time_chunks": tp.count})}
 
     def tighten(self, limit: float) -> bool:
         """Lower this stage's limit (the assembled component peaks above its worst stage by what released stages

@@ -77,6 +77,9 @@ class StreamSearch(StageSearch):
     def plans(self, i: int) -> list[tiling.StagePlan]:
         return list(self.ordered[i][1])
 
+    def times(self, i: int) -> list[None]:
+        return [None] * len(self.parts)  # streamed bands hold the whole clip
+
     def tile_of(self, i: int) -> list[int]:
         return [self.ordered[i][0], self.width]
 

@@ -180,6 +180,32 @@ def stage_time(name: str, stages: list[Stage], k: int, request: TileRequest) -> 
                               request.time_chunk, field)
 
 
+MAX_TIME_CHUNKS = 8  # the most chunks a budget cuts a stage's clip into
+
+
+def time_candidates(name: str, stages: list[Stage], k: int, request: TileRequest) -> list[chunking.TimePlan | None]:
+    """Stage k's time plans a budget tries: the one --time-chunk gives, else the whole clip (None) and every split
+    into 2..MAX_TIME_CHUNKS chunks that its temporal field leaves shorter than the clip (long clips only)."""
+    if request.time_chunk is not None:
+        return [stage_time(name, stages, k, request)]
+    stage, out = stages[k], [None]
+    if min(stage.input_shape[2], stage.output_shape[2]) < 2 or stage_time_field(stage) is None:
+        return out
+    probe = chunking.plan_time(stage.input_shape[2], stage.output_shape[2], video_frames(name, stages),
+                               chunking.CHUNK_MULTIPLE, stage_time_field(stage))
+    if probe is None:
+        return out
+    seen = set()
+    for n in range(2, MAX_TIME_CHUNKS + 1):
+        units = -(-probe.axis.frame // n)
+        tp = chunking.plan_time(stage.input_shape[2], stage.output_shape[2], video_frames(name, stages),
+                                units * probe.unit_frames, probe.field)
+        if tp is not None and (tp.axis.tile, tp.axis.window) not in seen:
+            seen.add((tp.axis.tile, tp.axis.window))
+            out.append(tp)
+    return out
+
+
 def time_plans(name: str, stages: list[Stage], request: TileRequest) -> list[chunking.TimePlan | None]:
     """Every stage's time plan; BadInputError when --time-chunk splits no stage (at this clip length each reads
     its whole clip), naming the fields."""
@@ -382,4 +408,5 @@ def measured(exporter, artifact: Artifact, folder: Path, options: ExportOptions)
 __all__ = ["TileRequest", "check_request", "request_for", "stage_files", "record_format", "stage_fields", "stage_field", "plan",
            "export_stage", "export_stages", "assemble",
            "tiling_record", "stage_tile_px", "window_shape", "run_here", "measured", "entry_view", "entry_json",
-           "MIB", "TILED_COMPONENTS", "video_hw", "video_frames", "stage_time", "stage_time_field", "time_plans"]
+           "MIB", "TILED_COMPONENTS", "video_hw", "video_frames", "stage_time", "stage_time_field", "time_candidates",
+           "time_plans"]

@@ -183,8 +183,8 @@ def _print_summary(report) -> None:
             t = e.tiling
             per = " / ".join(f"{h}x{w}" for h, w in t.get("stage_tiles") or [t["tile"]])
             chunks = [n for n in t.get("time_chunks") or [] if n > 1]
-            timed = f", chunked in time ({t['time_chunk']} frames: {' / '.join(map(str, chunks))} chunks)" if chunks \
-                else ""
+            asked = f"{t['time_chunk']} frames: " if t.get("time_chunk") else ""
+            timed = f", chunked in time ({asked}{' / '.join(map(str, chunks))} chunks)" if chunks else ""
             notes.append(f"{e.file}: tiled {per} px ({len(t['stages'])} stages){timed}, {t['tiles']} tile runs per "
                          f"call, {'exact' if t['exact'] else 'blended'}")
         memory = (e.runtime_memory or {}).get("bytes")

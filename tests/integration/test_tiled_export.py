@@ -228,19 +228,25 @@ def test_one_stage_model_is_resident_at_a_time_and_old_records_keep_every_stage(
     assert proc.returncode != 0 and "residency 'some' is not supported" in proc.stdout + proc.stderr
 
 
-def test_budget_candidates_start_whole_and_shrink_per_stage():
-    """Each stage's candidate plans: the whole frame first (one window, no halo), then ever smaller windows;
-    the early latent stages and the last one are searched apart."""
+@pytest.mark.parametrize("latent_frames", [None, 6])
+def test_budget_candidates_start_whole_and_shrink_per_stage(latent_frames):
+    """Each stage's candidate plans: the whole frame first (one window, no halo, the whole clip), then ever smaller
+    windows; the early latent stages and the last one are searched apart. On a long clip (6 latent frames, 41
+    video frames) windows cut in time compete on the same front and some stay on it; on the preset's short clip
+    none is cut in time."""
     model, z = tiny_vae_part("turbo-vaed")
-    stages = stages_of(model, tuple(z.shape))
-    fields = [2] * len(stages)
+    shape = tuple(z.shape) if latent_frames is None else (*z.shape[:2], latent_frames, *z.shape[3:])
+    stages = stages_of(model, shape)
+    fields, timed = [2] * len(stages), []
     for k, stage in enumerate(stages):
         cands = tile_search.stage_candidates("decoder", stages, fields, tiled.TileRequest(), k)
-        assert cands[0][1].grid.count == 1
-        costs = [tile_search.cost(stage, p) for _, p in cands]
-        work = [tile_search.work(stage, p) for _, p in cands]
+        assert cands[0][1].grid.count == 1 and cands[0][2] is None
+        costs = [tile_search.cost(stage, p, tp) for _, p, tp in cands]
+        work = [tile_search.work(stage, p, tp) for _, p, tp in cands]
         assert costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
         assert work == sorted(work) and len(set(work)) == len(work)  # a smaller window always costs more work
+        timed += [tp for *_, tp in cands if tp is not None]
+    assert bool(timed) == (latent_frames is not None)
 
 
 def test_stitching_on_numpy_matches_the_model_for_every_stage():

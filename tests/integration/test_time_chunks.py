@@ -20,7 +20,7 @@ from mi2v_export.runtimes.sessions import TIMED_FORMAT, run_stage
 from tests.conftest import run_cli
 
 FRAMES = 41  # 6 latent frames: the last two stages of either decoder can be split in time at 8 frames a chunk
-CHUNKED = ("--preset", "tiny", "--component", "decoder", "--frames", str(FRAMES), "--time-chunk", "8",
+CHUNKED = ("--preset", "tiny", "--component", "encoder,decoder", "--frames", str(FRAMES), "--time-chunk", "8",
            "--tile", "64x96", "--json")
 
 
@@ -57,7 +57,10 @@ def test_the_stage_loop_with_time_chunks_equals_the_whole_decoder(kind):
     ["--target", "onnx"], pytest.param(["--target", "executorch", "--delegate", "xnnpack"], marks=pytest.mark.slow)])
 def test_a_time_chunked_export_is_exact_and_verifies(target, tmp_path, exported):
     out, stdout = exported(tmp_path / "chunked", *target, *CHUNKED)
-    e = json.loads(stdout)["artifacts"][0]
+    entries = {e["component"]: e for e in json.loads(stdout)["artifacts"]}
+    encoder, e = entries["encoder"], entries["decoder"]
+    assert encoder["tiling"]["time_chunk"] is None  # one frame in: tiled in space only, never in time
+    assert not any("time" in s for s in encoder["tiling"]["stages"])
     t = e["tiling"]
     assert t["format"] == TIMED_FORMAT and t["exact"] and t["time_chunk"] == 8, t
     timed = [s for s in t["stages"] if "time" in s]
@@ -78,8 +81,29 @@ def test_a_time_chunked_export_is_exact_and_verifies(target, tmp_path, exported)
 def test_a_time_record_that_lies_is_refused_in_one_line(edit, says, tmp_path, exported):
     out, _ = exported(tmp_path / "chunked", "--target", "onnx", *CHUNKED)
     data = json.loads((out / "manifest.json").read_text())
-    edit(data["components"][0]["tiling"])
+    edit(next(c for c in data["components"] if c["component"] == "decoder")["tiling"])
     (out / "manifest.json").write_text(json.dumps(data))
     proc = run_cli("verify", out, "--no-record", "--allow-modified")
     assert proc.returncode != 0 and says in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_budget_with_a_time_chunk_searches_tiles_of_each_chunk(tmp_path):
+    """`--memory-budget` with `--time-chunk` on a long clip: the smallest feasible budget it names counts the
+    chunks, the budget it then meets is met exactly, and every probe of a chunked stage was a chunked window. (The
+    budget's own choice among chunks is the candidates' front, tests/integration/test_tiled_export.py.)"""
+    out = tmp_path / "budget"
+    args = ["export", "--target", "onnx", "--preset", "tiny", "--component", "decoder", "--frames", str(FRAMES),
+            "--time-chunk", "8"]
+    proc = run_cli(*args, "--memory-budget", "1", "--out", out)
+    assert proc.returncode == 2 and "no tile fits" in proc.stderr and not out.exists(), proc.stderr
+    need = int(proc.stderr.rsplit("--memory-budget ", 1)[1].split()[0])
+    proc = run_cli(*args, "--memory-budget", str(need + 20), "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    e = json.loads(proc.stdout)["artifacts"][0]
+    t = e["tiling"]
+    assert e["runtime_memory"]["bytes"] <= (need + 20) * 2 ** 20 and e["parity"]["rel_l2"] <= 1e-5
+    assert t["format"] == TIMED_FORMAT and max(t["time_chunks"]) > 1
+    chunked = {k for k, s in enumerate(t["stages"]) if "time" in s}
+    assert chunked and all("time_chunks" in p for p in t["probes"] if p["stage"] in chunked), t["probes"]
