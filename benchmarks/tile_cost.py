@@ -69,13 +69,14 @@ def candidates(name: str, stages: list[Stage], fields: list[int], shares: list[f
     out = []
     for k, stage in enumerate(stages):
         plans = tile_search.stage_candidates(name, stages, fields, tiled.TileRequest(), k)
-        whole = tile_search.work(stage, plans[0][1])
-        for tile, p in plans:
-            work = tile_search.work(stage, p) / whole
-            win_out = tiled.window_shape(stage, p)[1]
+        whole = tile_search.work(stage, plans[0][1], plans[0][2])
+        for tile, p, tp in plans:
+            work = tile_search.work(stage, p, tp) / whole
+            win_out = tiled.window_shape(stage, p, tp)[1]
             out.append({"stage": k, "tile": list(tiled.stage_tile_px(p, tiled.video_hw(name, stages))),
-                        "windows": p.grid.count, "window_out": list(win_out[-2:]), "work": round(work, 3),
-                        "estimate": round(1 + shares[k] * (work - 1), 3)})
+                        "windows": p.grid.count * (1 if tp is None else tp.count), "window_out": list(win_out[-2:]),
+                        "work": round(work, 3), "estimate": round(1 + shares[k] * (work - 1), 3),
+                        **({} if tp is None else {"time_chunks": tp.count})})
     return out
 
 

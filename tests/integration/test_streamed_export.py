@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from mi2v_export.runtimes.sessions import STREAMED_FORMAT, stream_groups
+from mi2v_export.runtimes.sessions import FORMATS, STREAMED_FORMAT, stream_groups
 from tests.conftest import run_cli
 
 TINY = ["--preset", "tiny"]
@@ -35,7 +35,7 @@ def test_streamed_export_is_exact_and_verifies(target, tmp_path, exported):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("fmt, says", [(STREAMED_FORMAT + 1, f"format {STREAMED_FORMAT + 1} is not supported"),
+@pytest.mark.parametrize("fmt, says", [(max(FORMATS) + 1, f"format {max(FORMATS) + 1} is not supported"),
                                         (1, "streams stages but says format 1")])
 def test_a_streamed_record_of_another_format_is_refused_naming_it(fmt, says, tmp_path, exported):
     older, _ = exported(tmp_path / "older", "--target", "onnx", *TINY, *STREAMED)
