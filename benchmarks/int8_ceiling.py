@@ -314,10 +314,10 @@ def step_section(args, gemms: dict, ceil: dict) -> list[dict]:
     """Each step time (--step-ms; the denoiser cells of --step-report, a benchmarks/precision.py JSON, at
     --precision) against the int8 ceiling, counting all the step's FLOPs and its GEMM FLOPs only."""
     rows = [("--step-ms", ms, None) for ms in args.step_ms or []]
-    if args.step_report:
-        report = json.loads(Path(args.step_report).read_text())
-        cfg = {k: report.get("config", {}).get(k) for k in ("preset", "resolution", "frames")}
-        rows += [(f"{args.step_report}:{c.get('target')}", 1e3 * c["median_s"], cfg) for c in report.get("cells", [])
+    for path in args.step_report:
+        report = json.loads(Path(path).read_text())
+        cfg = {k: report.get("config", {}).get(k) for k in ("preset", "resolution", "frames", "attention")}
+        rows += [(f"{path}:{c.get('target')}", 1e3 * c["median_s"], cfg) for c in report.get("cells", [])
                  if c.get("component") == "denoiser" and c.get("precision") == args.precision and c.get("median_s")]
     top = ceil["int8"]["overall_gops"]
     return [{"source": src, "precision": args.precision, "report_config": cfg,
@@ -360,8 +360,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--forms", default=",".join(FORMS), help="comma-separated subset of: " + ", ".join(FORMS))
     p.add_argument("--quick", action="store_true", help="1 warm-up, 5 reps, shapes >= 2%% of the FLOPs")
     p.add_argument("--step-ms", type=float, action="append", help="a measured denoiser step (ms); repeatable")
-    p.add_argument("--step-report", help="a benchmarks/precision.py JSON: its denoiser cells at --precision")
+    p.add_argument("--step-report", action="append", default=[], help="a benchmarks/precision.py JSON: its "
+                   "denoiser cells at --precision (repeatable: onnxruntime's and XNNPACK's steps in one run)")
     p.add_argument("--precision", default="w8a8")
+    p.add_argument("--note", help="what the results file should say beside its figures (what ran beside, where the "
+                   "step times come from)")
     p.add_argument("--json", type=Path, help="default: benchmarks/results/int8_ceiling_<preset>.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -389,6 +392,8 @@ def main(argv=None) -> None:
     result["int8_over_fp32"] = round(int8 / fp32, 3) if fp32 and int8 else None
     result["step"] = step_section(args, gemms, ceil)
     result["host"]["load_avg_after"] = list(os.getloadavg())
+    if args.note:
+        result["note"] = args.note
     out = args.json or RESULTS / f"int8_ceiling_{args.preset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
