@@ -7,6 +7,7 @@ its clip is refused in one line. (Bad --time-chunk flags: tests/integration/test
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,8 +21,8 @@ from mi2v_export.runtimes.sessions import TIMED_FORMAT, run_stage
 from tests.conftest import run_cli
 
 FRAMES = 41  # 6 latent frames: the last two stages of either decoder can be split in time at 8 frames a chunk
-CHUNKED = ("--preset", "tiny", "--component", "encoder,decoder", "--frames", str(FRAMES), "--time-chunk", "8",
-           "--tile", "64x96", "--json")
+CHUNKED = ("--preset", "tiny", "--component", "decoder", "--frames", str(FRAMES), "--resolution", "64x96",
+           "--time-chunk", "8", "--tile", "32x96", "--json")
 
 
 def _stage_record(stage, video_hw, video_frames) -> dict:
@@ -57,10 +58,7 @@ def test_the_stage_loop_with_time_chunks_equals_the_whole_decoder(kind):
     ["--target", "onnx"], pytest.param(["--target", "executorch", "--delegate", "xnnpack"], marks=pytest.mark.slow)])
 def test_a_time_chunked_export_is_exact_and_verifies(target, tmp_path, exported):
     out, stdout = exported(tmp_path / "chunked", *target, *CHUNKED)
-    entries = {e["component"]: e for e in json.loads(stdout)["artifacts"]}
-    encoder, e = entries["encoder"], entries["decoder"]
-    assert encoder["tiling"]["time_chunk"] is None  # one frame in: tiled in space only, never in time
-    assert not any("time" in s for s in encoder["tiling"]["stages"])
+    e = json.loads(stdout)["artifacts"][0]
     t = e["tiling"]
     assert t["format"] == TIMED_FORMAT and t["exact"] and t["time_chunk"] == 8, t
     timed = [s for s in t["stages"] if "time" in s]
@@ -73,6 +71,16 @@ def test_a_time_chunked_export_is_exact_and_verifies(target, tmp_path, exported)
     assert proc.returncode == 0, proc.stderr
 
 
+def test_the_encoder_is_never_chunked_in_time():
+    """It reads one frame (the conditioning image): --time-chunk leaves it untiled, or tiled in space only."""
+    spec = SimpleNamespace(name="encoder", inputs={"image": torch.zeros(1, 3, 1, 64, 96)})
+    assert not tiled.request_for(spec, tiled.TileRequest(time_chunk=8)).active
+    both = tiled.request_for(spec, tiled.TileRequest(tile=(32, 96), time_chunk=8))
+    assert both.tile == (32, 96) and both.time_chunk is None
+    decoder = SimpleNamespace(name="decoder", inputs={"latent": torch.zeros(1, 128, 6, 2, 3)})
+    assert tiled.request_for(decoder, tiled.TileRequest(time_chunk=8)).time_chunk == 8
+
+
 @pytest.mark.parametrize("edit, says", [
     (lambda t: t.update(format=2), "chunks stages in time but says format 2"),
     (lambda t: next(s for s in t["stages"] if "time" in s)["time"].update(frames=99),
@@ -81,7 +89,7 @@ def test_a_time_chunked_export_is_exact_and_verifies(target, tmp_path, exported)
 def test_a_time_record_that_lies_is_refused_in_one_line(edit, says, tmp_path, exported):
     out, _ = exported(tmp_path / "chunked", "--target", "onnx", *CHUNKED)
     data = json.loads((out / "manifest.json").read_text())
-    edit(next(c for c in data["components"] if c["component"] == "decoder")["tiling"])
+    edit(data["components"][0]["tiling"])
     (out / "manifest.json").write_text(json.dumps(data))
     proc = run_cli("verify", out, "--no-record", "--allow-modified")
     assert proc.returncode != 0 and says in proc.stdout + proc.stderr, proc.stdout + proc.stderr
