@@ -135,7 +135,27 @@ def form_record(name: str, entry: dict) -> dict:
             "runtime_memory": entry.get("runtime_memory")}
 
 
-def main() -> None:
+def export_forms(args, work: Path) -> tuple[dict, dict, dict | None]:
+    """(each form's manifest entry, its folder, the budget record or None): untiled, the budget's, each --tile,
+    each --stream-rows and each --time-chunk form."""
+    forms, folders = {"untiled": export(work / "untiled", args, [])}, {"untiled": work / "untiled"}
+    budget = None
+    if args.budget:
+        forms[f"budget {args.budget:g} MiB"], budget = export_budget(work / "budget", args)
+        folders[f"budget {args.budget:g} MiB"] = work / "budget"
+    extra = {f"tile {t}": (f"tile-{t}", ["--tile", t]) for t in args.tile}
+    extra.update({f"streamed {r} rows": (f"stream-{r}", ["--stream-rows", r]) for r in args.stream_rows})
+    spatial = ["--tile", args.time_tile] if args.time_tile else []
+    extra.update({(f"tile {args.time_tile} + " if args.time_tile else "") + f"time {f} frames":
+                  (f"time-{f}" + (f"-{args.time_tile}" if args.time_tile else ""), [*spatial, "--time-chunk", f])
+                  for f in args.time_chunk})
+    for name, (sub, flags) in extra.items():
+        forms[name] = export(work / sub, args, flags)
+        folders[name] = work / sub
+    return forms, folders, budget
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="onnx")
     ap.add_argument("--delegate")
@@ -161,22 +181,13 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep every export already in --work (time the runtime "
                     "again without exporting; a budget's earlier refusals are not known then)")
     ap.add_argument("--json", required=True)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="mi2v-tiled-"))
-    forms, folders = {"untiled": export(work / "untiled", args, [])}, {"untiled": work / "untiled"}
-    budget = None
-    if args.budget:
-        forms[f"budget {args.budget:g} MiB"], budget = export_budget(work / "budget", args)
-        folders[f"budget {args.budget:g} MiB"] = work / "budget"
-    extra = {f"tile {t}": (f"tile-{t}", ["--tile", t]) for t in args.tile}
-    extra.update({f"streamed {r} rows": (f"stream-{r}", ["--stream-rows", r]) for r in args.stream_rows})
-    spatial = ["--tile", args.time_tile] if args.time_tile else []
-    extra.update({(f"tile {args.time_tile} + " if args.time_tile else "") + f"time {f} frames":
-                  (f"time-{f}" + (f"-{args.time_tile}" if args.time_tile else ""), [*spatial, "--time-chunk", f])
-                  for f in args.time_chunk})
-    for name, (sub, flags) in extra.items():
-        forms[name] = export(work / sub, args, flags)
-        folders[name] = work / sub
+    forms, folders, budget = export_forms(args, work)
     records = {name: form_record(name, e) for name, e in forms.items()}
     outputs = {}
     for name, folder in folders.items():  # one accuracy run each, then the timed rounds
