@@ -74,7 +74,7 @@ def candidates(name: str, stages: list[Stage], fields: list[int], shares: list[f
             work = tile_search.work(stage, p, tp) / whole
             win_out = tiled.window_shape(stage, p, tp)[1]
             out.append({"stage": k, "tile": list(tiled.stage_tile_px(p, tiled.video_hw(name, stages))),
-                        "windows": p.grid.count * (1 if tp is None else tp.count), "window_out": list(win_out[-2:]),
+                        "windows": tile_search.windows(p, tp), "window_out": list(win_out[-2:]),
                         "work": round(work, 3), "estimate": round(1 + shares[k] * (work - 1), 3),
                         **({} if tp is None else {"time_chunks": tp.count})})
     return out

@@ -40,10 +40,15 @@ def cost(stage: Stage, p: tiling.StagePlan, tp: chunking.TimePlan | None = None)
     return math.prod(win_in) + math.prod(win_out)
 
 
+def windows(p: tiling.StagePlan, tp: chunking.TimePlan | None = None) -> int:
+    """Windows per call: the spatial ones times the time chunks."""
+    return p.grid.count * (1 if tp is None else tp.count)
+
+
 def work(stage: Stage, p: tiling.StagePlan, tp: chunking.TimePlan | None = None) -> int:
     """Input elements over every window of a call (time chunks too): what a stage's time grows with (halos
     recomputed)."""
-    return p.grid.count * (1 if tp is None else tp.count) * math.prod(tiled.window_shape(stage, p, tp)[0])
+    return windows(p, tp) * math.prod(tiled.window_shape(stage, p, tp)[0])
 
 
 Candidate = tuple[tuple[int, int], tiling.StagePlan, "chunking.TimePlan | None"]  # (tile, plan, time chunks)
@@ -87,7 +92,6 @@ class SearchContext:
 
     def tile_px(self, p: tiling.StagePlan) -> list[int]:
         return tiled.stage_tile_px(p, tiled.video_hw(self.spec.name, self.stages))
-
 
 
 class StageSearch:
@@ -173,8 +177,7 @@ class StageSearch:
         return [self.ordered[i][2]]
 
     def windows(self, i: int) -> int:
-        tp = self.ordered[i][2]
-        return self.ordered[i][1].grid.count * (1 if tp is None else tp.count)
+        return windows(self.ordered[i][1], self.ordered[i][2])
 
     def tile_of(self, i: int) -> list[int]:
         return self.ctx.tile_px(self.ordered[i][1])
@@ -182,13 +185,13 @@ class StageSearch:
     def describe(self, i: int) -> str:
         tile = self.tile_of(i)
         tp = self.ordered[i][2]
-        timed = "" if tp is None else f", {tp.count} chunks of {tp.axis.tile * tp.unit_frames} frames"
+        timed = "" if tp is None else f", {tp.count} chunks of {tp.chunk_frames} frames"
         return f"stage {self.k}, tile {tile[0]}x{tile[1]}{timed} ({self.windows(i)} windows)"
 
     def probe_record(self, i: int, got: int | None) -> dict:
         tp = self.ordered[i][2]
         return {"stage": self.k, "tile": self.tile_of(i), "windows": self.windows(i), "bytes": got,
-                **({} if tp is None else {"time_chunk": tp.axis.tile * tp.unit_frames, "time_chunks": tp.count})}
+                **({} if tp is None else {"time_chunk": tp.chunk_frames, "time_chunks": tp.count})}
 
     def tighten(self, limit: float) -> bool:
         """Lower this stage's limit (the assembled component peaks above its worst stage by what released stages
@@ -232,4 +235,4 @@ def probe_artifact(input_shape: tuple[int, ...], output_shape: tuple[int, ...], 
 
 
 __all__ = ["SearchContext", "StageSearch", "candidate_tiles", "cost", "probe_artifact", "stage_candidates",
-           "suggested_budget", "work"]
+           "suggested_budget", "windows", "work"]

@@ -11,15 +11,14 @@ tile by measurement (exporters/tile_budget.py).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from torch import nn
-
-import dataclasses
-import functools
 
 from mi2v_export import chunking, precision, runtimes, tiling
 from mi2v_export.errors import BadInputError
@@ -126,9 +125,13 @@ def _check_stream_rows(rows: int, frame: tuple[int, int], halo: int | None) -> N
 # Planning
 
 
-def video_hw(name: str, stages: list[Stage]) -> tuple[int, int]:
+def _video_shape(name: str, stages: list[Stage]) -> tuple[int, ...]:
     """The video side of a component: the decoder's output, the encoder's input."""
-    shape = stages[-1].output_shape if name == "decoder" else stages[0].input_shape
+    return stages[-1].output_shape if name == "decoder" else stages[0].input_shape
+
+
+def video_hw(name: str, stages: list[Stage]) -> tuple[int, int]:
+    shape = _video_shape(name, stages)
     return int(shape[-2]), int(shape[-1])
 
 
@@ -149,8 +152,7 @@ def stage_field(stage: Stage) -> int:
 
 
 def video_frames(name: str, stages: list[Stage]) -> int:
-    """The video side's frames: the decoder's output, the encoder's input."""
-    return int((stages[-1].output_shape if name == "decoder" else stages[0].input_shape)[2])
+    return int(_video_shape(name, stages)[2])
 
 
 @functools.lru_cache(maxsize=64)
@@ -188,18 +190,13 @@ def time_candidates(name: str, stages: list[Stage], k: int, request: TileRequest
     into 2..MAX_TIME_CHUNKS chunks that its temporal field leaves shorter than the clip (long clips only)."""
     if request.time_chunk is not None:
         return [stage_time(name, stages, k, request)]
-    stage, out = stages[k], [None]
-    if min(stage.input_shape[2], stage.output_shape[2]) < 2 or stage_time_field(stage) is None:
+    def chunked(frames: int) -> chunking.TimePlan | None:
+        return stage_time(name, stages, k, dataclasses.replace(request, time_chunk=frames))
+    finest, out, seen = chunked(chunking.CHUNK_MULTIPLE), [None], set()
+    if finest is None:  # not even the shortest chunk splits this stage's clip
         return out
-    probe = chunking.plan_time(stage.input_shape[2], stage.output_shape[2], video_frames(name, stages),
-                               chunking.CHUNK_MULTIPLE, stage_time_field(stage))
-    if probe is None:
-        return out
-    seen = set()
     for n in range(2, MAX_TIME_CHUNKS + 1):
-        units = -(-probe.axis.frame // n)
-        tp = chunking.plan_time(stage.input_shape[2], stage.output_shape[2], video_frames(name, stages),
-                                units * probe.unit_frames, probe.field)
+        tp = chunked(-(-finest.axis.frame // n) * finest.unit_frames)
         if tp is not None and (tp.axis.tile, tp.axis.window) not in seen:
             seen.add((tp.axis.tile, tp.axis.window))
             out.append(tp)

@@ -19,12 +19,12 @@ Torch-free, like mi2v_export/tiling.py, whose axis plan it reuses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from .errors import BadInputError
-from .tiling import AxisPlan, plan_axis
+from .tiling import AxisPlan, RunTile, core_span, plan_axis
 
 TIME_AXIS = -3  # (B, C, T, H, W)
 CHUNK_MULTIPLE = 8  # video frames per latent frame: a chunk is whole latent frames (frames = 8k + 1)
@@ -61,6 +61,11 @@ class TimePlan:
     @property
     def count(self) -> int:
         return self.axis.count
+
+    @property
+    def chunk_frames(self) -> int:
+        """Video frames per core (what `--time-chunk` asked, rounded down to whole units)."""
+        return self.axis.tile * self.unit_frames
 
     @property
     def frames_in(self) -> int:
@@ -111,27 +116,24 @@ def time_from_record(record: Mapping | None, t_in: int) -> TimePlan | None:
     return TimePlan(axis, scale_in, scale_out, int(record["field"]), int(record["unit_frames"]))
 
 
-RunWindow = Callable[[np.ndarray], np.ndarray]
-
-
 def _owned(unit: int, scale: int, total: int) -> int:
     """The first output frame unit `unit` owns (the end of the clip for the unit past the last)."""
     return min(scale * unit, total)
 
 
-def run_chunked(run: RunWindow, x: np.ndarray, plan: TimePlan) -> np.ndarray:
+def run_chunked(run: RunTile, x: np.ndarray, plan: TimePlan) -> np.ndarray:
     """Run `run` on every time window of `x` (frames on axis -3) and copy each window's core frames into the
     whole clip's output."""
     a, out = plan.axis, None
     total = fine_frames(a.frame, plan.scale_out)
-    for start, win in zip(a.starts, a.windows):
+    for k, win in enumerate(a.windows):
         i0 = win * plan.scale_in
         y = np.asarray(run(np.ascontiguousarray(x[..., i0:i0 + plan.frames_in, :, :])))
         if y.shape[TIME_AXIS] != plan.frames_out:
             raise BadInputError(f"a time window gave {y.shape[TIME_AXIS]} frames, its plan says {plan.frames_out}")
         if out is None:
             out = np.empty((*y.shape[:TIME_AXIS], total, *y.shape[TIME_AXIS + 1:]), dtype=y.dtype)
-        c0, c1 = _owned(start, plan.scale_out, total), _owned(min(start + a.tile, a.frame), plan.scale_out, total)
+        c0, c1 = (_owned(u, plan.scale_out, total) for u in core_span(a, k))
         o = win * plan.scale_out
         out[..., c0:c1, :, :] = y[..., c0 - o:c1 - o, :, :]
     return out

@@ -110,8 +110,9 @@ public enum ChunkLoop {
                 shape = whole
                 out = [Float](repeating: 0, count: FloatTensor.product(whole))
             }
-            let c0 = owned(a.starts[k], plan.scaleOut, total)
-            let c1 = owned(min(a.starts[k] + a.tile, a.frame), plan.scaleOut, total)
+            let core = a.core(k)
+            let c0 = owned(core[0], plan.scaleOut, total)
+            let c1 = owned(core[1], plan.scaleOut, total)
             let o = a.windows[k] * plan.scaleOut
             let plane = y.rows * y.cols
             let outer = FloatTensor.product(Array(y.shape[0..<(y.shape.count - 3)]))

@@ -1,11 +1,11 @@
 package org.mi2v.bench
 
 // Pure Kotlin (no Android, no ExecuTorch imports): a tiled stage's chunks in time, the host's own loop line for
-// line: mi2v_export/chunking.py (fine_frames, time_from_record, _owned, run_chunked). A stage with a `time` record
-// runs its input in windows of frames, each window through the stage's tile loop (TileLoop.runStage), and copies
-// each window's core frames into the whole clip's output. Time is counted in units, the coarser side's frames: a
-// window of n units covers s(n - 1) + 1 frames on a side of s frames per unit, starting at frame s·a for a window
-// starting at unit a. The host is its test oracle (tests/e2e/test_app_tile_loop.py, the "decoder-chunked" case).
+// line: mi2v_export/chunking.py (fine_frames, time_from_record, _owned, run_chunked; a core is AxisPlan.core, as
+// tiling.core_span). A stage with a `time` record runs its input in windows of frames, each window through the
+// stage's tile loop (TileLoop.runStage), and copies each window's core frames into the whole clip's output. Time
+// is counted in units, the coarser side's frames: a window of n units covers s(n - 1) + 1 frames on a side of s
+// frames per unit, starting at frame s·a for a window starting at unit a. The host is its test oracle (tests/e2e/test_app_tile_loop.py, the "decoder-chunked" case).
 // The Swift copy is apps/ios/Sources/Mi2vBench/ChunkLoop.swift. Written for Kotlin 1.3+ (like BenchCore.kt).
 
 /** A stage's `time` record (chunking.TimePlan.record): units, core, window and halo in units, frames per unit on
@@ -79,17 +79,20 @@ object ChunkLoop {
         for (k in 0 until a.count) {
             val y = run(slice(x, a.windows[k] * plan.scaleIn, plan.framesIn))
             if (frames(y) != plan.framesOut) {
-                throw IllegalArgumentException("a time window gave ${frames(y)} frames, its plan says ${plan.framesOut}")
+                throw IllegalArgumentException("a time window gave ${frames(y)} frames, its plan says " +
+                    "${plan.framesOut}")
             }
-            val s = shape ?: y.shape.copyOf().also { it[it.size - 3] = total }
-            if (shape == null) {
-                shape = s
-                out = FloatArray(FloatTensor.product(s))
-            } else if (!(y.shape.copyOf().also { it[it.size - 3] = total } contentEquals s)) {
+            val whole = y.shape.copyOf().also { it[it.size - 3] = total }
+            val first = shape
+            if (first == null) {
+                shape = whole
+                out = FloatArray(FloatTensor.product(whole))
+            } else if (!(whole contentEquals first)) {
                 throw IllegalArgumentException("time window output ${y.shape.toList()} does not match the first one's")
             }
-            val c0 = owned(a.starts[k], plan.scaleOut, total)
-            val c1 = owned(Math.min(a.starts[k] + a.tile, a.frame), plan.scaleOut, total)
+            val core = a.core(k)
+            val c0 = owned(core[0], plan.scaleOut, total)
+            val c1 = owned(core[1], plan.scaleOut, total)
             val o = a.windows[k] * plan.scaleOut
             val plane = y.rows * y.cols
             val outer = FloatTensor.product(y.shape.copyOfRange(0, y.shape.size - 3))
