@@ -5,7 +5,8 @@ package org.mi2v.bench
 // tiling.core_span). A stage with a `time` record runs its input in windows of frames, each window through the
 // stage's tile loop (TileLoop.runStage), and copies each window's core frames into the whole clip's output. Time
 // is counted in units, the coarser side's frames: a window of n units covers s(n - 1) + 1 frames on a side of s
-// frames per unit, starting at frame s·a for a window starting at unit a. The host is its test oracle (tests/e2e/test_app_tile_loop.py, the "decoder-chunked" case).
+// frames per unit, starting at frame s·a for a window starting at unit a. The host is its test oracle
+// (tests/e2e/test_app_tile_loop.py, the "decoder-chunked" case).
 // The Swift copy is apps/ios/Sources/Mi2vBench/ChunkLoop.swift. Written for Kotlin 1.3+ (like BenchCore.kt).
 
 /** A stage's `time` record (chunking.TimePlan.record): units, core, window and halo in units, frames per unit on
