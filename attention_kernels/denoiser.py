@@ -9,18 +9,33 @@ the forms in this package and switch the layout; with no rewrite enabled the for
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mi2v_export.models.denoiser import DiTBlock, FinalLayer, MobileI2VDenoiser, layer_norm, modulate
+from mi2v_export.models.denoiser import DiTBlock, FinalLayer, GLUMBConv, MobileI2VDenoiser, layer_norm, modulate
 from mi2v_export.models.rope import rope_angles
 
 from .layout import Conv1x1, cf_to_tokens, layer_norm_channels, tokens_to_cf
-from .rope import RopeTables
+from .rope import RopeTables, take
 
 
 def _rope_arg(attn: nn.Module, rope: RopeTables):
     """Rewritten attention takes the shared RoPE tables; a reference module takes the raw angle table."""
     return rope if getattr(attn, "takes_rope_tables", False) else rope.angles
+
+
+def rows(m: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """(B,T,count,C) → `count` slices (B,T,1,C): the reference's unsqueeze(3).unbind(2), the same values, as slice
+    ops (ExecuTorch runs unbind as a split plus squeezes on portable kernels, outside the XNNPACK delegate)."""
+    return [take(m, 2, i, 1) for i in range(count)]
+
+
+def glumbconv(mlp: GLUMBConv, x: torch.Tensor) -> torch.Tensor:
+    """`GLUMBConv.forward` with the value / gate halves taken as two slices instead of `chunk` (a split, which
+    ExecuTorch runs on a portable kernel between two XNNPACK subgraphs); same ops otherwise, same values."""
+    x = mlp.depth_conv(mlp.inverted_conv(x))
+    half = x.shape[1] // 2
+    return mlp.point_conv(take(x, 1, 0, half) * F.silu(take(x, 1, half, half)))
 
 
 class MobileBlock(nn.Module):
@@ -36,13 +51,13 @@ class MobileBlock(nn.Module):
     def forward(self, x: torch.Tensor, mod: torch.Tensor, rope: RopeTables, hw: tuple[int, int]) -> torch.Tensor:
         """Token-major, as the reference: x (B,T,S,C), mod (B,T,6,C)."""
         b, t, s, c = x.shape
-        m = (self.scale_shift_table[None, None] + mod).unsqueeze(3)  # (B,T,6,1,C)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = m.unbind(2)
+        m = self.scale_shift_table[None, None] + mod  # (B,T,6,C)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = rows(m, 6)  # (B,T,1,C) each
         h = modulate(layer_norm(x, self.eps), shift_msa, scale_msa)
         x = x + gate_msa * self.attn(h.reshape(b, t * s, c), _rope_arg(self.attn, rope)).view(b, t, s, c)
         h = modulate(layer_norm(x, self.eps), shift_mlp, scale_mlp)
         h = h.reshape(b * t, hw[0], hw[1], c).permute(0, 3, 1, 2)
-        h = self.mlp(h).permute(0, 2, 3, 1).reshape(b, t, s, c)
+        h = glumbconv(self.mlp, h).permute(0, 2, 3, 1).reshape(b, t, s, c)
         return x + gate_mlp * h
 
     def forward_cf(self, x: torch.Tensor, mod: torch.Tensor, rope: RopeTables, frames: int,
@@ -58,7 +73,7 @@ class MobileBlock(nn.Module):
             a = tokens_to_cf(self.attn(cf_to_tokens(h, frames), _rope_arg(self.attn, rope)), frames)
         x = x + gate_msa * a
         h = modulate(layer_norm_channels(x, self.eps), shift_mlp, scale_mlp)
-        return x + gate_mlp * self.mlp(h.view(bt, c, hw[0], hw[1])).view(bt, c, 1, s)
+        return x + gate_mlp * glumbconv(self.mlp, h.view(bt, c, hw[0], hw[1])).view(bt, c, 1, s)
 
 
 class MobileFinalLayer(nn.Module):
@@ -71,7 +86,7 @@ class MobileFinalLayer(nn.Module):
         self.scale_shift_table = ref.scale_shift_table
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.scale_shift_table[None, None] + t_emb[:, :, None]).unsqueeze(3).unbind(2)
+        shift, scale = rows(self.scale_shift_table[None, None] + t_emb[:, :, None], 2)
         return self.linear(modulate(layer_norm(x, self.eps), shift, scale))
 
     def forward_cf(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:

@@ -70,10 +70,17 @@ def rotate_half_split(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([a2, a1, b2, b1, c2, c1], dim)
 
 
+def take(x: torch.Tensor, dim: int, start: int, size: int) -> torch.Tensor:
+    """x[..., start:start + size, ...] on axis `dim` written as indexing, which torch.export records as
+    `aten.slice` (`narrow` stays `aten.narrow`, which the XNNPACK quantizer does not know: its int8 slices then got
+    their own ranges, and XNNPACK runs a slice only when its input and output ranges match)."""
+    return x[(slice(None),) * (dim % x.dim()) + (slice(start, start + size),)]
+
+
 def pieces(x: torch.Tensor, size: int, dim: int) -> list[torch.Tensor]:
     """Equal slices along `dim` as separate slice ops (ExecuTorch's XNNPACK delegate takes slice_copy but runs
     split_with_sizes_copy as a portable, single-threaded kernel)."""
-    return [x.narrow(dim, start, size) for start in range(0, x.shape[dim], size)]
+    return [take(x, dim, start, size) for start in range(0, x.shape[dim], size)]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int):

@@ -18,10 +18,12 @@ function rather than a module are context managers (`rope_rank5`, in `trace.py`)
 | rms_norm_rank4 | QNN HTP refuses Sqrt on 5-D tensors → RMSNorm on a rank-4 view (leading axes merged) | diffusers RMSNorm (no affine) |
 | layer_norm_rank4 | QNN HTP refuses 5-D LayerNormalization → LayerNorm on a rank-4 view | nn.LayerNorm over one axis |
 
-Left alone on purpose: the denoiser's functional LayerNorm stays `native_layer_norm` (portable) on XNNPACK. Traced
-as delegable mean/variance reductions it cut the 720p graph from 132 to 100 delegate subgraphs but ran 8 % slower
-(13.95 vs 12.86 s median per forward, both .pte files timed side by side on this host). In an fp16 graph it runs in
-fp32 (`layer_norm_fp32`): the portable fp16 kernel accumulates in fp16.
+The denoiser's functional LayerNorm: `layer_norm_fp32` keeps it an fp32 island in fp16 graphs (ExecuTorch's
+portable fp16 kernel accumulates in fp16); on XNNPACK `layer_norm_delegable` (applied after it, so it wins) traces
+it as fp32 mean / variance reductions the delegate takes. An earlier session measured that form 8 % slower on the
+fp32 reference-plan graph, where other portable ops (unbind, split, expand) cut the graph anyway; together with
+the mobile plan's slices the 720p w8a8 step lowers into 4 delegate subgraphs and 14 portable ops (132 and 414 with
+the reference plan; docs/guides/precision.md).
 
 Trace-time substitutions (context managers, active only while torch.export traces):
 | channel_rms_view | Turbo-VAED's channel RMS (5-D mean over dim 1, portable) → (N,1,C,1) mean | models.turbo_vaed.channel_rms_norm |
@@ -31,6 +33,7 @@ Trace-time substitutions (context managers, active only while torch.export trace
 | frame_conditioning_without_gather | QNN HTP's GatherND gives wrong values (denoiser at 19 dB) → slice+expand+cat | models.denoiser.spread_over_frames |
 | square_as_mul | the LiteRT converter refuses `tfl.pow` → pow(x, 2) as x·x | every pow(x, 2) while converting |
 | layer_norm_fp32 | ExecuTorch's portable fp16 LayerNorm accumulates in fp16 (14 dB on 1152 channels; the 270M denoiser 15 dB) → LayerNorm in fp32, cast back | models.denoiser.layer_norm |
+| layer_norm_delegable | XNNPACK: the denoiser's `native_layer_norm` is portable and splits the delegate graph twice per block → fp32 mean / variance over an (M,1,C,1) view | models.denoiser.layer_norm |
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from .trace import (
     channel_rms_rank4,
     conv2d_batch_one,
     frame_conditioning_without_gather,
+    layer_norm_delegable,
     layer_norm_fp32,
     register_coreml_aliases,
     rope_rank5,
@@ -114,6 +118,8 @@ LOWERING_REWRITES: dict[str, LoweringRewrite] = {r.name: r for r in (
                     trace=frame_conditioning_without_gather),
     LoweringRewrite("layer_norm_fp32", "the denoiser's LayerNorm computed in fp32 and cast back (ExecuTorch's "
                     "portable fp16 LayerNorm accumulates in fp16) (while tracing)", trace=layer_norm_fp32),
+    LoweringRewrite("layer_norm_delegable", "the denoiser's LayerNorm in fp32 from mean / variance reductions that "
+                    "XNNPACK takes (while tracing)", trace=layer_norm_delegable),
     LoweringRewrite("square_as_mul", "pow(x, 2) as x·x (the LiteRT converter refuses tfl.pow) (while tracing)",
                     trace=square_as_mul),
 )}

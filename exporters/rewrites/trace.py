@@ -150,6 +150,24 @@ def layer_norm_fp32() -> Iterator[None]:
         yield
 
 
+def _layer_norm_delegable(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The denoiser's LayerNorm (fp32 inside, as `_layer_norm_in_fp32`) as mean / variance reductions over an
+    (M, 1, C, 1) view, the only mean XNNPACK takes: `native_layer_norm` ran on a portable kernel and cut the
+    delegate graph twice per block."""
+    shape = x.shape
+    y = x.float().reshape(-1, 1, shape[-1], 1)
+    d = y - y.mean(dim=(2, 3), keepdim=True)
+    return (d * torch.rsqrt((d * d).mean(dim=(2, 3), keepdim=True) + eps)).reshape(shape).to(x.dtype)
+
+
+@contextlib.contextmanager
+def layer_norm_delegable() -> Iterator[None]:
+    """While exporting for ExecuTorch XNNPACK: the denoiser's functional LayerNorm from delegable reductions."""
+    with _swapped(denoiser, "layer_norm", _layer_norm_delegable), \
+            _swapped(mobile_denoiser, "layer_norm", _layer_norm_delegable):
+        yield
+
+
 def _square_as_mul(pow_: Callable) -> Callable:
     def power(x, exponent, *args, **kwargs):
         if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) and exponent == 2:
