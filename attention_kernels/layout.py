@@ -56,17 +56,15 @@ class Conv1x1(nn.Module):
         return F.linear(x, self.weight.view(self.out_features, self.in_features), self.bias)
 
 
-def last_axis_mean(x: torch.Tensor) -> torch.Tensor:
-    """mean(-1, keepdim=True) taken over an (M, 1, C, 1) view: XNNPACK reduces only the two inner axes of a 4-D
-    tensor, so the plain last-axis mean of a 3-D tensor ran on ExecuTorch's portable kernels (28 per 720p step)."""
-    *lead, c = x.shape
-    return x.reshape(-1, 1, c, 1).mean(dim=(2, 3), keepdim=True).reshape(*lead, 1)
-
-
 def rms_norm_tokens(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Sana RMSNorm over the last axis (fp32 inside), with x·x instead of pow(x, 2) (same bits, cheaper op)."""
     xf = x.float()
-    return (xf * torch.rsqrt(last_axis_mean(xf * xf) + eps)).type_as(x) * weight
+    return (xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + eps)).type_as(x) * weight
+
+
+def token_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last (token) axis, kept: the linear attention's normaliser."""
+    return x.sum(-1, keepdim=True)
 
 
 def rms_norm_channels(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -6,8 +6,6 @@ rotates through a reshape/unbind/stack. Here, per head group:
 
     kv   = K_g^T V_g · s              (G, d, d)       contraction over all N tokens
     ksum = Σ_n K_g[n] · s             (G, d)          the normaliser's own reduction (no ones row, no pad, no slice)
-                                                      (a mean over a 4-D view times N: XNNPACK reduces
-                                                      only the two inner axes of a 4-D tensor)
     out  = (Q_g kv) / (Q_g ksum + eps · s)
 
 s = 2^-ceil(log2 N) (`token_scale`) cancels in the ratio and, a power of two, changes no fp32 rounding; without it
@@ -32,7 +30,7 @@ from torch import nn
 
 from mi2v_export.models.denoiser import FP16_MAX, LinearAttention
 
-from .layout import Conv1x1, last_axis_mean, rms_norm_channels, rms_norm_tokens
+from .layout import Conv1x1, rms_norm_channels, rms_norm_tokens, token_sum
 from .rope import apply_rope, pieces
 
 
@@ -80,7 +78,7 @@ class MobileLinearAttention(nn.Module):
             qg, kg, vg = (self._acc(t[:, :, h0:h1]) for t in (q, k, v))  # (B, N, G, d)
             kt = kg.permute(0, 2, 3, 1).reshape(b * g, d, n)
             kv = torch.bmm(kt, vg.transpose(1, 2).reshape(b * g, n, d)) * scale  # (B·G, d, d): K^T V
-            ksum = last_axis_mean(kt) * (n * scale)  # (B·G, d, 1): the normaliser's own reduction
+            ksum = token_sum(kt) * scale  # (B·G, d, 1): the normaliser's own reduction
             qh = qg.transpose(1, 2).reshape(b * g, n, d)
             out = torch.bmm(qh, kv) / (torch.bmm(qh, ksum) + self.eps * scale)  # (B·G, N, d)
             outs.append(out.to(x.dtype).view(b, g, n, d).transpose(1, 2).reshape(b, n, g * d))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mi2v_export.kernels import denoiser as mobile_denoiser
+from mi2v_export.kernels import linear_attention as mobile_linear
 from mi2v_export.models import denoiser, rope, turbo_vaed
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,21 +151,40 @@ def layer_norm_fp32() -> Iterator[None]:
         yield
 
 
+def _inner_mean(x: torch.Tensor) -> torch.Tensor:
+    """mean(-1, keepdim=True) over an (M, 1, C, 1) view: XNNPACK reduces only the two inner axes of a 4-D tensor,
+    so a last-axis mean of a 3-D tensor runs on ExecuTorch's portable kernels and cuts the delegate graph."""
+    *lead, c = x.shape
+    return x.reshape(-1, 1, c, 1).mean(dim=(2, 3), keepdim=True).reshape(*lead, 1)
+
+
 def _layer_norm_delegable(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """The denoiser's LayerNorm (fp32 inside, as `_layer_norm_in_fp32`) as mean / variance reductions over an
-    (M, 1, C, 1) view, the only mean XNNPACK takes: `native_layer_norm` ran on a portable kernel and cut the
-    delegate graph twice per block."""
-    shape = x.shape
-    y = x.float().reshape(-1, 1, shape[-1], 1)
-    d = y - y.mean(dim=(2, 3), keepdim=True)
-    return (d * torch.rsqrt((d * d).mean(dim=(2, 3), keepdim=True) + eps)).reshape(shape).to(x.dtype)
+    """The denoiser's LayerNorm in fp32 (as `_layer_norm_in_fp32`) from delegable mean / variance reductions."""
+    y = x.float()
+    d = y - _inner_mean(y)
+    return (d * torch.rsqrt(_inner_mean(d * d) + eps)).to(x.dtype)
+
+
+def _rms_norm_tokens_delegable(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`kernels.layout.rms_norm_tokens` (the mobile plan's q / k RMSNorm) with its mean on the 4-D view."""
+    xf = x.float()
+    return (xf * torch.rsqrt(_inner_mean(xf * xf) + eps)).type_as(x) * weight
+
+
+def _token_sum_delegable(x: torch.Tensor) -> torch.Tensor:
+    """`kernels.layout.token_sum` (the linear attention's normaliser) as the 4-D view's mean times the count."""
+    return _inner_mean(x) * x.shape[-1]
 
 
 @contextlib.contextmanager
-def layer_norm_delegable() -> Iterator[None]:
-    """While exporting for ExecuTorch XNNPACK: the denoiser's functional LayerNorm from delegable reductions."""
+def norms_delegable() -> Iterator[None]:
+    """While exporting for ExecuTorch XNNPACK: the denoiser's LayerNorm, the mobile plan's q / k RMSNorm and its
+    linear attention's normaliser sum as reductions the delegate takes (not for onnxruntime: its graph optimizer
+    fuses the plain last-axis forms, and the 4-D views made its w8a8 step slower)."""
     with _swapped(denoiser, "layer_norm", _layer_norm_delegable), \
-            _swapped(mobile_denoiser, "layer_norm", _layer_norm_delegable):
+            _swapped(mobile_denoiser, "layer_norm", _layer_norm_delegable), \
+            _swapped(mobile_linear, "rms_norm_tokens", _rms_norm_tokens_delegable), \
+            _swapped(mobile_linear, "token_sum", _token_sum_delegable):
         yield
 
 
