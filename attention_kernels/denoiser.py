@@ -9,14 +9,13 @@ the forms in this package and switch the layout; with no rewrite enabled the for
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mi2v_export.models.denoiser import DiTBlock, FinalLayer, GLUMBConv, MobileI2VDenoiser, layer_norm, modulate
 from mi2v_export.models.rope import rope_angles
 
 from .layout import Conv1x1, cf_to_tokens, layer_norm_channels, tokens_to_cf
-from .rope import RopeTables, take
+from .rope import RopeTables
 
 
 def _rope_arg(attn: nn.Module, rope: RopeTables):
@@ -24,18 +23,15 @@ def _rope_arg(attn: nn.Module, rope: RopeTables):
     return rope if getattr(attn, "takes_rope_tables", False) else rope.angles
 
 
-def rows(m: torch.Tensor, count: int) -> list[torch.Tensor]:
-    """(B,T,count,C) → `count` slices (B,T,1,C): the reference's unsqueeze(3).unbind(2), the same values, as slice
-    ops (ExecuTorch runs unbind as a split plus squeezes on portable kernels, outside the XNNPACK delegate)."""
-    return [take(m, 2, i, 1) for i in range(count)]
+def rows(m: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
+    """(B,T,count,C) → `count` tensors (B,T,1,C), the reference's unsqueeze + unbind (the XNNPACK export traces
+    slices instead: `denoiser_delegable` in exporters/rewrites/trace.py)."""
+    return m.unsqueeze(3).unbind(2)
 
 
 def glumbconv(mlp: GLUMBConv, x: torch.Tensor) -> torch.Tensor:
-    """`GLUMBConv.forward` with the value / gate halves taken as two slices instead of `chunk` (a split, which
-    ExecuTorch runs on a portable kernel between two XNNPACK subgraphs); same ops otherwise, same values."""
-    x = mlp.depth_conv(mlp.inverted_conv(x))
-    half = x.shape[1] // 2
-    return mlp.point_conv(take(x, 1, 0, half) * F.silu(take(x, 1, half, half)))
+    """The block's feed-forward, called through this name so the XNNPACK export can trace its halves as slices."""
+    return mlp(x)
 
 
 class MobileBlock(nn.Module):

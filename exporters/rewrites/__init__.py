@@ -19,7 +19,7 @@ function rather than a module are context managers (`rope_rank5`, in `trace.py`)
 | layer_norm_rank4 | QNN HTP refuses 5-D LayerNormalization → LayerNorm on a rank-4 view | nn.LayerNorm over one axis |
 
 The denoiser's functional LayerNorm: `layer_norm_fp32` keeps it an fp32 island in fp16 graphs (ExecuTorch's
-portable fp16 kernel accumulates in fp16); on XNNPACK `norms_delegable` (applied after it, so it wins) traces
+portable fp16 kernel accumulates in fp16); on XNNPACK `denoiser_delegable` (applied after it, so it wins) traces
 it as fp32 mean / variance reductions the delegate takes. An earlier session measured that form 8 % slower on the
 fp32 reference-plan graph, where other portable ops (unbind, split, expand) cut the graph anyway; together with
 the mobile plan's slices the 720p w8a8 step lowers into 4 delegate subgraphs and 14 portable ops (132 and 414 with
@@ -33,7 +33,7 @@ Trace-time substitutions (context managers, active only while torch.export trace
 | frame_conditioning_without_gather | QNN HTP's GatherND gives wrong values (denoiser at 19 dB) → slice+expand+cat | models.denoiser.spread_over_frames |
 | square_as_mul | the LiteRT converter refuses `tfl.pow` → pow(x, 2) as x·x | every pow(x, 2) while converting |
 | layer_norm_fp32 | ExecuTorch's portable fp16 LayerNorm accumulates in fp16 (14 dB on 1152 channels; the 270M denoiser 15 dB) → LayerNorm in fp32, cast back | models.denoiser.layer_norm |
-| norms_delegable | XNNPACK: the denoiser's `native_layer_norm` and the mobile plan's last-axis mean / sum are portable and cut the delegate graph → fp32 reductions over an (M,1,C,1) view | models.denoiser.layer_norm, kernels.layout.rms_norm_tokens / token_sum |
+| denoiser_delegable | XNNPACK: the denoiser's `native_layer_norm`, the mobile plan's last-axis mean / sum, unbind and chunk are portable and cut the delegate graph → fp32 reductions over an (M,1,C,1) view, slices | models.denoiser.layer_norm, kernels.layout.rms_norm_tokens / token_sum, kernels.denoiser.rows / glumbconv |
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from .trace import (
     conv2d_batch_one,
     frame_conditioning_without_gather,
     layer_norm_fp32,
-    norms_delegable,
+    denoiser_delegable,
     register_coreml_aliases,
     rope_rank5,
     square_as_mul,
@@ -118,8 +118,9 @@ LOWERING_REWRITES: dict[str, LoweringRewrite] = {r.name: r for r in (
                     trace=frame_conditioning_without_gather),
     LoweringRewrite("layer_norm_fp32", "the denoiser's LayerNorm computed in fp32 and cast back (ExecuTorch's "
                     "portable fp16 LayerNorm accumulates in fp16) (while tracing)", trace=layer_norm_fp32),
-    LoweringRewrite("norms_delegable", "the denoiser's LayerNorm (fp32), the mobile plan's q / k RMSNorm and "
-                    "normaliser sum as reductions XNNPACK takes (while tracing)", trace=norms_delegable),
+    LoweringRewrite("denoiser_delegable", "the denoiser's LayerNorm (fp32), the mobile plan's q / k RMSNorm and "
+                    "normaliser sum as reductions XNNPACK takes, its modulation rows and GLUMBConv halves as slices "
+                    "(while tracing)", trace=denoiser_delegable),
     LoweringRewrite("square_as_mul", "pow(x, 2) as x·x (the LiteRT converter refuses tfl.pow) (while tracing)",
                     trace=square_as_mul),
 )}

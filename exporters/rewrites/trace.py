@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from mi2v_export.kernels import denoiser as mobile_denoiser
 from mi2v_export.kernels import linear_attention as mobile_linear
+from mi2v_export.kernels.rope import take
 from mi2v_export.models import denoiser, rope, turbo_vaed
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,13 +177,28 @@ def _token_sum_delegable(x: torch.Tensor) -> torch.Tensor:
     return _inner_mean(x) * x.shape[-1]
 
 
+def _rows_as_slices(m: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """`kernels.denoiser.rows` as slices (unbind is a split plus squeezes on portable kernels); same values."""
+    return [take(m, 2, i, 1) for i in range(count)]
+
+
+def _glumbconv_halves_as_slices(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`GLUMBConv.forward` with its value / gate halves as two slices instead of `chunk` (a portable split)."""
+    x = mlp.depth_conv(mlp.inverted_conv(x))
+    half = x.shape[1] // 2
+    return mlp.point_conv(take(x, 1, 0, half) * F.silu(take(x, 1, half, half)))
+
+
 @contextlib.contextmanager
-def norms_delegable() -> Iterator[None]:
-    """While exporting for ExecuTorch XNNPACK: the denoiser's LayerNorm, the mobile plan's q / k RMSNorm and its
-    linear attention's normaliser sum as reductions the delegate takes (not for onnxruntime: its graph optimizer
-    fuses the plain last-axis forms, and the 4-D views made its w8a8 step slower)."""
+def denoiser_delegable() -> Iterator[None]:
+    """While exporting for ExecuTorch XNNPACK: the denoiser's LayerNorm, the mobile plan's q / k RMSNorm and
+    normaliser sum as reductions the delegate takes, and its modulation rows and GLUMBConv halves as slices. Only
+    there: onnxruntime's optimizer fuses the plain forms (with the 4-D-view means in the plan its 720p w8a8 step
+    measured slower)."""
     with _swapped(denoiser, "layer_norm", _layer_norm_delegable), \
             _swapped(mobile_denoiser, "layer_norm", _layer_norm_delegable), \
+            _swapped(mobile_denoiser, "rows", _rows_as_slices), \
+            _swapped(mobile_denoiser, "glumbconv", _glumbconv_halves_as_slices), \
             _swapped(mobile_linear, "rms_norm_tokens", _rms_norm_tokens_delegable), \
             _swapped(mobile_linear, "token_sum", _token_sum_delegable):
         yield

@@ -221,7 +221,7 @@ def _check_coreml(options: ExportOptions) -> None:
 
 DELEGATES: dict[str, Delegate] = {d.name: d for d in (
     Delegate("xnnpack", "XnnpackBackend", "XNNPACK (CPU, Android/iOS/desktop)",
-             supported=(Precision.FP32, Precision.FP16, *INTEGERS), extra_trace=("norms_delegable",),
+             supported=(Precision.FP32, Precision.FP16, *INTEGERS), extra_trace=("denoiser_delegable",),
              lower=_generic_lower(_xnnpack_partitioners, fp16_weights=True)),
     Delegate("vulkan", "VulkanBackend", "Vulkan (Android GPU)", supported=(Precision.FP32, Precision.FP16, *INTEGERS),
              lower=_generic_lower(_vulkan_partitioners),
