@@ -56,14 +56,20 @@ class Conv1x1(nn.Module):
         return F.linear(x, self.weight.view(self.out_features, self.in_features), self.bias)
 
 
+def token_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the last axis, kept: the q / k RMSNorm's statistic (its own name so the XNNPACK export can trace
+    it on a view the delegate reduces: `denoiser_delegable` in exporters/rewrites/trace.py)."""
+    return x.mean(-1, keepdim=True)
+
+
 def rms_norm_tokens(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Sana RMSNorm over the last axis (fp32 inside), with x·x instead of pow(x, 2) (same bits, cheaper op)."""
     xf = x.float()
-    return (xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + eps)).type_as(x) * weight
+    return (xf * torch.rsqrt(token_mean(xf * xf) + eps)).type_as(x) * weight
 
 
 def token_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over the last (token) axis, kept: the linear attention's normaliser."""
+    """Sum over the last (token) axis, kept: the linear attention's normaliser (traced like `token_mean`)."""
     return x.sum(-1, keepdim=True)
 
 
