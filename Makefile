@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup test test-unit test-integration test-e2e test-slow lint clean
+.PHONY: setup test test-unit test-integration test-e2e test-heavy test-slow lint clean
 
 # One command installs everything (editable package + pinned deployment stack + test tools).
 setup:
@@ -27,6 +27,10 @@ test-integration:
 
 test-e2e:
 	$(VENV)/bin/pytest -q -n auto --dist loadfile tests/e2e
+
+# The tiny-preset workflows `make test` leaves out to stay within 15 minutes (marker `heavy`); CI runs them.
+test-heavy:
+	$(VENV)/bin/pytest -q -n auto --dist loadfile --durations=10 -m 'heavy and not slow'
 
 test-slow:
 	$(VENV)/bin/pytest -q -m slow

@@ -581,7 +581,7 @@ def _tamper_weights(folder: Path, name: str) -> None:
     (folder / "manifest.json").write_text(json.dumps(raw))
 
 
-@pytest.mark.parametrize("where", ["host", "phone"])
+@pytest.mark.parametrize("where", ["host", pytest.param("phone", marks=pytest.mark.heavy)])  # phone: 16 s
 def test_a_tampered_artifact_fails_the_output_check(adb, phone, standin, tmp_path, where):
     folder = derive(standin, tmp_path / "art", keep=lambda e: e.target == "executorch")
     _tamper_weights(folder, "denoiser.pte")

@@ -50,6 +50,7 @@ def _check_block(report: dict, clips: int) -> dict:
     return block
 
 
+@pytest.mark.heavy  # the tiled tiny artifacts (100 s to build) and whole clips
 def test_pipeline_on_the_host_measures_whole_runs(tiny, tmp_path):
     out = tmp_path / "host.json"
     proc = _bench("--artifacts", tiny, "--runtime", "onnxruntime", "--clips", "3", "--report", out)
@@ -72,6 +73,7 @@ def test_pipeline_on_the_host_measures_whole_runs(tiny, tmp_path):
     assert measured["a"] > 0 and measured["b"] > 0 and measured["ratio"] > 0
 
 
+@pytest.mark.heavy  # the tiled tiny artifacts (100 s to build) and whole clips
 def test_pipeline_with_a_process_per_stage_reports_its_loads_transfers_and_peaks(tiny, tmp_path):
     out, plot = tmp_path / "processes.json", tmp_path / "clips.png"
     proc = _bench("--artifacts", tiny, "--runtime", "onnxruntime", "--clips", "2", "--stage-processes",
@@ -86,6 +88,7 @@ def test_pipeline_with_a_process_per_stage_reports_its_loads_transfers_and_peaks
     assert other.returncode == 2 and "--device host" in other.stderr
 
 
+@pytest.mark.heavy  # the tiled tiny artifacts (100 s to build) and whole clips
 def test_pipeline_on_the_simulated_phone_runs_each_stage_on_its_runner(tiny, adb, phone, tmp_path):
     out = tmp_path / "phone.json"
     proc = _bench("--artifacts", tiny, "--device", f"adb:{phone.serial}", "--adb", adb.path, "--adb-port",
@@ -102,7 +105,9 @@ def test_pipeline_on_the_simulated_phone_runs_each_stage_on_its_runner(tiny, adb
     assert {"encoder.s3.pte", "decoder.s3.pte", "denoiser.pte"} <= set(report["staging"]["pushed"])
 
 
-def test_pipeline_refuses_a_folder_without_every_component(tiny, tmp_path):
+def test_pipeline_refuses_a_folder_without_every_component(exported, tmp_path):
+    """Refused before any stage runs, so the untiled tiny ONNX export other files share serves (tests/cache.py)."""
+    tiny, _ = exported(tmp_path / "onnx", "--target", "onnx", "--preset", "tiny", "--json")
     folder = tmp_path / "two"
     shutil.copytree(tiny, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -147,6 +152,7 @@ def test_a_phone_that_disconnects_mid_run_keeps_the_clips_done(tiny, adb, tmp_pa
     assert block["partial"] is True and block["stopped"] and 1 <= len(block["clips"]) < 50
 
 
+@pytest.mark.heavy  # the tiled tiny artifacts; tests/integration/test_profiling.py reads profiles in make test
 @pytest.mark.parametrize("runtime, component", [("onnxruntime", "denoiser"), ("executorch", "decoder")])
 def test_profile_gives_each_components_top_operators_on_the_host(tiny, runtime, component, tmp_path):
     """onnxruntime's profiler on a whole model; ExecuTorch's ETDump on a tiled one (its stages weighed)."""

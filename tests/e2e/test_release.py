@@ -353,6 +353,7 @@ def interrupt_when_both_run(proc: subprocess.Popen, out: Path, timeout: float) -
     return "".join(lines)
 
 
+@pytest.mark.heavy  # timing-dependent: Ctrl-C while exports run
 def test_ctrl_c_stops_running_exports_and_leaves_no_partial_folders(tmp_path, table):
     plan = write(tmp_path / "two.toml", TWO_JOBS)
     out = tmp_path / "jobs"

@@ -293,6 +293,7 @@ def _wait_for(path: Path, text: str, timeout: float) -> None:
     raise AssertionError(f"{text!r} never appeared in {path}: {path.read_text()[-2000:]}")
 
 
+@pytest.mark.heavy  # timing-dependent: it waits for a long 720p stage to start
 def test_sigterm_in_the_middle_of_a_long_stage_stops_within_seconds(tmp_path):
     log = tmp_path / "log"
     out = tmp_path / "art"

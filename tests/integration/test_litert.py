@@ -196,6 +196,7 @@ def test_w8a8_every_component_holds_30_db_on_a_held_out_photo_and_runs_the_pipel
     assert len(block["clips"]) == 2 and block["quality"]["passed"] is True
 
 
+@pytest.mark.heavy  # two w8a8 conversions: 30 s
 def test_w8a8_exports_are_byte_identical_across_runs(tmp_path):
     """Fixed calibration order, one calibration thread: the same command gives the same bytes."""
     digests = []

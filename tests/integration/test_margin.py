@@ -44,6 +44,7 @@ def _check(manifest: dict, folder: Path) -> None:
     assert json.loads((folder / "held_out.json").read_text())["summary"]["min_psnr_db"] >= 30.0
 
 
+@pytest.mark.heavy  # two tiny all-component w8a8 exports and a generate: two minutes on 2 cores
 def test_onnx_w8a8_is_deterministic_and_clears_its_gate_with_margin(tmp_path):
     first, _ = (_export(tmp_path / name, "--target", "onnx") for name in ("a", "b"))
     files = _artifact_files(tmp_path / "a")

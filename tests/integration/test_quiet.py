@@ -44,6 +44,7 @@ def quiet_export(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.heavy  # an ExecuTorch export or a unit analysis first (see the module's budget)
 def test_quiet_export_prints_warnings_and_the_result_only(quiet_export):
     out, proc = quiet_export
     _no_chatter(proc)
@@ -54,6 +55,7 @@ def test_quiet_export_prints_warnings_and_the_result_only(quiet_export):
     assert f"manifest: {out / 'manifest.json'}" in proc.stdout and "encoder.pte" in proc.stdout  # the result
 
 
+@pytest.mark.heavy  # an ExecuTorch export or a unit analysis first (see the module's budget)
 def test_verify_shows_executorch_output_only_with_v(quiet_export):
     out, _ = quiet_export
     plain = run_cli("verify", out)
@@ -64,6 +66,7 @@ def test_verify_shows_executorch_output_only_with_v(quiet_export):
     assert "[cpuinfo_utils.cpp:" in verbose.stderr  # ExecuTorch's own lines, shown with -v
 
 
+@pytest.mark.heavy  # an ExecuTorch export or a unit analysis first (see the module's budget)
 def test_quiet_generate_prints_no_progress_and_says_the_video_is_noise(quiet_export, tmp_path):
     """The encoder is the seeded-weights artifact exported above, the rest seeded PyTorch: both are said."""
     out, _ = quiet_export
@@ -137,6 +140,7 @@ def test_quiet_json_export_stdout_is_only_json(tmp_path):
     assert all(line.startswith("warning: ") for line in proc.stderr.splitlines()), proc.stderr
 
 
+@pytest.mark.heavy  # an ExecuTorch export or a unit analysis first (see the module's budget)
 def test_quiet_quantize_analyze_prints_no_progress(tmp_path):
     recipe = tmp_path / "r.json"
     loud = run_cli("quantize", "analyze", "--preset", "tiny", "--component", "encoder", "--out", recipe)

@@ -135,6 +135,7 @@ def test_a_corrupted_stage_fails_verify_naming_the_component(tmp_path, exported)
     assert "decoder" in proc.stdout + proc.stderr and stage in proc.stdout + proc.stderr
 
 
+@pytest.mark.heavy  # the tile search measures peaks of several candidate exports: 40 s
 def test_memory_budget_picks_a_tile_that_fits_or_names_the_smallest_feasible(tmp_path):
     out = tmp_path / "budget"
     proc = run_cli("export", "--target", "onnx", *TINY, "--component", "decoder", "--memory-budget", "1",
