@@ -28,7 +28,7 @@ RENDER: dict[str, Callable[[object, str, dict], str]] = {
     "bench_report": devices.bench_report, "release_plan": devices.release_plan,
     "receptive_field": kinds.receptive_field, "tiled_vae": memory.tiled_vae, "ort_memory": memory.ort_memory,
     "qnn_tiled": memory.qnn_tiled, "tile_cost": memory.tile_cost, "stateful_stream": memory.stateful_stream,
-    "pipeline": runs.pipeline, "int8_ceiling": runs.int8_ceiling,
+    "pipeline": runs.pipeline, "int8_ceiling": runs.int8_ceiling, "layer_norm_forms": runs.layer_norm_forms,
     "litert": runs.litert, "other": kinds.other,
 }
 WRITERS = {
@@ -41,6 +41,7 @@ WRITERS = {
     "stateful_stream": "`benchmarks/stateful_stream.py` (an experiment)",
     "pipeline": "`benchmarks/pipeline.py`",
     "int8_ceiling": "`benchmarks/int8_ceiling.py`", "litert": "`benchmarks/litert.py`",
+    "layer_norm_forms": "`benchmarks/layer_norm_forms.py`",
     "bench_report": "`mi2v bench --report`",
     "export": "`mi2v export` (its manifest entries; the command is in the file)",
     "recipe": "a `mi2v export --recipe` run with its gates (the command is in the file)",
@@ -99,10 +100,11 @@ TOPICS = (
           "Tiled against untiled VAE components (measured runtime memory: a fresh process's peak above its "
           "baseline; time side by side), onnxruntime's memory settings, and how far one output pixel of each "
           "VAE part reads into its input, the halo an exact tile needs ([guide](../guides/memory.md)). " + SEEDED),
-    Topic("results/pipeline.md", "The whole run and int8 limits", ("pipeline", "int8_ceiling"),
+    Topic("results/pipeline.md", "The whole run and int8 limits", ("pipeline", "int8_ceiling", "layer_norm_forms"),
           "The whole image-to-video run measured clip after clip next to the per-frame figure computed from "
           "per-component medians ([guide](../guides/benchmarking.md#pipeline)); this machine's fp32 and int8 GEMM "
-          "ceilings at the denoiser's shapes and the w8a8 step's share of them. " + SEEDED),
+          "ceilings at the denoiser's shapes and the w8a8 step's share of them; the forms of the XNNPACK step's "
+          "float reductions side by side. " + SEEDED),
     Topic("results/litert.md", "LiteRT next to onnxruntime and ExecuTorch", ("litert",),
           "The same component and precision exported for onnxruntime, ExecuTorch XNNPACK and LiteRT, timed side by "
           "side in one run (ratio to onnxruntime's median), with sizes, video quality against the all-fp32 PyTorch "
@@ -132,6 +134,7 @@ def kind_of(data: object) -> str:
         ("stateful_stream", data.get("benchmark") == "stateful_stream"),
         ("ort_memory", data.get("benchmark") == "ort_memory_settings"),
         ("pipeline", data.get("benchmark") == "pipeline"), ("int8_ceiling", data.get("kind") == "int8_ceiling"),
+        ("layer_norm_forms", data.get("kind") == "layer_norm_forms"),
     )
     return next((kind for kind, hit in checks if hit), "other")
 

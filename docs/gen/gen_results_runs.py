@@ -95,3 +95,16 @@ def litert(data: dict, anchor: str, images: dict) -> str:
         png = plots.grouped_bars(anchor, groups, series, "time per call / onnxruntime's")
         out.append(figure(images, anchor, png, f"{anchor}: time per call relative to onnxruntime"))
     return "\n".join(out)
+
+
+def layer_norm_forms(data: dict, anchor: str, images: dict) -> str:
+    host = data.get("host") or {}
+    rows = [[code(name), num(f.get("median_ms"), ".3f"), num(f.get("max_abs_error"), ".1e"),
+             escape(", ".join(f.get("outside_delegate") or []) or "-", True)]
+            for name, f in (data.get("forms") or {}).items()]
+    return "\n".join([f"- **host**: {escape(str(host.get('cpu')))}, {host.get('cores')} core(s); load "
+                      f"{escape(str(host.get('load_avg_before')))} → {escape(str(host.get('load_avg_after')))}",
+                      f"- **preset** {code(data.get('preset'))}: {data.get('tokens')} tokens x {data.get('hidden')} "
+                      f"channels, {data.get('reps')} interleaved runs after {data.get('warmup')} warm-up", "",
+                      table(["form", "median (ms)", "max abs error", "outside the delegate"], rows)])
+

@@ -33,7 +33,7 @@ Trace-time substitutions (context managers, active only while torch.export trace
 | frame_conditioning_without_gather | QNN HTP's GatherND gives wrong values (denoiser at 19 dB) → slice+expand+cat | models.denoiser.spread_over_frames |
 | square_as_mul | the LiteRT converter refuses `tfl.pow` → pow(x, 2) as x·x | every pow(x, 2) while converting |
 | layer_norm_fp32 | ExecuTorch's portable fp16 LayerNorm accumulates in fp16 (14 dB on 1152 channels; the 270M denoiser 15 dB) → LayerNorm in fp32, cast back | models.denoiser.layer_norm |
-| denoiser_delegable | XNNPACK: the denoiser's `native_layer_norm`, the mobile plan's last-axis mean / sum, unbind and chunk are portable and cut the delegate graph → fp32 reductions over an (M,1,C,1) view, slices | models.denoiser.layer_norm, kernels.layout.token_mean, kernels.linear_attention.token_sum, kernels.denoiser.rows / glumbconv |
+| denoiser_delegable | XNNPACK: the denoiser's `native_layer_norm`, the mobile plan's last-axis mean / sum, unbind and chunk are portable and cut the delegate graph → fp32 products with constant columns (mean, sum), slices | models.denoiser.layer_norm, kernels.layout.token_mean, kernels.linear_attention.token_sum, kernels.denoiser.rows / glumbconv |
 """
 
 from __future__ import annotations

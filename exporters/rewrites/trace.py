@@ -6,10 +6,13 @@ the coremltools converter registrations the Core ML lowerings need. The registry
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
 from mi2v_export.kernels import denoiser as mobile_denoiser
 from mi2v_export.kernels import layout as mobile_layout
@@ -153,23 +156,41 @@ def layer_norm_fp32() -> Iterator[None]:
         yield
 
 
-def _inner_mean(x: torch.Tensor) -> torch.Tensor:
-    """mean(-1, keepdim=True) over an (M, 1, C, 1) view: XNNPACK reduces only the two inner axes of a 4-D tensor,
-    so a last-axis mean of a 3-D tensor runs on ExecuTorch's portable kernels and cuts the delegate graph."""
+@functools.cache
+def _constant_column(size: int, value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A (size, 1) column filled with `value`, made outside the trace that asks for it: a tensor made while
+    torch.export traces is an op in the graph (`aten.full`, which ExecuTorch does not fold), and XNNPACK takes a
+    matrix product as its fast fully-connected kernel only when the right-hand side is a constant. Made once per
+    (size, value, dtype), so every export of the session shares it."""
+    with unset_fake_temporarily(), disable_proxy_modes_tracing():
+        return torch.full((size, 1), value, dtype=dtype)
+
+
+def _last_axis_product(x: torch.Tensor, value: float) -> torch.Tensor:
+    """x (..., C) times a constant (C, 1) column of `value`, kept as (..., 1); fp32 products like the reductions."""
     *lead, c = x.shape
-    return x.reshape(-1, 1, c, 1).mean(dim=(2, 3), keepdim=True).reshape(*lead, 1)
+    return torch.mm(x.reshape(-1, c), _constant_column(c, value, x.dtype)).reshape(*lead, 1)
+
+
+def _inner_mean(x: torch.Tensor) -> torch.Tensor:
+    """mean(-1, keepdim=True) as a product with a constant column of 1/C. ExecuTorch's XNNPACK lowering takes a
+    mean only as global average pooling over the two inner axes of a 4-D tensor (one channel: a slow reduction),
+    and a last-axis mean of a 3-D tensor not at all (portable kernels, a cut in the delegate graph); as a product it
+    is XNNPACK's fp32 fully-connected kernel: a 720p LayerNorm (2760 x 1152) 5.1 ms against 10.1 ms as the
+    pooled view (benchmarks/results/layer_norm_forms_720p_amd.json). The int8 quantizer leaves `mm` float."""
+    return _last_axis_product(x, 1.0 / x.shape[-1])
 
 
 def _layer_norm_delegable(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """The denoiser's LayerNorm in fp32 (as `_layer_norm_in_fp32`) from delegable mean / variance reductions."""
+    """The denoiser's LayerNorm in fp32 (as `_layer_norm_in_fp32`) from delegable mean / variance products."""
     y = x.float()
     d = y - _inner_mean(y)
     return (d * torch.rsqrt(_inner_mean(d * d) + eps)).to(x.dtype)
 
 
 def _token_sum_delegable(x: torch.Tensor) -> torch.Tensor:
-    """`kernels.layout.token_sum` (the linear attention's normaliser) as the 4-D view's mean times the count."""
-    return _inner_mean(x) * x.shape[-1]
+    """`kernels.layout.token_sum` (the linear attention's normaliser) as a product with a column of ones."""
+    return _last_axis_product(x, 1.0)
 
 
 def _rows_as_slices(m: torch.Tensor, count: int) -> list[torch.Tensor]:
