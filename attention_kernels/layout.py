@@ -58,7 +58,7 @@ class Conv1x1(nn.Module):
 
 def token_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over the last axis, kept: the q / k RMSNorm's statistic (its own name so the XNNPACK export can trace
-    it on a view the delegate reduces: `denoiser_delegable` in exporters/rewrites/trace.py)."""
+    it as a product the delegate takes: `denoiser_delegable` in exporters/rewrites/trace.py)."""
     return x.mean(-1, keepdim=True)
 
 

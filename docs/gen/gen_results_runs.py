@@ -107,4 +107,3 @@ def layer_norm_forms(data: dict, anchor: str, images: dict) -> str:
                       f"- **preset** {code(data.get('preset'))}: {data.get('tokens')} tokens x {data.get('hidden')} "
                       f"channels, {data.get('reps')} interleaved runs after {data.get('warmup')} warm-up", "",
                       table(["form", "median (ms)", "max abs error", "outside the delegate"], rows)])
-

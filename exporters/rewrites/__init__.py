@@ -20,8 +20,9 @@ function rather than a module are context managers (`rope_rank5`, in `trace.py`)
 
 The denoiser's functional LayerNorm: `layer_norm_fp32` keeps it an fp32 island in fp16 graphs (ExecuTorch's
 portable fp16 kernel accumulates in fp16); on XNNPACK `denoiser_delegable` (applied after it, so it wins) traces
-it as fp32 mean / variance reductions the delegate takes. An earlier session measured that form 8 % slower on the
-fp32 reference-plan graph, where other portable ops (unbind, split, expand) cut the graph anyway; together with
+it as fp32 mean / variance products with a constant column, which the delegate runs as fully-connected (an earlier
+session measured a pooled-view form of it 8 % slower on the fp32 reference-plan graph, where other portable ops
+cut the graph anyway; benchmarks/results/layer_norm_forms_720p_amd.json sets the two forms side by side); with
 the mobile plan's slices the 720p w8a8 step lowers into 4 delegate subgraphs and 14 portable ops (132 and 414 with
 the reference plan; docs/guides/precision.md).
 

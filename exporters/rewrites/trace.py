@@ -161,9 +161,9 @@ def _constant_column(size: int, value: float, dtype: torch.dtype) -> torch.Tenso
     """A (size, 1) column filled with `value`, made outside the trace that asks for it: a tensor made while
     torch.export traces is an op in the graph (`aten.full`, which ExecuTorch does not fold), and XNNPACK takes a
     matrix product as its fast fully-connected kernel only when the right-hand side is a constant. Made once per
-    (size, value, dtype), so every export of the session shares it."""
+    (size, value, dtype) while `denoiser_delegable` is entered, on the CPU where exports trace."""
     with unset_fake_temporarily(), disable_proxy_modes_tracing():
-        return torch.full((size, 1), value, dtype=dtype)
+        return torch.full((size, 1), value, dtype=dtype, device="cpu")
 
 
 def _last_axis_product(x: torch.Tensor, value: float) -> torch.Tensor:
@@ -189,8 +189,8 @@ def _layer_norm_delegable(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _token_sum_delegable(x: torch.Tensor) -> torch.Tensor:
-    """`kernels.layout.token_sum` (the linear attention's normaliser) as a product with a column of ones."""
-    return _last_axis_product(x, 1.0)
+    """`kernels.layout.token_sum` (the linear attention's normaliser) as an fp32 product with a column of ones."""
+    return _last_axis_product(x.float(), 1.0).to(x.dtype)
 
 
 def _rows_as_slices(m: torch.Tensor, count: int) -> list[torch.Tensor]:
@@ -208,17 +208,22 @@ def _glumbconv_halves_as_slices(mlp: torch.nn.Module, x: torch.Tensor) -> torch.
 @contextlib.contextmanager
 def denoiser_delegable() -> Iterator[None]:
     """While exporting for ExecuTorch XNNPACK: the denoiser's LayerNorm, the mobile plan's q / k RMSNorm mean and
-    normaliser sum as reductions the delegate takes, and its modulation rows and GLUMBConv halves as slices. Only
-    there: with the 4-D-view means in the plan itself onnxruntime's 720p w8a8 step measured 2.54 s against 2.29 s
-    (benchmarks/results/precision_720p_onnx_denoiser_mobile_slices.json; this host's fp32 step slowed as well, so
-    part of it is drift), and onnxruntime has no delegate graph for them to keep whole."""
+    normaliser sum as products with constant columns (XNNPACK's fully-connected kernel), and its modulation rows
+    and GLUMBConv halves as slices. Only there: onnxruntime fuses the plain forms (with 4-D-view means in the plan
+    itself its 720p w8a8 step measured 2.54 s against 2.29 s, benchmarks/results/
+    precision_720p_onnx_denoiser_mobile_slices.json; this host's fp32 step slowed as well, so part of it is drift)
+    and has no delegate graph for them to keep whole. The constant columns live as long as this context (the
+    traces inside it share them; none outlives it)."""
     with _swapped(denoiser, "layer_norm", _layer_norm_delegable), \
             _swapped(mobile_denoiser, "layer_norm", _layer_norm_delegable), \
             _swapped(mobile_denoiser, "rows", _rows_as_slices), \
             _swapped(mobile_denoiser, "glumbconv", _glumbconv_halves_as_slices), \
             _swapped(mobile_layout, "token_mean", _inner_mean), \
             _swapped(mobile_linear, "token_sum", _token_sum_delegable):
-        yield
+        try:
+            yield
+        finally:
+            _constant_column.cache_clear()
 
 
 def _square_as_mul(pow_: Callable) -> Callable:

@@ -50,8 +50,10 @@ def _check_block(report: dict, clips: int) -> dict:
     return block
 
 
-@pytest.mark.heavy  # the tiled tiny artifacts (100 s to build) and whole clips
-def test_pipeline_on_the_host_measures_whole_runs(tiny, tmp_path):
+def test_pipeline_on_the_host_measures_whole_runs(exported, tmp_path):
+    """On the untiled tiny ONNX export other files share (tests/cache.py): the whole run in `make test`; the tiled
+    folder's runs are in the heavy tier."""
+    tiny, _ = exported(tmp_path / "onnx", "--target", "onnx", "--preset", "tiny", "--json")
     out = tmp_path / "host.json"
     proc = _bench("--artifacts", tiny, "--runtime", "onnxruntime", "--clips", "3", "--report", out)
     assert proc.returncode == 0, proc.stderr
@@ -73,7 +75,7 @@ def test_pipeline_on_the_host_measures_whole_runs(tiny, tmp_path):
     assert measured["a"] > 0 and measured["b"] > 0 and measured["ratio"] > 0
 
 
-@pytest.mark.heavy  # the tiled tiny artifacts (100 s to build) and whole clips
+@pytest.mark.heavy  # the tiled tiny artifacts (100 s to build) and whole clips on them
 def test_pipeline_with_a_process_per_stage_reports_its_loads_transfers_and_peaks(tiny, tmp_path):
     out, plot = tmp_path / "processes.json", tmp_path / "clips.png"
     proc = _bench("--artifacts", tiny, "--runtime", "onnxruntime", "--clips", "2", "--stage-processes",
@@ -88,7 +90,7 @@ def test_pipeline_with_a_process_per_stage_reports_its_loads_transfers_and_peaks
     assert other.returncode == 2 and "--device host" in other.stderr
 
 
-@pytest.mark.heavy  # the tiled tiny artifacts (100 s to build) and whole clips
+@pytest.mark.heavy  # the tiled tiny artifacts (100 s to build) and whole clips on them
 def test_pipeline_on_the_simulated_phone_runs_each_stage_on_its_runner(tiny, adb, phone, tmp_path):
     out = tmp_path / "phone.json"
     proc = _bench("--artifacts", tiny, "--device", f"adb:{phone.serial}", "--adb", adb.path, "--adb-port",
@@ -107,9 +109,9 @@ def test_pipeline_on_the_simulated_phone_runs_each_stage_on_its_runner(tiny, adb
 
 def test_pipeline_refuses_a_folder_without_every_component(exported, tmp_path):
     """Refused before any stage runs, so the untiled tiny ONNX export other files share serves (tests/cache.py)."""
-    tiny, _ = exported(tmp_path / "onnx", "--target", "onnx", "--preset", "tiny", "--json")
+    onnx, _ = exported(tmp_path / "onnx", "--target", "onnx", "--preset", "tiny", "--json")
     folder = tmp_path / "two"
-    shutil.copytree(tiny, folder)
+    shutil.copytree(onnx, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["components"] = [e for e in manifest["components"] if e["component"] != "decoder"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -117,9 +119,9 @@ def test_pipeline_refuses_a_folder_without_every_component(exported, tmp_path):
     proc = _bench("--artifacts", folder, "--clips", "2", "--report", out)
     assert proc.returncode == 2 and "decoder" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
-    zero = _bench("--artifacts", tiny, "--clips", "0")
+    zero = _bench("--artifacts", onnx, "--clips", "0")
     assert zero.returncode == 2 and "--clips 0" in zero.stderr and len(zero.stderr.strip().splitlines()) == 1
-    alone = run_cli("bench", "--artifacts", tiny, "--clips", "2")
+    alone = run_cli("bench", "--artifacts", onnx, "--clips", "2")
     assert alone.returncode == 2 and "only with --pipeline" in alone.stderr
 
 

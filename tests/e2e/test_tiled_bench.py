@@ -24,6 +24,7 @@ def _stages(folder: Path, component: str, suffix: str) -> list[str]:
     return [s["file"] for s in entry["tiling"]["stages"]]
 
 
+@pytest.mark.heavy  # the tiled tiny artifacts: 100 s to build (tests/e2e/conftest.py); test_tiled_export.py in make test
 @pytest.mark.parametrize("where", ["host", pytest.param("phone", marks=pytest.mark.slow)])  # the phone's runners run
 # tiled stages in the default run too (tests/e2e/test_pipeline_bench.py)
 def test_tiled_components_are_timed_per_tile_and_checked_whole(where, tiled, adb, phone, tmp_path):
@@ -50,6 +51,7 @@ def test_tiled_components_are_timed_per_tile_and_checked_whole(where, tiled, adb
             assert set(stages) <= set(report["staging"]["pushed"])
 
 
+@pytest.mark.heavy  # the tiled tiny artifacts
 def test_a_tiled_folder_with_a_stage_missing_is_refused(tiled, tmp_path):
     import shutil
 

@@ -50,6 +50,7 @@ def fp16_export(tmp_path_factory):
     return out, report
 
 
+@pytest.mark.heavy  # the tiny fp16 export of every component for the HTP: a minute; w8a16 stays in make test
 def test_tiny_fp16_all_on_the_htp_and_gated_on_the_simulator(fp16_export):
     out, report = fp16_export
     manifest = read_manifest(out)
@@ -69,6 +70,7 @@ def test_tiny_fp16_all_on_the_htp_and_gated_on_the_simulator(fp16_export):
         assert e.parity["psnr_db"] >= 40.0, (e.component, e.parity)
 
 
+@pytest.mark.heavy  # the tiny fp16 export of every component for the HTP: a minute; w8a16 stays in make test
 def test_context_model_runs_with_cpu_fallback_disabled_and_matches_pytorch(fp16_export):
     """The EPContext model alone (what a phone loads) runs on the simulator with fallback disabled: one EPContext
     node, on the QNN EP; its output matches the PyTorch fp32 reference of the seeded input."""
@@ -85,6 +87,7 @@ def test_context_model_runs_with_cpu_fallback_disabled_and_matches_pytorch(fp16_
     assert parity.psnr_db(got, spec.reference["velocity"]) >= 40.0
 
 
+@pytest.mark.heavy  # the tiny fp16 export of every component for the HTP: a minute; w8a16 stays in make test
 def test_denoiser_source_has_no_gather_and_rank4_rope(fp16_export):
     """The two causes of the 19 dB denoiser: GatherND (wrong on the HTP) and rank-5/6 RoPE ops (refused)."""
     out, _ = fp16_export
@@ -220,6 +223,7 @@ def test_executorch_qnn_guard_names_the_sdk_it_needs_and_the_onnx_path(monkeypat
     assert "SDK 2.37" in str(err.value) and "--target onnx --delegate qnn" in str(err.value)
 
 
+@pytest.mark.heavy  # the tiny fp16 export of every component for the HTP: a minute; w8a16 stays in make test
 def test_host_bench_runs_qnn_artifacts_on_the_simulator_and_marks_them_simulated(fp16_export, tmp_path):
     out, _ = fp16_export
     report = tmp_path / "bench.json"
@@ -235,6 +239,7 @@ def test_host_bench_runs_qnn_artifacts_on_the_simulator_and_marks_them_simulated
     assert any("simulated timings" in w for w in data["warnings"])
 
 
+@pytest.mark.heavy  # the tiny fp16 export of every component for the HTP: a minute; w8a16 stays in make test
 def test_phone_bench_runs_the_context_model_with_onnxruntime_perf_test_on_the_qnn_simulator(fp16_export, adb, phone,
                                                                                             tmp_path):
     """`mi2v bench --device adb:SERIAL` on the simulated phone: DIR/runners/<abi>/ holds onnxruntime_perf_test (the
