@@ -6,7 +6,6 @@ the coremltools converter registrations the Core ML lowerings need. The registry
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -156,12 +155,12 @@ def layer_norm_fp32() -> Iterator[None]:
         yield
 
 
-@functools.cache
 def _constant_column(size: int, value: float, dtype: torch.dtype) -> torch.Tensor:
     """A (size, 1) column filled with `value`, made outside the trace that asks for it: a tensor made while
     torch.export traces is an op in the graph (`aten.full`, which ExecuTorch does not fold), and XNNPACK takes a
-    matrix product as its fast fully-connected kernel only when the right-hand side is a constant. Made once per
-    (size, value, dtype) while `denoiser_delegable` is entered, on the CPU where exports trace."""
+    matrix product as its fast fully-connected kernel only when the right-hand side is a constant. A new one for
+    every use: one constant shared by products that land in different delegate subgraphs (the reference plan cuts
+    the graph) breaks ExecuTorch's `to_executorch`, which re-runs each delegate's own program with its constants."""
     with unset_fake_temporarily(), disable_proxy_modes_tracing():
         return torch.full((size, 1), value, dtype=dtype, device="cpu")
 
@@ -212,18 +211,14 @@ def denoiser_delegable() -> Iterator[None]:
     and GLUMBConv halves as slices. Only there: onnxruntime fuses the plain forms (with 4-D-view means in the plan
     itself its 720p w8a8 step measured 2.54 s against 2.29 s, benchmarks/results/
     precision_720p_onnx_denoiser_mobile_slices.json; this host's fp32 step slowed as well, so part of it is drift)
-    and has no delegate graph for them to keep whole. The constant columns live as long as this context (the
-    traces inside it share them; none outlives it)."""
+    and has no delegate graph for them to keep whole."""
     with _swapped(denoiser, "layer_norm", _layer_norm_delegable), \
             _swapped(mobile_denoiser, "layer_norm", _layer_norm_delegable), \
             _swapped(mobile_denoiser, "rows", _rows_as_slices), \
             _swapped(mobile_denoiser, "glumbconv", _glumbconv_halves_as_slices), \
             _swapped(mobile_layout, "token_mean", _inner_mean), \
             _swapped(mobile_linear, "token_sum", _token_sum_delegable):
-        try:
-            yield
-        finally:
-            _constant_column.cache_clear()
+        yield
 
 
 def _square_as_mul(pow_: Callable) -> Callable:

@@ -75,11 +75,11 @@ def test_reductions_trace_as_products_with_a_constant_column():
             return denoiser.layer_norm(x, 1e-6), mobile_linear.token_sum(x)
 
     x = torch.randn(2, 9, 48)
-    with TRACE():  # each entry makes its own columns (none cached from an earlier test)
+    with TRACE():
         ep = torch.export.export(Norms(), (x,), strict=False)
     ops = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
     assert ops.count("aten.mm.default") == 3 and not any("full" in op or "mean" in op for op in ops), ops
-    assert len(ep.constants) == 2  # the 1/C column and the ones column
+    assert len(ep.constants) == 3  # a column per product: two 1/C (mean, variance), one of ones (sum)
     norm, total = ep.module()(x)
     assert torch.allclose(norm, F.layer_norm(x, (48,), eps=1e-6), atol=1e-5)
     assert torch.allclose(total, x.sum(-1, keepdim=True), atol=1e-4)
