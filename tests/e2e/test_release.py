@@ -246,6 +246,7 @@ def test_local_executor_builds_verified_job_folders_learns_memory_and_reruns_ski
     assert memory.load_table(table) == {}  # nothing was built, nothing learned
 
 
+@pytest.mark.heavy  # a Ray cluster on loopback and two builds: 25 s; the local executor's tests stay
 def test_ray_cluster_builds_the_same_bytes_as_the_local_executor(tmp_path, ray_cluster, local_build, table):
     proc = run_cli("plan", local_build["plan"], "--executor", "ray", "--address", ray_cluster,
                    "--out", tmp_path / "ray")

@@ -416,7 +416,8 @@ def test_coreml_structural_check_refuses_a_label_without_its_ops():
 
 
 # the tiny denoiser's int4-eligible linears (input size a multiple of 32) are all in the units w4 keeps at int8
-@pytest.mark.parametrize("prec,check", [("w8a8", "Vulkan w8a8 kernel: et_vk.linear_q8ta_q8csw"),  # the others: slow
+@pytest.mark.parametrize("prec,check", [pytest.param("w8a8", "Vulkan w8a8 kernel: et_vk.linear_q8ta_q8csw",
+                                                     marks=pytest.mark.heavy),  # 40 s; the others: slow
                                         pytest.param("w8", "Vulkan w8 kernel: aten._weight_int8pack_mm",
                                                      marks=pytest.mark.slow),
                                         pytest.param("w4", "Vulkan w4: no Linear takes int4 groups",

@@ -84,6 +84,7 @@ def test_quiet_generate_prints_no_progress_and_says_the_video_is_noise(quiet_exp
     assert video.stat().st_size > 0
 
 
+@pytest.mark.heavy  # a QNN export for its quiet output: 17 s; test_qnn.py's w8a16 export stays
 def test_qnn_export_has_no_libnative_line_without_v(tmp_path):
     out = tmp_path / "qnn"
     proc = run_cli("export", "--preset", "tiny", "--component", "encoder", "--target", "onnx", "--delegate", "qnn",

@@ -19,7 +19,8 @@ STREAMED = ("--component", "encoder,decoder", "--stream-rows", "32", "--json")
 
 
 @pytest.mark.parametrize("target", [
-    ["--target", "onnx"], pytest.param(["--target", "executorch", "--delegate", "xnnpack"], marks=pytest.mark.slow)])
+    pytest.param(["--target", "onnx"], marks=pytest.mark.heavy),  # 40 s; tests/unit/test_streaming.py in make test
+    pytest.param(["--target", "executorch", "--delegate", "xnnpack"], marks=pytest.mark.slow)])
 def test_streamed_export_is_exact_and_verifies(target, tmp_path, exported):
     out, stdout = exported(tmp_path / "streamed", *target, *TINY, *STREAMED)
     for e in json.loads(stdout)["artifacts"]:
