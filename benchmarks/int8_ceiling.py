@@ -182,7 +182,9 @@ def _linear(x, w) -> tuple[torch.nn.Module, torch.Tensor]:
     return lin, torch.from_numpy(x)
 
 
-def _xnnpack_runner(module, xt, threads):
+def xnnpack_runner(module, xt, threads):
+    """`module` on `xt` lowered to XNNPACK and loaded: a call runs it once (`run()[1]` is the outputs); `ran_as` names
+    the backend and the ops left outside it (benchmarks/layer_norm_forms.py times its forms with it too)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -202,7 +204,7 @@ def _xnnpack_runner(module, xt, threads):
 
 def xnnpack_fp32(x, w, threads):
     with torch.no_grad():
-        return _xnnpack_runner(*_linear(x, w), threads)
+        return xnnpack_runner(*_linear(x, w), threads)
 
 
 def xnnpack_w8a8(x, w, threads):
@@ -217,7 +219,7 @@ def xnnpack_w8a8(x, w, threads):
     prepared = prepare_pt2e(torch.export.export(lin, (xt,), strict=False).module(), quantizer)
     with torch.no_grad():
         prepared(xt)
-        return _xnnpack_runner(convert_pt2e(prepared), xt, threads)
+        return xnnpack_runner(convert_pt2e(prepared), xt, threads)
 
 
 FORMS: dict[str, tuple[str, Callable]] = {

@@ -17,11 +17,11 @@ import argparse
 import json
 import os
 import statistics
-import time
 import warnings
 
 import torch
 
+import int8_ceiling  # benchmarks/int8_ceiling.py: the XNNPACK runner and the interleaved timing
 from mi2v_export.contract import cpu_flags, cpu_model
 from mi2v_export.exporters.rewrites import trace as trace_rewrites
 from mi2v_export.presets import get_preset
@@ -54,37 +54,17 @@ class ProductSum(torch.nn.Module):
         return trace_rewrites._token_sum_delegable(x)
 
 
-def lower(module: torch.nn.Module, x: torch.Tensor):
-    """The XNNPACK program and its method; the ops left outside the delegate (none expected)."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    from mi2v_export.runtimes.executorch import load_program
-
-    edge = to_edge_transform_and_lower(torch.export.export(module.eval(), (x,), strict=False),
-                                       partitioner=[XnnpackPartitioner()])
-    outside = sorted({str(n.target) for n in edge.exported_program().graph.nodes if n.op == "call_function"
-                      and "delegate" not in str(n.target) and "getitem" not in str(n.target)})
-    program = load_program(edge.to_executorch().buffer)
-    return program, program.load_method("forward"), outside
-
-
 def measure(cases: dict, warmup: int, reps: int) -> dict:
-    """cases: name → (module, input, reference); interleaved timing, medians in ms, max error vs the reference."""
+    """cases: name → (module, input, reference); each lowered by int8_ceiling.xnnpack_runner and timed interleaved
+    by int8_ceiling.time_forms; medians in ms, max error vs the reference."""
     runners, out = {}, {}
     for name, (module, x, ref) in cases.items():
-        program, method, outside = lower(module, x)
-        err = float((method.execute([x])[0] - ref).abs().max())
-        runners[name] = (program, method, x)
-        out[name] = {"outside_delegate": outside, "max_abs_error": err, "samples_ms": []}
-    for i in range(warmup + reps):
-        for name, (_, method, x) in runners.items():
-            t0 = time.perf_counter()
-            method.execute([x])
-            if i >= warmup:
-                out[name]["samples_ms"].append(round((time.perf_counter() - t0) * 1e3, 3))
-    for rec in out.values():
-        rec["median_ms"] = round(statistics.median(rec["samples_ms"]), 3)
+        run = runners[name] = int8_ceiling.xnnpack_runner(module.eval(), x, os.cpu_count())
+        out[name] = {"outside_delegate": [r.split(":", 1)[1] for r in run.ran_as if r.startswith("outside:")],
+                     "max_abs_error": float((run()[1][0] - ref).abs().max())}
+    for name, seconds in int8_ceiling.time_forms(runners, warmup, reps).items():
+        out[name]["samples_ms"] = [round(t * 1e3, 3) for t in seconds]
+        out[name]["median_ms"] = round(statistics.median(out[name]["samples_ms"]), 3)
     return out
 
 
